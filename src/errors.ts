@@ -1,0 +1,48 @@
+/**
+ * Every error Ferry raises or reports carries a stable `FERRY_ERR_*` code. This table is the one place
+ * that maps a code to what a client sees (HTTP status), what an operator reads (description) and the
+ * metric label (the code itself). docs/errors.md is generated from it and a test keeps the two in sync.
+ */
+export interface ErrorSpec {
+  /** HTTP status a client receives when this error ends its request (0: not sent to a client). */
+  readonly status: number
+  readonly description: string
+}
+
+export const ERRORS = {
+  FERRY_ERR_CONFIG_INVALID: { status: 0, description: 'The configuration failed validation; every problem is listed with its field path.' },
+  FERRY_ERR_CONFIG_READ: { status: 0, description: 'The configuration file could not be read or is not valid YAML.' },
+  FERRY_ERR_UWS_FALLBACK: { status: 0, description: 'uWebSockets.js loaded its slow JavaScript fallback instead of the native binary; Ferry refuses to run on it.' },
+  FERRY_ERR_LISTEN: { status: 0, description: 'A listener could not bind its host and port (in use, or not permitted).' },
+  FERRY_ERR_BAD_REQUEST: { status: 400, description: 'The client request is malformed in a way Ferry checks (conflicting Content-Length, bad Host, bad request target).' },
+  FERRY_ERR_NO_ROUTE: { status: 404, description: 'No route matches the request host and path.' },
+  FERRY_ERR_BODY_TOO_LARGE: { status: 413, description: 'The request body is larger than maxBodyBytes.' },
+  FERRY_ERR_QUEUE_FULL: { status: 503, description: 'Every upstream connection is busy and the wait queue is at queueLimit; the response carries Retry-After.' },
+  FERRY_ERR_QUEUE_TIMEOUT: { status: 503, description: 'The request waited queueTimeoutMs for an upstream connection; the response carries Retry-After.' },
+  FERRY_ERR_UPSTREAM_CONNECT: { status: 502, description: 'Ferry could not connect to the upstream endpoint (refused, unreachable).' },
+  FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT: { status: 504, description: 'Connecting to the upstream endpoint took longer than timeouts.connectMs.' },
+  FERRY_ERR_UPSTREAM_TIMEOUT: { status: 504, description: 'The upstream sent no response headers within timeouts.responseMs.' },
+  FERRY_ERR_UPSTREAM_BODY_TIMEOUT: { status: 504, description: 'The upstream response body stalled for longer than timeouts.bodyIdleMs.' },
+  FERRY_ERR_UPSTREAM_RESET: { status: 502, description: 'The upstream closed or reset the connection before the response was complete.' },
+  FERRY_ERR_UPSTREAM_PROTOCOL: { status: 502, description: 'The upstream sent something that is not valid HTTP/1.1 (garbage, bad headers, wrong length).' },
+  FERRY_ERR_CLIENT_ABORTED: { status: 0, description: 'The client went away before the response was complete; the upstream request is aborted.' },
+  FERRY_ERR_CLIENT_BODY: { status: 400, description: 'The client request body could not be read to its end.' },
+  FERRY_ERR_INTERNAL: { status: 500, description: 'A bug in Ferry; the request is answered 500 and the process keeps running.' },
+} as const satisfies Record<string, ErrorSpec>
+
+export type FerryErrorCode = keyof typeof ERRORS
+
+export class FerryError extends Error {
+  override name = 'FerryError'
+  constructor (readonly code: FerryErrorCode, message: string, options?: ErrorOptions) {
+    super(message, options)
+  }
+
+  get status (): number {
+    return ERRORS[this.code].status
+  }
+}
+
+export function isFerryError (err: unknown): err is FerryError {
+  return err instanceof FerryError
+}

@@ -1,0 +1,99 @@
+import { randomBytes } from 'node:crypto'
+import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js'
+import type { Logger } from 'pino'
+import type { Config } from '../config/load.js'
+import { ERRORS, FerryError, isFerryError } from '../errors.js'
+import type { Metrics } from '../observability/metrics.js'
+import type { Router } from '../routing/router.js'
+import { HttpExchange, sendError, type ExchangeContext } from '../upstream/http/exchange.js'
+import { readClientRequest, type RequestOptions } from './http-request.js'
+import { listen, type ListenSocket } from './listen.js'
+import type { Uws } from './uws.js'
+
+export interface FrontDeps {
+  readonly uws: Uws
+  readonly config: Config
+  readonly router: Router
+  /** Exchange context per upstream name (built once by the gateway). */
+  readonly upstreams: ReadonlyMap<string, ExchangeContext>
+  readonly log: Logger
+  readonly metrics: Metrics
+}
+
+/**
+ * The uWebSockets.js HTTP front: owns the app and its listen socket. Each request is read synchronously,
+ * routed, and handed to an HttpExchange; nothing here throws into uWS (an exception in a uWS callback
+ * would take the process down), every failure becomes a response.
+ */
+export class HttpFront {
+  private readonly app: TemplatedApp
+  private socket: ListenSocket | undefined
+  private readonly reqOpts: RequestOptions
+  private readonly noRoute: { inc: () => void }
+  private readonly badRequest: { inc: () => void }
+  private readonly internal: { inc: () => void }
+
+  constructor (private readonly deps: FrontDeps) {
+    this.app = deps.uws.App()
+    const prefix = randomBytes(4).toString('hex')
+    let n = 0
+    this.reqOpts = {
+      requestIdHeader: deps.config.http.requestIdHeader,
+      trustForwardedFor: deps.config.http.trustForwardedFor,
+      nextRequestId: () => `${prefix}-${(++n).toString(36)}`,
+    }
+    this.noRoute = deps.metrics.httpErrors.labels('FERRY_ERR_NO_ROUTE', '')
+    this.badRequest = deps.metrics.httpErrors.labels('FERRY_ERR_BAD_REQUEST', '')
+    this.internal = deps.metrics.httpErrors.labels('FERRY_ERR_INTERNAL', '')
+    this.app.any('/*', (res, req) => this.onRequest(res, req))
+  }
+
+  async listen (): Promise<number> {
+    const { host, port } = this.deps.config.listen.http
+    this.socket = await listen(this.deps.uws, this.app, 'listen.http', host, port)
+    return this.socket.port
+  }
+
+  /** Stops accepting new connections; requests in flight continue. */
+  stopAccepting (): void {
+    this.socket?.close()
+    this.socket = undefined
+  }
+
+  private onRequest (res: HttpResponse, req: HttpRequest): void {
+    let requestId = ''
+    try {
+      const creq = readClientRequest(res, req, this.reqOpts)
+      requestId = creq.requestId
+      const route = this.deps.router.match(creq.host, creq.path)
+      if (route === undefined) {
+        this.noRoute.inc()
+        sendError(res, 404, new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${creq.host}${creq.path}`), requestId, this.reqOpts.requestIdHeader, creq.contentLength !== 0)
+        return
+      }
+      const ctx = this.deps.upstreams.get(route.upstream)!
+      const maxBody = route.maxBodyBytes ?? this.deps.config.http.maxBodyBytes
+      if (creq.contentLength !== undefined && creq.contentLength > maxBody) {
+        ctx.metrics.error('FERRY_ERR_BODY_TOO_LARGE')
+        ctx.metrics.requests(route.name, 413)
+        sendError(res, 413, new FerryError('FERRY_ERR_BODY_TOO_LARGE', `request body of ${creq.contentLength} bytes exceeds maxBodyBytes ${maxBody}`), requestId, this.reqOpts.requestIdHeader, true)
+        return
+      }
+      new HttpExchange(res, creq, route, ctx, maxBody).start()
+    } catch (err) {
+      this.onHandlerError(res, err, requestId)
+    }
+  }
+
+  private onHandlerError (res: HttpResponse, err: unknown, requestId: string): void {
+    const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `unexpected: ${(err as Error)?.stack ?? String(err)}`, { cause: err })
+    if (ferr.code === 'FERRY_ERR_BAD_REQUEST') this.badRequest.inc()
+    else { this.internal.inc(); this.deps.log.error({ err: ferr }, 'request handler failed') }
+    try {
+      // A 400 always closes: the framing of whatever follows on this connection cannot be trusted.
+      sendError(res, ERRORS[ferr.code].status || 500, ferr, requestId === '' ? '-' : requestId, this.reqOpts.requestIdHeader, true)
+    } catch {
+      try { res.close() } catch { /* already gone */ }
+    }
+  }
+}

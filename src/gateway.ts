@@ -1,0 +1,138 @@
+import type { Logger } from 'pino'
+import { AdminServer } from './admin/admin-server.js'
+import type { Config } from './config/load.js'
+import { HttpFront } from './front/http-front.js'
+import { loadNativeUws, type Uws } from './front/uws.js'
+import { Metrics } from './observability/metrics.js'
+import { Router } from './routing/router.js'
+import type { ExchangeContext } from './upstream/http/exchange.js'
+import { upstreamMetrics } from './upstream/http/metrics.js'
+import { HttpUpstream } from './upstream/http/pool.js'
+import { VERSION } from './version.js'
+
+export type GatewayState = 'created' | 'starting' | 'running' | 'stopping' | 'stopped'
+
+export interface GatewayOptions {
+  config: Config
+  log: Logger
+  /** Defaults to a fresh registry; pass one to share it. */
+  metrics?: Metrics
+}
+
+export interface BoundPorts {
+  http: number
+  admin: number
+}
+
+/**
+ * Composes the stages for one config: front → routing → upstream pools, plus the admin API. Owns their
+ * lifetimes: `start` builds and binds, `stop` closes in reverse order.
+ */
+export class Gateway {
+  readonly config: Config
+  readonly metrics: Metrics
+  private readonly log: Logger
+  private state: GatewayState = 'created'
+  private readonly uws: Uws
+  private readonly upstreams = new Map<string, HttpUpstream>()
+  private front: HttpFront | undefined
+  private admin: AdminServer | undefined
+  private ports: BoundPorts | undefined
+  private readonly startedAt = Date.now()
+  private readonly removeCollector: () => void
+
+  constructor (opts: GatewayOptions) {
+    this.config = opts.config
+    this.log = opts.log
+    this.metrics = opts.metrics ?? new Metrics()
+    this.uws = loadNativeUws()
+    this.metrics.configInfo.labels(this.config.gateway.id, VERSION).set(1)
+    this.removeCollector = this.metrics.onCollect(() => this.collect())
+  }
+
+  get currentState (): GatewayState {
+    return this.state
+  }
+
+  private transition (next: GatewayState): void {
+    this.log.info({ from: this.state, to: next }, `gateway ${next}`)
+    this.state = next
+  }
+
+  async start (): Promise<BoundPorts> {
+    if (this.state !== 'created') throw new Error(`start() in state ${this.state}`)
+    this.transition('starting')
+    const cfg = this.config
+    const contexts = new Map<string, ExchangeContext>()
+    for (const [name, ucfg] of Object.entries(cfg.upstreams)) {
+      const log = this.log.child({ upstream: name })
+      const upstream = new HttpUpstream(name, ucfg, log, this.metrics)
+      this.upstreams.set(name, upstream)
+      contexts.set(name, {
+        upstream,
+        metrics: upstreamMetrics(this.metrics, name),
+        log: this.log,
+        accessLog: cfg.logging.accessLog,
+        requestIdHeader: cfg.http.requestIdHeader,
+        retryIdempotent: ucfg.retry.idempotent,
+      })
+    }
+    try {
+      this.admin = new AdminServer(this.uws, {
+        live: () => this.state === 'starting' || this.state === 'running' || this.state === 'stopping',
+        ready: () => this.state === 'running',
+        status: () => this.status(),
+      }, this.metrics, this.log)
+      const admin = await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
+      this.front = new HttpFront({ uws: this.uws, config: cfg, router: new Router(cfg.routes), upstreams: contexts, log: this.log, metrics: this.metrics })
+      const http = await this.front.listen()
+      this.ports = { http, admin }
+    } catch (err) {
+      await this.stop('abort')
+      throw err
+    }
+    this.transition('running')
+    this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, gateway: cfg.gateway.id, version: VERSION }, 'listening')
+    return this.ports
+  }
+
+  /**
+   * 'flush': stop accepting, let in-flight requests finish (bounded by the upstream timeouts), then close
+   * pools. 'abort': close everything now. (Paced drain of long-lived sessions lands with the drain controller.)
+   */
+  async stop (kind: 'flush' | 'abort' = 'flush'): Promise<void> {
+    if (this.state === 'stopping' || this.state === 'stopped') return
+    this.transition('stopping')
+    this.front?.stopAccepting()
+    await Promise.all([...this.upstreams.values()].map(async (u) => { await u.close(kind) }))
+    this.admin?.close()
+    this.removeCollector()
+    this.transition('stopped')
+  }
+
+  private collect (): void {
+    const m = this.metrics
+    for (const u of this.upstreams.values()) {
+      m.upstreamQueueDepth.labels(u.name).set(u.queueDepth)
+      let connected = 0
+      for (const ep of u.endpoints) connected += ep.connected
+      m.upstreamConnections.labels('upstream', 'http', u.name).set(connected)
+    }
+  }
+
+  status (): object {
+    return {
+      gateway: this.config.gateway.id,
+      version: VERSION,
+      state: this.state,
+      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      pid: process.pid,
+      listeners: {
+        http: { host: this.config.listen.http.host, port: this.ports?.http },
+        admin: { host: this.config.listen.admin.host, port: this.ports?.admin },
+      },
+      routes: this.config.routes.map((r) => ({ host: r.match.host, path: r.match.path, upstream: r.upstream })),
+      upstreams: [...this.upstreams.values()].map((u) => u.status()),
+    }
+  }
+}

@@ -1,0 +1,77 @@
+import type { RouteConfig } from '../config/schema.js'
+
+export interface Route {
+  /** Stable name for logs and metrics: `host/path` or `*\/path`. */
+  readonly name: string
+  readonly upstream: string
+  readonly maxBodyBytes: number | undefined
+  readonly host: string | undefined
+  readonly path: string
+}
+
+interface CompiledRoute extends Route {
+  readonly hostSuffix: string | undefined
+  readonly order: number
+}
+
+/**
+ * Host + path-prefix routing. Routes are sorted once, most specific first (host before host-less,
+ * exact host before wildcard, longer path first, then file order), so `match` is a linear scan that
+ * stops at the first hit: a handful of string compares per request.
+ */
+export class Router {
+  private readonly routes: CompiledRoute[]
+
+  constructor (routes: readonly RouteConfig[]) {
+    this.routes = routes.map((r, order) => {
+      const host = r.match.host?.toLowerCase()
+      return {
+        name: `${host ?? '*'}${r.match.path}`,
+        upstream: r.upstream,
+        maxBodyBytes: r.maxBodyBytes,
+        host,
+        hostSuffix: host?.startsWith('*.') === true ? host.slice(1) : undefined,
+        path: r.match.path,
+        order,
+      }
+    }).sort((a, b) => rank(a) - rank(b) || b.path.length - a.path.length || a.order - b.order)
+  }
+
+  /** `host` is the raw Host header (any case, maybe with :port); `path` is the URL path without query. */
+  match (host: string, path: string): Route | undefined {
+    const h = normaliseHost(host)
+    for (const r of this.routes) {
+      if (r.host !== undefined) {
+        if (r.hostSuffix !== undefined ? !(h.endsWith(r.hostSuffix) && h.length > r.hostSuffix.length) : h !== r.host) continue
+      }
+      if (pathMatches(r.path, path)) return r
+    }
+    return undefined
+  }
+
+  list (): readonly Route[] {
+    return this.routes
+  }
+}
+
+function rank (r: CompiledRoute): number {
+  return r.host === undefined ? 2 : r.hostSuffix !== undefined ? 1 : 0
+}
+
+function normaliseHost (host: string): string {
+  let h = host
+  if (h.startsWith('[')) {
+    const end = h.indexOf(']')
+    return (end === -1 ? h : h.slice(0, end + 1)).toLowerCase()
+  }
+  const colon = h.indexOf(':')
+  if (colon !== -1) h = h.slice(0, colon)
+  return h.toLowerCase()
+}
+
+/** `/api` matches `/api` and `/api/…` but not `/apix`; a prefix ending in `/` matches anything under it. */
+export function pathMatches (prefix: string, path: string): boolean {
+  if (!path.startsWith(prefix)) return false
+  if (prefix.endsWith('/') || path.length === prefix.length) return true
+  return path.charCodeAt(prefix.length) === 47 /* / */
+}

@@ -1,0 +1,367 @@
+import { Readable } from 'node:stream'
+import { STATUS_CODES, type IncomingHttpHeaders } from 'node:http'
+import type { HttpResponse } from 'uWebSockets.js'
+import type { Dispatcher } from 'undici'
+import type { Logger } from 'pino'
+import { ERRORS, FerryError, isFerryError, type FerryErrorCode } from '../../errors.js'
+import type { ClientRequest } from '../../front/http-request.js'
+import type { Route } from '../../routing/router.js'
+import type { HttpEndpoint, HttpUpstream, SlotOutcome, SlotWaiter } from './pool.js'
+import type { UpstreamMetrics } from './metrics.js'
+
+/**
+ * States of one proxied request. Moves only forward, through `to()`:
+ *   waiting → dispatched → responding → done
+ * and from any non-final state to `failed` (Ferry answered with an error) or `aborted` (client gone).
+ */
+export type ExchangeState = 'waiting' | 'dispatched' | 'responding' | 'done' | 'failed' | 'aborted'
+
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
+/** Response headers Ferry does not copy: hop-by-hop, plus the ones uWS writes itself. */
+const SKIP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'content-length', 'date'])
+const BODY_HIGH_WATER = 64 * 1024
+
+/** Shared, per-upstream context handed to every exchange (resolved once, not per request). */
+export interface ExchangeContext {
+  readonly upstream: HttpUpstream
+  readonly metrics: UpstreamMetrics
+  readonly log: Logger
+  readonly accessLog: boolean
+  readonly requestIdHeader: string
+  readonly retryIdempotent: boolean
+}
+
+/**
+ * One client request proxied to one upstream. It owns, for its lifetime: the uWS response (until done or
+ * aborted), the request body stream, the pool slot it holds (released exactly once) and the undici
+ * dispatch (aborted if the client leaves). Memory per exchange is bounded: the request body buffers at
+ * most BODY_HIGH_WATER before the client socket is paused; the response holds at most one upstream
+ * chunk before the upstream is paused.
+ */
+export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
+  private state: ExchangeState = 'waiting'
+  private readonly started = performance.now()
+  private dispatchedAt = 0
+  private ep: HttpEndpoint | undefined
+  private queueEntry: ReturnType<HttpUpstream['acquire']>
+  private controller: Dispatcher.DispatchController | undefined
+  private body: Readable | undefined
+  private bodyBytesIn = 0
+  private clientPaused = false
+  private attempts = 0
+  private status = 0
+  private bytesOut = 0
+  private responseLength = -1
+  /** Response chunk tryEnd could not fully write; kept until onWritable finishes it. */
+  private pending: Buffer | undefined
+  private pendingOffset = 0
+  private errorCode: FerryErrorCode | undefined
+  private bodyComplete = false
+  private awaitingTail = false
+  private lastEp: HttpEndpoint | undefined
+
+  constructor (
+    private readonly res: HttpResponse,
+    private readonly req: ClientRequest,
+    private readonly route: Route,
+    private readonly ctx: ExchangeContext,
+    private readonly maxBodyBytes: number,
+  ) {}
+
+  /** Called synchronously from the uWS handler: attaches onAborted/onData before anything async. */
+  start (): void {
+    this.res.onAborted(() => this.onClientAborted())
+    this.ctx.metrics.inFlight.inc()
+    if (this.req.chunked || (this.req.contentLength ?? 0) > 0) {
+      this.body = new Readable({ highWaterMark: BODY_HIGH_WATER, read: () => this.resumeClient() })
+      this.res.onData((chunk, isLast) => this.onClientData(chunk, isLast))
+    }
+    this.queueEntry = this.ctx.upstream.acquire(this)
+  }
+
+  // ---- state --------------------------------------------------------------------------------------
+
+  private to (next: ExchangeState): void {
+    this.state = next
+  }
+
+  private get final (): boolean {
+    return this.state === 'done' || this.state === 'failed' || this.state === 'aborted'
+  }
+
+  // ---- client request body ------------------------------------------------------------------------
+
+  private onClientData (chunk: ArrayBuffer, isLast: boolean): void {
+    const body = this.body
+    if (body === undefined || body.destroyed) return
+    if (chunk.byteLength > 0) {
+      this.bodyBytesIn += chunk.byteLength
+      if (this.bodyBytesIn > this.maxBodyBytes) {
+        this.fail(new FerryError('FERRY_ERR_BODY_TOO_LARGE', `request body exceeds maxBodyBytes ${this.maxBodyBytes}`))
+        return
+      }
+      // uWS neuters the ArrayBuffer after this callback: copy.
+      if (!body.push(Buffer.copyBytesFrom(new Uint8Array(chunk))) && !isLast) {
+        this.clientPaused = true
+        this.res.pause()
+      }
+    }
+    if (isLast) body.push(null)
+  }
+
+  private resumeClient (): void {
+    if (this.clientPaused && this.state !== 'aborted') {
+      this.clientPaused = false
+      this.res.resume()
+    }
+  }
+
+  // ---- pool slot ----------------------------------------------------------------------------------
+
+  onSlot (ep: HttpEndpoint): void {
+    this.queueEntry = undefined
+    if (this.final) { this.ctx.upstream.release(ep, 'neutral'); return }
+    this.ep = ep
+    this.lastEp = ep
+    this.attempts++
+    this.to('dispatched')
+    this.dispatchedAt = performance.now()
+    try {
+      ep.pool.dispatch({
+        path: this.req.target,
+        method: this.req.method,
+        headers: this.req.headers,
+        body: this.body ?? null,
+        idempotent: IDEMPOTENT.has(this.req.method),
+        blocking: false,
+      }, this)
+    } catch (err) {
+      // undici validates synchronously (bad header characters from the client, for instance)
+      this.releaseSlot('neutral')
+      this.fail(new FerryError('FERRY_ERR_BAD_REQUEST', `request rejected: ${(err as Error).message}`, { cause: err }))
+    }
+  }
+
+  onNoSlot (err: FerryError): void {
+    this.queueEntry = undefined
+    this.fail(err)
+  }
+
+  private releaseSlot (outcome: SlotOutcome): void {
+    const ep = this.ep
+    if (ep === undefined) return
+    this.ep = undefined
+    this.ctx.upstream.release(ep, outcome)
+  }
+
+  // ---- undici dispatch handler --------------------------------------------------------------------
+
+  onRequestStart (controller: Dispatcher.DispatchController): void {
+    this.controller = controller
+    if (this.final) controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away'))
+  }
+
+  onResponseStart (controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
+    if (statusCode < 200) return // 1xx interim responses are not forwarded (uWS cannot write them)
+    if (this.state !== 'dispatched') { controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away')); return }
+    this.ctx.metrics.latency.observe((performance.now() - this.dispatchedAt) / 1000)
+    this.to('responding')
+    this.status = statusCode
+    const cl = headers['content-length']
+    const noBody = this.req.method === 'HEAD' || statusCode === 204 || statusCode === 304
+    const res = this.res
+    res.cork(() => {
+      res.writeStatus(`${statusCode} ${statusMessage !== undefined && statusMessage !== '' ? statusMessage : (STATUS_CODES[statusCode] ?? '')}`)
+      for (const name in headers) {
+        if (SKIP_RESPONSE.has(name)) continue
+        const v = headers[name]
+        if (v === undefined) continue
+        if (Array.isArray(v)) for (const x of v) res.writeHeader(name, x)
+        else res.writeHeader(name, v)
+      }
+      if (headers[this.ctx.requestIdHeader] === undefined) res.writeHeader(this.ctx.requestIdHeader, this.req.requestId)
+      if (noBody) {
+        this.responseLength = 0
+        // uWS writes `Content-Length: <n>` for endWithoutBody(n); with no argument it writes none.
+        if (statusCode !== 204 && statusCode !== 304 && typeof cl === 'string') res.endWithoutBody(Number(cl))
+        else res.endWithoutBody()
+        this.bodyComplete = true
+      } else if (typeof cl === 'string') {
+        this.responseLength = Number(cl)
+        if (this.responseLength === 0) { res.end(); this.bodyComplete = true }
+      }
+    })
+    if (!this.bodyComplete) res.onWritable((offset) => this.onWritable(offset))
+  }
+
+  onResponseData (controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.state !== 'responding' || this.bodyComplete) return
+    this.bytesOut += chunk.length
+    const res = this.res
+    let blocked = false
+    res.cork(() => {
+      if (this.responseLength >= 0) {
+        const offset = res.getWriteOffset()
+        const [ok, done] = res.tryEnd(chunk, this.responseLength)
+        if (done) this.bodyComplete = true
+        else if (!ok) { this.pending = chunk; this.pendingOffset = offset; blocked = true }
+      } else if (!res.write(chunk)) {
+        blocked = true // uWS buffered the chunk; wait for onWritable before reading more upstream
+      }
+    })
+    if (blocked) controller.pause()
+  }
+
+  /** uWS says the client socket drained. Finish a partial tryEnd chunk, then resume the upstream. */
+  private onWritable (offset: number): boolean {
+    if (this.state !== 'responding') return true
+    const pending = this.pending
+    if (pending !== undefined) {
+      const [ok, done] = this.res.tryEnd(pending.subarray(offset - this.pendingOffset), this.responseLength)
+      if (!ok && !done) return false
+      this.pending = undefined
+      if (done) {
+        this.bodyComplete = true
+        if (this.awaitingTail) this.finish('done')
+        return true
+      }
+    }
+    this.controller?.resume()
+    return true
+  }
+
+  onResponseEnd (): void {
+    this.releaseSlot('ok')
+    if (this.state !== 'responding') return
+    if (!this.bodyComplete) {
+      if (this.pending !== undefined) {
+        // The last tryEnd chunk is still partly unwritten: the exchange is done when onWritable drains it.
+        this.awaitingTail = true
+        return
+      }
+      if (this.responseLength >= 0) {
+        // undici checks Content-Length, so this means fewer bytes than announced: cut, never pad.
+        this.fail(new FerryError('FERRY_ERR_UPSTREAM_PROTOCOL', 'upstream body shorter than its Content-Length'))
+        return
+      }
+      this.res.cork(() => this.res.end())
+      this.bodyComplete = true
+    }
+    this.finish('done')
+  }
+
+  onResponseError (_controller: Dispatcher.DispatchController, err: Error): void {
+    const ferr = classify(err)
+    const before = this.state === 'dispatched'
+    const retryable = before && this.body === undefined && this.ctx.retryIdempotent &&
+      IDEMPOTENT.has(this.req.method) && this.attempts < 2 && RETRYABLE.has(ferr.code)
+    this.releaseSlot(ferr.code === 'FERRY_ERR_CLIENT_ABORTED' || ferr.code === 'FERRY_ERR_BODY_TOO_LARGE' || ferr.code === 'FERRY_ERR_CLIENT_BODY' ? 'neutral' : 'failed')
+    if (this.state === 'aborted' || this.final) return
+    if (retryable && this.ctx.upstream.endpoints.length > 1) {
+      this.ctx.metrics.retries.inc()
+      this.ctx.log.debug({ reqId: this.req.requestId, err: ferr.message }, 'retrying on another endpoint')
+      this.to('waiting')
+      this.queueEntry = this.ctx.upstream.acquire(this, this.lastEp)
+      return
+    }
+    this.fail(ferr)
+  }
+
+
+  // ---- endings ------------------------------------------------------------------------------------
+
+  private onClientAborted (): void {
+    if (this.final) return
+    const wasState = this.state
+    this.to('aborted')
+    this.errorCode = 'FERRY_ERR_CLIENT_ABORTED'
+    if (this.queueEntry !== undefined) { this.ctx.upstream.cancel(this.queueEntry); this.queueEntry = undefined }
+    const err = new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away')
+    this.body?.destroy(err)
+    if (wasState === 'dispatched' || wasState === 'responding') this.controller?.abort(err)
+    this.record()
+  }
+
+  /** Ferry ends the request with an error: a status page if nothing was sent yet, else a cut connection. */
+  private fail (err: FerryError): void {
+    if (this.final) return
+    const wasResponding = this.state === 'responding'
+    this.to('failed')
+    this.errorCode = err.code
+    if (this.queueEntry !== undefined) { this.ctx.upstream.cancel(this.queueEntry); this.queueEntry = undefined }
+    this.body?.destroy()
+    this.controller?.abort(err)
+    if (wasResponding) {
+      // Headers are out: the only honest signal left is a truncated response. (After a completed
+      // tryEnd the uWS response is gone and must not be touched.)
+      if (!this.bodyComplete) this.res.close()
+    } else {
+      this.status = ERRORS[err.code].status || 500
+      // Close the connection when request body bytes may still be unread, so they are never parsed as a request.
+      const close = this.body !== undefined || this.req.contentLength === undefined
+      sendError(this.res, this.status, err, this.req.requestId, this.ctx.requestIdHeader, close)
+    }
+    if (err.code !== 'FERRY_ERR_CLIENT_ABORTED') this.ctx.log.warn({ reqId: this.req.requestId, code: err.code, upstream: this.ctx.upstream.name, client: this.req.clientIp }, err.message)
+    this.record()
+  }
+
+  private finish (state: 'done'): void {
+    this.to(state)
+    this.record()
+  }
+
+  private record (): void {
+    const m = this.ctx.metrics
+    m.inFlight.dec()
+    m.requests(this.route.name, this.status)
+    if (this.errorCode !== undefined) m.error(this.errorCode)
+    if (this.bodyBytesIn > 0) m.bytesIn.inc(this.bodyBytesIn)
+    if (this.bytesOut > 0) m.bytesOut.inc(this.bytesOut)
+    if (this.ctx.accessLog) {
+      this.ctx.log.info({
+        reqId: this.req.requestId, method: this.req.method, path: this.req.path, status: this.status,
+        route: this.route.name, upstream: this.ctx.upstream.name, endpoint: this.lastEp?.address,
+        ms: Math.round((performance.now() - this.started) * 100) / 100, in: this.bodyBytesIn, out: this.bytesOut,
+        client: this.req.clientIp, err: this.errorCode,
+      }, 'access')
+    }
+  }
+}
+
+/** Errors after which an idempotent, body-less request may go to another endpoint. */
+const RETRYABLE = new Set<FerryErrorCode>(['FERRY_ERR_UPSTREAM_CONNECT', 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', 'FERRY_ERR_UPSTREAM_RESET'])
+
+/** Maps undici and socket errors to Ferry's codes. */
+export function classify (err: Error): FerryError {
+  if (isFerryError(err)) return err
+  const code = (err as { code?: string }).code ?? ''
+  const msg = `${code !== '' ? code + ': ' : ''}${err.message}`
+  switch (code) {
+    case 'UND_ERR_CONNECT_TIMEOUT': return new FerryError('FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', msg, { cause: err })
+    case 'ECONNREFUSED': case 'ENOTFOUND': case 'EHOSTUNREACH': case 'ENETUNREACH': case 'EAI_AGAIN': case 'EADDRNOTAVAIL':
+      return new FerryError('FERRY_ERR_UPSTREAM_CONNECT', msg, { cause: err })
+    case 'UND_ERR_HEADERS_TIMEOUT': return new FerryError('FERRY_ERR_UPSTREAM_TIMEOUT', msg, { cause: err })
+    case 'UND_ERR_BODY_TIMEOUT': return new FerryError('FERRY_ERR_UPSTREAM_BODY_TIMEOUT', msg, { cause: err })
+    case 'UND_ERR_SOCKET': case 'ECONNRESET': case 'EPIPE': case 'UND_ERR_CLOSED':
+      return new FerryError('FERRY_ERR_UPSTREAM_RESET', msg, { cause: err })
+    case 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH': return new FerryError('FERRY_ERR_CLIENT_BODY', msg, { cause: err })
+    case 'UND_ERR_ABORTED': return new FerryError('FERRY_ERR_CLIENT_ABORTED', msg, { cause: err })
+    default:
+      if (code.startsWith('HPE_') || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' || code === 'UND_ERR_HEADERS_OVERFLOW' || code === 'UND_ERR_INFO') {
+        return new FerryError('FERRY_ERR_UPSTREAM_PROTOCOL', msg, { cause: err })
+      }
+      return new FerryError('FERRY_ERR_UPSTREAM_RESET', msg, { cause: err })
+  }
+}
+
+/** A Ferry-generated response: JSON body with the stable error code; Retry-After on 503. */
+export function sendError (res: HttpResponse, status: number, err: FerryError, requestId: string, requestIdHeader: string, close: boolean): void {
+  const body = JSON.stringify({ error: { code: err.code, message: err.status >= 500 && err.code !== 'FERRY_ERR_QUEUE_FULL' && err.code !== 'FERRY_ERR_QUEUE_TIMEOUT' ? STATUS_CODES[status] : err.message, requestId } })
+  res.cork(() => {
+    res.writeStatus(`${status} ${STATUS_CODES[status] ?? ''}`)
+    res.writeHeader('content-type', 'application/json')
+    res.writeHeader(requestIdHeader, requestId)
+    if (status === 503) res.writeHeader('retry-after', '1')
+    res.end(body, close)
+  })
+}

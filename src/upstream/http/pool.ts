@@ -1,0 +1,248 @@
+import { Pool } from 'undici'
+import type { Logger } from 'pino'
+import type { HttpUpstreamConfig } from '../../config/schema.js'
+import { parseEndpoint, type Endpoint } from '../../config/load.js'
+import { FerryError } from '../../errors.js'
+import type { Metrics } from '../../observability/metrics.js'
+import { Balancer, type Balanced } from '../../routing/balancer.js'
+
+/** Passive health of one endpoint. Operator intent (ready/drain/maint) will sit beside it, not in it. */
+export type EndpointHealth = 'up' | 'ejected'
+
+/**
+ * One backend endpoint: its undici Pool (capped at `maxConnections` sockets, pipelining 1) and the
+ * bookkeeping the balancer reads. `inflight` is counted here, not by undici, so the wait queue is
+ * ours: undici's own queue never holds a request (we only dispatch when inflight < maxConnections).
+ */
+export class HttpEndpoint implements Balanced {
+  inflight = 0
+  health: EndpointHealth = 'up'
+  consecutiveFailures = 0
+  ejectedUntil = 0
+  ejections = 0
+  readonly pool: Pool
+
+  constructor (readonly upstream: string, readonly endpoint: Endpoint, cfg: HttpUpstreamConfig) {
+    this.pool = new Pool(endpoint.origin, {
+      connections: cfg.pool.maxConnections,
+      pipelining: 1,
+      connect: { timeout: cfg.timeouts.connectMs },
+      keepAliveTimeout: cfg.pool.keepAliveTimeoutMs,
+      keepAliveMaxTimeout: cfg.pool.keepAliveTimeoutMs,
+      headersTimeout: cfg.timeouts.responseMs,
+      bodyTimeout: cfg.timeouts.bodyIdleMs,
+      strictContentLength: true,
+    })
+  }
+
+  get address (): string {
+    return this.endpoint.address
+  }
+
+  acceptsAt (now: number): boolean {
+    return this.health === 'up' || now >= this.ejectedUntil
+  }
+
+  get connected (): number {
+    return this.pool.stats.connected
+  }
+}
+
+/** What the pool hands a slot to: an HTTP exchange waiting to dispatch. */
+export interface SlotWaiter {
+  /** The request may be dispatched on `ep` now; the waiter must call `release(ep, …)` exactly once. */
+  onSlot: (ep: HttpEndpoint) => void
+  /** No slot: queue full or waited too long. */
+  onNoSlot: (err: FerryError) => void
+}
+
+interface QueueEntry {
+  waiter: SlotWaiter | undefined
+  deadline: number
+  exclude: HttpEndpoint | undefined
+}
+
+export type SlotOutcome = 'ok' | 'failed' | 'neutral'
+
+/**
+ * An HTTP upstream: its endpoints, the balancer, and the bounded FIFO of requests waiting for a slot.
+ * One timer serves the whole queue: entries share one timeout, so the head always expires first.
+ */
+export class HttpUpstream {
+  readonly endpoints: HttpEndpoint[]
+  private readonly balancer: Balancer<HttpEndpoint>
+  private queue: QueueEntry[] = []
+  private head = 0
+  private queued = 0
+  private timer: NodeJS.Timeout | undefined
+  private closed = false
+
+  constructor (
+    readonly name: string,
+    readonly cfg: HttpUpstreamConfig,
+    private readonly log: Logger,
+    private readonly metrics: Metrics,
+  ) {
+    this.endpoints = cfg.endpoints.map((e) => new HttpEndpoint(name, parseEndpoint(e), cfg))
+    this.balancer = new Balancer(this.endpoints, cfg.balance)
+    for (const ep of this.endpoints) metrics.endpointUp.labels(name, ep.address).set(1)
+  }
+
+  get queueDepth (): number {
+    return this.queued
+  }
+
+  /** Gives `waiter` a slot now, queues it, or refuses it (503). `exclude`: the endpoint that just failed it. */
+  acquire (waiter: SlotWaiter, exclude?: HttpEndpoint): QueueEntry | undefined {
+    if (this.closed) {
+      waiter.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name} is shut down`))
+      return undefined
+    }
+    const now = Date.now()
+    const ep = this.queued === 0 ? this.balancer.pick(this.cfg.pool.maxConnections, now, exclude) : undefined
+    if (ep !== undefined) {
+      ep.inflight++
+      waiter.onSlot(ep)
+      return undefined
+    }
+    if (this.queued >= this.cfg.pool.queueLimit) {
+      waiter.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name}: all ${this.endpoints.length * this.cfg.pool.maxConnections} connections busy and ${this.queued} requests queued (queueLimit ${this.cfg.pool.queueLimit})`))
+      return undefined
+    }
+    const entry: QueueEntry = { waiter, deadline: now + this.cfg.pool.queueTimeoutMs, exclude }
+    this.queue.push(entry)
+    this.queued++
+    if (this.timer === undefined) this.armTimer()
+    return entry
+  }
+
+  /** The waiter went away while queued (client aborted). */
+  cancel (entry: QueueEntry): void {
+    if (entry.waiter === undefined) return
+    entry.waiter = undefined
+    this.queued--
+  }
+
+  /** Returns a slot; `outcome` feeds passive health. Then hands free slots to queued waiters. */
+  release (ep: HttpEndpoint, outcome: SlotOutcome): void {
+    ep.inflight--
+    if (outcome === 'ok') {
+      ep.consecutiveFailures = 0
+      if (ep.health === 'ejected') this.setHealth(ep, 'up', 'request succeeded')
+    } else if (outcome === 'failed') {
+      ep.consecutiveFailures++
+      const now = Date.now()
+      // A probing endpoint (ejection expired) goes straight back out on its first failure.
+      const probing = ep.health === 'ejected' && now >= ep.ejectedUntil
+      if (probing || (ep.health === 'up' && ep.consecutiveFailures >= this.cfg.ejection.consecutiveFailures)) {
+        ep.ejectedUntil = now + this.cfg.ejection.ejectMs
+        ep.consecutiveFailures = 0
+        ep.ejections++
+        this.metrics.endpointEjections.labels(this.name, ep.address).inc()
+        if (probing) this.log.warn({ upstream: this.name, endpoint: ep.address }, 'endpoint still failing, ejected again')
+        this.setHealth(ep, 'ejected', `${this.cfg.ejection.consecutiveFailures} consecutive failures`)
+      }
+    }
+    this.drainQueue()
+  }
+
+  private setHealth (ep: HttpEndpoint, health: EndpointHealth, why: string): void {
+    if (ep.health === health) return
+    ep.health = health
+    this.metrics.endpointUp.labels(this.name, ep.address).set(health === 'up' ? 1 : 0)
+    this.log.warn({ upstream: this.name, endpoint: ep.address, health, why }, `endpoint ${health}`)
+  }
+
+  private drainQueue (): void {
+    while (this.queued > 0) {
+      const entry = this.peek()
+      if (entry === undefined) return
+      const ep = this.balancer.pick(this.cfg.pool.maxConnections, Date.now(), entry.exclude)
+      if (ep === undefined) return
+      this.shift()
+      ep.inflight++
+      entry.waiter!.onSlot(ep)
+    }
+  }
+
+  /** First live entry, dropping cancelled ones. */
+  private peek (): QueueEntry | undefined {
+    while (this.head < this.queue.length) {
+      const e = this.queue[this.head]!
+      if (e.waiter !== undefined) return e
+      this.head++
+    }
+    this.compact()
+    return undefined
+  }
+
+  private shift (): void {
+    this.head++
+    this.queued--
+    this.compact()
+  }
+
+  private compact (): void {
+    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.head)
+      this.head = 0
+    } else if (this.head === this.queue.length) {
+      this.queue.length = 0
+      this.head = 0
+    }
+  }
+
+  private armTimer (): void {
+    const entry = this.peek()
+    if (entry === undefined) { this.timer = undefined; return }
+    this.timer = setTimeout(() => this.expire(), Math.max(1, entry.deadline - Date.now()))
+    this.timer.unref()
+  }
+
+  private expire (): void {
+    const now = Date.now()
+    for (let e = this.peek(); e !== undefined && e.deadline <= now; e = this.peek()) {
+      const w = e.waiter!
+      this.shift()
+      w.onNoSlot(new FerryError('FERRY_ERR_QUEUE_TIMEOUT', `upstream ${this.name}: no free connection within queueTimeoutMs ${this.cfg.pool.queueTimeoutMs}`))
+    }
+    this.armTimer()
+  }
+
+  status (): object {
+    const now = Date.now()
+    return {
+      name: this.name,
+      protocol: 'http',
+      balance: this.cfg.balance,
+      maxConnectionsPerEndpoint: this.cfg.pool.maxConnections,
+      queued: this.queued,
+      queueLimit: this.cfg.pool.queueLimit,
+      endpoints: this.endpoints.map((ep) => ({
+        address: ep.address,
+        health: ep.health === 'ejected' && now >= ep.ejectedUntil ? 'probing' : ep.health,
+        ejectedForMs: ep.health === 'ejected' ? Math.max(0, ep.ejectedUntil - now) : 0,
+        inflight: ep.inflight,
+        connected: ep.connected,
+        consecutiveFailures: ep.consecutiveFailures,
+        ejections: ep.ejections,
+      })),
+    }
+  }
+
+  /** 'flush' lets in-flight requests finish (undici close); 'abort' destroys sockets now. */
+  async close (kind: 'flush' | 'abort'): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timer = undefined
+    for (let e = this.peek(); e !== undefined; e = this.peek()) {
+      const w = e.waiter!
+      this.shift()
+      w.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name} is shutting down`))
+    }
+    await Promise.all(this.endpoints.map(async (ep) => {
+      await (kind === 'flush' ? ep.pool.close() : ep.pool.destroy()).catch(() => {})
+    }))
+  }
+}
