@@ -68,7 +68,7 @@ export class HttpFront {
       const route = this.deps.router.match(creq.host, creq.path)
       if (route === undefined) {
         this.noRoute.inc()
-        sendError(res, 404, new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${creq.host}${creq.path}`), requestId, this.reqOpts.requestIdHeader, creq.contentLength !== 0)
+        sendError(res, 404, new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${creq.host}${creq.path}`), requestId, this.reqOpts.requestIdHeader, creq.close || creq.contentLength !== 0)
         return
       }
       const ctx = this.deps.upstreams.get(route.upstream)!

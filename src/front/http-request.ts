@@ -16,6 +16,8 @@ export interface ClientRequest {
   /** Declared body length; `undefined` with `chunked` true for a chunked body; 0 when there is none. */
   readonly contentLength: number | undefined
   readonly chunked: boolean
+  /** The client asked to close after this response (`Connection: close`). */
+  readonly close: boolean
 }
 
 /** Hop-by-hop headers (RFC 9110 §7.6.1) plus ones undici refuses to forward (expect). */
@@ -105,5 +107,6 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
     headers,
     contentLength: chunked ? undefined : (contentLength ?? 0),
     chunked,
+    close: connectionTokens?.includes('close') === true,
   }
 }

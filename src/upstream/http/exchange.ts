@@ -180,6 +180,9 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
         else res.writeHeader(name, v)
       }
       if (headers[this.ctx.requestIdHeader] === undefined) res.writeHeader(this.ctx.requestIdHeader, this.req.requestId)
+      // uWS 20.30 closes the socket after answering a `Connection: close` request but does not say so in
+      // the response; clients that reuse the socket meanwhile get a RST. Say it (RFC 9112 §9.6).
+      if (this.req.close) res.writeHeader('connection', 'close')
       if (noBody) {
         this.responseLength = 0
         // uWS writes `Content-Length: <n>` for endWithoutBody(n); with no argument it writes none.
@@ -298,7 +301,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     } else {
       this.status = ERRORS[err.code].status || 500
       // Close the connection when request body bytes may still be unread, so they are never parsed as a request.
-      const close = this.body !== undefined || this.req.contentLength === undefined
+      const close = this.req.close || this.body !== undefined || this.req.contentLength === undefined
       sendError(this.res, this.status, err, this.req.requestId, this.ctx.requestIdHeader, close)
     }
     if (err.code !== 'FERRY_ERR_CLIENT_ABORTED') this.ctx.log.warn({ reqId: this.req.requestId, code: err.code, upstream: this.ctx.upstream.name, client: this.req.clientIp }, err.message)

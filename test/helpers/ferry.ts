@@ -1,0 +1,136 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { stringify } from 'yaml'
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const CLI = join(ROOT, 'dist', 'cli.js')
+
+/** The subset of tap's Test the helpers use. */
+export interface Teardown { teardown: (fn: () => unknown) => void }
+
+export interface FerryProcess {
+  readonly pid: number
+  readonly httpPort: number
+  readonly adminPort: number
+  readonly url: string
+  readonly adminUrl: string
+  /** Every stdout line so far (pino JSON), parsed where possible. */
+  readonly logs: Array<Record<string, unknown>>
+  readonly stderr: () => string
+  /** Resident set size of the gateway process in bytes (from /proc). */
+  rss: () => number
+  /** SIGTERM and wait for exit; returns the exit code. */
+  stop: () => Promise<number | null>
+  readonly child: ChildProcess
+}
+
+/** Writes `config` as YAML to a temp file and returns its path. */
+export function writeConfig (config: unknown): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-test-'))
+  const file = join(dir, 'ferry.yaml')
+  writeFileSync(file, stringify(config))
+  return file
+}
+
+/**
+ * Starts `node dist/cli.js start --config <tmp>` with both listeners on 127.0.0.1:0 (unless the config
+ * says otherwise) and resolves once it logs `listening`. Stopped by PID on teardown.
+ */
+export async function startFerry (t: Teardown, config: Record<string, unknown>, opts: { env?: NodeJS.ProcessEnv, timeoutMs?: number } = {}): Promise<FerryProcess> {
+  const cfg = structuredClone(config) as Record<string, any>
+  cfg.listen ??= {}
+  cfg.listen.http ??= { host: '127.0.0.1', port: 0 }
+  cfg.listen.admin ??= { host: '127.0.0.1', port: 0 }
+  cfg.logging ??= {}
+  cfg.logging.pretty = false
+  const file = writeConfig(cfg)
+  const child = spawn(process.execPath, [CLI, 'start', '--config', file], {
+    env: { ...process.env, ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const logs: Array<Record<string, unknown>> = []
+  let err = ''
+  let buf = ''
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => { err += d })
+  let exited = false
+  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => { exited = true; resolve(code) }))
+  t.teardown(async () => { if (!exited) { child.kill('SIGKILL'); await exit } })
+  const listening = new Promise<Record<string, unknown>>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`ferry did not start within ${opts.timeoutMs ?? 15000} ms; stderr: ${err}`)), opts.timeoutMs ?? 15000)
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      buf += d
+      let nl
+      while ((nl = buf.indexOf('\n')) !== -1) {
+        const line = buf.slice(0, nl)
+        buf = buf.slice(nl + 1)
+        let rec: Record<string, unknown>
+        try { rec = JSON.parse(line) as Record<string, unknown> } catch { rec = { raw: line } }
+        logs.push(rec)
+        if (rec.msg === 'listening') { clearTimeout(timer); resolve(rec) }
+      }
+    })
+    void exit.then((code) => { clearTimeout(timer); reject(new Error(`ferry exited with ${code} before listening; stderr: ${err}`)) })
+  })
+  const rec = await listening
+  const httpPort = Number(String(rec.http).split(':').at(-1))
+  const adminPort = Number(String(rec.admin).split(':').at(-1))
+  const pid = child.pid!
+  return {
+    pid,
+    httpPort,
+    adminPort,
+    url: `http://127.0.0.1:${httpPort}`,
+    adminUrl: `http://127.0.0.1:${adminPort}`,
+    logs,
+    stderr: () => err,
+    child,
+    rss: () => {
+      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+      return m === null ? 0 : Number(m[1]) * 1024
+    },
+    stop: async () => {
+      if (!exited) child.kill('SIGTERM')
+      return await exit
+    },
+  }
+}
+
+/** Runs `node dist/cli.js ...args` to completion. */
+export async function runCli (args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d })
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  return { code, stdout, stderr }
+}
+
+/** Polls `fn` until it returns a truthy value or `timeoutMs` passes (then throws with `what`). */
+export async function waitFor<T> (what: string, fn: () => T | Promise<T>, timeoutMs = 10000, everyMs = 20): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const v = await fn()
+    if (v) return v
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, everyMs))
+  }
+}
+
+/** GET the admin /status JSON. */
+export async function adminStatus (f: FerryProcess): Promise<any> {
+  const r = await fetch(`${f.adminUrl}/status`)
+  return await r.json()
+}
+
+/** Reads one sample value from /metrics (`name{labels}`), 0 when absent. */
+export async function metric (f: FerryProcess, series: string): Promise<number> {
+  const text = await (await fetch(`${f.adminUrl}/metrics`)).text()
+  for (const line of text.split('\n')) {
+    if (line.startsWith(series + ' ')) return Number(line.slice(series.length + 1))
+  }
+  return 0
+}

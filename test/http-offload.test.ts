@@ -1,0 +1,49 @@
+import t from 'tap'
+import { request, Agent } from 'node:http'
+import { startBackend, httpConfig } from './helpers/backend.js'
+import { startFerry, metric } from './helpers/ferry.js'
+
+/** One request on a fresh TCP connection (`Connection: close`), resolving to status and body. */
+function closeRequest (port: number, path: string, agent: Agent): Promise<{ status: number, body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, agent, headers: { connection: 'close' } }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (d: string) => { body += d })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+t.test('5,000 short-lived client connections reach the backend over at most maxConnections', async (t) => {
+  const MAX = 4
+  const backend = await startBackend(t, (req, res) => {
+    res.setHeader('content-type', 'text/plain')
+    res.end(`echo:${req.url}:${req.headers['x-forwarded-for']}`)
+  })
+  const ferry = await startFerry(t, httpConfig([backend.address], { pool: { maxConnections: MAX } }))
+  const TOTAL = 5000
+  const CONCURRENCY = 50
+  const agent = new Agent({ keepAlive: false, maxSockets: CONCURRENCY })
+  t.teardown(() => agent.destroy())
+  let next = 0
+  let ok = 0
+  const bad: string[] = []
+  const worker = async (): Promise<void> => {
+    while (next < TOTAL) {
+      const i = next++
+      const { status, body } = await closeRequest(ferry.httpPort, `/item/${i}?q=${i}`, agent)
+      if (status === 200 && body === `echo:/item/${i}?q=${i}:127.0.0.1`) ok++
+      else if (bad.length < 5) bad.push(`${i}: ${status} ${body.slice(0, 100)}`)
+    }
+  }
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker))
+  t.same(bad, [], 'no wrong responses')
+  t.equal(ok, TOTAL, `all ${TOTAL} responses correct`)
+  t.ok(backend.accepted() <= MAX, `backend accepted ${backend.accepted()} TCP connections, ≤ maxConnections ${MAX}`)
+  t.ok(backend.accepted() >= 1, 'backend saw at least one connection')
+  t.equal(await metric(ferry, 'ferry_http_requests_total{route="*/",upstream="api",status="200"}'), TOTAL, 'metrics count every request')
+  t.ok(await metric(ferry, 'ferry_connections{side="upstream",kind="http",upstream="api"}') <= MAX, 'upstream connection gauge ≤ maxConnections')
+})
