@@ -49,7 +49,12 @@ function formatPath (path: readonly PropertyKey[]): string {
 
 function describeValue (v: unknown): string {
   if (v === undefined) return 'nothing'
-  const s = JSON.stringify(v)
+  let s: string | undefined
+  try {
+    s = JSON.stringify(v)
+  } catch {
+    return typeof v === 'object' ? 'a self-referencing value (YAML alias cycle?)' : String(v)
+  }
   return s === undefined ? String(v) : s.length > 60 ? `${s.slice(0, 57)}...` : s
 }
 

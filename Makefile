@@ -1,0 +1,39 @@
+# Ferry: the two commands a new user needs are `make run` and `make test`.
+SHELL := /bin/bash
+.PHONY: all setup build run test bench check docs clean
+
+all: build
+
+setup:
+	scripts/setup.sh
+
+build: setup
+	npx tsc -p tsconfig.json
+
+## Set up, build, and run Ferry on its embedded defaults next to the bundled demo backend.
+run: build
+	scripts/run-demo.sh
+
+## Set up (npm packages, redis-server when missing), build, and run the whole test suite.
+test:
+	scripts/setup.sh --test
+	npx tsc -p tsconfig.json
+	scripts/test.sh
+
+## Side-by-side benchmark against nginx and HAProxy (installs them when missing). QUICK=0 for the full profile.
+bench:
+	scripts/setup.sh --bench
+	npx tsc -p tsconfig.json
+	native-bench/run $(if $(filter 0,$(QUICK)),--full,--quick)
+
+## Type-check only.
+check: setup
+	npx tsc -p tsconfig.json --noEmit
+
+## Regenerate docs/config.md and docs/errors.md from the schema and the error table.
+docs: build
+	node dist/cli.js config-reference > docs/config.md
+	node dist/cli.js errors-reference > docs/errors.md
+
+clean:
+	rm -rf dist .tap

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what Ferry needs on a fresh Debian 12 + Node 20 machine, and nothing that is already there.
+#   scripts/setup.sh            npm packages (npm ci)
+#   scripts/setup.sh --test     + Debian packages the test suite starts (redis-server)
+#   scripts/setup.sh --bench    + Debian packages the benchmark compares against (nginx, haproxy, wrk)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0; want_bench=0
+for a in "$@"; do
+  case "$a" in
+    --test) want_test=1 ;;
+    --bench) want_bench=1 ;;
+    *) echo "setup: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# Node 20 (or 22+): uWebSockets.js 20.30's native binary exists for Node 16/18/20 ABIs only.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  echo "setup: Ferry needs Node.js 20 (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+
+pkgs=()
+need_cmd() { command -v "$1" >/dev/null 2>&1 || pkgs+=("$2"); }
+if [ "$want_test" = 1 ]; then need_cmd redis-server redis-server; fi
+if [ "$want_bench" = 1 ]; then need_cmd nginx nginx-light; need_cmd haproxy haproxy; need_cmd wrk wrk; fi
+if [ "${#pkgs[@]}" -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      echo "setup: need root (or sudo) to apt-get install ${pkgs[*]}" >&2; exit 1
+    fi
+  fi
+  say "apt-get install ${pkgs[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+
+# npm packages, from the lock file; skipped when node_modules already matches it.
+stamp=node_modules/.package-lock.json
+if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ] || [ ! -d node_modules/uWebSockets.js ]; then
+  say "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi

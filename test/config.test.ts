@@ -1,0 +1,142 @@
+import t from 'tap'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { ConfigError, EMBEDDED_DEFAULTS, applyEnvOverrides, loadConfig, validateConfig } from '../src/config/load.js'
+import { renderConfigReference, renderErrorReference } from '../src/config/reference.js'
+import { ERRORS, FerryError } from '../src/errors.js'
+import { ROOT, runCli, writeConfig } from './helpers/ferry.js'
+
+const valid = {
+  upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:3000', '[::1]:3001', 'http://localhost:3002'] } },
+  routes: [{ match: { path: '/api' }, upstream: 'api' }],
+}
+
+function problems (input: unknown): string[] {
+  try {
+    validateConfig(input)
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems
+    throw err
+  }
+  return []
+}
+
+t.test('a valid config gets its defaults and is frozen', async (t) => {
+  const cfg = validateConfig(valid)
+  t.equal(cfg.upstreams.api!.pool.maxConnections, 16, 'pool.maxConnections defaults to 16')
+  t.equal(cfg.listen.http.port, 8080, 'listen.http.port defaults to 8080')
+  t.equal(cfg.routes[0]!.match.path, '/api', 'route path kept')
+  t.ok(cfg.gateway.id.length > 0, 'gateway id defaults to the host name')
+  t.ok(Object.isFrozen(cfg.upstreams.api!.pool), 'nested objects are frozen')
+  t.same(problems(EMBEDDED_DEFAULTS), [], 'embedded defaults are valid')
+})
+
+t.test('every problem is reported with its field path and the value seen', async (t) => {
+  const found = problems({
+    upstreams: { api: { protocol: 'http', endpoints: ['nohost'], pool: { maxConnections: -1, maxConns: 3 } }, db: { protocol: 'carrier-pigeon', endpoints: [] } },
+    routes: [{ match: { path: 'api' }, upstream: 'api' }],
+    listen: { http: { port: 70000 } },
+    bogus: true,
+  })
+  const has = (prefix: string): boolean => found.some((p) => p.startsWith(prefix))
+  t.ok(has('upstreams.api.pool.maxConnections: must be a positive integer (got -1)'), 'names pool.maxConnections and the bad value')
+  t.ok(has('upstreams.api.endpoints[0]: must be host:port'), 'names the bad endpoint by index')
+  t.ok(has('upstreams.api.pool.maxConns: unknown key (did you mean maxConnections?)'), 'unknown key with a hint')
+  t.ok(has('upstreams.db.protocol: must be one of'), 'bad protocol names the field')
+  t.ok(has('routes[0].match.path: must start with /'), 'route path checked')
+  t.ok(has('listen.http.port:'), 'port range checked')
+  t.ok(has('bogus: unknown key'), 'unknown top-level key')
+  t.ok(found.length >= 7, `all problems collected, not just the first (got ${found.length})`)
+})
+
+t.test('a route naming a missing upstream is an error naming the route', async (t) => {
+  const found = problems({ ...valid, routes: [{ upstream: 'nope' }] })
+  t.match(found.join('\n'), /routes\[0\]\.upstream: names no upstream \(known: api\)/, 'route upstream cross-checked')
+})
+
+t.test('environment overrides use FERRY__path__to__field', async (t) => {
+  const out = applyEnvOverrides(valid, { FERRY__listen__http__port: '9999', FERRY__upstreams__api__pool__maxConnections: '3', OTHER: 'x' })
+  const cfg = validateConfig(out)
+  t.equal(cfg.listen.http.port, 9999, 'port from env, parsed as a number')
+  t.equal(cfg.upstreams.api!.pool.maxConnections, 3, 'nested field from env')
+  t.equal((valid as any).listen, undefined, 'the input object is not modified')
+})
+
+t.test('YAML errors and unreadable files are FERRY_ERR_CONFIG_READ', async (t) => {
+  const bad = writeConfig({})
+  writeFileSync(bad, 'upstreams: [unclosed\n')
+  t.throws(() => loadConfig(bad, {}), { code: 'FERRY_ERR_CONFIG_READ' }, 'bad YAML')
+  t.throws(() => loadConfig('/nonexistent/ferry.yaml', {}), { code: 'FERRY_ERR_CONFIG_READ' }, 'missing file')
+  writeFileSync(bad, 'upstreams: &u\n  api: *u\nroutes: []\n')
+  t.throws(() => loadConfig(bad, {}), { code: 'FERRY_ERR_CONFIG_INVALID' }, 'a self-referencing YAML alias is a field error, not a crash')
+  writeFileSync(bad, '- just\n- a list\n')
+  t.throws(() => loadConfig(bad, {}), { code: 'FERRY_ERR_CONFIG_INVALID' }, 'a YAML list is not a config')
+})
+
+t.test('ferry check exits 1 naming the field, 0 on a good file', async (t) => {
+  const bad = writeConfig({ upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:3000'], pool: { maxConnections: 0 } } }, routes: [{ upstream: 'api' }] })
+  const r = await runCli(['check', '--config', bad])
+  t.equal(r.code, 1, 'exit code 1 for an invalid config')
+  t.match(r.stderr, 'upstreams.api.pool.maxConnections: must be a positive integer', 'stderr names the field path')
+  t.match(r.stderr, 'FERRY_ERR_CONFIG_INVALID', 'stderr carries the error code')
+  const good = writeConfig(valid)
+  const ok = await runCli(['check', '--config', good])
+  t.equal(ok.code, 0, 'exit code 0 for a valid config')
+  t.match(ok.stdout, /ok \(1 upstreams, 1 routes\)/, 'says what it checked')
+})
+
+t.test('ferry start refuses an invalid config and does not listen', async (t) => {
+  const bad = writeConfig({ upstreams: {}, routes: [] })
+  const r = await runCli(['start', '--config', bad])
+  t.equal(r.code, 1, 'exit code 1')
+  t.match(r.stderr, 'routes: must have at least one route', 'names the field')
+  t.notMatch(r.stdout, 'listening', 'never listened')
+})
+
+t.test('docs/config.md and docs/errors.md match the schema and the error table', async (t) => {
+  t.equal(readFileSync(join(ROOT, 'docs/config.md'), 'utf8'), renderConfigReference(), 'docs/config.md is current (run `make docs`)')
+  const errorsDoc = readFileSync(join(ROOT, 'docs/errors.md'), 'utf8')
+  t.equal(errorsDoc, renderErrorReference(), 'docs/errors.md is current (run `make docs`)')
+  for (const code of Object.keys(ERRORS)) t.ok(errorsDoc.includes(`\`${code}\``), `${code} documented`)
+  const reference = renderConfigReference()
+  for (const field of ['upstreams.<name>.pool.maxConnections', 'upstreams.<name>.pool.queueLimit', 'upstreams.<name>.pool.queueTimeoutMs', 'http.maxBodyBytes', 'upstreams.<name>.timeouts.connectMs']) {
+    t.ok(reference.includes(`\`${field}\``), `${field} in the reference`)
+  }
+})
+
+t.test('property: mutated configs never crash the validator, only ConfigError', async (t) => {
+  // Deterministic PRNG so a failure reproduces.
+  let seed = 0x9e3779b9
+  const rand = (): number => { seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5; return (seed >>> 0) / 0x100000000 }
+  const junk = [null, -1, 0, 1.5, 'x', '', true, [], {}, [1, 'a'], { a: 1 }, 'http', '127.0.0.1:0', 1e12, '/']
+  const base = validateConfig(valid) as unknown
+  const paths: string[][] = []
+  const walk = (o: unknown, p: string[]): void => {
+    if (o === null || typeof o !== 'object') return
+    for (const [k, v] of Object.entries(o)) { paths.push([...p, k]); walk(v, [...p, k]) }
+  }
+  walk(base, [])
+  let invalid = 0
+  const N = 3000
+  for (let i = 0; i < N; i++) {
+    const doc = structuredClone(base) as Record<string, any>
+    const mutations = 1 + Math.floor(rand() * 3)
+    for (let m = 0; m < mutations; m++) {
+      const p = paths[Math.floor(rand() * paths.length)]!
+      let node = doc
+      for (const seg of p.slice(0, -1)) { if (node[seg] === null || typeof node[seg] !== 'object') break; node = node[seg] }
+      const r = rand()
+      if (r < 0.2) delete node[p.at(-1)!]
+      else if (r < 0.3) node[`extra${i}`] = 1
+      else node[p.at(-1)!] = structuredClone(junk[Math.floor(rand() * junk.length)])
+    }
+    try {
+      validateConfig(doc)
+    } catch (err) {
+      if (!(err instanceof FerryError) || err.code !== 'FERRY_ERR_CONFIG_INVALID') { t.fail(`case ${i} threw ${String(err)}`); return }
+      if ((err as ConfigError).problems.some((p) => !/^[^:]+: /.test(p))) { t.fail(`case ${i}: a problem without a field path: ${err.message}`); return }
+      invalid++
+    }
+  }
+  t.ok(invalid > N / 2, `most of ${N} mutated configs rejected with field paths (${invalid})`)
+})
