@@ -4,6 +4,7 @@ import type { Config } from './config/load.js'
 import { HttpFront } from './front/http-front.js'
 import { loadNativeUws, type Uws } from './front/uws.js'
 import { Metrics } from './observability/metrics.js'
+import { establishedOnPort } from './observability/sockets.js'
 import { Router } from './routing/router.js'
 import type { ExchangeContext } from './upstream/http/exchange.js'
 import { upstreamMetrics } from './upstream/http/metrics.js'
@@ -112,6 +113,10 @@ export class Gateway {
 
   private collect (): void {
     const m = this.metrics
+    if (this.ports !== undefined) {
+      const clients = establishedOnPort(this.ports.http)
+      if (clients !== undefined) m.upstreamConnections.labels('client', 'http', '').set(clients)
+    }
     for (const u of this.upstreams.values()) {
       m.upstreamQueueDepth.labels(u.name).set(u.queueDepth)
       let connected = 0

@@ -47,3 +47,20 @@ t.test('5,000 short-lived client connections reach the backend over at most maxC
   t.equal(await metric(ferry, 'ferry_http_requests_total{route="*/",upstream="api",status="200"}'), TOTAL, 'metrics count every request')
   t.ok(await metric(ferry, 'ferry_connections{side="upstream",kind="http",upstream="api"}') <= MAX, 'upstream connection gauge ≤ maxConnections')
 })
+
+t.test('idle keep-alive client connections are reported while the backend holds only the pool', async (t) => {
+  const MAX = 2
+  const backend = await startBackend(t, (_req, res) => { res.end('ok') })
+  const ferry = await startFerry(t, httpConfig([backend.address], { pool: { maxConnections: MAX } }))
+  const CLIENTS = 30
+  const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS })
+  t.teardown(() => agent.destroy())
+  // Open CLIENTS keep-alive connections at once, then leave them idle.
+  await Promise.all(Array.from({ length: CLIENTS }, async () => await new Promise<void>((resolve, reject) => {
+    request({ host: '127.0.0.1', port: ferry.httpPort, path: '/', agent }, (res) => { res.resume(); res.on('end', resolve) }).on('error', reject).end()
+  })))
+  const series = 'ferry_connections{side="client",kind="http",upstream=""}'
+  t.equal(await metric(ferry, series), CLIENTS, `${series} counts the ${CLIENTS} idle client connections`)
+  t.ok(backend.open() <= MAX, `backend holds ${backend.open()} connections (≤ ${MAX})`)
+  agent.destroy()
+})

@@ -1,0 +1,32 @@
+import { readFileSync } from 'node:fs'
+
+/**
+ * Established TCP connections on a local port, read from /proc/net/tcp{,6} at scrape time.
+ * uWebSockets.js 20.30 gives no callback per HTTP connection (only per request), so this is how Ferry
+ * reports open client HTTP connections without touching the request path. Listen ports are bound
+ * exclusively, so every socket on the port is this process's. Returns undefined off Linux.
+ */
+export function establishedOnPort (port: number): number | undefined {
+  let total = 0
+  let any = false
+  const hexPort = `:${port.toString(16).toUpperCase().padStart(4, '0')} `
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text: string
+    try { text = readFileSync(file, 'latin1') } catch { continue }
+    any = true
+    // "  sl  local_address rem_address   st ..." — local_address is ADDR:PORT in hex, st 01 = ESTABLISHED
+    let i = text.indexOf('\n') + 1
+    while (i > 0 && i < text.length) {
+      const end = text.indexOf('\n', i)
+      const line = text.slice(i, end === -1 ? text.length : end)
+      const colon = line.indexOf(':') // after "sl"
+      const local = line.indexOf(hexPort, colon + 1)
+      if (local !== -1 && local < line.indexOf(' ', colon + 2) + 1) {
+        const fields = line.trim().split(/\s+/)
+        if (fields[3] === '01') total++
+      }
+      i = end + 1
+    }
+  }
+  return any ? total : undefined
+}
