@@ -337,7 +337,8 @@ const RETRYABLE = new Set<FerryErrorCode>(['FERRY_ERR_UPSTREAM_CONNECT', 'FERRY_
 /** Maps undici and socket errors to Ferry's codes. */
 export function classify (err: Error): FerryError {
   if (isFerryError(err)) return err
-  const code = (err as { code?: string }).code ?? ''
+  // undici's llhttp errors carry no `code`, only their class name.
+  const code = (err as { code?: string }).code ?? (err.name === 'HTTPParserError' ? 'HPE_PARSE' : '')
   const msg = `${code !== '' ? code + ': ' : ''}${err.message}`
   switch (code) {
     case 'UND_ERR_CONNECT_TIMEOUT': return new FerryError('FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', msg, { cause: err })
