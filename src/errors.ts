@@ -19,7 +19,7 @@ export const ERRORS = {
   FERRY_ERR_BODY_TOO_LARGE: { status: 413, description: 'The request body is larger than maxBodyBytes.' },
   FERRY_ERR_QUEUE_FULL: { status: 503, description: 'Every upstream connection is busy and the wait queue is at queueLimit; the response carries Retry-After.' },
   FERRY_ERR_QUEUE_TIMEOUT: { status: 503, description: 'The request waited queueTimeoutMs for an upstream connection; the response carries Retry-After.' },
-  FERRY_ERR_UPSTREAM_CONNECT: { status: 502, description: 'Ferry could not connect to the upstream endpoint (refused, unreachable).' },
+  FERRY_ERR_UPSTREAM_CONNECT: { status: 502, description: 'Ferry could not connect to the upstream endpoint (refused, unreachable). For TCP: every endpoint tried within timeouts.connectBudgetMs failed; the client connection is closed.' },
   FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT: { status: 504, description: 'Connecting to the upstream endpoint took longer than timeouts.connectMs.' },
   FERRY_ERR_UPSTREAM_TIMEOUT: { status: 504, description: 'The upstream sent no response headers within timeouts.responseMs.' },
   FERRY_ERR_UPSTREAM_BODY_TIMEOUT: { status: 504, description: 'The upstream response body stalled for longer than timeouts.bodyIdleMs.' },
@@ -27,6 +27,14 @@ export const ERRORS = {
   FERRY_ERR_UPSTREAM_PROTOCOL: { status: 502, description: 'The upstream sent something that is not valid HTTP/1.1 (garbage, bad headers, wrong length).' },
   FERRY_ERR_CLIENT_ABORTED: { status: 0, description: 'The client went away before the response was complete; the upstream request is aborted.' },
   FERRY_ERR_CLIENT_BODY: { status: 400, description: 'The client request body could not be read to its end.' },
+  FERRY_ERR_TCP_LIMIT: { status: 0, description: 'A TCP listener already held maxConnections client connections; the new one was closed at once.' },
+  FERRY_ERR_TCP_IP_LIMIT: { status: 0, description: 'The client IP already held maxConnectionsPerIp connections on this TCP listener; the new one was closed at once.' },
+  FERRY_ERR_TCP_PROXY_HEADER: { status: 0, description: 'A connection to a listener with acceptProxyProtocol sent no valid PROXY protocol header (garbage, oversized, unsupported); it was closed.' },
+  FERRY_ERR_TCP_PROXY_TIMEOUT: { status: 0, description: 'A connection to a listener with acceptProxyProtocol did not complete its PROXY header within proxyHeaderTimeoutMs; it was closed.' },
+  FERRY_ERR_TCP_PROXY_UNTRUSTED: { status: 0, description: 'A peer outside trustedProxies connected to a listener with acceptProxyProtocol; it was closed before anything was read.' },
+  FERRY_ERR_TCP_IDLE: { status: 0, description: 'No bytes moved either way on a TCP connection for idleTimeoutMs (this includes a peer that stopped reading); both sides were closed.' },
+  FERRY_ERR_TCP_CLIENT_RESET: { status: 0, description: 'The TCP client reset the connection or it failed with a socket error; the backend connection was reset too.' },
+  FERRY_ERR_TCP_SHUTDOWN: { status: 0, description: 'The gateway stopped and a TCP connection was still open after shutdownGraceMs; it was closed.' },
   FERRY_ERR_INTERNAL: { status: 500, description: 'A bug in Ferry; the request is answered 500 and the process keeps running.' },
 } as const satisfies Record<string, ErrorSpec>
 

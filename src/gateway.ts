@@ -9,6 +9,8 @@ import { Router } from './routing/router.js'
 import type { ExchangeContext } from './upstream/http/exchange.js'
 import { upstreamMetrics } from './upstream/http/metrics.js'
 import { HttpUpstream } from './upstream/http/pool.js'
+import { TcpListener } from './tcp/listener.js'
+import { TcpUpstream } from './upstream/tcp/upstream.js'
 import { VERSION } from './version.js'
 
 export type GatewayState = 'created' | 'starting' | 'running' | 'stopping' | 'stopped'
@@ -23,6 +25,8 @@ export interface GatewayOptions {
 export interface BoundPorts {
   http: number
   admin: number
+  /** Bound port of each `listen.tcp` listener, by name. */
+  tcp: Record<string, number>
 }
 
 /**
@@ -36,6 +40,8 @@ export class Gateway {
   private state: GatewayState = 'created'
   private readonly uws: Uws
   private readonly upstreams = new Map<string, HttpUpstream>()
+  private readonly tcpUpstreams = new Map<string, TcpUpstream>()
+  private readonly tcpListeners: TcpListener[] = []
   private front: HttpFront | undefined
   private admin: AdminServer | undefined
   private ports: BoundPorts | undefined
@@ -67,6 +73,10 @@ export class Gateway {
     const contexts = new Map<string, ExchangeContext>()
     for (const [name, ucfg] of Object.entries(cfg.upstreams)) {
       const log = this.log.child({ upstream: name })
+      if (ucfg.protocol === 'tcp') {
+        this.tcpUpstreams.set(name, new TcpUpstream(name, ucfg, log, this.metrics))
+        continue
+      }
       const upstream = new HttpUpstream(name, ucfg, log, this.metrics)
       this.upstreams.set(name, upstream)
       contexts.set(name, {
@@ -87,13 +97,19 @@ export class Gateway {
       const admin = await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
       this.front = new HttpFront({ uws: this.uws, config: cfg, router: new Router(cfg.routes), upstreams: contexts, log: this.log, metrics: this.metrics })
       const http = await this.front.listen()
-      this.ports = { http, admin }
+      const tcp: Record<string, number> = {}
+      for (const [i, lcfg] of cfg.listen.tcp.entries()) {
+        const listener = new TcpListener(i, lcfg, this.tcpUpstreams.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
+        this.tcpListeners.push(listener)
+        tcp[lcfg.name] = await listener.listen()
+      }
+      this.ports = { http, admin, tcp }
     } catch (err) {
       await this.stop('abort')
       throw err
     }
     this.transition('running')
-    this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, gateway: cfg.gateway.id, version: VERSION }, 'listening')
+    this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, tcp: this.ports.tcp, gateway: cfg.gateway.id, version: VERSION }, 'listening')
     return this.ports
   }
 
@@ -105,7 +121,12 @@ export class Gateway {
     if (this.state === 'stopping' || this.state === 'stopped') return
     this.transition('stopping')
     this.front?.stopAccepting()
-    await Promise.all([...this.upstreams.values()].map(async (u) => { await u.close(kind) }))
+    await Promise.all([
+      ...[...this.upstreams.values()].map(async (u) => { await u.close(kind) }),
+      // TCP listeners stop accepting at once, then give open connections up to shutdownGraceMs ('flush').
+      ...this.tcpListeners.map(async (l) => { await l.close(kind) }),
+    ])
+    for (const u of this.tcpUpstreams.values()) u.close(kind)
     this.admin?.close()
     this.removeCollector()
     this.transition('stopped')
@@ -123,6 +144,15 @@ export class Gateway {
       for (const ep of u.endpoints) connected += ep.connected
       m.upstreamConnections.labels('upstream', 'http', u.name).set(connected)
     }
+    const tcpClients = new Map<string, number>()
+    for (const l of this.tcpListeners) {
+      l.collect()
+      tcpClients.set(l.upstream.name, (tcpClients.get(l.upstream.name) ?? 0) + l.open)
+    }
+    for (const u of this.tcpUpstreams.values()) {
+      m.upstreamConnections.labels('client', 'tcp', u.name).set(tcpClients.get(u.name) ?? 0)
+      m.upstreamConnections.labels('upstream', 'tcp', u.name).set(u.connectedCount)
+    }
   }
 
   status (): object {
@@ -135,9 +165,10 @@ export class Gateway {
       listeners: {
         http: { host: this.config.listen.http.host, port: this.ports?.http },
         admin: { host: this.config.listen.admin.host, port: this.ports?.admin },
+        tcp: this.tcpListeners.map((l) => l.status()),
       },
       routes: this.config.routes.map((r) => ({ host: r.match.host, path: r.match.path, upstream: r.upstream })),
-      upstreams: [...this.upstreams.values()].map((u) => u.status()),
+      upstreams: [...[...this.upstreams.values()].map((u) => u.status()), ...[...this.tcpUpstreams.values()].map((u) => u.status())],
     }
   }
 }

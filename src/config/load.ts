@@ -3,7 +3,7 @@ import { hostname } from 'node:os'
 import { parse as parseYaml, YAMLParseError } from 'yaml'
 import type { z } from 'zod'
 import { FerryError } from '../errors.js'
-import { configSchema, ENDPOINT_RE, type ConfigInput, type ParsedConfig } from './schema.js'
+import { configSchema, ENDPOINT_RE, upstreamSchema, type ConfigInput, type ParsedConfig } from './schema.js'
 
 /** A validated endpoint address. */
 export interface Endpoint {
@@ -72,6 +72,9 @@ const RENAMED: Record<string, string> = {
   queueSize: 'queueLimit', lb: 'balance', loadBalancing: 'balance',
 }
 
+/** `"http", "tcp"`: the upstream kinds the schema knows, for the bad-protocol message. */
+const PROTOCOLS = upstreamSchema.options.map((o) => JSON.stringify(o.shape.protocol.value)).join(', ')
+
 /** Every problem, one line each: `field.path: what was expected (got value)`. */
 export function formatIssues (issues: readonly z.core.$ZodIssue[], input: unknown): string[] {
   const out: string[] = []
@@ -88,7 +91,7 @@ export function formatIssues (issues: readonly z.core.$ZodIssue[], input: unknow
       const parent = issue.path.at(-1) === 'protocol' ? issue.path.slice(0, -1) : issue.path
       const got = valueAt(input, parent)
       const proto = got !== null && typeof got === 'object' ? (got as Record<string, unknown>).protocol : undefined
-      out.push(`${formatPath([...parent, 'protocol'])}: must be one of "http" (got ${describeValue(proto)})`)
+      out.push(`${formatPath([...parent, 'protocol'])}: must be one of ${PROTOCOLS} (got ${describeValue(proto)})`)
       continue
     }
     const got = valueAt(input, issue.path)

@@ -19,6 +19,11 @@ export class Metrics {
   readonly endpointUp: Gauge<'upstream' | 'endpoint'>
   readonly bytes: Counter<'direction' | 'upstream'>
   readonly configInfo: Gauge<'gateway' | 'version'>
+  readonly tcpConnections: Counter<'listener'>
+  readonly tcpClosed: Counter<'listener' | 'reason'>
+  readonly tcpBytes: Counter<'listener' | 'direction'>
+  readonly tcpDuration: Histogram<'listener'>
+  readonly tcpConnectFailures: Counter<'upstream' | 'endpoint' | 'code'>
 
   constructor (registry = new Registry()) {
     this.registry = registry
@@ -34,6 +39,12 @@ export class Metrics {
     this.endpointEjections = new Counter({ name: 'ferry_upstream_ejections_total', help: 'Endpoints ejected by passive health checking.', labelNames: ['upstream', 'endpoint'], registers: r })
     this.endpointUp = new Gauge({ name: 'ferry_upstream_endpoint_up', help: '1 when the endpoint takes requests, 0 while ejected.', labelNames: ['upstream', 'endpoint'], registers: r })
     this.bytes = new Counter({ name: 'ferry_http_body_bytes_total', help: 'HTTP body bytes proxied, by direction (request = client→upstream, response = upstream→client).', labelNames: ['direction', 'upstream'], registers: r })
+    // TCP passthrough (open connections are ferry_connections{kind="tcp"}).
+    this.tcpConnections = new Counter({ name: 'ferry_tcp_connections_total', help: 'Client connections accepted by a TCP listener, including those then closed by a limit.', labelNames: ['listener'], registers: r })
+    this.tcpClosed = new Counter({ name: 'ferry_tcp_closed_total', help: 'TCP client connections ended, by reason: "ok" (both sides finished) or the error code that ended it (see docs/errors.md).', labelNames: ['listener', 'reason'], registers: r })
+    this.tcpBytes = new Counter({ name: 'ferry_tcp_bytes_total', help: 'Bytes passed through TCP listeners, by direction (to_upstream = client→backend, to_client = backend→client). Updated at scrape time.', labelNames: ['listener', 'direction'], registers: r })
+    this.tcpDuration = new Histogram({ name: 'ferry_tcp_connection_seconds', help: 'Lifetime of TCP client connections, accept to close.', labelNames: ['listener'], buckets: [0.001, 0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 14400, 86400], registers: r })
+    this.tcpConnectFailures = new Counter({ name: 'ferry_tcp_connect_failures_total', help: 'Failed connect attempts to a TCP upstream endpoint (each failover attempt counts), by error code.', labelNames: ['upstream', 'endpoint', 'code'], registers: r })
     this.configInfo = new Gauge({ name: 'ferry_info', help: 'Constant 1, labelled with this gateway\'s id and version.', labelNames: ['gateway', 'version'], registers: r })
   }
 

@@ -5,9 +5,7 @@ import { parseEndpoint, type Endpoint } from '../../config/load.js'
 import { FerryError } from '../../errors.js'
 import type { Metrics } from '../../observability/metrics.js'
 import { Balancer, type Balanced } from '../../routing/balancer.js'
-
-/** Passive health of one endpoint. Operator intent (ready/drain/maint) will sit beside it, not in it. */
-export type EndpointHealth = 'up' | 'ejected'
+import { PassiveHealth } from '../health.js'
 
 /**
  * One backend endpoint: its undici Pool (capped at `maxConnections` sockets, pipelining 1) and the
@@ -16,13 +14,9 @@ export type EndpointHealth = 'up' | 'ejected'
  */
 export class HttpEndpoint implements Balanced {
   inflight = 0
-  health: EndpointHealth = 'up'
-  consecutiveFailures = 0
-  ejectedUntil = 0
-  ejections = 0
   readonly pool: Pool
 
-  constructor (readonly upstream: string, readonly endpoint: Endpoint, cfg: HttpUpstreamConfig) {
+  constructor (readonly upstream: string, readonly endpoint: Endpoint, cfg: HttpUpstreamConfig, readonly passive: PassiveHealth) {
     this.pool = new Pool(endpoint.origin, {
       connections: cfg.pool.maxConnections,
       pipelining: 1,
@@ -40,7 +34,7 @@ export class HttpEndpoint implements Balanced {
   }
 
   acceptsAt (now: number): boolean {
-    return this.health === 'up' || now >= this.ejectedUntil
+    return this.passive.acceptsAt(now)
   }
 
   get connected (): number {
@@ -83,9 +77,11 @@ export class HttpUpstream {
     private readonly log: Logger,
     private readonly metrics: Metrics,
   ) {
-    this.endpoints = cfg.endpoints.map((e) => new HttpEndpoint(name, parseEndpoint(e), cfg))
+    this.endpoints = cfg.endpoints.map((e) => {
+      const endpoint = parseEndpoint(e)
+      return new HttpEndpoint(name, endpoint, cfg, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics))
+    })
     this.balancer = new Balancer(this.endpoints, cfg.balance)
-    for (const ep of this.endpoints) metrics.endpointUp.labels(name, ep.address).set(1)
   }
 
   get queueDepth (): number {
@@ -126,31 +122,9 @@ export class HttpUpstream {
   /** Returns a slot; `outcome` feeds passive health. Then hands free slots to queued waiters. */
   release (ep: HttpEndpoint, outcome: SlotOutcome): void {
     ep.inflight--
-    if (outcome === 'ok') {
-      ep.consecutiveFailures = 0
-      if (ep.health === 'ejected') this.setHealth(ep, 'up', 'request succeeded')
-    } else if (outcome === 'failed') {
-      ep.consecutiveFailures++
-      const now = Date.now()
-      // A probing endpoint (ejection expired) goes straight back out on its first failure.
-      const probing = ep.health === 'ejected' && now >= ep.ejectedUntil
-      if (probing || (ep.health === 'up' && ep.consecutiveFailures >= this.cfg.ejection.consecutiveFailures)) {
-        ep.ejectedUntil = now + this.cfg.ejection.ejectMs
-        ep.consecutiveFailures = 0
-        ep.ejections++
-        this.metrics.endpointEjections.labels(this.name, ep.address).inc()
-        if (probing) this.log.warn({ upstream: this.name, endpoint: ep.address }, 'endpoint still failing, ejected again')
-        this.setHealth(ep, 'ejected', `${this.cfg.ejection.consecutiveFailures} consecutive failures`)
-      }
-    }
+    if (outcome === 'ok') ep.passive.succeeded('request succeeded')
+    else if (outcome === 'failed') ep.passive.failed('failures')
     this.drainQueue()
-  }
-
-  private setHealth (ep: HttpEndpoint, health: EndpointHealth, why: string): void {
-    if (ep.health === health) return
-    ep.health = health
-    this.metrics.endpointUp.labels(this.name, ep.address).set(health === 'up' ? 1 : 0)
-    this.log.warn({ upstream: this.name, endpoint: ep.address, health, why }, `endpoint ${health}`)
   }
 
   private drainQueue (): void {
@@ -220,12 +194,9 @@ export class HttpUpstream {
       queueLimit: this.cfg.pool.queueLimit,
       endpoints: this.endpoints.map((ep) => ({
         address: ep.address,
-        health: ep.health === 'ejected' && now >= ep.ejectedUntil ? 'probing' : ep.health,
-        ejectedForMs: ep.health === 'ejected' ? Math.max(0, ep.ejectedUntil - now) : 0,
+        ...ep.passive.status(now),
         inflight: ep.inflight,
         connected: ep.connected,
-        consecutiveFailures: ep.consecutiveFailures,
-        ejections: ep.ejections,
       })),
     }
   }

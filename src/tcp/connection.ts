@@ -1,0 +1,376 @@
+import type { Socket } from 'node:net'
+import type { TcpListenerConfig } from '../config/schema.js'
+import type { FerryError, FerryErrorCode } from '../errors.js'
+import { hashKey } from '../routing/balancer.js'
+import type { ConnectAttempt, ConnectOwner, TcpEndpoint, TcpUpstream, UpstreamSocketOptions } from '../upstream/tcp/upstream.js'
+import { normalizeIp } from '../net/address.js'
+import { decodeProxyHeader, encodeProxyV1, encodeProxyV2, type ConnectionAddresses, type ProxyHeader } from './proxy-protocol.js'
+
+/**
+ * - `header`: reading an incoming PROXY header (acceptProxyProtocol); the client is not forwarded yet.
+ * - `connecting`: waiting for a backend connection; the client socket is paused (the kernel holds its bytes).
+ * - `piping`: bytes flow both ways; either direction may already have finished (half-close).
+ * - `closing`: a flush close: queued bytes go out, then each socket is destroyed; nothing new is forwarded.
+ * - `closed`: both sockets destroyed or closed, every count released.
+ */
+export type TcpConnState = 'header' | 'connecting' | 'piping' | 'closing' | 'closed'
+
+const ORDER: Record<TcpConnState, number> = { header: 0, connecting: 1, piping: 2, closing: 3, closed: 4 }
+
+/** One direction of the pipe: `open` until its source sent FIN and we forwarded it with end(). */
+type Direction = 'open' | 'ended'
+
+/** Why a connection ended: 'ok' or the error code (the `reason` label of ferry_tcp_closed_total). */
+export type CloseReason = 'ok' | FerryErrorCode
+
+/** What a connection needs from the listener that accepted it (the listener owns the shared state). */
+export interface ListenerContext {
+  readonly cfg: TcpListenerConfig
+  readonly upstream: TcpUpstream
+  readonly socketOptions: UpstreamSocketOptions
+  /** Listener-wide byte totals, flushed into the counters at scrape time. */
+  readonly bytes: { toUpstream: number, toClient: number }
+  /** Takes a per-IP slot for `ip`; false when the IP is at maxConnectionsPerIp. */
+  admitIp: (ip: string) => boolean
+  releaseIp: (ip: string) => void
+  /** The connection is closed: count it and forget it. Called exactly once per connection. */
+  onClosed: (conn: TcpConnection, reason: CloseReason) => void
+  /** Bad input or a failure worth a (rate-limited) log line. */
+  report: (conn: TcpConnection, code: FerryErrorCode, detail: string) => void
+}
+
+function noop (): void {}
+
+/**
+ * One accepted client connection and, once connected, its backend connection: a 1:1 pipe with
+ * backpressure both ways (a write that returns false pauses the other side until 'drain'), so each
+ * direction buffers at most one read chunk plus the socket's high-water mark in this process.
+ * Half-close: a FIN from one side is forwarded with end(); the other direction keeps flowing until it
+ * ends too. A reset on one side resets the other. This object owns both sockets and is the only code
+ * that destroys them; `close()` is idempotent.
+ */
+export class TcpConnection implements ConnectOwner {
+  private state: TcpConnState
+  readonly acceptedAt = Date.now()
+  /** The client as the backend should see it: the socket peer, or the source of an accepted PROXY header. */
+  clientIp: string
+  clientPort: number | undefined
+  private destIp: string | undefined
+  private destPort: number | undefined
+  /** Payload bytes forwarded each way (PROXY headers not included). */
+  bytesToUpstream = 0
+  bytesToClient = 0
+  /** Idle sweep bookkeeping: the byte total last seen and when it last moved. */
+  private seenBytes = 0
+  private lastActive = this.acceptedAt
+  private up: Direction = 'open'
+  private down: Direction = 'open'
+  private upstream: Socket | undefined
+  private ep: TcpEndpoint | undefined
+  private attempt: ConnectAttempt | undefined
+  /** Bytes of the incoming PROXY header so far (bounded: the decoder rejects anything longer than a header). */
+  private headerBuf: Buffer | undefined
+  /** Client bytes that arrived after the PROXY header, written to the backend first. */
+  private pending: Buffer | undefined
+  /** The IP holding a per-IP slot, released on close. */
+  private ipSlot: string | undefined
+  private socketsOpen: number
+  /** The reason given to a flush close, reported once both sockets have closed. */
+  private closeReason: CloseReason = 'ok'
+
+  constructor (private readonly ctx: ListenerContext, private readonly client: Socket) {
+    this.clientIp = normalizeIp(client.remoteAddress ?? '')
+    this.clientPort = client.remotePort
+    this.destIp = client.localAddress === undefined ? undefined : normalizeIp(client.localAddress)
+    this.destPort = client.localPort
+    this.socketsOpen = 1
+    client.on('error', this.onClientError)
+    client.on('close', this.onClientClose)
+    client.on('end', this.onClientEnd)
+    this.state = ctx.cfg.acceptProxyProtocol ? 'header' : 'connecting'
+  }
+
+  get current (): TcpConnState {
+    return this.state
+  }
+
+  /** The one place the state moves; every move is forward along header → connecting → piping → closing → closed. */
+  private to (next: TcpConnState): void {
+    if (ORDER[next] <= ORDER[this.state]) return
+    this.state = next
+  }
+
+  /**
+   * Called by the listener right after construction. The socket was accepted paused: nothing is read
+   * before we know the peer may send a PROXY header, or before a backend is connected.
+   */
+  start (trustedPeer: boolean): void {
+    if (this.state !== 'header') { this.admit(); return }
+    if (!trustedPeer) {
+      this.close('abort', 'FERRY_ERR_TCP_PROXY_UNTRUSTED', `peer ${this.clientIp} is not in trustedProxies`)
+      return
+    }
+    this.client.on('data', this.onHeaderData)
+    this.client.resume()
+  }
+
+  private admit (): void {
+    if (!this.ctx.admitIp(this.clientIp)) {
+      this.close('abort', 'FERRY_ERR_TCP_IP_LIMIT', `${this.clientIp} already holds maxConnectionsPerIp ${this.ctx.cfg.maxConnectionsPerIp} connections`)
+      return
+    }
+    this.ipSlot = this.clientIp
+    this.to('connecting')
+    const key = this.ctx.upstream.cfg.balance === 'hash' ? hashKey(this.clientIp) : undefined
+    const attempt = this.ctx.upstream.connect(this, key, this.ctx.socketOptions)
+    // connect() may already have reported a failure (and closed us) before returning
+    if (this.state === 'connecting') this.attempt = attempt
+  }
+
+  // ---- PROXY header (state 'header') ----
+
+  private readonly onHeaderData = (chunk: Buffer): void => {
+    if (this.state !== 'header') return
+    const buf = this.headerBuf === undefined ? chunk : Buffer.concat([this.headerBuf, chunk])
+    const res = decodeProxyHeader(buf)
+    if (res.kind === 'incomplete') { this.headerBuf = buf; return }
+    this.headerBuf = undefined
+    if (res.kind === 'invalid') {
+      this.close('abort', 'FERRY_ERR_TCP_PROXY_HEADER', res.reason)
+      return
+    }
+    // Stop the flow before dropping the listener, or the next chunk would be emitted to nobody.
+    this.client.pause()
+    this.client.removeListener('data', this.onHeaderData)
+    if (res.length < buf.length) this.pending = buf.subarray(res.length)
+    this.useHeader(res.header)
+    this.admit()
+  }
+
+  private useHeader (h: ProxyHeader): void {
+    // LOCAL and unknown families keep the real connection addresses (the spec says so).
+    if (h.command !== 'proxy' || h.family === 'unknown') return
+    this.clientIp = h.source!
+    this.clientPort = h.sourcePort
+    this.destIp = h.destination
+    this.destPort = h.destinationPort
+  }
+
+  // ---- connecting ----
+
+  onUpstreamConnected (socket: Socket, ep: TcpEndpoint): void {
+    this.attempt = undefined
+    if (this.state !== 'connecting') {
+      // cannot happen (close() cancels the attempt), but never leak a socket
+      socket.on('error', noop)
+      socket.destroy()
+      this.ctx.upstream.release(ep)
+      return
+    }
+    this.to('piping')
+    this.upstream = socket
+    this.ep = ep
+    this.socketsOpen++
+    socket.on('error', this.onUpstreamError)
+    socket.on('close', this.onUpstreamClose)
+    socket.on('end', this.onUpstreamEnd)
+    socket.on('data', this.onUpstreamData)
+    socket.on('drain', this.onUpstreamDrain)
+    this.client.on('drain', this.onClientDrain)
+    const mode = this.ctx.cfg.proxyProtocol
+    const pending = this.pending
+    this.pending = undefined
+    if (mode !== 'off' || pending !== undefined) {
+      socket.cork()
+      if (mode !== 'off') socket.write(mode === 'v1' ? encodeProxyV1(this.addresses()) : encodeProxyV2(this.addresses()))
+      if (pending !== undefined) {
+        this.bytesToUpstream += pending.length
+        this.ctx.bytes.toUpstream += pending.length
+        socket.write(pending)
+      }
+      socket.uncork()
+    }
+    if (this.up === 'ended') {
+      socket.end()
+      return
+    }
+    this.client.on('data', this.onClientData)
+    this.client.resume()
+  }
+
+  onUpstreamFailed (err: FerryError): void {
+    this.attempt = undefined
+    this.close('abort', err.code, err.message)
+  }
+
+  private addresses (): ConnectionAddresses {
+    return { source: this.clientIp === '' ? undefined : this.clientIp, sourcePort: this.clientPort, destination: this.destIp, destinationPort: this.destPort }
+  }
+
+  // ---- piping: the per-chunk path (no allocation; one branch on state) ----
+
+  private readonly onClientData = (chunk: Buffer): void => {
+    if (this.state !== 'piping') return
+    const n = chunk.length
+    this.bytesToUpstream += n
+    this.ctx.bytes.toUpstream += n
+    if (!this.upstream!.write(chunk)) this.client.pause()
+  }
+
+  private readonly onUpstreamData = (chunk: Buffer): void => {
+    if (this.state !== 'piping') return
+    const n = chunk.length
+    this.bytesToClient += n
+    this.ctx.bytes.toClient += n
+    if (!this.client.write(chunk)) this.upstream!.pause()
+  }
+
+  private readonly onUpstreamDrain = (): void => {
+    if (this.state === 'piping' && this.up === 'open') this.client.resume()
+  }
+
+  private readonly onClientDrain = (): void => {
+    if (this.state === 'piping' && this.down === 'open') this.upstream!.resume()
+  }
+
+  private readonly onClientEnd = (): void => {
+    if (this.state === 'header') {
+      this.close('abort', 'FERRY_ERR_TCP_PROXY_HEADER', 'connection ended inside the PROXY header')
+      return
+    }
+    if (this.state !== 'piping' && this.state !== 'connecting') return
+    this.up = 'ended'
+    // while connecting, the FIN is forwarded once the backend is connected (after any pending bytes)
+    if (this.state === 'piping') this.upstream!.end()
+  }
+
+  private readonly onUpstreamEnd = (): void => {
+    if (this.state !== 'piping') return
+    this.down = 'ended'
+    this.client.end()
+  }
+
+  // ---- errors and close ----
+
+  private readonly onClientError = (err: NodeJS.ErrnoException): void => {
+    this.close('abort', 'FERRY_ERR_TCP_CLIENT_RESET', `client socket: ${err.code ?? err.message}`)
+  }
+
+  private readonly onUpstreamError = (err: NodeJS.ErrnoException): void => {
+    this.close('abort', 'FERRY_ERR_UPSTREAM_RESET', `backend ${this.ep?.address ?? ''} socket: ${err.code ?? err.message}`)
+  }
+
+  private readonly onClientClose = (): void => {
+    this.socketClosed('FERRY_ERR_TCP_CLIENT_RESET', 'client closed the connection')
+  }
+
+  private readonly onUpstreamClose = (): void => {
+    this.socketClosed('FERRY_ERR_UPSTREAM_RESET', `backend ${this.ep?.address ?? ''} closed the connection`)
+  }
+
+  /**
+   * With allowHalfOpen a socket closes by itself only after it both received and sent FIN. One that
+   * closes while a direction is still open was destroyed by an error or a reset: end the other side too.
+   */
+  private socketClosed (code: FerryErrorCode, detail: string): void {
+    if (this.state === 'closed') return
+    this.socketsOpen--
+    if (this.state === 'closing') {
+      if (this.socketsOpen === 0) this.finish('ok')
+      return
+    }
+    if (this.state === 'piping' && this.up === 'ended' && this.down === 'ended') {
+      if (this.socketsOpen === 0) this.finish('ok')
+      return
+    }
+    this.close('abort', code, detail)
+  }
+
+  /**
+   * Coarse idle check, called by the listener's shared sweep timer: no per-chunk timer work, so an idle
+   * connection is found between `idleTimeoutMs` and `idleTimeoutMs` + one sweep interval.
+   */
+  sweep (now: number): void {
+    if (this.state === 'header') {
+      if (now - this.acceptedAt >= this.ctx.cfg.proxyHeaderTimeoutMs) {
+        this.close('abort', 'FERRY_ERR_TCP_PROXY_TIMEOUT', `no complete PROXY header within ${this.ctx.cfg.proxyHeaderTimeoutMs} ms`)
+      }
+      return
+    }
+    if (this.state !== 'piping' && this.state !== 'closing') return
+    const moved = this.bytesToUpstream + this.bytesToClient
+    if (moved !== this.seenBytes) {
+      this.seenBytes = moved
+      this.lastActive = now
+      return
+    }
+    const idle = this.ctx.cfg.idleTimeoutMs
+    if (idle > 0 && now - this.lastActive >= idle) this.close('abort', 'FERRY_ERR_TCP_IDLE', `no bytes moved for ${now - this.lastActive} ms`)
+  }
+
+  /**
+   * 'flush': stop forwarding, let bytes already queued on each socket go out, send FIN, then destroy it
+   * (Socket.destroySoon). 'abort': destroy both now; when the cause is a reset by one peer, the other
+   * peer gets a reset too (RST, not FIN), so neither mistakes a broken stream for a complete one; idle
+   * and shutdown aborts reset both.
+   */
+  close (kind: 'flush' | 'abort', reason: CloseReason, detail = ''): void {
+    if (this.state === 'closed') return
+    if (reason !== 'ok') this.ctx.report(this, reason, detail)
+    if (kind === 'flush' && (this.state === 'piping' || this.state === 'closing')) {
+      if (this.state === 'closing') return
+      this.to('closing')
+      this.closeReason = reason
+      this.client.destroySoon()
+      this.upstream?.destroySoon()
+      return
+    }
+    this.attempt?.cancel()
+    this.attempt = undefined
+    // Stalled and force-closed streams are reset both ways: a plain close would leave the kernel
+    // holding their unsent bytes (an orphan socket) for a peer that is not reading.
+    const resetBoth = reason === 'FERRY_ERR_TCP_IDLE' || reason === 'FERRY_ERR_TCP_SHUTDOWN'
+    const resetClient = resetBoth || reason === 'FERRY_ERR_UPSTREAM_RESET'
+    const resetUpstream = resetBoth || reason === 'FERRY_ERR_TCP_CLIENT_RESET'
+    destroy(this.client, resetClient)
+    if (this.upstream !== undefined) destroy(this.upstream, resetUpstream)
+    this.finish(reason)
+  }
+
+  private finish (reason: CloseReason): void {
+    if (this.state === 'closed') return
+    const final = this.state === 'closing' && reason === 'ok' ? this.closeReason : reason
+    this.to('closed')
+    this.headerBuf = undefined
+    this.pending = undefined
+    if (this.ep !== undefined) {
+      this.ctx.upstream.release(this.ep)
+      this.ep = undefined
+    }
+    if (this.ipSlot !== undefined) {
+      this.ctx.releaseIp(this.ipSlot)
+      this.ipSlot = undefined
+    }
+    this.ctx.onClosed(this, final)
+  }
+
+  /** For /status and logs. */
+  get peer (): string {
+    return this.clientIp.includes(':') ? `[${this.clientIp}]:${this.clientPort ?? ''}` : `${this.clientIp}:${this.clientPort ?? ''}`
+  }
+}
+
+/** Destroys a socket we own; with `reset`, sends RST when the socket can. Never throws. */
+function destroy (s: Socket, reset: boolean): void {
+  if (s.destroyed) return
+  s.on('error', noop)
+  if (reset) {
+    try {
+      s.resetAndDestroy()
+      return
+    } catch {
+      // not a TCP handle any more: plain destroy below
+    }
+  }
+  s.destroy()
+}

@@ -1,0 +1,252 @@
+import { connect as netConnect, type Socket } from 'node:net'
+import type { Logger } from 'pino'
+import type { Counter } from 'prom-client'
+import { parseEndpoint, type Endpoint } from '../../config/load.js'
+import type { TcpUpstreamConfig } from '../../config/schema.js'
+import { FerryError, type FerryErrorCode } from '../../errors.js'
+import type { Metrics } from '../../observability/metrics.js'
+import { Balancer, type Balanced } from '../../routing/balancer.js'
+import { PassiveHealth } from '../health.js'
+
+/**
+ * One backend endpoint of a TCP upstream and the bookkeeping the balancer reads. `inflight` counts
+ * connections that are connecting or open (what least-connections balances); `connected` only open ones.
+ */
+export class TcpEndpoint implements Balanced {
+  inflight = 0
+  connected = 0
+  connectFailures = 0
+  readonly failedConnect: Counter.Internal
+  readonly failedTimeout: Counter.Internal
+
+  constructor (readonly upstream: string, readonly endpoint: Endpoint, metrics: Metrics, readonly passive: PassiveHealth) {
+    this.failedConnect = metrics.tcpConnectFailures.labels(upstream, endpoint.address, 'FERRY_ERR_UPSTREAM_CONNECT')
+    this.failedTimeout = metrics.tcpConnectFailures.labels(upstream, endpoint.address, 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT')
+  }
+
+  get address (): string {
+    return this.endpoint.address
+  }
+
+  acceptsAt (now: number): boolean {
+    return this.passive.acceptsAt(now)
+  }
+}
+
+/** Socket options applied to every backend connection (from the listener that asks). */
+export interface UpstreamSocketOptions {
+  readonly noDelay: boolean
+  readonly keepAlive: boolean
+  readonly keepAliveDelayMs: number
+}
+
+/** Who receives the outcome of a ConnectAttempt: exactly one of the two calls, once, unless cancelled. */
+export interface ConnectOwner {
+  /** The socket (connected, allowHalfOpen, no listeners of ours left) now belongs to the owner, who must call `upstream.release(ep)` after it closes. */
+  onUpstreamConnected: (socket: Socket, ep: TcpEndpoint) => void
+  /** Every endpoint tried within the budget failed (or none could be tried). */
+  onUpstreamFailed: (err: FerryError) => void
+}
+
+export type AttemptState = 'connecting' | 'connected' | 'failed' | 'cancelled'
+
+/**
+ * Getting one backend connection for one client connection: tries endpoints in balancer order, each at
+ * most once, each for at most `timeouts.connectMs`, all within `timeouts.connectBudgetMs`. Owns the
+ * socket and timer of the attempt in progress until it hands a connected socket over.
+ */
+export class ConnectAttempt {
+  private state: AttemptState = 'connecting'
+  private socket: Socket | undefined
+  private ep: TcpEndpoint | undefined
+  private timer: NodeJS.Timeout | undefined
+  private readonly tried = new Set<TcpEndpoint>()
+  private readonly deadline: number
+  private lastError: FerryError | undefined
+
+  constructor (
+    private readonly upstream: TcpUpstream,
+    private readonly owner: ConnectOwner,
+    private readonly key: number | undefined,
+    private readonly opts: UpstreamSocketOptions,
+  ) {
+    this.deadline = Date.now() + upstream.cfg.timeouts.connectBudgetMs
+    this.next()
+  }
+
+  get current (): AttemptState {
+    return this.state
+  }
+
+  /** The client went away: drop the attempt in progress. Idempotent; a no-op once the outcome was delivered. */
+  cancel (): void {
+    if (this.state !== 'connecting') return
+    this.state = 'cancelled'
+    this.clear()
+    if (this.ep !== undefined) this.upstream.abandon(this.ep)
+    this.ep = undefined
+  }
+
+  private clear (): void {
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timer = undefined
+    const s = this.socket
+    this.socket = undefined
+    if (s !== undefined) {
+      s.removeAllListeners('connect')
+      s.removeAllListeners('error')
+      s.on('error', noop) // a late error from a socket we gave up on must not reach the event loop
+      s.destroy()
+    }
+  }
+
+  private next (): void {
+    const now = Date.now()
+    const remaining = this.deadline - now
+    const ep = remaining > 0 ? this.upstream.pick(now, this.tried, this.key) : undefined
+    if (ep === undefined) {
+      this.state = 'failed'
+      const err = this.lastError ?? new FerryError('FERRY_ERR_UPSTREAM_CONNECT', `upstream ${this.upstream.name}: no endpoint could be tried within connectBudgetMs ${this.upstream.cfg.timeouts.connectBudgetMs}`)
+      this.owner.onUpstreamFailed(err)
+      return
+    }
+    this.tried.add(ep)
+    this.ep = ep
+    ep.inflight++
+    const { endpoint } = ep
+    const s = netConnect({
+      host: endpoint.host,
+      port: endpoint.port,
+      allowHalfOpen: true,
+      noDelay: this.opts.noDelay,
+      keepAlive: this.opts.keepAlive,
+      keepAliveInitialDelay: this.opts.keepAliveDelayMs,
+    })
+    this.socket = s
+    s.once('connect', () => this.onConnect())
+    s.once('error', (err: Error) => this.onFail('FERRY_ERR_UPSTREAM_CONNECT', `upstream ${this.upstream.name}: connect to ${endpoint.address} failed: ${(err as NodeJS.ErrnoException).code ?? err.message}`))
+    const ms = Math.min(this.upstream.cfg.timeouts.connectMs, remaining)
+    this.timer = setTimeout(() => this.onFail('FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', `upstream ${this.upstream.name}: connect to ${endpoint.address} took longer than ${ms} ms`), ms)
+  }
+
+  private onConnect (): void {
+    if (this.state !== 'connecting') return
+    const s = this.socket!
+    const ep = this.ep!
+    clearTimeout(this.timer)
+    this.timer = undefined
+    this.socket = undefined
+    this.ep = undefined
+    s.removeAllListeners('error')
+    this.state = 'connected'
+    this.upstream.connected(ep)
+    this.owner.onUpstreamConnected(s, ep)
+  }
+
+  private onFail (code: FerryErrorCode, message: string): void {
+    if (this.state !== 'connecting') return
+    const ep = this.ep!
+    this.ep = undefined
+    this.clear()
+    this.lastError = new FerryError(code, message)
+    this.upstream.connectFailed(ep, code)
+    this.next()
+  }
+}
+
+function noop (): void {}
+
+/**
+ * A TCP upstream: its endpoints, the balancer and passive ejection (the same rules as the HTTP pool:
+ * `ejection.consecutiveFailures` connect failures in a row eject an endpoint for `ejectMs`; a probe
+ * after that puts it back on success or out again on failure; with every endpoint ejected all are used).
+ * There is no pool and no queue: each client connection gets its own backend connection.
+ */
+export class TcpUpstream {
+  readonly endpoints: TcpEndpoint[]
+  private readonly balancer: Balancer<TcpEndpoint>
+  private closed = false
+
+  constructor (
+    readonly name: string,
+    readonly cfg: TcpUpstreamConfig,
+    private readonly log: Logger,
+    private readonly metrics: Metrics,
+  ) {
+    this.endpoints = cfg.endpoints.map((e) => {
+      const endpoint = parseEndpoint(e)
+      return new TcpEndpoint(name, endpoint, metrics, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics))
+    })
+    this.balancer = new Balancer(this.endpoints, cfg.balance)
+  }
+
+  /** Starts getting a backend connection for `owner`; `key` is the client's hashKey for the 'hash' policy. */
+  connect (owner: ConnectOwner, key: number | undefined, opts: UpstreamSocketOptions): ConnectAttempt | undefined {
+    if (this.closed) {
+      owner.onUpstreamFailed(new FerryError('FERRY_ERR_UPSTREAM_CONNECT', `upstream ${this.name} is shut down`))
+      return undefined
+    }
+    return new ConnectAttempt(this, owner, key, opts)
+  }
+
+  pick (now: number, tried: ReadonlySet<TcpEndpoint>, key: number | undefined): TcpEndpoint | undefined {
+    return this.balancer.pick(Infinity, now, tried, key)
+  }
+
+  /** Number of open backend connections (the `ferry_connections{side="upstream",kind="tcp"}` gauge). */
+  get connectedCount (): number {
+    let n = 0
+    for (const ep of this.endpoints) n += ep.connected
+    return n
+  }
+
+  /** @internal ConnectAttempt: the attempt on `ep` succeeded. */
+  connected (ep: TcpEndpoint): void {
+    ep.connected++
+    ep.passive.succeeded('connect succeeded')
+  }
+
+  /** @internal ConnectAttempt: the attempt on `ep` failed with `code`. */
+  connectFailed (ep: TcpEndpoint, code: FerryErrorCode): void {
+    ep.inflight--
+    ep.connectFailures++
+    if (code === 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT') ep.failedTimeout.inc()
+    else ep.failedConnect.inc()
+    ep.passive.failed('connect failures')
+  }
+
+  /** @internal ConnectAttempt: an attempt on `ep` was cancelled before its outcome (neutral for health). */
+  abandon (ep: TcpEndpoint): void {
+    ep.inflight--
+  }
+
+  /** The owner of a connected backend socket calls this once after it closed. */
+  release (ep: TcpEndpoint): void {
+    ep.inflight--
+    ep.connected--
+  }
+
+  status (): object {
+    const now = Date.now()
+    return {
+      name: this.name,
+      protocol: 'tcp',
+      balance: this.cfg.balance,
+      endpoints: this.endpoints.map((ep) => ({
+        address: ep.address,
+        ...ep.passive.status(now),
+        connecting: ep.inflight - ep.connected,
+        connected: ep.connected,
+        connectFailures: ep.connectFailures,
+      })),
+    }
+  }
+
+  /**
+   * No new connections after this. Open connections belong to the listeners, which close them (in
+   * their own `close`); there is nothing pooled here to flush, so both kinds do the same.
+   */
+  close (_kind: 'flush' | 'abort'): void {
+    this.closed = true
+  }
+}
