@@ -28,7 +28,7 @@ export class Metrics {
   constructor (registry = new Registry()) {
     this.registry = registry
     const r = [registry]
-    collectDefaultMetrics({ register: registry, prefix: 'ferry_process_' })
+    collectDefaultMetrics({ register: registry, prefix: 'ferry_' }) // ferry_process_*, ferry_nodejs_*
     this.httpRequests = new Counter({ name: 'ferry_http_requests_total', help: 'HTTP requests answered, by route, upstream and status code sent to the client.', labelNames: ['route', 'upstream', 'status'], registers: r })
     this.httpInFlight = new Gauge({ name: 'ferry_client_requests_in_flight', help: 'Client HTTP requests being served now. (uWebSockets.js 20.30 has no per-connection HTTP hook, so idle keep-alive client connections are not counted.)', labelNames: ['kind'], registers: r })
     this.httpErrors = new Counter({ name: 'ferry_errors_total', help: 'Requests ended by a Ferry error, by stable error code (see docs/errors.md).', labelNames: ['code', 'upstream'], registers: r })
