@@ -66,7 +66,7 @@ Unknown keys are errors. \`ferry check --config FILE\` lists every problem with 
 
 | field | type | default | meaning |
 | --- | --- | --- | --- |
-${out.filter((r) => !r.startsWith('| `routes[]` |')).join('\n')}
+${out.filter((r) => !/^\| `[^`]*\[\]` \|/.test(r)).join('\n')}
 
 Embedded defaults (\`ferry start\` without a file): one \`http\` upstream \`demo\` at \`127.0.0.1:3000\`
 routed at \`/\`, HTTP front on \`0.0.0.0:8080\`, admin on \`127.0.0.1:9901\`.
