@@ -1,7 +1,7 @@
 import t from 'tap'
 import { request, Agent } from 'node:http'
 import { startBackend, httpConfig } from './helpers/backend.js'
-import { startFerry, metric } from './helpers/ferry.js'
+import { startFerry, metric, waitFor, adminStatus } from './helpers/ferry.js'
 
 /** One request on a fresh TCP connection (`Connection: close`), resolving to status and body. */
 function closeRequest (port: number, path: string, agent: Agent): Promise<{ status: number, body: string }> {
@@ -63,4 +63,30 @@ t.test('idle keep-alive client connections are reported while the backend holds 
   t.equal(await metric(ferry, series), CLIENTS, `${series} counts the ${CLIENTS} idle client connections`)
   t.ok(backend.open() <= MAX, `backend holds ${backend.open()} connections (≤ ${MAX})`)
   agent.destroy()
+})
+
+t.test('clients that give up mid-request do not cost backend connections', async (t) => {
+  const MAX = 4
+  const held: Array<() => void> = []
+  const backend = await startBackend(t, (req, res) => {
+    if (req.url === '/slow') { held.push(() => res.end('late answer')); return }
+    res.end('ok')
+  })
+  const ferry = await startFerry(t, httpConfig([backend.address], { pool: { maxConnections: MAX } }))
+  const agent = new Agent({ keepAlive: false, maxSockets: 64 })
+  t.teardown(() => agent.destroy())
+  // 12 clients ask for /slow and hang up while their requests sit at the backend (4) or in the queue (8).
+  const reqs = Array.from({ length: 12 }, () => {
+    const r = request({ host: '127.0.0.1', port: ferry.httpPort, path: '/slow', agent })
+    r.on('error', () => {})
+    r.end()
+    return r
+  })
+  await waitFor('4 requests held at the backend', () => held.length === MAX)
+  for (const r of reqs) r.destroy()
+  await waitFor('the queued requests to be dropped', async () => (await adminStatus(ferry)).upstreams[0].queued === 0)
+  for (const release of held.splice(0)) release()
+  await waitFor('every slot released', async () => (await adminStatus(ferry)).upstreams[0].endpoints[0].inflight === 0)
+  for (let i = 0; i < 20; i++) t.equal((await closeRequest(ferry.httpPort, '/after', agent)).body, 'ok', `request ${i} after the aborts is served`)
+  t.equal(backend.accepted(), MAX, `backend accepted ${backend.accepted()} connections: the ${MAX} whose responses were drained were kept, none re-opened`)
 })

@@ -13,13 +13,17 @@ import type { UpstreamMetrics } from './metrics.js'
  * States of one proxied request. Moves only forward, through `to()`:
  *   waiting → dispatched → responding → done
  * and from any non-final state to `failed` (Ferry answered with an error) or `aborted` (client gone).
+ * `draining`: the client is gone but the upstream response is small enough to read to its end and
+ * discard, so the keep-alive connection survives: client churn must not become backend churn.
  */
-export type ExchangeState = 'waiting' | 'dispatched' | 'responding' | 'done' | 'failed' | 'aborted'
+export type ExchangeState = 'waiting' | 'dispatched' | 'responding' | 'draining' | 'done' | 'failed' | 'aborted'
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
 /** Response headers Ferry does not copy: hop-by-hop, plus the ones uWS writes itself. */
 const SKIP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'content-length', 'date'])
 const BODY_HIGH_WATER = 64 * 1024
+/** Response bytes Ferry will still read and discard after the client left, to keep the connection. */
+const DRAIN_LIMIT = 256 * 1024
 
 /** Shared, per-upstream context handed to every exchange (resolved once, not per request). */
 export interface ExchangeContext {
@@ -57,6 +61,8 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   private pendingOffset = 0
   private errorCode: FerryErrorCode | undefined
   private bodyComplete = false
+  private clientBodyComplete = false
+  private drained = 0
   private awaitingTail = false
   private lastEp: HttpEndpoint | undefined
 
@@ -86,7 +92,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   }
 
   private get final (): boolean {
-    return this.state === 'done' || this.state === 'failed' || this.state === 'aborted'
+    return this.state === 'done' || this.state === 'failed' || this.state === 'aborted' || this.state === 'draining'
   }
 
   // ---- client request body ------------------------------------------------------------------------
@@ -106,11 +112,11 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
         this.res.pause()
       }
     }
-    if (isLast) body.push(null)
+    if (isLast) { this.clientBodyComplete = true; body.push(null) }
   }
 
   private resumeClient (): void {
-    if (this.clientPaused && this.state !== 'aborted') {
+    if (this.clientPaused && !this.final) {
       this.clientPaused = false
       this.res.resume()
     }
@@ -158,11 +164,16 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
 
   onRequestStart (controller: Dispatcher.DispatchController): void {
     this.controller = controller
-    if (this.final) controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away'))
+    if (this.state === 'aborted' || this.state === 'failed') controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away'))
   }
 
   onResponseStart (controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
     if (statusCode < 200) return // 1xx interim responses are not forwarded (uWS cannot write them)
+    if (this.state === 'draining') {
+      const cl = headers['content-length']
+      if (typeof cl === 'string' && Number(cl) > DRAIN_LIMIT) controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away'))
+      return
+    }
     if (this.state !== 'dispatched') { controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away')); return }
     this.ctx.metrics.latency.observe((performance.now() - this.dispatchedAt) / 1000)
     this.to('responding')
@@ -172,8 +183,11 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     const res = this.res
     res.cork(() => {
       res.writeStatus(`${statusCode} ${statusMessage !== undefined && statusMessage !== '' ? statusMessage : (STATUS_CODES[statusCode] ?? '')}`)
+      // Headers the backend named in its Connection header are hop-by-hop too (RFC 9110 §7.6.1).
+      const conn = headers.connection
+      const named = typeof conn === 'string' ? conn.toLowerCase().split(',').map((x) => x.trim()) : undefined
       for (const name in headers) {
-        if (SKIP_RESPONSE.has(name)) continue
+        if (SKIP_RESPONSE.has(name) || named?.includes(name) === true) continue
         const v = headers[name]
         if (v === undefined) continue
         if (Array.isArray(v)) for (const x of v) res.writeHeader(name, x)
@@ -198,6 +212,11 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   }
 
   onResponseData (controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.state === 'draining') {
+      this.drained += chunk.length
+      if (this.drained > DRAIN_LIMIT) controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away'))
+      return
+    }
     if (this.state !== 'responding' || this.bodyComplete) return
     this.bytesOut += chunk.length
     const res = this.res
@@ -276,13 +295,28 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   private onClientAborted (): void {
     if (this.final) return
     const wasState = this.state
-    this.to('aborted')
     this.errorCode = 'FERRY_ERR_CLIENT_ABORTED'
     if (this.queueEntry !== undefined) { this.ctx.upstream.cancel(this.queueEntry); this.queueEntry = undefined }
-    const err = new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away')
-    this.body?.destroy(err)
-    if (wasState === 'dispatched' || wasState === 'responding') this.controller?.abort(err)
+    if (this.drainable(wasState)) {
+      // Read the rest of the (small) response and drop it; the slot is released on onResponseEnd.
+      this.to('draining')
+      this.pending = undefined
+      this.controller?.resume()
+    } else {
+      this.to('aborted')
+      const err = new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away')
+      this.body?.destroy(err)
+      if (wasState === 'dispatched' || wasState === 'responding') this.controller?.abort(err)
+    }
     this.record()
+  }
+
+  /** Worth keeping the upstream connection: the request was fully sent and little response is left. */
+  private drainable (wasState: ExchangeState): boolean {
+    if (wasState !== 'dispatched' && wasState !== 'responding') return false
+    if (this.body !== undefined && !this.clientBodyComplete) return false
+    if (wasState === 'responding' && this.responseLength >= 0 && this.responseLength - this.bytesOut > DRAIN_LIMIT) return false
+    return true
   }
 
   /** Ferry ends the request with an error: a status page if nothing was sent yet, else a cut connection. */
