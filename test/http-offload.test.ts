@@ -90,3 +90,23 @@ t.test('clients that give up mid-request do not cost backend connections', async
   for (let i = 0; i < 20; i++) t.equal((await closeRequest(ferry.httpPort, '/after', agent)).body, 'ok', `request ${i} after the aborts is served`)
   t.equal(backend.accepted(), MAX, `backend accepted ${backend.accepted()} connections: the ${MAX} whose responses were drained were kept, none re-opened`)
 })
+
+t.test('an abandoned request to a hung backend gives its slot back soon, not at responseMs', async (t) => {
+  const backend = await startBackend(t, (req, res) => {
+    if (req.url === '/hang') return // never answers
+    res.end('fast')
+  })
+  // responseMs 60 s, queueTimeoutMs 5 s: the second request is only served if the abandoned one lets go
+  // of the single connection within the queue timeout (Ferry's drain deadline is 1 s).
+  const ferry = await startFerry(t, httpConfig([backend.address], { pool: { maxConnections: 1, queueTimeoutMs: 5000 }, timeouts: { responseMs: 60000 } }))
+  const agent = new Agent({ keepAlive: false })
+  t.teardown(() => agent.destroy())
+  const hung = request({ host: '127.0.0.1', port: ferry.httpPort, path: '/hang', agent })
+  hung.on('error', () => {})
+  hung.end()
+  await waitFor('the hung request to occupy the only slot', async () => (await adminStatus(ferry)).upstreams[0].endpoints[0].inflight === 1)
+  hung.destroy()
+  const r = await closeRequest(ferry.httpPort, '/fast', agent)
+  t.equal(r.status, 200, 'the next request is served (not 503 after queueTimeoutMs 5000): the abandoned request was cut after the drain deadline')
+  t.equal(r.body, 'fast', 'with the right body')
+})

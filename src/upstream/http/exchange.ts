@@ -24,6 +24,11 @@ const SKIP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', '
 const BODY_HIGH_WATER = 64 * 1024
 /** Response bytes Ferry will still read and discard after the client left, to keep the connection. */
 const DRAIN_LIMIT = 256 * 1024
+/**
+ * How long a request whose client left may still wait for response headers. Past it the upstream
+ * request is aborted: a hung backend must not keep pool slots for abandoned requests until responseMs.
+ */
+const DRAIN_HEADERS_MS = 1000
 
 /** Shared, per-upstream context handed to every exchange (resolved once, not per request). */
 export interface ExchangeContext {
@@ -62,6 +67,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   private errorCode: FerryErrorCode | undefined
   private bodyComplete = false
   private clientBodyComplete = false
+  private drainTimer: NodeJS.Timeout | undefined
   private drained = 0
   private awaitingTail = false
   private lastEp: HttpEndpoint | undefined
@@ -154,6 +160,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   }
 
   private releaseSlot (outcome: SlotOutcome): void {
+    if (this.drainTimer !== undefined) { clearTimeout(this.drainTimer); this.drainTimer = undefined }
     const ep = this.ep
     if (ep === undefined) return
     this.ep = undefined
@@ -170,6 +177,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   onResponseStart (controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
     if (statusCode < 200) return // 1xx interim responses are not forwarded (uWS cannot write them)
     if (this.state === 'draining') {
+      this.status = statusCode
       const cl = headers['content-length']
       if (typeof cl === 'string' && Number(cl) > DRAIN_LIMIT) controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away'))
       return
@@ -302,6 +310,10 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
       this.to('draining')
       this.pending = undefined
       this.controller?.resume()
+      if (wasState === 'dispatched') {
+        this.drainTimer = setTimeout(() => this.onDrainDeadline(), DRAIN_HEADERS_MS)
+        this.drainTimer.unref()
+      }
     } else {
       this.to('aborted')
       const err = new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away')
@@ -309,6 +321,13 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
       if (wasState === 'dispatched' || wasState === 'responding') this.controller?.abort(err)
     }
     this.record()
+  }
+
+  private onDrainDeadline (): void {
+    this.drainTimer = undefined
+    if (this.state !== 'draining' || this.status !== 0) return // headers arrived meanwhile
+    this.to('aborted')
+    this.controller?.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away; no response headers within the drain deadline'))
   }
 
   /** Worth keeping the upstream connection: the request was fully sent and little response is left. */
