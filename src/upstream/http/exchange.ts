@@ -71,6 +71,8 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   private drained = 0
   private awaitingTail = false
   private lastEp: HttpEndpoint | undefined
+  /** Response head received but not yet written (it goes out with the first body bytes). */
+  private head: { statusCode: number, statusMessage: string | undefined, headers: IncomingHttpHeaders } | undefined
 
   constructor (
     private readonly res: HttpResponse,
@@ -188,35 +190,45 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     this.status = statusCode
     const cl = headers['content-length']
     const noBody = this.req.method === 'HEAD' || statusCode === 204 || statusCode === 304
-    const res = this.res
-    res.cork(() => {
-      res.writeStatus(`${statusCode} ${statusMessage !== undefined && statusMessage !== '' ? statusMessage : (STATUS_CODES[statusCode] ?? '')}`)
-      // Headers the backend named in its Connection header are hop-by-hop too (RFC 9110 §7.6.1).
-      const conn = headers.connection
-      const named = typeof conn === 'string' ? conn.toLowerCase().split(',').map((x) => x.trim()) : undefined
-      for (const name in headers) {
-        if (SKIP_RESPONSE.has(name) || named?.includes(name) === true) continue
-        const v = headers[name]
-        if (v === undefined) continue
-        if (Array.isArray(v)) for (const x of v) res.writeHeader(name, x)
-        else res.writeHeader(name, v)
-      }
-      if (headers[this.ctx.requestIdHeader] === undefined) res.writeHeader(this.ctx.requestIdHeader, this.req.requestId)
-      // uWS 20.30 closes the socket after answering a `Connection: close` request but does not say so in
-      // the response; clients that reuse the socket meanwhile get a RST. Say it (RFC 9112 §9.6).
-      if (this.req.close) res.writeHeader('connection', 'close')
-      if (noBody) {
-        this.responseLength = 0
+    this.responseLength = noBody ? 0 : typeof cl === 'string' ? Number(cl) : -1
+    // The head is written together with the first body bytes (one cork, one send) unless there is no body.
+    this.head = { statusCode, statusMessage, headers }
+    if (noBody || this.responseLength === 0) {
+      const res = this.res
+      res.cork(() => {
+        this.writeHead()
         // uWS writes `Content-Length: <n>` for endWithoutBody(n); with no argument it writes none.
-        if (statusCode !== 204 && statusCode !== 304 && typeof cl === 'string') res.endWithoutBody(Number(cl))
+        if (!noBody) res.end()
+        else if (statusCode !== 204 && statusCode !== 304 && typeof cl === 'string') res.endWithoutBody(Number(cl))
         else res.endWithoutBody()
-        this.bodyComplete = true
-      } else if (typeof cl === 'string') {
-        this.responseLength = Number(cl)
-        if (this.responseLength === 0) { res.end(); this.bodyComplete = true }
-      }
-    })
-    if (!this.bodyComplete) res.onWritable((offset) => this.onWritable(offset))
+      })
+      this.bodyComplete = true
+      return
+    }
+    this.res.onWritable((offset) => this.onWritable(offset))
+  }
+
+  /** Writes the status line and headers held in `head` (inside the caller's cork). */
+  private writeHead (): void {
+    const head = this.head!
+    this.head = undefined
+    const res = this.res
+    const { statusCode, statusMessage, headers } = head
+    res.writeStatus(`${statusCode} ${statusMessage !== undefined && statusMessage !== '' ? statusMessage : (STATUS_CODES[statusCode] ?? '')}`)
+    // Headers the backend named in its Connection header are hop-by-hop too (RFC 9110 §7.6.1).
+    const conn = headers.connection
+    const named = typeof conn === 'string' ? conn.toLowerCase().split(',').map((x) => x.trim()) : undefined
+    for (const name in headers) {
+      if (SKIP_RESPONSE.has(name) || named?.includes(name) === true) continue
+      const v = headers[name]
+      if (v === undefined) continue
+      if (Array.isArray(v)) for (const x of v) res.writeHeader(name, x)
+      else res.writeHeader(name, v)
+    }
+    if (headers[this.ctx.requestIdHeader] === undefined) res.writeHeader(this.ctx.requestIdHeader, this.req.requestId)
+    // uWS 20.30 closes the socket after answering a `Connection: close` request but does not say so in
+    // the response; clients that reuse the socket meanwhile get a RST. Say it (RFC 9112 §9.6).
+    if (this.req.close) res.writeHeader('connection', 'close')
   }
 
   onResponseData (controller: Dispatcher.DispatchController, chunk: Buffer): void {
@@ -230,6 +242,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     const res = this.res
     let blocked = false
     res.cork(() => {
+      if (this.head !== undefined) this.writeHead()
       if (this.responseLength >= 0) {
         const offset = res.getWriteOffset()
         const [ok, done] = res.tryEnd(chunk, this.responseLength)
@@ -274,7 +287,10 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
         this.fail(new FerryError('FERRY_ERR_UPSTREAM_PROTOCOL', 'upstream body shorter than its Content-Length'))
         return
       }
-      this.res.cork(() => this.res.end())
+      this.res.cork(() => {
+        if (this.head !== undefined) this.writeHead()
+        this.res.end()
+      })
       this.bodyComplete = true
     }
     this.finish('done')
@@ -347,7 +363,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     if (this.queueEntry !== undefined) { this.ctx.upstream.cancel(this.queueEntry); this.queueEntry = undefined }
     this.body?.destroy()
     this.controller?.abort(err)
-    if (wasResponding) {
+    if (wasResponding && this.head === undefined) {
       // Headers are out: the only honest signal left is a truncated response. (After a completed
       // tryEnd the uWS response is gone and must not be touched.)
       if (!this.bodyComplete) this.res.close()
