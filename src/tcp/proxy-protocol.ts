@@ -145,32 +145,19 @@ function decodeV2 (buf: Uint8Array, maxBytes: number): ProxyDecodeResult {
   }
   if (transport !== 1) return invalid(`v2 header: transport ${transport === 2 ? 'DGRAM' : 'UNSPEC'} on a TCP listener`)
   const a = V2_FIXED_BYTES
-  if (af === 1) {
-    return {
-      kind: 'header',
-      length: total,
-      header: {
-        version: 2,
-        command: 'proxy',
-        family: 'tcp4',
-        source: formatIpv4(buf, a),
-        destination: formatIpv4(buf, a + 4),
-        sourcePort: (buf[a + 8]! << 8) | buf[a + 9]!,
-        destinationPort: (buf[a + 10]! << 8) | buf[a + 11]!,
-      },
-    }
-  }
+  const n = af === 1 ? 4 : 16 // address bytes; both addresses come first, then both ports
+  const fmt = af === 1 ? formatIpv4 : formatIpv6
   return {
     kind: 'header',
     length: total,
     header: {
       version: 2,
       command: 'proxy',
-      family: 'tcp6',
-      source: formatIpv6(buf, a),
-      destination: formatIpv6(buf, a + 16),
-      sourcePort: (buf[a + 32]! << 8) | buf[a + 33]!,
-      destinationPort: (buf[a + 34]! << 8) | buf[a + 35]!,
+      family: af === 1 ? 'tcp4' : 'tcp6',
+      source: fmt(buf, a),
+      destination: fmt(buf, a + n),
+      sourcePort: (buf[a + 2 * n]! << 8) | buf[a + 2 * n + 1]!,
+      destinationPort: (buf[a + 2 * n + 2]! << 8) | buf[a + 2 * n + 3]!,
     },
   }
 }
