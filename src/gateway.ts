@@ -12,6 +12,8 @@ import { HttpUpstream } from './upstream/http/pool.js'
 import { TcpListener } from './tcp/listener.js'
 import { TcpUpstream } from './upstream/tcp/upstream.js'
 import { VERSION } from './version.js'
+import type { WsUpstream } from './front/ws-types.js'
+import { createWsUpstream } from './upstream/ws-upstreams.js'
 
 export type GatewayState = 'created' | 'starting' | 'running' | 'stopping' | 'stopped'
 
@@ -41,6 +43,7 @@ export class Gateway {
   private readonly uws: Uws
   private readonly upstreams = new Map<string, HttpUpstream>()
   private readonly tcpUpstreams = new Map<string, TcpUpstream>()
+  private readonly wsUpstreams = new Map<string, WsUpstream>()
   private readonly tcpListeners: TcpListener[] = []
   private front: HttpFront | undefined
   private admin: AdminServer | undefined
@@ -77,6 +80,10 @@ export class Gateway {
         this.tcpUpstreams.set(name, new TcpUpstream(name, ucfg, log, this.metrics))
         continue
       }
+      if (ucfg.protocol === 'ws' || ucfg.protocol === 'mux') {
+        this.wsUpstreams.set(name, createWsUpstream(name, ucfg, log, this.metrics, this.config.gateway.id))
+        continue
+      }
       const upstream = new HttpUpstream(name, ucfg, log, this.metrics)
       this.upstreams.set(name, upstream)
       contexts.set(name, {
@@ -95,7 +102,8 @@ export class Gateway {
         status: () => this.status(),
       }, this.metrics, this.log)
       const admin = await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
-      this.front = new HttpFront({ uws: this.uws, config: cfg, router: new Router(cfg.routes), upstreams: contexts, log: this.log, metrics: this.metrics })
+      this.front = new HttpFront({ uws: this.uws, config: cfg, router: new Router(cfg.routes), upstreams: contexts, wsUpstreams: this.wsUpstreams, log: this.log, metrics: this.metrics })
+      for (const u of this.wsUpstreams.values()) u.bindPublisher?.(this.front.ws)
       const http = await this.front.listen()
       const tcp: Record<string, number> = {}
       for (const [i, lcfg] of cfg.listen.tcp.entries()) {
@@ -121,7 +129,10 @@ export class Gateway {
     if (this.state === 'stopping' || this.state === 'stopped') return
     this.transition('stopping')
     this.front?.stopAccepting()
+    // Long-lived sessions end now (paced migration is the drain controller's job): clients see 1001.
+    this.front?.ws.closeAll(1001, 'gateway stopping')
     await Promise.all([
+      ...[...this.wsUpstreams.values()].map(async (u) => { await u.close(kind) }),
       ...[...this.upstreams.values()].map(async (u) => { await u.close(kind) }),
       // TCP listeners stop accepting at once, then give open connections up to shutdownGraceMs ('flush').
       ...this.tcpListeners.map(async (l) => { await l.close(kind) }),
@@ -138,6 +149,7 @@ export class Gateway {
       const clients = establishedOnPort(this.ports.http)
       if (clients !== undefined) m.upstreamConnections.labels('client', 'http', '').set(clients)
     }
+    for (const u of this.wsUpstreams.values()) u.collect()
     for (const u of this.upstreams.values()) {
       m.upstreamQueueDepth.labels(u.name).set(u.queueDepth)
       let connected = 0
@@ -167,8 +179,13 @@ export class Gateway {
         admin: { host: this.config.listen.admin.host, port: this.ports?.admin },
         tcp: this.tcpListeners.map((l) => l.status()),
       },
-      routes: this.config.routes.map((r) => ({ host: r.match.host, path: r.match.path, upstream: r.upstream })),
-      upstreams: [...[...this.upstreams.values()].map((u) => u.status()), ...[...this.tcpUpstreams.values()].map((u) => u.status())],
+      routes: this.config.routes.map((r) => ({ host: r.match.host, path: r.match.path, upstream: r.upstream, kind: this.config.upstreams[r.upstream]?.protocol === 'http' ? 'http' : 'websocket' })),
+      websocket: this.front?.ws.status(),
+      upstreams: [
+        ...[...this.upstreams.values()].map((u) => u.status()),
+        ...[...this.wsUpstreams.values()].map((u) => u.status()),
+        ...[...this.tcpUpstreams.values()].map((u) => u.status()),
+      ],
     }
   }
 }

@@ -89,7 +89,7 @@ t.test('ferry start refuses an invalid config and does not listen', async (t) =>
   const bad = writeConfig({ upstreams: {}, routes: [] })
   const r = await runCli(['start', '--config', bad])
   t.equal(r.code, 1, 'exit code 1')
-  t.match(r.stderr, 'routes: must have at least one route', 'names the field')
+  t.match(r.stderr, 'routes: must have at least one route (or a listen.tcp listener)', 'names the field')
   t.notMatch(r.stdout, 'listening', 'never listened')
 })
 

@@ -219,7 +219,7 @@ t.test('config: tcp listeners must name tcp upstreams, routes http ones; names, 
   const cfg = validateConfig(base)
   t.match(cfg.listen.tcp[0], { host: '127.0.0.1', proxyProtocol: 'off', acceptProxyProtocol: false, maxConnectionsPerIp: 0 }, 'defaults filled')
   t.match(problems({ ...base, listen: { tcp: [{ name: 'db', port: 1, upstream: 'web' }] } }), /listen\.tcp\[0\]\.upstream: names upstream web of protocol http; a tcp listener needs a tcp upstream \(known: db\)/, 'tcp listener → http upstream refused')
-  t.match(problems({ ...base, routes: [{ upstream: 'db' }] }), /routes\[0\]\.upstream: names upstream db of protocol tcp; routes need an http upstream/, 'route → tcp upstream refused')
+  t.match(problems({ ...base, routes: [{ upstream: 'db' }] }), /routes\[0\]\.upstream: names upstream db of protocol tcp; routes need an http, ws or mux upstream/, 'route → tcp upstream refused')
   t.match(problems({ ...base, listen: { tcp: [{ name: 'a', port: 7000, upstream: 'db' }, { name: 'a', port: 7000, upstream: 'db' }] } }),
     /listen\.tcp\[1\]\.name: duplicates the name of listen\.tcp\[0\][\s\S]*listen\.tcp\[1\]\.port: port 7000 is also bound by listen\.tcp\[0\]/, 'duplicate name and port')
   t.match(problems({ ...base, listen: { tcp: [{ name: 'a', port: 1, upstream: 'db', trustedProxies: ['10.0.0.0/33', 'nope'] }] } }), /trustedProxies\[0\]: must be an IP address or CIDR[\s\S]*trustedProxies\[1\]/, 'bad CIDRs named')

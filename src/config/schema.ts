@@ -76,7 +76,57 @@ const tcpUpstream = z.strictObject({
   }).prefault({}).describe('Passive health: endpoints whose connects keep failing are taken out for a while.'),
 })
 
-export const upstreamSchema = z.discriminatedUnion('protocol', [httpUpstream, tcpUpstream]).describe('One backend service; `protocol` selects its kind.')
+/** `host:port`, `[v6]:port` or `ws://host:port`: a passthrough WebSocket backend. */
+const wsEndpoint = z.string().refine((s) => {
+  const m = /^(?:ws:\/\/)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})\/?$/.exec(s)
+  const p = Number(m?.[2])
+  return p > 0 && p < 65536
+}, { error: 'must be host:port, [ipv6]:port or ws://host:port with a port of 1-65535' })
+
+const wsUpstream = z.strictObject({
+  protocol: z.literal('ws').describe('WebSocket passthrough: each client session gets its own WebSocket to an unmodified backend (path, query, subprotocols and `websocket.forwardHeaders` forwarded; close codes propagated).'),
+  endpoints: z.array(wsEndpoint).min(1, { error: 'must list at least one endpoint' }).describe('Backend addresses, `host:port` or `ws://host:port`.'),
+  balance: z.enum(['round-robin', 'least-connections', 'hash']).default('round-robin')
+    .describe('How a session picks among healthy endpoints. `hash`: rendezvous hash of the client IP.'),
+  timeouts: z.strictObject({
+    connectMs: durationMs(5000, 'Budget for the backend TCP connect and WebSocket handshake; exceeded → the client\'s upgrade is answered 502 (or 504).'),
+  }).prefault({}).describe('Deadlines Ferry enforces towards the backend.'),
+  ejection: ejection.describe('Passive health: endpoints whose handshakes keep failing are taken out for a while.'),
+})
+
+const muxUpstream = z.strictObject({
+  protocol: z.literal('mux').describe('Ferry\'s mux protocol (docs/mux-protocol.md) to backends using `ferry/backend`: client sessions become streams over a few long-lived links.'),
+  endpoints: z.array(tcpEndpoint).min(1, { error: 'must list at least one endpoint' }).describe('Backend addresses, `host:port`.'),
+  balance: z.enum(['least-streams', 'round-robin', 'hash']).default('least-streams')
+    .describe('How a new session picks an endpoint among healthy ones (within an endpoint, the link with the fewest streams). `hash`: rendezvous hash of the client IP.'),
+  pool: z.strictObject({
+    links: z.number().int().min(1).max(64).default(4).describe('Links (TCP connections) kept open to each endpoint; every session of this upstream is a stream on one of them.'),
+  }).prefault({}).describe('Links per endpoint.'),
+  tls: z.strictObject({
+    enabled: z.boolean().default(false).describe('Wrap each link in TLS.'),
+    caFile: z.string().min(1).optional().describe('PEM file of the CA(s) that sign the backend certificate. Absent: the system store.'),
+    serverName: z.string().min(1).optional().describe('SNI and certificate name to check. Absent: the endpoint host.'),
+    rejectUnauthorized: z.boolean().default(true).describe('Refuse backends whose certificate does not verify.'),
+  }).prefault({}).describe('TLS towards the backend.'),
+  flow: z.strictObject({
+    initialWindow: z.number().int().min(16384).max(16 * 1024 * 1024).default(262144)
+      .describe('Per-stream credit in bytes Ferry grants the backend (and asks for); a stream whose client is not reading stops at this many bytes in flight.'),
+    maxFrameBytes: z.number().int().min(1024).max(1024 * 1024).default(65536).describe('Largest frame payload Ferry accepts (announced in HELLO); larger messages travel as fragments.'),
+    maxMessageBytes: positiveInt.default(16 * 1024 * 1024).describe('Largest backend→client message Ferry reassembles; beyond it the stream is reset and the client closed 1009.'),
+  }).prefault({}).describe('Flow control (see docs/mux-protocol.md).'),
+  timeouts: z.strictObject({
+    connectMs: durationMs(2000, 'Budget for a link\'s TCP (and TLS) connect plus the HELLO exchange.'),
+    pingIntervalMs: durationMs(15000, 'Link PING period; a link with no PONG for two periods is declared dead and its streams closed 1012.'),
+    openMs: durationMs(5000, 'How long a new session may wait for a usable link (while links connect) before its upgrade is answered 502.'),
+  }).prefault({}).describe('Deadlines for links.'),
+  reconnect: z.strictObject({
+    minDelayMs: durationMs(100, 'First reconnect delay after a link is lost or fails to connect.'),
+    maxDelayMs: durationMs(5000, 'Cap of the exponential, fully jittered reconnect delay.'),
+  }).prefault({}).describe('Link reconnect backoff.'),
+  ejection: ejection.describe('Passive health: endpoints whose links keep failing to connect are taken out for a while.'),
+})
+
+export const upstreamSchema = z.discriminatedUnion('protocol', [httpUpstream, wsUpstream, muxUpstream, tcpUpstream]).describe('One backend service; `protocol` selects its kind.')
 
 /** An address, or address/prefix within the family's width; zone ids (`%eth0`) are not addresses. */
 function isCidr (s: string): boolean {
@@ -106,6 +156,23 @@ const tcpListener = z.strictObject({
   shutdownGraceMs: nonNegativeInt.default(5000).describe('On gateway stop: how long open connections may continue before they are closed.'),
 })
 
+/** uWS aborts the process on other values: validate here. */
+const idleTimeoutSec = z.number().int().refine((n) => n === 0 || (n >= 8 && n <= 960), { error: 'must be 0 (off) or 8-960 seconds' })
+
+export const DEFAULT_FORWARD_HEADERS = ['authorization', 'cookie', 'origin', 'user-agent', 'accept-language', 'x-request-id']
+
+const websocketRoute = z.strictObject({
+  maxPayloadLength: positiveInt.default(1024 * 1024).describe('Largest client message in bytes; larger → close 1009.'),
+  idleTimeoutSec: idleTimeoutSec.default(120).describe('A session with no traffic either way for this long is closed; Ferry pings idle clients automatically before that. 0: never.'),
+  compression: z.enum(['off', 'shared', 'dedicated']).default('off').describe('permessage-deflate towards clients: `shared` (one compressor, low memory) or `dedicated` (per session, better ratio, ~300 KiB each).'),
+  maxBackpressure: positiveInt.default(1024 * 1024).describe('Bytes queued towards one client (topic messages included) beyond which that client is closed (a client that stopped reading).'),
+  maxBufferedToUpstream: positiveInt.default(1024 * 1024).describe('Client→backend bytes Ferry holds for one session while the backend grants no credit (mux) or its socket is full (ws); beyond it the client is closed 1013.'),
+  subprotocols: z.array(z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, { error: 'must be a token' })).default([])
+    .describe('mux: subprotocols Ferry accepts, in preference order (the first the client also offers is selected; none → no subprotocol). ws: ignored, the backend chooses.'),
+  forwardHeaders: z.array(z.string().regex(/^[a-z0-9-]+$/, { error: 'must be a lower-case header name' })).default(DEFAULT_FORWARD_HEADERS)
+    .describe('Client handshake headers passed to the backend (ws: on its handshake; mux: in OPEN metadata). X-Forwarded-For/-Proto/-Host are always added.'),
+})
+
 const routeSchema = z.strictObject({
   match: z.strictObject({
     host: z.string().regex(/^(\*\.)?[A-Za-z0-9.-]+$/, { error: 'must be a host name or *.suffix' }).optional()
@@ -115,6 +182,7 @@ const routeSchema = z.strictObject({
   }).prefault({}).describe('What requests this route takes. The most specific route wins: host routes before host-less ones, then the longest path; ties keep file order.'),
   upstream: z.string().min(1).describe('Name of an entry in `upstreams`.'),
   maxBodyBytes: positiveInt.optional().describe('Overrides `http.maxBodyBytes` for this route.'),
+  websocket: websocketRoute.optional().describe('WebSocket session settings; only for routes to `ws` or `mux` upstreams (which get these defaults when absent).'),
 })
 
 export const configSchema = z.strictObject({
@@ -133,8 +201,8 @@ export const configSchema = z.strictObject({
     trustForwardedFor: z.boolean().default(false).describe('Append to an incoming X-Forwarded-For instead of replacing it (only behind a trusted load balancer).'),
   }).prefault({}).describe('HTTP front behaviour.'),
   upstreams: z.record(z.string().regex(/^[A-Za-z0-9_-]+$/, { error: 'upstream names use letters, digits, _ and -' }), upstreamSchema)
-    .describe('Named backends. Each has a `protocol`; this release supports `http` and `tcp`.'),
-  routes: z.array(routeSchema).min(1, { error: 'must have at least one route' }).describe('Request routing, see `match`.'),
+    .describe('Named backends. Each has a `protocol`: `http`, `ws` (WebSocket passthrough), `mux` (WebSocket sessions over Ferry links) or `tcp`.'),
+  routes: z.array(routeSchema).default([]).describe('Request routing, see `match`. Routes to `http` upstreams take HTTP requests; routes to `ws`/`mux` upstreams take WebSocket upgrades (a plain request gets 426).'),
   logging: z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('pino log level.'),
     accessLog: z.boolean().default(true).describe('One JSON line per HTTP request (id, method, path, status, upstream, duration, bytes).'),
@@ -145,14 +213,32 @@ export const configSchema = z.strictObject({
     const names = Object.keys(cfg.upstreams).filter((n) => cfg.upstreams[n]!.protocol === protocol)
     return names.length > 0 ? names.join(', ') : 'none'
   }
+  if (cfg.routes.length === 0 && cfg.listen.tcp.length === 0) {
+    ctx.addIssue({ code: 'custom', path: ['routes'], input: cfg.routes, message: 'must have at least one route (or a listen.tcp listener)' })
+  }
+  // uWS settings (payload limit, idle timeout, compression) attach to a URL pattern, not a host, so
+  // WebSocket routes that share a path must share their settings.
+  const wsByPath = new Map<string, { index: number, settings: string }>()
   cfg.routes.forEach((r, i) => {
-    if (!Object.hasOwn(cfg.upstreams, r.upstream)) {
+    const proto = Object.hasOwn(cfg.upstreams, r.upstream) ? cfg.upstreams[r.upstream]!.protocol : undefined
+    if (proto === undefined) {
       const known = Object.keys(cfg.upstreams)
       ctx.addIssue({ code: 'custom', path: ['routes', i, 'upstream'], input: r.upstream,
         message: `names no upstream (known: ${known.length ? known.join(', ') : 'none'})` })
-    } else if (cfg.upstreams[r.upstream]!.protocol !== 'http') {
+    } else if (proto === 'tcp') {
       ctx.addIssue({ code: 'custom', path: ['routes', i, 'upstream'], input: r.upstream,
-        message: `names upstream ${r.upstream} of protocol ${cfg.upstreams[r.upstream]!.protocol}; routes need an http upstream (known: ${ofProtocol('http')})` })
+        message: `names upstream ${r.upstream} of protocol tcp; routes need an http, ws or mux upstream (tcp upstreams are used by listen.tcp)` })
+    } else if (proto === 'http' && r.websocket !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['routes', i, 'websocket'], input: r.websocket,
+        message: `is for routes to ws or mux upstreams; ${r.upstream} is http (known: ${[ofProtocol('ws'), ofProtocol('mux')].filter((x) => x !== 'none').join(', ') || 'none'})` })
+    } else if (proto === 'ws' || proto === 'mux') {
+      const settings = JSON.stringify(r.websocket ?? null)
+      const first = wsByPath.get(r.match.path)
+      if (first === undefined) wsByPath.set(r.match.path, { index: i, settings })
+      else if (first.settings !== settings) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'websocket'], input: r.websocket,
+          message: `differs from routes[${first.index}] which has the same path ${r.match.path}; WebSocket routes sharing a path must share their websocket settings` })
+      }
     }
   })
   const names = new Map<string, number>()
@@ -189,5 +275,8 @@ export type ParsedConfig = z.output<typeof configSchema>
 export type UpstreamConfig = z.output<typeof upstreamSchema>
 export type HttpUpstreamConfig = Extract<UpstreamConfig, { protocol: 'http' }>
 export type TcpUpstreamConfig = Extract<UpstreamConfig, { protocol: 'tcp' }>
+export type WsUpstreamConfig = Extract<UpstreamConfig, { protocol: 'ws' }>
+export type MuxUpstreamConfig = Extract<UpstreamConfig, { protocol: 'mux' }>
+export type WebSocketRouteConfig = z.output<typeof websocketRoute>
 export type TcpListenerConfig = ParsedConfig['listen']['tcp'][number]
 export type RouteConfig = ParsedConfig['routes'][number]

@@ -9,6 +9,8 @@ import { HttpExchange, sendError, type ExchangeContext } from '../upstream/http/
 import { readClientRequest, type RequestOptions } from './http-request.js'
 import { listen, type ListenSocket } from './listen.js'
 import type { Uws } from './uws.js'
+import { WsFront } from './ws-front.js'
+import type { WsUpstream } from './ws-types.js'
 
 export interface FrontDeps {
   readonly uws: Uws
@@ -16,6 +18,8 @@ export interface FrontDeps {
   readonly router: Router
   /** Exchange context per upstream name (built once by the gateway). */
   readonly upstreams: ReadonlyMap<string, ExchangeContext>
+  /** WebSocket-carrying upstreams (ws, mux) by name. */
+  readonly wsUpstreams: ReadonlyMap<string, WsUpstream>
   readonly log: Logger
   readonly metrics: Metrics
 }
@@ -32,6 +36,7 @@ export class HttpFront {
   private readonly noRoute: { inc: () => void }
   private readonly badRequest: { inc: () => void }
   private readonly internal: { inc: () => void }
+  readonly ws: WsFront
 
   constructor (private readonly deps: FrontDeps) {
     this.app = deps.uws.App()
@@ -45,6 +50,8 @@ export class HttpFront {
     this.noRoute = deps.metrics.httpErrors.labels('FERRY_ERR_NO_ROUTE', '')
     this.badRequest = deps.metrics.httpErrors.labels('FERRY_ERR_BAD_REQUEST', '')
     this.internal = deps.metrics.httpErrors.labels('FERRY_ERR_INTERNAL', '')
+    // WebSocket behaviors first: their GET handlers yield non-upgrade requests to `any`.
+    this.ws = new WsFront(this.app, { ...deps, requestIdHeader: deps.config.http.requestIdHeader })
     this.app.any('/*', (res, req) => this.onRequest(res, req))
   }
 
@@ -56,6 +63,7 @@ export class HttpFront {
 
   /** Stops accepting new connections; requests in flight continue. */
   stopAccepting (): void {
+    this.ws.stopAccepting()
     this.socket?.close()
     this.socket = undefined
   }
@@ -71,7 +79,13 @@ export class HttpFront {
         sendError(res, 404, new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${creq.host}${creq.path}`), requestId, this.reqOpts.requestIdHeader, creq.close || creq.contentLength !== 0)
         return
       }
-      const ctx = this.deps.upstreams.get(route.upstream)!
+      const ctx = this.deps.upstreams.get(route.upstream)
+      if (ctx === undefined) {
+        // A ws/mux route: only upgrades belong here.
+        this.deps.metrics.httpErrors.labels('FERRY_ERR_UPGRADE_REQUIRED', route.upstream).inc()
+        sendError(res, 426, new FerryError('FERRY_ERR_UPGRADE_REQUIRED', `route ${route.name} takes WebSocket upgrades only`), requestId, this.reqOpts.requestIdHeader, creq.close || creq.contentLength !== 0, ['upgrade', 'websocket'])
+        return
+      }
       const maxBody = route.maxBodyBytes ?? this.deps.config.http.maxBodyBytes
       if (creq.contentLength !== undefined && creq.contentLength > maxBody) {
         ctx.metrics.error('FERRY_ERR_BODY_TOO_LARGE')

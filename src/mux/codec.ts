@@ -190,3 +190,52 @@ export function decodePublish (payload: Buffer): { topic: string, data: Buffer }
 export function typeName (type: number): string {
   return TYPE_NAMES[type] ?? `0x${type.toString(16)}`
 }
+
+/** RESET error codes (u32): why one stream was torn down. */
+export const ResetCode = {
+  PROTOCOL: 1,
+  FLOW_CONTROL: 2,
+  MESSAGE_TOO_LARGE: 3,
+  BAD_UTF8: 4,
+  INTERNAL: 5,
+  /** The receiver will not take this stream (draining, unknown route, application refused). */
+  REFUSED: 6,
+} as const
+
+/** GOAWAY codes (u32): why a link stops taking streams. */
+export const GoawayCode = {
+  NORMAL: 0,
+  PROTOCOL: 1,
+  VERSION: 2,
+  PING_TIMEOUT: 3,
+  INTERNAL: 4,
+} as const
+
+export function encodeReset (streamId: number, code: number, reason = ''): Buffer {
+  const r = Buffer.from(reason, 'utf8').subarray(0, 1020)
+  const p = Buffer.allocUnsafe(4 + r.length)
+  p.writeUInt32BE(code >>> 0, 0)
+  p.set(r, 4)
+  return encodeFrame(FrameType.RESET, 0, streamId, p)
+}
+
+export function decodeReset (payload: Buffer): { code: number, reason: string } {
+  return { code: payload.readUInt32BE(0), reason: payload.toString('utf8', 4) }
+}
+
+export function encodeGoaway (lastStreamId: number, code: number, reason = ''): Buffer {
+  const r = Buffer.from(reason, 'utf8').subarray(0, 1016)
+  const p = Buffer.allocUnsafe(8 + r.length)
+  p.writeUInt32BE(lastStreamId >>> 0, 0)
+  p.writeUInt32BE(code >>> 0, 4)
+  p.set(r, 8)
+  return encodeFrame(FrameType.GOAWAY, 0, 0, p)
+}
+
+export function decodeGoaway (payload: Buffer): { lastStreamId: number, code: number, reason: string } {
+  return { lastStreamId: payload.readUInt32BE(0), code: payload.readUInt32BE(4), reason: payload.toString('utf8', 8) }
+}
+
+export function encodeTopicFrame (type: typeof FrameType.SUBSCRIBE | typeof FrameType.UNSUBSCRIBE, streamId: number, topic: string): Buffer {
+  return encodeFrame(type, 0, streamId, Buffer.from(topic, 'utf8'))
+}

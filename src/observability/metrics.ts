@@ -24,6 +24,19 @@ export class Metrics {
   readonly tcpBytes: Counter<'listener' | 'direction'>
   readonly tcpDuration: Histogram<'listener'>
   readonly tcpConnectFailures: Counter<'upstream' | 'endpoint' | 'code'>
+  readonly wsSessions: Gauge<'route' | 'mode'>
+  readonly wsSessionsTotal: Counter<'route' | 'mode'>
+  readonly wsUpgradeFailures: Counter<'route' | 'code'>
+  readonly wsClosed: Counter<'mode' | 'reason'>
+  readonly wsMessages: Counter<'mode' | 'direction'>
+  readonly wsBytes: Counter<'mode' | 'direction'>
+  readonly muxLinks: Gauge<'upstream' | 'endpoint' | 'state'>
+  readonly muxLinkEvents: Counter<'upstream' | 'endpoint' | 'event'>
+  readonly muxStreamsPerLink: Gauge<'upstream' | 'endpoint' | 'link'>
+  readonly muxCreditStalls: Counter<'upstream' | 'direction'>
+  readonly muxPublished: Counter<'upstream'>
+  readonly muxFanout: Counter<'upstream'>
+  readonly muxProtocolErrors: Counter<'upstream' | 'code'>
 
   constructor (registry = new Registry()) {
     this.registry = registry
@@ -45,6 +58,20 @@ export class Metrics {
     this.tcpBytes = new Counter({ name: 'ferry_tcp_bytes_total', help: 'Bytes passed through TCP listeners, by direction (to_upstream = client→backend, to_client = backend→client). Updated at scrape time.', labelNames: ['listener', 'direction'], registers: r })
     this.tcpDuration = new Histogram({ name: 'ferry_tcp_connection_seconds', help: 'Lifetime of TCP client connections, accept to close.', labelNames: ['listener'], buckets: [0.001, 0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 14400, 86400], registers: r })
     this.tcpConnectFailures = new Counter({ name: 'ferry_tcp_connect_failures_total', help: 'Failed connect attempts to a TCP upstream endpoint (each failover attempt counts), by error code.', labelNames: ['upstream', 'endpoint', 'code'], registers: r })
+    // WebSocket sessions (mode: ws = passthrough, mux = streams over links).
+    this.wsSessions = new Gauge({ name: 'ferry_ws_sessions', help: 'Open client WebSocket sessions, by route and mode (ws = passthrough, mux = stream over a link).', labelNames: ['route', 'mode'], registers: r })
+    this.wsSessionsTotal = new Counter({ name: 'ferry_ws_sessions_total', help: 'Client WebSocket sessions opened (upgrade completed), by route and mode.', labelNames: ['route', 'mode'], registers: r })
+    this.wsUpgradeFailures = new Counter({ name: 'ferry_ws_upgrade_failures_total', help: 'WebSocket upgrades answered with an HTTP error instead of 101, by route and error code.', labelNames: ['route', 'code'], registers: r })
+    this.wsClosed = new Counter({ name: 'ferry_ws_closed_total', help: 'Client WebSocket sessions ended, by mode and reason: "client" (the client closed), "upstream" (the backend closed) or the Ferry error code that ended it.', labelNames: ['mode', 'reason'], registers: r })
+    this.wsMessages = new Counter({ name: 'ferry_ws_messages_total', help: 'WebSocket messages proxied, by mode and direction (to_upstream, to_client; topic fan-out not included).', labelNames: ['mode', 'direction'], registers: r })
+    this.wsBytes = new Counter({ name: 'ferry_ws_message_bytes_total', help: 'WebSocket message payload bytes proxied, by mode and direction.', labelNames: ['mode', 'direction'], registers: r })
+    this.muxLinks = new Gauge({ name: 'ferry_mux_links', help: 'Mux links per upstream endpoint, by state (connecting, ready, draining). Updated at scrape time.', labelNames: ['upstream', 'endpoint', 'state'], registers: r })
+    this.muxLinkEvents = new Counter({ name: 'ferry_mux_link_events_total', help: 'Mux link lifecycle events: connected, connect_failed, lost (socket error, close or ping timeout), goaway (the backend is draining).', labelNames: ['upstream', 'endpoint', 'event'], registers: r })
+    this.muxStreamsPerLink = new Gauge({ name: 'ferry_mux_streams', help: 'Open streams on each mux link (link = slot index 0..links-1). Updated at scrape time.', labelNames: ['upstream', 'endpoint', 'link'], registers: r })
+    this.muxCreditStalls = new Counter({ name: 'ferry_mux_credit_stalls_total', help: 'Times a stream ran out of credit: to_upstream = a client message waited for backend credit; to_client = Ferry held credit back because the client was not reading.', labelNames: ['upstream', 'direction'], registers: r })
+    this.muxPublished = new Counter({ name: 'ferry_mux_published_total', help: 'PUBLISH frames received from mux backends (one topic message each).', labelNames: ['upstream'], registers: r })
+    this.muxFanout = new Counter({ name: 'ferry_mux_fanout_deliveries_total', help: 'Client deliveries made by topic fan-out (subscribers reached per PUBLISH, summed).', labelNames: ['upstream'], registers: r })
+    this.muxProtocolErrors = new Counter({ name: 'ferry_mux_protocol_errors_total', help: 'Mux protocol violations by the backend (malformed frames, flow-control violations, bad UTF-8), by error code; link-scoped ones close the link, stream-scoped ones reset the stream.', labelNames: ['upstream', 'code'], registers: r })
     this.configInfo = new Gauge({ name: 'ferry_info', help: 'Constant 1, labelled with this gateway\'s id and version.', labelNames: ['gateway', 'version'], registers: r })
   }
 

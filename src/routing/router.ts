@@ -1,10 +1,12 @@
-import type { RouteConfig } from '../config/schema.js'
+import type { RouteConfig, WebSocketRouteConfig } from '../config/schema.js'
 
 export interface Route {
   /** Stable name for logs and metrics: `host/path` or `*\/path`. */
   readonly name: string
   readonly upstream: string
   readonly maxBodyBytes: number | undefined
+  /** WebSocket settings (routes to ws/mux upstreams; absent: defaults). */
+  readonly websocket: WebSocketRouteConfig | undefined
   readonly host: string | undefined
   readonly path: string
 }
@@ -29,6 +31,7 @@ export class Router {
         name: `${host ?? '*'}${r.match.path}`,
         upstream: r.upstream,
         maxBodyBytes: r.maxBodyBytes,
+        websocket: r.websocket,
         host,
         hostSuffix: host?.startsWith('*.') === true ? host.slice(1) : undefined,
         path: r.match.path,

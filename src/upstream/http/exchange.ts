@@ -428,13 +428,14 @@ export function classify (err: Error): FerryError {
 }
 
 /** A Ferry-generated response: JSON body with the stable error code; Retry-After on 503. */
-export function sendError (res: HttpResponse, status: number, err: FerryError, requestId: string, requestIdHeader: string, close: boolean): void {
+export function sendError (res: HttpResponse, status: number, err: FerryError, requestId: string, requestIdHeader: string, close: boolean, extraHeader?: readonly [string, string]): void {
   const body = JSON.stringify({ error: { code: err.code, message: err.status >= 500 && err.code !== 'FERRY_ERR_QUEUE_FULL' && err.code !== 'FERRY_ERR_QUEUE_TIMEOUT' ? STATUS_CODES[status] : err.message, requestId } })
   res.cork(() => {
     res.writeStatus(`${status} ${STATUS_CODES[status] ?? ''}`)
     res.writeHeader('content-type', 'application/json')
     res.writeHeader(requestIdHeader, requestId)
     if (status === 503) res.writeHeader('retry-after', '1')
+    if (extraHeader !== undefined) res.writeHeader(extraHeader[0], extraHeader[1])
     res.end(body, close)
   })
 }

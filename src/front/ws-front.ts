@@ -1,0 +1,211 @@
+import { randomBytes } from 'node:crypto'
+import type { HttpRequest, HttpResponse, TemplatedApp, us_socket_context_t, WebSocketBehavior } from 'uWebSockets.js'
+import type { Logger } from 'pino'
+import type { Config } from '../config/load.js'
+import { DEFAULT_FORWARD_HEADERS, type WebSocketRouteConfig } from '../config/schema.js'
+import { FerryError, isFerryError } from '../errors.js'
+import type { Metrics } from '../observability/metrics.js'
+import type { Route, Router } from '../routing/router.js'
+import { sendError } from '../upstream/http/exchange.js'
+import { formatAddress } from './address.js'
+import type { Uws } from './uws.js'
+import { ClientSession, SessionCounters, type WsUserData } from './ws-session.js'
+import type { TopicPublisher, WsHandshake, WsUpstream } from './ws-types.js'
+
+export interface WsFrontDeps {
+  readonly uws: Uws
+  readonly config: Config
+  readonly router: Router
+  readonly wsUpstreams: ReadonlyMap<string, WsUpstream>
+  readonly log: Logger
+  readonly metrics: Metrics
+  readonly requestIdHeader: string
+}
+
+/** Route settings when a ws/mux route has no `websocket` block (the schema's defaults). */
+export const DEFAULT_WS_SETTINGS: WebSocketRouteConfig = Object.freeze({
+  maxPayloadLength: 1024 * 1024,
+  idleTimeoutSec: 120,
+  compression: 'off',
+  maxBackpressure: 1024 * 1024,
+  maxBufferedToUpstream: 1024 * 1024,
+  subprotocols: [],
+  forwardHeaders: DEFAULT_FORWARD_HEADERS,
+})
+
+const KEY_RE = /^[A-Za-z0-9+/]{22}==$/
+
+/**
+ * The WebSocket half of the uWS front. uWS binds payload limit, idle timeout, compression and
+ * backpressure to a URL pattern, so each WebSocket route path gets its own behavior (`/chat` and
+ * `/chat/*`); a catch-all `/*` behavior takes every other upgrade and answers it with the right HTTP
+ * error. The upgrade picks the route with Ferry's router (host + path), opens the upstream leg
+ * asynchronously, and upgrades only if the client is still there.
+ */
+export class WsFront implements TopicPublisher {
+  private readonly sessions = new Set<ClientSession>()
+  private readonly counters = new Map<string, SessionCounters>()
+  private readonly idPrefix = randomBytes(6).toString('base64url')
+  private nextId = 0
+  private accepting = true
+  /** Any WebSocket route compresses: topic messages are sent with the compress flag (per-socket negotiation decides). */
+  private readonly compressTopics: boolean
+
+  constructor (private readonly app: TemplatedApp, private readonly deps: WsFrontDeps) {
+    const byPath = new Map<string, WebSocketRouteConfig>()
+    for (const r of deps.config.routes) {
+      const proto = deps.config.upstreams[r.upstream]?.protocol
+      if ((proto === 'ws' || proto === 'mux') && !byPath.has(r.match.path)) byPath.set(r.match.path, r.websocket ?? DEFAULT_WS_SETTINGS)
+    }
+    const patterns = new Set<string>()
+    const add = (pattern: string, s: WebSocketRouteConfig): void => {
+      if (patterns.has(pattern)) return
+      patterns.add(pattern)
+      app.ws(pattern, this.behavior(s))
+    }
+    // Longer paths first does not matter to uWS (its router prefers static segments), but keeps logs tidy.
+    for (const [path, s] of [...byPath].sort((a, b) => b[0].length - a[0].length)) {
+      if (path === '/') continue
+      const base = path.endsWith('/') ? path.slice(0, -1) : path
+      add(base, s)
+      add(`${base}/*`, s)
+    }
+    add('/*', byPath.get('/') ?? DEFAULT_WS_SETTINGS)
+    this.compressTopics = [...byPath.values()].some((s) => s.compression !== 'off')
+  }
+
+  private behavior (s: WebSocketRouteConfig): WebSocketBehavior<WsUserData> {
+    const uws = this.deps.uws
+    return {
+      // uWS closes (1009) anything above this before Ferry sees it; the route's own limit is checked per message.
+      maxPayloadLength: s.maxPayloadLength,
+      idleTimeout: s.idleTimeoutSec,
+      sendPingsAutomatically: true,
+      maxBackpressure: s.maxBackpressure,
+      closeOnBackpressureLimit: 1,
+      compression: s.compression === 'shared'
+        ? uws.SHARED_COMPRESSOR | uws.SHARED_DECOMPRESSOR
+        : s.compression === 'dedicated' ? uws.DEDICATED_COMPRESSOR_32KB | uws.DEDICATED_DECOMPRESSOR_32KB : uws.DISABLED,
+      upgrade: (res, req, context) => { this.onUpgrade(res, req, context) },
+      open: (ws) => { ws.getUserData().session.opened(ws) },
+      message: (ws, message, isBinary) => { ws.getUserData().session.fromClient(message, isBinary) },
+      drain: (ws) => { ws.getUserData().session.drained() },
+      close: (ws, code, message) => { ws.getUserData().session.closed(code, message) },
+    }
+  }
+
+  private sessionCounters (route: Route, mode: 'ws' | 'mux'): SessionCounters {
+    const k = `${route.name}\0${mode}`
+    let c = this.counters.get(k)
+    if (c === undefined) { c = new SessionCounters(this.deps.metrics, route.name, mode); this.counters.set(k, c) }
+    return c
+  }
+
+  private fail (res: HttpResponse, route: string, err: FerryError, requestId: string): void {
+    this.deps.metrics.wsUpgradeFailures.labels(route, err.code).inc()
+    try {
+      res.cork(() => { sendError(res, err.status || 500, err, requestId, this.deps.requestIdHeader, true) })
+    } catch { /* the client went away meanwhile */ }
+  }
+
+  private onUpgrade (res: HttpResponse, req: HttpRequest, context: us_socket_context_t): void {
+    // Everything from `req` is copied now: it is invalid after this function returns.
+    let aborted = false
+    res.onAborted(() => { aborted = true; session?.abandon('client went away during the handshake') })
+    let session: ClientSession | undefined
+    const path = req.getUrl()
+    const query = req.getQuery() ?? ''
+    const host = req.getHeader('host')
+    const key = req.getHeader('sec-websocket-key')
+    const extensions = req.getHeader('sec-websocket-extensions')
+    const offered = req.getHeader('sec-websocket-protocol')
+    const version = req.getHeader('sec-websocket-version')
+    const requestId = req.getHeader(this.deps.requestIdHeader) || `${this.idPrefix}-${(++this.nextId).toString(36)}`
+    const raw: string[] = []
+    req.forEach((k, v) => { raw.push(k, v) })
+    const remoteAddress = formatAddress(res.getRemoteAddress())
+    try {
+      if (!this.accepting) throw new FerryError('FERRY_ERR_QUEUE_FULL', 'gateway is stopping')
+      const route = this.deps.router.match(host, path)
+      if (route === undefined) throw new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${host}${path}`)
+      const upstream = this.deps.wsUpstreams.get(route.upstream)
+      if (upstream === undefined) throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', `route ${route.name} does not take WebSocket upgrades (its upstream ${route.upstream} is http)`)
+      if (!KEY_RE.test(key) || version !== '13') throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', 'bad Sec-WebSocket-Key or Sec-WebSocket-Version (13 expected)')
+      const settings = route.websocket ?? DEFAULT_WS_SETTINGS
+      const headers: Record<string, string> = {}
+      let xff = ''
+      for (let i = 0; i < raw.length; i += 2) {
+        const k = raw[i]!
+        if (k === 'x-forwarded-for') xff = xff === '' ? raw[i + 1]! : `${xff}, ${raw[i + 1]!}`
+        else if (settings.forwardHeaders.includes(k)) headers[k] = headers[k] === undefined ? raw[i + 1]! : `${headers[k]}, ${raw[i + 1]!}`
+      }
+      headers['x-forwarded-for'] = this.deps.config.http.trustForwardedFor && xff !== '' ? `${xff}, ${remoteAddress}` : remoteAddress
+      headers['x-forwarded-proto'] = 'http'
+      headers['x-forwarded-host'] = host
+      headers[this.deps.requestIdHeader] = requestId
+      const hs: WsHandshake = {
+        sessionId: `${this.idPrefix}.${(++this.nextId).toString(36)}`,
+        route: route.name,
+        path,
+        query,
+        host,
+        remoteAddress,
+        protocols: offered === '' ? [] : offered.split(',').map((p) => p.trim()).filter((p) => p !== ''),
+        headers,
+        settings,
+      }
+      const s = new ClientSession(hs, this.sessionCounters(route, upstream.mode), settings.compression !== 'off', this.deps.log, (x) => this.sessions.delete(x))
+      session = s
+      this.sessions.add(s)
+      upstream.open(hs, s).then((leg) => {
+        if (aborted || s.state !== 'connecting') {
+          this.sessions.delete(s)
+          leg.clientClosed(1001, 'client went away during the handshake')
+          return
+        }
+        s.leg = leg
+        res.cork(() => {
+          res.upgrade<WsUserData>({ session: s }, key, leg.protocol, extensions, context)
+        })
+      }, (err: unknown) => {
+        this.sessions.delete(s)
+        s.abandon('upstream refused')
+        if (aborted) return
+        const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `unexpected: ${(err as Error)?.stack ?? String(err)}`)
+        if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr, route: route.name }, 'websocket upgrade failed')
+        this.fail(res, route.name, ferr, requestId)
+      })
+    } catch (err) {
+      const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `unexpected: ${(err as Error)?.stack ?? String(err)}`)
+      if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr }, 'websocket upgrade failed')
+      if (!aborted) this.fail(res, '', ferr, requestId)
+    }
+  }
+
+  /** Topic fan-out through uWS's native pub/sub; returns the subscribers reached. */
+  publish (topic: string, data: Uint8Array, binary: boolean): number {
+    const n = this.app.numSubscribers(topic)
+    if (n > 0) this.app.publish(topic, data, binary, this.compressTopics)
+    return n
+  }
+
+  /** Stops taking upgrades; the listen socket itself is closed by the HTTP front. */
+  stopAccepting (): void {
+    this.accepting = false
+  }
+
+  /** Closes every session (1001 going away, or 1012 when the gateway restarts); their legs close their backend sides. */
+  closeAll (code: number, reason: string): void {
+    for (const s of [...this.sessions]) s.closeClient(code, reason, 'FERRY_ERR_GATEWAY_STOPPING')
+  }
+
+  get sessionCount (): number {
+    return this.sessions.size
+  }
+
+  status (): { sessions: number, byRoute: Record<string, number> } {
+    const byRoute: Record<string, number> = {}
+    for (const s of this.sessions) byRoute[s.hs.route] = (byRoute[s.hs.route] ?? 0) + 1
+    return { sessions: this.sessions.size, byRoute }
+  }
+}

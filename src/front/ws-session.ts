@@ -1,0 +1,229 @@
+import type { WebSocket } from 'uWebSockets.js'
+import type { Counter, Gauge } from 'prom-client'
+import type { Logger } from 'pino'
+import type { Metrics } from '../observability/metrics.js'
+import { closeReason, type ClientSink, type UpstreamLeg, type WsHandshake } from './ws-types.js'
+
+/** What uWS keeps per client WebSocket: a pointer back to the session. */
+export interface WsUserData {
+  session: ClientSession
+}
+
+/**
+ * Client send-buffer watermarks. Above HIGH the session is `congested` (the upstream leg stops granting
+ * credit / pauses its socket), below LOW it is not. With credit-limited mux streams a client's buffer
+ * stays under HIGH + the stream window; `maxBackpressure` is the safety net (topic fan-out has no credit).
+ */
+export const CLIENT_HIGH_WATERMARK = 256 * 1024
+export const CLIENT_LOW_WATERMARK = 64 * 1024
+
+/** connecting: the upstream leg is being opened, the client is not upgraded yet. */
+export type ClientSessionState = 'connecting' | 'open' | 'closed'
+
+/** Metric children resolved once per (route, mode), not per message. */
+export class SessionCounters {
+  readonly open: Gauge.Internal<string>
+  readonly opened: Counter.Internal
+  readonly msgsUp: Counter.Internal
+  readonly msgsDown: Counter.Internal
+  readonly bytesUp: Counter.Internal
+  readonly bytesDown: Counter.Internal
+  private readonly closed = new Map<string, Counter.Internal>()
+
+  constructor (private readonly metrics: Metrics, route: string, readonly mode: 'ws' | 'mux') {
+    this.open = metrics.wsSessions.labels(route, mode)
+    this.opened = metrics.wsSessionsTotal.labels(route, mode)
+    this.msgsUp = metrics.wsMessages.labels(mode, 'to_upstream')
+    this.msgsDown = metrics.wsMessages.labels(mode, 'to_client')
+    this.bytesUp = metrics.wsBytes.labels(mode, 'to_upstream')
+    this.bytesDown = metrics.wsBytes.labels(mode, 'to_client')
+  }
+
+  closedBy (reason: string): void {
+    let c = this.closed.get(reason)
+    if (c === undefined) { c = this.metrics.wsClosed.labels(this.mode, reason); this.closed.set(reason, c) }
+    c.inc()
+  }
+}
+
+/** Closes that uWS itself decides, by the code it reports. */
+const UWS_CLOSE_REASONS: Record<number, string> = {
+  1009: 'FERRY_ERR_WS_MESSAGE_TOO_LARGE',
+  1007: 'FERRY_ERR_WS_CLIENT_PROTOCOL',
+  1002: 'FERRY_ERR_WS_CLIENT_PROTOCOL',
+}
+
+/**
+ * One client WebSocket session: the only owner of the client's uWS socket. Bridges it to the upstream
+ * leg (passthrough socket or mux stream) through the ClientSink / UpstreamLeg contract.
+ *
+ *   connecting ──upgrade──▶ open ──(client close | end() | closeClient())──▶ closed
+ *        └──────(client aborted the handshake / upstream refused)──────────▶ closed
+ */
+export class ClientSession implements ClientSink {
+  state: ClientSessionState = 'connecting'
+  congested = false
+  leg: UpstreamLeg | undefined
+  private ws: WebSocket<WsUserData> | undefined
+  /** Deliveries and subscriptions that arrive before the client is upgraded (bounded by maxBackpressure). */
+  private early: Array<{ data: Buffer, binary: boolean } | { topic: string, on: boolean }> | undefined
+  private earlyBytes = 0
+  /** Set when the upstream ended the session before the client was upgraded: applied at open. */
+  private pendingEnd: { code: number, reason: string, errorCode: string } | undefined
+  /** Who ended the session (metric label), decided before uWS's close callback runs. */
+  private endReason: string | undefined
+
+  constructor (
+    readonly hs: WsHandshake,
+    private readonly counters: SessionCounters,
+    private readonly compress: boolean,
+    private readonly log: Logger,
+    private readonly onClosed: (s: ClientSession) => void,
+  ) {}
+
+  get mode (): 'ws' | 'mux' {
+    return this.counters.mode
+  }
+
+  // ── ClientSink (called by the upstream leg) ───────────────────────────────────────────────────
+
+  deliver (data: Uint8Array, binary: boolean): void {
+    if (this.state === 'closed') return
+    const ws = this.ws
+    if (ws === undefined) {
+      this.early ??= []
+      this.early.push({ data: Buffer.from(data), binary })
+      this.earlyBytes += data.length
+      if (this.earlyBytes > this.hs.settings.maxBackpressure) this.pendingEnd ??= { code: 1008, reason: 'client is not reading', errorCode: 'FERRY_ERR_WS_CLIENT_BACKPRESSURE' }
+      return
+    }
+    this.counters.msgsDown.inc()
+    this.counters.bytesDown.inc(data.length)
+    let sent = 1
+    // uWS 20.30 can lose payload of large sends made outside cork(); deliveries come from backend sockets.
+    ws.cork(() => { sent = ws.send(data, binary, this.compress) })
+    if (sent === 2) {
+      // Dropped: the client's buffer was already past maxBackpressure. An ordered stream with a hole is
+      // corruption, so the session ends here.
+      this.closeClient(1008, 'client is not reading', 'FERRY_ERR_WS_CLIENT_BACKPRESSURE')
+      return
+    }
+    if (!this.congested && ws.getBufferedAmount() >= CLIENT_HIGH_WATERMARK) this.congested = true
+  }
+
+  end (code: number, reason: string, errorCode = 'upstream'): void {
+    if (this.state === 'closed') return
+    if (this.ws === undefined) {
+      this.pendingEnd ??= { code, reason, errorCode }
+      return
+    }
+    this.endReason = errorCode
+    this.leg = undefined // the leg is finished: it must not hear clientClosed
+    this.ws.end(code, closeReason(reason))
+  }
+
+  subscribe (topic: string): void {
+    if (this.state === 'closed') return
+    if (this.ws === undefined) { (this.early ??= []).push({ topic, on: true }); return }
+    this.ws.subscribe(topic)
+  }
+
+  unsubscribe (topic: string): void {
+    if (this.state === 'closed') return
+    if (this.ws === undefined) { (this.early ??= []).push({ topic, on: false }); return }
+    this.ws.unsubscribe(topic)
+  }
+
+  // ── Front side (called by WsFront from uWS callbacks) ─────────────────────────────────────────
+
+  /** The front closes the client (limits, shutdown); the leg is told to close its backend side. */
+  closeClient (code: number, reason: string, errorCode: string): void {
+    if (this.state === 'closed') return
+    const leg = this.leg
+    this.leg = undefined
+    if (this.ws === undefined) {
+      this.state = 'closed'
+      this.counters.closedBy(errorCode)
+      this.onClosed(this)
+    } else {
+      this.endReason = errorCode
+      this.ws.end(code, closeReason(reason))
+    }
+    leg?.clientClosed(code, reason)
+  }
+
+  /** The handshake was aborted by the client or refused; the session never opened. */
+  abandon (reason: string): void {
+    if (this.state !== 'connecting') return
+    this.state = 'closed'
+    const leg = this.leg
+    this.leg = undefined
+    leg?.clientClosed(1001, reason)
+    this.early = undefined
+  }
+
+  opened (ws: WebSocket<WsUserData>): void {
+    if (this.state !== 'connecting') { ws.end(1001, 'session closed'); return }
+    this.state = 'open'
+    this.ws = ws
+    this.counters.open.inc()
+    this.counters.opened.inc()
+    const early = this.early
+    this.early = undefined
+    this.earlyBytes = 0
+    if (early !== undefined) {
+      for (const e of early) {
+        if (this.state !== 'open') break
+        if ('topic' in e) { if (e.on) ws.subscribe(e.topic); else ws.unsubscribe(e.topic) } else this.deliver(e.data, e.binary)
+      }
+    }
+    if (this.pendingEnd !== undefined && this.state === 'open') {
+      const p = this.pendingEnd
+      if (p.errorCode === 'upstream') this.end(p.code, p.reason, p.errorCode)
+      else this.closeClient(p.code, p.reason, p.errorCode)
+    }
+  }
+
+  fromClient (message: ArrayBuffer, binary: boolean): void {
+    const leg = this.leg
+    if (leg === undefined || this.state !== 'open') return
+    const n = message.byteLength
+    if (n > this.hs.settings.maxPayloadLength) {
+      this.closeClient(1009, `message of ${n} bytes exceeds ${this.hs.settings.maxPayloadLength}`, 'FERRY_ERR_WS_MESSAGE_TOO_LARGE')
+      return
+    }
+    this.counters.msgsUp.inc()
+    this.counters.bytesUp.inc(n)
+    leg.send(new Uint8Array(message), binary)
+    if (leg.buffered > this.hs.settings.maxBufferedToUpstream) {
+      this.closeClient(1013, 'backend is not keeping up', 'FERRY_ERR_WS_UPSTREAM_SLOW')
+    }
+  }
+
+  drained (): void {
+    const ws = this.ws
+    if (!this.congested || ws === undefined || this.state !== 'open') return
+    if (ws.getBufferedAmount() < CLIENT_LOW_WATERMARK) {
+      this.congested = false
+      this.leg?.clientDrained()
+    }
+  }
+
+  /** uWS's close callback: the socket is gone (whoever started it). */
+  closed (code: number, message: ArrayBuffer): void {
+    if (this.state === 'closed') return
+    this.state = 'closed'
+    this.ws = undefined
+    this.counters.open.dec()
+    const reason = this.endReason ?? UWS_CLOSE_REASONS[code] ?? 'client'
+    this.counters.closedBy(reason)
+    const leg = this.leg
+    this.leg = undefined
+    if (leg !== undefined) {
+      let text = ''
+      try { text = Buffer.from(message).toString('utf8') } catch { /* neutered: no reason */ }
+      leg.clientClosed(code, text)
+    }
+    this.onClosed(this)
+  }
+}

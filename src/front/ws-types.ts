@@ -1,0 +1,97 @@
+import type { WebSocketRouteConfig } from '../config/schema.js'
+
+/**
+ * The contract between the WebSocket front (which owns client sockets) and an upstream kind (which owns
+ * the backend side of a session: a passthrough WebSocket or a mux stream). Neither side touches the
+ * other's sockets: the front calls the leg, the leg calls the sink.
+ */
+
+/** Everything the upstream may know about a client's handshake, copied synchronously from uWS. */
+export interface WsHandshake {
+  /** Ferry's id for this session (logs, OPEN metadata `key` until affinity keys land). */
+  readonly sessionId: string
+  readonly route: string
+  /** URL path, no query. */
+  readonly path: string
+  /** Raw query string without `?` ('' when none). */
+  readonly query: string
+  /** Host header as sent. */
+  readonly host: string
+  /** Client address (IPv4-mapped IPv6 normalised). */
+  readonly remoteAddress: string
+  /** Subprotocols the client offered, in its order (Sec-WebSocket-Protocol split on commas). */
+  readonly protocols: readonly string[]
+  /** The route's `websocket.forwardHeaders` that the client sent (lower-case names), plus x-forwarded-*. */
+  readonly headers: Readonly<Record<string, string>>
+  readonly settings: WebSocketRouteConfig
+}
+
+/** How the upstream leg talks to the client. Calls after the session closed are ignored. */
+export interface ClientSink {
+  /** Sends one message to the client (the bytes are copied before this returns). */
+  deliver: (data: Uint8Array, binary: boolean) => void
+  /** True while the client's socket holds more than the high watermark: stop granting backend credit (mux) or pause the backend socket (ws) until `UpstreamLeg.clientDrained`. */
+  readonly congested: boolean
+  /** Closes the client with this code and reason (the leg is finished: `clientClosed` is not called). */
+  end: (code: number, reason: string, errorCode?: string) => void
+  /** mux topics: the client joins / leaves an upstream-scoped uWS topic. */
+  subscribe: (topic: string) => void
+  unsubscribe: (topic: string) => void
+}
+
+/** The backend side of one session, as the front sees it. */
+export interface UpstreamLeg {
+  /** Subprotocol to answer the client with ('' for none). Read once, at upgrade. */
+  readonly protocol: string
+  /** Forwards one client message. `data` is valid only during the call: copy it if it is kept. */
+  send: (data: Uint8Array, binary: boolean) => void
+  /** Client→backend bytes this leg holds because the backend is not taking them (credit or socket full). */
+  readonly buffered: number
+  /** The client's socket drained below the low watermark after `congested` was true. */
+  clientDrained: () => void
+  /** The client closed (or went away: 1006) or the front closed it; the leg closes its backend side. */
+  clientClosed: (code: number, reason: string) => void
+}
+
+/** How an upstream fans a topic message out to the gateway's clients (the uWS app's pub/sub). */
+export interface TopicPublisher {
+  /** Publishes to every client subscribed to `topic`; returns how many were subscribed. */
+  publish: (topic: string, data: Uint8Array, binary: boolean) => number
+}
+
+/** An upstream that can carry WebSocket sessions (`protocol: ws` or `protocol: mux`). */
+export interface WsUpstream {
+  readonly name: string
+  readonly mode: 'ws' | 'mux'
+  /**
+   * Opens the backend side of a new session. Resolves once the backend can take it (passthrough: the
+   * backend's handshake completed; mux: a link is ready and OPEN was sent); rejects with a FerryError
+   * (its ERRORS status answers the client's upgrade). The sink's deliveries before the client upgrade
+   * completes are buffered by the front.
+   */
+  open: (hs: WsHandshake, sink: ClientSink) => Promise<UpstreamLeg>
+  /** Stops accepting sessions; 'flush' lets open ones end by themselves for a grace period, 'abort' closes them (1001). */
+  close: (kind: 'flush' | 'abort') => Promise<void>
+  status: () => object
+  /** mux: the front's pub/sub, for the backend's PUBLISH frames. */
+  bindPublisher?: (p: TopicPublisher) => void
+  /** Scrape-time gauges. */
+  collect: () => void
+}
+
+/** WebSocket close codes a server may send (RFC 6455 §7.4; 1005/1006/1015 are never sent on the wire). */
+export function sendableCloseCode (code: number, fallback = 1011): number {
+  if (code === 1000 || code === 1001 || code === 1002 || code === 1003) return code
+  if (code >= 1007 && code <= 1014) return code
+  if (code >= 3000 && code <= 4999) return code
+  if (code === 1005) return 1000
+  return fallback
+}
+
+/** A close reason fits in 123 bytes of UTF-8; cut on a character boundary. */
+export function closeReason (reason: string): string {
+  if (Buffer.byteLength(reason) <= 123) return reason
+  let s = reason.slice(0, 123)
+  while (Buffer.byteLength(s) > 123) s = s.slice(0, -1)
+  return s
+}

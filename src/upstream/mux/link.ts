@@ -1,0 +1,175 @@
+import { readFileSync } from 'node:fs'
+import { connect as netConnect, type Socket } from 'node:net'
+import { connect as tlsConnect } from 'node:tls'
+import type { Logger } from 'pino'
+import type { MuxUpstreamConfig } from '../../config/schema.js'
+import { GoawayCode } from '../../mux/codec.js'
+import { MuxConnection, type ConnectionEnd } from '../../mux/connection.js'
+
+/**
+ * backoff: waiting to reconnect. connecting: TCP/TLS connect + HELLO exchange, bounded by connectMs.
+ * ready: takes new streams. draining: the backend sent GOAWAY (or we did): open streams continue, no
+ * new ones; the link closes when the last stream ends. stopped: the upstream is closing.
+ */
+/** Not an error: a link closed by us after GOAWAY once its last stream ended. */
+const DRAINED = 'drained'
+
+export type LinkState = 'backoff' | 'connecting' | 'ready' | 'draining' | 'stopped'
+
+export interface LinkOwner {
+  readonly name: string
+  readonly address: string
+  readonly host: string
+  readonly port: number
+  readonly cfg: MuxUpstreamConfig
+  readonly gatewayId: string
+  readonly log: Logger
+  linkReady: (slot: LinkSlot) => void
+  /** A connect attempt failed (refused, timeout, bad HELLO) before the link was ready. */
+  linkFailed: (slot: LinkSlot, why: string) => void
+  /** A ready (or draining) link went away. */
+  linkLost: (slot: LinkSlot, end: ConnectionEnd) => void
+  linkGoaway: (slot: LinkSlot, reason: string) => void
+  publish: (topic: string, data: Buffer, binary: boolean) => void
+  protocolError: (code: string) => void
+}
+
+/**
+ * One of an endpoint's `pool.links` link slots: keeps one mux link to the endpoint alive, reconnecting
+ * with exponential, fully jittered backoff. The only owner of its socket (through its MuxConnection)
+ * and of its one timer (connect deadline or backoff delay).
+ */
+export class LinkSlot {
+  state: LinkState = 'backoff'
+  conn: MuxConnection | undefined
+  private failures = 0
+  private timer: NodeJS.Timeout | undefined
+  private readonly ca: Buffer | undefined
+
+  constructor (readonly index: number, private readonly owner: LinkOwner) {
+    const tls = owner.cfg.tls
+    this.ca = tls.enabled && tls.caFile !== undefined ? readFileSync(tls.caFile) : undefined
+  }
+
+  get streams (): number {
+    return this.conn?.streams.size ?? 0
+  }
+
+  start (): void {
+    if (this.state !== 'backoff') return
+    this.connect()
+  }
+
+  private connect (): void {
+    this.clearTimer()
+    this.state = 'connecting'
+    const { cfg, host, port } = this.owner
+    let socket: Socket
+    if (cfg.tls.enabled) {
+      socket = tlsConnect({ host, port, servername: cfg.tls.serverName ?? (host.includes(':') ? undefined : host), ca: this.ca, rejectUnauthorized: cfg.tls.rejectUnauthorized })
+    } else {
+      socket = netConnect({ host, port })
+    }
+    socket.setKeepAlive(true, 30_000)
+    const onEarlyError = (err: Error): void => { this.attemptFailed(err.message) }
+    socket.once('error', onEarlyError)
+    socket.once(cfg.tls.enabled ? 'secureConnect' : 'connect', () => {
+      if (this.state !== 'connecting') { socket.destroy(); return }
+      socket.off('error', onEarlyError)
+      this.conn = new MuxConnection(socket, {
+        role: 'gateway',
+        id: this.owner.gatewayId,
+        maxFrameBytes: cfg.flow.maxFrameBytes,
+        initialWindow: cfg.flow.initialWindow,
+        maxMessageBytes: cfg.flow.maxMessageBytes,
+        pingIntervalMs: cfg.timeouts.pingIntervalMs,
+      }, {
+        ready: () => {
+          if (this.state !== 'connecting') return
+          this.clearTimer()
+          this.state = 'ready'
+          this.failures = 0
+          this.owner.linkReady(this)
+        },
+        publish: (topic, data, binary) => { this.owner.publish(topic, data, binary) },
+        goaway: (_last, _code, reason) => {
+          if (this.state === 'ready') this.state = 'draining'
+          this.owner.linkGoaway(this, reason)
+          this.closeIfIdle()
+        },
+        protocolError: (code) => { this.owner.protocolError(code) },
+        closed: (end) => { this.onClosed(end) },
+      })
+    })
+    // The deadline covers connect, TLS and the HELLO exchange.
+    this.timer = setTimeout(() => {
+      this.timer = undefined
+      if (this.state === 'connecting') {
+        socket.destroy()
+        this.attemptFailed(`no ready link within ${cfg.timeouts.connectMs} ms (connect, TLS or HELLO)`)
+      }
+    }, cfg.timeouts.connectMs)
+    this.timer.unref()
+  }
+
+  private attemptFailed (why: string): void {
+    if (this.state !== 'connecting') return
+    this.state = 'backoff'
+    this.failures++
+    this.owner.linkFailed(this, why)
+    const conn = this.conn
+    this.conn = undefined
+    conn?.destroy({ code: 'FERRY_ERR_UPSTREAM_CONNECT', message: why })
+    this.backoff()
+  }
+
+  private onClosed (end: ConnectionEnd): void {
+    this.conn = undefined
+    if (this.state === 'connecting') {
+      this.failures++
+      this.owner.linkFailed(this, end.message)
+    } else if (this.state === 'ready' || this.state === 'draining') {
+      if (end.code !== DRAINED) this.owner.linkLost(this, end)
+    }
+    if (this.state !== 'stopped') this.backoff()
+  }
+
+  private backoff (): void {
+    this.clearTimer()
+    this.state = 'backoff'
+    const { minDelayMs, maxDelayMs } = this.owner.cfg.reconnect
+    // Full jitter (AWS architecture blog): uniform in [min, min(max, min·2^failures)].
+    const cap = Math.min(maxDelayMs, minDelayMs * 2 ** Math.min(this.failures, 20))
+    const delay = minDelayMs + Math.random() * Math.max(0, cap - minDelayMs)
+    this.timer = setTimeout(() => { this.timer = undefined; if (this.state === 'backoff') this.connect() }, delay)
+    this.timer.unref()
+  }
+
+  /** A draining link with no streams left closes (and reconnects: the backend may be back by then). */
+  closeIfIdle (): void {
+    if (this.state === 'draining' && this.conn !== undefined && this.conn.idle) {
+      this.conn.destroy({ code: DRAINED, message: 'drained after GOAWAY' })
+    }
+  }
+
+  /** The upstream is closing: GOAWAY, then close once streams are gone (or now with `abort`). */
+  stop (): void {
+    this.clearTimer()
+    const prev = this.state
+    this.state = 'stopped'
+    const conn = this.conn
+    if (conn === undefined) return
+    if (prev === 'ready' || prev === 'draining') conn.goaway(GoawayCode.NORMAL, 'gateway stopping')
+    this.conn = undefined
+    conn.destroy({ code: 'FERRY_ERR_GATEWAY_STOPPING', message: 'gateway stopping' })
+  }
+
+  private clearTimer (): void {
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timer = undefined
+  }
+
+  status (): object {
+    return { link: this.index, state: this.state, streams: this.streams, rttMs: this.conn?.rttMs ?? null, failures: this.failures }
+  }
+}
