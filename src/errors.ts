@@ -40,7 +40,7 @@ export const ERRORS = {
   FERRY_ERR_WS_UPSTREAM_HANDSHAKE: { status: 502, description: 'The passthrough backend refused the WebSocket handshake (non-101 answer) or picked a subprotocol the client did not offer.' },
   FERRY_ERR_WS_CLIENT_BACKPRESSURE: { status: 0, description: 'A WebSocket client stopped reading: its queued bytes (topic messages included) passed websocket.maxBackpressure; it was closed (1008) without delaying other sessions.' },
   FERRY_ERR_WS_UPSTREAM_SLOW: { status: 0, description: 'The backend took no more of a session\'s messages (no mux credit, or a full passthrough socket) while the client kept sending past websocket.maxBufferedToUpstream; the client was closed 1013.' },
-  FERRY_ERR_WS_MESSAGE_TOO_LARGE: { status: 0, description: 'A message is larger than allowed (client: websocket.maxPayloadLength; mux backend: flow.maxMessageBytes); the session was closed 1009.' },
+  FERRY_ERR_WS_MESSAGE_TOO_LARGE: { status: 0, description: 'A message is larger than allowed (client: websocket.maxPayloadLength; mux backend: flow.maxMessageBytes); the session was closed 1009. A client message over twice maxPayloadLength is refused by uWS itself, which drops the socket (the client sees 1006).' },
   FERRY_ERR_WS_UPSTREAM_LOST: { status: 0, description: 'The backend side of a WebSocket session went away without a close (passthrough socket reset, or the mux link was lost); the client was closed 1012 (service restart: reconnect).' },
   FERRY_ERR_MUX_NO_LINK: { status: 502, description: 'No mux link to any healthy endpoint became ready within timeouts.openMs; the upgrade is answered 502.' },
   FERRY_ERR_MUX_VERSION: { status: 0, description: 'A mux peer spoke a protocol version Ferry does not (frame header or HELLO); the link was closed.' },
@@ -50,7 +50,8 @@ export const ERRORS = {
   FERRY_ERR_MUX_BAD_UTF8: { status: 0, description: 'A mux backend sent a text message that is not valid UTF-8; the stream was reset and the client closed 1011 (clients would reject the frame).' },
   FERRY_ERR_MUX_PING_TIMEOUT: { status: 0, description: 'A mux link answered no PING for two ping intervals; it was declared dead, its sessions closed 1012, and it reconnects.' },
   FERRY_ERR_MUX_STREAM_RESET: { status: 0, description: 'The backend reset a stream (RESET frame); its client was closed 1011.' },
-  FERRY_ERR_WS_CLIENT_PROTOCOL: { status: 0, description: 'uWebSockets.js closed a client for a WebSocket protocol violation (invalid UTF-8 in a text message: 1007; a malformed frame: 1002).' },
+  FERRY_ERR_WS_CLIENT_PROTOCOL: { status: 0, description: 'uWebSockets.js dropped a client for a WebSocket protocol violation (invalid UTF-8 in a text message, a malformed frame). uWS 20.30 closes the socket without a close frame, so the client sees 1006, not 1007/1002.' },
+  FERRY_ERR_WS_IDLE: { status: 0, description: 'A WebSocket session had no traffic for websocket.idleTimeoutSec (automatic pings unanswered); uWS closed it.' },
   FERRY_ERR_GATEWAY_STOPPING: { status: 503, description: 'The gateway is stopping: new WebSocket upgrades are refused and open sessions are closed 1001.' },
   FERRY_ERR_INTERNAL: { status: 500, description: 'A bug in Ferry; the request is answered 500 and the process keeps running.' },
 } as const satisfies Record<string, ErrorSpec>

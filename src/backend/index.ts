@@ -79,10 +79,12 @@ export class Session extends EventEmitter<SessionEvents> {
   readonly route: string
   /** The gateway instance the session came through. */
   readonly gateway: string
+  /** The id of the link the session's stream is on (see `server.links()`). */
+  readonly linkId: number
   private readonly subscribed = new Set<string>()
 
   /** @internal */
-  constructor (private readonly stream: MuxStream, info: SessionInfo, gateway: string, private readonly server: MuxServer, private readonly writeFrame: (frame: Buffer) => void) {
+  constructor (private readonly stream: MuxStream, info: SessionInfo, link: Link, private readonly server: MuxServer) {
     super()
     this.key = info.key
     this.path = info.path
@@ -91,8 +93,12 @@ export class Session extends EventEmitter<SessionEvents> {
     this.remoteAddress = info.remoteAddress
     this.protocol = info.protocol
     this.route = info.route
-    this.gateway = gateway
+    this.gateway = link.gateway
+    this.linkId = link.id
+    this.writeFrame = (frame) => { link.conn.write(frame) }
   }
+
+  private readonly writeFrame: (frame: Buffer) => void
 
   /** Bytes queued because the stream has no credit (the client is not reading fast enough). */
   get bufferedAmount (): number {
@@ -177,16 +183,32 @@ interface ServerEvents {
 }
 
 /** A link and the gateway instance it belongs to. */
-interface Link { conn: MuxConnection, instance: string, gateway: string }
+interface Link { id: number, conn: MuxConnection, instance: string, gateway: string, remoteAddress: string, remotePort: number }
+
+/** One gateway link, as `server.links()` lists it. */
+export interface LinkInfo {
+  readonly id: number
+  readonly gateway: string
+  readonly instance: string
+  readonly remoteAddress: string
+  readonly remotePort: number
+  /** Open sessions (streams) on the link. */
+  readonly sessions: number
+  /** Cuts the link now (its sessions close with 1006): for operators and failure tests. */
+  terminate: () => void
+}
 
 export class MuxServer extends EventEmitter<ServerEvents> {
   /** Resolves once the server listens (rejects if it cannot). */
   readonly listening: Promise<void>
   private readonly server: NetServer
-  private readonly links = new Set<Link>()
+  private readonly links_ = new Set<Link>()
   private readonly sessionSet = new Set<Session>()
   private readonly opts: Required<Omit<MuxServerOptions, 'tls'>>
   private closing = false
+  private nextLinkId = 0
+  /** TCP connections accepted since start (links, including ones that never completed HELLO). */
+  connectionsAccepted = 0
 
   constructor (options: MuxServerOptions = {}) {
     super()
@@ -217,6 +239,15 @@ export class MuxServer extends EventEmitter<ServerEvents> {
     return this.server.address() as AddressInfo
   }
 
+  /** The gateway links connected now (HELLO done). */
+  links (): LinkInfo[] {
+    return [...this.links_].map((l) => ({
+      id: l.id, gateway: l.gateway, instance: l.instance, remoteAddress: l.remoteAddress, remotePort: l.remotePort,
+      sessions: l.conn.streams.size,
+      terminate: () => { l.conn.socket.destroy() },
+    }))
+  }
+
   /** Open sessions. */
   get sessions (): ReadonlySet<Session> {
     return this.sessionSet
@@ -235,7 +266,7 @@ export class MuxServer extends EventEmitter<ServerEvents> {
     if (t < 1 || t > 1024) throw new RangeError(`topic must be 1-1024 bytes of UTF-8 (got ${t})`)
     const frame = encodePublish(topic, bytes, binary)
     const chosen = new Map<string, Link>()
-    for (const l of this.links) {
+    for (const l of this.links_) {
       if (l.conn.state !== 'ready' && l.conn.state !== 'draining') continue
       const peerMax = l.conn.peer?.maxFrameBytes ?? 0
       if (frame.length - 12 > peerMax) throw new RangeError(`topic message of ${bytes.length} bytes does not fit the gateway's maxFrameBytes ${peerMax}`)
@@ -253,7 +284,7 @@ export class MuxServer extends EventEmitter<ServerEvents> {
     const closed = this.server.listening ? once(this.server, 'close') : Promise.resolve()
     this.server.close()
     for (const s of [...this.sessionSet]) s.close(1001, 'backend shutting down')
-    for (const l of [...this.links]) {
+    for (const l of [...this.links_]) {
       l.conn.goaway(GoawayCode.NORMAL, 'backend shutting down')
       l.conn.destroy({ code: 'FERRY_ERR_WS_UPSTREAM_LOST', message: 'backend shutting down' })
     }
@@ -262,8 +293,10 @@ export class MuxServer extends EventEmitter<ServerEvents> {
   }
 
   private accept (socket: Socket): void {
+    this.connectionsAccepted++
     if (this.closing) { socket.destroy(); return }
     const remoteAddress = socket.remoteAddress ?? ''
+    const remotePort = socket.remotePort ?? 0
     let link: Link | undefined
     const conn = new MuxConnection(socket, {
       role: 'backend',
@@ -273,8 +306,8 @@ export class MuxServer extends EventEmitter<ServerEvents> {
       maxMessageBytes: this.opts.maxMessageBytes,
     }, {
       ready: (peer: Hello) => {
-        link = { conn, instance: String(peer.instance), gateway: String(peer.id) }
-        this.links.add(link)
+        link = { id: ++this.nextLinkId, conn, instance: String(peer.instance), gateway: String(peer.id), remoteAddress, remotePort }
+        this.links_.add(link)
         this.emit('link', { gateway: link.gateway, instance: link.instance, remoteAddress, event: 'ready' })
       },
       open: (stream, meta) => this.openSession(stream, meta, link),
@@ -282,7 +315,7 @@ export class MuxServer extends EventEmitter<ServerEvents> {
       protocolError: () => { /* the stream or link is already reset/closed; sessions hear close */ },
       closed: (end) => {
         if (link !== undefined) {
-          this.links.delete(link)
+          this.links_.delete(link)
           this.emit('link', { gateway: link.gateway, instance: link.instance, remoteAddress, event: 'closed', reason: end.message })
         }
       },
@@ -307,7 +340,7 @@ export class MuxServer extends EventEmitter<ServerEvents> {
       stream.reset(ResetCode.PROTOCOL, 'OPEN metadata is not JSON', 'FERRY_ERR_MUX_BAD_FRAME')
       return { message: () => {}, end: () => {}, drain: () => {} }
     }
-    const session = new Session(stream, info, link.gateway, this, (frame) => { link.conn.write(frame) })
+    const session = new Session(stream, info, link, this)
     this.sessionSet.add(session)
     const events = session.events()
     stream.events = events

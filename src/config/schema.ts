@@ -166,7 +166,7 @@ const websocketRoute = z.strictObject({
   idleTimeoutSec: idleTimeoutSec.default(120).describe('A session with no traffic either way for this long is closed; Ferry pings idle clients automatically before that. 0: never.'),
   compression: z.enum(['off', 'shared', 'dedicated']).default('off').describe('permessage-deflate towards clients: `shared` (one compressor, low memory) or `dedicated` (per session, better ratio, ~300 KiB each).'),
   maxBackpressure: positiveInt.default(1024 * 1024).describe('Bytes queued towards one client (topic messages included) beyond which that client is closed (a client that stopped reading).'),
-  maxBufferedToUpstream: positiveInt.default(1024 * 1024).describe('Client→backend bytes Ferry holds for one session while the backend grants no credit (mux) or its socket is full (ws); beyond it the client is closed 1013.'),
+  maxBufferedToUpstream: positiveInt.default(1024 * 1024).describe('Client→backend bytes Ferry holds for one session while the backend grants no credit (mux) or its socket is full (ws); beyond it (and beyond `maxPayloadLength`: one maximal message always fits) the client is closed 1013.'),
   subprotocols: z.array(z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, { error: 'must be a token' })).default([])
     .describe('mux: subprotocols Ferry accepts, in preference order (the first the client also offers is selected; none → no subprotocol). ws: ignored, the backend chooses.'),
   forwardHeaders: z.array(z.string().regex(/^[a-z0-9-]+$/, { error: 'must be a lower-case header name' })).default(DEFAULT_FORWARD_HEADERS)

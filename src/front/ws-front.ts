@@ -77,8 +77,9 @@ export class WsFront implements TopicPublisher {
   private behavior (s: WebSocketRouteConfig): WebSocketBehavior<WsUserData> {
     const uws = this.deps.uws
     return {
-      // uWS closes (1009) anything above this before Ferry sees it; the route's own limit is checked per message.
-      maxPayloadLength: s.maxPayloadLength,
+      // uWS 20.30 drops a connection whose message passes its limit without a close frame (the client
+      // sees 1006), so uWS gets twice the route's limit and Ferry closes 1009 itself up to there.
+      maxPayloadLength: Math.min(2 * s.maxPayloadLength, 0x7fffffff),
       idleTimeout: s.idleTimeoutSec,
       sendPingsAutomatically: true,
       maxBackpressure: s.maxBackpressure,

@@ -46,11 +46,14 @@ export class SessionCounters {
   }
 }
 
-/** Closes that uWS itself decides, by the code it reports. */
-const UWS_CLOSE_REASONS: Record<number, string> = {
-  1009: 'FERRY_ERR_WS_MESSAGE_TOO_LARGE',
-  1007: 'FERRY_ERR_WS_CLIENT_PROTOCOL',
-  1002: 'FERRY_ERR_WS_CLIENT_PROTOCOL',
+/** Closes uWS decides itself (it drops the socket: code 1006 with one of these messages). */
+const UWS_CLOSE_REASONS: Record<string, string> = {
+  'Received too big message': 'FERRY_ERR_WS_MESSAGE_TOO_LARGE',
+  'Received too big message, or other inflation error': 'FERRY_ERR_WS_MESSAGE_TOO_LARGE',
+  'Received invalid UTF-8': 'FERRY_ERR_WS_CLIENT_PROTOCOL',
+  'Received invalid WebSocket frame': 'FERRY_ERR_WS_CLIENT_PROTOCOL',
+  'Received invalid close payload': 'FERRY_ERR_WS_CLIENT_PROTOCOL',
+  'WebSocket timed out from inactivity': 'FERRY_ERR_WS_IDLE',
 }
 
 /**
@@ -195,7 +198,8 @@ export class ClientSession implements ClientSink {
     this.counters.msgsUp.inc()
     this.counters.bytesUp.inc(n)
     leg.send(new Uint8Array(message), binary)
-    if (leg.buffered > this.hs.settings.maxBufferedToUpstream) {
+    // One maximal message must always fit, whatever maxBufferedToUpstream says.
+    if (leg.buffered > this.hs.settings.maxBufferedToUpstream && leg.buffered > this.hs.settings.maxPayloadLength) {
       this.closeClient(1013, 'backend is not keeping up', 'FERRY_ERR_WS_UPSTREAM_SLOW')
     }
   }
@@ -215,15 +219,12 @@ export class ClientSession implements ClientSink {
     this.state = 'closed'
     this.ws = undefined
     this.counters.open.dec()
-    const reason = this.endReason ?? UWS_CLOSE_REASONS[code] ?? 'client'
-    this.counters.closedBy(reason)
+    let text = ''
+    try { text = Buffer.from(message).toString('utf8') } catch { /* neutered: no reason */ }
+    this.counters.closedBy(this.endReason ?? (code === 1006 ? UWS_CLOSE_REASONS[text] : undefined) ?? 'client')
     const leg = this.leg
     this.leg = undefined
-    if (leg !== undefined) {
-      let text = ''
-      try { text = Buffer.from(message).toString('utf8') } catch { /* neutered: no reason */ }
-      leg.clientClosed(code, text)
-    }
+    leg?.clientClosed(code, text)
     this.onClosed(this)
   }
 }
