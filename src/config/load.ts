@@ -17,10 +17,16 @@ export interface Endpoint {
 /** The validated, defaulted and frozen configuration every module receives. */
 export type Config = Readonly<ParsedConfig & { gateway: { id: string } }>
 
-/** What `ferry start` runs with no config file: the bundled demo backend on 127.0.0.1:3000 behind :8080. */
+/**
+ * What `ferry start` runs with no config file: the bundled demo backend on 127.0.0.1:3000 and the
+ * chat example (examples/chat/backend.mjs, ferry/backend) on 127.0.0.1:7000, behind :8080.
+ */
 export const EMBEDDED_DEFAULTS: ConfigInput = {
-  upstreams: { demo: { protocol: 'http', endpoints: ['127.0.0.1:3000'] } },
-  routes: [{ match: { path: '/' }, upstream: 'demo' }],
+  upstreams: {
+    demo: { protocol: 'http', endpoints: ['127.0.0.1:3000'] },
+    chat: { protocol: 'mux', endpoints: ['127.0.0.1:7000'], pool: { links: 2 } },
+  },
+  routes: [{ match: { path: '/' }, upstream: 'demo' }, { match: { path: '/chat' }, upstream: 'chat' }],
 }
 
 export class ConfigError extends FerryError {

@@ -5,9 +5,13 @@
  *   GET /            → JSON hello (connection id, total connections accepted)
  *   GET /stats       → connections accepted so far
  *   POST /echo       → streams the body back
+ *   GET /chat.html   → the chat example's page (its WebSocket goes to Ferry's /chat mux route)
  */
+import { readFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { parseArgs } from 'node:util'
+
+const CHAT_PAGE = new URL('../../examples/chat/index.html', import.meta.url)
 
 const { values } = parseArgs({ options: { port: { type: 'string', default: '3000' }, host: { type: 'string', default: '127.0.0.1' } } })
 let accepted = 0
@@ -17,6 +21,11 @@ const server = createServer({ keepAliveTimeout: 120_000 }, (req, res) => {
   if (req.method === 'POST' && req.url === '/echo') {
     res.writeHead(200, { 'content-type': req.headers['content-type'] ?? 'application/octet-stream' })
     req.pipe(res)
+    return
+  }
+  if (req.url === '/chat.html') {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' })
+    res.end(readFileSync(CHAT_PAGE))
     return
   }
   const body = req.url === '/stats'

@@ -1,0 +1,27 @@
+import { spawn } from 'node:child_process'
+import { join } from 'node:path'
+import t from 'tap'
+import { ROOT, startFerry } from './helpers/ferry.js'
+import { connect } from './helpers/mux.js'
+
+t.test('examples/chat: rooms are topics; a message said in a room reaches its members only, through Ferry', async (t) => {
+  const child = spawn(process.execPath, [join(ROOT, 'examples', 'chat', 'backend.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => { child.kill('SIGKILL') })
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => { const m = /listening on [\d.]+:(\d+)/.exec(d); if (m !== null) resolve(Number(m[1])) })
+    child.once('exit', (code) => { reject(new Error(`chat backend exited ${code}`)) })
+  })
+  const f = await startFerry(t, { upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${port}`] } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] })
+  const url = `ws://127.0.0.1:${f.httpPort}/chat`
+  const ann = await connect(`${url}?room=lobby&name=ann`)
+  const bob = await connect(`${url}?room=lobby&name=bob`)
+  const eve = await connect(`${url}?room=other&name=eve`)
+  await bob.waitMessages(2) // welcome + own join
+  ann.ws.send('hi bob')
+  await bob.waitMessages(3)
+  const said = bob.messages.map((m) => JSON.parse(m.data.toString())).find((m) => m.type === 'said')
+  t.match(said, { type: 'said', room: 'lobby', name: 'ann', text: 'hi bob' }, 'bob hears ann in the lobby')
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  t.notOk(eve.messages.some((m) => m.data.toString().includes('hi bob')), 'eve in another room does not')
+  for (const c of [ann, bob, eve]) c.ws.close()
+})
