@@ -1,4 +1,8 @@
+import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import t from 'tap'
 import { adminStatus, metric, startFerry, waitFor } from './helpers/ferry.js'
 import { deadPort } from './helpers/backend.js'
@@ -309,4 +313,23 @@ t.test('subprotocols, OPEN metadata and close codes both ways', async (t) => {
   const d = await connect(`ws://127.0.0.1:${f.httpPort}/chat`)
   d.ws.send('close me')
   t.same(await closedWithin(d, 5000), { code: 4002, reason: 'server says bye' }, 'backend close code and reason reach the client')
+})
+
+t.test('TLS links: the backend serves TLS, Ferry verifies it against the configured CA', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-tls-'))
+  t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',
+    '-subj', '/CN=mux.test', '-addext', 'subjectAltName=DNS:mux.test', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' })
+  const tls = { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) }
+  const backend = await startMuxBackend(t, (s) => { s.on('message', (d, b) => { s.send(d, { binary: b }) }) }, { tls })
+  const f = await startFerry(t, muxConfig([`127.0.0.1:${backend.port}`], { pool: { links: 2 }, tls: { enabled: true, caFile: join(dir, 'cert.pem'), serverName: 'mux.test' } }))
+  const c = await connect(`ws://127.0.0.1:${f.httpPort}/chat`)
+  c.ws.send('over tls')
+  await c.waitMessages(1)
+  t.equal(c.messages[0]!.data.toString(), 'over tls', 'echo over a TLS link')
+  t.equal(backend.links().length, 2, 'two TLS links')
+  c.ws.close()
+  // The wrong name fails verification: no link, the upgrade gets 502.
+  const g = await startFerry(t, muxConfig([`127.0.0.1:${backend.port}`], { pool: { links: 1 }, tls: { enabled: true, caFile: join(dir, 'cert.pem'), serverName: 'other.test' }, timeouts: { openMs: 500 } }))
+  t.equal((await upgradeStatus(`ws://127.0.0.1:${g.httpPort}/chat`)).status, 502, 'a backend certificate that does not match serverName: no link, 502')
 })
