@@ -224,7 +224,7 @@ t.test('config: tcp listeners must name tcp upstreams, routes http ones; names, 
     /listen\.tcp\[1\]\.name: duplicates the name of listen\.tcp\[0\][\s\S]*listen\.tcp\[1\]\.port: port 7000 is also bound by listen\.tcp\[0\]/, 'duplicate name and port')
   t.match(problems({ ...base, listen: { tcp: [{ name: 'a', port: 1, upstream: 'db', trustedProxies: ['10.0.0.0/33', 'nope'] }] } }), /trustedProxies\[0\]: must be an IP address or CIDR[\s\S]*trustedProxies\[1\]/, 'bad CIDRs named')
   t.match(problems({ ...base, upstreams: { ...(base.upstreams as object), db: { protocol: 'tcp', endpoints: ['http://127.0.0.1:5432'], balance: 'sticky' } } }), /upstreams\.db\.endpoints\[0\]: must be host:port[\s\S]*upstreams\.db\.balance/, 'tcp endpoint without scheme; balance enum')
-  t.match(problems({ ...base, upstreams: { db: { protocol: 'udp', endpoints: [] } } }), /upstreams\.db\.protocol: must be one of "http", "tcp"/, 'bad protocol lists both kinds')
+  t.match(problems({ ...base, upstreams: { db: { protocol: 'udp', endpoints: [] } } }), /upstreams\.db\.protocol: must be one of "http", "ws", "mux", "tcp"/, 'bad protocol lists every kind')
 })
 
 // ---------------------------------------------------------------------------------------------------
