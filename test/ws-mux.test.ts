@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
+import WebSocket from 'ws'
 import { adminStatus, metric, startFerry, waitFor } from './helpers/ferry.js'
 import { deadPort } from './helpers/backend.js'
 import { connect, connectMany, muxConfig, startMuxBackend, startRawMuxBackend, upgradeStatus, type Client } from './helpers/mux.js'
@@ -332,4 +333,33 @@ t.test('TLS links: the backend serves TLS, Ferry verifies it against the configu
   // The wrong name fails verification: no link, the upgrade gets 502.
   const g = await startFerry(t, muxConfig([`127.0.0.1:${backend.port}`], { pool: { links: 1 }, tls: { enabled: true, caFile: join(dir, 'cert.pem'), serverName: 'other.test' }, timeouts: { openMs: 500 } }))
   t.equal((await upgradeStatus(`ws://127.0.0.1:${g.httpPort}/chat`)).status, 502, 'a backend certificate that does not match serverName: no link, 502')
+})
+
+t.test('permessage-deflate as a route option, and a gateway stop closes sessions 1001 with the backend told', async (t) => {
+  const closes: Array<[number, string]> = []
+  const backend = await startMuxBackend(t, (s) => {
+    s.on('message', (d, b) => { s.send(d, { binary: b }) })
+    s.on('close', (code, reason) => { closes.push([code, reason]) })
+  })
+  const f = await startFerry(t, {
+    upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${backend.port}`] } },
+    routes: [
+      { match: { path: '/chat' }, upstream: 'chat', websocket: { compression: 'shared' } },
+      { match: { path: '/plain' }, upstream: 'chat' },
+    ],
+  })
+  const zipped = new WebSocket(`ws://127.0.0.1:${f.httpPort}/chat`, { perMessageDeflate: true })
+  await new Promise((resolve, reject) => { zipped.once('open', resolve); zipped.once('error', reject) })
+  t.match(zipped.extensions, /permessage-deflate/, `the binary negotiates permessage-deflate on a compression: shared route (${zipped.extensions})`)
+  const echoed = new Promise<string>((resolve) => zipped.once('message', (d: Buffer) => { resolve(d.toString()) }))
+  zipped.send('squeeze me '.repeat(100))
+  t.equal(await echoed, 'squeeze me '.repeat(100), 'and compressed messages go through intact')
+  const plain = new WebSocket(`ws://127.0.0.1:${f.httpPort}/plain`, { perMessageDeflate: true })
+  await new Promise((resolve, reject) => { plain.once('open', resolve); plain.once('error', reject) })
+  t.equal(plain.extensions, '', 'a route without compression declines it')
+  const gone = Promise.all([zipped, plain].map(async (ws) => await new Promise<number>((resolve) => ws.once('close', (code: number) => { resolve(code) }))))
+  t.equal(await f.stop(), 0, 'SIGTERM: exit code 0')
+  t.same(await gone, [1001, 1001], 'both clients were closed 1001 (going away)')
+  await waitFor('backend heard both closes', () => closes.length === 2)
+  t.ok(closes.every(([code]) => code === 1001), 'the backend sessions closed with 1001 too')
 })
