@@ -363,3 +363,24 @@ t.test('permessage-deflate as a route option, and a gateway stop closes sessions
   await waitFor('backend heard both closes', () => closes.length === 2)
   t.ok(closes.every(([code]) => code === 1001), 'the backend sessions closed with 1001 too')
 })
+
+t.test('topic messages keep publish order across a gateway with 4 links, even while links carry uneven traffic', async (t) => {
+  const backend = await startMuxBackend(t, (s) => {
+    s.subscribe('news')
+    s.on('message', (d, b) => { s.send(d, { binary: b }) })
+  })
+  const f = await startFerry(t, muxConfig([`127.0.0.1:${backend.port}`], { pool: { links: 4 } }))
+  const clients = await connectMany(`ws://127.0.0.1:${f.httpPort}/chat`, 200, 100)
+  await waitFor('200 sessions', () => backend.sessions.size === 200)
+  // Load some links with echo traffic so their write buffers differ while the publishes go out.
+  for (const c of clients.slice(0, 20)) for (let k = 0; k < 20; k++) c.ws.send(Buffer.alloc(32 * 1024))
+  const N = 500
+  for (let k = 0; k < N; k++) backend.publish('news', `n${k}`)
+  await Promise.all(clients.map(async (c, i) => { await c.waitMessages(N + (i < 20 ? 20 : 0)) }))
+  const disordered = clients.filter((c) => {
+    const news = c.messages.filter((m) => !m.binary).map((m) => m.data.toString())
+    return news.length !== N || news.some((m, k) => m !== `n${k}`)
+  }).length
+  t.equal(disordered, 0, `all 200 clients got the ${N} topic messages exactly once and in publish order`)
+  for (const c of clients) c.ws.close()
+})

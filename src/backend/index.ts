@@ -255,7 +255,9 @@ export class MuxServer extends EventEmitter<ServerEvents> {
 
   /**
    * Sends `data` to every client subscribed to `topic` on every gateway connected to this backend:
-   * one PUBLISH frame per gateway instance (not per link); Ferry fans it out with uWS pub/sub.
+   * one PUBLISH frame per gateway instance (not per link), always on that gateway's oldest link, so
+   * topic messages arrive in publish order; Ferry fans it out with uWS pub/sub. (Relative to a
+   * session's own messages, which travel on its stream's link, order holds only with `links: 1`.)
    * Returns the number of gateways it was sent to. The message must fit one frame (the gateway's
    * maxFrameBytes, 64 KiB by default, minus the topic).
    */
@@ -270,8 +272,9 @@ export class MuxServer extends EventEmitter<ServerEvents> {
       if (l.conn.state !== 'ready' && l.conn.state !== 'draining') continue
       const peerMax = l.conn.peer?.maxFrameBytes ?? 0
       if (frame.length - 12 > peerMax) throw new RangeError(`topic message of ${bytes.length} bytes does not fit the gateway's maxFrameBytes ${peerMax}`)
+      // Always the same link per gateway (the oldest): topic messages keep their publish order.
       const best = chosen.get(l.instance)
-      if (best === undefined || l.conn.socket.writableLength < best.conn.socket.writableLength) chosen.set(l.instance, l)
+      if (best === undefined || l.id < best.id) chosen.set(l.instance, l)
     }
     for (const l of chosen.values()) l.conn.write(frame)
     return chosen.size
