@@ -24,7 +24,7 @@ function payload (i: number, j: number): { data: Buffer, binary: boolean } {
 
 /** The close, or code -1 if it did not come within `ms` (so a regression fails instead of hanging). */
 async function closedWithin (c: Client, ms: number): Promise<{ code: number, reason: string }> {
-  return await Promise.race([c.closed, new Promise<{ code: number, reason: string }>((resolve) => setTimeout(() => { resolve({ code: -1, reason: 'no close' }) }, ms))])
+  return await Promise.race([c.closed, new Promise<{ code: number, reason: string }>((resolve) => setTimeout(() => { resolve({ code: -1, reason: 'no close' }) }, ms).unref())])
 }
 
 const digest = (b: Buffer): string => createHash('sha1').update(b).digest('hex')
@@ -159,7 +159,7 @@ t.test('a killed link closes only its sessions with 1012; the others continue an
   // Traffic in flight while the link dies.
   for (const c of clients) c.ws.send('before')
   victim.terminate()
-  const results = await Promise.all(clients.map(async (c) => await Promise.race([c.closed, new Promise<undefined>((resolve) => setTimeout(resolve, 3000))])))
+  const results = await Promise.all(clients.map(async (c) => await Promise.race([c.closed, new Promise<undefined>((resolve) => setTimeout(resolve, 3000).unref())])))
   const closed = results.filter((r) => r !== undefined)
   t.equal(closed.length, onVictim.size, `exactly the ${onVictim.size} clients of the cut link were closed`)
   t.ok(closed.every((r) => r!.code === 1012), 'with 1012 (service restart: reconnect)')
@@ -383,4 +383,33 @@ t.test('topic messages keep publish order across a gateway with 4 links, even wh
   }).length
   t.equal(disordered, 0, `all 200 clients got the ${N} topic messages exactly once and in publish order`)
   for (const c of clients) c.ws.close()
+})
+
+t.test('topic flood: a subscriber that stopped reading is closed at maxBackpressure; the other subscribers get every message', async (t) => {
+  const backend = await startMuxBackend(t, (s) => { s.subscribe('flood') })
+  const f = await startFerry(t, muxConfig([`127.0.0.1:${backend.port}`], { pool: { links: 2 } }, { websocket: { maxBackpressure: 1024 * 1024 } }))
+  const url = `ws://127.0.0.1:${f.httpPort}/chat`
+  const stuck = await connect(url)
+  ;(stuck.ws as unknown as { _socket: { pause: () => void } })._socket.pause()
+  const readers = await connectMany(url, 5, 5)
+  await waitFor('6 sessions', () => backend.sessions.size === 6)
+  // 1,000 × 16 KiB = 16 MiB per subscriber: more than the stuck client's kernel buffers plus 1 MiB.
+  const N = 1000
+  const body = Buffer.alloc(16 * 1024, 1)
+  for (let k = 0; k < N; k++) {
+    body.writeUInt32BE(k, 0)
+    backend.publish('flood', body)
+    if (k % 50 === 49) await new Promise((resolve) => setTimeout(resolve, 20)) // the readers keep up
+  }
+  const all = await Promise.race([
+    Promise.all(readers.map(async (c) => { await c.waitMessages(N) })).then(() => true),
+    new Promise<boolean>((resolve) => setTimeout(() => { resolve(false) }, 20000).unref()),
+  ])
+  t.ok(all && readers.every((c) => c.messages.length === N && c.messages.every((m, k) => m.data.readUInt32BE(0) === k)), `5 reading subscribers got all ${N} × 16 KiB topic messages in order`)
+  ;(stuck.ws as unknown as { _socket: { resume: () => void } })._socket.resume()
+  const r = await closedWithin(stuck, 10000)
+  t.not(r.code, -1, `the subscriber that read nothing was closed (code ${r.code}) instead of being buffered for without bound`)
+  t.ok(stuck.messages.length < N, `it did not get everything (${stuck.messages.length} of ${N}): dropped and closed, not kept open with a gap`)
+  t.equal(await metric(f, 'ferry_ws_closed_total{mode="mux",reason="FERRY_ERR_WS_CLIENT_BACKPRESSURE"}'), 1, 'counted as FERRY_ERR_WS_CLIENT_BACKPRESSURE')
+  for (const c of readers) c.ws.close()
 })

@@ -38,7 +38,7 @@ function wsConfig (endpoints: string[], upstream: Record<string, unknown> = {}, 
 }
 
 async function closedWithin (c: Client, ms: number): Promise<{ code: number, reason: string }> {
-  return await Promise.race([c.closed, new Promise<{ code: number, reason: string }>((resolve) => setTimeout(() => { resolve({ code: -1, reason: 'no close' }) }, ms))])
+  return await Promise.race([c.closed, new Promise<{ code: number, reason: string }>((resolve) => setTimeout(() => { resolve({ code: -1, reason: 'no close' }) }, ms).unref())])
 }
 
 t.test('passthrough echo: text and binary from 1 byte to 1 MiB intact and in order; path, query, subprotocol and headers forwarded', async (t) => {

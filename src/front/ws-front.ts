@@ -9,7 +9,7 @@ import type { Route, Router } from '../routing/router.js'
 import { sendError } from '../upstream/http/exchange.js'
 import { formatAddress } from './address.js'
 import type { Uws } from './uws.js'
-import { ClientSession, SessionCounters, type WsUserData } from './ws-session.js'
+import { ClientSession, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
 import type { TopicPublisher, WsHandshake, WsUpstream } from './ws-types.js'
 
 export interface WsFrontDeps {
@@ -33,6 +33,8 @@ export const DEFAULT_WS_SETTINGS: WebSocketRouteConfig = Object.freeze({
   forwardHeaders: DEFAULT_FORWARD_HEADERS,
 })
 
+const TOPIC_CHECK_BYTES = 64 * 1024
+
 const KEY_RE = /^[A-Za-z0-9+/]{22}==$/
 
 /**
@@ -42,12 +44,15 @@ const KEY_RE = /^[A-Za-z0-9+/]{22}==$/
  * error. The upgrade picks the route with Ferry's router (host + path), opens the upstream leg
  * asynchronously, and upgrades only if the client is still there.
  */
-export class WsFront implements TopicPublisher {
+export class WsFront implements TopicPublisher, SessionRegistry {
   private readonly sessions = new Set<ClientSession>()
   private readonly counters = new Map<string, SessionCounters>()
   private readonly idPrefix = randomBytes(6).toString('base64url')
   private nextId = 0
   private accepting = true
+  private readonly sweep: NodeJS.Timeout
+  /** Subscribers per (scoped) topic, and bytes published to it since its subscribers were last checked. */
+  private readonly topics = new Map<string, { subs: Set<ClientSession>, sinceCheck: number }>()
   /** Any WebSocket route compresses: topic messages are sent with the compress flag (per-socket negotiation decides). */
   private readonly compressTopics: boolean
 
@@ -72,6 +77,10 @@ export class WsFront implements TopicPublisher {
     }
     add('/*', byPath.get('/') ?? DEFAULT_WS_SETTINGS)
     this.compressTopics = [...byPath.values()].some((s) => s.compression !== 'off')
+    // One timer for all sessions: topic fan-out has no credit, so a subscriber's queue can only be
+    // watched, not held. O(sessions) once a second.
+    this.sweep = setInterval(() => { for (const s of this.sessions) s.checkBackpressure() }, 1000)
+    this.sweep.unref()
   }
 
   private behavior (s: WebSocketRouteConfig): WebSocketBehavior<WsUserData> {
@@ -82,7 +91,9 @@ export class WsFront implements TopicPublisher {
       maxPayloadLength: Math.min(2 * s.maxPayloadLength, 0x7fffffff),
       idleTimeout: s.idleTimeoutSec,
       sendPingsAutomatically: true,
-      maxBackpressure: s.maxBackpressure,
+      // Ferry's sweep closes a client past maxBackpressure with 1008 and a reason (checkBackpressure);
+      // uWS's own cut (no close frame, no reason) is the last resort at twice that.
+      maxBackpressure: Math.min(2 * s.maxBackpressure, 0x7fffffff),
       closeOnBackpressureLimit: 1,
       compression: s.compression === 'shared'
         ? uws.SHARED_COMPRESSOR | uws.SHARED_DECOMPRESSOR
@@ -155,7 +166,7 @@ export class WsFront implements TopicPublisher {
         headers,
         settings,
       }
-      const s = new ClientSession(hs, this.sessionCounters(route, upstream.mode), settings.compression !== 'off', this.deps.log, (x) => this.sessions.delete(x))
+      const s = new ClientSession(hs, this.sessionCounters(route, upstream.mode), settings.compression !== 'off', this)
       session = s
       this.sessions.add(s)
       upstream.open(hs, s).then((leg) => {
@@ -185,9 +196,31 @@ export class WsFront implements TopicPublisher {
 
   /** Topic fan-out through uWS's native pub/sub; returns the subscribers reached. */
   publish (topic: string, data: Uint8Array, binary: boolean): number {
-    const n = this.app.numSubscribers(topic)
-    if (n > 0) this.app.publish(topic, data, binary, this.compressTopics)
-    return n
+    const t = this.topics.get(topic)
+    if (t === undefined || t.subs.size === 0) return 0
+    this.app.publish(topic, data, binary, this.compressTopics)
+    // Topic messages have no credit: every 64 KiB published, look at the subscribers' queues and close
+    // (1008) the ones past maxBackpressure before uWS's own cut at twice that.
+    t.sinceCheck += data.length
+    if (t.sinceCheck >= TOPIC_CHECK_BYTES) {
+      t.sinceCheck = 0
+      for (const s of [...t.subs]) s.checkBackpressure()
+    }
+    return t.subs.size
+  }
+
+  /** ClientSession joined / left a topic (the front's registry; uWS holds the real subscription). */
+  topicJoined (topic: string, s: ClientSession): void {
+    let t = this.topics.get(topic)
+    if (t === undefined) { t = { subs: new Set(), sinceCheck: 0 }; this.topics.set(topic, t) }
+    t.subs.add(s)
+  }
+
+  topicLeft (topic: string, s: ClientSession): void {
+    const t = this.topics.get(topic)
+    if (t === undefined) return
+    t.subs.delete(s)
+    if (t.subs.size === 0) this.topics.delete(topic)
   }
 
   /** Stops taking upgrades; the listen socket itself is closed by the HTTP front. */
@@ -195,9 +228,19 @@ export class WsFront implements TopicPublisher {
     this.accepting = false
   }
 
+  sessionClosed (s: ClientSession): void {
+    this.sessions.delete(s)
+  }
+
+  /** All sessions are gone: the sweep stops. */
+  close (): void {
+    clearInterval(this.sweep)
+  }
+
   /** Closes every session (1001 going away, or 1012 when the gateway restarts); their legs close their backend sides. */
   closeAll (code: number, reason: string): void {
     for (const s of [...this.sessions]) s.closeClient(code, reason, 'FERRY_ERR_GATEWAY_STOPPING')
+    this.close()
   }
 
   get sessionCount (): number {

@@ -1,6 +1,5 @@
 import type { WebSocket } from 'uWebSockets.js'
 import type { Counter, Gauge } from 'prom-client'
-import type { Logger } from 'pino'
 import type { Metrics } from '../observability/metrics.js'
 import { closeReason, type ClientSink, type UpstreamLeg, type WsHandshake } from './ws-types.js'
 
@@ -19,6 +18,13 @@ export const CLIENT_LOW_WATERMARK = 64 * 1024
 
 /** connecting: the upstream leg is being opened, the client is not upgraded yet. */
 export type ClientSessionState = 'connecting' | 'open' | 'closed'
+
+/** What a session tells the front about itself (the front owns the session table and topic registry). */
+export interface SessionRegistry {
+  sessionClosed: (s: ClientSession) => void
+  topicJoined: (topic: string, s: ClientSession) => void
+  topicLeft: (topic: string, s: ClientSession) => void
+}
 
 /** Metric children resolved once per (route, mode), not per message. */
 export class SessionCounters {
@@ -80,9 +86,17 @@ export class ClientSession implements ClientSink {
     readonly hs: WsHandshake,
     private readonly counters: SessionCounters,
     private readonly compress: boolean,
-    private readonly log: Logger,
-    private readonly onClosed: (s: ClientSession) => void,
+    private readonly registry: SessionRegistry,
   ) {}
+
+  /** Topics this client is subscribed to (uWS unsubscribes on close; the registry is told here). */
+  private topics: Set<string> | undefined
+
+  private onClosed (): void {
+    if (this.topics !== undefined) for (const t of this.topics) this.registry.topicLeft(t, this)
+    this.topics = undefined
+    this.registry.sessionClosed(this)
+  }
 
   get mode (): 'ws' | 'mux' {
     return this.counters.mode
@@ -129,12 +143,15 @@ export class ClientSession implements ClientSink {
     if (this.state === 'closed') return
     if (this.ws === undefined) { (this.early ??= []).push({ topic, on: true }); return }
     this.ws.subscribe(topic)
+    ;(this.topics ??= new Set()).add(topic)
+    this.registry.topicJoined(topic, this)
   }
 
   unsubscribe (topic: string): void {
     if (this.state === 'closed') return
     if (this.ws === undefined) { (this.early ??= []).push({ topic, on: false }); return }
     this.ws.unsubscribe(topic)
+    if (this.topics?.delete(topic) === true) this.registry.topicLeft(topic, this)
   }
 
   // ── Front side (called by WsFront from uWS callbacks) ─────────────────────────────────────────
@@ -147,7 +164,7 @@ export class ClientSession implements ClientSink {
     if (this.ws === undefined) {
       this.state = 'closed'
       this.counters.closedBy(errorCode)
-      this.onClosed(this)
+      this.onClosed()
     } else {
       this.endReason = errorCode
       this.ws.end(code, closeReason(reason))
@@ -177,13 +194,25 @@ export class ClientSession implements ClientSink {
     if (early !== undefined) {
       for (const e of early) {
         if (this.state !== 'open') break
-        if ('topic' in e) { if (e.on) ws.subscribe(e.topic); else ws.unsubscribe(e.topic) } else this.deliver(e.data, e.binary)
+        if ('topic' in e) { if (e.on) this.subscribe(e.topic); else this.unsubscribe(e.topic) } else this.deliver(e.data, e.binary)
       }
     }
     if (this.pendingEnd !== undefined && this.state === 'open') {
       const p = this.pendingEnd
       if (p.errorCode === 'upstream') this.end(p.code, p.reason, p.errorCode)
       else this.closeClient(p.code, p.reason, p.errorCode)
+    }
+  }
+
+  /**
+   * The sweep's check (WsFront runs it every second): a client whose queue passed maxBackpressure is
+   * closed 1008. uWS's own limit is set to twice that, as the last resort between sweeps (uWS closes
+   * without a close frame or a reason).
+   */
+  checkBackpressure (): void {
+    if (this.state !== 'open' || this.ws === undefined) return
+    if (this.ws.getBufferedAmount() > this.hs.settings.maxBackpressure) {
+      this.closeClient(1008, 'client is not reading', 'FERRY_ERR_WS_CLIENT_BACKPRESSURE')
     }
   }
 
@@ -206,8 +235,9 @@ export class ClientSession implements ClientSink {
 
   drained (): void {
     const ws = this.ws
-    if (!this.congested || ws === undefined || this.state !== 'open') return
-    if (ws.getBufferedAmount() < CLIENT_LOW_WATERMARK) {
+    if (ws === undefined || this.state !== 'open') return
+    const buffered = ws.getBufferedAmount()
+    if (this.congested && buffered < CLIENT_LOW_WATERMARK) {
       this.congested = false
       this.leg?.clientDrained()
     }
@@ -225,6 +255,6 @@ export class ClientSession implements ClientSink {
     const leg = this.leg
     this.leg = undefined
     leg?.clientClosed(code, text)
-    this.onClosed(this)
+    this.onClosed()
   }
 }
