@@ -40,8 +40,10 @@ export interface MuxServerOptions {
 
 /** What the gateway tells the backend about a session (OPEN metadata). */
 export interface SessionInfo {
-  /** Ferry's session id: stable for the session's life. */
+  /** The session's affinity key (the route's `affinity.key` value), or Ferry's session id when it has none. */
   key: string
+  /** Ferry's id for this client connection. */
+  session: string
   path: string
   query: string
   headers: Record<string, string>
@@ -70,7 +72,10 @@ export class Session extends EventEmitter<SessionEvents> {
   static readonly CLOSING = 2
   static readonly CLOSED = 3
   readyState: number = ReadyState.OPEN
+  /** The affinity key (from the route's `affinity.key`), else the same as `id`. */
   readonly key: string
+  /** Ferry's id for this client connection. */
+  readonly id: string
   readonly path: string
   readonly query: URLSearchParams
   readonly headers: Readonly<Record<string, string>>
@@ -87,6 +92,7 @@ export class Session extends EventEmitter<SessionEvents> {
   constructor (private readonly stream: MuxStream, info: SessionInfo, link: Link, private readonly server: MuxServer) {
     super()
     this.key = info.key
+    this.id = info.session
     this.path = info.path
     this.query = new URLSearchParams(info.query)
     this.headers = info.headers
@@ -332,6 +338,7 @@ export class MuxServer extends EventEmitter<ServerEvents> {
       const m = JSON.parse(meta.toString('utf8')) as Partial<SessionInfo>
       info = {
         key: String(m.key ?? ''),
+        session: String(m.session ?? m.key ?? ''),
         path: String(m.path ?? '/'),
         query: String(m.query ?? ''),
         headers: m.headers !== null && typeof m.headers === 'object' ? m.headers : {},

@@ -183,6 +183,10 @@ const routeSchema = z.strictObject({
   upstream: z.string().min(1).describe('Name of an entry in `upstreams`.'),
   maxBodyBytes: positiveInt.optional().describe('Overrides `http.maxBodyBytes` for this route.'),
   websocket: websocketRoute.optional().describe('WebSocket session settings; only for routes to `ws` or `mux` upstreams (which get these defaults when absent).'),
+  affinity: z.strictObject({
+    key: z.string().regex(/^(cookie|header|query):[A-Za-z0-9_.~!$&'*+^`|-]{1,128}$/, { error: 'must be cookie:NAME, header:NAME or query:NAME' })
+      .describe('Where a WebSocket session\'s affinity key comes from. Sessions with the same key go to the same backend endpoint from any Ferry pod (the `affinity` store remembers it; without an entry, rendezvous hashing of the key picks it, so pods agree). Sessions without the key are balanced normally.'),
+  }).optional().describe('Session affinity; only for routes to `ws` or `mux` upstreams.'),
 })
 
 export const configSchema = z.strictObject({
@@ -203,6 +207,16 @@ export const configSchema = z.strictObject({
   upstreams: z.record(z.string().regex(/^[A-Za-z0-9_-]+$/, { error: 'upstream names use letters, digits, _ and -' }), upstreamSchema)
     .describe('Named backends. Each has a `protocol`: `http`, `ws` (WebSocket passthrough), `mux` (WebSocket sessions over Ferry links) or `tcp`.'),
   routes: z.array(routeSchema).default([]).describe('Request routing, see `match`. Routes to `http` upstreams take HTTP requests; routes to `ws`/`mux` upstreams take WebSocket upgrades (a plain request gets 426).'),
+  affinity: z.strictObject({
+    store: z.enum(['memory', 'redis']).default('memory').describe('Where affinity records live: `memory` (this process only; the embedded default) or `redis` (shared by every pod).'),
+    ttlMs: durationMs(600000, 'How long a record outlives its last session (refreshed while sessions with the key are open).'),
+    maxEntries: positiveInt.default(100000).describe('memory: records kept at most; the least recently used go first.'),
+    redis: z.strictObject({
+      url: z.string().regex(/^rediss?:\/\//, { error: 'must be a redis:// or rediss:// URL' }).default('redis://127.0.0.1:6379').describe('Redis to use (`redis://[user:password@]host:port[/db]`).'),
+      lookupTimeoutMs: durationMs(50, 'Budget of a lookup on the connection path; past it (or while Redis is down) Ferry uses rendezvous hashing of the key, logs the transition once and sets ferry_affinity_fallback.'),
+      keyPrefix: z.string().min(1).default('ferry:aff:').describe('Prefix of the Redis keys.'),
+    }).prefault({}).describe('With `store: redis`.'),
+  }).prefault({}).describe('The session affinity store (see a route\'s `affinity.key`).'),
   logging: z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('pino log level.'),
     accessLog: z.boolean().default(true).describe('One JSON line per HTTP request (id, method, path, status, upstream, duration, bytes).'),
@@ -228,6 +242,9 @@ export const configSchema = z.strictObject({
     } else if (proto === 'tcp') {
       ctx.addIssue({ code: 'custom', path: ['routes', i, 'upstream'], input: r.upstream,
         message: `names upstream ${r.upstream} of protocol tcp; routes need an http, ws or mux upstream (tcp upstreams are used by listen.tcp)` })
+    } else if (proto === 'http' && r.affinity !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['routes', i, 'affinity'], input: r.affinity,
+        message: `is for routes to ws or mux upstreams; ${r.upstream} is http` })
     } else if (proto === 'http' && r.websocket !== undefined) {
       ctx.addIssue({ code: 'custom', path: ['routes', i, 'websocket'], input: r.websocket,
         message: `is for routes to ws or mux upstreams; ${r.upstream} is http (known: ${[ofProtocol('ws'), ofProtocol('mux')].filter((x) => x !== 'none').join(', ') || 'none'})` })

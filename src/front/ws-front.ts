@@ -10,7 +10,7 @@ import { sendError } from '../upstream/http/exchange.js'
 import { formatAddress } from './address.js'
 import type { Uws } from './uws.js'
 import { ClientSession, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
-import type { TopicPublisher, WsHandshake, WsUpstream } from './ws-types.js'
+import { readAffinityKey, type TopicPublisher, type WsHandshake, type WsUpstream } from './ws-types.js'
 
 export interface WsFrontDeps {
   readonly uws: Uws
@@ -165,6 +165,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         protocols: offered === '' ? [] : offered.split(',').map((p) => p.trim()).filter((p) => p !== ''),
         headers,
         settings,
+        affinityKey: readAffinityKey(route.affinityKey, raw, query),
       }
       const s = new ClientSession(hs, this.sessionCounters(route, upstream.mode), settings.compression !== 'off', this)
       session = s

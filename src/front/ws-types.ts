@@ -24,6 +24,35 @@ export interface WsHandshake {
   /** The route's `websocket.forwardHeaders` that the client sent (lower-case names), plus x-forwarded-*. */
   readonly headers: Readonly<Record<string, string>>
   readonly settings: WebSocketRouteConfig
+  /** The route's affinity key value for this client (from its cookie, header or query), if any. */
+  readonly affinityKey: string | undefined
+}
+
+/** Reads a route's affinity key (`cookie:NAME`, `header:NAME`, `query:NAME`) from a handshake; at most 256 characters. */
+export function readAffinityKey (spec: string | undefined, rawHeaders: readonly string[], query: string): string | undefined {
+  if (spec === undefined) return undefined
+  const colon = spec.indexOf(':')
+  const kind = spec.slice(0, colon)
+  const name = spec.slice(colon + 1)
+  let value: string | null | undefined
+  if (kind === 'query') {
+    value = new URLSearchParams(query).get(name)
+  } else {
+    const header = kind === 'header' ? name.toLowerCase() : 'cookie'
+    for (let i = 0; i < rawHeaders.length && value === undefined; i += 2) {
+      if (rawHeaders[i] !== header) continue
+      if (kind === 'header') { value = rawHeaders[i + 1]; break }
+      for (const part of rawHeaders[i + 1]!.split(';')) {
+        const eq = part.indexOf('=')
+        if (eq !== -1 && part.slice(0, eq).trim() === name) { value = decodeURIComponentSafe(part.slice(eq + 1).trim()); break }
+      }
+    }
+  }
+  return value === null || value === undefined || value === '' || value.length > 256 ? undefined : value
+}
+
+function decodeURIComponentSafe (s: string): string {
+  try { return decodeURIComponent(s) } catch { return s }
 }
 
 /** How the upstream leg talks to the client. Calls after the session closed are ignored. */

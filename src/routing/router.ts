@@ -7,6 +7,8 @@ export interface Route {
   readonly maxBodyBytes: number | undefined
   /** WebSocket settings (routes to ws/mux upstreams; absent: defaults). */
   readonly websocket: WebSocketRouteConfig | undefined
+  /** Where the session affinity key comes from (`query:uid`), if the route has one. */
+  readonly affinityKey: string | undefined
   readonly host: string | undefined
   readonly path: string
 }
@@ -32,6 +34,7 @@ export class Router {
         upstream: r.upstream,
         maxBodyBytes: r.maxBodyBytes,
         websocket: r.websocket,
+        affinityKey: r.affinity?.key,
         host,
         hostSuffix: host?.startsWith('*.') === true ? host.slice(1) : undefined,
         path: r.match.path,

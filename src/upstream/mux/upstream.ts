@@ -147,6 +147,8 @@ export class MuxUpstream implements WsUpstream {
   readonly mode = 'mux'
   readonly endpoints: MuxEndpoint[]
   private readonly balancer: Balancer<MuxEndpoint>
+  /** Rendezvous hashing of a session's affinity key: every pod picks the same endpoint for a key. */
+  private readonly byKey: Balancer<MuxEndpoint>
   private waiters: Array<() => void> = []
   private publisher: TopicPublisher | undefined
   private closed = false
@@ -158,6 +160,7 @@ export class MuxUpstream implements WsUpstream {
   constructor (readonly name: string, readonly cfg: MuxUpstreamConfig, readonly log: Logger, readonly metrics: Metrics, readonly gatewayId: string) {
     this.endpoints = cfg.endpoints.map((e) => new MuxEndpoint(this, parseEndpoint(e)))
     this.balancer = new Balancer(this.endpoints, cfg.balance === 'least-streams' ? 'least-connections' : cfg.balance)
+    this.byKey = new Balancer(this.endpoints, 'hash')
     this.published = metrics.muxPublished.labels(name)
     this.fanout = metrics.muxFanout.labels(name)
     this.stalls = { send: metrics.muxCreditStalls.labels(name, 'to_upstream'), receive: metrics.muxCreditStalls.labels(name, 'to_client') }
@@ -189,17 +192,19 @@ export class MuxUpstream implements WsUpstream {
 
   async open (hs: WsHandshake, sink: ClientSink): Promise<UpstreamLeg> {
     if (this.closed) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'upstream is closing')
-    const key = this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
+    const affine = hs.affinityKey !== undefined
+    const key = affine ? hashKey(hs.affinityKey!) : this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
+    const balancer = affine ? this.byKey : this.balancer
     const deadline = Date.now() + this.cfg.timeouts.openMs
     for (;;) {
-      const ep = this.balancer.pick(Infinity, Date.now(), undefined, key)
+      const ep = balancer.pick(Infinity, Date.now(), undefined, key)
       const slot = ep?.acceptsAt(Date.now()) === true ? ep.readyLink() : this.anyReadyLink()
       if (slot?.conn !== undefined) {
         const owner = ep?.slots.includes(slot) === true ? ep : this.endpoints.find((e) => e.slots.includes(slot))!
         const protocol = hs.settings.subprotocols.find((p) => hs.protocols.includes(p)) ?? ''
         const leg = new MuxLeg(protocol, sink, owner, this.stalls)
         const stream = slot.conn.openStream({
-          key: hs.sessionId, path: hs.path, query: hs.query, headers: hs.headers,
+          key: hs.affinityKey ?? hs.sessionId, session: hs.sessionId, path: hs.path, query: hs.query, headers: hs.headers,
           remoteAddress: hs.remoteAddress, protocol, route: hs.route,
         }, leg.events)
         if (stream !== undefined) {

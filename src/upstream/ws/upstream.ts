@@ -95,6 +95,8 @@ export class WsPassthroughUpstream implements WsUpstream {
   readonly mode = 'ws'
   private readonly endpoints: WsEndpoint[]
   private readonly balancer: Balancer<WsEndpoint>
+  /** Rendezvous hashing of a session's affinity key: every pod picks the same endpoint for a key. */
+  private readonly byKey: Balancer<WsEndpoint>
   private readonly legs = new Set<PassthroughLeg>()
   private closed = false
 
@@ -104,16 +106,19 @@ export class WsPassthroughUpstream implements WsUpstream {
       return new WsEndpoint(ep, new PassiveHealth(name, ep.address, cfg.ejection, log, metrics))
     })
     this.balancer = new Balancer(this.endpoints, cfg.balance)
+    this.byKey = new Balancer(this.endpoints, 'hash')
   }
 
   async open (hs: WsHandshake, sink: ClientSink): Promise<UpstreamLeg> {
     if (this.closed) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'upstream is closing')
-    const key = this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
+    const affine = hs.affinityKey !== undefined
+    const key = affine ? hashKey(hs.affinityKey!) : this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
+    const balancer = affine ? this.byKey : this.balancer
     const deadline = Date.now() + this.cfg.timeouts.connectMs
     const tried = new Set<WsEndpoint>()
     let lastError: FerryError | undefined
     while (tried.size < 2) {
-      const ep = this.balancer.pick(Infinity, Date.now(), tried, key)
+      const ep = balancer.pick(Infinity, Date.now(), tried, key)
       if (ep === undefined) break
       tried.add(ep)
       const left = deadline - Date.now()
