@@ -149,6 +149,7 @@ export class Gateway {
       const clients = establishedOnPort(this.ports.http)
       if (clients !== undefined) m.upstreamConnections.labels('client', 'http', '').set(clients)
     }
+    this.front?.ws.collect()
     for (const u of this.wsUpstreams.values()) u.collect()
     for (const u of this.upstreams.values()) {
       m.upstreamQueueDepth.labels(u.name).set(u.queueDepth)

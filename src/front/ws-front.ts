@@ -229,6 +229,11 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     this.accepting = false
   }
 
+  /** Scrape time: per-message counts into the counters. */
+  collect (): void {
+    for (const c of this.counters.values()) c.flush()
+  }
+
   sessionClosed (s: ClientSession): void {
     this.sessions.delete(s)
   }

@@ -57,7 +57,7 @@ function decodeURIComponentSafe (s: string): string {
 
 /** How the upstream leg talks to the client. Calls after the session closed are ignored. */
 export interface ClientSink {
-  /** Sends one message to the client (the bytes are copied before this returns). */
+  /** Queues one message for the client; it is sent (copied by uWS) when the current backend read has been processed, together with the others for this client. `data` must stay unchanged until then. */
   deliver: (data: Uint8Array, binary: boolean) => void
   /** True while the client's socket holds more than the high watermark: stop granting backend credit (mux) or pause the backend socket (ws) until `UpstreamLeg.clientDrained`. */
   readonly congested: boolean
@@ -78,6 +78,8 @@ export interface UpstreamLeg {
   readonly buffered: number
   /** The client's socket drained below the low watermark after `congested` was true. */
   clientDrained: () => void
+  /** The client's socket passed the high watermark (deliveries are batched, so this can come after `deliver` returned). */
+  clientCongested?: () => void
   /** The client closed (or went away: 1006) or the front closed it; the leg closes its backend side. */
   clientClosed: (code: number, reason: string) => void
 }

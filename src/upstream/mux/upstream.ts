@@ -127,6 +127,10 @@ class MuxLeg implements UpstreamLeg {
     this.stream.holdCredit(false)
   }
 
+  clientCongested (): void {
+    this.stream.holdCredit(true)
+  }
+
   clientClosed (code: number, reason: string): void {
     this.stream.close(code, reason)
     this.afterStreamEnd()
