@@ -1,18 +1,47 @@
 import type { IncomingMessage } from 'node:http'
 import type { Logger } from 'pino'
+import type { Counter, Gauge } from 'prom-client'
 import WebSocket from 'ws'
 import { parseEndpoint, type Endpoint } from '../../config/load.js'
 import type { WsUpstreamConfig } from '../../config/schema.js'
 import { FerryError, type FerryErrorCode } from '../../errors.js'
-import { sendableCloseCode, type ClientSink, type UpstreamLeg, type WsHandshake, type WsUpstream } from '../../front/ws-types.js'
+import { closeReason, sendableCloseCode, type ClientSink, type UpstreamLeg, type WsHandshake, type WsUpstream } from '../../front/ws-types.js'
 import type { Metrics } from '../../observability/metrics.js'
 import { Balancer, hashKey, type Balanced } from '../../routing/balancer.js'
 import { PassiveHealth } from '../health.js'
 
-/** One backend endpoint of a passthrough upstream. `inflight` = handshaking + open backend sockets. */
+/** How long a backend gets to answer our close frame before its socket is cut. */
+const CLOSE_GRACE_MS = 2000
+/** close('flush'): how long sessions still open may go on before they are closed 1001 like 'abort'. */
+const FLUSH_GRACE_MS = 5000
+/** Endpoints one handshake may try: the first pick and one failover. */
+const MAX_ATTEMPTS = 2
+/** At most one "backend refused the handshake" line per endpoint per this period. */
+const REFUSAL_LOG_EVERY_MS = 10000
+/** Largest backend→client message Ferry reassembles (routes limit only client messages). */
+const MAX_BACKEND_MESSAGE = 64 * 1024 * 1024
+
+/**
+ * Headers the handshake to the backend owns (ws writes them, or they make no sense on a new hop); never
+ * taken from the client's, even when a route lists them in forwardHeaders.
+ */
+const HANDSHAKE_OWNED = new Set([
+  'connection', 'upgrade', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'content-length',
+  'sec-websocket-key', 'sec-websocket-version', 'sec-websocket-protocol', 'sec-websocket-extensions', 'sec-websocket-accept',
+])
+
+function noop (): void {}
+
+/**
+ * One backend endpoint of a passthrough upstream. `inflight` (what least-connections balances) counts
+ * handshakes in progress plus backend sockets not yet closed; `sessions` only those relaying a session.
+ */
 class WsEndpoint implements Balanced {
-  inflight = 0
-  open = 0
+  handshaking = 0
+  sockets = 0
+  sessions = 0
+  private lastRefusalLog = 0
+  private refusalsNotLogged = 0
 
   constructor (readonly endpoint: Endpoint, readonly passive: PassiveHealth) {}
 
@@ -20,48 +49,111 @@ class WsEndpoint implements Balanced {
     return this.endpoint.address
   }
 
+  get inflight (): number {
+    return this.handshaking + this.sockets
+  }
+
   acceptsAt (now: number): boolean {
     return this.passive.acceptsAt(now)
   }
+
+  /** Rate-limited log of a backend's non-101 answer: the line says how many were not logged since the last. */
+  logRefusal (log: Logger, status: number, path: string): void {
+    const now = Date.now()
+    if (now - this.lastRefusalLog < REFUSAL_LOG_EVERY_MS) { this.refusalsNotLogged++; return }
+    log.info({ endpoint: this.address, status, path, notLogged: this.refusalsNotLogged }, 'passthrough backend refused the WebSocket handshake')
+    this.lastRefusalLog = now
+    this.refusalsNotLogged = 0
+  }
 }
 
-/** How long a backend gets to answer our close frame before its socket is cut. */
-const CLOSE_GRACE_MS = 2000
+/**
+ * open: relaying both ways. closing: the session is over for the client (it closed, the front closed it,
+ * the upstream aborted it, or the backend broke the protocol); the backend socket is finishing its close
+ * handshake, cut after CLOSE_GRACE_MS. closed: the backend socket is gone and released.
+ */
+type LegState = 'open' | 'closing' | 'closed'
 
 /**
- * One passthrough session's backend side: the only owner of its `ws` client socket. Messages are
- * relayed with their type; close codes and reasons travel both ways; a congested client pauses the
- * backend socket and a full backend socket is reported through `buffered` (the front closes 1013).
+ * One passthrough session's backend side: the only owner of its `ws` client socket once the handshake
+ * handed it over. Messages are relayed with their type; close codes and reasons travel both ways; a
+ * congested client pauses the backend socket, and a backend socket that takes nothing more shows in
+ * `buffered` (the front closes the client 1013).
  */
 class PassthroughLeg implements UpstreamLeg {
-  private done = false
+  private state: LegState = 'open'
+  private graceTimer: NodeJS.Timeout | undefined
 
-  constructor (readonly protocol: string, private readonly ws: WebSocket, private readonly sink: ClientSink, private readonly ep: WsEndpoint, private readonly onEnd: () => void) {
-    ws.on('message', (data: Buffer, isBinary: boolean) => {
-      sink.deliver(data, isBinary)
-      if (sink.congested && !ws.isPaused) ws.pause()
-    })
-    ws.on('close', (code: number, reason: Buffer) => {
-      if (this.finish()) return
-      // 1006: the backend vanished without a close frame (reset, crash): tell the client to reconnect.
-      if (code === 1006) sink.end(1011, 'backend connection lost', 'FERRY_ERR_WS_UPSTREAM_LOST')
-      else sink.end(sendableCloseCode(code), reason.toString('utf8'))
-    })
-    ws.on('error', () => { /* 'close' follows */ })
+  constructor (
+    readonly protocol: string,
+    private readonly ws: WebSocket,
+    private readonly sink: ClientSink,
+    readonly ep: WsEndpoint,
+    private readonly owner: WsPassthroughUpstream,
+  ) {
+    ws.on('message', (data: Buffer, isBinary: boolean) => { this.fromBackend(data, isBinary) })
+    ws.on('close', (code: number, reason: Buffer) => { this.backendClosed(code, reason) })
+    ws.on('error', (err: Error) => { this.backendError(err) })
   }
 
-  /** True when the session had already ended (so nothing more is said). */
-  private finish (): boolean {
-    if (this.done) return true
-    this.done = true
-    this.ep.inflight--
-    this.ep.open--
-    this.onEnd()
-    return false
+  private to (state: LegState): void {
+    if (this.state === 'open') this.ep.sessions--
+    this.state = state
+    if (state === 'closed') {
+      clearTimeout(this.graceTimer)
+      this.graceTimer = undefined
+      this.ep.sockets--
+      this.owner.released(this)
+    }
+  }
+
+  private fromBackend (data: Buffer, isBinary: boolean): void {
+    if (this.state !== 'open') return
+    // ws allocates each message's buffer and never touches it again (server frames are not masked), so
+    // the sink may hold it until it sends.
+    this.sink.deliver(data, isBinary)
+    // Either seen here or told later through clientCongested. ws may still emit the rest of the chunk it
+    // holds; the socket reads nothing more until clientDrained.
+    if (this.sink.congested && !this.ws.isPaused) this.ws.pause()
+  }
+
+  private backendClosed (code: number, reason: Buffer): void {
+    if (this.state === 'closed') return
+    const wasOpen = this.state === 'open'
+    this.to('closed')
+    if (!wasOpen) return
+    // 1006: no close frame (the socket was reset or just closed). 1011, not 1012: nothing says the backend
+    // restarts, a client that reconnects at once may hit the same fault.
+    if (code === 1006) this.sink.end(1011, 'backend connection lost', 'FERRY_ERR_WS_UPSTREAM_LOST')
+    else this.sink.end(sendableCloseCode(code), reason.toString('utf8'))
+  }
+
+  /** An established ws emits 'error' only when the backend broke the protocol; ws has already sent it 1002/1007/1009. */
+  private backendError (err: Error): void {
+    if (this.state !== 'open') return
+    this.owner.log.debug({ endpoint: this.ep.address, err: err.message }, 'passthrough backend broke the WebSocket protocol')
+    // Not the code ws sent the backend: towards the client 1007/1009 would blame the client's own data.
+    this.sink.end(1011, 'backend protocol error', 'FERRY_ERR_UPSTREAM_PROTOCOL')
+    this.beginClose(undefined, '')
+  }
+
+  /** Leaves 'open': sends a close frame (unless ws is closing already) and bounds the backend's answer. */
+  private beginClose (code: number | undefined, reason: string): void {
+    this.to('closing')
+    const ws = this.ws
+    this.graceTimer = setTimeout(() => { ws.terminate() }, CLOSE_GRACE_MS)
+    // A socket paused for a congested client would never read the backend's close frame.
+    if (ws.isPaused) ws.resume()
+    if (code === undefined || ws.readyState !== WebSocket.OPEN) return
+    try {
+      ws.close(code, closeReason(reason))
+    } catch {
+      ws.terminate()
+    }
   }
 
   send (data: Uint8Array, binary: boolean): void {
-    if (this.ws.readyState !== WebSocket.OPEN) return
+    if (this.state !== 'open' || this.ws.readyState !== WebSocket.OPEN) return
     // ws may queue the buffer: copy, the uWS view dies when the caller returns.
     this.ws.send(Buffer.from(data), { binary, compress: false })
   }
@@ -70,26 +162,47 @@ class PassthroughLeg implements UpstreamLeg {
     return this.ws.bufferedAmount
   }
 
+  clientCongested (): void {
+    if (this.state === 'open' && !this.ws.isPaused) this.ws.pause()
+  }
+
   clientDrained (): void {
-    if (this.ws.isPaused) this.ws.resume()
+    if (this.state === 'open' && this.ws.isPaused) this.ws.resume()
   }
 
   clientClosed (code: number, reason: string): void {
-    if (this.finish()) return
-    const ws = this.ws
-    if (ws.readyState === WebSocket.OPEN) {
-      // 1005 (no status) and 1006 (the client vanished) are never sent on the wire.
-      ws.close(code === 1005 ? 1000 : code === 1006 ? 1001 : sendableCloseCode(code, 1000), reason)
-      setTimeout(() => { ws.terminate() }, CLOSE_GRACE_MS).unref()
-    } else ws.terminate()
+    if (this.state !== 'open') return
+    // 1005 (the client sent no code) → 1000; 1006 (it vanished) and other codes never sent on the wire → 1001.
+    this.beginClose(sendableCloseCode(code, 1001), reason)
+  }
+
+  /** The upstream is stopping: both sides are told 1001. */
+  abort (): void {
+    if (this.state !== 'open') return
+    this.sink.end(1001, 'gateway stopping', 'FERRY_ERR_GATEWAY_STOPPING')
+    this.beginClose(1001, 'gateway stopping')
   }
 }
 
+/** Why a handshake attempt failed, and whether it says something about the endpoint's health. */
+interface AttemptFailure {
+  code: FerryErrorCode
+  message: string
+  health: 'failed' | 'succeeded' | 'unknown'
+}
+
+type UpstreamState = 'open' | 'closing' | 'closed'
+
 /**
  * A `protocol: ws` upstream: every client session gets its own WebSocket to an unmodified backend.
- * The client's upgrade is answered only after the backend's: 101 with the backend's subprotocol, or
- * 502/504 when it refused or could not be reached. A connect failure is retried once on another
- * endpoint within `timeouts.connectMs` (a refused handshake is an answer, and is not).
+ * The client's upgrade is answered only after the backend's: 101 with the backend's subprotocol (or none,
+ * as the backend chose), or an HTTP error when it refused (502) or could not be reached (502/504).
+ *
+ * Failover: a connect failure or timeout is retried once on another endpoint within `timeouts.connectMs`.
+ * When there is another endpoint to fail over to, the first attempt gets half the budget, so one
+ * black-holed endpoint does not eat it all. A backend's answer (non-101, a broken 101) is not retried.
+ * Passive health counts connect errors, timeouts, 5xx answers and broken 101s as failures; a 4xx answer
+ * is the backend judging the client (bad token, origin) and counts as the endpoint being alive.
  */
 export class WsPassthroughUpstream implements WsUpstream {
   readonly mode = 'ws'
@@ -98,98 +211,192 @@ export class WsPassthroughUpstream implements WsUpstream {
   /** Rendezvous hashing of a session's affinity key: every pod picks the same endpoint for a key. */
   private readonly byKey: Balancer<WsEndpoint>
   private readonly legs = new Set<PassthroughLeg>()
-  private closed = false
+  /** Handshakes in progress, each with the function that gives it up. */
+  private readonly handshakes = new Set<(err: FerryError) => void>()
+  private state: UpstreamState = 'open'
+  private idleWaiters: Array<() => void> = []
+  private readonly connections: Gauge.Internal<string>
+  private readonly retries: Counter.Internal
 
-  constructor (readonly name: string, readonly cfg: WsUpstreamConfig, private readonly log: Logger, private readonly metrics: Metrics) {
+  constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, metrics: Metrics) {
     this.endpoints = cfg.endpoints.map((e) => {
       const ep = parseEndpoint(e.replace(/^ws:\/\//, ''))
       return new WsEndpoint(ep, new PassiveHealth(name, ep.address, cfg.ejection, log, metrics))
     })
     this.balancer = new Balancer(this.endpoints, cfg.balance)
     this.byKey = new Balancer(this.endpoints, 'hash')
+    this.connections = metrics.upstreamConnections.labels('upstream', 'ws', name)
+    this.retries = metrics.upstreamRetries.labels(name)
   }
 
   async open (hs: WsHandshake, sink: ClientSink): Promise<UpstreamLeg> {
-    if (this.closed) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'upstream is closing')
+    if (this.state !== 'open') throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', `upstream ${this.name} is closing`)
+    const target = hs.query === '' ? hs.path : `${hs.path}?${hs.query}`
+    // ws refuses URLs with a fragment; a request target never has one.
+    if (target.includes('#')) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'request target contains #')
+    const headers: Record<string, string> = {}
+    for (const [k, v] of Object.entries(hs.headers)) if (!HANDSHAKE_OWNED.has(k)) headers[k] = v
+    // Offered as a plain header, not through ws's `protocols`: ws would refuse a 101 that selects no
+    // subprotocol, which browsers accept. The backend's choice is checked here instead.
+    if (hs.protocols.length > 0) headers['sec-websocket-protocol'] = hs.protocols.join(', ')
     const affine = hs.affinityKey !== undefined
     const key = affine ? hashKey(hs.affinityKey!) : this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
     const balancer = affine ? this.byKey : this.balancer
     const deadline = Date.now() + this.cfg.timeouts.connectMs
     const tried = new Set<WsEndpoint>()
     let lastError: FerryError | undefined
-    while (tried.size < 2) {
-      const ep = balancer.pick(Infinity, Date.now(), tried, key)
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const now = Date.now()
+      const left = deadline - now
+      if (left <= 0 || this.state !== 'open') break
+      const ep = balancer.pick(Infinity, now, tried, key)
       if (ep === undefined) break
       tried.add(ep)
-      const left = deadline - Date.now()
-      if (left <= 0) break
+      if (attempt > 0) this.retries.inc()
+      const failoverLeft = attempt + 1 < MAX_ATTEMPTS && tried.size < this.endpoints.length
       try {
-        return await this.connect(ep, hs, sink, left)
+        return await this.handshake(ep, target, headers, hs, sink, failoverLeft ? Math.ceil(left / 2) : left)
       } catch (err) {
         lastError = err as FerryError
-        if (lastError.code === 'FERRY_ERR_WS_UPSTREAM_HANDSHAKE') throw lastError
+        if (lastError.code !== 'FERRY_ERR_UPSTREAM_CONNECT' && lastError.code !== 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT') throw lastError
       }
     }
-    throw lastError ?? new FerryError('FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', `no backend handshake within ${this.cfg.timeouts.connectMs} ms`)
+    if (this.state !== 'open') throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', `upstream ${this.name} is closing`)
+    throw lastError ?? new FerryError('FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', `upstream ${this.name}: no backend handshake within ${this.cfg.timeouts.connectMs} ms`)
   }
 
-  private async connect (ep: WsEndpoint, hs: WsHandshake, sink: ClientSink, budgetMs: number): Promise<UpstreamLeg> {
+  /**
+   * One WebSocket handshake with one endpoint, within `ms`. Owns the socket and the timer until it
+   * resolves with the session's leg (which owns the socket from then on) or rejects (the socket is
+   * destroyed).
+   */
+  private async handshake (ep: WsEndpoint, target: string, headers: Record<string, string>, hs: WsHandshake, sink: ClientSink, ms: number): Promise<UpstreamLeg> {
     const host = ep.endpoint.host.includes(':') ? `[${ep.endpoint.host}]` : ep.endpoint.host
-    const url = `ws://${host}:${ep.endpoint.port}${hs.path}${hs.query === '' ? '' : `?${hs.query}`}`
-    ep.inflight++
-    const ws = new WebSocket(url, [...hs.protocols], {
-      headers: hs.headers,
-      perMessageDeflate: false,
-      handshakeTimeout: budgetMs,
-      maxPayload: Math.max(hs.settings.maxPayloadLength, 64 * 1024 * 1024),
-      followRedirects: false,
-    })
-    return await new Promise<UpstreamLeg>((resolve, reject) => {
-      const fail = (code: FerryErrorCode, message: string, countAsFailure: boolean): void => {
-        ws.removeAllListeners()
-        ws.on('error', () => {})
-        ws.terminate()
-        ep.inflight--
-        if (countAsFailure) ep.passive.failed('handshake failures')
-        reject(new FerryError(code, message))
-      }
-      ws.once('unexpected-response', (_req, res: IncomingMessage) => {
-        this.log.info({ endpoint: ep.address, status: res.statusCode, path: hs.path }, 'passthrough backend refused the WebSocket handshake')
-        res.resume()
-        fail('FERRY_ERR_WS_UPSTREAM_HANDSHAKE', `backend answered ${res.statusCode ?? 0} to the WebSocket handshake`, false)
+    let ws: WebSocket
+    try {
+      ws = new WebSocket(`ws://${host}:${ep.endpoint.port}${target}`, {
+        headers,
+        perMessageDeflate: false,
+        maxPayload: Math.max(hs.settings.maxPayloadLength, MAX_BACKEND_MESSAGE),
+        followRedirects: false,
       })
-      ws.once('error', (err: Error & { code?: string }) => {
-        // ws refuses a 101 without a subprotocol when one was offered: an answer, not an endpoint failure.
-        if (/subprotocol/i.test(err.message)) { fail('FERRY_ERR_WS_UPSTREAM_HANDSHAKE', `${ep.address}: ${err.message}`, false); return }
-        const timeout = /timed out|timeout/i.test(err.message)
-        fail(timeout ? 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT' : 'FERRY_ERR_UPSTREAM_CONNECT', `${ep.address}: ${err.message}`, true)
+    } catch (err) {
+      // A URL or header value Node will not write: the client sent it.
+      throw new FerryError('FERRY_ERR_BAD_REQUEST', `cannot forward this handshake: ${(err as Error).message}`)
+    }
+    ep.handshaking++
+    return await new Promise((resolve, reject) => {
+      let protocol = ''
+      let settled = false
+      const settle = (): void => {
+        settled = true
+        ep.handshaking--
+        clearTimeout(timer)
+        this.handshakes.delete(cancel)
+        ws.removeAllListeners('upgrade')
+        ws.removeAllListeners('unexpected-response')
+        ws.removeAllListeners('open')
+        ws.removeAllListeners('error')
+      }
+      const fail = (f: AttemptFailure): void => {
+        if (settled) return
+        settle()
+        ws.on('error', noop) // terminate() of a connecting ws emits one more
+        ws.terminate()
+        if (f.health === 'failed') ep.passive.failed('handshake failures')
+        else if (f.health === 'succeeded') ep.passive.succeeded('handshake answered')
+        this.maybeIdle()
+        reject(new FerryError(f.code, f.message))
+      }
+      const cancel = (err: FerryError): void => { fail({ code: err.code, message: err.message, health: 'unknown' }) }
+      this.handshakes.add(cancel)
+      const timer = setTimeout(() => {
+        fail({ code: 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', message: `${ep.address}: no WebSocket handshake within ${ms} ms`, health: 'failed' })
+      }, ms)
+      ws.once('upgrade', (res: IncomingMessage) => {
+        const p = res.headers['sec-websocket-protocol']
+        protocol = typeof p === 'string' ? p.trim() : ''
+        // ws reads the header right after this event and refuses one it did not offer itself (it offered none).
+        delete res.headers['sec-websocket-protocol']
+      })
+      ws.once('unexpected-response', (_req, res: IncomingMessage) => {
+        const status = res.statusCode ?? 0
+        res.on('error', noop)
+        res.resume()
+        ep.logRefusal(this.log, status, hs.path)
+        fail({ code: 'FERRY_ERR_WS_UPSTREAM_HANDSHAKE', message: `${ep.address} answered ${status} to the WebSocket handshake`, health: status >= 500 ? 'failed' : 'succeeded' })
+      })
+      ws.once('error', (err: NodeJS.ErrnoException) => {
+        // Socket errors carry an errno code (ECONNREFUSED, ECONNRESET, ...); ws's own refusals of a
+        // malformed 101 (bad Sec-WebSocket-Accept, unrequested extension) do not.
+        if (typeof err.code === 'string' && err.code.startsWith('E')) fail({ code: 'FERRY_ERR_UPSTREAM_CONNECT', message: `${ep.address}: ${err.code}`, health: 'failed' })
+        else fail({ code: 'FERRY_ERR_WS_UPSTREAM_HANDSHAKE', message: `${ep.address}: ${err.message}`, health: 'failed' })
       })
       ws.once('open', () => {
-        ws.removeAllListeners('unexpected-response')
-        ws.removeAllListeners('error')
-        if (ws.protocol !== '' && !hs.protocols.includes(ws.protocol)) {
-          fail('FERRY_ERR_WS_UPSTREAM_HANDSHAKE', `backend selected subprotocol ${ws.protocol} that the client did not offer`, false)
+        if (settled) return
+        if (protocol !== '' && !hs.protocols.includes(protocol)) {
+          fail({ code: 'FERRY_ERR_WS_UPSTREAM_HANDSHAKE', message: `${ep.address} selected subprotocol ${protocol}, which the client did not offer`, health: 'unknown' })
           return
         }
+        settle()
         ep.passive.succeeded('handshake')
-        ep.open++
-        const leg: PassthroughLeg = new PassthroughLeg(ws.protocol, ws, sink, ep, () => { this.legs.delete(leg) })
+        // The leg takes the socket now, in this callback: a message the backend sent right behind its 101
+        // is emitted before any promise continuation would run.
+        ep.sockets++
+        ep.sessions++
+        const leg = new PassthroughLeg(protocol, ws, sink, ep, this)
         this.legs.add(leg)
         resolve(leg)
       })
     })
   }
 
+  /** A leg's backend socket closed. */
+  released (leg: PassthroughLeg): void {
+    this.legs.delete(leg)
+    this.maybeIdle()
+  }
+
+  /** Wakes close() once no handshake is in progress and no backend socket is open. */
+  private maybeIdle (): void {
+    if (this.legs.size > 0 || this.handshakes.size > 0 || this.idleWaiters.length === 0) return
+    const waiters = this.idleWaiters
+    this.idleWaiters = []
+    for (const w of waiters) w()
+  }
+
+  private async idle (ms: number): Promise<boolean> {
+    if (this.legs.size === 0 && this.handshakes.size === 0) return true
+    let timer: NodeJS.Timeout | undefined
+    const done = await Promise.race([
+      new Promise<boolean>((resolve) => { this.idleWaiters.push(() => { resolve(true) }) }),
+      new Promise<boolean>((resolve) => { timer = setTimeout(() => { resolve(false) }, ms) }),
+    ])
+    clearTimeout(timer)
+    return done
+  }
+
+  /**
+   * No new sessions; handshakes in progress are given up (their clients get 503). 'abort' closes open
+   * sessions now (1001 to both sides); 'flush' lets them end by themselves for FLUSH_GRACE_MS first (the
+   * gateway's front has usually closed them already). Resolves when every backend socket is closed.
+   */
   async close (kind: 'flush' | 'abort'): Promise<void> {
-    this.closed = true
-    // The front closes client sessions first (their legs close the backend sockets); 'abort' cuts the rest.
-    if (kind === 'abort') for (const leg of [...this.legs]) leg.clientClosed(1001, 'gateway stopping')
+    if (this.state !== 'open') { await this.idle(FLUSH_GRACE_MS + 2 * CLOSE_GRACE_MS); return }
+    this.state = 'closing'
+    const stopping = new FerryError('FERRY_ERR_GATEWAY_STOPPING', `upstream ${this.name} is closing`)
+    for (const cancel of [...this.handshakes]) cancel(stopping)
+    if (kind === 'flush') await this.idle(FLUSH_GRACE_MS)
+    for (const leg of [...this.legs]) leg.abort()
+    // Every leg is closing now, each cut after CLOSE_GRACE_MS at most.
+    await this.idle(2 * CLOSE_GRACE_MS)
+    this.state = 'closed'
   }
 
   collect (): void {
-    let open = 0
-    for (const ep of this.endpoints) open += ep.open
-    this.metrics.upstreamConnections.labels('upstream', 'ws', this.name).set(open)
+    let sockets = 0
+    for (const ep of this.endpoints) sockets += ep.sockets
+    this.connections.set(sockets)
   }
 
   status (): object {
@@ -198,7 +405,14 @@ export class WsPassthroughUpstream implements WsUpstream {
       name: this.name,
       protocol: 'ws',
       balance: this.cfg.balance,
-      endpoints: this.endpoints.map((ep) => ({ address: ep.address, ...ep.passive.status(now), sessions: ep.open, handshaking: ep.inflight - ep.open })),
+      state: this.state,
+      endpoints: this.endpoints.map((ep) => ({
+        address: ep.address,
+        ...ep.passive.status(now),
+        sessions: ep.sessions,
+        handshaking: ep.handshaking,
+        closing: ep.sockets - ep.sessions,
+      })),
     }
   }
 }
