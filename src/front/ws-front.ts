@@ -137,7 +137,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     req.forEach((k, v) => { raw.push(k, v) })
     const remoteAddress = formatAddress(res.getRemoteAddress())
     try {
-      if (!this.accepting) throw new FerryError('FERRY_ERR_QUEUE_FULL', 'gateway is stopping')
+      if (!this.accepting) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'gateway is stopping')
       const route = this.deps.router.match(host, path)
       if (route === undefined) throw new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${host}${path}`)
       const upstream = this.deps.wsUpstreams.get(route.upstream)

@@ -17,10 +17,20 @@ export function createLogger (opts: LoggerOptions): Logger {
   if (opts.pretty) {
     return pino({ level: opts.level, base: opts.base ?? null, transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } } })
   }
-  return pino({ level: opts.level, base: opts.base ?? null, timestamp: pino.stdTimeFunctions.isoTime },
-    pino.destination({ dest: 1, sync: false, minLength: 0 }))
+  const dest = pino.destination({ dest: 1, sync: false, minLength: 0 })
+  // stdout's reader went away (EPIPE): drop logs rather than let a flush at exit retry forever,
+  // which blocked the main thread (and the stop deadline with it).
+  dest.on('error', () => {
+    BROKEN.add(logger)
+    try { dest.destroy() } catch { /* already closed */ }
+  })
+  const logger = pino({ level: opts.level, base: opts.base ?? null, timestamp: pino.stdTimeFunctions.isoTime }, dest)
+  return logger
 }
 
+const BROKEN = new WeakSet<Logger>()
+
 export function flushLogger (logger: Logger): void {
+  if (BROKEN.has(logger)) return
   try { logger.flush() } catch { /* destination already closed */ }
 }
