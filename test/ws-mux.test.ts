@@ -413,3 +413,14 @@ t.test('topic flood: a subscriber that stopped reading is closed at maxBackpress
   t.equal(await metric(f, 'ferry_ws_closed_total{mode="mux",reason="FERRY_ERR_WS_CLIENT_BACKPRESSURE"}'), 1, 'counted as FERRY_ERR_WS_CLIENT_BACKPRESSURE')
   for (const c of readers) c.ws.close()
 })
+
+t.test('a link whose backend stops answering PING is declared dead: its clients get 1012, and it reconnects', async (t) => {
+  const silent = await startRawMuxBackend(t, () => {}, {}, { answerPings: false })
+  const f = await startFerry(t, muxConfig([`127.0.0.1:${silent.port}`], { pool: { links: 1 }, timeouts: { pingIntervalMs: 200 }, reconnect: { minDelayMs: 50, maxDelayMs: 100 } }))
+  const c = await connect(`ws://127.0.0.1:${f.httpPort}/chat`)
+  const r = await closedWithin(c, 5000)
+  t.equal(r.code, 1012, 'the client of the silent link is closed 1012')
+  await waitFor('reconnect', () => silent.accepted() >= 2, 5000)
+  t.ok(silent.accepted() >= 2, `the slot reconnected (${silent.accepted()} connections accepted)`)
+  t.equal(await metric(f, 'ferry_ws_closed_total{mode="mux",reason="FERRY_ERR_MUX_PING_TIMEOUT"}'), 1, 'counted as FERRY_ERR_MUX_PING_TIMEOUT')
+})

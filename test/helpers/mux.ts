@@ -88,7 +88,7 @@ export async function upgradeStatus (url: string, headers: Record<string, string
  * A hand-driven mux backend for misbehaviour tests: answers HELLO and PING properly, and hands every
  * other frame and the socket to `onFrame`, so a test can send whatever bytes it wants.
  */
-export async function startRawMuxBackend (t: Teardown, onFrame: (f: Frame, socket: Socket, meta: Record<string, unknown> | undefined) => void, hello: Record<string, unknown> = {}): Promise<{ port: number, accepted: () => number }> {
+export async function startRawMuxBackend (t: Teardown, onFrame: (f: Frame, socket: Socket, meta: Record<string, unknown> | undefined) => void, hello: Record<string, unknown> = {}, opts: { answerPings?: boolean } = {}): Promise<{ port: number, accepted: () => number }> {
   let accepted = 0
   const sockets = new Set<Socket>()
   const server = createServer((socket) => {
@@ -98,7 +98,7 @@ export async function startRawMuxBackend (t: Teardown, onFrame: (f: Frame, socke
     socket.on('error', () => {})
     socket.write(encodeFrame(FrameType.HELLO, 0, 0, Buffer.from(JSON.stringify({ versions: [1], role: 'backend', id: 'evil', instance: `evil-${accepted}`, maxFrameBytes: 65536, initialWindow: 262144, ...hello }))))
     const dec = new FrameDecoder(16 * 1024 * 1024, (f) => {
-      if (f.type === FrameType.PING) { socket.write(encodeFrame(FrameType.PONG, 0, 0, f.payload)); return }
+      if (f.type === FrameType.PING) { if (opts.answerPings !== false) socket.write(encodeFrame(FrameType.PONG, 0, 0, f.payload)); return }
       if (f.type === FrameType.HELLO) return
       const meta = f.type === FrameType.OPEN ? JSON.parse(f.payload.toString()) as Record<string, unknown> : undefined
       onFrame({ ...f, payload: Buffer.from(f.payload) }, socket, meta)
