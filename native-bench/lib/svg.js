@@ -1,0 +1,81 @@
+// Hand-written SVG bar charts for native-bench/results (no dependency): grouped bars, one colour per
+// target (same colour for the same target in every chart), min–max whiskers, value labels, a legend.
+const COLORS = {
+  direct: '#9e9e9e', ferry: '#1f77b4', 'ferry-ws': '#1f77b4', 'ferry-mux': '#0b3d91', nginx: '#2ca02c', nginx64: '#98df8a',
+  haproxy: '#ff7f0e', pushpin: '#9467bd',
+}
+const FALLBACK = ['#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f']
+
+const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;')
+const short = (v, decimals) => {
+  if (!Number.isFinite(v)) return ''
+  if (v === 0) return '0'
+  if (decimals !== undefined) return v.toFixed(decimals)
+  if (v >= 1e6) return `${(v / 1e6).toFixed(v >= 1e7 ? 1 : 2)}M`
+  if (v >= 1e4) return `${(v / 1e3).toFixed(v >= 1e5 ? 0 : 1)}k`
+  if (v >= 1e3) return `${(v / 1e3).toFixed(2)}k`
+  return v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)
+}
+function niceMax (v) {
+  if (!(v > 0)) return 1
+  const e = 10 ** Math.floor(Math.log10(v))
+  for (const m of [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * e >= v) return m * e
+  return 10 * e
+}
+
+/**
+ * groups: [{ label, bars: [{ label, key, value, min?, max?, note? }] }]; a bar whose value is not a number
+ * is drawn as its `note` (e.g. "n/a") instead.
+ */
+export function barChart ({ title, unit, groups, decimals, width = 960, height = 420 }) {
+  const keys = []
+  const labels = new Map()
+  for (const g of groups) for (const b of g.bars) if (!keys.includes(b.key)) { keys.push(b.key); labels.set(b.key, b.label) }
+  const color = (k) => COLORS[k] ?? FALLBACK[keys.indexOf(k) % FALLBACK.length]
+  const top = 70; const bottom = 50; const left = 70; const right = 20
+  const plotW = width - left - right; const plotH = height - top - bottom
+  const vmax = niceMax(Math.max(0, ...groups.flatMap((g) => g.bars.flatMap((b) => [b.value, b.max].filter(Number.isFinite)))))
+  const y = (v) => top + plotH - (v / vmax) * plotH
+  const out = []
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12">`)
+  out.push(`<rect width="${width}" height="${height}" fill="#ffffff"/>`)
+  out.push(`<text x="${width / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">${esc(title)}</text>`)
+  // legend
+  let lx = left
+  for (const k of keys) {
+    out.push(`<rect x="${lx}" y="36" width="12" height="12" fill="${color(k)}"/><text x="${lx + 16}" y="46">${esc(labels.get(k))}</text>`)
+    lx += 28 + 7 * labels.get(k).length
+  }
+  // axis and grid
+  for (let i = 0; i <= 5; i++) {
+    const v = (vmax / 5) * i
+    out.push(`<line x1="${left}" x2="${width - right}" y1="${y(v)}" y2="${y(v)}" stroke="#e0e0e0"/>`)
+    out.push(`<text x="${left - 6}" y="${y(v) + 4}" text-anchor="end" fill="#555">${esc(short(v, decimals))}</text>`)
+  }
+  out.push(`<text x="16" y="${top + plotH / 2}" transform="rotate(-90 16 ${top + plotH / 2})" text-anchor="middle" fill="#555">${esc(unit)}</text>`)
+  out.push(`<line x1="${left}" x2="${width - right}" y1="${y(0)}" y2="${y(0)}" stroke="#333"/>`)
+  // bars
+  const gw = plotW / groups.length
+  groups.forEach((g, gi) => {
+    const n = g.bars.length
+    const bw = Math.min(56, (gw * 0.8) / Math.max(1, n))
+    const x0 = left + gi * gw + (gw - bw * n) / 2
+    g.bars.forEach((b, bi) => {
+      const x = x0 + bi * bw
+      if (!Number.isFinite(b.value)) {
+        out.push(`<text x="${x + bw / 2}" y="${y(0) - 6}" text-anchor="middle" fill="#888" font-size="11">${esc(b.note ?? '—')}</text>`)
+        return
+      }
+      out.push(`<rect x="${x + 2}" y="${y(b.value)}" width="${bw - 4}" height="${Math.max(0, y(0) - y(b.value))}" fill="${color(b.key)}"><title>${esc(`${b.label}: ${short(b.value, decimals)} ${unit}${Number.isFinite(b.min) ? ` (${short(b.min, decimals)}–${short(b.max, decimals)})` : ''}`)}</title></rect>`)
+      if (Number.isFinite(b.min) && Number.isFinite(b.max) && b.max > b.min) {
+        const cx = x + bw / 2
+        out.push(`<line x1="${cx}" x2="${cx}" y1="${y(b.min)}" y2="${y(b.max)}" stroke="#222"/><line x1="${cx - 5}" x2="${cx + 5}" y1="${y(b.min)}" y2="${y(b.min)}" stroke="#222"/><line x1="${cx - 5}" x2="${cx + 5}" y1="${y(b.max)}" y2="${y(b.max)}" stroke="#222"/>`)
+      }
+      const labelY = Math.min(y(b.value), Number.isFinite(b.max) ? y(b.max) : y(b.value)) - 5
+      out.push(`<text x="${x + bw / 2}" y="${labelY}" text-anchor="middle" font-size="10">${esc(short(b.value, decimals))}</text>`)
+    })
+    out.push(`<text x="${left + gi * gw + gw / 2}" y="${y(0) + 20}" text-anchor="middle">${esc(g.label)}</text>`)
+  })
+  out.push('</svg>')
+  return out.join('\n') + '\n'
+}
