@@ -35,7 +35,7 @@ export const ERRORS = {
   FERRY_ERR_TCP_IDLE: { status: 0, description: 'No bytes moved either way on a TCP connection for idleTimeoutMs (this includes a peer that stopped reading); both sides were closed.' },
   FERRY_ERR_TCP_CLIENT_RESET: { status: 0, description: 'The TCP client reset the connection or it failed with a socket error; the backend connection was reset too.' },
   FERRY_ERR_TCP_SHUTDOWN: { status: 0, description: 'The gateway stopped and a TCP connection was still open after shutdownGraceMs; it was closed.' },
-  FERRY_ERR_NOT_WEBSOCKET: { status: 400, description: 'A WebSocket upgrade arrived for a route whose upstream is plain HTTP, or the upgrade request is malformed (bad Sec-WebSocket-Key or version).' },
+  FERRY_ERR_NOT_WEBSOCKET: { status: 400, description: 'The WebSocket upgrade request is malformed (bad Sec-WebSocket-Key or version). (An upgrade on a route to an http upstream is passed through to its endpoints.)' },
   FERRY_ERR_UPGRADE_REQUIRED: { status: 426, description: 'A plain HTTP request arrived for a route whose upstream takes WebSocket sessions only.' },
   FERRY_ERR_WS_UPSTREAM_HANDSHAKE: { status: 502, description: 'The passthrough backend refused the WebSocket handshake (non-101 answer) or picked a subprotocol the client did not offer.' },
   FERRY_ERR_WS_CLIENT_BACKPRESSURE: { status: 0, description: 'A WebSocket client stopped reading: its queued bytes (topic messages included) passed websocket.maxBackpressure; it was closed 1008 without delaying other sessions. (Checked every 64 KiB published to a topic and once a second; uWS itself cuts at twice the limit.)' },

@@ -84,6 +84,15 @@ export class Gateway {
         this.wsUpstreams.set(name, createWsUpstream(name, ucfg, log, this.metrics, this.config.gateway.id))
         continue
       }
+      // WebSocket upgrades on routes to this HTTP upstream go to its endpoints 1:1 (what nginx does with
+      // Upgrade headers), as a passthrough upstream of its own (metrics label `NAME:ws`).
+      this.wsUpstreams.set(name, createWsUpstream(`${name}:ws`, {
+        protocol: 'ws',
+        endpoints: ucfg.endpoints.map((e) => e.replace(/^http:\/\//, '')),
+        balance: ucfg.balance,
+        timeouts: { connectMs: ucfg.timeouts.connectMs + ucfg.timeouts.responseMs },
+        ejection: ucfg.ejection,
+      }, log, this.metrics, this.config.gateway.id))
       const upstream = new HttpUpstream(name, ucfg, log, this.metrics)
       this.upstreams.set(name, upstream)
       contexts.set(name, {
@@ -184,7 +193,7 @@ export class Gateway {
       websocket: this.front?.ws.status(),
       upstreams: [
         ...[...this.upstreams.values()].map((u) => u.status()),
-        ...[...this.wsUpstreams.values()].map((u) => u.status()),
+        ...[...this.wsUpstreams.entries()].filter(([name]) => this.config.upstreams[name]?.protocol !== 'http').map(([, u]) => u.status()),
         ...[...this.tcpUpstreams.values()].map((u) => u.status()),
       ],
     }

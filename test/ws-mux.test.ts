@@ -270,7 +270,7 @@ t.test('client-side limits: oversize → 1009, invalid UTF-8 ends the session, a
   other.ws.close()
 })
 
-t.test('upgrade errors: no link → 502, plain GET on a WebSocket route → 426, upgrade on an HTTP route → 400, no route → 404', async (t) => {
+t.test('upgrade errors: no link → 502, plain GET on a WebSocket route → 426, upgrade on an HTTP route to a dead backend → 502, no route → 404', async (t) => {
   const dead = await deadPort()
   const f = await startFerry(t, {
     upstreams: {
@@ -287,8 +287,8 @@ t.test('upgrade errors: no link → 502, plain GET on a WebSocket route → 426,
   t.equal(plain.headers.get('upgrade'), 'websocket', 'with Upgrade: websocket')
   t.match(await plain.json(), { error: { code: 'FERRY_ERR_UPGRADE_REQUIRED' } })
   const onHttp = await upgradeStatus(`ws://127.0.0.1:${f.httpPort}/api`)
-  t.equal(onHttp.status, 400, 'an upgrade on an HTTP route: 400')
-  t.match(JSON.parse(onHttp.body), { error: { code: 'FERRY_ERR_NOT_WEBSOCKET' } })
+  t.equal(onHttp.status, 502, 'an upgrade on an HTTP route goes to that upstream\'s endpoints (down here): 502')
+  t.match(JSON.parse(onHttp.body), { error: { code: 'FERRY_ERR_UPSTREAM_CONNECT' } })
   const none = await upgradeStatus(`ws://127.0.0.1:${f.httpPort}/nowhere`)
   t.equal(none.status, 404, 'no route: 404')
   t.ok(await metric(f, 'ferry_ws_upgrade_failures_total{route="*/chat",code="FERRY_ERR_MUX_NO_LINK"}') >= 1, 'upgrade failures counted by route and code')

@@ -141,7 +141,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       const route = this.deps.router.match(host, path)
       if (route === undefined) throw new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${host}${path}`)
       const upstream = this.deps.wsUpstreams.get(route.upstream)
-      if (upstream === undefined) throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', `route ${route.name} does not take WebSocket upgrades (its upstream ${route.upstream} is http)`)
+      if (upstream === undefined) throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', `route ${route.name} does not take WebSocket upgrades`)
       if (!KEY_RE.test(key) || version !== '13') throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', 'bad Sec-WebSocket-Key or Sec-WebSocket-Version (13 expected)')
       const settings = route.websocket ?? DEFAULT_WS_SETTINGS
       const headers: Record<string, string> = {}
