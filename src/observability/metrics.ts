@@ -37,6 +37,11 @@ export class Metrics {
   readonly muxPublished: Counter<'upstream'>
   readonly muxFanout: Counter<'upstream'>
   readonly muxProtocolErrors: Counter<'upstream' | 'code'>
+  readonly affinityFallback: Gauge<'store'>
+  readonly affinityLookups: Counter<'store' | 'outcome'>
+  readonly affinityStoreLatency: Histogram<'store' | 'op'>
+  readonly affinityStoreErrors: Counter<'store' | 'op' | 'reason'>
+  readonly affinityEvictions: Counter<'store'>
 
   constructor (registry = new Registry()) {
     this.registry = registry
@@ -72,6 +77,12 @@ export class Metrics {
     this.muxPublished = new Counter({ name: 'ferry_mux_published_total', help: 'PUBLISH frames received from mux backends (one topic message each).', labelNames: ['upstream'], registers: r })
     this.muxFanout = new Counter({ name: 'ferry_mux_fanout_deliveries_total', help: 'Client deliveries made by topic fan-out (subscribers reached per PUBLISH, summed).', labelNames: ['upstream'], registers: r })
     this.muxProtocolErrors = new Counter({ name: 'ferry_mux_protocol_errors_total', help: 'Mux protocol violations by the backend (malformed frames, flow-control violations, bad UTF-8), by error code; link-scoped ones close the link, stream-scoped ones reset the stream.', labelNames: ['upstream', 'code'], registers: r })
+    // Session affinity store (store = memory | redis).
+    this.affinityFallback = new Gauge({ name: 'ferry_affinity_fallback', help: '1 while the affinity store cannot answer within affinity.redis.lookupTimeoutMs (Redis down, slow or not connected yet) and sessions are placed by rendezvous hashing of their key; 0 when it answers.', labelNames: ['store'], registers: r })
+    this.affinityLookups = new Counter({ name: 'ferry_affinity_lookups_total', help: 'Affinity lookups by outcome: hit (a record), miss (none), fallback (the store could not answer; rendezvous hashing decides).', labelNames: ['store', 'outcome'], registers: r })
+    this.affinityStoreLatency = new Histogram({ name: 'ferry_affinity_store_seconds', help: 'Time the affinity store (Redis) took to answer a call, by operation; calls past lookupTimeoutMs are counted in ferry_affinity_store_errors_total instead.', labelNames: ['store', 'op'], buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: r })
+    this.affinityStoreErrors = new Counter({ name: 'ferry_affinity_store_errors_total', help: 'Affinity store calls that failed, by operation and reason: timeout (no answer within lookupTimeoutMs), connection (Redis unreachable), reply (Redis refused the command), corrupt (the value is not an affinity record).', labelNames: ['store', 'op', 'reason'], registers: r })
+    this.affinityEvictions = new Counter({ name: 'ferry_affinity_evictions_total', help: 'Affinity records dropped before their TTL because the memory store held affinity.maxEntries.', labelNames: ['store'], registers: r })
     this.configInfo = new Gauge({ name: 'ferry_info', help: 'Constant 1, labelled with this gateway\'s id and version.', labelNames: ['gateway', 'version'], registers: r })
   }
 
