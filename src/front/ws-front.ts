@@ -68,8 +68,8 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       patterns.add(pattern)
       app.ws(pattern, this.behavior(s))
     }
-    // Longer paths first does not matter to uWS (its router prefers static segments), but keeps logs tidy.
-    for (const [path, s] of [...byPath].sort((a, b) => b[0].length - a[0].length)) {
+    // Registration order does not matter: uWS's router prefers static segments over wildcards.
+    for (const [path, s] of byPath) {
       if (path === '/') continue
       const base = path.endsWith('/') ? path.slice(0, -1) : path
       add(base, s)

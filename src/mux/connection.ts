@@ -308,7 +308,7 @@ export class MuxConnection {
     this.handler.closed(end)
   }
 
-  /** Graceful: GOAWAY, then close once the last stream is gone (or now if there is none). */
+  /** No open streams: a draining link may close now. */
   get idle (): boolean {
     return this.streams.size === 0
   }

@@ -201,10 +201,11 @@ export class MuxUpstream implements WsUpstream {
     const balancer = affine ? this.byKey : this.balancer
     const deadline = Date.now() + this.cfg.timeouts.openMs
     for (;;) {
-      const ep = balancer.pick(Infinity, Date.now(), undefined, key)
-      const slot = ep?.acceptsAt(Date.now()) === true ? ep.readyLink() : this.anyReadyLink()
-      if (slot?.conn !== undefined) {
-        const owner = ep?.slots.includes(slot) === true ? ep : this.endpoints.find((e) => e.slots.includes(slot))!
+      const picked = balancer.pick(Infinity, Date.now(), undefined, key)
+      // Panic (the balancer fell back to an endpoint without a ready link): any endpoint that has one.
+      const owner = picked?.acceptsAt(Date.now()) === true ? picked : this.endpoints.find((e) => e.readyLink() !== undefined)
+      const slot = owner?.readyLink()
+      if (owner !== undefined && slot?.conn !== undefined) {
         const protocol = hs.settings.subprotocols.find((p) => hs.protocols.includes(p)) ?? ''
         const leg = new MuxLeg(protocol, sink, owner, this.stalls)
         const stream = slot.conn.openStream({
@@ -226,15 +227,6 @@ export class MuxUpstream implements WsUpstream {
         this.waiters.push(done)
       })
     }
-  }
-
-  /** Panic: the balancer chose an endpoint without a ready link (all ejected); use any ready link. */
-  private anyReadyLink (): LinkSlot | undefined {
-    for (const ep of this.endpoints) {
-      const s = ep.readyLink()
-      if (s !== undefined) return s
-    }
-    return undefined
   }
 
   async close (kind: 'flush' | 'abort'): Promise<void> {
