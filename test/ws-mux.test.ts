@@ -376,7 +376,11 @@ t.test('topic messages keep publish order across a gateway with 4 links, even wh
   for (const c of clients.slice(0, 20)) for (let k = 0; k < 20; k++) c.ws.send(Buffer.alloc(32 * 1024))
   const N = 500
   for (let k = 0; k < N; k++) backend.publish('news', `n${k}`)
-  await Promise.all(clients.map(async (c, i) => { await c.waitMessages(N + (i < 20 ? 20 : 0)) }))
+  // Bounded: a stall fails the assertion below instead of hanging the run.
+  await Promise.race([
+    Promise.all(clients.map(async (c, i) => { await c.waitMessages(N + (i < 20 ? 20 : 0)) })),
+    new Promise((resolve) => setTimeout(resolve, 30000).unref()),
+  ])
   const disordered = clients.filter((c) => {
     const news = c.messages.filter((m) => !m.binary).map((m) => m.data.toString())
     return news.length !== N || news.some((m, k) => m !== `n${k}`)

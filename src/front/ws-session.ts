@@ -267,7 +267,11 @@ export class ClientSession implements ClientSink {
     if (this.state !== 'open' || this.ws === undefined) return
     if (this.ws.getBufferedAmount() > this.hs.settings.maxBackpressure) {
       this.closeClient(1008, 'client is not reading', 'FERRY_ERR_WS_CLIENT_BACKPRESSURE')
+      return
     }
+    // uWS calls drain while its buffer empties, not necessarily once more after it went below the low
+    // watermark: the sweep re-checks, so a stream never stays without credit for a drained client.
+    this.drained()
   }
 
   fromClient (message: ArrayBuffer, binary: boolean): void {
