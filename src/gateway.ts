@@ -14,6 +14,8 @@ import { TcpUpstream } from './upstream/tcp/upstream.js'
 import { VERSION } from './version.js'
 import type { WsUpstream } from './front/ws-types.js'
 import { createWsUpstream } from './upstream/ws-upstreams.js'
+import { createAffinityStore, type AffinityStore } from './affinity/index.js'
+import { resolveResumeSecret, ResumeTokens, type SecretSource } from './sessions/token.js'
 
 export type GatewayState = 'created' | 'starting' | 'running' | 'stopping' | 'stopped'
 
@@ -50,6 +52,8 @@ export class Gateway {
   private ports: BoundPorts | undefined
   private readonly startedAt = Date.now()
   private readonly removeCollector: () => void
+  private store: AffinityStore | undefined
+  private secretSource: SecretSource | undefined
 
   constructor (opts: GatewayOptions) {
     this.config = opts.config
@@ -74,6 +78,15 @@ export class Gateway {
     this.transition('starting')
     const cfg = this.config
     const contexts = new Map<string, ExchangeContext>()
+    const { secret, source } = resolveResumeSecret(cfg.resume)
+    this.secretSource = source
+    if (source === 'random') this.log.warn('resume.secret is not set: resume tokens work only on this process (set resume.secret, resume.secretFile or FERRY_RESUME_SECRET, shared by every pod)')
+    const tokens = new ResumeTokens(secret, cfg.resume.tokenTtlMs)
+    const store = createAffinityStore(cfg.affinity, { logger: this.log.child({ component: 'affinity' }), metrics: this.metrics })
+    this.store = store
+    // Start in a known state: Redis connected, or found unreachable (then the store falls back).
+    await store.ready(Math.min(2000, 20 * cfg.affinity.redis.lookupTimeoutMs))
+    const wsDeps = { gatewayId: cfg.gateway.id, store, ttlMs: cfg.affinity.ttlMs, tokens }
     for (const [name, ucfg] of Object.entries(cfg.upstreams)) {
       const log = this.log.child({ upstream: name })
       if (ucfg.protocol === 'tcp') {
@@ -81,7 +94,7 @@ export class Gateway {
         continue
       }
       if (ucfg.protocol === 'ws' || ucfg.protocol === 'mux') {
-        this.wsUpstreams.set(name, createWsUpstream(name, ucfg, log, this.metrics, this.config.gateway.id))
+        this.wsUpstreams.set(name, createWsUpstream(name, ucfg, log, this.metrics, wsDeps))
         continue
       }
       // WebSocket upgrades on routes to this HTTP upstream go to its endpoints 1:1 (what nginx does with
@@ -92,7 +105,7 @@ export class Gateway {
         balance: ucfg.balance,
         timeouts: { connectMs: ucfg.timeouts.connectMs + ucfg.timeouts.responseMs },
         ejection: ucfg.ejection,
-      }, log, this.metrics, this.config.gateway.id))
+      }, log, this.metrics, wsDeps))
       const upstream = new HttpUpstream(name, ucfg, log, this.metrics)
       this.upstreams.set(name, upstream)
       contexts.set(name, {
@@ -147,6 +160,7 @@ export class Gateway {
       ...this.tcpListeners.map(async (l) => { await l.close(kind) }),
     ])
     for (const u of this.tcpUpstreams.values()) u.close(kind)
+    await this.store?.close(kind)
     this.admin?.close()
     this.removeCollector()
     this.transition('stopped')
@@ -191,6 +205,8 @@ export class Gateway {
       },
       routes: this.config.routes.map((r) => ({ host: r.match.host, path: r.match.path, upstream: r.upstream, kind: this.config.upstreams[r.upstream]?.protocol === 'http' ? 'http' : 'websocket' })),
       websocket: this.front?.ws.status(),
+      affinity: this.store?.status(),
+      resume: { secret: this.secretSource, tokenTtlMs: this.config.resume.tokenTtlMs },
       upstreams: [
         ...[...this.upstreams.values()].map((u) => u.status()),
         ...[...this.wsUpstreams.entries()].filter(([name]) => this.config.upstreams[name]?.protocol !== 'http').map(([, u]) => u.status()),

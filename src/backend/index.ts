@@ -17,9 +17,12 @@ import { EventEmitter, once } from 'node:events'
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net'
 import { hostname } from 'node:os'
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls'
-import { encodePublish, encodeTopicFrame, FrameType, GoawayCode, ResetCode } from '../mux/codec.js'
+import { encodePublish, GoawayCode, ResetCode } from '../mux/codec.js'
 import { MuxConnection, type Hello } from '../mux/connection.js'
 import type { MuxStream, StreamEvents } from '../mux/stream.js'
+import { ACK_EVERY, Session, type Link, type SendData, type SessionHost, type SessionInfo } from './session.js'
+
+export { Session, type SendData, type SessionInfo } from './session.js'
 
 export interface MuxServerOptions {
   /** TCP port to listen on; 0 picks a free one (see `address()`). Default 0. */
@@ -36,147 +39,27 @@ export interface MuxServerOptions {
   maxMessageBytes?: number
   /** Serve links over TLS with these options (key, cert, …). */
   tls?: TlsOptions
-}
-
-/** What the gateway tells the backend about a session (OPEN metadata). */
-export interface SessionInfo {
-  /** The session's affinity key (the route's `affinity.key` value), or Ferry's session id when it has none. */
-  key: string
-  /** Ferry's id for this client connection. */
-  session: string
-  path: string
-  query: string
-  headers: Record<string, string>
-  remoteAddress: string
-  /** The subprotocol selected for the client ('' for none). */
-  protocol: string
-  /** The gateway route name. */
-  route: string
-}
-
-export type SendData = string | Buffer | Uint8Array | ArrayBuffer
-
-const enum ReadyState { CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3 }
-
-interface SessionEvents {
-  message: [data: Buffer, isBinary: boolean]
-  close: [code: number, reason: string]
-  drain: []
-  error: [err: Error]
-}
-
-/** One client session, as the application sees it. */
-export class Session extends EventEmitter<SessionEvents> {
-  static readonly CONNECTING = 0
-  static readonly OPEN = 1
-  static readonly CLOSING = 2
-  static readonly CLOSED = 3
-  readyState: number = ReadyState.OPEN
-  /** The affinity key (from the route's `affinity.key`), else the same as `id`. */
-  readonly key: string
-  /** Ferry's id for this client connection. */
-  readonly id: string
-  readonly path: string
-  readonly query: URLSearchParams
-  readonly headers: Readonly<Record<string, string>>
-  readonly remoteAddress: string
-  readonly protocol: string
-  readonly route: string
-  /** The gateway instance the session came through. */
-  readonly gateway: string
-  /** The id of the link the session's stream is on (see `server.links()`). */
-  readonly linkId: number
-  private readonly subscribed = new Set<string>()
-
-  /** @internal */
-  constructor (private readonly stream: MuxStream, info: SessionInfo, link: Link, private readonly server: MuxServer) {
-    super()
-    this.key = info.key
-    this.id = info.session
-    this.path = info.path
-    this.query = new URLSearchParams(info.query)
-    this.headers = info.headers
-    this.remoteAddress = info.remoteAddress
-    this.protocol = info.protocol
-    this.route = info.route
-    this.gateway = link.gateway
-    this.linkId = link.id
-    this.writeFrame = (frame) => { link.conn.write(frame) }
-  }
-
-  private readonly writeFrame: (frame: Buffer) => void
-
-  /** Bytes queued because the stream has no credit (the client is not reading fast enough). */
-  get bufferedAmount (): number {
-    return this.stream.queued
-  }
-
-  get topics (): ReadonlySet<string> {
-    return this.subscribed
-  }
-
   /**
-   * Sends one message: strings go as text unless `binary`, bytes as binary unless `binary: false`.
-   * Returns false when it had to be queued for credit; wait for `drain` before sending much more.
+   * Resumable sessions (clients using `ferry/client`; docs/resume.md). A session whose client went away
+   * is parked for `windowMs` (default 30 s): the application sees no `close`, `send` keeps the messages
+   * (up to `maxBufferedBytes`, default 8 MiB, counting everything the client has not acknowledged), and
+   * a client that resumes through any gateway gets exactly what it missed. `false` turns it off (those
+   * clients then get plain sessions).
    */
-  send (data: SendData, opts: { binary?: boolean } = {}): boolean {
-    if (this.readyState !== ReadyState.OPEN) return false
-    const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data instanceof ArrayBuffer ? new Uint8Array(data) : data
-    const binary = opts.binary ?? typeof data !== 'string'
-    return this.stream.send(bytes, binary)
-  }
+  resume?: { windowMs?: number, maxBufferedBytes?: number } | false
+}
 
-  /** Closes the session; the client gets this code and reason (≤ 123 bytes). `close` is emitted. */
-  close (code = 1000, reason = ''): void {
-    if (this.readyState !== ReadyState.OPEN) return
-    this.readyState = ReadyState.CLOSING
-    this.stream.close(code, reason)
-    this.ended(code, reason)
-  }
-
-  /** The client joins `topic` (1–1024 bytes of UTF-8): `server.publish(topic, …)` reaches it. */
-  subscribe (topic: string): void {
-    this.topicFrame(FrameType.SUBSCRIBE, topic)
-    this.subscribed.add(topic)
-  }
-
-  unsubscribe (topic: string): void {
-    if (!this.subscribed.delete(topic)) return
-    this.topicFrame(FrameType.UNSUBSCRIBE, topic)
-  }
-
-  private topicFrame (type: typeof FrameType.SUBSCRIBE | typeof FrameType.UNSUBSCRIBE, topic: string): void {
-    const n = Buffer.byteLength(topic)
-    if (n < 1 || n > 1024) throw new RangeError(`topic must be 1-1024 bytes of UTF-8 (got ${n})`)
-    if (this.readyState !== ReadyState.OPEN) return
-    this.writeFrame(encodeTopicFrame(type, this.stream.id, topic))
-  }
-
-  /** @internal The stream's events, bridged to the EventEmitter API; application errors are contained. */
-  events (): StreamEvents {
-    return {
-      message: (data, binary) => { this.safeEmit('message', data, binary) },
-      end: (code, reason) => { this.ended(code === 1012 ? 1006 : code, reason) },
-      drain: () => { this.safeEmit('drain') },
-    }
-  }
-
-  private ended (code: number, reason: string): void {
-    if (this.readyState === ReadyState.CLOSED) return
-    this.readyState = ReadyState.CLOSED
-    this.subscribed.clear()
-    this.server.sessionEnded(this)
-    // Like ws: 'close' comes after the call that closed returns.
-    process.nextTick(() => { this.safeEmit('close', code, reason) })
-  }
-
-  private safeEmit<K extends keyof SessionEvents> (event: K, ...args: SessionEvents[K]): void {
-    try {
-      (this.emit as (e: K, ...a: SessionEvents[K]) => boolean)(event, ...args)
-    } catch (err) {
-      this.server.appError(err, this)
-    }
-  }
+/** Counters of the resume machinery (`server.stats()`). */
+export interface MuxServerStats {
+  sessions: number
+  parked: number
+  resumed: number
+  /** Resumes refused, by reason (`unknown`, `stale`, `bad_ack`, `invalid`): those clients got a fresh session. */
+  resumeRefused: Record<string, number>
+  /** Parked sessions closed because the window passed or the buffer filled. */
+  expired: number
+  /** Messages sent again to resuming clients. */
+  replayed: number
 }
 
 interface ServerEvents {
@@ -187,9 +70,6 @@ interface ServerEvents {
   link: [info: { gateway: string, instance: string, remoteAddress: string, event: 'ready' | 'closed', reason?: string }]
   close: []
 }
-
-/** A link and the gateway instance it belongs to. */
-interface Link { id: number, conn: MuxConnection, instance: string, gateway: string, remoteAddress: string, remotePort: number }
 
 /** One gateway link, as `server.links()` lists it. */
 export interface LinkInfo {
@@ -204,13 +84,22 @@ export interface LinkInfo {
   terminate: () => void
 }
 
-export class MuxServer extends EventEmitter<ServerEvents> {
+export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost {
   /** Resolves once the server listens (rejects if it cannot). */
   readonly listening: Promise<void>
   private readonly server: NetServer
   private readonly links_ = new Set<Link>()
   private readonly sessionSet = new Set<Session>()
-  private readonly opts: Required<Omit<MuxServerOptions, 'tls'>>
+  private readonly opts: Required<Omit<MuxServerOptions, 'tls' | 'resume'>>
+  readonly resumeEnabled: boolean
+  readonly resumeWindowMs: number
+  readonly maxReplayBytes: number
+  /** Resumable sessions by id (attached and parked). */
+  private readonly resumable = new Map<string, Session>()
+  private parkedCount = 0
+  private readonly counts = { resumed: 0, expired: 0, replayed: 0, refused: {} as Record<string, number> }
+  private readonly acksDue = new Set<Session>()
+  private ackTimer: NodeJS.Timeout | undefined
   private closing = false
   private nextLinkId = 0
   /** TCP connections accepted since start (links, including ones that never completed HELLO). */
@@ -226,6 +115,10 @@ export class MuxServer extends EventEmitter<ServerEvents> {
       maxFrameBytes: options.maxFrameBytes ?? 64 * 1024,
       maxMessageBytes: options.maxMessageBytes ?? 16 * 1024 * 1024,
     }
+    this.resumeEnabled = options.resume !== false
+    const r = options.resume === false ? {} : options.resume ?? {}
+    this.resumeWindowMs = r.windowMs ?? 30_000
+    this.maxReplayBytes = r.maxBufferedBytes ?? 8 * 1024 * 1024
     const onSocket = (socket: Socket): void => { this.accept(socket) }
     this.server = options.tls !== undefined ? createTlsServer(options.tls, onSocket) : createNetServer(onSocket)
     this.listening = new Promise((resolve, reject) => {
@@ -286,6 +179,17 @@ export class MuxServer extends EventEmitter<ServerEvents> {
     return chosen.size
   }
 
+  stats (): MuxServerStats {
+    return {
+      sessions: this.sessionSet.size,
+      parked: this.parkedCount,
+      resumed: this.counts.resumed,
+      resumeRefused: { ...this.counts.refused },
+      expired: this.counts.expired,
+      replayed: this.counts.replayed,
+    }
+  }
+
   /** Stops listening, closes every session (1001) and link (GOAWAY first). */
   async close (): Promise<void> {
     if (this.closing) return
@@ -313,6 +217,7 @@ export class MuxServer extends EventEmitter<ServerEvents> {
       maxFrameBytes: this.opts.maxFrameBytes,
       initialWindow: this.opts.initialWindow,
       maxMessageBytes: this.opts.maxMessageBytes,
+      resume: this.resumeEnabled,
     }, {
       ready: (peer: Hello) => {
         link = { id: ++this.nextLinkId, conn, instance: String(peer.instance), gateway: String(peer.id), remoteAddress, remotePort }
@@ -334,8 +239,9 @@ export class MuxServer extends EventEmitter<ServerEvents> {
   private openSession (stream: MuxStream, meta: Buffer, link: Link | undefined): StreamEvents | undefined {
     if (this.closing || link === undefined) return undefined
     let info: SessionInfo
+    let m: Partial<SessionInfo> & { resumable?: unknown, resume?: { session?: unknown, epoch?: unknown, received?: unknown } }
     try {
-      const m = JSON.parse(meta.toString('utf8')) as Partial<SessionInfo>
+      m = JSON.parse(meta.toString('utf8')) as typeof m
       info = {
         key: String(m.key ?? ''),
         session: String(m.session ?? m.key ?? ''),
@@ -350,8 +256,31 @@ export class MuxServer extends EventEmitter<ServerEvents> {
       stream.reset(ResetCode.PROTOCOL, 'OPEN metadata is not JSON', 'FERRY_ERR_MUX_BAD_FRAME')
       return { message: () => {}, end: () => {}, drain: () => {} }
     }
-    const session = new Session(stream, info, link, this)
+    const resumable = this.resumeEnabled && m.resumable === true
+    let refused: string | undefined
+    if (resumable && m.resume !== undefined && m.resume !== null) {
+      const r = m.resume
+      const old = typeof r.session === 'string' ? this.resumable.get(r.session) : undefined
+      const epoch = Number(r.epoch)
+      const received = Number(r.received)
+      if (!Number.isSafeInteger(epoch) || !Number.isSafeInteger(received) || received < 0) refused = 'invalid'
+      else if (old === undefined || old.key !== info.key) refused = 'unknown'
+      else refused = old.resumeRefusal(epoch, received)
+      if (refused === undefined) {
+        this.counts.resumed++
+        const { events, replayed } = old!.attach(stream, link, received)
+        this.counts.replayed += replayed
+        return events
+      }
+      this.counts.refused[refused] = (this.counts.refused[refused] ?? 0) + 1
+    }
+    const session = new Session(stream, info, link, this, resumable)
     this.sessionSet.add(session)
+    if (resumable) {
+      // A fresh id always: a refused resume must never continue under the old session's name.
+      this.resumable.set(session.id, session)
+      stream.sendAccept({ resumed: false, session: session.id, epoch: 0, received: 0, ...(refused !== undefined ? { reason: refused } : {}) })
+    }
     const events = session.events()
     stream.events = events
     // Synchronously: DATA right behind the OPEN in the same read must find the application's listeners.
@@ -363,9 +292,36 @@ export class MuxServer extends EventEmitter<ServerEvents> {
     return events
   }
 
+  /** @internal A resumable session received a client message: ACK now after ACK_EVERY, else within 100 ms. */
+  ackDue (s: Session): void {
+    if (s.unackedIn >= ACK_EVERY) { s.flushAck(); this.acksDue.delete(s); return }
+    this.acksDue.add(s)
+    if (this.ackTimer === undefined) {
+      this.ackTimer = setTimeout(() => {
+        this.ackTimer = undefined
+        const due = [...this.acksDue]
+        this.acksDue.clear()
+        for (const x of due) x.flushAck()
+      }, 100)
+      this.ackTimer.unref()
+    }
+  }
+
+  /** @internal */
+  parked (_s: Session, parked: boolean): void {
+    this.parkedCount += parked ? 1 : -1
+  }
+
+  /** @internal A parked session was closed: its window passed or its buffer filled. */
+  expired (): void {
+    this.counts.expired++
+  }
+
   /** @internal */
   sessionEnded (s: Session): void {
     this.sessionSet.delete(s)
+    this.acksDue.delete(s)
+    if (this.resumable.get(s.id) === s) this.resumable.delete(s.id)
   }
 
   /** @internal An application handler threw: report it, keep the session and the link. */

@@ -217,12 +217,21 @@ export const configSchema = z.strictObject({
       keyPrefix: z.string().min(1).default('ferry:aff:').describe('Prefix of the Redis keys.'),
     }).prefault({}).describe('With `store: redis`.'),
   }).prefault({}).describe('The session affinity store (see a route\'s `affinity.key`).'),
+  resume: z.strictObject({
+    secret: z.string().min(32, { error: 'must be at least 32 characters' }).optional()
+      .describe('Key that seals resume tokens; every pod must share it so a client can resume through any of them. Default: the FERRY_RESUME_SECRET environment variable, else a random key per process (tokens then only work on the pod that issued them; logged as a warning).'),
+    secretFile: z.string().min(1).optional().describe('Read the secret from this file instead (a mounted Kubernetes Secret); surrounding whitespace is ignored.'),
+    tokenTtlMs: durationMs(3600000, 'How long a resume token is valid; live sessions get a fresh token every half of it.'),
+  }).prefault({}).describe('Resumable sessions for `ferry/client` clients on routes to `mux` upstreams (docs/resume.md).'),
   logging: z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('pino log level.'),
     accessLog: z.boolean().default(true).describe('One JSON line per HTTP request (id, method, path, status, upstream, duration, bytes).'),
     pretty: z.boolean().default(false).describe('Human-readable logs (pino-pretty) instead of JSON lines.'),
   }).prefault({}).describe('Logs (pino, JSON lines on stdout).'),
 }).superRefine((cfg, ctx) => {
+  if (cfg.resume.secret !== undefined && cfg.resume.secretFile !== undefined) {
+    ctx.addIssue({ code: 'custom', path: ['resume', 'secretFile'], input: cfg.resume.secretFile, message: 'give either resume.secret or resume.secretFile, not both' })
+  }
   const ofProtocol = (protocol: string): string => {
     const names = Object.keys(cfg.upstreams).filter((n) => cfg.upstreams[n]!.protocol === protocol)
     return names.length > 0 ? names.join(', ') : 'none'

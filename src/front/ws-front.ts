@@ -10,7 +10,8 @@ import { sendError } from '../upstream/http/exchange.js'
 import { formatAddress } from './address.js'
 import type { Uws } from './uws.js'
 import { ClientSession, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
-import { readAffinityKey, type TopicPublisher, type WsHandshake, type WsUpstream } from './ws-types.js'
+import { readAffinityKey, type ResumeOffer, type TopicPublisher, type WsHandshake, type WsUpstream } from './ws-types.js'
+import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wire.js'
 
 export interface WsFrontDeps {
   readonly uws: Uws
@@ -155,6 +156,17 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       headers['x-forwarded-proto'] = 'http'
       headers['x-forwarded-host'] = host
       headers[this.deps.requestIdHeader] = requestId
+      // `ferry.*` offers are Ferry's own (ferry/client); the rest are the application's.
+      let ferryClient = false
+      let resume: ResumeOffer | undefined
+      const protocols: string[] = []
+      for (const p of offered === '' ? [] : offered.split(',')) {
+        const t = p.trim()
+        if (t === '') continue
+        if (!t.startsWith('ferry.')) protocols.push(t)
+        else if (t === FERRY_SUBPROTOCOL) ferryClient = true
+        else resume ??= parseResumeOffer(t)
+      }
       const hs: WsHandshake = {
         sessionId: `${this.idPrefix}.${(++this.nextId).toString(36)}`,
         route: route.name,
@@ -162,10 +174,12 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         query,
         host,
         remoteAddress,
-        protocols: offered === '' ? [] : offered.split(',').map((p) => p.trim()).filter((p) => p !== ''),
+        protocols,
         headers,
         settings,
         affinityKey: readAffinityKey(route.affinityKey, raw, query),
+        // A resume offer without `ferry.v1` itself is not a ferry client.
+        ferry: ferryClient ? { resume } : undefined,
       }
       const s = new ClientSession(hs, this.sessionCounters(route, upstream.mode), settings.compression !== 'off', this)
       session = s
@@ -208,6 +222,10 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       for (const s of [...t.subs]) s.checkBackpressure()
     }
     return t.subs.size
+  }
+
+  hasSubscribers (topic: string): boolean {
+    return (this.topics.get(topic)?.subs.size ?? 0) > 0
   }
 
   /** ClientSession joined / left a topic (the front's registry; uWS holds the real subscription). */

@@ -278,7 +278,8 @@ export class ClientSession implements ClientSink {
     const leg = this.leg
     if (leg === undefined || this.state !== 'open') return
     const n = message.byteLength
-    if (n > this.hs.settings.maxPayloadLength) {
+    // A ferry.v1 message carries one kind byte before the application's message.
+    if (n > this.hs.settings.maxPayloadLength + (this.hs.ferry !== undefined ? 1 : 0)) {
       this.closeClient(1009, `message of ${n} bytes exceeds ${this.hs.settings.maxPayloadLength}`, 'FERRY_ERR_WS_MESSAGE_TOO_LARGE')
       return
     }

@@ -26,6 +26,18 @@ export interface WsHandshake {
   readonly settings: WebSocketRouteConfig
   /** The route's affinity key value for this client (from its cookie, header or query), if any. */
   readonly affinityKey: string | undefined
+  /**
+   * The client offered the `ferry.v1` subprotocol (it uses `ferry/client`; src/client/wire.ts), with a
+   * resume offer when it reconnects. Undefined for plain clients. `protocols` excludes the `ferry.*` offers.
+   */
+  readonly ferry: { readonly resume: ResumeOffer | undefined } | undefined
+}
+
+/** A reconnecting `ferry/client`'s offer: its token and the data messages it received and sent so far. */
+export interface ResumeOffer {
+  readonly token: string
+  readonly received: number
+  readonly sent: number
 }
 
 /** Reads a route's affinity key (`cookie:NAME`, `header:NAME`, `query:NAME`) from a handshake; at most 256 characters. */
@@ -88,6 +100,8 @@ export interface UpstreamLeg {
 export interface TopicPublisher {
   /** Publishes to every client subscribed to `topic`; returns how many were subscribed. */
   publish: (topic: string, data: Uint8Array, binary: boolean) => number
+  /** Some client is subscribed to `topic`. */
+  hasSubscribers: (topic: string) => boolean
 }
 
 /** An upstream that can carry WebSocket sessions (`protocol: ws` or `protocol: mux`). */

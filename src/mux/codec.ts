@@ -25,6 +25,12 @@ export const FrameType = {
   PING: 0x9,
   PONG: 0xa,
   GOAWAY: 0xb,
+  /** Resumable sessions: cumulative count of the session's data messages received (both ways). */
+  ACK: 0xc,
+  /** Resumable sessions: the backend's answer to an OPEN (JSON: resumed, session, epoch, received). */
+  ACCEPT: 0xd,
+  /** Resumable sessions: the gateway's side of the stream is gone but the session may resume (final). */
+  DETACH: 0xe,
 } as const
 export type FrameType = typeof FrameType[keyof typeof FrameType]
 const TYPE_NAMES = Object.fromEntries(Object.entries(FrameType).map(([k, v]) => [v, k])) as Record<number, string>
@@ -66,6 +72,9 @@ function checkPayload (type: number, len: number): string | undefined {
     case FrameType.GOAWAY: return len >= 8 && len <= 1024 ? undefined : 'GOAWAY payload must be 8-1024 bytes'
     case FrameType.SUBSCRIBE: case FrameType.UNSUBSCRIBE: return len >= 1 && len <= 1024 ? undefined : 'topic must be 1-1024 bytes'
     case FrameType.PUBLISH: return len >= 2 ? undefined : 'PUBLISH payload must start with a u16 topic length'
+    case FrameType.ACK: return len === 8 ? undefined : 'ACK payload must be 8 bytes'
+    case FrameType.ACCEPT: return len >= 2 && len <= 1024 ? undefined : 'ACCEPT payload must be 2-1024 bytes of JSON'
+    case FrameType.DETACH: return len <= 123 ? undefined : 'DETACH reason must be at most 123 bytes'
     default: return undefined
   }
 }
@@ -238,4 +247,16 @@ export function decodeGoaway (payload: Buffer): { lastStreamId: number, code: nu
 
 export function encodeTopicFrame (type: typeof FrameType.SUBSCRIBE | typeof FrameType.UNSUBSCRIBE, streamId: number, topic: string): Buffer {
   return encodeFrame(type, 0, streamId, Buffer.from(topic, 'utf8'))
+}
+
+/** Message counts travel as u64 (two u32 halves); values stay below 2^53. */
+export function encodeAck (streamId: number, count: number): Buffer {
+  const p = Buffer.allocUnsafe(8)
+  p.writeUInt32BE(Math.floor(count / 0x100000000), 0)
+  p.writeUInt32BE(count >>> 0, 4)
+  return encodeFrame(FrameType.ACK, 0, streamId, p)
+}
+
+export function decodeAck (payload: Buffer): number {
+  return payload.readUInt32BE(0) * 0x100000000 + payload.readUInt32BE(4)
 }

@@ -22,6 +22,8 @@ export interface Hello {
   initialWindow: number
   /** Gateway: its PING period (the backend declares a link dead after 3 silent periods). */
   pingIntervalMs?: number
+  /** Backend: it can park and resume sessions (ACK, ACCEPT, DETACH; docs/resume.md). */
+  resume?: boolean
 }
 
 export type ConnectionState = 'hello' | 'ready' | 'draining' | 'closed'
@@ -55,6 +57,8 @@ export interface ConnectionOptions {
   pingIntervalMs?: number
   /** Socket write buffer above which `writable` is false (senders should hold off). */
   highWaterBytes?: number
+  /** Backend: advertise resumable sessions in HELLO. */
+  resume?: boolean
 }
 
 const INSTANCE = randomBytes(8).toString('hex')
@@ -97,6 +101,7 @@ export class MuxConnection {
       maxFrameBytes: opts.maxFrameBytes,
       initialWindow: opts.initialWindow,
       ...(opts.pingIntervalMs !== undefined && opts.role === 'gateway' ? { pingIntervalMs: opts.pingIntervalMs } : {}),
+      ...(opts.resume === true && opts.role === 'backend' ? { resume: true } : {}),
     }
     this.write(encodeFrame(FrameType.HELLO, 0, 0, Buffer.from(JSON.stringify(hello))))
   }
@@ -128,6 +133,7 @@ export class MuxConnection {
       maxSendFrame: this.peer!.maxFrameBytes,
       maxMessageBytes: this.opts.maxMessageBytes,
       validateText: this.opts.role === 'gateway',
+      role: this.opts.role,
     }
   }
 

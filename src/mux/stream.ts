@@ -1,5 +1,5 @@
 import { isUtf8 } from 'node:buffer'
-import { encodeClose, encodeCredit, encodeHeader, encodeReset, Flags, FrameType, HEADER_BYTES, ResetCode, type Frame } from './codec.js'
+import { decodeAck, encodeAck, encodeClose, encodeCredit, encodeFrame, encodeHeader, encodeReset, Flags, FrameType, HEADER_BYTES, ResetCode, type Frame } from './codec.js'
 
 /** Where a stream writes its frames: the link it lives on (batched, in order). */
 export interface FrameSink {
@@ -9,7 +9,8 @@ export interface FrameSink {
 }
 
 /** Why a stream ended, as its owner hears it. */
-export type StreamEndCause = 'peer' | 'reset' | 'link'
+/** `detach`: the gateway let go of a resumable session's stream (DETACH); the session may resume elsewhere. */
+export type StreamEndCause = 'peer' | 'reset' | 'link' | 'detach'
 
 /** What the stream owner (gateway session leg, backend Session) is told. */
 export interface StreamEvents {
@@ -22,6 +23,10 @@ export interface StreamEvents {
   stall?: (direction: 'send' | 'receive') => void
   subscribe?: (topic: string) => void
   unsubscribe?: (topic: string) => void
+  /** Resumable sessions: the peer's cumulative count of this session's data messages it received. */
+  ack?: (count: number) => void
+  /** Gateway, resumable sessions: the backend's ACCEPT (JSON bytes). */
+  accept?: (payload: Buffer) => void
 }
 
 export interface StreamLimits {
@@ -35,6 +40,8 @@ export interface StreamLimits {
   readonly maxMessageBytes: number
   /** Check UTF-8 of text messages (the gateway must: clients reject bad text frames). */
   readonly validateText: boolean
+  /** Which side this stream is: decides which of the resume frames (ACCEPT, DETACH) may arrive. */
+  readonly role: 'gateway' | 'backend'
 }
 
 export type StreamState = 'open' | 'closed'
@@ -169,6 +176,23 @@ export class MuxStream {
         this.events.end(STREAM_CLOSE.reset, reason === '' ? 'stream reset by peer' : reason, 'reset', 'FERRY_ERR_MUX_STREAM_RESET')
         break
       }
+      case FrameType.ACK: {
+        const n = decodeAck(f.payload)
+        if (this.events.ack === undefined || !Number.isSafeInteger(n)) { this.reset(ResetCode.PROTOCOL, 'unexpected or malformed ACK', 'FERRY_ERR_MUX_BAD_FRAME'); return }
+        this.events.ack(n)
+        break
+      }
+      case FrameType.ACCEPT: {
+        if (this.events.accept === undefined) { this.reset(ResetCode.PROTOCOL, 'unexpected ACCEPT', 'FERRY_ERR_MUX_BAD_FRAME'); return }
+        this.events.accept(f.payload)
+        break
+      }
+      case FrameType.DETACH: {
+        if (this.limits.role !== 'backend') { this.reset(ResetCode.PROTOCOL, 'DETACH is for gateways to send', 'FERRY_ERR_MUX_BAD_FRAME'); return }
+        this.finish()
+        this.events.end(1001, f.payload.toString('utf8'), 'detach')
+        break
+      }
       case FrameType.SUBSCRIBE:
       case FrameType.UNSUBSCRIBE: {
         const handler = f.type === FrameType.SUBSCRIBE ? this.events.subscribe : this.events.unsubscribe
@@ -212,6 +236,23 @@ export class MuxStream {
     }
     this.events.message(message, binary)
     this.grant(this.limits.receiveWindow / 2)
+  }
+
+  /** Resumable sessions: tells the peer how many of the session's data messages this side has received. */
+  sendAck (count: number): void {
+    if (this.state === 'open') this.sink.write(encodeAck(this.id, count))
+  }
+
+  /** Backend: answers a resumable OPEN (JSON). Must precede any DATA of the stream. */
+  sendAccept (info: object): void {
+    if (this.state === 'open') this.sink.write(encodeFrame(FrameType.ACCEPT, 0, this.id, Buffer.from(JSON.stringify(info), 'utf8')))
+  }
+
+  /** Gateway: the client side is gone but the session may resume (the backend parks it). Final, like close. */
+  detach (reason: string): void {
+    if (this.state !== 'open') return
+    this.sink.write(encodeFrame(FrameType.DETACH, 0, this.id, Buffer.from(reason, 'utf8').subarray(0, 123)))
+    this.finish()
   }
 
   /** Local close: CLOSE goes to the peer; the owner already knows. */

@@ -42,6 +42,10 @@ export class Metrics {
   readonly affinityStoreLatency: Histogram<'store' | 'op'>
   readonly affinityStoreErrors: Counter<'store' | 'op' | 'reason'>
   readonly affinityEvictions: Counter<'store'>
+  readonly resumes: Counter<'upstream' | 'outcome'>
+  readonly resumeReplayed: Counter<'upstream' | 'direction'>
+  readonly resumeSeconds: Histogram<'upstream'>
+  readonly resumeClientErrors: Counter<'upstream' | 'code'>
 
   constructor (registry = new Registry()) {
     this.registry = registry
@@ -82,6 +86,10 @@ export class Metrics {
     this.affinityLookups = new Counter({ name: 'ferry_affinity_lookups_total', help: 'Affinity lookups by outcome: hit (a record), miss (none), fallback (the store could not answer; rendezvous hashing decides).', labelNames: ['store', 'outcome'], registers: r })
     this.affinityStoreLatency = new Histogram({ name: 'ferry_affinity_store_seconds', help: 'Time the affinity store (Redis) took to answer a call, by operation; calls past lookupTimeoutMs are counted in ferry_affinity_store_errors_total instead.', labelNames: ['store', 'op'], buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: r })
     this.affinityStoreErrors = new Counter({ name: 'ferry_affinity_store_errors_total', help: 'Affinity store calls that failed, by operation and reason: timeout (no answer within lookupTimeoutMs), connection (Redis unreachable), reply (Redis refused the command), corrupt (the value is not an affinity record).', labelNames: ['store', 'op', 'reason'], registers: r })
+    this.resumes = new Counter({ name: 'ferry_resume_attempts_total', help: 'ferry/client reconnections offering a resume token, by outcome: resumed, or why not (invalid, expired, wrong_upstream: refused by the gateway; unknown, stale, bad_ack: refused by the backend; no_resume: the backend does not resume). Refused ones got a fresh session.', labelNames: ['upstream', 'outcome'], registers: r })
+    this.resumeReplayed = new Counter({ name: 'ferry_resume_replayed_messages_total', help: 'Messages sent again because of resumes: to_client by the backend, to_upstream by the client (what it sent that the backend had not received).', labelNames: ['upstream', 'direction'], registers: r })
+    this.resumeSeconds = new Histogram({ name: 'ferry_resume_seconds', help: 'Time from a resuming client\'s upgrade request to the backend\'s ACCEPT (the session is back).', labelNames: ['upstream'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: r })
+    this.resumeClientErrors = new Counter({ name: 'ferry_resume_client_errors_total', help: 'ferry.v1 clients closed for breaking the wire protocol (FERRY_ERR_RESUME_BAD_ACK: acknowledged messages it was never sent; FERRY_ERR_WS_CLIENT_PROTOCOL: unknown message kind).', labelNames: ['upstream', 'code'], registers: r })
     this.affinityEvictions = new Counter({ name: 'ferry_affinity_evictions_total', help: 'Affinity records dropped before their TTL because the memory store held affinity.maxEntries.', labelNames: ['store'], registers: r })
     this.configInfo = new Gauge({ name: 'ferry_info', help: 'Constant 1, labelled with this gateway\'s id and version.', labelNames: ['gateway', 'version'], registers: r })
   }

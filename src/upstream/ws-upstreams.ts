@@ -1,12 +1,27 @@
 import type { Logger } from 'pino'
+import { AffinityPlacement } from '../affinity/placement.js'
+import type { AffinityStore } from '../affinity/store.js'
 import type { MuxUpstreamConfig, WsUpstreamConfig } from '../config/schema.js'
 import type { WsUpstream } from '../front/ws-types.js'
 import type { Metrics } from '../observability/metrics.js'
+import type { ResumeTokens } from '../sessions/token.js'
 import { MuxUpstream } from './mux/upstream.js'
 import { WsPassthroughUpstream } from './ws/upstream.js'
 
+/** What WebSocket upstreams share with the gateway. */
+export interface WsUpstreamDeps {
+  readonly gatewayId: string
+  /** The affinity store; each upstream keeps its keys' records through its own placement. */
+  readonly store?: AffinityStore
+  /** Records' TTL (affinity.ttlMs): live keys are touched every third of it. */
+  readonly ttlMs?: number
+  /** Resume tokens (mux upstreams). */
+  readonly tokens?: ResumeTokens
+}
+
 /** Builds the upstream that carries WebSocket sessions for a `ws` or `mux` config entry. */
-export function createWsUpstream (name: string, cfg: WsUpstreamConfig | MuxUpstreamConfig, log: Logger, metrics: Metrics, gatewayId: string): WsUpstream {
-  if (cfg.protocol === 'mux') return new MuxUpstream(name, cfg, log, metrics, gatewayId)
-  return new WsPassthroughUpstream(name, cfg, log, metrics)
+export function createWsUpstream (name: string, cfg: WsUpstreamConfig | MuxUpstreamConfig, log: Logger, metrics: Metrics, deps: WsUpstreamDeps): WsUpstream {
+  const placement = deps.store !== undefined ? new AffinityPlacement(deps.store, deps.gatewayId, deps.ttlMs ?? 600_000) : undefined
+  if (cfg.protocol === 'mux') return new MuxUpstream(name, cfg, log, metrics, { gatewayId: deps.gatewayId, placement, tokens: deps.tokens })
+  return new WsPassthroughUpstream(name, cfg, log, metrics, placement)
 }

@@ -3,13 +3,18 @@ import type { Counter } from 'prom-client'
 import { parseEndpoint, type Endpoint } from '../../config/load.js'
 import type { MuxUpstreamConfig } from '../../config/schema.js'
 import { FerryError } from '../../errors.js'
-import { sendableCloseCode, type ClientSink, type TopicPublisher, type UpstreamLeg, type WsHandshake, type WsUpstream } from '../../front/ws-types.js'
+import { type ClientSink, type TopicPublisher, type UpstreamLeg, type WsHandshake, type WsUpstream } from '../../front/ws-types.js'
 import type { ConnectionEnd } from '../../mux/connection.js'
-import type { MuxStream } from '../../mux/stream.js'
 import type { Metrics } from '../../observability/metrics.js'
 import { Balancer, hashKey, type Balanced } from '../../routing/balancer.js'
 import { PassiveHealth } from '../health.js'
 import { LinkSlot, type LinkOwner } from './link.js'
+import { FERRY_TOPIC_SUFFIX, MuxLeg, ResumableLeg } from './legs.js'
+import type { AffinityPlacement } from '../../affinity/placement.js'
+import type { ResumeClaims, ResumeTokens } from '../../sessions/token.js'
+import { Kind } from '../../client/wire.js'
+import { ResetCode } from '../../mux/codec.js'
+import type { Histogram } from 'prom-client'
 
 /**
  * One backend endpoint of a mux upstream: its link slots, passive health, and the topic scope of the
@@ -89,57 +94,23 @@ class MuxEndpoint implements Balanced, LinkOwner {
   protocolError (code: string): void {
     this.upstream.protocolError(code)
   }
+
+  /** A stream ended: a draining link closes once its last stream is gone. */
+  afterStreamEnd (): void {
+    for (const s of this.slots) if (s.state === 'draining') s.closeIfIdle()
+  }
+
+  /** The backend on this link resumes sessions (its HELLO says so). */
+  static resumes (slot: LinkSlot): boolean {
+    return slot.conn?.peer?.resume === true
+  }
 }
 
-/**
- * The gateway side of one session on a mux stream: bridges the stream's events to the client sink and
- * the client's events to the stream. Holds credit while the client is congested.
- */
-class MuxLeg implements UpstreamLeg {
-  stream!: MuxStream
-
-  constructor (readonly protocol: string, private readonly sink: ClientSink, private readonly ep: MuxEndpoint, private readonly stalls: { send: Counter.Internal, receive: Counter.Internal }) {}
-
-  readonly events = {
-    message: (data: Buffer, binary: boolean): void => {
-      this.sink.deliver(data, binary)
-      if (this.sink.congested) this.stream.holdCredit(true)
-    },
-    end: (code: number, reason: string, cause: 'peer' | 'reset' | 'link', errorCode?: string): void => {
-      this.sink.end(cause === 'peer' ? sendableCloseCode(code) : code, reason, errorCode ?? 'upstream')
-      if (cause !== 'link') this.afterStreamEnd()
-    },
-    drain: (): void => {},
-    stall: (direction: 'send' | 'receive'): void => { this.stalls[direction].inc() },
-    subscribe: (topic: string): void => { this.sink.subscribe(this.ep.topicPrefix + topic) },
-    unsubscribe: (topic: string): void => { this.sink.unsubscribe(this.ep.topicPrefix + topic) },
-  }
-
-  send (data: Uint8Array, binary: boolean): void {
-    this.stream.send(data, binary)
-  }
-
-  get buffered (): number {
-    return this.stream.queued
-  }
-
-  clientDrained (): void {
-    this.stream.holdCredit(false)
-  }
-
-  clientCongested (): void {
-    this.stream.holdCredit(true)
-  }
-
-  clientClosed (code: number, reason: string): void {
-    this.stream.close(code, reason)
-    this.afterStreamEnd()
-  }
-
-  /** A draining link closes once its last stream is gone. */
-  private afterStreamEnd (): void {
-    for (const s of this.ep.slots) if (s.state === 'draining') s.closeIfIdle()
-  }
+/** What a mux upstream shares with the gateway: the affinity store (through a placement) and resume tokens. */
+export interface MuxUpstreamDeps {
+  readonly gatewayId: string
+  readonly placement?: AffinityPlacement
+  readonly tokens?: ResumeTokens
 }
 
 /**
@@ -160,9 +131,22 @@ export class MuxUpstream implements WsUpstream {
   private readonly fanout: Counter.Internal
   private readonly stalls: { send: Counter.Internal, receive: Counter.Internal }
   private readonly protocolErrors = new Map<string, Counter.Internal>()
+  private readonly resumeOutcomes = new Map<string, Counter.Internal>()
+  private readonly resumeLatency: Histogram.Internal<'upstream'>
+  private readonly replayed: { toClient: Counter.Internal, toUpstream: Counter.Internal }
+  private readonly byAddress = new Map<string, MuxEndpoint>()
+  readonly gatewayId: string
+  private readonly placement: AffinityPlacement | undefined
+  private readonly tokens: ResumeTokens | undefined
 
-  constructor (readonly name: string, readonly cfg: MuxUpstreamConfig, readonly log: Logger, readonly metrics: Metrics, readonly gatewayId: string) {
+  constructor (readonly name: string, readonly cfg: MuxUpstreamConfig, readonly log: Logger, readonly metrics: Metrics, deps: MuxUpstreamDeps) {
+    this.gatewayId = deps.gatewayId
+    this.placement = deps.placement
+    this.tokens = deps.tokens
     this.endpoints = cfg.endpoints.map((e) => new MuxEndpoint(this, parseEndpoint(e)))
+    for (const ep of this.endpoints) this.byAddress.set(ep.address, ep)
+    this.resumeLatency = metrics.resumeSeconds.labels(name)
+    this.replayed = { toClient: metrics.resumeReplayed.labels(name, 'to_client'), toUpstream: metrics.resumeReplayed.labels(name, 'to_upstream') }
     this.balancer = new Balancer(this.endpoints, cfg.balance === 'least-streams' ? 'least-connections' : cfg.balance)
     this.byKey = new Balancer(this.endpoints, 'hash')
     this.published = metrics.muxPublished.labels(name)
@@ -177,8 +161,24 @@ export class MuxUpstream implements WsUpstream {
 
   publish (topic: string, data: Buffer, binary: boolean): void {
     this.published.inc()
-    const n = this.publisher?.publish(topic, data, binary) ?? 0
+    const p = this.publisher
+    if (p === undefined) return
+    let n = p.publish(topic, data, binary)
+    // ferry.v1 clients get their own copy, marked as a topic message (not numbered, not acknowledged).
+    const ferryTopic = topic + FERRY_TOPIC_SUFFIX
+    if (p.hasSubscribers(ferryTopic)) {
+      const out = Buffer.allocUnsafe(data.length + 1)
+      out[0] = Kind.TOPIC
+      data.copy(out, 1)
+      n += p.publish(ferryTopic, out, binary)
+    }
     this.fanout.inc(n)
+  }
+
+  private resumeOutcome (outcome: string): void {
+    let c = this.resumeOutcomes.get(outcome)
+    if (c === undefined) { c = this.metrics.resumes.labels(this.name, outcome); this.resumeOutcomes.set(outcome, c) }
+    c.inc()
   }
 
   protocolError (code: string): void {
@@ -196,30 +196,47 @@ export class MuxUpstream implements WsUpstream {
 
   async open (hs: WsHandshake, sink: ClientSink): Promise<UpstreamLeg> {
     if (this.closed) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'upstream is closing')
-    const affine = hs.affinityKey !== undefined
-    const key = affine ? hashKey(hs.affinityKey!) : this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
-    const balancer = affine ? this.byKey : this.balancer
-    const deadline = Date.now() + this.cfg.timeouts.openMs
+    const started = Date.now()
+    // A ferry/client client: resumable if a link's backend resumes. Its token, when it offers one, must be ours.
+    const ferry = hs.ferry !== undefined && this.tokens !== undefined
+    const offer = ferry ? hs.ferry!.resume : undefined
+    let claims: ResumeClaims | undefined
+    if (offer !== undefined) {
+      const c = this.tokens!.open(offer.token)
+      const refusal = typeof c === 'string' ? c : c.u !== this.name ? 'wrong_upstream' : undefined
+      if (refusal !== undefined) this.resumeOutcome(refusal)
+      else claims = c as ResumeClaims
+    }
+    // Where the session goes: the key's recorded endpoint (affinity store), else rendezvous hashing of
+    // the key (every pod agrees), else the balance policy.
+    const placementKey = claims?.k ?? hs.affinityKey ?? (ferry ? hs.sessionId : undefined)
+    const known = placementKey !== undefined && this.placement !== undefined ? await this.placement.recorded(placementKey) : undefined
+    const keyed = placementKey !== undefined
+    const hashed = keyed ? hashKey(placementKey) : this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
+    const balancer = keyed ? this.byKey : this.balancer
+    const deadline = started + this.cfg.timeouts.openMs
     for (;;) {
-      const picked = balancer.pick(Infinity, Date.now(), undefined, key)
-      // Panic (the balancer fell back to an endpoint without a ready link): any endpoint that has one.
-      const owner = picked?.acceptsAt(Date.now()) === true ? picked : this.endpoints.find((e) => e.readyLink() !== undefined)
+      if (this.closed) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'upstream is closing')
+      const now = Date.now()
+      // A session that lives somewhere (a resume, or a key with a record) waits for that endpoint's link
+      // unless the endpoint is ejected; others take any endpoint with a ready link.
+      const home = claims !== undefined ? (known !== undefined ? this.byAddress.get(known) : undefined) ?? balancer.pick(Infinity, now, undefined, hashed)
+        : known !== undefined ? this.byAddress.get(known) : undefined
+      let owner: MuxEndpoint | undefined
+      if (home !== undefined && home.passive.acceptsAt(now)) owner = home.readyLink() !== undefined ? home : undefined
+      else {
+        const picked = balancer.pick(Infinity, now, undefined, hashed)
+        // Panic (the balancer fell back to an endpoint without a ready link): any endpoint that has one.
+        owner = picked?.acceptsAt(now) === true ? picked : this.endpoints.find((e) => e.readyLink() !== undefined)
+      }
       const slot = owner?.readyLink()
       if (owner !== undefined && slot?.conn !== undefined) {
-        const protocol = hs.settings.subprotocols.find((p) => hs.protocols.includes(p)) ?? ''
-        const leg = new MuxLeg(protocol, sink, owner, this.stalls)
-        const stream = slot.conn.openStream({
-          key: hs.affinityKey ?? hs.sessionId, session: hs.sessionId, path: hs.path, query: hs.query, headers: hs.headers,
-          remoteAddress: hs.remoteAddress, protocol, route: hs.route,
-        }, leg.events)
-        if (stream !== undefined) {
-          leg.stream = stream
-          return leg
-        }
+        const leg = await this.openOn(owner, slot, hs, sink, { ferry, claims, offer, placementKey, known, started, deadline })
+        if (leg !== undefined) return leg
       }
       const left = deadline - Date.now()
       if (left <= 0 || this.closed) {
-        throw new FerryError('FERRY_ERR_MUX_NO_LINK', `no ready mux link to any endpoint of ${this.name} within ${this.cfg.timeouts.openMs} ms`)
+        throw new FerryError('FERRY_ERR_MUX_NO_LINK', `no ready mux link to ${home?.address ?? `any endpoint of ${this.name}`} within ${this.cfg.timeouts.openMs} ms`)
       }
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => { this.waiters = this.waiters.filter((w) => w !== done); resolve() }, left)
@@ -229,9 +246,67 @@ export class MuxUpstream implements WsUpstream {
     }
   }
 
+  /** Opens the session's stream on `slot`; undefined when the link cannot take it now (try again). */
+  private async openOn (owner: MuxEndpoint, slot: LinkSlot, hs: WsHandshake, sink: ClientSink, o: {
+    ferry: boolean, claims: ResumeClaims | undefined, offer: { received: number, sent: number } | undefined
+    placementKey: string | undefined, known: string | undefined, started: number, deadline: number
+  }): Promise<UpstreamLeg | undefined> {
+    const appProtocol = hs.settings.subprotocols.find((p) => hs.protocols.includes(p)) ?? ''
+    const resumable = o.ferry && MuxEndpoint.resumes(slot)
+    if (o.offer !== undefined && o.claims !== undefined && !resumable) this.resumeOutcome('no_resume')
+    const key = o.placementKey ?? hs.sessionId
+    const meta = {
+      key, session: hs.sessionId, path: hs.path, query: hs.query, headers: hs.headers, remoteAddress: hs.remoteAddress, protocol: appProtocol, route: hs.route,
+      ...(resumable ? { resumable: true } : {}),
+      ...(resumable && o.claims !== undefined ? { resume: { session: o.claims.s, epoch: o.claims.e, received: o.offer!.received } } : {}),
+    }
+    if (!resumable) {
+      const leg = new MuxLeg(appProtocol, sink, owner, this.stalls)
+      const stream = slot.conn!.openStream(meta, leg.events)
+      if (stream === undefined) return undefined
+      leg.stream = stream
+      if (o.placementKey !== undefined && hs.affinityKey !== undefined && this.placement !== undefined) {
+        const placement = this.placement
+        placement.opened(key, owner.address, o.known)
+        leg.onFinished = () => { placement.closed(key) }
+      }
+      return leg
+    }
+    const leg = new ResumableLeg(appProtocol, sink, owner, this.stalls, this.tokens!, { k: key, u: this.name }, o.offer?.received ?? 0)
+    leg.onClientError = (code) => { this.metrics.resumeClientErrors.labels(this.name, code).inc() }
+    const stream = slot.conn!.openStream(meta, leg.events)
+    if (stream === undefined) return undefined
+    leg.stream = stream
+    // The client is upgraded once the backend said whether the session resumed.
+    let timer: NodeJS.Timeout | undefined
+    const accepted = await Promise.race([
+      leg.accepted,
+      new Promise<undefined>((resolve) => { timer = setTimeout(() => { resolve(undefined) }, Math.max(1, o.deadline - Date.now())) }),
+    ]).catch(() => undefined).finally(() => { clearTimeout(timer) })
+    if (accepted === undefined) {
+      stream.reset(ResetCode.REFUSED, 'no ACCEPT in time', 'FERRY_ERR_MUX_NO_LINK')
+      throw new FerryError('FERRY_ERR_MUX_NO_LINK', `backend ${owner.address} did not accept the session within ${this.cfg.timeouts.openMs} ms`)
+    }
+    if (o.claims !== undefined) {
+      this.resumeOutcome(accepted.resumed ? 'resumed' : accepted.reason ?? 'unknown')
+      if (accepted.resumed) {
+        this.resumeLatency.observe((Date.now() - o.started) / 1000)
+        this.replayed.toClient.inc(accepted.replayed)
+        this.replayed.toUpstream.inc(Math.max(0, o.offer!.sent - accepted.received))
+      }
+    }
+    if (this.placement !== undefined) {
+      const placement = this.placement
+      placement.opened(key, owner.address, o.known, accepted.epoch)
+      leg.onFinished = () => { placement.closed(key) }
+    }
+    return leg
+  }
+
   async close (kind: 'flush' | 'abort'): Promise<void> {
     void kind // sessions were closed by the front already; links say GOAWAY and go
     this.closed = true
+    this.placement?.stop()
     this.wake()
     for (const ep of this.endpoints) for (const s of ep.slots) s.stop()
   }

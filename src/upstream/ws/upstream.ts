@@ -8,6 +8,7 @@ import { FerryError, type FerryErrorCode } from '../../errors.js'
 import { closeReason, sendableCloseCode, type ClientSink, type UpstreamLeg, type WsHandshake, type WsUpstream } from '../../front/ws-types.js'
 import type { Metrics } from '../../observability/metrics.js'
 import { Balancer, hashKey, type Balanced } from '../../routing/balancer.js'
+import type { AffinityPlacement } from '../../affinity/placement.js'
 import { PassiveHealth } from '../health.js'
 
 /** How long a backend gets to answer our close frame before its socket is cut. */
@@ -218,7 +219,10 @@ export class WsPassthroughUpstream implements WsUpstream {
   private readonly connections: Gauge.Internal<string>
   private readonly retries: Counter.Internal
 
-  constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, metrics: Metrics) {
+  /** Legs of sessions with an affinity key, for the placement's live records. */
+  private readonly keyed = new Map<UpstreamLeg, string>()
+
+  constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, metrics: Metrics, private readonly placement?: AffinityPlacement) {
     this.endpoints = cfg.endpoints.map((e) => {
       const ep = parseEndpoint(e.replace(/^ws:\/\//, ''))
       return new WsEndpoint(ep, new PassiveHealth(name, ep.address, cfg.ejection, log, metrics))
@@ -243,19 +247,27 @@ export class WsPassthroughUpstream implements WsUpstream {
     const key = affine ? hashKey(hs.affinityKey!) : this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
     const balancer = affine ? this.byKey : this.balancer
     const deadline = Date.now() + this.cfg.timeouts.connectMs
+    // The key's recorded endpoint (affinity store) goes first while it is healthy.
+    const known = affine && this.placement !== undefined ? await this.placement.recorded(hs.affinityKey!) : undefined
+    const home = known !== undefined ? this.endpoints.find((e) => e.endpoint.address === known) : undefined
     const tried = new Set<WsEndpoint>()
     let lastError: FerryError | undefined
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const now = Date.now()
       const left = deadline - now
       if (left <= 0 || this.state !== 'open') break
-      const ep = balancer.pick(Infinity, now, tried, key)
+      const ep = attempt === 0 && home?.acceptsAt(now) === true ? home : balancer.pick(Infinity, now, tried, key)
       if (ep === undefined) break
       tried.add(ep)
       if (attempt > 0) this.retries.inc()
       const failoverLeft = attempt + 1 < MAX_ATTEMPTS && tried.size < this.endpoints.length
       try {
-        return await this.handshake(ep, target, headers, hs, sink, failoverLeft ? Math.ceil(left / 2) : left)
+        const leg = await this.handshake(ep, target, headers, hs, sink, failoverLeft ? Math.ceil(left / 2) : left)
+        if (affine && this.placement !== undefined) {
+          this.placement.opened(hs.affinityKey!, ep.endpoint.address, known)
+          this.keyed.set(leg, hs.affinityKey!)
+        }
+        return leg
       } catch (err) {
         lastError = err as FerryError
         if (lastError.code !== 'FERRY_ERR_UPSTREAM_CONNECT' && lastError.code !== 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT') throw lastError
@@ -354,6 +366,8 @@ export class WsPassthroughUpstream implements WsUpstream {
   /** A leg's backend socket closed. */
   released (leg: PassthroughLeg): void {
     this.legs.delete(leg)
+    const key = this.keyed.get(leg)
+    if (key !== undefined) { this.keyed.delete(leg); this.placement?.closed(key) }
     this.maybeIdle()
   }
 
@@ -384,6 +398,7 @@ export class WsPassthroughUpstream implements WsUpstream {
   async close (kind: 'flush' | 'abort'): Promise<void> {
     if (this.state !== 'open') { await this.idle(FLUSH_GRACE_MS + 2 * CLOSE_GRACE_MS); return }
     this.state = 'closing'
+    this.placement?.stop()
     const stopping = new FerryError('FERRY_ERR_GATEWAY_STOPPING', `upstream ${this.name} is closing`)
     for (const cancel of [...this.handshakes]) cancel(stopping)
     if (kind === 'flush') await this.idle(FLUSH_GRACE_MS)
