@@ -14,6 +14,7 @@
  * client is slow) and `drain` follows when it is not; messages arrive whole (fragments reassembled).
  */
 import { EventEmitter, once } from 'node:events'
+import { Counter, Gauge, type Registry } from 'prom-client'
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net'
 import { hostname } from 'node:os'
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls'
@@ -47,6 +48,8 @@ export interface MuxServerOptions {
    * clients then get plain sessions).
    */
   resume?: { windowMs?: number, maxBufferedBytes?: number } | false
+  /** A prom-client Registry to register the library's metrics in (ferry_backend_*; read from `stats()` at scrape time). */
+  registry?: Registry
 }
 
 /** Counters of the resume machinery (`server.stats()`). */
@@ -90,7 +93,7 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
   private readonly server: NetServer
   private readonly links_ = new Set<Link>()
   private readonly sessionSet = new Set<Session>()
-  private readonly opts: Required<Omit<MuxServerOptions, 'tls' | 'resume'>>
+  private readonly opts: Required<Omit<MuxServerOptions, 'tls' | 'resume' | 'registry'>>
   readonly resumeEnabled: boolean
   readonly resumeWindowMs: number
   readonly maxReplayBytes: number
@@ -119,6 +122,7 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
     const r = options.resume === false ? {} : options.resume ?? {}
     this.resumeWindowMs = r.windowMs ?? 30_000
     this.maxReplayBytes = r.maxBufferedBytes ?? 8 * 1024 * 1024
+    if (options.registry !== undefined) this.registerMetrics(options.registry)
     const onSocket = (socket: Socket): void => { this.accept(socket) }
     this.server = options.tls !== undefined ? createTlsServer(options.tls, onSocket) : createNetServer(onSocket)
     this.listening = new Promise((resolve, reject) => {
@@ -188,6 +192,26 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
       expired: this.counts.expired,
       replayed: this.counts.replayed,
     }
+  }
+
+  private registerMetrics (registry: Registry): void {
+    const self = this
+    const registers = [registry]
+    new Gauge({ name: 'ferry_backend_sessions', help: 'Open sessions (attached and parked).', registers, collect () { this.set(self.sessionSet.size) } })
+    new Gauge({ name: 'ferry_backend_parked_sessions', help: 'Resumable sessions whose client is away, waiting up to resume.windowMs.', registers, collect () { this.set(self.parkedCount) } })
+    new Gauge({ name: 'ferry_backend_links', help: 'Gateway links connected.', registers, collect () { this.set(self.links_.size) } })
+    // The library counts in plain numbers; the counters take them at scrape time.
+    const counts = this.counts
+    new Counter({
+      name: 'ferry_backend_resumes_total', help: 'Resume attempts by outcome: resumed, or why the client got a fresh session (unknown, stale, bad_ack, invalid).', labelNames: ['outcome'], registers,
+      collect () {
+        this.reset()
+        this.labels('resumed').inc(counts.resumed)
+        for (const [k, v] of Object.entries(counts.refused)) this.labels(k).inc(v)
+      },
+    })
+    new Counter({ name: 'ferry_backend_resume_expired_total', help: 'Parked sessions closed because the window passed or the replay buffer filled.', registers, collect () { this.reset(); this.inc(counts.expired) } })
+    new Counter({ name: 'ferry_backend_replayed_messages_total', help: 'Messages sent again to resuming clients.', registers, collect () { this.reset(); this.inc(counts.replayed) } })
   }
 
   /** Stops listening, closes every session (1001) and link (GOAWAY first). */
