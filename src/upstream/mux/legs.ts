@@ -122,6 +122,8 @@ export class ResumableLeg extends MuxLeg {
     private readonly identity: LegIdentity,
     /** What the client said it received when it offered to resume (0 for a fresh session). */
     private readonly offeredReceived: number,
+    /** Why the gateway itself refused the offered token (the welcome says so). */
+    private readonly refusal: string | undefined = undefined,
   ) {
     super('ferry.v1', sink, ep, stalls, FERRY_TOPIC_SUFFIX)
     this.accepted = new Promise((resolve, reject) => { this.settle = { resolve, reject } })
@@ -151,7 +153,7 @@ export class ResumableLeg extends MuxLeg {
     // The welcome goes first: the replayed messages follow it on the stream.
     this.control({
       t: 'welcome', token: this.tokens.seal(claims), session: a.session, resumed: a.resumed,
-      ...(a.reason !== undefined ? { reason: a.reason } : {}), received: a.received, protocol: this.appProtocol,
+      ...(!a.resumed && (a.reason ?? this.refusal) !== undefined ? { reason: a.reason ?? this.refusal } : {}), received: a.received, protocol: this.appProtocol,
     })
     const every = Math.max(1000, Math.floor(this.tokens.ttlMs / 2))
     this.refresh = setInterval(() => { this.control({ t: 'token', token: this.tokens.seal(claims) }) }, every)

@@ -201,9 +201,10 @@ export class MuxUpstream implements WsUpstream {
     const ferry = hs.ferry !== undefined && this.tokens !== undefined
     const offer = ferry ? hs.ferry!.resume : undefined
     let claims: ResumeClaims | undefined
+    let refusal: string | undefined
     if (offer !== undefined) {
       const c = this.tokens!.open(offer.token)
-      const refusal = typeof c === 'string' ? c : c.u !== this.name ? 'wrong_upstream' : undefined
+      refusal = typeof c === 'string' ? c : c.u !== this.name ? 'wrong_upstream' : undefined
       if (refusal !== undefined) this.resumeOutcome(refusal)
       else claims = c as ResumeClaims
     }
@@ -231,7 +232,7 @@ export class MuxUpstream implements WsUpstream {
       }
       const slot = owner?.readyLink()
       if (owner !== undefined && slot?.conn !== undefined) {
-        const leg = await this.openOn(owner, slot, hs, sink, { ferry, claims, offer, placementKey, known, started, deadline })
+        const leg = await this.openOn(owner, slot, hs, sink, { ferry, claims, refusal, offer, placementKey, known, started, deadline })
         if (leg !== undefined) return leg
       }
       const left = deadline - Date.now()
@@ -248,7 +249,7 @@ export class MuxUpstream implements WsUpstream {
 
   /** Opens the session's stream on `slot`; undefined when the link cannot take it now (try again). */
   private async openOn (owner: MuxEndpoint, slot: LinkSlot, hs: WsHandshake, sink: ClientSink, o: {
-    ferry: boolean, claims: ResumeClaims | undefined, offer: { received: number, sent: number } | undefined
+    ferry: boolean, claims: ResumeClaims | undefined, refusal: string | undefined, offer: { received: number, sent: number } | undefined
     placementKey: string | undefined, known: string | undefined, started: number, deadline: number
   }): Promise<UpstreamLeg | undefined> {
     const appProtocol = hs.settings.subprotocols.find((p) => hs.protocols.includes(p)) ?? ''
@@ -272,7 +273,7 @@ export class MuxUpstream implements WsUpstream {
       }
       return leg
     }
-    const leg = new ResumableLeg(appProtocol, sink, owner, this.stalls, this.tokens!, { k: key, u: this.name }, o.offer?.received ?? 0)
+    const leg = new ResumableLeg(appProtocol, sink, owner, this.stalls, this.tokens!, { k: key, u: this.name }, o.offer?.received ?? 0, o.refusal)
     leg.onClientError = (code) => { this.metrics.resumeClientErrors.labels(this.name, code).inc() }
     const stream = slot.conn!.openStream(meta, leg.events)
     if (stream === undefined) return undefined
