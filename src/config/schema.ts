@@ -184,8 +184,8 @@ const routeSchema = z.strictObject({
   maxBodyBytes: positiveInt.optional().describe('Overrides `http.maxBodyBytes` for this route.'),
   websocket: websocketRoute.optional().describe('WebSocket session settings; only for routes to `ws` or `mux` upstreams (which get these defaults when absent).'),
   affinity: z.strictObject({
-    key: z.string().regex(/^(cookie|header|query):[A-Za-z0-9_.~!$&'*+^`|-]{1,128}$/, { error: 'must be cookie:NAME, header:NAME or query:NAME' })
-      .describe('Where a WebSocket session\'s affinity key comes from. Sessions with the same key go to the same backend endpoint from any Ferry pod (the `affinity` store remembers it; without an entry, rendezvous hashing of the key picks it, so pods agree). Sessions without the key are balanced normally.'),
+    key: z.string().regex(/^(?:(cookie|header|query):[A-Za-z0-9_.~!$&'*+^`|-]{1,128}|token)$/, { error: 'must be cookie:NAME, header:NAME, query:NAME or token' })
+      .describe('Where a WebSocket session\'s affinity key comes from. Sessions with the same key go to the same backend endpoint from any Ferry pod (the `affinity` store remembers it; without an entry, rendezvous hashing of the key picks it, so pods agree). Sessions without the key are balanced normally. `token`: only the key Ferry issues to `ferry/client` clients (inside their resume token; what those clients get anyway when no other key is set).'),
   }).optional().describe('Session affinity; only for routes to `ws` or `mux` upstreams.'),
 })
 

@@ -6,12 +6,16 @@
  *   GET /stats       → connections accepted so far
  *   POST /echo       → streams the body back
  *   GET /chat.html   → the chat example's page (its WebSocket goes to Ferry's /chat mux route)
+ *   GET /ferry-client/index.js, wire.js → ferry/client for that page (compiled ES modules)
  */
 import { readFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { parseArgs } from 'node:util'
 
 const CHAT_PAGE = new URL('../../examples/chat/index.html', import.meta.url)
+/** ferry/client as browsers load it: the compiled ES modules, no bundler. */
+const CLIENT_DIR = new URL('../client/', import.meta.url)
+const CLIENT_FILES = new Set(['index.js', 'wire.js'])
 
 const { values } = parseArgs({ options: { port: { type: 'string', default: '3000' }, host: { type: 'string', default: '127.0.0.1' } } })
 let accepted = 0
@@ -21,6 +25,12 @@ const server = createServer({ keepAliveTimeout: 120_000 }, (req, res) => {
   if (req.method === 'POST' && req.url === '/echo') {
     res.writeHead(200, { 'content-type': req.headers['content-type'] ?? 'application/octet-stream' })
     req.pipe(res)
+    return
+  }
+  const client = /^\/ferry-client\/([a-z]+\.js)$/.exec(req.url ?? '')
+  if (client !== null && CLIENT_FILES.has(client[1]!)) {
+    res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8' })
+    res.end(readFileSync(new URL(client[1]!, CLIENT_DIR)))
     return
   }
   if (req.url === '/chat.html') {

@@ -40,9 +40,10 @@ export interface ResumeOffer {
   readonly sent: number
 }
 
-/** Reads a route's affinity key (`cookie:NAME`, `header:NAME`, `query:NAME`) from a handshake; at most 256 characters. */
+/** Reads a route's affinity key (`cookie:NAME`, `header:NAME`, `query:NAME`; `token` → none here) from a handshake; at most 256 characters. */
 export function readAffinityKey (spec: string | undefined, rawHeaders: readonly string[], query: string): string | undefined {
-  if (spec === undefined) return undefined
+  // `token`: the Ferry-issued key travels in the resume token (the mux upstream reads it), not in the handshake.
+  if (spec === undefined || spec === 'token') return undefined
   const colon = spec.indexOf(':')
   const kind = spec.slice(0, colon)
   const name = spec.slice(colon + 1)
