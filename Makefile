@@ -25,6 +25,7 @@ bench:
 	scripts/setup.sh --bench
 	npx tsc -p tsconfig.json
 	native-bench/run $(if $(filter 0,$(QUICK)),--full,--quick)
+	native-bench/resume
 
 ## Type-check only.
 check: setup
