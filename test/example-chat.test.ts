@@ -3,17 +3,23 @@ import { join } from 'node:path'
 import t from 'tap'
 import WebSocket from 'ws'
 import { FerryClient } from '../src/client/index.js'
-import { ROOT, startFerry, waitFor } from './helpers/ferry.js'
+import { ROOT, startFerry, waitFor, type Teardown } from './helpers/ferry.js'
 import { connect } from './helpers/mux.js'
 import { startSwitch } from './helpers/switch.js'
 
-t.test('examples/chat: rooms are topics; a message said in a room reaches its members only, through Ferry', async (t) => {
+/** Starts examples/chat/backend.mjs on a free port (killed at teardown); resolves with the port. */
+async function startChatBackend (t: Teardown): Promise<number> {
   const child = spawn(process.execPath, [join(ROOT, 'examples', 'chat', 'backend.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] })
   t.teardown(() => { child.kill('SIGKILL') })
   const port = await new Promise<number>((resolve, reject) => {
     child.stdout!.setEncoding('utf8').on('data', (d: string) => { const m = /listening on [\d.]+:(\d+)/.exec(d); if (m !== null) resolve(Number(m[1])) })
     child.once('exit', (code) => { reject(new Error(`chat backend exited ${code}`)) })
   })
+  return port
+}
+
+t.test('examples/chat: rooms are topics; a message said in a room reaches its members only, through Ferry', async (t) => {
+  const port = await startChatBackend(t)
   const f = await startFerry(t, { upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${port}`] } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] })
   const url = `ws://127.0.0.1:${f.httpPort}/chat`
   const ann = await connect(`${url}?room=lobby&name=ann`)
@@ -30,12 +36,7 @@ t.test('examples/chat: rooms are topics; a message said in a room reaches its me
 })
 
 t.test('examples/chat with ferry/client: a gateway restart does not end the chat session', async (t) => {
-  const child = spawn(process.execPath, [join(ROOT, 'examples', 'chat', 'backend.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] })
-  t.teardown(() => { child.kill('SIGKILL') })
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => { const m = /listening on [\d.]+:(\d+)/.exec(d); if (m !== null) resolve(Number(m[1])) })
-    child.once('exit', (code) => { reject(new Error(`chat backend exited ${code}`)) })
-  })
+  const port = await startChatBackend(t)
   const config = { upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${port}`] } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] }
   const env = { FERRY_RESUME_SECRET: 'example-chat-test-secret-0123456789abcdef' }
   const a = await startFerry(t, config, { env })
