@@ -93,6 +93,20 @@ t.test('ferry start refuses an invalid config and does not listen', async (t) =>
   t.notMatch(r.stdout, 'listening', 'never listened')
 })
 
+t.test('the resume secret: an unreadable secretFile or a short secret stops the start, naming the field', async (t) => {
+  const base = { listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } }, upstreams: { chat: { protocol: 'mux', endpoints: ['127.0.0.1:1'] } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] }
+  const missing = await runCli(['start', '--config', writeConfig({ ...base, resume: { secretFile: '/nonexistent/ferry-secret' } })])
+  t.equal(missing.code, 1, 'a missing secretFile: exit code 1')
+  t.match(missing.stderr + missing.stdout, 'resume.secretFile: cannot read /nonexistent/ferry-secret', 'names the field and the file')
+  t.notMatch(missing.stdout, '"msg":"listening"', 'never listened')
+  const short = await runCli(['start', '--config', writeConfig(base)], { FERRY_RESUME_SECRET: 'too-short' })
+  t.equal(short.code, 1, 'a short FERRY_RESUME_SECRET: exit code 1')
+  t.match(short.stderr + short.stdout, 'FERRY_RESUME_SECRET: the secret must be at least 32 characters', 'says why')
+  const inline = await runCli(['check', '--config', writeConfig({ ...base, resume: { secret: 'short' } })])
+  t.equal(inline.code, 1, 'a short resume.secret fails `ferry check`')
+  t.match(inline.stderr, 'resume.secret: must be at least 32 characters', 'naming the field')
+})
+
 t.test('docs/config.md and docs/errors.md match the schema and the error table', async (t) => {
   t.equal(readFileSync(join(ROOT, 'docs/config.md'), 'utf8'), renderConfigReference(), 'docs/config.md is current (run `make docs`)')
   const errorsDoc = readFileSync(join(ROOT, 'docs/errors.md'), 'utf8')
