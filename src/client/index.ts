@@ -197,7 +197,13 @@ export class FerryClient {
       }
     }
     ws.onmessage = (ev) => { if (ws === this.ws) this.onMessage(ev.data) }
-    ws.onerror = () => { /* onclose follows with the code */ }
+    // onclose follows with the code; the error says why a handshake failed (e.g. Node's ws refuses a
+    // 101 without a subprotocol, which a route that does not resume may send).
+    ws.onerror = (ev) => {
+      if (ws !== this.ws) return
+      const err = (ev as { error?: unknown, message?: unknown }).error
+      this.emit('error', err instanceof Error ? err : new Error(`ferry/client: WebSocket error${typeof (ev as { message?: unknown }).message === 'string' ? `: ${(ev as { message: string }).message}` : ''}`))
+    }
     ws.onclose = (ev) => {
       if (ws !== this.ws) return
       this.ws = undefined
