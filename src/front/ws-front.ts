@@ -191,9 +191,12 @@ export class WsFront implements TopicPublisher, SessionRegistry {
           return
         }
         s.leg = leg
-        res.cork(() => {
-          res.upgrade<WsUserData>({ session: s }, key, leg.protocol, extensions, context)
-        })
+        // Not inside res.cork(): uWS 20.30's cork() can mistake the freshly upgraded socket for the HTTP
+        // one (the adopt realloc keeps its address) and close it right after `open` when stray bytes at
+        // the HTTP state offset look like "Connection: close" (uNetworking/uWebSockets#1929, fixed after
+        // 20.30; seen here as a random new session closed 1006). The cost: uWS prints its "writes must
+        // be made from within a corked callback" warning when the upgrade completes outside a uWS callback.
+        res.upgrade<WsUserData>({ session: s }, key, leg.protocol, extensions, context)
       }, (err: unknown) => {
         this.sessions.delete(s)
         s.abandon('upstream refused')
