@@ -13,7 +13,6 @@ import { FERRY_TOPIC_SUFFIX, MuxLeg, ResumableLeg } from './legs.js'
 import type { AffinityPlacement } from '../../affinity/placement.js'
 import type { ResumeClaims, ResumeTokens } from '../../sessions/token.js'
 import { Kind } from '../../client/wire.js'
-import { ResetCode } from '../../mux/codec.js'
 import type { Histogram } from 'prom-client'
 
 /**
@@ -280,13 +279,15 @@ export class MuxUpstream implements WsUpstream {
     leg.stream = stream
     // The client is upgraded once the backend said whether the session resumed.
     let timer: NodeJS.Timeout | undefined
+    let why = `did not accept the session within ${this.cfg.timeouts.openMs} ms`
     const accepted = await Promise.race([
       leg.accepted,
       new Promise<undefined>((resolve) => { timer = setTimeout(() => { resolve(undefined) }, Math.max(1, o.deadline - Date.now())) }),
-    ]).catch(() => undefined).finally(() => { clearTimeout(timer) })
+    ]).catch((err: Error) => { why = err.message; return undefined }).finally(() => { clearTimeout(timer) })
     if (accepted === undefined) {
-      stream.reset(ResetCode.REFUSED, 'no ACCEPT in time', 'FERRY_ERR_MUX_NO_LINK')
-      throw new FerryError('FERRY_ERR_MUX_NO_LINK', `backend ${owner.address} did not accept the session within ${this.cfg.timeouts.openMs} ms`)
+      // DETACH, not RESET: a resume the backend accepted late stays parked (the client retries it).
+      stream.detach('no ACCEPT in time')
+      throw new FerryError('FERRY_ERR_MUX_NO_LINK', `backend ${owner.address}: ${why}`)
     }
     if (o.claims !== undefined) {
       this.resumeOutcome(accepted.resumed ? 'resumed' : accepted.reason ?? 'unknown')
