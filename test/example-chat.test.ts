@@ -20,7 +20,9 @@ async function startChatBackend (t: Teardown): Promise<number> {
 
 t.test('examples/chat: rooms are topics; a message said in a room reaches its members only, through Ferry', async (t) => {
   const port = await startChatBackend(t)
-  const f = await startFerry(t, { upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${port}`] } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] })
+  // One link: a member's own "joined" (a topic message, sent on the backend's oldest link) must not
+  // overtake its SUBSCRIBE (on its stream's link); docs/mux-protocol.md, Topics.
+  const f = await startFerry(t, { upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${port}`], pool: { links: 1 } } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] })
   const url = `ws://127.0.0.1:${f.httpPort}/chat`
   const ann = await connect(`${url}?room=lobby&name=ann`)
   const bob = await connect(`${url}?room=lobby&name=bob`)
@@ -37,18 +39,21 @@ t.test('examples/chat: rooms are topics; a message said in a room reaches its me
 
 t.test('examples/chat with ferry/client: a gateway restart does not end the chat session', async (t) => {
   const port = await startChatBackend(t)
-  const config = { upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${port}`] } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] }
+  const config = { upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${port}`], pool: { links: 1 } } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] }
   const env = { FERRY_RESUME_SECRET: 'example-chat-test-secret-0123456789abcdef' }
   const a = await startFerry(t, config, { env })
   const b = await startFerry(t, config, { env })
   const sw = await startSwitch(t, a.httpPort)
   const ann = new FerryClient(sw.url('/chat?room=lobby&name=ann'), { WebSocket: WebSocket as never, reconnect: { minDelayMs: 20, maxDelayMs: 100 } })
-  const bob = await connect(`ws://127.0.0.1:${b.httpPort}/chat?room=lobby&name=bob`)
-  t.teardown(() => { ann.close(); bob.ws.close() })
+  // Listeners first: the welcome may arrive while bob connects.
   const opens: boolean[] = []
   ann.on('open', ({ resumed }) => { opens.push(resumed) })
-  ann.on('error', () => {})
-  await waitFor('ann joined', () => opens.length === 1)
+  const seen: string[] = []
+  ann.on('error', (e: Error) => { seen.push(`error ${e.message}`) })
+  ann.on('reconnecting', (r: unknown) => { seen.push(`reconnecting ${JSON.stringify(r)}`) })
+  const bob = await connect(`ws://127.0.0.1:${b.httpPort}/chat?room=lobby&name=bob`)
+  t.teardown(() => { ann.close(); bob.ws.close() })
+  await waitFor('ann joined', () => opens.length === 1, 20_000).catch((err: Error) => { throw new Error(`${err.message}; client saw: ${seen.join('; ')}`) })
   sw.target = b.httpPort
   await a.stop()
   await waitFor('ann resumed through the other gateway', () => opens.length === 2, 10_000)
