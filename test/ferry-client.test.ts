@@ -5,9 +5,10 @@ import { parseResumeOffer } from '../src/client/wire.js'
 import { waitFor, type Teardown } from './helpers/ferry.js'
 
 /**
- * ferry/client's own behaviour (reconnect policy, hints, bounds, plain mode) against a real `ws` server on
- * 127.0.0.1 that plays the gateway's side of the ferry.v1 wire. End-to-end resume through real gateways
- * and backends is in resume.test.ts.
+ * ferry/client against a real `ws` server on 127.0.0.1 playing the gateway's side of the ferry.v1 wire:
+ * which closes end it, exact ack counting and resend after a partial welcome, plain mode with an
+ * application subprotocol, refused handshakes. client-lib.test.ts covers resume through kills, resets,
+ * bounds and retry hints; resume.test.ts the real gateways and backends.
  */
 
 interface Conn { ws: WebSocket, protocols: string[], at: number }
@@ -65,41 +66,6 @@ t.test('terminal closes: 1000 from the application, 4001 (resumed elsewhere) and
     }
     c.close()
   }
-})
-
-t.test('retry hints: 1013 with retry-after-ms and a migrate control delay the reconnect at least that long', async (t) => {
-  for (const hint of ['1013', 'migrate'] as const) {
-    const s = await server(t, {
-      onConn: (c) => {
-        welcome(c.ws)
-        if (s.conns.length > 1) return
-        if (hint === '1013') setTimeout(() => { c.ws.close(1013, 'busy; retry-after-ms=300') }, 20)
-        else setTimeout(() => { c.ws.send('c' + JSON.stringify({ t: 'migrate', afterMs: 300 })); c.ws.close(1012, 'draining') }, 20)
-      },
-    })
-    const { c } = client(t, s.url)
-    await waitFor('second connection', () => s.conns.length === 2, 5000)
-    const gap = s.conns[1]!.at - s.conns[0]!.at
-    t.ok(gap >= 300, `${hint}: reconnected ${gap} ms after the first connection (≥ 300 ms asked)`)
-    c.close()
-  }
-})
-
-t.test('bounds and broken servers: send() past maxBufferedMessages throws; an ack beyond what was sent is an error, not a crash', async (t) => {
-  const s = await server(t, { onConn: (c) => { welcome(c.ws) } })
-  const { c, errors } = client(t, s.url, { maxBufferedMessages: 5 })
-  await waitFor('open', () => c.state === 'open')
-  for (let i = 0; i < 5; i++) c.send(`m${i}`)
-  t.throws(() => { c.send('one too many') }, RangeError, 'the sixth unacknowledged message is refused with a RangeError')
-  t.equal(c.bufferedAmount, 10, 'bufferedAmount counts the 5 unacknowledged messages')
-  s.conns[0]!.ws.send('a3')
-  await waitFor('ack applied', () => c.bufferedAmount === 4)
-  t.pass('an ack of 3 frees 3 messages')
-  c.send('fits again')
-  s.conns[0]!.ws.send('a99')
-  await waitFor('error', () => errors.length === 1)
-  t.match(errors[0]!.message, /acknowledged 99 messages; 6 were sent/, 'an ack beyond what was sent is reported as an error')
-  t.equal(c.state, 'open', 'and the client carries on')
 })
 
 t.test('wire: data and topic messages both ways, acks every ackEvery messages, resend after a resume welcome', async (t) => {
