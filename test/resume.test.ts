@@ -293,3 +293,27 @@ t.test('resume fails cleanly: a backend restarted while the session was parked, 
   await waitFor('fresh session on the restarted backend', () => events.filter((e) => e.startsWith('reset')).length > before && log2.sessions.length === 1, 15_000)
   t.pass('after a backend restart the client gets a fresh session on the new process, told by a reset')
 })
+
+t.test('topic messages reach ferry/client sessions (marked as topic, not numbered), also those published before the client is upgraded', async (t) => {
+  // The backend subscribes and publishes in its 'session' handler: for a resumable session that is
+  // before the gateway upgraded the client (it waits for the ACCEPT), so the message must be queued.
+  const backend = await startMuxBackend(t, (s, server) => {
+    s.subscribe('room')
+    s.send('direct')
+    server.publish('room', `joined ${s.query.get('name') ?? ''}`)
+  })
+  const a = await startFerry(t, podConfig('pod-a', [backend], undefined), { env: ENV })
+  const url = `ws://127.0.0.1:${a.httpPort}/chat`
+  const got: Array<[string, boolean]> = []
+  const c = new FerryClient(`${url}?name=ann`, { WebSocket: WebSocket as never })
+  c.on('message', (d: string | Uint8Array, info: { topic: boolean }) => { got.push([String(d), info.topic]) })
+  c.on('error', () => {})
+  t.teardown(() => { c.close() })
+  await waitFor('ann gets her own join and the direct message', () => got.length >= 2)
+  t.same(got.slice(0, 2), [['direct', false], ['joined ann', true]], 'the direct message, then the topic message published before the upgrade (marked topic)')
+  const plain = await connect(`${url}?name=bob`)
+  await waitFor('bob joined', () => got.length >= 3 && plain.messages.length >= 2)
+  t.same(got[2], ['joined bob', true], 'a later topic message reaches the ferry/client session')
+  t.same(plain.messages.map((m) => m.data.toString()), ['direct', 'joined bob'], 'and the plain session gets the same topic message without the kind byte')
+  plain.ws.close()
+})

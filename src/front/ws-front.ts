@@ -54,6 +54,8 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   private readonly sweep: NodeJS.Timeout
   /** Subscribers per (scoped) topic, and bytes published to it since its subscribers were last checked. */
   private readonly topics = new Map<string, { subs: Set<ClientSession>, sinceCheck: number }>()
+  /** Subscribers not upgraded yet, per topic: they get topic messages into their early queue. */
+  private readonly pendingTopics = new Map<string, Set<ClientSession>>()
   /** Any WebSocket route compresses: topic messages are sent with the compress flag (per-socket negotiation decides). */
   private readonly compressTopics: boolean
 
@@ -214,8 +216,10 @@ export class WsFront implements TopicPublisher, SessionRegistry {
 
   /** Topic fan-out through uWS's native pub/sub; returns the subscribers reached. */
   publish (topic: string, data: Uint8Array, binary: boolean): number {
+    const pending = this.pendingTopics.get(topic)
+    if (pending !== undefined) for (const s of pending) s.deliver(data, binary)
     const t = this.topics.get(topic)
-    if (t === undefined || t.subs.size === 0) return 0
+    if (t === undefined || t.subs.size === 0) return pending?.size ?? 0
     this.app.publish(topic, data, binary, this.compressTopics)
     // Topic messages have no credit: every 64 KiB published, look at the subscribers' queues and close
     // (1008) the ones past maxBackpressure before uWS's own cut at twice that.
@@ -224,11 +228,22 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       t.sinceCheck = 0
       for (const s of [...t.subs]) s.checkBackpressure()
     }
-    return t.subs.size
+    return t.subs.size + (pending?.size ?? 0)
   }
 
   hasSubscribers (topic: string): boolean {
-    return (this.topics.get(topic)?.subs.size ?? 0) > 0
+    return (this.topics.get(topic)?.subs.size ?? 0) > 0 || this.pendingTopics.has(topic)
+  }
+
+  topicPending (topic: string, s: ClientSession, pending: boolean): void {
+    let set = this.pendingTopics.get(topic)
+    if (pending) {
+      if (set === undefined) { set = new Set(); this.pendingTopics.set(topic, set) }
+      set.add(s)
+    } else if (set !== undefined) {
+      set.delete(s)
+      if (set.size === 0) this.pendingTopics.delete(topic)
+    }
   }
 
   /** ClientSession joined / left a topic (the front's registry; uWS holds the real subscription). */

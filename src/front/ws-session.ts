@@ -33,6 +33,8 @@ export interface SessionRegistry {
   sessionClosed: (s: ClientSession) => void
   topicJoined: (topic: string, s: ClientSession) => void
   topicLeft: (topic: string, s: ClientSession) => void
+  /** A session not upgraded yet subscribed (true) or that subscription was applied or dropped (false): topic messages meanwhile go to its early queue. */
+  topicPending: (topic: string, s: ClientSession, pending: boolean) => void
 }
 
 /** Metric children resolved once per (route, mode), not per message. */
@@ -114,6 +116,14 @@ export class ClientSession implements ClientSink {
 
   /** Topics this client is subscribed to (uWS unsubscribes on close; the registry is told here). */
   private topics: Set<string> | undefined
+  /** Topics subscribed before the upgrade (the registry routes their messages into `early`). */
+  private pendingTopics: Set<string> | undefined
+
+  private dropPending (): void {
+    if (this.pendingTopics === undefined) return
+    for (const t of this.pendingTopics) this.registry.topicPending(t, this, false)
+    this.pendingTopics = undefined
+  }
 
   private onClosed (): void {
     if (this.topics !== undefined) for (const t of this.topics) this.registry.topicLeft(t, this)
@@ -194,7 +204,14 @@ export class ClientSession implements ClientSink {
 
   subscribe (topic: string): void {
     if (this.state === 'closed') return
-    if (this.ws === undefined) { (this.early ??= []).push({ topic, on: true }); return }
+    if (this.ws === undefined) {
+      (this.early ??= []).push({ topic, on: true })
+      // A topic message published before the client is upgraded still reaches it, in order (uWS's
+      // pub/sub only knows upgraded sockets): the front delivers it into the early queue.
+      ;(this.pendingTopics ??= new Set()).add(topic)
+      this.registry.topicPending(topic, this, true)
+      return
+    }
     this.ws.subscribe(topic)
     ;(this.topics ??= new Set()).add(topic)
     this.registry.topicJoined(topic, this)
@@ -202,7 +219,11 @@ export class ClientSession implements ClientSink {
 
   unsubscribe (topic: string): void {
     if (this.state === 'closed') return
-    if (this.ws === undefined) { (this.early ??= []).push({ topic, on: false }); return }
+    if (this.ws === undefined) {
+      (this.early ??= []).push({ topic, on: false })
+      if (this.pendingTopics?.delete(topic) === true) this.registry.topicPending(topic, this, false)
+      return
+    }
     this.ws.unsubscribe(topic)
     if (this.topics?.delete(topic) === true) this.registry.topicLeft(topic, this)
   }
@@ -216,6 +237,7 @@ export class ClientSession implements ClientSink {
     this.leg = undefined
     if (this.ws === undefined) {
       this.state = 'closed'
+      this.dropPending()
       this.counters.closedBy(errorCode)
       this.onClosed()
     } else {
@@ -230,6 +252,7 @@ export class ClientSession implements ClientSink {
   abandon (reason: string): void {
     if (this.state !== 'connecting') return
     this.state = 'closed'
+    this.dropPending()
     const leg = this.leg
     this.leg = undefined
     leg?.clientClosed(1001, reason)
@@ -240,6 +263,7 @@ export class ClientSession implements ClientSink {
     if (this.state !== 'connecting') { ws.end(1001, 'session closed'); return }
     this.state = 'open'
     this.ws = ws
+    this.dropPending()
     this.counters.open.inc()
     this.counters.opened.inc()
     const early = this.early
