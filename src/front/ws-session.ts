@@ -274,6 +274,9 @@ export class ClientSession implements ClientSink {
         if (this.state !== 'open') break
         if ('topic' in e) { if (e.on) this.subscribe(e.topic); else this.unsubscribe(e.topic) } else this.deliver(e.data, e.binary)
       }
+      // Now, not at the end of the turn: a topic message uWS publishes meanwhile goes out at once and
+      // must not overtake the ones queued before the upgrade.
+      if (this.outbox !== undefined && this.state === 'open') this.flushOutbox()
     }
     if (this.pendingEnd !== undefined && this.state === 'open') {
       const p = this.pendingEnd
