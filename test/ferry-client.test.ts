@@ -125,3 +125,11 @@ t.test('a handshake the WebSocket implementation refuses is reported on every at
   t.match(errors[0]!.message, /subprotocol/, `each failed attempt emits 'error' (${errors[0]!.message})`)
   t.equal(c.state, 'reconnecting', 'and the client keeps trying with backoff')
 })
+
+t.test('a gateway that answers ferry.v1 but never welcomes: the connection is dropped after welcomeTimeoutMs and retried', async (t) => {
+  const s = await server(t, { onConn: (c) => { if (s.conns.length >= 2) welcome(c.ws) } })
+  const { c, errors } = client(t, s.url, { welcomeTimeoutMs: 200 })
+  await waitFor('welcomed on the second connection', () => s.conns.length === 2 && c.state === 'open', 5000)
+  t.match(errors[0]?.message ?? '', /no welcome within 200 ms/, 'reported as an error, then retried')
+  t.ok(s.conns[1]!.at - s.conns[0]!.at >= 200, 'not before the timeout')
+})

@@ -46,6 +46,8 @@ export interface FerryClientOptions {
   ackEvery?: number
   /** … or this long after the first unacknowledged one (default 100 ms). */
   ackIntervalMs?: number
+  /** A gateway that answered `ferry.v1` sends its welcome first; without it within this long (default 10 s) the connection is dropped and retried. */
+  welcomeTimeoutMs?: number
   /** Most unacknowledged outgoing messages (default 10,000); `send` beyond it throws a RangeError. */
   maxBufferedMessages?: number
   /** Most bytes (UTF-8 for text) of unacknowledged outgoing messages (default 16 MiB); `send` beyond it throws a RangeError. */
@@ -138,10 +140,11 @@ export class FerryClient {
   private welcomed = false
   private ackTimer: ReturnType<typeof setTimeout> | undefined
   private retryTimer: ReturnType<typeof setTimeout> | undefined
+  private welcomeTimer: ReturnType<typeof setTimeout> | undefined
   private attempt = 0
   /** A delay the server asked for (migrate afterMs, 1013 retry-after-ms); 0 when none. */
   private hintMs = 0
-  private readonly o: { protocols: string[], ackEvery: number, ackIntervalMs: number, maxBufferedMessages: number, maxBufferedBytes: number, minDelayMs: number, maxDelayMs: number, maxAttempts: number }
+  private readonly o: { protocols: string[], ackEvery: number, ackIntervalMs: number, welcomeTimeoutMs: number, maxBufferedMessages: number, maxBufferedBytes: number, minDelayMs: number, maxDelayMs: number, maxAttempts: number }
 
   /** Connects at once. Throws when there is no WebSocket implementation, or when it refuses the URL. */
   constructor (readonly url: string, opts: FerryClientOptions = {}) {
@@ -153,6 +156,7 @@ export class FerryClient {
       protocols: opts.protocols ?? [],
       ackEvery: opts.ackEvery ?? 32,
       ackIntervalMs: opts.ackIntervalMs ?? 100,
+      welcomeTimeoutMs: opts.welcomeTimeoutMs ?? 10_000,
       maxBufferedMessages: opts.maxBufferedMessages ?? 10_000,
       maxBufferedBytes: opts.maxBufferedBytes ?? 16 * 1024 * 1024,
       minDelayMs: opts.reconnect?.minDelayMs ?? 200,
@@ -270,7 +274,16 @@ export class FerryClient {
 
   private onOpen (ws: WebSocketLike): void {
     this.resumable = ws.protocol === SUBPROTOCOL
-    if (this.resumable) return // the welcome opens the session
+    if (this.resumable) {
+      // The welcome opens the session; a connection that never gets one (a broken middlebox) is retried.
+      this.welcomeTimer = setTimeout(() => {
+        this.welcomeTimer = undefined
+        if (ws !== this.ws || this.welcomed) return
+        this.emit('error', new Error(`ferry/client: no welcome within ${this.o.welcomeTimeoutMs} ms; reconnecting`))
+        try { ws.close(1001, 'no welcome') } catch { /* already closing */ }
+      }, this.o.welcomeTimeoutMs)
+      return
+    }
     // A plain session: no numbering; what was queued goes out now (at most once, no replay).
     this.protocol = ws.protocol
     this.session = ''
@@ -311,6 +324,7 @@ export class FerryClient {
   }
 
   private onWelcome (w: Welcome): void {
+    if (this.welcomeTimer !== undefined) { clearTimeout(this.welcomeTimer); this.welcomeTimer = undefined }
     const offered = this.token !== undefined
     this.session = w.session
     this.protocol = w.protocol
@@ -403,7 +417,8 @@ export class FerryClient {
     this.moveTo('closed')
     if (this.ackTimer !== undefined) clearTimeout(this.ackTimer)
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
-    this.ackTimer = this.retryTimer = undefined
+    if (this.welcomeTimer !== undefined) clearTimeout(this.welcomeTimer)
+    this.ackTimer = this.retryTimer = this.welcomeTimer = undefined
     const ws = this.ws
     this.ws = undefined
     if (ws !== undefined) { ws.onopen = null; ws.onmessage = null; ws.onclose = null }
