@@ -1,17 +1,22 @@
-# Ferry image. glibc (Debian bookworm) and Node 20 are required by the uWebSockets.js 20.30 binary.
+# Ferry's image: Node 20 on Debian 12 (glibc 2.36: the uWebSockets.js 20.30 binary loads; Ferry refuses
+# to start on its JS fallback). The same image runs the chat example backend (k8s/ferry.yaml).
+#   docker build -t ferry:0.1.0 .
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY src ./src
-RUN npx tsc -p tsconfig.json && npm prune --omit=dev
+RUN npx tsc -p tsconfig.json && npm prune --omit=dev --no-audit --no-fund
 
 FROM node:20-bookworm-slim
+ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
+COPY docs ./docs
+COPY examples ./examples
 USER node
 EXPOSE 8080 9901
 ENTRYPOINT ["node", "dist/cli.js"]

@@ -30,4 +30,31 @@ t.test('k8s manifests agree with the config schema', async (t) => {
   const volumes = dep.spec.template.spec.volumes as any[]
   const secretMount = c.volumeMounts.find((m: any) => volumes.find((v) => v.name === m.name)?.secret !== undefined)
   t.ok(secretMount !== undefined && cfg.resume.secretFile?.startsWith(secretMount.mountPath + '/'), 'resume.secretFile lies in the mounted Secret')
+  // Disruption budget, autoscaler and spreading all point at the Ferry pods.
+  const pdb = docs.find((d) => d.kind === 'PodDisruptionBudget')
+  const hpa = docs.find((d) => d.kind === 'HorizontalPodAutoscaler')
+  t.same(pdb?.spec.selector.matchLabels, dep.spec.selector.matchLabels, 'the PodDisruptionBudget selects the Ferry pods')
+  t.equal(pdb?.spec.maxUnavailable, 1, 'one pod down at a time')
+  t.match(hpa?.spec.scaleTargetRef, { kind: 'Deployment', name: dep.metadata.name }, 'the HPA scales the Ferry Deployment')
+  t.ok(hpa?.spec.minReplicas >= 2 && hpa?.spec.minReplicas <= hpa?.spec.maxReplicas, 'with at least 2 replicas')
+  t.same(dep.spec.template.spec.affinity?.podAntiAffinity?.preferredDuringSchedulingIgnoredDuringExecution?.[0]?.podAffinityTerm.labelSelector.matchLabels, dep.spec.selector.matchLabels, 'pods spread over nodes (anti-affinity on their own labels)')
+  // The example mux backend: every ConfigMap endpoint of the chat upstream is a pod of the StatefulSet behind the headless Service.
+  const headless = docs.find((d) => d.kind === 'Service' && d.spec.clusterIP === 'None')
+  const sts = docs.find((d) => d.kind === 'StatefulSet')
+  t.equal(sts?.spec.serviceName, headless?.metadata.name, 'the StatefulSet is governed by the headless Service')
+  const chat = cfg.upstreams.chat!
+  for (const e of chat.endpoints) {
+    const [host, port] = e.split(':') as [string, string]
+    const [pod, svcName] = host.split('.') as [string, string]
+    const ordinal = Number(pod.slice(sts.metadata.name.length + 1))
+    t.ok(svcName === headless.metadata.name && pod.startsWith(`${sts.metadata.name}-`) && ordinal < sts.spec.replicas, `${e}: a pod of the StatefulSet (${sts.spec.replicas} replicas) behind the headless Service`)
+    t.equal(Number(port), headless.spec.ports[0].port, `${e}: the headless Service's port`)
+  }
+  const args: string[] = sts.spec.template.spec.containers[0].command
+  t.equal(args[args.indexOf('--port') + 1], String(headless.spec.ports[0].port), 'the chat backend listens on that port')
+  // The image every manifest names is built by the Dockerfile (Node 20 on Debian 12, Ferry's CLI as entrypoint).
+  const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')
+  t.match(dockerfile, /^FROM node:20-bookworm-slim$/m, 'Dockerfile: Node 20 on Debian 12 (glibc 2.36, the uWS binary loads)')
+  t.match(dockerfile, /ENTRYPOINT \["node", "dist\/cli\.js"\]/, 'Dockerfile: the entrypoint is Ferry\'s CLI (the Deployment passes start --config)')
+  t.equal(c.args[0], 'start', 'the Deployment starts the gateway')
 })
