@@ -183,17 +183,18 @@ export class ResumableLeg extends MuxLeg {
         if (n > this.lastAck) { this.lastAck = n; this.stream.sendAck(n) }
         return
       }
-      this.clientBroke(1008, `acknowledged ${text.slice(0, 20)} messages; ${this.base + this.delivered} were sent`, 'FERRY_ERR_RESUME_BAD_ACK')
+      // Its state cannot be trusted: the backend session ends too.
+      this.clientBroke(1008, `acknowledged ${text.slice(0, 20)} messages; ${this.base + this.delivered} were sent`, 'FERRY_ERR_RESUME_BAD_ACK', 'client acknowledged messages it was never sent')
       return
     }
-    this.clientBroke(1002, `unknown ferry.v1 message kind ${kind ?? 'none'}`, 'FERRY_ERR_WS_CLIENT_PROTOCOL')
+    this.clientBroke(1002, `unknown ferry.v1 message kind ${kind ?? 'none'}`, 'FERRY_ERR_WS_CLIENT_PROTOCOL', undefined)
   }
 
-  /** A client that breaks the wire is closed; its backend session too for a bad ack (its state cannot be trusted). */
-  private clientBroke (code: number, reason: string, errorCode: string): void {
+  /** A client that breaks the wire is closed; its backend session is closed with `endSession` as the reason, else parked. */
+  private clientBroke (code: number, reason: string, errorCode: string, endSession: string | undefined): void {
     this.onClientError?.(errorCode)
     this.sink.end(code, reason, errorCode)
-    if (errorCode === 'FERRY_ERR_RESUME_BAD_ACK') this.stream.close(1008, 'client acknowledged messages it was never sent')
+    if (endSession !== undefined) this.stream.close(code, endSession)
     else this.stream.detach('client broke the ferry.v1 protocol')
     this.finished(true)
   }

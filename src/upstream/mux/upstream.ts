@@ -174,6 +174,9 @@ export class MuxUpstream implements WsUpstream {
     this.fanout.inc(n)
   }
 
+  /** A ferry.v1 client broke the wire (shared by every leg of this upstream). */
+  private readonly clientError = (code: string): void => { this.metrics.resumeClientErrors.labels(this.name, code).inc() }
+
   private resumeOutcome (outcome: string): void {
     let c = this.resumeOutcomes.get(outcome)
     if (c === undefined) { c = this.metrics.resumes.labels(this.name, outcome); this.resumeOutcomes.set(outcome, c) }
@@ -210,7 +213,10 @@ export class MuxUpstream implements WsUpstream {
     // Where the session goes: the key's recorded endpoint (affinity store), else rendezvous hashing of
     // the key (every pod agrees), else the balance policy.
     const placementKey = claims?.k ?? hs.affinityKey ?? (ferry ? hs.sessionId : undefined)
-    const known = placementKey !== undefined && this.placement !== undefined ? await this.placement.recorded(placementKey) : undefined
+    // A fresh ferry/client session's key is its new session id: nothing can be recorded for it yet.
+    const lookup = claims !== undefined || hs.affinityKey !== undefined
+    const known = lookup && this.placement !== undefined ? await this.placement.recorded(placementKey!) : undefined
+    const recorded = known !== undefined ? this.byAddress.get(known) : undefined
     const keyed = placementKey !== undefined
     const hashed = keyed ? hashKey(placementKey) : this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
     const balancer = keyed ? this.byKey : this.balancer
@@ -220,8 +226,7 @@ export class MuxUpstream implements WsUpstream {
       const now = Date.now()
       // A session that lives somewhere (a resume, or a key with a record) waits for that endpoint's link
       // unless the endpoint is ejected; others take any endpoint with a ready link.
-      const home = claims !== undefined ? (known !== undefined ? this.byAddress.get(known) : undefined) ?? balancer.pick(Infinity, now, undefined, hashed)
-        : known !== undefined ? this.byAddress.get(known) : undefined
+      const home = recorded ?? (claims !== undefined ? balancer.pick(Infinity, now, undefined, hashed) : undefined)
       let owner: MuxEndpoint | undefined
       if (home !== undefined && home.passive.acceptsAt(now)) owner = home.readyLink() !== undefined ? home : undefined
       else {
@@ -265,15 +270,11 @@ export class MuxUpstream implements WsUpstream {
       const stream = slot.conn!.openStream(meta, leg.events)
       if (stream === undefined) return undefined
       leg.stream = stream
-      if (o.placementKey !== undefined && hs.affinityKey !== undefined && this.placement !== undefined) {
-        const placement = this.placement
-        placement.opened(key, owner.address, o.known)
-        leg.onFinished = () => { placement.closed(key) }
-      }
+      if (hs.affinityKey !== undefined) this.track(leg, key, owner.address, o.known, 0)
       return leg
     }
     const leg = new ResumableLeg(appProtocol, sink, owner, this.stalls, this.tokens!, { k: key, u: this.name }, o.offer?.received ?? 0, o.refusal)
-    leg.onClientError = (code) => { this.metrics.resumeClientErrors.labels(this.name, code).inc() }
+    leg.onClientError = this.clientError
     const stream = slot.conn!.openStream(meta, leg.events)
     if (stream === undefined) return undefined
     leg.stream = stream
@@ -297,12 +298,16 @@ export class MuxUpstream implements WsUpstream {
         this.replayed.toUpstream.inc(Math.max(0, o.offer!.sent - accepted.received))
       }
     }
-    if (this.placement !== undefined) {
-      const placement = this.placement
-      placement.opened(key, owner.address, o.known, accepted.epoch)
-      leg.onFinished = () => { placement.closed(key) }
-    }
+    this.track(leg, key, owner.address, o.known, accepted.epoch)
     return leg
+  }
+
+  /** Records where the key's session lives, for as long as the leg lasts. */
+  private track (leg: MuxLeg, key: string, address: string, known: string | undefined, epoch: number): void {
+    const placement = this.placement
+    if (placement === undefined) return
+    placement.opened(key, address, known, epoch)
+    leg.onFinished = () => { placement.closed(key) }
   }
 
   async close (kind: 'flush' | 'abort'): Promise<void> {
