@@ -230,10 +230,6 @@ export class FerryClient {
     try { ws?.close(code, reason) } catch { /* an invalid code for this implementation, or already closing */ }
   }
 
-  private moveTo (next: ClientState): void {
-    this.state = next
-  }
-
   private connect (first = false): void {
     const protocols = [SUBPROTOCOL]
     if (this.token !== undefined) {
@@ -245,7 +241,7 @@ export class FerryClient {
     try {
       ws = new this.Ctor(this.url, protocols)
     } catch (err) {
-      if (first) { this.moveTo('closed'); throw err }
+      if (first) { this.state = 'closed'; throw err }
       this.emit('error', err instanceof Error ? err : new Error(String(err)))
       this.scheduleReconnect(1006, 'connect failed')
       return
@@ -357,7 +353,7 @@ export class FerryClient {
   }
 
   private opened (resumed: boolean, session: string): void {
-    this.moveTo('open')
+    this.state = 'open'
     this.emit('open', { resumed, session })
   }
 
@@ -402,7 +398,7 @@ export class FerryClient {
   private scheduleReconnect (code: number, reason: string): void {
     if (this.ackTimer !== undefined) { clearTimeout(this.ackTimer); this.ackTimer = undefined }
     if (this.attempt >= this.o.maxAttempts) { this.finish(code, `gave up after ${this.attempt} attempts: ${reason}`); return }
-    this.moveTo('reconnecting')
+    this.state = 'reconnecting'
     const ceiling = Math.min(this.o.maxDelayMs, this.o.minDelayMs * 2 ** this.attempt)
     // A server hint replaces the backoff (with a little jitter, so a drained pod's clients spread out).
     const delayMs = Math.round(this.hintMs > 0 ? this.hintMs + Math.random() * this.o.minDelayMs : Math.random() * ceiling)
@@ -414,7 +410,7 @@ export class FerryClient {
   }
 
   private finish (code: number, reason: string): void {
-    this.moveTo('closed')
+    this.state = 'closed'
     if (this.ackTimer !== undefined) clearTimeout(this.ackTimer)
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
     if (this.welcomeTimer !== undefined) clearTimeout(this.welcomeTimer)
