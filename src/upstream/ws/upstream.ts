@@ -84,6 +84,8 @@ type LegState = 'open' | 'closing' | 'closed'
 class PassthroughLeg implements UpstreamLeg {
   private state: LegState = 'open'
   private graceTimer: NodeJS.Timeout | undefined
+  /** The session's affinity key, when the placement keeps its record alive. */
+  affinityKey: string | undefined
 
   constructor (
     readonly protocol: string,
@@ -219,9 +221,6 @@ export class WsPassthroughUpstream implements WsUpstream {
   private readonly connections: Gauge.Internal<string>
   private readonly retries: Counter.Internal
 
-  /** Legs of sessions with an affinity key, for the placement's live records. */
-  private readonly keyed = new Map<UpstreamLeg, string>()
-
   constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, metrics: Metrics, private readonly placement?: AffinityPlacement) {
     this.endpoints = cfg.endpoints.map((e) => {
       const ep = parseEndpoint(e.replace(/^ws:\/\//, ''))
@@ -265,7 +264,7 @@ export class WsPassthroughUpstream implements WsUpstream {
         const leg = await this.handshake(ep, target, headers, hs, sink, failoverLeft ? Math.ceil(left / 2) : left)
         if (affine && this.placement !== undefined) {
           this.placement.opened(hs.affinityKey!, ep.endpoint.address, known)
-          this.keyed.set(leg, hs.affinityKey!)
+          leg.affinityKey = hs.affinityKey
         }
         return leg
       } catch (err) {
@@ -282,7 +281,7 @@ export class WsPassthroughUpstream implements WsUpstream {
    * resolves with the session's leg (which owns the socket from then on) or rejects (the socket is
    * destroyed).
    */
-  private async handshake (ep: WsEndpoint, target: string, headers: Record<string, string>, hs: WsHandshake, sink: ClientSink, ms: number): Promise<UpstreamLeg> {
+  private async handshake (ep: WsEndpoint, target: string, headers: Record<string, string>, hs: WsHandshake, sink: ClientSink, ms: number): Promise<PassthroughLeg> {
     const host = ep.endpoint.host.includes(':') ? `[${ep.endpoint.host}]` : ep.endpoint.host
     let ws: WebSocket
     try {
@@ -366,8 +365,7 @@ export class WsPassthroughUpstream implements WsUpstream {
   /** A leg's backend socket closed. */
   released (leg: PassthroughLeg): void {
     this.legs.delete(leg)
-    const key = this.keyed.get(leg)
-    if (key !== undefined) { this.keyed.delete(leg); this.placement?.closed(key) }
+    if (leg.affinityKey !== undefined) this.placement?.closed(leg.affinityKey)
     this.maybeIdle()
   }
 
