@@ -20,9 +20,9 @@ async function startChatBackend (t: Teardown): Promise<number> {
 
 t.test('examples/chat: rooms are topics; a message said in a room reaches its members only, through Ferry', async (t) => {
   const port = await startChatBackend(t)
-  // One link: a member's own "joined" (a topic message, sent on the backend's oldest link) must not
-  // overtake its SUBSCRIBE (on its stream's link); docs/mux-protocol.md, Topics.
-  const f = await startFerry(t, { upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${port}`], pool: { links: 1 } } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] })
+  // Several links: a member's own "joined" (a topic message) must reach it however its session and the
+  // other members' are spread over the links (docs/mux-protocol.md, Topics).
+  const f = await startFerry(t, { upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${port}`], pool: { links: 3 } } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] })
   const url = `ws://127.0.0.1:${f.httpPort}/chat`
   const ann = await connect(`${url}?room=lobby&name=ann`)
   const bob = await connect(`${url}?room=lobby&name=bob`)
@@ -39,7 +39,7 @@ t.test('examples/chat: rooms are topics; a message said in a room reaches its me
 
 t.test('examples/chat with ferry/client: a gateway restart does not end the chat session', async (t) => {
   const port = await startChatBackend(t)
-  const config = { upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${port}`], pool: { links: 1 } } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] }
+  const config = { upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${port}`], pool: { links: 2 } } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] }
   const env = { FERRY_RESUME_SECRET: 'example-chat-test-secret-0123456789abcdef' }
   const a = await startFerry(t, config, { env })
   const b = await startFerry(t, config, { env })

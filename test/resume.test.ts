@@ -316,4 +316,16 @@ t.test('topic messages reach ferry/client sessions (marked as topic, not numbere
   t.same(got[2], ['joined bob', true], 'a later topic message reaches the ferry/client session')
   t.same(plain.messages.map((m) => m.data.toString()), ['direct', 'joined bob'], 'and the plain session gets the same topic message without the kind byte')
   plain.ws.close()
+  await waitFor('bob gone', () => backend.sessions.size === 1)
+  // Ann's link is cut: she resumes on the other link (or a new one); her subscription moves with her.
+  const ann = [...backend.sessions][0]!
+  const resumed = new Promise<void>((resolve) => { ann.once('resume', () => { resolve() }) })
+  backend.links().find((l) => l.id === ann.linkId)!.terminate()
+  await resumed
+  t.equal(backend.publish('room', 'after resume'), 1, 'after the resume the topic is counted on exactly one link (the new one)')
+  await waitFor('ann gets the topic message after her resume', () => got.some(([d]) => d === 'after resume'))
+  t.pass('a topic message published after the resume reaches her')
+  c.close()
+  await waitFor('ann closed', () => backend.sessions.size === 0)
+  t.equal(backend.publish('room', 'nobody'), 0, 'with every subscriber gone, publish sends nothing')
 })

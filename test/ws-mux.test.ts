@@ -67,12 +67,13 @@ t.test(`${SESSIONS} sessions over links: 4 — at most 4 backend connections, ec
   }
   t.equal(bad, 0, `every session got its ${4} messages (and the big ones) back in order, type and bytes intact`)
 
-  // Topic fan-out: one publish per gateway instance, each subscriber exactly once.
+  // Topic fan-out: one PUBLISH per link that carries subscribers, each subscriber exactly once.
   for (const c of clients) c.messages.length = 0
-  t.equal(backend.publish('room:all', 'first'), 1, 'publish goes to one gateway instance (not once per link)')
+  t.equal(backend.publish('room:all', 'first'), 4, 'publish sends one frame on each of the 4 links with subscribers (not one per client)')
   backend.publish('room:all', Buffer.from([1, 2, 3]))
   backend.publish('room:even', 'evens only')
-  backend.publish('room:nobody', 'dropped')
+  t.equal(backend.publish('room:nobody', 'dropped'), 0, 'a topic nobody subscribed to is sent nowhere')
+  const evenLinks = new Set([...backend.sessions].filter((s) => s.topics.has('room:even')).map((s) => s.linkId)).size
   const want = (i: number): number => i % 2 === 0 ? 3 : 2
   await Promise.all(clients.map(async (c, i) => { await c.waitMessages(want(i)) }))
   await new Promise((resolve) => setTimeout(resolve, 300)) // duplicates would arrive by now
@@ -84,7 +85,7 @@ t.test(`${SESSIONS} sessions over links: 4 — at most 4 backend connections, ec
     return i % 2 === 0 && m[2]!.data.toString() !== 'evens only'
   }).length
   t.equal(wrong, 0, `all ${SESSIONS} subscribers got each topic message exactly once, in order, text/binary kept; odd ones no room:even`)
-  t.equal(await metric(f, 'ferry_mux_published_total{upstream="chat"}'), 4, 'four PUBLISH frames reached the gateway')
+  t.equal(await metric(f, 'ferry_mux_published_total{upstream="chat"}'), 4 + 4 + evenLinks, `PUBLISH frames: 4 links × 2 for room:all, ${evenLinks} for room:even (the links its subscribers are on)`)
   t.equal(await metric(f, 'ferry_mux_fanout_deliveries_total{upstream="chat"}'), SESSIONS * 2 + SESSIONS / 2, 'fan-out deliveries counted')
 
   for (const c of clients) c.ws.close(1000, 'done')
@@ -388,6 +389,37 @@ t.test('topic messages keep publish order across a gateway with 4 links, even wh
     if (news.length !== N || k !== -1) problems.push(`client ${i}: ${news.length} messages, first out of place #${k} (${news[k] ?? '-'}), ws state ${c.ws.readyState}`)
   }
   t.same(problems.slice(0, 5), [], `all 200 clients got the ${N} topic messages exactly once and in publish order (${problems.length} did not)`)
+  for (const c of clients) c.ws.close()
+})
+
+t.test('subscribe, then publish at once (a chat "joined"): every new session gets the message published right after its SUBSCRIBE, whichever link it is on', async (t) => {
+  // The race this guards: with one PUBLISH per gateway on one link, a SUBSCRIBE on another link could
+  // be read by the gateway after a PUBLISH the backend sent later, and the new member missed it.
+  const joinOrder: number[] = []
+  const backend = await startMuxBackend(t, (s, server) => {
+    s.subscribe('room')
+    joinOrder.push(Number(s.query.get('i')))
+    server.publish('room', `joined ${s.query.get('i')}`)
+  })
+  const f = await startFerry(t, muxConfig([`127.0.0.1:${backend.port}`], { pool: { links: 4 } }))
+  const n = 120
+  const clients: Client[] = []
+  for (let i = 0; i < n; i += 40) {
+    clients.push(...await Promise.all(Array.from({ length: 40 }, async (_, j) => await connect(`ws://127.0.0.1:${f.httpPort}/chat?i=${i + j}`))))
+  }
+  await waitFor(`${n} sessions`, () => backend.sessions.size === n)
+  t.equal(new Set([...backend.sessions].map((s) => s.linkId)).size, 4, 'the sessions are spread over all 4 links')
+  const gotOwn = (c: Client, i: number): boolean => c.messages.some((m) => m.data.toString() === `joined ${i}`)
+  // Bounded: whatever is missing after 10 s fails the checks below.
+  await waitFor('every join delivered', () => clients.every((c, i) => c.messages.length >= n - joinOrder.indexOf(i)), 10000).catch(() => {})
+  const missed = clients.map((c, i) => gotOwn(c, i) ? -1 : i).filter((i) => i >= 0)
+  t.same(missed, [], `every one of ${n} members got its own "joined" (${missed.length} did not)`)
+  // Exactly the joins from its own on, in the order the backend published them, each once.
+  const wrong = clients.filter((c, i) => {
+    const want = joinOrder.slice(joinOrder.indexOf(i)).map((j) => `joined ${j}`)
+    return c.messages.map((m) => m.data.toString()).join('|') !== want.join('|')
+  }).length
+  t.equal(wrong, 0, 'each member got exactly the joins from its own on, in publish order, once')
   for (const c of clients) c.ws.close()
 })
 

@@ -8,7 +8,7 @@
  *     session.on('message', (data, isBinary) => session.send(data, { binary: isBinary }))
  *     session.on('close', (code, reason) => { … })
  *   })
- *   server.publish('room:lobby', 'hello everyone')   // one frame per gateway; Ferry fans it out
+ *   server.publish('room:lobby', 'hello everyone')   // one frame per subscribed link; Ferry fans it out
  *
  * A Session feels like `ws`'s WebSocket: `send` returns false once the stream's credit is used up (the
  * client is slow) and `drain` follows when it is not; messages arrive whole (fragments reassembled).
@@ -157,11 +157,12 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
   }
 
   /**
-   * Sends `data` to every client subscribed to `topic` on every gateway connected to this backend:
-   * one PUBLISH frame per gateway instance (not per link), always on that gateway's oldest link, so
-   * topic messages arrive in publish order; Ferry fans it out with uWS pub/sub. (Relative to a
-   * session's own messages, which travel on its stream's link, order holds only with `links: 1`.)
-   * Returns the number of gateways it was sent to. The message must fit one frame (the gateway's
+   * Sends `data` to every client subscribed to `topic`, through every gateway connected to this
+   * backend: one PUBLISH frame on each link that carries a subscribed session (not one per client);
+   * Ferry fans it out with uWS pub/sub. A PUBLISH travels on the same link as its subscribers' own
+   * streams, so each client gets topic messages in publish order and in order with the messages its
+   * session sent before, and never misses one published after its `subscribe()`.
+   * Returns the number of links it was sent on. The message must fit one frame (the gateway's
    * maxFrameBytes, 64 KiB by default, minus the topic).
    */
   publish (topic: string, data: SendData, opts: { binary?: boolean } = {}): number {
@@ -170,17 +171,15 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
     const t = Buffer.byteLength(topic)
     if (t < 1 || t > 1024) throw new RangeError(`topic must be 1-1024 bytes of UTF-8 (got ${t})`)
     const frame = encodePublish(topic, bytes, binary)
-    const chosen = new Map<string, Link>()
+    const to: Link[] = []
     for (const l of this.links_) {
-      if (l.conn.state !== 'ready' && l.conn.state !== 'draining') continue
+      if (!l.topics.has(topic) || (l.conn.state !== 'ready' && l.conn.state !== 'draining')) continue
       const peerMax = l.conn.peer?.maxFrameBytes ?? 0
       if (frame.length - 12 > peerMax) throw new RangeError(`topic message of ${bytes.length} bytes does not fit the gateway's maxFrameBytes ${peerMax}`)
-      // Always the same link per gateway (the oldest): topic messages keep their publish order.
-      const best = chosen.get(l.instance)
-      if (best === undefined || l.id < best.id) chosen.set(l.instance, l)
+      to.push(l)
     }
-    for (const l of chosen.values()) l.conn.write(frame)
-    return chosen.size
+    for (const l of to) l.conn.write(frame)
+    return to.length
   }
 
   stats (): MuxServerStats {
@@ -244,7 +243,7 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
       resume: this.resumeEnabled,
     }, {
       ready: (peer: Hello) => {
-        link = { id: ++this.nextLinkId, conn, instance: String(peer.instance), gateway: String(peer.id), remoteAddress, remotePort }
+        link = { id: ++this.nextLinkId, conn, instance: String(peer.instance), gateway: String(peer.id), remoteAddress, remotePort, topics: new Map() }
         this.links_.add(link)
         this.emit('link', { gateway: link.gateway, instance: link.instance, remoteAddress, event: 'ready' })
       },

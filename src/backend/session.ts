@@ -23,7 +23,27 @@ export interface SessionInfo {
 export type SendData = string | Buffer | Uint8Array | ArrayBuffer
 
 /** @internal A link and the gateway instance it belongs to. */
-export interface Link { id: number, conn: MuxConnection, instance: string, gateway: string, remoteAddress: string, remotePort: number }
+export interface Link {
+  id: number
+  conn: MuxConnection
+  instance: string
+  gateway: string
+  remoteAddress: string
+  remotePort: number
+  /** Topic → sessions on this link subscribed to it: `publish` sends a PUBLISH on the links that have any. */
+  topics: Map<string, number>
+}
+
+function checkTopic (topic: string): void {
+  const n = Buffer.byteLength(topic)
+  if (n < 1 || n > 1024) throw new RangeError(`topic must be 1-1024 bytes of UTF-8 (got ${n})`)
+}
+
+function topicRef (link: Link, topic: string, delta: 1 | -1): void {
+  const n = (link.topics.get(topic) ?? 0) + delta
+  if (n > 0) link.topics.set(topic, n)
+  else link.topics.delete(topic)
+}
 
 /** @internal What a Session needs from its server. */
 export interface SessionHost {
@@ -83,6 +103,8 @@ export class Session extends EventEmitter<SessionEvents> {
   private readonly subscribed = new Set<string>()
   private stream: MuxStream | undefined
   private link: Link
+  /** The link this session's topics are counted on: its stream's link while attached, none otherwise. */
+  private countedOn: Link | undefined
   // Resume state (resumable sessions only).
   /** Fencing: bumped by every resume; a resume must present it (or the one before, if the last resume was never confirmed). */
   epoch = 0
@@ -109,6 +131,7 @@ export class Session extends EventEmitter<SessionEvents> {
     this.resumable = resumable
     this.stream = stream
     this.link = link
+    this.countedOn = link
   }
 
   /** The gateway instance the session's client is connected through (the last one, while parked). */
@@ -165,22 +188,34 @@ export class Session extends EventEmitter<SessionEvents> {
     this.ended(code, reason)
   }
 
-  /** The client joins `topic` (1–1024 bytes of UTF-8): `server.publish(topic, …)` reaches it. */
+  /**
+   * The client joins `topic` (1–1024 bytes of UTF-8): every `server.publish(topic, …)` from now on
+   * reaches it, in order with the messages this session sends. A parked session joins on resume.
+   */
   subscribe (topic: string): void {
-    this.topicFrame(FrameType.SUBSCRIBE, topic)
+    checkTopic(topic)
+    if (this.readyState !== ReadyState.OPEN || this.subscribed.has(topic)) return
     this.subscribed.add(topic)
+    if (this.countedOn !== undefined) topicRef(this.countedOn, topic, 1)
+    if (this.stream !== undefined) this.link.conn.write(encodeTopicFrame(FrameType.SUBSCRIBE, this.stream.id, topic))
   }
 
   unsubscribe (topic: string): void {
+    checkTopic(topic)
     if (!this.subscribed.delete(topic)) return
-    this.topicFrame(FrameType.UNSUBSCRIBE, topic)
+    if (this.countedOn !== undefined) topicRef(this.countedOn, topic, -1)
+    if (this.stream !== undefined) this.link.conn.write(encodeTopicFrame(FrameType.UNSUBSCRIBE, this.stream.id, topic))
   }
 
-  private topicFrame (type: typeof FrameType.SUBSCRIBE | typeof FrameType.UNSUBSCRIBE, topic: string): void {
-    const n = Buffer.byteLength(topic)
-    if (n < 1 || n > 1024) throw new RangeError(`topic must be 1-1024 bytes of UTF-8 (got ${n})`)
-    if (this.readyState !== ReadyState.OPEN || this.stream === undefined) return
-    this.link.conn.write(encodeTopicFrame(type, this.stream.id, topic))
+  /** Moves the count of this session's topics to `link` (undefined: the session has no stream now). */
+  private countTopicsOn (link: Link | undefined): void {
+    const old = this.countedOn
+    if (old === link) return
+    for (const t of this.subscribed) {
+      if (old !== undefined) topicRef(old, t, -1)
+      if (link !== undefined) topicRef(link, t, 1)
+    }
+    this.countedOn = link
   }
 
   /** @internal The stream's events, bridged to the EventEmitter API; application errors are contained. */
@@ -215,6 +250,7 @@ export class Session extends EventEmitter<SessionEvents> {
 
   private park (reason: string): void {
     this.stream = undefined
+    this.countTopicsOn(undefined)
     this.isParked = true
     this.host.parked(this, true)
     this.parkTimer = setTimeout(() => {
@@ -257,6 +293,7 @@ export class Session extends EventEmitter<SessionEvents> {
     const replayed = this.replay.sent - received
     stream.sendAccept({ resumed: true, session: this.id, epoch: this.epoch, received: this.received, replayed })
     this.ackedOut = this.received
+    this.countTopicsOn(link)
     for (const t of this.subscribed) link.conn.write(encodeTopicFrame(FrameType.SUBSCRIBE, stream.id, t))
     for (const m of this.replay.after(received)) stream.send(m.data, m.binary)
     this.safeEmit('resume', { gateway: link.gateway, replayed })
@@ -281,6 +318,7 @@ export class Session extends EventEmitter<SessionEvents> {
     if (this.parkTimer !== undefined) { clearTimeout(this.parkTimer); this.parkTimer = undefined }
     if (this.isParked) { this.isParked = false; this.host.parked(this, false) }
     this.stream = undefined
+    this.countTopicsOn(undefined)
     this.replay.clear()
     this.subscribed.clear()
     this.host.sessionEnded(this)

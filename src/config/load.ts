@@ -24,9 +24,7 @@ export type Config = Readonly<ParsedConfig & { gateway: { id: string } }>
 export const EMBEDDED_DEFAULTS: ConfigInput = {
   upstreams: {
     demo: { protocol: 'http', endpoints: ['127.0.0.1:3000'] },
-    // One link: the chat's topic messages (a member's own "joined") keep their order relative to the
-    // member's SUBSCRIBE only on one link (docs/mux-protocol.md, Topics).
-    chat: { protocol: 'mux', endpoints: ['127.0.0.1:7000'], pool: { links: 1 } },
+    chat: { protocol: 'mux', endpoints: ['127.0.0.1:7000'] },
   },
   routes: [{ match: { path: '/' }, upstream: 'demo' }, { match: { path: '/chat' }, upstream: 'chat' }],
 }

@@ -9,7 +9,7 @@ import type { Route, Router } from '../routing/router.js'
 import { sendError } from '../upstream/http/exchange.js'
 import { formatAddress } from './address.js'
 import type { Uws } from './uws.js'
-import { ClientSession, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
+import { ClientSession, flushOutboxes, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
 import { readAffinityKey, type ResumeOffer, type TopicPublisher, type WsHandshake, type WsUpstream } from './ws-types.js'
 import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wire.js'
 
@@ -220,6 +220,8 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     if (pending !== undefined) for (const s of pending) s.deliver(data, binary)
     const t = this.topics.get(topic)
     if (t === undefined || t.subs.size === 0) return pending?.size ?? 0
+    // Session messages decoded before this PUBLISH (same link, same read) go out first.
+    flushOutboxes()
     this.app.publish(topic, data, binary, this.compressTopics)
     // Topic messages have no credit: every 64 KiB published, look at the subscribers' queues and close
     // (1008) the ones past maxBackpressure before uWS's own cut at twice that.

@@ -6,7 +6,12 @@ import { closeReason, type ClientSink, type UpstreamLeg, type WsHandshake } from
 /** Sessions with queued deliveries, flushed once the current read's processing ends (one microtask). */
 const OUTBOX: ClientSession[] = []
 
-function flushOutboxes (): void {
+/**
+ * Sends every queued delivery now. The front calls it before a topic publish: uWS sends a published
+ * message at once, and it must not overtake a session's messages the backend sent before it.
+ */
+export function flushOutboxes (): void {
+  if (OUTBOX.length === 0) return
   // A flush may close a session, which never adds to OUTBOX; new deliveries from here start a new round.
   const list = OUTBOX.splice(0, OUTBOX.length)
   for (const s of list) s.flushOutbox()

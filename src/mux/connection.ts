@@ -14,7 +14,7 @@ export interface Hello {
   role: 'gateway' | 'backend'
   /** Gateway id / backend id, for logs. */
   id: string
-  /** Unique per process: a backend publishes once per gateway instance, not once per link. */
+  /** Unique per process: a backend can tell two links of one gateway process from links of two processes. */
   instance: string
   /** Largest frame payload the sender accepts. */
   maxFrameBytes: number

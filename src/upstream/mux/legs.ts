@@ -8,7 +8,7 @@ import type { ResumeClaims, ResumeTokens } from '../../sessions/token.js'
 /** The uWS topic of ferry.v1 clients is the plain one plus this: their copy carries the 'p' kind byte. */
 export const FERRY_TOPIC_SUFFIX = '\u0002'
 
-/** What a leg needs from its endpoint. */
+/** What a leg needs from its link: the link's topic scope, and a call when its stream ended. */
 export interface LegEndpoint {
   readonly topicPrefix: string
   afterStreamEnd: () => void
@@ -25,16 +25,20 @@ export class MuxLeg implements UpstreamLeg {
   /** Called once when the leg is finished (either side ended it). */
   onFinished: (() => void) | undefined
   private finishedOnce = false
+  /** The link's topic scope when the stream opened (a link that reconnects gets a new one). */
+  private readonly topicPrefix: string
 
-  constructor (readonly protocol: string, protected readonly sink: ClientSink, protected readonly ep: LegEndpoint, private readonly stalls: LegStalls, private readonly topicSuffix = '') {}
+  constructor (readonly protocol: string, protected readonly sink: ClientSink, protected readonly ep: LegEndpoint, private readonly stalls: LegStalls, private readonly topicSuffix = '') {
+    this.topicPrefix = ep.topicPrefix
+  }
 
   readonly events: StreamEvents = {
     message: (data, binary) => { this.fromBackend(data, binary) },
     end: (code, reason, cause, errorCode) => { this.backendEnded(code, reason, cause, errorCode) },
     drain: () => {},
     stall: (direction) => { this.stalls[direction].inc() },
-    subscribe: (topic) => { this.sink.subscribe(this.ep.topicPrefix + topic + this.topicSuffix) },
-    unsubscribe: (topic) => { this.sink.unsubscribe(this.ep.topicPrefix + topic + this.topicSuffix) },
+    subscribe: (topic) => { this.sink.subscribe(this.topicPrefix + topic + this.topicSuffix) },
+    unsubscribe: (topic) => { this.sink.unsubscribe(this.topicPrefix + topic + this.topicSuffix) },
   }
 
   protected fromBackend (data: Buffer, binary: boolean): void {

@@ -24,14 +24,18 @@ export interface LinkOwner {
   readonly cfg: MuxUpstreamConfig
   readonly gatewayId: string
   readonly log: Logger
+  /** The endpoint's topic scope; each link connection adds its own to it. */
+  readonly topicPrefix: string
   linkReady: (slot: LinkSlot) => void
   /** A connect attempt failed (refused, timeout, bad HELLO) before the link was ready. */
   linkFailed: (slot: LinkSlot, why: string) => void
   /** A ready (or draining) link went away. */
   linkLost: (slot: LinkSlot, end: ConnectionEnd) => void
   linkGoaway: (slot: LinkSlot, reason: string) => void
+  /** A PUBLISH on this link: `topic` is already scoped to the link. */
   publish: (topic: string, data: Buffer, binary: boolean) => void
   protocolError: (code: string) => void
+  afterStreamEnd: () => void
 }
 
 /**
@@ -42,6 +46,14 @@ export interface LinkOwner {
 export class LinkSlot {
   state: LinkState = 'backoff'
   conn: MuxConnection | undefined
+  /**
+   * The topic scope of the current connection. A backend's PUBLISH on a link reaches the clients whose
+   * sessions subscribed on that same link: a SUBSCRIBE and the PUBLISHes after it share one TCP stream,
+   * so a subscriber never misses a message published after its SUBSCRIBE was sent (across links the
+   * gateway may read them in either order).
+   */
+  topicPrefix: string
+  private connections = 0
   private failures = 0
   private timer: NodeJS.Timeout | undefined
   private readonly ca: Buffer | undefined
@@ -49,6 +61,7 @@ export class LinkSlot {
   constructor (readonly index: number, private readonly owner: LinkOwner) {
     const tls = owner.cfg.tls
     this.ca = tls.enabled && tls.caFile !== undefined ? readFileSync(tls.caFile) : undefined
+    this.topicPrefix = `${owner.topicPrefix}${index}.0\u0001`
   }
 
   get streams (): number {
@@ -76,6 +89,7 @@ export class LinkSlot {
     socket.once(cfg.tls.enabled ? 'secureConnect' : 'connect', () => {
       if (this.state !== 'connecting') { socket.destroy(); return }
       socket.off('error', onEarlyError)
+      const topicPrefix = this.topicPrefix = `${this.owner.topicPrefix}${this.index}.${++this.connections}\u0001`
       this.conn = new MuxConnection(socket, {
         role: 'gateway',
         id: this.owner.gatewayId,
@@ -91,7 +105,7 @@ export class LinkSlot {
           this.failures = 0
           this.owner.linkReady(this)
         },
-        publish: (topic, data, binary) => { this.owner.publish(topic, data, binary) },
+        publish: (topic, data, binary) => { this.owner.publish(topicPrefix + topic, data, binary) },
         goaway: (_last, _code, reason) => {
           if (this.state === 'ready') this.state = 'draining'
           this.owner.linkGoaway(this, reason)
@@ -143,6 +157,11 @@ export class LinkSlot {
     const delay = minDelayMs + Math.random() * Math.max(0, cap - minDelayMs)
     this.timer = setTimeout(() => { this.timer = undefined; if (this.state === 'backoff') this.connect() }, delay)
     this.timer.unref()
+  }
+
+  /** A stream on this link ended: a draining link of the endpoint may close now. */
+  afterStreamEnd (): void {
+    this.owner.afterStreamEnd()
   }
 
   /** A draining link with no streams left closes (and reconnects: the backend may be back by then). */

@@ -17,7 +17,8 @@ import type { Histogram } from 'prom-client'
 
 /**
  * One backend endpoint of a mux upstream: its link slots, passive health, and the topic scope of the
- * sessions it carries (a backend's PUBLISH reaches only the clients it subscribed itself).
+ * sessions it carries (a backend's PUBLISH reaches only the clients it subscribed itself, and each link
+ * narrows the scope to its own sessions: see LinkSlot.topicPrefix).
  */
 class MuxEndpoint implements Balanced, LinkOwner {
   readonly slots: LinkSlot[]
@@ -86,8 +87,8 @@ class MuxEndpoint implements Balanced, LinkOwner {
     this.log.info({ endpoint: this.address, link: slot.index, reason }, 'mux backend sent GOAWAY; link drains')
   }
 
-  publish (topic: string, data: Buffer, binary: boolean): void {
-    this.upstream.publish(this.topicPrefix + topic, data, binary)
+  publish (scopedTopic: string, data: Buffer, binary: boolean): void {
+    this.upstream.publish(scopedTopic, data, binary)
   }
 
   protocolError (code: string): void {
@@ -266,14 +267,14 @@ export class MuxUpstream implements WsUpstream {
       ...(resumable && o.claims !== undefined ? { resume: { session: o.claims.s, epoch: o.claims.e, received: o.offer!.received } } : {}),
     }
     if (!resumable) {
-      const leg = new MuxLeg(appProtocol, sink, owner, this.stalls)
+      const leg = new MuxLeg(appProtocol, sink, slot, this.stalls)
       const stream = slot.conn!.openStream(meta, leg.events)
       if (stream === undefined) return undefined
       leg.stream = stream
       if (hs.affinityKey !== undefined) this.track(leg, key, owner.address, o.known, 0)
       return leg
     }
-    const leg = new ResumableLeg(appProtocol, sink, owner, this.stalls, this.tokens!, { k: key, u: this.name }, o.offer?.received ?? 0, o.refusal)
+    const leg = new ResumableLeg(appProtocol, sink, slot, this.stalls, this.tokens!, { k: key, u: this.name }, o.offer?.received ?? 0, o.refusal)
     leg.onClientError = this.clientError
     const stream = slot.conn!.openStream(meta, leg.events)
     if (stream === undefined) return undefined
