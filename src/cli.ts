@@ -11,6 +11,9 @@ const USAGE = `ferry ${VERSION}: connection-offloading gateway
 
 usage:
   ferry start [--config FILE]      run the gateway (no file: embedded defaults, demo backend on 127.0.0.1:3000)
+  ferry drain [--admin HOST:PORT] [--wait]
+                                   drain a running gateway (as SIGTERM does); --admin defaults to the
+                                   config's listen.admin; --wait follows it until it has exited
   ferry check --config FILE        validate a config; exit 1 listing every problem by field path
   ferry config-reference           print the config reference (docs/config.md) generated from the schema
   ferry errors-reference           print the error code reference (docs/errors.md)
@@ -30,19 +33,30 @@ async function start (file: string | undefined): Promise<void> {
   const config = loadConfig(file)
   const log = createLogger({ level: config.logging.level, pretty: config.logging.pretty, base: { gw: config.gateway.id } })
   const gateway = new Gateway({ config, log })
-  let stopping = false
-  const stop = (signal: string): void => {
-    if (stopping) return
-    stopping = true
-    log.info({ signal }, 'stopping')
-    const deadline = setTimeout(() => { log.warn('stop deadline reached, exiting'); flushLogger(log); process.exit(0) }, 15000)
-    deadline.unref()
-    gateway.stop('flush').then(() => { flushLogger(log); process.exit(0) }, (err: unknown) => {
-      log.error({ err }, 'stop failed'); flushLogger(log); process.exit(1)
-    })
+  let signals = 0
+  const onSignal = (signal: string): void => {
+    signals++
+    if (signals === 1) {
+      log.info({ signal }, 'draining')
+      gateway.drain(signal)
+      // Whatever happens, the process is gone shortly after the drain's own deadline.
+      const { acceptGraceMs, deadlineMs } = config.drain
+      const hard = setTimeout(() => { log.warn('drain did not finish by its deadline; exiting'); flushLogger(log); process.exit(0) }, acceptGraceMs + deadlineMs + 10000)
+      hard.unref()
+      return
+    }
+    if (signals <= 3) {
+      // A second signal shortens the schedule, a third makes the deadline now.
+      log.warn({ signal, count: signals }, 'drain hurried')
+      gateway.hurryDrain()
+      return
+    }
+    log.warn({ signal }, 'exiting now')
+    flushLogger(log)
+    process.exit(0)
   }
-  process.on('SIGTERM', () => stop('SIGTERM'))
-  process.on('SIGINT', () => stop('SIGINT'))
+  process.on('SIGTERM', () => { onSignal('SIGTERM') })
+  process.on('SIGINT', () => { onSignal('SIGINT') })
   process.on('uncaughtException', (err) => {
     // A bug, not bad input (bad input is handled where it arrives): log it and let the supervisor restart us.
     log.fatal({ err }, 'uncaught exception')
@@ -55,17 +69,54 @@ async function start (file: string | undefined): Promise<void> {
     flushLogger(log)
     throw err
   }
+  // The process ends when the gateway has stopped: after a drain (a signal, POST /drain, `ferry drain`).
+  void gateway.stopped.then(() => { flushLogger(log); process.exit(0) })
+}
+
+/** `ferry drain`: asks a running gateway (its admin listener) to drain; with --wait, until it is gone. */
+async function drainCommand (admin: string, wait: boolean): Promise<void> {
+  const base = `http://${admin}`
+  let res: Response
+  try {
+    res = await fetch(`${base}/drain`, { method: 'POST', signal: AbortSignal.timeout(5000) })
+  } catch (err) {
+    fail(`ferry drain: cannot reach the admin listener at ${admin}: ${(err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message}`)
+  }
+  const body = await res.text()
+  if (res.status !== 202) fail(`ferry drain: ${admin} answered ${res.status}: ${body}`)
+  process.stdout.write(body.endsWith('\n') ? body : `${body}\n`)
+  if (!wait) return
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+    let st: { drain?: { phase?: string, remaining?: object } }
+    try {
+      st = await (await fetch(`${base}/status`, { signal: AbortSignal.timeout(5000) })).json() as typeof st
+    } catch {
+      process.stdout.write('drained: the gateway is gone\n')
+      return
+    }
+    process.stdout.write(`${st.drain?.phase ?? '?'} ${JSON.stringify(st.drain?.remaining ?? {})}\n`)
+  }
 }
 
 async function main (argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv
-  const { values } = parseArgs({ args: rest, options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: false, strict: true })
+  const { values } = parseArgs({ args: rest, options: { config: { type: 'string', short: 'c' }, admin: { type: 'string' }, wait: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: false, strict: true })
   if (values.help === true) { process.stdout.write(USAGE); return }
   const file = values.config ?? process.env.FERRY_CONFIG
   switch (cmd) {
     case 'start':
       await start(file)
       return
+    case 'drain': {
+      let admin = values.admin
+      if (admin === undefined) {
+        const a = loadConfig(file).listen.admin
+        admin = `${a.host === '0.0.0.0' ? '127.0.0.1' : a.host === '::' ? '[::1]' : a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`
+      }
+      await drainCommand(admin, values.wait === true)
+      return
+    }
     case 'check': {
       if (file === undefined) fail('ferry check: --config FILE is required')
       const cfg = loadConfig(file)

@@ -53,6 +53,8 @@ export const ERRORS = {
   FERRY_ERR_WS_CLIENT_PROTOCOL: { status: 0, description: 'A client broke the WebSocket protocol: uWebSockets.js dropped it for invalid UTF-8 or a malformed frame (uWS 20.30 closes without a close frame, so the client sees 1006), or a ferry.v1 client sent a message of an unknown kind (closed 1002).' },
   FERRY_ERR_RESUME_BAD_ACK: { status: 0, description: 'A ferry.v1 client acknowledged messages it was never sent (or went backwards); it is closed 1008 and its backend session closed.' },
   FERRY_ERR_WS_IDLE: { status: 0, description: 'A WebSocket session had no traffic for websocket.idleTimeoutSec (automatic pings unanswered); uWS closed it.' },
+  FERRY_ERR_GATEWAY_DRAINING: { status: 0, description: 'The gateway is draining (SIGTERM, POST /drain): the session was migrated, closed 1012 (ferry/client clients were first sent a migrate message and resume elsewhere); TCP connections still open at drain.deadlineMs were closed.' },
+  FERRY_ERR_ADMISSION: { status: 503, description: 'A new WebSocket handshake came beyond admission.handshakesPerSec: 503 with Retry-After, or for ferry/client clients close 1013 with a retry-after-ms hint. Nothing was opened on a backend.' },
   FERRY_ERR_GATEWAY_STOPPING: { status: 503, description: 'The gateway is stopping: new WebSocket upgrades are refused and open sessions are closed 1001.' },
   FERRY_ERR_INTERNAL: { status: 500, description: 'A bug in Ferry; the request is answered 500 and the process keeps running.' },
 } as const satisfies Record<string, ErrorSpec>

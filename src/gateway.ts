@@ -16,8 +16,16 @@ import type { WsUpstream } from './front/ws-types.js'
 import { createWsUpstream } from './upstream/ws-upstreams.js'
 import { createAffinityStore, type AffinityStore } from './affinity/index.js'
 import { resolveResumeSecret, ResumeTokens, type SecretSource } from './sessions/token.js'
+import { Admission } from './drain/admission.js'
+import { DrainController, type DrainStatus, type DrainTarget } from './drain/controller.js'
+import type { HttpLifecycle } from './upstream/http/exchange.js'
 
-export type GatewayState = 'created' | 'starting' | 'running' | 'stopping' | 'stopped'
+/**
+ * created ──start()──▶ starting ──▶ running ──drain()──▶ draining ──(drained)──▶ stopping ──▶ stopped
+ *                                     └──────────────stop()──────────────────────▶ stopping
+ * A drain requested while starting begins as soon as the gateway runs.
+ */
+export type GatewayState = 'created' | 'starting' | 'running' | 'draining' | 'stopping' | 'stopped'
 
 export interface GatewayOptions {
   config: Config
@@ -54,6 +62,13 @@ export class Gateway {
   private readonly removeCollector: () => void
   private store: AffinityStore | undefined
   private secretSource: SecretSource | undefined
+  private readonly lifecycle: HttpLifecycle = { draining: false, inFlight: 0 }
+  private readonly admission: Admission
+  private readonly drainer: DrainController
+  private drainRequested: string | undefined
+  private resolveStopped!: () => void
+  /** Resolves once the gateway has stopped (after a drain, or `stop()`). */
+  readonly stopped: Promise<void>
 
   constructor (opts: GatewayOptions) {
     this.config = opts.config
@@ -62,6 +77,9 @@ export class Gateway {
     this.uws = loadNativeUws()
     this.metrics.configInfo.labels(this.config.gateway.id, VERSION).set(1)
     this.removeCollector = this.metrics.onCollect(() => this.collect())
+    this.admission = new Admission(this.config.admission, this.metrics.admissionRefused)
+    this.drainer = new DrainController(this.config.drain, this.drainTarget(), this.log.child({ component: 'drain' }), this.metrics)
+    this.stopped = new Promise((resolve) => { this.resolveStopped = resolve })
   }
 
   get currentState (): GatewayState {
@@ -112,6 +130,7 @@ export class Gateway {
         upstream,
         metrics: upstreamMetrics(this.metrics, name),
         log: this.log,
+        lifecycle: this.lifecycle,
         accessLog: cfg.logging.accessLog,
         requestIdHeader: cfg.http.requestIdHeader,
         retryIdempotent: ucfg.retry.idempotent,
@@ -119,12 +138,13 @@ export class Gateway {
     }
     try {
       this.admin = new AdminServer(this.uws, {
-        live: () => this.state === 'starting' || this.state === 'running' || this.state === 'stopping',
+        live: () => this.state === 'starting' || this.state === 'running' || this.state === 'draining' || this.state === 'stopping',
         ready: () => this.state === 'running',
         status: () => this.status(),
+        drain: () => this.drain('POST /drain'),
       }, this.metrics, this.log)
       const admin = await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
-      this.front = new HttpFront({ uws: this.uws, config: cfg, router: new Router(cfg.routes), upstreams: contexts, wsUpstreams: this.wsUpstreams, log: this.log, metrics: this.metrics })
+      this.front = new HttpFront({ uws: this.uws, config: cfg, router: new Router(cfg.routes), upstreams: contexts, wsUpstreams: this.wsUpstreams, log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission })
       for (const u of this.wsUpstreams.values()) u.bindPublisher?.(this.front.ws)
       const http = await this.front.listen()
       const tcp: Record<string, number> = {}
@@ -140,19 +160,75 @@ export class Gateway {
     }
     this.transition('running')
     this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, tcp: this.ports.tcp, gateway: cfg.gateway.id, version: VERSION }, 'listening')
+    if (this.drainRequested !== undefined) this.drain(this.drainRequested)
     return this.ports
   }
 
   /**
-   * 'flush': stop accepting, let in-flight requests finish (bounded by the upstream timeouts), then close
-   * pools. 'abort': close everything now. (Paced drain of long-lived sessions lands with the drain controller.)
+   * Starts the drain (SIGTERM, POST /drain, `ferry drain`): see DrainController. Asking again is the
+   * same drain. Asked while starting, it begins once the gateway runs. Returns its progress.
+   */
+  drain (reason: string): DrainStatus | { phase: 'pending' | 'stopped', reason: string } {
+    if (this.state === 'created' || this.state === 'starting') {
+      this.drainRequested ??= reason
+      this.log.info({ reason }, 'drain requested during start-up: it begins once the gateway runs')
+      return { phase: 'pending', reason }
+    }
+    if (this.state === 'stopping' || this.state === 'stopped') return { phase: 'stopped', reason }
+    return this.drainer.start(reason)
+  }
+
+  /** A second drain signal: shortens what is left of the schedule (see DrainController.hurry). */
+  hurryDrain (): void {
+    this.drainer.hurry()
+  }
+
+  private drainTarget (): DrainTarget {
+    return {
+      notReady: () => {
+        this.lifecycle.draining = true
+        if (this.state === 'running') this.transition('draining')
+      },
+      closeListeners: (graceMs) => {
+        this.front?.stopAccepting()
+        // TCP connections get their listener's shutdownGraceMs, else until the deadline.
+        for (const l of this.tcpListeners) void l.close('flush', graceMs)
+      },
+      sessions: () => this.front?.ws.sessionCount ?? 0,
+      migrate: (n) => this.front?.ws.migrate(n) ?? { resumable: 0, plain: 0 },
+      httpInFlight: () => this.lifecycle.inFlight,
+      idleHttpConnections: () => this.ports === undefined ? undefined : establishedOnPort(this.ports.http),
+      tcpOpen: () => this.tcpListeners.reduce((n, l) => n + l.open, 0),
+      forceClose: () => {
+        const n = this.front?.ws.closeAll(1012, 'gateway drained: reconnect', 'FERRY_ERR_GATEWAY_DRAINING') ?? 0
+        for (const l of this.tcpListeners) void l.close('abort')
+        return n
+      },
+      finish: async () => {
+        if (this.state === 'stopping' || this.state === 'stopped') return
+        this.transition('stopping')
+        await this.closeStages('flush')
+      },
+    }
+  }
+
+  /**
+   * Stops now, without the drain schedule (in-process use, tests): 'flush' stops accepting, closes
+   * sessions 1001 and lets in-flight requests and TCP connections finish (bounded by the upstream
+   * timeouts and shutdownGraceMs), then closes pools. 'abort': close everything now.
    */
   async stop (kind: 'flush' | 'abort' = 'flush'): Promise<void> {
     if (this.state === 'stopping' || this.state === 'stopped') return
+    this.drainer.cancel()
     this.transition('stopping')
     this.front?.stopAccepting()
-    // Long-lived sessions end now (paced migration is the drain controller's job): clients see 1001.
     this.front?.ws.closeAll(1001, 'gateway stopping')
+    await this.closeStages(kind)
+  }
+
+  private async closeStages (kind: 'flush' | 'abort'): Promise<void> {
+    this.front?.stopAccepting()
+    this.front?.ws.close()
     await Promise.all([
       ...[...this.wsUpstreams.values()].map(async (u) => { await u.close(kind) }),
       ...[...this.upstreams.values()].map(async (u) => { await u.close(kind) }),
@@ -164,6 +240,7 @@ export class Gateway {
     this.admin?.close()
     this.removeCollector()
     this.transition('stopped')
+    this.resolveStopped()
   }
 
   private collect (): void {
@@ -206,6 +283,8 @@ export class Gateway {
       routes: this.config.routes.map((r) => ({ host: r.match.host, path: r.match.path, upstream: r.upstream, kind: this.config.upstreams[r.upstream]?.protocol === 'http' ? 'http' : 'websocket' })),
       websocket: this.front?.ws.status(),
       affinity: this.store?.status(),
+      drain: this.drainer.status(),
+      admission: this.admission.status(),
       resume: { secret: this.secretSource, tokenTtlMs: this.config.resume.tokenTtlMs },
       upstreams: [
         ...[...this.upstreams.values()].map((u) => u.status()),

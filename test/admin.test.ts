@@ -102,7 +102,8 @@ t.test('admin API: /healthz, /readyz, /status shape, /metrics, unknown path; SIG
   // 'exit' can come before the last stdout bytes are read: wait for stdout to end before reading the logs.
   const out = f.child.stdout!
   if (!out.closed) await once(out, 'close')
-  t.ok(f.logs.some((l) => l.msg === 'stopping' && l.signal === 'SIGTERM'), 'it logged "stopping" for SIGTERM')
+  t.ok(f.logs.some((l) => l.msg === 'draining' && l.signal === 'SIGTERM'), 'it logged "draining" for SIGTERM')
+  t.ok(f.logs.some((l) => l.msg === 'drained'), 'it logged "drained"')
   t.ok(f.logs.some((l) => l.msg === 'gateway stopped'), 'it logged "gateway stopped" before exiting')
   t.ok(await refused(f.httpPort), `after exit the HTTP port ${f.httpPort} refuses connections`)
   t.ok(await refused(f.adminPort), `after exit the admin port ${f.adminPort} refuses connections`)

@@ -57,4 +57,20 @@ t.test('k8s manifests agree with the config schema', async (t) => {
   t.match(dockerfile, /^FROM node:20-bookworm-slim$/m, 'Dockerfile: Node 20 on Debian 12 (glibc 2.36, the uWS binary loads)')
   t.match(dockerfile, /ENTRYPOINT \["node", "dist\/cli\.js"\]/, 'Dockerfile: the entrypoint is Ferry\'s CLI (the Deployment passes start --config)')
   t.equal(c.args[0], 'start', 'the Deployment starts the gateway')
+  // Drain timings: the pod exits by itself before the kubelet's SIGKILL; preStop starts the drain.
+  const grace = dep.spec.template.spec.terminationGracePeriodSeconds as number
+  const drainS = (cfg.drain.acceptGraceMs + cfg.drain.deadlineMs) / 1000
+  t.ok(grace > drainS, `terminationGracePeriodSeconds ${grace} > drain.acceptGraceMs + drain.deadlineMs (${drainS} s)`)
+  t.ok(cfg.drain.spreadMs < cfg.drain.deadlineMs, 'sessions are spread over less than the deadline')
+  const preStop: string[] = c.lifecycle?.preStop?.exec?.command ?? []
+  t.same(preStop.slice(0, 3), ['node', 'dist/cli.js', 'drain'], 'preStop runs `ferry drain`')
+  t.equal(preStop[preStop.indexOf('--admin') + 1], `127.0.0.1:${cfg.listen.admin.port}`, 'against this pod\'s admin port')
+  t.equal(dep.spec.strategy?.rollingUpdate?.maxUnavailable, 0, 'rolling update: a replacement is ready before a pod drains (maxUnavailable 0)')
+  t.ok(cfg.admission.handshakesPerSec > 0, 'admission control is on')
+  // TCP passthrough ports: container port and Service port per listener.
+  for (const l of cfg.listen.tcp) {
+    const cp = c.ports.find((p: any) => p.containerPort === l.port)
+    t.ok(cp !== undefined, `listen.tcp ${l.name}: container port ${l.port}`)
+    t.ok(svc.spec.ports.some((p: any) => p.targetPort === cp?.name), `listen.tcp ${l.name}: the Service exposes it`)
+  }
 })

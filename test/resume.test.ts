@@ -134,7 +134,10 @@ for (const cut of ['links of pod A cut', 'pod A killed (SIGKILL)', 'Redis restar
     t.equal(exactly(log.got.get(session.id)!, N), true, `the application got client messages 1..${N} exactly once, in order`)
     t.equal(log.sessions.length, 1, 'the application saw one session (no new session after the reconnect)')
     t.same(log.closes, [], 'and no close')
-    t.ok(log.detaches >= 1 && log.resumes >= 1, `the session was parked and resumed (${log.detaches} detach, ${log.resumes} resume)`)
+    // A drained pod (SIGTERM) migrates the session: the client may resume through pod B before pod A's
+    // DETACH reaches the backend (then the old stream is closed 4001, no park), or after (parked first).
+    const drained = cut.includes('SIGTERM')
+    t.ok(log.resumes >= 1 && (drained || log.detaches >= 1), `the session was ${drained ? 'moved' : 'parked and resumed'} (${log.detaches} detach, ${log.resumes} resume)`)
     t.ok(home.sessions.has(session) && session.readyState === 1, 'on the same backend endpoint, still open')
     t.ok(events.some((e) => e.startsWith('open:{"resumed":true')), 'the client was told it resumed')
     t.notOk(events.some((e) => e.startsWith('reset')), 'and never got a fresh session')

@@ -336,7 +336,7 @@ t.test('TLS links: the backend serves TLS, Ferry verifies it against the configu
   t.equal((await upgradeStatus(`ws://127.0.0.1:${g.httpPort}/chat`)).status, 502, 'a backend certificate that does not match serverName: no link, 502')
 })
 
-t.test('permessage-deflate as a route option, and a gateway stop closes sessions 1001 with the backend told', async (t) => {
+t.test('permessage-deflate as a route option, and a gateway drain (SIGTERM) closes plain sessions 1012 with the backend told', async (t) => {
   const closes: Array<[number, string]> = []
   const backend = await startMuxBackend(t, (s) => {
     s.on('message', (d, b) => { s.send(d, { binary: b }) })
@@ -360,9 +360,9 @@ t.test('permessage-deflate as a route option, and a gateway stop closes sessions
   t.equal(plain.extensions, '', 'a route without compression declines it')
   const gone = Promise.all([zipped, plain].map(async (ws) => await new Promise<number>((resolve) => ws.once('close', (code: number) => { resolve(code) }))))
   t.equal(await f.stop(), 0, 'SIGTERM: exit code 0')
-  t.same(await gone, [1001, 1001], 'both clients were closed 1001 (going away)')
+  t.same(await gone, [1012, 1012], 'both clients were closed 1012 (service restart: reconnect)')
   await waitFor('backend heard both closes', () => closes.length === 2)
-  t.ok(closes.every(([code]) => code === 1001), 'the backend sessions closed with 1001 too')
+  t.ok(closes.every(([code]) => code === 1012), 'the backend sessions closed with 1012 too')
 })
 
 t.test('topic messages keep publish order across a gateway with 4 links, even while links carry uneven traffic', async (t) => {

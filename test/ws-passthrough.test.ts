@@ -459,7 +459,7 @@ t.test('backpressure from the client: a backend that stops reading gets the clie
   await assertAlive(t, f)
 })
 
-t.test('lifecycle: a client gone during the backend handshake leaves no backend socket; SIGTERM closes sessions 1001 both ways', async (t) => {
+t.test('lifecycle: a client gone during the backend handshake leaves no backend socket; SIGTERM drains: sessions closed 1012 both ways', async (t) => {
   const held: Array<(ok: boolean) => void> = []
   let hold = true
   const backend = await startWsBackend(t, undefined, { verifyClient: (_info, cb) => { if (hold) held.push(cb); else cb(true) } })
@@ -486,10 +486,10 @@ t.test('lifecycle: a client gone during the backend handshake leaves no backend 
   const code = await f.stop()
   const took = Date.now() - t0
   t.equal(code, 0, 'Ferry exited 0 on SIGTERM')
-  t.ok(took < 10000, `within ${took} ms (bound 10000, connectMs is 20000: the held handshake was given up)`)
-  t.equal((await closedWithin(c, 5000)).code, 1001, 'the open session\'s client got 1001')
+  t.ok(took < 10000, `within ${took} ms (bound 10000, drain deadline 5000, connectMs 20000: the held handshake was given up)`)
+  t.equal((await closedWithin(c, 5000)).code, 1012, 'the open session\'s client got 1012 (drain: reconnect)')
   await waitFor('backend close', () => backend.closes.length === 2)
-  t.same(backend.closes[1], [1001, 'gateway stopping'], 'its backend got 1001 "gateway stopping"')
+  t.same(backend.closes[1], [1012, 'gateway draining: reconnect'], 'its backend got 1012 "gateway draining: reconnect"')
   const p = await Promise.race([pending, new Promise<{ status: number, body: string }>((resolve) => setTimeout(() => { resolve({ status: 0, body: 'hung' }) }, 5000).unref())])
   t.not(p.status, 0, `the upgrade waiting on the backend did not hang (${p.status === -1 ? p.body : p.status})`)
   t.not(p.status, 101, 'and was not upgraded')

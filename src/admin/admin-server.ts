@@ -9,9 +9,11 @@ export interface AdminSource {
   readonly live: () => boolean
   readonly ready: () => boolean
   readonly status: () => object
+  /** Starts (or joins) the drain; returns its progress. */
+  readonly drain: () => object
 }
 
-/** Admin HTTP API on its own listener: /healthz /readyz /metrics /status. */
+/** Admin HTTP API on its own listener: /healthz /readyz /metrics /status, POST /drain. */
 export class AdminServer {
   private readonly app: TemplatedApp
   private socket: ListenSocket | undefined
@@ -30,8 +32,13 @@ export class AdminServer {
       res.writeHeader('content-type', 'application/json').end(JSON.stringify(this.source.status(), null, 2))
     })
     this.app.get('/metrics', (res) => this.serveMetrics(res))
+    this.app.post('/drain', (res) => {
+      res.onAborted(() => {})
+      const progress = this.source.drain()
+      res.writeStatus('202 Accepted').writeHeader('content-type', 'application/json').end(JSON.stringify(progress, null, 2))
+    })
     this.app.any('/*', (res) => {
-      res.writeStatus('404 Not Found').writeHeader('content-type', 'text/plain').end('admin endpoints: /healthz /readyz /metrics /status\n')
+      res.writeStatus('404 Not Found').writeHeader('content-type', 'text/plain').end('admin endpoints: GET /healthz /readyz /metrics /status, POST /drain\n')
     })
   }
 

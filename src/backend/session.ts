@@ -239,7 +239,8 @@ export class Session extends EventEmitter<SessionEvents> {
       return
     }
     this.stream = undefined
-    this.ended(code === 1012 || cause === 'detach' ? 1006 : code, reason)
+    // The link died (or the client's connection did): to the application that is an abnormal close.
+    this.ended(cause === 'link' || cause === 'detach' ? 1006 : code, reason)
   }
 
   private clientAck (n: number): void {

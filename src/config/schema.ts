@@ -153,7 +153,7 @@ const tcpListener = z.strictObject({
   noDelay: z.boolean().default(true).describe('TCP_NODELAY on both the client and the backend socket.'),
   keepAlive: z.boolean().default(true).describe('TCP keep-alive probes on both sockets, so dead peers are found.'),
   keepAliveDelayMs: durationMs(30000, 'Idle time before the first keep-alive probe.'),
-  shutdownGraceMs: nonNegativeInt.default(5000).describe('On gateway stop: how long open connections may continue before they are closed.'),
+  shutdownGraceMs: nonNegativeInt.optional().describe('How long open connections may continue once the listener stops accepting (a drain, or a stop), before what they have queued is flushed and they are closed. Default: until the drain\'s deadline (drain.deadlineMs); 5 s on an in-process stop.'),
 })
 
 /** uWS aborts the process on other values: validate here. */
@@ -223,12 +223,26 @@ export const configSchema = z.strictObject({
     secretFile: z.string().min(1).optional().describe('Read the secret from this file instead (a mounted Kubernetes Secret); surrounding whitespace is ignored.'),
     tokenTtlMs: durationMs(3600000, 'How long a resume token is valid; live sessions get a fresh token every half of it.'),
   }).prefault({}).describe('Resumable sessions for `ferry/client` clients on routes to `mux` upstreams (docs/resume.md).'),
+  drain: z.strictObject({
+    acceptGraceMs: nonNegativeInt.default(5000).describe('After a drain starts (SIGTERM, POST /drain, `ferry drain`), /readyz answers 503 but the listeners keep accepting for this long, while load balancers and Kubernetes endpoints catch up.'),
+    spreadMs: nonNegativeInt.default(20000).describe('WebSocket sessions are migrated (ferry/client: a `migrate` message, then close 1012; plain clients: close 1012) evenly over this long, so their reconnects do not arrive at once.'),
+    maxMigrationsPerSec: positiveInt.default(200).describe('Upper bound of sessions migrated per second, whatever spreadMs says (a pod with many sessions takes longer).'),
+    deadlineMs: positiveInt.default(60000).describe('Counted from the end of the accept grace: by then everything still open (sessions, TCP connections, HTTP requests) is closed and the process exits 0. Kubernetes\' terminationGracePeriodSeconds must exceed acceptGraceMs + deadlineMs.'),
+  }).prefault({}).describe('Graceful drain before the process exits (docs/drain.md). A second SIGTERM shortens the schedule; a third exits at once.'),
+  admission: z.strictObject({
+    handshakesPerSec: nonNegativeInt.default(2000).describe('New WebSocket handshakes this pod takes per second (token bucket), so pods receiving a drained pod\'s sessions are not overrun. Beyond it: ferry/client clients are closed 1013 with a `retry-after-ms` hint, other clients get 503 with Retry-After. 0: no limit.'),
+    burst: positiveInt.default(4000).describe('Handshakes that may arrive at once above the rate (the bucket\'s size).'),
+    retryAfterMs: positiveInt.default(1000).describe('The retry hint given to refused handshakes is between this and twice this (jittered so retries spread out).'),
+  }).prefault({}).describe('Admission control of new WebSocket sessions.'),
   logging: z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('pino log level.'),
     accessLog: z.boolean().default(true).describe('One JSON line per HTTP request (id, method, path, status, upstream, duration, bytes).'),
     pretty: z.boolean().default(false).describe('Human-readable logs (pino-pretty) instead of JSON lines.'),
   }).prefault({}).describe('Logs (pino, JSON lines on stdout).'),
 }).superRefine((cfg, ctx) => {
+  if (cfg.drain.spreadMs >= cfg.drain.deadlineMs) {
+    ctx.addIssue({ code: 'custom', path: ['drain', 'spreadMs'], input: cfg.drain.spreadMs, message: `must be less than drain.deadlineMs (${cfg.drain.deadlineMs}): sessions still open at the deadline are closed at once` })
+  }
   if (cfg.resume.secret !== undefined && cfg.resume.secretFile !== undefined) {
     ctx.addIssue({ code: 'custom', path: ['resume', 'secretFile'], input: cfg.resume.secretFile, message: 'give either resume.secret or resume.secretFile, not both' })
   }

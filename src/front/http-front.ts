@@ -5,11 +5,12 @@ import type { Config } from '../config/load.js'
 import { ERRORS, FerryError, isFerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Router } from '../routing/router.js'
-import { HttpExchange, sendError, type ExchangeContext } from '../upstream/http/exchange.js'
+import { HttpExchange, sendError, type ExchangeContext, type HttpLifecycle } from '../upstream/http/exchange.js'
 import { readClientRequest, type RequestOptions } from './http-request.js'
 import { listen, type ListenSocket } from './listen.js'
 import type { Uws } from './uws.js'
 import { WsFront } from './ws-front.js'
+import type { Admission } from '../drain/admission.js'
 import type { WsUpstream } from './ws-types.js'
 
 export interface FrontDeps {
@@ -22,6 +23,9 @@ export interface FrontDeps {
   readonly wsUpstreams: ReadonlyMap<string, WsUpstream>
   readonly log: Logger
   readonly metrics: Metrics
+  /** Draining flag and in-flight count, shared with the exchanges. */
+  readonly lifecycle: HttpLifecycle
+  readonly admission: Admission
 }
 
 /**
@@ -73,17 +77,18 @@ export class HttpFront {
     try {
       const creq = readClientRequest(res, req, this.reqOpts)
       requestId = creq.requestId
+      const close = creq.close || this.deps.lifecycle.draining
       const route = this.deps.router.match(creq.host, creq.path)
       if (route === undefined) {
         this.noRoute.inc()
-        sendError(res, 404, new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${creq.host}${creq.path}`), requestId, this.reqOpts.requestIdHeader, creq.close || creq.contentLength !== 0)
+        sendError(res, 404, new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${creq.host}${creq.path}`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0)
         return
       }
       const ctx = this.deps.upstreams.get(route.upstream)
       if (ctx === undefined) {
         // A ws/mux route: only upgrades belong here.
         this.deps.metrics.httpErrors.labels('FERRY_ERR_UPGRADE_REQUIRED', route.upstream).inc()
-        sendError(res, 426, new FerryError('FERRY_ERR_UPGRADE_REQUIRED', `route ${route.name} takes WebSocket upgrades only`), requestId, this.reqOpts.requestIdHeader, creq.close || creq.contentLength !== 0, ['upgrade', 'websocket'])
+        sendError(res, 426, new FerryError('FERRY_ERR_UPGRADE_REQUIRED', `route ${route.name} takes WebSocket upgrades only`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, ['upgrade', 'websocket'])
         return
       }
       const maxBody = route.maxBodyBytes ?? this.deps.config.http.maxBodyBytes

@@ -9,7 +9,8 @@ import type { Route, Router } from '../routing/router.js'
 import { sendError } from '../upstream/http/exchange.js'
 import { formatAddress } from './address.js'
 import type { Uws } from './uws.js'
-import { ClientSession, flushOutboxes, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
+import { ClientSession, flushOutboxes, RefusedClient, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
+import type { Admission } from '../drain/admission.js'
 import { readAffinityKey, type ResumeOffer, type TopicPublisher, type WsHandshake, type WsUpstream } from './ws-types.js'
 import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wire.js'
 
@@ -21,6 +22,7 @@ export interface WsFrontDeps {
   readonly log: Logger
   readonly metrics: Metrics
   readonly requestIdHeader: string
+  readonly admission: Admission
 }
 
 /** Route settings when a ws/mux route has no `websocket` block (the schema's defaults). */
@@ -116,10 +118,10 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     return c
   }
 
-  private fail (res: HttpResponse, route: string, err: FerryError, requestId: string): void {
+  private fail (res: HttpResponse, route: string, err: FerryError, requestId: string, extraHeader?: readonly [string, string]): void {
     this.deps.metrics.wsUpgradeFailures.labels(route, err.code).inc()
     try {
-      res.cork(() => { sendError(res, err.status || 500, err, requestId, this.deps.requestIdHeader, true) })
+      res.cork(() => { sendError(res, err.status || 500, err, requestId, this.deps.requestIdHeader, true, extraHeader) })
     } catch { /* the client went away meanwhile */ }
   }
 
@@ -168,6 +170,18 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         if (!t.startsWith('ferry.')) protocols.push(t)
         else if (t === FERRY_SUBPROTOCOL) ferryClient = true
         else resume ??= parseResumeOffer(t)
+      }
+      // Admission control: past the handshake rate nothing is opened upstream; the client is told when
+      // to come back. A browser cannot read an HTTP status, so ferry/client clients get 101 + close 1013.
+      if (!this.deps.admission.take()) {
+        if (ferryClient && upstream.mode === 'mux') {
+          const ms = this.deps.admission.refuse('ws')
+          res.upgrade<WsUserData>({ session: new RefusedClient(1013, `retry-after-ms=${ms}`) }, key, FERRY_SUBPROTOCOL, '', context)
+        } else {
+          const ms = this.deps.admission.refuse('http')
+          this.fail(res, route.name, new FerryError('FERRY_ERR_ADMISSION', `new sessions are admitted at ${this.deps.config.admission.handshakesPerSec}/s; retry in ${ms} ms`), requestId, ['retry-after', String(Math.ceil(ms / 1000))])
+        }
+        return
       }
       const hs: WsHandshake = {
         sessionId: `${this.idPrefix}.${(++this.nextId).toString(36)}`,
@@ -281,10 +295,23 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     clearInterval(this.sweep)
   }
 
-  /** Closes every session (1001 going away, or 1012 when the gateway restarts); their legs close their backend sides. */
-  closeAll (code: number, reason: string): void {
-    for (const s of [...this.sessions]) s.closeClient(code, reason, 'FERRY_ERR_GATEWAY_STOPPING')
+  /** Closes every session (1001 going away, or 1012 at a drain's deadline); their legs close their backend sides. Returns how many. */
+  closeAll (code: number, reason: string, errorCode = 'FERRY_ERR_GATEWAY_STOPPING'): number {
+    const all = [...this.sessions]
+    for (const s of all) s.closeClient(code, reason, errorCode)
     this.close()
+    return all.length
+  }
+
+  /** Drain: migrates up to `n` open sessions, oldest first (sessions still in their handshake wait for a later wave). */
+  migrate (n: number): { resumable: number, plain: number } {
+    const moved = { resumable: 0, plain: 0 }
+    for (const s of this.sessions) {
+      if (moved.resumable + moved.plain >= n) break
+      const kind = s.migrate()
+      if (kind !== undefined) moved[kind]++
+    }
+    return moved
   }
 
   get sessionCount (): number {

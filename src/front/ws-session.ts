@@ -17,9 +17,30 @@ export function flushOutboxes (): void {
   for (const s of list) s.flushOutbox()
 }
 
-/** What uWS keeps per client WebSocket: a pointer back to the session. */
+/** What the uWS behavior calls on a client WebSocket's owner. */
+export interface WsSocketOwner {
+  opened: (ws: WebSocket<WsUserData>) => void
+  fromClient: (message: ArrayBuffer, binary: boolean) => void
+  drained: () => void
+  closed: (code: number, message: ArrayBuffer) => void
+}
+
+/** What uWS keeps per client WebSocket: a pointer back to its owner (a session, or a refusal). */
 export interface WsUserData {
-  session: ClientSession
+  session: WsSocketOwner
+}
+
+/**
+ * A handshake refused after the upgrade: a ferry/client client refused by admission control is
+ * upgraded (a browser cannot read an HTTP status) and closed at once with a code and reason it reads
+ * (1013, `retry-after-ms=N`). Nothing is opened upstream.
+ */
+export class RefusedClient implements WsSocketOwner {
+  constructor (private readonly code: number, private readonly reason: string) {}
+  opened (ws: WebSocket<WsUserData>): void { ws.end(this.code, this.reason) }
+  fromClient (): void {}
+  drained (): void {}
+  closed (): void {}
 }
 
 /**
@@ -96,7 +117,7 @@ const UWS_CLOSE_REASONS: Record<string, string> = {
  *   connecting ──upgrade──▶ open ──(client close | end() | closeClient())──▶ closed
  *        └──────(client aborted the handshake / upstream refused)──────────▶ closed
  */
-export class ClientSession implements ClientSink {
+export class ClientSession implements ClientSink, WsSocketOwner {
   state: ClientSessionState = 'connecting'
   congested = false
   leg: UpstreamLeg | undefined
@@ -251,6 +272,22 @@ export class ClientSession implements ClientSink {
       this.ws.end(code, closeReason(reason))
     }
     leg?.clientClosed(code, reason)
+  }
+
+  /**
+   * Drain: the session leaves this pod. A resumable (ferry/client) client is first told to reconnect
+   * and resume (a `migrate` message); every client gets what the backend already sent, then close 1012.
+   * Returns what kind of session moved, or undefined when it is not open (yet).
+   */
+  migrate (): 'resumable' | 'plain' | undefined {
+    // endReason set: a close is already under way.
+    if (this.state !== 'open' || this.ws === undefined || this.endReason !== undefined) return undefined
+    const leg = this.leg
+    const resumable = leg?.migrate !== undefined
+    leg?.migrate?.()
+    if (this.outbox !== undefined) this.flushOutbox()
+    this.closeClient(1012, 'gateway draining: reconnect', 'FERRY_ERR_GATEWAY_DRAINING')
+    return resumable ? 'resumable' : 'plain'
   }
 
   /** The handshake was aborted by the client or refused; the session never opened. */

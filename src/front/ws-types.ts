@@ -95,6 +95,8 @@ export interface UpstreamLeg {
   clientCongested?: () => void
   /** The client closed (or went away: 1006) or the front closed it; the leg closes its backend side. */
   clientClosed: (code: number, reason: string) => void
+  /** Resumable legs only: drain is moving the session; tell the client (it is closed 1012 right after). */
+  migrate?: () => void
 }
 
 /** How an upstream fans a topic message out to the gateway's clients (the uWS app's pub/sub). */

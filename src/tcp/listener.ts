@@ -237,23 +237,28 @@ export class TcpListener implements ListenerContext {
     }
   }
 
-  async close (kind: 'flush' | 'abort'): Promise<void> {
+  /**
+   * Stops accepting and closes the listener: 'flush' gives open connections `shutdownGraceMs` (else
+   * `graceMs`: the drain's time left) to end by themselves, then flushes and closes them; 'abort' closes
+   * them now (also when a flush is under way).
+   */
+  async close (kind: 'flush' | 'abort', graceMs = 5000): Promise<void> {
     if (this.closing !== undefined) {
       if (kind === 'abort') this.abortAll()
       return await this.closing
     }
-    this.closing = this.doClose(kind)
+    this.closing = this.doClose(kind, this.cfg.shutdownGraceMs ?? graceMs)
     return await this.closing
   }
 
-  private async doClose (kind: 'flush' | 'abort'): Promise<void> {
+  private async doClose (kind: 'flush' | 'abort', graceMs: number): Promise<void> {
     const wasListening = this.state === 'listening'
     this.to('draining')
     if (wasListening) this.server.close()
     if (this.sweepTimer !== undefined && kind === 'abort') clearInterval(this.sweepTimer)
     if (kind === 'flush' && this.conns.size > 0) {
-      this.log.info({ listener: this.name, open: this.conns.size, graceMs: this.cfg.shutdownGraceMs }, 'tcp listener draining')
-      await this.drainedWithin(this.cfg.shutdownGraceMs)
+      this.log.info({ listener: this.name, open: this.conns.size, graceMs }, 'tcp listener draining')
+      await this.drainedWithin(graceMs)
       // Still open: send what is queued and FIN both ways; whoever does not finish soon is reset.
       for (const c of [...this.conns]) c.close('flush', 'FERRY_ERR_TCP_SHUTDOWN', 'gateway stopping')
       await this.drainedWithin(FLUSH_MS)

@@ -46,6 +46,9 @@ export async function startFerry (t: Teardown, config: Record<string, unknown>, 
   cfg.listen.admin ??= { host: '127.0.0.1', port: 0 }
   cfg.logging ??= {}
   cfg.logging.pretty = false
+  // SIGTERM drains: tests that do not test the drain schedule get a quick one (no accept grace, every
+  // session migrated at once, 5 s deadline).
+  cfg.drain ??= { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 }
   const file = writeConfig(cfg)
   const child = spawn(process.execPath, [CLI, 'start', '--config', file], {
     env: { ...process.env, ...opts.env },

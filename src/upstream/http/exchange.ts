@@ -31,7 +31,16 @@ const DRAIN_LIMIT = 256 * 1024
 const DRAIN_HEADERS_MS = 1000
 
 /** Shared, per-upstream context handed to every exchange (resolved once, not per request). */
+/** Shared by every exchange of a gateway: the drain controller reads and sets it. */
+export interface HttpLifecycle {
+  /** Draining: responses say `Connection: close`, so clients take their next request elsewhere. */
+  draining: boolean
+  /** Client requests being served now. */
+  inFlight: number
+}
+
 export interface ExchangeContext {
+  readonly lifecycle: HttpLifecycle
   readonly upstream: HttpUpstream
   readonly metrics: UpstreamMetrics
   readonly log: Logger
@@ -86,6 +95,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   start (): void {
     this.res.onAborted(() => this.onClientAborted())
     this.ctx.metrics.inFlight.inc()
+    this.ctx.lifecycle.inFlight++
     if (this.req.chunked || (this.req.contentLength ?? 0) > 0) {
       this.body = new Readable({ highWaterMark: BODY_HIGH_WATER, read: () => this.resumeClient() })
       this.res.onData((chunk, isLast) => this.onClientData(chunk, isLast))
@@ -227,8 +237,9 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     }
     if (headers[this.ctx.requestIdHeader] === undefined) res.writeHeader(this.ctx.requestIdHeader, this.req.requestId)
     // uWS 20.30 closes the socket after answering a `Connection: close` request but does not say so in
-    // the response; clients that reuse the socket meanwhile get a RST. Say it (RFC 9112 §9.6).
-    if (this.req.close) res.writeHeader('connection', 'close')
+    // the response; clients that reuse the socket meanwhile get a RST. Say it (RFC 9112 §9.6). While
+    // draining, say it too: the client closes this connection and sends its next request elsewhere.
+    if (this.req.close || this.ctx.lifecycle.draining) res.writeHeader('connection', 'close')
   }
 
   onResponseData (controller: Dispatcher.DispatchController, chunk: Buffer): void {
@@ -370,7 +381,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     } else {
       this.status = ERRORS[err.code].status || 500
       // Close the connection when request body bytes may still be unread, so they are never parsed as a request.
-      const close = this.req.close || this.body !== undefined || this.req.contentLength === undefined
+      const close = this.req.close || this.ctx.lifecycle.draining || this.body !== undefined || this.req.contentLength === undefined
       sendError(this.res, this.status, err, this.req.requestId, this.ctx.requestIdHeader, close)
     }
     if (err.code !== 'FERRY_ERR_CLIENT_ABORTED') this.ctx.log.warn({ reqId: this.req.requestId, code: err.code, upstream: this.ctx.upstream.name, client: this.req.clientIp }, err.message)
@@ -385,6 +396,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   private record (): void {
     const m = this.ctx.metrics
     m.inFlight.dec()
+    this.ctx.lifecycle.inFlight--
     m.requests(this.route.name, this.status)
     if (this.errorCode !== undefined) m.error(this.errorCode)
     if (this.bodyBytesIn > 0) m.bytesIn.inc(this.bodyBytesIn)
@@ -434,7 +446,7 @@ export function sendError (res: HttpResponse, status: number, err: FerryError, r
     res.writeStatus(`${status} ${STATUS_CODES[status] ?? ''}`)
     res.writeHeader('content-type', 'application/json')
     res.writeHeader(requestIdHeader, requestId)
-    if (status === 503) res.writeHeader('retry-after', '1')
+    if (status === 503 && extraHeader?.[0] !== 'retry-after') res.writeHeader('retry-after', '1')
     if (extraHeader !== undefined) res.writeHeader(extraHeader[0], extraHeader[1])
     res.end(body, close)
   })

@@ -209,6 +209,11 @@ export class ResumableLeg extends MuxLeg {
     super.backendEnded(code, reason, cause, errorCode)
   }
 
+  /** Drain: the client reconnects (through another pod) and resumes; the close 1012 that follows detaches. */
+  migrate (): void {
+    this.control({ t: 'migrate' })
+  }
+
   override clientClosed (code: number, reason: string): void {
     // Only a normal close ends the session; anything else is a connection lost: the backend parks it.
     if (code === 1000) this.stream.close(code, reason)

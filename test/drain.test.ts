@@ -1,0 +1,240 @@
+import { spawn } from 'node:child_process'
+import { createServer, request as httpRequest, Agent } from 'node:http'
+import { once } from 'node:events'
+import { createServer as createNetServer, type Socket } from 'node:net'
+import t from 'tap'
+import WebSocket from 'ws'
+import type { MuxServer } from '../src/backend/index.js'
+import { FerryClient } from '../src/client/index.js'
+import { CLI, metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { connect, startMuxBackend, upgradeStatus, type Client } from './helpers/mux.js'
+import { startSwitch } from './helpers/switch.js'
+
+/**
+ * Drain-and-replace on one pod: readiness, accept grace, paced migration (ferry/client sessions resume
+ * on the other pod, plain ones are closed 1012), in-flight HTTP finished with `Connection: close`, exit 0;
+ * admission control; repeated and early drain requests.
+ */
+
+const SECRET = 'drain-test-secret-0123456789abcdef-xyz'
+const ENV = { FERRY_RESUME_SECRET: SECRET }
+
+interface BackendLog { created: number, closed: number, resumed: number }
+
+async function echoMux (t: Teardown, log: BackendLog): Promise<MuxServer & { port: number }> {
+  return await startMuxBackend(t, (s) => {
+    log.created++
+    s.on('message', (d, b) => { s.send(Buffer.concat([Buffer.from('echo:'), Buffer.from(d)]), { binary: b }) })
+    s.on('resume', () => { log.resumed++ })
+    s.on('close', () => { log.closed++ })
+  }, { resume: { windowMs: 30_000 } })
+}
+
+/** An HTTP backend: /slow answers after `slowMs`, anything else at once. */
+async function httpBackend (t: Teardown, slowMs: number): Promise<number> {
+  const server = createServer((req, res) => {
+    const body = `ok ${req.url ?? ''}`
+    if (req.url === '/slow') setTimeout(() => { res.end(body) }, slowMs)
+    else res.end(body)
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(async () => { server.closeAllConnections(); await new Promise((resolve) => server.close(resolve)) })
+  return (server.address() as { port: number }).port
+}
+
+function podConfig (id: string, muxPort: number, httpPort: number, drain: Record<string, unknown>, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    gateway: { id },
+    upstreams: {
+      chat: { protocol: 'mux', endpoints: [`127.0.0.1:${muxPort}`], pool: { links: 2 } },
+      api: { protocol: 'http', endpoints: [`127.0.0.1:${httpPort}`] },
+    },
+    routes: [{ match: { path: '/chat' }, upstream: 'chat' }, { match: { path: '/' }, upstream: 'api' }],
+    drain,
+    ...extra,
+  }
+}
+
+async function get (port: number, path: string, agent?: Agent): Promise<{ status: number, body: string, connection: string | undefined }> {
+  return await new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path, agent }, (res) => {
+      let body = ''
+      res.setEncoding('utf8').on('data', (d: string) => { body += d }).on('end', () => { resolve({ status: res.statusCode ?? 0, body, connection: res.headers.connection }) })
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+async function status (f: FerryProcess): Promise<any> {
+  return await (await fetch(`${f.adminUrl}/status`)).json()
+}
+
+t.test('drain: not ready at once, accepts during the grace, migrates sessions paced, finishes HTTP with Connection: close, exits 0', async (t) => {
+  const log: BackendLog = { created: 0, closed: 0, resumed: 0 }
+  const mux = await echoMux(t, log)
+  const api = await httpBackend(t, 1500)
+  const rate = 20
+  const a = await startFerry(t, podConfig('pod-a', mux.port, api, { acceptGraceMs: 1000, spreadMs: 3000, maxMigrationsPerSec: rate, deadlineMs: 20000 }), { env: ENV })
+  const b = await startFerry(t, podConfig('pod-b', mux.port, api, { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 }), { env: ENV })
+  const sw = await startSwitch(t, a.httpPort)
+
+  // 60 ferry/client sessions and 30 plain ones, all on pod A.
+  const F = 60
+  const P = 30
+  const ferry: Array<{ c: FerryClient, opens: boolean[], reconnects: Array<{ at: number, code: number }>, got: string[] }> = []
+  for (let i = 0; i < F; i++) {
+    const c = new FerryClient(sw.url('/chat'), { WebSocket: WebSocket as never, reconnect: { minDelayMs: 20, maxDelayMs: 300 } })
+    const x = { c, opens: [] as boolean[], reconnects: [] as Array<{ at: number, code: number }>, got: [] as string[] }
+    c.on('open', ({ resumed }: { resumed: boolean }) => { x.opens.push(resumed) })
+    c.on('reconnecting', ({ code }: { code: number }) => { x.reconnects.push({ at: Date.now(), code }) })
+    c.on('message', (d: string | Uint8Array) => { x.got.push(typeof d === 'string' ? d : Buffer.from(d).toString()) })
+    c.on('error', () => {})
+    t.teardown(() => { c.close() })
+    ferry.push(x)
+  }
+  const plain: Client[] = []
+  for (let i = 0; i < P; i++) plain.push(await connect(sw.url('/chat')))
+  await waitFor('every session open on pod A', () => ferry.every((x) => x.opens.length === 1) && log.created === F + P, 15_000)
+  const plainClosed: Array<{ at: number, code: number }> = []
+  for (const c of plain) c.ws.on('close', (code: number) => { plainClosed.push({ at: Date.now(), code }) })
+
+  // A slow request in flight when the drain starts.
+  const slow = get(a.httpPort, '/slow')
+  await new Promise((resolve) => setTimeout(resolve, 100))
+
+  const cli = await runCli(['drain', '--admin', `127.0.0.1:${a.adminPort}`])
+  t.equal(cli.code, 0, '`ferry drain --admin` exits 0')
+  t.match(JSON.parse(cli.stdout), { phase: 'grace', sessionsAtStart: F + P }, 'and prints the drain\'s progress: grace, with the sessions it started with')
+  sw.target = b.httpPort // the Service stops sending new connections to A
+
+  t.equal((await fetch(`${a.adminUrl}/readyz`)).status, 503, '/readyz answers 503 as soon as the drain starts')
+  t.equal((await fetch(`${a.adminUrl}/healthz`)).status, 200, '/healthz still 200 (alive)')
+  // During the accept grace pod A still takes new work (endpoint propagation).
+  const late = await connect(`ws://127.0.0.1:${a.httpPort}/chat`)
+  t.pass('a WebSocket upgrade during the accept grace is accepted')
+  const duringGrace = await get(a.httpPort, '/fast')
+  t.same([duringGrace.status, duringGrace.connection], [200, 'close'], 'an HTTP request during the drain is answered, with Connection: close')
+  const again = await fetch(`${a.adminUrl}/drain`, { method: 'POST' })
+  t.equal(again.status, 202, 'a second drain request is accepted…')
+  t.match(await again.json(), { phase: 'grace', sessionsAtStart: F + P }, '…and is the same drain (not restarted)')
+
+  await waitFor('migrating', async () => (await status(a)).drain.phase === 'migrating', 5000)
+  const st = await status(a)
+  t.equal(st.drain.ratePerSec, rate, `/status shows the migration rate: ${rate}/s (maxMigrationsPerSec caps ${F + P + 1} sessions over spreadMs 3 s)`)
+  t.equal(st.state, 'draining', '/status state: draining')
+  t.equal(await upgradeStatus(`ws://127.0.0.1:${a.httpPort}/chat`).then((r) => r.status, () => -1), -1, 'after the grace the listener is closed: new connections are refused')
+
+  const code = await new Promise<number | null>((resolve) => { a.child.once('exit', resolve) })
+  t.equal(code, 0, 'pod A exits 0 once drained')
+  const s = await slow
+  t.same([s.status, s.body, s.connection], [200, 'ok /slow', 'close'], 'the request in flight when the drain started completed, with Connection: close')
+
+  await waitFor('every ferry/client session resumed on pod B', () => ferry.every((x) => x.opens.length === 2), 15_000)
+  t.ok(ferry.every((x) => x.opens[1] === true), 'each ferry/client session resumed (not a fresh session)')
+  t.ok(ferry.every((x) => x.reconnects.length === 1 && x.reconnects[0]!.code === 1012), 'each was migrated once, with close 1012')
+  t.equal(log.resumed, F, `the backend re-attached all ${F} parked sessions`)
+  t.equal(plainClosed.length, P, 'the plain sessions were closed')
+  t.ok(plainClosed.every((x) => x.code === 1012), 'with 1012 (service restart: reconnect)')
+  t.equal((await closedCode(late)), 1012, 'the session accepted during the grace was migrated too')
+  t.equal(log.created, F + P + 1, 'no ferry/client session was re-created on the backend')
+  t.equal(log.closed, P + 1, 'the backend closed only the plain sessions')
+
+  // Paced: the migrations spread out instead of arriving at once.
+  const times = [...ferry.map((x) => x.reconnects[0]!.at), ...plainClosed.map((x) => x.at)].sort((p, q) => p - q)
+  const span = times.at(-1)! - times[0]!
+  let peak = 0
+  for (let i = 0, j = 0; i < times.length; i++) {
+    while (times[i]! - times[j]! >= 1000) j++
+    peak = Math.max(peak, i - j + 1)
+  }
+  t.ok(span >= 0.5 * (times.length / rate) * 1000, `the ${times.length} migrations were spread over ${span} ms (at ${rate}/s: about ${Math.round(times.length / rate * 1000)} ms)`)
+  t.ok(peak <= 2.5 * rate, `at most ${peak} in any one second (rate ${rate}/s; all at once would be ${times.length})`)
+
+  for (const x of ferry) x.c.send('after')
+  await waitFor('echo after the resume', () => ferry.every((x) => x.got.includes('echo:after')), 10_000)
+  t.pass('every resumed session still echoes through pod B')
+  t.equal(await metric(b, 'ferry_resume_attempts_total{upstream="chat",outcome="resumed"}'), F, 'pod B counted the resumes')
+})
+
+async function closedCode (c: Client): Promise<number> {
+  return (await c.closed).code
+}
+
+t.test('admission control: handshakes past the rate get 503 + Retry-After, ferry/client gets 1013 with a retry hint and comes back', async (t) => {
+  const log: BackendLog = { created: 0, closed: 0, resumed: 0 }
+  const mux = await echoMux(t, log)
+  const api = await httpBackend(t, 0)
+  const f = await startFerry(t, podConfig('pod', mux.port, api, {}, { admission: { handshakesPerSec: 1, burst: 3, retryAfterMs: 700 } }), { env: ENV })
+  const url = `ws://127.0.0.1:${f.httpPort}/chat`
+  const first = await Promise.all([connect(url), connect(url), connect(url)])
+  t.equal(first.length, 3, 'the burst (3) is admitted')
+  const refused = await upgradeStatus(url)
+  t.equal(refused.status, 503, 'the next plain handshake gets 503')
+  t.ok(Number(refused.headers['retry-after']) >= 1, `with Retry-After: ${String(refused.headers['retry-after'])}`)
+  t.match(refused.body, 'FERRY_ERR_ADMISSION', 'and the error code')
+  t.equal(log.created, 3, 'nothing was opened on the backend for it')
+
+  const c = new FerryClient(url, { WebSocket: WebSocket as never, reconnect: { minDelayMs: 20, maxDelayMs: 100 } })
+  t.teardown(() => { c.close() })
+  const reconnects: Array<{ code: number, reason: string, delayMs: number }> = []
+  c.on('reconnecting', (r: { code: number, reason: string, delayMs: number }) => { reconnects.push(r) })
+  c.on('error', () => {})
+  const opened = new Promise<void>((resolve) => { c.on('open', () => { resolve() }) })
+  await waitFor('the ferry/client client was refused', () => reconnects.length >= 1)
+  t.equal(reconnects[0]!.code, 1013, 'ferry/client: closed 1013 (try again later)')
+  t.match(reconnects[0]!.reason, /^retry-after-ms=\d+$/, `with the hint in the reason (${reconnects[0]!.reason})`)
+  t.ok(reconnects[0]!.delayMs >= 700, `and the client waits at least the hint (${reconnects[0]!.delayMs} ms)`)
+  await opened
+  t.pass('it is admitted once the bucket refilled')
+  t.ok(await metric(f, 'ferry_admission_refused_total{reply="http_503"}') >= 1, 'refusals counted (http_503)')
+  t.ok(await metric(f, 'ferry_admission_refused_total{reply="ws_1013"}') >= 1, 'refusals counted (ws_1013)')
+  for (const x of first) x.ws.close()
+})
+
+t.test('a second SIGTERM shortens the drain (a 60 s grace and deadline); exit 0', async (t) => {
+  const log: BackendLog = { created: 0, closed: 0, resumed: 0 }
+  const mux = await echoMux(t, log)
+  const api = await httpBackend(t, 0)
+  const f = await startFerry(t, podConfig('pod', mux.port, api, { acceptGraceMs: 60_000, spreadMs: 10_000, deadlineMs: 60_000 }))
+  const c = await connect(`ws://127.0.0.1:${f.httpPort}/chat`)
+  const started = Date.now()
+  f.child.kill('SIGTERM')
+  await waitFor('grace', async () => (await status(f)).drain.phase === 'grace')
+  t.equal((await fetch(`${f.adminUrl}/readyz`)).status, 503, 'draining: not ready')
+  f.child.kill('SIGTERM')
+  const code = await new Promise<number | null>((resolve) => { f.child.once('exit', resolve) })
+  t.equal(code, 0, 'exit 0')
+  t.ok(Date.now() - started < 30_000, `a second SIGTERM cut a 60 s grace and 60 s deadline short (exited after ${Date.now() - started} ms)`)
+  t.equal(await closedCode(c), 1012, 'the session was migrated (1012)')
+})
+
+t.test('SIGTERM during start-up: the gateway finishes starting, drains and exits 0', async (t) => {
+  const log: BackendLog = { created: 0, closed: 0, resumed: 0 }
+  const mux = await echoMux(t, log)
+  const api = await httpBackend(t, 0)
+  // A "Redis" that accepts and never answers makes start-up wait (1 s) for the store: the signal lands then.
+  const held = new Set<Socket>()
+  const silent = createNetServer((s) => { held.add(s); s.on('error', () => {}) })
+  silent.listen(0, '127.0.0.1')
+  await once(silent, 'listening')
+  t.teardown(async () => { for (const s of held) s.destroy(); await new Promise((resolve) => silent.close(resolve)) })
+  const file = writeConfig(podConfig('pod', mux.port, api, { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 }, {
+    listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } },
+    affinity: { store: 'redis', redis: { url: `redis://127.0.0.1:${(silent.address() as { port: number }).port}`, lookupTimeoutMs: 50 } },
+  }))
+  const child = spawn(process.execPath, [CLI, 'start', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  let out = ''
+  child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d })
+  child.stderr.resume()
+  const exited = new Promise<number | null>((resolve) => { child.once('exit', resolve) })
+  await waitFor('starting', () => out.includes('"gateway starting"'))
+  child.kill('SIGTERM')
+  t.equal(await exited, 0, 'exit 0')
+  t.match(out, 'drain requested during start-up', 'the early signal was kept')
+  t.match(out, '"msg":"listening"', 'start-up completed')
+  t.match(out, '"msg":"drained"', 'then it drained')
+  t.ok(out.indexOf('"msg":"listening"') < out.indexOf('"msg":"drained"'), 'in that order')
+})
