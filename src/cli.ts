@@ -14,6 +14,8 @@ usage:
   ferry drain [--admin HOST:PORT] [--wait]
                                    drain a running gateway (as SIGTERM does); --admin defaults to the
                                    config's listen.admin; --wait follows it until it has exited
+  ferry reload [--admin HOST:PORT] reload the config file of a running gateway (as SIGHUP does); exit 1
+                                   with the field-named problems when it is refused
   ferry check --config FILE        validate a config; exit 1 listing every problem by field path
   ferry config-reference           print the config reference (docs/config.md) generated from the schema
   ferry errors-reference           print the error code reference (docs/errors.md)
@@ -32,7 +34,7 @@ function fail (msg: string, code = 1): never {
 async function start (file: string | undefined): Promise<void> {
   const config = loadConfig(file)
   const log = createLogger({ level: config.logging.level, pretty: config.logging.pretty, base: { gw: config.gateway.id } })
-  const gateway = new Gateway({ config, log })
+  const gateway = new Gateway({ config, log, source: file === undefined ? undefined : () => loadConfig(file) })
   let signals = 0
   const onSignal = (signal: string): void => {
     signals++
@@ -57,6 +59,8 @@ async function start (file: string | undefined): Promise<void> {
   }
   process.on('SIGTERM', () => { onSignal('SIGTERM') })
   process.on('SIGINT', () => { onSignal('SIGINT') })
+  // SIGHUP: reload the config file (the result is logged; a refused one keeps the running config).
+  process.on('SIGHUP', () => { void gateway.reloadFromSource('SIGHUP') })
   process.on('uncaughtException', (err) => {
     // A bug, not bad input (bad input is handled where it arrives): log it and let the supervisor restart us.
     log.fatal({ err }, 'uncaught exception')
@@ -71,6 +75,25 @@ async function start (file: string | undefined): Promise<void> {
   }
   // The process ends when the gateway has stopped: after a drain (a signal, POST /drain, `ferry drain`).
   void gateway.stopped.then(() => { flushLogger(log); process.exit(0) })
+}
+
+/** The admin listener of the config (for `ferry drain` / `ferry reload` run beside the gateway). */
+function adminAddress (file: string | undefined): string {
+  const a = loadConfig(file).listen.admin
+  return `${a.host === '0.0.0.0' ? '127.0.0.1' : a.host === '::' ? '[::1]' : a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`
+}
+
+/** `ferry reload`: asks a running gateway to reload its config file; exit 1 when it refused. */
+async function reloadCommand (admin: string): Promise<void> {
+  let res: Response
+  try {
+    res = await fetch(`http://${admin}/reload`, { method: 'POST', signal: AbortSignal.timeout(30_000) })
+  } catch (err) {
+    fail(`ferry reload: cannot reach the admin listener at ${admin}: ${(err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message}`)
+  }
+  const body = await res.text()
+  if (res.status !== 200) fail(`ferry reload: refused (${res.status}):\n${body}`)
+  process.stdout.write(body.endsWith('\n') ? body : `${body}\n`)
 }
 
 /** `ferry drain`: asks a running gateway (its admin listener) to drain; with --wait, until it is gone. */
@@ -108,15 +131,12 @@ async function main (argv: string[]): Promise<void> {
     case 'start':
       await start(file)
       return
-    case 'drain': {
-      let admin = values.admin
-      if (admin === undefined) {
-        const a = loadConfig(file).listen.admin
-        admin = `${a.host === '0.0.0.0' ? '127.0.0.1' : a.host === '::' ? '[::1]' : a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`
-      }
-      await drainCommand(admin, values.wait === true)
+    case 'drain':
+      await drainCommand(values.admin ?? adminAddress(file), values.wait === true)
       return
-    }
+    case 'reload':
+      await reloadCommand(values.admin ?? adminAddress(file))
+      return
     case 'check': {
       if (file === undefined) fail('ferry check: --config FILE is required')
       const cfg = loadConfig(file)

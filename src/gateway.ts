@@ -1,6 +1,7 @@
 import type { Logger } from 'pino'
 import { AdminServer } from './admin/admin-server.js'
-import type { Config } from './config/load.js'
+import { createHash } from 'node:crypto'
+import { ConfigError, type Config } from './config/load.js'
 import { HttpFront } from './front/http-front.js'
 import { loadNativeUws, type Uws } from './front/uws.js'
 import { Metrics } from './observability/metrics.js'
@@ -13,12 +14,31 @@ import { TcpListener } from './tcp/listener.js'
 import { TcpUpstream } from './upstream/tcp/upstream.js'
 import { VERSION } from './version.js'
 import type { WsUpstream } from './front/ws-types.js'
-import { createWsUpstream } from './upstream/ws-upstreams.js'
+import { createWsUpstream, type WsUpstreamDeps } from './upstream/ws-upstreams.js'
+import { canonicalJson, reloadRefusals } from './config/reload.js'
+import type { RouteTable } from './front/http-front.js'
 import { createAffinityStore, type AffinityStore } from './affinity/index.js'
 import { resolveResumeSecret, ResumeTokens, type SecretSource } from './sessions/token.js'
 import { Admission } from './drain/admission.js'
 import { DrainController, type DrainStatus, type DrainTarget } from './drain/controller.js'
 import type { HttpLifecycle } from './upstream/http/exchange.js'
+
+/** Connections of a listener a reload removed continue until they end (the longest timer Node takes). */
+const RETIRED_LISTENER_GRACE_MS = 2 ** 31 - 1
+
+/** One config's upstreams; `keys` holds each one's config (canonical JSON) so a reload keeps unchanged ones. */
+interface UpstreamSet {
+  /** HTTP upstreams with their exchange context. */
+  http: Map<string, { upstream: HttpUpstream, ctx: ExchangeContext }>
+  ws: Map<string, WsUpstream>
+  tcp: Map<string, TcpUpstream>
+  keys: Map<string, string>
+}
+
+/** What a reload did, or why it was refused (field-named problems). */
+export type ReloadResult =
+  | { result: 'ok', version: string, added: string[], changed: string[], removed: string[], unchanged: string[] }
+  | { result: 'refused', version: string, errors: string[] }
 
 /**
  * created ──start()──▶ starting ──▶ running ──drain()──▶ draining ──(drained)──▶ stopping ──▶ stopped
@@ -32,6 +52,13 @@ export interface GatewayOptions {
   log: Logger
   /** Defaults to a fresh registry; pass one to share it. */
   metrics?: Metrics
+  /** Reads the config again for a reload (throws ConfigError naming the fields); absent: reloads are refused. */
+  source?: () => Config
+}
+
+/** A short fingerprint of a config (the same config always has the same version). */
+export function configVersion (cfg: Config): string {
+  return createHash('sha256').update(canonicalJson(cfg)).digest('hex').slice(0, 12)
 }
 
 export interface BoundPorts {
@@ -46,19 +73,25 @@ export interface BoundPorts {
  * lifetimes: `start` builds and binds, `stop` closes in reverse order.
  */
 export class Gateway {
-  readonly config: Config
+  private cfg: Config
   readonly metrics: Metrics
   private readonly log: Logger
   private state: GatewayState = 'created'
   private readonly uws: Uws
-  private readonly upstreams = new Map<string, HttpUpstream>()
-  private readonly tcpUpstreams = new Map<string, TcpUpstream>()
-  private readonly wsUpstreams = new Map<string, WsUpstream>()
-  private readonly tcpListeners: TcpListener[] = []
+  /** The upstreams of the running config (a reload replaces the set; retired ones finish in the background). */
+  private sets: UpstreamSet = { http: new Map(), ws: new Map(), tcp: new Map(), keys: new Map() }
+  private readonly retiring = new Set<Promise<void>>()
+  /** WebSocket upstreams a reload replaced, while their sessions last. */
+  private readonly retiredWs = new Set<WsUpstream>()
+  private wsDeps: WsUpstreamDeps | undefined
+  private tcpListeners: TcpListener[] = []
+  /** Listeners a reload removed, while their connections last. */
+  private readonly oldListeners = new Set<TcpListener>()
   private front: HttpFront | undefined
   private admin: AdminServer | undefined
   private ports: BoundPorts | undefined
   private readonly startedAt = Date.now()
+  private readonly source: (() => Config) | undefined
   private readonly removeCollector: () => void
   private store: AffinityStore | undefined
   private secretSource: SecretSource | undefined
@@ -71,7 +104,9 @@ export class Gateway {
   readonly stopped: Promise<void>
 
   constructor (opts: GatewayOptions) {
-    this.config = opts.config
+    this.cfg = opts.config
+    this.source = opts.source
+    this.version = configVersion(opts.config)
     this.log = opts.log
     this.metrics = opts.metrics ?? new Metrics()
     this.uws = loadNativeUws()
@@ -80,6 +115,11 @@ export class Gateway {
     this.admission = new Admission(this.config.admission, this.metrics.admissionRefused)
     this.drainer = new DrainController(this.config.drain, this.drainTarget(), this.log.child({ component: 'drain' }), this.metrics)
     this.stopped = new Promise((resolve) => { this.resolveStopped = resolve })
+  }
+
+  /** The running config (a reload replaces it). */
+  get config (): Config {
+    return this.cfg
   }
 
   get currentState (): GatewayState {
@@ -95,7 +135,6 @@ export class Gateway {
     if (this.state !== 'created') throw new Error(`start() in state ${this.state}`)
     this.transition('starting')
     const cfg = this.config
-    const contexts = new Map<string, ExchangeContext>()
     const { secret, source } = resolveResumeSecret(cfg.resume)
     this.secretSource = source
     if (source === 'random') this.log.warn('resume.secret is not set: resume tokens work only on this process (set resume.secret, resume.secretFile or FERRY_RESUME_SECRET, shared by every pod)')
@@ -104,52 +143,23 @@ export class Gateway {
     this.store = store
     // Start in a known state: Redis connected, or found unreachable (then the store falls back).
     await store.ready(Math.min(2000, 20 * cfg.affinity.redis.lookupTimeoutMs))
-    const wsDeps = { gatewayId: cfg.gateway.id, store, ttlMs: cfg.affinity.ttlMs, tokens }
-    for (const [name, ucfg] of Object.entries(cfg.upstreams)) {
-      const log = this.log.child({ upstream: name })
-      if (ucfg.protocol === 'tcp') {
-        this.tcpUpstreams.set(name, new TcpUpstream(name, ucfg, log, this.metrics))
-        continue
-      }
-      if (ucfg.protocol === 'ws' || ucfg.protocol === 'mux') {
-        this.wsUpstreams.set(name, createWsUpstream(name, ucfg, log, this.metrics, wsDeps))
-        continue
-      }
-      // WebSocket upgrades on routes to this HTTP upstream go to its endpoints 1:1 (what nginx does with
-      // Upgrade headers), as a passthrough upstream of its own (metrics label `NAME:ws`).
-      this.wsUpstreams.set(name, createWsUpstream(`${name}:ws`, {
-        protocol: 'ws',
-        endpoints: ucfg.endpoints.map((e) => e.replace(/^http:\/\//, '')),
-        balance: ucfg.balance,
-        timeouts: { connectMs: ucfg.timeouts.connectMs + ucfg.timeouts.responseMs },
-        ejection: ucfg.ejection,
-      }, log, this.metrics, wsDeps))
-      const upstream = new HttpUpstream(name, ucfg, log, this.metrics)
-      this.upstreams.set(name, upstream)
-      contexts.set(name, {
-        upstream,
-        metrics: upstreamMetrics(this.metrics, name),
-        log: this.log,
-        lifecycle: this.lifecycle,
-        accessLog: cfg.logging.accessLog,
-        requestIdHeader: cfg.http.requestIdHeader,
-        retryIdempotent: ucfg.retry.idempotent,
-      })
-    }
+    this.wsDeps = { gatewayId: cfg.gateway.id, store, ttlMs: cfg.affinity.ttlMs, tokens }
+    this.sets = this.buildUpstreams(cfg, undefined)
     try {
       this.admin = new AdminServer(this.uws, {
         live: () => this.state === 'starting' || this.state === 'running' || this.state === 'draining' || this.state === 'stopping',
         ready: () => this.state === 'running',
         status: () => this.status(),
         drain: () => this.drain('POST /drain'),
+        reload: async () => await this.reloadFromSource('POST /reload'),
       }, this.metrics, this.log)
       const admin = await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
-      this.front = new HttpFront({ uws: this.uws, config: cfg, router: new Router(cfg.routes), upstreams: contexts, wsUpstreams: this.wsUpstreams, log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission })
-      for (const u of this.wsUpstreams.values()) u.bindPublisher?.(this.front.ws)
+      this.front = new HttpFront({ uws: this.uws, config: cfg, table: this.table(cfg, this.sets), log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission })
+      for (const u of this.sets.ws.values()) u.bindPublisher?.(this.front.ws)
       const http = await this.front.listen()
       const tcp: Record<string, number> = {}
       for (const [i, lcfg] of cfg.listen.tcp.entries()) {
-        const listener = new TcpListener(i, lcfg, this.tcpUpstreams.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
+        const listener = new TcpListener(i, lcfg, this.sets.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
         this.tcpListeners.push(listener)
         tcp[lcfg.name] = await listener.listen()
       }
@@ -162,6 +172,171 @@ export class Gateway {
     this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, tcp: this.ports.tcp, gateway: cfg.gateway.id, version: VERSION }, 'listening')
     if (this.drainRequested !== undefined) this.drain(this.drainRequested)
     return this.ports
+  }
+
+  /** Builds the upstreams of `cfg`, reusing those of `prev` whose config did not change (their pools and links stay). */
+  private buildUpstreams (cfg: Config, prev: UpstreamSet | undefined): UpstreamSet {
+    const set: UpstreamSet = { http: new Map(), ws: new Map(), tcp: new Map(), keys: new Map() }
+    const wsDeps = this.wsDeps!
+    for (const [name, ucfg] of Object.entries(cfg.upstreams)) {
+      const key = canonicalJson(ucfg)
+      set.keys.set(name, key)
+      const same = prev?.keys.get(name) === key
+      const log = this.log.child({ upstream: name })
+      if (ucfg.protocol === 'tcp') {
+        set.tcp.set(name, same ? prev!.tcp.get(name)! : new TcpUpstream(name, ucfg, log, this.metrics))
+        continue
+      }
+      if (ucfg.protocol === 'ws' || ucfg.protocol === 'mux') {
+        set.ws.set(name, same ? prev!.ws.get(name)! : createWsUpstream(name, ucfg, log, this.metrics, wsDeps))
+        continue
+      }
+      // WebSocket upgrades on routes to this HTTP upstream go to its endpoints 1:1 (what nginx does with
+      // Upgrade headers), as a passthrough upstream of its own (metrics label `NAME:ws`).
+      set.ws.set(name, same ? prev!.ws.get(name)! : createWsUpstream(`${name}:ws`, {
+        protocol: 'ws',
+        endpoints: ucfg.endpoints.map((e) => e.replace(/^http:\/\//, '')),
+        balance: ucfg.balance,
+        timeouts: { connectMs: ucfg.timeouts.connectMs + ucfg.timeouts.responseMs },
+        ejection: ucfg.ejection,
+      }, log, this.metrics, wsDeps))
+      const upstream = same ? prev!.http.get(name)!.upstream : new HttpUpstream(name, ucfg, log, this.metrics)
+      // The context carries settings from outside the upstream (logging, http): always rebuilt.
+      set.http.set(name, {
+        upstream,
+        ctx: {
+          upstream,
+          metrics: upstreamMetrics(this.metrics, name),
+          log: this.log,
+          lifecycle: this.lifecycle,
+          accessLog: cfg.logging.accessLog,
+          requestIdHeader: cfg.http.requestIdHeader,
+          retryIdempotent: ucfg.retry.idempotent,
+        },
+      })
+    }
+    return set
+  }
+
+  private table (cfg: Config, set: UpstreamSet): RouteTable {
+    return { config: cfg, router: new Router(cfg.routes), upstreams: new Map([...set.http].map(([n, h]) => [n, h.ctx])), wsUpstreams: set.ws }
+  }
+
+  private version: string
+  private readonly loadedAt = new Date().toISOString()
+  private lastReload: { at: string, result: string, errors?: string[] } | undefined
+
+  /**
+   * Hot reload (SIGHUP, POST /reload): validates `next` against the running config, then swaps routes,
+   * upstreams, TCP listeners and limits at once. Requests and sessions under way keep the upstream they
+   * got; upstreams whose config changed or that were removed finish their work in the background (mux
+   * links: GOAWAY, closed once their streams are gone); unchanged ones are kept as they are. A refused
+   * reload changes nothing.
+   */
+  private refused (errors: string[], version: string): ReloadResult {
+    this.lastReload = { at: new Date().toISOString(), result: 'refused', errors }
+    this.metrics.configReloads.labels('refused').inc()
+    this.log.error({ errors, version }, 'config reload refused; the running config is kept')
+    return { result: 'refused', version, errors }
+  }
+
+  private reloading: Promise<unknown> = Promise.resolve()
+
+  /** Reloads from the gateway's config source (its file); one reload at a time. */
+  async reloadFromSource (trigger: string): Promise<ReloadResult> {
+    const run = async (): Promise<ReloadResult> => {
+      if (this.source === undefined) return this.refused(['(config): the gateway runs on its embedded defaults; there is no file to reload'], this.version)
+      let next: Config
+      try {
+        next = this.source()
+      } catch (err) {
+        return this.refused(err instanceof ConfigError ? err.problems : [(err as Error).message], '')
+      }
+      this.log.info({ trigger }, 'config reload requested')
+      return await this.reload(next, configVersion(next))
+    }
+    const p = this.reloading.then(run, run)
+    this.reloading = p
+    return await p
+  }
+
+  async reload (next: Config, version: string): Promise<ReloadResult> {
+    const refuse = (errors: string[]): ReloadResult => this.refused(errors, version)
+    if (this.state !== 'running') return refuse([`(gateway): cannot reload while ${this.state}`])
+    const problems = reloadRefusals(this.cfg, next)
+    if (problems.length > 0) return refuse(problems)
+    const prev = this.sets
+    const set = this.buildUpstreams(next, prev)
+    const names = new Set([...prev.keys.keys(), ...set.keys.keys()])
+    const diff = { added: [] as string[], changed: [] as string[], removed: [] as string[], unchanged: [] as string[] }
+    for (const n of names) {
+      const a = prev.keys.get(n)
+      const b = set.keys.get(n)
+      if (a === undefined) diff.added.push(n)
+      else if (b === undefined) diff.removed.push(n)
+      else if (a !== b) diff.changed.push(n)
+      else diff.unchanged.push(n)
+    }
+    // TCP listeners: kept (pointed at the new upstream) when their own config is the same, else closed
+    // gracefully (open connections continue) and bound anew.
+    const keep: TcpListener[] = []
+    const bind: Array<{ i: number, lcfg: Config['listen']['tcp'][number] }> = []
+    const oldByName = new Map(this.tcpListeners.map((l) => [l.cfg.name, l]))
+    for (const [i, lcfg] of next.listen.tcp.entries()) {
+      const old = oldByName.get(lcfg.name)
+      if (old !== undefined && canonicalJson(old.cfg) === canonicalJson(lcfg)) {
+        old.upstream = set.tcp.get(lcfg.upstream)!
+        keep.push(old)
+        oldByName.delete(lcfg.name)
+      } else bind.push({ i, lcfg })
+    }
+    // A removed listener's connections continue until they end (or a drain's deadline, or a stop).
+    for (const old of oldByName.values()) {
+      this.oldListeners.add(old)
+      this.retire(old.close('flush', RETIRED_LISTENER_GRACE_MS).finally(() => { this.oldListeners.delete(old) }))
+    }
+    const tcpPorts: Record<string, number> = {}
+    for (const l of keep) tcpPorts[l.cfg.name] = this.ports?.tcp[l.cfg.name] ?? l.cfg.port
+    const bound: TcpListener[] = []
+    try {
+      for (const { i, lcfg } of bind) {
+        const l = new TcpListener(i, lcfg, set.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
+        tcpPorts[lcfg.name] = await l.listen()
+        bound.push(l)
+      }
+    } catch (err) {
+      // A port that cannot be bound: undo (the old listeners it replaced are already closing).
+      for (const l of bound) void l.close('abort')
+      for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) void u.close('abort')
+      return refuse([(err as Error).message])
+    }
+    this.tcpListeners = [...keep, ...bound]
+    if (this.ports !== undefined) this.ports = { ...this.ports, tcp: tcpPorts }
+    for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) u.bindPublisher?.(this.front!.ws)
+    this.sets = set
+    this.cfg = next
+    this.front?.setTable(this.table(next, set))
+    this.admission.reconfigure(next.admission)
+    this.drainer.reconfigure(next.drain)
+    this.log.level = next.logging.level
+    // What the new set does not use any more finishes in the background.
+    for (const [n, h] of prev.http) if (set.http.get(n)?.upstream !== h.upstream) this.retire(h.upstream.close('flush'))
+    for (const [n, u] of prev.ws) {
+      if (set.ws.get(n) === u) continue
+      this.retiredWs.add(u)
+      this.retire(u.retire().finally(() => { this.retiredWs.delete(u) }))
+    }
+    for (const [n, u] of prev.tcp) if (set.tcp.get(n) !== u) u.close('flush')
+    this.version = version
+    this.lastReload = { at: new Date().toISOString(), result: 'ok' }
+    this.metrics.configReloads.labels('ok').inc()
+    this.log.info({ version, ...diff }, 'config reloaded')
+    return { result: 'ok', version, ...diff }
+  }
+
+  private retire (p: Promise<void>): void {
+    const tracked = p.catch((err: unknown) => { this.log.warn({ err }, 'retiring an upstream failed') }).finally(() => { this.retiring.delete(tracked) })
+    this.retiring.add(tracked)
   }
 
   /**
@@ -198,10 +373,10 @@ export class Gateway {
       migrate: (n) => this.front?.ws.migrate(n) ?? { resumable: 0, plain: 0 },
       httpInFlight: () => this.lifecycle.inFlight,
       idleHttpConnections: () => this.ports === undefined ? undefined : establishedOnPort(this.ports.http),
-      tcpOpen: () => this.tcpListeners.reduce((n, l) => n + l.open, 0),
+      tcpOpen: () => [...this.tcpListeners, ...this.oldListeners].reduce((n, l) => n + l.open, 0),
       forceClose: () => {
         const n = this.front?.ws.closeAll(1012, 'gateway drained: reconnect', 'FERRY_ERR_GATEWAY_DRAINING') ?? 0
-        for (const l of this.tcpListeners) void l.close('abort')
+        for (const l of [...this.tcpListeners, ...this.oldListeners]) void l.close('abort')
         return n
       },
       finish: async () => {
@@ -229,13 +404,16 @@ export class Gateway {
   private async closeStages (kind: 'flush' | 'abort'): Promise<void> {
     this.front?.stopAccepting()
     this.front?.ws.close()
+    for (const l of this.oldListeners) void l.close('abort')
+    for (const u of this.retiredWs) void u.close(kind)
     await Promise.all([
-      ...[...this.wsUpstreams.values()].map(async (u) => { await u.close(kind) }),
-      ...[...this.upstreams.values()].map(async (u) => { await u.close(kind) }),
+      ...this.retiring,
+      ...[...this.sets.ws.values()].map(async (u) => { await u.close(kind) }),
+      ...[...[...this.sets.http.values()].map((h) => h.upstream)].map(async (u) => { await u.close(kind) }),
       // TCP listeners stop accepting at once, then give open connections up to shutdownGraceMs ('flush').
       ...this.tcpListeners.map(async (l) => { await l.close(kind) }),
     ])
-    for (const u of this.tcpUpstreams.values()) u.close(kind)
+    for (const u of this.sets.tcp.values()) u.close(kind)
     await this.store?.close(kind)
     this.admin?.close()
     this.removeCollector()
@@ -250,8 +428,8 @@ export class Gateway {
       if (clients !== undefined) m.upstreamConnections.labels('client', 'http', '').set(clients)
     }
     this.front?.ws.collect()
-    for (const u of this.wsUpstreams.values()) u.collect()
-    for (const u of this.upstreams.values()) {
+    for (const u of this.sets.ws.values()) u.collect()
+    for (const u of [...this.sets.http.values()].map((h) => h.upstream)) {
       m.upstreamQueueDepth.labels(u.name).set(u.queueDepth)
       let connected = 0
       for (const ep of u.endpoints) connected += ep.connected
@@ -262,7 +440,7 @@ export class Gateway {
       l.collect()
       tcpClients.set(l.upstream.name, (tcpClients.get(l.upstream.name) ?? 0) + l.open)
     }
-    for (const u of this.tcpUpstreams.values()) {
+    for (const u of this.sets.tcp.values()) {
       m.upstreamConnections.labels('client', 'tcp', u.name).set(tcpClients.get(u.name) ?? 0)
       m.upstreamConnections.labels('upstream', 'tcp', u.name).set(u.connectedCount)
     }
@@ -283,13 +461,14 @@ export class Gateway {
       routes: this.config.routes.map((r) => ({ host: r.match.host, path: r.match.path, upstream: r.upstream, kind: this.config.upstreams[r.upstream]?.protocol === 'http' ? 'http' : 'websocket' })),
       websocket: this.front?.ws.status(),
       affinity: this.store?.status(),
+      config: { version: this.version, loadedAt: this.loadedAt, lastReload: this.lastReload ?? null },
       drain: this.drainer.status(),
       admission: this.admission.status(),
       resume: { secret: this.secretSource, tokenTtlMs: this.config.resume.tokenTtlMs },
       upstreams: [
-        ...[...this.upstreams.values()].map((u) => u.status()),
-        ...[...this.wsUpstreams.entries()].filter(([name]) => this.config.upstreams[name]?.protocol !== 'http').map(([, u]) => u.status()),
-        ...[...this.tcpUpstreams.values()].map((u) => u.status()),
+        ...[...[...this.sets.http.values()].map((h) => h.upstream)].map((u) => u.status()),
+        ...[...this.sets.ws.entries()].filter(([name]) => this.config.upstreams[name]?.protocol !== 'http').map(([, u]) => u.status()),
+        ...[...this.sets.tcp.values()].map((u) => u.status()),
       ],
     }
   }

@@ -11,9 +11,11 @@ export interface AdminSource {
   readonly status: () => object
   /** Starts (or joins) the drain; returns its progress. */
   readonly drain: () => object
+  /** Reloads the config file; `result` is 'ok' or 'refused' (with field-named errors). */
+  readonly reload: () => Promise<{ result: string }>
 }
 
-/** Admin HTTP API on its own listener: /healthz /readyz /metrics /status, POST /drain. */
+/** Admin HTTP API on its own listener: /healthz /readyz /metrics /status, POST /drain /reload. */
 export class AdminServer {
   private readonly app: TemplatedApp
   private socket: ListenSocket | undefined
@@ -37,8 +39,19 @@ export class AdminServer {
       const progress = this.source.drain()
       res.writeStatus('202 Accepted').writeHeader('content-type', 'application/json').end(JSON.stringify(progress, null, 2))
     })
+    this.app.post('/reload', (res) => {
+      let aborted = false
+      res.onAborted(() => { aborted = true })
+      this.source.reload().then((r) => {
+        if (aborted) return
+        res.cork(() => res.writeStatus(r.result === 'ok' ? '200 OK' : '400 Bad Request').writeHeader('content-type', 'application/json').end(JSON.stringify(r, null, 2)))
+      }, (err: unknown) => {
+        this.log.error({ err }, 'reload failed')
+        if (!aborted) res.cork(() => res.writeStatus('500 Internal Server Error').end())
+      })
+    })
     this.app.any('/*', (res) => {
-      res.writeStatus('404 Not Found').writeHeader('content-type', 'text/plain').end('admin endpoints: GET /healthz /readyz /metrics /status, POST /drain\n')
+      res.writeStatus('404 Not Found').writeHeader('content-type', 'text/plain').end('admin endpoints: GET /healthz /readyz /metrics /status, POST /drain /reload\n')
     })
   }
 

@@ -11,9 +11,15 @@ export class Admission {
   private last = performance.now()
   private readonly refused: { http: Counter.Internal, ws: Counter.Internal }
 
-  constructor (private readonly cfg: Config['admission'], refused: Counter<'reply'>) {
+  constructor (private cfg: Config['admission'], refused: Counter<'reply'>) {
     this.tokens = cfg.burst
     this.refused = { http: refused.labels('http_503'), ws: refused.labels('ws_1013') }
+  }
+
+  /** A reload: the new rate and bucket size apply from now on (tokens held so far are kept, up to the new burst). */
+  reconfigure (cfg: Config['admission']): void {
+    this.cfg = cfg
+    this.tokens = Math.min(this.tokens, cfg.burst)
   }
 
   get enabled (): boolean {

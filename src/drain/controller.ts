@@ -74,9 +74,14 @@ export class DrainController {
   /** Resolves when the drain is complete (everything closed). */
   readonly done: Promise<void>
 
-  constructor (private readonly cfg: Config['drain'], private readonly target: DrainTarget, private readonly log: Logger, private readonly metrics: Metrics) {
+  constructor (private cfg: Config['drain'], private readonly target: DrainTarget, private readonly log: Logger, private readonly metrics: Metrics) {
     this.done = new Promise((resolve) => { this.resolveDone = resolve })
     metrics.drainPhase.set(0)
+  }
+
+  /** A reload: the new timings apply to a drain that has not started. */
+  reconfigure (cfg: Config['drain']): void {
+    if (this.phase === 'idle') this.cfg = cfg
   }
 
   get current (): DrainPhase {

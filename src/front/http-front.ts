@@ -13,14 +13,24 @@ import { WsFront } from './ws-front.js'
 import type { Admission } from '../drain/admission.js'
 import type { WsUpstream } from './ws-types.js'
 
-export interface FrontDeps {
-  readonly uws: Uws
+/**
+ * What a request is routed with: one config's routes and upstreams. The gateway swaps the whole table
+ * on a reload; a request or session looks it up once, when it arrives, and keeps what it got.
+ */
+export interface RouteTable {
   readonly config: Config
   readonly router: Router
-  /** Exchange context per upstream name (built once by the gateway). */
+  /** Exchange context per HTTP upstream name. */
   readonly upstreams: ReadonlyMap<string, ExchangeContext>
-  /** WebSocket-carrying upstreams (ws, mux) by name. */
+  /** WebSocket-carrying upstreams (ws, mux; and the passthrough of each http upstream) by name. */
   readonly wsUpstreams: ReadonlyMap<string, WsUpstream>
+}
+
+export interface FrontDeps {
+  readonly uws: Uws
+  /** The config the front started with: its listener. */
+  readonly config: Config
+  readonly table: RouteTable
   readonly log: Logger
   readonly metrics: Metrics
   /** Draining flag and in-flight count, shared with the exchanges. */
@@ -36,27 +46,38 @@ export interface FrontDeps {
 export class HttpFront {
   private readonly app: TemplatedApp
   private socket: ListenSocket | undefined
-  private readonly reqOpts: RequestOptions
+  private reqOpts: RequestOptions
   private readonly noRoute: { inc: () => void }
   private readonly badRequest: { inc: () => void }
   private readonly internal: { inc: () => void }
   readonly ws: WsFront
+  private table: RouteTable
+  private readonly nextRequestId: () => string
 
   constructor (private readonly deps: FrontDeps) {
     this.app = deps.uws.App()
     const prefix = randomBytes(4).toString('hex')
     let n = 0
-    this.reqOpts = {
-      requestIdHeader: deps.config.http.requestIdHeader,
-      trustForwardedFor: deps.config.http.trustForwardedFor,
-      nextRequestId: () => `${prefix}-${(++n).toString(36)}`,
-    }
+    this.nextRequestId = () => `${prefix}-${(++n).toString(36)}`
+    this.table = deps.table
+    this.reqOpts = this.requestOptions(deps.table.config)
     this.noRoute = deps.metrics.httpErrors.labels('FERRY_ERR_NO_ROUTE', '')
     this.badRequest = deps.metrics.httpErrors.labels('FERRY_ERR_BAD_REQUEST', '')
     this.internal = deps.metrics.httpErrors.labels('FERRY_ERR_INTERNAL', '')
     // WebSocket behaviors first: their GET handlers yield non-upgrade requests to `any`.
-    this.ws = new WsFront(this.app, { ...deps, requestIdHeader: deps.config.http.requestIdHeader })
+    this.ws = new WsFront(this.app, { uws: deps.uws, table: deps.table, log: deps.log, metrics: deps.metrics, admission: deps.admission })
     this.app.any('/*', (res, req) => this.onRequest(res, req))
+  }
+
+  private requestOptions (cfg: Config): RequestOptions {
+    return { requestIdHeader: cfg.http.requestIdHeader, trustForwardedFor: cfg.http.trustForwardedFor, nextRequestId: this.nextRequestId }
+  }
+
+  /** A reload: requests and upgrades from now on are routed with `table`; those under way keep theirs. */
+  setTable (table: RouteTable): void {
+    this.table = table
+    this.reqOpts = this.requestOptions(table.config)
+    this.ws.setTable(table)
   }
 
   async listen (): Promise<number> {
@@ -78,20 +99,21 @@ export class HttpFront {
       const creq = readClientRequest(res, req, this.reqOpts)
       requestId = creq.requestId
       const close = creq.close || this.deps.lifecycle.draining
-      const route = this.deps.router.match(creq.host, creq.path)
+      const table = this.table
+      const route = table.router.match(creq.host, creq.path)
       if (route === undefined) {
         this.noRoute.inc()
         sendError(res, 404, new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${creq.host}${creq.path}`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0)
         return
       }
-      const ctx = this.deps.upstreams.get(route.upstream)
+      const ctx = table.upstreams.get(route.upstream)
       if (ctx === undefined) {
         // A ws/mux route: only upgrades belong here.
         this.deps.metrics.httpErrors.labels('FERRY_ERR_UPGRADE_REQUIRED', route.upstream).inc()
         sendError(res, 426, new FerryError('FERRY_ERR_UPGRADE_REQUIRED', `route ${route.name} takes WebSocket upgrades only`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, ['upgrade', 'websocket'])
         return
       }
-      const maxBody = route.maxBodyBytes ?? this.deps.config.http.maxBodyBytes
+      const maxBody = route.maxBodyBytes ?? table.config.http.maxBodyBytes
       if (creq.contentLength !== undefined && creq.contentLength > maxBody) {
         ctx.metrics.error('FERRY_ERR_BODY_TOO_LARGE')
         ctx.metrics.requests(route.name, 413)

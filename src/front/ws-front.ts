@@ -5,7 +5,8 @@ import type { Config } from '../config/load.js'
 import { DEFAULT_FORWARD_HEADERS, type WebSocketRouteConfig } from '../config/schema.js'
 import { FerryError, isFerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
-import type { Route, Router } from '../routing/router.js'
+import type { Route } from '../routing/router.js'
+import type { RouteTable } from './http-front.js'
 import { sendError } from '../upstream/http/exchange.js'
 import { formatAddress } from './address.js'
 import type { Uws } from './uws.js'
@@ -16,13 +17,23 @@ import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wi
 
 export interface WsFrontDeps {
   readonly uws: Uws
-  readonly config: Config
-  readonly router: Router
-  readonly wsUpstreams: ReadonlyMap<string, WsUpstream>
+  readonly table: RouteTable
   readonly log: Logger
   readonly metrics: Metrics
-  readonly requestIdHeader: string
   readonly admission: Admission
+}
+
+/** The uWS-level settings of a WebSocket path: fixed once the path is registered (a reload cannot change them). */
+export const UWS_BOUND_SETTINGS = ['maxPayloadLength', 'idleTimeoutSec', 'compression', 'maxBackpressure'] as const
+
+/** WebSocket route settings by path: the first route of each path decides (uWS binds settings to a URL pattern). */
+export function wsSettingsByPath (config: Config): Map<string, WebSocketRouteConfig> {
+  const byPath = new Map<string, WebSocketRouteConfig>()
+  for (const r of config.routes) {
+    const proto = config.upstreams[r.upstream]?.protocol
+    if ((proto === 'ws' || proto === 'mux') && !byPath.has(r.match.path)) byPath.set(r.match.path, r.websocket ?? DEFAULT_WS_SETTINGS)
+  }
+  return byPath
 }
 
 /** Route settings when a ws/mux route has no `websocket` block (the schema's defaults). */
@@ -61,31 +72,41 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   /** Any WebSocket route compresses: topic messages are sent with the compress flag (per-socket negotiation decides). */
   private readonly compressTopics: boolean
 
+  private table: RouteTable
+  private readonly patterns = new Set<string>()
+
   constructor (private readonly app: TemplatedApp, private readonly deps: WsFrontDeps) {
-    const byPath = new Map<string, WebSocketRouteConfig>()
-    for (const r of deps.config.routes) {
-      const proto = deps.config.upstreams[r.upstream]?.protocol
-      if ((proto === 'ws' || proto === 'mux') && !byPath.has(r.match.path)) byPath.set(r.match.path, r.websocket ?? DEFAULT_WS_SETTINGS)
-    }
-    const patterns = new Set<string>()
-    const add = (pattern: string, s: WebSocketRouteConfig): void => {
-      if (patterns.has(pattern)) return
-      patterns.add(pattern)
-      app.ws(pattern, this.behavior(s))
-    }
-    // Registration order does not matter: uWS's router prefers static segments over wildcards.
-    for (const [path, s] of byPath) {
-      if (path === '/') continue
-      const base = path.endsWith('/') ? path.slice(0, -1) : path
-      add(base, s)
-      add(`${base}/*`, s)
-    }
-    add('/*', byPath.get('/') ?? DEFAULT_WS_SETTINGS)
+    this.table = deps.table
+    const byPath = wsSettingsByPath(deps.table.config)
+    this.registerPaths(byPath)
+    this.add('/*', byPath.get('/') ?? DEFAULT_WS_SETTINGS)
     this.compressTopics = [...byPath.values()].some((s) => s.compression !== 'off')
     // One timer for all sessions: topic fan-out has no credit, so a subscriber's queue can only be
     // watched, not held. O(sessions) once a second.
     this.sweep = setInterval(() => { for (const s of this.sessions) s.checkBackpressure() }, 1000)
     this.sweep.unref()
+  }
+
+  private add (pattern: string, s: WebSocketRouteConfig): void {
+    if (this.patterns.has(pattern)) return
+    this.patterns.add(pattern)
+    this.app.ws(pattern, this.behavior(s))
+  }
+
+  private registerPaths (byPath: Map<string, WebSocketRouteConfig>): void {
+    // Registration order does not matter: uWS's router prefers static segments over wildcards.
+    for (const [path, s] of byPath) {
+      if (path === '/') continue
+      const base = path.endsWith('/') ? path.slice(0, -1) : path
+      this.add(base, s)
+      this.add(`${base}/*`, s)
+    }
+  }
+
+  /** A reload: new upgrades use `table`; a new WebSocket path gets its uWS behavior now (the reload checked that existing paths keep their uWS settings). */
+  setTable (table: RouteTable): void {
+    this.table = table
+    this.registerPaths(wsSettingsByPath(table.config))
   }
 
   private behavior (s: WebSocketRouteConfig): WebSocketBehavior<WsUserData> {
@@ -121,7 +142,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   private fail (res: HttpResponse, route: string, err: FerryError, requestId: string, extraHeader?: readonly [string, string]): void {
     this.deps.metrics.wsUpgradeFailures.labels(route, err.code).inc()
     try {
-      res.cork(() => { sendError(res, err.status || 500, err, requestId, this.deps.requestIdHeader, true, extraHeader) })
+      res.cork(() => { sendError(res, err.status || 500, err, requestId, this.table.config.http.requestIdHeader, true, extraHeader) })
     } catch { /* the client went away meanwhile */ }
   }
 
@@ -137,15 +158,16 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     const extensions = req.getHeader('sec-websocket-extensions')
     const offered = req.getHeader('sec-websocket-protocol')
     const version = req.getHeader('sec-websocket-version')
-    const requestId = req.getHeader(this.deps.requestIdHeader) || `${this.idPrefix}-${(++this.nextId).toString(36)}`
+    const requestId = req.getHeader(this.table.config.http.requestIdHeader) || `${this.idPrefix}-${(++this.nextId).toString(36)}`
     const raw: string[] = []
     req.forEach((k, v) => { raw.push(k, v) })
     const remoteAddress = formatAddress(res.getRemoteAddress())
     try {
       if (!this.accepting) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'gateway is stopping')
-      const route = this.deps.router.match(host, path)
+      const table = this.table
+      const route = table.router.match(host, path)
       if (route === undefined) throw new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${host}${path}`)
-      const upstream = this.deps.wsUpstreams.get(route.upstream)
+      const upstream = table.wsUpstreams.get(route.upstream)
       if (upstream === undefined) throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', `route ${route.name} does not take WebSocket upgrades`)
       if (!KEY_RE.test(key) || version !== '13') throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', 'bad Sec-WebSocket-Key or Sec-WebSocket-Version (13 expected)')
       const settings = route.websocket ?? DEFAULT_WS_SETTINGS
@@ -156,10 +178,10 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         if (k === 'x-forwarded-for') xff = xff === '' ? raw[i + 1]! : `${xff}, ${raw[i + 1]!}`
         else if (settings.forwardHeaders.includes(k)) headers[k] = headers[k] === undefined ? raw[i + 1]! : `${headers[k]}, ${raw[i + 1]!}`
       }
-      headers['x-forwarded-for'] = this.deps.config.http.trustForwardedFor && xff !== '' ? `${xff}, ${remoteAddress}` : remoteAddress
+      headers['x-forwarded-for'] = table.config.http.trustForwardedFor && xff !== '' ? `${xff}, ${remoteAddress}` : remoteAddress
       headers['x-forwarded-proto'] = 'http'
       headers['x-forwarded-host'] = host
-      headers[this.deps.requestIdHeader] = requestId
+      headers[table.config.http.requestIdHeader] = requestId
       // `ferry.*` offers are Ferry's own (ferry/client); the rest are the application's.
       let ferryClient = false
       let resume: ResumeOffer | undefined
@@ -179,7 +201,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
           res.upgrade<WsUserData>({ session: new RefusedClient(1013, `retry-after-ms=${ms}`) }, key, FERRY_SUBPROTOCOL, '', context)
         } else {
           const ms = this.deps.admission.refuse('http')
-          this.fail(res, route.name, new FerryError('FERRY_ERR_ADMISSION', `new sessions are admitted at ${this.deps.config.admission.handshakesPerSec}/s; retry in ${ms} ms`), requestId, ['retry-after', String(Math.ceil(ms / 1000))])
+          this.fail(res, route.name, new FerryError('FERRY_ERR_ADMISSION', `new sessions are admitted at ${table.config.admission.handshakesPerSec}/s; retry in ${ms} ms`), requestId, ['retry-after', String(Math.ceil(ms / 1000))])
         }
         return
       }

@@ -120,6 +120,8 @@ export interface WsUpstream {
   open: (hs: WsHandshake, sink: ClientSink) => Promise<UpstreamLeg>
   /** Stops accepting sessions; 'flush' lets open ones end by themselves for a grace period, 'abort' closes them (1001). */
   close: (kind: 'flush' | 'abort') => Promise<void>
+  /** A reload replaced or removed this upstream: no new sessions; open ones continue until they end. Resolves when the last is gone. */
+  retire: () => Promise<void>
   status: () => object
   /** mux: the front's pub/sub, for the backend's PUBLISH frames. */
   bindPublisher?: (p: TopicPublisher) => void

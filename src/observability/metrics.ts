@@ -47,6 +47,7 @@ export class Metrics {
   readonly resumeSeconds: Histogram<'upstream'>
   readonly resumeClientErrors: Counter<'upstream' | 'code'>
   readonly admissionRefused: Counter<'reply'>
+  readonly configReloads: Counter<'result'>
   readonly drainPhase: Gauge
   readonly drainMigrated: Counter<'kind'>
   readonly drainRemaining: Gauge<'kind'>
@@ -95,6 +96,7 @@ export class Metrics {
     this.resumeSeconds = new Histogram({ name: 'ferry_resume_seconds', help: 'Time from a resuming client\'s upgrade request to the backend\'s ACCEPT (the session is back).', labelNames: ['upstream'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: r })
     this.resumeClientErrors = new Counter({ name: 'ferry_resume_client_errors_total', help: 'ferry.v1 clients closed for breaking the wire protocol (FERRY_ERR_RESUME_BAD_ACK: acknowledged messages it was never sent; FERRY_ERR_WS_CLIENT_PROTOCOL: unknown message kind).', labelNames: ['upstream', 'code'], registers: r })
     this.affinityEvictions = new Counter({ name: 'ferry_affinity_evictions_total', help: 'Affinity records dropped before their TTL because the memory store held affinity.maxEntries.', labelNames: ['store'], registers: r })
+    this.configReloads = new Counter({ name: 'ferry_config_reloads_total', help: 'Config reloads (SIGHUP, POST /reload) by result: ok, or refused (invalid, or a field that needs a restart; the running config was kept).', labelNames: ['result'], registers: r })
     this.admissionRefused = new Counter({ name: 'ferry_admission_refused_total', help: 'New WebSocket handshakes refused by admission control (admission.handshakesPerSec), by reply: http_503 (503 + Retry-After) or ws_1013 (ferry/client: close 1013 with retry-after-ms).', labelNames: ['reply'], registers: r })
     this.drainPhase = new Gauge({ name: 'ferry_drain_phase', help: 'Drain progress: 0 running, 1 accept grace (not ready, still accepting), 2 migrating sessions, 3 finishing (HTTP requests, TCP connections, links), 4 drained.', registers: r })
     this.drainMigrated = new Counter({ name: 'ferry_drain_migrated_total', help: 'WebSocket sessions moved off this pod by a drain, by kind: resumable (ferry/client: migrate message, close 1012, resumed elsewhere), plain (close 1012), forced (still open at drain.deadlineMs).', labelNames: ['kind'], registers: r })

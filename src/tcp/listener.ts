@@ -50,7 +50,8 @@ export class TcpListener implements ListenerContext {
   constructor (
     readonly index: number,
     readonly cfg: TcpListenerConfig,
-    readonly upstream: TcpUpstream,
+    /** Where new connections go (a reload may point a kept listener at a new upstream). */
+    public upstream: TcpUpstream,
     private readonly log: Logger,
     private readonly metrics: Metrics,
   ) {

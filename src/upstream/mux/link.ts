@@ -55,6 +55,7 @@ export class LinkSlot {
   topicPrefix: string
   private connections = 0
   private failures = 0
+  private retired = false
   private timer: NodeJS.Timeout | undefined
   private readonly ca: Buffer | undefined
 
@@ -145,7 +146,8 @@ export class LinkSlot {
     } else if (this.state === 'ready' || this.state === 'draining') {
       if (end.code !== DRAINED) this.owner.linkLost(this, end)
     }
-    if (this.state !== 'stopped') this.backoff()
+    if (this.retired) this.state = 'stopped'
+    else if (this.state !== 'stopped') this.backoff()
   }
 
   private backoff (): void {
@@ -169,6 +171,19 @@ export class LinkSlot {
     if (this.state === 'draining' && this.conn !== undefined && this.conn.idle) {
       this.conn.destroy({ code: DRAINED, message: 'drained after GOAWAY' })
     }
+  }
+
+  /** A reload retired the upstream: GOAWAY now, close when the last stream ends, never reconnect. */
+  retire (): void {
+    this.retired = true
+    this.clearTimer()
+    if ((this.state === 'ready' || this.state === 'draining') && this.conn !== undefined) {
+      if (this.state === 'ready') this.conn.goaway(GoawayCode.NORMAL, 'upstream reconfigured')
+      this.state = 'draining'
+      this.closeIfIdle()
+      return
+    }
+    this.stop()
   }
 
   /** The upstream is closing: GOAWAY, then close once streams are gone (or now with `abort`). */

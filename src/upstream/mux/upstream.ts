@@ -311,6 +311,18 @@ export class MuxUpstream implements WsUpstream {
     leg.onFinished = () => { placement.closed(key) }
   }
 
+  /** No new sessions; each link says GOAWAY and closes when its last stream ends (no reconnect). */
+  async retire (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    this.wake()
+    for (const ep of this.endpoints) for (const s of ep.slots) s.retire()
+    while (this.endpoints.some((ep) => ep.slots.some((s) => s.state !== 'stopped'))) {
+      await new Promise((resolve) => setTimeout(resolve, 500))
+    }
+    this.placement?.stop()
+  }
+
   async close (kind: 'flush' | 'abort'): Promise<void> {
     void kind // sessions were closed by the front already; links say GOAWAY and go
     this.closed = true

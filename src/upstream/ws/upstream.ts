@@ -388,6 +388,15 @@ export class WsPassthroughUpstream implements WsUpstream {
     return done
   }
 
+  async retire (): Promise<void> {
+    if (this.state !== 'open') return
+    this.state = 'closing'
+    // Handshakes under way complete; open sessions continue until they end.
+    while (!await this.idle(60_000)) { /* still in use */ }
+    this.placement?.stop()
+    this.state = 'closed'
+  }
+
   /**
    * No new sessions; handshakes in progress are given up (their clients get 503). 'abort' closes open
    * sessions now (1001 to both sides); 'flush' lets them end by themselves for FLUSH_GRACE_MS first (the

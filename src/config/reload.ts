@@ -1,0 +1,36 @@
+import type { Config } from './load.js'
+import { UWS_BOUND_SETTINGS, wsSettingsByPath } from '../front/ws-front.js'
+
+/** JSON with object keys sorted: equal configs give equal strings whatever the key order. */
+export function canonicalJson (v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) => x !== null && typeof x === 'object' && !Array.isArray(x)
+    ? Object.fromEntries(Object.entries(x as Record<string, unknown>).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0))
+    : x)
+}
+
+/**
+ * What a hot reload cannot change in a running process, as field-named problems (empty: the reload
+ * may go ahead). These need a restart, which drain-and-replace makes harmless.
+ */
+export function reloadRefusals (running: Config, next: Config): string[] {
+  const out: string[] = []
+  const fixed = (path: string, a: unknown, b: unknown, why: string): void => {
+    if (canonicalJson(a) !== canonicalJson(b)) out.push(`${path}: cannot change on a reload (${why}); restart the pod (drain-and-replace) to apply it`)
+  }
+  fixed('gateway.id', running.gateway.id, next.gateway.id, 'it names this pod in affinity records and on its mux links')
+  fixed('listen.http', running.listen.http, next.listen.http, 'the HTTP/WebSocket listener stays bound')
+  fixed('listen.admin', running.listen.admin, next.listen.admin, 'the admin listener stays bound')
+  fixed('affinity', running.affinity, next.affinity, 'open sessions hold the store')
+  fixed('resume', running.resume, next.resume, 'tokens already issued must stay valid')
+  // uWS binds these to a path's URL pattern when it is registered; new paths are fine.
+  const before = wsSettingsByPath(running)
+  for (const [path, s] of wsSettingsByPath(next)) {
+    const was = before.get(path)
+    if (was === undefined) continue
+    const i = next.routes.findIndex((r) => r.match.path === path && r.websocket !== undefined)
+    for (const k of UWS_BOUND_SETTINGS) {
+      if (was[k] !== s[k]) out.push(`routes[${i < 0 ? next.routes.findIndex((r) => r.match.path === path) : i}].websocket.${k}: cannot change on a reload for the existing WebSocket path ${path} (uWebSockets.js binds it to the path); restart the pod to apply it`)
+    }
+  }
+  return out
+}

@@ -1,0 +1,192 @@
+import { createServer, request as httpRequest, Agent } from 'node:http'
+import { once } from 'node:events'
+import { writeFileSync } from 'node:fs'
+import t from 'tap'
+import { stringify } from 'yaml'
+import { metric, runCli, startFerry, waitFor, type Teardown } from './helpers/ferry.js'
+import { connect, startMuxBackend } from './helpers/mux.js'
+
+/**
+ * Hot reload (SIGHUP, POST /reload, `ferry reload`): routes and upstreams swap at once, what is under
+ * way keeps its upstream, unchanged upstreams keep their connections, a bad config changes nothing.
+ */
+
+async function named (t: Teardown, name: string): Promise<number> {
+  const server = createServer((req, res) => { res.end(`${name} ${req.url ?? ''}`) })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(async () => { server.closeAllConnections(); await new Promise((resolve) => server.close(resolve)) })
+  return (server.address() as { port: number }).port
+}
+
+async function get (port: number, path: string, agent?: Agent): Promise<{ status: number, body: string }> {
+  return await new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path, agent }, (res) => {
+      let body = ''
+      res.setEncoding('utf8').on('data', (d: string) => { body += d }).on('end', () => { resolve({ status: res.statusCode ?? 0, body }) })
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+t.test('reload: routes and upstreams swap; sessions and unchanged links stay; a bad config or a restart-only field is refused by name', async (t) => {
+  const a = await named(t, 'A')
+  const b = await named(t, 'B')
+  const echo = (s: import('../src/backend/index.js').Session): void => { s.on('message', (d, bin) => { s.send(d, { binary: bin }) }) }
+  const chat = await startMuxBackend(t, echo)
+  const live1 = await startMuxBackend(t, echo)
+  const live2 = await startMuxBackend(t, echo)
+  const base = (api: number, live: number): Record<string, any> => ({
+    upstreams: {
+      api: { protocol: 'http', endpoints: [`127.0.0.1:${api}`] },
+      chat: { protocol: 'mux', endpoints: [`127.0.0.1:${chat.port}`], pool: { links: 2 } },
+      live: { protocol: 'mux', endpoints: [`127.0.0.1:${live}`], pool: { links: 1 } },
+    },
+    routes: [{ match: { path: '/' }, upstream: 'api' }, { match: { path: '/chat' }, upstream: 'chat' }, { match: { path: '/live' }, upstream: 'live' }],
+  })
+  const f = await startFerry(t, base(a, live1.port))
+  // The config file the gateway reads on a reload: rewritten with the same listeners.
+  const file = String(f.child.spawnargs.at(-1))
+  const write = (cfg: Record<string, any>): void => {
+    cfg.listen = { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } }
+    cfg.logging = { pretty: false }
+    cfg.drain = { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 }
+    writeFileSync(file, stringify(cfg))
+  }
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 })
+  t.teardown(() => { agent.destroy() })
+  t.equal((await get(f.httpPort, '/x', agent)).body, 'A /x', 'before: / goes to A')
+  const chatSession = await connect(`ws://127.0.0.1:${f.httpPort}/chat`)
+  const liveSession = await connect(`ws://127.0.0.1:${f.httpPort}/live`)
+  const version1 = (await (await fetch(`${f.adminUrl}/status`)).json()).config.version
+  const chatLinks = chat.connectionsAccepted
+
+  // v2: api moves to B, a new route and upstream, live moves to live2; chat is unchanged.
+  const v2 = base(b, live2.port)
+  v2.upstreams.extra = { protocol: 'http', endpoints: [`127.0.0.1:${b}`] }
+  v2.routes.unshift({ match: { path: '/new' }, upstream: 'extra' })
+  write(v2)
+  const res = await fetch(`${f.adminUrl}/reload`, { method: 'POST' })
+  const body = await res.json()
+  t.equal(res.status, 200, 'POST /reload → 200')
+  t.match(body, { result: 'ok', added: ['extra'], unchanged: ['chat'] }, 'it reports what was added and kept')
+  t.same([...body.changed].sort(), ['api', 'live'], 'and what changed')
+  t.equal((await get(f.httpPort, '/x', agent)).body, 'B /x', 'after: / goes to B, on the same keep-alive client connection')
+  t.equal((await get(f.httpPort, '/new/1')).body, 'B /new/1', 'the new route works')
+  chatSession.ws.send('still chat')
+  liveSession.ws.send('still live')
+  await Promise.all([chatSession.waitMessages(1), liveSession.waitMessages(1)])
+  t.equal(chatSession.messages[0]!.data.toString(), 'still chat', 'a session on the unchanged upstream carries on')
+  t.equal(liveSession.messages[0]!.data.toString(), 'still live', 'a session on a changed upstream carries on (it keeps the upstream it got)')
+  t.equal(chat.connectionsAccepted, chatLinks, 'the unchanged upstream kept its links (no new backend connection)')
+  const fresh = await connect(`ws://127.0.0.1:${f.httpPort}/live`)
+  await waitFor('new live session on live2', () => live2.sessions.size === 1)
+  t.equal(live1.sessions.size, 1, 'new sessions go to the new endpoint; the old one keeps only its session')
+  liveSession.ws.close()
+  await waitFor('the retired upstream\'s link closes once its last session ended', () => live1.links().length === 0, 10_000)
+  t.pass('the retired mux upstream said GOAWAY and closed its link after its last stream')
+  const st = await (await fetch(`${f.adminUrl}/status`)).json()
+  t.not(st.config.version, version1, `/status shows the new config version (${version1} → ${st.config.version})`)
+  t.equal(st.config.lastReload.result, 'ok', 'and the last reload\'s result')
+
+  // A bad config: refused with the field named; the running config keeps serving.
+  const bad = base(a, live2.port)
+  bad.upstreams.api.endpoints = []
+  write(bad)
+  const r = await runCli(['reload', '--admin', `127.0.0.1:${f.adminPort}`])
+  t.equal(r.code, 1, '`ferry reload` exits 1 on a refused reload')
+  t.match(r.stderr, 'upstreams.api.endpoints', 'naming the field')
+  t.equal((await get(f.httpPort, '/x', agent)).body, 'B /x', 'the running config still serves')
+  const st2 = await (await fetch(`${f.adminUrl}/status`)).json()
+  t.equal(st2.config.version, st.config.version, 'the version did not change')
+  t.match(st2.config.lastReload, { result: 'refused' }, '/status shows the refusal')
+  t.ok(st2.config.lastReload.errors.some((e: string) => e.includes('upstreams.api.endpoints')), 'with its field-named errors')
+
+  // A field that needs a restart.
+  const moved = base(b, live2.port)
+  moved.upstreams.extra = v2.upstreams.extra
+  moved.routes = v2.routes
+  write(moved)
+  const cfgText = stringify({ ...moved, listen: { http: { host: '127.0.0.1', port: f.httpPort + 1 }, admin: { host: '127.0.0.1', port: 0 } }, logging: { pretty: false }, drain: { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 } })
+  writeFileSync(file, cfgText)
+  const r2 = await fetch(`${f.adminUrl}/reload`, { method: 'POST' })
+  t.equal(r2.status, 400, 'changing listen.http → 400')
+  t.match((await r2.json()).errors.join('\n'), /listen\.http: cannot change on a reload/, 'naming listen.http and why')
+  const compress = structuredClone(v2)
+  compress.routes.find((x: any) => x.match.path === '/chat').websocket = { compression: 'shared' }
+  write(compress)
+  const r3 = await (await fetch(`${f.adminUrl}/reload`, { method: 'POST' })).json()
+  t.match(r3.errors.join('\n'), /routes\[\d\]\.websocket\.compression: cannot change on a reload for the existing WebSocket path \/chat/, 'a uWS-bound WebSocket setting of an existing path is refused by field')
+
+  // SIGHUP reloads too.
+  const v3 = structuredClone(v2)
+  v3.routes.unshift({ match: { path: '/hup' }, upstream: 'api' })
+  write(v3)
+  f.child.kill('SIGHUP')
+  await waitFor('reloaded by SIGHUP', async () => (await get(f.httpPort, '/hup')).body === 'B /hup', 5000)
+  t.pass('SIGHUP applied the new route')
+  t.equal(await metric(f, 'ferry_config_reloads_total{result="ok"}'), 2, 'reloads counted: 2 ok')
+  t.equal(await metric(f, 'ferry_config_reloads_total{result="refused"}'), 3, 'and 3 refused')
+  chatSession.ws.close()
+  fresh.ws.close()
+})
+
+t.test('reload: TCP listeners are kept (pointed at the new upstream), added and removed; open connections continue', async (t) => {
+  const { createServer: tcpServer, connect: tcpConnect } = await import('node:net')
+  const echo = async (name: string): Promise<number> => {
+    const server = tcpServer((s) => { s.on('error', () => {}); s.on('data', (d) => { s.write(`${name}:${d.toString()}`) }) })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    t.teardown(async () => { server.close(); await new Promise((resolve) => setTimeout(resolve, 10)) })
+    return (server.address() as { port: number }).port
+  }
+  const e1 = await echo('e1')
+  const e2 = await echo('e2')
+  const cfg = (upstreamPort: number, extra: boolean, keepFirst = true): Record<string, any> => ({
+    upstreams: { t: { protocol: 'tcp', endpoints: [`127.0.0.1:${upstreamPort}`] } },
+    listen: {
+      http: { host: '127.0.0.1', port: 0 },
+      admin: { host: '127.0.0.1', port: 0 },
+      tcp: [
+        ...(keepFirst ? [{ name: 'one', host: '127.0.0.1', port: 0, upstream: 't' }] : []),
+        ...(extra ? [{ name: 'two', host: '127.0.0.1', port: 0, upstream: 't' }] : []),
+      ],
+    },
+    logging: { pretty: false },
+    drain: { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 },
+  })
+  const f = await startFerry(t, cfg(e1, false))
+  const file = String(f.child.spawnargs.at(-1))
+  const ports = async (): Promise<Record<string, number>> => Object.fromEntries((await (await fetch(`${f.adminUrl}/status`)).json()).listeners.tcp.map((l: any) => [l.name, l.port]))
+  const talk = async (sock: import('node:net').Socket, msg: string): Promise<string> => {
+    const got = once(sock, 'data')
+    sock.write(msg)
+    return String((await got)[0])
+  }
+  const dial = async (port: number): Promise<import('node:net').Socket> => {
+    const s = tcpConnect(port, '127.0.0.1')
+    s.on('error', () => {})
+    await once(s, 'connect')
+    t.teardown(() => { s.destroy() })
+    return s
+  }
+  const one = (await ports()).one!
+  const old = await dial(one)
+  t.equal(await talk(old, 'hi'), 'e1:hi', 'before: listener one → e1')
+  writeFileSync(file, stringify(cfg(e2, true)))
+  const r = await (await fetch(`${f.adminUrl}/reload`, { method: 'POST' })).json()
+  t.match(r, { result: 'ok', changed: ['t'] }, 'reload ok: the tcp upstream changed')
+  const p = await ports()
+  t.equal(p.one, one, 'listener one kept its port (not re-bound)')
+  t.ok(p.two! > 0, `listener two was added (port ${p.two})`)
+  t.equal(await talk(old, 'again'), 'e1:again', 'the open connection still goes to e1')
+  t.equal(await talk(await dial(one), 'new'), 'e2:new', 'a new connection on listener one goes to e2')
+  t.equal(await talk(await dial(p.two!), 'two'), 'e2:two', 'listener two forwards too')
+  writeFileSync(file, stringify(cfg(e2, true, false)))
+  t.match(await (await fetch(`${f.adminUrl}/reload`, { method: 'POST' })).json(), { result: 'ok' }, 'reload removing listener one: ok')
+  t.equal(await talk(old, 'still'), 'e1:still', 'its open connection continues')
+  const refused = await new Promise<boolean>((resolve) => { const s = tcpConnect(one, '127.0.0.1'); s.on('connect', () => { s.destroy(); resolve(false) }); s.on('error', () => { resolve(true) }) })
+  t.ok(refused, 'but its port takes no new connections')
+  old.destroy()
+})
