@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { unwatchFile, watchFile } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { loadConfig } from './config/load.js'
 import { renderConfigReference, renderErrorReference } from './config/reference.js'
@@ -75,6 +76,13 @@ async function start (file: string | undefined): Promise<void> {
   }
   // The process ends when the gateway has stopped: after a drain (a signal, POST /drain, `ferry drain`).
   void gateway.stopped.then(() => { flushLogger(log); process.exit(0) })
+  if (file !== undefined && config.reload.watch) {
+    // Polling the file's status (not inotify): it follows the symlink swap of a Kubernetes ConfigMap update.
+    watchFile(file, { interval: config.reload.watchIntervalMs, persistent: false }, (cur, prev) => {
+      if (cur.mtimeMs !== prev.mtimeMs || cur.size !== prev.size || cur.ino !== prev.ino) void gateway.reloadFromSource('file change')
+    })
+    void gateway.stopped.then(() => { unwatchFile(file) })
+  }
 }
 
 /** The admin listener of the config (for `ferry drain` / `ferry reload` run beside the gateway). */

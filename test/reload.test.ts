@@ -190,3 +190,25 @@ t.test('reload: TCP listeners are kept (pointed at the new upstream), added and 
   t.ok(refused, 'but its port takes no new connections')
   old.destroy()
 })
+
+t.test('reload.watch: a changed config file is reloaded by itself; a broken one is refused and the old config kept', async (t) => {
+  const a = await named(t, 'A')
+  const b = await named(t, 'B')
+  const cfg = (port: number): Record<string, any> => ({
+    upstreams: { api: { protocol: 'http', endpoints: [`127.0.0.1:${port}`] } },
+    routes: [{ match: { path: '/' }, upstream: 'api' }],
+    reload: { watch: true, watchIntervalMs: 100 },
+    listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } },
+    logging: { pretty: false },
+    drain: { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 },
+  })
+  const f = await startFerry(t, cfg(a))
+  const file = String(f.child.spawnargs.at(-1))
+  t.equal((await get(f.httpPort, '/')).body, 'A /', 'before: A')
+  writeFileSync(file, stringify(cfg(b)))
+  await waitFor('reloaded from the file', async () => (await get(f.httpPort, '/')).body === 'B /', 5000)
+  t.pass('after the file changed: B, without a signal')
+  writeFileSync(file, 'upstreams: [not, a, mapping]\n')
+  await waitFor('refusal logged', () => f.logs.some((l) => l.msg === 'config reload refused; the running config is kept'), 5000)
+  t.equal((await get(f.httpPort, '/')).body, 'B /', 'a broken file is refused; B still serves')
+})

@@ -22,6 +22,7 @@ export function reloadRefusals (running: Config, next: Config): string[] {
   fixed('listen.admin', running.listen.admin, next.listen.admin, 'the admin listener stays bound')
   fixed('affinity', running.affinity, next.affinity, 'open sessions hold the store')
   fixed('resume', running.resume, next.resume, 'tokens already issued must stay valid')
+  fixed('reload', running.reload, next.reload, 'the file watch is set up at start-up')
   // uWS binds these to a path's URL pattern when it is registered; new paths are fine.
   const before = wsSettingsByPath(running)
   for (const [path, s] of wsSettingsByPath(next)) {

@@ -229,6 +229,10 @@ export const configSchema = z.strictObject({
     maxMigrationsPerSec: positiveInt.default(200).describe('Upper bound of sessions migrated per second, whatever spreadMs says (a pod with many sessions takes longer).'),
     deadlineMs: positiveInt.default(60000).describe('Counted from the end of the accept grace: by then everything still open (sessions, TCP connections, HTTP requests) is closed and the process exits 0. Kubernetes\' terminationGracePeriodSeconds must exceed acceptGraceMs + deadlineMs.'),
   }).prefault({}).describe('Graceful drain before the process exits (docs/drain.md). A second SIGTERM shortens the schedule; a third exits at once.'),
+  reload: z.strictObject({
+    watch: z.boolean().default(false).describe('Reload by itself when the config file changes (checked by polling its status, which also sees a Kubernetes ConfigMap update swapping the mounted file). SIGHUP, POST /reload and `ferry reload` work either way. Read at start-up.'),
+    watchIntervalMs: durationMs(2000, 'How often the file is checked when `watch` is on.'),
+  }).prefault({}).describe('Hot reload (docs/reload.md).'),
   admission: z.strictObject({
     handshakesPerSec: nonNegativeInt.default(2000).describe('New WebSocket handshakes this pod takes per second (token bucket), so pods receiving a drained pod\'s sessions are not overrun. Beyond it: ferry/client clients are closed 1013 with a `retry-after-ms` hint, other clients get 503 with Retry-After. 0: no limit.'),
     burst: positiveInt.default(4000).describe('Handshakes that may arrive at once above the rate (the bucket\'s size).'),
