@@ -9,6 +9,7 @@ import { FerryClient } from '../src/client/index.js'
 import { CLI, metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
 import { connect, startMuxBackend, upgradeStatus, type Client } from './helpers/mux.js'
 import { startSwitch } from './helpers/switch.js'
+import { startRedis } from './helpers/redis.js'
 
 /**
  * Drain-and-replace on one pod: readiness, accept grace, paced migration (ferry/client sessions resume
@@ -203,6 +204,9 @@ t.test('a second SIGTERM shortens the drain (a 60 s grace and deadline); exit 0'
   f.child.kill('SIGTERM')
   await waitFor('grace', async () => (await status(f)).drain.phase === 'grace')
   t.equal((await fetch(`${f.adminUrl}/readyz`)).status, 503, 'draining: not ready')
+  const reload = await fetch(`${f.adminUrl}/reload`, { method: 'POST' })
+  t.equal(reload.status, 400, 'a reload during a drain is refused…')
+  t.match((await reload.json()).errors, [/cannot reload while draining/], '…saying why')
   f.child.kill('SIGTERM')
   const code = await new Promise<number | null>((resolve) => { f.child.once('exit', resolve) })
   t.equal(code, 0, 'exit 0')
@@ -237,4 +241,41 @@ t.test('SIGTERM during start-up: the gateway finishes starting, drains and exits
   t.match(out, '"msg":"listening"', 'start-up completed')
   t.match(out, '"msg":"drained"', 'then it drained')
   t.ok(out.indexOf('"msg":"listening"') < out.indexOf('"msg":"drained"'), 'in that order')
+})
+
+t.test('Redis down during a drain: ferry/client sessions still resume on the right one of two backends (rendezvous hashing)', async (t) => {
+  const redis = await startRedis(t)
+  const log: BackendLog = { created: 0, closed: 0, resumed: 0 }
+  const m1 = await echoMux(t, log)
+  const m2 = await echoMux(t, log)
+  const api = await httpBackend(t, 0)
+  const pod = (id: string, drain: Record<string, unknown>): Record<string, unknown> => ({
+    gateway: { id },
+    upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${m1.port}`, `127.0.0.1:${m2.port}`] }, api: { protocol: 'http', endpoints: [`127.0.0.1:${api}`] } },
+    routes: [{ match: { path: '/chat' }, upstream: 'chat' }, { match: { path: '/' }, upstream: 'api' }],
+    affinity: { store: 'redis', redis: { url: redis.url, lookupTimeoutMs: 50 } },
+    drain,
+  })
+  const a = await startFerry(t, pod('pod-a', { acceptGraceMs: 0, spreadMs: 1000, deadlineMs: 10000 }), { env: ENV })
+  const b = await startFerry(t, pod('pod-b', { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 }), { env: ENV })
+  const sw = await startSwitch(t, a.httpPort)
+  const N = 40
+  const opens: boolean[][] = []
+  for (let i = 0; i < N; i++) {
+    const c = new FerryClient(sw.url('/chat'), { WebSocket: WebSocket as never, reconnect: { minDelayMs: 20, maxDelayMs: 300 } })
+    const o: boolean[] = []
+    c.on('open', ({ resumed }: { resumed: boolean }) => { o.push(resumed) })
+    c.on('error', () => {})
+    t.teardown(() => { c.close() })
+    opens.push(o)
+  }
+  await waitFor('all open', () => opens.every((o) => o.length === 1), 15_000)
+  t.ok(m1.sessions.size > 0 && m2.sessions.size > 0, `sessions on both backends (${m1.sessions.size} + ${m2.sessions.size})`)
+  await redis.kill()
+  sw.target = b.httpPort
+  a.child.kill('SIGTERM')
+  t.equal(await new Promise<number | null>((resolve) => { a.child.once('exit', resolve) }), 0, 'pod A drained and exited 0 with Redis down')
+  await waitFor('all resumed through pod B', () => opens.every((o) => o.length === 2), 20_000)
+  t.ok(opens.every((o) => o[1] === true), `every session resumed on its own backend (${log.resumed} resumes, ${log.created} sessions created for ${N})`)
+  t.equal(log.created, N, 'no session was re-created')
 })
