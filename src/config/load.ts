@@ -27,6 +27,8 @@ export const EMBEDDED_DEFAULTS: ConfigInput = {
     chat: { protocol: 'mux', endpoints: ['127.0.0.1:7000'] },
   },
   routes: [{ match: { path: '/' }, upstream: 'demo' }, { match: { path: '/chat' }, upstream: 'chat' }],
+  // Local: no load balancer to wait for, so Ctrl-C drains in about 2 s.
+  drain: { acceptGraceMs: 0, spreadMs: 2000, deadlineMs: 10000 },
 }
 
 export class ConfigError extends FerryError {
