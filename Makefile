@@ -26,6 +26,7 @@ bench:
 	npx tsc -p tsconfig.json
 	native-bench/run $(if $(filter 0,$(QUICK)),--full,--quick)
 	native-bench/resume
+	node native-bench/rolling-upgrade.mjs
 
 ## Type-check only.
 check: setup
