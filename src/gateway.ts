@@ -17,6 +17,7 @@ import type { WsUpstream } from './front/ws-types.js'
 import { createWsUpstream, type WsUpstreamDeps } from './upstream/ws-upstreams.js'
 import { canonicalJson, reloadRefusals } from './config/reload.js'
 import type { RouteTable } from './front/http-front.js'
+import type { ListenSocket } from './front/listen.js'
 import { createAffinityStore, type AffinityStore } from './affinity/index.js'
 import { resolveResumeSecret, ResumeTokens, type SecretSource } from './sessions/token.js'
 import { Admission } from './drain/admission.js'
@@ -277,6 +278,18 @@ export class Gateway {
       else if (a !== b) diff.changed.push(n)
       else diff.unchanged.push(n)
     }
+    // Moved HTTP or admin listener: bind the new address while the old one still accepts; the old one
+    // closes once the reload succeeded (its established connections continue).
+    const moved: { http?: ListenSocket, admin?: ListenSocket } = {}
+    const unbind = (): void => { moved.http?.close(); moved.admin?.close() }
+    try {
+      if (canonicalJson(this.cfg.listen.http) !== canonicalJson(next.listen.http)) moved.http = await this.front!.bindNew(next.listen.http.host, next.listen.http.port)
+      if (canonicalJson(this.cfg.listen.admin) !== canonicalJson(next.listen.admin)) moved.admin = await this.admin!.bindNew(next.listen.admin.host, next.listen.admin.port)
+    } catch (err) {
+      unbind()
+      for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) void u.close('abort')
+      return refuse([`${(err as Error).message} (the running listener keeps serving; a same-port move needs a restart)`])
+    }
     // TCP listeners: kept (pointed at the new upstream) when their own config is the same, else closed
     // gracefully (open connections continue) and bound anew.
     const keep: TcpListener[] = []
@@ -306,12 +319,15 @@ export class Gateway {
       }
     } catch (err) {
       // A port that cannot be bound: undo (the old listeners it replaced are already closing).
+      unbind()
       for (const l of bound) void l.close('abort')
       for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) void u.close('abort')
       return refuse([(err as Error).message])
     }
     this.tcpListeners = [...keep, ...bound]
-    if (this.ports !== undefined) this.ports = { ...this.ports, tcp: tcpPorts }
+    if (moved.http !== undefined) this.front!.adopt(moved.http)
+    if (moved.admin !== undefined) this.admin!.adopt(moved.admin)
+    if (this.ports !== undefined) this.ports = { http: moved.http?.port ?? this.ports.http, admin: moved.admin?.port ?? this.ports.admin, tcp: tcpPorts }
     for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) u.bindPublisher?.(this.front!.ws)
     this.sets = set
     this.cfg = next

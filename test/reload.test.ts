@@ -5,6 +5,7 @@ import t from 'tap'
 import { stringify } from 'yaml'
 import { metric, runCli, startFerry, waitFor, type Teardown } from './helpers/ferry.js'
 import { connect, startMuxBackend } from './helpers/mux.js'
+import { freePort } from './helpers/redis.js'
 
 /**
  * Hot reload (SIGHUP, POST /reload, `ferry reload`): routes and upstreams swap at once, what is under
@@ -103,31 +104,47 @@ t.test('reload: routes and upstreams swap; sessions and unchanged links stay; a 
   t.match(st2.config.lastReload, { result: 'refused' }, '/status shows the refusal')
   t.ok(st2.config.lastReload.errors.some((e: string) => e.includes('upstreams.api.endpoints')), 'with its field-named errors')
 
+  // The HTTP listener moves: the new address serves, the old one takes no new connections, and the
+  // keep-alive connection made on the old one carries on.
+  const newPort = await freePort()
+  const movedCfg = structuredClone(v2)
+  write(movedCfg)
+  writeFileSync(file, stringify({ ...movedCfg, listen: { http: { host: '127.0.0.1', port: newPort }, admin: { host: '127.0.0.1', port: 0 } } }))
+  const m = await (await fetch(`${f.adminUrl}/reload`, { method: 'POST' })).json()
+  t.match(m, { result: 'ok' }, `listen.http moved to ${newPort}: ok`)
+  t.equal((await get(newPort, '/moved')).body, 'B /moved', 'the new address serves')
+  t.equal((await get(f.httpPort, '/x', agent)).body, 'B /x', 'the keep-alive connection on the old address carries on')
+  const { connect: tcpConnect } = await import('node:net')
+  const oldRefused = await new Promise<boolean>((resolve) => { const c = tcpConnect(f.httpPort, '127.0.0.1'); c.on('connect', () => { c.destroy(); resolve(false) }); c.on('error', () => { resolve(true) }) })
+  t.ok(oldRefused, 'the old address takes no new connections')
+  t.equal((await (await fetch(`${f.adminUrl}/status`)).json()).listeners.http.port, newPort, '/status shows the new port')
+  // A port that cannot be bound (the admin listener's) is refused, naming the listener; nothing changes.
+  writeFileSync(file, stringify({ ...movedCfg, upstreams: { ...movedCfg.upstreams, api: { protocol: 'http', endpoints: [`127.0.0.1:${a}`] } }, listen: { http: { host: '127.0.0.1', port: f.adminPort }, admin: { host: '127.0.0.1', port: 0 } } }))
+  const taken = await fetch(`${f.adminUrl}/reload`, { method: 'POST' })
+  t.equal(taken.status, 400, 'moving to a taken port → 400')
+  t.match((await taken.json()).errors.join('\n'), /listen\.http: cannot listen on 127\.0\.0\.1/, 'naming listen.http')
+  t.equal((await get(newPort, '/x')).body, 'B /x', 'and the running config (api → B, the moved listener) still serves')
   // A field that needs a restart.
-  const moved = base(b, live2.port)
-  moved.upstreams.extra = v2.upstreams.extra
-  moved.routes = v2.routes
-  write(moved)
-  const cfgText = stringify({ ...moved, listen: { http: { host: '127.0.0.1', port: f.httpPort + 1 }, admin: { host: '127.0.0.1', port: 0 } }, logging: { pretty: false }, drain: { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 } })
-  writeFileSync(file, cfgText)
+  writeFileSync(file, stringify({ ...movedCfg, affinity: { ttlMs: 1234 }, listen: { http: { host: '127.0.0.1', port: newPort }, admin: { host: '127.0.0.1', port: 0 } } }))
   const r2 = await fetch(`${f.adminUrl}/reload`, { method: 'POST' })
-  t.equal(r2.status, 400, 'changing listen.http → 400')
-  t.match((await r2.json()).errors.join('\n'), /listen\.http: cannot change on a reload/, 'naming listen.http and why')
+  t.equal(r2.status, 400, 'changing affinity → 400')
+  t.match((await r2.json()).errors.join('\n'), /affinity: cannot change on a reload/, 'naming affinity and why')
+  const keepPort = (cfg: Record<string, any>): void => { write(cfg); writeFileSync(file, stringify({ ...cfg, listen: { http: { host: '127.0.0.1', port: newPort }, admin: { host: '127.0.0.1', port: 0 } } })) }
   const compress = structuredClone(v2)
   compress.routes.find((x: any) => x.match.path === '/chat').websocket = { compression: 'shared' }
-  write(compress)
+  keepPort(compress)
   const r3 = await (await fetch(`${f.adminUrl}/reload`, { method: 'POST' })).json()
   t.match(r3.errors.join('\n'), /routes\[\d\]\.websocket\.compression: cannot change on a reload for the existing WebSocket path \/chat/, 'a uWS-bound WebSocket setting of an existing path is refused by field')
 
   // SIGHUP reloads too.
   const v3 = structuredClone(v2)
   v3.routes.unshift({ match: { path: '/hup' }, upstream: 'api' })
-  write(v3)
+  keepPort(v3)
   f.child.kill('SIGHUP')
-  await waitFor('reloaded by SIGHUP', async () => (await get(f.httpPort, '/hup')).body === 'B /hup', 5000)
+  await waitFor('reloaded by SIGHUP', async () => (await get(newPort, '/hup')).body === 'B /hup', 5000)
   t.pass('SIGHUP applied the new route')
-  t.equal(await metric(f, 'ferry_config_reloads_total{result="ok"}'), 2, 'reloads counted: 2 ok')
-  t.equal(await metric(f, 'ferry_config_reloads_total{result="refused"}'), 3, 'and 3 refused')
+  t.equal(await metric(f, 'ferry_config_reloads_total{result="ok"}'), 3, 'reloads counted: 3 ok')
+  t.equal(await metric(f, 'ferry_config_reloads_total{result="refused"}'), 4, 'and 4 refused')
   chatSession.ws.close()
   fresh.ws.close()
 })

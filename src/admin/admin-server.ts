@@ -72,6 +72,16 @@ export class AdminServer {
     return this.socket.port
   }
 
+  /** A reload moves the admin listener: bind the new address first, then `adopt` it. */
+  async bindNew (host: string, port: number): Promise<ListenSocket> {
+    return await listen(this.uws, this.app, 'listen.admin', host, port)
+  }
+
+  adopt (socket: ListenSocket): void {
+    this.socket?.close()
+    this.socket = socket
+  }
+
   close (): void {
     this.socket?.close()
     this.socket = undefined

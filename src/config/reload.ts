@@ -18,8 +18,6 @@ export function reloadRefusals (running: Config, next: Config): string[] {
     if (canonicalJson(a) !== canonicalJson(b)) out.push(`${path}: cannot change on a reload (${why}); restart the pod (drain-and-replace) to apply it`)
   }
   fixed('gateway.id', running.gateway.id, next.gateway.id, 'it names this pod in affinity records and on its mux links')
-  fixed('listen.http', running.listen.http, next.listen.http, 'the HTTP/WebSocket listener stays bound')
-  fixed('listen.admin', running.listen.admin, next.listen.admin, 'the admin listener stays bound')
   fixed('affinity', running.affinity, next.affinity, 'open sessions hold the store')
   fixed('resume', running.resume, next.resume, 'tokens already issued must stay valid')
   fixed('reload', running.reload, next.reload, 'the file watch is set up at start-up')

@@ -86,6 +86,17 @@ export class HttpFront {
     return this.socket.port
   }
 
+  /** A reload moves the listener: binds the new address (the old one still accepts). */
+  async bindNew (host: string, port: number): Promise<ListenSocket> {
+    return await listen(this.deps.uws, this.app, 'listen.http', host, port)
+  }
+
+  /** …then takes it and closes the old one (its established connections continue). */
+  adopt (socket: ListenSocket): void {
+    this.socket?.close()
+    this.socket = socket
+  }
+
   /** Stops accepting new connections; requests in flight continue. */
   stopAccepting (): void {
     this.ws.stopAccepting()
