@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // native-bench/rolling-upgrade.mjs: a rolling upgrade of every Ferry pod under load, drained and paced
 // (drain + admission control) and, for comparison, naive (every session closed at once). Loopback
-// only; about 90 s with the defaults on a 2-core machine.
+// only; about a minute with the defaults on a 2-core machine (each run ~30 s, its rollout ~25 s).
 //
 //   node native-bench/rolling-upgrade.mjs [--sessions N] [--plain N] [--budget N] [--quick] [--no-naive] …
 //                                          (--help lists every option; each also reads ROLLING_<NAME>)
@@ -16,7 +16,7 @@
 // requests through a keep-alive agent. Then each pod in turn gets SIGTERM, exits, and a fresh process
 // with the same config replaces it (the load balancer picks it up once ready) before the next one.
 //
-//   paced: drain { acceptGraceMs 1000, spreadMs 4000, maxMigrationsPerSec 200, deadlineMs 30000 },
+//   paced: drain { acceptGraceMs 1000, spreadMs 4000, maxMigrationsPerSec 150, deadlineMs 30000 },
 //          admission { handshakesPerSec 200 (the budget), burst 100, retryAfterMs 500 }
 //   naive: drain { acceptGraceMs 0, spreadMs 0, maxMigrationsPerSec 1000000, deadlineMs 5000 },
 //          admission off: every session closed at once (maxMigrationsPerSec must be raised for that:
@@ -26,8 +26,8 @@
 // the paced run asserts that the WebSocket handshakes *arriving* at each pod (counted by the load
 // balancer, admitted or not) stay within it in every 1 s window: the drain's pacing alone keeps the
 // reconnect wave under what the pods admit. The drain's migration rate (min(maxMigrationsPerSec,
-// sessions / spreadMs), what each draining pod logged) is reported next to it: at most 200/s from the
-// draining pod, spread over the two other ready pods by the load balancer, about 100/s each; event-loop
+// sessions / spreadMs), what each draining pod logged) is reported next to it: at most 150/s from the
+// draining pod, spread over the two other ready pods by the load balancer, about 75/s each; event-loop
 // stalls on a busy 2-core machine bunch them (a pod that stalls 300 ms migrates 300 ms' worth at once,
 // clients that stall reconnect together), hence the margin.
 //
@@ -56,14 +56,14 @@ export const DEFAULTS = {
   sessions: 2000, // ferry/client sessions
   plain: 200, // plain WebSocket sessions
   pods: 3,
-  sendEveryMs: 2000, // each session sends a numbered message this often (ferry: echoed; plain: echoed)
-  streamEveryMs: 2000, // each ferry/client session gets a numbered server message this often
+  sendEveryMs: 5000, // each session sends a numbered message this often (ferry: echoed; plain: echoed)
+  streamEveryMs: 5000, // each ferry/client session gets a numbered server message this often
   httpRps: 50, // HTTP requests per second through the load balancer
   rampPerSec: 400, // how fast the fleet connects at the start
   // paced run
   acceptGraceMs: 1000,
   spreadMs: 4000,
-  maxMigrationsPerSec: 200,
+  maxMigrationsPerSec: 150,
   deadlineMs: 30000,
   budget: 200, // admission.handshakesPerSec per pod, the asserted bound
   burst: 100, // admission.burst
@@ -743,8 +743,9 @@ export function renderSvg (res, { width = 960, height = 420 } = {}) {
   out.push(`<text x="${width / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">${esc(`Rolling upgrade of ${res.options.pods} Ferry pods: fleet reconnects per second (${fmt(res.options.sessions)} ferry/client + ${fmt(res.options.plain)} plain sessions)`)}</text>`)
   let lx = left
   for (const s of series) {
-    out.push(`<line x1="${lx}" x2="${lx + 18}" y1="42" y2="42" stroke="${s.color}" stroke-width="2.5"/><text x="${lx + 24}" y="46">${esc(`${s.label}: peak ${fmt(s.run.reconnects.peakPerSec)}/s`)}</text>`)
-    lx += 60 + 7 * (s.label.length + 14)
+    const text = `${s.label}: peak ${fmt(s.run.reconnects.peakPerSec)} in 1 s`
+    out.push(`<line x1="${lx}" x2="${lx + 18}" y1="42" y2="42" stroke="${s.color}" stroke-width="2.5"/><text x="${lx + 24}" y="46">${esc(text)}</text>`)
+    lx += 44 + 6.6 * text.length
   }
   out.push(`<text x="${lx}" y="46" fill="#555">▲ SIGTERM to a pod</text>`)
   for (let i = 0; i <= 5; i++) {
@@ -757,14 +758,20 @@ export function renderSvg (res, { width = 960, height = 420 } = {}) {
     out.push(`<line x1="${x(s)}" x2="${x(s)}" y1="${y(0)}" y2="${y(0) + 5}" stroke="#333"/><text x="${x(s)}" y="${y(0) + 18}" text-anchor="middle" fill="#555">${s}</text>`)
   }
   out.push(`<line x1="${left}" x2="${width - right}" y1="${y(0)}" y2="${y(0)}" stroke="#333"/><line x1="${left}" x2="${left}" y1="${top}" y2="${y(0)}" stroke="#333"/>`)
-  out.push(`<text x="${left + plotW / 2}" y="${height - 12}" text-anchor="middle" fill="#555">seconds since the first SIGTERM (1 s bins)</text>`)
+  out.push(`<text x="${left + plotW / 2}" y="${height - 12}" text-anchor="middle" fill="#555">seconds since the first SIGTERM (1 s bins; a peak "in 1 s" is the most in any 1 s window, so it can exceed the bins)</text>`)
   out.push(`<text x="18" y="${top + plotH / 2}" transform="rotate(-90 18 ${top + plotH / 2})" text-anchor="middle" fill="#555">new WebSocket connections opened by the fleet per second</text>`)
+  // The paced drain's cap: one draining pod migrates at most this many sessions per second.
+  const cap = res.options.maxMigrationsPerSec
+  if (cap < vmax) {
+    out.push(`<line x1="${left}" x2="${width - right}" y1="${y(cap)}" y2="${y(cap)}" stroke="#1f77b4" stroke-dasharray="5,4" opacity="0.6"/>`)
+    out.push(`<text x="${width - right - 4}" y="${y(cap) - 5}" text-anchor="end" fill="#1f77b4" font-size="11">${esc(`paced: drain.maxMigrationsPerSec = ${cap}`)}</text>`)
+  }
   for (const s of series) {
     const pts = s.run.reconnects.series.map((b) => `${x(b.s + 0.5).toFixed(1)},${y(b.total).toFixed(1)}`).join(' ')
     out.push(`<polyline fill="none" stroke="${s.color}" stroke-width="2" stroke-linejoin="round" points="${pts}"><title>${esc(s.label)}</title></polyline>`)
     for (const e of s.run.events.filter((e) => e.what === 'SIGTERM')) {
       const px = x(e.t / 1000)
-      out.push(`<path d="M${px.toFixed(1)},${y(0) - 1} l-5,-9 h10 z" fill="${s.color}" opacity="0.8"><title>${esc(`${s.key}: SIGTERM ${e.pod} at ${(e.t / 1000).toFixed(1)} s`)}</title></path>`)
+      out.push(`<path d="M${px.toFixed(1)},${(y(0) - 10).toFixed(1)} l5,9 h-10 z" fill="${s.color}" opacity="0.8"><title>${esc(`${s.key}: SIGTERM ${e.pod} at ${(e.t / 1000).toFixed(1)} s`)}</title></path>`)
     }
   }
   out.push('</svg>')

@@ -21,7 +21,8 @@ interface PacedRun {
   plain: { sessions: number, up: number, reconnects: number }
   backend: { ferryCreated: number, ferryClosed: number, plainClosed: number, resumes: number, sessionsWithMoreThanOneBackendSession: number }
   http: { total: number, failed: number, byReason: Record<string, number> }
-  handshakes: { budgetPerPod: number, peakPerPod: number, refused: number, perPod: Array<{ pod: string, peakPerSec: number }> }
+  handshakes: { budgetPerPod: number, peakPerPod: number, refused: number, perPod: Array<{ pod: string, peakPerSec: number, perSecond: number[] }> }
+  eventLoopLagMaxMs: { fleet: number, pods: number }
   reconnects: { peakPerSec: number, total: number }
   drains: Array<{ pod: string, exitCode: number | null, drainMs: number, ratePerSec?: number }>
 }
@@ -41,7 +42,8 @@ t.test(`rolling upgrade of 3 pods under ${SESSIONS} ferry/client + ${PLAIN} plai
   // One scenario is bounded by timeoutMs (every wait inside it too); tap's timeout above is the backstop.
   const res = await bench.run({ sessions: SESSIONS, plain: PLAIN, budget: BUDGET, naive: false, write: false, workDir, timeoutMs: 200_000 }, (s) => { t.comment(s) })
   const r = res.runs.paced
-  t.comment(`paced rollout ${(r.durationMs / 1000).toFixed(1)} s (whole test ${((Date.now() - started) / 1000).toFixed(1)} s); migration rates ${r.drains.map((d) => d.ratePerSec).join(', ')}/s; peak handshakes per pod ${r.handshakes.peakPerPod}/s; peak fleet reconnects ${r.reconnects.peakPerSec}/s`)
+  t.comment(`paced rollout ${(r.durationMs / 1000).toFixed(1)} s (whole test ${((Date.now() - started) / 1000).toFixed(1)} s); migration rates ${r.drains.map((d) => d.ratePerSec).join(', ')}/s; peak handshakes per pod ${r.handshakes.peakPerPod}/s; peak fleet reconnects ${r.reconnects.peakPerSec}/s; longest event-loop stall: fleet ${r.eventLoopLagMaxMs.fleet} ms, pods ${r.eventLoopLagMaxMs.pods} ms`)
+  for (const p of r.handshakes.perPod) t.comment(`handshakes arriving at ${p.pod} per second: ${p.perSecond.join(' ')}`)
 
   t.equal(r.ferryClient.sessions, SESSIONS, `${SESSIONS} ferry/client sessions took part`)
   t.equal(r.plain.sessions, PLAIN, `${PLAIN} plain WebSocket sessions took part`)

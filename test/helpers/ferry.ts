@@ -47,8 +47,8 @@ export async function startFerry (t: Teardown, config: Record<string, unknown>, 
   cfg.logging ??= {}
   cfg.logging.pretty = false
   // SIGTERM drains: tests that do not test the drain schedule get a quick one (no accept grace, every
-  // session migrated at once, 5 s deadline).
-  cfg.drain ??= { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 }
+  // session migrated at once: spreadMs 0 and no rate cap; 5 s deadline).
+  cfg.drain ??= { acceptGraceMs: 0, spreadMs: 0, maxMigrationsPerSec: 1_000_000, deadlineMs: 5000 }
   const file = writeConfig(cfg)
   const child = spawn(process.execPath, [CLI, 'start', '--config', file], {
     env: { ...process.env, ...opts.env },
