@@ -91,37 +91,39 @@ function adminAddress (file: string | undefined): string {
   return `${a.host === '0.0.0.0' ? '127.0.0.1' : a.host === '::' ? '[::1]' : a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`
 }
 
+/** POSTs to the admin listener; exits 1 naming the address when it cannot be reached. Returns status and body. */
+async function adminPost (cmd: string, admin: string, path: string, timeoutMs: number): Promise<{ status: number, body: string }> {
+  try {
+    const res = await fetch(`http://${admin}${path}`, { method: 'POST', signal: AbortSignal.timeout(timeoutMs) })
+    return { status: res.status, body: await res.text() }
+  } catch (err) {
+    const e = err as Error
+    fail(`ferry ${cmd}: cannot reach the admin listener at ${admin}: ${e.cause instanceof Error ? e.cause.message : e.message}`)
+  }
+}
+
+function printBody (body: string): void {
+  process.stdout.write(body.endsWith('\n') ? body : `${body}\n`)
+}
+
 /** `ferry reload`: asks a running gateway to reload its config file; exit 1 when it refused. */
 async function reloadCommand (admin: string): Promise<void> {
-  let res: Response
-  try {
-    res = await fetch(`http://${admin}/reload`, { method: 'POST', signal: AbortSignal.timeout(30_000) })
-  } catch (err) {
-    fail(`ferry reload: cannot reach the admin listener at ${admin}: ${(err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message}`)
-  }
-  const body = await res.text()
-  if (res.status !== 200) fail(`ferry reload: refused (${res.status}):\n${body}`)
-  process.stdout.write(body.endsWith('\n') ? body : `${body}\n`)
+  const { status, body } = await adminPost('reload', admin, '/reload', 30_000)
+  if (status !== 200) fail(`ferry reload: refused (${status}):\n${body}`)
+  printBody(body)
 }
 
 /** `ferry drain`: asks a running gateway (its admin listener) to drain; with --wait, until it is gone. */
 async function drainCommand (admin: string, wait: boolean): Promise<void> {
-  const base = `http://${admin}`
-  let res: Response
-  try {
-    res = await fetch(`${base}/drain`, { method: 'POST', signal: AbortSignal.timeout(5000) })
-  } catch (err) {
-    fail(`ferry drain: cannot reach the admin listener at ${admin}: ${(err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message}`)
-  }
-  const body = await res.text()
-  if (res.status !== 202) fail(`ferry drain: ${admin} answered ${res.status}: ${body}`)
-  process.stdout.write(body.endsWith('\n') ? body : `${body}\n`)
+  const { status, body } = await adminPost('drain', admin, '/drain', 5000)
+  if (status !== 202) fail(`ferry drain: ${admin} answered ${status}: ${body}`)
+  printBody(body)
   if (!wait) return
   for (;;) {
     await new Promise((resolve) => setTimeout(resolve, 1000))
     let st: { drain?: { phase?: string, remaining?: object } }
     try {
-      st = await (await fetch(`${base}/status`, { signal: AbortSignal.timeout(5000) })).json() as typeof st
+      st = await (await fetch(`http://${admin}/status`, { signal: AbortSignal.timeout(5000) })).json() as typeof st
     } catch {
       process.stdout.write('drained: the gateway is gone\n')
       return

@@ -103,6 +103,12 @@ export class Gateway {
   private resolveStopped!: () => void
   /** Resolves once the gateway has stopped (after a drain, or `stop()`). */
   readonly stopped: Promise<void>
+  /** Fingerprint of the running config; when it was loaded; how the last reload went. */
+  private version: string
+  private readonly loadedAt = new Date().toISOString()
+  private lastReload: { at: string, result: string, errors?: string[] } | undefined
+  /** Reloads run one after the other. */
+  private reloading: Promise<unknown> = Promise.resolve()
 
   constructor (opts: GatewayOptions) {
     this.cfg = opts.config
@@ -219,29 +225,20 @@ export class Gateway {
     return set
   }
 
+  private get httpUpstreams (): HttpUpstream[] {
+    return [...this.sets.http.values()].map((h) => h.upstream)
+  }
+
   private table (cfg: Config, set: UpstreamSet): RouteTable {
     return { config: cfg, router: new Router(cfg.routes), upstreams: new Map([...set.http].map(([n, h]) => [n, h.ctx])), wsUpstreams: set.ws }
   }
 
-  private version: string
-  private readonly loadedAt = new Date().toISOString()
-  private lastReload: { at: string, result: string, errors?: string[] } | undefined
-
-  /**
-   * Hot reload (SIGHUP, POST /reload): validates `next` against the running config, then swaps routes,
-   * upstreams, TCP listeners and limits at once. Requests and sessions under way keep the upstream they
-   * got; upstreams whose config changed or that were removed finish their work in the background (mux
-   * links: GOAWAY, closed once their streams are gone); unchanged ones are kept as they are. A refused
-   * reload changes nothing.
-   */
   private refused (errors: string[], version: string): ReloadResult {
     this.lastReload = { at: new Date().toISOString(), result: 'refused', errors }
     this.metrics.configReloads.labels('refused').inc()
     this.log.error({ errors, version }, 'config reload refused; the running config is kept')
     return { result: 'refused', version, errors }
   }
-
-  private reloading: Promise<unknown> = Promise.resolve()
 
   /** Reloads from the gateway's config source (its file); one reload at a time. */
   async reloadFromSource (trigger: string): Promise<ReloadResult> {
@@ -261,6 +258,13 @@ export class Gateway {
     return await p
   }
 
+  /**
+   * Hot reload (SIGHUP, POST /reload): validates `next` against the running config, then swaps routes,
+   * upstreams, listeners and limits at once. Requests and sessions under way keep the upstream they
+   * got; upstreams whose config changed or that were removed finish their work in the background (mux
+   * links: GOAWAY, closed once their streams are gone); unchanged ones are kept as they are. A refused
+   * reload keeps the running config.
+   */
   async reload (next: Config, version: string): Promise<ReloadResult> {
     const refuse = (errors: string[]): ReloadResult => this.refused(errors, version)
     if (this.state !== 'running') return refuse([`(gateway): cannot reload while ${this.state}`])
@@ -287,7 +291,7 @@ export class Gateway {
       if (canonicalJson(this.cfg.listen.admin) !== canonicalJson(next.listen.admin)) moved.admin = await this.admin!.bindNew(next.listen.admin.host, next.listen.admin.port)
     } catch (err) {
       unbind()
-      for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) void u.close('abort')
+      this.discardNew(set, prev)
       return refuse([`${(err as Error).message} (the running listener keeps serving; a same-port move needs a restart)`])
     }
     // TCP listeners: kept (pointed at the new upstream) when their own config is the same, else closed
@@ -309,7 +313,7 @@ export class Gateway {
       this.retire(old.close('flush', RETIRED_LISTENER_GRACE_MS).finally(() => { this.oldListeners.delete(old) }))
     }
     const tcpPorts: Record<string, number> = {}
-    for (const l of keep) tcpPorts[l.cfg.name] = this.ports?.tcp[l.cfg.name] ?? l.cfg.port
+    for (const l of keep) tcpPorts[l.cfg.name] = l.port ?? l.cfg.port
     const bound: TcpListener[] = []
     try {
       for (const { i, lcfg } of bind) {
@@ -321,7 +325,7 @@ export class Gateway {
       // A port that cannot be bound: undo (the old listeners it replaced are already closing).
       unbind()
       for (const l of bound) void l.close('abort')
-      for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) void u.close('abort')
+      this.discardNew(set, prev)
       return refuse([(err as Error).message])
     }
     this.tcpListeners = [...keep, ...bound]
@@ -348,6 +352,13 @@ export class Gateway {
     this.metrics.configReloads.labels('ok').inc()
     this.log.info({ version, ...diff }, 'config reloaded')
     return { result: 'ok', version, ...diff }
+  }
+
+  /** A refused reload: closes the upstreams it built (those `prev` does not share). */
+  private discardNew (set: UpstreamSet, prev: UpstreamSet): void {
+    for (const [n, h] of set.http) if (prev.http.get(n)?.upstream !== h.upstream) void h.upstream.close('abort')
+    for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) void u.close('abort')
+    for (const [n, u] of set.tcp) if (prev.tcp.get(n) !== u) u.close('abort')
   }
 
   private retire (p: Promise<void>): void {
@@ -425,7 +436,7 @@ export class Gateway {
     await Promise.all([
       ...this.retiring,
       ...[...this.sets.ws.values()].map(async (u) => { await u.close(kind) }),
-      ...[...[...this.sets.http.values()].map((h) => h.upstream)].map(async (u) => { await u.close(kind) }),
+      ...this.httpUpstreams.map(async (u) => { await u.close(kind) }),
       // TCP listeners stop accepting at once, then give open connections up to shutdownGraceMs ('flush').
       ...this.tcpListeners.map(async (l) => { await l.close(kind) }),
     ])
@@ -445,7 +456,7 @@ export class Gateway {
     }
     this.front?.ws.collect()
     for (const u of this.sets.ws.values()) u.collect()
-    for (const u of [...this.sets.http.values()].map((h) => h.upstream)) {
+    for (const u of this.httpUpstreams) {
       m.upstreamQueueDepth.labels(u.name).set(u.queueDepth)
       let connected = 0
       for (const ep of u.endpoints) connected += ep.connected
@@ -482,7 +493,7 @@ export class Gateway {
       admission: this.admission.status(),
       resume: { secret: this.secretSource, tokenTtlMs: this.config.resume.tokenTtlMs },
       upstreams: [
-        ...[...[...this.sets.http.values()].map((h) => h.upstream)].map((u) => u.status()),
+        ...this.httpUpstreams.map((u) => u.status()),
         ...[...this.sets.ws.entries()].filter(([name]) => this.config.upstreams[name]?.protocol !== 'http').map(([, u]) => u.status()),
         ...[...this.sets.tcp.values()].map((u) => u.status()),
       ],
