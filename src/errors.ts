@@ -56,6 +56,15 @@ export const ERRORS = {
   FERRY_ERR_GATEWAY_DRAINING: { status: 0, description: 'The gateway is draining (SIGTERM, POST /drain): the session was migrated, closed 1012 (ferry/client clients were first sent a migrate message and resume elsewhere); TCP connections still open at drain.deadlineMs were closed.' },
   FERRY_ERR_ADMISSION: { status: 503, description: 'A new WebSocket handshake came beyond admission.handshakesPerSec: 503 with Retry-After, or for ferry/client clients close 1013 with a retry-after-ms hint. Nothing was opened on a backend.' },
   FERRY_ERR_GATEWAY_STOPPING: { status: 503, description: 'The gateway is stopping: new WebSocket upgrades are refused and open sessions are closed 1001.' },
+  FERRY_ERR_AUTH_MISSING: { status: 401, description: 'The route has an auth policy and the request (or WebSocket upgrade) carried no credential it accepts; nothing was sent to the backend. The response names what is expected (WWW-Authenticate for JWT).' },
+  FERRY_ERR_AUTH_INVALID: { status: 401, description: 'The credential was refused: bad signature, wrong algorithm, issuer or audience, a required claim missing, not yet valid (nbf), an unknown API key or HMAC key, a malformed token or signature headers.' },
+  FERRY_ERR_AUTH_EXPIRED: { status: 401, description: 'The JWT is past its `exp` (beyond clockSkewSec), or the HMAC signature\'s timestamp is outside windowSec.' },
+  FERRY_ERR_AUTH_REPLAY: { status: 401, description: 'An HMAC-signed request reused a nonce already seen within windowSec (a replay).' },
+  FERRY_ERR_AUTH_BODY_MISMATCH: { status: 401, description: 'An HMAC-signed request\'s body does not hash to its signed x-ferry-content-sha256; the backend request was aborted before its last byte (the backend never receives a complete forged request).' },
+  FERRY_ERR_AUTH_UNAVAILABLE: { status: 503, description: 'Authentication could not be decided: the JWKS URL did not answer within jwksTimeoutMs, or the HMAC replay store (Redis, or a full memory store) could not record the nonce. Retry-After is set.' },
+  FERRY_ERR_RATE_LIMITED: { status: 429, description: 'A rate limit policy of the route ran out for this key (IP, claim or header): 429 with Retry-After; ferry/client WebSocket clients are closed 1013 with a retry-after-ms hint.' },
+  FERRY_ERR_RATE_LIMIT_UNAVAILABLE: { status: 503, description: 'A cluster-wide rate limit could not be checked (Redis down or slower than rateLimits.redis.timeoutMs) and rateLimits.redis.failMode is closed.' },
+  FERRY_ERR_WS_MESSAGE_RATE: { status: 0, description: 'A WebSocket client sent messages faster than the route\'s websocket.messageRate; it was closed 1008.' },
   FERRY_ERR_INTERNAL: { status: 500, description: 'A bug in Ferry; the request is answered 500 and the process keeps running.' },
 } as const satisfies Record<string, ErrorSpec>
 

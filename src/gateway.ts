@@ -17,6 +17,7 @@ import type { WsUpstream } from './front/ws-types.js'
 import { createWsUpstream, type WsUpstreamDeps } from './upstream/ws-upstreams.js'
 import { canonicalJson, reloadRefusals } from './config/reload.js'
 import type { RouteTable } from './front/http-front.js'
+import { Edge } from './edge/guard.js'
 import type { ListenSocket } from './front/listen.js'
 import { createAffinityStore, type AffinityStore } from './affinity/index.js'
 import { resolveResumeSecret, ResumeTokens, type SecretSource } from './sessions/token.js'
@@ -95,6 +96,8 @@ export class Gateway {
   private readonly source: (() => Config) | undefined
   private readonly removeCollector: () => void
   private store: AffinityStore | undefined
+  /** Auth policies, rate limits and their Redis connection for the running config. */
+  private edge: Edge | undefined
   private secretSource: SecretSource | undefined
   private readonly lifecycle: HttpLifecycle = { draining: false, inFlight: 0 }
   private readonly admission: Admission
@@ -153,6 +156,7 @@ export class Gateway {
     this.wsDeps = { gatewayId: cfg.gateway.id, store, ttlMs: cfg.affinity.ttlMs, tokens }
     this.sets = this.buildUpstreams(cfg, undefined)
     try {
+      this.edge = new Edge(cfg, undefined, this.log, this.metrics)
       this.admin = new AdminServer(this.uws, {
         live: () => this.state === 'starting' || this.state === 'running' || this.state === 'draining' || this.state === 'stopping',
         ready: () => this.state === 'running',
@@ -230,7 +234,7 @@ export class Gateway {
   }
 
   private table (cfg: Config, set: UpstreamSet): RouteTable {
-    return { config: cfg, router: new Router(cfg.routes), upstreams: new Map([...set.http].map(([n, h]) => [n, h.ctx])), wsUpstreams: set.ws }
+    return { config: cfg, router: new Router(cfg.routes), upstreams: new Map([...set.http].map(([n, h]) => [n, h.ctx])), wsUpstreams: set.ws, edge: this.edge! }
   }
 
   private refused (errors: string[], version: string): ReloadResult {
@@ -270,6 +274,12 @@ export class Gateway {
     if (this.state !== 'running') return refuse([`(gateway): cannot reload while ${this.state}`])
     const problems = reloadRefusals(this.cfg, next)
     if (problems.length > 0) return refuse(problems)
+    let edge: Edge
+    try {
+      edge = new Edge(next, this.edge, this.log, this.metrics)
+    } catch (err) {
+      return refuse([(err as Error).message])
+    }
     const prev = this.sets
     const set = this.buildUpstreams(next, prev)
     const names = new Set([...prev.keys.keys(), ...set.keys.keys()])
@@ -292,6 +302,7 @@ export class Gateway {
     } catch (err) {
       unbind()
       this.discardNew(set, prev)
+      void edge.retire(this.edge)
       return refuse([`${(err as Error).message} (the running listener keeps serving; a same-port move needs a restart)`])
     }
     // TCP listeners: kept (pointed at the new upstream) when their own config is the same, else closed
@@ -326,6 +337,7 @@ export class Gateway {
       unbind()
       for (const l of bound) void l.close('abort')
       this.discardNew(set, prev)
+      void edge.retire(this.edge)
       return refuse([(err as Error).message])
     }
     this.tcpListeners = [...keep, ...bound]
@@ -335,6 +347,8 @@ export class Gateway {
     for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) u.bindPublisher?.(this.front!.ws)
     this.sets = set
     this.cfg = next
+    void this.edge?.retire(edge)
+    this.edge = edge
     this.front?.setTable(this.table(next, set))
     this.admission.reconfigure(next.admission)
     this.drainer.reconfigure(next.drain)
@@ -442,6 +456,7 @@ export class Gateway {
     ])
     for (const u of this.sets.tcp.values()) u.close(kind)
     await this.store?.close(kind)
+    await this.edge?.retire(undefined)
     this.admin?.close()
     this.removeCollector()
     this.transition('stopped')

@@ -167,10 +167,118 @@ const websocketRoute = z.strictObject({
   compression: z.enum(['off', 'shared', 'dedicated']).default('off').describe('permessage-deflate towards clients: `shared` (one compressor, low memory) or `dedicated` (per session, better ratio, ~300 KiB each).'),
   maxBackpressure: positiveInt.default(1024 * 1024).describe('Bytes queued towards one client (topic messages included) beyond which that client is closed (a client that stopped reading).'),
   maxBufferedToUpstream: positiveInt.default(1024 * 1024).describe('Client→backend bytes Ferry holds for one session while the backend grants no credit (mux) or its socket is full (ws); beyond it (and beyond `maxPayloadLength`: one maximal message always fits) the client is closed 1013.'),
+  messageRate: z.strictObject({
+    perSec: z.number().positive({ error: 'must be a positive number' }).describe('Sustained client messages per second.'),
+    burst: positiveInt.describe('Messages a client may send at once above the rate.'),
+  }).optional().describe('Per-session limit of client→backend messages (token bucket); past it the session is closed 1008. Absent: no limit.'),
   subprotocols: z.array(z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, { error: 'must be a token' })).default([])
     .describe('mux: subprotocols Ferry accepts, in preference order (the first the client also offers is selected; none → no subprotocol). ws: ignored, the backend chooses.'),
   forwardHeaders: z.array(z.string().regex(/^[a-z0-9-]+$/, { error: 'must be a lower-case header name' })).default(DEFAULT_FORWARD_HEADERS)
     .describe('Client handshake headers passed to the backend (ws: on its handshake; mux: in OPEN metadata). X-Forwarded-For/-Proto/-Host are always added.'),
+})
+
+
+// ---- edge protection: auth policies and rate limits (docs/edge.md) ---------------------------------
+
+/** Where a credential or key is read from: `header:NAME`, `cookie:NAME` or `query:NAME`. */
+const credentialSource = z.string().regex(/^(header|cookie|query):[A-Za-z0-9_.~!$&'*+^`|-]{1,128}$/, { error: 'must be header:NAME, cookie:NAME or query:NAME' })
+const claimMap = z.record(z.string().regex(/^[A-Za-z0-9_.:-]{1,128}$/, { error: 'claim names use letters, digits, _ . : -' }), z.string().max(1024))
+
+export const JWT_ALGORITHMS = ['HS256', 'HS384', 'HS512', 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const
+const stringOrList = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)])
+
+const jwtAuth = z.strictObject({
+  algorithms: z.array(z.enum(JWT_ALGORITHMS)).min(1, { error: 'must list at least one algorithm' })
+    .describe('Algorithms accepted (the token\'s `alg` must be one). HMAC ones (HS*) need `secret`/`secretFile`; the others `publicKeyFile`, `jwksFile` or `jwksUrl`. Mixing the two families is refused (algorithm confusion).'),
+  secret: z.string().min(32, { error: 'must be at least 32 characters' }).optional().describe('HS*: the shared secret.'),
+  secretFile: z.string().min(1).optional().describe('HS*: read the secret from this file (surrounding whitespace ignored).'),
+  publicKeyFile: z.string().min(1).optional().describe('RS*/PS*/ES*/EdDSA: a PEM public key (SPKI) or certificate.'),
+  jwksFile: z.string().min(1).optional().describe('A JWKS document on disk (`{"keys": [...]}`); the token\'s `kid` picks the key. Read at start and on reload.'),
+  jwksUrl: z.string().regex(/^https?:\/\//, { error: 'must be an http:// or https:// URL' }).optional()
+    .describe('A JWKS URL, fetched on first use and cached; an unknown `kid` refetches (at most once per jwksCooldownMs).'),
+  jwksCacheMs: durationMs(600000, 'How long a fetched JWKS is used before it is fetched again.'),
+  jwksCooldownMs: durationMs(30000, 'Least time between two fetches of the JWKS URL (an unknown `kid` cannot make Ferry hammer it).'),
+  jwksTimeoutMs: durationMs(2000, 'Budget of one JWKS fetch; a request waiting for it past that gets 401.'),
+  issuer: stringOrList.optional().describe('Accepted `iss` value(s). Absent: not checked.'),
+  audience: stringOrList.optional().describe('Accepted `aud` value(s) (the token must name one). Absent: not checked.'),
+  clockSkewSec: nonNegativeInt.default(30).describe('Tolerance for `exp` and `nbf` (and `iat` in the future).'),
+  requiredClaims: z.array(z.string().min(1)).default([]).describe('Claims the token must carry (besides `exp`, which is always required).'),
+  from: z.array(credentialSource).min(1).default(['header:authorization'])
+    .describe('Where the token is read, first found wins. `header:authorization` expects `Bearer TOKEN`; others carry the bare token (`query:access_token` for browsers\' WebSocket handshakes, which cannot set headers).'),
+  maxTokenBytes: positiveInt.default(8192).describe('Longer tokens are refused without parsing.'),
+  cacheEntries: nonNegativeInt.default(10000).describe('Verified tokens remembered (until their `exp`, at most 60 s) so a client\'s repeated requests skip the signature check. 0: no cache.'),
+}).superRefine((j, ctx) => {
+  const hs = j.algorithms.filter((a) => a.startsWith('HS'))
+  const sources = (['secret', 'secretFile', 'publicKeyFile', 'jwksFile', 'jwksUrl'] as const).filter((k) => j[k] !== undefined)
+  if (sources.length !== 1) {
+    ctx.addIssue({ code: 'custom', path: sources.length === 0 ? ['algorithms'] : [sources[1]!], input: sources, message: `give exactly one key source of secret, secretFile, publicKeyFile, jwksFile, jwksUrl (got ${sources.length === 0 ? 'none' : sources.join(', ')})` })
+    return
+  }
+  const symmetric = sources[0] === 'secret' || sources[0] === 'secretFile'
+  if (symmetric && hs.length !== j.algorithms.length) {
+    ctx.addIssue({ code: 'custom', path: ['algorithms'], input: j.algorithms, message: `with ${sources[0]} only HS256/HS384/HS512 are allowed (a public-key algorithm verified with a shared secret is the algorithm-confusion attack)` })
+  } else if (!symmetric && hs.length > 0) {
+    ctx.addIssue({ code: 'custom', path: ['algorithms'], input: j.algorithms, message: `${hs.join(', ')} need secret or secretFile; with ${sources[0]} use public-key algorithms only` })
+  }
+})
+
+const apiKeyEntry = z.strictObject({
+  id: z.string().min(1).max(128).describe('The key\'s name: becomes the `sub` claim (and shows in logs instead of the key).'),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, { error: 'must be 64 lower-case hex digits' }).optional().describe('SHA-256 of the key, hex (so the config holds no usable key).'),
+  key: z.string().min(16, { error: 'must be at least 16 characters' }).optional().describe('The key itself (prefer `sha256`).'),
+  claims: claimMap.default({}).describe('Claims this key carries (e.g. `tenant: acme`), forwarded like JWT claims.'),
+}).refine((k) => (k.sha256 === undefined) !== (k.key === undefined), { error: 'give exactly one of sha256 and key' })
+
+const apiKeyAuth = z.strictObject({
+  from: z.array(credentialSource).min(1).default(['header:x-api-key']).describe('Where the key is read, first found wins.'),
+  keys: z.array(apiKeyEntry).default([]).describe('Accepted keys.'),
+  keysFile: z.string().min(1).optional().describe('A YAML/JSON file holding more keys (a list shaped like `keys`); read at start and on reload.'),
+})
+
+const hmacAuth = z.strictObject({
+  keys: z.array(z.strictObject({
+    id: z.string().regex(/^[A-Za-z0-9_.-]{1,128}$/, { error: 'key ids use letters, digits, _ . -' }).describe('Sent by the client in `x-ferry-key-id`; becomes the `sub` claim.'),
+    secret: z.string().min(32, { error: 'must be at least 32 characters' }).describe('The shared signing secret.'),
+    claims: claimMap.default({}).describe('Claims this key carries, forwarded like JWT claims.'),
+  })).min(1, { error: 'must list at least one key' }).describe('Signing keys.'),
+  windowSec: positiveInt.default(300).describe('A signature\'s `x-ferry-timestamp` may be this far from Ferry\'s clock; its nonce is remembered this long, so a replay is refused.'),
+  replayStore: z.enum(['memory', 'redis']).default('memory').describe('Where used nonces are remembered: this pod only, or Redis (`rateLimits.redis`; every pod refuses a replay).'),
+  maxNonces: positiveInt.default(1000000).describe('memory: nonces remembered at most; when full of unexpired ones new signatures are refused (fail closed).'),
+})
+
+const authPolicy = z.strictObject({
+  jwt: jwtAuth.optional().describe('JSON Web Tokens (jose).'),
+  apiKey: apiKeyAuth.optional().describe('Static API keys.'),
+  hmac: hmacAuth.optional().describe('HMAC-SHA256 request signatures (docs/edge.md: headers and the string signed).'),
+  optional: z.boolean().default(false).describe('Requests with no credential at all pass unauthenticated (no claims forwarded); a credential that fails is still refused.'),
+  forward: z.strictObject({
+    claims: z.record(z.string().min(1), z.string().regex(/^[a-z0-9-]+$/, { error: 'must be a lower-case header name' }))
+      .default({ sub: 'x-auth-subject' })
+      .describe('Verified claim → header sent to the backend (HTTP request headers; WebSocket: backend handshake headers / mux OPEN metadata). The client\'s own headers of these names are always removed. Non-string claims are sent as JSON; values with control characters are dropped.'),
+    methodHeader: z.string().regex(/^[a-z0-9-]+$/, { error: 'must be a lower-case header name' }).default('x-auth-method')
+      .describe('Header naming the method that authenticated the request (jwt, apiKey, hmac); removed from client requests too.'),
+    credentials: z.boolean().default(true).describe('Pass the credential itself (Authorization header, API key header) on to the backend.'),
+  }).prefault({}).describe('What the backend learns about the caller.'),
+}).refine((p) => p.jwt !== undefined || p.apiKey !== undefined || p.hmac !== undefined, { error: 'an auth policy needs at least one of jwt, apiKey, hmac' })
+
+const rateLimitPolicy = z.strictObject({
+  key: z.string().regex(/^(ip|claim:[A-Za-z0-9_.:-]{1,128}|header:[a-z0-9-]{1,128})$/, { error: 'must be ip, claim:NAME or header:NAME' })
+    .describe('What is counted: `ip` (the client address), `claim:NAME` (a verified claim, e.g. `claim:tenant`; API keys and HMAC keys carry `sub` = their id) or `header:NAME`. A request without the key is not limited by this policy.'),
+  ratePerSec: z.number({ error: 'must be a positive number' }).positive({ error: 'must be a positive number' }).describe('Sustained requests (HTTP requests and WebSocket handshakes) per second per key.'),
+  burst: positiveInt.describe('Requests a key may make at once above the rate (the bucket\'s size).'),
+  scope: z.enum(['local', 'redis']).default('local').describe('`local`: each pod counts alone. `redis`: one bucket per key shared by every pod (`rateLimits.redis`), a round trip per request.'),
+  maxKeys: positiveInt.default(100000).describe('local: keys tracked at most; the least recently seen are forgotten first (they start again with a full bucket).'),
+})
+
+const rateLimits = z.strictObject({
+  redis: z.strictObject({
+    url: z.string().regex(/^rediss?:\/\//, { error: 'must be a redis:// or rediss:// URL' }).default('redis://127.0.0.1:6379').describe('Redis for `scope: redis` limits and `hmac.replayStore: redis`.'),
+    timeoutMs: durationMs(25, 'Budget of one Redis check; past it (or while Redis is down) `failMode` decides.'),
+    failMode: z.enum(['open', 'closed']).default('open').describe('When Redis cannot answer: `open` lets the request through (counted), `closed` refuses it with 503.'),
+    keyPrefix: z.string().min(1).default('ferry:rl:').describe('Prefix of the Redis keys.'),
+  }).prefault({}).describe('The shared store of cluster-wide limits.'),
+  policies: z.record(z.string().regex(/^[A-Za-z0-9_-]+$/, { error: 'policy names use letters, digits, _ and -' }), rateLimitPolicy).default({})
+    .describe('Named token-bucket limits; routes list them in `rateLimits`.'),
 })
 
 const routeSchema = z.strictObject({
@@ -183,6 +291,8 @@ const routeSchema = z.strictObject({
   upstream: z.string().min(1).describe('Name of an entry in `upstreams`.'),
   maxBodyBytes: positiveInt.optional().describe('Overrides `http.maxBodyBytes` for this route.'),
   websocket: websocketRoute.optional().describe('WebSocket session settings; only for routes to `ws` or `mux` upstreams (which get these defaults when absent).'),
+  auth: z.string().min(1).optional().describe('Name of an entry in `auth.policies`: requests and WebSocket upgrades must authenticate before anything is sent to the backend (401 otherwise).'),
+  rateLimits: z.array(z.string().min(1)).default([]).describe('Names of entries in `rateLimits.policies`, all checked (429 with Retry-After past any; ferry/client WebSocket clients: close 1013 with retry-after-ms).'),
   affinity: z.strictObject({
     key: z.string().regex(/^(?:(cookie|header|query):[A-Za-z0-9_.~!$&'*+^`|-]{1,128}|token)$/, { error: 'must be cookie:NAME, header:NAME, query:NAME or token' })
       .describe('Where a WebSocket session\'s affinity key comes from. Sessions with the same key go to the same backend endpoint from any Ferry pod (the `affinity` store remembers it; without an entry, rendezvous hashing of the key picks it, so pods agree). Sessions without the key are balanced normally. `token`: only the key Ferry issues to `ferry/client` clients (inside their resume token; what those clients get anyway when no other key is set).'),
@@ -238,6 +348,11 @@ export const configSchema = z.strictObject({
     burst: positiveInt.default(4000).describe('Handshakes that may arrive at once above the rate (the bucket\'s size).'),
     retryAfterMs: positiveInt.default(1000).describe('The retry hint given to refused handshakes is between this and twice this (jittered so retries spread out).'),
   }).prefault({}).describe('Admission control of new WebSocket sessions.'),
+  auth: z.strictObject({
+    policies: z.record(z.string().regex(/^[A-Za-z0-9_-]+$/, { error: 'policy names use letters, digits, _ and -' }), authPolicy).default({})
+      .describe('Named auth policies; a route names one in `auth`.'),
+  }).prefault({}).describe('Authentication at the edge (docs/edge.md).'),
+  rateLimits: rateLimits.prefault({}).describe('Token-bucket rate limits, per pod or cluster-wide (docs/edge.md).'),
   logging: z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('pino log level.'),
     accessLog: z.boolean().default(true).describe('One JSON line per HTTP request (id, method, path, status, upstream, duration, bytes).'),
@@ -261,6 +376,14 @@ export const configSchema = z.strictObject({
   // WebSocket routes that share a path must share their settings.
   const wsByPath = new Map<string, { index: number, settings: string }>()
   cfg.routes.forEach((r, i) => {
+    if (r.auth !== undefined && !Object.hasOwn(cfg.auth.policies, r.auth)) {
+      ctx.addIssue({ code: 'custom', path: ['routes', i, 'auth'], input: r.auth, message: `names no auth policy (known: ${Object.keys(cfg.auth.policies).join(', ') || 'none'})` })
+    }
+    r.rateLimits.forEach((name, j) => {
+      if (!Object.hasOwn(cfg.rateLimits.policies, name)) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'rateLimits', j], input: name, message: `names no rate limit policy (known: ${Object.keys(cfg.rateLimits.policies).join(', ') || 'none'})` })
+      }
+    })
     const proto = Object.hasOwn(cfg.upstreams, r.upstream) ? cfg.upstreams[r.upstream]!.protocol : undefined
     if (proto === undefined) {
       const known = Object.keys(cfg.upstreams)
@@ -324,3 +447,10 @@ export type MuxUpstreamConfig = Extract<UpstreamConfig, { protocol: 'mux' }>
 export type WebSocketRouteConfig = z.output<typeof websocketRoute>
 export type TcpListenerConfig = ParsedConfig['listen']['tcp'][number]
 export type RouteConfig = ParsedConfig['routes'][number]
+export type AuthPolicyConfig = z.output<typeof authPolicy>
+export type JwtAuthConfig = z.output<typeof jwtAuth>
+export type ApiKeyEntry = z.output<typeof apiKeyEntry>
+export type RateLimitPolicyConfig = z.output<typeof rateLimitPolicy>
+export type RateLimitsConfig = z.output<typeof rateLimits>
+/** A keysFile holds a list of API key entries. */
+export const apiKeyList = z.array(apiKeyEntry)

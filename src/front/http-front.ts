@@ -5,7 +5,8 @@ import type { Config } from '../config/load.js'
 import { ERRORS, FerryError, isFerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Router } from '../routing/router.js'
-import { HttpExchange, sendError, type ExchangeContext, type HttpLifecycle } from '../upstream/http/exchange.js'
+import { HttpExchange, sendError, type Admission as EdgeAdmission, type ExchangeContext, type HttpLifecycle, type Refusal } from '../upstream/http/exchange.js'
+import { applyAdmitted, refusalHeader, type Admitted, type Edge } from '../edge/guard.js'
 import { readClientRequest, type RequestOptions } from './http-request.js'
 import { listen, type ListenSocket } from './listen.js'
 import type { Uws } from './uws.js'
@@ -24,6 +25,8 @@ export interface RouteTable {
   readonly upstreams: ReadonlyMap<string, ExchangeContext>
   /** WebSocket-carrying upstreams (ws, mux; and the passthrough of each http upstream) by name. */
   readonly wsUpstreams: ReadonlyMap<string, WsUpstream>
+  /** Auth and rate-limit guards of the routes. */
+  readonly edge: Edge
 }
 
 export interface FrontDeps {
@@ -131,7 +134,30 @@ export class HttpFront {
         sendError(res, 413, new FerryError('FERRY_ERR_BODY_TOO_LARGE', `request body of ${creq.contentLength} bytes exceeds maxBodyBytes ${maxBody}`), requestId, this.reqOpts.requestIdHeader, true)
         return
       }
-      new HttpExchange(res, creq, route, ctx, maxBody).start()
+      const exchange = new HttpExchange(res, creq, route, ctx, maxBody)
+      const guard = table.edge.guard(route)
+      if (guard === undefined) { exchange.start(); return }
+      // Auth and rate limits decide before anything goes upstream: synchronously when they can.
+      const q = creq.target.indexOf('?')
+      const edgeReq = { method: creq.method, host: creq.host, target: creq.target, query: q === -1 ? '' : creq.target.slice(q + 1), headers: creq.headers, clientIp: creq.clientIp, hasBody: creq.chunked || (creq.contentLength ?? 0) > 0 }
+      const admission = (a: Admitted): EdgeAdmission => ({ headers: applyAdmitted(creq.headers, a), bodySha256: a.principal?.bodySha256 })
+      let verdict: Admitted | Promise<Admitted>
+      try {
+        verdict = guard.check(edgeReq)
+      } catch (err) {
+        if (!isFerryError(err)) throw err
+        ctx.metrics.error(err.code)
+        ctx.metrics.requests(route.name, err.status)
+        sendError(res, err.status, err, requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, refusalHeader(err, guard.challenge))
+        return
+      }
+      exchange.start(verdict instanceof Promise
+        ? verdict.then(admission, (err: unknown): never => {
+          const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `edge check failed: ${(err as Error)?.stack ?? String(err)}`)
+          if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr }, 'edge check failed')
+          throw { err: ferr, header: refusalHeader(ferr, guard.challenge) } satisfies Refusal
+        })
+        : admission(verdict), guard.verifiesBody)
     } catch (err) {
       this.onHandlerError(res, err, requestId)
     }

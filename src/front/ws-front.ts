@@ -14,6 +14,7 @@ import { ClientSession, flushOutboxes, RefusedClient, SessionCounters, type Sess
 import type { Admission } from '../drain/admission.js'
 import { readAffinityKey, type ResumeOffer, type TopicPublisher, type WsHandshake, type WsUpstream } from './ws-types.js'
 import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wire.js'
+import { RateLimited, refusalHeader, type Admitted } from '../edge/guard.js'
 
 export interface WsFrontDeps {
   readonly uws: Uws
@@ -205,44 +206,79 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         }
         return
       }
-      const hs: WsHandshake = {
-        sessionId: `${this.idPrefix}.${(++this.nextId).toString(36)}`,
-        route: route.name,
-        path,
-        query,
-        host,
-        remoteAddress,
-        protocols,
-        headers,
-        settings,
-        affinityKey: readAffinityKey(route.affinityKey, raw, query),
-        // A resume offer without `ferry.v1` itself is not a ferry client.
-        ferry: ferryClient ? { resume } : undefined,
-      }
-      const s = new ClientSession(hs, this.sessionCounters(route, upstream.mode), settings.compression !== 'off', this)
-      session = s
-      this.sessions.add(s)
-      upstream.open(hs, s).then((leg) => {
-        if (aborted || s.state !== 'connecting') {
+      // Opens the session once the edge (auth, rate limits) let it through: synchronously when it can.
+      const proceed = (a: Admitted | undefined): void => {
+        if (a !== undefined) {
+          for (const h of a.strip) delete headers[h]
+          for (let i = 0; i < a.add.length; i += 2) headers[a.add[i]!] = a.add[i + 1]!
+        }
+        const hs: WsHandshake = {
+          sessionId: `${this.idPrefix}.${(++this.nextId).toString(36)}`,
+          route: route.name,
+          path,
+          query,
+          host,
+          remoteAddress,
+          protocols,
+          headers,
+          settings,
+          affinityKey: readAffinityKey(route.affinityKey, raw, query),
+          // A resume offer without `ferry.v1` itself is not a ferry client.
+          ferry: ferryClient ? { resume } : undefined,
+        }
+        const s = new ClientSession(hs, this.sessionCounters(route, upstream.mode), settings.compression !== 'off', this)
+        session = s
+        this.sessions.add(s)
+        upstream.open(hs, s).then((leg) => {
+          if (aborted || s.state !== 'connecting') {
+            this.sessions.delete(s)
+            leg.clientClosed(1001, 'client went away during the handshake')
+            return
+          }
+          s.leg = leg
+          // Not inside res.cork(): uWS 20.30's cork() can mistake the freshly upgraded socket for the HTTP
+          // one (the adopt realloc keeps its address) and close it right after `open` when stray bytes at
+          // the HTTP state offset look like "Connection: close" (uNetworking/uWebSockets#1929, fixed after
+          // 20.30; seen here as a random new session closed 1006). The cost: uWS prints its "writes must
+          // be made from within a corked callback" warning when the upgrade completes outside a uWS callback.
+          res.upgrade<WsUserData>({ session: s }, key, leg.protocol, extensions, context)
+        }, (err: unknown) => {
           this.sessions.delete(s)
-          leg.clientClosed(1001, 'client went away during the handshake')
+          s.abandon('upstream refused')
+          if (aborted) return
+          const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `unexpected: ${(err as Error)?.stack ?? String(err)}`)
+          if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr, route: route.name }, 'websocket upgrade failed')
+          this.fail(res, route.name, ferr, requestId)
+        })
+      }
+      const guard = table.edge.guard(route)
+      if (guard === undefined) { proceed(undefined); return }
+      const refuse = (err: unknown): void => {
+        if (aborted) return
+        const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `edge check failed: ${(err as Error)?.stack ?? String(err)}`)
+        if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr, route: route.name }, 'edge check failed')
+        if (ferr instanceof RateLimited && ferryClient && upstream.mode === 'mux') {
+          // Like admission: a browser cannot read the 429, so ferry/client clients get 1013 and a hint.
+          this.deps.metrics.wsUpgradeFailures.labels(route.name, ferr.code).inc()
+          res.upgrade<WsUserData>({ session: new RefusedClient(1013, `retry-after-ms=${ferr.retryAfterMs}`) }, key, FERRY_SUBPROTOCOL, '', context)
           return
         }
-        s.leg = leg
-        // Not inside res.cork(): uWS 20.30's cork() can mistake the freshly upgraded socket for the HTTP
-        // one (the adopt realloc keeps its address) and close it right after `open` when stray bytes at
-        // the HTTP state offset look like "Connection: close" (uNetworking/uWebSockets#1929, fixed after
-        // 20.30; seen here as a random new session closed 1006). The cost: uWS prints its "writes must
-        // be made from within a corked callback" warning when the upgrade completes outside a uWS callback.
-        res.upgrade<WsUserData>({ session: s }, key, leg.protocol, extensions, context)
-      }, (err: unknown) => {
-        this.sessions.delete(s)
-        s.abandon('upstream refused')
-        if (aborted) return
-        const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `unexpected: ${(err as Error)?.stack ?? String(err)}`)
-        if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr, route: route.name }, 'websocket upgrade failed')
-        this.fail(res, route.name, ferr, requestId)
-      })
+        this.fail(res, route.name, ferr, requestId, refusalHeader(ferr, guard.challenge))
+      }
+      let verdict: Admitted | Promise<Admitted>
+      try {
+        verdict = guard.check({ method: 'GET', host, target: query === '' ? path : `${path}?${query}`, query, headers: raw, clientIp: remoteAddress, hasBody: false })
+      } catch (err) {
+        refuse(err)
+        return
+      }
+      if (verdict instanceof Promise) {
+        verdict.then((a) => {
+          if (aborted) return
+          try { proceed(a) } catch (err) { refuse(err) }
+        }, refuse)
+      }
+      else proceed(verdict)
     } catch (err) {
       const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `unexpected: ${(err as Error)?.stack ?? String(err)}`)
       if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr }, 'websocket upgrade failed')

@@ -343,6 +343,10 @@ export class ClientSession implements ClientSink, WsSocketOwner {
     this.drained()
   }
 
+  /** websocket.messageRate bucket (undefined until the first message: full). */
+  private rateTokens: number | undefined
+  private rateAt = 0
+
   fromClient (message: ArrayBuffer, binary: boolean): void {
     const leg = this.leg
     if (leg === undefined || this.state !== 'open') return
@@ -351,6 +355,18 @@ export class ClientSession implements ClientSink, WsSocketOwner {
     if (n > this.hs.settings.maxPayloadLength + (this.hs.ferry !== undefined ? 1 : 0)) {
       this.closeClient(1009, `message of ${n} bytes exceeds ${this.hs.settings.maxPayloadLength}`, 'FERRY_ERR_WS_MESSAGE_TOO_LARGE')
       return
+    }
+    const rate = this.hs.settings.messageRate
+    if (rate !== undefined) {
+      // Token bucket per session: `burst` deep, refilled at perSec.
+      const now = performance.now()
+      this.rateTokens = Math.min(rate.burst, (this.rateTokens ?? rate.burst) + (now - this.rateAt) * rate.perSec / 1000)
+      this.rateAt = now
+      if (this.rateTokens < 1) {
+        this.closeClient(1008, `more than ${rate.perSec} messages/s`, 'FERRY_ERR_WS_MESSAGE_RATE')
+        return
+      }
+      this.rateTokens -= 1
     }
     this.counters.msgsUp++
     this.counters.bytesUp += n

@@ -1,4 +1,5 @@
 import type { WebSocketRouteConfig } from '../config/schema.js'
+import { readSource } from '../edge/source.js'
 
 /**
  * The contract between the WebSocket front (which owns client sockets) and an upstream kind (which owns
@@ -44,28 +45,8 @@ export interface ResumeOffer {
 export function readAffinityKey (spec: string | undefined, rawHeaders: readonly string[], query: string): string | undefined {
   // `token`: the Ferry-issued key travels in the resume token (the mux upstream reads it), not in the handshake.
   if (spec === undefined || spec === 'token') return undefined
-  const colon = spec.indexOf(':')
-  const kind = spec.slice(0, colon)
-  const name = spec.slice(colon + 1)
-  let value: string | null | undefined
-  if (kind === 'query') {
-    value = new URLSearchParams(query).get(name)
-  } else {
-    const header = kind === 'header' ? name.toLowerCase() : 'cookie'
-    for (let i = 0; i < rawHeaders.length && value === undefined; i += 2) {
-      if (rawHeaders[i] !== header) continue
-      if (kind === 'header') { value = rawHeaders[i + 1]; break }
-      for (const part of rawHeaders[i + 1]!.split(';')) {
-        const eq = part.indexOf('=')
-        if (eq !== -1 && part.slice(0, eq).trim() === name) { value = decodeURIComponentSafe(part.slice(eq + 1).trim()); break }
-      }
-    }
-  }
-  return value === null || value === undefined || value === '' || value.length > 256 ? undefined : value
-}
-
-function decodeURIComponentSafe (s: string): string {
-  try { return decodeURIComponent(s) } catch { return s }
+  const value = readSource(spec, rawHeaders, query)
+  return value === undefined || value.length > 256 ? undefined : value
 }
 
 /** How the upstream leg talks to the client. Calls after the session closed are ignored. */

@@ -18,6 +18,8 @@ export class Metrics {
   readonly endpointEjections: Counter<'upstream' | 'endpoint'>
   readonly endpointUp: Gauge<'upstream' | 'endpoint'>
   readonly bytes: Counter<'direction' | 'upstream'>
+  readonly authResults: Counter<'policy' | 'method' | 'result'>
+  readonly rateLimitDecisions: Counter<'policy' | 'decision'>
   readonly configInfo: Gauge<'gateway' | 'version'>
   readonly tcpConnections: Counter<'listener'>
   readonly tcpClosed: Counter<'listener' | 'reason'>
@@ -101,6 +103,8 @@ export class Metrics {
     this.drainPhase = new Gauge({ name: 'ferry_drain_phase', help: 'Drain progress: 0 running, 1 accept grace (not ready, still accepting), 2 migrating sessions, 3 finishing (HTTP requests, TCP connections, links), 4 drained.', registers: r })
     this.drainMigrated = new Counter({ name: 'ferry_drain_migrated_total', help: 'WebSocket sessions moved off this pod by a drain, by kind: resumable (ferry/client: migrate message, close 1012, resumed elsewhere), plain (close 1012), forced (still open at drain.deadlineMs).', labelNames: ['kind'], registers: r })
     this.drainRemaining = new Gauge({ name: 'ferry_drain_remaining', help: 'While draining: what is still open, by kind (sessions, http_requests, tcp_connections).', labelNames: ['kind'], registers: r })
+    this.authResults = new Counter({ name: 'ferry_auth_total', help: 'Authentication decisions on routes with an auth policy, by policy, method (jwt, apiKey, hmac; none when no credential was found) and result (ok, anonymous, or the FERRY_ERR_AUTH_* code).', labelNames: ['policy', 'method', 'result'], registers: r })
+    this.rateLimitDecisions = new Counter({ name: 'ferry_rate_limit_decisions_total', help: 'Rate limit checks by policy and decision: allowed, limited (429 / 1013), fail_open (Redis could not answer, let through), fail_closed (Redis could not answer, refused 503).', labelNames: ['policy', 'decision'], registers: r })
     this.configInfo = new Gauge({ name: 'ferry_info', help: 'Constant 1, labelled with this gateway\'s id and version.', labelNames: ['gateway', 'version'], registers: r })
   }
 

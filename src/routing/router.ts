@@ -9,6 +9,10 @@ export interface Route {
   readonly websocket: WebSocketRouteConfig | undefined
   /** Where the session affinity key comes from (`query:uid`), if the route has one. */
   readonly affinityKey: string | undefined
+  /** Name of the route's auth policy, if any. */
+  readonly auth: string | undefined
+  /** Names of the route's rate limit policies. */
+  readonly rateLimits: readonly string[]
   readonly host: string | undefined
   readonly path: string
 }
@@ -35,6 +39,8 @@ export class Router {
         maxBodyBytes: r.maxBodyBytes,
         websocket: r.websocket,
         affinityKey: r.affinity?.key,
+        auth: r.auth,
+        rateLimits: r.rateLimits,
         host,
         hostSuffix: host?.startsWith('*.') === true ? host.slice(1) : undefined,
         path: r.match.path,

@@ -1,3 +1,4 @@
+import { createHash, type Hash } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { STATUS_CODES, type IncomingHttpHeaders } from 'node:http'
 import type { HttpResponse } from 'uWebSockets.js'
@@ -11,12 +12,14 @@ import type { UpstreamMetrics } from './metrics.js'
 
 /**
  * States of one proxied request. Moves only forward, through `to()`:
- *   waiting → dispatched → responding → done
+ *   [gated →] waiting → dispatched → responding → done
+ * `gated`: the route's edge checks (auth, rate limits) are still deciding; the body is read meanwhile
+ * (bounded as always) but nothing is sent upstream until they let the request through.
  * and from any non-final state to `failed` (Ferry answered with an error) or `aborted` (client gone).
  * `draining`: the client is gone but the upstream response is small enough to read to its end and
  * discard, so the keep-alive connection survives: client churn must not become backend churn.
  */
-export type ExchangeState = 'waiting' | 'dispatched' | 'responding' | 'draining' | 'done' | 'failed' | 'aborted'
+export type ExchangeState = 'gated' | 'waiting' | 'dispatched' | 'responding' | 'draining' | 'done' | 'failed' | 'aborted'
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
 /** Response headers Ferry does not copy: hop-by-hop, plus the ones uWS writes itself. */
@@ -30,7 +33,19 @@ const DRAIN_LIMIT = 256 * 1024
  */
 const DRAIN_HEADERS_MS = 1000
 
-/** Shared, per-upstream context handed to every exchange (resolved once, not per request). */
+/** What the edge decided for a request: the headers to send upstream, and the body digest a signature demands. */
+export interface Admission {
+  readonly headers: readonly string[]
+  /** Hex SHA-256 the request body must have (HMAC-signed requests); checked before its last byte goes upstream. */
+  readonly bodySha256?: string | undefined
+}
+
+/** An edge refusal: the error and the response header that goes with it (Retry-After, WWW-Authenticate). */
+export interface Refusal {
+  readonly err: FerryError
+  readonly header?: readonly [string, string] | undefined
+}
+
 /** Shared by every exchange of a gateway: the drain controller reads and sets it. */
 export interface HttpLifecycle {
   /** Draining: responses say `Connection: close`, so clients take their next request elsewhere. */
@@ -80,6 +95,14 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   private drained = 0
   private awaitingTail = false
   private lastEp: HttpEndpoint | undefined
+  /** Headers sent upstream (the edge may strip and add some). */
+  private headers: readonly string[]
+  /** Body verification for signed requests: the running digest, the chunk held back, the expected value. */
+  private bodyHash: Hash | undefined
+  private heldChunk: Buffer | undefined
+  private bodyDigest: string | undefined
+  private expectedSha256: string | undefined
+  private errorHeader: readonly [string, string] | undefined
   /** Response head received but not yet written (it goes out with the first body bytes). */
   private head: { statusCode: number, statusMessage: string | undefined, headers: IncomingHttpHeaders } | undefined
 
@@ -89,18 +112,49 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     private readonly route: Route,
     private readonly ctx: ExchangeContext,
     private readonly maxBodyBytes: number,
-  ) {}
+  ) {
+    this.headers = req.headers
+  }
 
-  /** Called synchronously from the uWS handler: attaches onAborted/onData before anything async. */
-  start (): void {
+  /**
+   * Called synchronously from the uWS handler: attaches onAborted/onData before anything async.
+   * `gate`: the edge's decision, or a promise of it (the request waits in `gated`); it rejects with a
+   * Refusal. `verifyBody`: the decision may demand a body digest, so the body is hashed as it arrives.
+   */
+  start (gate?: Admission | Promise<Admission>, verifyBody = false): void {
     this.res.onAborted(() => this.onClientAborted())
     this.ctx.metrics.inFlight.inc()
     this.ctx.lifecycle.inFlight++
     if (this.req.chunked || (this.req.contentLength ?? 0) > 0) {
       this.body = new Readable({ highWaterMark: BODY_HIGH_WATER, read: () => this.resumeClient() })
+      if (verifyBody) this.bodyHash = createHash('sha256')
       this.res.onData((chunk, isLast) => this.onClientData(chunk, isLast))
     }
+    if (gate instanceof Promise) {
+      this.to('gated')
+      gate.then((a) => { if (this.state === 'gated') this.admit(a) }, (r: Refusal) => {
+        if (this.state !== 'gated') return
+        this.errorHeader = r.header
+        this.fail(r.err)
+      })
+    } else this.admit(gate)
+  }
+
+  private admit (a: Admission | undefined): void {
+    if (a !== undefined) {
+      this.headers = a.headers
+      this.expectedSha256 = a.bodySha256
+      if (!this.bodyMatches()) return
+    }
+    this.to('waiting')
     this.queueEntry = this.ctx.upstream.acquire(this)
+  }
+
+  /** False (and the request failed) when the whole body is in and does not hash to what was signed. */
+  private bodyMatches (): boolean {
+    if (this.expectedSha256 === undefined || this.bodyDigest === undefined || this.bodyDigest === this.expectedSha256) return true
+    this.fail(new FerryError('FERRY_ERR_AUTH_BODY_MISMATCH', 'request body does not match its signed x-ferry-content-sha256'))
+    return false
   }
 
   // ---- state --------------------------------------------------------------------------------------
@@ -125,10 +179,28 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
         return
       }
       // uWS neuters the ArrayBuffer after this callback: copy.
-      if (!body.push(Buffer.copyBytesFrom(new Uint8Array(chunk))) && !isLast) {
+      let data: Buffer = Buffer.copyBytesFrom(new Uint8Array(chunk))
+      if (this.bodyHash !== undefined) {
+        // A signed body: one chunk is held back, so if the digest turns out wrong the backend has not
+        // received the complete body (with Content-Length, the last byte would complete the request).
+        this.bodyHash.update(data)
+        const held = this.heldChunk
+        this.heldChunk = isLast ? undefined : data
+        if (held === undefined && !isLast) return
+        data = held === undefined ? data : isLast ? Buffer.concat([held, data]) : held
+      }
+      if (isLast && this.bodyHash !== undefined) {
+        this.bodyDigest = this.bodyHash.digest('hex')
+        if (!this.bodyMatches()) return
+      }
+      if (!body.push(data) && !isLast) {
         this.clientPaused = true
         this.res.pause()
       }
+    } else if (isLast && this.bodyHash !== undefined) {
+      this.bodyDigest = this.bodyHash.digest('hex')
+      if (!this.bodyMatches()) return
+      if (this.heldChunk !== undefined) { body.push(this.heldChunk); this.heldChunk = undefined }
     }
     if (isLast) { this.clientBodyComplete = true; body.push(null) }
   }
@@ -154,7 +226,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
       ep.pool.dispatch({
         path: this.req.target,
         method: this.req.method,
-        headers: this.req.headers,
+        headers: this.headers as string[],
         body: this.body ?? null,
         idempotent: IDEMPOTENT.has(this.req.method),
         blocking: false,
@@ -382,7 +454,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
       this.status = ERRORS[err.code].status || 500
       // Close the connection when request body bytes may still be unread, so they are never parsed as a request.
       const close = this.req.close || this.ctx.lifecycle.draining || this.body !== undefined || this.req.contentLength === undefined
-      sendError(this.res, this.status, err, this.req.requestId, this.ctx.requestIdHeader, close)
+      sendError(this.res, this.status, err, this.req.requestId, this.ctx.requestIdHeader, close, this.errorHeader)
     }
     if (err.code !== 'FERRY_ERR_CLIENT_ABORTED') this.ctx.log.warn({ reqId: this.req.requestId, code: err.code, upstream: this.ctx.upstream.name, client: this.req.clientIp }, err.message)
     this.record()
