@@ -281,3 +281,28 @@ t.test('bad auth config names the field and the process does not start', async (
     t.match(r.stderr + r.stdout, re, `${what}: the error names the field`)
   }
 })
+
+t.test('reload re-reads a keys file: a rotated key works, the old one is refused; an unreadable file refuses the reload', async (t) => {
+  const be = await recordingBackend(t)
+  const oldKey = 'old-key-' + randomBytes(12).toString('hex')
+  const newKey = 'new-key-' + randomBytes(12).toString('hex')
+  const keysFile = tmpFile('keys.yaml', `- { id: p, key: ${oldKey} }\n`)
+  const f = await startFerry(t, {
+    upstreams: { api: { protocol: 'http', endpoints: [`127.0.0.1:${be.port}`] } },
+    routes: [{ match: { path: '/' }, upstream: 'api', auth: 'k' }],
+    auth: { policies: { k: { apiKey: { keysFile } } } },
+    logging: { accessLog: false },
+  })
+  t.equal((await send(f, '/', { headers: { 'x-api-key': oldKey } })).status, 200, 'the old key works')
+  writeFileSync(keysFile, `- { id: p, key: ${newKey} }\n`)
+  const r = await fetch(`${f.adminUrl}/reload`, { method: 'POST' })
+  t.equal(r.status, 200, 'reload accepted')
+  t.equal((await send(f, '/', { headers: { 'x-api-key': newKey } })).status, 200, 'the rotated key works')
+  t.equal((await send(f, '/', { headers: { 'x-api-key': oldKey } })).status, 401, 'the old key is refused')
+  writeFileSync(keysFile, '- { id: p }\n')
+  const bad = await fetch(`${f.adminUrl}/reload`, { method: 'POST' })
+  const body = await bad.text()
+  t.not(bad.status, 200, 'a keys file that does not validate refuses the reload')
+  t.match(body, /auth\.policies\.k\.apiKey\.keysFile/, 'naming the field')
+  t.equal((await send(f, '/', { headers: { 'x-api-key': newKey } })).status, 200, 'the running keys are kept')
+})
