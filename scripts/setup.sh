@@ -27,7 +27,7 @@ fi
 pkgs=()
 need_cmd() { command -v "$1" >/dev/null 2>&1 || pkgs+=("$2"); }
 if [ "$want_test" = 1 ]; then need_cmd redis-server redis-server; need_cmd openssl openssl; fi
-if [ "$want_bench" = 1 ]; then need_cmd nginx nginx-light; need_cmd haproxy haproxy; need_cmd wrk wrk; need_cmd iperf3 iperf3; [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || pkgs+=(libnginx-mod-stream); need_cmd gcc gcc; [ -e /usr/include/stdio.h ] || pkgs+=(libc6-dev); need_cmd pushpin pushpin; fi
+if [ "$want_bench" = 1 ]; then need_cmd nginx nginx-light; need_cmd haproxy haproxy; need_cmd wrk wrk; need_cmd iperf3 iperf3; [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || pkgs+=(libnginx-mod-stream); need_cmd gcc gcc; [ -e /usr/include/stdio.h ] || pkgs+=(libc6-dev); need_cmd pushpin pushpin; need_cmd redis-server redis-server; fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" != 0 ]; then
