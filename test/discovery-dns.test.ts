@@ -72,6 +72,7 @@ t.test('dns A records: endpoints added and removed while traffic flows, no faile
   })
   await waitFor('the first resolution', async () => (await fetch(f.url)).status === 200, 5000)
   const load = traffic(f.url, 4)
+  t.teardown(async () => { await load.stop() }) // a failed wait must not leave the loops running
   await waitFor('traffic on b1', () => b1!.requests() > 20)
 
   // Add b2: it gets traffic within one TTL (1 s) of the record change.

@@ -195,6 +195,9 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E> {
       if (this.byAddr.get(e.address) !== e) return // removed meanwhile
       const wasUp = e.checked!.up
       e.checked!.record(error, Math.round(performance.now() - started))
+      // A passed check ends a passive ejection (Envoy's successful_active_health_check_uneject_host): the
+      // check proved what the ejection waits to find out.
+      if (error === undefined && e.passive.health === 'ejected') e.passive.succeeded('health check passed')
       if (!wasUp && e.checked!.up) this.kind.changed?.()
     })
   }
