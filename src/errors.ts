@@ -66,6 +66,9 @@ export const ERRORS = {
   FERRY_ERR_RATE_LIMIT_UNAVAILABLE: { status: 503, description: 'A cluster-wide rate limit could not be checked (Redis down or slower than rateLimits.redis.timeoutMs) and rateLimits.redis.failMode is closed.' },
   FERRY_ERR_WS_MESSAGE_RATE: { status: 0, description: 'A WebSocket client sent messages faster than the route\'s websocket.messageRate; it was closed 1008.' },
   FERRY_ERR_INTERNAL: { status: 500, description: 'A bug in Ferry; the request is answered 500 and the process keeps running.' },
+  // Service discovery and health checks (docs/discovery.md).
+  FERRY_ERR_NO_HEALTHY_ENDPOINT: { status: 503, description: 'No endpoint of the upstream is healthy (all ejected or failing health checks) and its whenAllUnhealthy is fail, or its source (dns, registry) found no endpoints: refused at once (HTTP 503 with Retry-After, upgrade 503, TCP connection closed).' },
+  FERRY_ERR_DISCOVERY: { status: 0, description: 'An endpoint source could not refresh (DNS resolution failed or came back empty, the registry\'s Redis was unreachable); the upstream keeps its last good endpoint set and retries.' },
 } as const satisfies Record<string, ErrorSpec>
 
 export type FerryErrorCode = keyof typeof ERRORS

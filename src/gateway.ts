@@ -24,6 +24,7 @@ import { resolveResumeSecret, ResumeTokens, type SecretSource } from './sessions
 import { Admission } from './drain/admission.js'
 import { DrainController, type DrainStatus, type DrainTarget } from './drain/controller.js'
 import type { HttpLifecycle } from './upstream/http/exchange.js'
+import { createEndpointSource, type EndpointSource } from './discovery/index.js'
 
 /** Connections of a listener a reload removed continue until they end (the longest timer Node takes). */
 const RETIRED_LISTENER_GRACE_MS = 2 ** 31 - 1
@@ -34,6 +35,8 @@ interface UpstreamSet {
   http: Map<string, { upstream: HttpUpstream, ctx: ExchangeContext }>
   ws: Map<string, WsUpstream>
   tcp: Map<string, TcpUpstream>
+  /** Each upstream's endpoint source (owned here: an HTTP upstream and its WebSocket twin share one). */
+  sources: Map<string, EndpointSource>
   keys: Map<string, string>
 }
 
@@ -81,7 +84,7 @@ export class Gateway {
   private state: GatewayState = 'created'
   private readonly uws: Uws
   /** The upstreams of the running config (a reload replaces the set; retired ones finish in the background). */
-  private sets: UpstreamSet = { http: new Map(), ws: new Map(), tcp: new Map(), keys: new Map() }
+  private sets: UpstreamSet = { http: new Map(), ws: new Map(), tcp: new Map(), sources: new Map(), keys: new Map() }
   private readonly retiring = new Set<Promise<void>>()
   /** WebSocket upstreams a reload replaced, while their sessions last. */
   private readonly retiredWs = new Set<WsUpstream>()
@@ -187,31 +190,35 @@ export class Gateway {
 
   /** Builds the upstreams of `cfg`, reusing those of `prev` whose config did not change (their pools and links stay). */
   private buildUpstreams (cfg: Config, prev: UpstreamSet | undefined): UpstreamSet {
-    const set: UpstreamSet = { http: new Map(), ws: new Map(), tcp: new Map(), keys: new Map() }
+    const set: UpstreamSet = { http: new Map(), ws: new Map(), tcp: new Map(), sources: new Map(), keys: new Map() }
     const wsDeps = this.wsDeps!
     for (const [name, ucfg] of Object.entries(cfg.upstreams)) {
       const key = canonicalJson(ucfg)
       set.keys.set(name, key)
       const same = prev?.keys.get(name) === key
       const log = this.log.child({ upstream: name })
+      const source = same ? prev!.sources.get(name)! : createEndpointSource(name, ucfg, { log, metrics: this.metrics })
+      set.sources.set(name, source)
+      source.start()
       if (ucfg.protocol === 'tcp') {
-        set.tcp.set(name, same ? prev!.tcp.get(name)! : new TcpUpstream(name, ucfg, log, this.metrics))
+        set.tcp.set(name, same ? prev!.tcp.get(name)! : new TcpUpstream(name, ucfg, log, this.metrics, source))
         continue
       }
       if (ucfg.protocol === 'ws' || ucfg.protocol === 'mux') {
-        set.ws.set(name, same ? prev!.ws.get(name)! : createWsUpstream(name, ucfg, log, this.metrics, wsDeps))
+        set.ws.set(name, same ? prev!.ws.get(name)! : createWsUpstream(name, ucfg, log, this.metrics, source, wsDeps))
         continue
       }
       // WebSocket upgrades on routes to this HTTP upstream go to its endpoints 1:1 (what nginx does with
-      // Upgrade headers), as a passthrough upstream of its own (metrics label `NAME:ws`).
+      // Upgrade headers), as a passthrough upstream of its own (metrics label `NAME:ws`) on the same source.
       set.ws.set(name, same ? prev!.ws.get(name)! : createWsUpstream(`${name}:ws`, {
         protocol: 'ws',
-        endpoints: ucfg.endpoints.map((e) => e.replace(/^http:\/\//, '')),
         balance: ucfg.balance,
         timeouts: { connectMs: ucfg.timeouts.connectMs + ucfg.timeouts.responseMs },
         ejection: ucfg.ejection,
-      }, log, this.metrics, wsDeps))
-      const upstream = same ? prev!.http.get(name)!.upstream : new HttpUpstream(name, ucfg, log, this.metrics)
+        healthCheck: ucfg.healthCheck,
+        whenAllUnhealthy: ucfg.whenAllUnhealthy,
+      }, log, this.metrics, source, wsDeps))
+      const upstream = same ? prev!.http.get(name)!.upstream : new HttpUpstream(name, ucfg, log, this.metrics, source)
       // The context carries settings from outside the upstream (logging, http): always rebuilt.
       set.http.set(name, {
         upstream,
@@ -361,6 +368,8 @@ export class Gateway {
       this.retire(u.retire().finally(() => { this.retiredWs.delete(u) }))
     }
     for (const [n, u] of prev.tcp) if (set.tcp.get(n) !== u) u.close('flush')
+    // A replaced upstream keeps the endpoints it had while it finishes; its source stops now.
+    for (const [n, src] of prev.sources) if (set.sources.get(n) !== src) void src.stop()
     this.version = version
     this.lastReload = { at: new Date().toISOString(), result: 'ok' }
     this.metrics.configReloads.labels('ok').inc()
@@ -373,6 +382,7 @@ export class Gateway {
     for (const [n, h] of set.http) if (prev.http.get(n)?.upstream !== h.upstream) void h.upstream.close('abort')
     for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) void u.close('abort')
     for (const [n, u] of set.tcp) if (prev.tcp.get(n) !== u) u.close('abort')
+    for (const [n, src] of set.sources) if (prev.sources.get(n) !== src) void src.stop()
   }
 
   private retire (p: Promise<void>): void {
@@ -455,6 +465,7 @@ export class Gateway {
       ...this.tcpListeners.map(async (l) => { await l.close(kind) }),
     ])
     for (const u of this.sets.tcp.values()) u.close(kind)
+    await Promise.all([...this.sets.sources.values()].map(async (src) => { await src.stop() }))
     await this.store?.close(kind)
     await this.edge?.retire(undefined)
     this.admin?.close()
@@ -473,8 +484,9 @@ export class Gateway {
     for (const u of this.sets.ws.values()) u.collect()
     for (const u of this.httpUpstreams) {
       m.upstreamQueueDepth.labels(u.name).set(u.queueDepth)
+      u.set.collect()
       let connected = 0
-      for (const ep of u.endpoints) connected += ep.connected
+      for (const ep of u.set.all()) connected += ep.connected
       m.upstreamConnections.labels('upstream', 'http', u.name).set(connected)
     }
     const tcpClients = new Map<string, number>()
@@ -485,6 +497,7 @@ export class Gateway {
     for (const u of this.sets.tcp.values()) {
       m.upstreamConnections.labels('client', 'tcp', u.name).set(tcpClients.get(u.name) ?? 0)
       m.upstreamConnections.labels('upstream', 'tcp', u.name).set(u.connectedCount)
+      u.collect()
     }
   }
 

@@ -21,9 +21,11 @@ import { createServer as createTlsServer, type TlsOptions } from 'node:tls'
 import { encodePublish, GoawayCode, ResetCode } from '../mux/codec.js'
 import { MuxConnection, type Hello } from '../mux/connection.js'
 import type { MuxStream, StreamEvents } from '../mux/stream.js'
+import { defaultAdvertise, Registration, type RegisterOptions } from './register.js'
 import { ACK_EVERY, Session, type Link, type SendData, type SessionHost, type SessionInfo } from './session.js'
 
 export { Session, type SendData, type SessionInfo } from './session.js'
+export type { RegisterOptions } from './register.js'
 
 export interface MuxServerOptions {
   /** TCP port to listen on; 0 picks a free one (see `address()`). Default 0. */
@@ -50,6 +52,13 @@ export interface MuxServerOptions {
   resume?: { windowMs?: number, maxBufferedBytes?: number } | false
   /** A prom-client Registry to register the library's metrics in (ferry_backend_*; read from `stats()` at scrape time). */
   registry?: Registry
+  /**
+   * Register in Ferry's endpoint registry once listening (gateways with `registry: { redis, service }`
+   * pick this backend up at once): a key with a TTL renewed every third of `ttlMs`, removed by `close()`
+   * before the links GOAWAY. Redis errors are emitted as 'error' only if someone listens; they never
+   * stop the server (the registration expires, and comes back with the next heartbeat that succeeds).
+   */
+  register?: RegisterOptions
 }
 
 /** Counters of the resume machinery (`server.stats()`). */
@@ -93,7 +102,9 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
   private readonly server: NetServer
   private readonly links_ = new Set<Link>()
   private readonly sessionSet = new Set<Session>()
-  private readonly opts: Required<Omit<MuxServerOptions, 'tls' | 'resume' | 'registry'>>
+  private readonly opts: Required<Omit<MuxServerOptions, 'tls' | 'resume' | 'registry' | 'register'>>
+  /** The registry entry (with `register`), once listening. */
+  registration: Registration | undefined
   readonly resumeEnabled: boolean
   readonly resumeWindowMs: number
   readonly maxReplayBytes: number
@@ -130,7 +141,14 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
       this.server.listen(this.opts.port, this.opts.host, () => {
         this.server.off('error', reject)
         this.server.on('error', (err) => { this.emit('error', err) })
-        resolve()
+        if (options.register !== undefined) {
+          const reg = options.register
+          this.registration = new Registration(reg, reg.advertise ?? defaultAdvertise(this.opts.host, this.address().port), this.opts.id, (err) => {
+            if (this.listenerCount('error') > 0) this.emit('error', err)
+          })
+          // Registered before `listening` resolves: a caller that awaits it can count on gateways finding it.
+          this.registration.start().then(resolve, (err: Error) => { if (this.listenerCount('error') > 0) this.emit('error', err); resolve() })
+        } else resolve()
         this.emit('listening')
       })
     })
@@ -217,6 +235,8 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
   async close (): Promise<void> {
     if (this.closing) return
     this.closing = true
+    // Deregister first: gateways stop opening sessions here before the links say GOAWAY.
+    await this.registration?.stop()
     const closed = this.server.listening ? once(this.server, 'close') : Promise.resolve()
     this.server.close()
     for (const s of [...this.sessionSet]) s.close(1001, 'backend shutting down')

@@ -38,15 +38,84 @@ const httpTimeouts = z.strictObject({
   bodyIdleMs: durationMs(30000, 'Longest silence between response body chunks; exceeded → the client connection is closed (504 if nothing was sent).'),
 }).prefault({})
 
+const maxEjectMs = durationMs(300000, 'Cap of the ejection time. An endpoint ejected again soon after it came back (or on its first try after an ejection) stays out twice as long as the time before, up to this; the doubling is forgotten once it stayed up as long as its last ejection lasted.')
+
 const ejection = z.strictObject({
   consecutiveFailures: positiveInt.default(5).describe('Connect failures, resets or timeouts in a row that eject an endpoint.'),
-  ejectMs: durationMs(10000, 'How long an ejected endpoint gets no new requests (it is retried after). When every endpoint is ejected, all are used.'),
+  ejectMs: durationMs(10000, 'How long an ejected endpoint gets no new requests (it is retried after). When every endpoint is ejected, see `whenAllUnhealthy`.'),
+  maxEjectMs,
 }).prefault({})
+
+// ---- endpoint sources and health (docs/discovery.md) ---------------------------------------------
+
+const hostName = z.string().regex(/^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?)*\.?$/, { error: 'must be a DNS name' })
+
+/** A DNS server: an IP address, optionally with a port (`10.0.0.10`, `127.0.0.1:5353`, `[::1]:53`). */
+const dnsServer = z.string().refine((s) => {
+  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(s) ?? /^([0-9.]+):(\d{1,5})$/.exec(s)
+  if (m !== null) return isIP(m[1]!) !== 0 && Number(m[2]) > 0 && Number(m[2]) < 65536
+  return isIP(s) !== 0
+}, { error: 'must be an IP address, optionally with :port ([v6]:port)' })
+
+const dnsSource = z.strictObject({
+  name: hostName.describe('The name to resolve, e.g. a Kubernetes headless Service `chat.default.svc.cluster.local` (one A/AAAA record per ready pod) or an SRV name `_mux._tcp.chat.default.svc.cluster.local`.'),
+  type: z.enum(['A', 'AAAA', 'SRV']).default('A').describe('`A`/`AAAA`: each address with `port`; `SRV`: each target (resolved to its A records) with the port the record gives.'),
+  port: z.number().int().min(1).max(65535).optional().describe('Port of every endpoint; required with `A`/`AAAA`, ignored with `SRV`.'),
+  servers: z.array(dnsServer).min(1).optional().describe('DNS servers to ask (`ip` or `ip:port`). Absent: the system resolver configuration (/etc/resolv.conf).'),
+  minTtlMs: durationMs(1000, 'Shortest time between resolutions, whatever TTL the records carry.'),
+  maxTtlMs: durationMs(30000, 'Longest time between resolutions, whatever TTL the records carry. A record\'s TTL between the two decides.'),
+  intervalMs: durationMs(5000, 'Time between resolutions when the answer carries no TTL (SRV), and between retries after a failed resolution (the last good set is kept meanwhile).'),
+  timeoutMs: durationMs(2000, 'Budget of one query (one try per server).'),
+}).describe('Endpoints from DNS, re-resolved as the records\' TTL says (clamped by minTtlMs/maxTtlMs). A failed or empty resolution keeps the last good set (counted in ferry_discovery_refreshes_total, logged).')
+
+const registrySource = z.strictObject({
+  redis: z.string().regex(/^rediss?:\/\//, { error: 'must be a redis:// or rediss:// URL' }).describe('The Redis where backends register (`ferry/backend`\'s `register.redis`).'),
+  service: z.string().regex(/^[A-Za-z0-9_.:-]{1,128}$/, { error: 'use letters, digits and _ . : -' }).describe('The service name the backends register under.'),
+  keyPrefix: z.string().min(1).default('ferry:reg:').describe('Prefix of the registry keys (the same as the backends\').'),
+  scanIntervalMs: durationMs(5000, 'A full read of the registry this often, besides the pub/sub notices: it sees backends whose registration expired (crashed without deregistering) and notices lost while Redis was unreachable.'),
+}).describe('Endpoints that register themselves in Redis (`ferry/backend` createMuxServer `register`, or any process following docs/discovery.md): a key per endpoint kept alive by a TTL heartbeat, a pub/sub notice on register and deregister.')
+
+const httpCheck = z.strictObject({
+  path: z.string().startsWith('/', { error: 'must start with /' }).default('/').describe('Path of the health check GET.'),
+  expectStatus: z.array(z.number().int().min(100).max(599)).min(1).default([200]).describe('Status codes that pass.'),
+})
+
+const checkShape = {
+  intervalMs: durationMs(5000, 'Time between checks of each endpoint (a new endpoint is checked at once).'),
+  timeoutMs: durationMs(2000, 'A check with no answer within this fails.'),
+  healthyThreshold: positiveInt.default(2).describe('Passed checks in a row that bring a down endpoint back (a new endpoint needs one).'),
+  unhealthyThreshold: positiveInt.default(3).describe('Failed checks in a row that take an endpoint out.'),
+}
+
+const checkWhat = (what: string): string => `Active health checks (${what}). An endpoint takes new work while it passes them and passive ejection has not taken it out; a new endpoint waits for its first passed check. Absent: passive ejection only.`
+
+const healthCheckHttp = z.strictObject({ ...checkShape, http: httpCheck.prefault({}).describe('The HTTP check.') }).optional()
+  .describe(checkWhat('an HTTP GET of `http.path` on a connection of its own; passes on a status in `http.expectStatus`'))
+const healthCheckWs = z.strictObject({ ...checkShape, http: httpCheck.optional().describe('Check with an HTTP GET instead of a TCP connect.') }).optional()
+  .describe(checkWhat('a TCP connect, or an HTTP GET when `http` is given'))
+const healthCheckTcp = z.strictObject(checkShape).optional().describe(checkWhat('a TCP connect'))
+const healthCheckMux = z.strictObject(checkShape).optional()
+  .describe(checkWhat('a PING on a ready link of the endpoint, passed when its PONG arrives; an endpoint without a ready link fails'))
+
+const whenAllUnhealthy = z.enum(['panic', 'fail']).default('panic')
+  .describe('No endpoint healthy (all ejected or failing checks): `panic` uses them all (a maybe-bad endpoint beats refusing everything); `fail` refuses at once with FERRY_ERR_NO_HEALTHY_ENDPOINT (HTTP 503, upgrade 503, TCP connection closed).')
+
+const boundedLoadFactor = z.number().min(1).max(100).optional()
+  .describe('With `balance: hash` and for affinity keys: hashing with bounded load. An endpoint already carrying more than this × the average load is passed over for the next one in the key\'s rendezvous order (e.g. 1.25). Absent: no bound (a hot key can load one endpoint without limit).')
+
+/** The source fields every upstream kind has: exactly one of them (checked in configSchema). */
+const sources = <T extends z.ZodOptional<z.ZodType<string[]>>>(endpointList: T) => ({
+  endpoints: endpointList,
+  dns: dnsSource.optional(),
+  registry: registrySource.optional(),
+})
 
 const httpUpstream = z.strictObject({
   protocol: z.literal('http').describe('Plain HTTP/1.1 with keep-alive towards the backend.'),
-  endpoints: z.array(endpoint).min(1, { error: 'must list at least one endpoint' }).describe('Backend addresses, `host:port`.'),
+  ...sources(z.array(endpoint).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port` (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
   balance: z.enum(['round-robin', 'least-connections']).default('round-robin').describe('How a request picks among healthy endpoints.'),
+  healthCheck: healthCheckHttp,
+  whenAllUnhealthy,
   pool: httpPool.describe('Connection pool per endpoint.'),
   timeouts: httpTimeouts.describe('Deadlines Ferry enforces towards the backend.'),
   retry: z.strictObject({
@@ -63,16 +132,20 @@ const tcpEndpoint = z.string().refine((s) => {
 
 const tcpUpstream = z.strictObject({
   protocol: z.literal('tcp').describe('Raw TCP passthrough: each client connection gets its own backend connection (see `listen.tcp`).'),
-  endpoints: z.array(tcpEndpoint).min(1, { error: 'must list at least one endpoint' }).describe('Backend addresses, `host:port`.'),
+  ...sources(z.array(tcpEndpoint).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port` (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
   balance: z.enum(['round-robin', 'least-connections', 'hash']).default('round-robin')
     .describe('How a connection picks among healthy endpoints. `hash`: rendezvous hash of the client IP (the PROXY header\'s source when one is accepted), so a client keeps its endpoint while that endpoint is healthy.'),
+  boundedLoadFactor,
+  healthCheck: healthCheckTcp,
+  whenAllUnhealthy,
   timeouts: z.strictObject({
     connectMs: durationMs(2000, 'TCP connect budget per attempt (per endpoint tried).'),
     connectBudgetMs: durationMs(5000, 'Total time to get a backend connection for one client connection, failovers included; then the client connection is closed.'),
   }).prefault({}).describe('Deadlines Ferry enforces towards the backend.'),
   ejection: z.strictObject({
     consecutiveFailures: positiveInt.default(5).describe('Failed or timed-out connects in a row that eject an endpoint (a reset of an established connection does not count).'),
-    ejectMs: durationMs(10000, 'How long an ejected endpoint gets no new connections (then one is tried again). When every endpoint is ejected, all are used.'),
+    ejectMs: durationMs(10000, 'How long an ejected endpoint gets no new connections (then one is tried again). When every endpoint is ejected, see `whenAllUnhealthy`.'),
+    maxEjectMs,
   }).prefault({}).describe('Passive health: endpoints whose connects keep failing are taken out for a while.'),
 })
 
@@ -85,9 +158,12 @@ const wsEndpoint = z.string().refine((s) => {
 
 const wsUpstream = z.strictObject({
   protocol: z.literal('ws').describe('WebSocket passthrough: each client session gets its own WebSocket to an unmodified backend (path, query, subprotocols and `websocket.forwardHeaders` forwarded; close codes propagated).'),
-  endpoints: z.array(wsEndpoint).min(1, { error: 'must list at least one endpoint' }).describe('Backend addresses, `host:port` or `ws://host:port`.'),
+  ...sources(z.array(wsEndpoint).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port` or `ws://host:port` (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
   balance: z.enum(['round-robin', 'least-connections', 'hash']).default('round-robin')
     .describe('How a session picks among healthy endpoints. `hash`: rendezvous hash of the client IP.'),
+  boundedLoadFactor,
+  healthCheck: healthCheckWs,
+  whenAllUnhealthy,
   timeouts: z.strictObject({
     connectMs: durationMs(5000, 'Budget for the backend TCP connect and WebSocket handshake; exceeded → the client\'s upgrade is answered 502 (or 504).'),
   }).prefault({}).describe('Deadlines Ferry enforces towards the backend.'),
@@ -96,9 +172,12 @@ const wsUpstream = z.strictObject({
 
 const muxUpstream = z.strictObject({
   protocol: z.literal('mux').describe('Ferry\'s mux protocol (docs/mux-protocol.md) to backends using `ferry/backend`: client sessions become streams over a few long-lived links.'),
-  endpoints: z.array(tcpEndpoint).min(1, { error: 'must list at least one endpoint' }).describe('Backend addresses, `host:port`.'),
+  ...sources(z.array(tcpEndpoint).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port` (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
   balance: z.enum(['least-streams', 'round-robin', 'hash']).default('least-streams')
     .describe('How a new session picks an endpoint among healthy ones (within an endpoint, the link with the fewest streams). `hash`: rendezvous hash of the client IP.'),
+  boundedLoadFactor,
+  healthCheck: healthCheckMux,
+  whenAllUnhealthy,
   pool: z.strictObject({
     links: z.number().int().min(1).max(64).default(4).describe('Links (TCP connections) kept open to each endpoint; every session of this upstream is a stream on one of them.'),
   }).prefault({}).describe('Links per endpoint.'),
@@ -364,6 +443,22 @@ export const configSchema = z.strictObject({
   }
   if (cfg.resume.secret !== undefined && cfg.resume.secretFile !== undefined) {
     ctx.addIssue({ code: 'custom', path: ['resume', 'secretFile'], input: cfg.resume.secretFile, message: 'give either resume.secret or resume.secretFile, not both' })
+  }
+  for (const [name, u] of Object.entries(cfg.upstreams)) {
+    const given = (['endpoints', 'dns', 'registry'] as const).filter((k) => u[k] !== undefined)
+    if (given.length !== 1) {
+      ctx.addIssue({ code: 'custom', path: ['upstreams', name], input: given,
+        message: given.length === 0 ? 'needs its endpoints: give `endpoints` (a list), `dns` or `registry`' : `gives ${given.join(' and ')}; give exactly one endpoint source` })
+    }
+    if (u.dns !== undefined && u.dns.type !== 'SRV' && u.dns.port === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['upstreams', name, 'dns', 'port'], input: undefined, message: `is required with type ${u.dns.type} (records carry addresses only)` })
+    }
+    if (u.dns !== undefined && u.dns.minTtlMs > u.dns.maxTtlMs) {
+      ctx.addIssue({ code: 'custom', path: ['upstreams', name, 'dns', 'minTtlMs'], input: u.dns.minTtlMs, message: `must not exceed dns.maxTtlMs (${u.dns.maxTtlMs})` })
+    }
+    if (u.ejection.ejectMs > u.ejection.maxEjectMs) {
+      ctx.addIssue({ code: 'custom', path: ['upstreams', name, 'ejection', 'maxEjectMs'], input: u.ejection.maxEjectMs, message: `must be at least ejection.ejectMs (${u.ejection.ejectMs})` })
+    }
   }
   const ofProtocol = (protocol: string): string => {
     const names = Object.keys(cfg.upstreams).filter((n) => cfg.upstreams[n]!.protocol === protocol)

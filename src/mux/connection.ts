@@ -84,6 +84,8 @@ export class MuxConnection {
   private pongAt = Date.now()
   /** Last measured PING round trip, ms. */
   rttMs = 0
+  /** Health checks waiting for the next PONG (settled by it, or rejected when the link ends). */
+  private pongWaiters: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
   private ended = false
 
   constructor (readonly socket: Socket, readonly opts: ConnectionOptions, private readonly handler: ConnectionHandler) {
@@ -235,10 +237,16 @@ export class MuxConnection {
       case FrameType.PING:
         this.write(encodeFrame(FrameType.PONG, 0, 0, f.payload))
         return
-      case FrameType.PONG:
+      case FrameType.PONG: {
         this.pongAt = Date.now()
         if (this.pingSentAt > 0) this.rttMs = this.pongAt - this.pingSentAt
+        const w = this.pongWaiters
+        if (w.length > 0) {
+          this.pongWaiters = []
+          for (const p of w) p.resolve()
+        }
         return
+      }
       case FrameType.PUBLISH: {
         if (this.handler.publish === undefined) throw new MuxProtocolError('FERRY_ERR_MUX_BAD_FRAME', 'PUBLISH is for backends to send', 'link')
         const { topic, data } = decodePublish(f.payload)
@@ -298,12 +306,28 @@ export class MuxConnection {
   }
 
   /** Closes the socket now; every open stream hears `end` with cause 'link'. Idempotent. */
+  /**
+   * Gateway health check: sends a PING now; resolves on the next PONG (any PONG proves the peer reads
+   * and answers this link), rejects if the link ends first. The caller bounds the wait.
+   */
+  async ping (): Promise<void> {
+    if (this.ended) throw new Error('link closed')
+    const p = new Promise<void>((resolve, reject) => { this.pongWaiters.push({ resolve, reject }) })
+    const payload = Buffer.allocUnsafe(8)
+    payload.writeDoubleBE(Date.now(), 0)
+    this.write(encodeFrame(FrameType.PING, 0, 0, payload))
+    await p
+  }
+
   destroy (end: ConnectionEnd): void {
     if (this.ended) return
     this.ended = true
     this.state = 'closed'
     if (this.timer !== undefined) clearInterval(this.timer)
     this.timer = undefined
+    const waiters = this.pongWaiters
+    this.pongWaiters = []
+    for (const p of waiters) p.reject(new Error(`link ended: ${end.message}`))
     const streams = [...this.streams.values()]
     this.streams.clear()
     if (this.corked) { this.corked = false; this.socket.uncork() }

@@ -17,6 +17,12 @@ export class Metrics {
   readonly upstreamRetries: Counter<'upstream'>
   readonly endpointEjections: Counter<'upstream' | 'endpoint'>
   readonly endpointUp: Gauge<'upstream' | 'endpoint'>
+  readonly endpointCheckedUp: Gauge<'upstream' | 'endpoint'>
+  readonly healthChecks: Counter<'upstream' | 'endpoint' | 'result'>
+  readonly upstreamEndpoints: Gauge<'upstream' | 'state'>
+  readonly discoveryChanges: Counter<'upstream' | 'change'>
+  readonly discoveryRefreshes: Counter<'upstream' | 'source' | 'result'>
+  readonly noHealthyEndpoint: Counter<'upstream'>
   readonly bytes: Counter<'direction' | 'upstream'>
   readonly authResults: Counter<'policy' | 'method' | 'result'>
   readonly rateLimitDecisions: Counter<'policy' | 'decision'>
@@ -66,7 +72,14 @@ export class Metrics {
     this.upstreamQueueDepth = new Gauge({ name: 'ferry_upstream_queue_depth', help: 'Requests waiting for a free upstream connection.', labelNames: ['upstream'], registers: r })
     this.upstreamRetries = new Counter({ name: 'ferry_upstream_retries_total', help: 'Idempotent HTTP requests retried, and WebSocket passthrough handshakes failed over, on another endpoint after a connection failure.', labelNames: ['upstream'], registers: r })
     this.endpointEjections = new Counter({ name: 'ferry_upstream_ejections_total', help: 'Endpoints ejected by passive health checking.', labelNames: ['upstream', 'endpoint'], registers: r })
-    this.endpointUp = new Gauge({ name: 'ferry_upstream_endpoint_up', help: '1 when the endpoint takes requests, 0 while ejected.', labelNames: ['upstream', 'endpoint'], registers: r })
+    this.endpointUp = new Gauge({ name: 'ferry_upstream_endpoint_up', help: '1 unless passive health (outlier ejection) has ejected the endpoint, 0 while ejected.', labelNames: ['upstream', 'endpoint'], registers: r })
+    // Discovery and active health checks (docs/discovery.md).
+    this.endpointCheckedUp = new Gauge({ name: 'ferry_upstream_endpoint_checked_up', help: 'Active health checks (upstream healthCheck): 1 while the endpoint passes them, 0 while it is starting (no check passed yet) or down.', labelNames: ['upstream', 'endpoint'], registers: r })
+    this.healthChecks = new Counter({ name: 'ferry_upstream_health_checks_total', help: 'Active health checks run, by result (passed, failed).', labelNames: ['upstream', 'endpoint', 'result'], registers: r })
+    this.upstreamEndpoints = new Gauge({ name: 'ferry_upstream_endpoints', help: 'Endpoints of an upstream by state: active (in the discovered set, taking new work when healthy) or draining (removed from the set, finishing what they carry). Updated at scrape time.', labelNames: ['upstream', 'state'], registers: r })
+    this.discoveryChanges = new Counter({ name: 'ferry_discovery_changes_total', help: 'Endpoints added to or removed from an upstream\'s set by its source (static, dns, registry).', labelNames: ['upstream', 'change'], registers: r })
+    this.discoveryRefreshes = new Counter({ name: 'ferry_discovery_refreshes_total', help: 'Resolutions (dns) and reads (registry) of an upstream\'s endpoint source, by result: ok, or failed (the last good set is kept).', labelNames: ['upstream', 'source', 'result'], registers: r })
+    this.noHealthyEndpoint = new Counter({ name: 'ferry_upstream_no_healthy_endpoint_total', help: 'Requests, sessions and connections refused at once because no endpoint of the upstream was healthy and whenAllUnhealthy is fail (or the set was empty).', labelNames: ['upstream'], registers: r })
     this.bytes = new Counter({ name: 'ferry_http_body_bytes_total', help: 'HTTP body bytes proxied, by direction (request = client→upstream, response = upstream→client).', labelNames: ['direction', 'upstream'], registers: r })
     // TCP passthrough (open connections are ferry_connections{kind="tcp"}).
     this.tcpConnections = new Counter({ name: 'ferry_tcp_connections_total', help: 'Client connections accepted by a TCP listener, including those then closed by a limit.', labelNames: ['listener'], registers: r })

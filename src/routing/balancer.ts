@@ -36,22 +36,67 @@ function mix (h: number): number {
   return h >>> 0
 }
 
+/**
+ * A live endpoint list (an upstream's EndpointSet): `generation` changes whenever `active` is replaced,
+ * so a balancer recomputes what it derives from the list (hash seeds) only then.
+ */
+export interface EndpointList<E> {
+  readonly active: readonly E[]
+  readonly generation: number
+}
+
+export interface BalancerOptions {
+  /**
+   * What to do when no endpoint accepts (all ejected or failing checks): `true` (panic, the default):
+   * use them all; `false`: pick nothing (the caller fails fast).
+   */
+  readonly panic?: boolean
+  /**
+   * 'hash' with bounded load (Mirrokni et al., "consistent hashing with bounded loads"): an endpoint
+   * already carrying more than `factor` × the average load (counting the new one) is passed over for the
+   * next in the key's rendezvous order. Undefined: no bound.
+   */
+  readonly boundedLoadFactor?: number
+}
+
 export class Balancer<E extends Balanced> {
   private next = 0
-  private readonly seeds: Uint32Array
+  private seeds = new Uint32Array(0)
+  private seededGeneration = -1
+  private readonly list: EndpointList<E>
+  private readonly panic: boolean
+  private readonly bound: number | undefined
 
-  constructor (private readonly endpoints: readonly E[], private readonly policy: BalancePolicy) {
-    this.seeds = Uint32Array.from(endpoints, (e, i) => hashKey(e.address ?? `#${i}`))
+  constructor (endpoints: readonly E[] | EndpointList<E>, private readonly policy: BalancePolicy, opts: BalancerOptions = {}) {
+    this.list = Array.isArray(endpoints) ? { active: endpoints as readonly E[], generation: 0 } : endpoints as EndpointList<E>
+    this.panic = opts.panic ?? true
+    this.bound = opts.boundedLoadFactor
+  }
+
+  private get endpoints (): readonly E[] {
+    const l = this.list
+    if (l.generation !== this.seededGeneration) {
+      this.seeds = Uint32Array.from(l.active, (e, i) => hashKey(e.address ?? `#${i}`))
+      this.seededGeneration = l.generation
+      if (this.next >= l.active.length) this.next = 0
+    }
+    return l.active
   }
 
   /**
    * Picks an endpoint with `inflight < capacity`, skipping `exclude`. Ejected endpoints are used only when
-   * every endpoint is ejected ("panic": serving on a maybe-bad endpoint beats refusing everything).
+   * every endpoint is ejected ("panic": serving on a maybe-bad endpoint beats refusing everything), unless
+   * the balancer was built with `panic: false`.
    * 'hash' needs `key` (see hashKey): rendezvous hashing, so a key keeps its endpoint while that endpoint
    * is healthy, and only the keys of an endpoint that goes away move; without a key it is round-robin.
    */
   pick (capacity: number, now: number, exclude?: Exclusion<E>, key?: number): E | undefined {
-    return this.scan(capacity, now, exclude, false, key) ?? this.scan(capacity, now, exclude, true, key)
+    return this.scan(capacity, now, exclude, false, key) ?? (this.panic ? this.scan(capacity, now, exclude, true, key) : undefined)
+  }
+
+  /** Some endpoint (not excluded) accepts new work at `now`: false means the next pick is panic or nothing. */
+  anyAccepts (now: number, exclude?: Exclusion<E>): boolean {
+    return this.endpoints.some((e) => !this.excluded(e, exclude) && e.acceptsAt(now))
   }
 
   private excluded (e: E, exclude: Exclusion<E>): boolean {
@@ -60,27 +105,49 @@ export class Balancer<E extends Balanced> {
   }
 
   private scan (capacity: number, now: number, exclude: Exclusion<E>, panic: boolean, key: number | undefined): E | undefined {
-    const n = this.endpoints.length
-    if (panic && this.endpoints.some((e) => !this.excluded(e, exclude) && e.acceptsAt(now))) return undefined
+    const endpoints = this.endpoints
+    const n = endpoints.length
+    if (n === 0) return undefined
+    if (panic && this.anyAccepts(now, exclude)) return undefined
     const hashing = this.policy === 'hash' && key !== undefined
-    const start = this.next
+    // Bounded load: the ceiling any one endpoint may carry, from the load of the candidates.
+    let ceiling = Infinity
+    if (hashing && this.bound !== undefined) {
+      let load = 0
+      let m = 0
+      for (const e of endpoints) {
+        if (this.excluded(e, exclude) || (!panic && !e.acceptsAt(now))) continue
+        load += e.inflight
+        m++
+      }
+      if (m > 0) ceiling = Math.ceil(this.bound * (load + 1) / m)
+    }
+    const start = this.next % n
     let best: E | undefined
     let bestIdx = 0
     let bestWeight = -1
+    // Hashing with a bound: the best-weighted endpoint over the ceiling, in case every one is over it.
+    let over: E | undefined
+    let overWeight = -1
     for (let i = 0; i < n; i++) {
       const idx = (start + i) % n
-      const e = this.endpoints[idx]!
+      const e = endpoints[idx]!
       if (this.excluded(e, exclude) || e.inflight >= capacity) continue
       if (!panic && !e.acceptsAt(now)) continue
       if (hashing) {
         const w = mix(key ^ this.seeds[idx]!)
+        if (e.inflight >= ceiling) {
+          if (w > overWeight) { over = e; overWeight = w }
+          continue
+        }
         if (w > bestWeight || (w === bestWeight && idx < bestIdx)) { best = e; bestIdx = idx; bestWeight = w }
         continue
       }
       if (this.policy !== 'least-connections') { best = e; bestIdx = idx; break }
       if (best === undefined || e.inflight < best.inflight) { best = e; bestIdx = idx }
     }
-    if (best !== undefined && !hashing) this.next = (bestIdx + 1) % n
+    if (hashing) return best ?? over
+    if (best !== undefined) this.next = (bestIdx + 1) % n
     return best
   }
 }

@@ -2,6 +2,7 @@ import type { Logger } from 'pino'
 import { AffinityPlacement } from '../affinity/placement.js'
 import type { AffinityStore } from '../affinity/store.js'
 import type { MuxUpstreamConfig, WsUpstreamConfig } from '../config/schema.js'
+import type { EndpointSource } from '../discovery/source.js'
 import type { WsUpstream } from '../front/ws-types.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { ResumeTokens } from '../sessions/token.js'
@@ -19,9 +20,9 @@ export interface WsUpstreamDeps {
   readonly tokens?: ResumeTokens
 }
 
-/** Builds the upstream that carries WebSocket sessions for a `ws` or `mux` config entry. */
-export function createWsUpstream (name: string, cfg: WsUpstreamConfig | MuxUpstreamConfig, log: Logger, metrics: Metrics, deps: WsUpstreamDeps): WsUpstream {
+/** Builds the upstream that carries WebSocket sessions for a `ws` or `mux` config entry; its endpoints come from `source`. */
+export function createWsUpstream (name: string, cfg: WsUpstreamConfig | MuxUpstreamConfig, log: Logger, metrics: Metrics, source: EndpointSource, deps: WsUpstreamDeps): WsUpstream {
   const placement = deps.store !== undefined ? new AffinityPlacement(deps.store, deps.gatewayId, deps.ttlMs ?? 600_000) : undefined
-  if (cfg.protocol === 'mux') return new MuxUpstream(name, cfg, log, metrics, { gatewayId: deps.gatewayId, placement, tokens: deps.tokens })
-  return new WsPassthroughUpstream(name, cfg, log, metrics, placement)
+  if (cfg.protocol === 'mux') return new MuxUpstream(name, cfg, log, metrics, source, { gatewayId: deps.gatewayId, placement, tokens: deps.tokens })
+  return new WsPassthroughUpstream(name, cfg, log, metrics, source, placement)
 }

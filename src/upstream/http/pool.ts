@@ -1,20 +1,26 @@
 import { Pool } from 'undici'
 import type { Logger } from 'pino'
 import type { HttpUpstreamConfig } from '../../config/schema.js'
-import { parseEndpoint, type Endpoint } from '../../config/load.js'
+import type { Endpoint } from '../../config/load.js'
+import type { EndpointSource } from '../../discovery/source.js'
 import { FerryError } from '../../errors.js'
 import type { Metrics } from '../../observability/metrics.js'
-import { Balancer, type Balanced } from '../../routing/balancer.js'
-import { PassiveHealth } from '../health.js'
+import { Balancer } from '../../routing/balancer.js'
+import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
+import { PassiveHealth, type ActiveHealth } from '../health.js'
+import { httpProbe } from '../probes.js'
 
 /**
  * One backend endpoint: its undici Pool (capped at `maxConnections` sockets, pipelining 1) and the
  * bookkeeping the balancer reads. `inflight` is counted here, not by undici, so the wait queue is
  * ours: undici's own queue never holds a request (we only dispatch when inflight < maxConnections).
  */
-export class HttpEndpoint implements Balanced {
+export class HttpEndpoint implements SetMember {
   inflight = 0
   readonly pool: Pool
+  checked: ActiveHealth | undefined
+  /** The pool's close, once the endpoint was removed from the set (in-flight requests finish first). */
+  closing: Promise<void> | undefined
 
   constructor (readonly upstream: string, readonly endpoint: Endpoint, cfg: HttpUpstreamConfig, readonly passive: PassiveHealth) {
     this.pool = new Pool(endpoint.origin, {
@@ -34,7 +40,7 @@ export class HttpEndpoint implements Balanced {
   }
 
   acceptsAt (now: number): boolean {
-    return this.passive.acceptsAt(now)
+    return healthyAt(this, now)
   }
 
   get connected (): number {
@@ -63,7 +69,8 @@ export type SlotOutcome = 'ok' | 'failed' | 'neutral'
  * One timer serves the whole queue: entries share one timeout, so the head always expires first.
  */
 export class HttpUpstream {
-  readonly endpoints: HttpEndpoint[]
+  /** The endpoints, following the upstream's source (added ones take requests, removed ones drain). */
+  readonly set: EndpointSet<HttpEndpoint>
   private readonly balancer: Balancer<HttpEndpoint>
   private queue: QueueEntry[] = []
   private head = 0
@@ -76,12 +83,26 @@ export class HttpUpstream {
     readonly cfg: HttpUpstreamConfig,
     private readonly log: Logger,
     private readonly metrics: Metrics,
+    source: EndpointSource,
   ) {
-    this.endpoints = cfg.endpoints.map((e) => {
-      const endpoint = parseEndpoint(e)
-      return new HttpEndpoint(name, endpoint, cfg, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics))
-    })
-    this.balancer = new Balancer(this.endpoints, cfg.balance)
+    this.set = new EndpointSet<HttpEndpoint>(name, source, {
+      create: (endpoint) => new HttpEndpoint(name, endpoint, cfg, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics)),
+      retire: (e) => { e.closing ??= e.pool.close().catch(() => {}) },
+      idle: (e) => e.inflight === 0,
+      close: async (e, kind) => {
+        if (kind === 'abort') await e.pool.destroy().catch(() => {})
+        else await (e.closing ??= e.pool.close().catch(() => {}))
+      },
+      probe: async (e, timeoutMs) => { await httpProbe(e.endpoint, cfg.healthCheck!.http, timeoutMs) },
+      // A new or recovered endpoint takes queued requests at once.
+      changed: () => { if (!this.closed) this.drainQueue() },
+    }, cfg.healthCheck, log, metrics)
+    this.balancer = new Balancer(this.set, cfg.balance, { panic: cfg.whenAllUnhealthy === 'panic' })
+  }
+
+  /** Active endpoints (in the set now); draining ones are in `set.all()`. */
+  get endpoints (): readonly HttpEndpoint[] {
+    return this.set.active
   }
 
   get queueDepth (): number {
@@ -95,6 +116,13 @@ export class HttpUpstream {
       return undefined
     }
     const now = Date.now()
+    if (this.set.size === 0 || (this.cfg.whenAllUnhealthy === 'fail' && !this.set.anyHealthy(now))) {
+      this.metrics.noHealthyEndpoint.labels(this.name).inc()
+      waiter.onNoSlot(new FerryError('FERRY_ERR_NO_HEALTHY_ENDPOINT', this.set.size === 0
+        ? `upstream ${this.name} has no endpoints (its ${this.set.source.kind} source found none)`
+        : `no endpoint of upstream ${this.name} is healthy (whenAllUnhealthy: fail)`))
+      return undefined
+    }
     const ep = this.queued === 0 ? this.balancer.pick(this.cfg.pool.maxConnections, now, exclude) : undefined
     if (ep !== undefined) {
       ep.inflight++
@@ -184,7 +212,6 @@ export class HttpUpstream {
   }
 
   status (): object {
-    const now = Date.now()
     return {
       name: this.name,
       protocol: 'http',
@@ -192,12 +219,9 @@ export class HttpUpstream {
       maxConnectionsPerEndpoint: this.cfg.pool.maxConnections,
       queued: this.queued,
       queueLimit: this.cfg.pool.queueLimit,
-      endpoints: this.endpoints.map((ep) => ({
-        address: ep.address,
-        ...ep.passive.status(now),
-        inflight: ep.inflight,
-        connected: ep.connected,
-      })),
+      whenAllUnhealthy: this.cfg.whenAllUnhealthy,
+      source: this.set.sourceStatus(),
+      endpoints: this.set.status((ep) => ({ inflight: ep.inflight, connected: ep.connected })),
     }
   }
 
@@ -212,8 +236,6 @@ export class HttpUpstream {
       this.shift()
       w.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name} is shutting down`))
     }
-    await Promise.all(this.endpoints.map(async (ep) => {
-      await (kind === 'flush' ? ep.pool.close() : ep.pool.destroy()).catch(() => {})
-    }))
+    await this.set.close(kind)
   }
 }

@@ -1,13 +1,15 @@
 import type { Logger } from 'pino'
 import type { Counter } from 'prom-client'
-import { parseEndpoint, type Endpoint } from '../../config/load.js'
+import type { Endpoint } from '../../config/load.js'
 import type { MuxUpstreamConfig } from '../../config/schema.js'
+import type { EndpointSource } from '../../discovery/source.js'
 import { FerryError } from '../../errors.js'
 import { type ClientSink, type TopicPublisher, type UpstreamLeg, type WsHandshake, type WsUpstream } from '../../front/ws-types.js'
 import type { ConnectionEnd } from '../../mux/connection.js'
 import type { Metrics } from '../../observability/metrics.js'
-import { Balancer, hashKey, type Balanced } from '../../routing/balancer.js'
-import { PassiveHealth } from '../health.js'
+import { Balancer, hashKey } from '../../routing/balancer.js'
+import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
+import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { LinkSlot, type LinkOwner } from './link.js'
 import { FERRY_TOPIC_SUFFIX, MuxLeg, ResumableLeg } from './legs.js'
 import type { AffinityPlacement } from '../../affinity/placement.js'
@@ -20,9 +22,10 @@ import type { Histogram } from 'prom-client'
  * sessions it carries (a backend's PUBLISH reaches only the clients it subscribed itself, and each link
  * narrows the scope to its own sessions: see LinkSlot.topicPrefix).
  */
-class MuxEndpoint implements Balanced, LinkOwner {
+class MuxEndpoint implements SetMember, LinkOwner {
   readonly slots: LinkSlot[]
   readonly passive: PassiveHealth
+  checked: ActiveHealth | undefined
   readonly topicPrefix: string
   private readonly events: Record<'connected' | 'connect_failed' | 'lost' | 'goaway', Counter.Internal>
 
@@ -51,7 +54,19 @@ class MuxEndpoint implements Balanced, LinkOwner {
   }
 
   acceptsAt (now: number): boolean {
-    return this.passive.acceptsAt(now) && this.readyLink() !== undefined
+    return healthyAt(this, now) && this.readyLink() !== undefined
+  }
+
+  /** Health check: a PING on the ready link with the fewest streams, answered by PONG. */
+  async probe (): Promise<void> {
+    const slot = this.readyLink()
+    if (slot?.conn === undefined) throw new Error('no ready link')
+    await slot.conn.ping()
+  }
+
+  /** Every link slot has stopped (after a retire: GOAWAY sent, last stream gone). */
+  get stopped (): boolean {
+    return this.slots.every((s) => s.state === 'stopped')
   }
 
   /** The ready link with the fewest streams whose socket is not backed up. */
@@ -120,7 +135,8 @@ export interface MuxUpstreamDeps {
  */
 export class MuxUpstream implements WsUpstream {
   readonly mode = 'mux'
-  readonly endpoints: MuxEndpoint[]
+  /** The endpoints, following the upstream's source: a removed one's links GOAWAY and close after their last stream. */
+  readonly set: EndpointSet<MuxEndpoint>
   private readonly balancer: Balancer<MuxEndpoint>
   /** Rendezvous hashing of a session's affinity key: every pod picks the same endpoint for a key. */
   private readonly byKey: Balancer<MuxEndpoint>
@@ -134,25 +150,41 @@ export class MuxUpstream implements WsUpstream {
   private readonly resumeOutcomes = new Map<string, Counter.Internal>()
   private readonly resumeLatency: Histogram.Internal<'upstream'>
   private readonly replayed: { toClient: Counter.Internal, toUpstream: Counter.Internal }
-  private readonly byAddress = new Map<string, MuxEndpoint>()
   readonly gatewayId: string
   private readonly placement: AffinityPlacement | undefined
   private readonly tokens: ResumeTokens | undefined
 
-  constructor (readonly name: string, readonly cfg: MuxUpstreamConfig, readonly log: Logger, readonly metrics: Metrics, deps: MuxUpstreamDeps) {
+  constructor (readonly name: string, readonly cfg: MuxUpstreamConfig, readonly log: Logger, readonly metrics: Metrics, source: EndpointSource, deps: MuxUpstreamDeps) {
     this.gatewayId = deps.gatewayId
     this.placement = deps.placement
     this.tokens = deps.tokens
-    this.endpoints = cfg.endpoints.map((e) => new MuxEndpoint(this, parseEndpoint(e)))
-    for (const ep of this.endpoints) this.byAddress.set(ep.address, ep)
     this.resumeLatency = metrics.resumeSeconds.labels(name)
     this.replayed = { toClient: metrics.resumeReplayed.labels(name, 'to_client'), toUpstream: metrics.resumeReplayed.labels(name, 'to_upstream') }
-    this.balancer = new Balancer(this.endpoints, cfg.balance === 'least-streams' ? 'least-connections' : cfg.balance)
-    this.byKey = new Balancer(this.endpoints, 'hash')
     this.published = metrics.muxPublished.labels(name)
     this.fanout = metrics.muxFanout.labels(name)
     this.stalls = { send: metrics.muxCreditStalls.labels(name, 'to_upstream'), receive: metrics.muxCreditStalls.labels(name, 'to_client') }
-    for (const ep of this.endpoints) for (const s of ep.slots) s.start()
+    // Last: the set creates the endpoints of the source's current set at once (their links start connecting).
+    this.set = new EndpointSet<MuxEndpoint>(name, source, {
+      create: (endpoint) => {
+        const ep = new MuxEndpoint(this, endpoint)
+        for (const s of ep.slots) s.start()
+        return ep
+      },
+      // Reload's retire, per endpoint: GOAWAY on each link, closed once its last stream ends, no reconnect.
+      retire: (ep) => { for (const s of ep.slots) s.retire() },
+      idle: (ep) => ep.stopped,
+      close: async (ep) => { for (const s of ep.slots) s.stop() },
+      probe: async (ep) => { await ep.probe() },
+      changed: () => { this.wake() },
+    }, cfg.healthCheck, log, metrics)
+    const panic = cfg.whenAllUnhealthy === 'panic'
+    this.balancer = new Balancer(this.set, cfg.balance === 'least-streams' ? 'least-connections' : cfg.balance, { panic, boundedLoadFactor: cfg.boundedLoadFactor })
+    this.byKey = new Balancer(this.set, 'hash', { panic, boundedLoadFactor: cfg.boundedLoadFactor })
+  }
+
+  /** Active endpoints (in the set now). */
+  get endpoints (): readonly MuxEndpoint[] {
+    return this.set.active
   }
 
   bindPublisher (p: TopicPublisher): void {
@@ -200,6 +232,12 @@ export class MuxUpstream implements WsUpstream {
   async open (hs: WsHandshake, sink: ClientSink): Promise<UpstreamLeg> {
     if (this.closed) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'upstream is closing')
     const started = Date.now()
+    if (this.set.size === 0 || (this.cfg.whenAllUnhealthy === 'fail' && !this.set.anyHealthy(started))) {
+      this.metrics.noHealthyEndpoint.labels(this.name).inc()
+      throw new FerryError('FERRY_ERR_NO_HEALTHY_ENDPOINT', this.set.size === 0
+        ? `upstream ${this.name} has no endpoints (its ${this.set.source.kind} source found none)`
+        : `no endpoint of upstream ${this.name} is healthy (whenAllUnhealthy: fail)`)
+    }
     // A ferry/client client: resumable if a link's backend resumes. Its token, when it offers one, must be ours.
     const ferry = hs.ferry !== undefined && this.tokens !== undefined
     const offer = ferry ? hs.ferry!.resume : undefined
@@ -217,7 +255,7 @@ export class MuxUpstream implements WsUpstream {
     // A fresh ferry/client session's key is its new session id: nothing can be recorded for it yet.
     const lookup = claims !== undefined || hs.affinityKey !== undefined
     const known = lookup && this.placement !== undefined ? await this.placement.recorded(placementKey!) : undefined
-    const recorded = known !== undefined ? this.byAddress.get(known) : undefined
+    const recorded = known !== undefined ? this.set.get(known) : undefined
     const keyed = placementKey !== undefined
     const hashed = keyed ? hashKey(placementKey) : this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
     const balancer = keyed ? this.byKey : this.balancer
@@ -229,11 +267,15 @@ export class MuxUpstream implements WsUpstream {
       // unless the endpoint is ejected; others take any endpoint with a ready link.
       const home = recorded ?? (claims !== undefined ? balancer.pick(Infinity, now, undefined, hashed) : undefined)
       let owner: MuxEndpoint | undefined
-      if (home !== undefined && home.passive.acceptsAt(now)) owner = home.readyLink() !== undefined ? home : undefined
+      // A recorded home that left the set (or is not healthy) is not waited for.
+      if (home !== undefined && this.set.get(home.address) === home && healthyAt(home, now)) owner = home.readyLink() !== undefined ? home : undefined
       else {
         const picked = balancer.pick(Infinity, now, undefined, hashed)
         // Panic (the balancer fell back to an endpoint without a ready link): any endpoint that has one.
-        owner = picked?.acceptsAt(now) === true ? picked : this.endpoints.find((e) => e.readyLink() !== undefined)
+        // (whenAllUnhealthy: fail: the balancer picks only healthy endpoints with a ready link, or none.)
+        owner = picked?.acceptsAt(now) === true
+          ? picked
+          : this.cfg.whenAllUnhealthy === 'panic' ? this.set.active.find((e) => e.readyLink() !== undefined) : undefined
       }
       const slot = owner?.readyLink()
       if (owner !== undefined && slot?.conn !== undefined) {
@@ -316,10 +358,7 @@ export class MuxUpstream implements WsUpstream {
     if (this.closed) return
     this.closed = true
     this.wake()
-    for (const ep of this.endpoints) for (const s of ep.slots) s.retire()
-    while (this.endpoints.some((ep) => ep.slots.some((s) => s.state !== 'stopped'))) {
-      await new Promise((resolve) => setTimeout(resolve, 500))
-    }
+    await this.set.retireAll()
     this.placement?.stop()
   }
 
@@ -328,13 +367,14 @@ export class MuxUpstream implements WsUpstream {
     this.closed = true
     this.placement?.stop()
     this.wake()
-    for (const ep of this.endpoints) for (const s of ep.slots) s.stop()
+    await this.set.close('abort')
   }
 
   collect (): void {
     const m = this.metrics
     let links = 0
-    for (const ep of this.endpoints) {
+    this.set.collect()
+    for (const ep of this.set.all()) {
       const byState: Record<string, number> = { connecting: 0, ready: 0, draining: 0, backoff: 0 }
       for (const s of ep.slots) {
         byState[s.state] = (byState[s.state] ?? 0) + 1
@@ -347,14 +387,13 @@ export class MuxUpstream implements WsUpstream {
   }
 
   status (): object {
-    const now = Date.now()
     return {
       name: this.name,
       protocol: 'mux',
       balance: this.cfg.balance,
-      endpoints: this.endpoints.map((ep) => ({
-        address: ep.address,
-        ...ep.passive.status(now),
+      whenAllUnhealthy: this.cfg.whenAllUnhealthy,
+      source: this.set.sourceStatus(),
+      endpoints: this.set.status((ep) => ({
         streams: ep.inflight,
         links: ep.slots.map((s) => s.status()),
       })),

@@ -1,19 +1,23 @@
 import { connect as netConnect, type Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { Counter } from 'prom-client'
-import { parseEndpoint, type Endpoint } from '../../config/load.js'
+import type { Endpoint } from '../../config/load.js'
 import type { TcpUpstreamConfig } from '../../config/schema.js'
+import type { EndpointSource } from '../../discovery/source.js'
 import { FerryError, type FerryErrorCode } from '../../errors.js'
 import type { Metrics } from '../../observability/metrics.js'
-import { Balancer, type Balanced } from '../../routing/balancer.js'
-import { PassiveHealth } from '../health.js'
+import { Balancer } from '../../routing/balancer.js'
+import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
+import { PassiveHealth, type ActiveHealth } from '../health.js'
+import { tcpProbe } from '../probes.js'
 
 /**
  * One backend endpoint of a TCP upstream and the bookkeeping the balancer reads. `inflight` counts
  * connections that are connecting or open (what least-connections balances); `connected` only open ones.
  */
-export class TcpEndpoint implements Balanced {
+export class TcpEndpoint implements SetMember {
   inflight = 0
+  checked: ActiveHealth | undefined
   connected = 0
   connectFailures = 0
   readonly failedConnect: Counter.Internal
@@ -29,7 +33,7 @@ export class TcpEndpoint implements Balanced {
   }
 
   acceptsAt (now: number): boolean {
-    return this.passive.acceptsAt(now)
+    return healthyAt(this, now)
   }
 }
 
@@ -103,10 +107,11 @@ export class ConnectAttempt {
   private next (): void {
     const now = Date.now()
     const remaining = this.deadline - now
-    const ep = remaining > 0 ? this.upstream.pick(now, this.tried, this.key) : undefined
+    const refusal = this.tried.size === 0 ? this.upstream.refusal(now) : undefined
+    const ep = remaining > 0 && refusal === undefined ? this.upstream.pick(now, this.tried, this.key) : undefined
     if (ep === undefined) {
       this.state = 'failed'
-      const err = this.lastError ?? new FerryError('FERRY_ERR_UPSTREAM_CONNECT', `upstream ${this.upstream.name}: no endpoint could be tried within connectBudgetMs ${this.upstream.cfg.timeouts.connectBudgetMs}`)
+      const err = refusal ?? this.lastError ?? new FerryError('FERRY_ERR_UPSTREAM_CONNECT', `upstream ${this.upstream.name}: no endpoint could be tried within connectBudgetMs ${this.upstream.cfg.timeouts.connectBudgetMs}`)
       this.owner.onUpstreamFailed(err)
       return
     }
@@ -163,7 +168,8 @@ function noop (): void {}
  * There is no pool and no queue: each client connection gets its own backend connection.
  */
 export class TcpUpstream {
-  readonly endpoints: TcpEndpoint[]
+  /** The endpoints, following the upstream's source (removed ones take no new connections; open ones continue). */
+  readonly set: EndpointSet<TcpEndpoint>
   private readonly balancer: Balancer<TcpEndpoint>
   private closed = false
 
@@ -172,12 +178,31 @@ export class TcpUpstream {
     readonly cfg: TcpUpstreamConfig,
     private readonly log: Logger,
     private readonly metrics: Metrics,
+    source: EndpointSource,
   ) {
-    this.endpoints = cfg.endpoints.map((e) => {
-      const endpoint = parseEndpoint(e)
-      return new TcpEndpoint(name, endpoint, metrics, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics))
-    })
-    this.balancer = new Balancer(this.endpoints, cfg.balance)
+    this.set = new EndpointSet<TcpEndpoint>(name, source, {
+      create: (endpoint) => new TcpEndpoint(name, endpoint, metrics, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics)),
+      // Connections belong to the listeners: a removed endpoint's go on until they end.
+      retire: () => {},
+      idle: (e) => e.inflight === 0,
+      close: async () => {},
+      probe: async (e, timeoutMs) => { await tcpProbe(e.endpoint, timeoutMs) },
+    }, cfg.healthCheck, log, metrics)
+    this.balancer = new Balancer(this.set, cfg.balance, { panic: cfg.whenAllUnhealthy === 'panic', boundedLoadFactor: cfg.boundedLoadFactor })
+  }
+
+  /** Active endpoints (in the set now). */
+  get endpoints (): readonly TcpEndpoint[] {
+    return this.set.active
+  }
+
+  /** Why a new connection is refused at once (no endpoints; none healthy with whenAllUnhealthy: fail), else undefined. */
+  refusal (now: number): FerryError | undefined {
+    if (this.set.size > 0 && (this.cfg.whenAllUnhealthy === 'panic' || this.set.anyHealthy(now))) return undefined
+    this.metrics.noHealthyEndpoint.labels(this.name).inc()
+    return new FerryError('FERRY_ERR_NO_HEALTHY_ENDPOINT', this.set.size === 0
+      ? `upstream ${this.name} has no endpoints (its ${this.set.source.kind} source found none)`
+      : `no endpoint of upstream ${this.name} is healthy (whenAllUnhealthy: fail)`)
   }
 
   /** Starts getting a backend connection for `owner`; `key` is the client's hashKey for the 'hash' policy. */
@@ -196,7 +221,7 @@ export class TcpUpstream {
   /** Number of open backend connections (the `ferry_connections{side="upstream",kind="tcp"}` gauge). */
   get connectedCount (): number {
     let n = 0
-    for (const ep of this.endpoints) n += ep.connected
+    for (const ep of this.set.all()) n += ep.connected
     return n
   }
 
@@ -227,14 +252,13 @@ export class TcpUpstream {
   }
 
   status (): object {
-    const now = Date.now()
     return {
       name: this.name,
       protocol: 'tcp',
       balance: this.cfg.balance,
-      endpoints: this.endpoints.map((ep) => ({
-        address: ep.address,
-        ...ep.passive.status(now),
+      whenAllUnhealthy: this.cfg.whenAllUnhealthy,
+      source: this.set.sourceStatus(),
+      endpoints: this.set.status((ep) => ({
         connecting: ep.inflight - ep.connected,
         connected: ep.connected,
         connectFailures: ep.connectFailures,
@@ -246,7 +270,12 @@ export class TcpUpstream {
    * No new connections after this. Open connections belong to the listeners, which close them (in
    * their own `close`); there is nothing pooled here to flush, so both kinds do the same.
    */
-  close (_kind: 'flush' | 'abort'): void {
+  close (kind: 'flush' | 'abort'): void {
     this.closed = true
+    void this.set.close(kind)
+  }
+
+  collect (): void {
+    this.set.collect()
   }
 }

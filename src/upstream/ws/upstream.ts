@@ -2,14 +2,17 @@ import type { IncomingMessage } from 'node:http'
 import type { Logger } from 'pino'
 import type { Counter, Gauge } from 'prom-client'
 import WebSocket from 'ws'
-import { parseEndpoint, type Endpoint } from '../../config/load.js'
+import type { Endpoint } from '../../config/load.js'
 import type { WsUpstreamConfig } from '../../config/schema.js'
+import type { EndpointSource } from '../../discovery/source.js'
 import { FerryError, type FerryErrorCode } from '../../errors.js'
 import { closeReason, sendableCloseCode, type ClientSink, type UpstreamLeg, type WsHandshake, type WsUpstream } from '../../front/ws-types.js'
 import type { Metrics } from '../../observability/metrics.js'
-import { Balancer, hashKey, type Balanced } from '../../routing/balancer.js'
+import { Balancer, hashKey } from '../../routing/balancer.js'
 import type { AffinityPlacement } from '../../affinity/placement.js'
-import { PassiveHealth } from '../health.js'
+import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
+import { PassiveHealth, type ActiveHealth } from '../health.js'
+import { httpProbe, tcpProbe } from '../probes.js'
 
 /** How long a backend gets to answer our close frame before its socket is cut. */
 const CLOSE_GRACE_MS = 2000
@@ -37,7 +40,8 @@ function noop (): void {}
  * One backend endpoint of a passthrough upstream. `inflight` (what least-connections balances) counts
  * handshakes in progress plus backend sockets not yet closed; `sessions` only those relaying a session.
  */
-class WsEndpoint implements Balanced {
+class WsEndpoint implements SetMember {
+  checked: ActiveHealth | undefined
   handshaking = 0
   sockets = 0
   sessions = 0
@@ -55,7 +59,7 @@ class WsEndpoint implements Balanced {
   }
 
   acceptsAt (now: number): boolean {
-    return this.passive.acceptsAt(now)
+    return healthyAt(this, now)
   }
 
   /** Rate-limited log of a backend's non-101 answer: the line says how many were not logged since the last. */
@@ -209,7 +213,8 @@ type UpstreamState = 'open' | 'closing' | 'closed'
  */
 export class WsPassthroughUpstream implements WsUpstream {
   readonly mode = 'ws'
-  private readonly endpoints: WsEndpoint[]
+  /** The endpoints, following the upstream's source (a removed one takes no new sessions; open ones continue). */
+  private readonly set: EndpointSet<WsEndpoint>
   private readonly balancer: Balancer<WsEndpoint>
   /** Rendezvous hashing of a session's affinity key: every pod picks the same endpoint for a key. */
   private readonly byKey: Balancer<WsEndpoint>
@@ -221,13 +226,22 @@ export class WsPassthroughUpstream implements WsUpstream {
   private readonly connections: Gauge.Internal<string>
   private readonly retries: Counter.Internal
 
-  constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, metrics: Metrics, private readonly placement?: AffinityPlacement) {
-    this.endpoints = cfg.endpoints.map((e) => {
-      const ep = parseEndpoint(e.replace(/^ws:\/\//, ''))
-      return new WsEndpoint(ep, new PassiveHealth(name, ep.address, cfg.ejection, log, metrics))
-    })
-    this.balancer = new Balancer(this.endpoints, cfg.balance)
-    this.byKey = new Balancer(this.endpoints, 'hash')
+  constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, private readonly metrics: Metrics, source: EndpointSource, private readonly placement?: AffinityPlacement) {
+    const check = cfg.healthCheck
+    this.set = new EndpointSet<WsEndpoint>(name, source, {
+      create: (ep) => new WsEndpoint(ep, new PassiveHealth(name, ep.address, cfg.ejection, log, metrics)),
+      // Sessions on a removed endpoint continue until they end.
+      retire: () => {},
+      idle: (e) => e.inflight === 0,
+      close: async () => {},
+      probe: async (e, timeoutMs) => {
+        if (check?.http !== undefined) await httpProbe(e.endpoint, check.http, timeoutMs)
+        else await tcpProbe(e.endpoint, timeoutMs)
+      },
+    }, check, log, metrics)
+    const panic = cfg.whenAllUnhealthy === 'panic'
+    this.balancer = new Balancer(this.set, cfg.balance, { panic, boundedLoadFactor: cfg.boundedLoadFactor })
+    this.byKey = new Balancer(this.set, 'hash', { panic, boundedLoadFactor: cfg.boundedLoadFactor })
     this.connections = metrics.upstreamConnections.labels('upstream', 'ws', name)
     this.retries = metrics.upstreamRetries.labels(name)
   }
@@ -248,7 +262,13 @@ export class WsPassthroughUpstream implements WsUpstream {
     const deadline = Date.now() + this.cfg.timeouts.connectMs
     // The key's recorded endpoint (affinity store) goes first while it is healthy.
     const known = affine && this.placement !== undefined ? await this.placement.recorded(hs.affinityKey!) : undefined
-    const home = known !== undefined ? this.endpoints.find((e) => e.endpoint.address === known) : undefined
+    const home = known !== undefined ? this.set.get(known) : undefined
+    if (this.set.size === 0 || (this.cfg.whenAllUnhealthy === 'fail' && !this.set.anyHealthy(Date.now()))) {
+      this.metrics.noHealthyEndpoint.labels(this.name).inc()
+      throw new FerryError('FERRY_ERR_NO_HEALTHY_ENDPOINT', this.set.size === 0
+        ? `upstream ${this.name} has no endpoints (its ${this.set.source.kind} source found none)`
+        : `no endpoint of upstream ${this.name} is healthy (whenAllUnhealthy: fail)`)
+    }
     const tried = new Set<WsEndpoint>()
     let lastError: FerryError | undefined
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
@@ -259,7 +279,7 @@ export class WsPassthroughUpstream implements WsUpstream {
       if (ep === undefined) break
       tried.add(ep)
       if (attempt > 0) this.retries.inc()
-      const failoverLeft = attempt + 1 < MAX_ATTEMPTS && tried.size < this.endpoints.length
+      const failoverLeft = attempt + 1 < MAX_ATTEMPTS && tried.size < this.set.size
       try {
         const leg = await this.handshake(ep, target, headers, hs, sink, failoverLeft ? Math.ceil(left / 2) : left)
         if (affine && this.placement !== undefined) {
@@ -394,6 +414,7 @@ export class WsPassthroughUpstream implements WsUpstream {
     // Handshakes under way complete; open sessions continue until they end.
     while (!await this.idle(60_000)) { /* still in use */ }
     this.placement?.stop()
+    await this.set.close('flush')
     this.state = 'closed'
   }
 
@@ -412,25 +433,26 @@ export class WsPassthroughUpstream implements WsUpstream {
     for (const leg of [...this.legs]) leg.abort()
     // Every leg is closing now, each cut after CLOSE_GRACE_MS at most.
     await this.idle(2 * CLOSE_GRACE_MS)
+    await this.set.close(kind)
     this.state = 'closed'
   }
 
   collect (): void {
     let sockets = 0
-    for (const ep of this.endpoints) sockets += ep.sockets
+    for (const ep of this.set.all()) sockets += ep.sockets
     this.connections.set(sockets)
+    this.set.collect()
   }
 
   status (): object {
-    const now = Date.now()
     return {
       name: this.name,
       protocol: 'ws',
       balance: this.cfg.balance,
       state: this.state,
-      endpoints: this.endpoints.map((ep) => ({
-        address: ep.address,
-        ...ep.passive.status(now),
+      whenAllUnhealthy: this.cfg.whenAllUnhealthy,
+      source: this.set.sourceStatus(),
+      endpoints: this.set.status((ep) => ({
         sessions: ep.sessions,
         handshaking: ep.handshaking,
         closing: ep.sockets - ep.sessions,

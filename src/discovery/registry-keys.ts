@@ -1,0 +1,18 @@
+/**
+ * The Redis layout of the endpoint registry, shared by the backend library (which registers) and the
+ * gateway (which watches). For service S under prefix P (default `ferry:reg:`):
+ *   P S :ep: ADDRESS   a string (JSON {address, id, at}) with a TTL, renewed by the backend's heartbeat
+ *   P S :members       a set of the ADDRESSes that registered (entries whose key expired are dead)
+ *   P S                the pub/sub channel: {"event":"up"|"down","address":…} on register/deregister
+ * Any process can register the same way (docs/discovery.md).
+ */
+export interface RegistryKeys {
+  readonly endpoint: (address: string) => string
+  readonly members: string
+  readonly channel: string
+}
+
+export function registryKeys (prefix: string, service: string): RegistryKeys {
+  const base = `${prefix}${service}`
+  return { endpoint: (address) => `${base}:ep:${address}`, members: `${base}:members`, channel: base }
+}

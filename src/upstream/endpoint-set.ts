@@ -1,0 +1,262 @@
+import type { Logger } from 'pino'
+import { parseEndpoint, type Endpoint } from '../config/load.js'
+import type { EndpointSource } from '../discovery/source.js'
+import type { Metrics } from '../observability/metrics.js'
+import type { Balanced, EndpointList } from '../routing/balancer.js'
+import { ActiveHealth, type PassiveHealth } from './health.js'
+
+/** Active health checks of an upstream (config `healthCheck`). */
+export interface HealthCheckConfig {
+  readonly intervalMs: number
+  readonly timeoutMs: number
+  readonly healthyThreshold: number
+  readonly unhealthyThreshold: number
+  readonly http?: { readonly path: string, readonly expectStatus: readonly number[] } | undefined
+}
+
+/** What the set needs of an endpoint of any upstream kind. */
+export interface SetMember extends Balanced {
+  readonly address: string
+  readonly endpoint: Endpoint
+  readonly passive: PassiveHealth
+  /** Set by the EndpointSet when the upstream has active health checks. */
+  checked: ActiveHealth | undefined
+}
+
+/** Healthy by both passive ejection and active checks (a member still `starting` its checks is not). */
+export function healthyAt (e: SetMember, now: number): boolean {
+  return e.passive.acceptsAt(now) && (e.checked === undefined || e.checked.up)
+}
+
+/**
+ * How one upstream kind makes, drains and closes its endpoints: the only code that touches their
+ * pools, links and sockets. The set decides when.
+ */
+export interface MemberKind<E extends SetMember> {
+  create: (endpoint: Endpoint) => E
+  /** Removed from the set: take no new work; what it carries finishes (pool closes after in-flight requests, links GOAWAY). */
+  retire: (e: E) => void
+  /** A retired member carries nothing any more. */
+  idle: (e: E) => boolean
+  /** Releases what the member still holds ('flush': after what is in flight; 'abort': now). */
+  close: (e: E, kind: 'flush' | 'abort') => Promise<void>
+  /** One active health check of `e`; resolves when it passed, rejects (with the reason) when not. */
+  probe: (e: E, timeoutMs: number) => Promise<void>
+  /** The set changed (new members may take work now: wake waiters). */
+  changed?: () => void
+}
+
+/** active: in the source's set; draining: removed from it, finishing its work; closed: released. */
+export type MemberState = 'active' | 'draining' | 'closed'
+
+/** How often draining members are looked at (a coarse timer: draining takes as long as sessions last). */
+const DRAIN_CHECK_MS = 250
+
+/**
+ * The endpoints of one upstream, following its source: added addresses become members (and take work
+ * once healthy), removed ones are retired and drain, then are closed. Runs the active health checks
+ * (one interval timer for the set). The balancers of the upstream read `active` through EndpointList;
+ * `generation` changes with every new `active` array (never mutated in place).
+ */
+export class EndpointSet<E extends SetMember> implements EndpointList<E> {
+  active: readonly E[] = []
+  generation = 0
+  private readonly draining = new Set<E>()
+  private readonly byAddr = new Map<string, E>()
+  private unsubscribe: (() => void) | undefined
+  private checkTimer: NodeJS.Timeout | undefined
+  private drainTimer: NodeJS.Timeout | undefined
+  private readonly probing = new Set<E>()
+  private state: 'open' | 'retiring' | 'closed' = 'open'
+  private idleWaiters: Array<() => void> = []
+
+  constructor (
+    readonly upstream: string,
+    readonly source: EndpointSource,
+    private readonly kind: MemberKind<E>,
+    private readonly healthCheck: HealthCheckConfig | undefined,
+    private readonly log: Logger,
+    private readonly metrics: Metrics,
+  ) {
+    this.unsubscribe = source.subscribe((addresses) => { this.apply(addresses) })
+    if (healthCheck !== undefined) {
+      this.checkTimer = setInterval(() => { this.checkAll() }, healthCheck.intervalMs)
+      this.checkTimer.unref()
+    }
+  }
+
+  get size (): number {
+    return this.active.length
+  }
+
+  /** The active member at `address` (`host:port`), if any. */
+  get (address: string): E | undefined {
+    return this.byAddr.get(address)
+  }
+
+  /** Some active member is healthy at `now` (false: no members, or every one ejected or failing checks). */
+  anyHealthy (now: number): boolean {
+    return this.active.some((e) => healthyAt(e, now))
+  }
+
+  /** Every member, active and draining (for totals and close). */
+  all (): E[] {
+    return [...this.active, ...this.draining]
+  }
+
+  private apply (addresses: readonly string[]): void {
+    if (this.state !== 'open') return
+    const next = new Set(addresses)
+    const added: E[] = []
+    const removed: E[] = []
+    for (const a of next) {
+      if (this.byAddr.has(a)) continue
+      let endpoint: Endpoint
+      try {
+        endpoint = parseEndpoint(a)
+      } catch {
+        this.log.warn({ upstream: this.upstream, endpoint: a }, 'source gave an address that is not host:port; ignored')
+        continue
+      }
+      const e = this.kind.create(endpoint)
+      if (this.healthCheck !== undefined) e.checked = new ActiveHealth(this.upstream, e.address, this.healthCheck, this.log, this.metrics)
+      this.byAddr.set(e.address, e)
+      added.push(e)
+    }
+    for (const [a, e] of this.byAddr) {
+      if (next.has(a)) continue
+      this.byAddr.delete(a)
+      removed.push(e)
+    }
+    if (added.length === 0 && removed.length === 0) return
+    this.active = [...this.byAddr.values()]
+    this.generation++
+    for (const e of removed) this.retireMember(e)
+    if (added.length > 0) this.metrics.discoveryChanges.labels(this.upstream, 'added').inc(added.length)
+    if (removed.length > 0) this.metrics.discoveryChanges.labels(this.upstream, 'removed').inc(removed.length)
+    if (this.generation > 1 || removed.length > 0) {
+      this.log.info({ upstream: this.upstream, source: this.source.kind, added: added.map((e) => e.address), removed: removed.map((e) => e.address), endpoints: this.active.length }, 'upstream endpoints changed')
+    }
+    for (const e of added) this.check(e)
+    this.kind.changed?.()
+  }
+
+  private retireMember (e: E): void {
+    this.draining.add(e)
+    this.kind.retire(e)
+    if (this.drainTimer === undefined) {
+      this.drainTimer = setInterval(() => { this.reapDrained() }, DRAIN_CHECK_MS)
+      this.drainTimer.unref()
+    }
+    this.reapDrained()
+  }
+
+  private reapDrained (): void {
+    for (const e of [...this.draining]) {
+      if (!this.kind.idle(e)) continue
+      this.draining.delete(e)
+      void this.kind.close(e, 'flush').catch((err: unknown) => { this.log.warn({ err, endpoint: e.address }, 'closing a drained endpoint failed') })
+      // Its series go away with it, unless the address came back meanwhile (a new member owns them).
+      if (!this.byAddr.has(e.address)) {
+        this.metrics.endpointUp.remove(this.upstream, e.address)
+        this.metrics.endpointCheckedUp.remove(this.upstream, e.address)
+      }
+      this.log.info({ upstream: this.upstream, endpoint: e.address }, 'removed endpoint drained')
+    }
+    if (this.draining.size === 0) {
+      if (this.drainTimer !== undefined) clearInterval(this.drainTimer)
+      this.drainTimer = undefined
+      const w = this.idleWaiters
+      this.idleWaiters = []
+      for (const fn of w) fn()
+    }
+  }
+
+  private checkAll (): void {
+    for (const e of this.active) this.check(e)
+  }
+
+  /** One health check of `e`, unless one is still under way (a slow endpoint is not probed twice at once). */
+  private check (e: E): void {
+    const hc = this.healthCheck
+    if (hc === undefined || this.probing.has(e) || this.state === 'closed') return
+    this.probing.add(e)
+    const started = performance.now()
+    let timer: NodeJS.Timeout | undefined
+    const deadline = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => { reject(new Error(`no answer within timeoutMs ${hc.timeoutMs}`)) }, hc.timeoutMs)
+    })
+    void Promise.race([this.kind.probe(e, hc.timeoutMs), deadline]).then(
+      () => undefined,
+      (err: unknown) => err instanceof Error ? err.message : String(err),
+    ).then((error) => {
+      clearTimeout(timer)
+      this.probing.delete(e)
+      if (this.byAddr.get(e.address) !== e) return // removed meanwhile
+      const wasUp = e.checked!.up
+      e.checked!.record(error, Math.round(performance.now() - started))
+      // A passed check ends a passive ejection (Envoy's successful_active_health_check_uneject_host): the
+      // check proved what the ejection waits to find out.
+      if (error === undefined && e.passive.health === 'ejected') e.passive.succeeded('health check passed')
+      if (!wasUp && e.checked!.up) this.kind.changed?.()
+    })
+  }
+
+  /** A reload replaced the upstream: every member drains; resolves once all are idle and closed. */
+  async retireAll (): Promise<void> {
+    if (this.state !== 'open') return
+    this.state = 'retiring'
+    this.stopWatching()
+    const members = this.active
+    this.active = []
+    this.byAddr.clear()
+    this.generation++
+    for (const e of members) this.retireMember(e)
+    if (this.draining.size === 0) return
+    await new Promise<void>((resolve) => { this.idleWaiters.push(resolve) })
+  }
+
+  private stopWatching (): void {
+    this.unsubscribe?.()
+    this.unsubscribe = undefined
+    if (this.checkTimer !== undefined) clearInterval(this.checkTimer)
+    this.checkTimer = undefined
+  }
+
+  /** Closes every member, active and draining. */
+  async close (kind: 'flush' | 'abort'): Promise<void> {
+    if (this.state === 'closed') return
+    this.state = 'closed'
+    this.stopWatching()
+    if (this.drainTimer !== undefined) clearInterval(this.drainTimer)
+    this.drainTimer = undefined
+    const members = this.all()
+    this.draining.clear()
+    await Promise.all(members.map(async (e) => { await this.kind.close(e, kind).catch(() => {}) }))
+    const w = this.idleWaiters
+    this.idleWaiters = []
+    for (const fn of w) fn()
+  }
+
+  collect (): void {
+    this.metrics.upstreamEndpoints.labels(this.upstream, 'active').set(this.active.length)
+    this.metrics.upstreamEndpoints.labels(this.upstream, 'draining').set(this.draining.size)
+  }
+
+  /** /status rows: every member with its state, health and what `detail` adds (connections, links, streams). */
+  status (detail: (e: E) => object): object[] {
+    const now = Date.now()
+    const row = (e: E, state: MemberState): object => ({
+      address: e.address,
+      state,
+      ...e.passive.status(now),
+      ...(e.checked !== undefined ? e.checked.status() : {}),
+      ...detail(e),
+    })
+    return [...this.active.map((e) => row(e, 'active')), ...[...this.draining].map((e) => row(e, 'draining'))]
+  }
+
+  sourceStatus (): object {
+    return this.source.status()
+  }
+}
