@@ -98,6 +98,9 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     this.ctx.lifecycle.inFlight++
     if (this.req.chunked || (this.req.contentLength ?? 0) > 0) {
       this.body = new Readable({ highWaterMark: BODY_HIGH_WATER, read: () => this.resumeClient() })
+      // The body is destroyed with an error when the client goes away; until undici has taken the body
+      // (a queued request) nobody else listens, and an unhandled 'error' would end the process.
+      this.body.on('error', noop)
       this.res.onData((chunk, isLast) => this.onClientData(chunk, isLast))
     }
     this.queueEntry = this.ctx.upstream.acquire(this)
@@ -411,6 +414,8 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     }
   }
 }
+
+function noop (): void {}
 
 /** Errors after which an idempotent, body-less request may go to another endpoint. */
 const RETRYABLE = new Set<FerryErrorCode>(['FERRY_ERR_UPSTREAM_CONNECT', 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', 'FERRY_ERR_UPSTREAM_RESET'])
