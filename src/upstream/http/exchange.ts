@@ -127,6 +127,9 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     this.ctx.lifecycle.inFlight++
     if (this.req.chunked || (this.req.contentLength ?? 0) > 0) {
       this.body = new Readable({ highWaterMark: BODY_HIGH_WATER, read: () => this.resumeClient() })
+      // The body is destroyed with an error when the client goes away; until undici has taken the body
+      // (a queued or gated request) nobody else listens, and an unhandled 'error' would end the process.
+      this.body.on('error', noop)
       if (verifyBody) this.bodyHash = createHash('sha256')
       this.res.onData((chunk, isLast) => this.onClientData(chunk, isLast))
     }
@@ -483,6 +486,8 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     }
   }
 }
+
+function noop (): void {}
 
 /** Errors after which an idempotent, body-less request may go to another endpoint. */
 const RETRYABLE = new Set<FerryErrorCode>(['FERRY_ERR_UPSTREAM_CONNECT', 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', 'FERRY_ERR_UPSTREAM_RESET'])
