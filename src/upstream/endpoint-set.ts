@@ -176,8 +176,12 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E> {
     for (const e of this.active) this.check(e)
   }
 
-  /** One health check of `e`, unless one is still under way (a slow endpoint is not probed twice at once). */
-  private check (e: E): void {
+  /**
+   * One health check of `e` now, unless one is still under way (a slow endpoint is not probed twice at
+   * once). Also for the upstream kind: a mux endpoint whose first link became ready is checked at once
+   * rather than at the next interval.
+   */
+  check (e: E): void {
     const hc = this.healthCheck
     if (hc === undefined || this.probing.has(e) || this.state === 'closed') return
     this.probing.add(e)

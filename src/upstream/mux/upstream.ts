@@ -83,6 +83,8 @@ class MuxEndpoint implements SetMember, LinkOwner {
     this.events.connected.inc()
     this.passive.succeeded('link connected')
     this.log.info({ endpoint: this.address, link: slot.index }, 'mux link ready')
+    // A health check waiting for a ready link need not wait for the next interval.
+    if (this.checked !== undefined && !this.checked.up) this.upstream.set.check(this)
     this.upstream.wake()
   }
 
