@@ -68,8 +68,8 @@ t.test('admin API: /healthz, /readyz, /status shape, /metrics, unknown path; SIG
   t.same(st.listeners.admin, { host: '127.0.0.1', port: f.adminPort }, '/status listeners.admin is the bound host and port')
   t.same(st.listeners.tcp, [], '/status listeners.tcp is empty (none configured)')
   t.same(st.routes, [
-    { host: 'example.test', path: '/', upstream: 'api', kind: 'http' },
-    { path: '/api', upstream: 'api', kind: 'http' },
+    { host: 'example.test', path: '/', upstream: 'api', kind: 'http', auth: null, rateLimits: [] },
+    { path: '/api', upstream: 'api', kind: 'http', auth: null, rateLimits: [] },
   ], '/status lists both routes in config order, with host only where configured')
   t.equal(st.upstreams.length, 1, '/status lists 1 upstream')
   const u = st.upstreams[0]
