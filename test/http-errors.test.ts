@@ -3,46 +3,9 @@ import { request, type IncomingMessage, type ServerResponse } from 'node:http'
 import { connect } from 'node:net'
 import { startBackend, startRawBackend, deadPort, httpConfig, type Backend } from './helpers/backend.js'
 import { startFerry, metric, adminStatus, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { ferryError, send } from './helpers/http.js'
 
 // ---- local helpers -------------------------------------------------------------------------------
-
-interface Reply {
-  status: number
-  headers: Record<string, string | string[] | undefined>
-  body: string
-  /** `error.code` when the body is a Ferry error document. */
-  code?: string
-  /** `error.requestId` when the body is a Ferry error document. */
-  errorRequestId?: string
-}
-
-/** Parses a Ferry error body `{"error":{"code","message","requestId"}}`; empty object for anything else. */
-function ferryError (body: string): { code?: string, requestId?: string } {
-  try {
-    const e = (JSON.parse(body) as { error?: { code?: string, requestId?: string } }).error
-    return e === undefined ? {} : { code: e.code, requestId: e.requestId }
-  } catch {
-    return {}
-  }
-}
-
-/** One HTTP request on its own connection (no agent: no keep-alive reuse across tests). */
-async function send (f: FerryProcess, path: string, opts: { method?: string, headers?: Record<string, string>, body?: string | Buffer } = {}): Promise<Reply> {
-  return await new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port: f.httpPort, path, method: opts.method ?? 'GET', headers: opts.headers, agent: false }, (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (d: string) => { body += d })
-      res.on('end', () => {
-        const e = ferryError(body)
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, code: e.code, errorRequestId: e.requestId })
-      })
-      res.on('error', reject)
-    })
-    req.on('error', reject)
-    req.end(opts.body)
-  })
-}
 
 interface RawReply {
   /** Everything the front sent before closing (latin1). */

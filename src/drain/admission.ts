@@ -1,5 +1,6 @@
 import type { Counter } from 'prom-client'
 import type { Config } from '../config/load.js'
+import { fullBucket, takeToken, type Bucket } from '../edge/token-bucket.js'
 
 /**
  * Admission control of new WebSocket handshakes: a token bucket of `handshakesPerSec`, `burst` deep.
@@ -7,19 +8,18 @@ import type { Config } from '../config/load.js'
  * can absorb; the rest are told when to come back, jittered so their retries spread out.
  */
 export class Admission {
-  private tokens: number
-  private last = performance.now()
+  private readonly bucket: Bucket
   private readonly refused: { http: Counter.Internal, ws: Counter.Internal }
 
   constructor (private cfg: Config['admission'], refused: Counter<'reply'>) {
-    this.tokens = cfg.burst
+    this.bucket = fullBucket(cfg.burst)
     this.refused = { http: refused.labels('http_503'), ws: refused.labels('ws_1013') }
   }
 
   /** A reload: the new rate and bucket size apply from now on (tokens held so far are kept, up to the new burst). */
   reconfigure (cfg: Config['admission']): void {
     this.cfg = cfg
-    this.tokens = Math.min(this.tokens, cfg.burst)
+    this.bucket.tokens = Math.min(this.bucket.tokens, cfg.burst)
   }
 
   get enabled (): boolean {
@@ -29,12 +29,7 @@ export class Admission {
   /** Takes one handshake's token; false when the bucket is empty (the caller refuses the handshake). */
   take (): boolean {
     if (!this.enabled) return true
-    const now = performance.now()
-    this.tokens = Math.min(this.cfg.burst, this.tokens + (now - this.last) * this.cfg.handshakesPerSec / 1000)
-    this.last = now
-    if (this.tokens < 1) return false
-    this.tokens--
-    return true
+    return takeToken(this.bucket, performance.now(), this.cfg.handshakesPerSec, this.cfg.burst) === 0
   }
 
   /** A refused handshake: counts it and returns the retry hint in ms (retryAfterMs to twice that). */
@@ -44,6 +39,6 @@ export class Admission {
   }
 
   status (): object {
-    return { handshakesPerSec: this.cfg.handshakesPerSec, burst: this.cfg.burst, tokens: this.enabled ? Math.floor(this.tokens) : null }
+    return { handshakesPerSec: this.cfg.handshakesPerSec, burst: this.cfg.burst, tokens: this.enabled ? Math.floor(this.bucket.tokens) : null }
   }
 }

@@ -4,10 +4,10 @@ import { canonicalJson } from '../config/reload.js'
 import { FerryError, isFerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
 import { AuthPolicy, type EdgeRequest, type Principal } from './auth.js'
-import { RateLimitPolicy } from './rate-limit.js'
 import { EdgeRedis } from './redis.js'
 import { readSource } from './source.js'
 
+import { RateLimited, RateLimitPolicy } from './rate-limit.js'
 export { RateLimited } from './rate-limit.js'
 export type { EdgeRequest, Principal } from './auth.js'
 
@@ -210,7 +210,7 @@ function decisionCounter (metrics: Metrics, policy: string): (d: 'allowed' | 'li
 
 /** Why an edge refusal gets which extra response header. */
 export function refusalHeader (err: FerryError, challenge: string | undefined): readonly [string, string] | undefined {
-  if (err.code === 'FERRY_ERR_RATE_LIMITED') return ['retry-after', String(Math.max(1, Math.ceil((err as { retryAfterMs?: number }).retryAfterMs! / 1000)))]
+  if (err instanceof RateLimited) return ['retry-after', String(Math.max(1, Math.ceil(err.retryAfterMs / 1000)))]
   if (err.status === 401 && challenge !== undefined) return ['www-authenticate', err.code === 'FERRY_ERR_AUTH_MISSING' ? challenge : `${challenge}, error="invalid_token"`]
   return undefined
 }

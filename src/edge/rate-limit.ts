@@ -1,6 +1,7 @@
 import type { RateLimitPolicyConfig } from '../config/schema.js'
 import { FerryError } from '../errors.js'
 import { EdgeRedisUnavailable, type EdgeRedis } from './redis.js'
+import { fullBucket, takeToken, type Bucket } from './token-bucket.js'
 
 /** Why a request was let through or not, for ferry_rate_limit_decisions_total. */
 export type RateDecision = 'allowed' | 'limited' | 'fail_open' | 'fail_closed'
@@ -18,27 +19,19 @@ export class RateLimited extends FerryError {
  * key starts again with a full bucket, which errs on letting traffic through.
  */
 export class LocalBuckets {
-  private readonly buckets = new Map<string, { tokens: number, at: number }>()
-  private readonly perMs: number
+  private readonly buckets = new Map<string, Bucket>()
 
-  constructor (private readonly cfg: RateLimitPolicyConfig) {
-    this.perMs = cfg.ratePerSec / 1000
-  }
+  constructor (private readonly cfg: RateLimitPolicyConfig) {}
 
   /** 0: taken; else ms until a token is there. */
   take (key: string, now = performance.now()): number {
     let b = this.buckets.get(key)
     if (b === undefined) {
       if (this.buckets.size >= this.cfg.maxKeys) this.buckets.delete(this.buckets.keys().next().value!)
-      b = { tokens: this.cfg.burst, at: now }
-    } else {
-      this.buckets.delete(key)
-      b.tokens = Math.min(this.cfg.burst, b.tokens + (now - b.at) * this.perMs)
-      b.at = now
-    }
+      b = fullBucket(this.cfg.burst, now)
+    } else this.buckets.delete(key) // re-inserted last: Map order is recency order
     this.buckets.set(key, b)
-    if (b.tokens >= 1) { b.tokens -= 1; return 0 }
-    return Math.ceil((1 - b.tokens) / this.perMs)
+    return takeToken(b, now, this.cfg.ratePerSec, this.cfg.burst)
   }
 
   get size (): number {

@@ -2,6 +2,7 @@ import type { WebSocket } from 'uWebSockets.js'
 import type { Counter, Gauge } from 'prom-client'
 import type { Metrics } from '../observability/metrics.js'
 import { closeReason, type ClientSink, type UpstreamLeg, type WsHandshake } from './ws-types.js'
+import { fullBucket, takeToken, type Bucket } from '../edge/token-bucket.js'
 
 /** Sessions with queued deliveries, flushed once the current read's processing ends (one microtask). */
 const OUTBOX: ClientSession[] = []
@@ -343,9 +344,8 @@ export class ClientSession implements ClientSink, WsSocketOwner {
     this.drained()
   }
 
-  /** websocket.messageRate bucket (undefined until the first message: full). */
-  private rateTokens: number | undefined
-  private rateAt = 0
+  /** websocket.messageRate bucket, made full at the first message. */
+  private rate: Bucket | undefined
 
   fromClient (message: ArrayBuffer, binary: boolean): void {
     const leg = this.leg
@@ -358,15 +358,12 @@ export class ClientSession implements ClientSink, WsSocketOwner {
     }
     const rate = this.hs.settings.messageRate
     if (rate !== undefined) {
-      // Token bucket per session: `burst` deep, refilled at perSec.
       const now = performance.now()
-      this.rateTokens = Math.min(rate.burst, (this.rateTokens ?? rate.burst) + (now - this.rateAt) * rate.perSec / 1000)
-      this.rateAt = now
-      if (this.rateTokens < 1) {
+      this.rate ??= fullBucket(rate.burst, now)
+      if (takeToken(this.rate, now, rate.perSec, rate.burst) > 0) {
         this.closeClient(1008, `more than ${rate.perSec} messages/s`, 'FERRY_ERR_WS_MESSAGE_RATE')
         return
       }
-      this.rateTokens -= 1
     }
     this.counters.msgsUp++
     this.counters.bytesUp += n

@@ -1,0 +1,22 @@
+/** A token bucket's state: `tokens` held at time `at` (performance.now() milliseconds). */
+export interface Bucket {
+  tokens: number
+  at: number
+}
+
+/** A full bucket of `burst` tokens at `now`. */
+export function fullBucket (burst: number, now = performance.now()): Bucket {
+  return { tokens: burst, at: now }
+}
+
+/**
+ * Refills `b` at `perSec` up to `burst` as of `now`, then takes one token. Returns 0 when taken, else
+ * the milliseconds until a token is there (nothing taken). The one token-bucket rule of Ferry:
+ * admission control, local rate limits and per-session message rates all use it.
+ */
+export function takeToken (b: Bucket, now: number, perSec: number, burst: number): number {
+  b.tokens = Math.min(burst, b.tokens + (now - b.at) * perSec / 1000)
+  b.at = now
+  if (b.tokens >= 1) { b.tokens -= 1; return 0 }
+  return Math.ceil((1 - b.tokens) * 1000 / perSec)
+}
