@@ -77,7 +77,7 @@ function valueAt (root: unknown, path: readonly PropertyKey[]): unknown {
 
 const RENAMED: Record<string, string> = {
   maxConns: 'maxConnections', connections: 'maxConnections', timeout: 'timeouts', upstream: 'upstreams', route: 'routes',
-  queueSize: 'queueLimit', lb: 'balance', loadBalancing: 'balance',
+  queueSize: 'queueLimit', lb: 'balance', loadBalancing: 'balance', trustForwardedFor: 'trustedProxies',
 }
 
 /** `"http", "tcp"`: the upstream kinds the schema knows, for the bad-protocol message. */

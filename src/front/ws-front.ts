@@ -14,6 +14,9 @@ import { ClientSession, flushOutboxes, RefusedClient, SessionCounters, type Sess
 import type { Admission } from '../drain/admission.js'
 import { readAffinityKey, type ResumeOffer, type TopicPublisher, type WsHandshake, type WsUpstream } from './ws-types.js'
 import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wire.js'
+import { resolveClientIp } from '../edge/client-ip.js'
+import type { ConnectionLimits } from '../edge/limits.js'
+import { Networks } from '../net/address.js'
 
 export interface WsFrontDeps {
   readonly uws: Uws
@@ -21,6 +24,7 @@ export interface WsFrontDeps {
   readonly log: Logger
   readonly metrics: Metrics
   readonly admission: Admission
+  readonly limits: ConnectionLimits
 }
 
 /** The uWS-level settings of a WebSocket path: fixed once the path is registered (a reload cannot change them). */
@@ -73,10 +77,13 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   private readonly compressTopics: boolean
 
   private table: RouteTable
+  /** http.trustedProxies of the current table. */
+  private trusted: Networks
   private readonly patterns = new Set<string>()
 
   constructor (private readonly app: TemplatedApp, private readonly deps: WsFrontDeps) {
     this.table = deps.table
+    this.trusted = new Networks(deps.table.config.http.trustedProxies)
     const byPath = wsSettingsByPath(deps.table.config)
     this.registerPaths(byPath)
     this.add('/*', byPath.get('/') ?? DEFAULT_WS_SETTINGS)
@@ -106,6 +113,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   /** A reload: new upgrades use `table`; a new WebSocket path gets its uWS behavior now (the reload checked that existing paths keep their uWS settings). */
   setTable (table: RouteTable): void {
     this.table = table
+    this.trusted = new Networks(table.config.http.trustedProxies)
     this.registerPaths(wsSettingsByPath(table.config))
   }
 
@@ -160,8 +168,11 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     const version = req.getHeader('sec-websocket-version')
     const requestId = req.getHeader(this.table.config.http.requestIdHeader) || `${this.idPrefix}-${(++this.nextId).toString(36)}`
     const raw: string[] = []
-    req.forEach((k, v) => { raw.push(k, v) })
-    const remoteAddress = formatAddress(res.getRemoteAddress())
+    const xff: string[] = []
+    req.forEach((k, v) => { raw.push(k, v); if (k === 'x-forwarded-for') xff.push(v) })
+    // The client as http.trustedProxies resolves it: what limits, logs, `hash` balancing and the backend see.
+    const client = resolveClientIp(formatAddress(res.getRemoteAddress()), xff, this.trusted)
+    const remoteAddress = client.ip
     try {
       if (!this.accepting) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'gateway is stopping')
       const table = this.table
@@ -172,13 +183,11 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       if (!KEY_RE.test(key) || version !== '13') throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', 'bad Sec-WebSocket-Key or Sec-WebSocket-Version (13 expected)')
       const settings = route.websocket ?? DEFAULT_WS_SETTINGS
       const headers: Record<string, string> = {}
-      let xff = ''
       for (let i = 0; i < raw.length; i += 2) {
         const k = raw[i]!
-        if (k === 'x-forwarded-for') xff = xff === '' ? raw[i + 1]! : `${xff}, ${raw[i + 1]!}`
-        else if (settings.forwardHeaders.includes(k)) headers[k] = headers[k] === undefined ? raw[i + 1]! : `${headers[k]}, ${raw[i + 1]!}`
+        if (k !== 'x-forwarded-for' && settings.forwardHeaders.includes(k)) headers[k] = headers[k] === undefined ? raw[i + 1]! : `${headers[k]}, ${raw[i + 1]!}`
       }
-      headers['x-forwarded-for'] = table.config.http.trustForwardedFor && xff !== '' ? `${xff}, ${remoteAddress}` : remoteAddress
+      headers['x-forwarded-for'] = client.forwardedFor
       headers['x-forwarded-proto'] = 'http'
       headers['x-forwarded-host'] = host
       headers[table.config.http.requestIdHeader] = requestId
@@ -205,6 +214,13 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         }
         return
       }
+      // ---- edge: concurrency limits (src/edge/limits.ts); released when the session leaves `sessions` ----
+      const refused = this.deps.limits.takeSession(remoteAddress)
+      if (refused !== undefined) {
+        this.fail(res, route.name, refused, requestId, this.deps.limits.retryAfter)
+        return
+      }
+      // ---- end edge ----
       const hs: WsHandshake = {
         sessionId: `${this.idPrefix}.${(++this.nextId).toString(36)}`,
         route: route.name,
@@ -224,7 +240,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       this.sessions.add(s)
       upstream.open(hs, s).then((leg) => {
         if (aborted || s.state !== 'connecting') {
-          this.sessions.delete(s)
+          this.forget(s)
           leg.clientClosed(1001, 'client went away during the handshake')
           return
         }
@@ -236,7 +252,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         // be made from within a corked callback" warning when the upgrade completes outside a uWS callback.
         res.upgrade<WsUserData>({ session: s }, key, leg.protocol, extensions, context)
       }, (err: unknown) => {
-        this.sessions.delete(s)
+        this.forget(s)
         s.abandon('upstream refused')
         if (aborted) return
         const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `unexpected: ${(err as Error)?.stack ?? String(err)}`)
@@ -309,7 +325,12 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   }
 
   sessionClosed (s: ClientSession): void {
-    this.sessions.delete(s)
+    this.forget(s)
+  }
+
+  /** The one way out of `sessions`: its concurrency-limit slot is released exactly once. */
+  private forget (s: ClientSession): void {
+    if (this.sessions.delete(s)) this.deps.limits.releaseSession(s.hs.remoteAddress)
   }
 
   /** All sessions are gone: the sweep stops. */
