@@ -55,6 +55,22 @@ const TOPIC_CHECK_BYTES = 64 * 1024
 
 const KEY_RE = /^[A-Za-z0-9+/]{22}==$/
 
+/** Connection names `upgrade`, Upgrade is `websocket`, and the key and version headers appear once each. */
+function isUpgradeRequest (raw: readonly string[]): boolean {
+  let keys = 0
+  let versions = 0
+  let connection = false
+  let upgrade = false
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = raw[i]!
+    if (k === 'sec-websocket-key') keys++
+    else if (k === 'sec-websocket-version') versions++
+    else if (k === 'connection') connection ||= raw[i + 1]!.toLowerCase().split(',').some((c) => c.trim() === 'upgrade')
+    else if (k === 'upgrade') upgrade ||= raw[i + 1]!.trim().toLowerCase() === 'websocket'
+  }
+  return keys === 1 && versions === 1 && connection && upgrade
+}
+
 /**
  * The WebSocket half of the uWS front. uWS binds payload limit, idle timeout, compression and
  * backpressure to a URL pattern, so each WebSocket route path gets its own behavior (`/chat` and
@@ -181,6 +197,8 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       const upstream = table.wsUpstreams.get(route.upstream)
       if (upstream === undefined) throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', `route ${route.name} does not take WebSocket upgrades`)
       if (!KEY_RE.test(key) || version !== '13') throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', 'bad Sec-WebSocket-Key or Sec-WebSocket-Version (13 expected)')
+      // uWS 20.30 upgrades on a well-formed key alone; RFC 6455 §4.2.1 and §11.3.1 ask for more.
+      if (!isUpgradeRequest(raw)) throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', 'a WebSocket handshake needs Connection: upgrade, Upgrade: websocket and exactly one Sec-WebSocket-Key and -Version')
       const settings = route.websocket ?? DEFAULT_WS_SETTINGS
       const headers: Record<string, string> = {}
       for (let i = 0; i < raw.length; i += 2) {
