@@ -50,6 +50,8 @@ function formatPath (path: readonly PropertyKey[]): string {
   let out = ''
   for (const seg of path) {
     if (typeof seg === 'number') out += `[${seg}]`
+    // A key that is empty, blank or odd is quoted, so the problem line still shows where it is.
+    else if (!/^[A-Za-z0-9_$-]+$/.test(String(seg))) out += `[${JSON.stringify(String(seg))}]`
     else out += (out === '' ? '' : '.') + String(seg)
   }
   return out === '' ? '(root)' : out
