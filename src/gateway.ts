@@ -520,6 +520,7 @@ export class Gateway {
       config: { version: this.version, loadedAt: this.loadedAt, lastReload: this.lastReload ?? null },
       drain: this.drainer.status(),
       admission: this.admission.status(),
+      limits: this.front?.limits.status(),
       resume: { secret: this.secretSource, tokenTtlMs: this.config.resume.tokenTtlMs },
       upstreams: [
         ...this.httpUpstreams.map((u) => u.status()),

@@ -428,7 +428,7 @@ t.test('request headers: hop-by-hop dropped, X-Forwarded-* set, X-Request-Id gen
   t.not(String(seen.connection ?? ''), 'x-custom', 'the client\'s Connection header itself is not forwarded')
   t.equal(seen['x-end-to-end'], 'yes', 'an end-to-end header is forwarded unchanged')
   t.equal(seen.host, 'example.test:8080', 'Host is forwarded as the client sent it')
-  t.equal(seen['x-forwarded-for'], '127.0.0.1', 'X-Forwarded-For is replaced by the client address (trustForwardedFor false)')
+  t.equal(seen['x-forwarded-for'], '127.0.0.1', 'X-Forwarded-For is replaced by the client address (the peer is not in http.trustedProxies, empty by default)')
   t.equal(seen['x-forwarded-proto'], 'http', 'X-Forwarded-Proto is http')
   t.equal(seen['x-forwarded-host'], 'example.test:8080', 'X-Forwarded-Host is the client\'s Host')
   const generated = seen['x-request-id']

@@ -50,6 +50,8 @@ function formatPath (path: readonly PropertyKey[]): string {
   let out = ''
   for (const seg of path) {
     if (typeof seg === 'number') out += `[${seg}]`
+    // A key that is empty, blank or odd is quoted, so the problem line still shows where it is.
+    else if (!/^[A-Za-z0-9_$-]+$/.test(String(seg))) out += `[${JSON.stringify(String(seg))}]`
     else out += (out === '' ? '' : '.') + String(seg)
   }
   return out === '' ? '(root)' : out
@@ -77,7 +79,7 @@ function valueAt (root: unknown, path: readonly PropertyKey[]): unknown {
 
 const RENAMED: Record<string, string> = {
   maxConns: 'maxConnections', connections: 'maxConnections', timeout: 'timeouts', upstream: 'upstreams', route: 'routes',
-  queueSize: 'queueLimit', lb: 'balance', loadBalancing: 'balance',
+  queueSize: 'queueLimit', lb: 'balance', loadBalancing: 'balance', trustForwardedFor: 'trustedProxies',
 }
 
 /** `"http", "tcp"`: the upstream kinds the schema knows, for the bad-protocol message. */

@@ -1,5 +1,6 @@
 import { isIP } from 'node:net'
 import { z } from 'zod'
+import { parseCidr } from '../net/address.js'
 
 /**
  * The configuration schema: the single source of truth for validation, defaults and the config
@@ -208,14 +209,7 @@ const muxUpstream = z.strictObject({
 export const upstreamSchema = z.discriminatedUnion('protocol', [httpUpstream, wsUpstream, muxUpstream, tcpUpstream]).describe('One backend service; `protocol` selects its kind.')
 
 /** An address, or address/prefix within the family's width; zone ids (`%eth0`) are not addresses. */
-function isCidr (s: string): boolean {
-  const [ip = '', prefix, extra] = s.split('/')
-  const family = ip.includes('%') ? 0 : isIP(ip)
-  if (family === 0 || extra !== undefined) return false
-  return prefix === undefined || (/^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128))
-}
-
-const cidr = z.string().refine(isCidr, { error: 'must be an IP address or CIDR (10.0.0.0/8, ::1/128)' })
+const cidr = z.string().refine((s) => parseCidr(s) !== undefined, { error: 'must be an IP address or CIDR (10.0.0.0/8, ::1/128)' })
 
 const tcpListener = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9_-]+$/, { error: 'listener names use letters, digits, _ and -' }).describe('Name in logs, metrics (`listener` label) and /status.'),
@@ -391,8 +385,20 @@ export const configSchema = z.strictObject({
     maxBodyBytes: positiveInt.default(10 * 1024 * 1024).describe('Largest request body accepted (streamed, never buffered whole); larger → 413.'),
     requestIdHeader: z.string().regex(/^[a-z0-9-]+$/, { error: 'must be a lower-case header name' }).default('x-request-id')
       .describe('Header carrying the request id; generated when the client sent none, forwarded upstream and logged.'),
-    trustForwardedFor: z.boolean().default(false).describe('Append to an incoming X-Forwarded-For instead of replacing it (only behind a trusted load balancer).'),
+    trustedProxies: z.array(cidr).default([]).describe('Load balancers or proxies in front of Ferry (addresses or CIDRs). From a peer in this list, X-Forwarded-For is walked right to left skipping trusted addresses and the first other address is the client (all trusted: the leftmost); the chain is forwarded with the peer appended. An entry that is not an IP address stops the walk at the nearest valid address. From any other peer, the peer is the client and its X-Forwarded-For is replaced. The client address is what connection limits, rate limits, logs and `hash` balancing use (HTTP and WebSocket). Empty: X-Forwarded-For is never trusted.'),
+    maxUrlBytes: positiveInt.default(8192).describe('Longest request target (path and query, in bytes); longer → 414 and the connection is closed.'),
+    maxHeaderBytes: positiveInt.default(16384).describe('Largest request head Ferry accepts (request line plus every header line); larger → 431 and the connection is closed. uWebSockets.js 20.30 has its own, fixed limits below this one: more than 48 header lines, or a head that arrives in several reads and passes 4 KiB, is closed without a response (docs/edge.md).'),
+    bodyIdleMs: z.number({ error: 'must be an integer of 100-9000 ms' }).int({ error: 'must be an integer of 100-9000 ms' }).min(100, { error: 'must be an integer of 100-9000 ms' }).max(9000, { error: 'must be an integer of 100-9000 ms (uWebSockets.js drops a request body that is silent for 10 s without a response)' }).default(8000)
+      .describe('Longest silence between two chunks of a request body; exceeded → 408 (when no response byte was sent yet), the backend request is aborted and the client connection closed. At most 9000: uWebSockets.js itself drops the connection, without a response, after 10 s of silence.'),
+    bodyTimeoutMs: nonNegativeInt.default(300000).describe('Time the whole request body may take from the request head on (a slow drip that never stays silent for bodyIdleMs); exceeded → as bodyIdleMs. 0: no total limit.'),
   }).prefault({}).describe('HTTP front behaviour.'),
+  limits: z.strictObject({
+    maxRequestsInFlight: nonNegativeInt.default(0).describe('HTTP requests (to http upstreams) this gateway serves at once; beyond it → 503 with Retry-After, nothing is sent upstream. 0: no limit (each upstream\'s pool queue still bounds what waits).'),
+    maxRequestsInFlightPerIp: nonNegativeInt.default(0).describe('HTTP requests one client IP (see http.trustedProxies) may have in flight at once; beyond it → 429 with Retry-After. 0: no limit.'),
+    maxWebSocketSessions: nonNegativeInt.default(0).describe('WebSocket sessions (open or in their handshake) this gateway holds at once; beyond it the upgrade is refused 503 with Retry-After before anything is opened upstream. 0: no limit.'),
+    maxWebSocketSessionsPerIp: nonNegativeInt.default(0).describe('WebSocket sessions one client IP (see http.trustedProxies) may hold at once; beyond it the upgrade is refused 429 with Retry-After. 0: no limit.'),
+    retryAfterSec: positiveInt.default(1).describe('The Retry-After value (seconds) sent with these refusals.'),
+  }).prefault({}).describe('Concurrency limits of the HTTP/WebSocket front, per client IP and for the whole gateway (TCP listeners have their own: listen.tcp[].maxConnections, maxConnectionsPerIp). uWebSockets.js 20.30 gives no hook when a connection is accepted, so requests and sessions are limited, not idle keep-alive connections.'),
   upstreams: z.record(z.string().regex(/^[A-Za-z0-9_-]+$/, { error: 'upstream names use letters, digits, _ and -' }), upstreamSchema)
     .describe('Named backends. Each has a `protocol`: `http`, `ws` (WebSocket passthrough), `mux` (WebSocket sessions over Ferry links) or `tcp`.'),
   routes: z.array(routeSchema).default([]).describe('Request routing, see `match`. Routes to `http` upstreams take HTTP requests; routes to `ws`/`mux` upstreams take WebSocket upgrades (a plain request gets 426).'),

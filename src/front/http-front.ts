@@ -13,6 +13,8 @@ import type { Uws } from './uws.js'
 import { WsFront } from './ws-front.js'
 import type { Admission } from '../drain/admission.js'
 import type { WsUpstream } from './ws-types.js'
+import { ConnectionLimits } from '../edge/limits.js'
+import { Networks } from '../net/address.js'
 
 /**
  * What a request is routed with: one config's routes and upstreams. The gateway swaps the whole table
@@ -51,9 +53,12 @@ export class HttpFront {
   private socket: ListenSocket | undefined
   private reqOpts: RequestOptions
   private readonly noRoute: { inc: () => void }
-  private readonly badRequest: { inc: () => void }
+  /** ferry_errors_total children of the client errors readClientRequest throws, resolved on first use. */
+  private readonly clientErrors = new Map<string, { inc: () => void }>()
   private readonly internal: { inc: () => void }
   readonly ws: WsFront
+  /** Concurrency limits per client IP and gateway-wide (config `limits`), shared with the WebSocket front. */
+  readonly limits: ConnectionLimits
   private table: RouteTable
   private readonly nextRequestId: () => string
 
@@ -65,21 +70,23 @@ export class HttpFront {
     this.table = deps.table
     this.reqOpts = this.requestOptions(deps.table.config)
     this.noRoute = deps.metrics.httpErrors.labels('FERRY_ERR_NO_ROUTE', '')
-    this.badRequest = deps.metrics.httpErrors.labels('FERRY_ERR_BAD_REQUEST', '')
     this.internal = deps.metrics.httpErrors.labels('FERRY_ERR_INTERNAL', '')
+    this.limits = new ConnectionLimits(deps.table.config.limits, deps.metrics)
     // WebSocket behaviors first: their GET handlers yield non-upgrade requests to `any`.
-    this.ws = new WsFront(this.app, { uws: deps.uws, table: deps.table, log: deps.log, metrics: deps.metrics, admission: deps.admission })
+    this.ws = new WsFront(this.app, { uws: deps.uws, table: deps.table, log: deps.log, metrics: deps.metrics, admission: deps.admission, limits: this.limits })
     this.app.any('/*', (res, req) => this.onRequest(res, req))
   }
 
   private requestOptions (cfg: Config): RequestOptions {
-    return { requestIdHeader: cfg.http.requestIdHeader, trustForwardedFor: cfg.http.trustForwardedFor, nextRequestId: this.nextRequestId }
+    const h = cfg.http
+    return { requestIdHeader: h.requestIdHeader, trusted: new Networks(h.trustedProxies), maxUrlBytes: h.maxUrlBytes, maxHeaderBytes: h.maxHeaderBytes, nextRequestId: this.nextRequestId }
   }
 
   /** A reload: requests and upgrades from now on are routed with `table`; those under way keep theirs. */
   setTable (table: RouteTable): void {
     this.table = table
     this.reqOpts = this.requestOptions(table.config)
+    this.limits.configure(table.config.limits)
     this.ws.setTable(table)
   }
 
@@ -134,7 +141,19 @@ export class HttpFront {
         sendError(res, 413, new FerryError('FERRY_ERR_BODY_TOO_LARGE', `request body of ${creq.contentLength} bytes exceeds maxBodyBytes ${maxBody}`), requestId, this.reqOpts.requestIdHeader, true)
         return
       }
-      const exchange = new HttpExchange(res, creq, route, ctx, maxBody)
+      // ---- edge: concurrency limits (src/edge/limits.ts); the exchange releases the slot when it ends ----
+      const refused = this.limits.takeRequest(creq.clientIp)
+      if (refused !== undefined) {
+        ctx.metrics.error(refused.code)
+        ctx.metrics.requests(route.name, refused.status)
+        sendError(res, refused.status, refused, requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, this.limits.retryAfter)
+        return
+      }
+      const http = table.config.http
+      const clientIp = creq.clientIp
+      const release = (): void => { this.limits.releaseRequest(clientIp) }
+      const exchange = new HttpExchange(res, creq, route, ctx, maxBody, { idleMs: http.bodyIdleMs, totalMs: http.bodyTimeoutMs }, release)
+      // ---- end edge ----
       const guard = table.edge.guard(route)
       if (guard === undefined) { exchange.start(); return }
       // Auth and rate limits decide before anything goes upstream: synchronously when they can.
@@ -145,6 +164,8 @@ export class HttpFront {
       try {
         verdict = guard.check(edgeReq)
       } catch (err) {
+        // The exchange never started, so it will not release the concurrency slot itself.
+        release()
         if (!isFerryError(err)) throw err
         ctx.metrics.error(err.code)
         ctx.metrics.requests(route.name, err.status)
@@ -165,10 +186,13 @@ export class HttpFront {
 
   private onHandlerError (res: HttpResponse, err: unknown, requestId: string): void {
     const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `unexpected: ${(err as Error)?.stack ?? String(err)}`, { cause: err })
-    if (ferr.code === 'FERRY_ERR_BAD_REQUEST') this.badRequest.inc()
-    else { this.internal.inc(); this.deps.log.error({ err: ferr }, 'request handler failed') }
+    if (ferr.code === 'FERRY_ERR_INTERNAL') { this.internal.inc(); this.deps.log.error({ err: ferr }, 'request handler failed') } else {
+      let c = this.clientErrors.get(ferr.code)
+      if (c === undefined) { c = this.deps.metrics.httpErrors.labels(ferr.code, ''); this.clientErrors.set(ferr.code, c) }
+      c.inc()
+    }
     try {
-      // A 400 always closes: the framing of whatever follows on this connection cannot be trusted.
+      // A 4xx here always closes: the framing of whatever follows on this connection cannot be trusted.
       sendError(res, ERRORS[ferr.code].status || 500, ferr, requestId === '' ? '-' : requestId, this.reqOpts.requestIdHeader, true)
     } catch {
       try { res.close() } catch { /* already gone */ }

@@ -1,5 +1,7 @@
 import type { HttpRequest, HttpResponse } from 'uWebSockets.js'
 import { FerryError } from '../errors.js'
+import { resolveClientIp } from '../edge/client-ip.js'
+import type { Networks } from '../net/address.js'
 import { formatAddress } from './address.js'
 
 /** Everything Ferry needs from a client request, copied out of uWS's stack-allocated request object. */
@@ -9,6 +11,7 @@ export interface ClientRequest {
   readonly target: string
   readonly path: string
   readonly host: string
+  /** The client's address as resolved with http.trustedProxies (the TCP peer unless a trusted proxy says otherwise). */
   readonly clientIp: string
   readonly requestId: string
   /** Flat `[name, value, name, value, …]` with hop-by-hop headers removed and X-Forwarded-* set. */
@@ -25,40 +28,65 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te'
 
 export interface RequestOptions {
   requestIdHeader: string
-  trustForwardedFor: boolean
+  /** http.trustedProxies */
+  trusted: Networks
+  maxUrlBytes: number
+  maxHeaderBytes: number
   nextRequestId: () => string
 }
+
+/** RFC 9110 §5.1 field-name: a token. */
+const TOKEN_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+/** RFC 9110 §5.5: a control character other than HTAB makes a field value invalid (obs-text is allowed). */
+const CTL_RE = /[\x00-\x08\x0a-\x1f\x7f]/
+/** Bytes of a header line besides name and value: `: ` and CRLF. */
+const LINE_OVERHEAD = 4
 
 const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::\d{1,5})?$/
 
 /**
  * Copies and checks the request synchronously (uWS invalidates `req` when the handler returns).
- * Throws FerryError('FERRY_ERR_BAD_REQUEST') for what uWS's parser lets through but a proxy must not
- * forward: conflicting Content-Length values (request smuggling), a bad Host, a non-origin-form target.
+ * Throws FerryError for what uWS's parser lets through but a proxy must not forward: a target or head
+ * over the size caps (414, 431); conflicting Content-Length values, a Transfer-Encoding other than one
+ * final `chunked` (request smuggling: 400, or 501 for codings Ferry cannot pass on), a header name that
+ * is not a token or a value with control characters (the backend's parser would reject it and reset a
+ * pooled connection), a bad Host, a target that is not origin-form or carries a fragment (400).
+ * What uWS 20.30 refuses itself never gets here (docs/edge.md lists it).
  */
 export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: RequestOptions): ClientRequest {
   const method = req.getCaseSensitiveMethod()
   const path = req.getUrl()
   const query = req.getQuery() ?? ''
+  // Sizes first: nothing else is looked at in a request over the caps.
+  const targetBytes = Buffer.byteLength(path) + (query === '' ? 0 : 1 + Buffer.byteLength(query))
+  if (targetBytes > opts.maxUrlBytes) throw new FerryError('FERRY_ERR_URI_TOO_LONG', `request target of ${targetBytes} bytes exceeds http.maxUrlBytes ${opts.maxUrlBytes}`)
   const raw: string[] = []
-  req.forEach((k, v) => { raw.push(k, v) })
-  const clientIp = formatAddress(res.getRemoteAddress())
+  let headBytes = method.length + targetBytes + 12 // `GET /x HTTP/1.1\r\n`
+  req.forEach((k, v) => { raw.push(k, v); headBytes += k.length + v.length + LINE_OVERHEAD })
+  if (headBytes > opts.maxHeaderBytes) throw new FerryError('FERRY_ERR_HEADERS_TOO_LARGE', `request head of about ${headBytes} bytes exceeds http.maxHeaderBytes ${opts.maxHeaderBytes}`)
 
   let host = ''
+  let hosts = 0
   let contentLength: number | undefined
-  let chunked = false
+  let codings: string[] | undefined
   let connectionTokens: string[] | undefined
   let requestId = ''
-  let xff = ''
+  const xff: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i]!
     const v = raw[i + 1]!
+    if (!TOKEN_RE.test(k)) throw new FerryError('FERRY_ERR_BAD_REQUEST', `header name ${JSON.stringify(k.slice(0, 40))} is not a token`)
+    if (CTL_RE.test(v)) throw new FerryError('FERRY_ERR_BAD_REQUEST', `control character in the value of header ${k}`)
+    // uWS hands values over UTF-8-decoded: bytes that were not UTF-8 are gone (U+FFFD) and cannot be passed on.
+    if (v.includes('\ufffd')) throw new FerryError('FERRY_ERR_BAD_REQUEST', `the value of header ${k} is not valid UTF-8`)
     switch (k) {
       case 'host':
-        if (host !== '') throw new FerryError('FERRY_ERR_BAD_REQUEST', 'more than one Host header')
+        if (++hosts > 1) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'more than one Host header')
         host = v
         break
       case 'content-length': {
+        // RFC 9112 §6.3: identical repeated values are one value; differing ones are an attack. A list
+        // ("5, 5") is refused: uWS 20.30 cannot frame it and would cut the connection after the dispatch.
         if (!/^\d{1,15}$/.test(v)) throw new FerryError('FERRY_ERR_BAD_REQUEST', `bad Content-Length ${JSON.stringify(v.slice(0, 40))}`)
         const n = Number(v)
         if (contentLength !== undefined && contentLength !== n) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'conflicting Content-Length headers')
@@ -66,33 +94,47 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
         break
       }
       case 'transfer-encoding':
-        if (v.toLowerCase().split(',').map((s) => s.trim()).at(-1) !== 'chunked') throw new FerryError('FERRY_ERR_BAD_REQUEST', `unsupported Transfer-Encoding ${JSON.stringify(v.slice(0, 40))}`)
-        chunked = true
+        codings = (codings ?? []).concat(v.toLowerCase().split(',').map((c) => c.trim()))
         break
       case 'connection':
-        connectionTokens = (connectionTokens ?? []).concat(v.toLowerCase().split(',').map((s) => s.trim()))
+        connectionTokens = (connectionTokens ?? []).concat(v.toLowerCase().split(',').map((c) => c.trim()))
         break
       case 'x-forwarded-for':
-        xff = xff === '' ? v : `${xff}, ${v}`
+        xff.push(v)
         break
       default:
         if (k === opts.requestIdHeader) requestId = v
     }
   }
+  let chunked = false
+  if (codings !== undefined) {
+    // RFC 9112 §6.3: chunked must be the final coding, applied once; else the length cannot be known.
+    if (codings.at(-1) !== 'chunked' || codings.indexOf('chunked') !== codings.length - 1) {
+      throw new FerryError('FERRY_ERR_BAD_REQUEST', `Transfer-Encoding ${JSON.stringify(codings.join(', ').slice(0, 60))} does not end in a single chunked`)
+    }
+    // Transfer-Encoding is hop-by-hop: another coding under chunked could not be passed on (§6.1: 501).
+    if (codings.length > 1) throw new FerryError('FERRY_ERR_UNSUPPORTED_TRANSFER_CODING', `transfer coding ${JSON.stringify(codings.slice(0, -1).join(', ').slice(0, 60))} is not supported (only chunked)`)
+    chunked = true
+  }
   if (host === '' || !HOST_RE.test(host)) throw new FerryError('FERRY_ERR_BAD_REQUEST', host === '' ? 'missing Host header' : `bad Host header ${JSON.stringify(host.slice(0, 60))}`)
   if (path.charCodeAt(0) !== 47 /* / */) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'request target must be origin-form (/path)')
+  if (path.includes('#') || query.includes('#')) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'a fragment (#) is not part of a request target')
   if (chunked && contentLength !== undefined) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'both Content-Length and Transfer-Encoding')
   if (requestId === '' || requestId.length > 200) requestId = opts.nextRequestId()
+
+  const client = resolveClientIp(formatAddress(res.getRemoteAddress()), xff, opts.trusted)
 
   const headers: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i]!
-    if (HOP_BY_HOP.has(k) || k === 'x-forwarded-for' || k === 'x-forwarded-proto' || k === 'x-forwarded-host' || k === opts.requestIdHeader) continue
+    if (HOP_BY_HOP.has(k) || k === 'content-length' || k === 'x-forwarded-for' || k === 'x-forwarded-proto' || k === 'x-forwarded-host' || k === opts.requestIdHeader) continue
     if (connectionTokens?.includes(k) === true) continue
     headers.push(k, raw[i + 1]!)
   }
+  // One normalised Content-Length (the client may have sent `005`, or the same value twice).
+  if (contentLength !== undefined) headers.push('content-length', String(contentLength))
   headers.push(
-    'x-forwarded-for', opts.trustForwardedFor && xff !== '' ? `${xff}, ${clientIp}` : clientIp,
+    'x-forwarded-for', client.forwardedFor,
     'x-forwarded-proto', 'http',
     'x-forwarded-host', host,
     opts.requestIdHeader, requestId,
@@ -102,7 +144,7 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
     target: query === '' ? path : `${path}?${query}`,
     path,
     host,
-    clientIp,
+    clientIp: client.ip,
     requestId,
     headers,
     contentLength: chunked ? undefined : (contentLength ?? 0),

@@ -15,6 +15,9 @@ import type { Admission } from '../drain/admission.js'
 import { readAffinityKey, type ResumeOffer, type TopicPublisher, type WsHandshake, type WsUpstream } from './ws-types.js'
 import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wire.js'
 import { RateLimited, refusalHeader, type Admitted } from '../edge/guard.js'
+import { resolveClientIp } from '../edge/client-ip.js'
+import type { ConnectionLimits } from '../edge/limits.js'
+import { Networks } from '../net/address.js'
 
 export interface WsFrontDeps {
   readonly uws: Uws
@@ -22,6 +25,7 @@ export interface WsFrontDeps {
   readonly log: Logger
   readonly metrics: Metrics
   readonly admission: Admission
+  readonly limits: ConnectionLimits
 }
 
 /** The uWS-level settings of a WebSocket path: fixed once the path is registered (a reload cannot change them). */
@@ -52,6 +56,22 @@ const TOPIC_CHECK_BYTES = 64 * 1024
 
 const KEY_RE = /^[A-Za-z0-9+/]{22}==$/
 
+/** Connection names `upgrade`, Upgrade is `websocket`, and the key and version headers appear once each. */
+function isUpgradeRequest (raw: readonly string[]): boolean {
+  let keys = 0
+  let versions = 0
+  let connection = false
+  let upgrade = false
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = raw[i]!
+    if (k === 'sec-websocket-key') keys++
+    else if (k === 'sec-websocket-version') versions++
+    else if (k === 'connection') connection ||= raw[i + 1]!.toLowerCase().split(',').some((c) => c.trim() === 'upgrade')
+    else if (k === 'upgrade') upgrade ||= raw[i + 1]!.trim().toLowerCase() === 'websocket'
+  }
+  return keys === 1 && versions === 1 && connection && upgrade
+}
+
 /**
  * The WebSocket half of the uWS front. uWS binds payload limit, idle timeout, compression and
  * backpressure to a URL pattern, so each WebSocket route path gets its own behavior (`/chat` and
@@ -74,10 +94,13 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   private readonly compressTopics: boolean
 
   private table: RouteTable
+  /** http.trustedProxies of the current table. */
+  private trusted: Networks
   private readonly patterns = new Set<string>()
 
   constructor (private readonly app: TemplatedApp, private readonly deps: WsFrontDeps) {
     this.table = deps.table
+    this.trusted = new Networks(deps.table.config.http.trustedProxies)
     const byPath = wsSettingsByPath(deps.table.config)
     this.registerPaths(byPath)
     this.add('/*', byPath.get('/') ?? DEFAULT_WS_SETTINGS)
@@ -107,6 +130,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   /** A reload: new upgrades use `table`; a new WebSocket path gets its uWS behavior now (the reload checked that existing paths keep their uWS settings). */
   setTable (table: RouteTable): void {
     this.table = table
+    this.trusted = new Networks(table.config.http.trustedProxies)
     this.registerPaths(wsSettingsByPath(table.config))
   }
 
@@ -161,8 +185,11 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     const version = req.getHeader('sec-websocket-version')
     const requestId = req.getHeader(this.table.config.http.requestIdHeader) || `${this.idPrefix}-${(++this.nextId).toString(36)}`
     const raw: string[] = []
-    req.forEach((k, v) => { raw.push(k, v) })
-    const remoteAddress = formatAddress(res.getRemoteAddress())
+    const xff: string[] = []
+    req.forEach((k, v) => { raw.push(k, v); if (k === 'x-forwarded-for') xff.push(v) })
+    // The client as http.trustedProxies resolves it: what limits, logs, `hash` balancing and the backend see.
+    const client = resolveClientIp(formatAddress(res.getRemoteAddress()), xff, this.trusted)
+    const remoteAddress = client.ip
     try {
       if (!this.accepting) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'gateway is stopping')
       const table = this.table
@@ -171,15 +198,15 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       const upstream = table.wsUpstreams.get(route.upstream)
       if (upstream === undefined) throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', `route ${route.name} does not take WebSocket upgrades`)
       if (!KEY_RE.test(key) || version !== '13') throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', 'bad Sec-WebSocket-Key or Sec-WebSocket-Version (13 expected)')
+      // uWS 20.30 upgrades on a well-formed key alone; RFC 6455 §4.2.1 and §11.3.1 ask for more.
+      if (!isUpgradeRequest(raw)) throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', 'a WebSocket handshake needs Connection: upgrade, Upgrade: websocket and exactly one Sec-WebSocket-Key and -Version')
       const settings = route.websocket ?? DEFAULT_WS_SETTINGS
       const headers: Record<string, string> = {}
-      let xff = ''
       for (let i = 0; i < raw.length; i += 2) {
         const k = raw[i]!
-        if (k === 'x-forwarded-for') xff = xff === '' ? raw[i + 1]! : `${xff}, ${raw[i + 1]!}`
-        else if (settings.forwardHeaders.includes(k)) headers[k] = headers[k] === undefined ? raw[i + 1]! : `${headers[k]}, ${raw[i + 1]!}`
+        if (k !== 'x-forwarded-for' && settings.forwardHeaders.includes(k)) headers[k] = headers[k] === undefined ? raw[i + 1]! : `${headers[k]}, ${raw[i + 1]!}`
       }
-      headers['x-forwarded-for'] = table.config.http.trustForwardedFor && xff !== '' ? `${xff}, ${remoteAddress}` : remoteAddress
+      headers['x-forwarded-for'] = client.forwardedFor
       headers['x-forwarded-proto'] = 'http'
       headers['x-forwarded-host'] = host
       headers[table.config.http.requestIdHeader] = requestId
@@ -208,6 +235,14 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       }
       // Opens the session once the edge (auth, rate limits) let it through: synchronously when it can.
       const proceed = (a: Admitted | undefined): void => {
+        // ---- edge: concurrency limits (src/edge/limits.ts); released when the session leaves `sessions` ----
+        // Taken once auth passed: a refused upgrade holds no session, so it never counts.
+        const refused = this.deps.limits.takeSession(remoteAddress)
+        if (refused !== undefined) {
+          this.fail(res, route.name, refused, requestId, this.deps.limits.retryAfter)
+          return
+        }
+        // ---- end edge ----
         if (a !== undefined) {
           for (const h of a.strip) delete headers[h]
           for (let i = 0; i < a.add.length; i += 2) headers[a.add[i]!] = a.add[i + 1]!
@@ -231,7 +266,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         this.sessions.add(s)
         upstream.open(hs, s).then((leg) => {
           if (aborted || s.state !== 'connecting') {
-            this.sessions.delete(s)
+            this.forget(s)
             leg.clientClosed(1001, 'client went away during the handshake')
             return
           }
@@ -243,7 +278,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
           // be made from within a corked callback" warning when the upgrade completes outside a uWS callback.
           res.upgrade<WsUserData>({ session: s }, key, leg.protocol, extensions, context)
         }, (err: unknown) => {
-          this.sessions.delete(s)
+          this.forget(s)
           s.abandon('upstream refused')
           if (aborted) return
           const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `unexpected: ${(err as Error)?.stack ?? String(err)}`)
@@ -345,7 +380,12 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   }
 
   sessionClosed (s: ClientSession): void {
-    this.sessions.delete(s)
+    this.forget(s)
+  }
+
+  /** The one way out of `sessions`: its concurrency-limit slot is released exactly once. */
+  private forget (s: ClientSession): void {
+    if (this.sessions.delete(s)) this.deps.limits.releaseSession(s.hs.remoteAddress)
   }
 
   /** All sessions are gone: the sweep stops. */

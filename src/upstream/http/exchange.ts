@@ -54,6 +54,16 @@ export interface HttpLifecycle {
   inFlight: number
 }
 
+/** Client request body deadlines (http.bodyIdleMs, http.bodyTimeoutMs; 0: none). */
+export interface BodyDeadlines {
+  readonly idleMs: number
+  readonly totalMs: number
+}
+
+const NO_DEADLINES: BodyDeadlines = { idleMs: 0, totalMs: 0 }
+/** uWS's own request timer is re-armed at most this often while body bytes arrive (see onClientData). */
+const REARM_EVERY_MS = 1000
+
 export interface ExchangeContext {
   readonly lifecycle: HttpLifecycle
   readonly upstream: HttpUpstream
@@ -103,6 +113,11 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   private bodyDigest: string | undefined
   private expectedSha256: string | undefined
   private errorHeader: readonly [string, string] | undefined
+  /** One timer for the client body: the idle deadline, refreshed per chunk, or the total one if sooner. */
+  private bodyTimer: NodeJS.Timeout | undefined
+  private bodyDeadline = 0
+  private lastChunkAt = 0
+  private rearmedAt = 0
   /** Response head received but not yet written (it goes out with the first body bytes). */
   private head: { statusCode: number, statusMessage: string | undefined, headers: IncomingHttpHeaders } | undefined
 
@@ -112,6 +127,9 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     private readonly route: Route,
     private readonly ctx: ExchangeContext,
     private readonly maxBodyBytes: number,
+    private readonly deadlines: BodyDeadlines = NO_DEADLINES,
+    /** Called once when the exchange ends, whichever way (the front's concurrency limits release here). */
+    private readonly onEnd?: () => void,
   ) {
     this.headers = req.headers
   }
@@ -132,6 +150,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
       this.body.on('error', noop)
       if (verifyBody) this.bodyHash = createHash('sha256')
       this.res.onData((chunk, isLast) => this.onClientData(chunk, isLast))
+      this.armBodyTimer()
     }
     if (gate instanceof Promise) {
       this.to('gated')
@@ -175,6 +194,17 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   private onClientData (chunk: ArrayBuffer, isLast: boolean): void {
     const body = this.body
     if (body === undefined || body.destroyed) return
+    if (chunk.byteLength > 0 && this.bodyTimer !== undefined && !isLast) {
+      this.lastChunkAt = performance.now()
+      // uWS 20.30 gives a request body ~10 s in all, however steadily it arrives, then drops the connection
+      // without a response; pause()+resume() re-arms that timer. So uWS's limit becomes ~10 s of silence
+      // and Ferry's deadlines (shorter, answered with 408) decide.
+      if (this.lastChunkAt - this.rearmedAt >= REARM_EVERY_MS && !this.clientPaused) {
+        this.rearmedAt = this.lastChunkAt
+        this.res.pause()
+        this.res.resume()
+      }
+    }
     if (chunk.byteLength > 0) {
       this.bodyBytesIn += chunk.byteLength
       if (this.bodyBytesIn > this.maxBodyBytes) {
@@ -205,14 +235,50 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
       if (!this.bodyMatches()) return
       if (this.heldChunk !== undefined) { body.push(this.heldChunk); this.heldChunk = undefined }
     }
-    if (isLast) { this.clientBodyComplete = true; body.push(null) }
+    if (isLast) { this.clientBodyComplete = true; this.clearBodyTimer(); body.push(null) }
   }
 
   private resumeClient (): void {
     if (this.clientPaused && !this.final) {
       this.clientPaused = false
+      // Silence while Ferry held the client back is not the client's.
+      this.lastChunkAt = this.rearmedAt = performance.now()
       this.res.resume()
     }
+  }
+
+  // ---- client body deadlines (slowloris) ----------------------------------------------------------
+
+  private armBodyTimer (): void {
+    const { idleMs, totalMs } = this.deadlines
+    if (idleMs <= 0 && totalMs <= 0) return
+    const now = performance.now()
+    this.lastChunkAt = this.rearmedAt = now
+    this.bodyDeadline = totalMs > 0 ? now + totalMs : Infinity
+    this.bodyTimer = setTimeout(() => this.onBodyTimer(), Math.min(idleMs > 0 ? idleMs : Infinity, totalMs > 0 ? totalMs : Infinity))
+    this.bodyTimer.unref()
+  }
+
+  private onBodyTimer (): void {
+    this.bodyTimer = undefined
+    if (this.final || this.clientBodyComplete) return
+    const now = performance.now()
+    const { idleMs, totalMs } = this.deadlines
+    const idleAt = this.clientPaused || idleMs <= 0 ? Infinity : this.lastChunkAt + idleMs
+    if (now >= this.bodyDeadline) {
+      this.fail(new FerryError('FERRY_ERR_CLIENT_BODY_TIMEOUT', `request body not complete within http.bodyTimeoutMs ${totalMs} (${this.bodyBytesIn} bytes received)`))
+    } else if (now >= idleAt) {
+      this.fail(new FerryError('FERRY_ERR_CLIENT_BODY_TIMEOUT', `no request body bytes for http.bodyIdleMs ${idleMs} (${this.bodyBytesIn} bytes received)`))
+    } else {
+      // One timer, re-aimed at whichever deadline comes first (no timer work per chunk).
+      const next = Math.min(idleAt, this.bodyDeadline, now + (idleMs > 0 ? idleMs : Infinity))
+      this.bodyTimer = setTimeout(() => this.onBodyTimer(), Math.max(1, next - now))
+      this.bodyTimer.unref()
+    }
+  }
+
+  private clearBodyTimer (): void {
+    if (this.bodyTimer !== undefined) { clearTimeout(this.bodyTimer); this.bodyTimer = undefined }
   }
 
   // ---- pool slot ----------------------------------------------------------------------------------
@@ -469,6 +535,8 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   }
 
   private record (): void {
+    this.clearBodyTimer()
+    this.onEnd?.()
     const m = this.ctx.metrics
     m.inFlight.dec()
     this.ctx.lifecycle.inFlight--
