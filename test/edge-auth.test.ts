@@ -78,6 +78,11 @@ t.test('JWT HS256 on HTTP: claims forwarded, client copies stripped, every failu
     ['not yet valid', { authorization: `Bearer ${await hs256({ sub: 'a', tenant: 'x', iss: 'https://idp.test', aud: 'ferry', nbf: now() + 600 })}` }, 'FERRY_ERR_AUTH_INVALID'],
     ['no exp', { authorization: `Bearer ${await new SignJWT({ sub: 'a', tenant: 'x', iss: 'https://idp.test', aud: 'ferry' }).setProtectedHeader({ alg: 'HS256' }).sign(enc.encode(SECRET))}` }, 'FERRY_ERR_AUTH_INVALID'],
     ['oversize token', { authorization: `Bearer ${'a'.repeat(9000)}` }, 'FERRY_ERR_AUTH_INVALID'],
+    // issuer/audience configured: a token without the claim is refused, not waved through
+    ['no iss claim', { authorization: `Bearer ${await hs256({ sub: 'a', tenant: 'x', aud: 'ferry' })}` }, 'FERRY_ERR_AUTH_INVALID'],
+    ['no aud claim', { authorization: `Bearer ${await hs256({ sub: 'a', tenant: 'x', iss: 'https://idp.test' })}` }, 'FERRY_ERR_AUTH_INVALID'],
+    ['exp not a number', { authorization: `Bearer ${await new SignJWT({ sub: 'a', tenant: 'x', iss: 'https://idp.test', aud: 'ferry', exp: String(now() + 300) as unknown as number }).setProtectedHeader({ alg: 'HS256' }).sign(enc.encode(SECRET))}` }, 'FERRY_ERR_AUTH_INVALID'],
+    ['payload swapped under a valid signature', { authorization: `Bearer ${good.split('.')[0]}.${Buffer.from(JSON.stringify({ sub: 'mallory', tenant: 'acme', roles: ['admin'], iss: 'https://idp.test', aud: 'ferry', exp: now() + 300 })).toString('base64url')}.${good.split('.')[2]}` }, 'FERRY_ERR_AUTH_INVALID'],
   ]
   for (const [what, headers, code] of cases) {
     const x = await send(f, '/api/x', { headers })
