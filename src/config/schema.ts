@@ -320,7 +320,7 @@ const hmacAuth = z.strictObject({
 })
 
 const authPolicy = z.strictObject({
-  jwt: jwtAuth.optional().describe('JSON Web Tokens (jose).'),
+  jwt: jwtAuth.optional().describe('JSON Web Tokens (verified with fast-jwt on node:crypto; JWKS keys resolved with jose).'),
   apiKey: apiKeyAuth.optional().describe('Static API keys.'),
   hmac: hmacAuth.optional().describe('HMAC-SHA256 request signatures (docs/edge.md: headers and the string signed).'),
   optional: z.boolean().default(false).describe('Requests with no credential at all pass unauthenticated (no claims forwarded); a credential that fails is still refused.'),
