@@ -85,7 +85,7 @@ export class ConsoleFeed {
     if (this.timer !== undefined) return
     this.timer = setTimeout(this.tick, this.opts.intervalMs)
     this.timer.unref()
-    void this.sample()
+    this.sample().catch((err: unknown) => { this.log.error({ err }, 'console: sampling the counters failed') })
   }
 
   /** maxSubscribers are open: `subscribe` must not be called. */
