@@ -14,6 +14,8 @@ ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+# The status console's static files (read from here by dist/admin/console-assets.js).
+COPY --from=build /app/src/admin/console ./src/admin/console
 COPY package.json ./
 COPY docs ./docs
 COPY examples ./examples

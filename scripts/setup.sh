@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Ferry needs on a fresh Debian 12 + Node 20 machine, and nothing that is already there.
 #   scripts/setup.sh            npm packages (npm ci)
-#   scripts/setup.sh --test     + Debian packages the test suite starts (redis-server)
+#   scripts/setup.sh --test     + Debian packages the test suite starts (redis-server; chromium, which
+#                               playwright-core drives for the console tests: no browser download)
 #   scripts/setup.sh --bench    + Debian packages the benchmark compares against (nginx, haproxy, wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ fi
 
 pkgs=()
 need_cmd() { command -v "$1" >/dev/null 2>&1 || pkgs+=("$2"); }
-if [ "$want_test" = 1 ]; then need_cmd redis-server redis-server; need_cmd openssl openssl; fi
+if [ "$want_test" = 1 ]; then need_cmd redis-server redis-server; need_cmd openssl openssl; [ -x /usr/bin/chromium ] || pkgs+=(chromium); fi
 if [ "$want_bench" = 1 ]; then need_cmd nginx nginx-light; need_cmd haproxy haproxy; need_cmd wrk wrk; need_cmd iperf3 iperf3; [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || pkgs+=(libnginx-mod-stream); need_cmd gcc gcc; [ -e /usr/include/stdio.h ] || pkgs+=(libc6-dev); need_cmd pushpin pushpin; need_cmd redis-server redis-server; fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
   sudo=""
@@ -44,5 +45,6 @@ fi
 stamp=node_modules/.package-lock.json
 if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ] || [ ! -d node_modules/uWebSockets.js ]; then
   say "npm ci"
-  npm ci --no-audit --no-fund --loglevel=error
+  # playwright-core drives the Debian chromium; it must never fetch a browser of its own.
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
 fi

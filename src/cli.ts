@@ -2,6 +2,7 @@
 import { unwatchFile, watchFile } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { loadConfig } from './config/load.js'
+import { resolveAdminToken } from './admin/token.js'
 import { renderConfigReference, renderErrorReference } from './config/reference.js'
 import { isFerryError } from './errors.js'
 import { Gateway } from './gateway.js'
@@ -25,6 +26,8 @@ usage:
 environment:
   FERRY_CONFIG=FILE                config file when --config is not given
   FERRY__a__b=value                override config field a.b (value read as YAML), e.g. FERRY__listen__http__port=8081
+  FERRY_ADMIN_TOKEN=TOKEN          admin token (default of admin.token); drain and reload send the config's
+                                   admin.token / admin.tokenFile, else this
 `
 
 function fail (msg: string, code = 1): never {
@@ -91,10 +94,22 @@ function adminAddress (file: string | undefined): string {
   return `${a.host === '0.0.0.0' ? '127.0.0.1' : a.host === '::' ? '[::1]' : a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`
 }
 
-/** POSTs to the admin listener; exits 1 naming the address when it cannot be reached. Returns status and body. */
-async function adminPost (cmd: string, admin: string, path: string, timeoutMs: number): Promise<{ status: number, body: string }> {
+/** The Authorization header for the admin listener: the config's admin token (token, tokenFile, FERRY_ADMIN_TOKEN), if any. */
+function adminHeaders (file: string | undefined): Record<string, string> {
+  let token: string | undefined
   try {
-    const res = await fetch(`http://${admin}${path}`, { method: 'POST', signal: AbortSignal.timeout(timeoutMs) })
+    token = resolveAdminToken(loadConfig(file).admin).token
+  } catch {
+    // No usable config beside this command (--admin pointed elsewhere): the environment only.
+    token = resolveAdminToken({}).token
+  }
+  return token === undefined ? {} : { authorization: `Bearer ${token}` }
+}
+
+/** POSTs to the admin listener; exits 1 naming the address when it cannot be reached. Returns status and body. */
+async function adminPost (cmd: string, admin: string, path: string, timeoutMs: number, headers: Record<string, string>): Promise<{ status: number, body: string }> {
+  try {
+    const res = await fetch(`http://${admin}${path}`, { method: 'POST', headers, signal: AbortSignal.timeout(timeoutMs) })
     return { status: res.status, body: await res.text() }
   } catch (err) {
     const e = err as Error
@@ -107,15 +122,15 @@ function printBody (body: string): void {
 }
 
 /** `ferry reload`: asks a running gateway to reload its config file; exit 1 when it refused. */
-async function reloadCommand (admin: string): Promise<void> {
-  const { status, body } = await adminPost('reload', admin, '/reload', 30_000)
+async function reloadCommand (admin: string, headers: Record<string, string>): Promise<void> {
+  const { status, body } = await adminPost('reload', admin, '/reload', 30_000, headers)
   if (status !== 200) fail(`ferry reload: refused (${status}):\n${body}`)
   printBody(body)
 }
 
 /** `ferry drain`: asks a running gateway (its admin listener) to drain; with --wait, until it is gone. */
-async function drainCommand (admin: string, wait: boolean): Promise<void> {
-  const { status, body } = await adminPost('drain', admin, '/drain', 5000)
+async function drainCommand (admin: string, wait: boolean, headers: Record<string, string>): Promise<void> {
+  const { status, body } = await adminPost('drain', admin, '/drain', 5000, headers)
   if (status !== 202) fail(`ferry drain: ${admin} answered ${status}: ${body}`)
   printBody(body)
   if (!wait) return
@@ -123,7 +138,7 @@ async function drainCommand (admin: string, wait: boolean): Promise<void> {
     await new Promise((resolve) => setTimeout(resolve, 1000))
     let st: { drain?: { phase?: string, remaining?: object } }
     try {
-      st = await (await fetch(`http://${admin}/status`, { signal: AbortSignal.timeout(5000) })).json() as typeof st
+      st = await (await fetch(`http://${admin}/status`, { headers, signal: AbortSignal.timeout(5000) })).json() as typeof st
     } catch {
       process.stdout.write('drained: the gateway is gone\n')
       return
@@ -142,10 +157,10 @@ async function main (argv: string[]): Promise<void> {
       await start(file)
       return
     case 'drain':
-      await drainCommand(values.admin ?? adminAddress(file), values.wait === true)
+      await drainCommand(values.admin ?? adminAddress(file), values.wait === true, adminHeaders(file))
       return
     case 'reload':
-      await reloadCommand(values.admin ?? adminAddress(file))
+      await reloadCommand(values.admin ?? adminAddress(file), adminHeaders(file))
       return
     case 'check': {
       if (file === undefined) fail('ferry check: --config FILE is required')

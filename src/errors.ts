@@ -75,6 +75,11 @@ export const ERRORS = {
   // Service discovery and health checks (docs/discovery.md).
   FERRY_ERR_NO_HEALTHY_ENDPOINT: { status: 503, description: 'No endpoint of the upstream is healthy (all ejected or failing health checks) and its whenAllUnhealthy is fail, or its source (dns, registry) found no endpoints: refused at once (HTTP 503 with Retry-After, upgrade 503, TCP connection closed).' },
   FERRY_ERR_DISCOVERY: { status: 0, description: 'An endpoint source could not refresh (DNS resolution failed or came back empty, the registry\'s Redis was unreachable); the upstream keeps its last good endpoint set and retries.' },
+  // Admin listener and status console (docs/console.md).
+  FERRY_ERR_ADMIN_UNAUTHORIZED: { status: 401, description: 'An admin request (/status, /events, POST /drain, POST /reload; /metrics with admin.protectMetrics) carried no `Authorization: Bearer` token, or not the configured admin.token; nothing was done.' },
+  FERRY_ERR_ADMIN_CROSS_ORIGIN: { status: 403, description: 'A POST to the admin listener came from a page of another origin (its Origin header names another host than the request\'s Host): refused, so a web page cannot make a browser drain or reload a gateway on its machine.' },
+  FERRY_ERR_CONSOLE_FULL: { status: 503, description: 'admin.console.maxSubscribers live channels (/events) are already open; the new one is refused with Retry-After.' },
+  FERRY_ERR_CONSOLE_SLOW: { status: 0, description: 'A console subscriber did not take its snapshots (its socket stayed full for admin.console.maxMissed pushes in a row); it was dropped (counted in ferry_console_dropped_total) and the others were not held up.' },
 } as const satisfies Record<string, ErrorSpec>
 
 export type FerryErrorCode = keyof typeof ERRORS

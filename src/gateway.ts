@@ -25,6 +25,9 @@ import { Admission } from './drain/admission.js'
 import { DrainController, type DrainStatus, type DrainTarget } from './drain/controller.js'
 import type { HttpLifecycle } from './upstream/http/exchange.js'
 import { createEndpointSource, type EndpointSource } from './discovery/index.js'
+import { AdminToken, resolveAdminToken } from './admin/token.js'
+import { PodDirectory, podBoardOf } from './affinity/pods.js'
+import { hostname } from 'node:os'
 
 /** Connections of a listener a reload removed continue until they end (the longest timer Node takes). */
 const RETIRED_LISTENER_GRACE_MS = 2 ** 31 - 1
@@ -99,6 +102,8 @@ export class Gateway {
   private readonly source: (() => Config) | undefined
   private readonly removeCollector: () => void
   private store: AffinityStore | undefined
+  /** This pod's entry in the pod directory (Redis affinity store), for the console. */
+  private pods: PodDirectory | undefined
   /** Auth policies, rate limits and their Redis connection for the running config. */
   private edge: Edge | undefined
   private secretSource: SecretSource | undefined
@@ -157,16 +162,20 @@ export class Gateway {
     // Start in a known state: Redis connected, or found unreachable (then the store falls back).
     await store.ready(Math.min(2000, 20 * cfg.affinity.redis.lookupTimeoutMs))
     this.wsDeps = { gatewayId: cfg.gateway.id, store, ttlMs: cfg.affinity.ttlMs, tokens }
+    this.pods = new PodDirectory(podBoardOf(store), cfg.affinity.redis.podTtlMs, () => this.podRecord(), this.log.child({ component: 'pods' }))
     this.sets = this.buildUpstreams(cfg, undefined)
     try {
       this.edge = new Edge(cfg, undefined, this.log, this.metrics)
+      const access = this.adminAccess(cfg)
+      if (!access.token.required && !isLoopback(cfg.listen.admin.host)) this.log.warn({ admin: cfg.listen.admin.host }, 'the admin listener is not on a loopback address and admin.token is not set: anyone who reaches it can drain or reload this gateway')
       this.admin = new AdminServer(this.uws, {
         live: () => this.state === 'starting' || this.state === 'running' || this.state === 'draining' || this.state === 'stopping',
         ready: () => this.state === 'running',
         status: () => this.status(),
         drain: () => this.drain('POST /drain'),
         reload: async () => await this.reloadFromSource('POST /reload'),
-      }, this.metrics, this.log)
+        flushCounters: () => { this.front?.ws.collect() },
+      }, this.metrics, this.log, access, cfg.admin.console)
       const admin = await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
       this.front = new HttpFront({ uws: this.uws, config: cfg, table: this.table(cfg, this.sets), log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission })
       for (const u of this.sets.ws.values()) u.bindPublisher?.(this.front.ws)
@@ -183,6 +192,7 @@ export class Gateway {
       throw err
     }
     this.transition('running')
+    this.pods.start()
     this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, tcp: this.ports.tcp, gateway: cfg.gateway.id, version: VERSION }, 'listening')
     if (this.drainRequested !== undefined) this.drain(this.drainRequested)
     return this.ports
@@ -244,6 +254,16 @@ export class Gateway {
     return { config: cfg, router: new Router(cfg.routes), upstreams: new Map([...set.http].map(([n, h]) => [n, h.ctx])), wsUpstreams: set.ws, edge: this.edge! }
   }
 
+  /** Who may use the admin API under `cfg` (throws FERRY_ERR_CONFIG_INVALID for an unreadable tokenFile). */
+  private adminAccess (cfg: Config): { token: AdminToken, protectMetrics: boolean } {
+    const { token, source } = resolveAdminToken(cfg.admin)
+    return { token: new AdminToken(token, source), protectMetrics: cfg.admin.protectMetrics }
+  }
+
+  private podRecord (): { id: string, host: string, version: string, sessions: number, draining: boolean, updatedAt: string } {
+    return { id: this.cfg.gateway.id, host: hostname(), version: VERSION, sessions: this.front?.ws.sessionCount ?? 0, draining: this.state === 'draining', updatedAt: new Date().toISOString() }
+  }
+
   private refused (errors: string[], version: string): ReloadResult {
     this.lastReload = { at: new Date().toISOString(), result: 'refused', errors }
     this.metrics.configReloads.labels('refused').inc()
@@ -281,6 +301,12 @@ export class Gateway {
     if (this.state !== 'running') return refuse([`(gateway): cannot reload while ${this.state}`])
     const problems = reloadRefusals(this.cfg, next)
     if (problems.length > 0) return refuse(problems)
+    let access: { token: AdminToken, protectMetrics: boolean }
+    try {
+      access = this.adminAccess(next)
+    } catch (err) {
+      return refuse([(err as Error).message])
+    }
     let edge: Edge
     try {
       edge = new Edge(next, this.edge, this.log, this.metrics)
@@ -350,6 +376,7 @@ export class Gateway {
     this.tcpListeners = [...keep, ...bound]
     if (moved.http !== undefined) this.front!.adopt(moved.http)
     if (moved.admin !== undefined) this.admin!.adopt(moved.admin)
+    this.admin!.setAccess(access)
     if (this.ports !== undefined) this.ports = { http: moved.http?.port ?? this.ports.http, admin: moved.admin?.port ?? this.ports.admin, tcp: tcpPorts }
     for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) u.bindPublisher?.(this.front!.ws)
     this.sets = set
@@ -414,6 +441,7 @@ export class Gateway {
       notReady: () => {
         this.lifecycle.draining = true
         if (this.state === 'running') this.transition('draining')
+        this.pods?.refresh()
       },
       closeListeners: (graceMs) => {
         this.front?.stopAccepting()
@@ -466,6 +494,7 @@ export class Gateway {
     ])
     for (const u of this.sets.tcp.values()) u.close(kind)
     await Promise.all([...this.sets.sources.values()].map(async (src) => { await src.stop() }))
+    await this.pods?.close()
     await this.store?.close(kind)
     await this.edge?.retire(undefined)
     this.admin?.close()
@@ -516,7 +545,9 @@ export class Gateway {
       routes: this.config.routes.map((r) => ({ host: r.match.host, path: r.match.path, upstream: r.upstream, kind: this.config.upstreams[r.upstream]?.protocol === 'http' ? 'http' : 'websocket', auth: r.auth ?? null, rateLimits: r.rateLimits })),
       edge: this.edge?.status(),
       websocket: this.front?.ws.status(),
+      clients: { httpRequestsInFlight: this.lifecycle.inFlight, webSocketSessions: this.front?.ws.sessionCount ?? 0, tcpConnections: [...this.tcpListeners, ...this.oldListeners].reduce((n, l) => n + l.open, 0) },
       affinity: this.store?.status(),
+      pods: this.pods?.status(),
       config: { version: this.version, loadedAt: this.loadedAt, lastReload: this.lastReload ?? null },
       drain: this.drainer.status(),
       admission: this.admission.status(),
@@ -529,4 +560,8 @@ export class Gateway {
       ],
     }
   }
+}
+
+function isLoopback (host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.')
 }

@@ -1,8 +1,12 @@
-import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
+import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import type { Logger } from 'pino'
+import { ERRORS, type FerryErrorCode } from '../errors.js'
 import { listen, type ListenSocket } from '../front/listen.js'
 import type { Uws } from '../front/uws.js'
 import type { Metrics } from '../observability/metrics.js'
+import { loadConsoleAssets, type Asset } from './console-assets.js'
+import { ConsoleFeed, type FeedOptions, type Subscription } from './console-feed.js'
+import type { AdminToken } from './token.js'
 
 /** What the admin API reads from the gateway; kept narrow so the admin never reaches into stages. */
 export interface AdminSource {
@@ -13,14 +17,50 @@ export interface AdminSource {
   readonly drain: () => object
   /** Reloads the config file; `result` is 'ok' or 'refused' (with field-named errors). */
   readonly reload: () => Promise<{ result: string }>
+  /** Adds the per-message counts kept as plain numbers to their prom-client counters (what a scrape does first, without the rest of it). */
+  readonly flushCounters: () => void
 }
 
-/** Admin HTTP API on its own listener: /healthz /readyz /metrics /status, POST /drain /reload. */
+/** Who may use the admin API (reloadable) and the console's settings (read at start-up). */
+export interface AdminAccess {
+  token: AdminToken
+  protectMetrics: boolean
+}
+
+export interface AdminConsoleOptions extends FeedOptions {
+  enabled: boolean
+}
+
+const JSON_TYPE = 'application/json'
+
+/** Headers of every console file: nothing from elsewhere, never framed, never cached (it is tiny). */
+const ASSET_HEADERS: Array<[string, string]> = [
+  ['content-security-policy', "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"],
+  ['x-content-type-options', 'nosniff'],
+  ['referrer-policy', 'no-referrer'],
+  ['cache-control', 'no-cache'],
+]
+
+function errorBody (code: FerryErrorCode, message: string): string {
+  return JSON.stringify({ error: { code, message } })
+}
+
+/**
+ * Admin HTTP API on its own listener: /healthz /readyz /metrics /status /events, POST /drain /reload,
+ * and the status console at /. With a token (admin.token) everything but the probes (and /metrics
+ * unless protectMetrics) needs `Authorization: Bearer TOKEN`; POSTs from a page of another origin are
+ * refused whatever the token.
+ */
 export class AdminServer {
   private readonly app: TemplatedApp
   private socket: ListenSocket | undefined
+  private readonly feed: ConsoleFeed
+  private readonly assets: Map<string, Asset> | undefined
 
-  constructor (private readonly uws: Uws, private readonly source: AdminSource, private readonly metrics: Metrics, private readonly log: Logger) {
+  constructor (private readonly uws: Uws, private readonly source: AdminSource, private readonly metrics: Metrics, private readonly log: Logger,
+    private access: AdminAccess, consoleOpts: AdminConsoleOptions) {
+    this.feed = new ConsoleFeed(consoleOpts, { snapshot: () => this.status(), flushCounters: source.flushCounters }, metrics, log.child({ component: 'console' }))
+    this.assets = consoleOpts.enabled ? loadConsoleAssets() : undefined
     this.app = uws.App()
     this.app.get('/healthz', (res) => {
       const ok = this.source.live()
@@ -30,28 +70,124 @@ export class AdminServer {
       const ok = this.source.ready()
       res.writeStatus(ok ? '200 OK' : '503 Service Unavailable').writeHeader('content-type', 'text/plain').end(ok ? 'ready\n' : 'not ready\n')
     })
-    this.app.get('/status', (res) => {
-      res.writeHeader('content-type', 'application/json').end(JSON.stringify(this.source.status(), null, 2))
+    this.app.get('/status', (res, req) => {
+      if (!this.authorized(res, req, '/status')) return
+      res.writeHeader('content-type', JSON_TYPE).end(JSON.stringify(this.status(), null, 2))
     })
-    this.app.get('/metrics', (res) => this.serveMetrics(res))
-    this.app.post('/drain', (res) => {
+    this.app.get('/metrics', (res, req) => {
+      if (this.access.protectMetrics && !this.authorized(res, req, '/metrics')) return
+      this.serveMetrics(res)
+    })
+    this.app.get('/events', (res, req) => {
+      if (!this.authorized(res, req, '/events')) return
+      this.subscribe(res)
+    })
+    this.app.post('/drain', (res, req) => {
+      if (!this.sameOrigin(res, req) || !this.authorized(res, req, '/drain')) return
       res.onAborted(() => {})
       const progress = this.source.drain()
-      res.writeStatus('202 Accepted').writeHeader('content-type', 'application/json').end(JSON.stringify(progress, null, 2))
+      res.writeStatus('202 Accepted').writeHeader('content-type', JSON_TYPE).end(JSON.stringify(progress, null, 2))
     })
-    this.app.post('/reload', (res) => {
+    this.app.post('/reload', (res, req) => {
+      if (!this.sameOrigin(res, req) || !this.authorized(res, req, '/reload')) return
       let aborted = false
       res.onAborted(() => { aborted = true })
       this.source.reload().then((r) => {
         if (aborted) return
-        res.cork(() => res.writeStatus(r.result === 'ok' ? '200 OK' : '400 Bad Request').writeHeader('content-type', 'application/json').end(JSON.stringify(r, null, 2)))
+        res.cork(() => res.writeStatus(r.result === 'ok' ? '200 OK' : '400 Bad Request').writeHeader('content-type', JSON_TYPE).end(JSON.stringify(r, null, 2)))
       }, (err: unknown) => {
         this.log.error({ err }, 'reload failed')
         if (!aborted) res.cork(() => res.writeStatus('500 Internal Server Error').end())
       })
     })
+    for (const [path, asset] of this.assets ?? []) {
+      this.app.get(path, (res) => {
+        res.writeHeader('content-type', asset.type)
+        for (const [k, v] of ASSET_HEADERS) res.writeHeader(k, v)
+        res.end(asset.body)
+      })
+    }
     this.app.any('/*', (res) => {
-      res.writeStatus('404 Not Found').writeHeader('content-type', 'text/plain').end('admin endpoints: GET /healthz /readyz /metrics /status, POST /drain /reload\n')
+      res.writeStatus('404 Not Found').writeHeader('content-type', 'text/plain').end(`admin endpoints: GET /healthz /readyz /metrics /status /events${this.assets === undefined ? '' : ' / (console)'}, POST /drain /reload\n`)
+    })
+  }
+
+  /** Starts the console's sampling timer and binds the listener. */
+  async listen (host: string, port: number): Promise<number> {
+    this.feed.start()
+    this.socket = await listen(this.uws, this.app, 'listen.admin', host, port)
+    return this.socket.port
+  }
+
+  /** A reload may change the token: live channels opened with another token are ended (they reconnect and ask). */
+  setAccess (access: AdminAccess): void {
+    const changed = !access.token.same(this.access.token)
+    this.access = access
+    if (changed) this.feed.closeAll('flush')
+  }
+
+  /** The gateway's status plus the admin listener's own. */
+  private status (): object {
+    return { ...this.source.status(), admin: { token: this.access.token.source, protectMetrics: this.access.protectMetrics, console: this.feed.status() } }
+  }
+
+  /** Answers 401 (and counts it) unless the request carries the token; `path` is a fixed label. */
+  private authorized (res: HttpResponse, req: HttpRequest, path: string): boolean {
+    if (this.access.token.allows(req.getHeader('authorization'))) return true
+    this.metrics.adminUnauthorized.labels(path).inc()
+    res.writeStatus(`${ERRORS.FERRY_ERR_ADMIN_UNAUTHORIZED.status} Unauthorized`)
+      .writeHeader('www-authenticate', 'Bearer realm="ferry-admin"')
+      .writeHeader('content-type', JSON_TYPE)
+      .end(errorBody('FERRY_ERR_ADMIN_UNAUTHORIZED', `${path} needs the admin token: Authorization: Bearer TOKEN`))
+    return false
+  }
+
+  /**
+   * A browser sends Origin with every POST; one naming another host than the request's is a page of
+   * another site submitting a form to this machine (no token is needed for that when none is set).
+   */
+  private sameOrigin (res: HttpResponse, req: HttpRequest): boolean {
+    const origin = req.getHeader('origin')
+    if (origin === '') return true
+    let host: string | undefined
+    try { host = new URL(origin).host } catch { host = undefined }
+    if (host !== undefined && host === req.getHeader('host')) return true
+    res.writeStatus(`${ERRORS.FERRY_ERR_ADMIN_CROSS_ORIGIN.status} Forbidden`).writeHeader('content-type', JSON_TYPE)
+      .end(errorBody('FERRY_ERR_ADMIN_CROSS_ORIGIN', `a POST from ${origin} to the admin listener of ${req.getHeader('host')} is refused`))
+    return false
+  }
+
+  /** The live channel: Server-Sent Events, one snapshot per console.intervalMs (see ConsoleFeed). */
+  private subscribe (res: HttpResponse): void {
+    if (this.feed.full) {
+      res.writeStatus('503 Service Unavailable').writeHeader('retry-after', '5').writeHeader('content-type', JSON_TYPE)
+        .end(errorBody('FERRY_ERR_CONSOLE_FULL', 'too many console subscribers (admin.console.maxSubscribers)'))
+      return
+    }
+    let sub: Subscription | undefined
+    let ended = false
+    res.onAborted(() => {
+      ended = true
+      if (sub !== undefined) this.feed.unsubscribe(sub)
+    })
+    res.writeStatus('200 OK').writeHeader('content-type', 'text/event-stream').writeHeader('cache-control', 'no-store').writeHeader('x-content-type-options', 'nosniff')
+    sub = this.feed.subscribe({
+      write: (chunk) => {
+        if (ended) return true
+        let ok = true
+        // Outside the handler a write must be corked (and uWS 20.30 can lose ≥ 16 KiB uncorked sends).
+        res.cork(() => { ok = res.write(chunk) })
+        return ok
+      },
+      close: (kind) => {
+        if (ended) return
+        ended = true
+        if (kind === 'flush') res.cork(() => res.end()); else res.close()
+      },
+    })
+    res.onWritable(() => {
+      if (sub !== undefined) this.feed.writable(sub)
+      return true
     })
   }
 
@@ -67,11 +203,6 @@ export class AdminServer {
     })
   }
 
-  async listen (host: string, port: number): Promise<number> {
-    this.socket = await listen(this.uws, this.app, 'listen.admin', host, port)
-    return this.socket.port
-  }
-
   /** A reload moves the admin listener: bind the new address first, then `adopt` it. */
   async bindNew (host: string, port: number): Promise<ListenSocket> {
     return await listen(this.uws, this.app, 'listen.admin', host, port)
@@ -83,6 +214,7 @@ export class AdminServer {
   }
 
   close (): void {
+    this.feed.close()
     this.socket?.close()
     this.socket = undefined
   }

@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks'
 import { Redis, ReplyError } from 'ioredis'
 import type { Logger } from 'pino'
+import { parsePodRecord, type PodBoard, type PodRecord } from './pods.js'
 import {
   checkEpoch, checkPod, checkRecord, frozenRecord, storeKey, ttlOf, StoreMetrics,
   type AffinityDeps, type AffinityOp, type AffinityRecord, type AffinityState, type AffinityStore, type AffinityStoreStatus,
@@ -36,8 +37,38 @@ redis.call('SET', KEYS[1], nv, 'KEEPTTL')
 return {1, nv}
 `
 
+/**
+ * The pod directory: `<podsKeyPrefix>pod:<id>` holds the pod's JSON with a PX TTL, and the sorted set
+ * `<podsKeyPrefix>index` holds the ids scored by when they expire (Redis' clock, so pods' clocks do not
+ * matter). Listing prunes expired ids and reads the live records in one round trip; it reads keys it
+ * derives from the index (fine on one Redis; a Redis Cluster would need the keys in one hash slot).
+ */
+const POD_ANNOUNCE_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+return 1
+`
+const POD_LIST_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+local out = {}
+for _, id in ipairs(ids) do
+  local v = redis.call('GET', ARGV[1] .. id)
+  if v then out[#out + 1] = v end
+end
+return out
+`
+/** Pods listed at most (the console shows a table, not a fleet inventory). */
+const MAX_PODS = 200
+
 interface ClaimCommand {
   ferryAffinityClaim: (key: string, expectedEpoch: string, pod: string) => Promise<[number, string?]>
+  ferryPodAnnounce: (key: string, index: string, json: string, ttlMs: string, id: string) => Promise<number>
+  ferryPodList: (index: string, keyPrefix: string, max: string) => Promise<string[]>
 }
 
 const FALLBACK: unique symbol = Symbol('affinity fallback')
@@ -189,7 +220,7 @@ const REPLY_ERROR_LOG_MS = 10_000
  * later), reconnects forever with capped jittered backoff, and drops a connection that stopped answering
  * (socketTimeout), so a stopped or vanished Redis is reconnected rather than waited on.
  */
-export class RedisAffinityStore implements AffinityStore {
+export class RedisAffinityStore implements AffinityStore, PodBoard {
   readonly kind = 'redis'
   private phase: RedisStorePhase = 'connecting'
   private readonly redis: Redis
@@ -199,6 +230,7 @@ export class RedisAffinityStore implements AffinityStore {
   private readonly ttlMs: number
   private readonly budgetMs: number
   private readonly prefix: string
+  private readonly podsPrefix: string
   private readonly probeIntervalMs: number
   private readonly url: string
   private readonly probeTimer: NodeJS.Timeout
@@ -216,6 +248,7 @@ export class RedisAffinityStore implements AffinityStore {
     this.ttlMs = ttlOf(opts.ttlMs, 600_000)
     this.budgetMs = Math.max(1, r.lookupTimeoutMs)
     this.prefix = r.keyPrefix
+    this.podsPrefix = r.podsKeyPrefix ?? 'ferry:pods:'
     this.probeIntervalMs = r.probeIntervalMs ?? Math.max(100, 4 * this.budgetMs)
     this.url = redact(r.url)
     this.log = deps.logger
@@ -240,7 +273,11 @@ export class RedisAffinityStore implements AffinityStore {
       socketTimeout: r.deadAfterMs ?? Math.max(1000, 40 * this.budgetMs),
       protocol: 2,
       disableClientInfo: true,
-      scripts: { ferryAffinityClaim: { numberOfKeys: 1, lua: CLAIM_LUA } },
+      scripts: {
+        ferryAffinityClaim: { numberOfKeys: 1, lua: CLAIM_LUA },
+        ferryPodAnnounce: { numberOfKeys: 2, lua: POD_ANNOUNCE_LUA },
+        ferryPodList: { numberOfKeys: 1, lua: POD_LIST_LUA },
+      },
     })
     this.redis.on('error', (err: Error) => {
       this.log.debug({ store: 'redis', redis: this.url, err: err.message }, 'affinity store connection error')
@@ -308,6 +345,30 @@ export class RedisAffinityStore implements AffinityStore {
     return v === FALLBACK ? { ok: false, record: undefined, reason: 'unavailable' } : v
   }
 
+  async announce (pod: PodRecord, ttlMs: number): Promise<boolean> {
+    const client = this.redis as unknown as ClaimCommand
+    const v = await this.run('announce', async () => await client.ferryPodAnnounce(`${this.podsPrefix}pod:${pod.id}`, `${this.podsPrefix}index`, JSON.stringify(pod), String(ttlOf(ttlMs, 15_000)), pod.id), (reply: number) => reply === 1)
+    return v === true
+  }
+
+  async listPods (): Promise<PodRecord[] | undefined> {
+    const client = this.redis as unknown as ClaimCommand
+    const v = await this.run('pods', async () => await client.ferryPodList(`${this.podsPrefix}index`, `${this.podsPrefix}pod:`, String(MAX_PODS)), (reply: string[]) => {
+      const out: PodRecord[] = []
+      for (const json of reply) {
+        const p = parsePodRecord(json)
+        if (p === undefined) this.metrics.error('pods', 'corrupt'); else out.push(p)
+      }
+      return out
+    })
+    return v === FALLBACK ? undefined : v
+  }
+
+  async withdraw (id: string): Promise<boolean> {
+    const v = await this.run('withdraw', async () => await this.redis.multi().del(`${this.podsPrefix}pod:${id}`).zrem(`${this.podsPrefix}index`, id).exec(), (reply) => reply !== null)
+    return v === true
+  }
+
   async ready (waitMs = 1000): Promise<AffinityState> {
     if (this.phase === 'connecting') {
       await new Promise<void>((resolve) => {
@@ -354,6 +415,7 @@ export class RedisAffinityStore implements AffinityStore {
       connection: this.redis.status,
       lookupTimeoutMs: this.budgetMs,
       keyPrefix: this.prefix,
+      podsKeyPrefix: this.podsPrefix,
       inFlight: this.deadlines.size,
       fallbacks: this.fallbacks,
       replyErrors: this.replyErrors,

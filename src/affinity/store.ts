@@ -36,7 +36,7 @@ export type AffinityState = 'ok' | 'fallback'
 export type AffinityStoreKind = 'memory' | 'redis'
 
 /** Operations, as the `op` label of the store metrics. */
-export type AffinityOp = 'get' | 'set' | 'touch' | 'delete' | 'claim'
+export type AffinityOp = 'get' | 'set' | 'touch' | 'delete' | 'claim' | 'announce' | 'pods' | 'withdraw'
 
 /**
  * Session key → affinity record, with a TTL. No method throws for a store failure or waits past the
@@ -92,6 +92,8 @@ export interface RedisAffinityOptions {
   readonly lookupTimeoutMs: number
   /** Prefix of the Redis keys (`ferry:aff:`). */
   readonly keyPrefix: string
+  /** Prefix of the pod directory keys (`ferry:pods:`; see pods.ts). */
+  readonly podsKeyPrefix?: string
   // Not in the config schema (derived defaults); here for tests and for operators who need them.
   /** While falling back, how often a PING checks whether Redis answers within the budget again. Default max(100, 4 × lookupTimeoutMs). */
   readonly probeIntervalMs?: number
@@ -188,7 +190,7 @@ export class StoreMetrics {
     this.miss = m?.affinityLookups.labels(store, 'miss') ?? NOOP
     this.fellBack = m?.affinityLookups.labels(store, 'fallback') ?? NOOP
     this.evictions = m?.affinityEvictions.labels(store) ?? NOOP
-    for (const op of ['get', 'set', 'touch', 'delete', 'claim'] as const) this.latency.set(op, m?.affinityStoreLatency.labels(store, op) ?? NOOP)
+    for (const op of ['get', 'set', 'touch', 'delete', 'claim', 'announce', 'pods', 'withdraw'] as const) this.latency.set(op, m?.affinityStoreLatency.labels(store, op) ?? NOOP)
   }
 
   observe (op: AffinityOp, seconds: number): void {

@@ -21,6 +21,7 @@ export function reloadRefusals (running: Config, next: Config): string[] {
   fixed('affinity', running.affinity, next.affinity, 'open sessions hold the store')
   fixed('resume', running.resume, next.resume, 'tokens already issued must stay valid')
   fixed('reload', running.reload, next.reload, 'the file watch is set up at start-up')
+  fixed('admin.console', running.admin.console, next.admin.console, 'the console feed is set up at start-up')
   // uWS binds these to a path's URL pattern when it is registered; new paths are fine.
   const before = wsSettingsByPath(running)
   for (const [path, s] of wsSettingsByPath(next)) {

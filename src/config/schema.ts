@@ -378,7 +378,7 @@ export const configSchema = z.strictObject({
   }).prefault({}).describe('Identity of this gateway process.'),
   listen: z.strictObject({
     http: listener('0.0.0.0', 8080).prefault({}).describe('The HTTP and WebSocket front (uWebSockets.js).'),
-    admin: listener('127.0.0.1', 9901).prefault({}).describe('Admin API: /healthz /readyz /metrics /status. Keep it off public interfaces.'),
+    admin: listener('127.0.0.1', 9901).prefault({}).describe('Admin API and status console: /healthz /readyz /metrics /status /events, POST /drain /reload, the console at /. Keep it off public interfaces, and set `admin.token` when it is reachable by anyone else.'),
     tcp: z.array(tcpListener).default([]).describe('Raw TCP passthrough ports, each forwarding to a `protocol: tcp` upstream.'),
   }).prefault({}).describe('Listening sockets.'),
   http: z.strictObject({
@@ -410,6 +410,9 @@ export const configSchema = z.strictObject({
       url: z.string().regex(/^rediss?:\/\//, { error: 'must be a redis:// or rediss:// URL' }).default('redis://127.0.0.1:6379').describe('Redis to use (`redis://[user:password@]host:port[/db]`).'),
       lookupTimeoutMs: durationMs(50, 'Budget of a lookup on the connection path; past it (or while Redis is down) Ferry uses rendezvous hashing of the key, logs the transition once and sets ferry_affinity_fallback.'),
       keyPrefix: z.string().min(1).default('ferry:aff:').describe('Prefix of the Redis keys.'),
+      podsKeyPrefix: z.string().min(1).default('ferry:pods:').describe('Prefix of the pod directory keys: every pod announces itself (id, host, version, sessions, draining) under `<podsKeyPrefix>pod:<id>` with `podTtlMs`, indexed in `<podsKeyPrefix>index`, so the status console lists the pods sharing this Redis. Keep it apart from keyPrefix (session keys come from clients).'),
+      podTtlMs: z.number({ error: 'must be an integer of 1000-600000 ms' }).int({ error: 'must be an integer of 1000-600000 ms' }).min(1000, { error: 'must be an integer of 1000-600000 ms' }).max(600000, { error: 'must be an integer of 1000-600000 ms' }).default(15000)
+        .describe('A pod\'s announcement lives this long; it is renewed every third of it and removed when the pod stops. A pod that vanished drops out of the list after this.'),
     }).prefault({}).describe('With `store: redis`.'),
   }).prefault({}).describe('The session affinity store (see a route\'s `affinity.key`).'),
   resume: z.strictObject({
@@ -428,6 +431,19 @@ export const configSchema = z.strictObject({
     watch: z.boolean().default(false).describe('Reload by itself when the config file changes (checked by polling its status, which also sees a Kubernetes ConfigMap update swapping the mounted file). SIGHUP, POST /reload and `ferry reload` work either way. Read at start-up.'),
     watchIntervalMs: durationMs(2000, 'How often the file is checked when `watch` is on.'),
   }).prefault({}).describe('Hot reload (docs/reload.md).'),
+  admin: z.strictObject({
+    token: z.string().min(16, { error: 'must be at least 16 characters' }).optional()
+      .describe('Bearer token the admin listener requires (`Authorization: Bearer TOKEN`) for /status, POST /drain, POST /reload and the console\'s live channel /events (docs/console.md). /healthz and /readyz stay open for probes; /metrics too unless `protectMetrics`. Default: the FERRY_ADMIN_TOKEN environment variable, else none (the admin API is open: keep listen.admin on 127.0.0.1). Compared in constant time.'),
+    tokenFile: z.string().min(1).optional().describe('Read the token from this file instead (a mounted Kubernetes Secret); surrounding whitespace is ignored. Read at start and on reload.'),
+    protectMetrics: z.boolean().default(false).describe('Require the token for /metrics too (Prometheus: `authorization: { credentials_file: ... }`). Off by default: metrics carry no secrets and no per-client labels, and most scrapers are set up without credentials.'),
+    console: z.strictObject({
+      enabled: z.boolean().default(true).describe('Serve the status console at / on the admin listener (static page; its data needs the token when one is set).'),
+      intervalMs: z.number({ error: 'must be an integer of 100-5000 ms' }).int({ error: 'must be an integer of 100-5000 ms' }).min(100, { error: 'must be an integer of 100-5000 ms' }).max(5000, { error: 'must be an integer of 100-5000 ms (uWebSockets.js closes a response that sends nothing for 10 s)' }).default(1000)
+        .describe('How often one timer pushes a snapshot to every console subscriber (and samples the message and request rates the charts draw).'),
+      maxSubscribers: positiveInt.default(32).describe('Live channels (/events) open at once; beyond it a new one is refused 503.'),
+      maxMissed: positiveInt.default(5).describe('A subscriber that has not taken its previous snapshot (its socket is full) misses the next ones; after this many missed in a row it is dropped (counted in ferry_console_dropped_total) so it never holds memory or stalls the others.'),
+    }).prefault({}).describe('The status console (docs/console.md).'),
+  }).prefault({}).describe('Access to the admin listener (listen.admin) and its status console.'),
   admission: z.strictObject({
     handshakesPerSec: nonNegativeInt.default(2000).describe('New WebSocket handshakes this pod takes per second (token bucket), so pods receiving a drained pod\'s sessions are not overrun. Beyond it: ferry/client clients are closed 1013 with a `retry-after-ms` hint, other clients get 503 with Retry-After. 0: no limit.'),
     burst: positiveInt.default(4000).describe('Handshakes that may arrive at once above the rate (the bucket\'s size).'),
@@ -446,6 +462,9 @@ export const configSchema = z.strictObject({
 }).superRefine((cfg, ctx) => {
   if (cfg.drain.spreadMs >= cfg.drain.deadlineMs) {
     ctx.addIssue({ code: 'custom', path: ['drain', 'spreadMs'], input: cfg.drain.spreadMs, message: `must be less than drain.deadlineMs (${cfg.drain.deadlineMs}): sessions still open at the deadline are closed at once` })
+  }
+  if (cfg.admin.token !== undefined && cfg.admin.tokenFile !== undefined) {
+    ctx.addIssue({ code: 'custom', path: ['admin', 'tokenFile'], input: cfg.admin.tokenFile, message: 'give either admin.token or admin.tokenFile, not both' })
   }
   if (cfg.resume.secret !== undefined && cfg.resume.secretFile !== undefined) {
     ctx.addIssue({ code: 'custom', path: ['resume', 'secretFile'], input: cfg.resume.secretFile, message: 'give either resume.secret or resume.secretFile, not both' })

@@ -416,9 +416,13 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     return this.sessions.size
   }
 
-  status (): { sessions: number, byRoute: Record<string, number> } {
+  status (): { sessions: number, byRoute: Record<string, number>, byMode: { ws: number, mux: number } } {
     const byRoute: Record<string, number> = {}
-    for (const s of this.sessions) byRoute[s.hs.route] = (byRoute[s.hs.route] ?? 0) + 1
-    return { sessions: this.sessions.size, byRoute }
+    const byMode = { ws: 0, mux: 0 }
+    for (const s of this.sessions) {
+      byRoute[s.hs.route] = (byRoute[s.hs.route] ?? 0) + 1
+      byMode[s.mode]++
+    }
+    return { sessions: this.sessions.size, byRoute, byMode }
   }
 }

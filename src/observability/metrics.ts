@@ -58,6 +58,9 @@ export class Metrics {
   readonly limitRefused: Counter<'limit'>
   readonly configReloads: Counter<'result'>
   readonly drainPhase: Gauge
+  readonly consoleSubscribers: Gauge
+  readonly consoleDropped: Counter
+  readonly adminUnauthorized: Counter<'path'>
   readonly drainMigrated: Counter<'kind'>
   readonly drainRemaining: Gauge<'kind'>
 
@@ -115,6 +118,9 @@ export class Metrics {
     this.configReloads = new Counter({ name: 'ferry_config_reloads_total', help: 'Config reloads (SIGHUP, POST /reload) by result: ok, or refused (invalid, or a field that needs a restart; the running config was kept).', labelNames: ['result'], registers: r })
     this.admissionRefused = new Counter({ name: 'ferry_admission_refused_total', help: 'New WebSocket handshakes refused by admission control (admission.handshakesPerSec), by reply: http_503 (503 + Retry-After) or ws_1013 (ferry/client: close 1013 with retry-after-ms).', labelNames: ['reply'], registers: r })
     this.limitRefused = new Counter({ name: 'ferry_limit_refused_total', help: 'HTTP requests and WebSocket upgrades refused by a concurrency limit (config `limits`), by limit: http_in_flight, ws_sessions (503) or http_in_flight_per_ip, ws_sessions_per_ip (429).', labelNames: ['limit'], registers: r })
+    this.consoleSubscribers = new Gauge({ name: 'ferry_console_subscribers', help: 'Status console live channels (/events on the admin listener) open now.', registers: r })
+    this.consoleDropped = new Counter({ name: 'ferry_console_dropped_total', help: 'Console subscribers dropped because they did not take their snapshots (FERRY_ERR_CONSOLE_SLOW).', registers: r })
+    this.adminUnauthorized = new Counter({ name: 'ferry_admin_unauthorized_total', help: 'Admin requests refused 401 for a missing or wrong admin token, by path.', labelNames: ['path'], registers: r })
     this.drainPhase = new Gauge({ name: 'ferry_drain_phase', help: 'Drain progress: 0 running, 1 accept grace (not ready, still accepting), 2 migrating sessions, 3 finishing (HTTP requests, TCP connections, links), 4 drained.', registers: r })
     this.drainMigrated = new Counter({ name: 'ferry_drain_migrated_total', help: 'WebSocket sessions moved off this pod by a drain, by kind: resumable (ferry/client: migrate message, close 1012, resumed elsewhere), plain (close 1012), forced (still open at drain.deadlineMs).', labelNames: ['kind'], registers: r })
     this.drainRemaining = new Gauge({ name: 'ferry_drain_remaining', help: 'While draining: what is still open, by kind (sessions, http_requests, tcp_connections).', labelNames: ['kind'], registers: r })

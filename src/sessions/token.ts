@@ -1,6 +1,5 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto'
-import { readFileSync } from 'node:fs'
-import { FerryError } from '../errors.js'
+import { readSecret } from '../config/secret.js'
 
 /** What a resume token says (sealed: clients can neither read nor change it). */
 export interface ResumeClaims {
@@ -71,21 +70,6 @@ export type SecretSource = 'config' | 'file' | 'env' | 'random'
  * file that cannot be read or a secret shorter than 32 characters.
  */
 export function resolveResumeSecret (cfg: { secret?: string | undefined, secretFile?: string | undefined }, env: NodeJS.ProcessEnv = process.env): { secret: string, source: SecretSource } {
-  if (cfg.secret !== undefined) return { secret: cfg.secret, source: 'config' }
-  let secret: string | undefined
-  let source: SecretSource = 'random'
-  if (cfg.secretFile !== undefined) {
-    try {
-      secret = readFileSync(cfg.secretFile, 'utf8').trim()
-    } catch (err) {
-      throw new FerryError('FERRY_ERR_CONFIG_INVALID', `resume.secretFile: cannot read ${cfg.secretFile}: ${(err as Error).message}`)
-    }
-    source = 'file'
-  } else if (env.FERRY_RESUME_SECRET !== undefined && env.FERRY_RESUME_SECRET !== '') {
-    secret = env.FERRY_RESUME_SECRET
-    source = 'env'
-  }
-  if (secret === undefined) return { secret: randomBytes(32).toString('base64url'), source: 'random' }
-  if (secret.length < 32) throw new FerryError('FERRY_ERR_CONFIG_INVALID', `${source === 'file' ? 'resume.secretFile' : 'FERRY_RESUME_SECRET'}: the secret must be at least 32 characters (got ${secret.length})`)
-  return { secret, source }
+  const found = readSecret({ value: cfg.secret, file: cfg.secretFile }, { fileField: 'resume.secretFile', envName: 'FERRY_RESUME_SECRET', minLength: 32, what: 'secret' }, env)
+  return found === undefined ? { secret: randomBytes(32).toString('base64url'), source: 'random' } : { secret: found.value, source: found.source }
 }
