@@ -1,5 +1,5 @@
 import t from 'tap'
-import { request, Agent } from 'node:http'
+import { createServer, request, Agent } from 'node:http'
 import { startBackend, httpConfig } from './helpers/backend.js'
 import { startFerry, metric, waitFor, adminStatus } from './helpers/ferry.js'
 
@@ -109,4 +109,23 @@ t.test('an abandoned request to a hung backend gives its slot back soon, not at 
   const r = await closeRequest(ferry.httpPort, '/fast', agent)
   t.equal(r.status, 200, 'the next request is served (not 503 after queueTimeoutMs 5000): the abandoned request was cut after the drain deadline')
   t.equal(r.body, 'fast', 'with the right body')
+})
+
+t.test('an endpoint written with a leading-zero port (127.0.0.1:0NNNN, valid config) is the same endpoint and takes traffic', async (t) => {
+  // A port under 10,000, so that a leading zero still fits the config's five digits: the first free one found.
+  const server = createServer((_req, res) => { res.end('ok') })
+  let port = 0
+  for (let p = 4100 + Math.floor(Math.random() * 5000); port === 0; p++) {
+    port = await new Promise<number>((resolve) => {
+      server.once('error', () => resolve(0)).listen(p, '127.0.0.1', () => { server.removeAllListeners('error'); resolve(p) })
+    })
+  }
+  t.teardown(() => { server.closeAllConnections(); server.close() })
+  const f = await startFerry(t, httpConfig([`127.0.0.1:0${port}`]))
+  const status = await new Promise<number>((resolve, reject) => {
+    request({ host: '127.0.0.1', port: f.httpPort, path: '/', agent: false }, (res) => { res.resume(); resolve(res.statusCode ?? 0) }).on('error', reject).end()
+  })
+  t.equal(status, 200, 'the request is served (the endpoint set keys members on the normalised host:port)')
+  const ups = (await adminStatus(f)).upstreams as Array<{ name: string, endpoints: Array<{ address: string }> }>
+  t.same(ups.find((u) => u.name === 'api')?.endpoints.map((e) => e.address), [`127.0.0.1:${port}`], '/status lists the one endpoint, normalised')
 })

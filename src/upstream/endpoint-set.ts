@@ -106,18 +106,21 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E> {
 
   private apply (addresses: readonly string[]): void {
     if (this.state !== 'open') return
-    const next = new Set(addresses)
-    const added: E[] = []
-    const removed: E[] = []
-    for (const a of next) {
-      if (this.byAddr.has(a)) continue
-      let endpoint: Endpoint
+    // Members are keyed on the normalised `host:port` (`127.0.0.1:080` is `127.0.0.1:80`), so the source's
+    // strings are normalised before they are compared with them.
+    const next = new Map<string, Endpoint>()
+    for (const a of addresses) {
       try {
-        endpoint = parseEndpoint(a)
+        const endpoint = parseEndpoint(a)
+        next.set(endpoint.address, endpoint)
       } catch {
         this.log.warn({ upstream: this.upstream, endpoint: a }, 'source gave an address that is not host:port; ignored')
-        continue
       }
+    }
+    const added: E[] = []
+    const removed: E[] = []
+    for (const [a, endpoint] of next) {
+      if (this.byAddr.has(a)) continue
       const e = this.kind.create(endpoint)
       if (this.healthCheck !== undefined) e.checked = new ActiveHealth(this.upstream, e.address, this.healthCheck, this.log, this.metrics)
       this.byAddr.set(e.address, e)
