@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { unwatchFile, watchFile } from 'node:fs'
+import { watchFile } from 'node:fs'
+import { formatAddress } from './discovery/source.js'
 import { parseArgs } from 'node:util'
 import { loadConfig } from './config/load.js'
 import { resolveAdminToken } from './admin/token.js'
@@ -84,14 +85,13 @@ async function start (file: string | undefined): Promise<void> {
     watchFile(file, { interval: config.reload.watchIntervalMs, persistent: false }, (cur, prev) => {
       if (cur.mtimeMs !== prev.mtimeMs || cur.size !== prev.size || cur.ino !== prev.ino) void gateway.reloadFromSource('file change')
     })
-    void gateway.stopped.then(() => { unwatchFile(file) })
   }
 }
 
 /** The admin listener of the config (for `ferry drain` / `ferry reload` run beside the gateway). */
 function adminAddress (file: string | undefined): string {
   const a = loadConfig(file).listen.admin
-  return `${a.host === '0.0.0.0' ? '127.0.0.1' : a.host === '::' ? '[::1]' : a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`
+  return formatAddress(a.host === '0.0.0.0' ? '127.0.0.1' : a.host === '::' ? '::1' : a.host, a.port)
 }
 
 /** The Authorization header for the admin listener: the config's admin token (token, tokenFile, FERRY_ADMIN_TOKEN), if any. */

@@ -98,3 +98,8 @@ export class FerryError extends Error {
 export function isFerryError (err: unknown): err is FerryError {
   return err instanceof FerryError
 }
+
+/** `err` itself when it is a FerryError (a refusal with its code); anything else is a bug: FERRY_ERR_INTERNAL. */
+export function toFerryError (err: unknown, context: string): FerryError {
+  return isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `${context}: ${(err as Error)?.stack ?? String(err)}`, { cause: err })
+}

@@ -26,16 +26,18 @@ import { DrainController, type DrainStatus, type DrainTarget } from './drain/con
 import type { HttpLifecycle } from './upstream/http/exchange.js'
 import { createEndpointSource, type EndpointSource } from './discovery/index.js'
 import { AdminToken, resolveAdminToken } from './admin/token.js'
-import { PodDirectory, podBoardOf } from './affinity/pods.js'
+import { PodDirectory, podBoardOf, type PodRecord } from './affinity/pods.js'
 import { hostname } from 'node:os'
 
 /** Connections of a listener a reload removed continue until they end (the longest timer Node takes). */
 const RETIRED_LISTENER_GRACE_MS = 2 ** 31 - 1
+/** This machine's name, for the pod directory (read once, not per heartbeat). */
+const HOST = hostname()
 
 /** One config's upstreams; `keys` holds each one's config (canonical JSON) so a reload keeps unchanged ones. */
 interface UpstreamSet {
-  /** HTTP upstreams with their exchange context. */
-  http: Map<string, { upstream: HttpUpstream, ctx: ExchangeContext }>
+  /** HTTP upstreams, each as its exchange context (`ctx.upstream` is the upstream). */
+  http: Map<string, ExchangeContext>
   ws: Map<string, WsUpstream>
   tcp: Map<string, TcpUpstream>
   /** Each upstream's endpoint source (owned here: an HTTP upstream and its WebSocket twin share one). */
@@ -232,15 +234,12 @@ export class Gateway {
       // The context carries settings from outside the upstream (logging, http): always rebuilt.
       set.http.set(name, {
         upstream,
-        ctx: {
-          upstream,
-          metrics: upstreamMetrics(this.metrics, name),
-          log: this.log,
-          lifecycle: this.lifecycle,
-          accessLog: cfg.logging.accessLog,
-          requestIdHeader: cfg.http.requestIdHeader,
-          retryIdempotent: ucfg.retry.idempotent,
-        },
+        metrics: upstreamMetrics(this.metrics, name),
+        log: this.log,
+        lifecycle: this.lifecycle,
+        accessLog: cfg.logging.accessLog,
+        requestIdHeader: cfg.http.requestIdHeader,
+        retryIdempotent: ucfg.retry.idempotent,
       })
     }
     return set
@@ -250,8 +249,13 @@ export class Gateway {
     return [...this.sets.http.values()].map((h) => h.upstream)
   }
 
+  /** TCP connections open on current listeners and on those a reload removed. */
+  private tcpOpen (): number {
+    return [...this.tcpListeners, ...this.oldListeners].reduce((n, l) => n + l.open, 0)
+  }
+
   private table (cfg: Config, set: UpstreamSet): RouteTable {
-    return { config: cfg, router: new Router(cfg.routes), upstreams: new Map([...set.http].map(([n, h]) => [n, h.ctx])), wsUpstreams: set.ws, edge: this.edge! }
+    return { config: cfg, router: new Router(cfg.routes), upstreams: set.http, wsUpstreams: set.ws, edge: this.edge! }
   }
 
   /** Who may use the admin API under `cfg` (throws FERRY_ERR_CONFIG_INVALID for an unreadable tokenFile). */
@@ -260,8 +264,8 @@ export class Gateway {
     return { token: new AdminToken(token, source), protectMetrics: cfg.admin.protectMetrics }
   }
 
-  private podRecord (): { id: string, host: string, version: string, sessions: number, draining: boolean, updatedAt: string } {
-    return { id: this.cfg.gateway.id, host: hostname(), version: VERSION, sessions: this.front?.ws.sessionCount ?? 0, draining: this.state === 'draining', updatedAt: new Date().toISOString() }
+  private podRecord (): PodRecord {
+    return { id: this.cfg.gateway.id, host: HOST, version: VERSION, sessions: this.front?.ws.sessionCount ?? 0, draining: this.state === 'draining', updatedAt: new Date().toISOString() }
   }
 
   private refused (errors: string[], version: string): ReloadResult {
@@ -452,7 +456,7 @@ export class Gateway {
       migrate: (n) => this.front?.ws.migrate(n) ?? { resumable: 0, plain: 0 },
       httpInFlight: () => this.lifecycle.inFlight,
       idleHttpConnections: () => this.ports === undefined ? undefined : establishedOnPort(this.ports.http),
-      tcpOpen: () => [...this.tcpListeners, ...this.oldListeners].reduce((n, l) => n + l.open, 0),
+      tcpOpen: () => this.tcpOpen(),
       forceClose: () => {
         const n = this.front?.ws.closeAll(1012, 'gateway drained: reconnect', 'FERRY_ERR_GATEWAY_DRAINING') ?? 0
         for (const l of [...this.tcpListeners, ...this.oldListeners]) void l.close('abort')
@@ -545,7 +549,7 @@ export class Gateway {
       routes: this.config.routes.map((r) => ({ host: r.match.host, path: r.match.path, upstream: r.upstream, kind: this.config.upstreams[r.upstream]?.protocol === 'http' ? 'http' : 'websocket', auth: r.auth ?? null, rateLimits: r.rateLimits })),
       edge: this.edge?.status(),
       websocket: this.front?.ws.status(),
-      clients: { httpRequestsInFlight: this.lifecycle.inFlight, webSocketSessions: this.front?.ws.sessionCount ?? 0, tcpConnections: [...this.tcpListeners, ...this.oldListeners].reduce((n, l) => n + l.open, 0) },
+      clients: { httpRequestsInFlight: this.lifecycle.inFlight, webSocketSessions: this.front?.ws.sessionCount ?? 0, tcpConnections: this.tcpOpen() },
       affinity: this.store?.status(),
       pods: this.pods?.status(),
       config: { version: this.version, loadedAt: this.loadedAt, lastReload: this.lastReload ?? null },

@@ -15,7 +15,6 @@ export interface Subscription {
   readonly sink: FeedSink
   blocked: boolean
   missed: number
-  closed: boolean
 }
 
 /** What the feed reads each tick. */
@@ -69,15 +68,10 @@ export class ConsoleFeed {
   private timer: NodeJS.Timeout | undefined
   private last: { at: number, messages: number, requests: number } | undefined
   private seq = 0
-  private ticking = false
   private dropped = 0
 
   constructor (private readonly opts: FeedOptions, private readonly source: FeedSource, private readonly metrics: Metrics, private readonly log: Logger) {
     this.historyLength = Math.max(2, Math.ceil(HISTORY_MS / opts.intervalMs))
-  }
-
-  get subscribers (): number {
-    return this.subs.size
   }
 
   /** Starts sampling (idempotent). */
@@ -95,7 +89,7 @@ export class ConsoleFeed {
 
   /** Adds a subscriber (check `full` first) and writes it the hello (settings and history) and a first snapshot at once. */
   subscribe (sink: FeedSink): Subscription {
-    const sub: Subscription = { sink, blocked: false, missed: 0, closed: false }
+    const sub: Subscription = { sink, blocked: false, missed: 0 }
     this.subs.add(sub)
     this.metrics.consoleSubscribers.set(this.subs.size)
     const first = sse('hello', this.seq, { intervalMs: this.opts.intervalMs, historyMs: HISTORY_MS, history: this.history }) + this.frame()
@@ -106,7 +100,6 @@ export class ConsoleFeed {
   /** The subscriber went away (aborted); idempotent. */
   unsubscribe (sub: Subscription): void {
     if (!this.subs.delete(sub)) return
-    sub.closed = true
     this.metrics.consoleSubscribers.set(this.subs.size)
   }
 
@@ -154,13 +147,11 @@ export class ConsoleFeed {
     if (this.history.length > this.historyLength) this.history.shift()
   }
 
+  /** One tick at a time: the one-shot timer is re-armed only when this tick is done. */
   private readonly tick = (): void => {
-    if (this.ticking) return
-    this.ticking = true
     this.sample().then(() => { this.push() }, (err: unknown) => {
       this.log.error({ err }, 'console: sampling the counters failed')
     }).finally(() => {
-      this.ticking = false
       this.timer?.refresh()
     })
   }

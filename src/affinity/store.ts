@@ -35,8 +35,9 @@ export type AffinityState = 'ok' | 'fallback'
 
 export type AffinityStoreKind = 'memory' | 'redis'
 
-/** Operations, as the `op` label of the store metrics. */
-export type AffinityOp = 'get' | 'set' | 'touch' | 'delete' | 'claim' | 'announce' | 'pods' | 'withdraw'
+/** Operations, as the `op` label of the store metrics (one list: the type and the metric children). */
+const AFFINITY_OPS = ['get', 'set', 'touch', 'delete', 'claim', 'announce', 'pods', 'withdraw'] as const
+export type AffinityOp = typeof AFFINITY_OPS[number]
 
 /**
  * Session key → affinity record, with a TTL. No method throws for a store failure or waits past the
@@ -190,7 +191,7 @@ export class StoreMetrics {
     this.miss = m?.affinityLookups.labels(store, 'miss') ?? NOOP
     this.fellBack = m?.affinityLookups.labels(store, 'fallback') ?? NOOP
     this.evictions = m?.affinityEvictions.labels(store) ?? NOOP
-    for (const op of ['get', 'set', 'touch', 'delete', 'claim', 'announce', 'pods', 'withdraw'] as const) this.latency.set(op, m?.affinityStoreLatency.labels(store, op) ?? NOOP)
+    for (const op of AFFINITY_OPS) this.latency.set(op, m?.affinityStoreLatency.labels(store, op) ?? NOOP)
   }
 
   observe (op: AffinityOp, seconds: number): void {

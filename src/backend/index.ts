@@ -22,7 +22,7 @@ import { encodePublish, GoawayCode, ResetCode } from '../mux/codec.js'
 import { MuxConnection, type Hello } from '../mux/connection.js'
 import type { MuxStream, StreamEvents } from '../mux/stream.js'
 import { defaultAdvertise, Registration, type RegisterOptions } from './register.js'
-import { ACK_EVERY, Session, type Link, type SendData, type SessionHost, type SessionInfo } from './session.js'
+import { ACK_EVERY, checkTopic, Session, type Link, type SendData, type SessionHost, type SessionInfo } from './session.js'
 
 export { Session, type SendData, type SessionInfo } from './session.js'
 export type { RegisterOptions } from './register.js'
@@ -186,8 +186,7 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
   publish (topic: string, data: SendData, opts: { binary?: boolean } = {}): number {
     const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data instanceof ArrayBuffer ? new Uint8Array(data) : data
     const binary = opts.binary ?? typeof data !== 'string'
-    const t = Buffer.byteLength(topic)
-    if (t < 1 || t > 1024) throw new RangeError(`topic must be 1-1024 bytes of UTF-8 (got ${t})`)
+    checkTopic(topic)
     const frame = encodePublish(topic, bytes, binary)
     const to: Link[] = []
     for (const l of this.links_) {

@@ -1,6 +1,7 @@
 import { networkInterfaces } from 'node:os'
 import { Redis } from 'ioredis'
 import { registryKeys, type RegistryKeys } from '../discovery/registry-keys.js'
+import { formatAddress } from '../discovery/source.js'
 
 export interface RegisterOptions {
   /** Redis URL (`redis://host:port`), the one the gateways' `registry.redis` names. */
@@ -20,7 +21,7 @@ export type RegistrationState = 'created' | 'registered' | 'deregistered'
 
 /** The address to advertise for a server listening on `host`:`port`. */
 export function defaultAdvertise (host: string, port: number): string {
-  if (host !== '0.0.0.0' && host !== '::' && host !== '') return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
+  if (host !== '0.0.0.0' && host !== '::' && host !== '') return formatAddress(host, port)
   for (const list of Object.values(networkInterfaces())) {
     for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return `${a.address}:${port}`
   }
@@ -42,7 +43,7 @@ export class Registration {
   private timer: NodeJS.Timeout | undefined
   private readonly value: string
 
-  constructor (private readonly opts: RegisterOptions, readonly address: string, id: string, private readonly onError: (err: Error) => void) {
+  constructor (opts: RegisterOptions, readonly address: string, id: string, private readonly onError: (err: Error) => void) {
     this.ttlMs = opts.ttlMs ?? 10_000
     this.keys = registryKeys(opts.keyPrefix ?? 'ferry:reg:', opts.service)
     this.value = JSON.stringify({ address, id, at: new Date().toISOString() })

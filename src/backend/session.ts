@@ -34,7 +34,7 @@ export interface Link {
   topics: Map<string, number>
 }
 
-function checkTopic (topic: string): void {
+export function checkTopic (topic: string): void {
   const n = Buffer.byteLength(topic)
   if (n < 1 || n > 1024) throw new RangeError(`topic must be 1-1024 bytes of UTF-8 (got ${n})`)
 }

@@ -30,9 +30,6 @@ export abstract class SourceBase implements EndpointSource {
   abstract readonly kind: SourceKind
   current: readonly string[] | undefined
   private readonly listeners = new Set<SetListener>()
-  /** When the set last changed (ms since epoch), and how often. */
-  changedAt: number | undefined
-  changes = 0
 
   subscribe (fn: SetListener): () => void {
     this.listeners.add(fn)
@@ -44,19 +41,16 @@ export abstract class SourceBase implements EndpointSource {
    * Publishes `addresses` (deduplicated, in their order: a static list keeps its config order, which
    * round-robin follows) if they differ, as a set, from the current ones.
    */
-  protected publish (addresses: Iterable<string>): boolean {
+  protected publish (addresses: Iterable<string>): void {
     const next = [...new Set(addresses)]
     const cur = this.current
     if (cur !== undefined && cur.length === next.length) {
       const a = [...cur].sort()
       const b = [...next].sort()
-      if (a.every((x, i) => x === b[i])) return false
+      if (a.every((x, i) => x === b[i])) return
     }
     this.current = next
-    this.changedAt = Date.now()
-    this.changes++
     for (const fn of [...this.listeners]) fn(next)
-    return true
   }
 
   abstract start (): void

@@ -176,8 +176,8 @@ export class DrainController {
       }
     }
     if (this.phase === 'finishing') {
-      const idle = this.target.idleHttpConnections() ?? 0
-      if (this.target.httpInFlight() === 0 && this.target.tcpOpen() === 0 && idle === 0) { void this.end(false); return }
+      // The idle-connection count reads /proc/net/tcp: asked last, only once the cheap counters are zero.
+      if (this.target.httpInFlight() === 0 && this.target.tcpOpen() === 0 && (this.target.idleHttpConnections() ?? 0) === 0) { void this.end(false); return }
     }
     this.updateRemaining()
     this.schedule()

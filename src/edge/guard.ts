@@ -145,7 +145,7 @@ export class Edge {
   private readonly redis: EdgeRedis | undefined
 
   /** Throws FerryError FERRY_ERR_CONFIG_INVALID naming the field when a key file cannot be read. */
-  constructor (cfg: Config, prev: Edge | undefined, private readonly log: Logger, private readonly metrics: Metrics) {
+  constructor (cfg: Config, prev: Edge | undefined, log: Logger, metrics: Metrics) {
     const needsRedis = Object.values(cfg.rateLimits.policies).some((p) => p.scope === 'redis') ||
       Object.values(cfg.auth.policies).some((p) => p.hmac?.replayStore === 'redis')
     this.redisKey = needsRedis ? canonicalJson(cfg.rateLimits.redis) : ''

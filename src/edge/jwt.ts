@@ -22,21 +22,22 @@ type Key = { kind: 'static', material: string | Buffer } | { kind: 'jwks', getKe
  * Throws (or rejects with) FerryError AUTH_INVALID / AUTH_EXPIRED / AUTH_UNAVAILABLE.
  */
 export class JwtVerifier {
-  private readonly key: Key
   private readonly cache = new Map<string, { claims: JWTPayload, until: number }>()
-  /** fast-jwt verifier for a static key. */
+  /** fast-jwt verifier for a static key; or, for a JWKS, jose's lookup by `kid`. */
   private readonly staticVerify: SyncVerify | undefined
+  private readonly jwks: Extract<Key, { kind: 'jwks' }> | undefined
   /** JWKS keys already resolved: `kid alg` → verifier, until the JWKS cache would have refetched. */
   private readonly jwksVerify = new Map<string, { verify: SyncVerify, until: number }>()
   private readonly required: string[]
 
   /** `field` names the config path for errors reading key files (`auth.policies.X.jwt`). */
   constructor (private readonly cfg: JwtAuthConfig, field: string) {
-    this.key = loadKey(cfg, field)
+    const key = loadKey(cfg, field)
     // jose required iss/aud when they were configured; fast-jwt checks only claims that are present.
     this.required = [...new Set(['exp', ...(cfg.issuer !== undefined ? ['iss'] : []), ...(cfg.audience !== undefined ? ['aud'] : []), ...cfg.requiredClaims])]
-    if (this.key.kind === 'static') {
-      try { this.staticVerify = this.verifierFor(this.key.material) } catch (err) {
+    if (key.kind === 'jwks') this.jwks = key
+    else {
+      try { this.staticVerify = this.verifierFor(key.material) } catch (err) {
         throw new FerryError('FERRY_ERR_CONFIG_INVALID', `${field}: the key does not fit algorithms [${cfg.algorithms.join(', ')}]: ${(err as Error).message}`)
       }
     }
@@ -60,7 +61,7 @@ export class JwtVerifier {
 
   /** First use of a JWKS key: jose resolves it (a URL may be fetched), then it verifies synchronously. */
   private async verifyWithJwks (token: string, header: { alg: string, kid?: string }, id: string): Promise<JWTPayload> {
-    const jwks = this.key as Extract<Key, { kind: 'jwks' }>
+    const jwks = this.jwks!
     let verify: SyncVerify
     try {
       const [protectedHeader = '', payload = '', signature = ''] = token.split('.')

@@ -2,10 +2,10 @@ import { randomBytes } from 'node:crypto'
 import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import type { Logger } from 'pino'
 import type { Config } from '../config/load.js'
-import { ERRORS, FerryError, isFerryError } from '../errors.js'
+import { ERRORS, FerryError, isFerryError, toFerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Router } from '../routing/router.js'
-import { HttpExchange, sendError, type Admission as EdgeAdmission, type ExchangeContext, type HttpLifecycle, type Refusal } from '../upstream/http/exchange.js'
+import { HttpExchange, sendError, type Admission as EdgeAdmission, type BodyDeadlines, type ExchangeContext, type HttpLifecycle, type Refusal } from '../upstream/http/exchange.js'
 import { applyAdmitted, refusalHeader, type Admitted, type Edge } from '../edge/guard.js'
 import { readClientRequest, type RequestOptions } from './http-request.js'
 import { listen, type ListenSocket } from './listen.js'
@@ -52,6 +52,8 @@ export class HttpFront {
   private readonly app: TemplatedApp
   private socket: ListenSocket | undefined
   private reqOpts: RequestOptions
+  /** http.bodyIdleMs / bodyTimeoutMs, shared by every exchange (made once per config, not per request). */
+  private bodyDeadlines: BodyDeadlines
   private readonly noRoute: { inc: () => void }
   /** ferry_errors_total children of the client errors readClientRequest throws, resolved on first use. */
   private readonly clientErrors = new Map<string, { inc: () => void }>()
@@ -69,6 +71,7 @@ export class HttpFront {
     this.nextRequestId = () => `${prefix}-${(++n).toString(36)}`
     this.table = deps.table
     this.reqOpts = this.requestOptions(deps.table.config)
+    this.bodyDeadlines = bodyDeadlines(deps.table.config)
     this.noRoute = deps.metrics.httpErrors.labels('FERRY_ERR_NO_ROUTE', '')
     this.internal = deps.metrics.httpErrors.labels('FERRY_ERR_INTERNAL', '')
     this.limits = new ConnectionLimits(deps.table.config.limits, deps.metrics)
@@ -86,6 +89,7 @@ export class HttpFront {
   setTable (table: RouteTable): void {
     this.table = table
     this.reqOpts = this.requestOptions(table.config)
+    this.bodyDeadlines = bodyDeadlines(table.config)
     this.limits.configure(table.config.limits)
     this.ws.setTable(table)
   }
@@ -136,23 +140,18 @@ export class HttpFront {
       }
       const maxBody = route.maxBodyBytes ?? table.config.http.maxBodyBytes
       if (creq.contentLength !== undefined && creq.contentLength > maxBody) {
-        ctx.metrics.error('FERRY_ERR_BODY_TOO_LARGE')
-        ctx.metrics.requests(route.name, 413)
-        sendError(res, 413, new FerryError('FERRY_ERR_BODY_TOO_LARGE', `request body of ${creq.contentLength} bytes exceeds maxBodyBytes ${maxBody}`), requestId, this.reqOpts.requestIdHeader, true)
+        this.refuse(res, ctx, route, new FerryError('FERRY_ERR_BODY_TOO_LARGE', `request body of ${creq.contentLength} bytes exceeds maxBodyBytes ${maxBody}`), requestId, true)
         return
       }
       // ---- edge: concurrency limits (src/edge/limits.ts); the exchange releases the slot when it ends ----
       const refused = this.limits.takeRequest(creq.clientIp)
       if (refused !== undefined) {
-        ctx.metrics.error(refused.code)
-        ctx.metrics.requests(route.name, refused.status)
-        sendError(res, refused.status, refused, requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, this.limits.retryAfter)
+        this.refuse(res, ctx, route, refused, requestId, close || creq.contentLength !== 0, this.limits.retryAfter)
         return
       }
-      const http = table.config.http
       const clientIp = creq.clientIp
       const release = (): void => { this.limits.releaseRequest(clientIp) }
-      const exchange = new HttpExchange(res, creq, route, ctx, maxBody, { idleMs: http.bodyIdleMs, totalMs: http.bodyTimeoutMs }, release)
+      const exchange = new HttpExchange(res, creq, route, ctx, maxBody, this.bodyDeadlines, release)
       // ---- end edge ----
       const guard = table.edge.guard(route)
       if (guard === undefined) { exchange.start(); return }
@@ -167,14 +166,12 @@ export class HttpFront {
         // The exchange never started, so it will not release the concurrency slot itself.
         release()
         if (!isFerryError(err)) throw err
-        ctx.metrics.error(err.code)
-        ctx.metrics.requests(route.name, err.status)
-        sendError(res, err.status, err, requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, refusalHeader(err, guard.challenge))
+        this.refuse(res, ctx, route, err, requestId, close || creq.contentLength !== 0, refusalHeader(err, guard.challenge))
         return
       }
       exchange.start(verdict instanceof Promise
         ? verdict.then(admission, (err: unknown): never => {
-          const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `edge check failed: ${(err as Error)?.stack ?? String(err)}`)
+          const ferr = toFerryError(err, 'edge check failed')
           if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr }, 'edge check failed')
           throw { err: ferr, header: refusalHeader(ferr, guard.challenge) } satisfies Refusal
         })
@@ -184,8 +181,15 @@ export class HttpFront {
     }
   }
 
+  /** A request refused before its exchange exists (size cap, concurrency limit, edge check): answered and counted on its route. */
+  private refuse (res: HttpResponse, ctx: ExchangeContext, route: { readonly name: string }, err: FerryError, requestId: string, close: boolean, header?: readonly [string, string]): void {
+    ctx.metrics.error(err.code)
+    ctx.metrics.requests(route.name, err.status)
+    sendError(res, err.status, err, requestId, this.reqOpts.requestIdHeader, close, header)
+  }
+
   private onHandlerError (res: HttpResponse, err: unknown, requestId: string): void {
-    const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `unexpected: ${(err as Error)?.stack ?? String(err)}`, { cause: err })
+    const ferr = toFerryError(err, 'unexpected')
     if (ferr.code === 'FERRY_ERR_INTERNAL') { this.internal.inc(); this.deps.log.error({ err: ferr }, 'request handler failed') } else {
       let c = this.clientErrors.get(ferr.code)
       if (c === undefined) { c = this.deps.metrics.httpErrors.labels(ferr.code, ''); this.clientErrors.set(ferr.code, c) }
@@ -198,4 +202,8 @@ export class HttpFront {
       try { res.close() } catch { /* already gone */ }
     }
   }
+}
+
+function bodyDeadlines (cfg: Config): BodyDeadlines {
+  return { idleMs: cfg.http.bodyIdleMs, totalMs: cfg.http.bodyTimeoutMs }
 }

@@ -3,7 +3,7 @@ import type { HttpRequest, HttpResponse, TemplatedApp, us_socket_context_t, WebS
 import type { Logger } from 'pino'
 import type { Config } from '../config/load.js'
 import { DEFAULT_FORWARD_HEADERS, type WebSocketRouteConfig } from '../config/schema.js'
-import { FerryError, isFerryError } from '../errors.js'
+import { FerryError, toFerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Route } from '../routing/router.js'
 import type { RouteTable } from './http-front.js'
@@ -12,7 +12,7 @@ import { formatAddress } from './address.js'
 import type { Uws } from './uws.js'
 import { ClientSession, flushOutboxes, RefusedClient, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
 import type { Admission } from '../drain/admission.js'
-import { readAffinityKey, type ResumeOffer, type TopicPublisher, type WsHandshake, type WsUpstream } from './ws-types.js'
+import { readAffinityKey, type ResumeOffer, type TopicPublisher, type WsHandshake } from './ws-types.js'
 import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wire.js'
 import { RateLimited, refusalHeader, type Admitted } from '../edge/guard.js'
 import { resolveClientIp } from '../edge/client-ip.js'
@@ -281,7 +281,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
           this.forget(s)
           s.abandon('upstream refused')
           if (aborted) return
-          const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `unexpected: ${(err as Error)?.stack ?? String(err)}`)
+          const ferr = toFerryError(err, 'unexpected')
           if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr, route: route.name }, 'websocket upgrade failed')
           this.fail(res, route.name, ferr, requestId)
         })
@@ -290,7 +290,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       if (guard === undefined) { proceed(undefined); return }
       const refuse = (err: unknown): void => {
         if (aborted) return
-        const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `edge check failed: ${(err as Error)?.stack ?? String(err)}`)
+        const ferr = toFerryError(err, 'edge check failed')
         if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr, route: route.name }, 'edge check failed')
         if (ferr instanceof RateLimited && ferryClient && upstream.mode === 'mux') {
           // Like admission: a browser cannot read the 429, so ferry/client clients get 1013 and a hint.
@@ -315,7 +315,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       }
       else proceed(verdict)
     } catch (err) {
-      const ferr = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', `unexpected: ${(err as Error)?.stack ?? String(err)}`)
+      const ferr = toFerryError(err, 'unexpected')
       if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr }, 'websocket upgrade failed')
       if (!aborted) this.fail(res, '', ferr, requestId)
     }

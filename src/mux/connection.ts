@@ -305,7 +305,6 @@ export class MuxConnection {
     stream.events = events
   }
 
-  /** Closes the socket now; every open stream hears `end` with cause 'link'. Idempotent. */
   /**
    * Gateway health check: sends a PING now; resolves on the next PONG (any PONG proves the peer reads
    * and answers this link), rejects if the link ends first. The caller bounds the wait.
@@ -319,6 +318,7 @@ export class MuxConnection {
     await p
   }
 
+  /** Closes the socket now; every open stream hears `end` with cause 'link'. Idempotent. */
   destroy (end: ConnectionEnd): void {
     if (this.ended) return
     this.ended = true

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import { FerryError } from '../errors.js'
 import { parseEndpoint, type Endpoint } from '../config/load.js'
 import type { EndpointSource } from '../discovery/source.js'
 import type { Metrics } from '../observability/metrics.js'
@@ -47,7 +48,7 @@ export interface MemberKind<E extends SetMember> {
 }
 
 /** active: in the source's set; draining: removed from it, finishing its work; closed: released. */
-export type MemberState = 'active' | 'draining' | 'closed'
+export type MemberState = 'active' | 'draining'
 
 /** How often draining members are looked at (a coarse timer: draining takes as long as sessions last). */
 const DRAIN_CHECK_MS = 250
@@ -97,6 +98,18 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E> {
   /** Some active member is healthy at `now` (false: no members, or every one ejected or failing checks). */
   anyHealthy (now: number): boolean {
     return this.active.some((e) => healthyAt(e, now))
+  }
+
+  /**
+   * Why new work (a request, session or connection) is refused at once: the set is empty, or no member
+   * is healthy and the upstream's `whenAllUnhealthy` is `fail`. Counted; undefined when work may go on.
+   */
+  refusal (now: number, whenAllUnhealthy: 'panic' | 'fail'): FerryError | undefined {
+    if (this.size > 0 && (whenAllUnhealthy === 'panic' || this.anyHealthy(now))) return undefined
+    this.metrics.noHealthyEndpoint.labels(this.upstream).inc()
+    return new FerryError('FERRY_ERR_NO_HEALTHY_ENDPOINT', this.size === 0
+      ? `upstream ${this.upstream} has no endpoints (its ${this.source.kind} source found none)`
+      : `no endpoint of upstream ${this.upstream} is healthy (whenAllUnhealthy: fail)`)
   }
 
   /** Every member, active and draining (for totals and close). */

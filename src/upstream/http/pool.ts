@@ -81,8 +81,8 @@ export class HttpUpstream {
   constructor (
     readonly name: string,
     readonly cfg: HttpUpstreamConfig,
-    private readonly log: Logger,
-    private readonly metrics: Metrics,
+    log: Logger,
+    metrics: Metrics,
     source: EndpointSource,
   ) {
     this.set = new EndpointSet<HttpEndpoint>(name, source, {
@@ -116,11 +116,9 @@ export class HttpUpstream {
       return undefined
     }
     const now = Date.now()
-    if (this.set.size === 0 || (this.cfg.whenAllUnhealthy === 'fail' && !this.set.anyHealthy(now))) {
-      this.metrics.noHealthyEndpoint.labels(this.name).inc()
-      waiter.onNoSlot(new FerryError('FERRY_ERR_NO_HEALTHY_ENDPOINT', this.set.size === 0
-        ? `upstream ${this.name} has no endpoints (its ${this.set.source.kind} source found none)`
-        : `no endpoint of upstream ${this.name} is healthy (whenAllUnhealthy: fail)`))
+    const refused = this.set.refusal(now, this.cfg.whenAllUnhealthy)
+    if (refused !== undefined) {
+      waiter.onNoSlot(refused)
       return undefined
     }
     const ep = this.queued === 0 ? this.balancer.pick(this.cfg.pool.maxConnections, now, exclude) : undefined

@@ -234,12 +234,8 @@ export class MuxUpstream implements WsUpstream {
   async open (hs: WsHandshake, sink: ClientSink): Promise<UpstreamLeg> {
     if (this.closed) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'upstream is closing')
     const started = Date.now()
-    if (this.set.size === 0 || (this.cfg.whenAllUnhealthy === 'fail' && !this.set.anyHealthy(started))) {
-      this.metrics.noHealthyEndpoint.labels(this.name).inc()
-      throw new FerryError('FERRY_ERR_NO_HEALTHY_ENDPOINT', this.set.size === 0
-        ? `upstream ${this.name} has no endpoints (its ${this.set.source.kind} source found none)`
-        : `no endpoint of upstream ${this.name} is healthy (whenAllUnhealthy: fail)`)
-    }
+    const refused = this.set.refusal(started, this.cfg.whenAllUnhealthy)
+    if (refused !== undefined) throw refused
     // A ferry/client client: resumable if a link's backend resumes. Its token, when it offers one, must be ours.
     const ferry = hs.ferry !== undefined && this.tokens !== undefined
     const offer = ferry ? hs.ferry!.resume : undefined

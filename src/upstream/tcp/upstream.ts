@@ -176,8 +176,8 @@ export class TcpUpstream {
   constructor (
     readonly name: string,
     readonly cfg: TcpUpstreamConfig,
-    private readonly log: Logger,
-    private readonly metrics: Metrics,
+    log: Logger,
+    metrics: Metrics,
     source: EndpointSource,
   ) {
     this.set = new EndpointSet<TcpEndpoint>(name, source, {
@@ -198,11 +198,7 @@ export class TcpUpstream {
 
   /** Why a new connection is refused at once (no endpoints; none healthy with whenAllUnhealthy: fail), else undefined. */
   refusal (now: number): FerryError | undefined {
-    if (this.set.size > 0 && (this.cfg.whenAllUnhealthy === 'panic' || this.set.anyHealthy(now))) return undefined
-    this.metrics.noHealthyEndpoint.labels(this.name).inc()
-    return new FerryError('FERRY_ERR_NO_HEALTHY_ENDPOINT', this.set.size === 0
-      ? `upstream ${this.name} has no endpoints (its ${this.set.source.kind} source found none)`
-      : `no endpoint of upstream ${this.name} is healthy (whenAllUnhealthy: fail)`)
+    return this.set.refusal(now, this.cfg.whenAllUnhealthy)
   }
 
   /** Starts getting a backend connection for `owner`; `key` is the client's hashKey for the 'hash' policy. */

@@ -226,7 +226,7 @@ export class WsPassthroughUpstream implements WsUpstream {
   private readonly connections: Gauge.Internal<string>
   private readonly retries: Counter.Internal
 
-  constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, private readonly metrics: Metrics, source: EndpointSource, private readonly placement?: AffinityPlacement) {
+  constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, metrics: Metrics, source: EndpointSource, private readonly placement?: AffinityPlacement) {
     const check = cfg.healthCheck
     this.set = new EndpointSet<WsEndpoint>(name, source, {
       create: (ep) => new WsEndpoint(ep, new PassiveHealth(name, ep.address, cfg.ejection, log, metrics)),
@@ -260,15 +260,12 @@ export class WsPassthroughUpstream implements WsUpstream {
     const key = affine ? hashKey(hs.affinityKey!) : this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
     const balancer = affine ? this.byKey : this.balancer
     const deadline = Date.now() + this.cfg.timeouts.connectMs
+    // Refused before the affinity store is asked: a handshake with nowhere to go costs no store round trip.
+    const refused = this.set.refusal(Date.now(), this.cfg.whenAllUnhealthy)
+    if (refused !== undefined) throw refused
     // The key's recorded endpoint (affinity store) goes first while it is healthy.
     const known = affine && this.placement !== undefined ? await this.placement.recorded(hs.affinityKey!) : undefined
     const home = known !== undefined ? this.set.get(known) : undefined
-    if (this.set.size === 0 || (this.cfg.whenAllUnhealthy === 'fail' && !this.set.anyHealthy(Date.now()))) {
-      this.metrics.noHealthyEndpoint.labels(this.name).inc()
-      throw new FerryError('FERRY_ERR_NO_HEALTHY_ENDPOINT', this.set.size === 0
-        ? `upstream ${this.name} has no endpoints (its ${this.set.source.kind} source found none)`
-        : `no endpoint of upstream ${this.name} is healthy (whenAllUnhealthy: fail)`)
-    }
     const tried = new Set<WsEndpoint>()
     let lastError: FerryError | undefined
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
