@@ -110,6 +110,37 @@ t.test('echo: text and binary from 1 byte to 1 MiB intact and in order; path, qu
   await assertAlive(t, f)
 })
 
+
+// Ferry corks each backend socket while uWS hands it a poll's messages and writes them in one go at the
+// loop's check phase: a close sent right behind a burst must still follow every message of the burst.
+t.test('bursts: 20 sessions × 300 messages sent back to back, then a close: the backend gets each session\'s messages complete and in order, then the close code', async (t) => {
+  const got = new Map<string, string[]>()
+  const backend = await startWsBackend(t, (ws, req) => {
+    const list: string[] = []
+    got.set(req.url ?? '', list)
+    ws.on('message', (data) => { list.push(data.toString()) })
+  })
+  const f = await startFerry(t, wsConfig([`127.0.0.1:${backend.port}`]))
+  const SESSIONS = 20
+  const PER = 300
+  const clients = await Promise.all(Array.from({ length: SESSIONS }, async (_, i) => await connect(`ws://127.0.0.1:${f.httpPort}/ws/s${i}`)))
+  for (let i = 0; i < SESSIONS; i++) {
+    const c = clients[i]!
+    for (let k = 0; k < PER; k++) c.ws.send(`s${i}-${k}`)
+    c.ws.close(4000, `done ${i}`)
+  }
+  await waitFor('every backend socket closed', () => backend.closes.length === SESSIONS)
+  const bad: string[] = []
+  for (let i = 0; i < SESSIONS; i++) {
+    const list = got.get(`/ws/s${i}`) ?? []
+    const want = Array.from({ length: PER }, (_, k) => `s${i}-${k}`)
+    if (JSON.stringify(list) !== JSON.stringify(want)) bad.push(`s${i}: ${list.length} messages, first wrong at ${list.findIndex((m, k) => m !== want[k])}`)
+  }
+  t.same(bad, [], `all ${SESSIONS * PER} messages reached the backend, each session's in order`)
+  t.same(backend.closes.map(([code, reason]) => `${code} ${reason}`).sort(), Array.from({ length: SESSIONS }, (_, i) => `4000 done ${i}`).sort(), 'then each close code and reason, after the last message')
+  t.equal(await metric(f, 'ferry_ws_messages_total{mode="ws",direction="to_upstream"}'), SESSIONS * PER, 'every message counted once')
+  await assertAlive(t, f)
+})
 t.test('headers: the route\'s forwardHeaders pass, others do not; X-Forwarded-* set; a backend greeting sent at once arrives first', async (t) => {
   const backend = await startWsBackend(t, (ws, req) => {
     ws.send(JSON.stringify(req.headers))
