@@ -297,6 +297,33 @@ t.test('redis: a refused command or a foreign value falls back for that call onl
   t.equal(await sample(metrics, 'ferry_affinity_fallback', { store: 'redis' }), 0, 'ferry_affinity_fallback 0')
 })
 
+t.test('redis: a pod-directory call slower than lookupTimeoutMs answers, and session routing never falls back for it', async (t) => {
+  const server = await sharedRedis()
+  const raw = new Redis(server.url)
+  t.teardown(() => { raw.disconnect() })
+  const logs = captureLogs()
+  const metrics = affinityMetrics()
+  // A 2 ms lookup budget, and a list of 200 pods of 50 KB each: a 10 MB reply that takes longer than
+  // 2 ms to arrive, well within the pod directory's own budget (1 s).
+  const store = await openRedisStore(t, server.url, { keyPrefix: 'podslow:aff:', podsKeyPrefix: 'podslow:pods:', lookupTimeoutMs: 2 }, logs, metrics)
+  await waitFor('the store ok', () => store.state === 'ok')
+  const pad = 'x'.repeat(50 * 1024)
+  const multi = raw.multi()
+  for (let i = 0; i < 200; i++) {
+    const id = `pod-${String(i).padStart(3, '0')}`
+    multi.set(`podslow:pods:pod:${id}`, JSON.stringify({ id, host: 'h', version: 'v', sessions: i, draining: false, updatedAt: '', pad }), 'PX', 60_000)
+    multi.zadd('podslow:pods:index', Date.now() + 60_000, id)
+  }
+  await multi.exec()
+  const { v: pods, ms } = await timed(async () => await store.listPods())
+  t.equal(pods?.length, 200, `the list of 200 pods arrives (in ${ms.toFixed(1)} ms, past the 2 ms lookup budget)`)
+  t.ok(await store.announce({ id: 'pod-self', host: 'h', version: 'v', sessions: 1, draining: false, updatedAt: '' }, 60_000), 'an announce answers too')
+  t.equal(store.state, 'ok', 'the store stays ok: session lookups still use Redis')
+  t.equal(logs.count(UNAVAILABLE), 0, 'no fallback transition logged')
+  t.equal(await sample(metrics, 'ferry_affinity_fallback', { store: 'redis' }), 0, 'ferry_affinity_fallback 0')
+  t.equal(await sample(metrics, 'ferry_affinity_store_errors_total', { store: 'redis', op: 'pods', reason: 'timeout' }), 0, 'no pods call counted as timed out')
+})
+
 t.test('redis: a blocked event loop is not mistaken for a slow Redis', async (t) => {
   const server = await sharedRedis()
   const logs = captureLogs()

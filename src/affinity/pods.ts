@@ -51,7 +51,9 @@ export function parsePodRecord (json: string): PodRecord | undefined {
 /**
  * This pod's entry in the pod directory. One timer (owned here) announces the pod every third of
  * `ttlMs` and reads the list back; the console reads the cached list, never the store. A store that
- * does not answer leaves the last list, marked unavailable; nothing here waits past the store's budget.
+ * does not answer leaves the last list, marked unavailable; nothing here waits past the store's pod
+ * budget (lookupTimeoutMs, at least 1 s), and a slow or failed pod call never sends session routing to
+ * fallback.
  * Without a board (memory store) the list is this pod alone.
  */
 export class PodDirectory {

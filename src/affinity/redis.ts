@@ -64,6 +64,15 @@ return out
 `
 /** Pods listed at most (the console shows a table, not a fleet inventory). */
 const MAX_PODS = 200
+/**
+ * The pod directory's calls (heartbeat, console list, withdraw). They share the session store's
+ * connection but not its health: one that times out or fails is counted and answers its fallback, and
+ * never moves the store to 'fallback' (which would route sessions by hashing). A lost connection still
+ * does, through the client's 'close' event. Their budget is at least POD_BUDGET_MS: a list of 200 pods
+ * is not a key lookup.
+ */
+const POD_OPS: ReadonlySet<AffinityOp> = new Set<AffinityOp>(['announce', 'pods', 'withdraw'])
+const POD_BUDGET_MS = 1000
 
 interface ClaimCommand {
   ferryAffinityClaim: (key: string, expectedEpoch: string, pod: string) => Promise<[number, string?]>
@@ -227,6 +236,9 @@ export class RedisAffinityStore implements AffinityStore, PodBoard {
   private readonly log: Logger
   private readonly metrics: StoreMetrics
   private readonly deadlines: Deadlines
+  /** The pod directory's calls: their own budget and FIFO, and a timeout does not fall back (POD_OPS). */
+  private readonly podDeadlines: Deadlines
+  private readonly podBudgetMs: number
   private readonly ttlMs: number
   private readonly budgetMs: number
   private readonly prefix: string
@@ -258,6 +270,8 @@ export class RedisAffinityStore implements AffinityStore, PodBoard {
       this.metrics.error(c.op, 'timeout')
       this.to('fallback', `no answer to ${c.op} within lookupTimeoutMs (${this.budgetMs} ms)`)
     })
+    this.podBudgetMs = Math.max(POD_BUDGET_MS, this.budgetMs)
+    this.podDeadlines = new Deadlines((c) => { this.metrics.error(c.op, 'timeout') })
     const maxDelay = r.maxReconnectDelayMs ?? 1000
     this.redis = new Redis(r.url, {
       lazyConnect: false,
@@ -388,6 +402,7 @@ export class RedisAffinityStore implements AffinityStore, PodBoard {
     this.to('closed', 'close')
     clearTimeout(this.probeTimer)
     this.deadlines.stop()
+    this.podDeadlines.stop()
     this.closing = (async () => {
       if (kind === 'flush' && wasReady) {
         // QUIT waits for the commands already sent; a stopped Redis must not hold the shutdown.
@@ -416,7 +431,7 @@ export class RedisAffinityStore implements AffinityStore, PodBoard {
       lookupTimeoutMs: this.budgetMs,
       keyPrefix: this.prefix,
       podsKeyPrefix: this.podsPrefix,
-      inFlight: this.deadlines.size,
+      inFlight: this.deadlines.size + this.podDeadlines.size,
       fallbacks: this.fallbacks,
       replyErrors: this.replyErrors,
     }
@@ -424,14 +439,17 @@ export class RedisAffinityStore implements AffinityStore, PodBoard {
 
   /**
    * Sends one command within the budget. Resolves with the parsed reply, or FALLBACK: at once while not
-   * 'ok', at the deadline, or on a connection error. Never rejects.
+   * 'ok', at the deadline, or on a connection error. Never rejects. A pod directory call (POD_OPS) has its
+   * own budget and queue, and its failures are only counted.
    */
   private async run<R, T>(op: AffinityOp, send: () => Promise<R>, parse: (reply: R) => T): Promise<T | Fallback> {
     if (this.phase !== 'ok') return FALLBACK
     const started = performance.now()
+    const pod = POD_OPS.has(op)
+    const deadlines = pod ? this.podDeadlines : this.deadlines
     return await new Promise<T | Fallback>((resolve) => {
-      const call = new Call<T>(op, started + this.budgetMs, resolve)
-      this.deadlines.add(call)
+      const call = new Call<T>(op, started + (pod ? this.podBudgetMs : this.budgetMs), resolve)
+      deadlines.add(call)
       send().then((reply) => {
         if (call.settled) return
         this.metrics.observe(op, (performance.now() - started) / 1000)
@@ -444,12 +462,13 @@ export class RedisAffinityStore implements AffinityStore, PodBoard {
           v = FALLBACK
         }
         call.answer(v)
-        this.deadlines.compact()
+        deadlines.compact()
       }, (err: unknown) => {
         if (call.settled) return
         call.answer(FALLBACK)
-        this.deadlines.compact()
-        this.failed(op, err)
+        deadlines.compact()
+        if (pod) this.metrics.error(op, err instanceof ReplyError ? 'reply' : 'connection')
+        else this.failed(op, err)
       })
     })
   }
@@ -511,6 +530,7 @@ export class RedisAffinityStore implements AffinityStore, PodBoard {
     } else if (next === 'fallback') {
       this.fallbacks++
       this.deadlines.expireAll()
+      this.podDeadlines.expireAll()
       this.probeTimer.refresh()
       this.log.warn({ store: 'redis', redis: this.url, cause, lookupTimeoutMs: this.budgetMs }, 'affinity store unavailable: lookups fall back to rendezvous hashing')
     }
