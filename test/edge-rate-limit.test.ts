@@ -4,6 +4,7 @@ import { startBackend } from './helpers/backend.js'
 import { startFerry, metric, waitFor } from './helpers/ferry.js'
 import { send } from './helpers/http.js'
 import { connect, startMuxBackend, upgradeStatus } from './helpers/mux.js'
+import { Redis } from 'ioredis'
 import { startRedis } from './helpers/redis.js'
 
 // Rate limits at the edge: token buckets per client IP, per verified claim (tenant) and per header,
@@ -93,6 +94,57 @@ t.test('cluster-wide through Redis: two pods share one bucket; HMAC nonces are r
   await waitFor('pod C to use Redis again', async () => (await send(c, '/t', { headers: { 'x-tenant': 'big' } })).status === 200, 15000, 200)
   t.pass('pod C limits through Redis again after it came back')
   t.equal((await send(a, '/t', { headers: { 'x-tenant': 'other' } })).status, 200, 'pod A too')
+})
+
+t.test('cluster-wide with leaseTokens: three pods never admit more than the shared bucket, with a round trip per lease, not per request', async (t) => {
+  const redis = await startRedis(t)
+  const raw = new Redis(redis.url)
+  t.teardown(() => { raw.disconnect() })
+  const be = await countingBackend(t)
+  const cfg = {
+    upstreams: { api: { protocol: 'http', endpoints: [`127.0.0.1:${be.port}`] } },
+    routes: [{ match: { path: '/t' }, upstream: 'api', rateLimits: ['tenant'] }],
+    // 0.01/s: no token refills while the test runs; a bucket of 30 taken 10 at a time.
+    rateLimits: { redis: { url: redis.url, timeoutMs: 500, failMode: 'closed' }, policies: { tenant: { key: 'header:x-tenant', ratePerSec: 0.01, burst: 30, scope: 'redis', leaseTokens: 10 } } },
+    logging: { accessLog: false },
+  }
+  const pods = [await startFerry(t, cfg), await startFerry(t, cfg), await startFerry(t, cfg)]
+  /** Script calls Redis has run (ioredis sends EVALSHA, EVAL once per script and connection). */
+  const scriptCalls = async (): Promise<number> => {
+    const info = await raw.info('commandstats')
+    let n = 0
+    for (const m of info.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)) n += Number(m[1])
+    return n
+  }
+
+  // One request per pod first: ioredis loads the script on its first take (EVALSHA, NOSCRIPT, EVAL).
+  for (const p of pods) t.equal((await send(p, '/t', { headers: { 'x-tenant': 'warm' } })).status, 200, 'warm-up request admitted')
+  const before = await scriptCalls()
+  const statuses: number[][] = [[], [], []]
+  for (let i = 0; i < 60; i++) statuses[i % 3]!.push((await send(pods[i % 3]!, '/t', { headers: { 'x-tenant': 'seq' } })).status)
+  const allowed = statuses.map((s) => s.filter((x) => x === 200).length)
+  t.same(allowed, [10, 10, 10], 'each pod spent the 10 tokens it leased: 30 of 60 admitted, exactly the shared bucket')
+  t.ok(statuses.flat().every((s) => s === 200 || s === 429), 'the rest got 429')
+  const sequential = await scriptCalls() - before
+  t.ok(sequential <= 6, `Redis ran ${sequential} takes for 60 requests (a lease per pod, then one empty take per pod; ≤ 6)`)
+  const limited = await send(pods[0]!, '/t', { headers: { 'x-tenant': 'seq' } })
+  t.equal(limited.status, 429, 'a pod whose take found the bucket empty refuses locally until its next token is due')
+  t.ok(Number(limited.headers['retry-after']) >= 50, `with Retry-After to that token (${String(limited.headers['retry-after'])} s at 0.01/s)`)
+  t.equal(await scriptCalls() - before, sequential, 'without asking Redis again')
+
+  // 40 requests at once on one pod: they wait for the take in flight instead of each sending one.
+  const mid = await scriptCalls()
+  const burst = await Promise.all(Array.from({ length: 40 }, async () => (await send(pods[1]!, '/t', { headers: { 'x-tenant': 'burst' } })).status))
+  t.equal(burst.filter((s) => s === 200).length, 30, '40 concurrent requests: 30 admitted, the whole bucket and no more')
+  const concurrent = await scriptCalls() - mid
+  t.ok(concurrent <= 5, `${concurrent} takes for the 40 (3 leases of 10 and one empty take; ≤ 5)`)
+  t.equal(be.hits(), 63, 'the backend saw the 3 + 30 + 30 admitted requests and nothing else')
+  t.equal(await metric(pods[1]!, 'ferry_rate_limit_decisions_total{policy="tenant",decision="allowed"}'), 41, 'pod 2 counted its 1 + 10 + 30 allowed decisions')
+
+  await redis.kill()
+  const down = await Promise.all(Array.from({ length: 5 }, async () => await send(pods[2]!, '/t', { headers: { 'x-tenant': 'fresh' } })))
+  t.same(down.map((r) => r.status), [503, 503, 503, 503, 503], 'Redis down, failMode closed: a key with no lease gets 503, the waiters too')
+  t.equal(down[0]!.code, 'FERRY_ERR_RATE_LIMIT_UNAVAILABLE')
 })
 
 t.test('WebSocket: upgrades past a limit get 429 (ferry/client: 1013 + hint); a session past its message rate is closed 1008, others go on', async (t) => {

@@ -15,6 +15,9 @@ export async function edgeToken () {
     .setIssuedAt().setExpirationTime('1d').sign(new TextEncoder().encode(EDGE_SECRET))
 }
 
+/** The cluster-wide limit with leases: tokens taken from Redis per round trip. */
+export const LEASE_TOKENS = 100
+
 /** Ferry: routes under /edge/ with one policy each (rate limits far above what a run can reach: the cost, never a 429). */
 export function ferryEdgeYaml ({ host, redisPort }) {
   const huge = 'ratePerSec: 100000000, burst: 100000000'
@@ -23,6 +26,7 @@ export function ferryEdgeYaml ({ host, redisPort }) {
   - { match: { path: /edge/jwt }, upstream: api, auth: jwt }
   - { match: { path: /edge/key }, upstream: api, auth: key }
   - { match: { path: /edge/rl-redis }, upstream: api, rateLimits: [ip-redis] }
+  - { match: { path: /edge/rl-lease }, upstream: api, rateLimits: [ip-lease] }
   - { match: { path: /edge/rl }, upstream: api, rateLimits: [ip] }
   - { match: { path: /edge/all }, upstream: api, auth: jwt, rateLimits: [ip, tenant] }
 `,
@@ -37,6 +41,7 @@ rateLimits:
     ip: { key: ip, ${huge} }
     tenant: { key: "claim:tenant", ${huge} }
     ip-redis: { key: ip, ${huge}, scope: redis }
+    ip-lease: { key: ip, ${huge}, scope: redis, leaseTokens: ${LEASE_TOKENS} }
 `,
   }
 }
@@ -64,6 +69,7 @@ export function edgeWorkloads (token) {
     { name: 'edge-key', label: 'API key (SHA-256 lookup)', path: '/edge/key', wrkArgs: ['-H', `X-Api-Key: ${EDGE_API_KEY}`], targets: ['ferry'] },
     { name: 'edge-rl', label: 'rate limit per client IP, local (nginx limit_req, HAProxy stick table)', path: '/edge/rl', wrkArgs: [], targets: ['ferry', 'nginx', 'haproxy'] },
     { name: 'edge-rl-redis', label: 'rate limit per client IP, cluster-wide in Redis (a round trip per request)', path: '/edge/rl-redis', wrkArgs: [], targets: ['ferry'] },
+    { name: 'edge-rl-lease', label: `rate limit per client IP, cluster-wide in Redis, leaseTokens ${LEASE_TOKENS} (a round trip per ${LEASE_TOKENS} requests)`, path: '/edge/rl-lease', wrkArgs: [], targets: ['ferry'] },
     { name: 'edge-all', label: 'JWT + per-IP + per-tenant limits (local)', path: '/edge/all', wrkArgs: bearer, targets: ['ferry'] },
   ]
 }

@@ -339,8 +339,10 @@ const rateLimitPolicy = z.strictObject({
     .describe('What is counted: `ip` (the client address), `claim:NAME` (a verified claim, e.g. `claim:tenant`; API keys and HMAC keys carry `sub` = their id) or `header:NAME`. A request without the key is not limited by this policy.'),
   ratePerSec: z.number({ error: 'must be a positive number' }).positive({ error: 'must be a positive number' }).describe('Sustained requests (HTTP requests and WebSocket handshakes) per second per key.'),
   burst: positiveInt.describe('Requests a key may make at once above the rate (the bucket\'s size).'),
-  scope: z.enum(['local', 'redis']).default('local').describe('`local`: each pod counts alone. `redis`: one bucket per key shared by every pod (`rateLimits.redis`), a round trip per request.'),
-  maxKeys: positiveInt.default(100000).describe('local: keys tracked at most; the least recently seen are forgotten first (they start again with a full bucket).'),
+  scope: z.enum(['local', 'redis']).default('local').describe('`local`: each pod counts alone. `redis`: one bucket per key shared by every pod (`rateLimits.redis`), a round trip per request unless `leaseTokens` > 1.'),
+  leaseTokens: z.number().int({ error: 'must be a whole number from 1 to 10000' }).min(1, { error: 'must be a whole number from 1 to 10000' }).max(10000, { error: 'must be a whole number from 1 to 10000' }).default(1)
+    .describe('redis: tokens a pod takes from the shared bucket per round trip (at most `burst`) and spends locally within 1 s; while the bucket is empty the pod refuses locally until its next token is due. 1: a round trip per request, exact. More: fewer round trips; the fleet still never admits more than the limit, but may admit less by the tokens other pods hold unspent (at most pods × (leaseTokens − 1)).'),
+  maxKeys: positiveInt.default(100000).describe('Keys tracked at most (local buckets; redis leases); the least recently seen are forgotten first (a forgotten local key starts again with a full bucket).'),
 })
 
 const rateLimits = z.strictObject({
@@ -408,7 +410,7 @@ export const configSchema = z.strictObject({
     maxEntries: positiveInt.default(100000).describe('memory: records kept at most; the least recently used go first.'),
     redis: z.strictObject({
       url: z.string().regex(/^rediss?:\/\//, { error: 'must be a redis:// or rediss:// URL' }).default('redis://127.0.0.1:6379').describe('Redis to use (`redis://[user:password@]host:port[/db]`).'),
-      lookupTimeoutMs: durationMs(50, 'Budget of a lookup on the connection path; past it (or while Redis is down) Ferry uses rendezvous hashing of the key, logs the transition once and sets ferry_affinity_fallback.'),
+      lookupTimeoutMs: durationMs(50, 'Budget of a lookup on the connection path; past it (or while Redis is down) Ferry uses rendezvous hashing of the key, logs the transition once and sets ferry_affinity_fallback. The pod directory\'s calls (console pod list, heartbeat) get at least 1 s and never cause the fallback.'),
       keyPrefix: z.string().min(1).default('ferry:aff:').describe('Prefix of the Redis keys.'),
       podsKeyPrefix: z.string().min(1).default('ferry:pods:').describe('Prefix of the pod directory keys: every pod announces itself (id, host, version, sessions, draining) under `<podsKeyPrefix>pod:<id>` with `podTtlMs`, indexed in `<podsKeyPrefix>index`, so the status console lists the pods sharing this Redis. Keep it apart from keyPrefix (session keys come from clients).'),
       podTtlMs: z.number({ error: 'must be an integer of 1000-600000 ms' }).int({ error: 'must be an integer of 1000-600000 ms' }).min(1000, { error: 'must be an integer of 1000-600000 ms' }).max(600000, { error: 'must be an integer of 1000-600000 ms' }).default(15000)

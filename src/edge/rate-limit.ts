@@ -1,6 +1,6 @@
 import type { RateLimitPolicyConfig } from '../config/schema.js'
 import { FerryError } from '../errors.js'
-import { EdgeRedisUnavailable, type EdgeRedis } from './redis.js'
+import { EdgeRedisUnavailable, type EdgeRedis, type Take } from './redis.js'
 import { fullBucket, takeToken, type Bucket } from './token-bucket.js'
 
 /** Why a request was let through or not, for ferry_rate_limit_decisions_total. */
@@ -39,12 +39,40 @@ export class LocalBuckets {
   }
 }
 
-/** One named policy: local buckets, or the shared ones in Redis (then failMode decides when Redis cannot answer). */
+/** How long leased tokens may be spent; what is left then is dropped (the shared bucket never gets it back). */
+export const LEASE_MS = 1000
+
+/**
+ * Tokens this pod took from a key's shared bucket (`leaseTokens` at a time), spent here without a round
+ * trip until LEASE_MS after they came; or, when the bucket was empty, the time its next token appears
+ * (nobody can have one before that, so requests until then are refused here too).
+ */
+interface Lease {
+  tokens: number
+  until: number
+  limitedUntil: number
+  /**
+   * The take in flight for this key: requests arriving meanwhile wait for it instead of sending their
+   * own. It resolves with the error when Redis could not answer (they apply failMode too, no new try).
+   */
+  pending: Promise<unknown> | undefined
+}
+
+/**
+ * One named policy: local buckets, or the shared ones in Redis (then failMode decides when Redis cannot
+ * answer). With `leaseTokens` > 1, a Redis policy takes that many tokens per round trip and spends them
+ * here: every token spent came out of the shared bucket, so the fleet never admits more than the limit;
+ * it may admit less, by the tokens other pods hold unspent (at most pods × (leaseTokens − 1), each for at
+ * most LEASE_MS).
+ */
 export class RateLimitPolicy {
   private readonly local: LocalBuckets | undefined
+  /** key → lease, LRU-bounded by maxKeys like the local buckets (Redis policies with leaseTokens > 1). */
+  private readonly leases: Map<string, Lease> | undefined
 
   constructor (readonly name: string, readonly cfg: RateLimitPolicyConfig, private readonly redis: EdgeRedis | undefined, private readonly decided: (d: RateDecision) => void) {
     this.local = cfg.scope === 'local' ? new LocalBuckets(cfg) : undefined
+    this.leases = cfg.scope === 'redis' && cfg.leaseTokens > 1 ? new Map() : undefined
   }
 
   /** Throws RateLimited (or FERRY_ERR_RATE_LIMIT_UNAVAILABLE) synchronously for local policies; a promise for Redis ones. */
@@ -55,24 +83,77 @@ export class RateLimitPolicy {
       this.decided('allowed')
       return
     }
+    if (this.leases !== undefined) return this.checkLeased(key)
     return this.checkRemote(key)
   }
 
+  /** One round trip per request (leaseTokens 1): exact, the shared bucket decides each request. */
   private async checkRemote (key: string): Promise<void> {
-    let wait: number
+    let take: Take
     try {
-      wait = await this.redis!.take(`${this.name}:${key}`, this.cfg.ratePerSec, this.cfg.burst)
+      take = await this.redis!.take(`${this.name}:${key}`, this.cfg.ratePerSec, this.cfg.burst)
     } catch (err) {
-      if (!(err instanceof EdgeRedisUnavailable)) throw err
-      if (this.redis!.failOpen) { this.decided('fail_open'); return }
-      this.decided('fail_closed')
-      throw new FerryError('FERRY_ERR_RATE_LIMIT_UNAVAILABLE', `rate limit ${this.name} cannot be checked: ${err.message}`)
+      this.unavailable(err)
+      return
     }
-    if (wait > 0) { this.decided('limited'); throw new RateLimited(this.name, wait) }
+    if (take.granted === 0) { this.decided('limited'); throw new RateLimited(this.name, take.waitMs) }
+    this.decided('allowed')
+  }
+
+  /** failMode for a take Redis could not answer: returns (open) or throws (closed). */
+  private unavailable (err: unknown): void {
+    if (!(err instanceof EdgeRedisUnavailable)) throw err
+    if (this.redis!.failOpen) { this.decided('fail_open'); return }
+    this.decided('fail_closed')
+    throw new FerryError('FERRY_ERR_RATE_LIMIT_UNAVAILABLE', `rate limit ${this.name} cannot be checked: ${err.message}`)
+  }
+
+  /** Spends a leased token synchronously when there is one; else waits for (or starts) the key's next take. */
+  private checkLeased (key: string): void | Promise<void> {
+    const now = performance.now()
+    const leases = this.leases!
+    let l = leases.get(key)
+    if (l !== undefined) {
+      leases.delete(key) // re-inserted last: Map order is recency order
+      leases.set(key, l)
+      if (l.tokens >= 1 && now < l.until) { l.tokens--; this.decided('allowed'); return }
+      if (now < l.limitedUntil) { this.decided('limited'); throw new RateLimited(this.name, Math.ceil(l.limitedUntil - now)) }
+      if (l.pending !== undefined) return l.pending.then((err) => { if (err === undefined) return this.checkLeased(key); this.unavailable(err) })
+    } else {
+      if (leases.size >= this.cfg.maxKeys) leases.delete(leases.keys().next().value!)
+      l = { tokens: 0, until: 0, limitedUntil: 0, pending: undefined }
+      leases.set(key, l)
+    }
+    return this.lease(key, l)
+  }
+
+  private async lease (key: string, l: Lease): Promise<void> {
+    const taking = this.redis!.take(`${this.name}:${key}`, this.cfg.ratePerSec, this.cfg.burst, Math.min(this.cfg.leaseTokens, this.cfg.burst))
+    const pending = taking.then(() => undefined, (err: unknown) => err).finally(() => { if (l.pending === pending) l.pending = undefined })
+    l.pending = pending
+    let take: Take
+    try {
+      take = await taking
+    } catch (err) {
+      this.unavailable(err)
+      return
+    }
+    const at = performance.now()
+    if (take.granted === 0) {
+      l.tokens = 0
+      l.limitedUntil = at + take.waitMs
+      this.decided('limited')
+      throw new RateLimited(this.name, take.waitMs)
+    }
+    // this request spends the first token; the rest wait here for the requests behind it
+    l.tokens = take.granted - 1
+    l.until = at + LEASE_MS
+    l.limitedUntil = 0
     this.decided('allowed')
   }
 
   get keysTracked (): number {
-    return this.local?.size ?? 0
+    return this.local?.size ?? this.leases?.size ?? 0
   }
 }
+

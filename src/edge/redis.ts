@@ -5,26 +5,35 @@ import type { RateLimitsConfig } from '../config/schema.js'
 /**
  * Token bucket in Redis, timed by Redis's own clock (pods' clocks may differ). State per key: a hash of
  * `t` (ms of the last take) and `n` (tokens then), expiring once a full bucket would have refilled.
- * ARGV: rate in tokens/ms, burst. Reply: 0 taken, else ms until a token is there.
+ * ARGV: rate in tokens/ms, burst, tokens wanted (a lease; at least 1). Takes as many whole tokens as the
+ * bucket holds, up to the number wanted. Reply: {taken, ms until a token is there (when none was)}.
  */
 const TAKE_LUA = `
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local b = redis.call('HMGET', KEYS[1], 't', 'n')
 local last = tonumber(b[1]) or now
 local tokens = tonumber(b[2]) or burst
 tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
+local got = 0
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate) end
+if tokens >= 1 then got = math.min(want, math.floor(tokens)); tokens = tokens - got else wait = math.ceil((1 - tokens) / rate) end
 redis.call('HSET', KEYS[1], 't', now, 'n', tostring(tokens))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
-return wait
+return {got, wait}
 `
 
 interface EdgeCommands {
-  ferryTake: (key: string, ratePerMs: string, burst: string) => Promise<number>
+  ferryTake: (key: string, ratePerMs: string, burst: string, want: string) => Promise<[number, number]>
+}
+
+/** What one take from a shared bucket gave: `granted` tokens (0 … wanted), else `waitMs` until one is there. */
+export interface Take {
+  readonly granted: number
+  readonly waitMs: number
 }
 
 /** Redis could not answer within the budget (down, slow, not connected yet). */
@@ -61,10 +70,11 @@ export class EdgeRedis {
     this.redis.on('close', () => { if (!this.down) { this.down = true; this.log.warn({ url: redactUrl(cfg.url) }, 'rate-limit redis unreachable; failMode applies') } })
   }
 
-  /** Takes a token from the bucket `key`; resolves 0 when taken, else the ms until one is there. */
-  async take (key: string, ratePerSec: number, burst: number): Promise<number> {
+  /** Takes up to `want` tokens from the bucket `key` (as many whole ones as it holds). */
+  async take (key: string, ratePerSec: number, burst: number, want = 1): Promise<Take> {
     try {
-      return await this.redis.ferryTake(this.cfg.keyPrefix + key, String(ratePerSec / 1000), String(burst))
+      const [granted, waitMs] = await this.redis.ferryTake(this.cfg.keyPrefix + key, String(ratePerSec / 1000), String(burst), String(want))
+      return { granted, waitMs }
     } catch (err) {
       throw new EdgeRedisUnavailable((err as Error).message)
     }
