@@ -220,17 +220,19 @@ export class Gateway {
         set.ws.set(name, same ? prev!.ws.get(name)! : createWsUpstream(name, ucfg, log, this.metrics, source, wsDeps))
         continue
       }
+      const upstream = same ? prev!.http.get(name)!.upstream : new HttpUpstream(name, ucfg, log, this.metrics, source)
       // WebSocket upgrades on routes to this HTTP upstream go to its endpoints 1:1 (what nginx does with
       // Upgrade headers), as a passthrough upstream of its own (metrics label `NAME:ws`) on the same source.
+      // It reads the HTTP upstream's active checks instead of probing every endpoint a second time (the
+      // HTTP upstream subscribed to the source first, so its members exist when the twin's are made).
       set.ws.set(name, same ? prev!.ws.get(name)! : createWsUpstream(`${name}:ws`, {
         protocol: 'ws',
         balance: ucfg.balance,
         timeouts: { connectMs: ucfg.timeouts.connectMs + ucfg.timeouts.responseMs },
         ejection: ucfg.ejection,
-        healthCheck: ucfg.healthCheck,
+        healthCheck: undefined,
         whenAllUnhealthy: ucfg.whenAllUnhealthy,
-      }, log, this.metrics, source, wsDeps))
-      const upstream = same ? prev!.http.get(name)!.upstream : new HttpUpstream(name, ucfg, log, this.metrics, source)
+      }, log, this.metrics, source, wsDeps, (address) => upstream.set.get(address)?.checked))
       // The context carries settings from outside the upstream (logging, http): always rebuilt.
       set.http.set(name, {
         upstream,

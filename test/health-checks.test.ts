@@ -2,6 +2,7 @@ import { createServer, type Server } from 'node:http'
 import type { Socket } from 'node:net'
 import pino from 'pino'
 import t from 'tap'
+import WebSocket, { WebSocketServer } from 'ws'
 import { Metrics } from '../src/observability/metrics.js'
 import { ActiveHealth, PassiveHealth } from '../src/upstream/health.js'
 import { deadPort } from './helpers/backend.js'
@@ -135,6 +136,52 @@ t.test('a flapping HTTP backend is ejected by its health checks and restored, wh
   t.ok(failed.length <= 4 * 2, `at most the requests in flight on the killed process failed: ${failed.length} of ${ok + failed.length} (${failed.slice(0, 3).join('; ')})`)
   t.ok(await metric(f, `ferry_upstream_health_checks_total{upstream="api",endpoint="${b.address}",result="failed"}`) >= 4, 'failed checks are counted')
   t.equal(await metric(f, `ferry_upstream_endpoint_checked_up{upstream="api",endpoint="${b.address}"}`), 1, 'ferry_upstream_endpoint_checked_up is 1 again')
+})
+
+t.test('an HTTP upstream\'s WebSocket upgrades use its health checks: each endpoint is probed once per interval, and an endpoint checked down gets no sessions', async (t) => {
+  const backends = await Promise.all(['a', 'b'].map(async (name) => {
+    const b = { name, port: 0, probes: 0, healthy: true, sessions: 0 }
+    const server = createServer((req, res) => {
+      if (req.url === '/healthz') { b.probes++; res.statusCode = b.healthy ? 200 : 503; res.end(); return }
+      res.end(name)
+    })
+    const wss = new WebSocketServer({ noServer: true })
+    server.on('upgrade', (req, socket, head) => { wss.handleUpgrade(req, socket, head, (ws) => { b.sessions++; ws.send(name) }) })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    b.port = (server.address() as { port: number }).port
+    t.teardown(async () => {
+      for (const c of wss.clients) c.terminate()
+      server.closeAllConnections()
+      await new Promise((resolve) => server.close(resolve))
+    })
+    return b
+  }))
+  const [a, b] = backends as [typeof backends[0], typeof backends[0]]
+  const f = await startFerry(t, {
+    upstreams: { api: { protocol: 'http', endpoints: [`127.0.0.1:${a.port}`, `127.0.0.1:${b.port}`], healthCheck: { intervalMs: 100, timeoutMs: 80, healthyThreshold: 1, unhealthyThreshold: 1, http: { path: '/healthz' } } } },
+    routes: [{ match: { path: '/' }, upstream: 'api' }],
+    logging: { level: 'info', accessLog: false },
+  })
+  await waitFor('both endpoints checked up', async () => (await endpointRow(f, 'api', `127.0.0.1:${a.port}`))?.check === 'up' && (await endpointRow(f, 'api', `127.0.0.1:${b.port}`))?.check === 'up', 5000)
+  const before = backends.map((x) => x.probes)
+  await sleep(2000)
+  const probes = backends.map((x, i) => x.probes - before[i]!)
+  // One checker: 2 s / 100 ms ≈ 20 probes per endpoint; the HTTP upstream and its WebSocket twin each
+  // probing would make ≈ 40.
+  t.ok(probes.every((n) => n >= 5 && n <= 26), `probes per endpoint in 2 s at intervalMs 100: ${probes.join(', ')} (one checker: ≈ 20; two: ≈ 40)`)
+
+  a.healthy = false
+  await waitFor('a checked down', async () => (await endpointRow(f, 'api', `127.0.0.1:${a.port}`))?.check === 'down', 5000)
+  const greetings: string[] = []
+  for (let i = 0; i < 6; i++) {
+    const ws = new WebSocket(`ws://127.0.0.1:${f.httpPort}/chat`)
+    greetings.push(await new Promise<string>((resolve, reject) => {
+      ws.once('message', (d) => { resolve(d.toString()); ws.close() })
+      ws.once('error', reject)
+    }))
+  }
+  t.same(greetings, ['b', 'b', 'b', 'b', 'b', 'b'], 'every WebSocket session went to b while a is checked down')
+  t.equal(a.sessions, 0, 'a got no session')
 })
 
 t.test('whenAllUnhealthy: fail refuses at once with FERRY_ERR_NO_HEALTHY_ENDPOINT; panic keeps serving', async (t) => {

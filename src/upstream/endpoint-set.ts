@@ -45,6 +45,11 @@ export interface MemberKind<E extends SetMember> {
   probe: (e: E, timeoutMs: number) => Promise<void>
   /** The set changed (new members may take work now: wake waiters). */
   changed?: () => void
+  /**
+   * Another set's active checks of the same address, used instead of probing it again (an HTTP
+   * upstream's WebSocket twin reads the HTTP upstream's checks). Only without a `healthCheck` of its own.
+   */
+  sharedHealth?: (address: string) => ActiveHealth | undefined
 }
 
 /** active: in the source's set; draining: removed from it, finishing its work; closed: released. */
@@ -136,6 +141,7 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E> {
       if (this.byAddr.has(a)) continue
       const e = this.kind.create(endpoint)
       if (this.healthCheck !== undefined) e.checked = new ActiveHealth(this.upstream, e.address, this.healthCheck, this.log, this.metrics)
+      else if (this.kind.sharedHealth !== undefined) e.checked = this.kind.sharedHealth(e.address)
       this.byAddr.set(e.address, e)
       added.push(e)
     }

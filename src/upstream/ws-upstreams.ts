@@ -6,6 +6,7 @@ import type { EndpointSource } from '../discovery/source.js'
 import type { WsUpstream } from '../front/ws-types.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { ResumeTokens } from '../sessions/token.js'
+import type { ActiveHealth } from './health.js'
 import { MuxUpstream } from './mux/upstream.js'
 import { WsPassthroughUpstream } from './ws/upstream.js'
 
@@ -20,9 +21,13 @@ export interface WsUpstreamDeps {
   readonly tokens?: ResumeTokens
 }
 
-/** Builds the upstream that carries WebSocket sessions for a `ws` or `mux` config entry; its endpoints come from `source`. */
-export function createWsUpstream (name: string, cfg: WsUpstreamConfig | MuxUpstreamConfig, log: Logger, metrics: Metrics, source: EndpointSource, deps: WsUpstreamDeps): WsUpstream {
+/**
+ * Builds the upstream that carries WebSocket sessions for a `ws` or `mux` config entry; its endpoints
+ * come from `source`. `sharedHealth` (ws only): read another upstream's active checks instead of
+ * probing (an HTTP upstream's WebSocket twin).
+ */
+export function createWsUpstream (name: string, cfg: WsUpstreamConfig | MuxUpstreamConfig, log: Logger, metrics: Metrics, source: EndpointSource, deps: WsUpstreamDeps, sharedHealth?: (address: string) => ActiveHealth | undefined): WsUpstream {
   const placement = deps.store !== undefined ? new AffinityPlacement(deps.store, deps.gatewayId, deps.ttlMs ?? 600_000) : undefined
   if (cfg.protocol === 'mux') return new MuxUpstream(name, cfg, log, metrics, source, { gatewayId: deps.gatewayId, placement, tokens: deps.tokens })
-  return new WsPassthroughUpstream(name, cfg, log, metrics, source, placement)
+  return new WsPassthroughUpstream(name, cfg, log, metrics, source, placement, sharedHealth)
 }

@@ -257,7 +257,8 @@ export class WsPassthroughUpstream implements WsUpstream {
   private readonly connections: Gauge.Internal<string>
   private readonly retries: Counter.Internal
 
-  constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, metrics: Metrics, source: EndpointSource, private readonly placement?: AffinityPlacement) {
+  /** `sharedHealth`: the active checks of another upstream on the same source (see MemberKind); `cfg.healthCheck` must be unset then. */
+  constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, metrics: Metrics, source: EndpointSource, private readonly placement?: AffinityPlacement, sharedHealth?: (address: string) => ActiveHealth | undefined) {
     const check = cfg.healthCheck
     this.set = new EndpointSet<WsEndpoint>(name, source, {
       create: (ep) => new WsEndpoint(ep, new PassiveHealth(name, ep.address, cfg.ejection, log, metrics)),
@@ -269,6 +270,7 @@ export class WsPassthroughUpstream implements WsUpstream {
         if (check?.http !== undefined) await httpProbe(e.endpoint, check.http, timeoutMs)
         else await tcpProbe(e.endpoint, timeoutMs)
       },
+      sharedHealth,
     }, check, log, metrics)
     const panic = cfg.whenAllUnhealthy === 'panic'
     this.balancer = new Balancer(this.set, cfg.balance, { panic, boundedLoadFactor: cfg.boundedLoadFactor })
