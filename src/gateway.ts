@@ -84,6 +84,8 @@ export interface BoundPorts {
  */
 export class Gateway {
   private cfg: Config
+  /** The unshared resume secret was warned about (warnUnsharedSecret). */
+  private warnedSecret = false
   readonly metrics: Metrics
   private readonly log: Logger
   private state: GatewayState = 'created'
@@ -157,7 +159,7 @@ export class Gateway {
     const cfg = this.config
     const { secret, source } = resolveResumeSecret(cfg.resume)
     this.secretSource = source
-    if (source === 'random') this.log.warn('resume.secret is not set: resume tokens work only on this process (set resume.secret, resume.secretFile or FERRY_RESUME_SECRET, shared by every pod)')
+    this.warnUnsharedSecret(cfg)
     const tokens = new ResumeTokens(secret, cfg.resume.tokenTtlMs)
     const store = createAffinityStore(cfg.affinity, { logger: this.log.child({ component: 'affinity' }), metrics: this.metrics })
     this.store = store
@@ -407,7 +409,19 @@ export class Gateway {
     this.lastReload = { at: new Date().toISOString(), result: 'ok' }
     this.metrics.configReloads.labels('ok').inc()
     this.log.info({ version, ...diff }, 'config reloaded')
+    this.warnUnsharedSecret(next)
     return { result: 'ok', version, ...diff }
+  }
+
+  /**
+   * Once, when resume tokens would be issued (a mux upstream exists) under a per-process random secret:
+   * they would not resume on another pod. Without a mux upstream no token is issued and nothing is said.
+   */
+  private warnUnsharedSecret (cfg: Config): void {
+    if (this.secretSource !== 'random' || this.warnedSecret) return
+    if (!Object.values(cfg.upstreams).some((u) => u.protocol === 'mux')) return
+    this.warnedSecret = true
+    this.log.warn('resume.secret is not set: resume tokens work only on this process (set resume.secret, resume.secretFile or FERRY_RESUME_SECRET, shared by every pod)')
   }
 
   /** A refused reload: closes the upstreams it built (those `prev` does not share). */

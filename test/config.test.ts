@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { ConfigError, EMBEDDED_DEFAULTS, applyEnvOverrides, loadConfig, validateConfig } from '../src/config/load.js'
 import { renderConfigReference, renderErrorReference } from '../src/config/reference.js'
 import { ERRORS, FerryError } from '../src/errors.js'
-import { ROOT, runCli, writeConfig } from './helpers/ferry.js'
+import { ROOT, runCli, startFerry, writeConfig } from './helpers/ferry.js'
 
 const valid = {
   upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:3000', '[::1]:3001', 'http://localhost:3002'] } },
@@ -105,6 +105,14 @@ t.test('the resume secret: an unreadable secretFile or a short secret stops the 
   const inline = await runCli(['check', '--config', writeConfig({ ...base, resume: { secret: 'short' } })])
   t.equal(inline.code, 1, 'a short resume.secret fails `ferry check`')
   t.match(inline.stderr, 'resume.secret: must be at least 32 characters', 'naming the field')
+})
+
+t.test('the unshared-resume-secret warning: only when resume tokens are issued (a mux upstream), once', async (t) => {
+  const warning = (logs: Array<Record<string, unknown>>): number => logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('resume.secret is not set')).length
+  const http = await startFerry(t, { upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:1'] } }, routes: [{ match: { path: '/' }, upstream: 'api' }] })
+  t.equal(warning(http.logs), 0, 'HTTP only, no secret: no warning (no resume token is ever issued)')
+  const mux = await startFerry(t, { upstreams: { chat: { protocol: 'mux', endpoints: ['127.0.0.1:1'] } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] })
+  t.equal(warning(mux.logs), 1, 'a mux upstream and no secret: warned once')
 })
 
 t.test('docs/config.md and docs/errors.md match the schema and the error table', async (t) => {

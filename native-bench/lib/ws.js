@@ -155,6 +155,8 @@ ${f.route}
 # have none. The drain's accept grace is for load balancers to catch up; here it would only slow the stop.
 admission: { handshakesPerSec: 0 }
 drain: { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 3000 }
+# A shared secret as a fleet would have (without one Ferry warns that resume tokens stay on this process).
+resume: { secret: "native-bench-resume-secret-0123456789abcdef" }
 logging: { level: info, accessLog: false }
 `
   const ferryCheck = (file) => {
