@@ -21,5 +21,7 @@ COPY docs ./docs
 COPY examples ./examples
 USER node
 EXPOSE 8080 9901
-ENTRYPOINT ["node", "dist/cli.js"]
+# A 32 MiB young generation (V8's default is 16): measured +13% keep-alive req/s and half the p99 (fewer
+# scavenges), same RSS. See README, "Benchmark".
+ENTRYPOINT ["node", "--max-semi-space-size=32", "dist/cli.js"]
 CMD ["start"]

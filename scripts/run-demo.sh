@@ -17,4 +17,4 @@ cat <<'TXT'
     curl localhost:9901/metrics           # Prometheus metrics
 
 TXT
-FERRY__logging__pretty=true node dist/cli.js start "$@"
+FERRY__logging__pretty=true node --max-semi-space-size=32 dist/cli.js start "$@"

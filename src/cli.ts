@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=32
 import { watchFile } from 'node:fs'
 import { formatAddress } from './discovery/source.js'
 import { parseArgs } from 'node:util'

@@ -229,7 +229,7 @@ backend be
   await Promise.all([['ws-echo', P.wsEcho], ...(ferryOn['ferry-mux'] ? [['mux-echo', P.muxEcho]] : []), ['ws-nginx', P.wsNginx], ['ws-haproxy', P.wsHaproxy], ...(ctx.PUSHPIN ? [['ws-pushpin', PUSHPIN_PORT]] : [])].map(([n, p]) => ctx.waitPort(p, n)))
   for (const [name, f] of Object.entries(FERRY)) {
     if (!ferryOn[name]) continue
-    procs[f.proc] = ctx.start(f.proc, ...lim(process.execPath, [join(ROOT, 'dist/cli.js'), 'start', '--config', f.file]))
+    procs[f.proc] = ctx.start(f.proc, ...lim(process.execPath, [...ctx.FERRY_NODE_FLAGS, join(ROOT, 'dist/cli.js'), 'start', '--config', f.file]))
     try {
       await ctx.waitPort(f.port, f.proc)
     } catch {
