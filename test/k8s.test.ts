@@ -55,7 +55,8 @@ t.test('k8s manifests agree with the config schema', async (t) => {
   // The image every manifest names is built by the Dockerfile (Node 20 on Debian 12, Ferry's CLI as entrypoint).
   const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')
   t.match(dockerfile, /^FROM node:20-bookworm-slim$/m, 'Dockerfile: Node 20 on Debian 12 (glibc 2.36, the uWS binary loads)')
-  t.match(dockerfile, /ENTRYPOINT \["node", "dist\/cli\.js"\]/, 'Dockerfile: the entrypoint is Ferry\'s CLI (the Deployment passes start --config)')
+  t.match(dockerfile, /ENTRYPOINT \["node", ("--[a-z-]+=[0-9a-z]+", )*"dist\/cli\.js"\]/, 'Dockerfile: the entrypoint is Ferry\'s CLI (the Deployment passes start --config)')
+  t.match(dockerfile, /ENTRYPOINT \[[^\]]*"--max-semi-space-size=32"/, 'Dockerfile: with the young-generation size Ferry is measured with (native-bench/results/semi-space-ab.md)')
   t.equal(c.args[0], 'start', 'the Deployment starts the gateway')
   // Drain timings: the pod exits by itself before the kubelet's SIGKILL; preStop starts the drain.
   const grace = dep.spec.template.spec.terminationGracePeriodSeconds as number
