@@ -1,6 +1,7 @@
 import { isUtf8 } from 'node:buffer'
 import { randomBytes } from 'node:crypto'
 import type { Socket } from 'node:net'
+import { corkUntilCheck, uncorkNow } from '../net/cork.js'
 import {
   decodeGoaway, decodePublish, encodeFrame, encodeGoaway, encodeReset, FrameDecoder, FrameType, GoawayCode, MUX_VERSION,
   MuxProtocolError, ResetCode, type Frame,
@@ -77,7 +78,6 @@ export class MuxConnection {
   private maxStreamId = 0
   private nextStreamId = 1
   private readonly decoder: FrameDecoder
-  private corked = false
   private timer: NodeJS.Timeout | undefined
   private lastHeard = Date.now()
   private pingSentAt = 0
@@ -115,17 +115,8 @@ export class MuxConnection {
 
   write (frame: Uint8Array): void {
     if (this.ended) return
-    if (!this.corked) {
-      this.corked = true
-      this.socket.cork()
-      setImmediate(this.uncork)
-    }
+    corkUntilCheck(this.socket)
     this.socket.write(frame)
-  }
-
-  private readonly uncork = (): void => {
-    this.corked = false
-    if (!this.ended) this.socket.uncork()
   }
 
   private limits (): StreamLimits {
@@ -330,7 +321,7 @@ export class MuxConnection {
     for (const p of waiters) p.reject(new Error(`link ended: ${end.message}`))
     const streams = [...this.streams.values()]
     this.streams.clear()
-    if (this.corked) { this.corked = false; this.socket.uncork() }
+    uncorkNow(this.socket)
     // end() flushes what is queued (a GOAWAY explaining why); destroy follows if the peer does not close.
     this.socket.end()
     setTimeout(() => { this.socket.destroy() }, 1000).unref()

@@ -14,6 +14,7 @@ import type { AffinityPlacement } from '../../affinity/placement.js'
 import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { httpProbe, tcpProbe } from '../probes.js'
+import { corkUntilCheck } from '../../net/cork.js'
 
 /** How long a backend gets to answer our close frame before its socket is cut. */
 const CLOSE_GRACE_MS = 2000
@@ -36,20 +37,6 @@ const HANDSHAKE_OWNED = new Set([
 ])
 
 function noop (): void {}
-
-/**
- * Backend sockets corked since the loop's last check phase. uWS hands every client message of one poll
- * to JavaScript in a separate callback, and ws writes each frame at once: without this, a session with 8
- * messages in flight made 8 write syscalls where one writev does (the profile showed those writes, each
- * also running the loopback peer's receive path, as over half of the busy time). One setImmediate
- * uncorks them all, still in the same loop turn, so no latency is added.
- */
-let corked: PassthroughLeg[] = []
-function uncorkAll (): void {
-  const list = corked
-  corked = []
-  for (const leg of list) leg.uncork()
-}
 
 /**
  * One backend endpoint of a passthrough upstream. `inflight` (what least-connections balances) counts
@@ -106,13 +93,10 @@ class PassthroughLeg implements UpstreamLeg {
   /** The session's affinity key, when the placement keeps its record alive. */
   affinityKey: string | undefined
 
-  /** This leg's socket is in `corked`. */
-  private corked = false
-
   constructor (
     readonly protocol: string,
     private readonly ws: WebSocket,
-    /** ws's socket, from the 101 response; the leg corks it to batch a poll's messages into one write. */
+    /** ws's socket, from the 101 response; corked per loop turn (corkUntilCheck). */
     private readonly socket: Socket,
     private readonly sink: ClientSink,
     readonly ep: WsEndpoint,
@@ -181,19 +165,12 @@ class PassthroughLeg implements UpstreamLeg {
 
   send (data: Uint8Array, binary: boolean): void {
     if (this.state !== 'open' || this.ws.readyState !== WebSocket.OPEN) return
-    if (!this.corked) {
-      this.corked = true
-      this.socket.cork()
-      if (corked.push(this) === 1) setImmediate(uncorkAll)
-    }
+    // ws writes each frame at once: a session with 8 messages in flight made 8 write syscalls where one
+    // writev does (over half of the busy time in the profile, each write also running the loopback
+    // peer's receive path).
+    corkUntilCheck(this.socket)
     // ws may queue the buffer: copy, the uWS view dies when the caller returns.
     this.ws.send(Buffer.from(data), { binary, compress: false })
-  }
-
-  /** Writes what send() corked since the last check phase (a destroyed socket ignores it). */
-  uncork (): void {
-    this.corked = false
-    this.socket.uncork()
   }
 
   get buffered (): number {
