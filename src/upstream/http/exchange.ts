@@ -328,7 +328,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   }
 
   onResponseStart (controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
-    if (statusCode < 200) return // 1xx interim responses are not forwarded (uWS cannot write them)
+    if (statusCode < 200) return // interim responses are not forwarded (uWS cannot write them); see interim.ts
     if (this.state === 'draining') {
       this.status = statusCode
       const cl = headers['content-length']

@@ -1,0 +1,169 @@
+import t from 'tap'
+import type { IncomingMessage } from 'node:http'
+import { connect as netConnect, type Socket } from 'node:net'
+import { WebSocketServer } from 'ws'
+import { startBackend, startRawBackend } from './helpers/backend.js'
+import { startFerry, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { startMuxBackend } from './helpers/mux.js'
+import { InterimSkipper } from '../src/upstream/http/interim.js'
+
+/**
+ * What goes through Ferry unchanged that used to be changed: a backend's interim (1xx) responses, header
+ * values beyond ASCII (both ways, and on WebSocket handshakes), the client's Host when it names Host in
+ * Connection; and what Ferry adds: no `uWebSockets: 20` on any response. Raw bytes on both sides.
+ */
+
+/**
+ * Writes `bytes` to a fresh connection and collects everything until the peer closes (or `giveUpMs`: then
+ * `closed` is false). `untilHead`: stop once a response head is complete (a 101 keeps the connection).
+ */
+async function raw (port: number, bytes: Buffer | string, opts: { giveUpMs?: number, untilHead?: boolean } = {}): Promise<{ bytes: Buffer, text: string, closed: boolean }> {
+  return await new Promise((resolve) => {
+    const s = netConnect(port, '127.0.0.1')
+    const chunks: Buffer[] = []
+    let closed = true
+    s.on('data', (d: Buffer) => {
+      chunks.push(d)
+      if (opts.untilHead === true && Buffer.concat(chunks).includes('\r\n\r\n')) s.destroy()
+    })
+    s.on('error', () => {})
+    const timer = setTimeout(() => { closed = false; s.destroy() }, opts.giveUpMs ?? 5000)
+    s.on('close', () => { clearTimeout(timer); const b = Buffer.concat(chunks); resolve({ bytes: b, text: b.toString('latin1'), closed }) })
+    s.write(typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : bytes)
+  })
+}
+
+/** The head of a raw response (latin1, up to the blank line) and what follows it. */
+function split (text: string): { head: string, body: string } {
+  const i = text.indexOf('\r\n\r\n')
+  return i === -1 ? { head: text, body: '' } : { head: text.slice(0, i), body: text.slice(i + 4) }
+}
+
+/** UTF-8 bytes of `s` as a latin1 string (one character per byte), to build and match raw heads. */
+const utf8 = (s: string): string => Buffer.from(s, 'utf8').toString('latin1')
+
+/**
+ * A raw HTTP/1.1 backend: every request head (and its Content-Length body) on a connection is answered by
+ * `answer(n, head)`, n counting requests across all connections; each returned piece is a separate write.
+ */
+async function scriptedBackend (t: Teardown, answer: (n: number, head: string) => string[]): Promise<{ address: string, accepted: () => number, heads: string[] }> {
+  const heads: string[] = []
+  const b = await startRawBackend(t, (s: Socket) => {
+    s.setNoDelay(true)
+    let buf = Buffer.alloc(0)
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d])
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n')
+        if (end === -1) return
+        const head = buf.subarray(0, end).toString('latin1')
+        const cl = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0)
+        if (buf.length < end + 4 + cl) return
+        buf = buf.subarray(end + 4 + cl)
+        heads.push(head)
+        // Each piece in its own write and its own turn of the loop (they may still arrive together).
+        const pieces = answer(heads.length, head)
+        const next = (): void => { const p = pieces.shift(); if (p === undefined) return; s.write(Buffer.from(p, 'latin1')); setImmediate(next) }
+        next()
+      }
+    })
+  })
+  return { address: b.address, accepted: b.accepted, heads }
+}
+
+t.test('interim responses: 100 Continue, 102 and 103 before the final response are skipped; the final one reaches the client', async (t) => {
+  const FINAL = (body: string, status = '200 OK'): string => `HTTP/1.1 ${status}\r\nContent-Length: ${body.length}\r\n\r\n${body}`
+  const backend = await scriptedBackend(t, (n, head) => {
+    if (head.startsWith('GET /hang')) return ['HTTP/1.1 100 Continue\r\n\r\n'] // never a final response
+    switch (n) {
+      case 1: return ['HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok']
+      case 2: return ['HTTP/1.1 100 Continue\r\n\r\n', 'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n', 'HTTP/1.1 102 Processing\r\n\r\n', 'HTTP/1.1 100 Continue\r\n\r\n', FINAL('second')]
+      // The status lines cut mid-way across writes.
+      case 3: return ['HTTP/1.1 10', '0 Continue\r\n\r', '\nHTTP/1.1 2', '00 OK\r\nContent-Length: 5\r\n\r\nthird']
+      case 4: return ['HTTP/1.1 100 Continue\r\n\r\n', FINAL('made', '201 Created')]
+      default: return [FINAL('more')]
+    }
+  })
+  const f = await startFerry(t, {
+    upstreams: { api: { protocol: 'http', endpoints: [backend.address], pool: { maxConnections: 1 }, timeouts: { responseMs: 500 } } },
+    routes: [{ match: { path: '/' }, upstream: 'api' }],
+    logging: { level: 'info', accessLog: false },
+  })
+  const get = async (path: string): Promise<{ head: string, body: string, text: string }> => {
+    const r = await raw(f.httpPort, `GET ${path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n`)
+    return { ...split(r.text), text: r.text }
+  }
+
+  const a = await get('/a')
+  t.match(a.head, /^HTTP\/1\.1 200 OK\r\n/, 'GET behind `100 Continue`: the client gets the backend\'s 200 (was 502)')
+  t.equal(a.body, 'ok', 'with its 2-byte body')
+  t.notMatch(a.text, /\b10[0-3] /, 'and no interim status line')
+
+  const b = await get('/b')
+  t.match(b.head, /^HTTP\/1\.1 200 OK\r\n/, '100, 103 (with Link), 102, 100, then 200: the client gets the 200')
+  t.equal(b.body, 'second', 'with its body')
+  t.notMatch(b.head, /link:/i, 'the 103\'s Link header is not merged into the final response')
+
+  const c = await get('/c')
+  t.match(c.head, /^HTTP\/1\.1 200 OK\r\n/, 'status lines cut across writes (`HTTP/1.1 10` | `0 Continue`): the client gets the 200')
+  t.equal(c.body, 'third', 'with its body')
+
+  const post = await raw(f.httpPort, 'POST /d HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbody')
+  t.match(post.text, /^HTTP\/1\.1 201 Created\r\n/, 'a POST answered 100 then 201: the client gets the 201')
+  t.equal(backend.accepted(), 1, 'all requests used the one pooled backend connection (maxConnections 1): a 1xx no longer costs it')
+
+  // A backend that sends interim responses and never a final one is bounded by timeouts.responseMs (500).
+  const h = await get('/hang')
+  t.match(h.head, /^HTTP\/1\.1 504 /, 'only `100 Continue` and then nothing: 504 after responseMs 500')
+  t.match(h.body, /FERRY_ERR_UPSTREAM_TIMEOUT/, 'FERRY_ERR_UPSTREAM_TIMEOUT')
+})
+
+t.test('interim skipper (fuzz): whatever the interim responses and however the bytes are cut, the parser gets exactly the final response', async (t) => {
+  // A small seeded PRNG (mulberry32): a failure names its seed and case.
+  let seed = 0x5eed1
+  const rnd = (): number => { seed = (seed + 0x6d2b79f5) | 0; let x = Math.imul(seed ^ (seed >>> 15), 1 | seed); x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x; return ((x ^ (x >>> 14)) >>> 0) / 4294967296 }
+  const int = (n: number): number => Math.floor(rnd() * n)
+  const CASES = 3000
+  let interims = 0
+  for (let c = 0; c < CASES; c++) {
+    const pieces: string[] = []
+    const n = int(4)
+    for (let i = 0; i < n; i++) {
+      const [code, text] = [['100', 'Continue'], ['102', 'Processing'], ['103', 'Early Hints'], ['199', '']][int(4)]!
+      let head = `HTTP/1.${int(2)} ${code} ${text}\r\n`
+      for (let h = int(3); h > 0; h--) head += `Link: </${'x'.repeat(int(300))}>; rel=preload\r\n`
+      pieces.push(head + '\r\n')
+    }
+    interims += n
+    // The final response: any status (101 included: it is not interim here), or bytes that are not HTTP at all.
+    const body = 'b'.repeat(int(50))
+    const final = int(10) === 0 ? `garbage ${body}` : `HTTP/1.1 ${['200 OK', '101 Switching Protocols', '404 Not Found', '204 No Content'][int(4)]!}\r\nContent-Length: ${body.length}\r\n\r\n${body}`
+    const stream = Buffer.from(pieces.join('') + final, 'latin1')
+    // Cut at random points (1-byte pieces included); null reads in between, as a socket with nothing buffered gives.
+    const f = new InterimSkipper()
+    f.awaiting = true
+    const out: Buffer[] = []
+    let at = 0
+    while (at < stream.length) {
+      const len = 1 + int(int(2) === 0 ? 4 : 400)
+      const chunk = stream.subarray(at, at + len)
+      at += len
+      if (f.awaiting) { const o = f.take(chunk); if (o !== null) out.push(o); if (f.awaiting) f.take(null) } else out.push(chunk)
+    }
+    const got = Buffer.concat(out).toString('latin1')
+    if (got !== final) { t.fail(`case ${c}: the parser got ${JSON.stringify(got.slice(0, 80))}, not the final response ${JSON.stringify(final.slice(0, 80))}`); return }
+    if (f.awaiting) { t.fail(`case ${c}: still awaiting after the final response`); return }
+  }
+  t.pass(`${CASES} random streams (${interims} interim responses, cut at random points): each time exactly the final response's bytes`)
+
+  // An interim head past undici's 16 KiB header limit is handed to undici as it is (which refuses it): never held without bound.
+  const big = Buffer.from(`HTTP/1.1 100 Continue\r\nX: ${'y'.repeat(20000)}\r\n\r\nHTTP/1.1 200 OK\r\n\r\n`, 'latin1')
+  const f = new InterimSkipper()
+  f.awaiting = true
+  let first: Buffer | null = null
+  let i = 0
+  for (; i < big.length && first === null; i += 1000) first = f.take(big.subarray(i, i + 1000))
+  t.ok(first !== null && first.length >= 16384 && first.length < 16384 + 1000, `an interim head over 16 KiB: passed on once 16 KiB are held (${first?.length ?? 0} bytes; bound 16384 + one 1000-byte chunk)`)
+  t.ok(first !== null && big.subarray(0, first.length).equals(first), 'those bytes unchanged')
+  t.notOk(f.awaiting, 'and the rest passes untouched')
+})
