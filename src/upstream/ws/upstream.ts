@@ -15,6 +15,7 @@ import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { httpProbe, tcpProbe } from '../probes.js'
 import { corkUntilCheck } from '../../net/cork.js'
+import { utf8ForLatin1Writer } from '../../net/header-bytes.js'
 
 /** How long a backend gets to answer our close frame before its socket is cut. */
 const CLOSE_GRACE_MS = 2000
@@ -262,7 +263,8 @@ export class WsPassthroughUpstream implements WsUpstream {
     // ws refuses URLs with a fragment; a request target never has one.
     if (target.includes('#')) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'request target contains #')
     const headers: Record<string, string> = {}
-    for (const [k, v] of Object.entries(hs.headers)) if (!HANDSHAKE_OWNED.has(k)) headers[k] = v
+    // Node writes header strings as latin1: values beyond ASCII go as their UTF-8 bytes (header-bytes.ts).
+    for (const [k, v] of Object.entries(hs.headers)) if (!HANDSHAKE_OWNED.has(k)) headers[k] = utf8ForLatin1Writer(v)
     // Offered as a plain header, not through ws's `protocols`: ws would refuse a 101 that selects no
     // subprotocol, which browsers accept. The backend's choice is checked here instead.
     if (hs.protocols.length > 0) headers['sec-websocket-protocol'] = hs.protocols.join(', ')
