@@ -234,3 +234,23 @@ t.test('handshake header values beyond ASCII reach a ws backend as the same byte
   await waitFor('the mux session', () => muxHeaders.length === 1, 5000)
   t.equal(muxHeaders[0]!['x-name'], names[1], 'mux: the backend gets the same text in OPEN metadata')
 })
+
+t.test('Connection naming Host does not remove the client\'s Host; other named headers are still dropped', async (t) => {
+  const got: IncomingMessage[] = []
+  const backend = await startBackend(t, (req, res) => { got.push(req); res.end('ok') })
+  const f = await startFerry(t, {
+    upstreams: { api: { protocol: 'http', endpoints: [backend.address] } },
+    routes: [{ match: { path: '/' }, upstream: 'api' }],
+    logging: { level: 'info', accessLog: false },
+  })
+  for (const conn of ['host', 'Host, x-drop']) {
+    const r = await raw(f.httpPort, `GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nConnection: ${conn}\r\nX-Drop: 1\r\nX-Keep: 1\r\n\r\n`)
+    t.match(r.text, /^HTTP\/1\.1 200 /, `Connection: ${conn}: answered 200`)
+    const req = got.at(-1)!
+    t.equal(req.headers.host, 'a.test', `Connection: ${conn}: the backend gets the client's Host a.test (was the backend's own address)`)
+    t.equal(req.headers['x-forwarded-host'], 'a.test', `Connection: ${conn}: and X-Forwarded-Host a.test`)
+    if (conn.includes('x-drop')) t.equal(req.headers['x-drop'], undefined, `Connection: ${conn}: X-Drop, named hop-by-hop, is not forwarded`)
+    t.equal(req.headers['x-keep'], '1', `Connection: ${conn}: X-Keep is forwarded`)
+  }
+  t.equal(got.length, 2, 'the backend got both requests')
+})
