@@ -254,3 +254,36 @@ t.test('Connection naming Host does not remove the client\'s Host; other named h
   }
   t.equal(got.length, 2, 'the backend got both requests')
 })
+
+t.test('no response carries a uWebSockets header: proxied, Ferry\'s own errors, 101 upgrades, the admin listener', async (t) => {
+  const backend = await startBackend(t, (_req, res) => { res.end('ok') })
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false })
+  await new Promise<void>((resolve) => wss.once('listening', resolve))
+  wss.on('connection', (ws) => { ws.on('error', () => {}) })
+  t.teardown(async () => { for (const c of wss.clients) c.terminate(); await new Promise((resolve) => wss.close(resolve)) })
+  const mux = await startMuxBackend(t, () => {})
+  const f: FerryProcess = await startFerry(t, {
+    upstreams: {
+      api: { protocol: 'http', endpoints: [backend.address] },
+      legacy: { protocol: 'ws', endpoints: [`127.0.0.1:${(wss.address() as { port: number }).port}`] },
+      chat: { protocol: 'mux', endpoints: [`127.0.0.1:${mux.port}`] },
+    },
+    routes: [{ match: { path: '/api' }, upstream: 'api' }, { match: { path: '/legacy' }, upstream: 'legacy' }, { match: { path: '/chat' }, upstream: 'chat' }],
+    logging: { level: 'info', accessLog: false },
+  })
+  const upgrade = (path: string): string => `GET ${path} HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`
+  const cases: Array<[string, number, string, RegExp]> = [
+    ['proxied 200', f.httpPort, 'GET /api HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n', /^HTTP\/1\.1 200 /],
+    ['Ferry\'s 404 (no route)', f.httpPort, 'GET /nowhere HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n', /^HTTP\/1\.1 404 /],
+    ['Ferry\'s 426 (plain GET on a WebSocket route)', f.httpPort, 'GET /chat HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n', /^HTTP\/1\.1 426 /],
+    ['101 on a passthrough route', f.httpPort, upgrade('/legacy'), /^HTTP\/1\.1 101 /],
+    ['101 on a mux route', f.httpPort, upgrade('/chat'), /^HTTP\/1\.1 101 /],
+    ['admin /healthz', f.adminPort, 'GET /healthz HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n', /^HTTP\/1\.1 200 /],
+  ]
+  for (const [name, port, req, status] of cases) {
+    const r = await raw(port, req, { untilHead: true })
+    const { head } = split(r.text)
+    t.match(head, status, `${name}: answered`)
+    t.notMatch(head, /uwebsockets/i, `${name}: no uWebSockets header in the ${head.split('\r\n').length - 1} header lines`)
+  }
+})
