@@ -149,8 +149,11 @@ class PassthroughLeg implements UpstreamLeg {
     this.beginClose(undefined, '')
   }
 
-  /** Leaves 'open': sends a close frame (unless ws is closing already) and bounds the backend's answer. */
-  private beginClose (code: number | undefined, reason: string): void {
+  /**
+   * Leaves 'open': sends a close frame (unless ws is closing already; `code` 'none': one without a code)
+   * and bounds the backend's answer. `code` undefined: no close frame (ws has sent one already).
+   */
+  private beginClose (code: number | 'none' | undefined, reason: string): void {
     this.to('closing')
     const ws = this.ws
     this.graceTimer = setTimeout(() => { ws.terminate() }, CLOSE_GRACE_MS)
@@ -158,7 +161,8 @@ class PassthroughLeg implements UpstreamLeg {
     if (ws.isPaused) ws.resume()
     if (code === undefined || ws.readyState !== WebSocket.OPEN) return
     try {
-      ws.close(code, closeReason(reason))
+      if (code === 'none') ws.close()
+      else ws.close(code, closeReason(reason))
     } catch {
       ws.terminate()
     }
@@ -188,8 +192,11 @@ class PassthroughLeg implements UpstreamLeg {
 
   clientClosed (code: number, reason: string): void {
     if (this.state !== 'open') return
-    // 1005 (the client sent no code) → 1000; 1006 (it vanished) and other codes never sent on the wire → 1001.
-    this.beginClose(sendableCloseCode(code, 1001), reason)
+    // 1005: the client's close frame carried no code, or (uWS 20.30 reports both alike) a malformed one
+    // of 1 byte: the backend gets a close frame without a code too and reads 1005, not a made-up 1000.
+    // 1006 (it vanished, or broke the protocol in a way uWS does not name) and other codes never sent on
+    // the wire → 1001.
+    this.beginClose(code === 1005 ? 'none' : sendableCloseCode(code, 1001), reason)
   }
 
   /** The upstream is stopping: both sides are told 1001. */
