@@ -88,8 +88,10 @@ const VECTORS: Vector[] = [
   { category: 'header syntax', name: 'control byte 0x01 in a value', bytes: (p) => get(p, 'X-A: a\x01b\r\n'), expect: STALL },
   { category: 'header syntax', name: 'DEL 0x7f in a value (uWS passes it; the backend would reset)', bytes: (p) => get(p, 'X-A: a\x7fb\r\n'), expect: bad() },
   { category: 'header syntax', name: 'byte 0xff in a value (obs-text, but not UTF-8: uWS hands it over as U+FFFD)', bytes: (p) => get(p, 'X-A: a\xffb\r\n'), expect: bad() },
-  // Surprise: uWS 20.30 hands JavaScript an empty string for this value, so the backend gets the header empty.
-  { category: 'header syntax', name: 'UTF-8 "é€" in a value (uWS 20.30 hands Ferry an empty value)', bytes: (p) => get(p, `X-A: ${Buffer.from('é€', 'utf8').toString('latin1')}\r\n`), expect: { kind: 'ok', header: ['x-a', ''] } },
+  // uWS 20.30 trims a value's ends of every byte it compares (as a signed char) below 33, so bytes beyond
+  // ASCII at either end go with the whitespace: of this value nothing is left, and the backend gets the
+  // header empty. Inside a value they pass (test/edge-fidelity.test.ts).
+  { category: 'header syntax', name: 'UTF-8 "é€" in a value (uWS 20.30 trims bytes beyond ASCII at a value\'s ends: empty)', bytes: (p) => get(p, `X-A: ${Buffer.from('é€', 'utf8').toString('latin1')}\r\n`), expect: { kind: 'ok', header: ['x-a', ''] } },
   { category: 'header syntax', name: 'tab inside a value (allowed)', bytes: (p) => get(p, 'X-A: a\tb\r\n'), expect: OK },
   { category: 'header syntax', name: 'header line without a colon', bytes: (p) => get(p, 'NoColonHere\r\n'), expect: STALL },
   { category: 'header syntax', name: 'whitespace before the colon', bytes: (p) => get(p, 'X-A : 1\r\n'), expect: STALL },

@@ -90,8 +90,17 @@ function serverClose (r: RawResult): number {
   return 1006
 }
 
-/** `expect`: the close code the client sees (1006: dropped without a close frame, 1005: an empty close frame), or 'stall'. */
-interface FrameCase { name: string, frames: () => Buffer, expect: number | 'stall' }
+/**
+ * `expect`: the close code the client sees (1006: dropped without a close frame, 1005: an empty close frame), or 'stall'.
+ * `backend`: the close code the backend reads, [passthrough, mux] (default LOST).
+ */
+interface FrameCase { name: string, frames: () => Buffer, expect: number | 'stall', backend?: readonly [number, number] }
+
+/**
+ * What the backend reads when uWS 20.30 drops a client without naming the cause: the same as for a client
+ * that reset its connection (a passthrough backend gets 1001 going away; mux CLOSE carries 1006 as such).
+ */
+const LOST = [1001, 1006] as const
 
 const FRAME_CASES: FrameCase[] = [
   // uWS 20.30 does not check the MASK bit of client frames: it takes the next 4 bytes as the mask key and
@@ -105,17 +114,20 @@ const FRAME_CASES: FrameCase[] = [
   { name: 'fragmented ping (FIN 0 on a control frame)', frames: () => frame(9, Buffer.from('p'), { fin: false }), expect: 1006 },
   { name: 'continuation without a start', frames: () => frame(0, Buffer.from('hi')), expect: 1006 },
   { name: 'new text frame inside a fragmented message', frames: () => Buffer.concat([frame(1, Buffer.from('a'), { fin: false }), frame(1, Buffer.from('b'))]), expect: 1006 },
-  { name: 'text frame with invalid UTF-8', frames: () => frame(1, Buffer.from([0xc3, 0x28])), expect: 1006 },
-  { name: 'fragmented text with invalid UTF-8 across fragments', frames: () => Buffer.concat([frame(1, Buffer.from([0xe2, 0x82]), { fin: false }), frame(0, Buffer.from([0x28]))]), expect: 1006 },
+  // uWS names these two causes: the backend is told 1007 (invalid payload data), as its own stack would have closed the client.
+  { name: 'text frame with invalid UTF-8', frames: () => frame(1, Buffer.from([0xc3, 0x28])), expect: 1006, backend: [1007, 1007] },
+  { name: 'fragmented text with invalid UTF-8 across fragments', frames: () => Buffer.concat([frame(1, Buffer.from([0xe2, 0x82]), { fin: false }), frame(0, Buffer.from([0x28]))]), expect: 1006, backend: [1007, 1007] },
   // A malformed close frame: uWS 20.30 answers with an empty close frame (no code: the client reads 1005, not 1002) and closes.
   { name: 'close with code 1005 (reserved)', frames: () => frame(8, closePayload(1005)), expect: 1005 },
   { name: 'close with code 999', frames: () => frame(8, closePayload(999)), expect: 1005 },
   { name: 'close with code 5000', frames: () => frame(8, closePayload(5000)), expect: 1005 },
-  { name: 'close with a 1-byte payload', frames: () => frame(8, Buffer.from([3])), expect: 1005 },
+  // uWS reports it like an empty close frame (1005, no reason): the backend reads 1005 "no status", not 1000.
+  { name: 'close with a 1-byte payload', frames: () => frame(8, Buffer.from([3])), expect: 1005, backend: [1005, 1005] },
   { name: 'close reason not UTF-8', frames: () => frame(8, closePayload(1000, Buffer.from([0xff, 0xfe]))), expect: 1005 },
-  { name: '64-bit length with the top bit set', frames: () => frame(2, Buffer.alloc(0), { len64: 0x8000000000000000n }), expect: 1006 },
-  { name: '64-bit length of 2^40 (over maxPayloadLength)', frames: () => frame(2, Buffer.alloc(0), { len64: 1n << 40n }), expect: 1006 },
-  { name: 'valid close 1000 (control: echoed)', frames: () => frame(8, closePayload(1000, 'bye')), expect: 1000 },
+  // uWS names the cause ("Received too big message"): the backend is told 1009.
+  { name: '64-bit length with the top bit set', frames: () => frame(2, Buffer.alloc(0), { len64: 0x8000000000000000n }), expect: 1006, backend: [1009, 1009] },
+  { name: '64-bit length of 2^40 (over maxPayloadLength)', frames: () => frame(2, Buffer.alloc(0), { len64: 1n << 40n }), expect: 1006, backend: [1009, 1009] },
+  { name: 'valid close 1000 (control: echoed)', frames: () => frame(8, closePayload(1000, 'bye')), expect: 1000, backend: [1000, 1000] },
 ]
 
 t.test('WebSocket hardening: invalid handshakes and frames on a mux and a passthrough route', async (t) => {
@@ -188,6 +200,8 @@ t.test('WebSocket hardening: invalid handshakes and frames on a mux and a passth
         t.ok(r.closed, `${path} ${c.name}: the connection is closed`)
       }
       await waitFor(`${path} ${c.name}: the backend side of the session to end`, () => (path === '/chat' ? muxClosed.length : wsClosed.length) === before + 1, 5000)
+      const want = (c.backend ?? LOST)[path === '/chat' ? 1 : 0]
+      t.equal(path === '/chat' ? muxClosed.at(-1)![0] : wsClosed.at(-1), want, `${path} ${c.name}: the backend reads close ${want}`)
     }
   }
   // uWS 20.30 reports only invalid UTF-8 with a message; every other protocol error reaches Ferry's close

@@ -258,7 +258,7 @@ t.test('close codes and reasons travel both ways; a backend reset closes the cli
 
   const c = await connect(url)
   c.ws.close()
-  t.same(await backendClose(3), [1000, ''], 'client close without a code (1005) → backend sees 1000')
+  t.same(await backendClose(3), [1005, ''], 'client close without a code (1005) → backend gets a close frame without one (reads 1005)')
 
   const d = await connect(url)
   d.ws.send('close bare')

@@ -128,7 +128,9 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i]!
     if (HOP_BY_HOP.has(k) || k === 'content-length' || k === 'x-forwarded-for' || k === 'x-forwarded-proto' || k === 'x-forwarded-host' || k === opts.requestIdHeader) continue
-    if (connectionTokens?.includes(k) === true) continue
+    // A client may name hop-by-hop headers in Connection, but not Host: without it undici sends the
+    // backend's own address instead. (The other headers Ferry owns are added below, after this filter.)
+    if (k !== 'host' && connectionTokens?.includes(k) === true) continue
     headers.push(k, raw[i + 1]!)
   }
   // One normalised Content-Length (the client may have sent `005`, or the same value twice).

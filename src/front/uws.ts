@@ -23,6 +23,10 @@ export function loadNativeUws (): Uws {
   }
   const loaded = loadPackage()
   assertNative(loaded, native)
+  // uWS writes `uWebSockets: 20` into every response it sends (HTTP and 101) unless its loop is set
+  // "silent"; `_cfg('silent')` does that for this thread's loop (uWebSockets.js addon.cpp, uWS_cfg).
+  // A gateway does not advertise the server behind it.
+  native._cfg('silent')
   return native
 }
 

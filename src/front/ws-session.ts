@@ -101,14 +101,19 @@ export class SessionCounters {
   }
 }
 
-/** Closes uWS decides itself (it drops the socket: code 1006 with one of these messages). */
-const UWS_CLOSE_REASONS: Record<string, string> = {
-  'Received too big message': 'FERRY_ERR_WS_MESSAGE_TOO_LARGE',
-  'Received too big message, or other inflation error': 'FERRY_ERR_WS_MESSAGE_TOO_LARGE',
-  'Received invalid UTF-8': 'FERRY_ERR_WS_CLIENT_PROTOCOL',
-  'Received invalid WebSocket frame': 'FERRY_ERR_WS_CLIENT_PROTOCOL',
-  'Received invalid close payload': 'FERRY_ERR_WS_CLIENT_PROTOCOL',
-  'WebSocket timed out from inactivity': 'FERRY_ERR_WS_IDLE',
+/**
+ * Closes uWS decides itself (it drops the socket: code 1006 with one of these messages): the error code
+ * counted, and the close code the backend is told instead of 1006 (RFC 6455 §7.4.1: the cause, as the
+ * backend's own WebSocket stack would have closed such a client). uWS 20.30 gives a message only for
+ * these; its other protocol errors arrive as 1006 with none, like a client that reset its connection.
+ */
+const UWS_CLOSE_REASONS: Record<string, { errorCode: string, code?: number }> = {
+  'Received too big message': { errorCode: 'FERRY_ERR_WS_MESSAGE_TOO_LARGE', code: 1009 },
+  'Received too big message, or other inflation error': { errorCode: 'FERRY_ERR_WS_MESSAGE_TOO_LARGE', code: 1009 },
+  'Received invalid UTF-8': { errorCode: 'FERRY_ERR_WS_CLIENT_PROTOCOL', code: 1007 },
+  'Received invalid WebSocket frame': { errorCode: 'FERRY_ERR_WS_CLIENT_PROTOCOL', code: 1002 },
+  'Received invalid close payload': { errorCode: 'FERRY_ERR_WS_CLIENT_PROTOCOL', code: 1002 },
+  'WebSocket timed out from inactivity': { errorCode: 'FERRY_ERR_WS_IDLE' },
 }
 
 /**
@@ -392,10 +397,11 @@ export class ClientSession implements ClientSink, WsSocketOwner {
     this.counters.open.dec()
     let text = ''
     try { text = Buffer.from(message).toString('utf8') } catch { /* neutered: no reason */ }
-    this.counters.closedBy(this.endReason ?? (code === 1006 ? UWS_CLOSE_REASONS[text] : undefined) ?? 'client')
+    const uws = code === 1006 ? UWS_CLOSE_REASONS[text] : undefined
+    this.counters.closedBy(this.endReason ?? uws?.errorCode ?? 'client')
     const leg = this.leg
     this.leg = undefined
-    leg?.clientClosed(code, text)
+    leg?.clientClosed(uws?.code ?? code, text)
     this.onClosed()
   }
 }

@@ -9,6 +9,7 @@ import type { ClientRequest } from '../../front/http-request.js'
 import type { Route } from '../../routing/router.js'
 import type { HttpEndpoint, HttpUpstream, SlotOutcome, SlotWaiter } from './pool.js'
 import type { UpstreamMetrics } from './metrics.js'
+import { headersForLatin1Writer, latin1Bytes } from '../../net/header-bytes.js'
 
 /**
  * States of one proxied request. Moves only forward, through `to()`:
@@ -295,7 +296,8 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
       ep.pool.dispatch({
         path: this.req.target,
         method: this.req.method,
-        headers: this.headers as string[],
+        // undici writes header strings as latin1: values beyond ASCII go as their UTF-8 bytes (header-bytes.ts).
+        headers: headersForLatin1Writer(this.headers) as string[],
         body: this.body ?? null,
         idempotent: IDEMPOTENT.has(this.req.method),
         blocking: false,
@@ -328,7 +330,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   }
 
   onResponseStart (controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
-    if (statusCode < 200) return // 1xx interim responses are not forwarded (uWS cannot write them)
+    if (statusCode < 200) return // interim responses are not forwarded (uWS cannot write them); see interim.ts
     if (this.state === 'draining') {
       this.status = statusCode
       const cl = headers['content-length']
@@ -373,8 +375,9 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
       if (SKIP_RESPONSE.has(name) || named?.includes(name) === true) continue
       const v = headers[name]
       if (v === undefined) continue
-      if (Array.isArray(v)) for (const x of v) res.writeHeader(name, x)
-      else res.writeHeader(name, v)
+      // undici read the bytes as latin1; uWS would write the string as UTF-8.
+      if (Array.isArray(v)) for (const x of v) res.writeHeader(name, latin1Bytes(x))
+      else res.writeHeader(name, latin1Bytes(v))
     }
     if (headers[this.ctx.requestIdHeader] === undefined) res.writeHeader(this.ctx.requestIdHeader, this.req.requestId)
     // uWS 20.30 closes the socket after answering a `Connection: close` request but does not say so in

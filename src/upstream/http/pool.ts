@@ -9,6 +9,7 @@ import { Balancer } from '../../routing/balancer.js'
 import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { httpProbe } from '../probes.js'
+import { interimSkippingConnector } from './interim.js'
 
 /**
  * One backend endpoint: its undici Pool (capped at `maxConnections` sockets, pipelining 1) and the
@@ -26,7 +27,7 @@ export class HttpEndpoint implements SetMember {
     this.pool = new Pool(endpoint.origin, {
       connections: cfg.pool.maxConnections,
       pipelining: 1,
-      connect: { timeout: cfg.timeouts.connectMs },
+      connect: interimSkippingConnector(cfg.timeouts.connectMs),
       keepAliveTimeout: cfg.pool.keepAliveTimeoutMs,
       keepAliveMaxTimeout: cfg.pool.keepAliveTimeoutMs,
       headersTimeout: cfg.timeouts.responseMs,

@@ -15,6 +15,7 @@ import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { httpProbe, tcpProbe } from '../probes.js'
 import { corkUntilCheck } from '../../net/cork.js'
+import { utf8ForLatin1Writer } from '../../net/header-bytes.js'
 
 /** How long a backend gets to answer our close frame before its socket is cut. */
 const CLOSE_GRACE_MS = 2000
@@ -148,8 +149,11 @@ class PassthroughLeg implements UpstreamLeg {
     this.beginClose(undefined, '')
   }
 
-  /** Leaves 'open': sends a close frame (unless ws is closing already) and bounds the backend's answer. */
-  private beginClose (code: number | undefined, reason: string): void {
+  /**
+   * Leaves 'open': sends a close frame (unless ws is closing already; `code` 'none': one without a code)
+   * and bounds the backend's answer. `code` undefined: no close frame (ws has sent one already).
+   */
+  private beginClose (code: number | 'none' | undefined, reason: string): void {
     this.to('closing')
     const ws = this.ws
     this.graceTimer = setTimeout(() => { ws.terminate() }, CLOSE_GRACE_MS)
@@ -157,7 +161,8 @@ class PassthroughLeg implements UpstreamLeg {
     if (ws.isPaused) ws.resume()
     if (code === undefined || ws.readyState !== WebSocket.OPEN) return
     try {
-      ws.close(code, closeReason(reason))
+      if (code === 'none') ws.close()
+      else ws.close(code, closeReason(reason))
     } catch {
       ws.terminate()
     }
@@ -187,8 +192,11 @@ class PassthroughLeg implements UpstreamLeg {
 
   clientClosed (code: number, reason: string): void {
     if (this.state !== 'open') return
-    // 1005 (the client sent no code) → 1000; 1006 (it vanished) and other codes never sent on the wire → 1001.
-    this.beginClose(sendableCloseCode(code, 1001), reason)
+    // 1005: the client's close frame carried no code, or (uWS 20.30 reports both alike) a malformed one
+    // of 1 byte: the backend gets a close frame without a code too and reads 1005, not a made-up 1000.
+    // 1006 (it vanished, or broke the protocol in a way uWS does not name) and other codes never sent on
+    // the wire → 1001.
+    this.beginClose(code === 1005 ? 'none' : sendableCloseCode(code, 1001), reason)
   }
 
   /** The upstream is stopping: both sides are told 1001. */
@@ -262,7 +270,8 @@ export class WsPassthroughUpstream implements WsUpstream {
     // ws refuses URLs with a fragment; a request target never has one.
     if (target.includes('#')) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'request target contains #')
     const headers: Record<string, string> = {}
-    for (const [k, v] of Object.entries(hs.headers)) if (!HANDSHAKE_OWNED.has(k)) headers[k] = v
+    // Node writes header strings as latin1: values beyond ASCII go as their UTF-8 bytes (header-bytes.ts).
+    for (const [k, v] of Object.entries(hs.headers)) if (!HANDSHAKE_OWNED.has(k)) headers[k] = utf8ForLatin1Writer(v)
     // Offered as a plain header, not through ws's `protocols`: ws would refuse a 101 that selects no
     // subprotocol, which browsers accept. The backend's choice is checked here instead.
     if (hs.protocols.length > 0) headers['sec-websocket-protocol'] = hs.protocols.join(', ')
