@@ -209,6 +209,7 @@ t.test('through the CLI: `ferry check` exits 1 naming the field for mutated conf
     ['bodyIdleMs above what uWS allows', { ...BASES[0], http: { bodyIdleMs: 10000 } }, /http\.bodyIdleMs: must be an integer of 100-9000 ms/],
     ['negative limit', { ...BASES[0], limits: { maxWebSocketSessionsPerIp: -1 } }, /limits\.maxWebSocketSessionsPerIp: must be a non-negative integer/],
     ['unknown key in limits', { ...BASES[0], limits: { maxConnsPerIp: 1 } }, /limits\.maxConnsPerIp: unknown key/],
+    ['a body buffer one client could never fill', { ...BASES[0], http: { bufferBodyBytes: 2_000_000 }, limits: { maxBufferedBodyBytesPerIp: 1_000_000 } }, /http\.bufferBodyBytes: must not exceed limits\.maxBufferedBodyBytesPerIp \(1000000\)/],
     ['string for a number', { ...BASES[1], limits: { maxWebSocketSessions: 'many' } }, /limits\.maxWebSocketSessions: must be a non-negative integer \(got "many"\)/],
   ]
   for (const [name, cfg, re] of cases) {

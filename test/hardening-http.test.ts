@@ -307,7 +307,8 @@ t.test('a client whose chunked body breaks while its request waits in the pool q
   t.teardown(async () => { hold.closeAllConnections(); await new Promise<void>((resolve) => hold.close(() => resolve())) })
   const f = await startFerry(t, {
     upstreams: { hold: { protocol: 'http', endpoints: [`127.0.0.1:${(hold.address() as { port: number }).port}`], pool: { maxConnections: 1, queueLimit: 10 } }, api: { protocol: 'http', endpoints: [be.address] } },
-    routes: [{ match: { path: '/hold' }, upstream: 'hold' }, { match: { path: '/' }, upstream: 'api' }],
+    // bufferBodyBytes 0: the body streams, so the request queues before its body is complete (a buffered one would not queue).
+    routes: [{ match: { path: '/hold' }, upstream: 'hold', bufferBodyBytes: 0 }, { match: { path: '/' }, upstream: 'api' }],
     logging: { level: 'info', accessLog: false },
   })
   const blocker = open(f, get('/hold/1'), 10000)
@@ -327,5 +328,13 @@ t.test('a client whose chunked body breaks while its request waits in the pool q
   held.shift()!()
   await waitFor('it to complete', () => after.complete)
   t.equal(parse(after.text).statuses[0], 200, 'a new request through the same one-connection pool gets 200 (no slot leaked)')
-  for (const e of [blocker, queued, after]) e.socket.destroy()
+  // The same break while a body is being buffered (the default route buffers bodies up to 64 KiB).
+  const buffering = open(f, post('/buffered', 'Transfer-Encoding: chunked\r\n', '5\r\nhello\r\n'), 10000)
+  await waitFor('the chunked body to be buffered', async () => (await adminStatus(f)).limits.bufferedBodyBytes === 5)
+  buffering.socket.write('zz\r\n')
+  await buffering.done
+  t.ok(buffering.closed, 'a buffered chunked body with a bad chunk: the connection is closed')
+  await waitFor('its buffer to be released', async () => (await adminStatus(f)).limits.bufferedBodyBytes === 0)
+  t.equal(f.child.exitCode, null, 'the gateway process is alive and the buffer released')
+  for (const e of [blocker, queued, after, buffering]) e.socket.destroy()
 })

@@ -365,6 +365,7 @@ const routeSchema = z.strictObject({
   }).prefault({}).describe('What requests this route takes. The most specific route wins: host routes before host-less ones, then the longest path; ties keep file order.'),
   upstream: z.string().min(1).describe('Name of an entry in `upstreams`.'),
   maxBodyBytes: positiveInt.optional().describe('Overrides `http.maxBodyBytes` for this route.'),
+  bufferBodyBytes: nonNegativeInt.optional().describe('Overrides `http.bufferBodyBytes` for this route (0: stream every body, e.g. a route whose backend consumes uploads as they arrive).'),
   websocket: websocketRoute.optional().describe('WebSocket session settings; only for routes to `ws` or `mux` upstreams (which get these defaults when absent).'),
   auth: z.string().min(1).optional().describe('Name of an entry in `auth.policies`: requests and WebSocket upgrades must authenticate before anything is sent to the backend (401 otherwise).'),
   rateLimits: z.array(z.string().min(1)).default([]).describe('Names of entries in `rateLimits.policies`, all checked (429 with Retry-After past any; ferry/client WebSocket clients: close 1013 with retry-after-ms).'),
@@ -384,7 +385,10 @@ export const configSchema = z.strictObject({
     tcp: z.array(tcpListener).default([]).describe('Raw TCP passthrough ports, each forwarding to a `protocol: tcp` upstream.'),
   }).prefault({}).describe('Listening sockets.'),
   http: z.strictObject({
-    maxBodyBytes: positiveInt.default(10 * 1024 * 1024).describe('Largest request body accepted (streamed, never buffered whole); larger → 413.'),
+    maxBodyBytes: positiveInt.default(10 * 1024 * 1024).describe('Largest request body accepted; larger → 413. Bodies up to `bufferBodyBytes` are buffered, larger ones streamed.'),
+    bufferBodyBytes: nonNegativeInt.default(64 * 1024).describe('Request bodies up to this size (declared by Content-Length, or chunked bodies that end within it) are read whole into memory before a backend connection is taken, so a client sending slowly never holds one (docs/edge.md). Larger bodies stream to the backend as they arrive and must keep `minBodyRateBytesPerSec`. Memory is bounded by `limits.maxBufferedBodyBytes[PerIp]`. 0: stream every body.'),
+    minBodyRateBytesPerSec: nonNegativeInt.default(1024).describe('Least rate a streamed request body (one larger than `bufferBodyBytes`) must keep while it holds a backend connection: checked at the end of every `minBodyRateWindowMs` (the first window is the grace), not counting windows in which Ferry held the client back; slower → 408 FERRY_ERR_CLIENT_BODY_TIMEOUT, the backend request aborted and the connection returned to the pool. 0: no minimum.'),
+    minBodyRateWindowMs: durationMs(5000, 'The window over which `minBodyRateBytesPerSec` is measured; also the grace a streamed body gets before its first check.'),
     requestIdHeader: z.string().regex(/^[a-z0-9-]+$/, { error: 'must be a lower-case header name' }).default('x-request-id')
       .describe('Header carrying the request id; generated when the client sent none, forwarded upstream and logged.'),
     trustedProxies: z.array(cidr).default([]).describe('Load balancers or proxies in front of Ferry (addresses or CIDRs). From a peer in this list, X-Forwarded-For is walked right to left skipping trusted addresses and the first other address is the client (all trusted: the leftmost); the chain is forwarded with the peer appended. An entry that is not an IP address stops the walk at the nearest valid address. From any other peer, the peer is the client and its X-Forwarded-For is replaced. The client address is what connection limits, rate limits, logs and `hash` balancing use (HTTP and WebSocket). Empty: X-Forwarded-For is never trusted.'),
@@ -397,10 +401,13 @@ export const configSchema = z.strictObject({
   limits: z.strictObject({
     maxRequestsInFlight: nonNegativeInt.default(0).describe('HTTP requests (to http upstreams) this gateway serves at once; beyond it → 503 with Retry-After, nothing is sent upstream. 0: no limit (each upstream\'s pool queue still bounds what waits).'),
     maxRequestsInFlightPerIp: nonNegativeInt.default(0).describe('HTTP requests one client IP (see http.trustedProxies) may have in flight at once; beyond it → 429 with Retry-After. 0: no limit.'),
+    maxStreamedBodiesPerIp: nonNegativeInt.default(8).describe('HTTP requests one client IP may have streaming a request body (one larger than http.bufferBodyBytes) at once, from when it starts to stream (its head, or when a chunked body outgrows the buffer) until its last byte: each can hold a backend connection while its body arrives. Beyond it → 429 with Retry-After. The default keeps one address at half of the default pool (16 connections per endpoint); keep it below pool.maxConnections × endpoints. 0: no limit.'),
+    maxBufferedBodyBytes: nonNegativeInt.default(64 * 1024 * 1024).describe('Bytes of request bodies this gateway holds in memory at once while they are read (http.bufferBodyBytes) and while they wait for a backend connection. A body that would pass it → 503 with Retry-After (it is never streamed instead: that would hand the backend connections back to slow clients). 0: no limit.'),
+    maxBufferedBodyBytesPerIp: nonNegativeInt.default(8 * 1024 * 1024).describe('Bytes of request bodies one client IP may have buffered at once (see maxBufferedBodyBytes); beyond it → 429 with Retry-After, so one address cannot take the whole budget. 0: no limit.'),
     maxWebSocketSessions: nonNegativeInt.default(0).describe('WebSocket sessions (open or in their handshake) this gateway holds at once; beyond it the upgrade is refused 503 with Retry-After before anything is opened upstream. 0: no limit.'),
     maxWebSocketSessionsPerIp: nonNegativeInt.default(0).describe('WebSocket sessions one client IP (see http.trustedProxies) may hold at once; beyond it the upgrade is refused 429 with Retry-After. 0: no limit.'),
     retryAfterSec: positiveInt.default(1).describe('The Retry-After value (seconds) sent with these refusals.'),
-  }).prefault({}).describe('Concurrency limits of the HTTP/WebSocket front, per client IP and for the whole gateway (TCP listeners have their own: listen.tcp[].maxConnections, maxConnectionsPerIp). uWebSockets.js 20.30 gives no hook when a connection is accepted, so requests and sessions are limited, not idle keep-alive connections.'),
+  }).prefault({}).describe('Concurrency and request-body memory limits of the HTTP/WebSocket front, per client IP and for the whole gateway (TCP listeners have their own: listen.tcp[].maxConnections, maxConnectionsPerIp). uWebSockets.js 20.30 gives no hook when a connection is accepted, so requests and sessions are limited, not idle keep-alive connections.'),
   upstreams: z.record(z.string().regex(/^[A-Za-z0-9_-]+$/, { error: 'upstream names use letters, digits, _ and -' }), upstreamSchema)
     .describe('Named backends. Each has a `protocol`: `http`, `ws` (WebSocket passthrough), `mux` (WebSocket sessions over Ferry links) or `tcp`.'),
   routes: z.array(routeSchema).default([]).describe('Request routing, see `match`. Routes to `http` upstreams take HTTP requests; routes to `ws`/`mux` upstreams take WebSocket upgrades (a plain request gets 426).'),
@@ -487,6 +494,17 @@ export const configSchema = z.strictObject({
       ctx.addIssue({ code: 'custom', path: ['upstreams', name, 'ejection', 'maxEjectMs'], input: u.ejection.maxEjectMs, message: `must be at least ejection.ejectMs (${u.ejection.ejectMs})` })
     }
   }
+  // A body larger than what the buffer budgets allow one client could never be buffered: every such request would be refused.
+  const budget = Math.min(...[cfg.limits.maxBufferedBodyBytes, cfg.limits.maxBufferedBodyBytesPerIp].filter((n) => n > 0))
+  const budgetField = cfg.limits.maxBufferedBodyBytesPerIp > 0 && cfg.limits.maxBufferedBodyBytesPerIp <= (cfg.limits.maxBufferedBodyBytes || Infinity) ? 'limits.maxBufferedBodyBytesPerIp' : 'limits.maxBufferedBodyBytes'
+  if (cfg.http.bufferBodyBytes > budget) {
+    ctx.addIssue({ code: 'custom', path: ['http', 'bufferBodyBytes'], input: cfg.http.bufferBodyBytes, message: `must not exceed ${budgetField} (${budget})` })
+  }
+  cfg.routes.forEach((r, i) => {
+    if (r.bufferBodyBytes !== undefined && r.bufferBodyBytes > budget) {
+      ctx.addIssue({ code: 'custom', path: ['routes', i, 'bufferBodyBytes'], input: r.bufferBodyBytes, message: `must not exceed ${budgetField} (${budget})` })
+    }
+  })
   const ofProtocol = (protocol: string): string => {
     const names = Object.keys(cfg.upstreams).filter((n) => cfg.upstreams[n]!.protocol === protocol)
     return names.length > 0 ? names.join(', ') : 'none'

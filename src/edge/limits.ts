@@ -6,9 +6,10 @@ import type { Metrics } from '../observability/metrics.js'
 export type LimitsConfig = Config['limits']
 
 /** The `limit` label of ferry_limit_refused_total. */
-export type LimitName = 'http_in_flight' | 'http_in_flight_per_ip' | 'ws_sessions' | 'ws_sessions_per_ip'
+export type LimitName = 'http_in_flight' | 'http_in_flight_per_ip' | 'ws_sessions' | 'ws_sessions_per_ip' |
+  'http_streamed_bodies_per_ip' | 'http_buffered_bytes' | 'http_buffered_bytes_per_ip'
 
-/** Counts per client IP; an entry exists only while its count is above zero (no growth with churn). */
+/** Counts (or bytes) per client IP; an entry exists only while its count is above zero (no growth with churn). */
 class IpTable {
   private readonly counts = new Map<string, number>()
   total = 0
@@ -17,17 +18,18 @@ class IpTable {
     return this.counts.get(ip) ?? 0
   }
 
-  add (ip: string): void {
-    this.counts.set(ip, (this.counts.get(ip) ?? 0) + 1)
-    this.total++
+  add (ip: string, n = 1): void {
+    this.counts.set(ip, (this.counts.get(ip) ?? 0) + n)
+    this.total += n
   }
 
-  remove (ip: string): void {
-    const n = this.counts.get(ip)
-    if (n === undefined) return // not ours: a release without a take is a bug upstream, never a negative count
-    if (n <= 1) this.counts.delete(ip)
-    else this.counts.set(ip, n - 1)
-    this.total--
+  remove (ip: string, n = 1): void {
+    const had = this.counts.get(ip)
+    if (had === undefined) return // not ours: a release without a take is a bug upstream, never a negative count
+    const take = Math.min(had, n)
+    if (had <= take) this.counts.delete(ip)
+    else this.counts.set(ip, had - take)
+    this.total -= take
   }
 
   get ips (): number {
@@ -38,14 +40,19 @@ class IpTable {
 /**
  * Concurrency limits of the HTTP/WebSocket front (config `limits`), keyed on the resolved client IP
  * (http.trustedProxies). uWS 20.30 gives JavaScript no hook at TCP accept, so what is limited is what
- * Ferry sees: HTTP requests in flight to upstreams and WebSocket sessions (from the upgrade on).
- * A `take*` that returns undefined must be matched by exactly one `release*` with the same IP; one that
- * returns an error took nothing.
+ * Ferry sees: HTTP requests in flight to upstreams, request bodies streaming into backend connections,
+ * request body bytes held in memory, and WebSocket sessions (from the upgrade on).
+ * A `take*`/`charge*` that returns undefined must be matched by exactly one `release*` with the same IP
+ * (and amount); one that returns an error took nothing.
  */
 export class ConnectionLimits {
   private cfg: LimitsConfig
   private readonly http = new IpTable()
   private readonly ws = new IpTable()
+  /** Requests whose body streams to a backend (larger than http.bufferBodyBytes) and is not complete yet. */
+  private readonly streamed = new IpTable()
+  /** Request body bytes held in memory (buffered bodies being read or waiting for a connection). */
+  private readonly buffered = new IpTable()
   private readonly refused: Record<LimitName, Counter.Internal>
 
   constructor (cfg: LimitsConfig, metrics: Metrics) {
@@ -56,7 +63,14 @@ export class ConnectionLimits {
       http_in_flight_per_ip: c.labels('http_in_flight_per_ip'),
       ws_sessions: c.labels('ws_sessions'),
       ws_sessions_per_ip: c.labels('ws_sessions_per_ip'),
+      http_streamed_bodies_per_ip: c.labels('http_streamed_bodies_per_ip'),
+      http_buffered_bytes: c.labels('http_buffered_bytes'),
+      http_buffered_bytes_per_ip: c.labels('http_buffered_bytes_per_ip'),
     }
+    metrics.onCollect(() => {
+      metrics.bufferedBodyBytes.set(this.buffered.total)
+      metrics.streamedBodies.set(this.streamed.total)
+    })
   }
 
   /** A reload: new limits apply to new requests and sessions; those counted stay counted. */
@@ -78,6 +92,31 @@ export class ConnectionLimits {
 
   releaseRequest (ip: string): void {
     this.http.remove(ip)
+  }
+
+  /** A request body that will stream into a backend connection while it arrives (held until its last byte). */
+  takeStream (ip: string): FerryError | undefined {
+    const perIp = this.cfg.maxStreamedBodiesPerIp
+    if (perIp > 0 && this.streamed.count(ip) >= perIp) return this.refuse('http_streamed_bodies_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} streams limits.maxStreamedBodiesPerIp ${perIp} request bodies`)
+    this.streamed.add(ip)
+    return undefined
+  }
+
+  releaseStream (ip: string): void {
+    this.streamed.remove(ip)
+  }
+
+  /** `bytes` more of a request body held in memory; refused past the gateway's or the client's budget. */
+  chargeBody (ip: string, bytes: number): FerryError | undefined {
+    const { maxBufferedBodyBytes: max, maxBufferedBodyBytesPerIp: perIp } = this.cfg
+    if (max > 0 && this.buffered.total + bytes > max) return this.refuse('http_buffered_bytes', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway buffers limits.maxBufferedBodyBytes ${max} bytes of request bodies`)
+    if (perIp > 0 && this.buffered.count(ip) + bytes > perIp) return this.refuse('http_buffered_bytes_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} has limits.maxBufferedBodyBytesPerIp ${perIp} bytes of request bodies buffered`)
+    this.buffered.add(ip, bytes)
+    return undefined
+  }
+
+  releaseBody (ip: string, bytes: number): void {
+    this.buffered.remove(ip, bytes)
   }
 
   takeSession (ip: string): FerryError | undefined {
@@ -102,6 +141,9 @@ export class ConnectionLimits {
     return {
       httpInFlight: this.http.total,
       httpClientIps: this.http.ips,
+      streamedBodies: this.streamed.total,
+      bufferedBodyBytes: this.buffered.total,
+      bufferedClientIps: this.buffered.ips,
       wsSessions: this.ws.total,
       wsClientIps: this.ws.ips,
       ...this.cfg,

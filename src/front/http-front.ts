@@ -5,7 +5,7 @@ import type { Config } from '../config/load.js'
 import { ERRORS, FerryError, isFerryError, toFerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Router } from '../routing/router.js'
-import { HttpExchange, sendError, type Admission as EdgeAdmission, type BodyDeadlines, type ExchangeContext, type HttpLifecycle, type Refusal } from '../upstream/http/exchange.js'
+import { HttpExchange, sendError, type Admission as EdgeAdmission, type BodyPolicy, type ExchangeContext, type HttpLifecycle, type Refusal } from '../upstream/http/exchange.js'
 import { applyAdmitted, refusalHeader, type Admitted, type Edge } from '../edge/guard.js'
 import { readClientRequest, type RequestOptions } from './http-request.js'
 import { listen, type ListenSocket } from './listen.js'
@@ -52,8 +52,8 @@ export class HttpFront {
   private readonly app: TemplatedApp
   private socket: ListenSocket | undefined
   private reqOpts: RequestOptions
-  /** http.bodyIdleMs / bodyTimeoutMs, shared by every exchange (made once per config, not per request). */
-  private bodyDeadlines: BodyDeadlines
+  /** How request bodies are read (http.body*, minBodyRate*, the body limits), shared by every exchange (made once per config). */
+  private bodyPolicy: BodyPolicy
   private readonly noRoute: { inc: () => void }
   /** ferry_errors_total children of the client errors readClientRequest throws, resolved on first use. */
   private readonly clientErrors = new Map<string, { inc: () => void }>()
@@ -71,10 +71,10 @@ export class HttpFront {
     this.nextRequestId = () => `${prefix}-${(++n).toString(36)}`
     this.table = deps.table
     this.reqOpts = this.requestOptions(deps.table.config)
-    this.bodyDeadlines = bodyDeadlines(deps.table.config)
     this.noRoute = deps.metrics.httpErrors.labels('FERRY_ERR_NO_ROUTE', '')
     this.internal = deps.metrics.httpErrors.labels('FERRY_ERR_INTERNAL', '')
     this.limits = new ConnectionLimits(deps.table.config.limits, deps.metrics)
+    this.bodyPolicy = bodyPolicy(deps.table.config, this.limits)
     // WebSocket behaviors first: their GET handlers yield non-upgrade requests to `any`.
     this.ws = new WsFront(this.app, { uws: deps.uws, table: deps.table, log: deps.log, metrics: deps.metrics, admission: deps.admission, limits: this.limits })
     this.app.any('/*', (res, req) => this.onRequest(res, req))
@@ -89,7 +89,7 @@ export class HttpFront {
   setTable (table: RouteTable): void {
     this.table = table
     this.reqOpts = this.requestOptions(table.config)
-    this.bodyDeadlines = bodyDeadlines(table.config)
+    this.bodyPolicy = bodyPolicy(table.config, this.limits)
     this.limits.configure(table.config.limits)
     this.ws.setTable(table)
   }
@@ -151,7 +151,8 @@ export class HttpFront {
       }
       const clientIp = creq.clientIp
       const release = (): void => { this.limits.releaseRequest(clientIp) }
-      const exchange = new HttpExchange(res, creq, route, ctx, maxBody, this.bodyDeadlines, release)
+      const size = { maxBytes: maxBody, bufferBytes: route.bufferBodyBytes ?? table.config.http.bufferBodyBytes }
+      const exchange = new HttpExchange(res, creq, route, ctx, size, this.bodyPolicy, release)
       // ---- end edge ----
       const guard = table.edge.guard(route)
       if (guard === undefined) { exchange.start(); return }
@@ -204,6 +205,7 @@ export class HttpFront {
   }
 }
 
-function bodyDeadlines (cfg: Config): BodyDeadlines {
-  return { idleMs: cfg.http.bodyIdleMs, totalMs: cfg.http.bodyTimeoutMs }
+function bodyPolicy (cfg: Config, limits: ConnectionLimits): BodyPolicy {
+  const h = cfg.http
+  return { idleMs: h.bodyIdleMs, totalMs: h.bodyTimeoutMs, minRate: h.minBodyRateBytesPerSec, rateWindowMs: h.minBodyRateWindowMs, limits }
 }

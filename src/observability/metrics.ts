@@ -56,6 +56,8 @@ export class Metrics {
   readonly resumeClientErrors: Counter<'upstream' | 'code'>
   readonly admissionRefused: Counter<'reply'>
   readonly limitRefused: Counter<'limit'>
+  readonly bufferedBodyBytes: Gauge
+  readonly streamedBodies: Gauge
   readonly configReloads: Counter<'result'>
   readonly drainPhase: Gauge
   readonly consoleSubscribers: Gauge
@@ -117,7 +119,9 @@ export class Metrics {
     this.affinityEvictions = new Counter({ name: 'ferry_affinity_evictions_total', help: 'Affinity records dropped before their TTL because the memory store held affinity.maxEntries.', labelNames: ['store'], registers: r })
     this.configReloads = new Counter({ name: 'ferry_config_reloads_total', help: 'Config reloads (SIGHUP, POST /reload) by result: ok, or refused (invalid, or a field that needs a restart; the running config was kept).', labelNames: ['result'], registers: r })
     this.admissionRefused = new Counter({ name: 'ferry_admission_refused_total', help: 'New WebSocket handshakes refused by admission control (admission.handshakesPerSec), by reply: http_503 (503 + Retry-After) or ws_1013 (ferry/client: close 1013 with retry-after-ms).', labelNames: ['reply'], registers: r })
-    this.limitRefused = new Counter({ name: 'ferry_limit_refused_total', help: 'HTTP requests and WebSocket upgrades refused by a concurrency limit (config `limits`), by limit: http_in_flight, ws_sessions (503) or http_in_flight_per_ip, ws_sessions_per_ip (429).', labelNames: ['limit'], registers: r })
+    this.limitRefused = new Counter({ name: 'ferry_limit_refused_total', help: 'HTTP requests and WebSocket upgrades refused by a limit of config `limits`, by limit: http_in_flight, http_buffered_bytes, ws_sessions (503) or http_in_flight_per_ip, http_streamed_bodies_per_ip, http_buffered_bytes_per_ip, ws_sessions_per_ip (429).', labelNames: ['limit'], registers: r })
+    this.bufferedBodyBytes = new Gauge({ name: 'ferry_http_buffered_body_bytes', help: 'Request body bytes held in memory now: buffered bodies being read or waiting for an upstream connection (limits.maxBufferedBodyBytes). Updated at scrape time.', registers: r })
+    this.streamedBodies = new Gauge({ name: 'ferry_http_streamed_bodies', help: 'Request bodies larger than http.bufferBodyBytes streaming to upstreams now, not yet complete. Updated at scrape time.', registers: r })
     this.consoleSubscribers = new Gauge({ name: 'ferry_console_subscribers', help: 'Status console live channels (/events on the admin listener) open now.', registers: r })
     this.consoleDropped = new Counter({ name: 'ferry_console_dropped_total', help: 'Console subscribers dropped because they did not take their snapshots (FERRY_ERR_CONSOLE_SLOW).', registers: r })
     this.adminUnauthorized = new Counter({ name: 'ferry_admin_unauthorized_total', help: 'Admin requests refused 401 for a missing or wrong admin token, by path.', labelNames: ['path'], registers: r })

@@ -5,6 +5,8 @@ export interface Route {
   readonly name: string
   readonly upstream: string
   readonly maxBodyBytes: number | undefined
+  /** Overrides http.bufferBodyBytes. */
+  readonly bufferBodyBytes: number | undefined
   /** WebSocket settings (routes to ws/mux upstreams; absent: defaults). */
   readonly websocket: WebSocketRouteConfig | undefined
   /** Where the session affinity key comes from (`query:uid`), if the route has one. */
@@ -37,6 +39,7 @@ export class Router {
         name: `${host ?? '*'}${r.match.path}`,
         upstream: r.upstream,
         maxBodyBytes: r.maxBodyBytes,
+        bufferBodyBytes: r.bufferBodyBytes,
         websocket: r.websocket,
         affinityKey: r.affinity?.key,
         auth: r.auth,

@@ -13,14 +13,25 @@ import { headersForLatin1Writer, latin1Bytes } from '../../net/header-bytes.js'
 
 /**
  * States of one proxied request. Moves only forward, through `to()`:
- *   [gated →] waiting → dispatched → responding → done
- * `gated`: the route's edge checks (auth, rate limits) are still deciding; the body is read meanwhile
- * (bounded as always) but nothing is sent upstream until they let the request through.
+ *   gated → [buffering →] waiting → dispatched → responding → done
+ * `gated`: the route's edge checks (auth, rate limits) are still deciding (requests without checks pass
+ * at once); the body is read meanwhile (bounded as always) but nothing is sent upstream until they let
+ * the request through.
+ * `buffering`: let through, but its body (a buffered one, see BodyMode) is still arriving; the pool slot
+ * is asked for only once the body is whole, so a slow client never holds a backend connection.
  * and from any non-final state to `failed` (Ferry answered with an error) or `aborted` (client gone).
  * `draining`: the client is gone but the upstream response is small enough to read to its end and
  * discard, so the keep-alive connection survives: client churn must not become backend churn.
  */
-export type ExchangeState = 'gated' | 'waiting' | 'dispatched' | 'responding' | 'draining' | 'done' | 'failed' | 'aborted'
+export type ExchangeState = 'gated' | 'buffering' | 'waiting' | 'dispatched' | 'responding' | 'draining' | 'done' | 'failed' | 'aborted'
+
+/**
+ * How the request body travels. `buffer`: read whole into memory (charged to the body limits) before a
+ * pool slot is taken, then sent with its length. `stream`: larger than the buffer (declared, or a chunked
+ * body that outgrew it): piped into the dispatch as it arrives, counted per client IP, and it must keep
+ * the minimum rate. A `buffer` body moves to `stream` when it outgrows the buffer; nothing moves back.
+ */
+export type BodyMode = 'none' | 'buffer' | 'stream'
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
 /** Response headers Ferry does not copy: hop-by-hop, plus the ones uWS writes itself. */
@@ -55,13 +66,37 @@ export interface HttpLifecycle {
   inFlight: number
 }
 
-/** Client request body deadlines (http.bodyIdleMs, http.bodyTimeoutMs; 0: none). */
-export interface BodyDeadlines {
-  readonly idleMs: number
-  readonly totalMs: number
+/** The request body limits the front's `limits` enforce (src/edge/limits.ts), keyed on the client IP. */
+export interface BodyLimits {
+  /** A body that streams into a backend connection while it arrives; released by `releaseStream` once. */
+  takeStream: (ip: string) => FerryError | undefined
+  releaseStream: (ip: string) => void
+  /** Bytes of a body held in memory; released by `releaseBody` with the same total. */
+  chargeBody: (ip: string, bytes: number) => FerryError | undefined
+  releaseBody: (ip: string, bytes: number) => void
+  readonly retryAfter: readonly [string, string]
 }
 
-const NO_DEADLINES: BodyDeadlines = { idleMs: 0, totalMs: 0 }
+/**
+ * How client request bodies are read (config `http`), shared by every exchange of a config: the
+ * deadlines (bodyIdleMs, bodyTimeoutMs; 0: none), the minimum rate of streamed bodies
+ * (minBodyRateBytesPerSec over minBodyRateWindowMs; 0: none) and the limits they are counted against.
+ */
+export interface BodyPolicy {
+  readonly idleMs: number
+  readonly totalMs: number
+  readonly minRate: number
+  readonly rateWindowMs: number
+  readonly limits?: BodyLimits | undefined
+}
+
+/** What one request's route allows: maxBodyBytes, and bufferBodyBytes (bodies up to it are buffered). */
+export interface BodySize {
+  readonly maxBytes: number
+  readonly bufferBytes: number
+}
+
+const NO_POLICY: BodyPolicy = { idleMs: 0, totalMs: 0, minRate: 0, rateWindowMs: 0 }
 /** uWS's own request timer is re-armed at most this often while body bytes arrive (see onClientData). */
 const REARM_EVERY_MS = 1000
 
@@ -77,13 +112,25 @@ export interface ExchangeContext {
 
 /**
  * One client request proxied to one upstream. It owns, for its lifetime: the uWS response (until done or
- * aborted), the request body stream, the pool slot it holds (released exactly once) and the undici
- * dispatch (aborted if the client leaves). Memory per exchange is bounded: the request body buffers at
- * most BODY_HIGH_WATER before the client socket is paused; the response holds at most one upstream
- * chunk before the upstream is paused.
+ * aborted), the request body (its buffer and what it charged to the body limits, or its stream and the
+ * streamed-body count it took), the pool slot it holds (released exactly once) and the undici dispatch
+ * (aborted if the client leaves). Memory per exchange is bounded: a buffered body by bufferBodyBytes
+ * (and the gateway's budget), a streamed one by BODY_HIGH_WATER before the client socket is paused; the
+ * response holds at most one upstream chunk before the upstream is paused.
  */
 export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
-  private state: ExchangeState = 'waiting'
+  private state: ExchangeState = 'gated'
+  private bodyMode: BodyMode = 'none'
+  /** A buffered body's chunks while it arrives, then the whole body. */
+  private chunks: Buffer[] = []
+  private bufferedBody: Buffer | undefined
+  /** Bytes charged to limits.chargeBody and not yet released; whether a streamed body is counted. */
+  private charged = 0
+  private streamCounted = false
+  /** Minimum-rate window of a streamed body: its start, the bytes in before it, whether Ferry paused the client in it. */
+  private windowStart = 0
+  private windowBytes = 0
+  private windowPaused = false
   private readonly started = performance.now()
   private dispatchedAt = 0
   private ep: HttpEndpoint | undefined
@@ -127,8 +174,8 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     private readonly req: ClientRequest,
     private readonly route: Route,
     private readonly ctx: ExchangeContext,
-    private readonly maxBodyBytes: number,
-    private readonly deadlines: BodyDeadlines = NO_DEADLINES,
+    private readonly size: BodySize,
+    private readonly policy: BodyPolicy = NO_POLICY,
     /** Called once when the exchange ends, whichever way (the front's concurrency limits release here). */
     private readonly onEnd?: () => void,
   ) {
@@ -144,23 +191,23 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     this.res.onAborted(() => this.onClientAborted())
     this.ctx.metrics.inFlight.inc()
     this.ctx.lifecycle.inFlight++
-    if (this.req.chunked || (this.req.contentLength ?? 0) > 0) {
-      this.body = new Readable({ highWaterMark: BODY_HIGH_WATER, read: () => this.resumeClient() })
-      // The body is destroyed with an error when the client goes away; until undici has taken the body
-      // (a queued or gated request) nobody else listens, and an unhandled 'error' would end the process.
-      this.body.on('error', noop)
-      if (verifyBody) this.bodyHash = createHash('sha256')
-      this.res.onData((chunk, isLast) => this.onClientData(chunk, isLast))
-      this.armBodyTimer()
-    }
     if (gate instanceof Promise) {
-      this.to('gated')
       gate.then((a) => { if (this.state === 'gated') this.admit(a) }, (r: Refusal) => {
         if (this.state !== 'gated') return
         this.errorHeader = r.header
         this.fail(r.err)
       })
-    } else this.admit(gate)
+    }
+    const cl = this.req.contentLength
+    if (this.req.chunked || (cl ?? 0) > 0) {
+      if (verifyBody) this.bodyHash = createHash('sha256')
+      // A chunked body is buffered until it outgrows the buffer; a declared one by its length.
+      if (this.req.chunked ? this.size.bufferBytes > 0 : cl! <= this.size.bufferBytes) this.bodyMode = 'buffer'
+      else if (!this.startStreaming()) return
+      this.res.onData((chunk, isLast) => this.onClientData(chunk, isLast))
+      this.armBodyTimer()
+    }
+    if (!(gate instanceof Promise)) this.admit(gate)
   }
 
   private admit (a: Admission | undefined): void {
@@ -169,6 +216,11 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
       this.expectedSha256 = a.bodySha256
       if (!this.bodyMatches()) return
     }
+    if (this.bodyMode === 'buffer' && !this.clientBodyComplete) this.to('buffering')
+    else this.requestSlot()
+  }
+
+  private requestSlot (): void {
     this.to('waiting')
     this.queueEntry = this.ctx.upstream.acquire(this)
   }
@@ -193,8 +245,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   // ---- client request body ------------------------------------------------------------------------
 
   private onClientData (chunk: ArrayBuffer, isLast: boolean): void {
-    const body = this.body
-    if (body === undefined || body.destroyed) return
+    if (this.final || this.bodyMode === 'none' || this.body?.destroyed === true) return
     if (chunk.byteLength > 0 && this.bodyTimer !== undefined && !isLast) {
       this.lastChunkAt = performance.now()
       // uWS 20.30 gives a request body ~10 s in all, however steadily it arrives, then drops the connection
@@ -206,14 +257,54 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
         this.res.resume()
       }
     }
+    let data: Buffer | undefined
     if (chunk.byteLength > 0) {
       this.bodyBytesIn += chunk.byteLength
-      if (this.bodyBytesIn > this.maxBodyBytes) {
-        this.fail(new FerryError('FERRY_ERR_BODY_TOO_LARGE', `request body exceeds maxBodyBytes ${this.maxBodyBytes}`))
+      if (this.bodyBytesIn > this.size.maxBytes) {
+        this.fail(new FerryError('FERRY_ERR_BODY_TOO_LARGE', `request body exceeds maxBodyBytes ${this.size.maxBytes}`))
         return
       }
       // uWS neuters the ArrayBuffer after this callback: copy.
-      let data: Buffer = Buffer.copyBytesFrom(new Uint8Array(chunk))
+      data = Buffer.copyBytesFrom(new Uint8Array(chunk))
+    }
+    if (this.bodyMode === 'buffer') {
+      if (this.bodyBytesIn <= this.size.bufferBytes) {
+        if (data !== undefined) {
+          const refused = this.policy.limits?.chargeBody(this.req.clientIp, data.length)
+          if (refused !== undefined) { this.refuseBody(refused); return }
+          this.charged += data.length
+          this.chunks.push(data)
+        }
+        if (isLast) this.onBufferedBody()
+        return
+      }
+      // A chunked body outgrew the buffer: it streams from here on, what was buffered first.
+      const before = this.chunks
+      this.chunks = []
+      this.releaseCharge()
+      if (!this.startStreaming()) return
+      if (before.length > 0 && !this.final) this.streamData(Buffer.concat(before), false)
+      if (this.final) return
+    }
+    this.streamData(data, isLast)
+  }
+
+  /** The last byte of a buffered body arrived: the request goes on to the pool queue if the edge let it through. */
+  private onBufferedBody (): void {
+    const body = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.bodyBytesIn)
+    this.chunks = []
+    this.bufferedBody = body
+    if (this.bodyHash !== undefined) this.bodyDigest = this.bodyHash.update(body).digest('hex')
+    this.clientBodyComplete = true
+    this.clearBodyTimer()
+    if (this.state === 'buffering' && this.bodyMatches()) this.requestSlot()
+  }
+
+  /** Pushes streamed body bytes; a signed body holds one chunk back until its digest is known. */
+  private streamData (chunk: Buffer | undefined, isLast: boolean): void {
+    const body = this.body!
+    let data = chunk
+    if (data !== undefined) {
       if (this.bodyHash !== undefined) {
         // A signed body: one chunk is held back, so if the digest turns out wrong the backend has not
         // received the complete body (with Content-Length, the last byte would complete the request).
@@ -229,6 +320,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
       }
       if (!body.push(data) && !isLast) {
         this.clientPaused = true
+        this.windowPaused = true
         this.res.pause()
       }
     } else if (isLast && this.bodyHash !== undefined) {
@@ -236,7 +328,51 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
       if (!this.bodyMatches()) return
       if (this.heldChunk !== undefined) { body.push(this.heldChunk); this.heldChunk = undefined }
     }
-    if (isLast) { this.clientBodyComplete = true; this.clearBodyTimer(); body.push(null) }
+    if (isLast) {
+      this.clientBodyComplete = true
+      this.clearBodyTimer()
+      this.releaseStreamCount()
+      body.push(null)
+    }
+  }
+
+  /**
+   * The body will stream into a backend connection as it arrives: counted per client IP
+   * (limits.maxStreamedBodiesPerIp) and held to the minimum rate. False: refused (the request failed).
+   */
+  private startStreaming (): boolean {
+    const limits = this.policy.limits
+    if (limits !== undefined) {
+      const refused = limits.takeStream(this.req.clientIp)
+      if (refused !== undefined) { this.refuseBody(refused); return false }
+      this.streamCounted = true
+    }
+    this.bodyMode = 'stream'
+    this.body = new Readable({ highWaterMark: BODY_HIGH_WATER, read: () => this.resumeClient() })
+    // The body is destroyed with an error when the client goes away; until undici has taken the body
+    // (a queued or gated request) nobody else listens, and an unhandled 'error' would end the process.
+    this.body.on('error', noop)
+    if (this.policy.minRate > 0) {
+      this.startRateWindow(performance.now())
+      if (this.bodyTimer !== undefined) this.aimBodyTimer(performance.now())
+    }
+    // Let through while it was being buffered: it has waited for its body long enough.
+    if (this.state === 'buffering') this.requestSlot()
+    return true
+  }
+
+  /** A body limit refused the request: 429/503 with Retry-After. */
+  private refuseBody (err: FerryError): void {
+    this.errorHeader = this.policy.limits?.retryAfter
+    this.fail(err)
+  }
+
+  private releaseCharge (): void {
+    if (this.charged > 0) { this.policy.limits?.releaseBody(this.req.clientIp, this.charged); this.charged = 0 }
+  }
+
+  private releaseStreamCount (): void {
+    if (this.streamCounted) { this.streamCounted = false; this.policy.limits?.releaseStream(this.req.clientIp) }
   }
 
   private resumeClient (): void {
@@ -248,15 +384,27 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     }
   }
 
-  // ---- client body deadlines (slowloris) ----------------------------------------------------------
+  // ---- client body deadlines and minimum rate (slowloris) -----------------------------------------
 
   private armBodyTimer (): void {
-    const { idleMs, totalMs } = this.deadlines
-    if (idleMs <= 0 && totalMs <= 0) return
+    const { idleMs, totalMs, minRate } = this.policy
+    if (idleMs <= 0 && totalMs <= 0 && (minRate <= 0 || this.bodyMode !== 'stream')) return
     const now = performance.now()
     this.lastChunkAt = this.rearmedAt = now
     this.bodyDeadline = totalMs > 0 ? now + totalMs : Infinity
-    this.bodyTimer = setTimeout(() => this.onBodyTimer(), Math.min(idleMs > 0 ? idleMs : Infinity, totalMs > 0 ? totalMs : Infinity))
+    this.aimBodyTimer(now)
+  }
+
+  /** One timer, aimed at whichever comes first: the idle deadline, the total one, the end of the rate window. */
+  private aimBodyTimer (now: number): void {
+    const { idleMs, minRate, rateWindowMs } = this.policy
+    const idleAt = this.clientPaused || idleMs <= 0 ? now + (idleMs > 0 ? idleMs : Infinity) : this.lastChunkAt + idleMs
+    const windowEnd = this.bodyMode === 'stream' && minRate > 0 ? this.windowStart + rateWindowMs : Infinity
+    const next = Math.min(idleAt, this.bodyDeadline, windowEnd)
+    if (this.bodyTimer !== undefined) clearTimeout(this.bodyTimer)
+    this.bodyTimer = undefined
+    if (next === Infinity) return
+    this.bodyTimer = setTimeout(() => this.onBodyTimer(), Math.max(1, next - now))
     this.bodyTimer.unref()
   }
 
@@ -264,18 +412,33 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     this.bodyTimer = undefined
     if (this.final || this.clientBodyComplete) return
     const now = performance.now()
-    const { idleMs, totalMs } = this.deadlines
+    const { idleMs, totalMs, minRate, rateWindowMs } = this.policy
     const idleAt = this.clientPaused || idleMs <= 0 ? Infinity : this.lastChunkAt + idleMs
     if (now >= this.bodyDeadline) {
       this.fail(new FerryError('FERRY_ERR_CLIENT_BODY_TIMEOUT', `request body not complete within http.bodyTimeoutMs ${totalMs} (${this.bodyBytesIn} bytes received)`))
-    } else if (now >= idleAt) {
-      this.fail(new FerryError('FERRY_ERR_CLIENT_BODY_TIMEOUT', `no request body bytes for http.bodyIdleMs ${idleMs} (${this.bodyBytesIn} bytes received)`))
-    } else {
-      // One timer, re-aimed at whichever deadline comes first (no timer work per chunk).
-      const next = Math.min(idleAt, this.bodyDeadline, now + (idleMs > 0 ? idleMs : Infinity))
-      this.bodyTimer = setTimeout(() => this.onBodyTimer(), Math.max(1, next - now))
-      this.bodyTimer.unref()
+      return
     }
+    if (now >= idleAt) {
+      this.fail(new FerryError('FERRY_ERR_CLIENT_BODY_TIMEOUT', `no request body bytes for http.bodyIdleMs ${idleMs} (${this.bodyBytesIn} bytes received)`))
+      return
+    }
+    if (this.bodyMode === 'stream' && minRate > 0 && now >= this.windowStart + rateWindowMs) {
+      const elapsed = now - this.windowStart
+      const got = this.bodyBytesIn - this.windowBytes
+      // A window in which Ferry held the client back (backend or queue slower than the client) says nothing about the client.
+      if (!this.windowPaused && !this.clientPaused && got * 1000 < minRate * elapsed) {
+        this.fail(new FerryError('FERRY_ERR_CLIENT_BODY_TIMEOUT', `request body arrived at ${Math.round(got * 1000 / elapsed)} bytes/s over ${Math.round(elapsed)} ms, below http.minBodyRateBytesPerSec ${minRate} (${this.bodyBytesIn} bytes received)`))
+        return
+      }
+      this.startRateWindow(now)
+    }
+    this.aimBodyTimer(now)
+  }
+
+  private startRateWindow (now: number): void {
+    this.windowStart = now
+    this.windowBytes = this.bodyBytesIn
+    this.windowPaused = this.clientPaused
   }
 
   private clearBodyTimer (): void {
@@ -287,6 +450,8 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   onSlot (ep: HttpEndpoint): void {
     this.queueEntry = undefined
     if (this.final) { this.ctx.upstream.release(ep, 'neutral'); return }
+    // A buffered body leaves the budget here: what dispatched requests hold is bounded by the pool.
+    this.releaseCharge()
     this.ep = ep
     this.lastEp = ep
     this.attempts++
@@ -298,7 +463,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
         method: this.req.method,
         // undici writes header strings as latin1: values beyond ASCII go as their UTF-8 bytes (header-bytes.ts).
         headers: headersForLatin1Writer(this.headers) as string[],
-        body: this.body ?? null,
+        body: this.bodyMode === 'stream' ? this.body! : this.bufferedBody ?? null,
         idempotent: IDEMPOTENT.has(this.req.method),
         blocking: false,
       }, this)
@@ -454,7 +619,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   onResponseError (_controller: Dispatcher.DispatchController, err: Error): void {
     const ferr = classify(err)
     const before = this.state === 'dispatched'
-    const retryable = before && this.body === undefined && this.ctx.retryIdempotent &&
+    const retryable = before && this.bodyMode === 'none' && this.ctx.retryIdempotent &&
       IDEMPOTENT.has(this.req.method) && this.attempts < 2 && RETRYABLE.has(ferr.code)
     this.releaseSlot(ferr.code === 'FERRY_ERR_CLIENT_ABORTED' || ferr.code === 'FERRY_ERR_BODY_TOO_LARGE' || ferr.code === 'FERRY_ERR_CLIENT_BODY' ? 'neutral' : 'failed')
     if (this.state === 'aborted' || this.final) return
@@ -504,7 +669,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   /** Worth keeping the upstream connection: the request was fully sent and little response is left. */
   private drainable (wasState: ExchangeState): boolean {
     if (wasState !== 'dispatched' && wasState !== 'responding') return false
-    if (this.body !== undefined && !this.clientBodyComplete) return false
+    if (this.bodyMode !== 'none' && !this.clientBodyComplete) return false
     if (wasState === 'responding' && this.responseLength >= 0 && this.responseLength - this.bytesOut > DRAIN_LIMIT) return false
     return true
   }
@@ -525,7 +690,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     } else {
       this.status = ERRORS[err.code].status || 500
       // Close the connection when request body bytes may still be unread, so they are never parsed as a request.
-      const close = this.req.close || this.ctx.lifecycle.draining || this.body !== undefined || this.req.contentLength === undefined
+      const close = this.req.close || this.ctx.lifecycle.draining || this.req.contentLength !== 0
       sendError(this.res, this.status, err, this.req.requestId, this.ctx.requestIdHeader, close, this.errorHeader)
     }
     if (err.code !== 'FERRY_ERR_CLIENT_ABORTED') this.ctx.log.warn({ reqId: this.req.requestId, code: err.code, upstream: this.ctx.upstream.name, client: this.req.clientIp }, err.message)
@@ -539,6 +704,9 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
 
   private record (): void {
     this.clearBodyTimer()
+    this.releaseCharge()
+    this.releaseStreamCount()
+    this.chunks = []
     this.onEnd?.()
     const m = this.ctx.metrics
     m.inFlight.dec()
