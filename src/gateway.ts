@@ -95,6 +95,8 @@ export class Gateway {
   private readonly retiring = new Set<Promise<void>>()
   /** WebSocket upstreams a reload replaced, while their sessions last. */
   private readonly retiredWs = new Set<WsUpstream>()
+  /** HTTP upstreams a reload replaced, while the requests that started on them (queued ones too) last. */
+  private readonly retiredHttp = new Set<HttpUpstream>()
   private wsDeps: WsUpstreamDeps | undefined
   private tcpListeners: TcpListener[] = []
   /** Listeners a reload removed, while their connections last. */
@@ -396,7 +398,12 @@ export class Gateway {
     this.drainer.reconfigure(next.drain)
     this.log.level = next.logging.level
     // What the new set does not use any more finishes in the background.
-    for (const [n, h] of prev.http) if (set.http.get(n)?.upstream !== h.upstream) this.retire(h.upstream.close('flush'))
+    for (const [n, h] of prev.http) {
+      const u = h.upstream
+      if (set.http.get(n)?.upstream === u) continue
+      this.retiredHttp.add(u)
+      this.retire(u.retire().finally(() => { this.retiredHttp.delete(u) }))
+    }
     for (const [n, u] of prev.ws) {
       if (set.ws.get(n) === u) continue
       this.retiredWs.add(u)
@@ -505,6 +512,7 @@ export class Gateway {
     this.front?.ws.close()
     for (const l of this.oldListeners) void l.close('abort')
     for (const u of this.retiredWs) void u.close(kind)
+    for (const u of this.retiredHttp) void u.close(kind)
     await Promise.all([
       ...this.retiring,
       ...[...this.sets.ws.values()].map(async (u) => { await u.close(kind) }),
@@ -532,10 +540,17 @@ export class Gateway {
     this.front?.ws.collect()
     for (const u of this.sets.ws.values()) u.collect()
     for (const u of this.httpUpstreams) {
-      m.upstreamQueueDepth.labels(u.name).set(u.queueDepth)
-      u.set.collect()
+      // A retired instance of the same name still serves the requests that started on it: they count.
+      let queued = u.queueDepth
       let connected = 0
       for (const ep of u.set.all()) connected += ep.connected
+      for (const r of this.retiredHttp) {
+        if (r.name !== u.name) continue
+        queued += r.queueDepth
+        for (const ep of r.set.all()) connected += ep.connected
+      }
+      m.upstreamQueueDepth.labels(u.name).set(queued)
+      u.set.collect()
       m.upstreamConnections.labels('upstream', 'http', u.name).set(connected)
     }
     const tcpClients = new Map<string, number>()

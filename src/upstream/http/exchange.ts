@@ -143,6 +143,8 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     this.res.onAborted(() => this.onClientAborted())
     this.ctx.metrics.inFlight.inc()
     this.ctx.lifecycle.inFlight++
+    // The upstream this exchange started on serves it to the end, even if a reload replaces it meanwhile.
+    this.ctx.upstream.enter()
     if (this.req.chunked || (this.req.contentLength ?? 0) > 0) {
       this.body = new Readable({ highWaterMark: BODY_HIGH_WATER, read: () => this.resumeClient() })
       // The body is destroyed with an error when the client goes away; until undici has taken the body
@@ -552,6 +554,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
         client: this.req.clientIp, err: this.errorCode,
       }, 'access')
     }
+    this.ctx.upstream.leave()
   }
 }
 
