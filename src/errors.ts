@@ -21,6 +21,7 @@ export const ERRORS = {
   FERRY_ERR_CLIENT_BODY_TIMEOUT: { status: 408, description: 'The client sent its request body too slowly: silent for longer than http.bodyIdleMs, or not complete within http.bodyTimeoutMs. The backend request is aborted and the client connection closed (408 if no response byte was sent yet).' },
   FERRY_ERR_PER_IP_LIMIT: { status: 429, description: 'The client IP already holds limits.maxRequestsInFlightPerIp HTTP requests or limits.maxWebSocketSessionsPerIp WebSocket sessions; the request or upgrade is refused with Retry-After before anything is opened upstream.' },
   FERRY_ERR_GLOBAL_LIMIT: { status: 503, description: 'The gateway already serves limits.maxRequestsInFlight HTTP requests or limits.maxWebSocketSessions WebSocket sessions; the request or upgrade is refused with Retry-After before anything is opened upstream.' },
+  FERRY_ERR_FD_RESERVE: { status: 0, description: 'Fewer file descriptors than limits.fdReserve were left: the HTTP/WebSocket listener stopped accepting (the kernel refuses new connections at once) and TCP listeners reset new connections as they arrive, until twice that many are free (docs/edge.md). Counted in ferry_accept_paused_total.' },
   FERRY_ERR_NO_ROUTE: { status: 404, description: 'No route matches the request host and path.' },
   FERRY_ERR_BODY_TOO_LARGE: { status: 413, description: 'The request body is larger than maxBodyBytes.' },
   FERRY_ERR_QUEUE_FULL: { status: 503, description: 'Every upstream connection is busy and the wait queue is at queueLimit; the response carries Retry-After.' },

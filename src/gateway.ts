@@ -18,6 +18,7 @@ import { createWsUpstream, type WsUpstreamDeps } from './upstream/ws-upstreams.j
 import { canonicalJson, reloadRefusals } from './config/reload.js'
 import type { RouteTable } from './front/http-front.js'
 import { Edge } from './edge/guard.js'
+import { DescriptorGuard, type AcceptControl } from './edge/descriptors.js'
 import type { ListenSocket } from './front/listen.js'
 import { createAffinityStore, type AffinityStore } from './affinity/index.js'
 import { resolveResumeSecret, ResumeTokens, type SecretSource } from './sessions/token.js'
@@ -103,6 +104,8 @@ export class Gateway {
   private readonly oldListeners = new Set<TcpListener>()
   private front: HttpFront | undefined
   private admin: AdminServer | undefined
+  /** Pauses accepting when file descriptors run low (limits.fdReserve). */
+  private descriptors: DescriptorGuard | undefined
   private ports: BoundPorts | undefined
   private readonly startedAt = Date.now()
   private readonly source: (() => Config) | undefined
@@ -193,6 +196,7 @@ export class Gateway {
         tcp[lcfg.name] = await listener.listen()
       }
       this.ports = { http, admin, tcp }
+      this.descriptors = new DescriptorGuard(cfg.limits.fdReserve, this.acceptControl(), this.log.child({ component: 'descriptors' }), this.metrics)
     } catch (err) {
       await this.stop('abort')
       throw err
@@ -202,6 +206,22 @@ export class Gateway {
     this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, tcp: this.ports.tcp, gateway: cfg.gateway.id, version: VERSION }, 'listening')
     if (this.drainRequested !== undefined) this.drain(this.drainRequested)
     return this.ports
+  }
+
+  /** What the descriptor guard pauses: the front (HTTP/WebSocket and TCP listeners) and, last, the admin listener. */
+  private acceptControl (): AcceptControl {
+    return {
+      pauseFront: () => {
+        this.front?.pauseAccepting()
+        for (const l of this.tcpListeners) l.pauseAccepting()
+      },
+      resumeFront: () => {
+        this.front?.resumeAccepting()
+        for (const l of this.tcpListeners) l.resumeAccepting()
+      },
+      pauseAdmin: () => { this.admin?.pauseAccepting() },
+      resumeAdmin: () => { this.admin?.resumeAccepting() },
+    }
   }
 
   /** Builds the upstreams of `cfg`, reusing those of `prev` whose config did not change (their pools and links stay). */
@@ -384,6 +404,7 @@ export class Gateway {
       return refuse([(err as Error).message])
     }
     this.tcpListeners = [...keep, ...bound]
+    if (this.descriptors?.frontPaused === true) for (const l of bound) l.pauseAccepting()
     if (moved.http !== undefined) this.front!.adopt(moved.http)
     if (moved.admin !== undefined) this.admin!.adopt(moved.admin)
     this.admin!.setAccess(access)
@@ -395,6 +416,7 @@ export class Gateway {
     this.edge = edge
     this.front?.setTable(this.table(next, set))
     this.admission.reconfigure(next.admission)
+    this.descriptors?.configure(next.limits.fdReserve)
     this.drainer.reconfigure(next.drain)
     this.log.level = next.logging.level
     // What the new set does not use any more finishes in the background.
@@ -525,6 +547,7 @@ export class Gateway {
     await this.pods?.close()
     await this.store?.close(kind)
     await this.edge?.retire(undefined)
+    this.descriptors?.close()
     this.admin?.close()
     this.removeCollector()
     this.transition('stopped')
@@ -587,6 +610,7 @@ export class Gateway {
       drain: this.drainer.status(),
       admission: this.admission.status(),
       limits: this.front?.limits.status(),
+      descriptors: this.descriptors?.status(),
       resume: { secret: this.secretSource, tokenTtlMs: this.config.resume.tokenTtlMs },
       upstreams: [
         ...this.httpUpstreams.map((u) => u.status()),

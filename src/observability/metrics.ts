@@ -56,6 +56,8 @@ export class Metrics {
   readonly resumeClientErrors: Counter<'upstream' | 'code'>
   readonly admissionRefused: Counter<'reply'>
   readonly limitRefused: Counter<'limit'>
+  readonly acceptPaused: Counter<'listener'>
+  readonly acceptPausedNow: Gauge<'listener'>
   readonly configReloads: Counter<'result'>
   readonly drainPhase: Gauge
   readonly consoleSubscribers: Gauge
@@ -118,6 +120,8 @@ export class Metrics {
     this.configReloads = new Counter({ name: 'ferry_config_reloads_total', help: 'Config reloads (SIGHUP, POST /reload) by result: ok, or refused (invalid, or a field that needs a restart; the running config was kept).', labelNames: ['result'], registers: r })
     this.admissionRefused = new Counter({ name: 'ferry_admission_refused_total', help: 'New WebSocket handshakes refused by admission control (admission.handshakesPerSec), by reply: http_503 (503 + Retry-After) or ws_1013 (ferry/client: close 1013 with retry-after-ms).', labelNames: ['reply'], registers: r })
     this.limitRefused = new Counter({ name: 'ferry_limit_refused_total', help: 'HTTP requests and WebSocket upgrades refused by a concurrency limit (config `limits`), by limit: http_in_flight, ws_sessions (503) or http_in_flight_per_ip, ws_sessions_per_ip (429).', labelNames: ['limit'], registers: r })
+    this.acceptPaused = new Counter({ name: 'ferry_accept_paused_total', help: 'Times listeners stopped accepting because fewer than limits.fdReserve file descriptors were free, by listener: front (the HTTP/WebSocket listener and the TCP listeners) or admin (only when no descriptor at all was left).', labelNames: ['listener'], registers: r })
+    this.acceptPausedNow = new Gauge({ name: 'ferry_accept_paused', help: '1 while the listener (front, admin) is not accepting because file descriptors ran low (see ferry_accept_paused_total).', labelNames: ['listener'], registers: r })
     this.consoleSubscribers = new Gauge({ name: 'ferry_console_subscribers', help: 'Status console live channels (/events on the admin listener) open now.', registers: r })
     this.consoleDropped = new Counter({ name: 'ferry_console_dropped_total', help: 'Console subscribers dropped because they did not take their snapshots (FERRY_ERR_CONSOLE_SLOW).', registers: r })
     this.adminUnauthorized = new Counter({ name: 'ferry_admin_unauthorized_total', help: 'Admin requests refused 401 for a missing or wrong admin token, by path.', labelNames: ['path'], registers: r })
