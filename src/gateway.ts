@@ -18,6 +18,7 @@ import { createWsUpstream, type WsUpstreamDeps } from './upstream/ws-upstreams.j
 import { canonicalJson, reloadRefusals } from './config/reload.js'
 import type { RouteTable } from './front/http-front.js'
 import { Edge } from './edge/guard.js'
+import { DescriptorGuard, type AcceptControl } from './edge/descriptors.js'
 import type { ListenSocket } from './front/listen.js'
 import { createAffinityStore, type AffinityStore } from './affinity/index.js'
 import { resolveResumeSecret, ResumeTokens, type SecretSource } from './sessions/token.js'
@@ -95,12 +96,16 @@ export class Gateway {
   private readonly retiring = new Set<Promise<void>>()
   /** WebSocket upstreams a reload replaced, while their sessions last. */
   private readonly retiredWs = new Set<WsUpstream>()
+  /** HTTP upstreams a reload replaced, while the requests that started on them (queued ones too) last. */
+  private readonly retiredHttp = new Set<HttpUpstream>()
   private wsDeps: WsUpstreamDeps | undefined
   private tcpListeners: TcpListener[] = []
   /** Listeners a reload removed, while their connections last. */
   private readonly oldListeners = new Set<TcpListener>()
   private front: HttpFront | undefined
   private admin: AdminServer | undefined
+  /** Pauses accepting when file descriptors run low (limits.fdReserve). */
+  private descriptors: DescriptorGuard | undefined
   private ports: BoundPorts | undefined
   private readonly startedAt = Date.now()
   private readonly source: (() => Config) | undefined
@@ -191,6 +196,7 @@ export class Gateway {
         tcp[lcfg.name] = await listener.listen()
       }
       this.ports = { http, admin, tcp }
+      this.descriptors = new DescriptorGuard(cfg.limits.fdReserve, this.acceptControl(), this.log.child({ component: 'descriptors' }), this.metrics)
     } catch (err) {
       await this.stop('abort')
       throw err
@@ -200,6 +206,22 @@ export class Gateway {
     this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, tcp: this.ports.tcp, gateway: cfg.gateway.id, version: VERSION }, 'listening')
     if (this.drainRequested !== undefined) this.drain(this.drainRequested)
     return this.ports
+  }
+
+  /** What the descriptor guard pauses: the front (HTTP/WebSocket and TCP listeners) and, last, the admin listener. */
+  private acceptControl (): AcceptControl {
+    return {
+      pauseFront: () => {
+        this.front?.pauseAccepting()
+        for (const l of this.tcpListeners) l.pauseAccepting()
+      },
+      resumeFront: () => {
+        this.front?.resumeAccepting()
+        for (const l of this.tcpListeners) l.resumeAccepting()
+      },
+      pauseAdmin: () => { this.admin?.pauseAccepting() },
+      resumeAdmin: () => { this.admin?.resumeAccepting() },
+    }
   }
 
   /** Builds the upstreams of `cfg`, reusing those of `prev` whose config did not change (their pools and links stay). */
@@ -382,6 +404,7 @@ export class Gateway {
       return refuse([(err as Error).message])
     }
     this.tcpListeners = [...keep, ...bound]
+    if (this.descriptors?.frontPaused === true) for (const l of bound) l.pauseAccepting()
     if (moved.http !== undefined) this.front!.adopt(moved.http)
     if (moved.admin !== undefined) this.admin!.adopt(moved.admin)
     this.admin!.setAccess(access)
@@ -393,10 +416,16 @@ export class Gateway {
     this.edge = edge
     this.front?.setTable(this.table(next, set))
     this.admission.reconfigure(next.admission)
+    this.descriptors?.configure(next.limits.fdReserve)
     this.drainer.reconfigure(next.drain)
     this.log.level = next.logging.level
     // What the new set does not use any more finishes in the background.
-    for (const [n, h] of prev.http) if (set.http.get(n)?.upstream !== h.upstream) this.retire(h.upstream.close('flush'))
+    for (const [n, h] of prev.http) {
+      const u = h.upstream
+      if (set.http.get(n)?.upstream === u) continue
+      this.retiredHttp.add(u)
+      this.retire(u.retire().finally(() => { this.retiredHttp.delete(u) }))
+    }
     for (const [n, u] of prev.ws) {
       if (set.ws.get(n) === u) continue
       this.retiredWs.add(u)
@@ -505,6 +534,7 @@ export class Gateway {
     this.front?.ws.close()
     for (const l of this.oldListeners) void l.close('abort')
     for (const u of this.retiredWs) void u.close(kind)
+    for (const u of this.retiredHttp) void u.close(kind)
     await Promise.all([
       ...this.retiring,
       ...[...this.sets.ws.values()].map(async (u) => { await u.close(kind) }),
@@ -517,6 +547,7 @@ export class Gateway {
     await this.pods?.close()
     await this.store?.close(kind)
     await this.edge?.retire(undefined)
+    this.descriptors?.close()
     this.admin?.close()
     this.removeCollector()
     this.transition('stopped')
@@ -532,10 +563,17 @@ export class Gateway {
     this.front?.ws.collect()
     for (const u of this.sets.ws.values()) u.collect()
     for (const u of this.httpUpstreams) {
-      m.upstreamQueueDepth.labels(u.name).set(u.queueDepth)
-      u.set.collect()
+      // A retired instance of the same name still serves the requests that started on it: they count.
+      let queued = u.queueDepth
       let connected = 0
       for (const ep of u.set.all()) connected += ep.connected
+      for (const r of this.retiredHttp) {
+        if (r.name !== u.name) continue
+        queued += r.queueDepth
+        for (const ep of r.set.all()) connected += ep.connected
+      }
+      m.upstreamQueueDepth.labels(u.name).set(queued)
+      u.set.collect()
       m.upstreamConnections.labels('upstream', 'http', u.name).set(connected)
     }
     const tcpClients = new Map<string, number>()
@@ -572,6 +610,7 @@ export class Gateway {
       drain: this.drainer.status(),
       admission: this.admission.status(),
       limits: this.front?.limits.status(),
+      descriptors: this.descriptors?.status(),
       resume: { secret: this.secretSource, tokenTtlMs: this.config.resume.tokenTtlMs },
       upstreams: [
         ...this.httpUpstreams.map((u) => u.status()),

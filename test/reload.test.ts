@@ -229,3 +229,119 @@ t.test('reload.watch: a changed config file is reloaded by itself; a broken one 
   await waitFor('refusal logged', () => f.logs.some((l) => l.msg === 'config reload refused; the running config is kept'), 5000)
   t.equal((await get(f.httpPort, '/')).body, 'B /', 'a broken file is refused; B still serves')
 })
+
+/**
+ * A backend that holds every request until `open()` is called (then answers them and every later one
+ * at once, or after `delayMs`), and counts the TCP connections Ferry has open to it.
+ */
+async function heldBackend (t: Teardown, delayMs = 0): Promise<{ port: number, open: () => void, connections: () => number, answered: () => number }> {
+  let held: Array<() => void> | undefined = []
+  let connections = 0
+  let answered = 0
+  const server = createServer((req, res) => {
+    const answer = (): void => { answered++; res.end(`backend ${req.url ?? ''}`) }
+    if (held !== undefined) held.push(answer)
+    else if (delayMs > 0) setTimeout(answer, delayMs)
+    else answer()
+  })
+  server.on('connection', (s) => { connections++; s.on('close', () => { connections-- }) })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(async () => { server.closeAllConnections(); await new Promise((resolve) => server.close(resolve)) })
+  return {
+    port: (server.address() as { port: number }).port,
+    open: () => { const h = held ?? []; held = undefined; for (const fn of h) fn() },
+    connections: () => connections,
+    answered: () => answered,
+  }
+}
+
+/** A config with one HTTP upstream `api` (one endpoint); `upstream` is merged into it. */
+function queued (port: number, upstream: Record<string, any>): Record<string, any> {
+  return {
+    upstreams: { api: { protocol: 'http', endpoints: [`127.0.0.1:${port}`], ...upstream } },
+    routes: [{ match: { path: '/' }, upstream: 'api' }],
+    listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } },
+    logging: { pretty: false },
+    drain: { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 },
+  }
+}
+
+t.test('reload: requests queued on a changed HTTP upstream are served by it (none 503); the retired pool closes after them', async (t) => {
+  const be = await heldBackend(t)
+  const f = await startFerry(t, queued(be.port, { pool: { maxConnections: 1, queueTimeoutMs: 20000 }, timeouts: { responseMs: 30000 } }))
+  const file = String(f.child.spawnargs.at(-1))
+  // One request holds the only connection; the other five wait in Ferry's queue.
+  const N = 6
+  const answers = Array.from({ length: N }, async (_, i) => await get(f.httpPort, `/q${i}`))
+  await waitFor('5 requests queued', async () => await metric(f, 'ferry_upstream_queue_depth{upstream="api"}') === N - 1, 5000)
+  writeFileSync(file, stringify(queued(be.port, { pool: { maxConnections: 1, queueTimeoutMs: 20000 }, timeouts: { responseMs: 29000 } })))
+  const r = await (await fetch(`${f.adminUrl}/reload`, { method: 'POST' })).json()
+  t.match(r, { result: 'ok', changed: ['api'] }, 'reload changing the upstream\'s responseMs: ok')
+  t.equal(await metric(f, 'ferry_upstream_queue_depth{upstream="api"}'), N - 1, `after the reload the ${N - 1} requests still wait (on the retired instance)`)
+  be.open()
+  const got = await Promise.all(answers)
+  t.same(got.map((g) => g.status), Array(N).fill(200), `all ${N} requests (1 in flight, ${N - 1} queued at the reload) answered 200, none 503`)
+  t.same(got.map((g) => g.body), Array.from({ length: N }, (_, i) => `backend /q${i}`), 'each by the backend')
+  t.equal((await get(f.httpPort, '/after')).body, 'backend /after', 'a new request goes to the new instance')
+  // The retired instance's keep-alive connection goes once its queue is served: only the new one's stays.
+  await waitFor('the retired pool closed its connection', () => be.connections() === 1, 5000)
+  t.equal(be.connections(), 1, 'the backend holds 1 connection from Ferry (the new instance\'s), ≤ maxConnections 1')
+})
+
+t.test('reload: a request queued on the retired instance keeps its own queueTimeoutMs', async (t) => {
+  const be = await heldBackend(t)
+  const f = await startFerry(t, queued(be.port, { pool: { maxConnections: 1, queueTimeoutMs: 500 } }))
+  const file = String(f.child.spawnargs.at(-1))
+  const started = Date.now()
+  const first = get(f.httpPort, '/held')
+  const waiting = get(f.httpPort, '/waits')
+  await waitFor('1 request queued', async () => await metric(f, 'ferry_upstream_queue_depth{upstream="api"}') === 1, 5000)
+  writeFileSync(file, stringify(queued(be.port, { pool: { maxConnections: 1, queueTimeoutMs: 60000 } })))
+  t.match(await (await fetch(`${f.adminUrl}/reload`, { method: 'POST' })).json(), { result: 'ok', changed: ['api'] }, 'reload (queueTimeoutMs 500 → 60000): ok')
+  const w = await waiting
+  const ms = Date.now() - started
+  t.equal(w.status, 503, 'the queued request still times out on the retired instance\'s deadline')
+  t.match(JSON.parse(w.body), { error: { code: 'FERRY_ERR_QUEUE_TIMEOUT' } }, 'as FERRY_ERR_QUEUE_TIMEOUT (not cut by the reload)')
+  t.ok(ms >= 450 && ms < 5000, `after its queueTimeoutMs 500 (${ms} ms, within 450-5000)`)
+  be.open()
+  t.equal((await first).status, 200, 'the request in flight got its 200')
+})
+
+t.test('reload under load: 50 keep-alive clients on a queueing upstream, 20 reloads of its config, every answer 200', async (t) => {
+  const be = await heldBackend(t, 2)
+  be.open()
+  const cfg = (responseMs: number): Record<string, any> => queued(be.port, { pool: { maxConnections: 2 }, timeouts: { responseMs } })
+  const f = await startFerry(t, cfg(30000))
+  const file = String(f.child.spawnargs.at(-1))
+  const agent = new Agent({ keepAlive: true, maxSockets: 50 })
+  t.teardown(() => { agent.destroy() })
+  const statuses = new Map<number, number>()
+  let stop = false
+  const client = async (): Promise<void> => {
+    while (!stop) {
+      const r = await get(f.httpPort, '/load', agent).catch(() => ({ status: 0, body: '' }))
+      statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1)
+    }
+  }
+  const clients = Array.from({ length: 50 }, client)
+  const started = Date.now()
+  let queuedAtReload = 0
+  for (let i = 1; i <= 20; i++) {
+    await waitFor('requests queued', async () => await metric(f, 'ferry_upstream_queue_depth{upstream="api"}') > 0, 5000)
+    queuedAtReload += await metric(f, 'ferry_upstream_queue_depth{upstream="api"}')
+    writeFileSync(file, stringify(cfg(30000 - i)))
+    const r = await (await fetch(`${f.adminUrl}/reload`, { method: 'POST' })).json()
+    if (r.result !== 'ok') t.fail(`reload ${i}: ${JSON.stringify(r)}`)
+  }
+  stop = true
+  await Promise.all(clients)
+  const ms = Date.now() - started
+  const total = [...statuses.values()].reduce((a, b) => a + b, 0)
+  const other = total - (statuses.get(200) ?? 0)
+  t.ok(queuedAtReload >= 20, `requests were queued at every reload (${queuedAtReload} in all, ≥ 20)`)
+  t.equal(other, 0, `0 of ${total} answers other than 200 (${JSON.stringify(Object.fromEntries(statuses))})`)
+  t.ok(ms < 30000, `20 reloads under load within 30 s (${ms} ms)`)
+  await waitFor('retired pools closed', () => be.connections() <= 2, 5000)
+  t.ok(be.connections() <= 2, `the backend holds ≤ 2 connections (maxConnections 2) once the retired pools closed (${be.connections()})`)
+})

@@ -209,8 +209,22 @@ export class AdminServer {
   }
 
   adopt (socket: ListenSocket): void {
+    const paused = this.socket?.state === 'paused'
     this.socket?.close()
     this.socket = socket
+    if (paused) socket.pause()
+  }
+
+  /**
+   * Only when the descriptors are all but gone (DescriptorGuard 'exhausted'): a connection nobody can
+   * accept would make uWS retry accept() in a tight loop; refused by the kernel instead until resumed.
+   */
+  pauseAccepting (): void {
+    this.socket?.pause()
+  }
+
+  resumeAccepting (): void {
+    this.socket?.resume()
   }
 
   close (): void {

@@ -105,10 +105,22 @@ export class HttpFront {
     return await listen(this.deps.uws, this.app, 'listen.http', host, port)
   }
 
-  /** …then takes it and closes the old one (its established connections continue). */
+  /** …then takes it and closes the old one (its established connections continue). A paused front stays paused. */
   adopt (socket: ListenSocket): void {
+    const paused = this.socket?.state === 'paused'
     this.socket?.close()
     this.socket = socket
+    if (paused) socket.pause()
+  }
+
+  /** Descriptors ran low (DescriptorGuard): new connections are refused by the kernel until resumed. */
+  pauseAccepting (): void {
+    this.socket?.pause()
+  }
+
+  /** Binds the listener's address again after a pause (throws FERRY_ERR_LISTEN; a stopped front stays stopped). */
+  resumeAccepting (): void {
+    this.socket?.resume()
   }
 
   /** Stops accepting new connections; requests in flight continue. */

@@ -58,6 +58,8 @@ export class Metrics {
   readonly limitRefused: Counter<'limit'>
   readonly bufferedBodyBytes: Gauge
   readonly streamedBodies: Gauge
+  readonly acceptPaused: Counter<'listener'>
+  readonly acceptPausedNow: Gauge<'listener'>
   readonly configReloads: Counter<'result'>
   readonly drainPhase: Gauge
   readonly consoleSubscribers: Gauge
@@ -122,6 +124,8 @@ export class Metrics {
     this.limitRefused = new Counter({ name: 'ferry_limit_refused_total', help: 'HTTP requests and WebSocket upgrades refused by a limit of config `limits`, by limit: http_in_flight, http_buffered_bytes, ws_sessions (503) or http_in_flight_per_ip, http_streamed_bodies_per_ip, http_buffered_bytes_per_ip, ws_sessions_per_ip (429).', labelNames: ['limit'], registers: r })
     this.bufferedBodyBytes = new Gauge({ name: 'ferry_http_buffered_body_bytes', help: 'Request body bytes held in memory now: buffered bodies being read or waiting for an upstream connection (limits.maxBufferedBodyBytes). Updated at scrape time.', registers: r })
     this.streamedBodies = new Gauge({ name: 'ferry_http_streamed_bodies', help: 'Request bodies larger than http.bufferBodyBytes streaming to upstreams now, not yet complete. Updated at scrape time.', registers: r })
+    this.acceptPaused = new Counter({ name: 'ferry_accept_paused_total', help: 'Times listeners stopped accepting because fewer than limits.fdReserve file descriptors were free, by listener: front (the HTTP/WebSocket listener and the TCP listeners) or admin (only when no descriptor at all was left).', labelNames: ['listener'], registers: r })
+    this.acceptPausedNow = new Gauge({ name: 'ferry_accept_paused', help: '1 while the listener (front, admin) is not accepting because file descriptors ran low (see ferry_accept_paused_total).', labelNames: ['listener'], registers: r })
     this.consoleSubscribers = new Gauge({ name: 'ferry_console_subscribers', help: 'Status console live channels (/events on the admin listener) open now.', registers: r })
     this.consoleDropped = new Counter({ name: 'ferry_console_dropped_total', help: 'Console subscribers dropped because they did not take their snapshots (FERRY_ERR_CONSOLE_SLOW).', registers: r })
     this.adminUnauthorized = new Counter({ name: 'ferry_admin_unauthorized_total', help: 'Admin requests refused 401 for a missing or wrong admin token, by path.', labelNames: ['path'], registers: r })

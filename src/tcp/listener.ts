@@ -8,7 +8,8 @@ import type { TcpUpstream, UpstreamSocketOptions } from '../upstream/tcp/upstrea
 import { Networks, normalizeIp } from '../net/address.js'
 import { TcpConnection, type CloseReason, type ListenerContext } from './connection.js'
 
-export type TcpListenerState = 'created' | 'listening' | 'draining' | 'closed'
+/** paused: descriptors ran low (DescriptorGuard); new connections are closed at once until resumed. */
+export type TcpListenerState = 'created' | 'listening' | 'paused' | 'draining' | 'closed'
 
 /** Kernel accept queue asked for (capped by net.core.somaxconn): connection bursts wait there, not in RSTs. */
 const BACKLOG = 4096
@@ -79,7 +80,7 @@ export class TcpListener implements ListenerContext {
     })
   }
 
-  /** The one place the state moves (created → listening → draining → closed; draining may come first on a failed start). */
+  /** The one place the state moves (created → listening ⇄ paused → draining → closed; draining may come first on a failed start). */
   private to (next: TcpListenerState): void {
     if (this.state === next) return
     if (this.log.isLevelEnabled('debug')) this.log.debug({ listener: this.name, from: this.state, to: next }, `tcp listener ${next}`)
@@ -144,6 +145,12 @@ export class TcpListener implements ListenerContext {
     this.mAccepted.inc()
     if (this.state !== 'listening') {
       s.on('error', noop)
+      if (this.state === 'paused') {
+        // Reset at once: the client sees a refusal, and neither it nor a backend socket holds a descriptor.
+        s.resetAndDestroy()
+        this.countClosed('FERRY_ERR_FD_RESERVE')
+        return
+      }
       s.destroy()
       this.countClosed('FERRY_ERR_TCP_SHUTDOWN')
       return
@@ -152,6 +159,18 @@ export class TcpListener implements ListenerContext {
     this.conns.add(conn)
     const trustedPeer = this.cfg.acceptProxyProtocol && this.trusted.contains(normalizeIp(s.remoteAddress ?? ''))
     conn.start(trustedPeer)
+  }
+
+  /**
+   * Descriptors ran low: new connections are reset as soon as they are accepted (libuv accepts them;
+   * node:net gives no way to leave them in the kernel's queue short of closing the server).
+   */
+  pauseAccepting (): void {
+    if (this.state === 'listening') this.to('paused')
+  }
+
+  resumeAccepting (): void {
+    if (this.state === 'paused') this.to('listening')
   }
 
   // ---- ListenerContext ----
@@ -253,7 +272,7 @@ export class TcpListener implements ListenerContext {
   }
 
   private async doClose (kind: 'flush' | 'abort', graceMs: number): Promise<void> {
-    const wasListening = this.state === 'listening'
+    const wasListening = this.state === 'listening' || this.state === 'paused'
     this.to('draining')
     if (wasListening) this.server.close()
     if (this.sweepTimer !== undefined && kind === 'abort') clearInterval(this.sweepTimer)

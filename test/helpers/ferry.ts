@@ -39,7 +39,7 @@ export function writeConfig (config: unknown): string {
  * Starts `node dist/cli.js start --config <tmp>` with both listeners on 127.0.0.1:0 (unless the config
  * says otherwise) and resolves once it logs `listening`. Stopped by PID on teardown.
  */
-export async function startFerry (t: Teardown, config: Record<string, unknown>, opts: { env?: NodeJS.ProcessEnv, timeoutMs?: number } = {}): Promise<FerryProcess> {
+export async function startFerry (t: Teardown, config: Record<string, unknown>, opts: { env?: NodeJS.ProcessEnv, timeoutMs?: number, /** RLIMIT_NOFILE (soft and hard) of the gateway process. */ nofile?: number } = {}): Promise<FerryProcess> {
   const cfg = structuredClone(config) as Record<string, any>
   cfg.listen ??= {}
   cfg.listen.http ??= { host: '127.0.0.1', port: 0 }
@@ -50,7 +50,9 @@ export async function startFerry (t: Teardown, config: Record<string, unknown>, 
   // session migrated at once: spreadMs 0 and no rate cap; 5 s deadline).
   cfg.drain ??= { acceptGraceMs: 0, spreadMs: 0, maxMigrationsPerSec: 1_000_000, deadlineMs: 5000 }
   const file = writeConfig(cfg)
-  const child = spawn(process.execPath, [CLI, 'start', '--config', file], {
+  const args = [CLI, 'start', '--config', file]
+  // With a descriptor limit, a shell sets it and execs node (same pid; the config file stays the last argument).
+  const child = spawn(opts.nofile === undefined ? process.execPath : '/bin/sh', opts.nofile === undefined ? args : ['-c', `ulimit -n ${opts.nofile} && exec "$0" "$@"`, process.execPath, ...args], {
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })

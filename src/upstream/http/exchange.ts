@@ -191,6 +191,8 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
     this.res.onAborted(() => this.onClientAborted())
     this.ctx.metrics.inFlight.inc()
     this.ctx.lifecycle.inFlight++
+    // The upstream this exchange started on serves it to the end, even if a reload replaces it meanwhile.
+    this.ctx.upstream.enter()
     if (gate instanceof Promise) {
       gate.then((a) => { if (this.state === 'gated') this.admit(a) }, (r: Refusal) => {
         if (this.state !== 'gated') return
@@ -723,6 +725,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
         client: this.req.clientIp, err: this.errorCode,
       }, 'access')
     }
+    this.ctx.upstream.leave()
   }
 }
 

@@ -66,6 +66,13 @@ interface QueueEntry {
 export type SlotOutcome = 'ok' | 'failed' | 'neutral'
 
 /**
+ * open: takes requests. retiring: a reload replaced it; the front sends it nothing new, but the
+ * exchanges that already hold it keep it (queued ones get their slot here, under their own deadline;
+ * a retry stays here too); it closes once the last one ended and its slots are back. closed: released.
+ */
+export type HttpUpstreamState = 'open' | 'retiring' | 'closed'
+
+/**
  * An HTTP upstream: its endpoints, the balancer, and the bounded FIFO of requests waiting for a slot.
  * One timer serves the whole queue: entries share one timeout, so the head always expires first.
  */
@@ -77,7 +84,11 @@ export class HttpUpstream {
   private head = 0
   private queued = 0
   private timer: NodeJS.Timeout | undefined
-  private closed = false
+  private state: HttpUpstreamState = 'open'
+  /** Exchanges between their start and their end (enter/leave): a retiring upstream waits for them. */
+  private users = 0
+  /** Resolves `retire()` once the retiring upstream is idle, or closed. */
+  private retired: (() => void) | undefined
 
   constructor (
     readonly name: string,
@@ -96,7 +107,7 @@ export class HttpUpstream {
       },
       probe: async (e, timeoutMs) => { await httpProbe(e.endpoint, cfg.healthCheck!.http, timeoutMs) },
       // A new or recovered endpoint takes queued requests at once.
-      changed: () => { if (!this.closed) this.drainQueue() },
+      changed: () => { if (this.state !== 'closed') this.drainQueue() },
     }, cfg.healthCheck, log, metrics)
     this.balancer = new Balancer(this.set, cfg.balance, { panic: cfg.whenAllUnhealthy === 'panic' })
   }
@@ -112,7 +123,7 @@ export class HttpUpstream {
 
   /** Gives `waiter` a slot now, queues it, or refuses it (503). `exclude`: the endpoint that just failed it. */
   acquire (waiter: SlotWaiter, exclude?: HttpEndpoint): QueueEntry | undefined {
-    if (this.closed) {
+    if (this.state === 'closed') {
       waiter.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name} is shut down`))
       return undefined
     }
@@ -152,6 +163,39 @@ export class HttpUpstream {
     if (outcome === 'ok') ep.passive.succeeded('request succeeded')
     else if (outcome === 'failed') ep.passive.failed('failures')
     this.drainQueue()
+    if (this.state === 'retiring') this.checkRetired()
+  }
+
+  /** An exchange starts using this upstream; it calls `leave()` exactly once when it ends. */
+  enter (): void {
+    this.users++
+  }
+
+  leave (): void {
+    this.users--
+    if (this.state === 'retiring') this.checkRetired()
+  }
+
+  /**
+   * A reload replaced this upstream: it keeps serving the exchanges that hold it (the queue still gets
+   * slots, a retry still finds an endpoint) and closes ('flush') once the last has ended and every slot
+   * is back. Resolves when closed. No queued request is failed for it.
+   */
+  async retire (): Promise<void> {
+    if (this.state !== 'open') return
+    this.state = 'retiring'
+    const idle = new Promise<void>((resolve) => { this.retired = resolve })
+    this.checkRetired()
+    await idle
+    await this.close('flush')
+  }
+
+  private checkRetired (): void {
+    if (this.users > 0 || this.queued > 0) return
+    for (const ep of this.set.all()) if (ep.inflight > 0) return
+    const done = this.retired
+    this.retired = undefined
+    done?.()
   }
 
   private drainQueue (): void {
@@ -224,10 +268,13 @@ export class HttpUpstream {
     }
   }
 
-  /** 'flush' lets in-flight requests finish (undici close); 'abort' destroys sockets now. */
+  /**
+   * The gateway stops (or a refused reload discards it): 'flush' lets in-flight requests finish (undici
+   * close), 'abort' destroys sockets now. Either way queued requests are answered 503.
+   */
   async close (kind: 'flush' | 'abort'): Promise<void> {
-    if (this.closed) return
-    this.closed = true
+    if (this.state === 'closed') return
+    this.state = 'closed'
     if (this.timer !== undefined) clearTimeout(this.timer)
     this.timer = undefined
     for (let e = this.peek(); e !== undefined; e = this.peek()) {
@@ -235,6 +282,10 @@ export class HttpUpstream {
       this.shift()
       w.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name} is shutting down`))
     }
+    // A retire() still waiting ends with this close.
+    const done = this.retired
+    this.retired = undefined
+    done?.()
     await this.set.close(kind)
   }
 }
