@@ -33,6 +33,7 @@ export const ERRORS = {
   FERRY_ERR_UPSTREAM_RESET: { status: 502, description: 'The upstream closed or reset the connection before the response was complete.' },
   FERRY_ERR_UPSTREAM_PROTOCOL: { status: 502, description: 'The upstream sent something that is not valid HTTP/1.1 (garbage, bad headers, wrong length), or a passthrough WebSocket backend broke the WebSocket protocol (its client is closed 1011).' },
   FERRY_ERR_CLIENT_ABORTED: { status: 0, description: 'The client went away before the response was complete; the upstream request is aborted.' },
+  FERRY_ERR_UNFORWARDABLE: { status: 400, description: 'The HTTP client library Ferry forwards with (undici) refused to send the request (a part it cannot encode); only that request fails, its pool slot is released, and the endpoint\'s connection pool is replaced so no later request waits behind it (counted in ferry_http_pool_resets_total). The front\'s own checks are meant to catch such requests first.' },
   FERRY_ERR_CLIENT_BODY: { status: 400, description: 'The client request body could not be read to its end.' },
   FERRY_ERR_TCP_LIMIT: { status: 0, description: 'A TCP listener already held maxConnections client connections; the new one was closed at once.' },
   FERRY_ERR_TCP_IP_LIMIT: { status: 0, description: 'The client IP already held maxConnectionsPerIp connections on this TCP listener; the new one was closed at once.' },

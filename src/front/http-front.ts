@@ -82,7 +82,7 @@ export class HttpFront {
 
   private requestOptions (cfg: Config): RequestOptions {
     const h = cfg.http
-    return { requestIdHeader: h.requestIdHeader, trusted: new Networks(h.trustedProxies), maxUrlBytes: h.maxUrlBytes, maxHeaderBytes: h.maxHeaderBytes, nextRequestId: this.nextRequestId }
+    return { requestIdHeader: h.requestIdHeader, trusted: new Networks(h.trustedProxies), maxUrlBytes: h.maxUrlBytes, maxHeaderBytes: h.maxHeaderBytes, mergeSlashes: h.mergeSlashes, nextRequestId: this.nextRequestId }
   }
 
   /** A reload: requests and upgrades from now on are routed with `table`; those under way keep theirs. */
@@ -170,7 +170,8 @@ export class HttpFront {
       if (guard === undefined) { exchange.start(); return }
       // Auth and rate limits decide before anything goes upstream: synchronously when they can.
       const q = creq.target.indexOf('?')
-      const edgeReq = { method: creq.method, host: creq.host, target: creq.target, query: q === -1 ? '' : creq.target.slice(q + 1), headers: creq.headers, clientIp: creq.clientIp, hasBody: creq.chunked || (creq.contentLength ?? 0) > 0 }
+      // HMAC signatures cover the target the client sent; everything else reads the canonical one.
+      const edgeReq = { method: creq.method, host: creq.host, target: creq.rawTarget, query: q === -1 ? '' : creq.target.slice(q + 1), headers: creq.headers, clientIp: creq.clientIp, hasBody: creq.chunked || (creq.contentLength ?? 0) > 0 }
       const admission = (a: Admitted): EdgeAdmission => ({ headers: applyAdmitted(creq.headers, a), bodySha256: a.principal?.bodySha256 })
       let verdict: Admitted | Promise<Admitted>
       try {

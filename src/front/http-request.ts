@@ -3,13 +3,16 @@ import { FerryError } from '../errors.js'
 import { resolveClientIp } from '../edge/client-ip.js'
 import type { Networks } from '../net/address.js'
 import { formatAddress } from './address.js'
+import { canonicalTarget } from './target.js'
 
 /** Everything Ferry needs from a client request, copied out of uWS's stack-allocated request object. */
 export interface ClientRequest {
   readonly method: string
-  /** Path and query as received (`/a/b?x=1`). */
+  /** Path and query in their canonical form (src/front/target.ts): what routing, auth and the backend see. */
   readonly target: string
   readonly path: string
+  /** The target as uWS gave it, before canonicalisation: what an HMAC-signing client signed. */
+  readonly rawTarget: string
   readonly host: string
   /** The client's address as resolved with http.trustedProxies (the TCP peer unless a trusted proxy says otherwise). */
   readonly clientIp: string
@@ -32,6 +35,8 @@ export interface RequestOptions {
   trusted: Networks
   maxUrlBytes: number
   maxHeaderBytes: number
+  /** http.mergeSlashes */
+  mergeSlashes: boolean
   nextRequestId: () => string
 }
 
@@ -119,6 +124,7 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
   if (host === '' || !HOST_RE.test(host)) throw new FerryError('FERRY_ERR_BAD_REQUEST', host === '' ? 'missing Host header' : `bad Host header ${JSON.stringify(host.slice(0, 60))}`)
   if (path.charCodeAt(0) !== 47 /* / */) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'request target must be origin-form (/path)')
   if (path.includes('#') || query.includes('#')) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'a fragment (#) is not part of a request target')
+  const target = canonicalTarget(path, query, opts.mergeSlashes)
   if (chunked && contentLength !== undefined) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'both Content-Length and Transfer-Encoding')
   if (requestId === '' || requestId.length > 200) requestId = opts.nextRequestId()
 
@@ -143,8 +149,9 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
   )
   return {
     method,
-    target: query === '' ? path : `${path}?${query}`,
-    path,
+    target: target.query === '' ? target.path : `${target.path}?${target.query}`,
+    path: target.path,
+    rawTarget: query === '' ? path : `${path}?${query}`,
     host,
     clientIp: client.ip,
     requestId,

@@ -9,6 +9,7 @@ import type { Route } from '../routing/router.js'
 import type { RouteTable } from './http-front.js'
 import { sendError } from '../upstream/http/exchange.js'
 import { formatAddress } from './address.js'
+import { canonicalTarget } from './target.js'
 import type { Uws } from './uws.js'
 import { ClientSession, flushOutboxes, RefusedClient, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
 import type { Admission } from '../drain/admission.js'
@@ -176,8 +177,8 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     let aborted = false
     res.onAborted(() => { aborted = true; session?.abandon('client went away during the handshake') })
     let session: ClientSession | undefined
-    const path = req.getUrl()
-    const query = req.getQuery() ?? ''
+    const rawPath = req.getUrl()
+    const rawQuery = req.getQuery() ?? ''
     const host = req.getHeader('host')
     const key = req.getHeader('sec-websocket-key')
     const extensions = req.getHeader('sec-websocket-extensions')
@@ -193,6 +194,10 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     try {
       if (!this.accepting) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'gateway is stopping')
       const table = this.table
+      // One canonical target for routing, auth, limits and the backend leg (src/front/target.ts).
+      if (rawPath.charCodeAt(0) !== 47 /* / */) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'request target must be origin-form (/path)')
+      if (rawPath.includes('#') || rawQuery.includes('#')) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'a fragment (#) is not part of a request target')
+      const { path, query } = canonicalTarget(rawPath, rawQuery, table.config.http.mergeSlashes)
       const route = table.router.match(host, path)
       if (route === undefined) throw new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${host}${path}`)
       const upstream = table.wsUpstreams.get(route.upstream)
@@ -302,7 +307,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       }
       let verdict: Admitted | Promise<Admitted>
       try {
-        verdict = guard.check({ method: 'GET', host, target: query === '' ? path : `${path}?${query}`, query, headers: raw, clientIp: remoteAddress, hasBody: false })
+        verdict = guard.check({ method: 'GET', host, target: rawQuery === '' ? rawPath : `${rawPath}?${rawQuery}`, query, headers: raw, clientIp: remoteAddress, hasBody: false })
       } catch (err) {
         refuse(err)
         return

@@ -15,6 +15,7 @@ export class Metrics {
   readonly upstreamConnections: Gauge<'side' | 'kind' | 'upstream'>
   readonly upstreamQueueDepth: Gauge<'upstream'>
   readonly upstreamRetries: Counter<'upstream'>
+  readonly httpPoolResets: Counter<'upstream'>
   readonly endpointEjections: Counter<'upstream' | 'endpoint'>
   readonly endpointUp: Gauge<'upstream' | 'endpoint'>
   readonly endpointCheckedUp: Gauge<'upstream' | 'endpoint'>
@@ -78,6 +79,7 @@ export class Metrics {
     this.upstreamLatency = new Histogram({ name: 'ferry_upstream_response_seconds', help: 'Time from dispatch to the upstream until its response headers arrived.', labelNames: ['upstream'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers: r })
     this.upstreamConnections = new Gauge({ name: 'ferry_connections', help: 'Open connections by side (client/upstream), kind (http/ws/mux/tcp) and upstream.', labelNames: ['side', 'kind', 'upstream'], registers: r })
     this.upstreamQueueDepth = new Gauge({ name: 'ferry_upstream_queue_depth', help: 'Requests waiting for a free upstream connection.', labelNames: ['upstream'], registers: r })
+    this.httpPoolResets = new Counter({ name: 'ferry_http_pool_resets_total', help: 'HTTP endpoint connection pools replaced because undici refused a request before sending it (such a refusal leaves an undici client unable to dispatch).', labelNames: ['upstream'], registers: r })
     this.upstreamRetries = new Counter({ name: 'ferry_upstream_retries_total', help: 'Idempotent HTTP requests retried, and WebSocket passthrough handshakes failed over, on another endpoint after a connection failure.', labelNames: ['upstream'], registers: r })
     this.endpointEjections = new Counter({ name: 'ferry_upstream_ejections_total', help: 'Endpoints ejected by passive health checking.', labelNames: ['upstream', 'endpoint'], registers: r })
     this.endpointUp = new Gauge({ name: 'ferry_upstream_endpoint_up', help: '1 unless passive health (outlier ejection) has ejected the endpoint, 0 while ejected.', labelNames: ['upstream', 'endpoint'], registers: r })

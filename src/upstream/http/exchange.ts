@@ -470,9 +470,10 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
         blocking: false,
       }, this)
     } catch (err) {
-      // undici validates synchronously (bad header characters from the client, for instance)
+      // Not reached with a handler (undici reports through onResponseError); kept for a throwing dispatcher.
+      this.ep?.reset()
       this.releaseSlot('neutral')
-      this.fail(new FerryError('FERRY_ERR_BAD_REQUEST', `request rejected: ${(err as Error).message}`, { cause: err }))
+      this.fail(new FerryError('FERRY_ERR_UNFORWARDABLE', `request rejected: ${(err as Error).message}`, { cause: err }))
     }
   }
 
@@ -619,6 +620,14 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
   }
 
   onResponseError (_controller: Dispatcher.DispatchController, err: Error): void {
+    if (this.controller === undefined && this.ep !== undefined && REFUSED_BY_UNDICI.has((err as { code?: string }).code ?? '')) {
+      // undici refused the request before sending anything (a part it cannot encode): this request alone
+      // fails, its slot is free again, and the endpoint's pool is replaced (undici wedged that client).
+      this.ep.reset()
+      this.releaseSlot('neutral')
+      this.fail(new FerryError('FERRY_ERR_UNFORWARDABLE', `request refused by the upstream client: ${err.message}`, { cause: err }))
+      return
+    }
     const ferr = classify(err)
     const before = this.state === 'dispatched'
     const retryable = before && this.bodyMode === 'none' && this.ctx.retryIdempotent &&
@@ -731,6 +740,9 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
 
 function noop (): void {}
 
+/** undici's codes for a request it will not send (InvalidArgumentError, NotSupportedError), raised before onRequestStart. */
+const REFUSED_BY_UNDICI = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED'])
+
 /** Errors after which an idempotent, body-less request may go to another endpoint. */
 const RETRYABLE = new Set<FerryErrorCode>(['FERRY_ERR_UPSTREAM_CONNECT', 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', 'FERRY_ERR_UPSTREAM_RESET'])
 
@@ -758,15 +770,34 @@ export function classify (err: Error): FerryError {
   }
 }
 
-/** A Ferry-generated response: JSON body with the stable error code; Retry-After on 503. */
+/**
+ * A Ferry-generated response: JSON body with the stable error code; Retry-After on 503.
+ *
+ * With `close`, the connection ends after it and nothing the client sent after the request may be served:
+ * the framing of what follows cannot be trusted (smuggling), or the body was left unread. uWS 20.30 does not
+ * stop parsing a read when a response ends with closeConnection: a request pipelined behind the refused one
+ * in the same read would still reach a handler. It does cut a connection whose next request arrives while
+ * the previous response is still pending. So a closing response is written one loop turn later: bytes that
+ * came in the same read as the refused request end the connection (the client gets no response, and no
+ * request after the refused one is ever dispatched); otherwise the response goes out and uWS closes.
+ */
 export function sendError (res: HttpResponse, status: number, err: FerryError, requestId: string, requestIdHeader: string, close: boolean, extraHeader?: readonly [string, string]): void {
   const body = JSON.stringify({ error: { code: err.code, message: err.status >= 500 && err.code !== 'FERRY_ERR_QUEUE_FULL' && err.code !== 'FERRY_ERR_QUEUE_TIMEOUT' ? STATUS_CODES[status] : err.message, requestId } })
-  res.cork(() => {
-    res.writeStatus(`${status} ${STATUS_CODES[status] ?? ''}`)
-    res.writeHeader('content-type', 'application/json')
-    res.writeHeader(requestIdHeader, requestId)
-    if (status === 503 && extraHeader?.[0] !== 'retry-after') res.writeHeader('retry-after', '1')
-    if (extraHeader !== undefined) res.writeHeader(extraHeader[0], extraHeader[1])
-    res.end(body, close)
+  const write = (): void => {
+    res.cork(() => {
+      res.writeStatus(`${status} ${STATUS_CODES[status] ?? ''}`)
+      res.writeHeader('content-type', 'application/json')
+      res.writeHeader(requestIdHeader, requestId)
+      if (status === 503 && extraHeader?.[0] !== 'retry-after') res.writeHeader('retry-after', '1')
+      if (extraHeader !== undefined) res.writeHeader(extraHeader[0], extraHeader[1])
+      res.end(body, close)
+    })
+  }
+  if (!close) { write(); return }
+  let gone = false
+  res.onAborted(() => { gone = true })
+  setImmediate(() => {
+    if (gone) return
+    try { write() } catch { try { res.close() } catch { /* already gone */ } }
   })
 }

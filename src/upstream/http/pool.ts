@@ -18,13 +18,20 @@ import { interimSkippingConnector } from './interim.js'
  */
 export class HttpEndpoint implements SetMember {
   inflight = 0
-  readonly pool: Pool
+  private current: Pool
+  /** Pools replaced by `reset`: closing while what they still carry finishes. */
+  private readonly replaced = new Set<Pool>()
   checked: ActiveHealth | undefined
   /** The pool's close, once the endpoint was removed from the set (in-flight requests finish first). */
   closing: Promise<void> | undefined
 
-  constructor (readonly upstream: string, readonly endpoint: Endpoint, cfg: HttpUpstreamConfig, readonly passive: PassiveHealth) {
-    this.pool = new Pool(endpoint.origin, {
+  constructor (readonly upstream: string, readonly endpoint: Endpoint, private readonly cfg: HttpUpstreamConfig, readonly passive: PassiveHealth, private readonly resets?: { inc: () => void }) {
+    this.current = this.newPool()
+  }
+
+  private newPool (): Pool {
+    const cfg = this.cfg
+    return new Pool(this.endpoint.origin, {
       connections: cfg.pool.maxConnections,
       pipelining: 1,
       connect: interimSkippingConnector(cfg.timeouts.connectMs),
@@ -34,6 +41,32 @@ export class HttpEndpoint implements SetMember {
       bodyTimeout: cfg.timeouts.bodyIdleMs,
       strictContentLength: true,
     })
+  }
+
+  get pool (): Pool {
+    return this.current
+  }
+
+  /**
+   * undici refused a request before sending it. Its client marks itself as needing a drain that never
+   * comes (undici 7 dispatcher-base/pool-base), so that connection would take no request again and the
+   * pool would shrink by one per such request until nothing dispatches. Requests are only ever handed to
+   * `pool`: a fresh one takes over now; the old one closes once what it carries has finished.
+   */
+  reset (): void {
+    if (this.closing !== undefined) return
+    const old = this.current
+    this.current = this.newPool()
+    this.replaced.add(old)
+    void old.close().catch(() => {}).finally(() => this.replaced.delete(old))
+    this.resets?.inc()
+  }
+
+  /** Closes the current pool and any replaced one: 'flush' lets requests under way finish, 'abort' destroys now. */
+  async closePools (kind: 'flush' | 'abort'): Promise<void> {
+    const all = [this.current, ...this.replaced]
+    if (kind === 'abort') await Promise.all(all.map(async (p) => { await p.destroy().catch(() => {}) }))
+    else await Promise.all(all.map(async (p) => { await p.close().catch(() => {}) }))
   }
 
   get address (): string {
@@ -98,12 +131,12 @@ export class HttpUpstream {
     source: EndpointSource,
   ) {
     this.set = new EndpointSet<HttpEndpoint>(name, source, {
-      create: (endpoint) => new HttpEndpoint(name, endpoint, cfg, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics)),
-      retire: (e) => { e.closing ??= e.pool.close().catch(() => {}) },
+      create: (endpoint) => new HttpEndpoint(name, endpoint, cfg, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics), metrics.httpPoolResets.labels(name)),
+      retire: (e) => { e.closing ??= e.closePools('flush') },
       idle: (e) => e.inflight === 0,
       close: async (e, kind) => {
-        if (kind === 'abort') await e.pool.destroy().catch(() => {})
-        else await (e.closing ??= e.pool.close().catch(() => {}))
+        if (kind === 'abort') await e.closePools('abort')
+        else await (e.closing ??= e.closePools('flush'))
       },
       probe: async (e, timeoutMs) => { await httpProbe(e.endpoint, cfg.healthCheck!.http, timeoutMs) },
       // A new or recovered endpoint takes queued requests at once.
