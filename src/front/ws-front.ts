@@ -15,7 +15,8 @@ import { ClientSession, flushOutboxes, RefusedClient, SessionCounters, type Sess
 import type { Admission } from '../drain/admission.js'
 import { readAffinityKey, type ResumeOffer, type TopicPublisher, type WsHandshake } from './ws-types.js'
 import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wire.js'
-import { RateLimited, refusalHeader, type Admitted } from '../edge/guard.js'
+import { applyAdmitted, RateLimited, refusalHeader, type Admitted } from '../edge/guard.js'
+import { splitAsk } from '../routing/split.js'
 import { resolveClientIp } from '../edge/client-ip.js'
 import type { ConnectionLimits } from '../edge/limits.js'
 import { Networks } from '../net/address.js'
@@ -263,6 +264,8 @@ export class WsFront implements TopicPublisher, SessionRegistry {
           headers,
           settings,
           affinityKey: readAffinityKey(route.affinityKey, raw, query),
+          // Read from the headers as auth left them, like an HTTP request's (a pin may come from a claim).
+          split: route.split === undefined ? undefined : splitAsk(route.split, a === undefined ? raw : applyAdmitted(raw, a), query, remoteAddress),
           // A resume offer without `ferry.v1` itself is not a ferry client.
           ferry: ferryClient ? { resume } : undefined,
         }

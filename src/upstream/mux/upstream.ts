@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import { NO_LABELS, type Labels } from '../../config/labels.js'
 import type { Counter } from 'prom-client'
 import type { Endpoint } from '../../config/load.js'
 import type { MuxUpstreamConfig } from '../../config/schema.js'
@@ -7,7 +8,7 @@ import { FerryError } from '../../errors.js'
 import { type ClientSink, type TopicPublisher, type UpstreamLeg, type WsHandshake, type WsUpstream } from '../../front/ws-types.js'
 import type { ConnectionEnd } from '../../mux/connection.js'
 import type { Metrics } from '../../observability/metrics.js'
-import { Balancer, hashKey } from '../../routing/balancer.js'
+import { Balancer, hashKey, within } from '../../routing/balancer.js'
 import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { LinkSlot, type LinkOwner } from './link.js'
@@ -26,6 +27,7 @@ class MuxEndpoint implements SetMember, LinkOwner {
   readonly slots: LinkSlot[]
   readonly passive: PassiveHealth
   checked: ActiveHealth | undefined
+  labels: Labels = NO_LABELS
   readonly topicPrefix: string
   private readonly events: Record<'connected' | 'connect_failed' | 'lost' | 'goaway', Counter.Internal>
 
@@ -252,28 +254,39 @@ export class MuxUpstream implements WsUpstream {
     const placementKey = claims?.k ?? hs.affinityKey ?? (ferry ? hs.sessionId : undefined)
     // A fresh ferry/client session's key is its new session id: nothing can be recorded for it yet.
     const lookup = claims !== undefined || hs.affinityKey !== undefined
-    const known = lookup && this.placement !== undefined ? await this.placement.recorded(placementKey!) : undefined
-    const recorded = known !== undefined ? this.set.get(known) : undefined
+    // A resume goes back to the endpoint its token names, where the session lives (older tokens name none).
+    const tokenHome = claims?.a !== undefined ? this.set.get(claims.a) : undefined
+    const known = tokenHome === undefined && lookup && this.placement !== undefined ? await this.placement.recorded(placementKey!) : undefined
+    const recorded = tokenHome ?? (known !== undefined ? this.set.get(known) : undefined)
     const keyed = placementKey !== undefined
     const hashed = keyed ? hashKey(placementKey) : this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
     const balancer = keyed ? this.byKey : this.balancer
     const deadline = started + this.cfg.timeouts.openMs
+    let counted = false
     for (;;) {
       if (this.closed) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'upstream is closing')
       const now = Date.now()
+      // The route's split narrows a new session to a label subset (counted once, however long it waits for
+      // a link). A resume is not split again: it goes where the session lives, and the split only guides
+      // the guess when nothing says where that is.
+      const subset = hs.split?.split.assign(hs.split, this.set.active, now, undefined, claims === undefined && !counted)
+      counted = true
+      // A new session's recorded key endpoint outside that subset is passed over: new sessions follow the split.
+      const home = recorded !== undefined && (claims !== undefined || subset === undefined || subset.matches(recorded.labels))
+        ? recorded
+        : claims !== undefined ? balancer.pick(Infinity, now, undefined, hashed, subset) : undefined
+      let owner: MuxEndpoint | undefined
       // A session that lives somewhere (a resume, or a key with a record) waits for that endpoint's link
       // unless the endpoint is ejected; others take any endpoint with a ready link.
-      const home = recorded ?? (claims !== undefined ? balancer.pick(Infinity, now, undefined, hashed) : undefined)
-      let owner: MuxEndpoint | undefined
       // A recorded home that left the set (or is not healthy) is not waited for.
       if (home !== undefined && this.set.get(home.address) === home && healthyAt(home, now)) owner = home.readyLink() !== undefined ? home : undefined
       else {
-        const picked = balancer.pick(Infinity, now, undefined, hashed)
+        const picked = balancer.pick(Infinity, now, undefined, hashed, subset)
         // Panic (the balancer fell back to an endpoint without a ready link): any endpoint that has one.
         // (whenAllUnhealthy: fail: the balancer picks only healthy endpoints with a ready link, or none.)
         owner = picked?.acceptsAt(now) === true
           ? picked
-          : this.cfg.whenAllUnhealthy === 'panic' ? this.set.active.find((e) => e.readyLink() !== undefined) : undefined
+          : this.cfg.whenAllUnhealthy === 'panic' ? this.set.active.find((e) => e.readyLink() !== undefined && within(e, subset)) ?? this.set.active.find((e) => e.readyLink() !== undefined) : undefined
       }
       const slot = owner?.readyLink()
       if (owner !== undefined && slot?.conn !== undefined) {
@@ -314,7 +327,7 @@ export class MuxUpstream implements WsUpstream {
       if (hs.affinityKey !== undefined) this.track(leg, key, owner.address, o.known, 0)
       return leg
     }
-    const leg = new ResumableLeg(appProtocol, sink, slot, this.stalls, this.tokens!, { k: key, u: this.name }, o.offer?.received ?? 0, o.refusal)
+    const leg = new ResumableLeg(appProtocol, sink, slot, this.stalls, this.tokens!, { k: key, u: this.name, a: owner.address }, o.offer?.received ?? 0, o.refusal)
     leg.onClientError = this.clientError
     const stream = slot.conn!.openStream(meta, leg.events)
     if (stream === undefined) return undefined
@@ -382,6 +395,10 @@ export class MuxUpstream implements WsUpstream {
       for (const [state, n] of Object.entries(byState)) m.muxLinks.labels(this.name, ep.address, state).set(n)
     }
     m.upstreamConnections.labels('upstream', 'mux', this.name).set(links)
+  }
+
+  labelled (): Array<{ labels: Labels, healthy: boolean }> {
+    return this.set.labelled(Date.now())
   }
 
   status (): object {
