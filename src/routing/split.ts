@@ -186,7 +186,7 @@ export class RouteSplit {
   status (endpoints: ReadonlyArray<{ readonly labels?: Labels, readonly healthy: boolean }> | undefined): object {
     const row = (name: string, c: SubsetCounts): object => ({ assigned: { weight: c.weight, pin: c.pin, fallback: c.fallback }, fallbacksFrom: { unhealthy: c.unhealthy, noEndpoints: c.noEndpoints }, name })
     return {
-      key: this.cfg.key ?? this.keySource ?? 'client-ip',
+      key: this.keySource ?? 'client-ip',
       pin: this.cfg.pin ?? null,
       subsets: this.subsets.map((s) => {
         const mine = endpoints?.filter((e) => s.matches(e.labels))
