@@ -195,7 +195,7 @@ t.test('bad input: a hook that throws, never returns, or returns too much still 
     await waitFor('on A', () => a.sessions.size === 2, 3000)
     const drained = a.server.drain({ deadlineMs: 8000 })
     await waitFor('clients closed', () => chats.every((c) => c.closed !== undefined), 10_000)
-    t.ok(chats.every((c) => c.closed!.code === 1012), `closed 1012 (${chats.map((c) => c.closed!.code).join(',')})`)
+    t.ok(chats.every((c) => c.closed!.code === 1012), `closed 1012 (${chats.map((c) => `${c.closed!.code} ${c.closed!.reason}`).join(', ')})`)
     await drained
     t.equal(await metric(f, 'ferry_mux_handoffs_total{upstream="chat",outcome="failed"}'), 2, 'counted as failed')
   })
