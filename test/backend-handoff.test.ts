@@ -157,6 +157,25 @@ t.test('a backend killed mid-traffic: its sessions reopen on another endpoint wi
   for (const c of chats) c.ws.close()
 })
 
+t.test('one link of a live backend cut: its sessions reopen on the endpoint\'s other links (lost), the others are untouched', async (t) => {
+  const a = await startApp(t, 0)
+  const f = await startFerry(t, { ...config([`127.0.0.1:${a.port}`]), upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${a.port}`], pool: { links: 4 }, reconnect: { minDelayMs: 20, maxDelayMs: 200 } } } })
+  await linksReady(f, `127.0.0.1:${a.port}`)
+  const chats: Chat[] = []
+  for (let i = 0; i < 40; i++) chats.push(await openChat(`ws://127.0.0.1:${f.httpPort}/chat`))
+  await waitFor('40 sessions', () => a.sessions.size === 40, 5000)
+  const victim = a.server.links()[0]!
+  const onVictim = [...a.sessions.values()].filter((x) => x.s.linkId === victim.id).length
+  t.ok(onVictim > 0, `${onVictim} sessions on the link that is cut`)
+  victim.terminate()
+  await waitFor('the cut sessions reopened', () => a.arrivals.filter((s) => s.handoff?.lost === true).length === onVictim, 5000)
+  for (const c of chats) send(c)
+  await waitFor('every client answered', () => chats.every((c) => c.got.length === 1), 5000)
+  t.equal(chats.filter((c) => c.closed !== undefined).length, 0, 'no client was closed')
+  t.equal(a.arrivals.length, 40 + onVictim, `exactly the ${onVictim} sessions of the cut link were reopened`)
+  for (const c of chats) c.ws.close()
+})
+
 t.test('bad input: a hook that throws, never returns, or returns too much still moves the session (state dropped, counted); drain twice; no endpoint to go to', async (t) => {
   t.test('hook throws / times out / too large', async (t) => {
     let i = 0
