@@ -182,7 +182,7 @@ export class Gateway {
     this.store = store
     // Start in a known state: Redis connected, or found unreachable (then the store falls back).
     await store.ready(Math.min(2000, 20 * cfg.affinity.redis.lookupTimeoutMs))
-    this.wsDeps = { gatewayId: cfg.gateway.id, store, ttlMs: cfg.affinity.ttlMs, tokens }
+    this.wsDeps = { gatewayId: cfg.gateway.id, store, ttlMs: cfg.affinity.ttlMs, tokens, routeSplit: (route) => this.router?.byName(route)?.split }
     this.pods = new PodDirectory(podBoardOf(store), cfg.affinity.redis.podTtlMs, () => this.podRecord(), this.log.child({ component: 'pods' }))
     this.sets = this.buildUpstreams(cfg, undefined)
     try {
@@ -300,6 +300,21 @@ export class Gateway {
   }
 
   /**
+   * After a reload or an admin change: every route split with `rebalance` has its open sessions that are
+   * outside their subset now moved there (mux upstreams, by backend handoff, paced by handoff.maxPerSec).
+   */
+  private rebalanceSplits (cfg: Config): void {
+    for (const r of cfg.routes) {
+      if (r.split?.rebalance !== true) continue
+      const name = routeName(r)
+      const upstream = this.sets.ws.get(r.upstream)
+      const sessions = this.front?.ws.splitSessions(name) ?? []
+      const n = upstream?.rebalance?.(sessions) ?? 0
+      if (n > 0) this.log.info({ route: name, upstream: r.upstream, sessions: n }, 'route split rebalance: open sessions outside the subset their key is assigned now move there by backend handoff')
+    }
+  }
+
+  /**
    * A split of an upstream whose endpoints come from a registry cannot be checked against their labels
    * when the config is read: they are known once the backends register. Said once per config, so an
    * operator who sees fallbacks knows where to look.
@@ -342,7 +357,7 @@ export class Gateway {
       this.log.info({ trigger }, 'config reload requested')
       const r = await this.reload(next, configVersion(next))
       // The file's weights are the running ones again.
-      if (r.result === 'ok') { this.splitsByAdmin.clear(); this.noteDiscoveredSplits(next) }
+      if (r.result === 'ok') { this.splitsByAdmin.clear(); this.noteDiscoveredSplits(next); this.rebalanceSplits(next) }
       return r
     }
     return await this.serially(run)
@@ -399,6 +414,7 @@ export class Gateway {
       const res = await this.reload(next, configVersion(next))
       if (res.result !== 'ok') return res
       this.splitsByAdmin.set(route, new Date().toISOString())
+      this.rebalanceSplits(next)
       return { ...res, route, ...this.splitStatus(next.routes[i]!) }
     })
   }

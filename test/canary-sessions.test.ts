@@ -129,6 +129,57 @@ t.test('mux route split: sessions follow the weights; an admin change moves new 
   t.match(st.routes.find((r: any) => r.name === '*/chat').split, { setBy: 'admin', key: 'query:uid', subsets: [{ name: 'v1', weight: 0 }, { name: 'v2', weight: 100 }] }, '/status: the split as the admin API set it, keyed by the route\'s affinity key')
 })
 
+t.test('mux split with rebalance: after 100/0 → 0/100 the open sessions move to v2 by backend handoff, paced, clients connected throughout', async (t) => {
+  const arrivals: number[] = []
+  const b1 = await muxBackend(t, 'v1')
+  const b2 = await startMuxBackend(t, (s) => {
+    if (s.handoff !== undefined) arrivals.push(Date.now())
+    s.on('message', (d) => { if (d.toString() === 'who') s.send(`v2:${s.id}:${String(s.handoff?.from ?? '')}`) })
+  })
+  const f = await startFerry(t, {
+    upstreams: { chat: { protocol: 'mux', endpoints: [{ address: `127.0.0.1:${b1.port}`, labels: { version: 'v1' } }, { address: `127.0.0.1:${b2.port}`, labels: { version: 'v2' } }], pool: { links: 1 }, handoff: { maxPerSec: 20 } } },
+    routes: [{ match: { path: '/chat' }, upstream: 'chat', affinity: { key: 'query:uid' }, split: { rebalance: true, subsets: [{ labels: { version: 'v1' }, weight: 100 }, { labels: { version: 'v2' }, weight: 0 }] } }],
+    admin: { token: TOKEN },
+  })
+  await waitFor('links to both backends', () => b1.links().length === 1 && b2.links().length === 1)
+  const N = 20
+  const open = await Promise.all(Array.from({ length: N }, async (_, i) => await greeting(`ws://127.0.0.1:${f.httpPort}/chat?uid=user-${i}`)))
+  t.equal(open.filter((g) => g.version === 'v1').length, N, `${N} sessions open on v1 (weight 100)`)
+  const ids = [...b1.sessions].map((s) => s.id).sort()
+  t.equal(await putSplit(f, '*/chat', { v1: 0, v2: 100 }), 200, 'split changed to 0/100 by the admin API')
+  await waitFor(`all ${N} sessions on v2`, () => b2.sessions.size === N && b1.sessions.size === 0, 15_000)
+  t.equal(open.filter((g) => g.client.ws.readyState === WebSocket.OPEN).length, N, `every one of the ${N} clients is still connected (0 closed)`)
+  for (const g of open) g.client.ws.send('who')
+  await Promise.all(open.map(async (g) => { await g.client.waitMessages(2) }))
+  const answers = open.map((g) => g.client.messages[1]!.data.toString().split(':'))
+  t.ok(answers.every((a) => a[0] === 'v2' && a[3] === String(b1.port)), 'each answers from v2, handed over from the v1 endpoint')
+  t.same(answers.map((a) => a[1]).sort(), ids, 'as the same sessions (same ids)')
+  const spread = Math.max(...arrivals) - Math.min(...arrivals)
+  t.ok(spread >= 700, `paced at handoff.maxPerSec 20: the ${N} moves spread over ${spread} ms (≥ 700)`)
+  t.equal(await metric(f, 'ferry_split_rebalanced_total{route="*/chat",subset="v2"}'), N, `ferry_split_rebalanced_total counts the ${N} moves`)
+  t.equal(await metric(f, 'ferry_mux_handoffs_total{upstream="chat",outcome="moved"}'), N, 'and every handoff ended moved')
+  for (const g of open) g.client.ws.close()
+})
+
+t.test('a draining v1 backend hands its sessions to the other v1 endpoint, not to v2 (the subset their key is assigned)', async (t) => {
+  const v1a = await muxBackend(t, 'v1')
+  const v1b = await muxBackend(t, 'v1')
+  const v2 = await muxBackend(t, 'v2')
+  const f = await startFerry(t, {
+    upstreams: { chat: { protocol: 'mux', endpoints: [v1a, v1b, v2].map((b, i) => ({ address: `127.0.0.1:${b.port}`, labels: { version: i < 2 ? 'v1' : 'v2' } })), pool: { links: 1 } } },
+    routes: [{ match: { path: '/chat' }, upstream: 'chat', affinity: { key: 'query:uid' }, split: { subsets: [{ labels: { version: 'v1' }, weight: 100 }, { labels: { version: 'v2' }, weight: 0 }] } }],
+  })
+  await waitFor('links to the three backends', () => [v1a, v1b, v2].every((b) => b.links().length === 1))
+  const open = await Promise.all(Array.from({ length: 30 }, async (_, i) => await greeting(`ws://127.0.0.1:${f.httpPort}/chat?uid=user-${i}`)))
+  const onA = v1a.sessions.size
+  t.ok(onA >= 5 && v2.sessions.size === 0, `30 sessions on the v1 endpoints (${onA} on the first), none on v2`)
+  await v1a.drain({ deadlineMs: 10_000, maxMigrationsPerSec: 1000 })
+  await waitFor('the drained backend\'s sessions moved', () => v1a.sessions.size === 0 && v1b.sessions.size === 30)
+  t.equal(v2.sessions.size, 0, `all ${onA} handed-off sessions went to the other v1 endpoint (0 to v2, whose weight is 0)`)
+  t.equal(open.filter((g) => g.client.ws.readyState === WebSocket.OPEN).length, 30, 'and every client stayed connected')
+  for (const g of open) g.client.ws.close()
+})
+
 t.test('registry: ferry/backend announces its labels; a subset without endpoints falls back (counted) until one registers', async (t) => {
   const redis = await startRedis(t)
   const b1 = await muxBackend(t, 'v1', { redis: redis.url })

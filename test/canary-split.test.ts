@@ -170,6 +170,9 @@ t.test('config errors name the field: weights not summing to 100 (the gateway do
   t.match(problems(dup), /routes\[0\]\.split\.subsets\[1\]\.labels: gives the subset the name of subsets\[0\] \(v1/, 'two subsets of one name: refused')
   const tcp = { upstreams: { t: { protocol: 'tcp', endpoints: [{ address: '127.0.0.1:1', labels: { version: 'v1' } }] } }, listen: { tcp: [{ name: 'x', port: 0, upstream: 't' }] } }
   t.match(problems(tcp), /upstreams\.t\.endpoints\[0\]: must be host:port \(labels are for routes/, 'labels on a tcp upstream: refused (no route can split it)')
+  const rebalance = config('127.0.0.1:1', '127.0.0.1:2', { v1: 100 })
+  rebalance.routes[0].split.rebalance = true
+  t.match(problems(rebalance), /routes\[0\]\.split\.rebalance: moves open sessions by backend handoff, which only mux upstreams have; api is http/, 'rebalance on a route to an http upstream: refused by name')
   const badLabel = config('127.0.0.1:1', '127.0.0.1:2', { v1: 100 })
   badLabel.upstreams.api.endpoints[0].labels = { version: 'v 1' }
   t.match(problems(badLabel), /upstreams\.api\.endpoints\[0\]\.labels\.version: label values are/, 'a malformed label value: refused by name')

@@ -401,7 +401,9 @@ const routeSplit = z.strictObject({
     .describe('What keeps one client on one subset: `header:NAME`, `cookie:NAME` or `query:NAME`. Default: the route\'s `affinity.key` when it names one, else the client IP. Requests and sessions without the key use the client IP.'),
   pin: credentialSource.optional()
     .describe('A header, cookie or query parameter whose value names a subset (e.g. `header:x-canary` with `x-canary: v2`): such a request or session goes to that subset whatever the weights (weight 0 included). Other values are ignored. Read after the route\'s `auth`: a header the auth policy forwards from a verified claim (and strips from clients) pins by that claim.'),
-}).describe('Version-aware routing (docs/canary.md): split new requests and sessions of this route between label subsets of its upstream\'s endpoints, sticky per key. The weights can change by a reload or `PUT /routes/NAME/split` on the admin listener; open sessions stay where they are.')
+  rebalance: z.boolean().default(false)
+    .describe('Routes to `mux` upstreams: after every reload and admin change, open sessions whose endpoint is outside the subset their key is assigned now move there by backend handoff (docs/backend-handoff.md), their clients connected throughout, at most the upstream\'s `handoff.maxPerSec` a second. Resumable `ferry/client` sessions are not handed over (they stay). Off: open sessions stay where they are.'),
+}).describe('Version-aware routing (docs/canary.md): split new requests and sessions of this route between label subsets of its upstream\'s endpoints, sticky per key. The weights can change by a reload or `PUT /routes/NAME/split` on the admin listener; open sessions stay where they are unless `rebalance`.')
 
 const routeSchema = z.strictObject({
   match: z.strictObject({
@@ -657,6 +659,9 @@ export function checkSplit (split: SplitInput, upstreamName: string, u: { protoc
     else seen.set(name, j)
   })
   if (u === undefined || (u.protocol !== 'http' && u.protocol !== 'ws' && u.protocol !== 'mux')) return // the route's own check names it
+  if (split.rebalance && u.protocol !== 'mux') {
+    ctx.addIssue({ code: 'custom', path: [...path, 'rebalance'], input: true, message: `moves open sessions by backend handoff, which only mux upstreams have; ${upstreamName} is ${u.protocol}` })
+  }
   if (u.dns !== undefined) {
     ctx.addIssue({ code: 'custom', path, input: upstreamName, message: `upstream ${upstreamName} takes its endpoints from dns, which carry no labels; a split needs static endpoints with labels or a registry whose backends announce them` })
     return

@@ -110,6 +110,11 @@ export interface WsUpstream {
   status: () => object
   /** The active endpoints' labels and whether each takes new sessions now (a route split's /status). */
   labelled: () => Array<{ labels: Labels, healthy: boolean }>
+  /**
+   * mux: a route split with `rebalance` changed its weights: move those of `sessions` (open sessions of
+   * the route) that are outside their subset now, by backend handoff, paced. Returns how many it looks at.
+   */
+  rebalance?: (sessions: ReadonlyArray<{ readonly leg: UpstreamLeg, readonly split: SplitAsk }>) => number
   /** mux: the front's pub/sub, for the backend's PUBLISH frames. */
   bindPublisher?: (p: TopicPublisher) => void
   /** Scrape-time gauges. */

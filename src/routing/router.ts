@@ -80,6 +80,11 @@ export class Router {
   list (): readonly Route[] {
     return this.routes
   }
+
+  /** The route of this name (`host/path`, `*` for any host), if any. */
+  byName (name: string): Route | undefined {
+    return this.routes.find((r) => r.name === name)
+  }
 }
 
 function rank (r: CompiledRoute): number {

@@ -31,12 +31,15 @@ export interface SubsetCounts {
   unhealthy: number
   /** Times this subset was the key's choice but no endpoint carried its labels. */
   noEndpoints: number
+  /** Open sessions a rebalance started moving to this subset. */
+  rebalanced: number
 }
 
 interface SubsetCounters {
   readonly counts: SubsetCounts
   readonly assigned: Record<AssignedBy, Counter.Internal | undefined>
   readonly fallbacks: Record<FallbackReason, Counter.Internal | undefined>
+  readonly rebalanced: Counter.Internal | undefined
 }
 
 /**
@@ -54,7 +57,7 @@ export class SplitStats {
     if (c === undefined) {
       const m = this.metrics
       c = {
-        counts: { weight: 0, pin: 0, fallback: 0, unhealthy: 0, noEndpoints: 0 },
+        counts: { weight: 0, pin: 0, fallback: 0, unhealthy: 0, noEndpoints: 0, rebalanced: 0 },
         assigned: {
           weight: m?.splitAssigned.labels(route, subset, 'weight'),
           pin: m?.splitAssigned.labels(route, subset, 'pin'),
@@ -64,6 +67,7 @@ export class SplitStats {
           unhealthy: m?.splitFallbacks.labels(route, subset, 'unhealthy'),
           no_endpoints: m?.splitFallbacks.labels(route, subset, 'no_endpoints'),
         },
+        rebalanced: m?.splitRebalanced.labels(route, subset),
       }
       this.byKey.set(k, c)
     }
@@ -89,6 +93,12 @@ export class Subset implements LabelSelector {
   assigned (by: AssignedBy): void {
     this.counters.counts[by]++
     this.counters.assigned[by]?.inc()
+  }
+
+  /** A rebalance started moving an open session here. */
+  rebalanced (): void {
+    this.counters.counts.rebalanced++
+    this.counters.rebalanced?.inc()
   }
 }
 
@@ -184,10 +194,11 @@ export class RouteSplit {
 
   /** /status: the subsets with their weights and counts. */
   status (endpoints: ReadonlyArray<{ readonly labels?: Labels, readonly healthy: boolean }> | undefined): object {
-    const row = (name: string, c: SubsetCounts): object => ({ assigned: { weight: c.weight, pin: c.pin, fallback: c.fallback }, fallbacksFrom: { unhealthy: c.unhealthy, noEndpoints: c.noEndpoints }, name })
+    const row = (name: string, c: SubsetCounts): object => ({ assigned: { weight: c.weight, pin: c.pin, fallback: c.fallback }, fallbacksFrom: { unhealthy: c.unhealthy, noEndpoints: c.noEndpoints }, rebalanced: c.rebalanced, name })
     return {
       key: this.keySource ?? 'client-ip',
       pin: this.cfg.pin ?? null,
+      rebalance: this.cfg.rebalance,
       subsets: this.subsets.map((s) => {
         const mine = endpoints?.filter((e) => s.matches(e.labels))
         return {

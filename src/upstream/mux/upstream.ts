@@ -15,6 +15,7 @@ import { LinkSlot, type LinkOwner } from './link.js'
 import { FERRY_TOPIC_SUFFIX, MuxLeg, ResumableLeg, type HandoffRequest, type LegMover } from './legs.js'
 import { fullBucket, takeToken, type Bucket } from '../../edge/token-bucket.js'
 import type { AffinityPlacement } from '../../affinity/placement.js'
+import type { RouteSplit, SplitAsk } from '../../routing/split.js'
 import type { ResumeClaims, ResumeTokens } from '../../sessions/token.js'
 import { Kind } from '../../client/wire.js'
 import type { Histogram } from 'prom-client'
@@ -131,7 +132,18 @@ export interface MuxUpstreamDeps {
   readonly gatewayId: string
   readonly placement?: AffinityPlacement
   readonly tokens?: ResumeTokens
+  /** A route's split in the running config (a reload or an admin change replaces it), by route name. */
+  readonly routeSplit?: (route: string) => RouteSplit | undefined
 }
+
+/** A session a route split's rebalance may move: its leg and what its split asked when it opened. */
+export interface SplitSession {
+  readonly leg: UpstreamLeg
+  readonly split: SplitAsk
+}
+
+/** How often a rebalance starts its next wave of handoffs (each wave: maxPerSec / 10 sessions). */
+const REBALANCE_WAVE_MS = 100
 
 /**
  * A `protocol: mux` upstream: `pool.links` links per endpoint, sessions as streams on the least-loaded
@@ -163,9 +175,16 @@ export class MuxUpstream implements WsUpstream, LegMover {
   private handoffsWaiting = 0
   private readonly handoffOutcomes = new Map<string, Counter.Internal>()
   private readonly handoffSeconds: Histogram.Internal<'upstream'>
+  private readonly routeSplit: ((route: string) => RouteSplit | undefined) | undefined
+  /** What each session's route split asked when it opened: where a handoff or a rebalance sends it now. */
+  private readonly splitAsks = new WeakMap<MuxLeg, SplitAsk>()
+  /** Sessions a rebalance still has to look at, and its wave timer (one rebalance at a time per upstream). */
+  private rebalanceQueue: SplitSession[] = []
+  private rebalanceTimer: NodeJS.Timeout | undefined
 
   constructor (readonly name: string, readonly cfg: MuxUpstreamConfig, readonly log: Logger, readonly metrics: Metrics, source: EndpointSource, deps: MuxUpstreamDeps) {
     this.gatewayId = deps.gatewayId
+    this.routeSplit = deps.routeSplit
     this.handoffBucket = fullBucket(Math.max(1, Math.ceil(cfg.handoff.maxPerSec / 10)))
     this.handoffSeconds = metrics.muxHandoffSeconds.labels(name)
     this.placement = deps.placement
@@ -335,6 +354,7 @@ export class MuxUpstream implements WsUpstream, LegMover {
       leg.meta = meta
       leg.address = owner.address
       leg.mover = this
+      if (hs.split !== undefined) this.splitAsks.set(leg, hs.split)
       if (hs.affinityKey !== undefined) this.track(leg, key, owner.address, o.known, 0)
       return leg
     }
@@ -399,13 +419,17 @@ export class MuxUpstream implements WsUpstream, LegMover {
     const key = String(leg.meta.key ?? '')
     const hashed = key !== '' ? hashKey(key) : undefined
     const deadline = Date.now() + this.cfg.timeouts.openMs
+    const ask = this.currentAsk(leg)
     for (;;) {
       if (leg.state === 'closed') throw new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client left during the handoff')
       if (this.closed) throw new FerryError('FERRY_ERR_HANDOFF_FAILED', `upstream ${this.name} is closing`)
       const now = Date.now()
       const balancer = key !== '' ? this.byKey : this.balancer
-      let owner = balancer.pick(Infinity, now, from, hashed)
-      if (owner?.acceptsAt(now) !== true) owner = this.set.active.find((e) => e !== from && e.acceptsAt(now)) ?? (from?.acceptsAt(now) === true ? from : undefined)
+      // A session of a route with a split goes to the subset its key is assigned now (after a weight
+      // change: its new subset), falling back as a new session would. Not counted: it is not a new session.
+      const subset = ask?.split.assign(ask, this.set.active, now, from, false)
+      let owner = balancer.pick(Infinity, now, from, hashed, subset)
+      if (owner?.acceptsAt(now) !== true) owner = this.set.active.find((e) => e !== from && e.acceptsAt(now) && within(e, subset)) ?? this.set.active.find((e) => e !== from && e.acceptsAt(now)) ?? (from?.acceptsAt(now) === true ? from : undefined)
       const slot = owner?.readyLink()
       if (owner !== undefined && slot?.conn !== undefined) {
         const meta = {
@@ -431,6 +455,55 @@ export class MuxUpstream implements WsUpstream, LegMover {
         const done = (): void => { clearTimeout(timer); resolve() }
         this.waiters.push(done)
       })
+    }
+  }
+
+  /** What `leg`'s key asks of its route's split now: the running config's split of its route (none if it has none any more). */
+  private currentAsk (leg: MuxLeg): SplitAsk | undefined {
+    const ask = this.splitAsks.get(leg)
+    if (ask === undefined) return undefined
+    const split = this.routeSplit !== undefined ? this.routeSplit(ask.split.route) : ask.split
+    return split === undefined ? undefined : split === ask.split ? ask : { split, key: ask.key, pin: ask.pin }
+  }
+
+  /**
+   * A route split with `rebalance` changed: its open sessions on this upstream whose endpoint is outside
+   * the subset their key is assigned now move there by backend handoff, at most handoff.maxPerSec a
+   * second (waves every 100 ms; each session is looked at again when its wave comes, against the split
+   * running then). Sessions that cannot be handed over (resumable ferry/client sessions, a backend that
+   * does not speak handoff) stay. A newer rebalance replaces what is left of this one. Returns how many
+   * sessions it will look at.
+   */
+  rebalance (sessions: ReadonlyArray<SplitSession>): number {
+    this.rebalanceQueue = sessions.filter((s) => s.leg instanceof MuxLeg && s.leg.mover === this)
+    if (this.rebalanceTimer === undefined && this.rebalanceQueue.length > 0) {
+      this.rebalanceTimer = setInterval(() => { this.rebalanceWave() }, REBALANCE_WAVE_MS)
+      this.rebalanceTimer.unref()
+      this.rebalanceWave()
+    }
+    return this.rebalanceQueue.length
+  }
+
+  private rebalanceWave (): void {
+    let budget = Math.max(1, Math.ceil(this.cfg.handoff.maxPerSec * REBALANCE_WAVE_MS / 1000))
+    const now = Date.now()
+    while (budget > 0 && this.rebalanceQueue.length > 0 && !this.closed) {
+      const mux = this.rebalanceQueue.shift()!.leg as MuxLeg
+      const ask = this.currentAsk(mux)
+      const at = this.set.get(mux.address)
+      if (ask === undefined || at === undefined) continue
+      // The key's subset now, its own endpoint counted (a session where it belongs stays).
+      const subset = ask.split.assign(ask, this.set.active, now, undefined, false)
+      // Already in its subset, or nowhere better to go (no subset has an endpoint that takes sessions now).
+      if (subset === undefined || subset.matches(at.labels)) continue
+      if (!mux.startHandoff(`rebalance to subset ${subset.name}`)) continue
+      subset.rebalanced()
+      budget--
+    }
+    if (this.rebalanceQueue.length === 0 || this.closed) {
+      this.rebalanceQueue = []
+      if (this.rebalanceTimer !== undefined) clearInterval(this.rebalanceTimer)
+      this.rebalanceTimer = undefined
     }
   }
 
