@@ -3,7 +3,7 @@ import WebSocket, { WebSocketServer } from 'ws'
 import { createMuxServer, type MuxServer } from '../src/backend/index.js'
 import { adminRequest } from './helpers/admin.js'
 import { metric, startFerry, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
-import { connect, connectMany, startMuxBackend, type Client } from './helpers/mux.js'
+import { connect, rawFerry, startMuxBackend, type Client } from './helpers/mux.js'
 import { startRedis } from './helpers/redis.js'
 
 /**
@@ -44,22 +44,9 @@ async function muxBackend (t: Teardown, version: string, register?: { redis: str
 
 /** The first message (the version greeting) of a session to `url`. */
 async function greeting (url: string, headers: Record<string, string> = {}): Promise<{ client: Client, version: string }> {
-  const ws = Object.keys(headers).length === 0 ? await connect(url) : await connectWithHeaders(url, headers)
+  const ws = await connect(url, undefined, headers)
   await ws.waitMessages(1)
   return { client: ws, version: ws.messages[0]!.data.toString() }
-}
-
-async function connectWithHeaders (url: string, headers: Record<string, string>): Promise<Client> {
-  const ws = new WebSocket(url, { headers })
-  const messages: Client['messages'] = []
-  let waiting: { n: number, resolve: () => void } | undefined
-  ws.on('message', (data: Buffer, binary) => {
-    messages.push({ data, binary })
-    if (waiting !== undefined && messages.length >= waiting.n) { const w = waiting; waiting = undefined; w.resolve() }
-  })
-  const closed = new Promise<{ code: number, reason: string }>((resolve) => { ws.on('close', (code, reason) => { resolve({ code, reason: reason.toString() }) }) })
-  await new Promise<void>((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
-  return { ws, messages, closed, waitMessages: async (n) => { if (messages.length < n) await new Promise<void>((resolve) => { waiting = { n, resolve } }) } }
 }
 
 /** Opens one session per key (`user-0` …), 50 at a time, and returns each one's version; sessions are closed after. */
@@ -204,15 +191,6 @@ t.test('registry: ferry/backend announces its labels; a subset without endpoints
   t.equal(count(later.slice(0, 60), 'v2'), fallbacks, `of the first 60 keys, exactly the ${fallbacks} that fell back now reach v2`)
   t.throws(() => createMuxServer({ port: 0, register: { redis: redis.url, service: 'chat', labels: { version: 'v 2' } } }), /register\.labels/, 'ferry/backend refuses malformed labels at createMuxServer (nothing listens)')
 })
-
-/** A raw ferry.v1 connection: its first message must be the welcome. */
-async function rawFerry (url: string, offer?: string): Promise<{ client: Client, welcome: Record<string, any> }> {
-  const client = await connect(url, offer === undefined ? ['ferry.v1'] : ['ferry.v1', offer])
-  await client.waitMessages(1)
-  const first = client.messages[0]!.data.toString()
-  if (!first.startsWith('c')) throw new Error(`first message is not a control message: ${first.slice(0, 40)}`)
-  return { client, welcome: JSON.parse(first.slice(1)) as Record<string, any> }
-}
 
 t.test('a ferry/client session resumes on its endpoint through another pod after a split change sends its key elsewhere', async (t) => {
   const b1 = await muxBackend(t, 'v1')
