@@ -377,6 +377,8 @@ export class Gateway {
    * file's weights again. Other pods are not told: each pod is changed on its own (or through the file).
    */
   async setSplitWeights (route: string, weights: unknown): Promise<SplitChangeResult> {
+    // Every route name has a `/` (its path): a name without one is `HOST/`, so `*` is the root route `*/`.
+    if (!route.includes('/')) route += '/'
     return await this.serially(async () => {
       const cfg = this.cfg
       const i = cfg.routes.findIndex((r) => routeName(r) === route)

@@ -134,7 +134,8 @@ t.test('http split 90/10: share within bounds, sticky per key, the same on two g
   t.match(unknown.body.errors.join('\n'), /weights\.v3: names no subset of route \*\/ \(subsets: v1, v2\)/, 'an unknown subset is refused by name')
   t.equal((await putSplit(b, '*/nope', { weights: { v1: 100 } }, TOKEN)).status, 404, 'an unknown route: 404')
   t.equal(differing(await versions(b, 300), onA.slice(0, 300)), 0, 'refused changes left the running split as it was (300 keys, 0 moved)')
-  const ok = await putSplit(b, '*/', { weights: { v1: 50, v2: 50 } }, TOKEN)
+  // The root route `*/` is also `/routes/*/split`.
+  const ok = await putSplit(b, '*', { weights: { v1: 50, v2: 50 } }, TOKEN)
   t.equal(ok.status, 200, 'PUT with the token and weights summing to 100: 200')
   t.match(ok.body.split, { setBy: 'admin', subsets: [{ name: 'v1', weight: 50 }, { name: 'v2', weight: 50 }] }, 'the answer shows the new split')
   t.equal(differing(await versions(b, 1000), half.slice(0, 1000)), 0, 'gateway B changed by the admin API agrees with A changed by reload (1000 keys, 0 differ)')
