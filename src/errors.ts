@@ -75,7 +75,11 @@ export const ERRORS = {
   FERRY_ERR_WS_MESSAGE_RATE: { status: 0, description: 'A WebSocket client sent messages faster than the route\'s websocket.messageRate; it was closed 1008.' },
   FERRY_ERR_INTERNAL: { status: 500, description: 'A bug in Ferry; the request is answered 500 and the process keeps running.' },
   // Service discovery and health checks (docs/discovery.md).
-  FERRY_ERR_NO_HEALTHY_ENDPOINT: { status: 503, description: 'No endpoint of the upstream is healthy (all ejected or failing health checks) and its whenAllUnhealthy is fail, or its source (dns, registry) found no endpoints: refused at once (HTTP 503 with Retry-After, upgrade 503, TCP connection closed).' },
+  FERRY_ERR_NO_HEALTHY_ENDPOINT: { status: 503, description: 'No endpoint of the upstream is healthy (all ejected or failing health checks) and its whenAllUnhealthy is fail, or its source (dns, registry) found no endpoints, or the operator drains every one of them: refused at once (HTTP 503 with Retry-After, upgrade 503, TCP connection closed).' },
+  // Endpoint drain and admin states (docs/endpoint-drain.md).
+  FERRY_ERR_ENDPOINT_DRAINING: { status: 0, description: 'The session\'s backend endpoint is leaving (drained by the operator, removed from the upstream\'s source, or failing its health): the session was closed 1012 with a `retry-after-ms` hint in a paced wave (upstream drain.maxMigrationsPerSec), and its backend side closed 1012; the client reconnects to another endpoint.' },
+  FERRY_ERR_UNKNOWN_UPSTREAM: { status: 404, description: 'An admin request (POST /upstreams/NAME/endpoints/ADDR/drain or /ready) named an upstream the running config does not have; nothing was done.' },
+  FERRY_ERR_UNKNOWN_ENDPOINT: { status: 404, description: 'An admin request (POST /upstreams/NAME/endpoints/ADDR/drain or /ready) named an address that is not an endpoint of that upstream now (not host:port, or not in its endpoint set); nothing was done.' },
   FERRY_ERR_DISCOVERY: { status: 0, description: 'An endpoint source could not refresh (DNS resolution failed or came back empty, the registry\'s Redis was unreachable); the upstream keeps its last good endpoint set and retries.' },
   // Admin listener and status console (docs/console.md).
   FERRY_ERR_ADMIN_UNAUTHORIZED: { status: 401, description: 'An admin request (/status, /events, POST /drain, POST /reload; /metrics with admin.protectMetrics) carried no `Authorization: Bearer` token, or not the configured admin.token; nothing was done.' },

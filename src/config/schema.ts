@@ -104,6 +104,22 @@ const whenAllUnhealthy = z.enum(['panic', 'fail']).default('panic')
 const boundedLoadFactor = z.number().min(1).max(100).optional()
   .describe('With `balance: hash` and for affinity keys: hashing with bounded load. An endpoint already carrying more than this × the average load is passed over for the next one in the key\'s rendezvous order (e.g. 1.25). Absent: no bound (a hot key can load one endpoint without limit).')
 
+/** Pacing of moving sessions off leaving endpoints (docs/endpoint-drain.md). */
+const drainPacing = {
+  maxMigrationsPerSec: positiveInt.default(200).describe('At most this many sessions per second are moved off the leaving endpoints of this upstream, all of them together (each closed 1012 with a `retry-after-ms` hint; the new one goes to another endpoint).'),
+  spreadMs: nonNegativeInt.default(20000).describe('Each leaving endpoint\'s sessions are moved evenly over this long (at least one per second), or slower when maxMigrationsPerSec says so. 0: as fast as maxMigrationsPerSec allows.'),
+}
+
+const onUnhealthy = z.enum(['drain', 'keep']).default('drain')
+  .describe('`drain`: the sessions of an endpoint failing its health (active checks down, or ejected by passive health) are moved off like those of a removed one, as long as another endpoint is healthy; `keep`: they stay until they end (what HAProxy and Envoy do unless told otherwise).')
+
+const endpointDrainWs = z.strictObject({ ...drainPacing, onUnhealthy }).prefault({})
+  .describe('Sessions of an endpoint that leaves (removed from the source, failing its health, or drained by the operator with POST /upstreams/NAME/endpoints/ADDR/drain) are closed 1012 in paced waves; new sessions go to the other endpoints at once.')
+const endpointDrainHttp = z.strictObject({ ...drainPacing, onUnhealthy }).prefault({})
+  .describe('For the WebSocket sessions passed through to this upstream\'s endpoints: those of an endpoint that leaves (removed from the source, failing its health, or drained by the operator with POST /upstreams/NAME/endpoints/ADDR/drain) are closed 1012 in paced waves. HTTP requests under way finish; new ones, like new sessions, go to the other endpoints at once.')
+const endpointDrainMux = z.strictObject(drainPacing).prefault({})
+  .describe('Sessions of an endpoint drained by the operator (POST /upstreams/NAME/endpoints/ADDR/drain) are moved off in paced waves (for now: closed 1012 with a retry hint); new sessions go to the other endpoints at once. A removed mux endpoint\'s links say GOAWAY and its sessions continue until they end.')
+
 /** The source fields every upstream kind has: exactly one of them (checked in configSchema). */
 const sources = <T extends z.ZodOptional<z.ZodType<string[]>>>(endpointList: T) => ({
   endpoints: endpointList,
@@ -123,6 +139,7 @@ const httpUpstream = z.strictObject({
     idempotent: z.boolean().default(true).describe('Retry GET/HEAD/OPTIONS/PUT/DELETE once on another endpoint when the connection failed before any response byte.'),
   }).prefault({}).describe('Retry policy.'),
   ejection: ejection.describe('Passive health: endpoints that keep failing are taken out for a while.'),
+  drain: endpointDrainHttp,
 })
 
 /** `host:port` or `[v6]:port`: a TCP upstream has no scheme. */
@@ -169,6 +186,7 @@ const wsUpstream = z.strictObject({
     connectMs: durationMs(5000, 'Budget for the backend TCP connect and WebSocket handshake; exceeded → the client\'s upgrade is answered 502 (or 504).'),
   }).prefault({}).describe('Deadlines Ferry enforces towards the backend.'),
   ejection: ejection.describe('Passive health: endpoints whose handshakes keep failing are taken out for a while.'),
+  drain: endpointDrainWs,
 })
 
 const muxUpstream = z.strictObject({
@@ -204,6 +222,7 @@ const muxUpstream = z.strictObject({
     maxDelayMs: durationMs(5000, 'Cap of the exponential, fully jittered reconnect delay.'),
   }).prefault({}).describe('Link reconnect backoff.'),
   ejection: ejection.describe('Passive health: endpoints whose links keep failing to connect are taken out for a while.'),
+  drain: endpointDrainMux,
 })
 
 export const upstreamSchema = z.discriminatedUnion('protocol', [httpUpstream, wsUpstream, muxUpstream, tcpUpstream]).describe('One backend service; `protocol` selects its kind.')
