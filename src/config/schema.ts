@@ -400,7 +400,7 @@ export const configSchema = z.strictObject({
   }).prefault({}).describe('Identity of this gateway process.'),
   listen: z.strictObject({
     http: listener('0.0.0.0', 8080).prefault({}).describe('The HTTP and WebSocket front (uWebSockets.js).'),
-    admin: listener('127.0.0.1', 9901).prefault({}).describe('Admin API and status console: /healthz /readyz /metrics /status /events, POST /drain /reload, the console at /. Keep it off public interfaces, and set `admin.token` when it is reachable by anyone else.'),
+    admin: listener('127.0.0.1', 9901).prefault({}).describe('Admin API and status console: /healthz /readyz /metrics /status /events, POST /drain /reload, POST /upstreams/NAME/endpoints/ADDR/drain and /ready, the console at /. Keep it off public interfaces, and set `admin.token` when it is reachable by anyone else.'),
     tcp: z.array(tcpListener).default([]).describe('Raw TCP passthrough ports, each forwarding to a `protocol: tcp` upstream.'),
   }).prefault({}).describe('Listening sockets.'),
   http: z.strictObject({
@@ -463,7 +463,7 @@ export const configSchema = z.strictObject({
   }).prefault({}).describe('Hot reload (docs/reload.md).'),
   admin: z.strictObject({
     token: z.string().min(16, { error: 'must be at least 16 characters' }).optional()
-      .describe('Bearer token the admin listener requires (`Authorization: Bearer TOKEN`) for /status, POST /drain, POST /reload and the console\'s live channel /events (docs/console.md). /healthz and /readyz stay open for probes; /metrics too unless `protectMetrics`. Default: the FERRY_ADMIN_TOKEN environment variable, else none (the admin API is open: keep listen.admin on 127.0.0.1). Compared in constant time.'),
+      .describe('Bearer token the admin listener requires (`Authorization: Bearer TOKEN`) for /status, the POSTs (/drain, /reload, an endpoint\'s /drain and /ready) and the console\'s live channel /events (docs/console.md). /healthz and /readyz stay open for probes; /metrics too unless `protectMetrics`. Default: the FERRY_ADMIN_TOKEN environment variable, else none (the admin API is open: keep listen.admin on 127.0.0.1). Compared in constant time.'),
     tokenFile: z.string().min(1).optional().describe('Read the token from this file instead (a mounted Kubernetes Secret); surrounding whitespace is ignored. Read at start and on reload.'),
     protectMetrics: z.boolean().default(false).describe('Require the token for /metrics too (Prometheus: `authorization: { credentials_file: ... }`). Off by default: metrics carry no secrets and no per-client labels, and most scrapers are set up without credentials.'),
     console: z.strictObject({
