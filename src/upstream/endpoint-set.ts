@@ -130,10 +130,13 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E>, Draina
     return n
   }
 
-  /** The member at `address` is not healthy while another member that takes new work is (so its sessions have somewhere to go). */
+  /**
+   * The member at `address` is ejected or checked down while another member that takes new work is
+   * healthy (so its sessions have somewhere to go). One still `starting` its checks is not: it is new.
+   */
   unhealthy (address: string, now: number): boolean {
     const e = this.byAddr.get(address)
-    if (e === undefined || healthyAt(e, now)) return false
+    if (e === undefined || (e.passive.acceptsAt(now) && e.checked?.state !== 'down')) return false
     return this.active.some((o) => o !== e && healthyAt(o, now))
   }
 
