@@ -31,11 +31,14 @@ async function echoMux (t: Teardown, log: BackendLog): Promise<MuxServer & { por
   }, { resume: { windowMs: 30_000 } })
 }
 
+/** Requests for /slow the backend has received (the drain test waits for one, not for a fixed time). */
+let slowSeen = 0
+
 /** An HTTP backend: /slow answers after `slowMs`, anything else at once. */
 async function httpBackend (t: Teardown, slowMs: number): Promise<number> {
   const server = createServer((req, res) => {
     const body = `ok ${req.url ?? ''}`
-    if (req.url === '/slow') setTimeout(() => { res.end(body) }, slowMs)
+    if (req.url === '/slow') { slowSeen++; setTimeout(() => { res.end(body) }, slowMs) }
     else res.end(body)
   })
   server.listen(0, '127.0.0.1')
@@ -102,8 +105,10 @@ t.test('drain: not ready at once, accepts during the grace, migrates sessions pa
   for (const c of plain) c.ws.on('close', (code: number) => { plainClosed.push({ at: Date.now(), code }) })
 
   // A slow request in flight when the drain starts.
+  const seen = slowSeen
   const slow = get(a.httpPort, '/slow')
-  await new Promise((resolve) => setTimeout(resolve, 100))
+  // In flight: the backend has it (a fixed wait could start the drain after the backend answered, on a loaded machine).
+  await waitFor('the slow request at the backend', () => slowSeen > seen, 5000)
 
   const cli = await runCli(['drain', '--admin', `127.0.0.1:${a.adminPort}`])
   t.equal(cli.code, 0, '`ferry drain --admin` exits 0')

@@ -291,14 +291,14 @@ t.test('an HTTP upstream\'s WebSocket twin: an operator drain closes the passed-
   t.match(st, { admin: 'drain', drain: { cause: 'operator', moved: 15, sessionsLeft: 0 } }, '/status of the HTTP upstream shows A drained with its 15 sessions moved')
 })
 
-t.test('mux: an operator drain keeps new sessions off the endpoint and moves its sessions paced (closed 1012 for now)', async (t) => {
+t.test('mux: an operator drain keeps new sessions off the endpoint and moves its sessions paced by handoff.maxPerSec (closed 1012 for now)', async (t) => {
   const ends: Record<string, number[]> = { A: [], B: [] }
   const [a, b] = await Promise.all(['A', 'B'].map(async (id) => await startMuxBackend(t, (s) => {
     s.send(id)
     s.on('close', (code: number) => { ends[id]!.push(code) })
   })))
   const f = await startFerry(t, {
-    upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${a!.port}`, `127.0.0.1:${b!.port}`], balance: 'round-robin', pool: { links: 2 }, drain: { maxMigrationsPerSec: 10, spreadMs: 1000 } } },
+    upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${a!.port}`, `127.0.0.1:${b!.port}`], balance: 'round-robin', pool: { links: 2 }, handoff: { maxPerSec: 10 } } },
     routes: [{ match: { path: '/chat' }, upstream: 'chat' }],
     logging: { level: 'info', accessLog: false },
   })

@@ -205,7 +205,8 @@ function open (f: FerryProcess, bytes: string | string[], giveUpMs: number): Exc
     s.on('close', () => { ex.closed = true; ex.closedMs = Date.now() - t0; clearTimeout(timer); resolve() })
   })
   const parts = typeof bytes === 'string' ? [bytes] : bytes
-  parts.forEach((part, i) => { setTimeout(() => { if (!s.destroyed) s.write(part, 'latin1') }, i * 100) })
+  // Timed from the connect: parts written before it would leave together, in one read (seen on a loaded machine).
+  s.once('connect', () => { parts.forEach((part, i) => { setTimeout(() => { if (!s.destroyed) s.write(part, 'latin1') }, i * 100) }) })
   return ex
 }
 

@@ -122,7 +122,7 @@ function raw (port: number, bytes: string | string[], giveUpMs = 3000, stopAtRes
     s.on('close', () => { r.closed = true; clearTimeout(timer); resolve() })
   })
   const parts = typeof bytes === 'string' ? [bytes] : bytes
-  parts.forEach((p, i) => { setTimeout(() => { if (!s.destroyed) s.write(p, 'latin1') }, i * 100) })
+  s.once('connect', () => { parts.forEach((p, i) => { setTimeout(() => { if (!s.destroyed) s.write(p, 'latin1') }, i * 100) }) })
   return r
 }
 

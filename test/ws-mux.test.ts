@@ -147,9 +147,10 @@ t.test('a client that stops reading is held by credit: the others carry on, gate
   for (const c of [slow, ...others]) c.ws.close()
 })
 
-t.test('a killed link closes only its sessions with 1012; the others continue and the pool reconnects', async (t) => {
+t.test('without failover, a killed link closes only its sessions with 1012; the others continue and the pool reconnects', async (t) => {
   const backend = await startMuxBackend(t, (s) => { s.on('message', (d, b) => { s.send(d, { binary: b }) }) })
-  const f = await startFerry(t, muxConfig([`127.0.0.1:${backend.port}`], { pool: { links: 4 }, reconnect: { minDelayMs: 50, maxDelayMs: 200 } }))
+  // handoff.failover off: the behaviour before backend handoff (test/backend-handoff.test.ts has it on).
+  const f = await startFerry(t, muxConfig([`127.0.0.1:${backend.port}`], { pool: { links: 4 }, reconnect: { minDelayMs: 50, maxDelayMs: 200 }, handoff: { failover: false } }))
   const url = `ws://127.0.0.1:${f.httpPort}/chat`
   const clients = await connectMany(url, 200, 50)
   await waitFor('200 sessions', () => backend.sessions.size === 200)
@@ -196,7 +197,7 @@ t.test('misbehaving mux backend: bad frames reset a stream or the link, are coun
     // DATA from the gateway: echo (so healthy sessions prove the link still works)
     socket.write(encodeFrame(FrameType.DATA, f.flags & Flags.BINARY, id, f.payload))
   })
-  const f = await startFerry(t, muxConfig([`127.0.0.1:${evil.port}`], { pool: { links: 1 }, flow: { initialWindow: 16384 }, reconnect: { minDelayMs: 50, maxDelayMs: 100 } }))
+  const f = await startFerry(t, muxConfig([`127.0.0.1:${evil.port}`], { pool: { links: 1 }, flow: { initialWindow: 16384 }, reconnect: { minDelayMs: 50, maxDelayMs: 100 }, handoff: { failover: false } }))
   const base = `ws://127.0.0.1:${f.httpPort}/chat`
   const healthy = await connect(`${base}/ok`)
   const echo = async (): Promise<boolean> => {
@@ -454,7 +455,7 @@ t.test('topic flood: a subscriber that stopped reading is closed at maxBackpress
 
 t.test('a link whose backend stops answering PING is declared dead: its clients get 1012, and it reconnects', async (t) => {
   const silent = await startRawMuxBackend(t, () => {}, {}, { answerPings: false })
-  const f = await startFerry(t, muxConfig([`127.0.0.1:${silent.port}`], { pool: { links: 1 }, timeouts: { pingIntervalMs: 200 }, reconnect: { minDelayMs: 50, maxDelayMs: 100 } }))
+  const f = await startFerry(t, muxConfig([`127.0.0.1:${silent.port}`], { pool: { links: 1 }, timeouts: { pingIntervalMs: 200 }, reconnect: { minDelayMs: 50, maxDelayMs: 100 }, handoff: { failover: false } }))
   const c = await connect(`ws://127.0.0.1:${f.httpPort}/chat`)
   const r = await closedWithin(c, 5000)
   t.equal(r.code, 1012, 'the client of the silent link is closed 1012')

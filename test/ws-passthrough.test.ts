@@ -460,6 +460,21 @@ t.test('backpressure to the backend: a client that stops reading pauses the back
   await assertAlive(t, f)
 })
 
+t.test('a maximal message always fits: maxPayloadLength-sized messages pass with the default maxBufferedToUpstream (issue 22.3)', async (t) => {
+  const backend = await startWsBackend(t)
+  // The defaults: maxPayloadLength 1 MiB, maxBufferedToUpstream 1 MiB.
+  const f = await startFerry(t, wsConfig([`127.0.0.1:${backend.port}`]))
+  const c = await connect(`ws://127.0.0.1:${f.httpPort}/ws`)
+  for (const size of [MiB - 13, MiB - 1, MiB]) {
+    const n = c.messages.length
+    c.ws.send(Buffer.alloc(size, 3))
+    await Promise.race([c.waitMessages(n + 1), c.closed])
+    t.equal(c.messages[n]?.data.length, size, `a ${size}-byte message is echoed (the frame header does not count against the limit)`)
+  }
+  t.equal(c.ws.readyState, WebSocket.OPEN, 'and the client is still open (not closed 1013)')
+  c.ws.close()
+})
+
 t.test('backpressure from the client: a backend that stops reading gets the client closed 1013 at maxBufferedToUpstream; RSS bounded', async (t) => {
   const backend = await startWsBackend(t, (ws) => { (ws as unknown as { _socket: Socket })._socket.pause() })
   const f = await startFerry(t, wsConfig([`127.0.0.1:${backend.port}`], {}, { websocket: { maxPayloadLength: 64 * 1024, maxBufferedToUpstream: MiB } }))

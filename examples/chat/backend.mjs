@@ -16,14 +16,22 @@ const members = new Map() // room → count
 
 const clean = (s, max) => String(s ?? '').replace(/[\u0000-\u001f]/g, '').slice(0, max)
 
+const joinedAt = new WeakMap() // session → when its user joined (the state a handoff carries)
+
 server.on('session', (session) => {
   const room = clean(session.query.get('room'), 40) || 'lobby'
   const name = clean(session.query.get('name'), 32) || `guest-${session.key.slice(-4)}`
   const topic = `room:${room}`
   members.set(room, (members.get(room) ?? 0) + 1)
-  session.subscribe(topic)
-  session.send(JSON.stringify({ type: 'welcome', room, name, members: members.get(room) }))
-  server.publish(topic, JSON.stringify({ type: 'joined', room, name, members: members.get(room) }))
+  // A session handed over by another backend process (a deploy, or a crash there) is the same user,
+  // still connected and already in the room: no welcome, no "joined". Its topics came along with it.
+  const moved = session.handoff
+  joinedAt.set(session, moved !== undefined && !moved.lost ? moved.state?.joinedAt ?? Date.now() : Date.now())
+  if (moved === undefined) {
+    session.subscribe(topic)
+    session.send(JSON.stringify({ type: 'welcome', room, name, members: members.get(room) }))
+    server.publish(topic, JSON.stringify({ type: 'joined', room, name, members: members.get(room) }))
+  }
 
   session.on('message', (data, isBinary) => {
     if (isBinary) { session.close(1003, 'text only'); return }
@@ -34,10 +42,16 @@ server.on('session', (session) => {
   session.on('close', () => {
     const n = (members.get(room) ?? 1) - 1
     if (n === 0) members.delete(room); else members.set(room, n)
-    if (n > 0) server.publish(topic, JSON.stringify({ type: 'left', room, name, members: n }))
+    // handedOff: the user did not leave, the session moved to another backend process.
+    if (n > 0 && !session.handedOff) server.publish(topic, JSON.stringify({ type: 'left', room, name, members: n }))
   })
 })
+// What a session takes along when this process drains (JSON, bounded): the new process reads session.handoff.state.
+server.on('handoff', (session) => ({ joinedAt: joinedAt.get(session) }))
 server.on('link', (l) => { process.stdout.write(`chat backend: gateway ${l.gateway} link ${l.event}${l.reason ? ` (${l.reason})` : ''}\n`) })
 await server.listening
 process.stdout.write(`chat backend (ferry/backend mux) listening on ${values.host}:${server.address().port}\n`)
-for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { server.close().then(() => process.exit(0), () => process.exit(1)) })
+// A deploy (SIGTERM) hands every session to another backend of the upstream through Ferry, 200 a second:
+// no user is disconnected. With no other backend up, sessions are closed 1012 and clients reconnect.
+process.on('SIGTERM', () => { server.drain({ deadlineMs: 20_000, maxMigrationsPerSec: 200 }).then(() => process.exit(0), () => process.exit(1)) })
+process.on('SIGINT', () => { server.close().then(() => process.exit(0), () => process.exit(1)) })

@@ -30,6 +30,13 @@ export class AffinityPlacement {
     }
   }
 
+  /** A live session with `key` moved to `endpoint` (backend handoff): the record follows it. */
+  moved (key: string, endpoint: string): void {
+    const l = this.live.get(key)
+    if (l !== undefined) l.endpoint = endpoint
+    void this.store.set(key, { endpoint, pod: this.pod, epoch: l?.epoch ?? 0 })
+  }
+
   closed (key: string): void {
     const l = this.live.get(key)
     if (l !== undefined && --l.n <= 0) this.live.delete(key)

@@ -50,6 +50,14 @@ export interface MuxServerOptions {
    * clients then get plain sessions).
    */
   resume?: { windowMs?: number, maxBufferedBytes?: number } | false
+  /**
+   * Backend handoff (docs/backend-handoff.md): `server.drain()` moves every session to another backend of
+   * the same upstream through the gateway, and sessions from a drained or crashed process arrive here with
+   * `session.handoff`. `timeoutMs` (default 2 s) bounds the `handoff` hook; `maxStateBytes` (default
+   * 32 KiB, and never more than the gateway's maxFrameBytes allows) bounds its JSON. `false` turns it off:
+   * `drain()` then closes sessions 1012 in paced waves.
+   */
+  handoff?: { timeoutMs?: number, maxStateBytes?: number } | false
   /** A prom-client Registry to register the library's metrics in (ferry_backend_*; read from `stats()` at scrape time). */
   registry?: Registry
   /**
@@ -72,11 +80,27 @@ export interface MuxServerStats {
   expired: number
   /** Messages sent again to resuming clients. */
   replayed: number
+  /** Sessions handed over to another backend (`drain()`), and those that arrived by a handoff (`lost`: from a process that died). */
+  handoff: { out: number, in: number, lostIn: number, stateErrors: Record<string, number> }
+}
+
+/** What `drain()` did. */
+export interface DrainResult {
+  /** Sessions handed over to another backend through the gateway; their clients stayed connected. */
+  handedOff: number
+  /** Sessions closed 1012 instead: their gateway does not speak handoff, they are resumable, or the deadline passed. */
+  closed: number
+  ms: number
 }
 
 interface ServerEvents {
   listening: []
   session: [session: Session]
+  /**
+   * A session is being handed to another backend: the (first) listener returns its state, JSON-serialisable,
+   * or a promise of it (bounded by `handoff.timeoutMs`); the new process gets it as `session.handoff.state`.
+   */
+  handoff: [session: Session]
   error: [err: Error]
   /** A gateway link connected or went away. */
   link: [info: { gateway: string, instance: string, remoteAddress: string, event: 'ready' | 'closed', reason?: string }]
@@ -102,7 +126,7 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
   private readonly server: NetServer
   private readonly links_ = new Set<Link>()
   private readonly sessionSet = new Set<Session>()
-  private readonly opts: Required<Omit<MuxServerOptions, 'tls' | 'resume' | 'registry' | 'register'>>
+  private readonly opts: Required<Omit<MuxServerOptions, 'tls' | 'resume' | 'registry' | 'register' | 'handoff'>>
   /** The registry entry (with `register`), once listening. */
   registration: Registration | undefined
   readonly resumeEnabled: boolean
@@ -115,6 +139,9 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
   private readonly acksDue = new Set<Session>()
   private ackTimer: NodeJS.Timeout | undefined
   private closing = false
+  private draining: Promise<DrainResult> | undefined
+  private readonly handoffOpts: { timeoutMs: number, maxStateBytes: number } | undefined
+  private readonly handoffCounts = { out: 0, in: 0, lostIn: 0, stateErrors: {} as Record<string, number> }
   private nextLinkId = 0
   /** TCP connections accepted since start (links, including ones that never completed HELLO). */
   connectionsAccepted = 0
@@ -133,6 +160,7 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
     const r = options.resume === false ? {} : options.resume ?? {}
     this.resumeWindowMs = r.windowMs ?? 30_000
     this.maxReplayBytes = r.maxBufferedBytes ?? 8 * 1024 * 1024
+    this.handoffOpts = options.handoff === false ? undefined : { timeoutMs: options.handoff?.timeoutMs ?? 2000, maxStateBytes: options.handoff?.maxStateBytes ?? 32 * 1024 }
     if (options.registry !== undefined) this.registerMetrics(options.registry)
     const onSocket = (socket: Socket): void => { this.accept(socket) }
     this.server = options.tls !== undefined ? createTlsServer(options.tls, onSocket) : createNetServer(onSocket)
@@ -207,7 +235,84 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
       resumeRefused: { ...this.counts.refused },
       expired: this.counts.expired,
       replayed: this.counts.replayed,
+      handoff: { ...this.handoffCounts, stateErrors: { ...this.handoffCounts.stateErrors } },
     }
+  }
+
+  /**
+   * Drains this process for a deploy without disconnecting anyone: stops listening and leaves the
+   * registry, says GOAWAY on every link (gateways open no new session here), then asks the gateway to move
+   * each session to another endpoint of its upstream, at most `maxMigrationsPerSec` a second (default 100).
+   * A moved session's client stays connected; the application's `handoff` hook gives each one's state.
+   * Sessions that cannot move (their gateway does not speak handoff, or they are resumable) are closed 1012
+   * in the same paced waves; whatever is left at `deadlineMs` (default 30 s) is closed 1012. Then the
+   * server closes. Calling it again returns the same promise.
+   */
+  async drain (opts: { deadlineMs?: number, maxMigrationsPerSec?: number } = {}): Promise<DrainResult> {
+    this.draining ??= this.runDrain(opts.deadlineMs ?? 30_000, opts.maxMigrationsPerSec ?? 100)
+    return await this.draining
+  }
+
+  private async runDrain (deadlineMs: number, perSec: number): Promise<DrainResult> {
+    const started = Date.now()
+    const result = { handedOff: 0, closed: 0, ms: 0 }
+    const outBefore = this.handoffCounts.out
+    await this.registration?.stop()
+    if (this.server.listening) this.server.close()
+    for (const l of this.links_) l.conn.goaway(GoawayCode.NORMAL, 'backend draining')
+    // Waves every 100 ms: at most perSec/10 sessions each (at least one), oldest first.
+    const perWave = Math.max(1, Math.floor(perSec / 10))
+    while (this.sessionSet.size > 0 && Date.now() - started < deadlineMs) {
+      let n = 0
+      for (const s of this.sessionSet) {
+        if (n >= perWave) break
+        if (s.leaving) continue
+        n++
+        if (this.handoffOpts === undefined || !s.requestMove('backend draining')) { s.close(1012, 'backend restarting; reconnect'); result.closed++ }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    for (const s of [...this.sessionSet]) { s.close(1012, 'backend restarting; reconnect'); result.closed++ }
+    result.handedOff = this.handoffCounts.out - outBefore
+    await this.close()
+    result.ms = Date.now() - started
+    return result
+  }
+
+  /** @internal The state a session takes along: the `handoff` hook's answer, bounded in time and size. */
+  async handoffState (s: Session): Promise<{ state?: unknown, stateError?: string }> {
+    const hook = this.listeners('handoff')[0] as ((s: Session) => unknown) | undefined
+    if (hook === undefined || this.handoffOpts === undefined) return {}
+    const fail = (why: string, err?: unknown): { stateError: string } => {
+      this.handoffCounts.stateErrors[why] = (this.handoffCounts.stateErrors[why] ?? 0) + 1
+      if (err !== undefined) this.appError(err, s)
+      return { stateError: why }
+    }
+    let state: unknown
+    try {
+      const v = hook(s)
+      if (v instanceof Promise) {
+        let timer: NodeJS.Timeout | undefined
+        const late = Symbol('late')
+        state = await Promise.race([v, new Promise((resolve) => { timer = setTimeout(() => resolve(late), this.handoffOpts!.timeoutMs) })]).finally(() => { clearTimeout(timer) })
+        if (state === late) return fail('timeout')
+      } else state = v
+    } catch (err) {
+      return fail('threw', err)
+    }
+    if (state === undefined) return {}
+    let json: string
+    try { json = JSON.stringify({ state }) } catch (err) { return fail('not_json', err) }
+    // The HANDOFF frame must fit the gateway's maxFrameBytes (with room for the wrapper).
+    const peerMax = s.linkMaxFrame
+    const max = Math.min(this.handoffOpts.maxStateBytes, peerMax - 64)
+    if (Buffer.byteLength(json) > max) return fail('too_large')
+    return { state }
+  }
+
+  /** @internal */
+  handedOff (_s: Session): void {
+    this.handoffCounts.out++
   }
 
   private registerMetrics (registry: Registry): void {
@@ -260,6 +365,7 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
       initialWindow: this.opts.initialWindow,
       maxMessageBytes: this.opts.maxMessageBytes,
       resume: this.resumeEnabled,
+      handoff: this.handoffOpts !== undefined,
     }, {
       ready: (peer: Hello) => {
         link = { id: ++this.nextLinkId, conn, instance: String(peer.instance), gateway: String(peer.id), remoteAddress, remotePort, topics: new Map() }
@@ -281,7 +387,7 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
   private openSession (stream: MuxStream, meta: Buffer, link: Link | undefined): StreamEvents | undefined {
     if (this.closing || link === undefined) return undefined
     let info: SessionInfo
-    let m: Partial<SessionInfo> & { resumable?: unknown, resume?: { session?: unknown, epoch?: unknown, received?: unknown } }
+    let m: Partial<Omit<SessionInfo, 'handoff'>> & { resumable?: unknown, resume?: { session?: unknown, epoch?: unknown, received?: unknown }, handoff?: unknown }
     try {
       m = JSON.parse(meta.toString('utf8')) as typeof m
       info = {
@@ -293,6 +399,7 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
         remoteAddress: String(m.remoteAddress ?? ''),
         protocol: String(m.protocol ?? ''),
         route: String(m.route ?? ''),
+        ...handoffFrom(m.handoff),
       }
     } catch {
       stream.reset(ResetCode.PROTOCOL, 'OPEN metadata is not JSON', 'FERRY_ERR_MUX_BAD_FRAME')
@@ -325,6 +432,12 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
     }
     const events = session.events()
     stream.events = events
+    if (info.handoff !== undefined) {
+      if (info.handoff.lost === true) this.handoffCounts.lostIn++
+      else this.handoffCounts.in++
+      // The topics it had on the old process: its client keeps getting them through this one.
+      for (const t of handoffTopics(m.handoff)) session.subscribe(t)
+    }
     // Synchronously: DATA right behind the OPEN in the same read must find the application's listeners.
     try {
       this.emit('session', session)
@@ -373,6 +486,21 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
     if (this.listenerCount('error') > 0) { this.emit('error', e); return }
     process.emitWarning(`ferry/backend: an application handler threw (session ${session.key}): ${e.stack ?? e.message}`)
   }
+}
+
+/** The `handoff` member of OPEN metadata, as SessionInfo carries it (malformed: none). */
+function handoffFrom (h: unknown): { handoff?: SessionInfo['handoff'] } {
+  if (h === null || typeof h !== 'object') return {}
+  const o = h as Record<string, unknown>
+  const from = typeof o.from === 'string' ? o.from : ''
+  if (o.lost === true) return { handoff: { lost: true, from } }
+  return { handoff: { state: o.state, from, ...(typeof o.stateError === 'string' ? { stateError: o.stateError } : {}) } }
+}
+
+function handoffTopics (h: unknown): string[] {
+  const t = h !== null && typeof h === 'object' ? (h as { topics?: unknown }).topics : undefined
+  if (!Array.isArray(t)) return []
+  return t.filter((x): x is string => typeof x === 'string' && Buffer.byteLength(x) >= 1 && Buffer.byteLength(x) <= 1024).slice(0, 10_000)
 }
 
 /** Starts a mux server; `await server.listening` before reading `server.address()`. */

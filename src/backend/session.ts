@@ -18,7 +18,19 @@ export interface SessionInfo {
   protocol: string
   /** The gateway route name. */
   route: string
+  /** Set when the session arrives through a handoff (see `Session.handoff`). */
+  handoff?: HandoffInfo
 }
+
+/**
+ * How a session arrived from another backend process. `state` is what the old process's `handoff` hook
+ * returned (undefined without a hook, or with `stateError` saying why it was dropped); `from` is the old
+ * endpoint's address as the gateway knows it. `lost: true`: the old process died (or never answered the
+ * handoff); messages it had received but not processed are gone, and there is no state.
+ */
+export type HandoffInfo =
+  | { readonly lost?: false, readonly state: unknown, readonly from: string, readonly stateError?: string }
+  | { readonly lost: true, readonly from: string }
 
 export type SendData = string | Buffer | Uint8Array | ArrayBuffer
 
@@ -47,6 +59,9 @@ function topicRef (link: Link, topic: string, delta: 1 | -1): void {
 
 /** @internal What a Session needs from its server. */
 export interface SessionHost {
+  /** Backend handoff: the state the application's `handoff` hook gives for `s` (bounded in time and size). */
+  handoffState: (s: Session) => Promise<{ state?: unknown, stateError?: string }>
+  handedOff: (s: Session) => void
   readonly resumeWindowMs: number
   readonly maxReplayBytes: number
   sessionEnded: (s: Session) => void
@@ -100,6 +115,15 @@ export class Session extends EventEmitter<SessionEvents> {
   readonly route: string
   /** The client uses `ferry/client`: the session survives reconnects (see `detach` / `resume`). */
   readonly resumable: boolean
+  /** The session arrived from another backend process (a drain or a crash there): what came with it. */
+  readonly handoff: HandoffInfo | undefined
+  /**
+   * The session left this process for another one (`server.drain()`): its client is still connected, so
+   * a `close` that follows is not the user leaving (skip "user left" presence messages and the like).
+   */
+  handedOff = false
+  /** Backend handoff: none, MOVE sent (waiting for the gateway's FREEZE), or FREEZE received. */
+  private moving: 'no' | 'asked' | 'frozen' = 'no'
   private readonly subscribed = new Set<string>()
   private stream: MuxStream | undefined
   private link: Link
@@ -129,6 +153,7 @@ export class Session extends EventEmitter<SessionEvents> {
     this.protocol = info.protocol
     this.route = info.route
     this.resumable = resumable
+    this.handoff = info.handoff
     this.stream = stream
     this.link = link
     this.countedOn = link
@@ -142,6 +167,11 @@ export class Session extends EventEmitter<SessionEvents> {
   /** The id of the link the session's stream is on (see `server.links()`). */
   get linkId (): number {
     return this.link.id
+  }
+
+  /** @internal The gateway's maxFrameBytes on this session's link (a HANDOFF must fit one frame). */
+  get linkMaxFrame (): number {
+    return this.link.conn.peer?.maxFrameBytes ?? 0
   }
 
   /** Parked: the client is away and may resume. */
@@ -179,6 +209,46 @@ export class Session extends EventEmitter<SessionEvents> {
     }
     return this.stream === undefined ? true : this.stream.send(own, binary)
   }
+
+  /**
+   * @internal Backend handoff: asks the gateway to move this session to another backend (MOVE). False
+   * when it cannot be moved: the link's gateway does not speak handoff, or the session is resumable
+   * (those are not handed over yet) or already moving.
+   */
+  requestMove (reason: string): boolean {
+    if (this.readyState !== ReadyState.OPEN || this.stream === undefined || this.resumable || this.moving !== 'no' || !this.link.conn.handoff) return false
+    this.moving = 'asked'
+    this.stream.requestMove(reason)
+    return true
+  }
+
+  /** Is asked to move or moving (a drain counts these as on their way out). */
+  get leaving (): boolean {
+    return this.moving !== 'no'
+  }
+
+  /**
+   * FREEZE: the gateway sends no more client messages on this stream. Every message that came before
+   * was handed to the application (synchronously, in order). Now: the state from the hook, then every
+   * message this session still queues for credit, then HANDOFF. The session then ends here (`close`
+   * 1012 with `handedOff` true) while its client stays connected through the gateway.
+   */
+  private onFreeze (): void {
+    const stream = this.stream
+    if (stream === undefined || this.readyState !== ReadyState.OPEN || this.moving === 'frozen') return
+    this.moving = 'frozen'
+    void this.host.handoffState(this).then(async (st) => {
+      if (stream.queued > 0) await new Promise<void>((resolve) => { this.afterDrain = resolve })
+      if (this.stream !== stream || this.readyState !== ReadyState.OPEN) return
+      stream.handOff(Buffer.from(JSON.stringify(st), 'utf8'))
+      this.handedOff = true
+      this.host.handedOff(this)
+      this.stream = undefined
+      this.ended(1012, 'handed off to another backend')
+    })
+  }
+
+  private afterDrain: (() => void) | undefined
 
   /** Closes the session; the client gets this code and reason (≤ 123 bytes). `close` is emitted. */
   close (code = 1000, reason = ''): void {
@@ -227,7 +297,12 @@ export class Session extends EventEmitter<SessionEvents> {
         this.safeEmit('message', data, binary)
       },
       end: (code, reason, cause) => { this.streamEnded(stream, code, reason, cause) },
-      drain: () => { this.safeEmit('drain') },
+      drain: () => {
+        const next = this.afterDrain
+        if (next !== undefined && (this.stream?.queued ?? 0) === 0) { this.afterDrain = undefined; next() }
+        this.safeEmit('drain')
+      },
+      ...(this.resumable ? {} : { freeze: () => { this.onFreeze() } }),
       ...(this.resumable ? { ack: (n: number) => { this.clientAck(n) } } : {}),
     }
   }

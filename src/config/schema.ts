@@ -117,8 +117,6 @@ const endpointDrainWs = z.strictObject({ ...drainPacing, onUnhealthy }).prefault
   .describe('Sessions of an endpoint that leaves (removed from the source, failing its health, or drained by the operator with POST /upstreams/NAME/endpoints/ADDR/drain) are closed 1012 in paced waves; new sessions go to the other endpoints at once.')
 const endpointDrainHttp = z.strictObject({ ...drainPacing, onUnhealthy }).prefault({})
   .describe('For the WebSocket sessions passed through to this upstream\'s endpoints: those of an endpoint that leaves (removed from the source, failing its health, or drained by the operator with POST /upstreams/NAME/endpoints/ADDR/drain) are closed 1012 in paced waves. HTTP requests under way finish; new ones, like new sessions, go to the other endpoints at once.')
-const endpointDrainMux = z.strictObject(drainPacing).prefault({})
-  .describe('Sessions of an endpoint drained by the operator (POST /upstreams/NAME/endpoints/ADDR/drain) are moved off in paced waves (for now: closed 1012 with a retry hint); new sessions go to the other endpoints at once. A removed mux endpoint\'s links say GOAWAY and its sessions continue until they end.')
 
 /** The source fields every upstream kind has: exactly one of them (checked in configSchema). */
 const sources = <T extends z.ZodOptional<z.ZodType<string[]>>>(endpointList: T) => ({
@@ -222,7 +220,11 @@ const muxUpstream = z.strictObject({
     maxDelayMs: durationMs(5000, 'Cap of the exponential, fully jittered reconnect delay.'),
   }).prefault({}).describe('Link reconnect backoff.'),
   ejection: ejection.describe('Passive health: endpoints whose links keep failing to connect are taken out for a while.'),
-  drain: endpointDrainMux,
+  handoff: z.strictObject({
+    maxPerSec: positiveInt.default(200).describe('Sessions this gateway reopens on another endpoint of this upstream per second, at most (handoffs from a draining backend and crash failovers alike), so the backends that take them are never flooded. Beyond it they wait their turn, their client messages held. An operator\'s drain of an endpoint (POST /upstreams/NAME/endpoints/ADDR/drain) moves its sessions at this pace too.'),
+    timeoutMs: durationMs(5000, 'How long the old backend may take to answer FREEZE with HANDOFF (its last messages, then the state). Past it the session moves as `lost` (no state).'),
+    failover: z.boolean().default(true).describe('A session whose backend link dies (process killed) is reopened on another endpoint with `handoff: { lost: true }` instead of its client being closed 1012. Messages the dead process had received but not processed are gone.'),
+  }).prefault({}).describe('Backend handoff (docs/backend-handoff.md): sessions outlive the backend process they are on. Plain WebSocket clients of this upstream keep their connection while `ferry/backend`\'s `server.drain()` moves them, or when a backend dies. (Resumable `ferry/client` sessions are not handed over yet: they resume as before.)'),
 })
 
 export const upstreamSchema = z.discriminatedUnion('protocol', [httpUpstream, wsUpstream, muxUpstream, tcpUpstream]).describe('One backend service; `protocol` selects its kind.')

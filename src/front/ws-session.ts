@@ -2,6 +2,9 @@ import type { WebSocket } from 'uWebSockets.js'
 import type { Counter, Gauge } from 'prom-client'
 import type { Metrics } from '../observability/metrics.js'
 import { closeReason, type ClientSink, type UpstreamLeg, type WsHandshake } from './ws-types.js'
+
+/** Largest WebSocket frame header: 2 bytes, an 8-byte length, a 4-byte mask. */
+const MAX_FRAME_HEADER = 14
 import { fullBucket, takeToken, type Bucket } from '../edge/token-bucket.js'
 
 /** Sessions with queued deliveries, flushed once the current read's processing ends (one microtask). */
@@ -373,8 +376,9 @@ export class ClientSession implements ClientSink, WsSocketOwner {
     this.counters.msgsUp++
     this.counters.bytesUp += n
     leg.send(new Uint8Array(message), binary)
-    // One maximal message must always fit, whatever maxBufferedToUpstream says.
-    if (leg.buffered > this.hs.settings.maxBufferedToUpstream && leg.buffered > this.hs.settings.maxPayloadLength) {
+    // One maximal message must always fit, whatever maxBufferedToUpstream says; a passthrough leg counts
+    // the frame it wrote (up to 14 bytes of header with the mask) and holds it until the check phase.
+    if (leg.buffered > this.hs.settings.maxBufferedToUpstream && leg.buffered > this.hs.settings.maxPayloadLength + MAX_FRAME_HEADER) {
       this.closeClient(1013, 'backend is not keeping up', 'FERRY_ERR_WS_UPSTREAM_SLOW')
     }
   }

@@ -31,6 +31,12 @@ export const FrameType = {
   ACCEPT: 0xd,
   /** Resumable sessions: the gateway's side of the stream is gone but the session may resume (final). */
   DETACH: 0xe,
+  /** Backend handoff (HELLO `handoff: true` on both sides): the backend asks the gateway to move this session elsewhere. */
+  MOVE: 0xf,
+  /** Backend handoff: the gateway's last client message on this stream was the frame before; the backend answers HANDOFF. */
+  FREEZE: 0x10,
+  /** Backend handoff: everything the backend sends for this session came before; JSON `{ state? }`; final, like CLOSE. */
+  HANDOFF: 0x11,
 } as const
 export type FrameType = typeof FrameType[keyof typeof FrameType]
 const TYPE_NAMES = Object.fromEntries(Object.entries(FrameType).map(([k, v]) => [v, k])) as Record<number, string>
@@ -75,6 +81,9 @@ function checkPayload (type: number, len: number): string | undefined {
     case FrameType.ACK: return len === 8 ? undefined : 'ACK payload must be 8 bytes'
     case FrameType.ACCEPT: return len >= 2 && len <= 1024 ? undefined : 'ACCEPT payload must be 2-1024 bytes of JSON'
     case FrameType.DETACH: return len <= 123 ? undefined : 'DETACH reason must be at most 123 bytes'
+    case FrameType.MOVE: return len <= 123 ? undefined : 'MOVE reason must be at most 123 bytes'
+    case FrameType.FREEZE: return len === 0 ? undefined : 'FREEZE has no payload'
+    case FrameType.HANDOFF: return len >= 2 ? undefined : 'HANDOFF payload must be JSON (at least 2 bytes)'
     default: return undefined
   }
 }

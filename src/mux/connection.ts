@@ -25,6 +25,8 @@ export interface Hello {
   pingIntervalMs?: number
   /** Backend: it can park and resume sessions (ACK, ACCEPT, DETACH; docs/resume.md). */
   resume?: boolean
+  /** Both: it speaks backend handoff (MOVE, FREEZE, HANDOFF; docs/mux-protocol.md). Neither side sends them unless both say so. */
+  handoff?: boolean
 }
 
 export type ConnectionState = 'hello' | 'ready' | 'draining' | 'closed'
@@ -60,6 +62,8 @@ export interface ConnectionOptions {
   highWaterBytes?: number
   /** Backend: advertise resumable sessions in HELLO. */
   resume?: boolean
+  /** Advertise backend handoff in HELLO (both roles). */
+  handoff?: boolean
 }
 
 const INSTANCE = randomBytes(8).toString('hex')
@@ -104,8 +108,14 @@ export class MuxConnection {
       initialWindow: opts.initialWindow,
       ...(opts.pingIntervalMs !== undefined && opts.role === 'gateway' ? { pingIntervalMs: opts.pingIntervalMs } : {}),
       ...(opts.resume === true && opts.role === 'backend' ? { resume: true } : {}),
+      ...(opts.handoff === true ? { handoff: true } : {}),
     }
     this.write(encodeFrame(FrameType.HELLO, 0, 0, Buffer.from(JSON.stringify(hello))))
+  }
+
+  /** Both sides advertised backend handoff: MOVE, FREEZE and HANDOFF may be sent on this link. */
+  get handoff (): boolean {
+    return this.opts.handoff === true && this.peer?.handoff === true
   }
 
   /** The socket can take more without growing past the high-water mark. */

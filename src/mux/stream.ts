@@ -27,6 +27,12 @@ export interface StreamEvents {
   ack?: (count: number) => void
   /** Gateway, resumable sessions: the backend's ACCEPT (JSON bytes). */
   accept?: (payload: Buffer) => void
+  /** Gateway, backend handoff: the backend asks for this session to be moved (MOVE). */
+  move?: (reason: string) => void
+  /** Backend, backend handoff: no client message follows on this stream (FREEZE); answer with `handOff`. */
+  freeze?: () => void
+  /** Gateway, backend handoff: the backend handed the session over (HANDOFF, JSON bytes). The stream is finished; `end` is not called. */
+  handoff?: (payload: Buffer) => void
 }
 
 export interface StreamLimits {
@@ -193,6 +199,24 @@ export class MuxStream {
         this.events.end(1001, f.payload.toString('utf8'), 'detach')
         break
       }
+      case FrameType.MOVE: {
+        if (this.limits.role !== 'gateway' || this.events.move === undefined) { this.reset(ResetCode.PROTOCOL, 'unexpected MOVE', 'FERRY_ERR_MUX_BAD_FRAME'); return }
+        this.events.move(f.payload.toString('utf8'))
+        break
+      }
+      case FrameType.FREEZE: {
+        if (this.limits.role !== 'backend' || this.events.freeze === undefined) { this.reset(ResetCode.PROTOCOL, 'unexpected FREEZE', 'FERRY_ERR_MUX_BAD_FRAME'); return }
+        this.events.freeze()
+        break
+      }
+      case FrameType.HANDOFF: {
+        if (this.limits.role !== 'gateway' || this.events.handoff === undefined) { this.reset(ResetCode.PROTOCOL, 'unexpected HANDOFF', 'FERRY_ERR_MUX_BAD_FRAME'); return }
+        // Copy: the payload is a view into the decoder's input.
+        const payload = Buffer.from(f.payload)
+        this.finish()
+        this.events.handoff(payload)
+        break
+      }
       case FrameType.SUBSCRIBE:
       case FrameType.UNSUBSCRIBE: {
         const handler = f.type === FrameType.SUBSCRIBE ? this.events.subscribe : this.events.unsubscribe
@@ -252,6 +276,23 @@ export class MuxStream {
   detach (reason: string): void {
     if (this.state !== 'open') return
     this.sink.write(encodeFrame(FrameType.DETACH, 0, this.id, Buffer.from(reason, 'utf8').subarray(0, 123)))
+    this.finish()
+  }
+
+  /** Backend handoff, backend: asks the gateway to move this session (MOVE). */
+  requestMove (reason: string): void {
+    if (this.state === 'open') this.sink.write(encodeFrame(FrameType.MOVE, 0, this.id, Buffer.from(reason, 'utf8').subarray(0, 123)))
+  }
+
+  /** Backend handoff, gateway: the client's messages stop here on this stream (FREEZE). */
+  freeze (): void {
+    if (this.state === 'open') this.sink.write(encodeFrame(FrameType.FREEZE, 0, this.id))
+  }
+
+  /** Backend handoff, backend: everything for this session was sent; hands it over (HANDOFF). Final, like close. */
+  handOff (payload: Buffer): void {
+    if (this.state !== 'open') return
+    this.sink.write(encodeFrame(FrameType.HANDOFF, 0, this.id, payload))
     this.finish()
   }
 

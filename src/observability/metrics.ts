@@ -49,6 +49,9 @@ export class Metrics {
   readonly muxPublished: Counter<'upstream'>
   readonly muxFanout: Counter<'upstream'>
   readonly muxProtocolErrors: Counter<'upstream' | 'code'>
+  readonly muxHandoffs: Counter<'upstream' | 'outcome'>
+  readonly muxHandoffSeconds: Histogram<'upstream'>
+  readonly muxHandoffsWaiting: Gauge<'upstream'>
   readonly affinityFallback: Gauge<'store'>
   readonly affinityLookups: Counter<'store' | 'outcome'>
   readonly affinityStoreLatency: Histogram<'store' | 'op'>
@@ -118,6 +121,9 @@ export class Metrics {
     this.muxPublished = new Counter({ name: 'ferry_mux_published_total', help: 'PUBLISH frames received from mux backends (one topic message each).', labelNames: ['upstream'], registers: r })
     this.muxFanout = new Counter({ name: 'ferry_mux_fanout_deliveries_total', help: 'Client deliveries made by topic fan-out (subscribers reached per PUBLISH, summed).', labelNames: ['upstream'], registers: r })
     this.muxProtocolErrors = new Counter({ name: 'ferry_mux_protocol_errors_total', help: 'Mux protocol violations by the backend (malformed frames, flow-control violations, bad UTF-8), by error code; link-scoped ones close the link, stream-scoped ones reset the stream.', labelNames: ['upstream', 'code'], registers: r })
+    this.muxHandoffs = new Counter({ name: 'ferry_mux_handoffs_total', help: 'Sessions moved between backends of a mux upstream with their client connected, by outcome: moved (the old backend handed them over), lost_moved (its link died or it never answered: reopened without state), failed (no endpoint took it: client closed 1012), client_gone (the client left meanwhile).', labelNames: ['upstream', 'outcome'], registers: r })
+    this.muxHandoffSeconds = new Histogram({ name: 'ferry_mux_handoff_seconds', help: 'From FREEZE (or the link loss) to the session open on its new backend, per moved session.', labelNames: ['upstream'], buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: r })
+    this.muxHandoffsWaiting = new Gauge({ name: 'ferry_mux_handoffs_waiting', help: 'Sessions waiting for their turn under handoff.maxPerSec (client messages held). Updated at scrape time.', labelNames: ['upstream'], registers: r })
     // Session affinity store (store = memory | redis).
     this.affinityFallback = new Gauge({ name: 'ferry_affinity_fallback', help: '1 while the affinity store cannot answer within affinity.redis.lookupTimeoutMs (Redis down, slow or not connected yet) and sessions are placed by rendezvous hashing of their key; 0 when it answers.', labelNames: ['store'], registers: r })
     this.affinityLookups = new Counter({ name: 'ferry_affinity_lookups_total', help: 'Affinity lookups by outcome: hit (a record), miss (none), fallback (the store could not answer; rendezvous hashing decides).', labelNames: ['store', 'outcome'], registers: r })

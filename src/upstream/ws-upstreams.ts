@@ -47,14 +47,15 @@ export function createWsUpstream (name: string, cfg: WsUpstreamConfig | MuxUpstr
 
 /**
  * A mux upstream as the EndpointDrainer sees it: only the operator's drain moves its sessions (a removed
- * endpoint's links GOAWAY and its sessions continue), through MuxUpstream.moveSessionsOff.
+ * endpoint's links GOAWAY and its sessions continue), through MuxUpstream.moveSessionsOff, at the pace
+ * of its handoffs (`handoff.maxPerSec`: one budget for every session the upstream moves).
  */
 function muxCarrier (name: string, u: MuxUpstream, cfg: MuxUpstreamConfig): EndpointCarrier {
   return {
     upstream: name,
     endpoints: u.set,
     movesFor: new Set(['operator']),
-    budget: cfg.drain,
+    budget: { maxMigrationsPerSec: cfg.handoff.maxPerSec, spreadMs: 0 },
     sessionsOn: (address) => {
       let n = 0
       for (const ep of u.set.all()) if (ep.address === address) n += ep.inflight

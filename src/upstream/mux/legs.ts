@@ -12,33 +12,105 @@ export const FERRY_TOPIC_SUFFIX = '\u0002'
 export interface LegEndpoint {
   readonly topicPrefix: string
   afterStreamEnd: () => void
+  /** The link speaks backend handoff (both HELLOs said so). */
+  readonly handoff?: boolean
 }
 
 export interface LegStalls { send: Counter.Internal, receive: Counter.Internal }
 
+/** What the session takes to its next backend (OPEN metadata `handoff`). */
+export interface HandoffRequest {
+  /** The old process died or never answered: no state, and what it had not processed is gone. */
+  readonly lost: boolean
+  readonly state?: unknown
+  readonly stateError?: string
+  /** Topics the session was subscribed to (the new backend subscribes it again). */
+  readonly topics: readonly string[]
+  readonly why: string
+}
+
+/** How a leg gets a new stream elsewhere: the upstream that opened it. */
+export interface LegMover {
+  /** FREEZE sent and no HANDOFF within this: the old backend counts as lost. */
+  readonly handoffTimeoutMs: number
+  /** Crash failover: a session whose link died is reopened elsewhere (else closed 1012). */
+  readonly failover: boolean
+  /** Opens the session on another endpoint (paced) and `rebind`s the leg; rejects when it cannot. */
+  move: (leg: MuxLeg, req: HandoffRequest) => Promise<void>
+  /** A handoff ended: `outcome` for metrics and logs. */
+  handoffDone: (leg: MuxLeg, outcome: 'moved' | 'lost_moved' | 'failed' | 'client_gone', ms: number, err?: Error) => void
+}
+
+/**
+ * open: messages flow. freezing: FREEZE sent to the old backend; client messages are held; waiting for its
+ * HANDOFF (bounded). moving: no stream; the upstream is opening one elsewhere; client messages are held.
+ * closed: finished.
+ */
+export type LegState = 'open' | 'freezing' | 'moving' | 'closed'
+
 /**
  * The gateway side of one session on a mux stream: bridges the stream's events to the client sink and
  * the client's events to the stream. Holds credit while the client is congested.
+ *
+ * Backend handoff (docs/backend-handoff.md): the session can change streams, and backends, while its
+ * client stays connected. The cut-over needs no sequence numbers because each leg is ordered on its
+ * link: FREEZE follows the last client message sent to the old backend, HANDOFF follows the old
+ * backend's last message, and the held client messages go to the new stream right behind its OPEN.
  */
 export class MuxLeg implements UpstreamLeg {
   stream!: MuxStream
   /** Called once when the leg is finished (either side ended it). */
   onFinished: (() => void) | undefined
+  /** Set by the upstream: how to reopen the session elsewhere. Without it the leg never moves. */
+  mover: LegMover | undefined
+  /** OPEN metadata of the session (the upstream reuses it for the next stream). */
+  meta: Record<string, unknown> = {}
+  /** The endpoint address the stream is on (the upstream sets it). */
+  address = ''
   private finishedOnce = false
   /** The link's topic scope when the stream opened (a link that reconnects gets a new one). */
-  private readonly topicPrefix: string
+  private topicPrefix: string
+  private slot: LegEndpoint
+  private legState: LegState = 'open'
+  /** Topics the backend subscribed this session to (carried to the next backend). */
+  private readonly topics = new Set<string>()
+  /** Client messages held while the session changes backends. */
+  private held: Array<{ data: Buffer, binary: boolean }> = []
+  private heldBytes = 0
+  private clientHold = false
+  private handoffTimer: NodeJS.Timeout | undefined
+  private handoffStarted = 0
+  /** Which stream's events count: a stream left behind by a handoff may still report its end. */
+  private generation = 0
+  readonly events: StreamEvents
 
-  constructor (readonly protocol: string, protected readonly sink: ClientSink, protected readonly ep: LegEndpoint, private readonly stalls: LegStalls, private readonly topicSuffix = '') {
+  constructor (readonly protocol: string, protected readonly sink: ClientSink, ep: LegEndpoint, private readonly stalls: LegStalls, private readonly topicSuffix = '') {
+    this.slot = ep
     this.topicPrefix = ep.topicPrefix
+    this.events = this.eventsFor(0)
   }
 
-  readonly events: StreamEvents = {
-    message: (data, binary) => { this.fromBackend(data, binary) },
-    end: (code, reason, cause, errorCode) => { this.backendEnded(code, reason, cause, errorCode) },
-    drain: () => {},
-    stall: (direction) => { this.stalls[direction].inc() },
-    subscribe: (topic) => { this.sink.subscribe(this.topicPrefix + topic + this.topicSuffix) },
-    unsubscribe: (topic) => { this.sink.unsubscribe(this.topicPrefix + topic + this.topicSuffix) },
+  get state (): LegState {
+    return this.legState
+  }
+
+  private to (next: LegState): void {
+    this.legState = next
+  }
+
+  /** The events of the stream of `generation`: those of any other stream are ignored. */
+  protected eventsFor (generation: number): StreamEvents {
+    const live = (): boolean => generation === this.generation
+    return {
+      message: (data, binary) => { if (live()) this.fromBackend(data, binary) },
+      end: (code, reason, cause, errorCode) => { if (live()) this.backendEnded(code, reason, cause, errorCode) },
+      drain: () => {},
+      stall: (direction) => { this.stalls[direction].inc() },
+      subscribe: (topic) => { if (live()) { this.topics.add(topic); this.sink.subscribe(this.topicPrefix + topic + this.topicSuffix) } },
+      unsubscribe: (topic) => { if (live()) { this.topics.delete(topic); this.sink.unsubscribe(this.topicPrefix + topic + this.topicSuffix) } },
+      move: (reason) => { if (live()) this.startHandoff(`backend asked: ${reason}`) },
+      handoff: (payload) => { if (live()) this.handedOff(payload) },
+    }
   }
 
   protected fromBackend (data: Buffer, binary: boolean): void {
@@ -47,29 +119,143 @@ export class MuxLeg implements UpstreamLeg {
   }
 
   protected backendEnded (code: number, reason: string, cause: StreamEndCause, errorCode: string | undefined): void {
+    const m = this.mover
+    // The old backend died (its link), or failed its handoff: the session opens elsewhere, lost.
+    if (m !== undefined && this.legState !== 'closed' && ((cause === 'link' && m.failover) || (this.legState === 'freezing' && cause !== 'peer'))) {
+      this.ep.afterStreamEnd()
+      this.relocate({ lost: true, why: cause === 'link' ? `backend link lost: ${reason}` : `handoff failed: ${reason}` })
+      return
+    }
+    this.to('closed')
+    this.clearHandoffTimer()
     this.sink.end(cause === 'peer' ? sendableCloseCode(code) : code, reason, errorCode ?? 'upstream')
     this.finished(cause !== 'link')
   }
 
+  /** The current link (for the draining check after a stream ends). */
+  protected get ep (): LegEndpoint {
+    return this.slot
+  }
+
+  /**
+   * Starts moving the session to another backend: FREEZE to the old one, which answers with its last
+   * messages and HANDOFF. False when it cannot (not open, no mover, the link does not speak handoff).
+   */
+  startHandoff (why: string): boolean {
+    if (this.legState !== 'open' || this.mover === undefined || this.slot.handoff !== true) return false
+    this.to('freezing')
+    this.handoffStarted = performance.now()
+    this.stream.freeze()
+    this.handoffTimer = setTimeout(() => {
+      this.handoffTimer = undefined
+      if (this.legState !== 'freezing') return
+      // No HANDOFF in time: the old backend is counted as lost (its end comes through backendEnded).
+      this.stream.reset(ResetCode.INTERNAL, `no HANDOFF within ${this.mover!.handoffTimeoutMs} ms`, 'FERRY_ERR_HANDOFF_TIMEOUT')
+    }, this.mover.handoffTimeoutMs)
+    this.handoffTimer.unref()
+    void why
+    return true
+  }
+
+  private handedOff (payload: Buffer): void {
+    this.clearHandoffTimer()
+    let state: unknown
+    let stateError: string | undefined
+    try {
+      const j = JSON.parse(payload.toString('utf8')) as { state?: unknown, stateError?: unknown }
+      state = j.state
+      if (typeof j.stateError === 'string') stateError = j.stateError.slice(0, 40)
+    } catch {
+      stateError = 'not_json'
+    }
+    this.ep.afterStreamEnd()
+    this.relocate({ lost: false, state, stateError, why: 'handoff' })
+  }
+
+  /** Drops the old link's topic scope and has the mover open the session elsewhere. */
+  private relocate (r: { lost: boolean, state?: unknown, stateError?: string, why: string }): void {
+    this.clearHandoffTimer()
+    if (this.handoffStarted === 0) this.handoffStarted = performance.now()
+    this.generation++
+    this.to('moving')
+    for (const t of this.topics) this.sink.unsubscribe(this.topicPrefix + t + this.topicSuffix)
+    const topics = [...this.topics]
+    this.topics.clear()
+    const mover = this.mover!
+    mover.move(this, { lost: r.lost, state: r.state, stateError: r.stateError, topics, why: r.why }).then(() => {
+      mover.handoffDone(this, r.lost ? 'lost_moved' : 'moved', performance.now() - this.handoffStarted)
+      this.handoffStarted = 0
+    }, (err: Error) => {
+      const gone = this.legState === 'closed'
+      mover.handoffDone(this, gone ? 'client_gone' : 'failed', performance.now() - this.handoffStarted, err)
+      this.handoffStarted = 0
+      if (gone) return
+      this.to('closed')
+      this.held = []
+      this.heldBytes = 0
+      const code = (err as { code?: string }).code ?? 'FERRY_ERR_HANDOFF_FAILED'
+      this.sink.end(1012, 'backend restarting; reconnect', code)
+      this.finished(false)
+    })
+  }
+
+  /**
+   * The mover opened `stream` on `slot`: the held client messages follow the OPEN, then messages flow.
+   * Returns the events the new stream must use (call before any frame of it is read).
+   */
+  nextEvents (): StreamEvents {
+    return this.eventsFor(this.generation)
+  }
+
+  rebind (stream: MuxStream, slot: LegEndpoint, address: string): void {
+    this.stream = stream
+    this.slot = slot
+    this.topicPrefix = slot.topicPrefix
+    this.address = address
+    this.to('open')
+    if (this.clientHold) stream.holdCredit(true)
+    const held = this.held
+    this.held = []
+    this.heldBytes = 0
+    for (const m of held) stream.send(m.data, m.binary)
+  }
+
   send (data: Uint8Array, binary: boolean): void {
-    this.stream.send(data, binary)
+    if (this.legState === 'open') { this.stream.send(data, binary); return }
+    if (this.legState === 'closed') return
+    // Copy: `data` is a uWS view valid only during the call. The front bounds `buffered`.
+    const copy = Buffer.from(data)
+    this.held.push({ data: copy, binary })
+    this.heldBytes += copy.length
   }
 
   get buffered (): number {
-    return this.stream.queued
+    return (this.legState === 'open' || this.legState === 'freezing' ? this.stream.queued : 0) + this.heldBytes
   }
 
   clientDrained (): void {
-    this.stream.holdCredit(false)
+    this.clientHold = false
+    if (this.legState === 'open' || this.legState === 'freezing') this.stream.holdCredit(false)
   }
 
   clientCongested (): void {
-    this.stream.holdCredit(true)
+    this.clientHold = true
+    if (this.legState === 'open' || this.legState === 'freezing') this.stream.holdCredit(true)
   }
 
   clientClosed (code: number, reason: string): void {
-    this.stream.close(code, reason)
-    this.finished(true)
+    const wasMoving = this.legState === 'moving'
+    this.to('closed')
+    this.clearHandoffTimer()
+    this.held = []
+    this.heldBytes = 0
+    // While moving there is no stream: the mover sees `closed` and lets the new one go.
+    if (!wasMoving) this.stream.close(code, reason)
+    this.finished(!wasMoving)
+  }
+
+  private clearHandoffTimer (): void {
+    if (this.handoffTimer !== undefined) { clearTimeout(this.handoffTimer); this.handoffTimer = undefined }
   }
 
   /** The stream is over: a draining link may close; the owner's bookkeeping runs once. */
@@ -134,6 +320,9 @@ export class ResumableLeg extends MuxLeg {
     this.accepted.catch(() => {}) // the upstream awaits it; an unawaited rejection must not crash
     this.events.ack = (n) => { this.sink.deliver(Buffer.from(`a${n}`, 'latin1'), false) }
     this.events.accept = (payload) => { this.onAccept(payload) }
+    // Resumable sessions are not handed over yet (their replay state lives in the backend library): a
+    // MOVE is ignored and a lost link detaches them as before (the client resumes).
+    this.events.move = () => {}
   }
 
   private onAccept (payload: Buffer): void {

@@ -65,6 +65,11 @@ export class LinkSlot {
     this.topicPrefix = `${owner.topicPrefix}${index}.0\u0001`
   }
 
+  /** Both sides of the current link speak backend handoff. */
+  get handoff (): boolean {
+    return this.conn?.handoff === true
+  }
+
   get streams (): number {
     return this.conn?.streams.size ?? 0
   }
@@ -98,6 +103,7 @@ export class LinkSlot {
         initialWindow: cfg.flow.initialWindow,
         maxMessageBytes: cfg.flow.maxMessageBytes,
         pingIntervalMs: cfg.timeouts.pingIntervalMs,
+        handoff: true,
       }, {
         ready: () => {
           if (this.state !== 'connecting') return

@@ -11,7 +11,8 @@ import { Balancer, hashKey } from '../../routing/balancer.js'
 import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { LinkSlot, type LinkOwner } from './link.js'
-import { FERRY_TOPIC_SUFFIX, MuxLeg, ResumableLeg } from './legs.js'
+import { FERRY_TOPIC_SUFFIX, MuxLeg, ResumableLeg, type HandoffRequest, type LegMover } from './legs.js'
+import { fullBucket, takeToken, type Bucket } from '../../edge/token-bucket.js'
 import type { AffinityPlacement } from '../../affinity/placement.js'
 import type { ResumeClaims, ResumeTokens } from '../../sessions/token.js'
 import { Kind } from '../../client/wire.js'
@@ -136,7 +137,7 @@ export interface MuxUpstreamDeps {
  * ready link of the endpoint the balancer picks. A session waits up to `timeouts.openMs` for a ready
  * link (links connect at start and reconnect with backoff), else its upgrade is answered 502.
  */
-export class MuxUpstream implements WsUpstream {
+export class MuxUpstream implements WsUpstream, LegMover {
   readonly mode = 'mux'
   /** The endpoints, following the upstream's source: a removed one's links GOAWAY and close after their last stream. */
   readonly set: EndpointSet<MuxEndpoint>
@@ -156,9 +157,16 @@ export class MuxUpstream implements WsUpstream {
   readonly gatewayId: string
   private readonly placement: AffinityPlacement | undefined
   private readonly tokens: ResumeTokens | undefined
+  /** handoff.maxPerSec: one bucket for every session this upstream reopens elsewhere. */
+  private readonly handoffBucket: Bucket
+  private handoffsWaiting = 0
+  private readonly handoffOutcomes = new Map<string, Counter.Internal>()
+  private readonly handoffSeconds: Histogram.Internal<'upstream'>
 
   constructor (readonly name: string, readonly cfg: MuxUpstreamConfig, readonly log: Logger, readonly metrics: Metrics, source: EndpointSource, deps: MuxUpstreamDeps) {
     this.gatewayId = deps.gatewayId
+    this.handoffBucket = fullBucket(Math.max(1, Math.ceil(cfg.handoff.maxPerSec / 10)))
+    this.handoffSeconds = metrics.muxHandoffSeconds.labels(name)
     this.placement = deps.placement
     this.tokens = deps.tokens
     this.resumeLatency = metrics.resumeSeconds.labels(name)
@@ -312,6 +320,9 @@ export class MuxUpstream implements WsUpstream {
       const stream = slot.conn!.openStream(meta, leg.events)
       if (stream === undefined) return undefined
       leg.stream = stream
+      leg.meta = meta
+      leg.address = owner.address
+      leg.mover = this
       if (hs.affinityKey !== undefined) this.track(leg, key, owner.address, o.known, 0)
       return leg
     }
@@ -342,6 +353,81 @@ export class MuxUpstream implements WsUpstream {
     }
     this.track(leg, key, owner.address, o.known, accepted.epoch)
     return leg
+  }
+
+  // ---- backend handoff (LegMover) ------------------------------------------------------------------
+
+  get handoffTimeoutMs (): number {
+    return this.cfg.handoff.timeoutMs
+  }
+
+  get failover (): boolean {
+    return this.cfg.handoff.failover && !this.closed
+  }
+
+  /**
+   * Reopens `leg`'s session on another endpoint: waits its turn under handoff.maxPerSec, then for a
+   * ready link of an endpoint other than the one it leaves (that one too if it is the only one with a
+   * ready link: a restarted process), up to timeouts.openMs. Same key, same session id; OPEN carries
+   * `handoff` (state, where from, topics). The placement record follows the session.
+   */
+  async move (leg: MuxLeg, req: HandoffRequest): Promise<void> {
+    const from = this.set.get(leg.address)
+    this.handoffsWaiting++
+    try {
+      for (;;) {
+        if (this.closed) throw new FerryError('FERRY_ERR_HANDOFF_FAILED', `upstream ${this.name} is closing`)
+        const wait = takeToken(this.handoffBucket, performance.now(), this.cfg.handoff.maxPerSec, Math.max(1, Math.ceil(this.cfg.handoff.maxPerSec / 10)))
+        if (wait === 0) break
+        await new Promise((resolve) => setTimeout(resolve, wait))
+      }
+    } finally {
+      this.handoffsWaiting--
+    }
+    const key = String(leg.meta.key ?? '')
+    const hashed = key !== '' ? hashKey(key) : undefined
+    const deadline = Date.now() + this.cfg.timeouts.openMs
+    for (;;) {
+      if (leg.state === 'closed') throw new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client left during the handoff')
+      if (this.closed) throw new FerryError('FERRY_ERR_HANDOFF_FAILED', `upstream ${this.name} is closing`)
+      const now = Date.now()
+      const balancer = key !== '' ? this.byKey : this.balancer
+      let owner = balancer.pick(Infinity, now, from, hashed)
+      if (owner?.acceptsAt(now) !== true) owner = this.set.active.find((e) => e !== from && e.acceptsAt(now)) ?? (from?.acceptsAt(now) === true ? from : undefined)
+      const slot = owner?.readyLink()
+      if (owner !== undefined && slot?.conn !== undefined) {
+        const meta = {
+          ...leg.meta,
+          handoff: req.lost
+            ? { lost: true, from: leg.address, topics: req.topics }
+            : { state: req.state, from: leg.address, topics: req.topics, ...(req.stateError !== undefined ? { stateError: req.stateError } : {}) },
+        }
+        const stream = slot.conn.openStream(meta, leg.nextEvents())
+        if (stream !== undefined) {
+          const old = leg.address
+          leg.rebind(stream, slot, owner.address)
+          // Tracked sessions (an affinity key) have a record: it follows the session to its new home.
+          if (this.placement !== undefined && leg.onFinished !== undefined && typeof leg.meta.key === 'string') this.placement.moved(leg.meta.key, owner.address)
+          this.log.debug({ session: leg.meta.session, from: old, to: owner.address, lost: req.lost, why: req.why }, 'session moved to another backend')
+          return
+        }
+      }
+      const left = deadline - Date.now()
+      if (left <= 0) throw new FerryError('FERRY_ERR_HANDOFF_FAILED', `no other endpoint of ${this.name} with a ready link within ${this.cfg.timeouts.openMs} ms`)
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => { this.waiters = this.waiters.filter((w) => w !== done); resolve() }, Math.min(left, 100))
+        const done = (): void => { clearTimeout(timer); resolve() }
+        this.waiters.push(done)
+      })
+    }
+  }
+
+  handoffDone (leg: MuxLeg, outcome: 'moved' | 'lost_moved' | 'failed' | 'client_gone', ms: number, err?: Error): void {
+    let c = this.handoffOutcomes.get(outcome)
+    if (c === undefined) { c = this.metrics.muxHandoffs.labels(this.name, outcome); this.handoffOutcomes.set(outcome, c) }
+    c.inc()
+    if (outcome === 'moved' || outcome === 'lost_moved') this.handoffSeconds.observe(ms / 1000)
+    if (outcome === 'failed') this.log.warn({ session: leg.meta.session, from: leg.address, err: err?.message }, 'session could not be moved to another backend; client closed 1012')
   }
 
   /** Records where the key's session lives, for as long as the leg lasts. */
@@ -411,6 +497,7 @@ export class MuxUpstream implements WsUpstream {
       for (const [state, n] of Object.entries(byState)) m.muxLinks.labels(this.name, ep.address, state).set(n)
     }
     m.upstreamConnections.labels('upstream', 'mux', this.name).set(links)
+    m.muxHandoffsWaiting.labels(this.name).set(this.handoffsWaiting)
   }
 
   status (): object {
