@@ -33,12 +33,14 @@ async function echoMux (t: Teardown, log: BackendLog): Promise<MuxServer & { por
 
 /** Requests for /slow the backend has received (the drain test waits for one, not for a fixed time). */
 let slowSeen = 0
+/** /slow answers once this resolves (or after `slowMs`): the drain test holds it until the drain has started. */
+let slowGate: Promise<void> | undefined
 
-/** An HTTP backend: /slow answers after `slowMs`, anything else at once. */
+/** An HTTP backend: /slow answers after `slowMs` (or when `slowGate` opens), anything else at once. */
 async function httpBackend (t: Teardown, slowMs: number): Promise<number> {
   const server = createServer((req, res) => {
     const body = `ok ${req.url ?? ''}`
-    if (req.url === '/slow') { slowSeen++; setTimeout(() => { res.end(body) }, slowMs) }
+    if (req.url === '/slow') { slowSeen++; void (slowGate ?? new Promise((resolve) => setTimeout(resolve, slowMs))).then(() => { res.end(body) }) }
     else res.end(body)
   })
   server.listen(0, '127.0.0.1')
@@ -106,11 +108,16 @@ t.test('drain: not ready at once, accepts during the grace, migrates sessions pa
 
   // A slow request in flight when the drain starts.
   const seen = slowSeen
+  let openGate: () => void = () => {}
+  slowGate = new Promise((resolve) => { openGate = resolve })
+  t.teardown(() => { openGate(); slowGate = undefined })
   const slow = get(a.httpPort, '/slow')
-  // In flight: the backend has it (a fixed wait could start the drain after the backend answered, on a loaded machine).
+  // In flight: the backend has it, and answers only once the drain has started (timing the two against
+  // each other failed on a loaded machine, where spawning the CLI can take longer than the slow answer).
   await waitFor('the slow request at the backend', () => slowSeen > seen, 5000)
 
   const cli = await runCli(['drain', '--admin', `127.0.0.1:${a.adminPort}`])
+  setTimeout(() => { openGate() }, 500)
   t.equal(cli.code, 0, '`ferry drain --admin` exits 0')
   t.match(JSON.parse(cli.stdout), { phase: 'grace', sessionsAtStart: F + P }, 'and prints the drain\'s progress: grace, with the sessions it started with')
   sw.target = b.httpPort // the Service stops sending new connections to A
