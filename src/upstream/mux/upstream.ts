@@ -17,6 +17,7 @@ import type { AffinityPlacement } from '../../affinity/placement.js'
 import type { ResumeClaims, ResumeTokens } from '../../sessions/token.js'
 import { Kind } from '../../client/wire.js'
 import type { Histogram } from 'prom-client'
+import { endpointDrainReason } from '../../drain/endpoint-drain.js'
 
 /**
  * One backend endpoint of a mux upstream: its link slots, passive health, and the topic scope of the
@@ -435,6 +436,34 @@ export class MuxUpstream implements WsUpstream, LegMover {
     if (placement === undefined) return
     placement.opened(key, address, known, epoch)
     leg.onFinished = () => { placement.closed(key) }
+  }
+
+  /**
+   * Moves up to `n` sessions off the endpoint at `address` (the operator drains it; the gateway's
+   * EndpointDrainer paces the calls and already keeps new sessions off it). For now each session is
+   * closed 1012 with a retry hint (endpointDrainReason), its backend told CLOSE 1012; live handoff
+   * will move them without a close. Returns how many moved.
+   */
+  moveSessionsOff (address: string, n: number): number {
+    let moved = 0
+    for (const ep of this.set.all()) {
+      if (ep.address !== address) continue
+      for (const slot of ep.slots) {
+        const streams = slot.conn?.streams
+        if (streams === undefined) continue
+        for (const stream of [...streams.values()]) {
+          if (moved >= n) return moved
+          if (stream.state !== 'open') continue
+          const reason = endpointDrainReason()
+          // CLOSE goes to the backend (the stream is finished), then the leg hears the end like any
+          // local one: its client is closed 1012 after what the backend already sent.
+          stream.close(1012, reason)
+          stream.events.end(1012, reason, 'reset', 'FERRY_ERR_ENDPOINT_DRAINING')
+          moved++
+        }
+      }
+    }
+    return moved
   }
 
   /** No new sessions; each link says GOAWAY and closes when its last stream ends (no reconnect). */
