@@ -291,10 +291,13 @@ t.test('an HTTP upstream\'s WebSocket twin: an operator drain closes the passed-
   t.match(st, { admin: 'drain', drain: { cause: 'operator', moved: 15, sessionsLeft: 0 } }, '/status of the HTTP upstream shows A drained with its 15 sessions moved')
 })
 
-t.test('mux: an operator drain keeps new sessions off the endpoint and moves its sessions paced by handoff.maxPerSec (closed 1012 for now)', async (t) => {
+t.test('mux: an operator drain keeps new sessions off the endpoint and hands its sessions to the other one live, paced by handoff.maxPerSec; nobody is disconnected', async (t) => {
   const ends: Record<string, number[]> = { A: [], B: [] }
+  const arrivals: Array<{ at: number, from: string }> = []
   const [a, b] = await Promise.all(['A', 'B'].map(async (id) => await startMuxBackend(t, (s) => {
-    s.send(id)
+    if (s.handoff !== undefined) arrivals.push({ at: Date.now(), from: s.handoff.from })
+    else s.send(id)
+    s.on('message', (d) => { s.send(`${id}:${d.toString()}`) })
     s.on('close', (code: number) => { ends[id]!.push(code) })
   })))
   const f = await startFerry(t, {
@@ -311,12 +314,21 @@ t.test('mux: an operator drain keeps new sessions off the endpoint and moves its
   t.equal((await post(f, `/upstreams/chat/endpoints/${aAddr}/drain`)).status, 202, 'POST .../drain: 202')
   const fresh = await open(t, url, 10)
   t.same([...new Set(fresh.map((s) => s.backend))], ['B'], 'new sessions right after the POST all go to B')
-  await waitFor('A\'s sessions closed', () => onA.every((s) => s.closedAt !== undefined), 15_000)
-  assertPaced(t, onA, 10, 1000)
-  t.equal(closedOf([...sessions.filter((s) => s.backend === 'B'), ...fresh]).length, 0, 'none of B\'s 30 sessions closed')
+  await waitFor('A\'s sessions handed to B', () => arrivals.length === 20, 15_000)
+  t.ok(arrivals.every((x) => x.from === aAddr), 'each arrived on B with handoff.from = A')
+  const times = arrivals.map((x) => x.at)
+  const peak = maxPerSecond(times)
+  t.ok(peak <= Math.ceil(10 * 1.25), `at most ${Math.ceil(10 * 1.25)} handoffs in any 1 s window (handoff.maxPerSec 10 + 25 %): ${peak}`)
+  t.ok(Math.max(...times) - Math.min(...times) >= 1000, `spread over ≥ 1000 ms: ${Math.max(...times) - Math.min(...times)} ms`)
+  t.equal(closedOf(sessions).length + closedOf(fresh).length, 0, 'no client of either endpoint was closed')
+  // A's sessions answer from B now.
+  for (const s of onA) s.c.ws.send('where?')
+  await waitFor('answers from B', () => onA.every((s) => s.c.messages.some((m) => m.data.toString() === 'B:where?')), 5000)
+  t.pass('every moved session is served by B')
   await waitFor('A\'s backend saw 20 sessions end', () => ends.A!.length === 20, 5000)
-  t.same([...new Set(ends.A)], [1012], 'A\'s backend was told 1012 for each')
+  t.same([...new Set(ends.A)], [1012], 'A\'s backend sessions ended 1012 (handed off)')
   const st = await waitFor('/status: A drained', async () => { const x = await row(f, 'chat', aAddr); return x?.state === 'drained' ? x : undefined }, 5000)
   t.match(st, { admin: 'drain', streams: 0, drain: { cause: 'operator', moved: 20, sessionsLeft: 0 } }, '/status: A drained, 20 moved, no stream left')
   t.ok(st.links.some((l: any) => l.state === 'ready'), 'its links stay up (ready for a POST .../ready)')
+  t.equal(await metric(f, 'ferry_mux_handoffs_total{upstream="chat",outcome="moved"}'), 20, 'ferry_mux_handoffs_total{outcome="moved"} = 20')
 })
