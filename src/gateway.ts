@@ -1,7 +1,7 @@
 import type { Logger } from 'pino'
 import { AdminServer } from './admin/admin-server.js'
 import { createHash } from 'node:crypto'
-import { ConfigError, validateConfig, type Config } from './config/load.js'
+import { ConfigError, parseEndpoint, validateConfig, type Config } from './config/load.js'
 import { HttpFront } from './front/http-front.js'
 import { loadNativeUws, type Uws } from './front/uws.js'
 import { Metrics } from './observability/metrics.js'
@@ -26,6 +26,7 @@ import { createAffinityStore, type AffinityStore } from './affinity/index.js'
 import { resolveResumeSecret, ResumeTokens, type SecretSource } from './sessions/token.js'
 import { Admission } from './drain/admission.js'
 import { DrainController, type DrainStatus, type DrainTarget } from './drain/controller.js'
+import { carrierWithoutSessions, EndpointDrainer, type AdminChange, type AdminState, type EndpointCarrier } from './drain/endpoint-drain.js'
 import type { HttpLifecycle } from './upstream/http/exchange.js'
 import { createEndpointSource, type EndpointSource } from './discovery/index.js'
 import { AdminToken, resolveAdminToken } from './admin/token.js'
@@ -124,6 +125,10 @@ export class Gateway {
   private readonly lifecycle: HttpLifecycle = { draining: false, inFlight: 0 }
   private readonly admission: Admission
   private readonly drainer: DrainController
+  /** Moves sessions off leaving endpoints, holds the operator's admin states (src/drain/endpoint-drain.ts). */
+  private readonly endpointDrainer: EndpointDrainer
+  /** What the endpoint drainer sees of each upstream instance (current and retired ones), by instance. */
+  private readonly carriers = new Map<object, EndpointCarrier[]>()
   private drainRequested: string | undefined
   private resolveStopped!: () => void
   /** Resolves once the gateway has stopped (after a drain, or `stop()`). */
@@ -153,6 +158,7 @@ export class Gateway {
     this.splitStats = new SplitStats(this.metrics)
     this.admission = new Admission(this.config.admission, this.metrics.admissionRefused)
     this.drainer = new DrainController(this.config.drain, this.drainTarget(), this.log.child({ component: 'drain' }), this.metrics)
+    this.endpointDrainer = new EndpointDrainer(this.log.child({ component: 'endpoint-drain' }), this.metrics)
     this.stopped = new Promise((resolve) => { this.resolveStopped = resolve })
   }
 
@@ -196,6 +202,7 @@ export class Gateway {
         drain: () => this.drain('POST /drain'),
         reload: async () => await this.reloadFromSource('POST /reload'),
         setSplit: async (route, weights) => await this.setSplitWeights(route, weights),
+        endpointAdmin: (upstream, address, admin) => this.endpointAdmin(upstream, address, admin),
         flushCounters: () => { this.front?.ws.collect() },
       }, this.metrics, this.log, access, cfg.admin.console)
       const admin = await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
@@ -251,11 +258,21 @@ export class Gateway {
       set.sources.set(name, source)
       source.start()
       if (ucfg.protocol === 'tcp') {
-        set.tcp.set(name, same ? prev!.tcp.get(name)! : new TcpUpstream(name, ucfg, log, this.metrics, source))
+        if (same) set.tcp.set(name, prev!.tcp.get(name)!)
+        else {
+          const u = new TcpUpstream(name, ucfg, log, this.metrics, source)
+          set.tcp.set(name, u)
+          this.attachCarriers(u, [carrierWithoutSessions(name, u.set)])
+        }
         continue
       }
       if (ucfg.protocol === 'ws' || ucfg.protocol === 'mux') {
-        set.ws.set(name, same ? prev!.ws.get(name)! : createWsUpstream(name, ucfg, log, this.metrics, source, wsDeps))
+        if (same) set.ws.set(name, prev!.ws.get(name)!)
+        else {
+          const { upstream, carrier } = createWsUpstream(name, ucfg, log, this.metrics, source, wsDeps)
+          set.ws.set(name, upstream)
+          this.attachCarriers(upstream, [carrier])
+        }
         continue
       }
       const upstream = same ? prev!.http.get(name)!.upstream : new HttpUpstream(name, ucfg, log, this.metrics, source)
@@ -263,14 +280,22 @@ export class Gateway {
       // Upgrade headers), as a passthrough upstream of its own (metrics label `NAME:ws`) on the same source.
       // It reads the HTTP upstream's active checks instead of probing every endpoint a second time (the
       // HTTP upstream subscribed to the source first, so its members exist when the twin's are made).
-      set.ws.set(name, same ? prev!.ws.get(name)! : createWsUpstream(`${name}:ws`, {
-        protocol: 'ws',
-        balance: ucfg.balance,
-        timeouts: { connectMs: ucfg.timeouts.connectMs + ucfg.timeouts.responseMs },
-        ejection: ucfg.ejection,
-        healthCheck: undefined,
-        whenAllUnhealthy: ucfg.whenAllUnhealthy,
-      }, log, this.metrics, source, wsDeps, (address) => upstream.set.get(address)?.checked))
+      if (same) set.ws.set(name, prev!.ws.get(name)!)
+      else {
+        const twin = createWsUpstream(`${name}:ws`, {
+          protocol: 'ws',
+          balance: ucfg.balance,
+          timeouts: { connectMs: ucfg.timeouts.connectMs + ucfg.timeouts.responseMs },
+          ejection: ucfg.ejection,
+          healthCheck: undefined,
+          whenAllUnhealthy: ucfg.whenAllUnhealthy,
+          drain: ucfg.drain,
+        }, log, this.metrics, source, wsDeps, { configName: name, sharedHealth: (address) => upstream.set.member(address)?.checked })
+        set.ws.set(name, twin.upstream)
+        // One upstream name, two instances: an operator drain holds both (requests and sessions).
+        this.attachCarriers(upstream, [carrierWithoutSessions(name, upstream.set)])
+        this.attachCarriers(twin.upstream, [twin.carrier])
+      }
       // The context carries settings from outside the upstream (logging, http): always rebuilt.
       set.http.set(name, {
         upstream,
@@ -283,6 +308,38 @@ export class Gateway {
       })
     }
     return set
+  }
+
+  /** A new upstream instance: the endpoint drainer reads and drains it from now on. */
+  private attachCarriers (u: object, carriers: EndpointCarrier[]): void {
+    this.carriers.set(u, carriers)
+    for (const c of carriers) this.endpointDrainer.attach(c)
+  }
+
+  /** A reload replaced the instance: what leaves it still moves off, until `detachCarriers`. */
+  private retireCarriers (u: object): void {
+    for (const c of this.carriers.get(u) ?? []) this.endpointDrainer.retire(c)
+  }
+
+  private detachCarriers (u: object): void {
+    for (const c of this.carriers.get(u) ?? []) this.endpointDrainer.detach(c)
+    this.carriers.delete(u)
+  }
+
+  /**
+   * POST /upstreams/NAME/endpoints/ADDR/drain (or /ready): the operator's intent for one endpoint of
+   * the running config (src/drain/endpoint-drain.ts). `address` is normalised (`127.0.0.1:080` is
+   * `127.0.0.1:80`).
+   */
+  private endpointAdmin (upstream: string, address: string, admin: AdminState): AdminChange {
+    if (!Object.hasOwn(this.cfg.upstreams, upstream)) return { ok: false, code: 'FERRY_ERR_UNKNOWN_UPSTREAM', message: `no upstream named ${upstream} (known: ${Object.keys(this.cfg.upstreams).join(', ') || 'none'})` }
+    let normalised: string
+    try {
+      normalised = parseEndpoint(address).address
+    } catch {
+      return { ok: false, code: 'FERRY_ERR_UNKNOWN_ENDPOINT', message: `${address} is not host:port` }
+    }
+    return this.endpointDrainer.setAdmin(upstream, normalised, admin)
   }
 
   private get httpUpstreams (): HttpUpstream[] {
@@ -526,14 +583,21 @@ export class Gateway {
       const u = h.upstream
       if (set.http.get(n)?.upstream === u) continue
       this.retiredHttp.add(u)
-      this.retire(u.retire().finally(() => { this.retiredHttp.delete(u) }))
+      this.retireCarriers(u)
+      this.retire(u.retire().finally(() => { this.retiredHttp.delete(u); this.detachCarriers(u) }))
     }
     for (const [n, u] of prev.ws) {
       if (set.ws.get(n) === u) continue
       this.retiredWs.add(u)
-      this.retire(u.retire().finally(() => { this.retiredWs.delete(u) }))
+      // Sessions on an endpoint the new config no longer has are moved off (paced) meanwhile.
+      this.retireCarriers(u)
+      this.retire(u.retire().finally(() => { this.retiredWs.delete(u); this.detachCarriers(u) }))
     }
-    for (const [n, u] of prev.tcp) if (set.tcp.get(n) !== u) u.close('flush')
+    for (const [n, u] of prev.tcp) {
+      if (set.tcp.get(n) === u) continue
+      u.close('flush')
+      this.detachCarriers(u)
+    }
     // A replaced upstream keeps the endpoints it had while it finishes; its source stops now.
     for (const [n, src] of prev.sources) if (set.sources.get(n) !== src) void src.stop()
     this.version = version
@@ -557,9 +621,9 @@ export class Gateway {
 
   /** A refused reload: closes the upstreams it built (those `prev` does not share). */
   private discardNew (set: UpstreamSet, prev: UpstreamSet): void {
-    for (const [n, h] of set.http) if (prev.http.get(n)?.upstream !== h.upstream) void h.upstream.close('abort')
-    for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) void u.close('abort')
-    for (const [n, u] of set.tcp) if (prev.tcp.get(n) !== u) u.close('abort')
+    for (const [n, h] of set.http) if (prev.http.get(n)?.upstream !== h.upstream) { this.detachCarriers(h.upstream); void h.upstream.close('abort') }
+    for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) { this.detachCarriers(u); void u.close('abort') }
+    for (const [n, u] of set.tcp) if (prev.tcp.get(n) !== u) { this.detachCarriers(u); u.close('abort') }
     for (const [n, src] of set.sources) if (prev.sources.get(n) !== src) void src.stop()
   }
 
@@ -632,6 +696,7 @@ export class Gateway {
   }
 
   private async closeStages (kind: 'flush' | 'abort'): Promise<void> {
+    this.endpointDrainer.close()
     this.front?.stopAccepting()
     this.front?.ws.close()
     for (const l of this.oldListeners) void l.close('abort')
@@ -663,6 +728,7 @@ export class Gateway {
       if (clients !== undefined) m.upstreamConnections.labels('client', 'http', '').set(clients)
     }
     this.front?.ws.collect()
+    this.endpointDrainer.collect()
     for (const u of this.sets.ws.values()) u.collect()
     for (const u of this.httpUpstreams) {
       // A retired instance of the same name still serves the requests that started on it: they count.

@@ -5,6 +5,7 @@ import { chromium, type Browser, type Page } from 'playwright-core'
 import { stringify } from 'yaml'
 import { startFerry, waitFor, ROOT, type FerryProcess } from './helpers/ferry.js'
 import { startMuxBackend, connect, type Client } from './helpers/mux.js'
+import { WebSocketServer } from 'ws'
 import { startRedis } from './helpers/redis.js'
 import { startBackend } from './helpers/backend.js'
 import { adminRequest } from './helpers/admin.js'
@@ -110,7 +111,7 @@ t.test('console: token prompt, live session counts, charts, two pods over Redis,
   t.equal(await page.locator('#routes tbody tr').count(), 2, 'the routes table lists the 2 routes')
   t.equal(await page.locator('#routes tbody tr').first().locator('td').last().textContent(), String(N), `and the WebSocket route's session count (${N})`)
   const upstreamRows = await page.locator('#upstreams tbody tr').allTextContents()
-  t.ok(upstreamRows.some((r) => /^chatmux127\.0\.0\.1:\d+up2\/2 links ready, 5 streams$/.test(r)), `the upstream rows show chat: mux, endpoint up, 2/2 links ready, 5 streams (${JSON.stringify(upstreamRows)})`)
+  t.ok(upstreamRows.some((r) => /^chatmux127\.0\.0\.1:\d+up2\/2 links ready, 5 streamsDrain$/.test(r)), `the upstream rows show chat: mux, endpoint up, 2/2 links ready, 5 streams, a Drain button (${JSON.stringify(upstreamRows)})`)
   for (const c of clients.splice(0, 2)) { c.ws.close(); await c.closed }
   await waitText(page, '#sessions-total', (s) => s === `${N - 2}`, `${N - 2} sessions after 2 closed`)
   t.pass(`after 2 sessions closed the console shows ${N - 2}`)
@@ -249,4 +250,48 @@ t.test('console: the page is usable with the keyboard and has landmarks, headed 
     return (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05)
   })
   t.ok(ratio >= 7, `figures on cards have a contrast of at least 7:1 (${ratio.toFixed(1)}:1)`)
+})
+
+t.test('console: an endpoint\'s Drain button drains it with the admin token (its sessions close 1012, new ones avoid it); Ready brings it back', async (t) => {
+  const backends = await Promise.all(['A', 'B'].map(async (id) => {
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false })
+    await new Promise<void>((resolve) => wss.once('listening', resolve))
+    wss.on('connection', (ws) => { ws.on('error', () => {}); ws.send(id) })
+    t.teardown(async () => { for (const c of wss.clients) c.terminate(); await new Promise((resolve) => wss.close(resolve)) })
+    return `127.0.0.1:${(wss.address() as { port: number }).port}`
+  }))
+  const [a, b] = backends as [string, string]
+  const f = await startFerry(t, {
+    upstreams: { legacy: { protocol: 'ws', endpoints: [a, b], drain: { maxMigrationsPerSec: 100, spreadMs: 0 } } },
+    routes: [{ match: { path: '/ws' }, upstream: 'legacy' }],
+    admin: { token: TOKEN, console: { intervalMs: 250 } },
+    logging: { level: 'info', accessLog: false },
+  })
+  const url = `ws://127.0.0.1:${f.httpPort}/ws`
+  const clients: Client[] = []
+  t.teardown(() => { for (const c of clients) c.ws.terminate() })
+  for (let i = 0; i < 4; i++) { const c = await connect(url); await c.waitMessages(1); clients.push(c) }
+  const onA = clients.filter((c) => c.messages[0]!.data.toString() === 'A')
+  t.equal(onA.length, 2, '2 of 4 sessions on A')
+  const browser = await launch(t)
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1100 } })
+  screenshotOnFailure(t, page, 'endpoint-drain')
+  await login(page, f)
+  const status = async (): Promise<any> => JSON.parse((await adminRequest(f, '/status', { token: TOKEN })).body).upstreams[0].endpoints.find((e: any) => e.address === a)
+  await page.getByRole('button', { name: `Drain legacy ${a}` }).click()
+  await waitText(page, '#action-result', (s) => s.includes(`legacy ${a}: draining`), 'the drain acknowledged')
+  t.pass('the Drain button of endpoint A (POST with the admin token) is acknowledged on the page')
+  const closes = await Promise.all(onA.map(async (c) => await c.closed))
+  t.same(closes.map((e) => e.code), [1012, 1012], 'A\'s 2 sessions were closed 1012')
+  t.match(await status(), { admin: 'drain' }, '/status: A is drained by the operator')
+  await waitText(page, `#upstreams tbody tr[data-endpoint="${a}"] td:nth-child(3)`, (s) => s.includes('drained by the operator: 2 moved, 0 left'), 'A shown drained with its progress')
+  t.pass('the row shows A drained by the operator, 2 moved, 0 left')
+  const fresh: Client[] = []
+  for (let i = 0; i < 4; i++) { const c = await connect(url); await c.waitMessages(1); fresh.push(c); clients.push(c) }
+  t.same([...new Set(fresh.map((c) => c.messages[0]!.data.toString()))], ['B'], 'new sessions all go to B')
+  await page.getByRole('button', { name: `Ready legacy ${a}` }).click()
+  await waitText(page, '#action-result', (s) => s.includes(`legacy ${a}: ready`), 'ready acknowledged')
+  t.match(await status(), { admin: 'ready', state: 'active' }, 'Ready: /status shows A ready and active')
+  await page.getByRole('button', { name: `Drain legacy ${a}` }).waitFor({ state: 'visible', timeout: WAIT_MS })
+  t.pass('and its button is Drain again')
 })

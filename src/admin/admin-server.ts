@@ -7,6 +7,7 @@ import type { Metrics } from '../observability/metrics.js'
 import { loadConsoleAssets, type Asset } from './console-assets.js'
 import { ConsoleFeed, type FeedOptions, type Subscription } from './console-feed.js'
 import type { AdminToken } from './token.js'
+import type { AdminChange, AdminState } from '../drain/endpoint-drain.js'
 
 /** What the admin API reads from the gateway; kept narrow so the admin never reaches into stages. */
 export interface AdminSource {
@@ -19,6 +20,8 @@ export interface AdminSource {
   readonly reload: () => Promise<{ result: string }>
   /** New weights for a route's split (PUT /routes/NAME/split); `result` 'ok', 'refused' (field-named errors) or 'not_found'. */
   readonly setSplit: (route: string, weights: unknown) => Promise<{ result: string }>
+  /** The operator's intent for one endpoint of an upstream (`address` as the client wrote it). */
+  readonly endpointAdmin: (upstream: string, address: string, admin: AdminState) => AdminChange
   /** Adds the per-message counts kept as plain numbers to their prom-client counters (what a scrape does first, without the rest of it). */
   readonly flushCounters: () => void
 }
@@ -49,9 +52,19 @@ function errorBody (code: FerryErrorCode, message: string): string {
   return JSON.stringify({ error: { code, message } })
 }
 
+/** A path parameter as written (`[::1]:80` may come percent-encoded); undefined when not valid percent-encoding. */
+function decodeParameter (s: string): string | undefined {
+  try {
+    return decodeURIComponent(s)
+  } catch {
+    return undefined
+  }
+}
+
 /**
  * Admin HTTP API on its own listener: /healthz /readyz /metrics /status /events, POST /drain /reload,
- * and the status console at /. With a token (admin.token) everything but the probes (and /metrics
+ * POST /upstreams/NAME/endpoints/ADDR/drain and /ready (an endpoint's admin state), and the status
+ * console at /. With a token (admin.token) everything but the probes (and /metrics
  * unless protectMetrics) needs `Authorization: Bearer TOKEN`; POSTs from a page of another origin are
  * refused whatever the token.
  */
@@ -108,6 +121,25 @@ export class AdminServer {
       if (!this.sameOrigin(res, req) || !this.authorized(res, req, '/routes')) return
       this.putSplit(res, req.getUrl())
     })
+    for (const admin of ['drain', 'ready'] as const) {
+      this.app.post(`/upstreams/:upstream/endpoints/:address/${admin}`, (res, req) => {
+        if (!this.sameOrigin(res, req) || !this.authorized(res, req, `/upstreams/endpoints/${admin}`)) return
+        res.onAborted(() => {})
+        const upstream = decodeParameter(req.getParameter(0) ?? '')
+        const address = decodeParameter(req.getParameter(1) ?? '')
+        const r = upstream === undefined || address === undefined
+          ? { ok: false as const, code: 'FERRY_ERR_UNKNOWN_ENDPOINT' as const, message: 'the upstream name or endpoint address is not valid percent-encoding' }
+          : this.source.endpointAdmin(upstream, address, admin)
+        if (!r.ok) {
+          res.writeStatus(`${ERRORS[r.code].status} Not Found`).writeHeader('content-type', JSON_TYPE).end(errorBody(r.code, r.message))
+          return
+        }
+        // A drain that starts is accepted (the sessions leave paced, after this answer); asking again is 200 and says so.
+        const result = admin === 'drain' ? (r.changed ? 'draining' : 'already_draining') : (r.changed ? 'ready' : 'already_ready')
+        const body = { result, upstream: r.upstream, endpoint: r.endpoint, admin: r.admin, state: r.state, drain: r.drain }
+        res.writeStatus(admin === 'drain' && r.changed ? '202 Accepted' : '200 OK').writeHeader('content-type', JSON_TYPE).end(JSON.stringify(body, null, 2))
+      })
+    }
     for (const [path, asset] of this.assets ?? []) {
       this.app.get(path, (res) => {
         res.writeHeader('content-type', asset.type)
@@ -116,7 +148,7 @@ export class AdminServer {
       })
     }
     this.app.any('/*', (res) => {
-      res.writeStatus('404 Not Found').writeHeader('content-type', 'text/plain').end(`admin endpoints: GET /healthz /readyz /metrics /status /events${this.assets === undefined ? '' : ' / (console)'}, POST /drain /reload, PUT /routes/NAME/split\n`)
+      res.writeStatus('404 Not Found').writeHeader('content-type', 'text/plain').end(`admin endpoints: GET /healthz /readyz /metrics /status /events${this.assets === undefined ? '' : ' / (console)'}, POST /drain /reload /upstreams/NAME/endpoints/ADDR/drain /upstreams/NAME/endpoints/ADDR/ready, PUT /routes/NAME/split\n`)
     })
   }
 

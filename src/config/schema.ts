@@ -120,6 +120,19 @@ const labelled = (address: z.ZodType<string>) => z.union([
     labels: labelMap.default({}).describe('Labels of this endpoint, e.g. `{ version: v2 }`: a route\'s `split` sends shares of its traffic to the endpoints whose labels match.'),
   }),
 ], { error: 'must be an address string or { address, labels }' })
+/** Pacing of moving sessions off leaving endpoints (docs/endpoint-drain.md). */
+const drainPacing = {
+  maxMigrationsPerSec: positiveInt.default(200).describe('At most this many sessions per second are moved off the leaving endpoints of this upstream, all of them together (each closed 1012 with a `retry-after-ms` hint; the new one goes to another endpoint).'),
+  spreadMs: nonNegativeInt.default(20000).describe('Each leaving endpoint\'s sessions are moved evenly over this long (at least one per second), or slower when maxMigrationsPerSec says so. 0: as fast as maxMigrationsPerSec allows.'),
+}
+
+const onUnhealthy = z.enum(['drain', 'keep']).default('drain')
+  .describe('`drain`: the sessions of an endpoint failing its health (active checks down, or ejected by passive health) are moved off like those of a removed one, as long as another endpoint is healthy; `keep`: they stay until they end (what HAProxy and Envoy do unless told otherwise).')
+
+const endpointDrainWs = z.strictObject({ ...drainPacing, onUnhealthy }).prefault({})
+  .describe('Sessions of an endpoint that leaves (removed from the source, failing its health, or drained by the operator with POST /upstreams/NAME/endpoints/ADDR/drain) are closed 1012 in paced waves; new sessions go to the other endpoints at once.')
+const endpointDrainHttp = z.strictObject({ ...drainPacing, onUnhealthy }).prefault({})
+  .describe('For the WebSocket sessions passed through to this upstream\'s endpoints: those of an endpoint that leaves (removed from the source, failing its health, or drained by the operator with POST /upstreams/NAME/endpoints/ADDR/drain) are closed 1012 in paced waves. HTTP requests under way finish; new ones, like new sessions, go to the other endpoints at once.')
 
 /** The source fields every upstream kind has: exactly one of them (checked in configSchema). */
 const sources = <T extends z.ZodOptional<z.ZodType<unknown[]>>>(endpointList: T) => ({
@@ -140,6 +153,7 @@ const httpUpstream = z.strictObject({
     idempotent: z.boolean().default(true).describe('Retry GET/HEAD/OPTIONS/PUT/DELETE once on another endpoint when the connection failed before any response byte.'),
   }).prefault({}).describe('Retry policy.'),
   ejection: ejection.describe('Passive health: endpoints that keep failing are taken out for a while.'),
+  drain: endpointDrainHttp,
 })
 
 /** `host:port` or `[v6]:port`: a TCP upstream has no scheme. */
@@ -186,6 +200,7 @@ const wsUpstream = z.strictObject({
     connectMs: durationMs(5000, 'Budget for the backend TCP connect and WebSocket handshake; exceeded → the client\'s upgrade is answered 502 (or 504).'),
   }).prefault({}).describe('Deadlines Ferry enforces towards the backend.'),
   ejection: ejection.describe('Passive health: endpoints whose handshakes keep failing are taken out for a while.'),
+  drain: endpointDrainWs,
 })
 
 const muxUpstream = z.strictObject({
@@ -222,7 +237,7 @@ const muxUpstream = z.strictObject({
   }).prefault({}).describe('Link reconnect backoff.'),
   ejection: ejection.describe('Passive health: endpoints whose links keep failing to connect are taken out for a while.'),
   handoff: z.strictObject({
-    maxPerSec: positiveInt.default(200).describe('Sessions this gateway reopens on another endpoint of this upstream per second, at most (handoffs from a draining backend and crash failovers alike), so the backends that take them are never flooded. Beyond it they wait their turn, their client messages held.'),
+    maxPerSec: positiveInt.default(200).describe('Sessions this gateway reopens on another endpoint of this upstream per second, at most (handoffs from a draining backend and crash failovers alike), so the backends that take them are never flooded. Beyond it they wait their turn, their client messages held. An operator\'s drain of an endpoint (POST /upstreams/NAME/endpoints/ADDR/drain) moves its sessions at this pace too.'),
     timeoutMs: durationMs(5000, 'How long the old backend may take to answer FREEZE with HANDOFF (its last messages, then the state). Past it the session moves as `lost` (no state).'),
     failover: z.boolean().default(true).describe('A session whose backend link dies (process killed) is reopened on another endpoint with `handoff: { lost: true }` instead of its client being closed 1012. Messages the dead process had received but not processed are gone.'),
   }).prefault({}).describe('Backend handoff (docs/backend-handoff.md): sessions outlive the backend process they are on. Plain WebSocket clients of this upstream keep their connection while `ferry/backend`\'s `server.drain()` moves them, or when a backend dies. (Resumable `ferry/client` sessions are not handed over yet: they resume as before.)'),
@@ -431,7 +446,7 @@ export const configSchema = z.strictObject({
   }).prefault({}).describe('Identity of this gateway process.'),
   listen: z.strictObject({
     http: listener('0.0.0.0', 8080).prefault({}).describe('The HTTP and WebSocket front (uWebSockets.js).'),
-    admin: listener('127.0.0.1', 9901).prefault({}).describe('Admin API and status console: /healthz /readyz /metrics /status /events, POST /drain /reload, PUT /routes/NAME/split, the console at /. Keep it off public interfaces, and set `admin.token` when it is reachable by anyone else.'),
+    admin: listener('127.0.0.1', 9901).prefault({}).describe('Admin API and status console: /healthz /readyz /metrics /status /events, POST /drain /reload, POST /upstreams/NAME/endpoints/ADDR/drain and /ready, PUT /routes/NAME/split, the console at /. Keep it off public interfaces, and set `admin.token` when it is reachable by anyone else.'),
     tcp: z.array(tcpListener).default([]).describe('Raw TCP passthrough ports, each forwarding to a `protocol: tcp` upstream.'),
   }).prefault({}).describe('Listening sockets.'),
   http: z.strictObject({
@@ -494,7 +509,7 @@ export const configSchema = z.strictObject({
   }).prefault({}).describe('Hot reload (docs/reload.md).'),
   admin: z.strictObject({
     token: z.string().min(16, { error: 'must be at least 16 characters' }).optional()
-      .describe('Bearer token the admin listener requires (`Authorization: Bearer TOKEN`) for /status, POST /drain, POST /reload, PUT /routes/NAME/split and the console\'s live channel /events (docs/console.md). /healthz and /readyz stay open for probes; /metrics too unless `protectMetrics`. Default: the FERRY_ADMIN_TOKEN environment variable, else none (the admin API is open: keep listen.admin on 127.0.0.1). Compared in constant time.'),
+      .describe('Bearer token the admin listener requires (`Authorization: Bearer TOKEN`) for /status, the POSTs (/drain, /reload, an endpoint\'s /drain and /ready), PUT /routes/NAME/split and the console\'s live channel /events (docs/console.md). /healthz and /readyz stay open for probes; /metrics too unless `protectMetrics`. Default: the FERRY_ADMIN_TOKEN environment variable, else none (the admin API is open: keep listen.admin on 127.0.0.1). Compared in constant time.'),
     tokenFile: z.string().min(1).optional().describe('Read the token from this file instead (a mounted Kubernetes Secret); surrounding whitespace is ignored. Read at start and on reload.'),
     protectMetrics: z.boolean().default(false).describe('Require the token for /metrics too (Prometheus: `authorization: { credentials_file: ... }`). Off by default: metrics carry no secrets and no per-client labels, and most scrapers are set up without credentials.'),
     console: z.strictObject({

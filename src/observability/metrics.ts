@@ -27,6 +27,9 @@ export class Metrics {
   readonly splitAssigned: Counter<'route' | 'subset' | 'by'>
   readonly splitFallbacks: Counter<'route' | 'subset' | 'reason'>
   readonly splitRebalanced: Counter<'route' | 'subset'>
+  readonly endpointState: Gauge<'upstream' | 'endpoint'>
+  readonly endpointDrainMoved: Counter<'upstream' | 'cause'>
+  readonly endpointDrainRemaining: Gauge<'upstream' | 'endpoint'>
   readonly bytes: Counter<'direction' | 'upstream'>
   readonly authResults: Counter<'policy' | 'method' | 'result'>
   readonly rateLimitDecisions: Counter<'policy' | 'decision'>
@@ -92,7 +95,11 @@ export class Metrics {
     // Discovery and active health checks (docs/discovery.md).
     this.endpointCheckedUp = new Gauge({ name: 'ferry_upstream_endpoint_checked_up', help: 'Active health checks (upstream healthCheck): 1 while the endpoint passes them, 0 while it is starting (no check passed yet) or down.', labelNames: ['upstream', 'endpoint'], registers: r })
     this.healthChecks = new Counter({ name: 'ferry_upstream_health_checks_total', help: 'Active health checks run, by result (passed, failed).', labelNames: ['upstream', 'endpoint', 'result'], registers: r })
-    this.upstreamEndpoints = new Gauge({ name: 'ferry_upstream_endpoints', help: 'Endpoints of an upstream by state: active (in the discovered set, taking new work when healthy) or draining (removed from the set, finishing what they carry). Updated at scrape time.', labelNames: ['upstream', 'state'], registers: r })
+    this.upstreamEndpoints = new Gauge({ name: 'ferry_upstream_endpoints', help: 'Endpoints of an upstream by state: active (in the discovered set, taking new work when healthy), held (in the set, but drained by the operator: no new work) or draining (removed from the set, finishing what they carry). Updated at scrape time.', labelNames: ['upstream', 'state'], registers: r })
+    // Endpoint drain and admin states (docs/endpoint-drain.md).
+    this.endpointState = new Gauge({ name: 'ferry_upstream_endpoint_state', help: 'Each endpoint\'s state: 0 active, 1 draining (leaving: drained by the operator, removed from the source, or failing its health; its sessions are being moved off), 2 drained (leaving, nothing left on it). Updated at scrape time.', labelNames: ['upstream', 'endpoint'], registers: r })
+    this.endpointDrainMoved = new Counter({ name: 'ferry_upstream_endpoint_drain_moved_total', help: 'Sessions moved off leaving endpoints (closed 1012 with a retry hint, paced by the upstream\'s drain budget), by why the endpoint left: operator, removed, unhealthy.', labelNames: ['upstream', 'cause'], registers: r })
+    this.endpointDrainRemaining = new Gauge({ name: 'ferry_upstream_endpoint_drain_sessions', help: 'Sessions still on a leaving endpoint (present while it is draining or drained). Updated at scrape time.', labelNames: ['upstream', 'endpoint'], registers: r })
     this.discoveryChanges = new Counter({ name: 'ferry_discovery_changes_total', help: 'Endpoints added to or removed from an upstream\'s set by its source (static, dns, registry).', labelNames: ['upstream', 'change'], registers: r })
     this.discoveryRefreshes = new Counter({ name: 'ferry_discovery_refreshes_total', help: 'Resolutions (dns) and reads (registry) of an upstream\'s endpoint source, by result: ok, or failed (the last good set is kept).', labelNames: ['upstream', 'source', 'result'], registers: r })
     this.noHealthyEndpoint = new Counter({ name: 'ferry_upstream_no_healthy_endpoint_total', help: 'Requests, sessions and connections refused at once because no endpoint of the upstream was healthy and whenAllUnhealthy is fail (or the set was empty).', labelNames: ['upstream'], registers: r })

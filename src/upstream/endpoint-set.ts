@@ -5,6 +5,7 @@ import type { EndpointSource, SourceEndpoint } from '../discovery/source.js'
 import { labelsText, type Labels } from '../config/labels.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Balanced, EndpointList } from '../routing/balancer.js'
+import type { AdminView, DrainableEndpoints } from '../drain/endpoint-drain.js'
 import { ActiveHealth, type PassiveHealth } from './health.js'
 
 /** Active health checks of an upstream (config `healthCheck`). */
@@ -55,8 +56,12 @@ export interface MemberKind<E extends SetMember> {
   sharedHealth?: (address: string) => ActiveHealth | undefined
 }
 
-/** active: in the source's set; draining: removed from it, finishing its work; closed: released. */
-export type MemberState = 'active' | 'draining'
+/**
+ * A member's row in /status: active (takes new work when healthy), draining (leaving: the operator
+ * drains it, its source removed it, or it fails its health, and something is still open on it),
+ * drained (leaving, nothing left on it). See src/drain/endpoint-drain.ts.
+ */
+export type MemberState = 'active' | 'draining' | 'drained'
 
 /** How often draining members are looked at (a coarse timer: draining takes as long as sessions last). */
 const DRAIN_CHECK_MS = 250
@@ -65,13 +70,19 @@ const DRAIN_CHECK_MS = 250
  * The endpoints of one upstream, following its source: added addresses become members (and take work
  * once healthy), removed ones are retired and drain, then are closed. Runs the active health checks
  * (one interval timer for the set). The balancers of the upstream read `active` through EndpointList;
- * `generation` changes with every new `active` array (never mutated in place).
+ * `generation` changes with every new `active` array (never mutated in place). A member the operator
+ * drains (admin state `drain`, read from the bound AdminView) stays in the set, checked, but out of
+ * `active`: nothing new is placed on it, not even in panic or by an affinity record.
  */
-export class EndpointSet<E extends SetMember> implements EndpointList<E> {
+export class EndpointSet<E extends SetMember> implements EndpointList<E>, DrainableEndpoints {
+  /** Members that take new work: in the source's set and not drained by the operator. */
   active: readonly E[] = []
   generation = 0
+  /** Removed from the source's set, finishing what they carry. */
   private readonly draining = new Set<E>()
+  /** Every member in the source's set, held by the operator or not. */
   private readonly byAddr = new Map<string, E>()
+  private admin: AdminView | undefined
   private unsubscribe: (() => void) | undefined
   private checkTimer: NodeJS.Timeout | undefined
   private drainTimer: NodeJS.Timeout | undefined
@@ -98,9 +109,59 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E> {
     return this.active.length
   }
 
-  /** The active member at `address` (`host:port`), if any. */
+  /** The active member at `address` (`host:port`), if any: not one the operator drains (a placement must not go there). */
   get (address: string): E | undefined {
+    const e = this.byAddr.get(address)
+    return e === undefined || this.admin?.held(address) === true ? undefined : e
+  }
+
+  /** The member at `address` while it is in the source's set, drained by the operator or not. */
+  member (address: string): E | undefined {
     return this.byAddr.get(address)
+  }
+
+  /** Every address with a member: in the source's set, or removed and finishing. */
+  * addresses (): Iterable<string> {
+    yield * this.byAddr.keys()
+    for (const e of this.draining) if (!this.byAddr.has(e.address)) yield e.address
+  }
+
+  /** What the members at `address` still carry (in the set or removed and finishing). */
+  carried (address: string): number {
+    let n = this.byAddr.get(address)?.inflight ?? 0
+    for (const e of this.draining) if (e.address === address) n += e.inflight
+    return n
+  }
+
+  /**
+   * The member at `address` is ejected or checked down while another member that takes new work is
+   * healthy (so its sessions have somewhere to go). One still `starting` its checks is not: it is new.
+   */
+  unhealthy (address: string, now: number): boolean {
+    const e = this.byAddr.get(address)
+    if (e === undefined || (e.passive.acceptsAt(now) && e.checked?.state !== 'down')) return false
+    return this.active.some((o) => o !== e && healthyAt(o, now))
+  }
+
+  /** Reads the operator's intent from `view` from now on (see src/drain/endpoint-drain.ts). */
+  bindAdmin (view: AdminView): void {
+    this.admin = view
+    this.adminChanged()
+  }
+
+  /** The operator's intent changed: members it drains leave `active` (the balancers), members made ready come back. */
+  adminChanged (): void {
+    const next = this.takingWork()
+    if (next.length === this.active.length && next.every((e, i) => e === this.active[i])) return
+    this.active = next
+    this.generation++
+    this.kind.changed?.()
+  }
+
+  private takingWork (): E[] {
+    const admin = this.admin
+    const all = [...this.byAddr.values()]
+    return admin === undefined ? all : all.filter((e) => !admin.held(e.address))
   }
 
   /** Some active member is healthy at `now` (false: no members, or every one ejected or failing checks). */
@@ -115,14 +176,16 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E> {
   refusal (now: number, whenAllUnhealthy: 'panic' | 'fail'): FerryError | undefined {
     if (this.size > 0 && (whenAllUnhealthy === 'panic' || this.anyHealthy(now))) return undefined
     this.metrics.noHealthyEndpoint.labels(this.upstream).inc()
-    return new FerryError('FERRY_ERR_NO_HEALTHY_ENDPOINT', this.size === 0
-      ? `upstream ${this.upstream} has no endpoints (its ${this.source.kind} source found none)`
-      : `no endpoint of upstream ${this.upstream} is healthy (whenAllUnhealthy: fail)`)
+    return new FerryError('FERRY_ERR_NO_HEALTHY_ENDPOINT', this.size > 0
+      ? `no endpoint of upstream ${this.upstream} is healthy (whenAllUnhealthy: fail)`
+      : this.byAddr.size > 0
+        ? `every endpoint of upstream ${this.upstream} is drained by the operator (POST /upstreams/NAME/endpoints/ADDR/ready brings one back)`
+        : `upstream ${this.upstream} has no endpoints (its ${this.source.kind} source found none)`)
   }
 
-  /** Every member, active and draining (for totals and close). */
+  /** Every member: in the set (held by the operator or not) and removed ones finishing (for totals and close). */
   all (): E[] {
-    return [...this.active, ...this.draining]
+    return [...this.byAddr.values(), ...this.draining]
   }
 
   private apply (endpoints: readonly SourceEndpoint[]): void {
@@ -165,10 +228,10 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E> {
       removed.push(e)
     }
     if (added.length === 0 && removed.length === 0) {
-      if (relabelled > 0) { this.active = [...this.active]; this.generation++ }
+      if (relabelled > 0) { this.active = this.takingWork(); this.generation++ }
       return
     }
-    this.active = [...this.byAddr.values()]
+    this.active = this.takingWork()
     this.generation++
     for (const e of removed) this.retireMember(e)
     if (added.length > 0) this.metrics.discoveryChanges.labels(this.upstream, 'added').inc(added.length)
@@ -178,6 +241,7 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E> {
     }
     for (const e of added) this.check(e)
     this.kind.changed?.()
+    this.admin?.membershipChanged()
   }
 
   private retireMember (e: E): void {
@@ -211,8 +275,9 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E> {
     }
   }
 
+  /** Members the operator drains are checked too: their health shows, and holds when they are made ready. */
   private checkAll (): void {
-    for (const e of this.active) this.check(e)
+    for (const e of this.byAddr.values()) this.check(e)
   }
 
   /**
@@ -250,7 +315,7 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E> {
     if (this.state !== 'open') return
     this.state = 'retiring'
     this.stopWatching()
-    const members = this.active
+    const members = [...this.byAddr.values()]
     this.active = []
     this.byAddr.clear()
     this.generation++
@@ -288,21 +353,31 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E> {
 
   collect (): void {
     this.metrics.upstreamEndpoints.labels(this.upstream, 'active').set(this.active.length)
+    this.metrics.upstreamEndpoints.labels(this.upstream, 'held').set(this.byAddr.size - this.active.length)
     this.metrics.upstreamEndpoints.labels(this.upstream, 'draining').set(this.draining.size)
   }
 
-  /** /status rows: every member with its state, health and what `detail` adds (connections, links, streams). */
+  /**
+   * /status rows: every member with its state (and, while it is leaving, its drain's progress), the
+   * operator's intent (`admin`), its health and what `detail` adds (connections, links, streams).
+   */
   status (detail: (e: E) => object): object[] {
     const now = Date.now()
-    const row = (e: E, state: MemberState): object => ({
-      address: e.address,
-      state,
-      labels: e.labels,
-      ...e.passive.status(now),
-      ...(e.checked !== undefined ? e.checked.status() : {}),
-      ...detail(e),
-    })
-    return [...this.active.map((e) => row(e, 'active')), ...[...this.draining].map((e) => row(e, 'draining'))]
+    const row = (e: E, removed: boolean): object => {
+      const drain = this.admin?.drain(e.address)
+      const state: MemberState = drain?.state ?? (removed ? 'draining' : 'active')
+      return {
+        address: e.address,
+        state,
+        labels: e.labels,
+        admin: this.admin?.held(e.address) === true ? 'drain' : 'ready',
+        ...(drain !== undefined ? { drain } : {}),
+        ...e.passive.status(now),
+        ...(e.checked !== undefined ? e.checked.status() : {}),
+        ...detail(e),
+      }
+    }
+    return [...[...this.byAddr.values()].map((e) => row(e, false)), ...[...this.draining].map((e) => row(e, true))]
   }
 
   sourceStatus (): object {

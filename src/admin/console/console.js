@@ -303,23 +303,70 @@ function load (u, ep) {
   }
 }
 
+/** An endpoint's state as words: active, or leaving (why, and its drain's progress). */
+function endpointState (ep) {
+  if (ep.state === 'active') return ''
+  const d = ep.drain
+  if (d === undefined) return ` (${ep.state})`
+  const why = { operator: 'by the operator', removed: 'removed', unhealthy: 'unhealthy' }[d.cause] ?? d.cause
+  return ` (${ep.state} ${why}: ${d.moved} moved, ${d.sessionsLeft} left)`
+}
+
+/** Drain / Ready for an endpoint in the set; none for one that was removed (it is leaving anyway). */
+function adminButton (u, ep) {
+  const removed = ep.drain?.cause === 'removed' || (ep.state === 'draining' && ep.drain === undefined)
+  if (removed) return '–'
+  const action = ep.admin === 'drain' ? 'ready' : 'drain'
+  const label = action === 'drain' ? 'Drain' : 'Ready'
+  return el('button', { type: 'button', class: action === 'drain' ? 'quiet' : undefined, 'data-action': action, 'data-upstream': u.name, 'data-endpoint': ep.address, 'aria-label': `${label} ${u.name} ${ep.address}` }, label)
+}
+
 function renderUpstreams (ups) {
+  // Rows are rebuilt on every snapshot: a focused Drain/Ready button keeps the focus.
+  const focused = document.activeElement?.closest?.('#upstreams button[data-action]')
+  const focusKey = focused ? `${focused.dataset.upstream} ${focused.dataset.endpoint}` : undefined
   const rows = []
   for (const u of ups) {
     const eps = u.endpoints ?? []
-    if (eps.length === 0) rows.push(el('tr', null, el('th', { scope: 'row' }, u.name), el('td', null, u.protocol), el('td', { colspan: 3 }, 'no endpoints')))
+    if (eps.length === 0) rows.push(el('tr', null, el('th', { scope: 'row' }, u.name), el('td', null, u.protocol), el('td', { colspan: 4 }, 'no endpoints')))
     for (const ep of eps) {
       const health = ep.check ?? ep.health
       const cls = health === 'up' ? 'ok' : health === 'starting' ? 'warn' : 'bad'
-      rows.push(el('tr', { 'data-endpoint': ep.address },
+      rows.push(el('tr', { 'data-endpoint': ep.address, 'data-state': ep.state },
         el('th', { scope: 'row' }, u.name), el('td', null, u.protocol),
-        el('td', null, ep.address, ep.state === 'draining' ? ' (draining)' : ''),
+        el('td', null, ep.address, endpointState(ep)),
         el('td', { class: cls }, health),
-        el('td', null, load(u, ep))))
+        el('td', null, load(u, ep)),
+        el('td', null, adminButton(u, ep))))
     }
   }
   fillTable('upstreams', rows)
+  if (focusKey === undefined) return
+  for (const b of document.querySelectorAll('#upstreams button[data-action]')) {
+    if (`${b.dataset.upstream} ${b.dataset.endpoint}` === focusKey) { b.focus(); break }
+  }
 }
+
+// One listener for every row's button (the rows are rebuilt on every snapshot).
+document.querySelector('#upstreams tbody').addEventListener('click', async (ev) => {
+  const btn = ev.target.closest?.('button[data-action]')
+  if (!btn) return
+  const { action, upstream, endpoint } = btn.dataset
+  btn.disabled = true
+  try {
+    const { status, body } = await post(`/upstreams/${encodeURIComponent(upstream)}/endpoints/${encodeURIComponent(endpoint)}/${action}`)
+    if (status === 202 || status === 200) {
+      const said = { draining: 'draining: no new sessions, its sessions move off paced', already_draining: 'already draining', ready: 'ready: it takes new sessions', already_ready: 'already ready' }[body?.result] ?? body?.result
+      showResult(action === 'drain' ? 'warn' : 'ok', `${upstream} ${endpoint}: ${said}.`)
+    } else if (status !== 401) {
+      showResult('bad', `${action === 'drain' ? 'Drain' : 'Ready'} of ${upstream} ${endpoint} refused (${status}): ${body?.error?.message ?? ''}`)
+    }
+  } catch (err) {
+    showResult('bad', `${action} request failed: ${err.message}`)
+  } finally {
+    btn.disabled = false
+  }
+})
 
 function renderRoutes (s) {
   const l = s.listeners

@@ -67,6 +67,8 @@ export class MuxLeg implements UpstreamLeg {
   meta: Record<string, unknown> = {}
   /** The endpoint address the stream is on (the upstream sets it). */
   address = ''
+  /** The set of legs of the endpoint the stream is on (the upstream's; left when the leg moves or ends). */
+  home: Set<MuxLeg> | undefined
   private finishedOnce = false
   /** The link's topic scope when the stream opened (a link that reconnects gets a new one). */
   private topicPrefix: string
@@ -178,6 +180,8 @@ export class MuxLeg implements UpstreamLeg {
     if (this.handoffStarted === 0) this.handoffStarted = performance.now()
     this.generation++
     this.to('moving')
+    this.home?.delete(this)
+    this.home = undefined
     for (const t of this.topics) this.sink.unsubscribe(this.topicPrefix + t + this.topicSuffix)
     const topics = [...this.topics]
     this.topics.clear()
@@ -261,6 +265,8 @@ export class MuxLeg implements UpstreamLeg {
   /** The stream is over: a draining link may close; the owner's bookkeeping runs once. */
   protected finished (linkAlive: boolean): void {
     if (linkAlive) this.ep.afterStreamEnd()
+    this.home?.delete(this)
+    this.home = undefined
     if (this.finishedOnce) return
     this.finishedOnce = true
     this.onFinished?.()

@@ -19,6 +19,7 @@ import type { RouteSplit, SplitAsk } from '../../routing/split.js'
 import type { ResumeClaims, ResumeTokens } from '../../sessions/token.js'
 import { Kind } from '../../client/wire.js'
 import type { Histogram } from 'prom-client'
+import { endpointDrainReason } from '../../drain/endpoint-drain.js'
 
 /**
  * One backend endpoint of a mux upstream: its link slots, passive health, and the topic scope of the
@@ -31,6 +32,8 @@ class MuxEndpoint implements SetMember, LinkOwner {
   checked: ActiveHealth | undefined
   labels: Labels = NO_LABELS
   readonly topicPrefix: string
+  /** The sessions whose stream is on this endpoint now (an operator drain moves them). */
+  readonly legs = new Set<MuxLeg>()
   private readonly events: Record<'connected' | 'connect_failed' | 'lost' | 'goaway', Counter.Internal>
 
   constructor (readonly upstream: MuxUpstream, readonly endpoint: Endpoint) {
@@ -354,6 +357,8 @@ export class MuxUpstream implements WsUpstream, LegMover {
       leg.meta = meta
       leg.address = owner.address
       leg.mover = this
+      leg.home = owner.legs
+      owner.legs.add(leg)
       if (hs.split !== undefined) this.splitAsks.set(leg, hs.split)
       if (hs.affinityKey !== undefined) this.track(leg, key, owner.address, o.known, 0)
       return leg
@@ -363,6 +368,9 @@ export class MuxUpstream implements WsUpstream, LegMover {
     const stream = slot.conn!.openStream(meta, leg.events)
     if (stream === undefined) return undefined
     leg.stream = stream
+    leg.address = owner.address
+    leg.home = owner.legs
+    owner.legs.add(leg)
     // The client is upgraded once the backend said whether the session resumed.
     let timer: NodeJS.Timeout | undefined
     let why = `did not accept the session within ${this.cfg.timeouts.openMs} ms`
@@ -442,6 +450,8 @@ export class MuxUpstream implements WsUpstream, LegMover {
         if (stream !== undefined) {
           const old = leg.address
           leg.rebind(stream, slot, owner.address)
+          leg.home = owner.legs
+          owner.legs.add(leg)
           // Tracked sessions (an affinity key) have a record: it follows the session to its new home.
           if (this.placement !== undefined && leg.onFinished !== undefined && typeof leg.meta.key === 'string') this.placement.moved(leg.meta.key, owner.address)
           this.log.debug({ session: leg.meta.session, from: old, to: owner.address, lost: req.lost, why: req.why }, 'session moved to another backend')
@@ -521,6 +531,35 @@ export class MuxUpstream implements WsUpstream, LegMover {
     if (placement === undefined) return
     placement.opened(key, address, known, epoch)
     leg.onFinished = () => { placement.closed(key) }
+  }
+
+  /**
+   * Moves up to `n` sessions off the endpoint at `address` (the operator drains it; the gateway's
+   * EndpointDrainer paces the calls and already keeps new sessions off it): by live handoff (FREEZE,
+   * the backend's HANDOFF, the session reopened elsewhere with its client connected) where the link
+   * speaks it; resumable sessions and old backends are closed 1012 with a retry hint
+   * (endpointDrainReason), their backend told CLOSE 1012. Returns how many it started moving.
+   */
+  moveSessionsOff (address: string, n: number): number {
+    let moved = 0
+    for (const ep of this.set.all()) {
+      if (ep.address !== address) continue
+      for (const leg of [...ep.legs]) {
+        if (moved >= n) return moved
+        if (leg.state !== 'open') continue // already moving
+        // Live handoff where the link speaks it: the client stays connected (docs/backend-handoff.md).
+        if (leg.startHandoff('endpoint draining')) { moved++; continue }
+        // Else (a resumable session, or a backend that predates handoff): CLOSE goes to the backend, then
+        // the leg hears the end like any local one: its client is closed 1012 after what the backend sent.
+        const stream = leg.stream
+        if (stream.state !== 'open') continue
+        const reason = endpointDrainReason()
+        stream.close(1012, reason)
+        stream.events.end(1012, reason, 'reset', 'FERRY_ERR_ENDPOINT_DRAINING')
+        moved++
+      }
+    }
+    return moved
   }
 
   /** No new sessions; each link says GOAWAY and closes when its last stream ends (no reconnect). */

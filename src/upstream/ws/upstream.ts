@@ -16,6 +16,7 @@ import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { httpProbe, tcpProbe } from '../probes.js'
 import { corkUntilCheck } from '../../net/cork.js'
+import { endpointDrainReason, type DrainCause, type EndpointCarrier } from '../../drain/endpoint-drain.js'
 import { utf8ForLatin1Writer } from '../../net/header-bytes.js'
 
 /** How long a backend gets to answer our close frame before its socket is cut. */
@@ -50,6 +51,8 @@ class WsEndpoint implements SetMember {
   handshaking = 0
   sockets = 0
   sessions = 0
+  /** The legs relaying a session (state open), oldest first: what a drain moves off. */
+  readonly legs = new Set<PassthroughLeg>()
   private lastRefusalLog = 0
   private refusalsNotLogged = 0
 
@@ -105,13 +108,17 @@ class PassthroughLeg implements UpstreamLeg {
     readonly ep: WsEndpoint,
     private readonly owner: WsPassthroughUpstream,
   ) {
+    ep.legs.add(this)
     ws.on('message', (data: Buffer, isBinary: boolean) => { this.fromBackend(data, isBinary) })
     ws.on('close', (code: number, reason: Buffer) => { this.backendClosed(code, reason) })
     ws.on('error', (err: Error) => { this.backendError(err) })
   }
 
   private to (state: LegState): void {
-    if (this.state === 'open') this.ep.sessions--
+    if (this.state === 'open') {
+      this.ep.sessions--
+      this.ep.legs.delete(this)
+    }
     this.state = state
     if (state === 'closed') {
       clearTimeout(this.graceTimer)
@@ -201,6 +208,17 @@ class PassthroughLeg implements UpstreamLeg {
     this.beginClose(code === 1005 ? 'none' : sendableCloseCode(code, 1001), reason)
   }
 
+  /**
+   * The endpoint is leaving (src/drain/endpoint-drain.ts): the client gets what the backend already
+   * sent, then 1012 with `reason` (its retry hint); the backend is told 1012 too. False when not open.
+   */
+  moveOff (reason: string): boolean {
+    if (this.state !== 'open') return false
+    this.sink.end(1012, reason, 'FERRY_ERR_ENDPOINT_DRAINING')
+    this.beginClose(1012, reason)
+    return true
+  }
+
   /** The upstream is stopping: both sides are told 1001. */
   abort (): void {
     if (this.state !== 'open') return
@@ -218,6 +236,16 @@ interface AttemptFailure {
 
 type UpstreamState = 'open' | 'closing' | 'closed'
 
+/** What a passthrough upstream may be given besides its config. */
+export interface WsPassthroughOptions {
+  /** Keeps the records of its sessions' affinity keys. */
+  readonly placement?: AffinityPlacement | undefined
+  /** The active checks of another upstream on the same source (see MemberKind); `cfg.healthCheck` must be unset then. */
+  readonly sharedHealth?: ((address: string) => ActiveHealth | undefined) | undefined
+  /** The upstream's name in the config when it differs from `name` (an HTTP upstream's twin `api:ws` serves `api`). */
+  readonly configName?: string | undefined
+}
+
 /**
  * A `protocol: ws` upstream: every client session gets its own WebSocket to an unmodified backend.
  * The client's upgrade is answered only after the backend's: 101 with the backend's subprotocol (or none,
@@ -231,8 +259,15 @@ type UpstreamState = 'open' | 'closing' | 'closed'
  */
 export class WsPassthroughUpstream implements WsUpstream {
   readonly mode = 'ws'
-  /** The endpoints, following the upstream's source (a removed one takes no new sessions; open ones continue). */
+  /**
+   * The endpoints, following the upstream's source. A removed one takes no new sessions; its open ones
+   * are moved off by the gateway's EndpointDrainer through `carrier`, paced (so are those of an endpoint
+   * the operator drains, or one failing its health with `drain.onUnhealthy: drain`).
+   */
   private readonly set: EndpointSet<WsEndpoint>
+  /** What the gateway's EndpointDrainer moves sessions off leaving endpoints through. */
+  readonly carrier: EndpointCarrier
+  private readonly placement: AffinityPlacement | undefined
   private readonly balancer: Balancer<WsEndpoint>
   /** Rendezvous hashing of a session's affinity key: every pod picks the same endpoint for a key. */
   private readonly byKey: Balancer<WsEndpoint>
@@ -244,12 +279,12 @@ export class WsPassthroughUpstream implements WsUpstream {
   private readonly connections: Gauge.Internal<string>
   private readonly retries: Counter.Internal
 
-  /** `sharedHealth`: the active checks of another upstream on the same source (see MemberKind); `cfg.healthCheck` must be unset then. */
-  constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, metrics: Metrics, source: EndpointSource, private readonly placement?: AffinityPlacement, sharedHealth?: (address: string) => ActiveHealth | undefined) {
+  constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, metrics: Metrics, source: EndpointSource, opts: WsPassthroughOptions = {}) {
     const check = cfg.healthCheck
+    this.placement = opts.placement
     this.set = new EndpointSet<WsEndpoint>(name, source, {
       create: (ep) => new WsEndpoint(ep, new PassiveHealth(name, ep.address, cfg.ejection, log, metrics)),
-      // Sessions on a removed endpoint continue until they end.
+      // Handshakes under way complete; the EndpointDrainer moves the open sessions off, paced.
       retire: () => {},
       idle: (e) => e.inflight === 0,
       close: async () => {},
@@ -257,8 +292,17 @@ export class WsPassthroughUpstream implements WsUpstream {
         if (check?.http !== undefined) await httpProbe(e.endpoint, check.http, timeoutMs)
         else await tcpProbe(e.endpoint, timeoutMs)
       },
-      sharedHealth,
+      sharedHealth: opts.sharedHealth,
     }, check, log, metrics)
+    const moves: DrainCause[] = cfg.drain.onUnhealthy === 'drain' ? ['operator', 'removed', 'unhealthy'] : ['operator', 'removed']
+    this.carrier = {
+      upstream: opts.configName ?? name,
+      endpoints: this.set,
+      movesFor: new Set(moves),
+      budget: cfg.drain,
+      sessionsOn: (address) => this.sessionsOn(address),
+      moveSessionsOff: (address, n) => this.moveSessionsOff(address, n),
+    }
     const panic = cfg.whenAllUnhealthy === 'panic'
     this.balancer = new Balancer(this.set, cfg.balance, { panic, boundedLoadFactor: cfg.boundedLoadFactor })
     this.byKey = new Balancer(this.set, 'hash', { panic, boundedLoadFactor: cfg.boundedLoadFactor })
@@ -409,6 +453,27 @@ export class WsPassthroughUpstream implements WsUpstream {
     })
   }
 
+  /** Sessions relayed on the endpoint(s) at `address` (a removed member and its re-added successor both count). */
+  private sessionsOn (address: string): number {
+    let n = 0
+    for (const ep of this.set.all()) if (ep.address === address) n += ep.sessions
+    return n
+  }
+
+  /** Closes up to `n` sessions on `address`, oldest first, 1012 with a retry hint (both sides); returns how many. */
+  private moveSessionsOff (address: string, n: number): number {
+    let moved = 0
+    for (const ep of this.set.all()) {
+      if (ep.address !== address) continue
+      // moveOff removes the leg from the set: deleting the current entry is safe in a Set's iteration.
+      for (const leg of ep.legs) {
+        if (moved >= n) return moved
+        if (leg.moveOff(endpointDrainReason())) moved++
+      }
+    }
+    return moved
+  }
+
   /** A leg's backend socket closed. */
   released (leg: PassthroughLeg): void {
     this.legs.delete(leg)
@@ -438,7 +503,8 @@ export class WsPassthroughUpstream implements WsUpstream {
   async retire (): Promise<void> {
     if (this.state !== 'open') return
     this.state = 'closing'
-    // Handshakes under way complete; open sessions continue until they end.
+    // Handshakes under way complete; open sessions continue until they end (those on an endpoint the new
+    // config no longer has, or that the operator drains, are moved off by the EndpointDrainer).
     while (!await this.idle(60_000)) { /* still in use */ }
     this.placement?.stop()
     await this.set.close('flush')
