@@ -140,10 +140,6 @@ export class RouteSplit {
     return this.cfg.pin
   }
 
-  subset (name: string): Subset | undefined {
-    return this.byName.get(name)
-  }
-
   /**
    * The subsets in the order `key` tries them: the pinned one first (when `pin` names one), then by
    * weighted rendezvous score, highest first. Score = -weight / ln(u), u the key's hash with the subset's
