@@ -297,7 +297,9 @@ export class HttpUpstream {
       ep.inflight++
       w.onSlot(ep)
     }
-    this.peek() // drops served entries at the head
+    // Served entries at the head go; the array is compacted as shift() would have.
+    this.peek()
+    this.compact()
   }
 
   /** First live entry, dropping cancelled and served ones. */
