@@ -4,7 +4,7 @@ import { Pool } from 'undici'
 import { stringify } from 'yaml'
 import { adminRequest } from './helpers/admin.js'
 import { startBackend } from './helpers/backend.js'
-import { metric, startFerry, type FerryProcess } from './helpers/ferry.js'
+import { metric, startFerry, waitFor, type FerryProcess } from './helpers/ferry.js'
 import { validateConfig, type ConfigError } from '../src/config/load.js'
 
 /**
@@ -154,6 +154,28 @@ t.test('http split 90/10: share within bounds, sticky per key, the same on two g
   t.equal(count(fallen, 'v1'), 200, 'with v2 down, all 200 requests are answered by v1 (GETs retried, then v2 ejected)')
   t.ok(await metric(a, 'ferry_split_fallbacks_total{route="*/",subset="v2",reason="unhealthy"}') >= 50, 'counted as fallbacks from v2 (unhealthy; ≥ 50 of ~100 v2 keys)')
   t.ok(await assigned(a, 'v1', 'fallback') >= 50, 'and as assigned to v1 by fallback')
+})
+
+t.test('http queue lanes: requests pinned to a full v2 wait for v2 without holding up v1 requests behind them', async (t) => {
+  const held: Array<() => void> = []
+  const b1 = await startBackend(t, (_req, res) => { res.end('v1') })
+  const b2 = await startBackend(t, (_req, res) => { held.push(() => { res.end('v2') }) })
+  const cfg = config(b1.address, b2.address, { v1: 100, v2: 0 })
+  cfg.upstreams.api.pool = { maxConnections: 1, queueTimeoutMs: 4000 }
+  const f = await startFerry(t, cfg)
+  const pinned = Array.from({ length: 3 }, async (_, i) => await (await fetch(`${f.url}/p${i}`, { headers: { 'x-user': `p-${i}`, 'x-canary': 'v2' } })).text())
+  await waitFor('one pinned request at v2 and two queued for it', async () => held.length === 1 && await metric(f, 'ferry_upstream_queue_depth{upstream="api"}') === 2)
+  const started = Date.now()
+  const plain = await versions(f, 40)
+  const ms = Date.now() - started
+  t.equal(count(plain, 'v1'), 40, '40 unpinned requests answered by v1 while v2\'s lane is full')
+  t.ok(ms < 3000, `without waiting behind the queued v2 requests (${ms} ms, < 3000; their queueTimeoutMs is 4000)`)
+  // One v2 connection: each answer lets the next queued pinned request through.
+  for (let i = 0; i < 3; i++) {
+    await waitFor('a pinned request at v2', () => held.length > 0)
+    held.shift()!()
+  }
+  t.same(await Promise.all(pinned), ['v2', 'v2', 'v2'], 'and the queued pinned requests got v2 in their turn')
 })
 
 t.test('config errors name the field: weights not summing to 100 (the gateway does not start), a label no endpoint has, a dns upstream, bad labels', async (t) => {
