@@ -683,6 +683,7 @@ export function renderSvg (res, { width = 960, height = 420 } = {}) {
     xmin,
     xmax,
     series,
+    firstOnTop: true,
     width,
     height,
   })
