@@ -88,6 +88,13 @@ function parseSteps (s) {
   return steps
 }
 
+function parseTargets (s) {
+  const targets = String(s).split(',').map((x) => x.trim()).filter((x) => x !== '')
+  for (const t of targets) if (TARGETS[t] === undefined) throw new Error(`--targets: unknown target ${t} (handoff, passthrough, nginx)`)
+  if (targets.length === 0) throw new Error('--targets: none given')
+  return targets
+}
+
 // ---- processes ------------------------------------------------------------------------------------
 async function startBackend (res, mode, name, opts) {
   const child = spawnChild(res, process.execPath, [join(HERE, 'lib/rollout-backend.mjs'), mode, name, JSON.stringify(opts)], { ipc: true })
@@ -374,6 +381,8 @@ export async function scenario (target, opts = {}, log = () => {}) {
       }
       await sleep(Math.max(0, t0 + i * o.stepEveryMs - Date.now()))
       const before = target === 'handoff' ? await snap() : undefined
+      // A killed process reports nothing: what it counted so far (sessions that arrived there) is asked first.
+      if (kind === 'kill') old.lastReport = await ask(old.child, { cmd: 'report' }, 'report').catch(() => undefined)
       const step = { i, kind, backend: old.name, replacement: v2name, startAt: Date.now() }
       ev(kind === 'drain' ? 'SIGTERM' : 'SIGKILL', { backend: old.name, kind })
       old.child.kill(kind === 'drain' ? 'SIGTERM' : 'SIGKILL')
@@ -405,6 +414,8 @@ export async function scenario (target, opts = {}, log = () => {}) {
     const pending = () => fleet.plain.reduce((n, r) => n + r.out.size, 0) + fleet.ferry.reduce((n, r) => n + r.out.size, 0)
     await waitFor('every echo back', () => pending() === 0, 5000, res, 100).catch(() => log(`${target}: ${pending()} echoes never came (counted as lost)`))
     const finalReports = (await reports(env.backends)).filter((x) => x !== undefined)
+    // Every backend's last word: the live ones now, the drained ones at their exit, the killed ones just before.
+    const allReports = [...finalReports, ...env.retired.map((b) => b.drained?.report ?? b.lastReport).filter((x) => x !== undefined)]
     for (const b of env.backends) await ask(b.child, { cmd: 'marker' }, 'marker').catch(() => {})
     await waitFor('the final topic message at every session', () => fleet.plain.every((r) => r.marker) && fleet.ferry.every((r) => r.marker), 3000, res, 100).catch(() => {})
     const tallyAt = Date.now()
@@ -458,13 +469,13 @@ export async function scenario (target, opts = {}, log = () => {}) {
         }
         const win = (t) => t >= s.startAt && t <= s.doneAt + 1000
         const arrivals = { state: [], lost: [], latencyMs: [] }
-        for (const rep of finalReports) {
+        for (const rep of allReports) {
           arrivals.state.push(...rep.times.state.filter(win))
           arrivals.lost.push(...rep.times.lost.filter(win))
         }
         const drainedRep = s.drained?.report
         // frozenAt → arrival, measured by the new backend for each session the drained one handed over.
-        const latency = drainedRep !== undefined ? finalReports.flatMap((rep) => rep.handoffMs.filter((_, k) => win(rep.times.state[k]))) : []
+        const latency = drainedRep !== undefined ? allReports.flatMap((rep) => rep.handoffMs.filter((_, k) => win(rep.times.state[k]))) : []
         const failoverMs = arrivals.lost.map((t) => t - s.startAt)
         Object.assign(row, {
           handoffs: outcomes,
@@ -558,8 +569,12 @@ export function checks (r) {
   add('plain sessions whose state broke in a drain: 0', m.stateBreaks.drain === 0, `${m.stateBreaks.drain} (echo counter n ≠ message number k after the move)`)
   add('every drained backend exited 0', drains.every((s) => s.exitCode === 0), drains.map((s) => `${s.backend}: ${s.exitCode ?? s.signal}`).join(', '))
   // Reported beside the verdict: the pacing (stalls on a busy 2-core machine bunch a few), and topics.
-  for (const s of drains) add(`${s.backend}: peak handoffs per second ≤ the drain budget (${r.options.maxMigrationsPerSec}/s)`, s.handoffsPerSec.peakAllPods <= r.options.maxMigrationsPerSec, `ferry_mux_handoffs_total, all pods, 1 s bins: peak ${s.handoffsPerSec.peakAllPods}; FREEZEs at the backend in any 1 s: ${s.hookPeakPerSec}`, false)
-  for (const s of r.steps.filter((x) => x.kind === 'kill')) add(`${s.backend} (killed): peak failovers per pod per second ≤ handoff.maxPerSec (${r.options.handoffMaxPerSec})`, s.handoffsPerSec.peakPerPod <= r.options.handoffMaxPerSec, `peak ${s.handoffsPerSec.peakPerPod}/s at one pod (500 ms samples)`, false)
+  // The exact counts are the backends' timestamps: FREEZEs at the draining one (its drain() paces them),
+  // arrivals at the others after a kill (each pod's handoff.maxPerSec paces them). The pods' counters,
+  // sampled every 500 ms from a loaded machine, are shown beside them.
+  for (const s of drains) add(`${s.backend}: peak handoffs per second ≤ the drain budget (${r.options.maxMigrationsPerSec}/s)`, s.hookPeakPerSec <= r.options.maxMigrationsPerSec, `FREEZEs at the backend in any 1 s: ${s.hookPeakPerSec}; ferry_mux_handoffs_total, all pods, 1 s bins: ${s.handoffsPerSec.peakAllPods}`, false)
+  const pods = r.options.pods * r.options.handoffMaxPerSec
+  for (const s of r.steps.filter((x) => x.kind === 'kill')) add(`${s.backend} (killed): peak failovers per second ≤ ${r.options.pods} pods × handoff.maxPerSec (${pods})`, s.arrivalPeakPerSec <= pods, `sessions reopened on the other backends in any 1 s: ${s.arrivalPeakPerSec}; ferry_mux_handoffs_total, all pods, 1 s bins: ${s.handoffsPerSec.peakAllPods}, one pod (500 ms samples): ${s.handoffsPerSec.peakPerPod}`, false)
   add('every plain session got the final topic message (its subscription survived)', r.plain.gotFinalTopic === r.plain.sessions, `${r.plain.gotFinalTopic} of ${r.plain.sessions}`, false)
   return out
 }
@@ -568,8 +583,7 @@ export function checks (r) {
 export async function run (opts = {}, log = (s) => process.stderr.write(`${s}\n`)) {
   const o = { ...DEFAULTS, ...opts }
   parseSteps(o.steps)
-  const targets = String(o.targets).split(',').map((x) => x.trim()).filter((x) => x !== '')
-  for (const t of targets) if (TARGETS[t] === undefined) throw new Error(`--targets: unknown target ${t} (handoff, passthrough, nginx)`)
+  const targets = parseTargets(o.targets)
   if (targets.includes('handoff') && !existsSync(REDIS_SERVER)) throw new Error(`the handoff run needs redis-server (${REDIS_SERVER}; scripts/setup.sh --bench installs it)`)
   const hasNginx = spawnSync('sh', ['-c', `command -v ${NGINX}`], { stdio: 'ignore' }).status === 0
   const machine = machineInfo({ nginx: hasNginx ? spawnSync(NGINX, ['-v'], { encoding: 'utf8' }).stderr.trim().replace('nginx version: ', '') : null })
@@ -623,7 +637,7 @@ export function renderMarkdown (res) {
     `| plain messages duplicated / reordered, drains ${col((r) => `${r.messages.plain.duplicated.drain} / ${r.messages.plain.reordered.drain}`)}`,
     `| plain messages duplicated / reordered, kills ${col((r) => `${r.messages.plain.duplicated.kill} / ${r.messages.plain.reordered.kill}`)}`,
     `| plain messages sent ${col((r) => fmt(r.messages.plain.sent))}`,
-    `| plain sessions whose state broke, drains / kills ${col((r) => kinds(r, (x, k) => x.messages.plain.stateBreaks[k]))}`,
+    `| plain sessions whose state was lost (first time), drains / kills ${col((r) => kinds(r, (x, k) => x.messages.plain.stateBreaks[k]))}`,
     `| plain sessions on v2 at the end / of them with their state intact ${col((r) => `${fmt(r.plain.onV2)} / ${fmt(r.plain.onV2StateIntact)}`)}`,
     `| peak client disconnects in any 1 s ${col((r) => fmt(r.closes.peakPerSec))}`,
     `| plain reconnects / failed handshakes ${col((r) => `${fmt(r.plain.reconnects)} / ${fmt(r.plain.handshakeFailures)}`)}`,
@@ -643,10 +657,11 @@ export function renderMarkdown (res) {
       `| plain / ferry/client WebSockets closed (codes) | ${h.steps.map((s) => `${s.plainCloses} / ${s.ferryCloses} ${JSON.stringify({ ...s.plainCloseCodes, ...s.ferryCloseCodes })}`).join(' | ')} |`,
       `| plain messages lost / duplicated / reordered | ${h.steps.map((s) => `${s.plain.lost} / ${s.plain.duplicated} / ${s.plain.reordered}`).join(' | ')} |`,
       `| ferry/client messages lost / duplicated / reordered | ${h.steps.map((s) => `${s.ferry.lost} / ${s.ferry.duplicated} / ${s.ferry.reordered}`).join(' | ')} |`,
-      `| state broke: plain / ferry/client sessions | ${h.steps.map((s) => `${s.plain.stateBreaks} / ${s.ferry.stateBreaks}`).join(' | ')} |`,
+      `| sessions whose state was lost (first time): plain / ferry/client | ${h.steps.map((s) => `${s.plain.stateBreaks} / ${s.ferry.stateBreaks}`).join(' | ')} |`,
       `| ferry_mux_handoffs_total (all pods): moved / lost_moved / failed / client_gone | ${h.steps.map((s) => `${s.handoffs.moved} / ${s.handoffs.lost_moved} / ${s.handoffs.failed} / ${s.handoffs.client_gone}`).join(' | ')} |`,
-      `| arrived on other backends: with state / lost (their \`session.handoff\`) | ${h.steps.map((s) => `${s.arrivalsWithState} / ${s.arrivalsLost}`).join(' | ')} |`,
-      `| peak handoffs per second: all pods (1 s bins) / one pod / FREEZEs at the backend in any 1 s; budget ${o.maxMigrationsPerSec} (drain), ${o.handoffMaxPerSec} per pod | ${h.steps.map((s) => `**${s.handoffsPerSec.peakAllPods}** / ${s.handoffsPerSec.peakPerPod} / ${s.hookPeakPerSec ?? '—'}`).join(' | ')} |`,
+      `| arrived on the other backends: with their state / lost (\`session.handoff\`) | ${h.steps.map((s) => `${s.arrivalsWithState} / ${s.arrivalsLost}`).join(' | ')} |`,
+      `| peak handoffs in any 1 s, the backends' count: FREEZEs at the drained one / arrivals at the others; budget ${o.maxMigrationsPerSec} (drain), ${o.pods} × ${o.handoffMaxPerSec} (pods' handoff.maxPerSec) | ${h.steps.map((s) => `**${s.hookPeakPerSec ?? '—'}** / ${s.arrivalPeakPerSec}`).join(' | ')} |`,
+      `| peak handoffs per second, ferry_mux_handoffs_total sampled every 500 ms: all pods (1 s bins) / one pod | ${h.steps.map((s) => `${s.handoffsPerSec.peakAllPods} / ${s.handoffsPerSec.peakPerPod}`).join(' | ')} |`,
       `| handoff latency p50 / p99, ferry_mux_handoff_seconds (bucket bound, ms) | ${h.steps.map((s) => `≤ ${msTxt(s.latencyHistMs.p50)} / ≤ ${msTxt(s.latencyHistMs.p99)}`).join(' | ')} |`,
       `| handoff latency p50 / p99 / max, old backend's hook → new backend's 'session' (ms) | ${h.steps.map((s) => s.latencyBackendMs.n > 0 ? `${msTxt(s.latencyBackendMs.p50)} / ${msTxt(s.latencyBackendMs.p99)} / ${msTxt(s.latencyBackendMs.max)} (${s.latencyBackendMs.n})` : '—').join(' | ')} |`,
       `| kill → session reopened elsewhere p50 / p99 / max (ms) | ${h.steps.map((s) => s.kind === 'kill' && s.failoverMs.n > 0 ? `${msTxt(s.failoverMs.p50)} / ${msTxt(s.failoverMs.p99)} / ${msTxt(s.failoverMs.max)} (${s.failoverMs.n})` : '—').join(' | ')} |`,
@@ -692,7 +707,7 @@ export function renderSvg (res, { width = 960, height = 420 } = {}) {
 // ---- main -----------------------------------------------------------------------------------------
 async function main () {
   let o
-  try { o = parseArgs(); parseSteps(o.steps) } catch (err) { console.error(err.message); process.exit(2) }
+  try { o = parseArgs(); parseSteps(o.steps); parseTargets(o.targets) } catch (err) { console.error(err.message); process.exit(2) }
   if (o.help) {
     console.log('usage: node native-bench/backend-rollout.mjs [--quick] [--OPTION VALUE]…\noptions (defaults; env ROLLOUT_<NAME> too):')
     console.log(optionsHelp(DEFAULTS))
