@@ -36,7 +36,7 @@ import { connect } from 'node:net'
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { spawnSync } from 'node:child_process'
-import { ask, bins, bound, fmt, freePort, killAll, machineInfo, metricSum, optionParser, optionsHelp, percentile, REDIS_SERVER, scrapeMetrics, sleep, slidingPeak, spawnChild, startFerry, startRedis, waitFor } from './lib/harness.mjs'
+import { ask, bins, bound, fmt, freePort, killAll, machineInfo, metricSum, optionParser, percentile, recordedOptions, REDIS_SERVER, scrapeMetrics, sleep, slidingPeak, spawnChild, startFerry, startRedis, scriptMain, waitFor, writeResults } from './lib/harness.mjs'
 import { lineChart } from './lib/svg.js'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
@@ -587,21 +587,18 @@ export async function run (opts = {}, log = (s) => process.stderr.write(`${s}\n`
   if (targets.includes('handoff') && !existsSync(REDIS_SERVER)) throw new Error(`the handoff run needs redis-server (${REDIS_SERVER}; scripts/setup.sh --bench installs it)`)
   const hasNginx = spawnSync('sh', ['-c', `command -v ${NGINX}`], { stdio: 'ignore' }).status === 0
   const machine = machineInfo({ nginx: hasNginx ? spawnSync(NGINX, ['-v'], { encoding: 'utf8' }).stderr.trim().replace('nginx version: ', '') : null })
-  const options = Object.fromEntries(Object.entries(o).filter(([k]) => !['outDir', 'workDir', 'write', 'help'].includes(k)))
+  const options = recordedOptions(o)
   const runs = {}
   const skipped = {}
   for (const t of targets) {
     if (t === 'nginx' && !hasNginx) { skipped.nginx = 'nginx is not installed (scripts/setup.sh --bench installs it)'; log(`nginx: skipped: ${skipped.nginx}`); continue }
     runs[t] = await scenario(t, o, log)
   }
+  // Other engineers' processes share this machine's cores: the load at the end says how busy it got.
+  machine.loadavg1End = machineInfo().loadavg1
   const list = runs.handoff !== undefined ? checks({ ...runs.handoff, options }) : []
   const result = { machine, options, runs, skipped, checks: list, ok: list.every((c) => c.ok || !c.gate), at: new Date().toISOString() }
-  if (o.write) {
-    mkdirSync(o.outDir, { recursive: true })
-    writeFileSync(join(o.outDir, 'backend-rollout.json'), JSON.stringify(result, null, 2) + '\n')
-    writeFileSync(join(o.outDir, 'backend-rollout.md'), renderMarkdown(result))
-    writeFileSync(join(o.outDir, 'backend-rollout.svg'), renderSvg(result))
-  }
+  writeResults(o, 'backend-rollout', result, renderMarkdown, renderSvg)
   return result
 }
 
@@ -618,7 +615,7 @@ export function renderMarkdown (res) {
   const lines = [
     '# Backend rollout under load (native-bench/backend-rollout.mjs)',
     '',
-    `${res.machine.cpus} × ${res.machine.model}, ${res.machine.memGiB} GiB, Linux ${res.machine.kernel}, Node ${res.machine.node}${res.machine.nginx !== null ? `, nginx ${res.machine.nginx}` : ''} (load average ${res.machine.loadavg1} at the start). ${res.at}.`,
+    `${res.machine.cpus} × ${res.machine.model}, ${res.machine.memGiB} GiB, Linux ${res.machine.kernel}, Node ${res.machine.node}${res.machine.nginx !== null ? `, nginx ${res.machine.nginx}` : ''} (load average ${res.machine.loadavg1} at the start, ${res.machine.loadavg1End} at the end). ${res.at}.`,
     '',
     `Fleet: ${fmt(o.plain)} plain WebSocket sessions${h !== undefined ? ` (+ ${fmt(o.ferry)} ferry/client sessions in the handoff run)` : ''}, each sending a numbered message every ${o.sendEveryMs / 1000} s (echoed with the session's counter, its state), in ${o.rooms} rooms that every backend publishes to every ${o.topicEveryMs / 1000} s. ` +
     `Steps, one every ${o.stepEveryMs / 1000} s: ${stepsTxt}; each replaced by a v2 process.`,
@@ -705,21 +702,9 @@ export function renderSvg (res, { width = 960, height = 420 } = {}) {
 }
 
 // ---- main -----------------------------------------------------------------------------------------
-async function main () {
-  let o
-  try { o = parseArgs(); parseSteps(o.steps); parseTargets(o.targets) } catch (err) { console.error(err.message); process.exit(2) }
-  if (o.help) {
-    console.log('usage: node native-bench/backend-rollout.mjs [--quick] [--OPTION VALUE]…\noptions (defaults; env ROLLOUT_<NAME> too):')
-    console.log(optionsHelp(DEFAULTS))
-    process.exit(0)
-  }
-  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { process.exit(1) }) // 'exit' kills the children
-  const started = Date.now()
-  const res = await run(o)
-  console.log(renderMarkdown(res))
-  for (const c of res.checks) console.log(`${c.ok ? 'ok    ' : c.gate ? 'FAILED' : 'note  '} ${c.name}: ${c.detail}`)
-  console.log(`backend-rollout: ${Math.round((Date.now() - started) / 1000)} s${o.write ? `; wrote ${join(o.outDir, 'backend-rollout.{md,json,svg}')}` : ''}`)
-  process.exit(res.ok ? 0 : 1)
+function main () {
+  return scriptMain({ name: 'backend-rollout', usage: '[--quick] [--OPTION VALUE]…', prefix: 'ROLLOUT', defaults: DEFAULTS, parseArgs,
+    validate: (o) => { parseSteps(o.steps); parseTargets(o.targets) }, run: (o) => run(o), renderMarkdown })
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {

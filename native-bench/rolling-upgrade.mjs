@@ -42,7 +42,7 @@ import { Agent, get as httpGet } from 'node:http'
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import { ask, bins, bound, check, fmt, killAll, machineInfo, metricSum, optionParser, optionsHelp, REDIS_SERVER, scrapeMetrics, seq, sleep, slidingPeak, spawnChild, startFerry, startRedis, waitFor } from './lib/harness.mjs'
+import { ask, bins, bound, check, fmt, killAll, machineInfo, metricSum, optionParser, recordedOptions, REDIS_SERVER, scrapeMetrics, seq, sleep, slidingPeak, spawnChild, startFerry, startRedis, scriptMain, waitFor, writeResults } from './lib/harness.mjs'
 import { lineChart } from './lib/svg.js'
 
 export { slidingPeak }
@@ -501,13 +501,8 @@ export async function run (opts = {}, log = (s) => process.stderr.write(`${s}\n`
   runs.paced = await scenario('paced', o, log)
   if (o.naive) runs.naive = await scenario('naive', o, log)
   const list = checks(runs.paced)
-  const result = { machine, options: Object.fromEntries(Object.entries(o).filter(([k]) => !['outDir', 'workDir', 'write', 'help'].includes(k))), runs, checks: list, ok: list.every((c) => c.ok), at: new Date().toISOString() }
-  if (o.write) {
-    mkdirSync(o.outDir, { recursive: true })
-    writeFileSync(join(o.outDir, 'rolling-upgrade.json'), JSON.stringify(result, null, 2) + '\n')
-    writeFileSync(join(o.outDir, 'rolling-upgrade.md'), renderMarkdown(result))
-    writeFileSync(join(o.outDir, 'rolling-upgrade.svg'), renderSvg(result))
-  }
+  const result = { machine, options: recordedOptions(o), runs, checks: list, ok: list.every((c) => c.ok), at: new Date().toISOString() }
+  writeResults(o, 'rolling-upgrade', result, renderMarkdown, renderSvg)
   return result
 }
 
@@ -588,21 +583,8 @@ export function renderSvg (res, { width = 960, height = 420 } = {}) {
 }
 
 // ---- main -----------------------------------------------------------------------------------------
-async function main () {
-  let o
-  try { o = parseArgs() } catch (err) { console.error(err.message); process.exit(2) }
-  if (o.help) {
-    console.log('usage: node native-bench/rolling-upgrade.mjs [--quick] [--OPTION VALUE]… [--no-naive]\noptions (defaults; env ROLLING_<NAME> too):')
-    console.log(optionsHelp(DEFAULTS))
-    process.exit(0)
-  }
-  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { process.exit(1) }) // 'exit' kills the children
-  const started = Date.now()
-  const res = await run(o)
-  console.log(renderMarkdown(res))
-  for (const c of res.checks) console.log(`${c.ok ? 'ok    ' : 'FAILED'} ${c.name}: ${c.detail}`)
-  console.log(`rolling-upgrade: ${Math.round((Date.now() - started) / 1000)} s${o.write ? `; wrote ${join(o.outDir, 'rolling-upgrade.{md,json,svg}')}` : ''}`)
-  process.exit(res.ok ? 0 : 1)
+function main () {
+  return scriptMain({ name: 'rolling-upgrade', usage: '[--quick] [--OPTION VALUE]… [--no-naive]', prefix: 'ROLLING', defaults: DEFAULTS, parseArgs, run: (o) => run(o), renderMarkdown })
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -2,6 +2,7 @@
 // backend-rollout.mjs): options from flags and env, tracked children (stopped by PID on every way out),
 // IPC questions, bounded waits, Redis, Prometheus text, and the counting helpers their results use.
 import { spawn } from 'node:child_process'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { cpus, loadavg, release, totalmem } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -56,6 +57,41 @@ export function optionsHelp (defaults) {
 export function machineInfo (extra = {}) {
   const load = loadavg()
   return { cpus: cpus().length, model: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version, loadavg1: Math.round(load[0] * 100) / 100, ...extra }
+}
+
+/**
+ * A scenario script's main: options (exit 2 on a bad one), --help, a run, its Markdown and checks on
+ * stdout; exit 0 when the run's verdict is ok, else 1. Checks with `gate: false` are printed as notes.
+ */
+export async function scriptMain ({ name, usage, prefix, defaults, parseArgs, validate = () => {}, run, renderMarkdown }) {
+  let o
+  try { o = parseArgs(); validate(o) } catch (err) { console.error(err.message); process.exit(2) }
+  if (o.help) {
+    console.log(`usage: node native-bench/${name}.mjs ${usage}\noptions (defaults; env ${prefix}_<NAME> too):`)
+    console.log(optionsHelp(defaults))
+    process.exit(0)
+  }
+  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { process.exit(1) }) // 'exit' kills the children
+  const started = Date.now()
+  const res = await run(o)
+  console.log(renderMarkdown(res))
+  for (const c of res.checks) console.log(`${c.ok ? 'ok    ' : c.gate === false ? 'note  ' : 'FAILED'} ${c.name}: ${c.detail}`)
+  console.log(`${name}: ${Math.round((Date.now() - started) / 1000)} s${o.write ? `; wrote ${join(o.outDir, `${name}.{md,json,svg}`)}` : ''}`)
+  process.exit(res.ok ? 0 : 1)
+}
+
+/** The options a result records (not where it was written). */
+export function recordedOptions (o) {
+  return Object.fromEntries(Object.entries(o).filter(([k]) => !['outDir', 'workDir', 'write', 'help'].includes(k)))
+}
+
+/** Writes results/NAME.{json,md,svg} when `o.write`. */
+export function writeResults (o, name, result, renderMarkdown, renderSvg) {
+  if (!o.write) return
+  mkdirSync(o.outDir, { recursive: true })
+  writeFileSync(join(o.outDir, `${name}.json`), JSON.stringify(result, null, 2) + '\n')
+  writeFileSync(join(o.outDir, `${name}.md`), renderMarkdown(result))
+  writeFileSync(join(o.outDir, `${name}.svg`), renderSvg(result))
 }
 
 // ---- processes ------------------------------------------------------------------------------------
