@@ -27,6 +27,7 @@ bench:
 	native-bench/run $(if $(filter 0,$(QUICK)),--full,--quick)
 	native-bench/resume
 	node native-bench/rolling-upgrade.mjs
+	node native-bench/backend-rollout.mjs
 
 ## Type-check only.
 check: setup

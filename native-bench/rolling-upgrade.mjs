@@ -37,20 +37,19 @@
 // Writes results/rolling-upgrade.{md,json,svg} (the chart: fleet reconnects per second, both runs).
 // Exits 1 when the paced run breaks any of: ferry/client messages lost 0, duplicated 0, reordered 0;
 // ferry/client backend sessions closed or re-created 0; HTTP requests failed 0; handshake peak ≤ budget.
-import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { Agent, get as httpGet } from 'node:http'
-import { createServer } from 'node:net'
-import { cpus, loadavg, release, totalmem } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { ask, bins, bound, check, fmt, killAll, machineInfo, metricSum, optionParser, recordedOptions, REDIS_SERVER, scrapeMetrics, seq, sleep, slidingPeak, spawnChild, startFerry, startRedis, scriptMain, waitFor, writeResults } from './lib/harness.mjs'
+import { lineChart } from './lib/svg.js'
+
+export { slidingPeak }
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 const ROOT = join(HERE, '..')
-const CLI = join(ROOT, 'dist/cli.js')
 const SECRET = 'native-bench-rolling-upgrade-secret-0123456789'
-const REDIS_SERVER = process.env.REDIS_SERVER ?? '/usr/bin/redis-server'
 
 export const DEFAULTS = {
   sessions: 2000, // ferry/client sessions
@@ -85,116 +84,9 @@ export const DEFAULTS = {
 const QUICK = { sessions: 300, plain: 50, httpRps: 20, rampPerSec: 300 }
 
 /** Options from argv (and ROLLING_<NAME> env vars), over DEFAULTS. */
-export function parseArgs (argv = process.argv.slice(2), env = process.env) {
-  const o = { ...DEFAULTS }
-  const snake = (k) => k.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()
-  const kebab = (k) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
-  const set = (k, v) => {
-    if (typeof DEFAULTS[k] === 'number') { const n = Number(v); if (!Number.isFinite(n) || n < 0) throw new Error(`--${kebab(k)}: not a number: ${v}`); o[k] = n } else if (typeof DEFAULTS[k] === 'boolean') o[k] = !/^(0|false|no)$/i.test(String(v))
-    else o[k] = v
-  }
-  if (env.ROLLING_QUICK !== undefined && !/^(0|false|no)$/i.test(env.ROLLING_QUICK)) Object.assign(o, QUICK)
-  for (const k of Object.keys(DEFAULTS)) if (env[`ROLLING_${snake(k)}`] !== undefined) set(k, env[`ROLLING_${snake(k)}`])
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]
-    if (a === '--help' || a === '-h') { o.help = true; continue }
-    if (a === '--quick') { Object.assign(o, QUICK); continue }
-    const m = /^--(no-)?([a-z-]+)(?:=(.*))?$/.exec(a)
-    const key = m === null ? undefined : Object.keys(DEFAULTS).find((k) => kebab(k) === m[2])
-    if (key === undefined) throw new Error(`unknown option ${a} (--help lists them)`)
-    if (m[1] !== undefined) { if (typeof DEFAULTS[key] !== 'boolean') throw new Error(`${a}: not a switch`); o[key] = false; continue }
-    if (typeof DEFAULTS[key] === 'boolean' && m[3] === undefined) { o[key] = true; continue }
-    const v = m[3] ?? argv[++i]
-    if (v === undefined) throw new Error(`${a} needs a value`)
-    set(key, v)
-  }
-  return o
-}
+export const parseArgs = optionParser(DEFAULTS, QUICK, 'ROLLING')
 
 // ---- processes ------------------------------------------------------------------------------------
-/** Every child any run started and has not seen exit: SIGKILLed by PID if this process exits first. */
-const live = new Set()
-process.on('exit', () => { for (const c of live) { try { c.kill('SIGKILL') } catch {} } })
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-/** A sleep that does not keep the process alive (the losing side of a Promise.race). */
-const bound = (ms) => new Promise((resolve) => setTimeout(resolve, ms).unref())
-
-/** A bounded log tail. */
-function tail (max) {
-  const lines = []
-  return { lines, push (l) { lines.push(l); if (lines.length > max) lines.shift() } }
-}
-
-/** Spawns a tracked child (stdout lines to `onLine`); `exited` resolves with { code, signal }. */
-function spawnChild (res, cmd, args, { env, ipc = false, onLine } = {}) {
-  const child = spawn(cmd, args, { stdio: ipc ? ['ignore', 'pipe', 'pipe', 'ipc'] : ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
-  live.add(child)
-  res.children.add(child)
-  child.stderrTail = tail(30)
-  child.exitInfo = undefined
-  child.exited = new Promise((resolve) => {
-    const done = (code, signal) => { live.delete(child); res.children.delete(child); child.exitInfo ??= { code, signal, at: Date.now() }; resolve(child.exitInfo) }
-    child.once('exit', done)
-    child.once('error', (err) => { child.spawnError = err; done(null, 'spawn-error') })
-  })
-  let buf = ''
-  child.stdout.setEncoding('utf8').on('data', (d) => {
-    buf += d
-    let nl
-    while ((nl = buf.indexOf('\n')) !== -1) {
-      const line = buf.slice(0, nl)
-      buf = buf.slice(nl + 1)
-      onLine?.(line)
-    }
-  })
-  let ebuf = ''
-  child.stderr.setEncoding('utf8').on('data', (d) => {
-    ebuf += d
-    let nl
-    while ((nl = ebuf.indexOf('\n')) !== -1) { child.stderrTail.push(ebuf.slice(0, nl)); ebuf = ebuf.slice(nl + 1) }
-  })
-  return child
-}
-
-/** Sends `msg` over IPC and resolves with the next message of `type` (bounded). */
-function ask (child, msg, type, timeoutMs = 10_000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { child.off('message', on); reject(new Error(`no ${type} answer from ${child.spawnargs.join(' ')}`)) }, timeoutMs)
-    const on = (m) => { if (m?.type === type) { clearTimeout(timer); child.off('message', on); resolve(m) } }
-    child.on('message', on)
-    if (msg !== undefined) child.send(msg)
-  })
-}
-
-async function waitFor (what, fn, timeoutMs, res, everyMs = 50) {
-  const deadline = Math.min(Date.now() + timeoutMs, res?.deadline ?? Infinity)
-  for (;;) {
-    const v = await fn()
-    if (v) return v
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await sleep(everyMs)
-  }
-}
-
-async function freePort () {
-  const s = createServer()
-  await new Promise((resolve, reject) => { s.once('error', reject); s.listen(0, '127.0.0.1', resolve) })
-  const port = s.address().port
-  await new Promise((resolve) => s.close(resolve))
-  return port
-}
-
-async function startRedis (res) {
-  const port = await freePort()
-  let out = ''
-  const child = spawnChild(res, REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', res.workDir, '--logfile', ''], {
-    onLine: (l) => { if (out.length < 20_000) out += l + '\n' },
-  })
-  await waitFor('redis-server', () => { if (child.exitInfo !== undefined) throw new Error(`redis-server exited: ${out}`); return out.includes('Ready to accept connections') }, 10_000, res, 20)
-  return { port, url: `redis://127.0.0.1:${port}`, child }
-}
-
 async function startBackend (res, mode, name) {
   const child = spawnChild(res, process.execPath, [join(HERE, 'lib/rolling-backend.mjs'), mode, name], { ipc: true })
   const { port } = await ask(child, undefined, 'listening', 15_000)
@@ -223,68 +115,20 @@ function podConfig (id, env, o) {
 async function startPod (res, id, env, o) {
   const file = join(res.workDir, `rolling-${env.mode}-${id}.json`)
   writeFileSync(file, JSON.stringify(podConfig(id, env, o), null, 2) + '\n')
-  const pod = { id, http: 0, admin: 0, startedAt: Date.now(), warnings: [], warningCount: 0, drain: {} }
-  let listening
-  const ready = new Promise((resolve) => { listening = resolve })
-  pod.child = spawnChild(res, process.execPath, [CLI, 'start', '--config', file], {
-    env: { FERRY_RESUME_SECRET: SECRET },
-    onLine: (line) => {
-      let j
-      try { j = JSON.parse(line) } catch { return }
-      if (j.msg === 'listening') { pod.http = Number(String(j.http).split(':').at(-1)); pod.admin = Number(String(j.admin).split(':').at(-1)); listening() }
-      if (j.msg?.startsWith('drain started')) pod.drain.sessionsAtStart = j.sessions
-      if (j.msg?.startsWith('drain: listeners closed')) { pod.drain.migrationStartedAt = Date.now(); pod.drain.sessions = j.sessions; pod.drain.ratePerSec = j.ratePerSec }
-      if (j.msg?.startsWith('drain: sessions gone')) pod.drain.sessionsGoneAt = Date.now()
-      if (j.msg === 'drained') { pod.drain.migrated = j.migrated; pod.drain.seconds = j.seconds }
-      if (j.level >= 40) { pod.warningCount++; if (pod.warnings.length < 10) pod.warnings.push({ level: j.level, msg: j.msg, code: j.code ?? j.err?.code, err: j.err?.message }) }
-    },
+  const drain = {}
+  const pod = await startFerry(res, id, file, { FERRY_RESUME_SECRET: SECRET }, (j) => {
+    if (j.msg?.startsWith('drain started')) drain.sessionsAtStart = j.sessions
+    if (j.msg?.startsWith('drain: listeners closed')) { drain.migrationStartedAt = Date.now(); drain.sessions = j.sessions; drain.ratePerSec = j.ratePerSec }
+    if (j.msg?.startsWith('drain: sessions gone')) drain.sessionsGoneAt = Date.now()
+    if (j.msg === 'drained') { drain.migrated = j.migrated; drain.seconds = j.seconds }
   })
-  await Promise.race([ready, pod.child.exited.then((x) => { throw new Error(`pod ${id} exited (${JSON.stringify(x)}) before listening: ${pod.child.stderrTail.lines.join('\n')}`) }), bound(15_000).then(() => { throw new Error(`pod ${id} did not start within 15 s`) })])
+  pod.drain = drain
   return pod
 }
 
 async function scrapeCounters (pod) {
-  const text = await (await fetch(`http://127.0.0.1:${pod.admin}/metrics`, { signal: AbortSignal.timeout(2000) })).text()
-  let opened = 0
-  let refused = 0
-  let lagMaxMs = 0
-  for (const l of text.split('\n')) {
-    if (l.startsWith('ferry_ws_sessions_total{')) opened += Number(l.slice(l.lastIndexOf(' ') + 1))
-    else if (l.startsWith('ferry_admission_refused_total{')) refused += Number(l.slice(l.lastIndexOf(' ') + 1))
-    else if (l.startsWith('ferry_nodejs_eventloop_lag_max_seconds ')) lagMaxMs = Math.round(Number(l.slice(l.lastIndexOf(' ') + 1)) * 1000)
-  }
-  return { opened, refused, lagMaxMs }
-}
-
-// ---- measures -------------------------------------------------------------------------------------
-/** Most events in any window of `windowMs` (sorted or not). */
-export function slidingPeak (times, windowMs = 1000) {
-  const t = [...times].sort((a, b) => a - b)
-  let peak = 0
-  for (let i = 0, j = 0; i < t.length; i++) {
-    while (t[i] - t[j] >= windowMs) j++
-    peak = Math.max(peak, i - j + 1)
-  }
-  return peak
-}
-
-/** Counts per 1 s bin from `from` to `to` (ms), relative to t0: [{ s, n }]. */
-function bins (times, t0, fromS, toS) {
-  const out = []
-  for (let s = fromS; s < toS; s++) out.push({ s, n: 0 })
-  for (const t of times) {
-    const k = Math.floor((t - t0) / 1000) - fromS
-    if (k >= 0 && k < out.length) out[k].n++
-  }
-  return out
-}
-
-function seq () { return { count: 0, max: 0, missing: null, dup: 0, reordered: 0 } }
-function check (x, k) {
-  x.count++
-  if (k === x.max + 1) x.max = k
-  else if (k > x.max + 1) { x.missing ??= new Set(); for (let j = x.max + 1; j < k; j++) x.missing.add(j); x.max = k } else if (x.missing?.delete(k)) x.reordered++
-  else x.dup++
+  const m = await scrapeMetrics(pod.admin)
+  return { opened: metricSum(m, 'ferry_ws_sessions_total'), refused: metricSum(m, 'ferry_admission_refused_total'), lagMaxMs: Math.round(metricSum(m, 'ferry_nodejs_eventloop_lag_max_seconds') * 1000) }
 }
 
 // ---- one scenario ---------------------------------------------------------------------------------
@@ -625,9 +469,7 @@ export async function scenario (mode, opts = {}, log = () => {}) {
     res.lag?.disable()
     for (const req of http.inFlight) req.destroy()
     http.agent.destroy()
-    const left = [...res.children]
-    for (const c of left) { try { c.kill('SIGKILL') } catch {} }
-    await Promise.race([Promise.all(left.map((c) => c.exited)), bound(5000)])
+    await killAll(res)
   }
 }
 
@@ -654,25 +496,17 @@ export function checks (r) {
 /** Both runs (naive unless opts.naive === false); returns { machine, options, runs, checks, ok }. */
 export async function run (opts = {}, log = (s) => process.stderr.write(`${s}\n`)) {
   const o = { ...DEFAULTS, ...opts }
-  const load = loadavg()
-  const machine = { cpus: cpus().length, model: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version, loadavg1: Math.round(load[0] * 100) / 100, affinity: o.affinity }
+  const machine = machineInfo({ affinity: o.affinity })
   const runs = {}
   runs.paced = await scenario('paced', o, log)
   if (o.naive) runs.naive = await scenario('naive', o, log)
   const list = checks(runs.paced)
-  const result = { machine, options: Object.fromEntries(Object.entries(o).filter(([k]) => !['outDir', 'workDir', 'write', 'help'].includes(k))), runs, checks: list, ok: list.every((c) => c.ok), at: new Date().toISOString() }
-  if (o.write) {
-    mkdirSync(o.outDir, { recursive: true })
-    writeFileSync(join(o.outDir, 'rolling-upgrade.json'), JSON.stringify(result, null, 2) + '\n')
-    writeFileSync(join(o.outDir, 'rolling-upgrade.md'), renderMarkdown(result))
-    writeFileSync(join(o.outDir, 'rolling-upgrade.svg'), renderSvg(result))
-  }
+  const result = { machine, options: recordedOptions(o), runs, checks: list, ok: list.every((c) => c.ok), at: new Date().toISOString() }
+  writeResults(o, 'rolling-upgrade', result, renderMarkdown, renderSvg)
   return result
 }
 
 // ---- output ---------------------------------------------------------------------------------------
-const fmt = (n) => Number(n).toLocaleString('en-US')
-
 export function renderMarkdown (res) {
   const { paced, naive } = res.runs
   const o = res.options
@@ -720,80 +554,37 @@ export function renderMarkdown (res) {
   return lines.join('\n')
 }
 
-const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
-
-/** Fleet reconnects per second over time, one line per run, hand-written SVG. */
+/** Fleet reconnects per second over time, one line per run (lib/svg.js lineChart). */
 export function renderSvg (res, { width = 960, height = 420 } = {}) {
   const series = [
     { key: 'paced', label: 'paced (drain + admission)', color: '#1f77b4', run: res.runs.paced },
     { key: 'naive', label: 'naive (all at once)', color: '#d62728', run: res.runs.naive },
   ].filter((s) => s.run !== undefined)
-  const top = 70; const bottom = 55; const left = 70; const right = 20
-  const plotW = width - left - right; const plotH = height - top - bottom
-  const xmin = Math.min(...series.map((s) => s.run.reconnects.series[0].s))
-  const xmax = Math.max(...series.map((s) => s.run.reconnects.series.at(-1).s + 1))
-  const vmax0 = Math.max(1, ...series.flatMap((s) => s.run.reconnects.series.map((b) => b.total)))
-  const e = 10 ** Math.floor(Math.log10(vmax0))
-  const vmax = [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].map((k) => k * e).find((v) => v >= vmax0)
-  const x = (s) => left + (s - xmin) / (xmax - xmin) * plotW
-  const y = (v) => top + plotH - v / vmax * plotH
-  const out = []
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12">`)
-  out.push(`<rect width="${width}" height="${height}" fill="#ffffff"/>`)
-  out.push(`<text x="${width / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">${esc(`Rolling upgrade of ${res.options.pods} Ferry pods: fleet reconnects per second (${fmt(res.options.sessions)} ferry/client + ${fmt(res.options.plain)} plain sessions)`)}</text>`)
-  let lx = left
-  for (const s of series) {
-    const text = `${s.label}: peak ${fmt(s.run.reconnects.peakPerSec)} in 1 s`
-    out.push(`<line x1="${lx}" x2="${lx + 18}" y1="42" y2="42" stroke="${s.color}" stroke-width="2.5"/><text x="${lx + 24}" y="46">${esc(text)}</text>`)
-    lx += 44 + 6.6 * text.length
-  }
-  out.push(`<text x="${lx}" y="46" fill="#555">▲ SIGTERM to a pod</text>`)
-  for (let i = 0; i <= 5; i++) {
-    const v = vmax / 5 * i
-    out.push(`<line x1="${left}" x2="${width - right}" y1="${y(v)}" y2="${y(v)}" stroke="#e0e0e0"/>`)
-    out.push(`<text x="${left - 6}" y="${y(v) + 4}" text-anchor="end" fill="#555">${fmt(Math.round(v))}</text>`)
-  }
-  const step = (xmax - xmin) > 60 ? 10 : 5
-  for (let s = Math.ceil(xmin / step) * step; s <= xmax; s += step) {
-    out.push(`<line x1="${x(s)}" x2="${x(s)}" y1="${y(0)}" y2="${y(0) + 5}" stroke="#333"/><text x="${x(s)}" y="${y(0) + 18}" text-anchor="middle" fill="#555">${s}</text>`)
-  }
-  out.push(`<line x1="${left}" x2="${width - right}" y1="${y(0)}" y2="${y(0)}" stroke="#333"/><line x1="${left}" x2="${left}" y1="${top}" y2="${y(0)}" stroke="#333"/>`)
-  out.push(`<text x="${left + plotW / 2}" y="${height - 12}" text-anchor="middle" fill="#555">seconds since the first SIGTERM (1 s bins; a peak "in 1 s" is the most in any 1 s window, so it can exceed the bins)</text>`)
-  out.push(`<text x="18" y="${top + plotH / 2}" transform="rotate(-90 18 ${top + plotH / 2})" text-anchor="middle" fill="#555">new WebSocket connections opened by the fleet per second</text>`)
   // The paced drain's cap: one draining pod migrates at most this many sessions per second.
   const cap = res.options.maxMigrationsPerSec
-  if (cap < vmax) {
-    out.push(`<line x1="${left}" x2="${width - right}" y1="${y(cap)}" y2="${y(cap)}" stroke="#1f77b4" stroke-dasharray="5,4" opacity="0.6"/>`)
-    out.push(`<text x="${width - right - 4}" y="${y(cap) - 5}" text-anchor="end" fill="#1f77b4" font-size="11">${esc(`paced: drain.maxMigrationsPerSec = ${cap}`)}</text>`)
-  }
-  for (const s of series) {
-    const pts = s.run.reconnects.series.map((b) => `${x(b.s + 0.5).toFixed(1)},${y(b.total).toFixed(1)}`).join(' ')
-    out.push(`<polyline fill="none" stroke="${s.color}" stroke-width="2" stroke-linejoin="round" points="${pts}"><title>${esc(s.label)}</title></polyline>`)
-    for (const e of s.run.events.filter((e) => e.what === 'SIGTERM')) {
-      const px = x(e.t / 1000)
-      out.push(`<path d="M${px.toFixed(1)},${(y(0) - 10).toFixed(1)} l5,9 h-10 z" fill="${s.color}" opacity="0.8"><title>${esc(`${s.key}: SIGTERM ${e.pod} at ${(e.t / 1000).toFixed(1)} s`)}</title></path>`)
-    }
-  }
-  out.push('</svg>')
-  return out.join('\n') + '\n'
+  return lineChart({
+    title: `Rolling upgrade of ${res.options.pods} Ferry pods: fleet reconnects per second (${fmt(res.options.sessions)} ferry/client + ${fmt(res.options.plain)} plain sessions)`,
+    xLabel: 'seconds since the first SIGTERM (1 s bins; a peak "in 1 s" is the most in any 1 s window, so it can exceed the bins)',
+    yLabel: 'new WebSocket connections opened by the fleet per second',
+    xmin: Math.min(...series.map((s) => s.run.reconnects.series[0].s)),
+    xmax: Math.max(...series.map((s) => s.run.reconnects.series.at(-1).s + 1)),
+    note: '▲ SIGTERM to a pod',
+    refLines: [{ y: cap, color: '#1f77b4', label: `paced: drain.maxMigrationsPerSec = ${cap}` }],
+    series: series.map((s) => ({
+      label: `${s.label}: peak ${fmt(s.run.reconnects.peakPerSec)} in 1 s`,
+      title: s.label,
+      color: s.color,
+      points: s.run.reconnects.series.map((b) => ({ x: b.s + 0.5, y: b.total })),
+      markers: s.run.events.filter((e) => e.what === 'SIGTERM').map((e) => ({ x: e.t / 1000, title: `${s.key}: SIGTERM ${e.pod} at ${(e.t / 1000).toFixed(1)} s` })),
+    })),
+    width,
+    height,
+  })
 }
 
 // ---- main -----------------------------------------------------------------------------------------
-async function main () {
-  let o
-  try { o = parseArgs() } catch (err) { console.error(err.message); process.exit(2) }
-  if (o.help) {
-    console.log('usage: node native-bench/rolling-upgrade.mjs [--quick] [--OPTION VALUE]… [--no-naive]\noptions (defaults; env ROLLING_<NAME> too):')
-    for (const [k, v] of Object.entries(DEFAULTS)) console.log(`  --${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} ${v}`)
-    process.exit(0)
-  }
-  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { process.exit(1) }) // 'exit' kills the children
-  const started = Date.now()
-  const res = await run(o)
-  console.log(renderMarkdown(res))
-  for (const c of res.checks) console.log(`${c.ok ? 'ok    ' : 'FAILED'} ${c.name}: ${c.detail}`)
-  console.log(`rolling-upgrade: ${Math.round((Date.now() - started) / 1000)} s${o.write ? `; wrote ${join(o.outDir, 'rolling-upgrade.{md,json,svg}')}` : ''}`)
-  process.exit(res.ok ? 0 : 1)
+function main () {
+  return scriptMain({ name: 'rolling-upgrade', usage: '[--quick] [--OPTION VALUE]… [--no-naive]', prefix: 'ROLLING', defaults: DEFAULTS, parseArgs, run: (o) => run(o), renderMarkdown })
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -198,6 +198,19 @@ t.test('bad input: a hook that throws, never returns, or returns too much still 
     for (const c of chats) c.ws.close()
   })
 
+  t.test('a client flooding (empty messages) while its session moves is bounded: closed 1013, not held without end', async (t) => {
+    // The old backend's hook never settles (its own bound is 10 s), so the session stays frozen meanwhile.
+    const { a, chats } = await fleet(t, 2, { handoff: { timeoutMs: 10_000 } }, () => new Promise(() => {}), { timeoutMs: 15_000 })
+    a.server.on('error', () => {})
+    void a.server.drain({ maxMigrationsPerSec: 1000 })
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    const c = chats[0]!
+    for (let i = 0; i < 40_000 && c.closed === undefined; i++) c.ws.send('')
+    await waitFor('the flooding client closed', () => c.closed !== undefined, 5000)
+    t.equal(c.closed!.code, 1013, `closed 1013 (${c.closed!.reason})`)
+    t.equal(chats[1]!.closed, undefined, 'the other client is untouched')
+  })
+
   t.test('drain asked twice: one drain', async (t) => {
     const { a, chats } = await fleet(t, 4)
     const [r1, r2] = await Promise.all([a.server.drain(), a.server.drain()])

@@ -324,3 +324,25 @@ t.test('topic messages reach ferry/client sessions (marked as topic, not numbere
   await waitFor('ann closed', () => backend.sessions.size === 0)
   t.equal(backend.publish('room', 'nobody'), 0, 'with every subscriber gone, publish sends nothing')
 })
+
+t.test('a backend that closes a resumable session acknowledges what it processed first: reset.unsent holds only what never reached it', async (t) => {
+  const processed: string[] = []
+  const backend = await startMuxBackend(t, (s) => {
+    s.on('message', (d) => {
+      processed.push(d.toString())
+      s.send(`echo ${d.toString()}`)
+      // As drain() does to ferry/client sessions: closed 1012 right after processing, within the 100 ms ack timer.
+      if (d.toString() === 'm2') s.close(1012, 'backend restarting; reconnect')
+    })
+  })
+  const f = await startFerry(t, { upstreams: { chat: { protocol: 'mux', endpoints: [`127.0.0.1:${backend.port}`], pool: { links: 1 } } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] }, { env: ENV })
+  const c = new FerryClient(`ws://127.0.0.1:${f.httpPort}/chat`, { WebSocket: WebSocket as never, reconnect: { minDelayMs: 50, maxDelayMs: 100 } })
+  t.teardown(() => { c.close() })
+  await new Promise((resolve) => c.once('open', resolve))
+  const reset = new Promise<{ unsent: unknown[] }>((resolve) => c.once('reset', resolve as never))
+  c.send('m1')
+  c.send('m2')
+  const r = await reset
+  t.same(processed, ['m1', 'm2'], 'the backend processed m1 and m2')
+  t.same(r.unsent, [], 'so reset.unsent is empty: resending it duplicates nothing')
+})

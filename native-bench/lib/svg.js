@@ -79,3 +79,68 @@ export function barChart ({ title, unit, groups, decimals, width = 960, height =
   out.push('</svg>')
   return out.join('\n') + '\n'
 }
+
+/**
+ * A line chart over time (x: seconds): one polyline per series, step markers along the x axis (a
+ * triangle, or a cross with `shape: 'x'`), dashed reference lines, a legend line.
+ *   series:   [{ label, title?, color, dash?, points: [{ x, y }], markers?: [{ x, title, shape? }] }]
+ *   refLines: [{ y, color, label }] (drawn only when below the top of the axis)
+ *   note:     text after the legend (what the markers mean)
+ *   firstOnTop: paint the first series last (on top of the others where they overlap)
+ */
+export function lineChart ({ title, xLabel, yLabel, series, xmin, xmax, refLines = [], note, firstOnTop = false, width = 960, height = 420 }) {
+  const fmtInt = (n) => Number(n).toLocaleString('en-US')
+  const left = 70; const right = 20; const bottom = 55
+  // The legend wraps onto more rows (18 px each) when it does not fit the width; the plot starts below it.
+  const legend = []
+  let lx = left
+  let row = 0
+  for (const s of series) {
+    const w = 44 + 6.6 * s.label.length
+    if (lx > left && lx + w - 20 > width - right) { row++; lx = left }
+    legend.push({ s, x: lx, y: 42 + 18 * row })
+    lx += w
+  }
+  const top = 70 + 18 * row
+  const plotW = width - left - right; const plotH = height - top - bottom
+  const vmax = niceMax(Math.max(1, ...series.flatMap((s) => s.points.map((p) => p.y))))
+  const x = (s) => left + (s - xmin) / (xmax - xmin) * plotW
+  const y = (v) => top + plotH - v / vmax * plotH
+  const out = []
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12">`)
+  out.push(`<rect width="${width}" height="${height}" fill="#ffffff"/>`)
+  out.push(`<text x="${width / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">${esc(title)}</text>`)
+  for (const { s, x: sx, y: sy } of legend) {
+    out.push(`<line x1="${sx}" x2="${sx + 18}" y1="${sy}" y2="${sy}" stroke="${s.color}" stroke-width="2.5"${s.dash !== undefined ? ` stroke-dasharray="${s.dash}"` : ''}/><text x="${sx + 24}" y="${sy + 4}">${esc(s.label)}</text>`)
+  }
+  if (note !== undefined) out.push(`<text x="${lx}" y="${42 + 18 * row + 4}" fill="#555">${esc(note)}</text>`)
+  for (let i = 0; i <= 5; i++) {
+    const v = vmax / 5 * i
+    out.push(`<line x1="${left}" x2="${width - right}" y1="${y(v)}" y2="${y(v)}" stroke="#e0e0e0"/>`)
+    out.push(`<text x="${left - 6}" y="${y(v) + 4}" text-anchor="end" fill="#555">${fmtInt(Math.round(v))}</text>`)
+  }
+  const step = (xmax - xmin) > 60 ? 10 : 5
+  for (let s = Math.ceil(xmin / step) * step; s <= xmax; s += step) {
+    out.push(`<line x1="${x(s)}" x2="${x(s)}" y1="${y(0)}" y2="${y(0) + 5}" stroke="#333"/><text x="${x(s)}" y="${y(0) + 18}" text-anchor="middle" fill="#555">${s}</text>`)
+  }
+  out.push(`<line x1="${left}" x2="${width - right}" y1="${y(0)}" y2="${y(0)}" stroke="#333"/><line x1="${left}" x2="${left}" y1="${top}" y2="${y(0)}" stroke="#333"/>`)
+  out.push(`<text x="${left + plotW / 2}" y="${height - 12}" text-anchor="middle" fill="#555">${esc(xLabel)}</text>`)
+  out.push(`<text x="18" y="${top + plotH / 2}" transform="rotate(-90 18 ${top + plotH / 2})" text-anchor="middle" fill="#555">${esc(yLabel)}</text>`)
+  for (const r of refLines) {
+    if (!(r.y < vmax)) continue
+    out.push(`<line x1="${left}" x2="${width - right}" y1="${y(r.y)}" y2="${y(r.y)}" stroke="${r.color}" stroke-dasharray="5,4" opacity="0.6"/>`)
+    out.push(`<text x="${width - right - 4}" y="${y(r.y) - 5}" text-anchor="end" fill="${r.color}" font-size="11">${esc(r.label)}</text>`)
+  }
+  // Painted in order, so the last is on top; firstOnTop paints the first series last.
+  for (const s of firstOnTop ? [...series].reverse() : series) {
+    const pts = s.points.map((p) => `${x(p.x).toFixed(1)},${y(p.y).toFixed(1)}`).join(' ')
+    out.push(`<polyline fill="none" stroke="${s.color}" stroke-width="2"${s.dash !== undefined ? ` stroke-dasharray="${s.dash}"` : ''} stroke-linejoin="round" points="${pts}"><title>${esc(s.title ?? s.label)}</title></polyline>`)
+    for (const mk of s.markers ?? []) {
+      const px = x(mk.x)
+      if (mk.shape === 'x') out.push(`<path d="M${(px - 5).toFixed(1)},${(y(0) - 11).toFixed(1)} l10,10 m0,-10 l-10,10" stroke="${s.color}" stroke-width="2.5" opacity="0.8"><title>${esc(mk.title)}</title></path>`)
+      else out.push(`<path d="M${px.toFixed(1)},${(y(0) - 10).toFixed(1)} l5,9 h-10 z" fill="${s.color}" opacity="0.8"><title>${esc(mk.title)}</title></path>`)
+    }
+  }
+  out.push('</svg>')
+  return out.join('\n') + '\n'
+}

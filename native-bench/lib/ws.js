@@ -11,6 +11,7 @@ import { existsSync, readFileSync, writeFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { writePushpinConfig, pushpinControlPorts } from './pushpin.js'
+import { parseMetrics } from './harness.mjs'
 
 export const WS_PORTS = { wsEcho: 18094, muxEcho: 18095, wsNginx: 18096, wsHaproxy: 18097, wsFerry: 18098, muxFerry: 18099, wsFerryAdmin: 19902, muxFerryAdmin: 19903 }
 const PUSHPIN_PORT = 18101
@@ -97,16 +98,6 @@ function percentiles (hists, ps) {
   })
 }
 
-/** Parses Prometheus text into { 'name{labels}': value }. */
-function parseMetrics (body) {
-  const out = {}
-  for (const line of body.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue
-    const i = line.lastIndexOf(' ')
-    out[line.slice(0, i)] = Number(line.slice(i + 1))
-  }
-  return out
-}
 const metricSum = (m, name, filter = () => true) => Object.entries(m).filter(([k]) => (k === name || k.startsWith(`${name}{`)) && filter(k)).reduce((a, [, v]) => a + v, 0)
 const label = (k, l) => new RegExp(`${l}="([^"]*)"`).exec(k)?.[1] ?? ''
 

@@ -254,6 +254,9 @@ export class Session extends EventEmitter<SessionEvents> {
   close (code = 1000, reason = ''): void {
     if (this.readyState !== ReadyState.OPEN) return
     this.readyState = ReadyState.CLOSING
+    // What the application processed is acknowledged before the close (acks otherwise wait up to 100 ms):
+    // the client's `reset.unsent` must hold only messages that never reached it, or resending duplicates.
+    if (this.resumable) this.flushAck()
     this.stream?.close(code, reason)
     this.ended(code, reason)
   }

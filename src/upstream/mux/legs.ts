@@ -41,6 +41,9 @@ export interface LegMover {
   handoffDone: (leg: MuxLeg, outcome: 'moved' | 'lost_moved' | 'failed' | 'client_gone', ms: number, err?: Error) => void
 }
 
+/** What a held client message costs besides its bytes (its entry and Buffer), for the front's bound. */
+const HELD_OVERHEAD = 64
+
 /**
  * open: messages flow. freezing: FREEZE sent to the old backend; client messages are held; waiting for its
  * HANDOFF (bounded). moving: no stream; the upstream is opening one elsewhere; client messages are held.
@@ -227,10 +230,11 @@ export class MuxLeg implements UpstreamLeg {
   send (data: Uint8Array, binary: boolean): void {
     if (this.legState === 'open') { this.stream.send(data, binary); return }
     if (this.legState === 'closed') return
-    // Copy: `data` is a uWS view valid only during the call. The front bounds `buffered`.
+    // Copy: `data` is a uWS view valid only during the call. The front bounds `buffered`; each held
+    // message counts HELD_OVERHEAD more, so a flood of empty messages is bounded too.
     const copy = Buffer.from(data)
     this.held.push({ data: copy, binary })
-    this.heldBytes += copy.length
+    this.heldBytes += copy.length + HELD_OVERHEAD
   }
 
   get buffered (): number {

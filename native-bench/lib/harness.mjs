@@ -1,0 +1,278 @@
+// The process and measuring helpers of native-bench's scenario scripts (rolling-upgrade.mjs,
+// backend-rollout.mjs): options from flags and env, tracked children (stopped by PID on every way out),
+// IPC questions, bounded waits, Redis, Prometheus text, and the counting helpers their results use.
+import { spawn } from 'node:child_process'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { cpus, loadavg, release, totalmem } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+/** The Ferry build the scripts run: this checkout's dist/. */
+export const FERRY_CLI = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'cli.js')
+
+export const REDIS_SERVER = process.env.REDIS_SERVER ?? '/usr/bin/redis-server'
+
+// ---- options --------------------------------------------------------------------------------------
+const kebab = (k) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+const snake = (k) => k.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()
+
+/**
+ * A parser of `--name value`, `--name=value`, `--switch`, `--no-switch` and `--quick` (argv) and of
+ * `<PREFIX>_NAME` env vars over `defaults`; `quick` is what --quick (or `<PREFIX>_QUICK=1`) sets.
+ * The type of each default decides how a value is read (numbers must be finite and ≥ 0).
+ */
+export function optionParser (defaults, quick, prefix) {
+  return function parseArgs (argv = process.argv.slice(2), env = process.env) {
+    const o = { ...defaults }
+    const set = (k, v) => {
+      if (typeof defaults[k] === 'number') { const n = Number(v); if (!Number.isFinite(n) || n < 0) throw new Error(`--${kebab(k)}: not a number: ${v}`); o[k] = n } else if (typeof defaults[k] === 'boolean') o[k] = !/^(0|false|no)$/i.test(String(v))
+      else o[k] = v
+    }
+    if (env[`${prefix}_QUICK`] !== undefined && !/^(0|false|no)$/i.test(env[`${prefix}_QUICK`])) Object.assign(o, quick)
+    for (const k of Object.keys(defaults)) if (env[`${prefix}_${snake(k)}`] !== undefined) set(k, env[`${prefix}_${snake(k)}`])
+    for (let i = 0; i < argv.length; i++) {
+      const a = argv[i]
+      if (a === '--help' || a === '-h') { o.help = true; continue }
+      if (a === '--quick') { Object.assign(o, quick); continue }
+      const m = /^--(no-)?([a-z-]+)(?:=(.*))?$/.exec(a)
+      const key = m === null ? undefined : Object.keys(defaults).find((k) => kebab(k) === m[2])
+      if (key === undefined) throw new Error(`unknown option ${a} (--help lists them)`)
+      if (m[1] !== undefined) { if (typeof defaults[key] !== 'boolean') throw new Error(`${a}: not a switch`); o[key] = false; continue }
+      if (typeof defaults[key] === 'boolean' && m[3] === undefined) { o[key] = true; continue }
+      const v = m[3] ?? argv[++i]
+      if (v === undefined) throw new Error(`${a} needs a value`)
+      set(key, v)
+    }
+    return o
+  }
+}
+
+/** The options list of --help: `  --name default` per option. */
+export function optionsHelp (defaults) {
+  return Object.entries(defaults).map(([k, v]) => `  --${kebab(k)} ${v}`).join('\n')
+}
+
+/** The machine, for the results' header. */
+export function machineInfo (extra = {}) {
+  const load = loadavg()
+  return { cpus: cpus().length, model: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version, loadavg1: Math.round(load[0] * 100) / 100, ...extra }
+}
+
+/**
+ * A scenario script's main: options (exit 2 on a bad one), --help, a run, its Markdown and checks on
+ * stdout; exit 0 when the run's verdict is ok, else 1. Checks with `gate: false` are printed as notes.
+ */
+export async function scriptMain ({ name, usage, prefix, defaults, parseArgs, validate = () => {}, run, renderMarkdown }) {
+  let o
+  try { o = parseArgs(); validate(o) } catch (err) { console.error(err.message); process.exit(2) }
+  if (o.help) {
+    console.log(`usage: node native-bench/${name}.mjs ${usage}\noptions (defaults; env ${prefix}_<NAME> too):`)
+    console.log(optionsHelp(defaults))
+    process.exit(0)
+  }
+  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { process.exit(1) }) // 'exit' kills the children
+  const started = Date.now()
+  const res = await run(o)
+  console.log(renderMarkdown(res))
+  for (const c of res.checks) console.log(`${c.ok ? 'ok    ' : c.gate === false ? 'note  ' : 'FAILED'} ${c.name}: ${c.detail}`)
+  console.log(`${name}: ${Math.round((Date.now() - started) / 1000)} s${o.write ? `; wrote ${join(o.outDir, `${name}.{md,json,svg}`)}` : ''}`)
+  process.exit(res.ok ? 0 : 1)
+}
+
+/** The options a result records (not where it was written). */
+export function recordedOptions (o) {
+  return Object.fromEntries(Object.entries(o).filter(([k]) => !['outDir', 'workDir', 'write', 'help'].includes(k)))
+}
+
+/** Writes results/NAME.{json,md,svg} when `o.write`. */
+export function writeResults (o, name, result, renderMarkdown, renderSvg) {
+  if (!o.write) return
+  mkdirSync(o.outDir, { recursive: true })
+  writeFileSync(join(o.outDir, `${name}.json`), JSON.stringify(result, null, 2) + '\n')
+  writeFileSync(join(o.outDir, `${name}.md`), renderMarkdown(result))
+  writeFileSync(join(o.outDir, `${name}.svg`), renderSvg(result))
+}
+
+// ---- processes ------------------------------------------------------------------------------------
+/** Every child any run started and has not seen exit: SIGKILLed by PID if this process exits first. */
+const live = new Set()
+process.on('exit', () => { for (const c of live) { try { c.kill('SIGKILL') } catch {} } })
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+/** A sleep that does not keep the process alive (the losing side of a Promise.race). */
+export const bound = (ms) => new Promise((resolve) => setTimeout(resolve, ms).unref())
+
+/** A bounded log tail. */
+export function tail (max) {
+  const lines = []
+  return { lines, push (l) { lines.push(l); if (lines.length > max) lines.shift() } }
+}
+
+/**
+ * Spawns a child tracked in `res.children` (stdout lines to `onLine`); `exited` resolves with
+ * { code, signal, at }.
+ */
+export function spawnChild (res, cmd, args, { env, ipc = false, onLine } = {}) {
+  const child = spawn(cmd, args, { stdio: ipc ? ['ignore', 'pipe', 'pipe', 'ipc'] : ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
+  live.add(child)
+  res.children.add(child)
+  child.stderrTail = tail(30)
+  child.exitInfo = undefined
+  child.exited = new Promise((resolve) => {
+    const done = (code, signal) => { live.delete(child); res.children.delete(child); child.exitInfo ??= { code, signal, at: Date.now() }; resolve(child.exitInfo) }
+    child.once('exit', done)
+    child.once('error', (err) => { child.spawnError = err; done(null, 'spawn-error') })
+  })
+  let buf = ''
+  child.stdout.setEncoding('utf8').on('data', (d) => {
+    buf += d
+    let nl
+    while ((nl = buf.indexOf('\n')) !== -1) {
+      const line = buf.slice(0, nl)
+      buf = buf.slice(nl + 1)
+      onLine?.(line)
+    }
+  })
+  let ebuf = ''
+  child.stderr.setEncoding('utf8').on('data', (d) => {
+    ebuf += d
+    let nl
+    while ((nl = ebuf.indexOf('\n')) !== -1) { child.stderrTail.push(ebuf.slice(0, nl)); ebuf = ebuf.slice(nl + 1) }
+  })
+  return child
+}
+
+/** SIGKILLs every child of `res` still running and waits (bounded) for them to go. */
+export async function killAll (res) {
+  const left = [...res.children]
+  for (const c of left) { try { c.kill('SIGKILL') } catch {} }
+  await Promise.race([Promise.all(left.map((c) => c.exited)), bound(5000)])
+}
+
+/** Sends `msg` over IPC and resolves with the next message of `type` (bounded). */
+export function ask (child, msg, type, timeoutMs = 10_000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { child.off('message', on); reject(new Error(`no ${type} answer from ${child.spawnargs.join(' ')}`)) }, timeoutMs)
+    const on = (m) => { if (m?.type === type) { clearTimeout(timer); child.off('message', on); resolve(m) } }
+    child.on('message', on)
+    if (msg !== undefined) child.send(msg)
+  })
+}
+
+/** Polls `fn` until it returns something truthy, within `timeoutMs` and the run's own deadline. */
+export async function waitFor (what, fn, timeoutMs, res, everyMs = 50) {
+  const deadline = Math.min(Date.now() + timeoutMs, res?.deadline ?? Infinity)
+  for (;;) {
+    const v = await fn()
+    if (v) return v
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await sleep(everyMs)
+  }
+}
+
+export async function freePort () {
+  const s = createServer()
+  await new Promise((resolve, reject) => { s.once('error', reject); s.listen(0, '127.0.0.1', resolve) })
+  const port = s.address().port
+  await new Promise((resolve) => s.close(resolve))
+  return port
+}
+
+export async function startRedis (res) {
+  const port = await freePort()
+  let out = ''
+  const child = spawnChild(res, REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', res.workDir, '--logfile', ''], {
+    onLine: (l) => { if (out.length < 20_000) out += l + '\n' },
+  })
+  await waitFor('redis-server', () => { if (child.exitInfo !== undefined) throw new Error(`redis-server exited: ${out}`); return out.includes('Ready to accept connections') }, 10_000, res, 20)
+  return { port, url: `redis://127.0.0.1:${port}`, child }
+}
+
+/**
+ * A Ferry process (`dist/cli.js start --config file`) with JSON logs: resolves once it logs `listening`
+ * (its HTTP and admin ports), within 15 s. Warnings and errors are counted (the first 10 kept); every
+ * parsed log line also goes to `onLog`.
+ */
+export async function startFerry (res, id, file, env, onLog) {
+  const pod = { id, http: 0, admin: 0, startedAt: Date.now(), warnings: [], warningCount: 0 }
+  let listening
+  const ready = new Promise((resolve) => { listening = resolve })
+  pod.child = spawnChild(res, process.execPath, [FERRY_CLI, 'start', '--config', file], {
+    env,
+    onLine: (line) => {
+      let j
+      try { j = JSON.parse(line) } catch { return }
+      if (j.msg === 'listening') { pod.http = Number(String(j.http).split(':').at(-1)); pod.admin = Number(String(j.admin).split(':').at(-1)); listening() }
+      if (j.level >= 40) { pod.warningCount++; if (pod.warnings.length < 10) pod.warnings.push({ level: j.level, msg: j.msg, code: j.code ?? j.err?.code, err: j.err?.message }) }
+      onLog?.(j)
+    },
+  })
+  await Promise.race([ready, pod.child.exited.then((x) => { throw new Error(`pod ${id} exited (${JSON.stringify(x)}) before listening: ${pod.child.stderrTail.lines.join('\n')}`) }), bound(15_000).then(() => { throw new Error(`pod ${id} did not start within 15 s`) })])
+  return pod
+}
+
+// ---- Prometheus text ------------------------------------------------------------------------------
+/** Parses Prometheus text into { 'name{labels}': value }. */
+export function parseMetrics (body) {
+  const out = {}
+  for (const line of body.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue
+    const i = line.lastIndexOf(' ')
+    out[line.slice(0, i)] = Number(line.slice(i + 1))
+  }
+  return out
+}
+
+/** A Ferry pod's /metrics, parsed (bounded at 2 s). */
+export async function scrapeMetrics (adminPort) {
+  return parseMetrics(await (await fetch(`http://127.0.0.1:${adminPort}/metrics`, { signal: AbortSignal.timeout(2000) })).text())
+}
+
+/** Sum of every series of `name` whose labels contain each of `labels` (`'outcome="moved"'`, …). */
+export function metricSum (m, name, ...labels) {
+  let n = 0
+  for (const [k, v] of Object.entries(m)) if ((k === name || k.startsWith(`${name}{`)) && labels.every((l) => k.includes(l))) n += v
+  return n
+}
+
+// ---- measures -------------------------------------------------------------------------------------
+/** Most events in any window of `windowMs` (sorted or not). */
+export function slidingPeak (times, windowMs = 1000) {
+  const t = [...times].sort((a, b) => a - b)
+  let peak = 0
+  for (let i = 0, j = 0; i < t.length; i++) {
+    while (t[i] - t[j] >= windowMs) j++
+    peak = Math.max(peak, i - j + 1)
+  }
+  return peak
+}
+
+/** Counts per 1 s bin from `from` to `to` (ms), relative to t0: [{ s, n }]. */
+export function bins (times, t0, fromS, toS) {
+  const out = []
+  for (let s = fromS; s < toS; s++) out.push({ s, n: 0 })
+  for (const t of times) {
+    const k = Math.floor((t - t0) / 1000) - fromS
+    if (k >= 0 && k < out.length) out[k].n++
+  }
+  return out
+}
+
+/** A numbered sequence's tally: `check(x, k)` for each number seen (1, 2, …). */
+export function seq () { return { count: 0, max: 0, missing: null, dup: 0, reordered: 0 } }
+export function check (x, k) {
+  x.count++
+  if (k === x.max + 1) x.max = k
+  else if (k > x.max + 1) { x.missing ??= new Set(); for (let j = x.max + 1; j < k; j++) x.missing.add(j); x.max = k } else if (x.missing?.delete(k)) x.reordered++
+  else x.dup++
+}
+
+/** The p-th percentile (0–100) of `values` (nearest rank); NaN when empty. */
+export function percentile (values, p) {
+  if (values.length === 0) return NaN
+  const s = [...values].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(s.length * p / 100) - 1))]
+}
+
+export const fmt = (n) => Number(n).toLocaleString('en-US')
