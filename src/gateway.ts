@@ -1,12 +1,14 @@
 import type { Logger } from 'pino'
 import { AdminServer } from './admin/admin-server.js'
 import { createHash } from 'node:crypto'
-import { ConfigError, parseEndpoint, type Config } from './config/load.js'
+import { ConfigError, parseEndpoint, validateConfig, type Config } from './config/load.js'
 import { HttpFront } from './front/http-front.js'
 import { loadNativeUws, type Uws } from './front/uws.js'
 import { Metrics } from './observability/metrics.js'
 import { establishedOnPort } from './observability/sockets.js'
-import { Router } from './routing/router.js'
+import { routeName, Router } from './routing/router.js'
+import { SplitStats } from './routing/split.js'
+import { subsetName } from './config/schema.js'
 import type { ExchangeContext } from './upstream/http/exchange.js'
 import { upstreamMetrics } from './upstream/http/metrics.js'
 import { HttpUpstream } from './upstream/http/pool.js'
@@ -67,6 +69,9 @@ export interface GatewayOptions {
   /** Reads the config again for a reload (throws ConfigError naming the fields); absent: reloads are refused. */
   source?: () => Config
 }
+
+/** What `PUT /routes/NAME/split` did: the reload it made, or why not (`not_found`: no such route, or it has no split). */
+export type SplitChangeResult = ReloadResult | { result: 'not_found', errors: string[] }
 
 /** A short fingerprint of a config (the same config always has the same version). */
 export function configVersion (cfg: Config): string {
@@ -132,8 +137,14 @@ export class Gateway {
   private version: string
   private readonly loadedAt = new Date().toISOString()
   private lastReload: { at: string, result: string, errors?: string[] } | undefined
-  /** Reloads run one after the other. */
+  /** Reloads (and admin split changes, which are reloads) run one after the other. */
   private reloading: Promise<unknown> = Promise.resolve()
+  /** Split counters by route and subset, kept across the reloads that rebuild the routes. */
+  private readonly splitStats: SplitStats
+  /** The router of the running config (for /status). */
+  private router: Router | undefined
+  /** Routes whose split weights the admin API set, and when (a reload from the file sets the file's again). */
+  private readonly splitsByAdmin = new Map<string, string>()
 
   constructor (opts: GatewayOptions) {
     this.cfg = opts.config
@@ -144,6 +155,7 @@ export class Gateway {
     this.uws = loadNativeUws()
     this.metrics.configInfo.labels(this.config.gateway.id, VERSION).set(1)
     this.removeCollector = this.metrics.onCollect(() => this.collect())
+    this.splitStats = new SplitStats(this.metrics)
     this.admission = new Admission(this.config.admission, this.metrics.admissionRefused)
     this.drainer = new DrainController(this.config.drain, this.drainTarget(), this.log.child({ component: 'drain' }), this.metrics)
     this.endpointDrainer = new EndpointDrainer(this.log.child({ component: 'endpoint-drain' }), this.metrics)
@@ -176,7 +188,7 @@ export class Gateway {
     this.store = store
     // Start in a known state: Redis connected, or found unreachable (then the store falls back).
     await store.ready(Math.min(2000, 20 * cfg.affinity.redis.lookupTimeoutMs))
-    this.wsDeps = { gatewayId: cfg.gateway.id, store, ttlMs: cfg.affinity.ttlMs, tokens }
+    this.wsDeps = { gatewayId: cfg.gateway.id, store, ttlMs: cfg.affinity.ttlMs, tokens, routeSplit: (route) => this.router?.byName(route)?.split }
     this.pods = new PodDirectory(podBoardOf(store), cfg.affinity.redis.podTtlMs, () => this.podRecord(), this.log.child({ component: 'pods' }))
     this.sets = this.buildUpstreams(cfg, undefined)
     try {
@@ -189,6 +201,7 @@ export class Gateway {
         status: () => this.status(),
         drain: () => this.drain('POST /drain'),
         reload: async () => await this.reloadFromSource('POST /reload'),
+        setSplit: async (route, weights) => await this.setSplitWeights(route, weights),
         endpointAdmin: (upstream, address, admin) => this.endpointAdmin(upstream, address, admin),
         flushCounters: () => { this.front?.ws.collect() },
       }, this.metrics, this.log, access, cfg.admin.console)
@@ -209,6 +222,7 @@ export class Gateway {
       throw err
     }
     this.transition('running')
+    this.noteDiscoveredSplits(cfg)
     this.pods.start()
     this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, tcp: this.ports.tcp, gateway: cfg.gateway.id, version: VERSION }, 'listening')
     if (this.drainRequested !== undefined) this.drain(this.drainRequested)
@@ -338,7 +352,36 @@ export class Gateway {
   }
 
   private table (cfg: Config, set: UpstreamSet): RouteTable {
-    return { config: cfg, router: new Router(cfg.routes), upstreams: set.http, wsUpstreams: set.ws, edge: this.edge! }
+    this.router = new Router(cfg.routes, this.splitStats)
+    return { config: cfg, router: this.router, upstreams: set.http, wsUpstreams: set.ws, edge: this.edge! }
+  }
+
+  /**
+   * After a reload or an admin change: every route split with `rebalance` has its open sessions that are
+   * outside their subset now moved there (mux upstreams, by backend handoff, paced by handoff.maxPerSec).
+   */
+  private rebalanceSplits (cfg: Config): void {
+    for (const r of cfg.routes) {
+      if (r.split?.rebalance !== true) continue
+      const name = routeName(r)
+      const upstream = this.sets.ws.get(r.upstream)
+      const sessions = this.front?.ws.splitSessions(name) ?? []
+      const n = upstream?.rebalance?.(sessions) ?? 0
+      if (n > 0) this.log.info({ route: name, upstream: r.upstream, sessions: n }, 'route split rebalance: open sessions outside the subset their key is assigned now move there by backend handoff')
+    }
+  }
+
+  /**
+   * A split of an upstream whose endpoints come from a registry cannot be checked against their labels
+   * when the config is read: they are known once the backends register. Said once per config, so an
+   * operator who sees fallbacks knows where to look.
+   */
+  private noteDiscoveredSplits (cfg: Config): void {
+    for (const r of cfg.routes) {
+      if (r.split === undefined || cfg.upstreams[r.upstream]?.registry === undefined) continue
+      this.log.warn({ route: routeName(r), upstream: r.upstream, subsets: r.split.subsets.map((s) => subsetName(s)) },
+        'route split of a registry upstream: its labels are checked only as backends register; until an endpoint carries a subset\'s labels, that subset\'s share goes to the other subsets, then to the whole upstream (ferry_split_fallbacks_total{reason="no_endpoints"})')
+    }
   }
 
   /** Who may use the admin API under `cfg` (throws FERRY_ERR_CONFIG_INVALID for an unreadable tokenFile). */
@@ -369,11 +412,70 @@ export class Gateway {
         return this.refused(err instanceof ConfigError ? err.problems : [(err as Error).message], '')
       }
       this.log.info({ trigger }, 'config reload requested')
-      return await this.reload(next, configVersion(next))
+      const r = await this.reload(next, configVersion(next))
+      // The file's weights are the running ones again.
+      if (r.result === 'ok') { this.splitsByAdmin.clear(); this.noteDiscoveredSplits(next); this.rebalanceSplits(next) }
+      return r
     }
-    const p = this.reloading.then(run, run)
+    return await this.serially(run)
+  }
+
+  /** Runs `fn` after the reloads (and split changes) asked before it. */
+  private async serially<T> (fn: () => Promise<T>): Promise<T> {
+    const p = this.reloading.then(fn, fn)
     this.reloading = p
     return await p
+  }
+
+  /**
+   * `PUT /routes/NAME/split` on the admin listener: new weights for a route's split (`{ "v1": 50, "v2": 50 }`,
+   * every subset by name, summing to 100), applied to this pod's running config as a reload would
+   * (validated the same way; open sessions stay where they are). A reload from the file later sets the
+   * file's weights again. Other pods are not told: each pod is changed on its own (or through the file).
+   */
+  async setSplitWeights (route: string, weights: unknown): Promise<SplitChangeResult> {
+    // Every route name has a `/` (its path): a name without one is `HOST/`, so `*` is the root route `*/`.
+    if (!route.includes('/')) route += '/'
+    return await this.serially(async () => {
+      const cfg = this.cfg
+      const i = cfg.routes.findIndex((r) => routeName(r) === route)
+      const r = cfg.routes[i]
+      if (r === undefined) return { result: 'not_found', errors: [`no route ${route} (routes: ${cfg.routes.map((x) => routeName(x)).join(', ') || 'none'})`] }
+      if (r.split === undefined) return { result: 'not_found', errors: [`route ${route} has no split`] }
+      const names = r.split.subsets.map((x) => subsetName(x))
+      const errors: string[] = []
+      if (weights === null || typeof weights !== 'object' || Array.isArray(weights)) {
+        errors.push(`weights: must be an object of subset name → weight (subsets: ${names.join(', ')}) (got ${JSON.stringify(weights) ?? 'nothing'})`)
+      } else {
+        const w = weights as Record<string, unknown>
+        for (const [k, v] of Object.entries(w)) {
+          if (!names.includes(k)) errors.push(`weights.${k}: names no subset of route ${route} (subsets: ${names.join(', ')})`)
+          else if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 100) errors.push(`weights.${k}: must be an integer of 0-100 (got ${JSON.stringify(v)})`)
+        }
+        const missing = names.filter((n) => !Object.hasOwn(w, n))
+        if (missing.length > 0) errors.push(`weights: must give every subset (missing: ${missing.join(', ')})`)
+        if (errors.length === 0) {
+          const sum = names.reduce((n, k) => n + (w[k] as number), 0)
+          if (sum !== 100) errors.push(`weights: must sum to 100 (got ${sum}: ${names.map((k) => `${k} ${String(w[k])}`).join(' + ')})`)
+        }
+      }
+      if (errors.length > 0) return this.refused(errors, this.version)
+      const w = weights as Record<string, number>
+      const input = structuredClone(cfg) as { routes: Array<{ split: { subsets: Array<{ weight: number }> } }> }
+      names.forEach((n, j) => { input.routes[i]!.split.subsets[j]!.weight = w[n]! })
+      let next: Config
+      try {
+        next = validateConfig(input, `PUT /routes/${route}/split`)
+      } catch (err) {
+        return this.refused(err instanceof ConfigError ? err.problems : [(err as Error).message], this.version)
+      }
+      this.log.info({ trigger: `PUT /routes/${route}/split`, weights: w }, 'route split change requested')
+      const res = await this.reload(next, configVersion(next))
+      if (res.result !== 'ok') return res
+      this.splitsByAdmin.set(route, new Date().toISOString())
+      this.rebalanceSplits(next)
+      return { ...res, route, ...this.splitStatus(next.routes[i]!) }
+    })
   }
 
   /**
@@ -654,6 +756,18 @@ export class Gateway {
     }
   }
 
+  /** A route's split in /status: subsets, weights, their endpoints now, and what was assigned where. */
+  private splitStatus (r: Config['routes'][number]): object {
+    if (r.split === undefined) return {}
+    const name = routeName(r)
+    const split = this.router?.list().find((x) => x.name === name)?.split
+    if (split === undefined) return {}
+    const proto = this.config.upstreams[r.upstream]?.protocol
+    const labelled = proto === 'http' ? this.sets.http.get(r.upstream)?.upstream.set.labelled(Date.now()) : this.sets.ws.get(r.upstream)?.labelled()
+    const by = this.splitsByAdmin.get(name)
+    return { split: { ...split.status(labelled), setBy: by === undefined ? 'config' : 'admin', ...(by !== undefined ? { setAt: by } : {}) } }
+  }
+
   status (): object {
     return {
       gateway: this.config.gateway.id,
@@ -666,7 +780,7 @@ export class Gateway {
         admin: { host: this.config.listen.admin.host, port: this.ports?.admin },
         tcp: this.tcpListeners.map((l) => l.status()),
       },
-      routes: this.config.routes.map((r) => ({ host: r.match.host, path: r.match.path, upstream: r.upstream, kind: this.config.upstreams[r.upstream]?.protocol === 'http' ? 'http' : 'websocket', auth: r.auth ?? null, rateLimits: r.rateLimits })),
+      routes: this.config.routes.map((r) => ({ name: routeName(r), host: r.match.host, path: r.match.path, upstream: r.upstream, kind: this.config.upstreams[r.upstream]?.protocol === 'http' ? 'http' : 'websocket', auth: r.auth ?? null, rateLimits: r.rateLimits, ...this.splitStatus(r) })),
       edge: this.edge?.status(),
       websocket: this.front?.ws.status(),
       clients: { httpRequestsInFlight: this.lifecycle.inFlight, webSocketSessions: this.front?.ws.sessionCount ?? 0, tcpConnections: this.tcpOpen() },

@@ -68,9 +68,9 @@ t.test('admin API: /healthz, /readyz, /status shape, /metrics, unknown path; SIG
   t.same(st.listeners.admin, { host: '127.0.0.1', port: f.adminPort }, '/status listeners.admin is the bound host and port')
   t.same(st.listeners.tcp, [], '/status listeners.tcp is empty (none configured)')
   t.same(st.routes, [
-    { host: 'example.test', path: '/', upstream: 'api', kind: 'http', auth: null, rateLimits: [] },
-    { path: '/api', upstream: 'api', kind: 'http', auth: null, rateLimits: [] },
-  ], '/status lists both routes in config order, with host only where configured')
+    { name: 'example.test/', host: 'example.test', path: '/', upstream: 'api', kind: 'http', auth: null, rateLimits: [] },
+    { name: '*/api', path: '/api', upstream: 'api', kind: 'http', auth: null, rateLimits: [] },
+  ], '/status lists both routes in config order by name (what PUT /routes/NAME/split takes), with host only where configured')
   t.equal(st.upstreams.length, 1, '/status lists 1 upstream')
   const u = st.upstreams[0]
   t.match(u, { name: 'api', protocol: 'http', balance: 'round-robin', maxConnectionsPerEndpoint: 3, queued: 0, queueLimit: 7 }, '/status upstream: name, protocol, balance, pool limits (3, 7) and queue 0')

@@ -43,7 +43,11 @@ t.test('k8s manifests agree with the config schema', async (t) => {
   const sts = docs.find((d) => d.kind === 'StatefulSet')
   t.equal(sts?.spec.serviceName, headless?.metadata.name, 'the StatefulSet is governed by the headless Service')
   const chat = cfg.upstreams.chat!
-  for (const e of chat.endpoints) {
+  // The chat route's split names labels the chat endpoints carry (the schema checks that too).
+  const split = cfg.routes.find((r) => r.upstream === 'chat')?.split
+  t.ok(split !== undefined && chat.endpoints!.every((e) => typeof e !== 'string' && e.labels.version === split.subsets[0]!.labels.version), 'every chat endpoint carries the version label the chat route\'s split selects')
+  for (const entry of chat.endpoints!) {
+    const e = typeof entry === 'string' ? entry : entry.address
     const [host, port] = e.split(':') as [string, string]
     const [pod, svcName] = host.split('.') as [string, string]
     const ordinal = Number(pod.slice(sts.metadata.name.length + 1))

@@ -3,7 +3,7 @@ import WebSocket from 'ws'
 import type { MuxServer, Session } from '../src/backend/index.js'
 import { FerryClient } from '../src/client/index.js'
 import { metric, startFerry, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
-import { connect, startMuxBackend, type Client } from './helpers/mux.js'
+import { connect, rawFerry, startMuxBackend } from './helpers/mux.js'
 import { startRedis, type RedisServer } from './helpers/redis.js'
 import { startSwitch } from './helpers/switch.js'
 
@@ -183,15 +183,6 @@ t.test('Redis down: new sessions still connect, and every pod picks the same bac
   await waitFor('pod A back on Redis', async () => await metric(a, 'ferry_affinity_fallback{store="redis"}') === 0, 15_000)
   t.pass('and returns to Redis when it is back')
 })
-
-/** A raw ferry.v1 connection: its first message must be the welcome. */
-async function rawFerry (url: string, offer?: string): Promise<{ client: Client, welcome: Record<string, any> }> {
-  const client = await connect(url, offer === undefined ? ['ferry.v1'] : ['ferry.v1', offer])
-  await client.waitMessages(1)
-  const first = client.messages[0]!.data.toString()
-  if (!first.startsWith('c')) throw new Error(`first message is not a control message: ${first.slice(0, 40)}`)
-  return { client, welcome: JSON.parse(first.slice(1)) as Record<string, any> }
-}
 
 t.test('bad resume input: forged, altered, expired, foreign and replayed tokens, concurrent resumes, lying acks', async (t) => {
   const log = newLog()

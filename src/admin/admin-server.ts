@@ -18,6 +18,8 @@ export interface AdminSource {
   readonly drain: () => object
   /** Reloads the config file; `result` is 'ok' or 'refused' (with field-named errors). */
   readonly reload: () => Promise<{ result: string }>
+  /** New weights for a route's split (PUT /routes/NAME/split); `result` 'ok', 'refused' (field-named errors) or 'not_found'. */
+  readonly setSplit: (route: string, weights: unknown) => Promise<{ result: string }>
   /** The operator's intent for one endpoint of an upstream (`address` as the client wrote it). */
   readonly endpointAdmin: (upstream: string, address: string, admin: AdminState) => AdminChange
   /** Adds the per-message counts kept as plain numbers to their prom-client counters (what a scrape does first, without the rest of it). */
@@ -35,6 +37,8 @@ export interface AdminConsoleOptions extends FeedOptions {
 }
 
 const JSON_TYPE = 'application/json'
+/** The largest request body the admin API reads (a split's weights are a few dozen bytes). */
+const MAX_ADMIN_BODY = 64 * 1024
 
 /** Headers of every console file: nothing from elsewhere, never framed, never cached (it is tiny). */
 const ASSET_HEADERS: Array<[string, string]> = [
@@ -113,6 +117,10 @@ export class AdminServer {
         if (!aborted) res.cork(() => res.writeStatus('500 Internal Server Error').end())
       })
     })
+    this.app.put('/routes/*', (res, req) => {
+      if (!this.sameOrigin(res, req) || !this.authorized(res, req, '/routes')) return
+      this.putSplit(res, req.getUrl())
+    })
     for (const admin of ['drain', 'ready'] as const) {
       this.app.post(`/upstreams/:upstream/endpoints/:address/${admin}`, (res, req) => {
         if (!this.sameOrigin(res, req) || !this.authorized(res, req, `/upstreams/endpoints/${admin}`)) return
@@ -140,7 +148,7 @@ export class AdminServer {
       })
     }
     this.app.any('/*', (res) => {
-      res.writeStatus('404 Not Found').writeHeader('content-type', 'text/plain').end(`admin endpoints: GET /healthz /readyz /metrics /status /events${this.assets === undefined ? '' : ' / (console)'}, POST /drain /reload /upstreams/NAME/endpoints/ADDR/drain /upstreams/NAME/endpoints/ADDR/ready\n`)
+      res.writeStatus('404 Not Found').writeHeader('content-type', 'text/plain').end(`admin endpoints: GET /healthz /readyz /metrics /status /events${this.assets === undefined ? '' : ' / (console)'}, POST /drain /reload /upstreams/NAME/endpoints/ADDR/drain /upstreams/NAME/endpoints/ADDR/ready, PUT /routes/NAME/split\n`)
     })
   }
 
@@ -161,6 +169,56 @@ export class AdminServer {
   /** The gateway's status plus the admin listener's own. */
   private status (): object {
     return { ...this.source.status(), admin: { token: this.access.token.source, protectMetrics: this.access.protectMetrics, console: this.feed.status() } }
+  }
+
+  /**
+   * PUT /routes/NAME/split with `{"weights": {"v1": 50, "v2": 50}}`: NAME is the route's name as /status
+   * shows it (`*\/chat`, `api.example.com/v1`), so the URL reads `/routes/*\/chat/split`. 200 with the
+   * new split, 400 with field-named errors (the running config is kept), 404 for no such route or split.
+   */
+  private putSplit (res: HttpResponse, url: string): void {
+    let aborted = false
+    res.onAborted(() => { aborted = true })
+    const answer = (status: string, body: object): void => {
+      if (aborted) return
+      res.cork(() => res.writeStatus(status).writeHeader('content-type', JSON_TYPE).end(JSON.stringify(body, null, 2)))
+    }
+    const m = /^\/routes\/(.+)\/split$/.exec(url)
+    let route: string | undefined
+    try { route = m === null ? undefined : decodeURIComponent(m[1]!) } catch { route = undefined }
+    if (route === undefined) {
+      answer('404 Not Found', { result: 'not_found', errors: [`${url}: PUT /routes/NAME/split, with NAME as /status names the route (e.g. /routes/*/chat/split)`] })
+      return
+    }
+    const chunks: Buffer[] = []
+    let size = 0
+    res.onData((chunk, isLast) => {
+      if (size < 0) return
+      size += chunk.byteLength
+      if (size > MAX_ADMIN_BODY) {
+        size = -1
+        answer('413 Payload Too Large', { result: 'refused', errors: [`request body: larger than ${MAX_ADMIN_BODY} bytes`] })
+        return
+      }
+      chunks.push(Buffer.from(chunk.slice(0))) // uWS neuters the chunk after this callback
+      if (!isLast) return
+      let body: unknown
+      try { body = JSON.parse(Buffer.concat(chunks).toString('utf8')) } catch (err) {
+        answer('400 Bad Request', { result: 'refused', errors: [`request body: not JSON (${(err as Error).message})`] })
+        return
+      }
+      const extra = body !== null && typeof body === 'object' ? Object.keys(body).filter((k) => k !== 'weights') : []
+      if (body === null || typeof body !== 'object' || Array.isArray(body) || extra.length > 0) {
+        answer('400 Bad Request', { result: 'refused', errors: [extra.length > 0 ? `${extra[0]!}: unknown key (the body is {"weights": {"SUBSET": WEIGHT, …}})` : 'request body: must be {"weights": {"SUBSET": WEIGHT, …}}'] })
+        return
+      }
+      this.source.setSplit(route!, (body as { weights?: unknown }).weights).then((r) => {
+        answer(r.result === 'ok' ? '200 OK' : r.result === 'not_found' ? '404 Not Found' : '400 Bad Request', r)
+      }, (err: unknown) => {
+        this.log.error({ err }, 'split change failed')
+        answer('500 Internal Server Error', { result: 'error' })
+      })
+    })
   }
 
   /** Answers 401 (and counts it) unless the request carries the token; `path` is a fixed label. */

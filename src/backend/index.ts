@@ -21,7 +21,7 @@ import { createServer as createTlsServer, type TlsOptions } from 'node:tls'
 import { encodePublish, GoawayCode, ResetCode } from '../mux/codec.js'
 import { MuxConnection, type Hello } from '../mux/connection.js'
 import type { MuxStream, StreamEvents } from '../mux/stream.js'
-import { defaultAdvertise, Registration, type RegisterOptions } from './register.js'
+import { checkRegisterLabels, defaultAdvertise, Registration, type RegisterOptions } from './register.js'
 import { ACK_EVERY, checkTopic, Session, type Link, type SendData, type SessionHost, type SessionInfo } from './session.js'
 
 export { Session, type SendData, type SessionInfo } from './session.js'
@@ -148,6 +148,7 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
 
   constructor (options: MuxServerOptions = {}) {
     super()
+    if (options.register !== undefined) checkRegisterLabels(options.register)
     this.opts = {
       port: options.port ?? 0,
       host: options.host ?? '0.0.0.0',

@@ -1,5 +1,6 @@
 import { networkInterfaces } from 'node:os'
 import { Redis } from 'ioredis'
+import { checkLabels, type Labels } from '../config/labels.js'
 import { registryKeys, type RegistryKeys } from '../discovery/registry-keys.js'
 import { formatAddress } from '../discovery/source.js'
 
@@ -14,6 +15,22 @@ export interface RegisterOptions {
   advertise?: string
   /** Key prefix (default `ferry:reg:`), the same as the gateways'. */
   keyPrefix?: string
+  /**
+   * Labels of this endpoint (e.g. `{ version: 'v2' }`), announced with the registration: a gateway route's
+   * `split` sends its share of new sessions to the endpoints whose labels match. Keys and values as in
+   * Kubernetes (letters, digits, `-_.`, at most 63 characters), at most 16. Default: none.
+   */
+  labels?: Record<string, string>
+}
+
+/**
+ * The checked `register.labels` (createMuxServer calls it first, so a mistake throws there, not later in
+ * the listen callback). A gateway would drop malformed labels and warn; refused here, where it is made.
+ */
+export function checkRegisterLabels (opts: RegisterOptions): Labels {
+  const labels = checkLabels(opts.labels)
+  if (labels === undefined) throw new TypeError('register.labels: at most 16 labels; keys and values of letters, digits, - _ . (1-63 characters, starting and ending with a letter or digit; a key may have a dns-name/ prefix)')
+  return labels
 }
 
 /** created → registered (heartbeat running) → deregistered (closed). */
@@ -46,7 +63,8 @@ export class Registration {
   constructor (opts: RegisterOptions, readonly address: string, id: string, private readonly onError: (err: Error) => void) {
     this.ttlMs = opts.ttlMs ?? 10_000
     this.keys = registryKeys(opts.keyPrefix ?? 'ferry:reg:', opts.service)
-    this.value = JSON.stringify({ address, id, at: new Date().toISOString() })
+    const labels = checkRegisterLabels(opts)
+    this.value = JSON.stringify({ address, id, at: new Date().toISOString(), ...(Object.keys(labels).length > 0 ? { labels } : {}) })
     this.redis = new Redis(opts.redis, { maxRetriesPerRequest: 1, lazyConnect: false })
     this.redis.on('error', (err: Error) => { this.onError(err) })
   }

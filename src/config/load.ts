@@ -96,12 +96,27 @@ export function formatIssues (issues: readonly z.core.$ZodIssue[], input: unknow
       }
       continue
     }
-    if (issue.code === 'invalid_union' && issue.path.at(-1) !== undefined) {
+    // An upstream without a valid `protocol` (the discriminated union); other unions carry their own message.
+    if (issue.code === 'invalid_union' && (issue.path.at(-1) === 'protocol' || (issue.path[0] === 'upstreams' && issue.path.length === 2))) {
       // a discriminated union without a valid discriminator
       const parent = issue.path.at(-1) === 'protocol' ? issue.path.slice(0, -1) : issue.path
       const got = valueAt(input, parent)
       const proto = got !== null && typeof got === 'object' ? (got as Record<string, unknown>).protocol : undefined
       out.push(`${formatPath([...parent, 'protocol'])}: must be one of ${PROTOCOLS} (got ${describeValue(proto)})`)
+      continue
+    }
+    if (issue.code === 'invalid_union') {
+      // `"host:port"` or `{ address, labels }`: when only one kind of entry fits the value's type, its own
+      // problems say more than "must be one or the other".
+      const fitting = issue.errors.filter((branch) => !branch.some((i) => i.code === 'invalid_type' && i.path.length === 0))
+      if (fitting.length === 1) {
+        out.push(...formatIssues(fitting[0]!.map((i) => ({ ...i, path: [...issue.path, ...i.path] })), input))
+        continue
+      }
+    }
+    if (issue.code === 'invalid_key') {
+      // A map key (a label key, a policy name): what the key itself should look like.
+      out.push(`${formatPath(issue.path)}: bad key: ${issue.issues[0]?.message ?? issue.message}`)
       continue
     }
     const got = valueAt(input, issue.path)

@@ -22,6 +22,8 @@ interface JsonSchema {
 
 function typeOf (s: JsonSchema): string {
   if (s.const !== undefined) return JSON.stringify(s.const)
+  const variants = s.anyOf ?? s.oneOf
+  if (variants !== undefined && s.type === undefined) return [...new Set(variants.map(typeOf))].join(' \\| ')
   if (s.enum !== undefined) return s.enum.map((e) => JSON.stringify(e)).join(' \\| ')
   if (s.type === 'integer') {
     if (s.exclusiveMinimum === 0 || s.minimum === 1) return 'integer > 0'
@@ -30,7 +32,7 @@ function typeOf (s: JsonSchema): string {
     return 'integer'
   }
   if (s.type === 'array') return `list of ${s.items !== undefined ? typeOf(s.items) : 'values'}`
-  if (s.type === 'object' && s.additionalProperties !== undefined && typeof s.additionalProperties === 'object') return 'map of name → object'
+  if (s.type === 'object' && s.additionalProperties !== undefined && typeof s.additionalProperties === 'object') return `map of name → ${typeOf(s.additionalProperties)}`
   return Array.isArray(s.type) ? s.type.join(' \\| ') : (s.type ?? 'object')
 }
 
@@ -50,6 +52,9 @@ function rows (s: JsonSchema, path: string, out: string[]): void {
   }
   if (s.type === 'object' && typeof s.additionalProperties === 'object') rows(s.additionalProperties, `${path}.<name>`, out)
   if (s.type === 'array' && s.items !== undefined && s.items.properties !== undefined) rows({ ...s.items, description: undefined, default: undefined, type: 'object', properties: s.items.properties }, `${path}[]`, out)
+  // A list whose entries may also be objects (`endpoints: ["h:p", { address, labels }]`): the object's fields.
+  const itemVariants = s.type === 'array' ? s.items?.anyOf ?? s.items?.oneOf : undefined
+  for (const v of itemVariants ?? []) if (v.properties !== undefined) rows({ ...v, description: undefined, default: undefined, type: 'object' }, `${path.replace(/\?$/, '')}[]`, out)
 }
 
 /** docs/config.md, rendered from the schema: every option, its type, default and meaning. */

@@ -1,6 +1,7 @@
 import { isIP } from 'node:net'
 import { z } from 'zod'
 import { parseCidr } from '../net/address.js'
+import { LABEL_KEY_RE, LABEL_VALUE_RE, labelsMatch, labelsText, MAX_LABELS, type Labels } from './labels.js'
 
 /**
  * The configuration schema: the single source of truth for validation, defaults and the config
@@ -104,6 +105,21 @@ const whenAllUnhealthy = z.enum(['panic', 'fail']).default('panic')
 const boundedLoadFactor = z.number().min(1).max(100).optional()
   .describe('With `balance: hash` and for affinity keys: hashing with bounded load. An endpoint already carrying more than this × the average load is passed over for the next one in the key\'s rendezvous order (e.g. 1.25). Absent: no bound (a hot key can load one endpoint without limit).')
 
+// ---- endpoint labels and route splits (docs/canary.md) --------------------------------------------
+
+export const labelMap = z.record(
+  z.string().regex(LABEL_KEY_RE, { error: 'label keys are names of letters, digits, - _ . (at most 63, an optional dns-name/ prefix)' }),
+  z.string().regex(LABEL_VALUE_RE, { error: 'label values are letters, digits, - _ . (1-63, starting and ending with a letter or digit)' }),
+).refine((m) => Object.keys(m).length <= MAX_LABELS, { error: `at most ${MAX_LABELS} labels` })
+
+/** An endpoint of a static list: its address, or its address with labels (what a route's `split` selects on). */
+const labelled = (address: z.ZodType<string>) => z.union([
+  address,
+  z.strictObject({
+    address: address.describe('`host:port` of the endpoint (the forms a plain entry takes).'),
+    labels: labelMap.default({}).describe('Labels of this endpoint, e.g. `{ version: v2 }`: a route\'s `split` sends shares of its traffic to the endpoints whose labels match.'),
+  }),
+], { error: 'must be an address string or { address, labels }' })
 /** Pacing of moving sessions off leaving endpoints (docs/endpoint-drain.md). */
 const drainPacing = {
   maxMigrationsPerSec: positiveInt.default(200).describe('At most this many sessions per second are moved off the leaving endpoints of this upstream, all of them together (each closed 1012 with a `retry-after-ms` hint; the new one goes to another endpoint).'),
@@ -119,7 +135,7 @@ const endpointDrainHttp = z.strictObject({ ...drainPacing, onUnhealthy }).prefau
   .describe('For the WebSocket sessions passed through to this upstream\'s endpoints: those of an endpoint that leaves (removed from the source, failing its health, or drained by the operator with POST /upstreams/NAME/endpoints/ADDR/drain) are closed 1012 in paced waves. HTTP requests under way finish; new ones, like new sessions, go to the other endpoints at once.')
 
 /** The source fields every upstream kind has: exactly one of them (checked in configSchema). */
-const sources = <T extends z.ZodOptional<z.ZodType<string[]>>>(endpointList: T) => ({
+const sources = <T extends z.ZodOptional<z.ZodType<unknown[]>>>(endpointList: T) => ({
   endpoints: endpointList,
   dns: dnsSource.optional(),
   registry: registrySource.optional(),
@@ -127,7 +143,7 @@ const sources = <T extends z.ZodOptional<z.ZodType<string[]>>>(endpointList: T) 
 
 const httpUpstream = z.strictObject({
   protocol: z.literal('http').describe('Plain HTTP/1.1 with keep-alive towards the backend.'),
-  ...sources(z.array(endpoint).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port` (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
+  ...sources(z.array(labelled(endpoint)).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port`, or `{ address, labels }` for an endpoint a route\'s `split` selects by label (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
   balance: z.enum(['round-robin', 'least-connections']).default('round-robin').describe('How a request picks among healthy endpoints.'),
   healthCheck: healthCheckHttp,
   whenAllUnhealthy,
@@ -141,7 +157,7 @@ const httpUpstream = z.strictObject({
 })
 
 /** `host:port` or `[v6]:port`: a TCP upstream has no scheme. */
-const tcpEndpoint = z.string().refine((s) => {
+const tcpEndpoint = z.string({ error: 'must be host:port (labels are for routes to http, ws and mux upstreams; a tcp upstream has no route to split it)' }).refine((s) => {
   const p = Number(ENDPOINT_RE.exec(s)?.[2])
   return !s.startsWith('http://') && p > 0 && p < 65536
 }, { error: 'must be host:port or [ipv6]:port with a port of 1-65535' })
@@ -174,7 +190,7 @@ const wsEndpoint = z.string().refine((s) => {
 
 const wsUpstream = z.strictObject({
   protocol: z.literal('ws').describe('WebSocket passthrough: each client session gets its own WebSocket to an unmodified backend (path, query, subprotocols and `websocket.forwardHeaders` forwarded; close codes propagated).'),
-  ...sources(z.array(wsEndpoint).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port` or `ws://host:port` (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
+  ...sources(z.array(labelled(wsEndpoint)).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port` or `ws://host:port`, or `{ address, labels }` for an endpoint a route\'s `split` selects by label (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
   balance: z.enum(['round-robin', 'least-connections', 'hash']).default('round-robin')
     .describe('How a session picks among healthy endpoints. `hash`: rendezvous hash of the client IP.'),
   boundedLoadFactor,
@@ -189,7 +205,7 @@ const wsUpstream = z.strictObject({
 
 const muxUpstream = z.strictObject({
   protocol: z.literal('mux').describe('Ferry\'s mux protocol (docs/mux-protocol.md) to backends using `ferry/backend`: client sessions become streams over a few long-lived links.'),
-  ...sources(z.array(tcpEndpoint).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port` (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
+  ...sources(z.array(labelled(tcpEndpoint)).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port`, or `{ address, labels }` for an endpoint a route\'s `split` selects by label (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
   balance: z.enum(['least-streams', 'round-robin', 'hash']).default('least-streams')
     .describe('How a new session picks an endpoint among healthy ones (within an endpoint, the link with the fewest streams). `hash`: rendezvous hash of the client IP.'),
   boundedLoadFactor,
@@ -377,6 +393,33 @@ const rateLimits = z.strictObject({
     .describe('Named token-bucket limits; routes list them in `rateLimits`.'),
 })
 
+/** A subset's name when it gives none: its label values in key order, joined with `,` (`{ version: v2 }` → `v2`). */
+export function subsetName (s: { readonly name?: string | undefined, readonly labels: Readonly<Record<string, string>> }): string {
+  return s.name ?? Object.keys(s.labels).sort().map((k) => s.labels[k]).join(',')
+}
+
+export const SUBSET_NAME_RE = /^[A-Za-z0-9_.,-]{1,64}$/
+
+const splitSubset = z.strictObject({
+  name: z.string().regex(SUBSET_NAME_RE, { error: 'subset names use letters, digits and _ . , - (at most 64)' }).optional()
+    .describe('The subset\'s name: the `subset` label of its metrics, its key in /status and in the admin API, and the value that pins to it. Default: its label values in key order, joined with `,` (`{ version: v2 }` → `v2`).'),
+  labels: labelMap.refine((m) => Object.keys(m).length > 0, { error: 'must name at least one label' })
+    .describe('The endpoints of this subset: those of the route\'s upstream that carry every one of these labels (and maybe others).'),
+  weight: z.number({ error: 'must be an integer of 0-100' }).int({ error: 'must be an integer of 0-100' }).min(0, { error: 'must be an integer of 0-100' }).max(100, { error: 'must be an integer of 0-100' })
+    .describe('Percent of the route\'s new sessions and requests; a split\'s weights sum to 100. 0: pinned and fallback traffic only.'),
+})
+
+const routeSplit = z.strictObject({
+  subsets: z.array(splitSubset).min(1, { error: 'must list at least one subset' }).max(16, { error: 'at most 16 subsets' })
+    .describe('The label subsets and their weights (e.g. `[{ labels: { version: v1 }, weight: 90 }, { labels: { version: v2 }, weight: 10 }]`). A key goes to the subset that weighted rendezvous hashing picks for it, so every pod agrees without coordination and a weight change moves only the keys it must. Within the subset the upstream\'s `balance` picks the endpoint. When the subset has no healthy endpoint, the next subset in the key\'s order takes it, then the whole upstream (counted in ferry_split_fallbacks_total).'),
+  key: credentialSource.optional()
+    .describe('What keeps one client on one subset: `header:NAME`, `cookie:NAME` or `query:NAME`. Default: the route\'s `affinity.key` when it names one, else the client IP. Requests and sessions without the key use the client IP.'),
+  pin: credentialSource.optional()
+    .describe('A header, cookie or query parameter whose value names a subset (e.g. `header:x-canary` with `x-canary: v2`): such a request or session goes to that subset whatever the weights (weight 0 included). Other values are ignored. Read after the route\'s `auth`: a header the auth policy forwards from a verified claim (and strips from clients) pins by that claim.'),
+  rebalance: z.boolean().default(false)
+    .describe('Routes to `mux` upstreams: after every reload and admin change, open sessions whose endpoint is outside the subset their key is assigned now move there by backend handoff (docs/backend-handoff.md), their clients connected throughout, at most the upstream\'s `handoff.maxPerSec` a second. Resumable `ferry/client` sessions are not handed over (they stay). Off: open sessions stay where they are.'),
+}).describe('Version-aware routing (docs/canary.md): split new requests and sessions of this route between label subsets of its upstream\'s endpoints, sticky per key. The weights can change by a reload or `PUT /routes/NAME/split` on the admin listener; open sessions stay where they are unless `rebalance`.')
+
 const routeSchema = z.strictObject({
   match: z.strictObject({
     host: z.string().regex(/^(\*\.)?[A-Za-z0-9.-]+$/, { error: 'must be a host name or *.suffix' }).optional()
@@ -394,6 +437,7 @@ const routeSchema = z.strictObject({
     key: z.string().regex(/^(?:(cookie|header|query):[A-Za-z0-9_.~!$&'*+^`|-]{1,128}|token)$/, { error: 'must be cookie:NAME, header:NAME, query:NAME or token' })
       .describe('Where a WebSocket session\'s affinity key comes from. Sessions with the same key go to the same backend endpoint from any Ferry pod (the `affinity` store remembers it; without an entry, rendezvous hashing of the key picks it, so pods agree). Sessions without the key are balanced normally. `token`: only the key Ferry issues to `ferry/client` clients (inside their resume token; what those clients get anyway when no other key is set).'),
   }).optional().describe('Session affinity; only for routes to `ws` or `mux` upstreams.'),
+  split: routeSplit.optional(),
 })
 
 export const configSchema = z.strictObject({
@@ -402,7 +446,7 @@ export const configSchema = z.strictObject({
   }).prefault({}).describe('Identity of this gateway process.'),
   listen: z.strictObject({
     http: listener('0.0.0.0', 8080).prefault({}).describe('The HTTP and WebSocket front (uWebSockets.js).'),
-    admin: listener('127.0.0.1', 9901).prefault({}).describe('Admin API and status console: /healthz /readyz /metrics /status /events, POST /drain /reload, POST /upstreams/NAME/endpoints/ADDR/drain and /ready, the console at /. Keep it off public interfaces, and set `admin.token` when it is reachable by anyone else.'),
+    admin: listener('127.0.0.1', 9901).prefault({}).describe('Admin API and status console: /healthz /readyz /metrics /status /events, POST /drain /reload, POST /upstreams/NAME/endpoints/ADDR/drain and /ready, PUT /routes/NAME/split, the console at /. Keep it off public interfaces, and set `admin.token` when it is reachable by anyone else.'),
     tcp: z.array(tcpListener).default([]).describe('Raw TCP passthrough ports, each forwarding to a `protocol: tcp` upstream.'),
   }).prefault({}).describe('Listening sockets.'),
   http: z.strictObject({
@@ -465,7 +509,7 @@ export const configSchema = z.strictObject({
   }).prefault({}).describe('Hot reload (docs/reload.md).'),
   admin: z.strictObject({
     token: z.string().min(16, { error: 'must be at least 16 characters' }).optional()
-      .describe('Bearer token the admin listener requires (`Authorization: Bearer TOKEN`) for /status, the POSTs (/drain, /reload, an endpoint\'s /drain and /ready) and the console\'s live channel /events (docs/console.md). /healthz and /readyz stay open for probes; /metrics too unless `protectMetrics`. Default: the FERRY_ADMIN_TOKEN environment variable, else none (the admin API is open: keep listen.admin on 127.0.0.1). Compared in constant time.'),
+      .describe('Bearer token the admin listener requires (`Authorization: Bearer TOKEN`) for /status, the POSTs (/drain, /reload, an endpoint\'s /drain and /ready), PUT /routes/NAME/split and the console\'s live channel /events (docs/console.md). /healthz and /readyz stay open for probes; /metrics too unless `protectMetrics`. Default: the FERRY_ADMIN_TOKEN environment variable, else none (the admin API is open: keep listen.admin on 127.0.0.1). Compared in constant time.'),
     tokenFile: z.string().min(1).optional().describe('Read the token from this file instead (a mounted Kubernetes Secret); surrounding whitespace is ignored. Read at start and on reload.'),
     protectMetrics: z.boolean().default(false).describe('Require the token for /metrics too (Prometheus: `authorization: { credentials_file: ... }`). Off by default: metrics carry no secrets and no per-client labels, and most scrapers are set up without credentials.'),
     console: z.strictObject({
@@ -571,6 +615,7 @@ export const configSchema = z.strictObject({
       }
     }
   })
+  cfg.routes.forEach((r, i) => { if (r.split !== undefined) checkSplit(r.split, r.upstream, cfg.upstreams[r.upstream], ['routes', i, 'split'], ctx) })
   const names = new Map<string, number>()
   // Listeners on one port clash when their hosts can overlap (equal, or either a wildcard).
   const bound: Array<{ path: string, host: string, port: number }> = [
@@ -600,6 +645,51 @@ export const configSchema = z.strictObject({
   })
 })
 
+/** A static endpoint list entry's address and labels (a plain string has none). */
+export function endpointEntry (e: string | { readonly address: string, readonly labels: Readonly<Record<string, string>> }): { address: string, labels: Readonly<Record<string, string>> } {
+  return typeof e === 'string' ? { address: e, labels: {} } : e
+}
+
+function describeLabels (l: Labels): string {
+  return Object.keys(l).length === 0 ? '(none)' : labelsText(l)
+}
+
+type SplitInput = z.output<typeof routeSplit>
+
+/**
+ * A route's split against its upstream: weights summing to 100, distinct subset names, and (static
+ * endpoints) every subset's labels carried by some endpoint. DNS endpoints carry no labels, so a split of
+ * a dns upstream could never match; a registry's labels appear at run time (the gateway warns).
+ */
+export function checkSplit (split: SplitInput, upstreamName: string, u: { protocol: string, endpoints?: ReadonlyArray<string | { address: string, labels: Readonly<Record<string, string>> }> | undefined, dns?: unknown } | undefined, path: Array<string | number>, ctx: { addIssue: (i: { code: 'custom', path: Array<string | number>, input: unknown, message: string }) => void }): void {
+  const sum = split.subsets.reduce((n, s) => n + s.weight, 0)
+  if (sum !== 100) {
+    ctx.addIssue({ code: 'custom', path: [...path, 'subsets'], input: split.subsets.map((s) => s.weight), message: `weights must sum to 100 (got ${sum}: ${split.subsets.map((s) => `${subsetName(s)} ${s.weight}`).join(' + ')})` })
+  }
+  const seen = new Map<string, number>()
+  split.subsets.forEach((s, j) => {
+    const name = subsetName(s)
+    const first = seen.get(name)
+    if (first !== undefined) ctx.addIssue({ code: 'custom', path: [...path, 'subsets', j, s.name !== undefined ? 'name' : 'labels'], input: name, message: `gives the subset the name of subsets[${first}] (${name}${s.name === undefined ? ', from its label values' : ''}); give the subsets distinct names` })
+    else seen.set(name, j)
+  })
+  if (u === undefined || (u.protocol !== 'http' && u.protocol !== 'ws' && u.protocol !== 'mux')) return // the route's own check names it
+  if (split.rebalance && u.protocol !== 'mux') {
+    ctx.addIssue({ code: 'custom', path: [...path, 'rebalance'], input: true, message: `moves open sessions by backend handoff, which only mux upstreams have; ${upstreamName} is ${u.protocol}` })
+  }
+  if (u.dns !== undefined) {
+    ctx.addIssue({ code: 'custom', path, input: upstreamName, message: `upstream ${upstreamName} takes its endpoints from dns, which carry no labels; a split needs static endpoints with labels or a registry whose backends announce them` })
+    return
+  }
+  if (u.endpoints === undefined) return // registry: labels are known once backends register
+  const have = u.endpoints.map((e) => endpointEntry(e).labels)
+  split.subsets.forEach((s, j) => {
+    if (have.some((l) => labelsMatch(s.labels, l))) return
+    const known = [...new Set(have.map(describeLabels))].join('; ')
+    ctx.addIssue({ code: 'custom', path: [...path, 'subsets', j, 'labels'], input: s.labels, message: `no endpoint of upstream ${upstreamName} carries ${describeLabels(s.labels)} (its endpoints carry: ${known})` })
+  })
+}
+
 export type ConfigInput = z.input<typeof configSchema>
 export type ParsedConfig = z.output<typeof configSchema>
 export type UpstreamConfig = z.output<typeof upstreamSchema>
@@ -610,6 +700,8 @@ export type MuxUpstreamConfig = Extract<UpstreamConfig, { protocol: 'mux' }>
 export type WebSocketRouteConfig = z.output<typeof websocketRoute>
 export type TcpListenerConfig = ParsedConfig['listen']['tcp'][number]
 export type RouteConfig = ParsedConfig['routes'][number]
+export type RouteSplitConfig = NonNullable<RouteConfig['split']>
+export type { Labels } from './labels.js'
 export type AuthPolicyConfig = z.output<typeof authPolicy>
 export type JwtAuthConfig = z.output<typeof jwtAuth>
 export type ApiKeyEntry = z.output<typeof apiKeyEntry>

@@ -124,7 +124,7 @@ export class DnsSource extends SourceBase {
       name: this.cfg.name,
       type: this.cfg.type,
       state: this.state,
-      endpoints: this.current ?? [],
+      endpoints: this.addresses,
       resolutions: this.resolutions,
       lastResolvedAt: this.lastResolvedAt === undefined ? null : new Date(this.lastResolvedAt).toISOString(),
       ttlMs: this.ttlMs ?? null,

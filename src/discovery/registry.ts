@@ -1,8 +1,8 @@
 import { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import type { Metrics } from '../observability/metrics.js'
-import { registryKeys, type RegistryKeys } from './registry-keys.js'
-import { SourceBase } from './source.js'
+import { registryKeys, registryLabels, type RegistryKeys } from './registry-keys.js'
+import { SourceBase, type SourceEndpoint } from './source.js'
 
 export interface RegistrySourceConfig {
   readonly redis: string
@@ -33,6 +33,8 @@ export class RegistrySource extends SourceBase {
   private lastError: string | undefined
   private lastReadAt: number | undefined
   private notices = 0
+  /** Members whose announced labels were malformed (warned once each while they stay registered). */
+  private readonly badLabels = new Set<string>()
   /** When a read first came back empty while the set was not (see `read`). */
   private emptySince: number | undefined
   reads = 0
@@ -96,14 +98,30 @@ export class RegistrySource extends SourceBase {
     })
   }
 
-  private async readOnce (): Promise<string[]> {
+  private async readOnce (): Promise<SourceEndpoint[]> {
     const cmd = this.cmd!
     const members = await cmd.smembers(this.keys.members)
     if (members.length === 0) return []
     const values = await cmd.mget(members.map((m) => this.keys.endpoint(m)))
-    const alive: string[] = []
+    const alive: SourceEndpoint[] = []
     const dead: string[] = []
-    members.forEach((m, i) => { (values[i] === null ? dead : alive).push(m) })
+    members.forEach((m, i) => {
+      const v = values[i]
+      if (v === null || v === undefined) { dead.push(m); return }
+      // The labels the backend announced (`register.labels`); malformed ones are dropped, the endpoint stays.
+      const labels = registryLabels(v)
+      if (labels === undefined) {
+        if (!this.badLabels.has(m)) {
+          this.badLabels.add(m)
+          this.log.warn({ upstream: this.upstream, service: this.cfg.service, endpoint: m }, 'registry entry carries malformed labels; the endpoint is used without labels')
+        }
+        alive.push({ address: m, labels: {} })
+      } else {
+        this.badLabels.delete(m)
+        alive.push({ address: m, labels })
+      }
+    })
+    for (const m of this.badLabels) if (!members.includes(m)) this.badLabels.delete(m)
     // Expired registrations (a backend that died without deregistering) leave the member set.
     if (dead.length > 0) void cmd.srem(this.keys.members, ...dead).catch(() => {})
     return alive
@@ -133,7 +151,7 @@ export class RegistrySource extends SourceBase {
       service: this.cfg.service,
       state: this.state,
       connected: this.cmd?.status === 'ready' && this.sub?.status === 'ready',
-      endpoints: this.current ?? [],
+      endpoints: this.addresses,
       reads: this.reads,
       notices: this.notices,
       lastReadAt: this.lastReadAt === undefined ? null : new Date(this.lastReadAt).toISOString(),

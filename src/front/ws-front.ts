@@ -13,9 +13,10 @@ import { canonicalTarget } from './target.js'
 import type { Uws } from './uws.js'
 import { ClientSession, flushOutboxes, RefusedClient, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
 import type { Admission } from '../drain/admission.js'
-import { readAffinityKey, type ResumeOffer, type TopicPublisher, type WsHandshake } from './ws-types.js'
+import { readAffinityKey, type ResumeOffer, type TopicPublisher, type UpstreamLeg, type WsHandshake } from './ws-types.js'
 import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wire.js'
-import { RateLimited, refusalHeader, type Admitted } from '../edge/guard.js'
+import { applyAdmitted, RateLimited, refusalHeader, type Admitted } from '../edge/guard.js'
+import { splitAsk, type SplitAsk } from '../routing/split.js'
 import { resolveClientIp } from '../edge/client-ip.js'
 import type { ConnectionLimits } from '../edge/limits.js'
 import { Networks } from '../net/address.js'
@@ -263,6 +264,8 @@ export class WsFront implements TopicPublisher, SessionRegistry {
           headers,
           settings,
           affinityKey: readAffinityKey(route.affinityKey, raw, query),
+          // Read from the headers as auth left them, like an HTTP request's (a pin may come from a claim).
+          split: route.split === undefined ? undefined : splitAsk(route.split, a === undefined ? raw : applyAdmitted(raw, a), query, remoteAddress),
           // A resume offer without `ferry.v1` itself is not a ferry client.
           ferry: ferryClient ? { resume } : undefined,
         }
@@ -415,6 +418,16 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       if (kind !== undefined) moved[kind]++
     }
     return moved
+  }
+
+  /** The open sessions of `route` that its split placed, with their legs (a split rebalance). */
+  splitSessions (route: string): Array<{ leg: UpstreamLeg, split: SplitAsk }> {
+    const out: Array<{ leg: UpstreamLeg, split: SplitAsk }> = []
+    for (const s of this.sessions) {
+      if (s.hs.route !== route || s.hs.split === undefined || s.state !== 'open' || s.leg === undefined) continue
+      out.push({ leg: s.leg, split: s.hs.split })
+    }
+    return out
   }
 
   get sessionCount (): number {

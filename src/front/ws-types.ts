@@ -1,5 +1,7 @@
 import type { WebSocketRouteConfig } from '../config/schema.js'
 import { readSource } from '../edge/source.js'
+import type { SplitAsk } from '../routing/split.js'
+import type { Labels } from '../config/labels.js'
 
 /**
  * The contract between the WebSocket front (which owns client sockets) and an upstream kind (which owns
@@ -27,6 +29,8 @@ export interface WsHandshake {
   readonly settings: WebSocketRouteConfig
   /** The route's affinity key value for this client (from its cookie, header or query), if any. */
   readonly affinityKey: string | undefined
+  /** The route's split (version-aware routing) with this client's key and pin; the upstream picks the subset. */
+  readonly split: SplitAsk | undefined
   /**
    * The client offered the `ferry.v1` subprotocol (it uses `ferry/client`; src/client/wire.ts), with a
    * resume offer when it reconnects. Undefined for plain clients. `protocols` excludes the `ferry.*` offers.
@@ -104,6 +108,13 @@ export interface WsUpstream {
   /** A reload replaced or removed this upstream: no new sessions; open ones continue until they end. Resolves when the last is gone. */
   retire: () => Promise<void>
   status: () => object
+  /** The active endpoints' labels and whether each takes new sessions now (a route split's /status). */
+  labelled: () => Array<{ labels: Labels, healthy: boolean }>
+  /**
+   * mux: a route split with `rebalance` changed its weights: move those of `sessions` (open sessions of
+   * the route) that are outside their subset now, by backend handoff, paced. Returns how many it looks at.
+   */
+  rebalance?: (sessions: ReadonlyArray<{ readonly leg: UpstreamLeg, readonly split: SplitAsk }>) => number
   /** mux: the front's pub/sub, for the backend's PUBLISH frames. */
   bindPublisher?: (p: TopicPublisher) => void
   /** Scrape-time gauges. */

@@ -24,6 +24,9 @@ export class Metrics {
   readonly discoveryChanges: Counter<'upstream' | 'change'>
   readonly discoveryRefreshes: Counter<'upstream' | 'source' | 'result'>
   readonly noHealthyEndpoint: Counter<'upstream'>
+  readonly splitAssigned: Counter<'route' | 'subset' | 'by'>
+  readonly splitFallbacks: Counter<'route' | 'subset' | 'reason'>
+  readonly splitRebalanced: Counter<'route' | 'subset'>
   readonly endpointState: Gauge<'upstream' | 'endpoint'>
   readonly endpointDrainMoved: Counter<'upstream' | 'cause'>
   readonly endpointDrainRemaining: Gauge<'upstream' | 'endpoint'>
@@ -100,6 +103,10 @@ export class Metrics {
     this.discoveryChanges = new Counter({ name: 'ferry_discovery_changes_total', help: 'Endpoints added to or removed from an upstream\'s set by its source (static, dns, registry).', labelNames: ['upstream', 'change'], registers: r })
     this.discoveryRefreshes = new Counter({ name: 'ferry_discovery_refreshes_total', help: 'Resolutions (dns) and reads (registry) of an upstream\'s endpoint source, by result: ok, or failed (the last good set is kept).', labelNames: ['upstream', 'source', 'result'], registers: r })
     this.noHealthyEndpoint = new Counter({ name: 'ferry_upstream_no_healthy_endpoint_total', help: 'Requests, sessions and connections refused at once because no endpoint of the upstream was healthy and whenAllUnhealthy is fail (or the set was empty).', labelNames: ['upstream'], registers: r })
+    // Route splits (docs/canary.md): subset = the subset's name (its label values by default), bounded by the config.
+    this.splitAssigned = new Counter({ name: 'ferry_split_assigned_total', help: 'New requests (http routes) and sessions (ws, mux routes) of a route with a split, by the subset they went to and why: weight (the key\'s weighted rendezvous choice), pin (the pin header, cookie or query value named it) or fallback (the key\'s subset had no healthy endpoint; subset "*": no subset had one, the whole upstream took it). ferry/client resumes go back to their endpoint and are not counted.', labelNames: ['route', 'subset', 'by'], registers: r })
+    this.splitFallbacks = new Counter({ name: 'ferry_split_fallbacks_total', help: 'Requests and sessions whose subset (by weight or pin) could not take them, by that subset and why: unhealthy (it has endpoints, none healthy) or no_endpoints (no endpoint carries its labels, e.g. a registry whose backends have not announced them yet).', labelNames: ['route', 'subset', 'reason'], registers: r })
+    this.splitRebalanced = new Counter({ name: 'ferry_split_rebalanced_total', help: 'Open mux sessions a route split with rebalance started moving (backend handoff) to the subset their key is assigned after a weight change, by that subset. Outcomes: ferry_mux_handoffs_total.', labelNames: ['route', 'subset'], registers: r })
     this.bytes = new Counter({ name: 'ferry_http_body_bytes_total', help: 'HTTP body bytes proxied, by direction (request = client→upstream, response = upstream→client).', labelNames: ['direction', 'upstream'], registers: r })
     // TCP passthrough (open connections are ferry_connections{kind="tcp"}).
     this.tcpConnections = new Counter({ name: 'ferry_tcp_connections_total', help: 'Client connections accepted by a TCP listener, including those then closed by a limit.', labelNames: ['listener'], registers: r })

@@ -1,3 +1,5 @@
+import { labelsMatch, type Labels } from '../config/labels.js'
+
 /**
  * Endpoint choice for one upstream. Policies see endpoints only through this narrow view, so HTTP pools
  * (and later mux link pools and TCP upstreams) share one implementation.
@@ -9,6 +11,18 @@ export interface Balanced {
   acceptsAt: (now: number) => boolean
   /** Stable identity for the 'hash' policy (`host:port`); without it the position in the list is used. */
   readonly address?: string
+  /** The endpoint's labels (a route's split picks within the endpoints whose labels match a subset). */
+  readonly labels?: Labels
+}
+
+/** The candidates of a pick narrowed to a label subset (a route split's choice, src/routing/split.ts). */
+export interface LabelSelector {
+  readonly labels: Labels
+}
+
+/** `e` is a candidate of `within` (every endpoint is when there is no subset). */
+export function within (e: Balanced, subset: LabelSelector | undefined): boolean {
+  return subset === undefined || labelsMatch(subset.labels, e.labels)
 }
 
 export type BalancePolicy = 'round-robin' | 'least-connections' | 'hash'
@@ -27,7 +41,7 @@ export function hashKey (s: string): number {
 }
 
 /** murmur3's 32-bit finaliser: spreads (key ^ endpoint seed) into a rendezvous weight. */
-function mix (h: number): number {
+export function mix (h: number): number {
   h ^= h >>> 16
   h = Math.imul(h, 0x85ebca6b)
   h ^= h >>> 13
@@ -89,14 +103,16 @@ export class Balancer<E extends Balanced> {
    * the balancer was built with `panic: false`.
    * 'hash' needs `key` (see hashKey): rendezvous hashing, so a key keeps its endpoint while that endpoint
    * is healthy, and only the keys of an endpoint that goes away move; without a key it is round-robin.
+   * `subset`: only endpoints whose labels match are candidates (the policy, panic and the load bound all
+   * apply among them), for a route split that chose this subset.
    */
-  pick (capacity: number, now: number, exclude?: Exclusion<E>, key?: number): E | undefined {
-    return this.scan(capacity, now, exclude, false, key) ?? (this.panic ? this.scan(capacity, now, exclude, true, key) : undefined)
+  pick (capacity: number, now: number, exclude?: Exclusion<E>, key?: number, subset?: LabelSelector): E | undefined {
+    return this.scan(capacity, now, exclude, false, key, subset) ?? (this.panic ? this.scan(capacity, now, exclude, true, key, subset) : undefined)
   }
 
-  /** Some endpoint (not excluded) accepts new work at `now`: false means the next pick is panic or nothing. */
-  anyAccepts (now: number, exclude?: Exclusion<E>): boolean {
-    return this.endpoints.some((e) => !this.excluded(e, exclude) && e.acceptsAt(now))
+  /** Some endpoint (not excluded, of `subset`) accepts new work at `now`: false means the next pick is panic or nothing. */
+  anyAccepts (now: number, exclude?: Exclusion<E>, subset?: LabelSelector): boolean {
+    return this.endpoints.some((e) => !this.excluded(e, exclude) && within(e, subset) && e.acceptsAt(now))
   }
 
   private excluded (e: E, exclude: Exclusion<E>): boolean {
@@ -104,11 +120,11 @@ export class Balancer<E extends Balanced> {
     return exclude instanceof Set ? exclude.has(e) : e === exclude
   }
 
-  private scan (capacity: number, now: number, exclude: Exclusion<E>, panic: boolean, key: number | undefined): E | undefined {
+  private scan (capacity: number, now: number, exclude: Exclusion<E>, panic: boolean, key: number | undefined, subset: LabelSelector | undefined): E | undefined {
     const endpoints = this.endpoints
     const n = endpoints.length
     if (n === 0) return undefined
-    if (panic && this.anyAccepts(now, exclude)) return undefined
+    if (panic && this.anyAccepts(now, exclude, subset)) return undefined
     const hashing = this.policy === 'hash' && key !== undefined
     // Bounded load: the ceiling any one endpoint may carry, from the load of the candidates.
     let ceiling = Infinity
@@ -116,7 +132,7 @@ export class Balancer<E extends Balanced> {
       let load = 0
       let m = 0
       for (const e of endpoints) {
-        if (this.excluded(e, exclude) || (!panic && !e.acceptsAt(now))) continue
+        if (this.excluded(e, exclude) || !within(e, subset) || (!panic && !e.acceptsAt(now))) continue
         load += e.inflight
         m++
       }
@@ -132,7 +148,7 @@ export class Balancer<E extends Balanced> {
     for (let i = 0; i < n; i++) {
       const idx = (start + i) % n
       const e = endpoints[idx]!
-      if (this.excluded(e, exclude) || e.inflight >= capacity) continue
+      if (this.excluded(e, exclude) || e.inflight >= capacity || !within(e, subset)) continue
       if (!panic && !e.acceptsAt(now)) continue
       if (hashing) {
         const w = mix(key ^ this.seeds[idx]!)

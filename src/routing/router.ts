@@ -1,4 +1,5 @@
 import type { RouteConfig, WebSocketRouteConfig } from '../config/schema.js'
+import { RouteSplit, SplitStats } from './split.js'
 
 export interface Route {
   /** Stable name for logs and metrics: `host/path` or `*\/path`. */
@@ -17,6 +18,13 @@ export interface Route {
   readonly rateLimits: readonly string[]
   readonly host: string | undefined
   readonly path: string
+  /** Version-aware routing: the route's split between label subsets of its upstream, if it has one. */
+  readonly split: RouteSplit | undefined
+}
+
+/** A route's name: `host/path`, `*` for any host (what logs, metrics, /status and the admin API use). */
+export function routeName (r: Pick<RouteConfig, 'match'>): string {
+  return `${r.match.host?.toLowerCase() ?? '*'}${r.match.path}`
 }
 
 interface CompiledRoute extends Route {
@@ -32,11 +40,16 @@ interface CompiledRoute extends Route {
 export class Router {
   private readonly routes: CompiledRoute[]
 
-  constructor (routes: readonly RouteConfig[]) {
+  /** `stats`: the gateway's split counters (kept across reloads); absent: counted nowhere (tests). */
+  constructor (routes: readonly RouteConfig[], stats = new SplitStats(undefined)) {
     this.routes = routes.map((r, order) => {
       const host = r.match.host?.toLowerCase()
+      const name = routeName(r)
+      // A split keeps a client on its subset by `split.key`, else by the route's affinity key, else by client IP.
+      const affinitySource = r.affinity?.key !== undefined && r.affinity.key !== 'token' ? r.affinity.key : undefined
       return {
-        name: `${host ?? '*'}${r.match.path}`,
+        name,
+        split: r.split === undefined ? undefined : new RouteSplit(name, r.split, r.split.key ?? affinitySource, stats),
         upstream: r.upstream,
         maxBodyBytes: r.maxBodyBytes,
         bufferBodyBytes: r.bufferBodyBytes,
@@ -66,6 +79,11 @@ export class Router {
 
   list (): readonly Route[] {
     return this.routes
+  }
+
+  /** The route of this name (`host/path`, `*` for any host), if any. */
+  byName (name: string): Route | undefined {
+    return this.routes.find((r) => r.name === name)
   }
 }
 

@@ -11,6 +11,11 @@ export interface ResumeClaims {
   readonly u: string
   /** Fencing epoch the backend expects (bumped by every resume). */
   readonly e: number
+  /**
+   * The endpoint (`host:port`) that holds the session: a resume goes back there first, whatever a route
+   * split or the affinity store says now. Absent in tokens of older gateways.
+   */
+  readonly a?: string
   /** Issued at, ms since the epoch. */
   readonly t: number
 }
@@ -55,7 +60,7 @@ export class ResumeTokens {
       return 'invalid'
     }
     if (typeof claims.s !== 'string' || typeof claims.k !== 'string' || typeof claims.u !== 'string' ||
-        !Number.isSafeInteger(claims.e) || !Number.isSafeInteger(claims.t)) return 'invalid'
+        !Number.isSafeInteger(claims.e) || !Number.isSafeInteger(claims.t) || (claims.a !== undefined && typeof claims.a !== 'string')) return 'invalid'
     if (now - claims.t > this.ttlMs || claims.t - now > 60_000) return 'expired'
     return claims
   }

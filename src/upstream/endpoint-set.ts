@@ -1,7 +1,8 @@
 import type { Logger } from 'pino'
 import { FerryError } from '../errors.js'
 import { parseEndpoint, type Endpoint } from '../config/load.js'
-import type { EndpointSource } from '../discovery/source.js'
+import type { EndpointSource, SourceEndpoint } from '../discovery/source.js'
+import { labelsText, type Labels } from '../config/labels.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Balanced, EndpointList } from '../routing/balancer.js'
 import type { AdminView, DrainableEndpoints } from '../drain/endpoint-drain.js'
@@ -23,6 +24,8 @@ export interface SetMember extends Balanced {
   readonly passive: PassiveHealth
   /** Set by the EndpointSet when the upstream has active health checks. */
   checked: ActiveHealth | undefined
+  /** Set by the EndpointSet from its source (and updated when the source's labels for the address change). */
+  labels: Labels
 }
 
 /** Healthy by both passive ejection and active checks (a member still `starting` its checks is not). */
@@ -95,7 +98,7 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E>, Draina
     private readonly log: Logger,
     private readonly metrics: Metrics,
   ) {
-    this.unsubscribe = source.subscribe((addresses) => { this.apply(addresses) })
+    this.unsubscribe = source.subscribe((endpoints) => { this.apply(endpoints) })
     if (healthCheck !== undefined) {
       this.checkTimer = setInterval(() => { this.checkAll() }, healthCheck.intervalMs)
       this.checkTimer.unref()
@@ -185,24 +188,35 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E>, Draina
     return [...this.byAddr.values(), ...this.draining]
   }
 
-  private apply (addresses: readonly string[]): void {
+  private apply (endpoints: readonly SourceEndpoint[]): void {
     if (this.state !== 'open') return
     // Members are keyed on the normalised `host:port` (`127.0.0.1:080` is `127.0.0.1:80`), so the source's
     // strings are normalised before they are compared with them.
-    const next = new Map<string, Endpoint>()
-    for (const a of addresses) {
+    const next = new Map<string, { endpoint: Endpoint, labels: Labels }>()
+    for (const { address: a, labels } of endpoints) {
       try {
         const endpoint = parseEndpoint(a)
-        next.set(endpoint.address, endpoint)
+        next.set(endpoint.address, { endpoint, labels })
       } catch {
         this.log.warn({ upstream: this.upstream, endpoint: a }, 'source gave an address that is not host:port; ignored')
       }
     }
     const added: E[] = []
     const removed: E[] = []
-    for (const [a, endpoint] of next) {
+    // The same address with other labels (a registry entry replaced in place): the member stays, what it
+    // carries stays; new work follows its new labels.
+    let relabelled = 0
+    for (const [a, { labels }] of next) {
+      const e = this.byAddr.get(a)
+      if (e === undefined || labelsText(e.labels) === labelsText(labels)) continue
+      this.log.info({ upstream: this.upstream, endpoint: a, from: labelsText(e.labels), to: labelsText(labels) }, 'endpoint labels changed')
+      e.labels = labels
+      relabelled++
+    }
+    for (const [a, { endpoint, labels }] of next) {
       if (this.byAddr.has(a)) continue
       const e = this.kind.create(endpoint)
+      e.labels = labels
       if (this.healthCheck !== undefined) e.checked = new ActiveHealth(this.upstream, e.address, this.healthCheck, this.log, this.metrics)
       else if (this.kind.sharedHealth !== undefined) e.checked = this.kind.sharedHealth(e.address)
       this.byAddr.set(e.address, e)
@@ -213,7 +227,10 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E>, Draina
       this.byAddr.delete(a)
       removed.push(e)
     }
-    if (added.length === 0 && removed.length === 0) return
+    if (added.length === 0 && removed.length === 0) {
+      if (relabelled > 0) { this.active = this.takingWork(); this.generation++ }
+      return
+    }
     this.active = this.takingWork()
     this.generation++
     for (const e of removed) this.retireMember(e)
@@ -329,6 +346,11 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E>, Draina
     for (const fn of w) fn()
   }
 
+  /** The active members' labels and whether each takes new work now (a route split's /status). */
+  labelled (now: number): Array<{ labels: Labels, healthy: boolean }> {
+    return this.active.map((e) => ({ labels: e.labels, healthy: e.acceptsAt(now) }))
+  }
+
   collect (): void {
     this.metrics.upstreamEndpoints.labels(this.upstream, 'active').set(this.active.length)
     this.metrics.upstreamEndpoints.labels(this.upstream, 'held').set(this.byAddr.size - this.active.length)
@@ -347,6 +369,7 @@ export class EndpointSet<E extends SetMember> implements EndpointList<E>, Draina
       return {
         address: e.address,
         state,
+        labels: e.labels,
         admin: this.admin?.held(e.address) === true ? 'drain' : 'ready',
         ...(drain !== undefined ? { drain } : {}),
         ...e.passive.status(now),

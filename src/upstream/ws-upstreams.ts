@@ -7,6 +7,7 @@ import type { EndpointSource } from '../discovery/source.js'
 import type { WsUpstream } from '../front/ws-types.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { ResumeTokens } from '../sessions/token.js'
+import type { RouteSplit } from '../routing/split.js'
 import type { ActiveHealth } from './health.js'
 import { MuxUpstream } from './mux/upstream.js'
 import { WsPassthroughUpstream } from './ws/upstream.js'
@@ -20,6 +21,8 @@ export interface WsUpstreamDeps {
   readonly ttlMs?: number
   /** Resume tokens (mux upstreams). */
   readonly tokens?: ResumeTokens
+  /** A route's split in the running config, by route name (mux: where a handed-off session goes now). */
+  readonly routeSplit?: (route: string) => RouteSplit | undefined
 }
 
 /** An HTTP upstream's WebSocket twin: the HTTP upstream it serves. */
@@ -38,7 +41,7 @@ export interface TwinOf {
 export function createWsUpstream (name: string, cfg: WsUpstreamConfig | MuxUpstreamConfig, log: Logger, metrics: Metrics, source: EndpointSource, deps: WsUpstreamDeps, twin?: TwinOf): { upstream: WsUpstream, carrier: EndpointCarrier } {
   const placement = deps.store !== undefined ? new AffinityPlacement(deps.store, deps.gatewayId, deps.ttlMs ?? 600_000) : undefined
   if (cfg.protocol === 'mux') {
-    const upstream = new MuxUpstream(name, cfg, log, metrics, source, { gatewayId: deps.gatewayId, placement, tokens: deps.tokens })
+    const upstream = new MuxUpstream(name, cfg, log, metrics, source, { gatewayId: deps.gatewayId, placement, tokens: deps.tokens, routeSplit: deps.routeSplit })
     return { upstream, carrier: muxCarrier(name, upstream, cfg) }
   }
   const upstream = new WsPassthroughUpstream(name, cfg, log, metrics, source, { placement, sharedHealth: twin?.sharedHealth, configName: twin?.configName })

@@ -30,9 +30,9 @@ export interface Client {
   waitMessages: (n: number) => Promise<void>
 }
 
-/** A `ws` client that records every message; rejects if the upgrade fails. */
-export async function connect (url: string, protocols?: string[]): Promise<Client> {
-  const ws = new WebSocket(url, protocols, { perMessageDeflate: false, maxPayload: 64 * 1024 * 1024 })
+/** A `ws` client that records every message; rejects if the upgrade fails. `headers`: sent with the handshake. */
+export async function connect (url: string, protocols?: string[], headers?: Record<string, string>): Promise<Client> {
+  const ws = new WebSocket(url, protocols, { perMessageDeflate: false, maxPayload: 64 * 1024 * 1024, headers })
   const messages: Client['messages'] = []
   let waiting: { n: number, resolve: () => void } | undefined
   ws.on('message', (data: Buffer, binary) => {
@@ -55,6 +55,15 @@ export async function connect (url: string, protocols?: string[]): Promise<Clien
       await new Promise<void>((resolve) => { waiting = { n, resolve } })
     },
   }
+}
+
+/** A raw ferry.v1 connection (offering `offer`, a resume, when given): its first message must be the welcome. */
+export async function rawFerry (url: string, offer?: string): Promise<{ client: Client, welcome: Record<string, any> }> {
+  const client = await connect(url, offer === undefined ? ['ferry.v1'] : ['ferry.v1', offer])
+  await client.waitMessages(1)
+  const first = client.messages[0]!.data.toString()
+  if (!first.startsWith('c')) throw new Error(`first message is not a control message: ${first.slice(0, 40)}`)
+  return { client, welcome: JSON.parse(first.slice(1)) as Record<string, any> }
 }
 
 /** Opens `n` clients, at most `parallel` handshakes at a time. */

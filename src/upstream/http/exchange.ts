@@ -7,6 +7,7 @@ import type { Logger } from 'pino'
 import { ERRORS, FerryError, isFerryError, type FerryErrorCode } from '../../errors.js'
 import type { ClientRequest } from '../../front/http-request.js'
 import type { Route } from '../../routing/router.js'
+import { splitAsk, type SplitAsk } from '../../routing/split.js'
 import type { HttpEndpoint, HttpUpstream, SlotOutcome, SlotWaiter } from './pool.js'
 import type { UpstreamMetrics } from './metrics.js'
 import { headersForLatin1Writer, latin1Bytes } from '../../net/header-bytes.js'
@@ -224,7 +225,17 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
 
   private requestSlot (): void {
     this.to('waiting')
-    this.queueEntry = this.ctx.upstream.acquire(this)
+    this.queueEntry = this.ctx.upstream.acquire(this, undefined, this.splitAsk())
+  }
+
+  /** The route's split, asked with the headers as they go upstream (so a pin may come from a verified claim); read once. */
+  private split: SplitAsk | undefined
+  private splitAsk (): SplitAsk | undefined {
+    const split = this.route.split
+    if (split === undefined) return undefined
+    const q = this.req.target.indexOf('?')
+    this.split ??= splitAsk(split, this.headers, q === -1 ? '' : this.req.target.slice(q + 1), this.req.clientIp)
+    return this.split
   }
 
   /** False (and the request failed) when the whole body is in and does not hash to what was signed. */
@@ -638,7 +649,7 @@ export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
       this.ctx.metrics.retries.inc()
       this.ctx.log.debug({ reqId: this.req.requestId, err: ferr.message }, 'retrying on another endpoint')
       this.to('waiting')
-      this.queueEntry = this.ctx.upstream.acquire(this, this.lastEp)
+      this.queueEntry = this.ctx.upstream.acquire(this, this.lastEp, this.splitAsk())
       return
     }
     this.fail(ferr)

@@ -1,11 +1,13 @@
 import { Pool } from 'undici'
 import type { Logger } from 'pino'
+import { NO_LABELS, type Labels } from '../../config/labels.js'
 import type { HttpUpstreamConfig } from '../../config/schema.js'
 import type { Endpoint } from '../../config/load.js'
 import type { EndpointSource } from '../../discovery/source.js'
 import { FerryError } from '../../errors.js'
 import type { Metrics } from '../../observability/metrics.js'
 import { Balancer } from '../../routing/balancer.js'
+import type { SplitAsk, Subset } from '../../routing/split.js'
 import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { httpProbe } from '../probes.js'
@@ -22,6 +24,7 @@ export class HttpEndpoint implements SetMember {
   /** Pools replaced by `reset`: closing while what they still carry finishes. */
   private readonly replaced = new Set<Pool>()
   checked: ActiveHealth | undefined
+  labels: Labels = NO_LABELS
   /** The pool's close, once the endpoint was removed from the set (in-flight requests finish first). */
   closing: Promise<void> | undefined
 
@@ -94,6 +97,8 @@ interface QueueEntry {
   waiter: SlotWaiter | undefined
   deadline: number
   exclude: HttpEndpoint | undefined
+  /** The label subset the request's route split chose: it waits for a slot there. */
+  subset: Subset | undefined
 }
 
 export type SlotOutcome = 'ok' | 'failed' | 'neutral'
@@ -108,6 +113,8 @@ export type HttpUpstreamState = 'open' | 'retiring' | 'closed'
 /**
  * An HTTP upstream: its endpoints, the balancer, and the bounded FIFO of requests waiting for a slot.
  * One timer serves the whole queue: entries share one timeout, so the head always expires first.
+ * Requests a route split sent to a label subset wait in that subset's lane of the queue: first come first
+ * served within a lane, and a full subset never holds up requests for another one (nor for the rest).
  */
 export class HttpUpstream {
   /** The endpoints, following the upstream's source (added ones take requests, removed ones drain). */
@@ -116,6 +123,11 @@ export class HttpUpstream {
   private queue: QueueEntry[] = []
   private head = 0
   private queued = 0
+  /** Queued entries per lane (split subset, or undefined for requests without one); lanes with none are deleted. */
+  private readonly lanes = new Map<Subset | undefined, number>()
+  /** drainQueue is running (a slot handed out may come back at once): a nested call makes it go round again. */
+  private draining = false
+  private drainAgain = false
   private timer: NodeJS.Timeout | undefined
   private state: HttpUpstreamState = 'open'
   /** Exchanges between their start and their end (enter/leave): a retiring upstream waits for them. */
@@ -154,8 +166,11 @@ export class HttpUpstream {
     return this.queued
   }
 
-  /** Gives `waiter` a slot now, queues it, or refuses it (503). `exclude`: the endpoint that just failed it. */
-  acquire (waiter: SlotWaiter, exclude?: HttpEndpoint): QueueEntry | undefined {
+  /**
+   * Gives `waiter` a slot now, queues it, or refuses it (503). `exclude`: the endpoint that just failed it
+   * (a retry). `split`: the route's split decides the label subset first (counted once: not for a retry).
+   */
+  acquire (waiter: SlotWaiter, exclude?: HttpEndpoint, split?: SplitAsk): QueueEntry | undefined {
     if (this.state === 'closed') {
       waiter.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name} is shut down`))
       return undefined
@@ -166,7 +181,9 @@ export class HttpUpstream {
       waiter.onNoSlot(refused)
       return undefined
     }
-    const ep = this.queued === 0 ? this.balancer.pick(this.cfg.pool.maxConnections, now, exclude) : undefined
+    const subset = split?.split.assign(split, this.set.active, now, exclude, exclude === undefined)
+    // Queued requests of the same lane go first.
+    const ep = !this.lanes.has(subset) ? this.balancer.pick(this.cfg.pool.maxConnections, now, exclude, undefined, subset) : undefined
     if (ep !== undefined) {
       ep.inflight++
       waiter.onSlot(ep)
@@ -176,9 +193,10 @@ export class HttpUpstream {
       waiter.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name}: all ${this.endpoints.length * this.cfg.pool.maxConnections} connections busy and ${this.queued} requests queued (queueLimit ${this.cfg.pool.queueLimit})`))
       return undefined
     }
-    const entry: QueueEntry = { waiter, deadline: now + this.cfg.pool.queueTimeoutMs, exclude }
+    const entry: QueueEntry = { waiter, deadline: now + this.cfg.pool.queueTimeoutMs, exclude, subset }
     this.queue.push(entry)
     this.queued++
+    this.lanes.set(subset, (this.lanes.get(subset) ?? 0) + 1)
     if (this.timer === undefined) this.armTimer()
     return entry
   }
@@ -187,7 +205,15 @@ export class HttpUpstream {
   cancel (entry: QueueEntry): void {
     if (entry.waiter === undefined) return
     entry.waiter = undefined
+    this.dequeued(entry)
+  }
+
+  /** `entry` left the queue (served, expired, cancelled): its counts go. */
+  private dequeued (entry: QueueEntry): void {
     this.queued--
+    const n = (this.lanes.get(entry.subset) ?? 1) - 1
+    if (n <= 0) this.lanes.delete(entry.subset)
+    else this.lanes.set(entry.subset, n)
   }
 
   /** Returns a slot; `outcome` feeds passive health. Then hands free slots to queued waiters. */
@@ -232,18 +258,51 @@ export class HttpUpstream {
   }
 
   private drainQueue (): void {
-    while (this.queued > 0) {
-      const entry = this.peek()
-      if (entry === undefined) return
-      const ep = this.balancer.pick(this.cfg.pool.maxConnections, Date.now(), entry.exclude)
-      if (ep === undefined) return
-      this.shift()
-      ep.inflight++
-      entry.waiter!.onSlot(ep)
+    if (this.draining) { this.drainAgain = true; return }
+    this.draining = true
+    try {
+      do {
+        this.drainAgain = false
+        this.drainPass()
+      } while (this.drainAgain && this.queued > 0)
+    } finally {
+      this.draining = false
     }
   }
 
-  /** First live entry, dropping cancelled ones. */
+  /**
+   * Hands free slots to queued entries in queue order, lane by lane: an entry whose lane has no free slot
+   * blocks that lane for the rest of the pass (its later entries would not get one either), not the
+   * others; the pass ends once every lane is blocked. Without splits there is one lane: plain FIFO.
+   */
+  private drainPass (): void {
+    if (this.queued === 0) return
+    const now = Date.now()
+    const q = this.queue
+    let blocked: Set<Subset | undefined> | undefined
+    for (let i = this.head; i < q.length && this.queued > 0; i++) {
+      const entry = q[i]!
+      const w = entry.waiter
+      if (w === undefined || blocked?.has(entry.subset) === true) continue
+      const ep = this.balancer.pick(this.cfg.pool.maxConnections, now, entry.exclude, undefined, entry.subset)
+      if (ep === undefined) {
+        // A retry that excludes an endpoint says nothing about the lane's other entries.
+        if (entry.exclude !== undefined) continue
+        ;(blocked ??= new Set()).add(entry.subset)
+        if (blocked.size >= this.lanes.size) break
+        continue
+      }
+      entry.waiter = undefined
+      this.dequeued(entry)
+      ep.inflight++
+      w.onSlot(ep)
+    }
+    // Served entries at the head go; the array is compacted as shift() would have.
+    this.peek()
+    this.compact()
+  }
+
+  /** First live entry, dropping cancelled and served ones. */
   private peek (): QueueEntry | undefined {
     while (this.head < this.queue.length) {
       const e = this.queue[this.head]!
@@ -254,9 +313,9 @@ export class HttpUpstream {
     return undefined
   }
 
-  private shift (): void {
+  private shift (entry: QueueEntry): void {
     this.head++
-    this.queued--
+    this.dequeued(entry)
     this.compact()
   }
 
@@ -281,7 +340,7 @@ export class HttpUpstream {
     const now = Date.now()
     for (let e = this.peek(); e !== undefined && e.deadline <= now; e = this.peek()) {
       const w = e.waiter!
-      this.shift()
+      this.shift(e)
       w.onNoSlot(new FerryError('FERRY_ERR_QUEUE_TIMEOUT', `upstream ${this.name}: no free connection within queueTimeoutMs ${this.cfg.pool.queueTimeoutMs}`))
     }
     this.armTimer()
@@ -312,7 +371,7 @@ export class HttpUpstream {
     this.timer = undefined
     for (let e = this.peek(); e !== undefined; e = this.peek()) {
       const w = e.waiter!
-      this.shift()
+      this.shift(e)
       w.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name} is shutting down`))
     }
     // A retire() still waiting ends with this close.

@@ -289,8 +289,8 @@ export interface Accepted {
   reason: string | undefined
 }
 
-/** Token claims the leg does not learn from ACCEPT. */
-export interface LegIdentity { readonly k: string, readonly u: string }
+/** Token claims the leg does not learn from ACCEPT (`a`: the endpoint the stream is on). */
+export interface LegIdentity { readonly k: string, readonly u: string, readonly a?: string }
 
 const ACK_RE = /^\d{1,15}$/
 
@@ -352,7 +352,7 @@ export class ResumableLeg extends MuxLeg {
     }
     this.base = a.resumed ? this.offeredReceived : 0
     this.lastAck = this.base
-    const claims: Omit<ResumeClaims, 't'> = { s: a.session, k: this.identity.k, u: this.identity.u, e: a.epoch }
+    const claims: Omit<ResumeClaims, 't'> = { s: a.session, ...this.identity, e: a.epoch }
     // The welcome goes first: the replayed messages follow it on the stream.
     this.control({
       t: 'welcome', token: this.tokens.seal(claims), session: a.session, resumed: a.resumed,

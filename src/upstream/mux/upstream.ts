@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import { NO_LABELS, type Labels } from '../../config/labels.js'
 import type { Counter } from 'prom-client'
 import type { Endpoint } from '../../config/load.js'
 import type { MuxUpstreamConfig } from '../../config/schema.js'
@@ -7,13 +8,14 @@ import { FerryError } from '../../errors.js'
 import { type ClientSink, type TopicPublisher, type UpstreamLeg, type WsHandshake, type WsUpstream } from '../../front/ws-types.js'
 import type { ConnectionEnd } from '../../mux/connection.js'
 import type { Metrics } from '../../observability/metrics.js'
-import { Balancer, hashKey } from '../../routing/balancer.js'
+import { Balancer, hashKey, within } from '../../routing/balancer.js'
 import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { LinkSlot, type LinkOwner } from './link.js'
 import { FERRY_TOPIC_SUFFIX, MuxLeg, ResumableLeg, type HandoffRequest, type LegMover } from './legs.js'
 import { fullBucket, takeToken, type Bucket } from '../../edge/token-bucket.js'
 import type { AffinityPlacement } from '../../affinity/placement.js'
+import type { RouteSplit, SplitAsk } from '../../routing/split.js'
 import type { ResumeClaims, ResumeTokens } from '../../sessions/token.js'
 import { Kind } from '../../client/wire.js'
 import type { Histogram } from 'prom-client'
@@ -28,6 +30,7 @@ class MuxEndpoint implements SetMember, LinkOwner {
   readonly slots: LinkSlot[]
   readonly passive: PassiveHealth
   checked: ActiveHealth | undefined
+  labels: Labels = NO_LABELS
   readonly topicPrefix: string
   /** The sessions whose stream is on this endpoint now (an operator drain moves them). */
   readonly legs = new Set<MuxLeg>()
@@ -132,7 +135,18 @@ export interface MuxUpstreamDeps {
   readonly gatewayId: string
   readonly placement?: AffinityPlacement
   readonly tokens?: ResumeTokens
+  /** A route's split in the running config (a reload or an admin change replaces it), by route name. */
+  readonly routeSplit?: (route: string) => RouteSplit | undefined
 }
+
+/** A session a route split's rebalance may move: its leg and what its split asked when it opened. */
+export interface SplitSession {
+  readonly leg: UpstreamLeg
+  readonly split: SplitAsk
+}
+
+/** How often a rebalance starts its next wave of handoffs (each wave: maxPerSec / 10 sessions). */
+const REBALANCE_WAVE_MS = 100
 
 /**
  * A `protocol: mux` upstream: `pool.links` links per endpoint, sessions as streams on the least-loaded
@@ -164,9 +178,16 @@ export class MuxUpstream implements WsUpstream, LegMover {
   private handoffsWaiting = 0
   private readonly handoffOutcomes = new Map<string, Counter.Internal>()
   private readonly handoffSeconds: Histogram.Internal<'upstream'>
+  private readonly routeSplit: ((route: string) => RouteSplit | undefined) | undefined
+  /** What each session's route split asked when it opened: where a handoff or a rebalance sends it now. */
+  private readonly splitAsks = new WeakMap<MuxLeg, SplitAsk>()
+  /** Sessions a rebalance still has to look at, and its wave timer (one rebalance at a time per upstream). */
+  private rebalanceQueue: SplitSession[] = []
+  private rebalanceTimer: NodeJS.Timeout | undefined
 
   constructor (readonly name: string, readonly cfg: MuxUpstreamConfig, readonly log: Logger, readonly metrics: Metrics, source: EndpointSource, deps: MuxUpstreamDeps) {
     this.gatewayId = deps.gatewayId
+    this.routeSplit = deps.routeSplit
     this.handoffBucket = fullBucket(Math.max(1, Math.ceil(cfg.handoff.maxPerSec / 10)))
     this.handoffSeconds = metrics.muxHandoffSeconds.labels(name)
     this.placement = deps.placement
@@ -263,28 +284,39 @@ export class MuxUpstream implements WsUpstream, LegMover {
     const placementKey = claims?.k ?? hs.affinityKey ?? (ferry ? hs.sessionId : undefined)
     // A fresh ferry/client session's key is its new session id: nothing can be recorded for it yet.
     const lookup = claims !== undefined || hs.affinityKey !== undefined
-    const known = lookup && this.placement !== undefined ? await this.placement.recorded(placementKey!) : undefined
-    const recorded = known !== undefined ? this.set.get(known) : undefined
+    // A resume goes back to the endpoint its token names, where the session lives (older tokens name none).
+    const tokenHome = claims?.a !== undefined ? this.set.get(claims.a) : undefined
+    const known = tokenHome === undefined && lookup && this.placement !== undefined ? await this.placement.recorded(placementKey!) : undefined
+    const recorded = tokenHome ?? (known !== undefined ? this.set.get(known) : undefined)
     const keyed = placementKey !== undefined
     const hashed = keyed ? hashKey(placementKey) : this.cfg.balance === 'hash' ? hashKey(hs.remoteAddress) : undefined
     const balancer = keyed ? this.byKey : this.balancer
     const deadline = started + this.cfg.timeouts.openMs
+    let counted = false
     for (;;) {
       if (this.closed) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'upstream is closing')
       const now = Date.now()
+      // The route's split narrows a new session to a label subset (counted once, however long it waits for
+      // a link). A resume is not split again: it goes where the session lives, and the split only guides
+      // the guess when nothing says where that is.
+      const subset = hs.split?.split.assign(hs.split, this.set.active, now, undefined, claims === undefined && !counted)
+      counted = true
+      // A new session's recorded key endpoint outside that subset is passed over: new sessions follow the split.
+      const home = recorded !== undefined && (claims !== undefined || subset === undefined || subset.matches(recorded.labels))
+        ? recorded
+        : claims !== undefined ? balancer.pick(Infinity, now, undefined, hashed, subset) : undefined
+      let owner: MuxEndpoint | undefined
       // A session that lives somewhere (a resume, or a key with a record) waits for that endpoint's link
       // unless the endpoint is ejected; others take any endpoint with a ready link.
-      const home = recorded ?? (claims !== undefined ? balancer.pick(Infinity, now, undefined, hashed) : undefined)
-      let owner: MuxEndpoint | undefined
       // A recorded home that left the set (or is not healthy) is not waited for.
       if (home !== undefined && this.set.get(home.address) === home && healthyAt(home, now)) owner = home.readyLink() !== undefined ? home : undefined
       else {
-        const picked = balancer.pick(Infinity, now, undefined, hashed)
+        const picked = balancer.pick(Infinity, now, undefined, hashed, subset)
         // Panic (the balancer fell back to an endpoint without a ready link): any endpoint that has one.
         // (whenAllUnhealthy: fail: the balancer picks only healthy endpoints with a ready link, or none.)
         owner = picked?.acceptsAt(now) === true
           ? picked
-          : this.cfg.whenAllUnhealthy === 'panic' ? this.set.active.find((e) => e.readyLink() !== undefined) : undefined
+          : this.cfg.whenAllUnhealthy === 'panic' ? this.set.active.find((e) => e.readyLink() !== undefined && within(e, subset)) ?? this.set.active.find((e) => e.readyLink() !== undefined) : undefined
       }
       const slot = owner?.readyLink()
       if (owner !== undefined && slot?.conn !== undefined) {
@@ -327,10 +359,11 @@ export class MuxUpstream implements WsUpstream, LegMover {
       leg.mover = this
       leg.home = owner.legs
       owner.legs.add(leg)
+      if (hs.split !== undefined) this.splitAsks.set(leg, hs.split)
       if (hs.affinityKey !== undefined) this.track(leg, key, owner.address, o.known, 0)
       return leg
     }
-    const leg = new ResumableLeg(appProtocol, sink, slot, this.stalls, this.tokens!, { k: key, u: this.name }, o.offer?.received ?? 0, o.refusal)
+    const leg = new ResumableLeg(appProtocol, sink, slot, this.stalls, this.tokens!, { k: key, u: this.name, a: owner.address }, o.offer?.received ?? 0, o.refusal)
     leg.onClientError = this.clientError
     const stream = slot.conn!.openStream(meta, leg.events)
     if (stream === undefined) return undefined
@@ -394,13 +427,17 @@ export class MuxUpstream implements WsUpstream, LegMover {
     const key = String(leg.meta.key ?? '')
     const hashed = key !== '' ? hashKey(key) : undefined
     const deadline = Date.now() + this.cfg.timeouts.openMs
+    const ask = this.currentAsk(leg)
     for (;;) {
       if (leg.state === 'closed') throw new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client left during the handoff')
       if (this.closed) throw new FerryError('FERRY_ERR_HANDOFF_FAILED', `upstream ${this.name} is closing`)
       const now = Date.now()
       const balancer = key !== '' ? this.byKey : this.balancer
-      let owner = balancer.pick(Infinity, now, from, hashed)
-      if (owner?.acceptsAt(now) !== true) owner = this.set.active.find((e) => e !== from && e.acceptsAt(now)) ?? (from?.acceptsAt(now) === true ? from : undefined)
+      // A session of a route with a split goes to the subset its key is assigned now (after a weight
+      // change: its new subset), falling back as a new session would. Not counted: it is not a new session.
+      const subset = ask?.split.assign(ask, this.set.active, now, from, false)
+      let owner = balancer.pick(Infinity, now, from, hashed, subset)
+      if (owner?.acceptsAt(now) !== true) owner = this.set.active.find((e) => e !== from && e.acceptsAt(now) && within(e, subset)) ?? this.set.active.find((e) => e !== from && e.acceptsAt(now)) ?? (from?.acceptsAt(now) === true ? from : undefined)
       const slot = owner?.readyLink()
       if (owner !== undefined && slot?.conn !== undefined) {
         const meta = {
@@ -428,6 +465,55 @@ export class MuxUpstream implements WsUpstream, LegMover {
         const done = (): void => { clearTimeout(timer); resolve() }
         this.waiters.push(done)
       })
+    }
+  }
+
+  /** What `leg`'s key asks of its route's split now: the running config's split of its route (none if it has none any more). */
+  private currentAsk (leg: MuxLeg): SplitAsk | undefined {
+    const ask = this.splitAsks.get(leg)
+    if (ask === undefined) return undefined
+    const split = this.routeSplit !== undefined ? this.routeSplit(ask.split.route) : ask.split
+    return split === undefined ? undefined : split === ask.split ? ask : { split, key: ask.key, pin: ask.pin }
+  }
+
+  /**
+   * A route split with `rebalance` changed: its open sessions on this upstream whose endpoint is outside
+   * the subset their key is assigned now move there by backend handoff, at most handoff.maxPerSec a
+   * second (waves every 100 ms; each session is looked at again when its wave comes, against the split
+   * running then). Sessions that cannot be handed over (resumable ferry/client sessions, a backend that
+   * does not speak handoff) stay. A newer rebalance replaces what is left of this one. Returns how many
+   * sessions it will look at.
+   */
+  rebalance (sessions: ReadonlyArray<SplitSession>): number {
+    this.rebalanceQueue = sessions.filter((s) => s.leg instanceof MuxLeg && s.leg.mover === this)
+    if (this.rebalanceTimer === undefined && this.rebalanceQueue.length > 0) {
+      this.rebalanceTimer = setInterval(() => { this.rebalanceWave() }, REBALANCE_WAVE_MS)
+      this.rebalanceTimer.unref()
+      this.rebalanceWave()
+    }
+    return this.rebalanceQueue.length
+  }
+
+  private rebalanceWave (): void {
+    let budget = Math.max(1, Math.ceil(this.cfg.handoff.maxPerSec * REBALANCE_WAVE_MS / 1000))
+    const now = Date.now()
+    while (budget > 0 && this.rebalanceQueue.length > 0 && !this.closed) {
+      const mux = this.rebalanceQueue.shift()!.leg as MuxLeg
+      const ask = this.currentAsk(mux)
+      const at = this.set.get(mux.address)
+      if (ask === undefined || at === undefined) continue
+      // The key's subset now, its own endpoint counted (a session where it belongs stays).
+      const subset = ask.split.assign(ask, this.set.active, now, undefined, false)
+      // Already in its subset, or nowhere better to go (no subset has an endpoint that takes sessions now).
+      if (subset === undefined || subset.matches(at.labels)) continue
+      if (!mux.startHandoff(`rebalance to subset ${subset.name}`)) continue
+      subset.rebalanced()
+      budget--
+    }
+    if (this.rebalanceQueue.length === 0 || this.closed) {
+      this.rebalanceQueue = []
+      if (this.rebalanceTimer !== undefined) clearInterval(this.rebalanceTimer)
+      this.rebalanceTimer = undefined
     }
   }
 
@@ -508,6 +594,10 @@ export class MuxUpstream implements WsUpstream, LegMover {
     }
     m.upstreamConnections.labels('upstream', 'mux', this.name).set(links)
     m.muxHandoffsWaiting.labels(this.name).set(this.handoffsWaiting)
+  }
+
+  labelled (): Array<{ labels: Labels, healthy: boolean }> {
+    return this.set.labelled(Date.now())
   }
 
   status (): object {

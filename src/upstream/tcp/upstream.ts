@@ -1,5 +1,6 @@
 import { connect as netConnect, type Socket } from 'node:net'
 import type { Logger } from 'pino'
+import { NO_LABELS, type Labels } from '../../config/labels.js'
 import type { Counter } from 'prom-client'
 import type { Endpoint } from '../../config/load.js'
 import type { TcpUpstreamConfig } from '../../config/schema.js'
@@ -18,6 +19,8 @@ import { tcpProbe } from '../probes.js'
 export class TcpEndpoint implements SetMember {
   inflight = 0
   checked: ActiveHealth | undefined
+  /** TCP endpoints have no labels (no route splits them); the set keeps the field. */
+  labels: Labels = NO_LABELS
   connected = 0
   connectFailures = 0
   readonly failedConnect: Counter.Internal

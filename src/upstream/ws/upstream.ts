@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
+import { NO_LABELS, type Labels } from '../../config/labels.js'
 import type { Counter, Gauge } from 'prom-client'
 import WebSocket from 'ws'
 import type { Endpoint } from '../../config/load.js'
@@ -46,6 +47,7 @@ function noop (): void {}
  */
 class WsEndpoint implements SetMember {
   checked: ActiveHealth | undefined
+  labels: Labels = NO_LABELS
   handshaking = 0
   sockets = 0
   sessions = 0
@@ -335,7 +337,10 @@ export class WsPassthroughUpstream implements WsUpstream {
       const now = Date.now()
       const left = deadline - now
       if (left <= 0 || this.state !== 'open') break
-      const ep = attempt === 0 && home?.acceptsAt(now) === true ? home : balancer.pick(Infinity, now, tried, key)
+      // The route's split narrows new sessions to a label subset (a failover may move on to another subset).
+      const subset = hs.split?.split.assign(hs.split, this.set.active, now, tried, attempt === 0)
+      // A key's recorded endpoint outside the subset the split chose is passed over: new sessions follow the split.
+      const ep = attempt === 0 && home?.acceptsAt(now) === true && (subset === undefined || subset.matches(home.labels)) ? home : balancer.pick(Infinity, now, tried, key, subset)
       if (ep === undefined) break
       tried.add(ep)
       if (attempt > 0) this.retries.inc()
@@ -530,6 +535,10 @@ export class WsPassthroughUpstream implements WsUpstream {
     for (const ep of this.set.all()) sockets += ep.sockets
     this.connections.set(sockets)
     this.set.collect()
+  }
+
+  labelled (): Array<{ labels: Labels, healthy: boolean }> {
+    return this.set.labelled(Date.now())
   }
 
   status (): object {
