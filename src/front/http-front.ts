@@ -51,6 +51,8 @@ export interface FrontDeps {
 export class HttpFront {
   private readonly app: TemplatedApp
   private socket: ListenSocket | undefined
+  /** closeConnections() ran: every client connection was closed (the end of a drain). */
+  private connectionsClosed = false
   private reqOpts: RequestOptions
   /** How request bodies are read (http.body*, minBodyRate*, the body limits), shared by every exchange (made once per config). */
   private bodyPolicy: BodyPolicy
@@ -128,6 +130,21 @@ export class HttpFront {
     this.ws.stopAccepting()
     this.socket?.close()
     this.socket = undefined
+  }
+
+  /**
+   * The end of a drain: closes every client connection left on the HTTP port, which by then are idle
+   * keep-alive connections (uWS would keep each up to its 10 s idle timer, and 20.30 has no handle per
+   * HTTP connection to close them one by one). app.close() closes every socket of the app, WebSockets
+   * included: the caller makes sure no request and no session is left, and nothing is still leaving.
+   */
+  closeConnections (): void {
+    this.stopAccepting()
+    if (this.connectionsClosed) return
+    this.connectionsClosed = true
+    // The typings lack close(); the 20.30 binary has it (us_socket_context_close on the HTTP and WebSocket contexts).
+    const app = this.app as TemplatedApp & { close: () => void }
+    app.close()
   }
 
   private onRequest (res: HttpResponse, req: HttpRequest): void {
