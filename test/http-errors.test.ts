@@ -471,6 +471,7 @@ t.test('request headers: hop-by-hop dropped, X-Forwarded-* set, X-Request-Id gen
       'keep-alive': 'timeout=5',
       'x-end-to-end': 'yes',
       'x-forwarded-for': '203.0.113.9',
+      'x-forwarded-proto': 'https',
     },
   })
   t.equal(r.status, 200, 'the request gets 200')
@@ -480,7 +481,7 @@ t.test('request headers: hop-by-hop dropped, X-Forwarded-* set, X-Request-Id gen
   t.equal(seen['x-end-to-end'], 'yes', 'an end-to-end header is forwarded unchanged')
   t.equal(seen.host, 'example.test:8080', 'Host is forwarded as the client sent it')
   t.equal(seen['x-forwarded-for'], '127.0.0.1', 'X-Forwarded-For is replaced by the client address (the peer is not in http.trustedProxies, empty by default)')
-  t.equal(seen['x-forwarded-proto'], 'http', 'X-Forwarded-Proto is http')
+  t.equal(seen['x-forwarded-proto'], 'http', 'X-Forwarded-Proto is http: the client\'s "https" is replaced (Ferry has no TLS front)')
   t.equal(seen['x-forwarded-host'], 'example.test:8080', 'X-Forwarded-Host is the client\'s Host')
   const generated = seen['x-request-id']
   t.match(String(generated), /^[0-9a-f]{8}-[0-9a-z]+$/, `an X-Request-Id is generated when absent (got ${String(generated)})`)
@@ -493,6 +494,12 @@ t.test('request headers: hop-by-hop dropped, X-Forwarded-* set, X-Request-Id gen
   const r3 = await send(f, '/h', { headers: { 'x-request-id': 'client-id-123' } })
   t.equal(seen['x-request-id'], 'client-id-123', 'a client X-Request-Id is forwarded unchanged')
   t.equal(r3.headers['x-request-id'], 'client-id-123', 'and echoed in the response unchanged')
+
+  // Even from a trusted proxy (one that terminated TLS in front of Ferry) the value is Ferry's own: http.
+  const behindProxy = await startFerry(t, httpConfig([backend.address], {}, { http: { trustedProxies: ['127.0.0.1'] } }))
+  await send(behindProxy, '/h', { headers: { 'x-forwarded-proto': 'https', 'x-forwarded-for': '203.0.113.9' } })
+  t.equal(seen['x-forwarded-for'], '203.0.113.9, 127.0.0.1', 'from a trusted proxy, X-Forwarded-For is appended to')
+  t.equal(seen['x-forwarded-proto'], 'http', 'but X-Forwarded-Proto is still http, whatever the proxy said')
 })
 
 t.test('response headers: hop-by-hop headers from the backend are not forwarded to the client', async (t) => {
