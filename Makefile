@@ -1,6 +1,6 @@
 # Ferry: the two commands a new user needs are `make run` and `make test`.
 SHELL := /bin/bash
-.PHONY: all setup build run test bench check docs clean
+.PHONY: all setup build run restart test bench check docs clean
 
 all: build
 
@@ -13,6 +13,10 @@ build: setup
 ## Set up, build, and run Ferry on its embedded defaults next to the bundled demo backend.
 run: build
 	scripts/run-demo.sh
+
+## Under `make run` (from another terminal): restart Ferry alone. It drains and `make run` starts it again with the same resume secret while the backends keep running, so chat tabs resume their sessions.
+restart:
+	node dist/cli.js drain
 
 ## Set up (npm packages, redis-server when missing), build, and run the whole test suite.
 test:

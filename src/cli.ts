@@ -13,7 +13,7 @@ import { VERSION } from './version.js'
 const USAGE = `ferry ${VERSION}: connection-offloading gateway
 
 usage:
-  ferry start [--config FILE]      run the gateway (no file: embedded defaults, demo backend on 127.0.0.1:3000)
+  ferry start [--config FILE]      run the gateway (no file: embedded defaults, demo on :3000, chat on :7000)
   ferry drain [--admin HOST:PORT] [--wait]
                                    drain a running gateway (as SIGTERM does); --admin defaults to the
                                    config's listen.admin; --wait follows it until it has exited

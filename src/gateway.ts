@@ -5,7 +5,7 @@ import { ConfigError, parseEndpoint, validateConfig, type Config } from './confi
 import { HttpFront } from './front/http-front.js'
 import { loadNativeUws, type Uws } from './front/uws.js'
 import { Metrics } from './observability/metrics.js'
-import { establishedOnPort } from './observability/sockets.js'
+import { connectionsOnPort, establishedOnPort } from './observability/sockets.js'
 import { routeName, Router } from './routing/router.js'
 import { SplitStats } from './routing/split.js'
 import { subsetName } from './config/schema.js'
@@ -667,6 +667,8 @@ export class Gateway {
       migrate: (n) => this.front?.ws.migrate(n) ?? { resumable: 0, plain: 0 },
       httpInFlight: () => this.lifecycle.inFlight,
       idleHttpConnections: () => this.ports === undefined ? undefined : establishedOnPort(this.ports.http),
+      httpSending: () => this.ports === undefined ? undefined : connectionsOnPort(this.ports.http)?.sending,
+      closeHttpConnections: () => { this.front?.closeConnections() },
       tcpOpen: () => this.tcpOpen(),
       forceClose: () => {
         const n = this.front?.ws.closeAll(1012, 'gateway drained: reconnect', 'FERRY_ERR_GATEWAY_DRAINING') ?? 0

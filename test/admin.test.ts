@@ -109,6 +109,25 @@ t.test('admin API: /healthz, /readyz, /status shape, /metrics, unknown path; SIG
   t.ok(await refused(f.adminPort), `after exit the admin port ${f.adminPort} refuses connections`)
 })
 
+t.test('event loop lag gauges are numbers from the first scrape on: never 9223372036.85 s or NaN before the delay histogram has a sample', async (t) => {
+  const backend = await startBackend(t, (_req, res) => { res.end('ok') })
+  const f = await startFerry(t, httpConfig([backend.address]))
+  const names = ['min', 'max', 'mean', 'stddev', 'p50', 'p90', 'p99'].map((s) => `ferry_nodejs_eventloop_lag_${s}_seconds`)
+  const scrape = async (): Promise<Record<string, string>> => {
+    const text = await (await fetch(`${f.adminUrl}/metrics`)).text()
+    return Object.fromEntries(names.map((n) => [n, new RegExp(`^${n} (\\S+)$`, 'm').exec(text)?.[1] ?? '(absent)']))
+  }
+  // Right after start, then eight at once: Ferry serves them within one turn of its loop, well inside the
+  // histogram's 10 ms resolution, so every interval after the first has no sample.
+  const scrapes = [await scrape(), ...await Promise.all(Array.from({ length: 8 }, scrape))]
+  for (const [i, values] of scrapes.entries()) {
+    for (const n of names) {
+      const v = Number(values[n])
+      t.ok(Number.isFinite(v) && v >= 0 && v < 60, `scrape ${i + 1}: ${n} is ${values[n]} (a number of seconds in 0–60)`)
+    }
+  }
+})
+
 t.test('a second gateway on the first one\'s HTTP port fails with FERRY_ERR_LISTEN naming listen.http, exit code 1', async (t) => {
   const backend = await startBackend(t, (_req, res) => { res.end('first') })
   const first = await startFerry(t, httpConfig([backend.address]))

@@ -115,6 +115,17 @@ t.test('the unshared-resume-secret warning: only when resume tokens are issued (
   t.equal(warning(mux.logs), 1, 'a mux upstream and no secret: warned once')
 })
 
+t.test('docs/config.md names every upstream, route and drain setting of the embedded defaults', async (t) => {
+  const doc = readFileSync(join(ROOT, 'docs/config.md'), 'utf8')
+  const para = doc.slice(doc.indexOf('Embedded defaults'))
+  t.ok(para.length > 0, 'docs/config.md has an embedded-defaults paragraph')
+  for (const [name, u] of Object.entries(EMBEDDED_DEFAULTS.upstreams ?? {})) {
+    t.ok(para.includes(`\`${name}\` (${u.protocol} at ${(u.endpoints ?? []).map((e) => `\`${e}\``).join(', ')})`), `it names upstream ${name} (${u.protocol}) and its endpoints`)
+  }
+  for (const r of EMBEDDED_DEFAULTS.routes ?? []) t.ok(para.includes(`\`${r.match?.path}\` → \`${r.upstream}\``), `it names the route ${r.match?.path} → ${r.upstream}`)
+  for (const [k, v] of Object.entries(EMBEDDED_DEFAULTS.drain ?? {})) t.ok(para.includes(`\`${k}: ${String(v)}\``), `it names drain.${k}: ${String(v)}`)
+})
+
 t.test('docs/config.md and docs/errors.md match the schema and the error table', async (t) => {
   t.equal(readFileSync(join(ROOT, 'docs/config.md'), 'utf8'), renderConfigReference(), 'docs/config.md is current (run `make docs`)')
   const errorsDoc = readFileSync(join(ROOT, 'docs/errors.md'), 'utf8')

@@ -203,6 +203,27 @@ t.test('console: token prompt, live session counts, charts, two pods over Redis,
   await pump
 })
 
+t.test('console without an admin token: no request answered 404 (no /favicon.ico), and no "Forget token" button', async (t) => {
+  const backend = await startBackend(t, (_req, res) => { res.end('ok') })
+  const f = await startFerry(t, { upstreams: { api: { protocol: 'http', endpoints: [backend.address] } }, routes: [{ match: { path: '/' }, upstream: 'api' }] })
+  const browser = await launch(t)
+  const page = await browser.newPage()
+  screenshotOnFailure(t, page, 'no-token')
+  const asked: string[] = []
+  const missing: string[] = []
+  page.on('request', (r) => { asked.push(new URL(r.url()).pathname) })
+  page.on('response', (r) => { if (r.status() === 404) missing.push(new URL(r.url()).pathname) })
+  await page.goto(`${f.adminUrl}/`)
+  await waitText(page, '#gateway-state', (s) => s === 'running', 'the dashboard, without a token prompt')
+  // A browser asks for /favicon.ico unless the page names its icon (headless Chromium never asks, so the
+  // page itself is checked): an inline one, so nothing goes to the admin listener for it.
+  const icon = await page.evaluate(() => document.querySelector('link[rel~="icon"]')?.getAttribute('href') ?? null)
+  t.match(icon, /^data:/, `the page names an inline icon (${String(icon)}), so no browser asks the admin listener for /favicon.ico`)
+  t.notOk(asked.includes('/favicon.ico'), `the page never asked for /favicon.ico (asked: ${[...new Set(asked)].join(' ')})`)
+  t.same(missing, [], 'no request was answered 404')
+  t.equal(await page.locator('#logout-btn').isVisible(), false, 'with no token held, there is no "Forget token" button')
+})
+
 t.test('console: the page is usable with the keyboard and has landmarks, headed tables and a live region', async (t) => {
   const backend = await startMuxBackend(t, () => {})
   const f = await startFerry(t, {
@@ -220,6 +241,7 @@ t.test('console: the page is usable with the keyboard and has landmarks, headed 
   await page.keyboard.type(TOKEN)
   await page.keyboard.press('Enter')
   await waitText(page, '#gateway-state', (s) => s === 'running', 'the dashboard')
+  t.equal(await page.getByRole('button', { name: 'Forget token' }).isVisible(), true, 'with a token held, the "Forget token" button is there')
   t.equal(await page.getByRole('main').count(), 1, 'one main landmark')
   t.equal(await page.getByRole('banner').count(), 1, 'one banner landmark (header)')
   t.equal(await page.locator('[aria-live="polite"]').count(), 2, 'two polite live regions (connection/state, action results)')

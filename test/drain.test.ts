@@ -226,6 +226,40 @@ t.test('a second SIGTERM shortens the drain (a 60 s grace and deadline); exit 0'
   t.equal(await closedCode(c), 1012, 'the session was migrated (1012)')
 })
 
+t.test('idle keep-alive connections do not hold a drain: SIGTERM exits within 1.5 s (not uWS\'s 10 s idle timer), the request in flight is answered whole, the admin port is free at once', async (t) => {
+  slowSeen = 0
+  const api = await httpBackend(t, 300)
+  const f = await startFerry(t, { upstreams: { api: { protocol: 'http', endpoints: [`127.0.0.1:${api}`] } }, routes: [{ match: { path: '/' }, upstream: 'api' }] })
+  const exited = new Promise<number | null>((resolve) => { f.child.once('exit', resolve) })
+  /** A raw keep-alive connection: its request gets one response, then it stays open (idle) until Ferry closes it. */
+  const keepAlive = async (path: string): Promise<{ text: () => string, closedAt: Promise<number>, socket: Socket }> => {
+    const s = (await import('node:net')).connect(f.httpPort, '127.0.0.1')
+    t.teardown(() => { s.destroy() })
+    let text = ''
+    s.setEncoding('latin1').on('data', (d: string) => { text += d })
+    s.on('error', () => {})
+    const closedAt = new Promise<number>((resolve) => { s.on('close', () => { resolve(Date.now()) }) })
+    s.write(`GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`)
+    return { text: () => text, closedAt, socket: s }
+  }
+  const idle = await Promise.all([keepAlive('/a'), keepAlive('/b'), keepAlive('/c')])
+  await waitFor('three idle keep-alive connections, each answered', () => idle.every((c) => /\r\n\r\nok \/[abc]$/.test(c.text())))
+  const busy = await keepAlive('/slow')
+  await waitFor('the slow request to reach the backend', () => slowSeen === 1)
+  const t0 = Date.now()
+  f.child.kill('SIGTERM')
+  const code = await exited
+  const ms = Date.now() - t0
+  t.equal(code, 0, 'exit 0')
+  t.ok(ms < 1500, `the process exited ${ms} ms after SIGTERM (bound 1500 ms; the slow request takes 300 ms, uWS's idle timer 10 s)`)
+  const free = createNetServer()
+  const bound = await new Promise<boolean>((resolve) => { free.once('error', () => { resolve(false) }); free.listen(f.adminPort, '127.0.0.1', () => { resolve(true) }) })
+  free.close()
+  t.ok(bound, `the admin port ${f.adminPort} can be bound right after the exit`)
+  t.match(busy.text(), /^HTTP\/1\.1 200 OK\r\n[^]*\r\nconnection: close\r\n[^]*\r\n\r\nok \/slow$/i, 'the request in flight got its whole response, with Connection: close')
+  for (const c of idle) t.ok(await c.closedAt - t0 < 1500, 'an idle keep-alive connection was closed by the drain (within 1500 ms of SIGTERM)')
+})
+
 t.test('SIGTERM during start-up: the gateway finishes starting, drains and exits 0', async (t) => {
   const log: BackendLog = { created: 0, closed: 0, resumed: 0 }
   const mux = await echoMux(t, log)

@@ -268,6 +268,56 @@ t.test('body over http.maxBodyBytes 1000 → 413 FERRY_ERR_BODY_TOO_LARGE, decla
   t.equal(small.body, '1000', 'and reaches the backend whole (1000 bytes)')
 })
 
+/**
+ * A client that sends `Expect: 100-continue` and uploads as soon as it reads a `100 Continue` with no final
+ * status behind it (what curl does). Resolves with everything it read and how many body bytes it sent.
+ */
+async function expectContinue (f: FerryProcess, path: string, length: number, head = ''): Promise<{ text: string, uploaded: number }> {
+  return await new Promise((resolve) => {
+    const s = connect(f.httpPort, '127.0.0.1')
+    let text = ''
+    let uploaded = 0
+    s.setEncoding('latin1')
+    s.on('data', (d: string) => {
+      text += d
+      const rest = text.split('HTTP/1.1 100 Continue\r\n\r\n')[1]
+      if (rest !== undefined && uploaded === 0 && !rest.startsWith('HTTP/1.1 ')) {
+        uploaded = length
+        s.write('x'.repeat(length))
+      }
+    })
+    s.on('error', () => {})
+    s.setTimeout(5000, () => { s.destroy() })
+    s.on('close', () => { resolve({ text, uploaded }) })
+    s.write(`POST ${path} HTTP/1.1\r\nHost: a\r\nContent-Length: ${length}\r\nExpect: 100-continue\r\n${head}\r\n`)
+  })
+}
+
+t.test('Expect: 100-continue with a Content-Length over maxBodyBytes 1000: the 413 leaves with uWS\'s 100 Continue, so the client never uploads', async (t) => {
+  let started = 0
+  const backend = await startBackend(t, (req, res) => { started++; req.resume(); req.on('end', () => res.end('ok')) })
+  const f = await startFerry(t, httpConfig([backend.address], {}, { http: { maxBodyBytes: 1000 } }))
+  // uWS 20.30 writes the 100 itself, before Ferry sees the request; a 413 written a loop turn later
+  // reached the client after it, and the client started its upload.
+  const ROUNDS = 20
+  let uploads = 0
+  for (let i = 0; i < ROUNDS; i++) {
+    const r = await expectContinue(f, `/up/${i}`, 50_000)
+    if (r.uploaded > 0) uploads++
+    if (i === 0) {
+      t.match(r.text, /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 413 /, 'the client reads 100 Continue and the 413 together (uWS sends the 100 before any handler runs)')
+      t.match(r.text, /\r\nconnection: close\r\n/i, 'the 413 says Connection: close')
+      t.equal(ferryError(r.text.slice(r.text.indexOf('{'))).code, 'FERRY_ERR_BODY_TOO_LARGE', 'error.code FERRY_ERR_BODY_TOO_LARGE')
+    }
+  }
+  t.equal(uploads, 0, `in ${ROUNDS} exchanges the client never had a 100 Continue without the 413 behind it, so it uploaded ${uploads} times (bound 0)`)
+  t.equal(started, 0, 'the backend never saw a refused request')
+  const accepted = await expectContinue(f, '/up/small', 1000, 'Connection: close\r\n')
+  t.equal(accepted.uploaded, 1000, 'a body within maxBodyBytes 1000 still gets 100 Continue alone, and is uploaded')
+  t.match(accepted.text, /HTTP\/1\.1 200 OK/, 'and served 200')
+  t.equal(started, 1, 'the backend saw that one request')
+})
+
 t.test('no route → 404 FERRY_ERR_NO_ROUTE', async (t) => {
   const paths: string[] = []
   const backend = await startBackend(t, (req, res) => { paths.push(req.url ?? ''); res.end('api') })
@@ -421,6 +471,7 @@ t.test('request headers: hop-by-hop dropped, X-Forwarded-* set, X-Request-Id gen
       'keep-alive': 'timeout=5',
       'x-end-to-end': 'yes',
       'x-forwarded-for': '203.0.113.9',
+      'x-forwarded-proto': 'https',
     },
   })
   t.equal(r.status, 200, 'the request gets 200')
@@ -430,7 +481,7 @@ t.test('request headers: hop-by-hop dropped, X-Forwarded-* set, X-Request-Id gen
   t.equal(seen['x-end-to-end'], 'yes', 'an end-to-end header is forwarded unchanged')
   t.equal(seen.host, 'example.test:8080', 'Host is forwarded as the client sent it')
   t.equal(seen['x-forwarded-for'], '127.0.0.1', 'X-Forwarded-For is replaced by the client address (the peer is not in http.trustedProxies, empty by default)')
-  t.equal(seen['x-forwarded-proto'], 'http', 'X-Forwarded-Proto is http')
+  t.equal(seen['x-forwarded-proto'], 'http', 'X-Forwarded-Proto is http: the client\'s "https" is replaced (Ferry has no TLS front)')
   t.equal(seen['x-forwarded-host'], 'example.test:8080', 'X-Forwarded-Host is the client\'s Host')
   const generated = seen['x-request-id']
   t.match(String(generated), /^[0-9a-f]{8}-[0-9a-z]+$/, `an X-Request-Id is generated when absent (got ${String(generated)})`)
@@ -443,6 +494,12 @@ t.test('request headers: hop-by-hop dropped, X-Forwarded-* set, X-Request-Id gen
   const r3 = await send(f, '/h', { headers: { 'x-request-id': 'client-id-123' } })
   t.equal(seen['x-request-id'], 'client-id-123', 'a client X-Request-Id is forwarded unchanged')
   t.equal(r3.headers['x-request-id'], 'client-id-123', 'and echoed in the response unchanged')
+
+  // Even from a trusted proxy (one that terminated TLS in front of Ferry) the value is Ferry's own: http.
+  const behindProxy = await startFerry(t, httpConfig([backend.address], {}, { http: { trustedProxies: ['127.0.0.1'] } }))
+  await send(behindProxy, '/h', { headers: { 'x-forwarded-proto': 'https', 'x-forwarded-for': '203.0.113.9' } })
+  t.equal(seen['x-forwarded-for'], '203.0.113.9, 127.0.0.1', 'from a trusted proxy, X-Forwarded-For is appended to')
+  t.equal(seen['x-forwarded-proto'], 'http', 'but X-Forwarded-Proto is still http, whatever the proxy said')
 })
 
 t.test('response headers: hop-by-hop headers from the backend are not forwarded to the client', async (t) => {

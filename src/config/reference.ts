@@ -1,5 +1,6 @@
 import { z } from 'zod'
 import { ERRORS } from '../errors.js'
+import { EMBEDDED_DEFAULTS, loadConfig } from './load.js'
 import { configSchema } from './schema.js'
 
 interface JsonSchema {
@@ -73,9 +74,21 @@ Unknown keys are errors. \`ferry check --config FILE\` lists every problem with 
 | --- | --- | --- | --- |
 ${out.filter((r) => !/^\| `[^`]*\[\]` \|/.test(r)).join('\n')}
 
-Embedded defaults (\`ferry start\` without a file): one \`http\` upstream \`demo\` at \`127.0.0.1:3000\`
-routed at \`/\`, HTTP front on \`0.0.0.0:8080\`, admin on \`127.0.0.1:9901\`.
+${describeEmbeddedDefaults()}
 `
+}
+
+/** The embedded-defaults paragraph, read from EMBEDDED_DEFAULTS itself so it cannot drift from what `ferry start` runs. */
+export function describeEmbeddedDefaults (): string {
+  const cfg = loadConfig(undefined, {})
+  const code = (s: unknown): string => `\`${String(s)}\``
+  const upstreams = Object.entries(EMBEDDED_DEFAULTS.upstreams ?? {}).map(([name, u]) => `${code(name)} (${u.protocol} at ${(u.endpoints ?? []).map(code).join(', ')})`)
+  const routes = cfg.routes.map((r) => `${code(r.match.path)} → ${code(r.upstream)}`)
+  const drain = Object.entries(EMBEDDED_DEFAULTS.drain ?? {}).map(([k, v]) => code(`${k}: ${String(v)}`))
+  const { http, admin } = cfg.listen
+  return `Embedded defaults (\`ferry start\` without a file; what \`make run\` runs): upstreams ${upstreams.join(' and ')}; ` +
+    `routes ${routes.join(', ')}; HTTP front on ${code(`${http.host}:${http.port}`)}, admin on ${code(`${admin.host}:${admin.port}`)}; ` +
+    `drain ${drain.join(', ')} (a local run has no load balancer to wait for); everything else as in the table.`
 }
 
 /** docs/errors.md, rendered from the error table. */

@@ -10,7 +10,9 @@ import type { Metrics } from '../observability/metrics.js'
  * grace: /readyz says 503 while the listeners still accept (load balancers catch up).
  * migrating: listeners closed; WebSocket sessions leave in paced waves (≤ maxMigrationsPerSec, spread
  *   over spreadMs); HTTP responses carry `Connection: close`.
- * finishing: in-flight HTTP requests, TCP connections and idle keep-alive client connections end.
+ * finishing: in-flight HTTP requests and TCP connections end; once no HTTP request is in flight and
+ *   nothing has been leaving on the HTTP port for two ticks, the idle keep-alive client connections left
+ *   are closed (not left to uWS's 10 s idle timer).
  * Then the gateway closes its upstreams (mux links get GOAWAY), its store and admin listener.
  */
 export type DrainPhase = 'idle' | 'grace' | 'migrating' | 'finishing' | 'done'
@@ -31,6 +33,10 @@ export interface DrainTarget {
   httpInFlight: () => number
   /** Client connections on the HTTP port other than WebSocket sessions (idle keep-alive); undefined when not measurable. */
   idleHttpConnections: () => number | undefined
+  /** Connections on the HTTP port with bytes still leaving (a response tail, a WebSocket close); undefined when not measurable. */
+  httpSending: () => number | undefined
+  /** Closes every client connection left on the HTTP port (asked when no request, no session and nothing leaving is left). */
+  closeHttpConnections: () => void
   tcpOpen: () => number
   /** The deadline passed: closes whatever is still open; returns the sessions it closed. */
   forceClose: () => number
@@ -68,6 +74,9 @@ export class DrainController {
   private allowance = 0
   private lastTick = 0
   private hurried = 0
+  /** Finishing ticks in a row with no HTTP request in flight and nothing leaving on the HTTP port. */
+  private httpQuiet = 0
+  private httpClosed = false
   private readonly migrated = { resumable: 0, plain: 0, forced: 0 }
   private timer: NodeJS.Timeout | undefined
   private resolveDone!: () => void
@@ -176,6 +185,16 @@ export class DrainController {
       }
     }
     if (this.phase === 'finishing') {
+      if (!this.httpClosed && this.target.httpInFlight() === 0) {
+        // Idle keep-alive connections would stay until uWS's idle timer (10 s). They are closed once
+        // nothing has been leaving on the port for two ticks: a close frame or a response tail still in
+        // the kernel's send queue (or, between two ticks, in uWS's) is never cut.
+        this.httpQuiet = (this.target.httpSending() ?? 0) === 0 ? this.httpQuiet + 1 : 0
+        if (this.httpQuiet >= 2) {
+          this.httpClosed = true
+          this.target.closeHttpConnections()
+        }
+      }
       // The idle-connection count reads /proc/net/tcp: asked last, only once the cheap counters are zero.
       if (this.target.httpInFlight() === 0 && this.target.tcpOpen() === 0 && (this.target.idleHttpConnections() ?? 0) === 0) { void this.end(false); return }
     }

@@ -51,6 +51,8 @@ export interface FrontDeps {
 export class HttpFront {
   private readonly app: TemplatedApp
   private socket: ListenSocket | undefined
+  /** closeConnections() ran: every client connection was closed (the end of a drain). */
+  private connectionsClosed = false
   private reqOpts: RequestOptions
   /** How request bodies are read (http.body*, minBodyRate*, the body limits), shared by every exchange (made once per config). */
   private bodyPolicy: BodyPolicy
@@ -130,35 +132,52 @@ export class HttpFront {
     this.socket = undefined
   }
 
+  /**
+   * The end of a drain: closes every client connection left on the HTTP port, which by then are idle
+   * keep-alive connections (uWS would keep each up to its 10 s idle timer, and 20.30 has no handle per
+   * HTTP connection to close them one by one). app.close() closes every socket of the app, WebSockets
+   * included: the caller makes sure no request and no session is left, and nothing is still leaving.
+   */
+  closeConnections (): void {
+    this.stopAccepting()
+    if (this.connectionsClosed) return
+    this.connectionsClosed = true
+    // The typings lack close(); the 20.30 binary has it (us_socket_context_close on the HTTP and WebSocket contexts).
+    const app = this.app as TemplatedApp & { close: () => void }
+    app.close()
+  }
+
   private onRequest (res: HttpResponse, req: HttpRequest): void {
     let requestId = ''
     try {
       const creq = readClientRequest(res, req, this.reqOpts)
       requestId = creq.requestId
       const close = creq.close || this.deps.lifecycle.draining
+      // A refusal from here on is written while uWS still reads this request's head (sendError, atHead).
+      const atHead = (creq.contentLength ?? 0) > 0
       const table = this.table
       const route = table.router.match(creq.host, creq.path)
       if (route === undefined) {
         this.noRoute.inc()
-        sendError(res, 404, new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${creq.host}${creq.path}`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0)
+        sendError(res, 404, new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${creq.host}${creq.path}`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, undefined, atHead)
         return
       }
       const ctx = table.upstreams.get(route.upstream)
       if (ctx === undefined) {
         // A ws/mux route: only upgrades belong here.
         this.deps.metrics.httpErrors.labels('FERRY_ERR_UPGRADE_REQUIRED', route.upstream).inc()
-        sendError(res, 426, new FerryError('FERRY_ERR_UPGRADE_REQUIRED', `route ${route.name} takes WebSocket upgrades only`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, ['upgrade', 'websocket'])
+        sendError(res, 426, new FerryError('FERRY_ERR_UPGRADE_REQUIRED', `route ${route.name} takes WebSocket upgrades only`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, ['upgrade', 'websocket'], atHead)
         return
       }
       const maxBody = route.maxBodyBytes ?? table.config.http.maxBodyBytes
       if (creq.contentLength !== undefined && creq.contentLength > maxBody) {
-        this.refuse(res, ctx, route, new FerryError('FERRY_ERR_BODY_TOO_LARGE', `request body of ${creq.contentLength} bytes exceeds maxBodyBytes ${maxBody}`), requestId, true)
+        this.refuse(res, ctx, route, new FerryError('FERRY_ERR_BODY_TOO_LARGE', `request body of ${creq.contentLength} bytes exceeds maxBodyBytes ${maxBody}`), requestId, true, undefined, atHead)
         return
       }
       // ---- edge: concurrency limits (src/edge/limits.ts); the exchange releases the slot when it ends ----
       const refused = this.limits.takeRequest(creq.clientIp)
       if (refused !== undefined) {
-        this.refuse(res, ctx, route, refused, requestId, close || creq.contentLength !== 0, this.limits.retryAfter)
+        this.refuse(res, ctx, route, refused, requestId, close || creq.contentLength !== 0, this.limits.retryAfter, atHead)
         return
       }
       const clientIp = creq.clientIp
@@ -180,7 +199,7 @@ export class HttpFront {
         // The exchange never started, so it will not release the concurrency slot itself.
         release()
         if (!isFerryError(err)) throw err
-        this.refuse(res, ctx, route, err, requestId, close || creq.contentLength !== 0, refusalHeader(err, guard.challenge))
+        this.refuse(res, ctx, route, err, requestId, close || creq.contentLength !== 0, refusalHeader(err, guard.challenge), atHead)
         return
       }
       exchange.start(verdict instanceof Promise
@@ -196,10 +215,10 @@ export class HttpFront {
   }
 
   /** A request refused before its exchange exists (size cap, concurrency limit, edge check): answered and counted on its route. */
-  private refuse (res: HttpResponse, ctx: ExchangeContext, route: { readonly name: string }, err: FerryError, requestId: string, close: boolean, header?: readonly [string, string]): void {
+  private refuse (res: HttpResponse, ctx: ExchangeContext, route: { readonly name: string }, err: FerryError, requestId: string, close: boolean, header?: readonly [string, string], atHead = false): void {
     ctx.metrics.error(err.code)
     ctx.metrics.requests(route.name, err.status)
-    sendError(res, err.status, err, requestId, this.reqOpts.requestIdHeader, close, header)
+    sendError(res, err.status, err, requestId, this.reqOpts.requestIdHeader, close, header, atHead)
   }
 
   private onHandlerError (res: HttpResponse, err: unknown, requestId: string): void {

@@ -1,3 +1,4 @@
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 
 /**
@@ -82,6 +83,7 @@ export class Metrics {
     this.registry = registry
     const r = [registry]
     collectDefaultMetrics({ register: registry, prefix: 'ferry_' }) // ferry_process_*, ferry_nodejs_*
+    eventLoopDelay(registry)
     this.httpRequests = new Counter({ name: 'ferry_http_requests_total', help: 'HTTP requests answered, by route, upstream and status code sent to the client.', labelNames: ['route', 'upstream', 'status'], registers: r })
     this.httpInFlight = new Gauge({ name: 'ferry_client_requests_in_flight', help: 'Client HTTP requests being served now. (uWebSockets.js 20.30 has no per-connection HTTP hook, so idle keep-alive client connections are not counted.)', labelNames: ['kind'], registers: r })
     this.httpErrors = new Counter({ name: 'ferry_errors_total', help: 'Requests ended by a Ferry error, by stable error code (see docs/errors.md).', labelNames: ['code', 'upstream'], registers: r })
@@ -171,4 +173,41 @@ export class Metrics {
     for (const fn of this.collectors) fn()
     return await this.registry.metrics()
   }
+}
+
+const LAG_STATS = { min: 'minimum', max: 'maximum', mean: 'mean', stddev: 'standard deviation', p50: '50th percentile', p90: '90th percentile', p99: '99th percentile' } as const
+
+/**
+ * Replaces prom-client's ferry_nodejs_eventloop_lag_* gauges. Those read its delay histogram at every
+ * scrape and reset it, and a histogram without a sample (right after start, or two scrapes within its
+ * 10 ms resolution) reads min 9223372036.85 s (int64 max in ns) and mean NaN. These have the same names
+ * and meaning but take the histogram only once it has samples: 0 until the first one, then the figures
+ * of the last interval that had any.
+ */
+function eventLoopDelay (registry: Registry): void {
+  registry.removeSingleMetric('ferry_nodejs_eventloop_lag_seconds')
+  for (const stat of Object.keys(LAG_STATS)) registry.removeSingleMetric(`ferry_nodejs_eventloop_lag_${stat}_seconds`)
+  const histogram = monitorEventLoopDelay({ resolution: 10 })
+  histogram.enable()
+  // Registered first: a scrape collects the gauges in order, so the others read what this collect set.
+  const lag: Gauge = new Gauge({
+    name: 'ferry_nodejs_eventloop_lag_seconds',
+    help: 'Lag of event loop in seconds.',
+    registers: [registry],
+    // One collect sets every gauge of the family (prom-client's way): the lag is measured by a setImmediate.
+    collect () {
+      const start = process.hrtime.bigint()
+      setImmediate(() => { lag.set(Number(process.hrtime.bigint() - start) / 1e9) })
+      if (histogram.count === 0) return
+      stats.min.set(histogram.min / 1e9)
+      stats.max.set(histogram.max / 1e9)
+      stats.mean.set(histogram.mean / 1e9)
+      stats.stddev.set(histogram.stddev / 1e9)
+      stats.p50.set(histogram.percentile(50) / 1e9)
+      stats.p90.set(histogram.percentile(90) / 1e9)
+      stats.p99.set(histogram.percentile(99) / 1e9)
+      histogram.reset()
+    },
+  })
+  const stats = Object.fromEntries(Object.entries(LAG_STATS).map(([stat, what]) => [stat, new Gauge({ name: `ferry_nodejs_eventloop_lag_${stat}_seconds`, help: `The ${what} of the recorded event loop delays (0 until the first sample).`, registers: [registry] })])) as Record<keyof typeof LAG_STATS, Gauge>
 }

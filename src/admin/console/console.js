@@ -132,6 +132,8 @@ function showLogin (why) {
 function showDashboard () {
   $('login').hidden = true
   $('dashboard').hidden = false
+  // Only a token this tab holds can be forgotten (a gateway without admin.token asks for none).
+  $('logout-btn').hidden = token() === ''
 }
 
 $('login-form').addEventListener('submit', (ev) => {
