@@ -82,13 +82,19 @@ function encodePath (path: string): string {
       i += 2
       continue
     }
-    if (c < 0x21 || c === 0x7f) badChar(c, 'path')
-    if (c < 128) { out += PCHAR[c] === 1 ? path[i]! : pctEncodeAscii(c); continue }
-    const [enc, used] = pctEncodeCodePoint(path, i, 'path')
+    const [enc, used] = encodeChar(path, i, PCHAR, 'path')
     out += enc
     i += used - 1
   }
   return out
+}
+
+/** One character at `s[i]` other than `%`: kept if `keep` lists it, else percent-encoded (UTF-8); controls refused. */
+function encodeChar (s: string, i: number, keep: Uint8Array, where: string): [string, number] {
+  const c = s.charCodeAt(i)
+  if (c < 0x21 || c === 0x7f) badChar(c, where)
+  if (c < 128) return [keep[c] === 1 ? s[i]! : pctEncodeAscii(c), 1]
+  return pctEncodeCodePoint(s, i, where)
 }
 
 /** RFC 3986 §5.2.4 over `/`-separated segments, merging empty ones when asked. `path` starts with `/`. */
@@ -112,10 +118,7 @@ function removeDotSegments (path: string, mergeSlashes: boolean): string {
 function encodeQuery (query: string): string {
   let out = ''
   for (let i = 0; i < query.length; i++) {
-    const c = query.charCodeAt(i)
-    if (c < 0x21 || c === 0x7f) badChar(c, 'query')
-    if (c < 128) { out += QCHAR[c] === 1 ? query[i]! : pctEncodeAscii(c); continue }
-    const [enc, used] = pctEncodeCodePoint(query, i, 'query')
+    const [enc, used] = encodeChar(query, i, QCHAR, 'query')
     out += enc
     i += used - 1
   }
