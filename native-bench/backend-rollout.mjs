@@ -29,8 +29,9 @@
 // results/backend-rollout.{md,json,svg} (the chart: client WebSocket disconnects per second, all runs).
 // Exits 1 when the handoff run breaks: plain clients disconnected by a drain 0; plain messages lost,
 // duplicated or reordered in drain windows 0; plain sessions whose state broke in a drain window 0.
-// ferry/client sessions are NOT handed over yet (docs/backend-handoff.md): their closes are reported,
-// never asserted.
+// Also for ferry/client sessions (handed over with their resume state): a drain disconnects none, resets
+// none, and loses, duplicates or reorders none of their messages. A kill takes their state with it:
+// those closes and resets are reported, never asserted.
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { dirname, join } from 'node:path'
@@ -212,7 +213,7 @@ export async function scenario (target, opts = {}, log = () => {}) {
   const events = []
   const ev = (what, extra = {}) => { events.push({ t: Date.now(), what, ...extra }); log(`${target}: ${what}${extra.backend !== undefined ? ` ${extra.backend}` : ''}`) }
   // What the fleet saw, with the time of each (attributed to step windows at the tally).
-  const seen = { plainCloses: [], ferryCloses: [], lost: { p: [], f: [] }, dup: { p: [], f: [] }, reordered: { p: [], f: [] }, stateBreaks: { p: [], f: [] }, rtt: { p: [], f: [] }, handshakeFailures: 0, errors: {} }
+  const seen = { plainCloses: [], ferryCloses: [], ferryResets: [], lost: { p: [], f: [] }, dup: { p: [], f: [] }, reordered: { p: [], f: [] }, stateBreaks: { p: [], f: [] }, rtt: { p: [], f: [] }, handshakeFailures: 0, errors: {} }
   try {
     // -- infrastructure
     const env = { backends: [], pods: [], fronts: [], retired: [] }
@@ -310,7 +311,7 @@ export async function scenario (target, opts = {}, log = () => {}) {
       r.c = new FerryClient(url('f', i), { WebSocket: Ctor, reconnect: { minDelayMs: o.clientMinDelayMs, maxDelayMs: o.clientMaxDelayMs } })
       r.c.on('open', ({ resumed }) => { r.opens++; if (resumed) r.resumed++; else if (r.opens > 1) r.fresh++ })
       // A refused resume: the application sends what never reached the old session again (same numbers).
-      r.c.on('reset', ({ unsent }) => { r.resets++; r.unsent += unsent.length; for (const m of unsent) r.c.send(m) })
+      r.c.on('reset', ({ unsent }) => { r.resets++; seen.ferryResets.push(Date.now()); r.unsent += unsent.length; for (const m of unsent) r.c.send(m) })
       r.c.on('close', () => { r.terminal++ })
       r.c.on('error', () => {})
       r.c.on('message', (d) => { onText(r, typeof d === 'string' ? d : Buffer.from(d).toString()) })
@@ -441,7 +442,7 @@ export async function scenario (target, opts = {}, log = () => {}) {
         at: s.startAt - t0, exitMs: s.exitAt - s.startAt, settledMs: s.doneAt - s.startAt, exitCode: s.exitCode, signal: s.signal,
         drain: s.drained?.result,
         plainCloses: inStep(closesT(seen.plainCloses), s.i), plainCloseCodes: codesOf(seen.plainCloses, s.i),
-        ferryCloses: inStep(closesT(seen.ferryCloses), s.i), ferryCloseCodes: codesOf(seen.ferryCloses, s.i),
+        ferryCloses: inStep(closesT(seen.ferryCloses), s.i), ferryCloseCodes: codesOf(seen.ferryCloses, s.i), ferryResets: inStep(seen.ferryResets, s.i),
         plain: { lost: inStep(seen.lost.p, s.i), duplicated: inStep(seen.dup.p, s.i), reordered: inStep(seen.reordered.p, s.i), stateBreaks: inStep(seen.stateBreaks.p, s.i) },
         ferry: { lost: inStep(seen.lost.f, s.i), duplicated: inStep(seen.dup.f, s.i), reordered: inStep(seen.reordered.f, s.i), stateBreaks: inStep(seen.stateBreaks.f, s.i) },
         rttMs: (() => { const v = rttIn(seen.rtt.p, s.startAt, s.doneAt + 1); return { n: v.length, p50: ms(percentile(v, 50)), p99: ms(percentile(v, 99)), max: ms(Math.max(0, ...v)) } })(),
@@ -507,6 +508,7 @@ export async function scenario (target, opts = {}, log = () => {}) {
       closes: {
         plain: { drain: sumKind((s) => s.plainCloses, 'drain'), kill: sumKind((s) => s.plainCloses, 'kill'), outside: seen.plainCloses.filter((c) => windowOf(c.t) === -1).length },
         ferry: { drain: sumKind((s) => s.ferryCloses, 'drain'), kill: sumKind((s) => s.ferryCloses, 'kill'), outside: seen.ferryCloses.filter((c) => windowOf(c.t) === -1).length },
+        ferryResets: { drain: sumKind((s) => s.ferryResets, 'drain'), kill: sumKind((s) => s.ferryResets, 'kill') },
         peakPerSec: slidingPeak([...closesT(seen.plainCloses), ...closesT(seen.ferryCloses)]),
         plainPeakPerSec: slidingPeak(closesT(seen.plainCloses)),
         series: plainBins.map((b, k) => ({ s: b.s, plain: b.n, ferry: ferryBins[k].n })),
@@ -567,6 +569,13 @@ export function checks (r) {
   add('plain messages duplicated in drains: 0', m.duplicated.drain === 0, `${m.duplicated.drain}`)
   add('plain messages reordered in drains: 0', m.reordered.drain === 0, `${m.reordered.drain}`)
   add('plain sessions whose state broke in a drain: 0', m.stateBreaks.drain === 0, `${m.stateBreaks.drain} (echo counter n ≠ message number k after the move)`)
+  if (r.ferryClient !== null) {
+    const f = r.messages.ferry
+    add('ferry/client clients disconnected by a drain: 0', r.closes.ferry.drain === 0, `${r.closes.ferry.drain} closed in ${drains.length} drain window(s)${r.closes.ferry.drain > 0 ? ` (${drains.map((s) => JSON.stringify(s.ferryCloseCodes)).join(', ')})` : ''}`)
+    add('ferry/client sessions reset by a drain: 0', r.closes.ferryResets.drain === 0, `${r.closes.ferryResets.drain}`)
+    add('ferry/client messages lost, duplicated or reordered in drains: 0', f.lost.drain + f.duplicated.drain + f.reordered.drain === 0, `${f.lost.drain} / ${f.duplicated.drain} / ${f.reordered.drain} of ${fmt(f.sent)} sent`)
+    add('ferry/client sessions whose state broke in a drain: 0', f.stateBreaks.drain === 0, `${f.stateBreaks.drain}`)
+  }
   add('every drained backend exited 0', drains.every((s) => s.exitCode === 0), drains.map((s) => `${s.backend}: ${s.exitCode ?? s.signal}`).join(', '))
   // Reported beside the verdict: the pacing (stalls on a busy 2-core machine bunch a few), and topics.
   // The exact counts are the backends' timestamps: FREEZEs at the draining one (its drain() paces them),
@@ -652,6 +661,7 @@ export function renderMarkdown (res) {
       `| --- | ${h.steps.map(() => '---').join(' | ')} |`,
       `| SIGTERM/SIGKILL → exit (s); drain() result | ${h.steps.map((s) => `${(s.exitMs / 1000).toFixed(1)}${s.drain !== undefined ? `; handedOff ${s.drain.handedOff}, closed ${s.drain.closed}, ${(s.drain.ms / 1000).toFixed(1)} s` : ''}`).join(' | ')} |`,
       `| plain / ferry/client WebSockets closed (codes) | ${h.steps.map((s) => `${s.plainCloses} / ${s.ferryCloses} ${JSON.stringify({ ...s.plainCloseCodes, ...s.ferryCloseCodes })}`).join(' | ')} |`,
+      `| ferry/client sessions reset (resume refused) | ${h.steps.map((s) => `${s.ferryResets}`).join(' | ')} |`,
       `| plain messages lost / duplicated / reordered | ${h.steps.map((s) => `${s.plain.lost} / ${s.plain.duplicated} / ${s.plain.reordered}`).join(' | ')} |`,
       `| ferry/client messages lost / duplicated / reordered | ${h.steps.map((s) => `${s.ferry.lost} / ${s.ferry.duplicated} / ${s.ferry.reordered}`).join(' | ')} |`,
       `| sessions whose state was lost (first time): plain / ferry/client | ${h.steps.map((s) => `${s.plain.stateBreaks} / ${s.ferry.stateBreaks}`).join(' | ')} |`,
@@ -666,7 +676,7 @@ export function renderMarkdown (res) {
     )
     const fc = h.ferryClient
     if (fc !== null) {
-      lines.push(`ferry/client sessions (${fmt(fc.sessions)}) are not handed over yet: a draining backend closes them 1012 and a killed one takes their parked state with it; each reconnects, its resume is refused, and it starts a fresh session (\`reset\`; the application here sends the unacknowledged messages again). Over the run: ${fmt(fc.connections)} connections opened, ${fmt(fc.resumed)} resumed, ${fmt(fc.fresh)} fresh sessions, ${fmt(fc.resets)} resets, ${fmt(fc.unsentResent)} unsent messages sent again, ${fc.open}/${fc.sessions} open at the end, ${fc.onV2} on v2; messages lost / duplicated / reordered: drains ${h.messages.ferry.lost.drain} / ${h.messages.ferry.duplicated.drain} / ${h.messages.ferry.reordered.drain}, kills ${h.messages.ferry.lost.kill} / ${h.messages.ferry.duplicated.kill} / ${h.messages.ferry.reordered.kill} (of ${fmt(h.messages.ferry.sent)} sent).`, '')
+      lines.push(`ferry/client sessions (${fmt(fc.sessions)}) are handed over by a draining backend with their resume state (no close, no reset); a killed one takes their state with it: each reconnects, its resume is refused, and it starts a fresh session (\`reset\`; the application here sends the unacknowledged messages again). Over the run: ${fmt(fc.connections)} connections opened, ${fmt(fc.resumed)} resumed, ${fmt(fc.fresh)} fresh sessions, ${fmt(fc.resets)} resets, ${fmt(fc.unsentResent)} unsent messages sent again, ${fc.open}/${fc.sessions} open at the end, ${fc.onV2} on v2; messages lost / duplicated / reordered: drains ${h.messages.ferry.lost.drain} / ${h.messages.ferry.duplicated.drain} / ${h.messages.ferry.reordered.drain}, kills ${h.messages.ferry.lost.kill} / ${h.messages.ferry.duplicated.kill} / ${h.messages.ferry.reordered.kill} (of ${fmt(h.messages.ferry.sent)} sent).`, '')
     }
     lines.push(`Handoff run checks (the script exits 1 if a ✘ one marked "gate" fails): ${res.checks.map((c) => `${c.ok ? '✔' : '✘'} ${c.name}${c.gate ? '' : ' (reported)'}`).join('; ')}.`, '')
   }
@@ -686,7 +696,7 @@ export function renderSvg (res, { width = 960, height = 420 } = {}) {
     xmax = Math.max(xmax, r.closes.series.at(-1).s + 1)
     const markers = r.events.filter((e) => e.what === 'SIGTERM' || e.what === 'SIGKILL').map((e) => ({ x: e.t / 1000, shape: e.what === 'SIGKILL' ? 'x' : undefined, title: `${t.label}: ${e.what} ${e.backend} at ${(e.t / 1000).toFixed(1)} s` }))
     series.push({ label: `${t.label}, plain: peak ${fmt(r.closes.plainPeakPerSec)} in 1 s`, title: `${t.label}, plain sessions`, color: t.color, points: r.closes.series.map((b) => ({ x: b.s + 0.5, y: b.plain })), markers })
-    if (r.ferryClient !== null) series.push({ label: `${t.label}, ferry/client`, title: `${t.label}, ferry/client sessions (not handed over yet)`, color: t.color, dash: '6,4', points: r.closes.series.map((b) => ({ x: b.s + 0.5, y: b.ferry })) })
+    if (r.ferryClient !== null) series.push({ label: `${t.label}, ferry/client`, title: `${t.label}, ferry/client sessions`, color: t.color, dash: '6,4', points: r.closes.series.map((b) => ({ x: b.s + 0.5, y: b.ferry })) })
   }
   return lineChart({
     title: `Backend rollout under ${fmt(res.options.plain)} plain WebSocket sessions: client disconnects per second`,

@@ -1,7 +1,7 @@
 import t from 'tap'
 import WebSocket from 'ws'
 import { createMuxServer, type MuxServer, type MuxServerOptions, type Session } from '../src/backend/index.js'
-import { adminStatus, metric, startFerry, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { metric, muxLinksReady, startFerry, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
 import { freePort } from './helpers/redis.js'
 
 /**
@@ -78,11 +78,7 @@ function config (endpoints: string[], handoff: Record<string, unknown> = {}): Re
 }
 
 async function linksReady (f: FerryProcess, address: string): Promise<void> {
-  await waitFor(`links to ${address} ready`, async () => {
-    const st = await adminStatus(f)
-    const ep = st.upstreams.find((u: { name: string }) => u.name === 'chat').endpoints.find((e: { address: string }) => e.address === address)
-    return ep !== undefined && ep.links.every((l: { state: string }) => l.state === 'ready')
-  }, 10_000)
+  await muxLinksReady(f, 'chat', address)
 }
 
 /** Sessions start on A (B is not listening yet), then B comes up: the fleet a rollout starts from. */

@@ -20,6 +20,7 @@ interface Step {
   exitCode: number | null
   plainCloses: number
   ferryCloses: number
+  ferryResets: number
   plain: { lost: number, duplicated: number, reordered: number, stateBreaks: number }
   handoffs: { moved: number, lost_moved: number, failed: number, client_gone: number }
   arrivalsWithState: number
@@ -30,7 +31,7 @@ interface Step {
 interface Run {
   steps: Step[]
   closes: { plain: Counts, ferry: Counts }
-  messages: { plain: { sent: number, lost: Counts, duplicated: Counts, reordered: Counts, stateBreaks: Counts }, ferry: { sent: number } }
+  messages: { plain: { sent: number, lost: Counts, duplicated: Counts, reordered: Counts, stateBreaks: Counts }, ferry: { sent: number, lost: Counts, duplicated: Counts, reordered: Counts, stateBreaks: Counts } }
   plain: { sessions: number, up: number, onV2: number, onV2StateIntact: number, gotFinalTopic: number }
   ferryClient: { sessions: number, open: number, resets: number }
 }
@@ -41,7 +42,7 @@ interface Bench {
 const PLAIN = 200
 const FERRY = 50
 
-t.test(`backend rollout under ${PLAIN} plain + ${FERRY} ferry/client sessions: a drain disconnects no plain client and loses, doubles or reorders nothing; a kill fails over`, { timeout: 60_000 }, async (t) => {
+t.test(`backend rollout under ${PLAIN} plain + ${FERRY} ferry/client sessions: a drain disconnects and resets no client and loses, doubles or reorders nothing; a kill fails over`, { timeout: 60_000 }, async (t) => {
   const bench = await import(new URL('../native-bench/backend-rollout.mjs', import.meta.url).href) as Bench
   const workDir = mkdtempSync(join(tmpdir(), 'ferry-rollout-'))
   t.teardown(() => { rmSync(workDir, { recursive: true, force: true }) })
@@ -68,8 +69,11 @@ t.test(`backend rollout under ${PLAIN} plain + ${FERRY} ferry/client sessions: a
   t.ok(drain!.handoffs.moved > 0 && drain!.handoffs.failed === 0, `the gateways moved ${drain!.handoffs.moved} sessions (ferry_mux_handoffs_total moved > 0), failed none`)
   t.equal(drain!.drain!.handedOff, drain!.handoffs.moved, `drain() handed over as many sessions as the gateways moved (${drain!.drain!.handedOff})`)
   t.ok(drain!.arrivalsWithState > 0, `${drain!.arrivalsWithState} sessions arrived on other backends with their state (bound > 0)`)
-  // ferry/client sessions are not handed over yet: the drain closes them 1012 and they start afresh.
-  t.ok(drain!.ferryCloses > 0 && drain!.drain!.closed > 0, `ferry/client sessions are closed by the drain, not handed over (${drain!.ferryCloses} client closes > 0; drain() closed ${drain!.drain!.closed} > 0)`)
+  // ferry/client sessions move with their resume state: no close, no reset, nothing lost.
+  t.equal(drain!.ferryCloses, 0, 'no ferry/client WebSocket was closed by the drain')
+  t.equal(drain!.ferryResets, 0, 'no ferry/client session was reset by the drain')
+  t.equal(drain!.drain!.closed, 0, 'drain() closed no session')
+  t.equal(r.messages.ferry.lost.drain + r.messages.ferry.duplicated.drain + r.messages.ferry.reordered.drain, 0, 'no ferry/client message was lost, duplicated or reordered in the drain')
 
   // The kill: no plain client closed either (crash failover), the state of its sessions is gone.
   t.equal(kill!.plainCloses, 0, 'no plain client WebSocket was closed by the kill (its sessions reopened elsewhere)')

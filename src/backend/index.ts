@@ -22,7 +22,7 @@ import { encodePublish, GoawayCode, ResetCode } from '../mux/codec.js'
 import { MuxConnection, type Hello } from '../mux/connection.js'
 import type { MuxStream, StreamEvents } from '../mux/stream.js'
 import { checkRegisterLabels, defaultAdvertise, Registration, type RegisterOptions } from './register.js'
-import { ACK_EVERY, checkTopic, Session, type Link, type SendData, type SessionHost, type SessionInfo } from './session.js'
+import { ACK_EVERY, checkTopic, Session, type Link, type ResumeCarry, type SendData, type SessionHost, type SessionInfo } from './session.js'
 
 export { Session, type SendData, type SessionInfo } from './session.js'
 export type { RegisterOptions } from './register.js'
@@ -54,10 +54,12 @@ export interface MuxServerOptions {
    * Backend handoff (docs/backend-handoff.md): `server.drain()` moves every session to another backend of
    * the same upstream through the gateway, and sessions from a drained or crashed process arrive here with
    * `session.handoff`. `timeoutMs` (default 2 s) bounds the `handoff` hook; `maxStateBytes` (default
-   * 32 KiB, and never more than the gateway's maxFrameBytes allows) bounds its JSON. `false` turns it off:
-   * `drain()` then closes sessions 1012 in paced waves.
+   * 32 KiB, and never more than the gateway's maxFrameBytes allows) bounds its JSON. A resumable
+   * (`ferry/client`) session moves with its resume state; `ackWaitMs` (default 1 s) bounds how long the
+   * old process waits for its client to acknowledge what it got before it hands over. `false` turns
+   * handoff off: `drain()` then closes sessions 1012 in paced waves.
    */
-  handoff?: { timeoutMs?: number, maxStateBytes?: number } | false
+  handoff?: { timeoutMs?: number, maxStateBytes?: number, ackWaitMs?: number } | false
   /** A prom-client Registry to register the library's metrics in (ferry_backend_*; read from `stats()` at scrape time). */
   registry?: Registry
   /**
@@ -141,6 +143,7 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
   private closing = false
   private draining: Promise<DrainResult> | undefined
   private readonly handoffOpts: { timeoutMs: number, maxStateBytes: number } | undefined
+  readonly handoffAckWaitMs: number
   private readonly handoffCounts = { out: 0, in: 0, lostIn: 0, stateErrors: {} as Record<string, number> }
   private nextLinkId = 0
   /** TCP connections accepted since start (links, including ones that never completed HELLO). */
@@ -162,6 +165,7 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
     this.resumeWindowMs = r.windowMs ?? 30_000
     this.maxReplayBytes = r.maxBufferedBytes ?? 8 * 1024 * 1024
     this.handoffOpts = options.handoff === false ? undefined : { timeoutMs: options.handoff?.timeoutMs ?? 2000, maxStateBytes: options.handoff?.maxStateBytes ?? 32 * 1024 }
+    this.handoffAckWaitMs = options.handoff === false ? 0 : options.handoff?.ackWaitMs ?? 1000
     if (options.registry !== undefined) this.registerMetrics(options.registry)
     const onSocket = (socket: Socket): void => { this.accept(socket) }
     this.server = options.tls !== undefined ? createTlsServer(options.tls, onSocket) : createNetServer(onSocket)
@@ -244,9 +248,10 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
    * Drains this process for a deploy without disconnecting anyone: stops listening and leaves the
    * registry, says GOAWAY on every link (gateways open no new session here), then asks the gateway to move
    * each session to another endpoint of its upstream, at most `maxMigrationsPerSec` a second (default 100).
-   * A moved session's client stays connected; the application's `handoff` hook gives each one's state.
-   * Sessions that cannot move (their gateway does not speak handoff, or they are resumable) are closed 1012
-   * in the same paced waves; whatever is left at `deadlineMs` (default 30 s) is closed 1012. Then the
+   * A moved session's client stays connected; the application's `handoff` hook gives each one's state;
+   * a resumable session takes its resume state along (its id, counts and unacknowledged messages).
+   * Sessions that cannot move (their gateway does not speak handoff, or a parked resumable session, whose
+   * client is away) are closed 1012 in the same paced waves; whatever is left at `deadlineMs` (default 30 s) is closed 1012. Then the
    * server closes. Calling it again returns the same promise.
    */
   async drain (opts: { deadlineMs?: number, maxMigrationsPerSec?: number } = {}): Promise<DrainResult> {
@@ -407,6 +412,12 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
       return { message: () => {}, end: () => {}, drain: () => {} }
     }
     const resumable = this.resumeEnabled && m.resumable === true
+    // A resumable session handed over by another process: it continues here under its id.
+    const carry = resumable ? resumeCarryFrom(m.handoff) : undefined
+    if (carry !== undefined) {
+      info.session = carry.session
+      this.resumable.get(carry.session)?.close(4001, 'session resumed elsewhere')
+    }
     let refused: string | undefined
     if (resumable && m.resume !== undefined && m.resume !== null) {
       const r = m.resume
@@ -429,7 +440,11 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
     if (resumable) {
       // A fresh id always: a refused resume must never continue under the old session's name.
       this.resumable.set(session.id, session)
-      stream.sendAccept({ resumed: false, session: session.id, epoch: 0, received: 0, ...(refused !== undefined ? { reason: refused } : {}) })
+      if (carry !== undefined) {
+        session.adopt(carry)
+        // Nothing is replayed: the client got every message over the connection it still has.
+        stream.sendAccept({ resumed: true, session: session.id, epoch: carry.epoch, received: carry.received, replayed: 0, handoff: true })
+      } else stream.sendAccept({ resumed: false, session: session.id, epoch: 0, received: 0, ...(refused !== undefined ? { reason: refused } : {}) })
     }
     const events = session.events()
     stream.events = events
@@ -496,6 +511,19 @@ function handoffFrom (h: unknown): { handoff?: SessionInfo['handoff'] } {
   const from = typeof o.from === 'string' ? o.from : ''
   if (o.lost === true) return { handoff: { lost: true, from } }
   return { handoff: { state: o.state, from, ...(typeof o.stateError === 'string' ? { stateError: o.stateError } : {}) } }
+}
+
+/** The resume state in OPEN `handoff.resume` (a resumable session handed over), checked; malformed: none. */
+function resumeCarryFrom (h: unknown): ResumeCarry | undefined {
+  const r = h !== null && typeof h === 'object' ? (h as { resume?: unknown }).resume : undefined
+  if (r === null || typeof r !== 'object') return undefined
+  const c = r as Record<string, unknown>
+  const n = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
+  if (typeof c.session !== 'string' || c.session === '' || c.session.length > 256) return undefined
+  if (!n(c.epoch) || !n(c.received) || !n(c.sent) || !n(c.acked) || c.acked > c.sent || !Array.isArray(c.unacked)) return undefined
+  if (c.unacked.length !== c.sent - c.acked) return undefined
+  if (!c.unacked.every((m) => Array.isArray(m) && typeof m[0] === 'string' && (m[1] === 0 || m[1] === 1))) return undefined
+  return c as unknown as ResumeCarry
 }
 
 function handoffTopics (h: unknown): string[] {

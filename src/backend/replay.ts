@@ -44,6 +44,34 @@ export class ReplayBuffer {
     for (let i = this.head + (count - this.acked); i < this.items.length; i++) yield this.items[i]!
   }
 
+  /**
+   * Backend handoff: the newest unacknowledged messages whose base64 fits `budget` bytes, oldest first,
+   * and the count before them (`acked` as the next process will know it: messages older than what fits
+   * are given up, and a resume that needs them is refused as bad_ack).
+   */
+  carry (budget: number): { acked: number, unacked: Array<[string, 0 | 1]> } {
+    const out: Array<[string, 0 | 1]> = []
+    let used = 0
+    for (let i = this.items.length - 1; i >= this.head; i--) {
+      const it = this.items[i]!
+      const b64 = it.data.toString('base64')
+      // Each entry costs its base64 plus `["",0],` in JSON.
+      if (used + b64.length + 8 > budget) break
+      used += b64.length + 8
+      out.push([b64, it.binary ? 1 : 0])
+    }
+    out.reverse()
+    return { acked: this.sent - out.length, unacked: out }
+  }
+
+  /** Backend handoff: starts from another process's buffer (`unacked` are the messages after `acked`, up to `sent`). */
+  restore (sent: number, acked: number, unacked: ReadonlyArray<{ data: Buffer, binary: boolean }>): void {
+    this.clear()
+    this.sent = sent
+    this.acked = acked
+    for (const m of unacked) { this.items.push(m); this.bytes += m.data.length }
+  }
+
   clear (): void {
     this.items = []
     this.head = 0

@@ -34,6 +34,20 @@ export type HandoffInfo =
 
 export type SendData = string | Buffer | Uint8Array | ArrayBuffer
 
+/**
+ * @internal What a resumable session takes to its next process in a handoff (HANDOFF `resume`, then OPEN
+ * `handoff.resume`): its id and fencing epoch, the counts in both directions, and the messages the client
+ * has not acknowledged (base64, binary flag), those after `acked` up to `sent`.
+ */
+export interface ResumeCarry {
+  session: string
+  epoch: number
+  received: number
+  sent: number
+  acked: number
+  unacked: Array<[string, 0 | 1]>
+}
+
 /** @internal A link and the gateway instance it belongs to. */
 export interface Link {
   id: number
@@ -62,6 +76,8 @@ export interface SessionHost {
   /** Backend handoff: the state the application's `handoff` hook gives for `s` (bounded in time and size). */
   handoffState: (s: Session) => Promise<{ state?: unknown, stateError?: string }>
   handedOff: (s: Session) => void
+  /** Backend handoff of a resumable session: how long to wait for the client to acknowledge what it got. */
+  readonly handoffAckWaitMs: number
   readonly resumeWindowMs: number
   readonly maxReplayBytes: number
   sessionEnded: (s: Session) => void
@@ -212,11 +228,12 @@ export class Session extends EventEmitter<SessionEvents> {
 
   /**
    * @internal Backend handoff: asks the gateway to move this session to another backend (MOVE). False
-   * when it cannot be moved: the link's gateway does not speak handoff, or the session is resumable
-   * (those are not handed over yet) or already moving.
+   * when it cannot be moved: parked (no client connected), already moving, or the link's gateway does not
+   * speak handoff (for a resumable session: handoff that carries resume state).
    */
   requestMove (reason: string): boolean {
-    if (this.readyState !== ReadyState.OPEN || this.stream === undefined || this.resumable || this.moving !== 'no' || !this.link.conn.handoff) return false
+    if (this.readyState !== ReadyState.OPEN || this.stream === undefined || this.moving !== 'no' || !this.link.conn.handoff) return false
+    if (this.resumable && !this.link.conn.handoffResume) return false
     this.moving = 'asked'
     this.stream.requestMove(reason)
     return true
@@ -232,15 +249,36 @@ export class Session extends EventEmitter<SessionEvents> {
    * was handed to the application (synchronously, in order). Now: the state from the hook, then every
    * message this session still queues for credit, then HANDOFF. The session then ends here (`close`
    * 1012 with `handedOff` true) while its client stays connected through the gateway.
+   *
+   * A resumable session also takes its resume state: ACK of what it received, then (bounded by
+   * handoff.ackWaitMs) the client's acknowledgements of what it got, which still come on this stream, so
+   * that what travels is usually nothing but counts; then its id, epoch, counts and the messages still
+   * unacknowledged (the newest that fit the frame; a resume that would need older ones is refused).
    */
   private onFreeze (): void {
     const stream = this.stream
     if (stream === undefined || this.readyState !== ReadyState.OPEN || this.moving === 'frozen') return
     this.moving = 'frozen'
+    const live = (): boolean => this.stream === stream && this.readyState === ReadyState.OPEN
+    const flushed = async (): Promise<void> => {
+      while (live() && stream.queued > 0) await new Promise<void>((resolve) => { this.afterDrain = resolve })
+    }
     void this.host.handoffState(this).then(async (st) => {
-      if (stream.queued > 0) await new Promise<void>((resolve) => { this.afterDrain = resolve })
-      if (this.stream !== stream || this.readyState !== ReadyState.OPEN) return
-      stream.handOff(Buffer.from(JSON.stringify(st), 'utf8'))
+      await flushed()
+      if (!live()) return
+      let payload: object = st
+      if (this.resumable) {
+        this.flushAck()
+        if (this.replay.length > 0) await this.acksIn(this.host.handoffAckWaitMs)
+        await flushed() // what the application sent meanwhile
+        if (!live()) return
+        // The frame holds the state, the counts and as many unacknowledged messages as fit.
+        const budget = this.linkMaxFrame - 64 - Buffer.byteLength(JSON.stringify(st)) - 256 - Buffer.byteLength(this.id)
+        const c = this.replay.carry(Math.max(0, budget))
+        const resume: ResumeCarry = { session: this.id, epoch: this.epoch, received: this.received, sent: this.replay.sent, acked: c.acked, unacked: c.unacked }
+        payload = { ...st, resume }
+      }
+      stream.handOff(Buffer.from(JSON.stringify(payload), 'utf8'))
       this.handedOff = true
       this.host.handedOff(this)
       this.stream = undefined
@@ -249,6 +287,16 @@ export class Session extends EventEmitter<SessionEvents> {
   }
 
   private afterDrain: (() => void) | undefined
+  private ackWaiter: (() => void) | undefined
+
+  /** Resolves once the client acknowledged everything sent, or after `ms`. */
+  private async acksIn (ms: number): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const done = (): void => { clearTimeout(timer); this.ackWaiter = undefined; resolve() }
+      const timer = setTimeout(done, ms)
+      this.ackWaiter = done
+    })
+  }
 
   /** Closes the session; the client gets this code and reason (≤ 123 bytes). `close` is emitted. */
   close (code = 1000, reason = ''): void {
@@ -305,7 +353,7 @@ export class Session extends EventEmitter<SessionEvents> {
         if (next !== undefined && (this.stream?.queued ?? 0) === 0) { this.afterDrain = undefined; next() }
         this.safeEmit('drain')
       },
-      ...(this.resumable ? {} : { freeze: () => { this.onFreeze() } }),
+      freeze: () => { this.onFreeze() },
       ...(this.resumable ? { ack: (n: number) => { this.clientAck(n) } } : {}),
     }
   }
@@ -324,7 +372,8 @@ export class Session extends EventEmitter<SessionEvents> {
   private clientAck (n: number): void {
     this.confirmed = true
     // The gateway checks acks against what it delivered; one beyond what was sent is a broken client.
-    if (!this.replay.ack(n) && n > this.replay.sent) this.close(1008, 'acknowledged messages that were never sent')
+    if (!this.replay.ack(n) && n > this.replay.sent) { this.close(1008, 'acknowledged messages that were never sent'); return }
+    if (this.ackWaiter !== undefined && this.replay.length === 0) this.ackWaiter()
   }
 
   private park (reason: string): void {
@@ -362,6 +411,7 @@ export class Session extends EventEmitter<SessionEvents> {
     if (this.isParked) { this.isParked = false; this.host.parked(this, false) }
     this.stream = stream
     this.link = link
+    this.moving = 'no' // a handoff that was under way when the client went away is over
     // A client that reconnected before its old gateway noticed: that connection must not come back.
     old?.close(4001, 'session resumed elsewhere')
     this.epoch++
@@ -377,6 +427,14 @@ export class Session extends EventEmitter<SessionEvents> {
     for (const m of this.replay.after(received)) stream.send(m.data, m.binary)
     this.safeEmit('resume', { gateway: link.gateway, replayed })
     return { events, replayed }
+  }
+
+  /** @internal Backend handoff: this session continues one another process handed over (its resume state). */
+  adopt (c: ResumeCarry): void {
+    this.epoch = c.epoch
+    this.received = c.received
+    this.ackedOut = c.received
+    this.replay.restore(c.sent, c.acked, c.unacked.map(([b, bin]) => ({ data: Buffer.from(b, 'base64'), binary: bin === 1 })))
   }
 
   /** @internal Sends an ACK of the client messages received, if any are unacknowledged. */

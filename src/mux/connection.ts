@@ -27,6 +27,8 @@ export interface Hello {
   resume?: boolean
   /** Both: it speaks backend handoff (MOVE, FREEZE, HANDOFF; docs/mux-protocol.md). Neither side sends them unless both say so. */
   handoff?: boolean
+  /** Both: its handoff also carries resumable sessions (HANDOFF and OPEN `handoff.resume`; docs/backend-handoff.md). */
+  handoffResume?: boolean
 }
 
 export type ConnectionState = 'hello' | 'ready' | 'draining' | 'closed'
@@ -108,7 +110,7 @@ export class MuxConnection {
       initialWindow: opts.initialWindow,
       ...(opts.pingIntervalMs !== undefined && opts.role === 'gateway' ? { pingIntervalMs: opts.pingIntervalMs } : {}),
       ...(opts.resume === true && opts.role === 'backend' ? { resume: true } : {}),
-      ...(opts.handoff === true ? { handoff: true } : {}),
+      ...(opts.handoff === true ? { handoff: true, handoffResume: true } : {}),
     }
     this.write(encodeFrame(FrameType.HELLO, 0, 0, Buffer.from(JSON.stringify(hello))))
   }
@@ -116,6 +118,11 @@ export class MuxConnection {
   /** Both sides advertised backend handoff: MOVE, FREEZE and HANDOFF may be sent on this link. */
   get handoff (): boolean {
     return this.opts.handoff === true && this.peer?.handoff === true
+  }
+
+  /** Both sides' handoff carries resumable sessions too (their resume state travels in HANDOFF and OPEN). */
+  get handoffResume (): boolean {
+    return this.handoff && this.peer?.handoffResume === true
   }
 
   /** The socket can take more without growing past the high-water mark. */

@@ -131,6 +131,15 @@ export async function adminStatus (f: FerryProcess): Promise<any> {
   return await r.json()
 }
 
+/** Waits until every link of the mux upstream `upstream`'s endpoint `address` is ready (/status). */
+export async function muxLinksReady (f: FerryProcess, upstream: string, address: string): Promise<void> {
+  await waitFor(`links to ${address} ready`, async () => {
+    const st = await adminStatus(f)
+    const ep = st.upstreams.find((u: { name: string }) => u.name === upstream).endpoints.find((e: { address: string }) => e.address === address)
+    return ep !== undefined && ep.links.every((l: { state: string }) => l.state === 'ready')
+  }, 10_000)
+}
+
 /** Reads one sample value from /metrics (`name{labels}`), 0 when absent. */
 export async function metric (f: FerryProcess, series: string): Promise<number> {
   const text = await (await fetch(`${f.adminUrl}/metrics`)).text()

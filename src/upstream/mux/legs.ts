@@ -14,6 +14,8 @@ export interface LegEndpoint {
   afterStreamEnd: () => void
   /** The link speaks backend handoff (both HELLOs said so). */
   readonly handoff?: boolean
+  /** Its handoff carries resumable sessions too (both HELLOs said `handoffResume`). */
+  readonly handoffResume?: boolean
 }
 
 export interface LegStalls { send: Counter.Internal, receive: Counter.Internal }
@@ -27,6 +29,8 @@ export interface HandoffRequest {
   /** Topics the session was subscribed to (the new backend subscribes it again). */
   readonly topics: readonly string[]
   readonly why: string
+  /** A resumable session's resume state from the old backend (HANDOFF `resume`), passed on untouched. */
+  readonly resume?: unknown
 }
 
 /** How a leg gets a new stream elsewhere: the upstream that opened it. */
@@ -126,7 +130,7 @@ export class MuxLeg implements UpstreamLeg {
   protected backendEnded (code: number, reason: string, cause: StreamEndCause, errorCode: string | undefined): void {
     const m = this.mover
     // The old backend died (its link), or failed its handoff: the session opens elsewhere, lost.
-    if (m !== undefined && this.legState !== 'closed' && ((cause === 'link' && m.failover) || (this.legState === 'freezing' && cause !== 'peer'))) {
+    if (m !== undefined && this.legState !== 'closed' && this.reopensLost && ((cause === 'link' && m.failover) || (this.legState === 'freezing' && cause !== 'peer'))) {
       this.ep.afterStreamEnd()
       this.relocate({ lost: true, why: cause === 'link' ? `backend link lost: ${reason}` : `handoff failed: ${reason}` })
       return
@@ -142,12 +146,22 @@ export class MuxLeg implements UpstreamLeg {
     return this.slot
   }
 
+  /** The session can be reopened elsewhere without its old backend (crash failover, a failed handoff). */
+  protected get reopensLost (): boolean {
+    return true
+  }
+
+  /** The current link can hand this session over. */
+  protected get movable (): boolean {
+    return this.slot.handoff === true
+  }
+
   /**
    * Starts moving the session to another backend: FREEZE to the old one, which answers with its last
    * messages and HANDOFF. False when it cannot (not open, no mover, the link does not speak handoff).
    */
   startHandoff (why: string): boolean {
-    if (this.legState !== 'open' || this.mover === undefined || this.slot.handoff !== true) return false
+    if (this.legState !== 'open' || this.mover === undefined || !this.movable) return false
     this.to('freezing')
     this.handoffStarted = performance.now()
     this.stream.freeze()
@@ -166,19 +180,21 @@ export class MuxLeg implements UpstreamLeg {
     this.clearHandoffTimer()
     let state: unknown
     let stateError: string | undefined
+    let resume: unknown
     try {
-      const j = JSON.parse(payload.toString('utf8')) as { state?: unknown, stateError?: unknown }
+      const j = JSON.parse(payload.toString('utf8')) as { state?: unknown, stateError?: unknown, resume?: unknown }
       state = j.state
+      resume = j.resume
       if (typeof j.stateError === 'string') stateError = j.stateError.slice(0, 40)
     } catch {
       stateError = 'not_json'
     }
     this.ep.afterStreamEnd()
-    this.relocate({ lost: false, state, stateError, why: 'handoff' })
+    this.relocate({ lost: false, state, stateError, resume, why: 'handoff' })
   }
 
   /** Drops the old link's topic scope and has the mover open the session elsewhere. */
-  private relocate (r: { lost: boolean, state?: unknown, stateError?: string, why: string }): void {
+  private relocate (r: { lost: boolean, state?: unknown, stateError?: string, resume?: unknown, why: string }): void {
     this.clearHandoffTimer()
     if (this.handoffStarted === 0) this.handoffStarted = performance.now()
     this.generation++
@@ -189,7 +205,7 @@ export class MuxLeg implements UpstreamLeg {
     const topics = [...this.topics]
     this.topics.clear()
     const mover = this.mover!
-    mover.move(this, { lost: r.lost, state: r.state, stateError: r.stateError, topics, why: r.why }).then(() => {
+    mover.move(this, { lost: r.lost, state: r.state, stateError: r.stateError, resume: r.resume, topics, why: r.why }).then(() => {
       mover.handoffDone(this, r.lost ? 'lost_moved' : 'moved', performance.now() - this.handoffStarted)
       this.handoffStarted = 0
     }, (err: Error) => {
@@ -253,13 +269,18 @@ export class MuxLeg implements UpstreamLeg {
 
   clientClosed (code: number, reason: string): void {
     const wasMoving = this.legState === 'moving'
+    this.markClosed()
+    // While moving there is no stream: the mover sees `closed` and lets the new one go.
+    if (!wasMoving) this.stream.close(code, reason)
+    this.finished(!wasMoving)
+  }
+
+  /** The client is gone: no handoff continues, nothing held is sent. */
+  protected markClosed (): void {
     this.to('closed')
     this.clearHandoffTimer()
     this.held = []
     this.heldBytes = 0
-    // While moving there is no stream: the mover sees `closed` and lets the new one go.
-    if (!wasMoving) this.stream.close(code, reason)
-    this.finished(!wasMoving)
   }
 
   private clearHandoffTimer (): void {
@@ -290,7 +311,7 @@ export interface Accepted {
 }
 
 /** Token claims the leg does not learn from ACCEPT (`a`: the endpoint the stream is on). */
-export interface LegIdentity { readonly k: string, readonly u: string, readonly a?: string }
+export interface LegIdentity { readonly k: string, readonly u: string, a?: string }
 
 const ACK_RE = /^\d{1,15}$/
 
@@ -301,6 +322,13 @@ const ACK_RE = /^\d{1,15}$/
  * session survives this pod's death. The leg checks the client's acknowledgements (never beyond what
  * was delivered), issues tokens, and lets go of the stream with DETACH (the backend parks the session)
  * unless the client closed normally (1000).
+ *
+ * Backend handoff moves it like any session, where the link's handoff carries resume state: the old
+ * backend's HANDOFF holds the session's id, counts and unacknowledged messages, the new one continues the
+ * session under the same id and answers ACCEPT `handoff: true`, and the client gets a token naming the
+ * new endpoint. The counts go on across the move (the client's connection is the same). A session whose
+ * backend died, or whose handoff failed, is closed 1012 as before: its client resumes (and, its backend
+ * state gone, is told `reset`).
  */
 export class ResumableLeg extends MuxLeg {
   /** Backend data messages delivered to the client before this connection (the client's `received` on resume). */
@@ -308,6 +336,11 @@ export class ResumableLeg extends MuxLeg {
   private delivered = 0
   private lastAck = 0
   private refresh: NodeJS.Timeout | undefined
+  private claims: Omit<ResumeClaims, 't'> | undefined
+  /** The session was reopened by a handoff: the new backend's ACCEPT is due. */
+  private handoffAccept = false
+  /** The client's last ACK while no stream carried it (the session was moving): sent behind the OPEN. */
+  private pendingAck = 0
   private settle: { resolve: (a: Accepted) => void, reject: (e: Error) => void } | undefined
   readonly accepted: Promise<Accepted>
   /** Set by the upstream: a broken client is counted. */
@@ -319,7 +352,7 @@ export class ResumableLeg extends MuxLeg {
     ep: LegEndpoint,
     stalls: LegStalls,
     private readonly tokens: ResumeTokens,
-    private readonly identity: LegIdentity,
+    private identity: LegIdentity,
     /** What the client said it received when it offered to resume (0 for a fresh session). */
     private readonly offeredReceived: number,
     /** Why the gateway itself refused the offered token (the welcome says so). */
@@ -330,12 +363,34 @@ export class ResumableLeg extends MuxLeg {
     this.accepted.catch(() => {}) // the upstream awaits it; an unawaited rejection must not crash
     this.events.ack = (n) => { this.sink.deliver(Buffer.from(`a${n}`, 'latin1'), false) }
     this.events.accept = (payload) => { this.onAccept(payload) }
-    // Resumable sessions are not handed over yet (their replay state lives in the backend library): a
-    // MOVE is ignored and a lost link detaches them as before (the client resumes).
-    this.events.move = () => {}
+  }
+
+  protected override get reopensLost (): boolean {
+    return false
+  }
+
+  protected override get movable (): boolean {
+    return this.ep.handoffResume === true
+  }
+
+  protected override eventsFor (generation: number): StreamEvents {
+    const e = super.eventsFor(generation)
+    // Later streams (after a handoff) need the resume events too; the first one's are set in the constructor.
+    if (generation > 0) {
+      e.ack = (n) => { this.sink.deliver(Buffer.from(`a${n}`, 'latin1'), false) }
+      e.accept = (payload) => { this.onAccept(payload) }
+    }
+    return e
+  }
+
+  override rebind (stream: MuxStream, slot: LegEndpoint, address: string): void {
+    this.handoffAccept = true
+    super.rebind(stream, slot, address)
+    if (this.pendingAck > 0) { stream.sendAck(this.pendingAck); this.pendingAck = 0 }
   }
 
   private onAccept (payload: Buffer): void {
+    if (this.handoffAccept) { this.handoffAccepted(payload); return }
     const settle = this.settle
     if (settle === undefined) { this.stream.reset(ResetCode.PROTOCOL, 'second ACCEPT', 'FERRY_ERR_MUX_BAD_FRAME'); return }
     this.settle = undefined
@@ -353,15 +408,40 @@ export class ResumableLeg extends MuxLeg {
     this.base = a.resumed ? this.offeredReceived : 0
     this.lastAck = this.base
     const claims: Omit<ResumeClaims, 't'> = { s: a.session, ...this.identity, e: a.epoch }
+    this.claims = claims
     // The welcome goes first: the replayed messages follow it on the stream.
     this.control({
       t: 'welcome', token: this.tokens.seal(claims), session: a.session, resumed: a.resumed,
       ...(!a.resumed && (a.reason ?? this.refusal) !== undefined ? { reason: a.reason ?? this.refusal } : {}), received: a.received, protocol: this.appProtocol,
     })
     const every = Math.max(1000, Math.floor(this.tokens.ttlMs / 2))
-    this.refresh = setInterval(() => { this.control({ t: 'token', token: this.tokens.seal(claims) }) }, every)
+    this.refresh = setInterval(() => { if (this.claims !== undefined) this.control({ t: 'token', token: this.tokens.seal(this.claims) }) }, every)
     this.refresh.unref()
     settle.resolve(a)
+  }
+
+  /**
+   * The new backend's answer to a handed-over session: it continues the session (same id, `handoff`),
+   * and the client gets a token naming the new endpoint. Anything else (a fresh session: the resume
+   * state was refused) cannot continue on this connection: the client is closed 1012 and resumes.
+   */
+  private handoffAccepted (payload: Buffer): void {
+    this.handoffAccept = false
+    let ok = false
+    try {
+      const j = JSON.parse(payload.toString('utf8')) as Record<string, unknown>
+      ok = j.resumed === true && j.handoff === true && j.session === this.claims?.s
+    } catch {}
+    if (!ok || this.claims === undefined) {
+      this.onClientError?.('FERRY_ERR_HANDOFF_FAILED')
+      this.sink.end(1012, 'backend restarting; reconnect', 'FERRY_ERR_HANDOFF_FAILED')
+      this.stream.close(1012, 'handoff not continued')
+      this.finished(true)
+      return
+    }
+    this.identity = { ...this.identity, a: this.address }
+    this.claims = { ...this.claims, a: this.address }
+    this.control({ t: 'token', token: this.tokens.seal(this.claims) })
   }
 
   private control (c: object): void {
@@ -378,12 +458,18 @@ export class ResumableLeg extends MuxLeg {
 
   override send (data: Uint8Array, binary: boolean): void {
     const kind = data[0]
-    if (kind === Kind.DATA) { this.stream.send(data.subarray(1), binary); return }
+    // Held while the session changes backends (MuxLeg.send), like any session's messages.
+    if (kind === Kind.DATA) { super.send(data.subarray(1), binary); return }
     if (kind === Kind.ACK && !binary) {
       const text = Buffer.from(data.buffer, data.byteOffset + 1, data.length - 1).toString('latin1')
       const n = ACK_RE.test(text) ? Number(text) : NaN
       if (n >= this.lastAck && n <= this.base + this.delivered) {
-        if (n > this.lastAck) { this.lastAck = n; this.stream.sendAck(n) }
+        if (n > this.lastAck) {
+          this.lastAck = n
+          // While freezing the old backend still takes ACKs (what it waits for before HANDOFF).
+          if (this.state === 'open' || this.state === 'freezing') this.stream.sendAck(n)
+          else if (this.state === 'moving') this.pendingAck = n
+        }
         return
       }
       // Its state cannot be trusted: the backend session ends too.
@@ -396,6 +482,7 @@ export class ResumableLeg extends MuxLeg {
   /** A client that breaks the wire is closed; its backend session is closed with `endSession` as the reason, else parked. */
   private clientBroke (code: number, reason: string, errorCode: string, endSession: string | undefined): void {
     this.onClientError?.(errorCode)
+    this.markClosed()
     this.sink.end(code, reason, errorCode)
     if (endSession !== undefined) this.stream.close(code, endSession)
     else this.stream.detach('client broke the ferry.v1 protocol')
@@ -414,6 +501,10 @@ export class ResumableLeg extends MuxLeg {
   }
 
   override clientClosed (code: number, reason: string): void {
+    // Between backends (moving) there is no stream: the move is abandoned, and the session with it (its
+    // resume state was in the HANDOFF); the client that comes back is told `reset`.
+    if (this.state === 'moving') { super.clientClosed(code, reason); return }
+    this.markClosed()
     // Only a normal close ends the session; anything else is a connection lost: the backend parks it.
     if (code === 1000) this.stream.close(code, reason)
     else this.stream.detach(reason === '' ? `client connection ended (${code})` : reason)

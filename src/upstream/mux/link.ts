@@ -70,6 +70,11 @@ export class LinkSlot {
     return this.conn?.handoff === true
   }
 
+  /** Its handoff carries resumable sessions too. */
+  get handoffResume (): boolean {
+    return this.conn?.handoffResume === true
+  }
+
   get streams (): number {
     return this.conn?.streams.size ?? 0
   }

@@ -368,9 +368,14 @@ export class MuxUpstream implements WsUpstream, LegMover {
     const stream = slot.conn!.openStream(meta, leg.events)
     if (stream === undefined) return undefined
     leg.stream = stream
+    // A handoff reopens it with this metadata: the session continues (handoff.resume), it does not resume.
+    const { resume: _resume, ...next } = meta
+    leg.meta = next
     leg.address = owner.address
+    leg.mover = this
     leg.home = owner.legs
     owner.legs.add(leg)
+    if (hs.split !== undefined) this.splitAsks.set(leg, hs.split)
     // The client is upgraded once the backend said whether the session resumed.
     let timer: NodeJS.Timeout | undefined
     let why = `did not accept the session within ${this.cfg.timeouts.openMs} ms`
@@ -439,13 +444,14 @@ export class MuxUpstream implements WsUpstream, LegMover {
       let owner = balancer.pick(Infinity, now, from, hashed, subset)
       if (owner?.acceptsAt(now) !== true) owner = this.set.active.find((e) => e !== from && e.acceptsAt(now) && within(e, subset)) ?? this.set.active.find((e) => e !== from && e.acceptsAt(now)) ?? (from?.acceptsAt(now) === true ? from : undefined)
       const slot = owner?.readyLink()
-      if (owner !== undefined && slot?.conn !== undefined) {
-        const meta = {
+      // A resumable session goes only where the backend resumes and the link's handoff carries resume state.
+      if (owner !== undefined && slot?.conn !== undefined && (!(leg instanceof ResumableLeg) || (slot.handoffResume && MuxEndpoint.resumes(slot)))) {
+        const meta = fitOpen({
           ...leg.meta,
           handoff: req.lost
             ? { lost: true, from: leg.address, topics: req.topics }
-            : { state: req.state, from: leg.address, topics: req.topics, ...(req.stateError !== undefined ? { stateError: req.stateError } : {}) },
-        }
+            : { state: req.state, from: leg.address, topics: req.topics, ...(req.stateError !== undefined ? { stateError: req.stateError } : {}), ...(req.resume !== undefined ? { resume: req.resume } : {}) },
+        }, slot.conn.peer?.maxFrameBytes ?? 0)
         const stream = slot.conn.openStream(meta, leg.nextEvents())
         if (stream !== undefined) {
           const old = leg.address
@@ -480,8 +486,8 @@ export class MuxUpstream implements WsUpstream, LegMover {
    * A route split with `rebalance` changed: its open sessions on this upstream whose endpoint is outside
    * the subset their key is assigned now move there by backend handoff, at most handoff.maxPerSec a
    * second (waves every 100 ms; each session is looked at again when its wave comes, against the split
-   * running then). Sessions that cannot be handed over (resumable ferry/client sessions, a backend that
-   * does not speak handoff) stay. A newer rebalance replaces what is left of this one. Returns how many
+   * running then). Sessions that cannot be handed over (a backend that does not speak handoff, or, for a
+   * resumable session, does not carry resume state) stay. A newer rebalance replaces what is left of this one. Returns how many
    * sessions it will look at.
    */
   rebalance (sessions: ReadonlyArray<SplitSession>): number {
@@ -537,7 +543,7 @@ export class MuxUpstream implements WsUpstream, LegMover {
    * Moves up to `n` sessions off the endpoint at `address` (the operator drains it; the gateway's
    * EndpointDrainer paces the calls and already keeps new sessions off it): by live handoff (FREEZE,
    * the backend's HANDOFF, the session reopened elsewhere with its client connected) where the link
-   * speaks it; resumable sessions and old backends are closed 1012 with a retry hint
+   * speaks it (for resumable sessions: carries resume state); the others are closed 1012 with a retry hint
    * (endpointDrainReason), their backend told CLOSE 1012. Returns how many it started moving.
    */
   moveSessionsOff (address: string, n: number): number {
@@ -549,7 +555,7 @@ export class MuxUpstream implements WsUpstream, LegMover {
         if (leg.state !== 'open') continue // already moving
         // Live handoff where the link speaks it: the client stays connected (docs/backend-handoff.md).
         if (leg.startHandoff('endpoint draining')) { moved++; continue }
-        // Else (a resumable session, or a backend that predates handoff): CLOSE goes to the backend, then
+        // Else (a backend that predates handoff, or its resumable handoff): CLOSE goes to the backend, then
         // the leg hears the end like any local one: its client is closed 1012 after what the backend sent.
         const stream = leg.stream
         if (stream.state !== 'open') continue
@@ -613,4 +619,29 @@ export class MuxUpstream implements WsUpstream, LegMover {
       })),
     }
   }
+}
+
+/**
+ * A handoff OPEN must fit the new backend's maxFrameBytes (a larger frame would end its whole link).
+ * What gives way, in order: the oldest unacknowledged messages of a resumable session's resume state
+ * (its `acked` moves up: a resume that needs them is refused), then the application state
+ * (`stateError: "too_large"`).
+ */
+export function fitOpen (meta: Record<string, unknown> & { handoff: Record<string, unknown> }, maxFrameBytes: number): typeof meta {
+  const size = (): number => Buffer.byteLength(JSON.stringify(meta))
+  let over = size() - maxFrameBytes
+  if (over <= 0 || maxFrameBytes <= 0) return meta
+  const r = meta.handoff.resume as { acked?: unknown, unacked?: unknown } | undefined
+  if (r !== undefined && r !== null && typeof r === 'object' && Array.isArray(r.unacked) && typeof r.acked === 'number') {
+    const unacked = r.unacked as unknown[]
+    let drop = 0
+    while (over > 0 && drop < unacked.length) over -= JSON.stringify(unacked[drop++]).length + 1
+    meta = { ...meta, handoff: { ...meta.handoff, resume: { ...r, acked: r.acked + drop, unacked: unacked.slice(drop) } } }
+    if (over <= 0) return meta
+  }
+  if ('state' in meta.handoff) {
+    const { state: _state, ...rest } = meta.handoff
+    meta = { ...meta, handoff: { ...rest, stateError: 'too_large' } }
+  }
+  return meta
 }
