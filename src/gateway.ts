@@ -9,13 +9,13 @@ import { connectionsOnPort, establishedOnPort } from './observability/sockets.js
 import { routeName, Router } from './routing/router.js'
 import { SplitStats } from './routing/split.js'
 import { subsetName } from './config/schema.js'
-import type { ExchangeContext } from './upstream/http/exchange.js'
+import { exchangeContext, type ExchangeContext } from './upstream/http/exchange.js'
 import { upstreamMetrics } from './upstream/http/metrics.js'
 import { HttpUpstream } from './upstream/http/pool.js'
 import { TcpListener } from './tcp/listener.js'
 import { TcpUpstream } from './upstream/tcp/upstream.js'
 import { VERSION } from './version.js'
-import type { WsUpstream } from './front/ws-types.js'
+import type { WsUpstream } from './contracts/ws.js'
 import { createWsUpstream, type WsUpstreamDeps } from './upstream/ws-upstreams.js'
 import { canonicalJson, reloadRefusals } from './config/reload.js'
 import type { RouteTable } from './front/route-table.js'
@@ -27,7 +27,7 @@ import { resolveResumeSecret, ResumeTokens, type SecretSource } from './sessions
 import { Admission } from './drain/admission.js'
 import { DrainController, type DrainStatus, type DrainTarget } from './drain/controller.js'
 import { carrierWithoutSessions, EndpointDrainer, type AdminChange, type AdminState, type EndpointCarrier } from './drain/endpoint-drain.js'
-import type { HttpLifecycle } from './upstream/http/exchange.js'
+import type { HttpLifecycle } from './contracts/http.js'
 import { createEndpointSource, type EndpointSource } from './discovery/index.js'
 import { AdminToken, resolveAdminToken } from './admin/token.js'
 import { PodDirectory, podBoardOf, type PodRecord } from './affinity/pods.js'
@@ -297,7 +297,7 @@ export class Gateway {
         this.attachCarriers(twin.upstream, [twin.carrier])
       }
       // The context carries settings from outside the upstream (logging, http): always rebuilt.
-      set.http.set(name, {
+      set.http.set(name, exchangeContext({
         upstream,
         metrics: upstreamMetrics(this.metrics, name),
         log: this.log,
@@ -305,7 +305,7 @@ export class Gateway {
         accessLog: cfg.logging.accessLog,
         requestIdHeader: cfg.http.requestIdHeader,
         retryIdempotent: ucfg.retry.idempotent,
-      })
+      }))
     }
     return set
   }

@@ -82,6 +82,36 @@ t.test('src/ has no import cycle', async (t) => {
   t.same(found.map((c) => `${c.modules.join(', ')} (one cycle: ${c.cycle.join(' → ')})`), [], 'no module imports itself through others (0 strongly connected groups)')
 })
 
+/**
+ * The stages meet in src/contracts/ only: the client side (front/ for HTTP and WebSocket, tcp/ for TCP
+ * listeners) and the backend side (upstream/) never import each other, and the contracts import neither.
+ */
+const APART: Array<[from: string, to: string]> = [
+  ['front/', 'upstream/'], ['upstream/', 'front/'],
+  ['tcp/', 'upstream/'], ['upstream/', 'tcp/'],
+  ['contracts/', 'front/'], ['contracts/', 'upstream/'], ['contracts/', 'tcp/'],
+]
+
+/** Imports that cross a line of APART, as `file → import`. */
+function crossings (graph: Map<string, string[]>): string[] {
+  const out: string[] = []
+  for (const [file, imports] of graph) {
+    for (const to of imports) if (APART.some(([a, b]) => file.startsWith(a) && to.startsWith(b))) out.push(`${file} → ${to}`)
+  }
+  return out.sort()
+}
+
+t.test('front/ and tcp/ meet upstream/ only through contracts/', async (t) => {
+  const graph = importGraph()
+  t.ok([...graph.keys()].some((f) => f.startsWith('contracts/')), 'src/contracts/ exists')
+  t.same(crossings(graph), [], 'no import between front/ or tcp/ and upstream/, and none from contracts/ into them (0 crossings)')
+})
+
+t.test('the layer check finds a crossing', async (t) => {
+  const g = new Map([['front/a.ts', ['upstream/x.ts', 'contracts/c.ts']], ['upstream/x.ts', ['contracts/c.ts']], ['tcp/l.ts', ['upstream/tcp/u.ts']], ['contracts/c.ts', []]])
+  t.same(crossings(g), ['front/a.ts → upstream/x.ts', 'tcp/l.ts → upstream/tcp/u.ts'], 'front → upstream and tcp → upstream, not the contract imports')
+})
+
 t.test('the cycle finder finds a cycle', async (t) => {
   const g = new Map([['a.ts', ['b.ts']], ['b.ts', ['c.ts', 'x.ts']], ['c.ts', ['a.ts']], ['x.ts', []]])
   t.same(cycles(g), [{ modules: ['a.ts', 'b.ts', 'c.ts'], cycle: ['a.ts', 'b.ts', 'c.ts', 'a.ts'] }], 'a → b → c → a, and x outside it')

@@ -4,7 +4,8 @@ import type { Logger } from 'pino'
 import type { Config } from '../config/load.js'
 import { ERRORS, FerryError, isFerryError, toFerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
-import { HttpExchange, sendError, type Admission as EdgeAdmission, type BodyPolicy, type ExchangeContext, type HttpLifecycle, type Refusal } from '../upstream/http/exchange.js'
+import type { Admission as EdgeAdmission, BodyPolicy, HttpLifecycle, HttpTarget, Refusal } from '../contracts/http.js'
+import { sendError } from '../net/error-response.js'
 import { applyAdmitted, refusalHeader, type Admitted } from '../edge/guard.js'
 import { readClientRequest, type RequestOptions } from './http-request.js'
 import { listen, type ListenSocket } from './listen.js'
@@ -167,7 +168,7 @@ export class HttpFront {
       const clientIp = creq.clientIp
       const release = (): void => { this.limits.releaseRequest(clientIp) }
       const size = { maxBytes: maxBody, bufferBytes: route.bufferBodyBytes ?? table.config.http.bufferBodyBytes }
-      const exchange = new HttpExchange(res, creq, route, ctx, size, this.bodyPolicy, release)
+      const exchange = ctx.exchange(res, creq, route, size, this.bodyPolicy, release)
       // ---- end edge ----
       const guard = table.edge.guard(route)
       if (guard === undefined) { exchange.start(); return }
@@ -199,7 +200,7 @@ export class HttpFront {
   }
 
   /** A request refused before its exchange exists (size cap, concurrency limit, edge check): answered and counted on its route. */
-  private refuse (res: HttpResponse, ctx: ExchangeContext, route: { readonly name: string }, err: FerryError, requestId: string, close: boolean, header?: readonly [string, string], atHead = false): void {
+  private refuse (res: HttpResponse, ctx: HttpTarget, route: { readonly name: string }, err: FerryError, requestId: string, close: boolean, header?: readonly [string, string], atHead = false): void {
     ctx.metrics.error(err.code)
     ctx.metrics.requests(route.name, err.status)
     sendError(res, err.status, err, requestId, this.reqOpts.requestIdHeader, close, header, atHead)

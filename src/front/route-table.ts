@@ -1,8 +1,8 @@
 import type { Config } from '../config/load.js'
+import type { HttpTarget } from '../contracts/http.js'
+import type { WsUpstream } from '../contracts/ws.js'
 import type { Edge } from '../edge/guard.js'
 import type { Router } from '../routing/router.js'
-import type { ExchangeContext } from '../upstream/http/exchange.js'
-import type { WsUpstream } from './ws-types.js'
 
 /**
  * What a request is routed with: one config's routes and upstreams. The gateway swaps the whole table
@@ -11,8 +11,8 @@ import type { WsUpstream } from './ws-types.js'
 export interface RouteTable {
   readonly config: Config
   readonly router: Router
-  /** Exchange context per HTTP upstream name. */
-  readonly upstreams: ReadonlyMap<string, ExchangeContext>
+  /** HTTP upstreams by name. */
+  readonly upstreams: ReadonlyMap<string, HttpTarget>
   /** WebSocket-carrying upstreams (ws, mux; and the passthrough of each http upstream) by name. */
   readonly wsUpstreams: ReadonlyMap<string, WsUpstream>
   /** Auth and rate-limit guards of the routes. */
