@@ -107,6 +107,16 @@ t.test('front/ and tcp/ meet upstream/ only through contracts/', async (t) => {
   t.same(crossings(graph), [], 'no import between front/ or tcp/ and upstream/, and none from contracts/ into them (0 crossings)')
 })
 
+t.test('outside src/upstream/, only the registry of upstream/ is imported', async (t) => {
+  const graph = importGraph()
+  const reaching: string[] = []
+  for (const [file, imports] of graph) {
+    if (file.startsWith('upstream/')) continue
+    for (const to of imports) if (to.startsWith('upstream/') && to !== 'upstream/registry.ts') reaching.push(`${file} → ${to}`)
+  }
+  t.same(reaching.sort(), [], 'the upstream kinds are built, kept on a reload and retired in upstream/registry.ts only (0 other imports)')
+})
+
 t.test('the layer check finds a crossing', async (t) => {
   const g = new Map([['front/a.ts', ['upstream/x.ts', 'contracts/c.ts']], ['upstream/x.ts', ['contracts/c.ts']], ['tcp/l.ts', ['upstream/tcp/u.ts']], ['contracts/c.ts', []]])
   t.same(crossings(g), ['front/a.ts → upstream/x.ts', 'tcp/l.ts → upstream/tcp/u.ts'], 'front → upstream and tcp → upstream, not the contract imports')

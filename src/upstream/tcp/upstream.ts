@@ -12,6 +12,7 @@ import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { tcpProbe } from '../probes.js'
 import type { ConnectOwner, TcpBackend, TcpTarget, UpstreamSocketOptions } from '../../contracts/tcp.js'
+import type { Upstream } from '../../contracts/upstream.js'
 
 /**
  * One backend endpoint of a TCP upstream and the bookkeeping the balancer reads. `inflight` counts
@@ -156,7 +157,7 @@ function noop (): void {}
  * after that puts it back on success or out again on failure; with every endpoint ejected all are used).
  * There is no pool and no queue: each client connection gets its own backend connection.
  */
-export class TcpUpstream implements TcpTarget {
+export class TcpUpstream implements TcpTarget, Upstream {
   /** The endpoints, following the upstream's source (removed ones take no new connections; open ones continue). */
   readonly set: EndpointSet<TcpEndpoint>
   private readonly balancer: Balancer<TcpEndpoint>
@@ -166,7 +167,7 @@ export class TcpUpstream implements TcpTarget {
     readonly name: string,
     readonly cfg: TcpUpstreamConfig,
     log: Logger,
-    metrics: Metrics,
+    private readonly metrics: Metrics,
     source: EndpointSource,
   ) {
     this.set = new EndpointSet<TcpEndpoint>(name, source, {
@@ -255,12 +256,23 @@ export class TcpUpstream implements TcpTarget {
    * No new connections after this. Open connections belong to the listeners, which close them (in
    * their own `close`); there is nothing pooled here to flush, so both kinds do the same.
    */
-  close (kind: 'flush' | 'abort'): void {
+  async close (kind: 'flush' | 'abort'): Promise<void> {
     this.closed = true
-    void this.set.close(kind)
+    await this.set.close(kind)
+  }
+
+  /** A reload replaced it: closed now; the connections it made belong to the listeners and continue. */
+  retire (): undefined {
+    void this.close('flush')
+    return undefined
+  }
+
+  labelled (): Array<{ labels: Labels, healthy: boolean }> {
+    return this.set.labelled(Date.now())
   }
 
   collect (): void {
+    this.metrics.upstreamConnections.labels('upstream', 'tcp', this.name).set(this.connectedCount)
     this.set.collect()
   }
 }
