@@ -9,16 +9,11 @@ import { connectionsOnPort, establishedOnPort } from './observability/sockets.js
 import { routeName, Router } from './routing/router.js'
 import { SplitStats } from './routing/split.js'
 import { subsetName } from './config/schema.js'
-import type { ExchangeContext } from './upstream/http/exchange.js'
-import { upstreamMetrics } from './upstream/http/metrics.js'
-import { HttpUpstream } from './upstream/http/pool.js'
 import { TcpListener } from './tcp/listener.js'
-import { TcpUpstream } from './upstream/tcp/upstream.js'
 import { VERSION } from './version.js'
-import type { WsUpstream } from './front/ws-types.js'
-import { createWsUpstream, type WsUpstreamDeps } from './upstream/ws-upstreams.js'
+import { UpstreamRegistry, type UpstreamSet } from './upstream/registry.js'
 import { canonicalJson, reloadRefusals } from './config/reload.js'
-import type { RouteTable } from './front/http-front.js'
+import type { RouteTable } from './front/route-table.js'
 import { Edge } from './edge/guard.js'
 import { DescriptorGuard, type AcceptControl } from './edge/descriptors.js'
 import type { ListenSocket } from './front/listen.js'
@@ -26,9 +21,8 @@ import { createAffinityStore, type AffinityStore } from './affinity/index.js'
 import { resolveResumeSecret, ResumeTokens, type SecretSource } from './sessions/token.js'
 import { Admission } from './drain/admission.js'
 import { DrainController, type DrainStatus, type DrainTarget } from './drain/controller.js'
-import { carrierWithoutSessions, EndpointDrainer, type AdminChange, type AdminState, type EndpointCarrier } from './drain/endpoint-drain.js'
-import type { HttpLifecycle } from './upstream/http/exchange.js'
-import { createEndpointSource, type EndpointSource } from './discovery/index.js'
+import { EndpointDrainer, type AdminChange, type AdminState } from './drain/endpoint-drain.js'
+import type { HttpLifecycle } from './contracts/http.js'
 import { AdminToken, resolveAdminToken } from './admin/token.js'
 import { PodDirectory, podBoardOf, type PodRecord } from './affinity/pods.js'
 import { hostname } from 'node:os'
@@ -37,17 +31,6 @@ import { hostname } from 'node:os'
 const RETIRED_LISTENER_GRACE_MS = 2 ** 31 - 1
 /** This machine's name, for the pod directory (read once, not per heartbeat). */
 const HOST = hostname()
-
-/** One config's upstreams; `keys` holds each one's config (canonical JSON) so a reload keeps unchanged ones. */
-interface UpstreamSet {
-  /** HTTP upstreams, each as its exchange context (`ctx.upstream` is the upstream). */
-  http: Map<string, ExchangeContext>
-  ws: Map<string, WsUpstream>
-  tcp: Map<string, TcpUpstream>
-  /** Each upstream's endpoint source (owned here: an HTTP upstream and its WebSocket twin share one). */
-  sources: Map<string, EndpointSource>
-  keys: Map<string, string>
-}
 
 /** What a reload did, or why it was refused (field-named problems). */
 export type ReloadResult =
@@ -97,17 +80,12 @@ export class Gateway {
   private readonly log: Logger
   private state: GatewayState = 'created'
   private readonly uws: Uws
-  /** The upstreams of the running config (a reload replaces the set; retired ones finish in the background). */
-  private sets: UpstreamSet = { http: new Map(), ws: new Map(), tcp: new Map(), sources: new Map(), keys: new Map() }
-  private readonly retiring = new Set<Promise<void>>()
-  /** WebSocket upstreams a reload replaced, while their sessions last. */
-  private readonly retiredWs = new Set<WsUpstream>()
-  /** HTTP upstreams a reload replaced, while the requests that started on them (queued ones too) last. */
-  private readonly retiredHttp = new Set<HttpUpstream>()
-  private wsDeps: WsUpstreamDeps | undefined
+  /** Every upstream instance: the running config's, and those a reload retired while they finish (made at start). */
+  private upstreams: UpstreamRegistry | undefined
   private tcpListeners: TcpListener[] = []
-  /** Listeners a reload removed, while their connections last. */
+  /** Listeners a reload removed, while their connections last; and their closing, which a stop waits for. */
   private readonly oldListeners = new Set<TcpListener>()
+  private readonly closingListeners = new Set<Promise<void>>()
   private front: HttpFront | undefined
   private admin: AdminServer | undefined
   /** Pauses accepting when file descriptors run low (limits.fdReserve). */
@@ -127,8 +105,6 @@ export class Gateway {
   private readonly drainer: DrainController
   /** Moves sessions off leaving endpoints, holds the operator's admin states (src/drain/endpoint-drain.ts). */
   private readonly endpointDrainer: EndpointDrainer
-  /** What the endpoint drainer sees of each upstream instance (current and retired ones), by instance. */
-  private readonly carriers = new Map<object, EndpointCarrier[]>()
   private drainRequested: string | undefined
   private resolveStopped!: () => void
   /** Resolves once the gateway has stopped (after a drain, or `stop()`). */
@@ -188,9 +164,11 @@ export class Gateway {
     this.store = store
     // Start in a known state: Redis connected, or found unreachable (then the store falls back).
     await store.ready(Math.min(2000, 20 * cfg.affinity.redis.lookupTimeoutMs))
-    this.wsDeps = { gatewayId: cfg.gateway.id, store, ttlMs: cfg.affinity.ttlMs, tokens, routeSplit: (route) => this.router?.byName(route)?.split }
+    const ws = { gatewayId: cfg.gateway.id, store, ttlMs: cfg.affinity.ttlMs, tokens, routeSplit: (route: string) => this.router?.byName(route)?.split }
     this.pods = new PodDirectory(podBoardOf(store), cfg.affinity.redis.podTtlMs, () => this.podRecord(), this.log.child({ component: 'pods' }))
-    this.sets = this.buildUpstreams(cfg, undefined)
+    const upstreams = new UpstreamRegistry({ log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, drainer: this.endpointDrainer, ws })
+    this.upstreams = upstreams
+    upstreams.commit(upstreams.build(cfg))
     try {
       this.edge = new Edge(cfg, undefined, this.log, this.metrics)
       const access = this.adminAccess(cfg)
@@ -206,12 +184,12 @@ export class Gateway {
         flushCounters: () => { this.front?.ws.collect() },
       }, this.metrics, this.log, access, cfg.admin.console)
       const admin = await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
-      this.front = new HttpFront({ uws: this.uws, config: cfg, table: this.table(cfg, this.sets), log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission })
-      for (const u of this.sets.ws.values()) u.bindPublisher?.(this.front.ws)
+      this.front = new HttpFront({ uws: this.uws, config: cfg, table: this.table(cfg, upstreams.current), log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission })
+      upstreams.bindPublisher(this.front.ws)
       const http = await this.front.listen()
       const tcp: Record<string, number> = {}
       for (const [i, lcfg] of cfg.listen.tcp.entries()) {
-        const listener = new TcpListener(i, lcfg, this.sets.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
+        const listener = new TcpListener(i, lcfg, upstreams.current.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
         this.tcpListeners.push(listener)
         tcp[lcfg.name] = await listener.listen()
       }
@@ -245,87 +223,6 @@ export class Gateway {
     }
   }
 
-  /** Builds the upstreams of `cfg`, reusing those of `prev` whose config did not change (their pools and links stay). */
-  private buildUpstreams (cfg: Config, prev: UpstreamSet | undefined): UpstreamSet {
-    const set: UpstreamSet = { http: new Map(), ws: new Map(), tcp: new Map(), sources: new Map(), keys: new Map() }
-    const wsDeps = this.wsDeps!
-    for (const [name, ucfg] of Object.entries(cfg.upstreams)) {
-      const key = canonicalJson(ucfg)
-      set.keys.set(name, key)
-      const same = prev?.keys.get(name) === key
-      const log = this.log.child({ upstream: name })
-      const source = same ? prev!.sources.get(name)! : createEndpointSource(name, ucfg, { log, metrics: this.metrics })
-      set.sources.set(name, source)
-      source.start()
-      if (ucfg.protocol === 'tcp') {
-        if (same) set.tcp.set(name, prev!.tcp.get(name)!)
-        else {
-          const u = new TcpUpstream(name, ucfg, log, this.metrics, source)
-          set.tcp.set(name, u)
-          this.attachCarriers(u, [carrierWithoutSessions(name, u.set)])
-        }
-        continue
-      }
-      if (ucfg.protocol === 'ws' || ucfg.protocol === 'mux') {
-        if (same) set.ws.set(name, prev!.ws.get(name)!)
-        else {
-          const { upstream, carrier } = createWsUpstream(name, ucfg, log, this.metrics, source, wsDeps)
-          set.ws.set(name, upstream)
-          this.attachCarriers(upstream, [carrier])
-        }
-        continue
-      }
-      const upstream = same ? prev!.http.get(name)!.upstream : new HttpUpstream(name, ucfg, log, this.metrics, source)
-      // WebSocket upgrades on routes to this HTTP upstream go to its endpoints 1:1 (what nginx does with
-      // Upgrade headers), as a passthrough upstream of its own (metrics label `NAME:ws`) on the same source.
-      // It reads the HTTP upstream's active checks instead of probing every endpoint a second time (the
-      // HTTP upstream subscribed to the source first, so its members exist when the twin's are made).
-      if (same) set.ws.set(name, prev!.ws.get(name)!)
-      else {
-        const twin = createWsUpstream(`${name}:ws`, {
-          protocol: 'ws',
-          balance: ucfg.balance,
-          timeouts: { connectMs: ucfg.timeouts.connectMs + ucfg.timeouts.responseMs },
-          ejection: ucfg.ejection,
-          healthCheck: undefined,
-          whenAllUnhealthy: ucfg.whenAllUnhealthy,
-          drain: ucfg.drain,
-        }, log, this.metrics, source, wsDeps, { configName: name, sharedHealth: (address) => upstream.set.member(address)?.checked })
-        set.ws.set(name, twin.upstream)
-        // One upstream name, two instances: an operator drain holds both (requests and sessions).
-        this.attachCarriers(upstream, [carrierWithoutSessions(name, upstream.set)])
-        this.attachCarriers(twin.upstream, [twin.carrier])
-      }
-      // The context carries settings from outside the upstream (logging, http): always rebuilt.
-      set.http.set(name, {
-        upstream,
-        metrics: upstreamMetrics(this.metrics, name),
-        log: this.log,
-        lifecycle: this.lifecycle,
-        accessLog: cfg.logging.accessLog,
-        requestIdHeader: cfg.http.requestIdHeader,
-        retryIdempotent: ucfg.retry.idempotent,
-      })
-    }
-    return set
-  }
-
-  /** A new upstream instance: the endpoint drainer reads and drains it from now on. */
-  private attachCarriers (u: object, carriers: EndpointCarrier[]): void {
-    this.carriers.set(u, carriers)
-    for (const c of carriers) this.endpointDrainer.attach(c)
-  }
-
-  /** A reload replaced the instance: what leaves it still moves off, until `detachCarriers`. */
-  private retireCarriers (u: object): void {
-    for (const c of this.carriers.get(u) ?? []) this.endpointDrainer.retire(c)
-  }
-
-  private detachCarriers (u: object): void {
-    for (const c of this.carriers.get(u) ?? []) this.endpointDrainer.detach(c)
-    this.carriers.delete(u)
-  }
-
   /**
    * POST /upstreams/NAME/endpoints/ADDR/drain (or /ready): the operator's intent for one endpoint of
    * the running config (src/drain/endpoint-drain.ts). `address` is normalised (`127.0.0.1:080` is
@@ -340,10 +237,6 @@ export class Gateway {
       return { ok: false, code: 'FERRY_ERR_UNKNOWN_ENDPOINT', message: `${address} is not host:port` }
     }
     return this.endpointDrainer.setAdmin(upstream, normalised, admin)
-  }
-
-  private get httpUpstreams (): HttpUpstream[] {
-    return [...this.sets.http.values()].map((h) => h.upstream)
   }
 
   /** TCP connections open on current listeners and on those a reload removed. */
@@ -364,7 +257,7 @@ export class Gateway {
     for (const r of cfg.routes) {
       if (r.split?.rebalance !== true) continue
       const name = routeName(r)
-      const upstream = this.sets.ws.get(r.upstream)
+      const upstream = this.upstreams?.current.ws.get(r.upstream)
       const sessions = this.front?.ws.splitSessions(name) ?? []
       const n = upstream?.rebalance?.(sessions) ?? 0
       if (n > 0) this.log.info({ route: name, upstream: r.upstream, sessions: n }, 'route split rebalance: open sessions outside the subset their key is assigned now move there by backend handoff')
@@ -502,18 +395,9 @@ export class Gateway {
     } catch (err) {
       return refuse([(err as Error).message])
     }
-    const prev = this.sets
-    const set = this.buildUpstreams(next, prev)
-    const names = new Set([...prev.keys.keys(), ...set.keys.keys()])
-    const diff = { added: [] as string[], changed: [] as string[], removed: [] as string[], unchanged: [] as string[] }
-    for (const n of names) {
-      const a = prev.keys.get(n)
-      const b = set.keys.get(n)
-      if (a === undefined) diff.added.push(n)
-      else if (b === undefined) diff.removed.push(n)
-      else if (a !== b) diff.changed.push(n)
-      else diff.unchanged.push(n)
-    }
+    const upstreams = this.upstreams!
+    const set = upstreams.build(next)
+    const diff = upstreams.changes(set)
     // Moved HTTP or admin listener: bind the new address while the old one still accepts; the old one
     // closes once the reload succeeded (its established connections continue).
     const moved: { http?: ListenSocket, admin?: ListenSocket } = {}
@@ -523,7 +407,7 @@ export class Gateway {
       if (canonicalJson(this.cfg.listen.admin) !== canonicalJson(next.listen.admin)) moved.admin = await this.admin!.bindNew(next.listen.admin.host, next.listen.admin.port)
     } catch (err) {
       unbind()
-      this.discardNew(set, prev)
+      upstreams.discard(set)
       void edge.retire(this.edge)
       return refuse([`${(err as Error).message} (the running listener keeps serving; a same-port move needs a restart)`])
     }
@@ -543,7 +427,10 @@ export class Gateway {
     // A removed listener's connections continue until they end (or a drain's deadline, or a stop).
     for (const old of oldByName.values()) {
       this.oldListeners.add(old)
-      this.retire(old.close('flush', RETIRED_LISTENER_GRACE_MS).finally(() => { this.oldListeners.delete(old) }))
+      const closing: Promise<void> = old.close('flush', RETIRED_LISTENER_GRACE_MS)
+        .catch((err: unknown) => { this.log.warn({ err }, 'closing a removed TCP listener failed') })
+        .finally(() => { this.oldListeners.delete(old); this.closingListeners.delete(closing) })
+      this.closingListeners.add(closing)
     }
     const tcpPorts: Record<string, number> = {}
     for (const l of keep) tcpPorts[l.cfg.name] = l.port ?? l.cfg.port
@@ -558,7 +445,7 @@ export class Gateway {
       // A port that cannot be bound: undo (the old listeners it replaced are already closing).
       unbind()
       for (const l of bound) void l.close('abort')
-      this.discardNew(set, prev)
+      upstreams.discard(set)
       void edge.retire(this.edge)
       return refuse([(err as Error).message])
     }
@@ -568,8 +455,6 @@ export class Gateway {
     if (moved.admin !== undefined) this.admin!.adopt(moved.admin)
     this.admin!.setAccess(access)
     if (this.ports !== undefined) this.ports = { http: moved.http?.port ?? this.ports.http, admin: moved.admin?.port ?? this.ports.admin, tcp: tcpPorts }
-    for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) u.bindPublisher?.(this.front!.ws)
-    this.sets = set
     this.cfg = next
     void this.edge?.retire(edge)
     this.edge = edge
@@ -579,27 +464,7 @@ export class Gateway {
     this.drainer.reconfigure(next.drain)
     this.log.level = next.logging.level
     // What the new set does not use any more finishes in the background.
-    for (const [n, h] of prev.http) {
-      const u = h.upstream
-      if (set.http.get(n)?.upstream === u) continue
-      this.retiredHttp.add(u)
-      this.retireCarriers(u)
-      this.retire(u.retire().finally(() => { this.retiredHttp.delete(u); this.detachCarriers(u) }))
-    }
-    for (const [n, u] of prev.ws) {
-      if (set.ws.get(n) === u) continue
-      this.retiredWs.add(u)
-      // Sessions on an endpoint the new config no longer has are moved off (paced) meanwhile.
-      this.retireCarriers(u)
-      this.retire(u.retire().finally(() => { this.retiredWs.delete(u); this.detachCarriers(u) }))
-    }
-    for (const [n, u] of prev.tcp) {
-      if (set.tcp.get(n) === u) continue
-      u.close('flush')
-      this.detachCarriers(u)
-    }
-    // A replaced upstream keeps the endpoints it had while it finishes; its source stops now.
-    for (const [n, src] of prev.sources) if (set.sources.get(n) !== src) void src.stop()
+    upstreams.commit(set)
     this.version = version
     this.lastReload = { at: new Date().toISOString(), result: 'ok' }
     this.metrics.configReloads.labels('ok').inc()
@@ -617,19 +482,6 @@ export class Gateway {
     if (!Object.values(cfg.upstreams).some((u) => u.protocol === 'mux')) return
     this.warnedSecret = true
     this.log.warn('resume.secret is not set: resume tokens work only on this process (set resume.secret, resume.secretFile or FERRY_RESUME_SECRET, shared by every pod)')
-  }
-
-  /** A refused reload: closes the upstreams it built (those `prev` does not share). */
-  private discardNew (set: UpstreamSet, prev: UpstreamSet): void {
-    for (const [n, h] of set.http) if (prev.http.get(n)?.upstream !== h.upstream) { this.detachCarriers(h.upstream); void h.upstream.close('abort') }
-    for (const [n, u] of set.ws) if (prev.ws.get(n) !== u) { this.detachCarriers(u); void u.close('abort') }
-    for (const [n, u] of set.tcp) if (prev.tcp.get(n) !== u) { this.detachCarriers(u); u.close('abort') }
-    for (const [n, src] of set.sources) if (prev.sources.get(n) !== src) void src.stop()
-  }
-
-  private retire (p: Promise<void>): void {
-    const tracked = p.catch((err: unknown) => { this.log.warn({ err }, 'retiring an upstream failed') }).finally(() => { this.retiring.delete(tracked) })
-    this.retiring.add(tracked)
   }
 
   /**
@@ -702,17 +554,9 @@ export class Gateway {
     this.front?.stopAccepting()
     this.front?.ws.close()
     for (const l of this.oldListeners) void l.close('abort')
-    for (const u of this.retiredWs) void u.close(kind)
-    for (const u of this.retiredHttp) void u.close(kind)
-    await Promise.all([
-      ...this.retiring,
-      ...[...this.sets.ws.values()].map(async (u) => { await u.close(kind) }),
-      ...this.httpUpstreams.map(async (u) => { await u.close(kind) }),
-      // TCP listeners stop accepting at once, then give open connections up to shutdownGraceMs ('flush').
-      ...this.tcpListeners.map(async (l) => { await l.close(kind) }),
-    ])
-    for (const u of this.sets.tcp.values()) u.close(kind)
-    await Promise.all([...this.sets.sources.values()].map(async (src) => { await src.stop() }))
+    // TCP listeners stop accepting at once, then give open connections up to shutdownGraceMs ('flush').
+    const listenersClosed = Promise.all([...this.closingListeners, ...this.tcpListeners.map(async (l) => { await l.close(kind) })])
+    await (this.upstreams?.close(kind, listenersClosed) ?? listenersClosed)
     await this.pods?.close()
     await this.store?.close(kind)
     await this.edge?.retire(undefined)
@@ -731,31 +575,13 @@ export class Gateway {
     }
     this.front?.ws.collect()
     this.endpointDrainer.collect()
-    for (const u of this.sets.ws.values()) u.collect()
-    for (const u of this.httpUpstreams) {
-      // A retired instance of the same name still serves the requests that started on it: they count.
-      let queued = u.queueDepth
-      let connected = 0
-      for (const ep of u.set.all()) connected += ep.connected
-      for (const r of this.retiredHttp) {
-        if (r.name !== u.name) continue
-        queued += r.queueDepth
-        for (const ep of r.set.all()) connected += ep.connected
-      }
-      m.upstreamQueueDepth.labels(u.name).set(queued)
-      u.set.collect()
-      m.upstreamConnections.labels('upstream', 'http', u.name).set(connected)
-    }
+    this.upstreams?.collect()
     const tcpClients = new Map<string, number>()
     for (const l of this.tcpListeners) {
       l.collect()
       tcpClients.set(l.upstream.name, (tcpClients.get(l.upstream.name) ?? 0) + l.open)
     }
-    for (const u of this.sets.tcp.values()) {
-      m.upstreamConnections.labels('client', 'tcp', u.name).set(tcpClients.get(u.name) ?? 0)
-      m.upstreamConnections.labels('upstream', 'tcp', u.name).set(u.connectedCount)
-      u.collect()
-    }
+    for (const name of this.upstreams?.current.tcp.keys() ?? []) m.upstreamConnections.labels('client', 'tcp', name).set(tcpClients.get(name) ?? 0)
   }
 
   /** A route's split in /status: subsets, weights, their endpoints now, and what was assigned where. */
@@ -764,8 +590,7 @@ export class Gateway {
     const name = routeName(r)
     const split = this.router?.list().find((x) => x.name === name)?.split
     if (split === undefined) return {}
-    const proto = this.config.upstreams[r.upstream]?.protocol
-    const labelled = proto === 'http' ? this.sets.http.get(r.upstream)?.upstream.set.labelled(Date.now()) : this.sets.ws.get(r.upstream)?.labelled()
+    const labelled = this.upstreams?.labelled(r.upstream)
     const by = this.splitsByAdmin.get(name)
     return { split: { ...split.status(labelled), setBy: by === undefined ? 'config' : 'admin', ...(by !== undefined ? { setAt: by } : {}) } }
   }
@@ -794,11 +619,7 @@ export class Gateway {
       limits: this.front?.limits.status(),
       descriptors: this.descriptors?.status(),
       resume: { secret: this.secretSource, tokenTtlMs: this.config.resume.tokenTtlMs },
-      upstreams: [
-        ...this.httpUpstreams.map((u) => u.status()),
-        ...[...this.sets.ws.entries()].filter(([name]) => this.config.upstreams[name]?.protocol !== 'http').map(([, u]) => u.status()),
-        ...[...this.sets.tcp.values()].map((u) => u.status()),
-      ],
+      upstreams: this.upstreams?.status() ?? [],
     }
   }
 }

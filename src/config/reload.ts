@@ -1,5 +1,5 @@
 import type { Config } from './load.js'
-import { UWS_BOUND_SETTINGS, wsSettingsByPath } from '../front/ws-front.js'
+import { UWS_BOUND_SETTINGS, wsSettingsByPath } from './ws-settings.js'
 
 /** JSON with object keys sorted: equal configs give equal strings whatever the key order. */
 export function canonicalJson (v: unknown): string {

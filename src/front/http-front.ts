@@ -4,32 +4,17 @@ import type { Logger } from 'pino'
 import type { Config } from '../config/load.js'
 import { ERRORS, FerryError, isFerryError, toFerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
-import type { Router } from '../routing/router.js'
-import { HttpExchange, sendError, type Admission as EdgeAdmission, type BodyPolicy, type ExchangeContext, type HttpLifecycle, type Refusal } from '../upstream/http/exchange.js'
-import { applyAdmitted, refusalHeader, type Admitted, type Edge } from '../edge/guard.js'
+import type { Admission as EdgeAdmission, BodyPolicy, HttpLifecycle, HttpTarget, Refusal } from '../contracts/http.js'
+import { sendError } from '../net/error-response.js'
+import { applyAdmitted, refusalHeader, type Admitted } from '../edge/guard.js'
 import { readClientRequest, type RequestOptions } from './http-request.js'
 import { listen, type ListenSocket } from './listen.js'
 import type { Uws } from './uws.js'
 import { WsFront } from './ws-front.js'
+import type { RouteTable } from './route-table.js'
 import type { Admission } from '../drain/admission.js'
-import type { WsUpstream } from './ws-types.js'
 import { ConnectionLimits } from '../edge/limits.js'
 import { Networks } from '../net/address.js'
-
-/**
- * What a request is routed with: one config's routes and upstreams. The gateway swaps the whole table
- * on a reload; a request or session looks it up once, when it arrives, and keeps what it got.
- */
-export interface RouteTable {
-  readonly config: Config
-  readonly router: Router
-  /** Exchange context per HTTP upstream name. */
-  readonly upstreams: ReadonlyMap<string, ExchangeContext>
-  /** WebSocket-carrying upstreams (ws, mux; and the passthrough of each http upstream) by name. */
-  readonly wsUpstreams: ReadonlyMap<string, WsUpstream>
-  /** Auth and rate-limit guards of the routes. */
-  readonly edge: Edge
-}
 
 export interface FrontDeps {
   readonly uws: Uws
@@ -183,7 +168,7 @@ export class HttpFront {
       const clientIp = creq.clientIp
       const release = (): void => { this.limits.releaseRequest(clientIp) }
       const size = { maxBytes: maxBody, bufferBytes: route.bufferBodyBytes ?? table.config.http.bufferBodyBytes }
-      const exchange = new HttpExchange(res, creq, route, ctx, size, this.bodyPolicy, release)
+      const exchange = ctx.exchange(res, creq, route, size, this.bodyPolicy, release)
       // ---- end edge ----
       const guard = table.edge.guard(route)
       if (guard === undefined) { exchange.start(); return }
@@ -215,7 +200,7 @@ export class HttpFront {
   }
 
   /** A request refused before its exchange exists (size cap, concurrency limit, edge check): answered and counted on its route. */
-  private refuse (res: HttpResponse, ctx: ExchangeContext, route: { readonly name: string }, err: FerryError, requestId: string, close: boolean, header?: readonly [string, string], atHead = false): void {
+  private refuse (res: HttpResponse, ctx: HttpTarget, route: { readonly name: string }, err: FerryError, requestId: string, close: boolean, header?: readonly [string, string], atHead = false): void {
     ctx.metrics.error(err.code)
     ctx.metrics.requests(route.name, err.status)
     sendError(res, err.status, err, requestId, this.reqOpts.requestIdHeader, close, header, atHead)

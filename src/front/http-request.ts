@@ -4,27 +4,7 @@ import { resolveClientIp } from '../edge/client-ip.js'
 import type { Networks } from '../net/address.js'
 import { formatAddress } from './address.js'
 import { canonicalTarget } from './target.js'
-
-/** Everything Ferry needs from a client request, copied out of uWS's stack-allocated request object. */
-export interface ClientRequest {
-  readonly method: string
-  /** Path and query in their canonical form (src/front/target.ts): what routing, auth and the backend see. */
-  readonly target: string
-  readonly path: string
-  /** The target as uWS gave it, before canonicalisation: what an HMAC-signing client signed. */
-  readonly rawTarget: string
-  readonly host: string
-  /** The client's address as resolved with http.trustedProxies (the TCP peer unless a trusted proxy says otherwise). */
-  readonly clientIp: string
-  readonly requestId: string
-  /** Flat `[name, value, name, value, …]` with hop-by-hop headers removed and X-Forwarded-* set. */
-  readonly headers: string[]
-  /** Declared body length; `undefined` with `chunked` true for a chunked body; 0 when there is none. */
-  readonly contentLength: number | undefined
-  readonly chunked: boolean
-  /** The client asked to close after this response (`Connection: close`). */
-  readonly close: boolean
-}
+import type { ClientRequest } from '../contracts/http.js'
 
 /** Hop-by-hop headers (RFC 9110 §7.6.1) plus ones undici refuses to forward (expect). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect', 'http2-settings'])

@@ -1,19 +1,19 @@
 import { randomBytes } from 'node:crypto'
 import type { HttpRequest, HttpResponse, TemplatedApp, us_socket_context_t, WebSocketBehavior } from 'uWebSockets.js'
 import type { Logger } from 'pino'
-import type { Config } from '../config/load.js'
-import { DEFAULT_FORWARD_HEADERS, type WebSocketRouteConfig } from '../config/schema.js'
+import type { WebSocketRouteConfig } from '../config/schema.js'
+import { DEFAULT_WS_SETTINGS, wsSettingsByPath } from '../config/ws-settings.js'
 import { FerryError, toFerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Route } from '../routing/router.js'
-import type { RouteTable } from './http-front.js'
-import { sendError } from '../upstream/http/exchange.js'
+import type { RouteTable } from './route-table.js'
+import { sendError } from '../net/error-response.js'
 import { formatAddress } from './address.js'
 import { canonicalTarget } from './target.js'
 import type { Uws } from './uws.js'
 import { ClientSession, flushOutboxes, RefusedClient, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
 import type { Admission } from '../drain/admission.js'
-import { readAffinityKey, type ResumeOffer, type TopicPublisher, type UpstreamLeg, type WsHandshake } from './ws-types.js'
+import { readAffinityKey, type ResumeOffer, type TopicPublisher, type UpstreamLeg, type WsHandshake } from '../contracts/ws.js'
 import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wire.js'
 import { applyAdmitted, RateLimited, refusalHeader, type Admitted } from '../edge/guard.js'
 import { splitAsk, type SplitAsk } from '../routing/split.js'
@@ -29,30 +29,6 @@ export interface WsFrontDeps {
   readonly admission: Admission
   readonly limits: ConnectionLimits
 }
-
-/** The uWS-level settings of a WebSocket path: fixed once the path is registered (a reload cannot change them). */
-export const UWS_BOUND_SETTINGS = ['maxPayloadLength', 'idleTimeoutSec', 'compression', 'maxBackpressure'] as const
-
-/** WebSocket route settings by path: the first route of each path decides (uWS binds settings to a URL pattern). */
-export function wsSettingsByPath (config: Config): Map<string, WebSocketRouteConfig> {
-  const byPath = new Map<string, WebSocketRouteConfig>()
-  for (const r of config.routes) {
-    const proto = config.upstreams[r.upstream]?.protocol
-    if ((proto === 'ws' || proto === 'mux') && !byPath.has(r.match.path)) byPath.set(r.match.path, r.websocket ?? DEFAULT_WS_SETTINGS)
-  }
-  return byPath
-}
-
-/** Route settings when a ws/mux route has no `websocket` block (the schema's defaults). */
-export const DEFAULT_WS_SETTINGS: WebSocketRouteConfig = Object.freeze({
-  maxPayloadLength: 1024 * 1024,
-  idleTimeoutSec: 120,
-  compression: 'off',
-  maxBackpressure: 1024 * 1024,
-  maxBufferedToUpstream: 1024 * 1024,
-  subprotocols: [],
-  forwardHeaders: DEFAULT_FORWARD_HEADERS,
-})
 
 const TOPIC_CHECK_BYTES = 64 * 1024
 

@@ -1,7 +1,7 @@
 import type { WebSocket } from 'uWebSockets.js'
 import type { Counter, Gauge } from 'prom-client'
 import type { Metrics } from '../observability/metrics.js'
-import { closeReason, type ClientSink, type UpstreamLeg, type WsHandshake } from './ws-types.js'
+import { closeReason, type ClientSink, type UpstreamLeg, type WsHandshake } from '../contracts/ws.js'
 
 /** Largest WebSocket frame header: 2 bytes, an 8-byte length, a 4-byte mask. */
 const MAX_FRAME_HEADER = 14

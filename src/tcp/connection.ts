@@ -2,7 +2,7 @@ import type { Socket } from 'node:net'
 import type { TcpListenerConfig } from '../config/schema.js'
 import type { FerryError, FerryErrorCode } from '../errors.js'
 import { hashKey } from '../routing/balancer.js'
-import type { ConnectAttempt, ConnectOwner, TcpEndpoint, TcpUpstream, UpstreamSocketOptions } from '../upstream/tcp/upstream.js'
+import type { ConnectOwner, PendingConnect, TcpBackend, TcpTarget, UpstreamSocketOptions } from '../contracts/tcp.js'
 import { normalizeIp } from '../net/address.js'
 import { decodeProxyHeader, encodeProxyV1, encodeProxyV2, type ConnectionAddresses, type ProxyHeader } from './proxy-protocol.js'
 
@@ -26,7 +26,7 @@ export type CloseReason = 'ok' | FerryErrorCode
 /** What a connection needs from the listener that accepted it (the listener owns the shared state). */
 export interface ListenerContext {
   readonly cfg: TcpListenerConfig
-  readonly upstream: TcpUpstream
+  readonly upstream: TcpTarget
   readonly socketOptions: UpstreamSocketOptions
   /** Listener-wide byte totals, flushed into the counters at scrape time. */
   readonly bytes: { toUpstream: number, toClient: number }
@@ -66,8 +66,8 @@ export class TcpConnection implements ConnectOwner {
   private up: Direction = 'open'
   private down: Direction = 'open'
   private upstream: Socket | undefined
-  private ep: TcpEndpoint | undefined
-  private attempt: ConnectAttempt | undefined
+  private ep: TcpBackend | undefined
+  private attempt: PendingConnect | undefined
   /** Bytes of the incoming PROXY header so far (bounded: the decoder rejects anything longer than a header). */
   private headerBuf: Buffer | undefined
   /** Client bytes that arrived after the PROXY header, written to the backend first. */
@@ -158,7 +158,7 @@ export class TcpConnection implements ConnectOwner {
 
   // ---- connecting ----
 
-  onUpstreamConnected (socket: Socket, ep: TcpEndpoint): void {
+  onUpstreamConnected (socket: Socket, ep: TcpBackend): void {
     this.attempt = undefined
     if (this.state !== 'connecting') {
       // cannot happen (close() cancels the attempt), but never leak a socket

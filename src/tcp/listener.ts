@@ -4,7 +4,7 @@ import type { Counter, Histogram } from 'prom-client'
 import type { TcpListenerConfig } from '../config/schema.js'
 import { FerryError, type FerryErrorCode } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
-import type { TcpUpstream, UpstreamSocketOptions } from '../upstream/tcp/upstream.js'
+import type { TcpTarget, UpstreamSocketOptions } from '../contracts/tcp.js'
 import { Networks, normalizeIp } from '../net/address.js'
 import { TcpConnection, type CloseReason, type ListenerContext } from './connection.js'
 
@@ -52,7 +52,7 @@ export class TcpListener implements ListenerContext {
     readonly index: number,
     readonly cfg: TcpListenerConfig,
     /** Where new connections go (a reload may point a kept listener at a new upstream). */
-    public upstream: TcpUpstream,
+    public upstream: TcpTarget,
     private readonly log: Logger,
     private readonly metrics: Metrics,
   ) {

@@ -5,12 +5,13 @@ import type { HttpResponse } from 'uWebSockets.js'
 import type { Dispatcher } from 'undici'
 import type { Logger } from 'pino'
 import { ERRORS, FerryError, isFerryError, type FerryErrorCode } from '../../errors.js'
-import type { ClientRequest } from '../../front/http-request.js'
+import type { Admission, BodyPolicy, BodySize, ClientExchange, ClientRequest, HttpLifecycle, HttpTarget, Refusal } from '../../contracts/http.js'
 import type { Route } from '../../routing/router.js'
 import { splitAsk, type SplitAsk } from '../../routing/split.js'
 import type { HttpEndpoint, HttpUpstream, SlotOutcome, SlotWaiter } from './pool.js'
 import type { UpstreamMetrics } from './metrics.js'
 import { headersForLatin1Writer, latin1Bytes } from '../../net/header-bytes.js'
+import { sendError } from '../../net/error-response.js'
 
 /**
  * States of one proxied request. Moves only forward, through `to()`:
@@ -46,62 +47,12 @@ const DRAIN_LIMIT = 256 * 1024
  */
 const DRAIN_HEADERS_MS = 1000
 
-/** What the edge decided for a request: the headers to send upstream, and the body digest a signature demands. */
-export interface Admission {
-  readonly headers: readonly string[]
-  /** Hex SHA-256 the request body must have (HMAC-signed requests); checked before its last byte goes upstream. */
-  readonly bodySha256?: string | undefined
-}
-
-/** An edge refusal: the error and the response header that goes with it (Retry-After, WWW-Authenticate). */
-export interface Refusal {
-  readonly err: FerryError
-  readonly header?: readonly [string, string] | undefined
-}
-
-/** Shared by every exchange of a gateway: the drain controller reads and sets it. */
-export interface HttpLifecycle {
-  /** Draining: responses say `Connection: close`, so clients take their next request elsewhere. */
-  draining: boolean
-  /** Client requests being served now. */
-  inFlight: number
-}
-
-/** The request body limits the front's `limits` enforce (src/edge/limits.ts), keyed on the client IP. */
-export interface BodyLimits {
-  /** A body that streams into a backend connection while it arrives; released by `releaseStream` once. */
-  takeStream: (ip: string) => FerryError | undefined
-  releaseStream: (ip: string) => void
-  /** Bytes of a body held in memory; released by `releaseBody` with the same total. */
-  chargeBody: (ip: string, bytes: number) => FerryError | undefined
-  releaseBody: (ip: string, bytes: number) => void
-  readonly retryAfter: readonly [string, string]
-}
-
-/**
- * How client request bodies are read (config `http`), shared by every exchange of a config: the
- * deadlines (bodyIdleMs, bodyTimeoutMs; 0: none), the minimum rate of streamed bodies
- * (minBodyRateBytesPerSec over minBodyRateWindowMs; 0: none) and the limits they are counted against.
- */
-export interface BodyPolicy {
-  readonly idleMs: number
-  readonly totalMs: number
-  readonly minRate: number
-  readonly rateWindowMs: number
-  readonly limits?: BodyLimits | undefined
-}
-
-/** What one request's route allows: maxBodyBytes, and bufferBodyBytes (bodies up to it are buffered). */
-export interface BodySize {
-  readonly maxBytes: number
-  readonly bufferBytes: number
-}
-
 const NO_POLICY: BodyPolicy = { idleMs: 0, totalMs: 0, minRate: 0, rateWindowMs: 0 }
 /** uWS's own request timer is re-armed at most this often while body bytes arrive (see onClientData). */
 const REARM_EVERY_MS = 1000
 
-export interface ExchangeContext {
+/** An HTTP upstream under one config, as its exchanges see it; the front sees it as an HttpTarget. */
+export interface ExchangeContext extends HttpTarget {
   readonly lifecycle: HttpLifecycle
   readonly upstream: HttpUpstream
   readonly metrics: UpstreamMetrics
@@ -109,6 +60,12 @@ export interface ExchangeContext {
   readonly accessLog: boolean
   readonly requestIdHeader: string
   readonly retryIdempotent: boolean
+}
+
+/** The context of an HTTP upstream under one config (built again on each reload: it carries settings from outside the upstream). */
+export function exchangeContext (c: Omit<ExchangeContext, 'exchange'>): ExchangeContext {
+  const ctx: ExchangeContext = { ...c, exchange: (res, req, route, size, policy, release) => new HttpExchange(res, req, route, ctx, size, policy, release) }
+  return ctx
 }
 
 /**
@@ -119,7 +76,7 @@ export interface ExchangeContext {
  * (and the gateway's budget), a streamed one by BODY_HIGH_WATER before the client socket is paused; the
  * response holds at most one upstream chunk before the upstream is paused.
  */
-export class HttpExchange implements SlotWaiter, Dispatcher.DispatchHandler {
+export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.DispatchHandler {
   private state: ExchangeState = 'gated'
   private bodyMode: BodyMode = 'none'
   /** A buffered body's chunks while it arrives, then the whole body. */
@@ -779,54 +736,4 @@ export function classify (err: Error): FerryError {
       }
       return new FerryError('FERRY_ERR_UPSTREAM_RESET', msg, { cause: err })
   }
-}
-
-/**
- * A Ferry-generated response: JSON body with the stable error code; Retry-After on 503.
- *
- * With `close`, the connection ends after it and nothing the client sent after the request may be served:
- * the framing of what follows cannot be trusted (smuggling), or the body was left unread. uWS 20.30 does not
- * stop parsing a read when a response ends with closeConnection: a request pipelined behind the refused one
- * in the same read would still reach a handler. It does cut a connection whose next request arrives while
- * the previous response is still pending. So a closing response is written one loop turn later: bytes that
- * came in the same read as the refused request end the connection (the client gets no response, and no
- * request after the refused one is ever dispatched); otherwise the response goes out and uWS closes.
- *
- * `atHead`: called from the request handler itself, for a request that declared a Content-Length body.
- * Before that read ends uWS hands the handler what followed the head in it (onData, possibly nothing).
- * Nothing means nothing can be pipelined behind the request yet, so the answer is written right there,
- * in the same send as what uWS queued for the read: uWS 20.30 writes `100 Continue` for
- * `Expect: 100-continue` by itself before any handler runs, and a refusal written a loop turn later
- * arrives after it, so the client had already been invited to upload. Bytes after the head: a loop turn
- * later, as above.
- */
-export function sendError (res: HttpResponse, status: number, err: FerryError, requestId: string, requestIdHeader: string, close: boolean, extraHeader?: readonly [string, string], atHead = false): void {
-  const body = JSON.stringify({ error: { code: err.code, message: err.status >= 500 && err.code !== 'FERRY_ERR_QUEUE_FULL' && err.code !== 'FERRY_ERR_QUEUE_TIMEOUT' ? STATUS_CODES[status] : err.message, requestId } })
-  const write = (): void => {
-    res.cork(() => {
-      res.writeStatus(`${status} ${STATUS_CODES[status] ?? ''}`)
-      res.writeHeader('content-type', 'application/json')
-      res.writeHeader(requestIdHeader, requestId)
-      if (status === 503 && extraHeader?.[0] !== 'retry-after') res.writeHeader('retry-after', '1')
-      if (extraHeader !== undefined) res.writeHeader(extraHeader[0], extraHeader[1])
-      res.end(body, close)
-    })
-  }
-  if (!close) { write(); return }
-  let gone = false
-  let answered = false
-  const answer = (): void => {
-    if (gone || answered) return
-    answered = true
-    try { write() } catch { try { res.close() } catch { /* already gone */ } }
-  }
-  res.onAborted(() => { gone = true })
-  if (atHead) {
-    let first = true
-    res.onData((chunk) => {
-      if (first && chunk.byteLength === 0) answer()
-      first = false
-    })
-  }
-  setImmediate(answer)
 }

@@ -12,6 +12,7 @@ import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { httpProbe } from '../probes.js'
 import { interimSkippingConnector } from './interim.js'
+import type { Upstream } from '../../contracts/upstream.js'
 
 /**
  * One backend endpoint: its undici Pool (capped at `maxConnections` sockets, pipelining 1) and the
@@ -116,7 +117,7 @@ export type HttpUpstreamState = 'open' | 'retiring' | 'closed'
  * Requests a route split sent to a label subset wait in that subset's lane of the queue: first come first
  * served within a lane, and a full subset never holds up requests for another one (nor for the rest).
  */
-export class HttpUpstream {
+export class HttpUpstream implements Upstream {
   /** The endpoints, following the upstream's source (added ones take requests, removed ones drain). */
   readonly set: EndpointSet<HttpEndpoint>
   private readonly balancer: Balancer<HttpEndpoint>
@@ -139,7 +140,7 @@ export class HttpUpstream {
     readonly name: string,
     readonly cfg: HttpUpstreamConfig,
     log: Logger,
-    metrics: Metrics,
+    private readonly metrics: Metrics,
     source: EndpointSource,
   ) {
     this.set = new EndpointSet<HttpEndpoint>(name, source, {
@@ -344,6 +345,25 @@ export class HttpUpstream {
       w.onNoSlot(new FerryError('FERRY_ERR_QUEUE_TIMEOUT', `upstream ${this.name}: no free connection within queueTimeoutMs ${this.cfg.pool.queueTimeoutMs}`))
     }
     this.armTimer()
+  }
+
+  labelled (): Array<{ labels: Labels, healthy: boolean }> {
+    return this.set.labelled(Date.now())
+  }
+
+  /** Queue depth and open connections, counting those of `replaced` instances (they serve the requests that started on them). */
+  collect (replaced: readonly Upstream[]): void {
+    let queued = this.queueDepth
+    let connected = 0
+    for (const ep of this.set.all()) connected += ep.connected
+    for (const r of replaced) {
+      if (!(r instanceof HttpUpstream)) continue
+      queued += r.queueDepth
+      for (const ep of r.set.all()) connected += ep.connected
+    }
+    this.metrics.upstreamQueueDepth.labels(this.name).set(queued)
+    this.set.collect()
+    this.metrics.upstreamConnections.labels('upstream', 'http', this.name).set(connected)
   }
 
   status (): object {

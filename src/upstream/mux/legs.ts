@@ -1,6 +1,6 @@
 import type { Counter } from 'prom-client'
 import { Kind } from '../../client/wire.js'
-import { sendableCloseCode, type ClientSink, type UpstreamLeg } from '../../front/ws-types.js'
+import { sendableCloseCode, type ClientSink, type UpstreamLeg } from '../../contracts/ws.js'
 import { ResetCode } from '../../mux/codec.js'
 import type { MuxStream, StreamEndCause, StreamEvents } from '../../mux/stream.js'
 import type { ResumeClaims, ResumeTokens } from '../../sessions/token.js'

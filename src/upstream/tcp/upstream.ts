@@ -11,12 +11,14 @@ import { Balancer } from '../../routing/balancer.js'
 import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { tcpProbe } from '../probes.js'
+import type { ConnectOwner, TcpBackend, TcpTarget, UpstreamSocketOptions } from '../../contracts/tcp.js'
+import type { Upstream } from '../../contracts/upstream.js'
 
 /**
  * One backend endpoint of a TCP upstream and the bookkeeping the balancer reads. `inflight` counts
  * connections that are connecting or open (what least-connections balances); `connected` only open ones.
  */
-export class TcpEndpoint implements SetMember {
+export class TcpEndpoint implements SetMember, TcpBackend {
   inflight = 0
   checked: ActiveHealth | undefined
   /** TCP endpoints have no labels (no route splits them); the set keeps the field. */
@@ -38,21 +40,6 @@ export class TcpEndpoint implements SetMember {
   acceptsAt (now: number): boolean {
     return healthyAt(this, now)
   }
-}
-
-/** Socket options applied to every backend connection (from the listener that asks). */
-export interface UpstreamSocketOptions {
-  readonly noDelay: boolean
-  readonly keepAlive: boolean
-  readonly keepAliveDelayMs: number
-}
-
-/** Who receives the outcome of a ConnectAttempt: exactly one of the two calls, once, unless cancelled. */
-export interface ConnectOwner {
-  /** The socket (connected, allowHalfOpen, no listeners of ours left) now belongs to the owner, who must call `upstream.release(ep)` after it closes. */
-  onUpstreamConnected: (socket: Socket, ep: TcpEndpoint) => void
-  /** Every endpoint tried within the budget failed (or none could be tried). */
-  onUpstreamFailed: (err: FerryError) => void
 }
 
 export type AttemptState = 'connecting' | 'connected' | 'failed' | 'cancelled'
@@ -170,7 +157,7 @@ function noop (): void {}
  * after that puts it back on success or out again on failure; with every endpoint ejected all are used).
  * There is no pool and no queue: each client connection gets its own backend connection.
  */
-export class TcpUpstream {
+export class TcpUpstream implements TcpTarget, Upstream {
   /** The endpoints, following the upstream's source (removed ones take no new connections; open ones continue). */
   readonly set: EndpointSet<TcpEndpoint>
   private readonly balancer: Balancer<TcpEndpoint>
@@ -180,7 +167,7 @@ export class TcpUpstream {
     readonly name: string,
     readonly cfg: TcpUpstreamConfig,
     log: Logger,
-    metrics: Metrics,
+    private readonly metrics: Metrics,
     source: EndpointSource,
   ) {
     this.set = new EndpointSet<TcpEndpoint>(name, source, {
@@ -269,12 +256,23 @@ export class TcpUpstream {
    * No new connections after this. Open connections belong to the listeners, which close them (in
    * their own `close`); there is nothing pooled here to flush, so both kinds do the same.
    */
-  close (kind: 'flush' | 'abort'): void {
+  async close (kind: 'flush' | 'abort'): Promise<void> {
     this.closed = true
-    void this.set.close(kind)
+    await this.set.close(kind)
+  }
+
+  /** A reload replaced it: closed now; the connections it made belong to the listeners and continue. */
+  retire (): undefined {
+    void this.close('flush')
+    return undefined
+  }
+
+  labelled (): Array<{ labels: Labels, healthy: boolean }> {
+    return this.set.labelled(Date.now())
   }
 
   collect (): void {
+    this.metrics.upstreamConnections.labels('upstream', 'tcp', this.name).set(this.connectedCount)
     this.set.collect()
   }
 }

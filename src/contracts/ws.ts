@@ -1,7 +1,7 @@
 import type { WebSocketRouteConfig } from '../config/schema.js'
 import { readSource } from '../edge/source.js'
 import type { SplitAsk } from '../routing/split.js'
-import type { Labels } from '../config/labels.js'
+import type { Upstream } from './upstream.js'
 
 /**
  * The contract between the WebSocket front (which owns client sockets) and an upstream kind (which owns
@@ -93,8 +93,7 @@ export interface TopicPublisher {
 }
 
 /** An upstream that can carry WebSocket sessions (`protocol: ws` or `protocol: mux`). */
-export interface WsUpstream {
-  readonly name: string
+export interface WsUpstream extends Upstream {
   readonly mode: 'ws' | 'mux'
   /**
    * Opens the backend side of a new session. Resolves once the backend can take it (passthrough: the
@@ -103,13 +102,8 @@ export interface WsUpstream {
    * completes are buffered by the front.
    */
   open: (hs: WsHandshake, sink: ClientSink) => Promise<UpstreamLeg>
-  /** Stops accepting sessions; 'flush' lets open ones end by themselves for a grace period, 'abort' closes them (1001). */
-  close: (kind: 'flush' | 'abort') => Promise<void>
-  /** A reload replaced or removed this upstream: no new sessions; open ones continue until they end. Resolves when the last is gone. */
+  /** No new sessions; open ones continue until they end. Resolves when the last is gone. */
   retire: () => Promise<void>
-  status: () => object
-  /** The active endpoints' labels and whether each takes new sessions now (a route split's /status). */
-  labelled: () => Array<{ labels: Labels, healthy: boolean }>
   /**
    * mux: a route split with `rebalance` changed its weights: move those of `sessions` (open sessions of
    * the route) that are outside their subset now, by backend handoff, paced. Returns how many it looks at.
@@ -117,8 +111,6 @@ export interface WsUpstream {
   rebalance?: (sessions: ReadonlyArray<{ readonly leg: UpstreamLeg, readonly split: SplitAsk }>) => number
   /** mux: the front's pub/sub, for the backend's PUBLISH frames. */
   bindPublisher?: (p: TopicPublisher) => void
-  /** Scrape-time gauges. */
-  collect: () => void
 }
 
 /** WebSocket close codes a server may send (RFC 6455 §7.4; 1005/1006/1015 are never sent on the wire). */
