@@ -28,10 +28,13 @@ const listener = (defHost: string, defPort: number) => z.strictObject({
 })
 
 const httpPool = z.strictObject({
-  maxConnections: positiveInt.default(16).describe('Hard cap of keep-alive connections Ferry opens to each endpoint of this upstream; the backend never sees more.'),
+  maxConnections: positiveInt.default(16).describe('Hard cap of keep-alive connections Ferry opens to each endpoint of this upstream for ordinary (short) requests; the backend never sees more of them. Long-held requests (SSE, long polling, streaming responses) have their own budget, `longHeld.maxConnections`, so they never take these (docs/http.md).'),
   queueLimit: nonNegativeInt.default(1000).describe('Requests that may wait for a free connection; beyond it the client gets 503 with Retry-After.'),
   queueTimeoutMs: durationMs(5000, 'How long a request may wait in the queue before 503 with Retry-After.'),
   keepAliveTimeoutMs: durationMs(60000, 'Idle time after which Ferry closes a pooled backend connection (capped by the backend\'s Keep-Alive hint).'),
+  longHeld: z.strictObject({
+    maxConnections: nonNegativeInt.default(1024).describe('Connections per endpoint, besides `maxConnections`, for long-held requests: Server-Sent Events (`Accept: text/event-stream`), Engine.IO (Socket.IO) long-polling GETs, and every request of a route with `longHeld: true`. They never wait for or take a short request\'s connection. Full: such a request gets 503 with Retry-After at once. 0: off (they share `maxConnections`).'),
+  }).prefault({}).describe('The budget for requests that stay open (docs/http.md).'),
 }).prefault({})
 
 const httpTimeouts = z.strictObject({
@@ -430,6 +433,7 @@ const routeSchema = z.strictObject({
   upstream: z.string().min(1).describe('Name of an entry in `upstreams`.'),
   maxBodyBytes: positiveInt.optional().describe('Overrides `http.maxBodyBytes` for this route.'),
   bufferBodyBytes: nonNegativeInt.optional().describe('Overrides `http.bufferBodyBytes` for this route (0: stream every body, e.g. a route whose backend consumes uploads as they arrive).'),
+  longHeld: z.boolean().default(false).describe('Routes to `http` upstreams: every request of this route is long-held (long polling, streaming): it takes a connection from the upstream\'s `pool.longHeld` budget, never one of the `maxConnections` short ones. SSE (`Accept: text/event-stream`) and Engine.IO polling GETs are long-held on any route.'),
   websocket: websocketRoute.optional().describe('WebSocket session settings; only for routes to `ws` or `mux` upstreams (which get these defaults when absent).'),
   auth: z.string().min(1).optional().describe('Name of an entry in `auth.policies`: requests and WebSocket upgrades must authenticate before anything is sent to the backend (401 otherwise).'),
   rateLimits: z.array(z.string().min(1)).default([]).describe('Names of entries in `rateLimits.policies`, all checked (429 with Retry-After past any; ferry/client WebSocket clients: close 1013 with retry-after-ms).'),
@@ -613,6 +617,9 @@ export const configSchema = z.strictObject({
         ctx.addIssue({ code: 'custom', path: ['routes', i, 'websocket'], input: r.websocket,
           message: `differs from routes[${first.index}] which has the same path ${r.match.path}; WebSocket routes sharing a path must share their websocket settings` })
       }
+    }
+    if (r.longHeld && proto !== undefined && proto !== 'http') {
+      ctx.addIssue({ code: 'custom', path: ['routes', i, 'longHeld'], input: r.longHeld, message: `is for routes to http upstreams; ${r.upstream} is ${proto}` })
     }
   })
   cfg.routes.forEach((r, i) => { if (r.split !== undefined) checkSplit(r.split, r.upstream, cfg.upstreams[r.upstream], ['routes', i, 'split'], ctx) })

@@ -17,6 +17,8 @@ export class Metrics {
   readonly upstreamQueueDepth: Gauge<'upstream'>
   readonly upstreamRetries: Counter<'upstream'>
   readonly httpPoolResets: Counter<'upstream'>
+  readonly httpLongHeld: Counter<'upstream' | 'why'>
+  readonly httpLongHeldNow: Gauge<'upstream'>
   readonly endpointEjections: Counter<'upstream' | 'endpoint'>
   readonly endpointUp: Gauge<'upstream' | 'endpoint'>
   readonly endpointCheckedUp: Gauge<'upstream' | 'endpoint'>
@@ -91,6 +93,8 @@ export class Metrics {
     this.upstreamConnections = new Gauge({ name: 'ferry_connections', help: 'Open connections by side (client/upstream), kind (http/ws/mux/tcp) and upstream.', labelNames: ['side', 'kind', 'upstream'], registers: r })
     this.upstreamQueueDepth = new Gauge({ name: 'ferry_upstream_queue_depth', help: 'Requests waiting for a free upstream connection.', labelNames: ['upstream'], registers: r })
     this.httpPoolResets = new Counter({ name: 'ferry_http_pool_resets_total', help: 'HTTP endpoint connection pools replaced because undici refused a request before sending it (such a refusal leaves an undici client unable to dispatch).', labelNames: ['upstream'], registers: r })
+    this.httpLongHeld = new Counter({ name: 'ferry_http_long_held_total', help: 'HTTP requests served from the long-held budget (pool.longHeld), by why: sse (Accept: text/event-stream), route (longHeld: true), polling (Engine.IO long-polling GET), refused (the budget was full: 503).', labelNames: ['upstream', 'why'], registers: r })
+    this.httpLongHeldNow = new Gauge({ name: 'ferry_http_long_held', help: 'HTTP requests holding a long-held connection now (pool.longHeld), per upstream.', labelNames: ['upstream'], registers: r })
     this.upstreamRetries = new Counter({ name: 'ferry_upstream_retries_total', help: 'Idempotent HTTP requests retried, and WebSocket passthrough handshakes failed over, on another endpoint after a connection failure.', labelNames: ['upstream'], registers: r })
     this.endpointEjections = new Counter({ name: 'ferry_upstream_ejections_total', help: 'Endpoints ejected by passive health checking.', labelNames: ['upstream', 'endpoint'], registers: r })
     this.endpointUp = new Gauge({ name: 'ferry_upstream_endpoint_up', help: '1 unless passive health (outlier ejection) has ejected the endpoint, 0 while ejected.', labelNames: ['upstream', 'endpoint'], registers: r })

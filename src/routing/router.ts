@@ -8,6 +8,8 @@ export interface Route {
   readonly maxBodyBytes: number | undefined
   /** Overrides http.bufferBodyBytes. */
   readonly bufferBodyBytes: number | undefined
+  /** Every request is long-held (the upstream's pool.longHeld budget). */
+  readonly longHeld: boolean
   /** WebSocket settings (routes to ws/mux upstreams; absent: defaults). */
   readonly websocket: WebSocketRouteConfig | undefined
   /** Where the session affinity key comes from (`query:uid`), if the route has one. */
@@ -53,6 +55,7 @@ export class Router {
         upstream: r.upstream,
         maxBodyBytes: r.maxBodyBytes,
         bufferBodyBytes: r.bufferBodyBytes,
+        longHeld: r.longHeld,
         websocket: r.websocket,
         affinityKey: r.affinity?.key,
         auth: r.auth,

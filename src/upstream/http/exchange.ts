@@ -8,7 +8,8 @@ import { ERRORS, FerryError, isFerryError, type FerryErrorCode } from '../../err
 import type { Admission, BodyPolicy, BodySize, ClientExchange, ClientRequest, HttpLifecycle, HttpTarget, Refusal } from '../../contracts/http.js'
 import type { Route } from '../../routing/router.js'
 import { splitAsk, type SplitAsk } from '../../routing/split.js'
-import type { HttpEndpoint, HttpUpstream, SlotOutcome, SlotWaiter } from './pool.js'
+import type { HttpEndpoint, HttpUpstream, LongHeldWhy, SlotOutcome, SlotWaiter } from './pool.js'
+import { longHeldWhy } from './long-held.js'
 import type { UpstreamMetrics } from './metrics.js'
 import { headersForLatin1Writer, latin1Bytes } from '../../net/header-bytes.js'
 import { sendError } from '../../net/error-response.js'
@@ -182,7 +183,16 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
 
   private requestSlot (): void {
     this.to('waiting')
-    this.queueEntry = this.ctx.upstream.acquire(this, undefined, this.splitAsk())
+    this.queueEntry = this.ctx.upstream.acquire(this, undefined, this.splitAsk(), this.longHeld())
+  }
+
+  /** The slot is a long-held one (dispatched on the endpoint's longPool). */
+  private onLong = false
+  /** Why this request is long-held (pool.longHeld), read once. */
+  private longWhy: LongHeldWhy | undefined | null = null
+  private longHeld (): LongHeldWhy | undefined {
+    if (this.longWhy === null) this.longWhy = longHeldWhy(this.route.longHeld, this.req.method, this.req.target, this.headers)
+    return this.longWhy
   }
 
   /** The route's split, asked with the headers as they go upstream (so a pin may come from a verified claim); read once. */
@@ -417,9 +427,10 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
 
   // ---- pool slot ----------------------------------------------------------------------------------
 
-  onSlot (ep: HttpEndpoint): void {
+  onSlot (ep: HttpEndpoint, long: boolean): void {
     this.queueEntry = undefined
-    if (this.final) { this.ctx.upstream.release(ep, 'neutral'); return }
+    if (this.final) { this.ctx.upstream.release(ep, 'neutral', long); return }
+    this.onLong = long
     // A buffered body leaves the budget here: what dispatched requests hold is bounded by the pool.
     this.releaseCharge()
     this.ep = ep
@@ -428,7 +439,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     this.to('dispatched')
     this.dispatchedAt = performance.now()
     try {
-      ep.pool.dispatch({
+      (long ? ep.longPool : ep.pool).dispatch({
         path: this.req.target,
         method: this.req.method,
         // undici writes header strings as latin1: values beyond ASCII go as their UTF-8 bytes (header-bytes.ts).
@@ -439,7 +450,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
       }, this)
     } catch (err) {
       // Not reached with a handler (undici reports through onResponseError); kept for a throwing dispatcher.
-      this.ep?.reset()
+      this.ep?.reset(this.onLong)
       this.releaseSlot('neutral')
       this.fail(new FerryError('FERRY_ERR_UNFORWARDABLE', `request rejected: ${(err as Error).message}`, { cause: err }))
     }
@@ -455,7 +466,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     const ep = this.ep
     if (ep === undefined) return
     this.ep = undefined
-    this.ctx.upstream.release(ep, outcome)
+    this.ctx.upstream.release(ep, outcome, this.onLong)
   }
 
   // ---- undici dispatch handler --------------------------------------------------------------------
@@ -470,7 +481,8 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     if (this.state === 'draining') {
       this.status = statusCode
       const cl = headers['content-length']
-      if (typeof cl === 'string' && Number(cl) > DRAIN_LIMIT) controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away'))
+      // A long or unknown length (a stream may never end): not worth reading for the connection's sake.
+      if (typeof cl !== 'string' || Number(cl) > DRAIN_LIMIT) controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away'))
       return
     }
     if (this.state !== 'dispatched') { controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away')); return }
@@ -591,7 +603,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     if (this.controller === undefined && this.ep !== undefined && REFUSED_BY_UNDICI.has((err as { code?: string }).code ?? '')) {
       // undici refused the request before sending anything (a part it cannot encode): this request alone
       // fails, its slot is free again, and the endpoint's pool is replaced (undici wedged that client).
-      this.ep.reset()
+      this.ep.reset(this.onLong)
       this.releaseSlot('neutral')
       this.fail(new FerryError('FERRY_ERR_UNFORWARDABLE', `request refused by the upstream client: ${err.message}`, { cause: err }))
       return
@@ -606,7 +618,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
       this.ctx.metrics.retries.inc()
       this.ctx.log.debug({ reqId: this.req.requestId, err: ferr.message }, 'retrying on another endpoint')
       this.to('waiting')
-      this.queueEntry = this.ctx.upstream.acquire(this, this.lastEp, this.splitAsk())
+      this.queueEntry = this.ctx.upstream.acquire(this, this.lastEp, this.splitAsk(), this.longHeld())
       return
     }
     this.fail(ferr)
@@ -649,7 +661,10 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
   private drainable (wasState: ExchangeState): boolean {
     if (wasState !== 'dispatched' && wasState !== 'responding') return false
     if (this.bodyMode !== 'none' && !this.clientBodyComplete) return false
-    if (wasState === 'responding' && this.responseLength >= 0 && this.responseLength - this.bytesOut > DRAIN_LIMIT) return false
+    // A response of unknown length may never end (SSE, a stream): reading it on would hold the backend
+    // connection, and its slot, for as long as the backend keeps writing. Long-held requests likewise.
+    if (wasState === 'responding' && (this.responseLength < 0 || this.responseLength - this.bytesOut > DRAIN_LIMIT)) return false
+    if (this.longHeld() !== undefined) return false
     return true
   }
 

@@ -6,7 +6,7 @@ import type { Endpoint } from '../../config/load.js'
 import type { EndpointSource } from '../../discovery/source.js'
 import { FerryError } from '../../errors.js'
 import type { Metrics } from '../../observability/metrics.js'
-import { Balancer } from '../../routing/balancer.js'
+import { Balancer, within } from '../../routing/balancer.js'
 import type { SplitAsk, Subset } from '../../routing/split.js'
 import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
@@ -15,13 +15,22 @@ import { interimSkippingConnector } from './interim.js'
 import type { Upstream } from '../../contracts/upstream.js'
 
 /**
- * One backend endpoint: its undici Pool (capped at `maxConnections` sockets, pipelining 1) and the
- * bookkeeping the balancer reads. `inflight` is counted here, not by undici, so the wait queue is
- * ours: undici's own queue never holds a request (we only dispatch when inflight < maxConnections).
+ * One backend endpoint: its undici Pool (capped at `maxConnections` sockets, pipelining 1), a second
+ * one for long-held requests (capped at `longHeld.maxConnections`, made on first use) and the
+ * bookkeeping the balancer reads. `inflight` and `held` are counted here, not by undici, so the wait
+ * queue is ours: undici's own queue never holds a request (we only dispatch when inflight <
+ * maxConnections, or held < longHeld.maxConnections). Two pools, not one with both caps added: a
+ * request dispatched the moment another's response ended finds undici's connection not yet free and,
+ * below the pool's cap, would open another one; the backend must never see more than maxConnections
+ * for short requests.
  */
 export class HttpEndpoint implements SetMember {
+  /** Short requests on it now (the balancer's load; at most pool.maxConnections). */
   inflight = 0
+  /** Long-held requests on it now (at most pool.longHeld.maxConnections). */
+  held = 0
   private current: Pool
+  private currentLong: Pool | undefined
   /** Pools replaced by `reset`: closing while what they still carry finishes. */
   private readonly replaced = new Set<Pool>()
   checked: ActiveHealth | undefined
@@ -33,10 +42,10 @@ export class HttpEndpoint implements SetMember {
     this.current = this.newPool()
   }
 
-  private newPool (): Pool {
+  private newPool (connections = this.cfg.pool.maxConnections): Pool {
     const cfg = this.cfg
     return new Pool(this.endpoint.origin, {
-      connections: cfg.pool.maxConnections,
+      connections,
       pipelining: 1,
       connect: interimSkippingConnector(cfg.timeouts.connectMs),
       keepAliveTimeout: cfg.pool.keepAliveTimeoutMs,
@@ -51,16 +60,22 @@ export class HttpEndpoint implements SetMember {
     return this.current
   }
 
+  /** The pool of long-held requests (SSE, long polling): its own connections, never the short ones. */
+  get longPool (): Pool {
+    return this.currentLong ??= this.newPool(this.cfg.pool.longHeld.maxConnections)
+  }
+
   /**
    * undici refused a request before sending it. Its client marks itself as needing a drain that never
    * comes (undici 7 dispatcher-base/pool-base), so that connection would take no request again and the
    * pool would shrink by one per such request until nothing dispatches. Requests are only ever handed to
    * `pool`: a fresh one takes over now; the old one closes once what it carries has finished.
    */
-  reset (): void {
+  reset (long = false): void {
     if (this.closing !== undefined) return
-    const old = this.current
-    this.current = this.newPool()
+    const old = long ? this.longPool : this.current
+    if (long) this.currentLong = this.newPool(this.cfg.pool.longHeld.maxConnections)
+    else this.current = this.newPool()
     this.replaced.add(old)
     void old.close().catch(() => {}).finally(() => this.replaced.delete(old))
     this.resets?.inc()
@@ -68,7 +83,7 @@ export class HttpEndpoint implements SetMember {
 
   /** Closes the current pool and any replaced one: 'flush' lets requests under way finish, 'abort' destroys now. */
   async closePools (kind: 'flush' | 'abort'): Promise<void> {
-    const all = [this.current, ...this.replaced]
+    const all = [this.current, ...(this.currentLong !== undefined ? [this.currentLong] : []), ...this.replaced]
     if (kind === 'abort') await Promise.all(all.map(async (p) => { await p.destroy().catch(() => {}) }))
     else await Promise.all(all.map(async (p) => { await p.close().catch(() => {}) }))
   }
@@ -82,14 +97,20 @@ export class HttpEndpoint implements SetMember {
   }
 
   get connected (): number {
-    return this.pool.stats.connected
+    return this.pool.stats.connected + (this.currentLong?.stats.connected ?? 0)
   }
 }
 
+/** Why a request is long-held (pool.longHeld). */
+export type LongHeldWhy = 'sse' | 'route' | 'polling'
+
 /** What the pool hands a slot to: an HTTP exchange waiting to dispatch. */
 export interface SlotWaiter {
-  /** The request may be dispatched on `ep` now; the waiter must call `release(ep, …)` exactly once. */
-  onSlot: (ep: HttpEndpoint) => void
+  /**
+   * The request may be dispatched on `ep` now, on `ep.longPool` when `long`, else `ep.pool`; the waiter
+   * must call `release(ep, …, long)` exactly once.
+   */
+  onSlot: (ep: HttpEndpoint, long: boolean) => void
   /** No slot: queue full or waited too long. */
   onNoSlot: (err: FerryError) => void
 }
@@ -135,6 +156,8 @@ export class HttpUpstream implements Upstream {
   private users = 0
   /** Resolves `retire()` once the retiring upstream is idle, or closed. */
   private retired: (() => void) | undefined
+  private readonly longHeldCounts: Record<LongHeldWhy | 'refused', { inc: () => void }>
+  private readonly longHeldNow: { inc: () => void, dec: () => void }
 
   constructor (
     readonly name: string,
@@ -146,7 +169,7 @@ export class HttpUpstream implements Upstream {
     this.set = new EndpointSet<HttpEndpoint>(name, source, {
       create: (endpoint) => new HttpEndpoint(name, endpoint, cfg, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics), metrics.httpPoolResets.labels(name)),
       retire: (e) => { e.closing ??= e.closePools('flush') },
-      idle: (e) => e.inflight === 0,
+      idle: (e) => e.inflight === 0 && e.held === 0,
       close: async (e, kind) => {
         if (kind === 'abort') await e.closePools('abort')
         else await (e.closing ??= e.closePools('flush'))
@@ -156,6 +179,9 @@ export class HttpUpstream implements Upstream {
       changed: () => { if (this.state !== 'closed') this.drainQueue() },
     }, cfg.healthCheck, log, metrics)
     this.balancer = new Balancer(this.set, cfg.balance, { panic: cfg.whenAllUnhealthy === 'panic' })
+    const why = (w: string): { inc: () => void } => metrics.httpLongHeld.labels(name, w)
+    this.longHeldCounts = { sse: why('sse'), route: why('route'), polling: why('polling'), refused: why('refused') }
+    this.longHeldNow = metrics.httpLongHeldNow.labels(name)
   }
 
   /** Active endpoints (in the set now); draining ones are in `set.all()`. */
@@ -170,8 +196,10 @@ export class HttpUpstream implements Upstream {
   /**
    * Gives `waiter` a slot now, queues it, or refuses it (503). `exclude`: the endpoint that just failed it
    * (a retry). `split`: the route's split decides the label subset first (counted once: not for a retry).
+   * `long`: a long-held request (SSE, a long-held route, long polling) takes a slot of the long-held
+   * budget at once or is refused; it never waits in the queue nor takes a short slot.
    */
-  acquire (waiter: SlotWaiter, exclude?: HttpEndpoint, split?: SplitAsk): QueueEntry | undefined {
+  acquire (waiter: SlotWaiter, exclude?: HttpEndpoint, split?: SplitAsk, long?: LongHeldWhy): QueueEntry | undefined {
     if (this.state === 'closed') {
       waiter.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name} is shut down`))
       return undefined
@@ -183,11 +211,12 @@ export class HttpUpstream implements Upstream {
       return undefined
     }
     const subset = split?.split.assign(split, this.set.active, now, exclude, exclude === undefined)
+    if (long !== undefined && this.cfg.pool.longHeld.maxConnections > 0) { this.acquireLong(waiter, now, exclude, subset, long); return undefined }
     // Queued requests of the same lane go first.
     const ep = !this.lanes.has(subset) ? this.balancer.pick(this.cfg.pool.maxConnections, now, exclude, undefined, subset) : undefined
     if (ep !== undefined) {
       ep.inflight++
-      waiter.onSlot(ep)
+      waiter.onSlot(ep, false)
       return undefined
     }
     if (this.queued >= this.cfg.pool.queueLimit) {
@@ -217,9 +246,28 @@ export class HttpUpstream implements Upstream {
     else this.lanes.set(entry.subset, n)
   }
 
-  /** Returns a slot; `outcome` feeds passive health. Then hands free slots to queued waiters. */
-  release (ep: HttpEndpoint, outcome: SlotOutcome): void {
-    ep.inflight--
+  /** A long-held slot on the endpoint the balancer prefers if it has room, else any that has; else 503. */
+  private acquireLong (waiter: SlotWaiter, now: number, exclude: HttpEndpoint | undefined, subset: Subset | undefined, why: LongHeldWhy): void {
+    const max = this.cfg.pool.longHeld.maxConnections
+    let ep = this.balancer.pick(Infinity, now, exclude, undefined, subset)
+    if (ep !== undefined && ep.held >= max) ep = this.set.active.find((e) => e !== exclude && e.held < max && e.acceptsAt(now) && within(e, subset))
+    if (ep === undefined) {
+      this.longHeldCounts.refused.inc()
+      waiter.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name}: all ${this.endpoints.length * max} long-held connections busy (pool.longHeld.maxConnections ${max})`))
+      return
+    }
+    ep.held++
+    this.longHeldCounts[why].inc()
+    this.longHeldNow.inc()
+    waiter.onSlot(ep, true)
+  }
+
+  /** Returns a slot (`long`: a long-held one); `outcome` feeds passive health. Then hands free slots to queued waiters. */
+  release (ep: HttpEndpoint, outcome: SlotOutcome, long = false): void {
+    if (long) {
+      ep.held--
+      this.longHeldNow.dec()
+    } else ep.inflight--
     if (outcome === 'ok') ep.passive.succeeded('request succeeded')
     else if (outcome === 'failed') ep.passive.failed('failures')
     this.drainQueue()
@@ -252,7 +300,7 @@ export class HttpUpstream implements Upstream {
 
   private checkRetired (): void {
     if (this.users > 0 || this.queued > 0) return
-    for (const ep of this.set.all()) if (ep.inflight > 0) return
+    for (const ep of this.set.all()) if (ep.inflight > 0 || ep.held > 0) return
     const done = this.retired
     this.retired = undefined
     done?.()
@@ -296,7 +344,7 @@ export class HttpUpstream implements Upstream {
       entry.waiter = undefined
       this.dequeued(entry)
       ep.inflight++
-      w.onSlot(ep)
+      w.onSlot(ep, false)
     }
     // Served entries at the head go; the array is compacted as shift() would have.
     this.peek()
@@ -376,7 +424,8 @@ export class HttpUpstream implements Upstream {
       queueLimit: this.cfg.pool.queueLimit,
       whenAllUnhealthy: this.cfg.whenAllUnhealthy,
       source: this.set.sourceStatus(),
-      endpoints: this.set.status((ep) => ({ inflight: ep.inflight, connected: ep.connected })),
+      longHeld: this.cfg.pool.longHeld.maxConnections,
+      endpoints: this.set.status((ep) => ({ inflight: ep.inflight, held: ep.held, connected: ep.connected })),
     }
   }
 
