@@ -22,6 +22,7 @@ import { encodePublish, GoawayCode, ResetCode } from '../mux/codec.js'
 import { MuxConnection, type Hello } from '../mux/connection.js'
 import type { MuxStream, StreamEvents } from '../mux/stream.js'
 import { checkRegisterLabels, defaultAdvertise, Registration, type RegisterOptions } from './register.js'
+import { RateWindow } from '../net/rate-window.js'
 import { ACK_EVERY, checkTopic, Session, type Link, type ResumeCarry, type SendData, type SessionHost, type SessionInfo } from './session.js'
 
 export { Session, type SendData, type SessionInfo } from './session.js'
@@ -266,17 +267,21 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
     await this.registration?.stop()
     if (this.server.listening) this.server.close()
     for (const l of this.links_) l.conn.goaway(GoawayCode.NORMAL, 'backend draining')
-    // Waves every 100 ms: at most perSec/10 sessions each (at least one), oldest first.
-    const perWave = Math.max(1, Math.floor(perSec / 10))
+    // Waves every 100 ms (or sooner when the budget frees up), oldest first: at most perSec sessions
+    // in any one second (a sliding window, so no second gets two waves' worth at its edges).
+    const pace = new RateWindow(perSec)
+    const perWave = Math.max(1, Math.ceil(perSec / 10))
     while (this.sessionSet.size > 0 && Date.now() - started < deadlineMs) {
+      let wait = 100
       let n = 0
       for (const s of this.sessionSet) {
-        if (n >= perWave) break
         if (s.leaving) continue
-        n++
+        if (n++ >= perWave) break
+        const w = pace.take(performance.now())
+        if (w > 0) { wait = Math.min(wait, w); break }
         if (this.handoffOpts === undefined || !s.requestMove('backend draining')) { s.close(1012, 'backend restarting; reconnect'); result.closed++ }
       }
-      await new Promise((resolve) => setTimeout(resolve, 100))
+      await new Promise((resolve) => setTimeout(resolve, wait))
     }
     for (const s of [...this.sessionSet]) { s.close(1012, 'backend restarting; reconnect'); result.closed++ }
     result.handedOff = this.handoffCounts.out - outBefore

@@ -13,7 +13,7 @@ import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { LinkSlot, type LinkOwner } from './link.js'
 import { FERRY_TOPIC_SUFFIX, MuxLeg, ResumableLeg, type HandoffRequest, type LegMover } from './legs.js'
-import { fullBucket, takeToken, type Bucket } from '../../edge/token-bucket.js'
+import { RateWindow } from '../../net/rate-window.js'
 import type { AffinityPlacement } from '../../affinity/placement.js'
 import type { RouteSplit, SplitAsk } from '../../routing/split.js'
 import type { ResumeClaims, ResumeTokens } from '../../sessions/token.js'
@@ -174,7 +174,7 @@ export class MuxUpstream implements WsUpstream, LegMover {
   private readonly placement: AffinityPlacement | undefined
   private readonly tokens: ResumeTokens | undefined
   /** handoff.maxPerSec: one bucket for every session this upstream reopens elsewhere. */
-  private readonly handoffBucket: Bucket
+  private readonly handoffPace: RateWindow
   private handoffsWaiting = 0
   private readonly handoffOutcomes = new Map<string, Counter.Internal>()
   private readonly handoffSeconds: Histogram.Internal<'upstream'>
@@ -188,7 +188,7 @@ export class MuxUpstream implements WsUpstream, LegMover {
   constructor (readonly name: string, readonly cfg: MuxUpstreamConfig, readonly log: Logger, readonly metrics: Metrics, source: EndpointSource, deps: MuxUpstreamDeps) {
     this.gatewayId = deps.gatewayId
     this.routeSplit = deps.routeSplit
-    this.handoffBucket = fullBucket(Math.max(1, Math.ceil(cfg.handoff.maxPerSec / 10)))
+    this.handoffPace = new RateWindow(cfg.handoff.maxPerSec)
     this.handoffSeconds = metrics.muxHandoffSeconds.labels(name)
     this.placement = deps.placement
     this.tokens = deps.tokens
@@ -422,7 +422,7 @@ export class MuxUpstream implements WsUpstream, LegMover {
     try {
       for (;;) {
         if (this.closed) throw new FerryError('FERRY_ERR_HANDOFF_FAILED', `upstream ${this.name} is closing`)
-        const wait = takeToken(this.handoffBucket, performance.now(), this.cfg.handoff.maxPerSec, Math.max(1, Math.ceil(this.cfg.handoff.maxPerSec / 10)))
+        const wait = this.handoffPace.take(performance.now())
         if (wait === 0) break
         await new Promise((resolve) => setTimeout(resolve, wait))
       }
