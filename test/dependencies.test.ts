@@ -6,6 +6,7 @@ import { ROOT } from './helpers/ferry.js'
 /** Runtime dependencies nothing in src/ imports because another dependency loads them. */
 const LOADED_BY_ANOTHER: Record<string, string> = {
   bufferutil: 'ws loads it for native frame masking when it is installed',
+  'pino-pretty': 'pino loads it by name as the transport of logging.pretty (what make run uses)',
 }
 
 function sources (dir: string): string[] {

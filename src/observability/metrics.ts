@@ -17,6 +17,7 @@ export class Metrics {
   readonly upstreamQueueDepth: Gauge<'upstream'>
   readonly upstreamRetries: Counter<'upstream'>
   readonly httpPoolResets: Counter<'upstream'>
+  readonly httpAbortedBeforeUpstream: Counter<'upstream'>
   readonly httpLongHeld: Counter<'upstream' | 'why'>
   readonly httpLongHeldNow: Gauge<'upstream'>
   readonly endpointEjections: Counter<'upstream' | 'endpoint'>
@@ -95,6 +96,7 @@ export class Metrics {
     this.httpPoolResets = new Counter({ name: 'ferry_http_pool_resets_total', help: 'HTTP endpoint connection pools replaced because undici refused a request before sending it (such a refusal leaves an undici client unable to dispatch).', labelNames: ['upstream'], registers: r })
     this.httpLongHeld = new Counter({ name: 'ferry_http_long_held_total', help: 'HTTP requests served from the long-held budget (pool.longHeld), by why: sse (Accept: text/event-stream), route (longHeld: true), polling (Engine.IO long-polling GET), refused (the budget was full: 503).', labelNames: ['upstream', 'why'], registers: r })
     this.httpLongHeldNow = new Gauge({ name: 'ferry_http_long_held', help: 'HTTP requests holding a long-held connection now (pool.longHeld), per upstream.', labelNames: ['upstream'], registers: r })
+    this.httpAbortedBeforeUpstream = new Counter({ name: 'ferry_http_aborted_before_upstream_total', help: 'HTTP requests never sent upstream because their client went away first: among them a request followed in the same read by a pipelined one (uWS closes such a connection; docs/http.md).', labelNames: ['upstream'], registers: r })
     this.upstreamRetries = new Counter({ name: 'ferry_upstream_retries_total', help: 'Idempotent HTTP requests retried, and WebSocket passthrough handshakes failed over, on another endpoint after a connection failure.', labelNames: ['upstream'], registers: r })
     this.endpointEjections = new Counter({ name: 'ferry_upstream_ejections_total', help: 'Endpoints ejected by passive health checking.', labelNames: ['upstream', 'endpoint'], registers: r })
     this.endpointUp = new Gauge({ name: 'ferry_upstream_endpoint_up', help: '1 unless passive health (outlier ejection) has ejected the endpoint, 0 while ejected.', labelNames: ['upstream', 'endpoint'], registers: r })

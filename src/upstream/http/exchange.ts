@@ -69,6 +69,18 @@ export function exchangeContext (c: Omit<ExchangeContext, 'exchange'>): Exchange
   return ctx
 }
 
+/** Exchanges whose request was read in this turn of the loop: they ask for slots once it is handled. */
+let due: HttpExchange[] = []
+function afterThisRead (x: HttpExchange): void {
+  if (due.length === 0) setImmediate(takeSlots)
+  due.push(x)
+}
+function takeSlots (): void {
+  const list = due
+  due = []
+  for (const x of list) x.takeSlot()
+}
+
 /**
  * One client request proxied to one upstream. It owns, for its lifetime: the uWS response (until done or
  * aborted), the request body (its buffer and what it charged to the body limits, or its stream and the
@@ -181,8 +193,20 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     else this.requestSlot()
   }
 
+  /**
+   * Asks for a slot once the read that carried the request has been handled (setImmediate, batched):
+   * uWS 20.30 closes a connection when the same read holds a second, pipelined request, and reports it
+   * (onAborted) after this request's handler, microtasks included. Asking now would send the request
+   * upstream, where it takes effect, while its response can no longer be delivered.
+   */
   private requestSlot (): void {
     this.to('waiting')
+    afterThisRead(this)
+  }
+
+  /** @internal The read is handled: take a slot, unless the client is gone (never sent upstream then). */
+  takeSlot (): void {
+    if (this.state !== 'waiting' || this.queueEntry !== undefined) return
     this.queueEntry = this.ctx.upstream.acquire(this, undefined, this.splitAsk(), this.longHeld())
   }
 
@@ -631,6 +655,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     if (this.final) return
     const wasState = this.state
     this.errorCode = 'FERRY_ERR_CLIENT_ABORTED'
+    if (wasState === 'gated' || wasState === 'buffering' || wasState === 'waiting') this.ctx.metrics.abortedBeforeUpstream.inc()
     if (this.queueEntry !== undefined) { this.ctx.upstream.cancel(this.queueEntry); this.queueEntry = undefined }
     if (this.drainable(wasState)) {
       // Read the rest of the (small) response and drop it; the slot is released on onResponseEnd.

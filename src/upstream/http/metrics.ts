@@ -7,6 +7,8 @@ export interface UpstreamMetrics {
   readonly inFlight: Gauge.Internal<'kind'>
   readonly latency: Histogram.Internal<'upstream'>
   readonly retries: Counter.Internal
+  /** Requests whose client went away before they were sent upstream (a pipelined request in the same read, say). */
+  readonly abortedBeforeUpstream: Counter.Internal
   readonly bytesIn: Counter.Internal
   readonly bytesOut: Counter.Internal
   requests: (route: string, status: number) => void
@@ -20,6 +22,7 @@ export function upstreamMetrics (m: Metrics, upstream: string): UpstreamMetrics 
     inFlight: m.httpInFlight.labels('http'),
     latency: m.upstreamLatency.labels(upstream),
     retries: m.upstreamRetries.labels(upstream),
+    abortedBeforeUpstream: m.httpAbortedBeforeUpstream.labels(upstream),
     bytesIn: m.bytes.labels('request', upstream),
     bytesOut: m.bytes.labels('response', upstream),
     requests (route, status) {
