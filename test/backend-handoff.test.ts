@@ -3,6 +3,32 @@ import WebSocket from 'ws'
 import { createMuxServer, type MuxServer, type MuxServerOptions, type Session } from '../src/backend/index.js'
 import { metric, muxLinksReady, startFerry, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
 import { freePort } from './helpers/redis.js'
+import { createServer as createNetServer, type Socket } from 'node:net'
+import { MuxConnection } from '../src/mux/connection.js'
+
+/**
+ * A real mux backend (the wire, over TCP) that speaks handoff and resume but refuses every session it
+ * is offered (RESET REFUSED): what a backend at capacity, or closing, answers.
+ */
+async function startRefuser (t: Teardown, port: number): Promise<{ port: number, offered: () => number }> {
+  let offered = 0
+  const sockets = new Set<Socket>()
+  const server = createNetServer((socket) => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+    // eslint-disable-next-line no-new
+    new MuxConnection(socket, { role: 'backend', id: 'refuser', maxFrameBytes: 65536, initialWindow: 262144, maxMessageBytes: 1 << 20, resume: true, handoff: true }, {
+      ready: () => {},
+      open: () => { offered++; return undefined },
+      goaway: () => {},
+      protocolError: () => {},
+      closed: () => {},
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
+  t.teardown(async () => { for (const s of sockets) s.destroy(); await new Promise((resolve) => server.close(resolve)) })
+  return { port: (server.address() as { port: number }).port, offered: () => offered }
+}
 
 /**
  * Backend handoff (issue 19, docs/backend-handoff.md): a `ferry/backend` process that drains hands each
@@ -212,6 +238,50 @@ t.test('bad input: a hook that throws, never returns, or returns too much still 
     const [r1, r2] = await Promise.all([a.server.drain(), a.server.drain()])
     t.same(r1, r2, 'both calls get the same result')
     t.equal(r1.handedOff, 4, 'the sessions moved once')
+    for (const c of chats) c.ws.close()
+  })
+
+  t.test('the backend a session moves to refuses it (RESET before a word): the same handoff goes to another endpoint, state intact', async (t) => {
+    const a = await startApp(t, 0)
+    const rPort = await freePort()
+    const cPort = await freePort()
+    const f = await startFerry(t, config([`127.0.0.1:${a.port}`, `127.0.0.1:${rPort}`, `127.0.0.1:${cPort}`]))
+    await linksReady(f, `127.0.0.1:${a.port}`)
+    const chats: Chat[] = []
+    for (let i = 0; i < 8; i++) chats.push(await openChat(`ws://127.0.0.1:${f.httpPort}/chat`))
+    for (const c of chats) send(c)
+    await waitFor('echoes from A', () => chats.every((c) => c.got.length === 1), 5000)
+    // Then the refuser (no sessions: least-streams prefers it) and C come up.
+    const refuser = await startRefuser(t, rPort)
+    const c = await startApp(t, cPort)
+    await linksReady(f, `127.0.0.1:${rPort}`)
+    await linksReady(f, `127.0.0.1:${cPort}`)
+    const before = refuser.offered()
+    const r = await a.server.drain({ maxMigrationsPerSec: 1000 })
+    t.equal(r.handedOff, 8, 'A handed all 8 over')
+    await waitFor('all 8 on C', () => c.sessions.size === 8, 8000)
+    t.ok(refuser.offered() > before, `the refusing backend was offered ${refuser.offered() - before} of them first (least-streams prefers it)`)
+    for (const x of chats) send(x)
+    await waitFor('echo from C', () => chats.every((x) => x.got.length === 2), 5000)
+    t.equal(chats.filter((x) => x.closed !== undefined).length, 0, 'no client was closed')
+    t.same(chats.map((x) => inOrder(x)).filter((x) => x !== undefined), [], 'the state came through the refusal (the counter goes on)')
+    for (const x of chats) x.ws.close()
+  })
+
+  t.test('the old backend dies after FREEZE, before HANDOFF: the session reopens elsewhere as lost, its client connected', async (t) => {
+    // A's hook never answers, and A is killed while its sessions wait in FREEZE.
+    const { a, b, chats } = await fleet(t, 5, { handoff: { timeoutMs: 60_000 } }, () => new Promise(() => {}))
+    for (const c of chats) send(c)
+    await waitFor('echoes', () => chats.every((c) => c.got.length === 1), 5000)
+    void a.server.drain({ maxMigrationsPerSec: 1000 })
+    await waitFor('every session frozen at A', () => [...a.server.sessions].every((s) => s.leaving), 5000)
+    ;(a.server as unknown as { server: { close: () => void } }).server.close()
+    for (const l of a.server.links()) l.terminate()
+    await waitFor('all 5 reopened on B', () => b.sessions.size === 5, 8000)
+    t.ok(b.arrivals.every((s) => s.handoff?.lost === true), 'each arrived with handoff.lost')
+    for (const c of chats) send(c)
+    await waitFor('echo from B', () => chats.every((c) => c.got.length === 2), 5000)
+    t.equal(chats.filter((c) => c.closed !== undefined).length, 0, 'no client was closed')
     for (const c of chats) c.ws.close()
   })
 

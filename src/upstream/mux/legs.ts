@@ -123,12 +123,22 @@ export class MuxLeg implements UpstreamLeg {
   }
 
   protected fromBackend (data: Buffer, binary: boolean): void {
+    this.lastMove = undefined
     this.sink.deliver(data, binary)
     if (this.sink.congested) this.stream.holdCredit(true)
   }
 
   protected backendEnded (code: number, reason: string, cause: StreamEndCause, errorCode: string | undefined): void {
     const m = this.mover
+    // The backend it just moved to reset the stream before saying anything (it refused the session: it
+    // is closing, or at capacity): the same handoff goes to another endpoint, twice at most.
+    const again = this.lastMove
+    if (m !== undefined && again !== undefined && cause === 'reset' && this.legState === 'open' && this.refusals < 2) {
+      this.refusals++
+      this.ep.afterStreamEnd()
+      this.relocate({ ...again, why: `refused by ${this.address}: ${reason}` })
+      return
+    }
     // The old backend died (its link), or failed its handoff: the session opens elsewhere, lost.
     if (m !== undefined && this.legState !== 'closed' && this.reopensLost && ((cause === 'link' && m.failover) || (this.legState === 'freezing' && cause !== 'peer'))) {
       this.ep.afterStreamEnd()
@@ -193,8 +203,12 @@ export class MuxLeg implements UpstreamLeg {
     this.relocate({ lost: false, state, stateError, resume, why: 'handoff' })
   }
 
+  /** The handoff that opened the current stream, until its backend says something (a RESET before: refused). */
+  protected lastMove: HandoffRequest | undefined
+  private refusals = 0
+
   /** Drops the old link's topic scope and has the mover open the session elsewhere. */
-  private relocate (r: { lost: boolean, state?: unknown, stateError?: string, resume?: unknown, why: string }): void {
+  private relocate (r: { lost: boolean, state?: unknown, stateError?: string, resume?: unknown, topics?: readonly string[], why: string }): void {
     this.clearHandoffTimer()
     if (this.handoffStarted === 0) this.handoffStarted = performance.now()
     this.generation++
@@ -202,10 +216,13 @@ export class MuxLeg implements UpstreamLeg {
     this.home?.delete(this)
     this.home = undefined
     for (const t of this.topics) this.sink.unsubscribe(this.topicPrefix + t + this.topicSuffix)
-    const topics = [...this.topics]
+    // A retry after a refusal takes the topics of the first move (the refusing backend subscribed nothing).
+    const topics = r.topics ?? [...this.topics]
     this.topics.clear()
     const mover = this.mover!
-    mover.move(this, { lost: r.lost, state: r.state, stateError: r.stateError, resume: r.resume, topics, why: r.why }).then(() => {
+    const req: HandoffRequest = { lost: r.lost, state: r.state, stateError: r.stateError, resume: r.resume, topics, why: r.why }
+    this.lastMove = req
+    mover.move(this, req).then(() => {
       mover.handoffDone(this, r.lost ? 'lost_moved' : 'moved', performance.now() - this.handoffStarted)
       this.handoffStarted = 0
     }, (err: Error) => {
@@ -439,6 +456,7 @@ export class ResumableLeg extends MuxLeg {
       this.finished(true)
       return
     }
+    this.lastMove = undefined
     this.identity = { ...this.identity, a: this.address }
     this.claims = { ...this.claims, a: this.address }
     this.control({ t: 'token', token: this.tokens.seal(this.claims) })
