@@ -533,3 +533,37 @@ t.test('lookup latency over 10,000 gets (p50 / p99)', async (t) => {
   t.ok(r.p99 < BUDGET, `redis p99 ${r.p99.toFixed(3)} ms < lookupTimeoutMs (${BUDGET} ms)`)
   t.equal(logs.count(UNAVAILABLE), 0, 'no fallback during the run')
 })
+
+t.test('memory: 20,000 seeded random operations against a reference LRU (array order): the same records, the same evictions', async (t) => {
+  const store = new MemoryAffinityStore({ ttlMs: 600_000, maxEntries: 50 }, { logger: captureLogs().logger })
+  const ref: string[] = [] // least recently used first
+  const touchRef = (k: string): void => { const i = ref.indexOf(k); if (i !== -1) { ref.splice(i, 1); ref.push(k) } }
+  let seed = 11
+  const rnd = (n: number): number => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n }
+  let evictions = 0
+  for (let i = 0; i < 20_000; i++) {
+    const k = `k${rnd(120)}`
+    const op = rnd(4)
+    if (op === 0) {
+      const had = ref.includes(k)
+      await store.set(k, rec('h:1', k, 0))
+      if (had) touchRef(k)
+      else { if (ref.length >= 50) { ref.shift(); evictions++ } ref.push(k) }
+    } else if (op === 1) {
+      const got = await store.get(k)
+      if ((got !== undefined) !== ref.includes(k)) { t.fail(`op ${i}: get ${k} disagrees`); return }
+      touchRef(k)
+    } else if (op === 2) {
+      await store.touch(k)
+      touchRef(k)
+    } else {
+      const was = await store.delete(k)
+      if (was !== ref.includes(k)) { t.fail(`op ${i}: delete ${k} disagrees`); return }
+      const j = ref.indexOf(k)
+      if (j !== -1) ref.splice(j, 1)
+    }
+    if (store.size !== ref.length) { t.fail(`op ${i}: ${store.size} records, the reference has ${ref.length}`); return }
+  }
+  t.equal(store.status().evicted, evictions, `the same ${evictions} evictions as the reference`)
+  for (const k of ref) t.ok((await store.get(k)) !== undefined, `${k} present`)
+})

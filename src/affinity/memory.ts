@@ -10,24 +10,34 @@ export interface MemoryAffinityOptions {
 }
 
 interface Entry {
+  readonly key: string
   record: AffinityRecord
   /** performance.now() deadline: monotonic, so a wall-clock step neither expires nor revives records. */
   expiresAt: number
+  /** Towards the least recently used end. */
+  older: Entry | undefined
+  /** Towards the most recently used end. */
+  newer: Entry | undefined
 }
 
 /** Expired records dropped from the least-recently-used end per write: keeps expiry O(1) without a timer. */
 const SWEEP_PER_WRITE = 4
 
 /**
- * The embedded store: this process only, bounded by `maxEntries`, a TTL per record. A Map in
- * least-recently-used order (every call that finds a record moves it to the end), so eviction takes the
- * first entry; expiry is lazy (a read past the deadline deletes) plus a small sweep of the LRU end on
- * every write, so no timer is needed. Every operation is O(1). `claim` is atomic because it never awaits.
+ * The embedded store: this process only, bounded by `maxEntries`, a TTL per record. A Map for lookup and
+ * a doubly linked list in least-recently-used order (every call that finds a record moves it to the
+ * newest end), so eviction takes the oldest entry; expiry is lazy (a read past the deadline deletes) plus
+ * a small sweep of the oldest end on every write, so no timer is needed. Every operation is O(1). (A Map
+ * kept in LRU order by delete-and-set, as before, made eviction's "first key" skip every deleted slot
+ * before it: ~45 µs a write at 10,000 entries.) `claim` is atomic because it never awaits.
  */
 export class MemoryAffinityStore implements AffinityStore {
   readonly kind = 'memory'
   readonly state: AffinityState = 'ok'
   private readonly entries = new Map<string, Entry>()
+  /** Least and most recently used entries. */
+  private oldest: Entry | undefined
+  private newest: Entry | undefined
   private readonly ttlMs: number
   private readonly maxEntries: number
   private readonly metrics: StoreMetrics
@@ -59,20 +69,23 @@ export class MemoryAffinityStore implements AffinityStore {
     const k = storeKey(key)
     const expiresAt = performance.now() + ttlOf(ttlMs, this.ttlMs)
     const rec = frozenRecord(record.endpoint, record.pod, record.epoch)
-    if (this.entries.delete(k)) {
-      this.entries.set(k, { record: rec, expiresAt })
+    const found = this.entries.get(k)
+    if (found !== undefined) {
+      found.record = rec
+      found.expiresAt = expiresAt
+      this.unlink(found)
+      this.append(found)
       return true
     }
     this.sweep()
-    if (this.entries.size >= this.maxEntries) {
-      const oldest = this.entries.keys().next()
-      if (oldest.done !== true) {
-        this.entries.delete(oldest.value)
-        this.evicted++
-        this.metrics.evictions.inc()
-      }
+    if (this.entries.size >= this.maxEntries && this.oldest !== undefined) {
+      this.remove(this.oldest)
+      this.evicted++
+      this.metrics.evictions.inc()
     }
-    this.entries.set(k, { record: rec, expiresAt })
+    const e: Entry = { key: k, record: rec, expiresAt, older: undefined, newer: undefined }
+    this.entries.set(k, e)
+    this.append(e)
     return true
   }
 
@@ -87,7 +100,7 @@ export class MemoryAffinityStore implements AffinityStore {
     const k = storeKey(key)
     const e = this.entries.get(k)
     if (e === undefined) return false
-    this.entries.delete(k)
+    this.remove(e)
     return e.expiresAt > performance.now()
   }
 
@@ -109,6 +122,8 @@ export class MemoryAffinityStore implements AffinityStore {
   async close (): Promise<void> {
     this.closed = true
     this.entries.clear()
+    this.oldest = undefined
+    this.newest = undefined
   }
 
   status (): AffinityStoreStatus {
@@ -119,19 +134,40 @@ export class MemoryAffinityStore implements AffinityStore {
   private live (k: string): Entry | undefined {
     const e = this.entries.get(k)
     if (e === undefined) return undefined
-    this.entries.delete(k)
-    if (e.expiresAt <= performance.now()) { this.expired++; return undefined }
-    this.entries.set(k, e)
+    if (e.expiresAt <= performance.now()) { this.remove(e); this.expired++; return undefined }
+    if (e !== this.newest) { this.unlink(e); this.append(e) }
     return e
   }
 
   private sweep (): void {
     const now = performance.now()
     for (let i = 0; i < SWEEP_PER_WRITE; i++) {
-      const first = this.entries.entries().next()
-      if (first.done === true || first.value[1].expiresAt > now) return
-      this.entries.delete(first.value[0])
+      const first = this.oldest
+      if (first === undefined || first.expiresAt > now) return
+      this.remove(first)
       this.expired++
     }
+  }
+
+  private remove (e: Entry): void {
+    this.entries.delete(e.key)
+    this.unlink(e)
+  }
+
+  private unlink (e: Entry): void {
+    if (e.older !== undefined) e.older.newer = e.newer
+    else if (this.oldest === e) this.oldest = e.newer
+    if (e.newer !== undefined) e.newer.older = e.older
+    else if (this.newest === e) this.newest = e.older
+    e.older = undefined
+    e.newer = undefined
+  }
+
+  private append (e: Entry): void {
+    e.older = this.newest
+    e.newer = undefined
+    if (this.newest !== undefined) this.newest.newer = e
+    else this.oldest = e
+    this.newest = e
   }
 }
