@@ -7,6 +7,7 @@ import { connect as tlsConnect } from 'node:tls'
 import t, { type Test } from 'tap'
 import WebSocket, { WebSocketServer } from 'ws'
 import { chromium } from 'playwright-core'
+import { parse, stringify } from 'yaml'
 import { startBackend } from './helpers/backend.js'
 import { metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
 
@@ -230,6 +231,7 @@ t.test('rotation: reload and the file watch apply a renewed certificate; open se
   t.equal(await servedSerial(port, undefined), '1001', 'a handshake without SNI still gets the start-up default (uWS 20.30 cannot replace it; docs/tls.md)')
   t.equal(await session.echo('after watch'), 'after watch', 'the first session is still open and echoing')
   t.equal((await curl(s, 'localhost', '/x')).stdout, 'backend /x', 'HTTPS on localhost with the renewed default')
+  t.ok(s.ferry.logs.some((l) => l.raw === 'Browsed to SNI: a.test'), 'uWS 20.30 prints its own non-JSON lines on stdout when a name is registered (docs/tls.md)')
 })
 
 t.test('a bad renewed certificate is refused naming its field; the running one stays', async (t) => {
@@ -266,6 +268,13 @@ t.test('a bad renewed certificate is refused naming its field; the running one s
   t.equal(await servedSerial(port, 'localhost'), '1001', 'and localhost the running default')
   t.equal(await session.echo('still'), 'still', 'the open session was never touched')
   t.equal(s.ferry.child.exitCode, null, 'the gateway is alive')
+  // Turning TLS off (or on) is not a reload: the front is made SSL or not at start.
+  const file = s.ferry.child.spawnargs.at(-1)!
+  const cfg = parse(readFileSync(file, 'utf8')) as { listen: { http: Record<string, unknown> } }
+  delete cfg.listen.http.tls
+  writeFileSync(file, stringify(cfg))
+  rr = await reload(s.ferry)
+  t.match(rr.errors.join('\n'), /listen\.http\.tls: cannot change on a reload/, 'a reload that removes listen.http.tls is refused, naming it')
 })
 
 t.test('bad certificate files stop the process at start, each named by field', async (t) => {
@@ -327,6 +336,7 @@ t.test('garbage instead of a ClientHello, and stalled handshakes, never affect o
   const stalled = Array.from({ length: 20 }, () => {
     const c = netConnect(port, '127.0.0.1', () => { c.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00])) }) // a record header promising 512 bytes that never come
     c.on('error', () => {})
+    c.on('end', () => { c.destroy() })
     return c
   })
   t.teardown(() => { for (const c of stalled) c.destroy() })
@@ -336,6 +346,12 @@ t.test('garbage instead of a ClientHello, and stalled handshakes, never affect o
   await new Promise<void>((resolve, reject) => { tls.once('secureConnect', resolve); tls.once('error', reject) })
   t.equal(tls.getPeerCertificate().serialNumber, 'A001', 'Node tls with the CA verifies a.test meanwhile')
   tls.destroy()
+  const reneg = await run('sh', ['-c', `(printf 'R\\n'; sleep 2) | openssl s_client -connect 127.0.0.1:${port} -servername localhost -tls1_2 2>&1`])
+  t.match(reneg.stdout, /RENEGOTIATING[\s\S]*alert no renegotiation/, 'a TLS 1.2 renegotiation attempt gets a no_renegotiation alert')
+  t.equal(await session.echo('after reneg'), 'after reneg', 'the session still echoes')
+  const start = Date.now()
+  await waitFor('the stalled handshakes to be closed', () => stalled.every((c) => c.destroyed || c.readyState === 'closed'), 30_000, 100)
+  t.pass(`the 20 stalled handshakes were closed by the gateway within 30 s (took ${Date.now() - start} ms more; uWS's 10 s idle timer)`)
   t.equal(s.ferry.child.exitCode, null, 'the gateway is alive')
 })
 
