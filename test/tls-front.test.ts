@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { connect as netConnect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -9,6 +9,7 @@ import WebSocket, { WebSocketServer } from 'ws'
 import { chromium } from 'playwright-core'
 import { parse, stringify } from 'yaml'
 import { startBackend } from './helpers/backend.js'
+import { startMuxBackend } from './helpers/mux.js'
 import { metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
 
 /**
@@ -24,6 +25,8 @@ async function run (cmd: string, args: string[], input = ''): Promise<{ code: nu
     const c = execFile(cmd, args, { timeout: 15_000 }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr })
     })
+    // A child that exits before reading its stdin (EPIPE) is not an error here.
+    c.stdin!.on('error', () => {})
     c.stdin!.end(input)
   })
 }
@@ -122,6 +125,8 @@ interface Setup {
   ferry: FerryProcess
   ws: WsBackend
   headers: Array<Record<string, string | string[] | undefined>>
+  /** Headers of the sessions the mux backend (route /chat) opened. */
+  muxHeaders: Array<Readonly<Record<string, string>>>
 }
 
 /** Ferry with a default certificate (localhost, 127.0.0.1; serial 1001) and an SNI one (a.test; serial A001), routes / (http) and /ws (ws). */
@@ -136,13 +141,15 @@ async function setup (t: Test, tls: Record<string, unknown> = {}, listen: Record
   const headers: Setup['headers'] = []
   const http = await startBackend(t, (req, res) => { headers.push(req.headers); res.end(`backend ${req.url ?? ''}`) })
   const ws = await startWsBackend(t)
+  const muxHeaders: Setup['muxHeaders'] = []
+  const mux = await startMuxBackend(t, (session) => { muxHeaders.push(session.headers) })
   const ferry = await startFerry(t, {
     listen: { http: { host: '127.0.0.1', port: 0, tls: { certFile: def.cert, keyFile: def.key, sni: [{ serverNames: ['a.test'], certFile: a.cert, keyFile: a.key }], ...tls }, ...listen } },
-    upstreams: { api: { protocol: 'http', endpoints: [http.address] }, chat: { protocol: 'ws', endpoints: [`127.0.0.1:${ws.port}`] } },
-    routes: [{ match: { path: '/ws' }, upstream: 'chat' }, { match: { path: '/' }, upstream: 'api' }],
+    upstreams: { api: { protocol: 'http', endpoints: [http.address] }, chat: { protocol: 'ws', endpoints: [`127.0.0.1:${ws.port}`] }, room: { protocol: 'mux', endpoints: [`127.0.0.1:${mux.port}`] } },
+    routes: [{ match: { path: '/ws' }, upstream: 'chat' }, { match: { path: '/chat' }, upstream: 'room' }, { match: { path: '/' }, upstream: 'api' }],
     logging: { level: 'info', accessLog: false },
   })
-  return { pki, def, a, ferry, ws, headers }
+  return { pki, def, a, ferry, ws, headers, muxHeaders }
 }
 
 async function curl (s: Setup, host: string, path: string): Promise<{ code: number, stdout: string, stderr: string }> {
@@ -175,6 +182,9 @@ t.test('HTTPS and WSS through to plain backends, the certificate chosen by SNI',
     c.ws.close()
   }
   t.equal(s.ws.headers.at(-1)!['x-forwarded-proto'], 'https', 'the ws backend is told X-Forwarded-Proto: https')
+  await wssOpen(t, `wss://127.0.0.1:${s.ferry.httpPort}/chat`, s.pki.ca, 'a.test')
+  await waitFor('the mux session to open', () => s.muxHeaders.length > 0)
+  t.equal(s.muxHeaders[0]!['x-forwarded-proto'], 'https', 'a mux session\'s OPEN headers say x-forwarded-proto https')
 })
 
 /** The protocol `openssl s_client FLAG` negotiates with the front, or why not. */
@@ -204,6 +214,8 @@ t.test('the plain redirect listener answers 308 to https', async (t) => {
   t.match(r.stdout, new RegExp(`location: https://localhost:${s.ferry.httpPort}/some/path\\?q=1\\r\\n`, 'i'), 'to the same URL over https on the TLS port')
   const follow = await run('curl', ['-sS', '-L', '--max-time', '10', '--cacert', s.pki.ca, `http://localhost:${port}/followed`])
   t.equal(follow.stdout, 'backend /followed', 'curl -L follows it to the backend over TLS')
+  const bad = await run('curl', ['-sS', '-i', '--max-time', '5', '-H', 'Host: evil.test/x', `http://127.0.0.1:${port}/`])
+  t.match(bad.stdout, /^HTTP\/1\.1 400 /, 'a Host that is not a host name gets 400, not a redirect built from it')
 })
 
 t.test('rotation: reload and the file watch apply a renewed certificate; open sessions stay', async (t) => {
@@ -223,12 +235,18 @@ t.test('rotation: reload and the file watch apply a renewed certificate; open se
 
   // The watch, no reload: renewed again (and the default certificate too).
   const applied = await metric(s.ferry, 'ferry_tls_cert_checks_total{result="applied"}')
-  copyPair(await s.pki.issue('a-3', 'DNS:a.test', 'A003'), s.a)
+  // a.test by an atomic symlink swap (what a Kubernetes Secret volume does), the default by overwriting.
+  const a3 = await s.pki.issue('a-3', 'DNS:a.test', 'A003')
+  for (const [from, to] of [[a3.cert, s.a.cert], [a3.key, s.a.key]] as const) {
+    symlinkSync(from, `${to}.next`)
+    renameSync(`${to}.next`, to)
+  }
   copyPair(await s.pki.issue('def-2', 'DNS:localhost,IP:127.0.0.1', '1002'), s.def)
   await waitFor('the watch to apply the new files', async () => await servedSerial(port, 'a.test') === 'A003' && await servedSerial(port, 'localhost') === '1002', 15_000, 200)
   t.pass('without a reload, within the watch interval, a.test serves A003 and localhost (a DNS name of the default) 1002')
   t.ok(await metric(s.ferry, 'ferry_tls_cert_checks_total{result="applied"}') > applied, 'counted as applied')
   t.equal(await servedSerial(port, undefined), '1001', 'a handshake without SNI still gets the start-up default (uWS 20.30 cannot replace it; docs/tls.md)')
+  t.ok(s.ferry.logs.some((l) => typeof l.msg === 'string' && l.msg.includes('default certificate changed') && l.level === 40), 'and the gateway warns about it')
   t.equal(await session.echo('after watch'), 'after watch', 'the first session is still open and echoing')
   t.equal((await curl(s, 'localhost', '/x')).stdout, 'backend /x', 'HTTPS on localhost with the renewed default')
   t.ok(s.ferry.logs.some((l) => l.raw === 'Browsed to SNI: a.test'), 'uWS 20.30 prints its own non-JSON lines on stdout when a name is registered (docs/tls.md)')
@@ -303,6 +321,10 @@ t.test('bad certificate files stop the process at start, each named by field', a
   r = await start({ certFile: good.cert, keyFile: good.key, sni: [{ serverNames: ['a.test'], certFile: good.cert, keyFile: wrong.key }] })
   t.not(r.code, 0, 'a wrong key: the process exits non-zero')
   t.match(r.stderr, /listen\.http\.tls\.sni\[0\]\.keyFile: .* does not match the certificate/, 'naming listen.http.tls.sni[0].keyFile')
+  const checkFile = writeConfig({ listen: { http: { tls: { certFile: expired.cert, keyFile: expired.key } } }, upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:9'] } }, routes: [{ match: { path: '/' }, upstream: 'api' }] })
+  const check = await runCli(['check', '--config', checkFile])
+  t.not(check.code, 0, 'ferry check fails on the same config')
+  t.match(check.stderr, /listen\.http\.tls\.certFile: .*expired on/, 'naming the field')
   r = await start({ certFile: join(pki.dir, 'missing.pem'), keyFile: good.key })
   t.match(r.stderr, /listen\.http\.tls\.certFile: cannot read .*ENOENT/, 'an unreadable file: named')
   r = await start({ certFile: good.cert, keyFile: encKey })
