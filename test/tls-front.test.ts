@@ -250,6 +250,18 @@ t.test('rotation: reload and the file watch apply a renewed certificate; open se
   t.equal(await session.echo('after watch'), 'after watch', 'the first session is still open and echoing')
   t.equal((await curl(s, 'localhost', '/x')).stdout, 'backend /x', 'HTTPS on localhost with the renewed default')
   t.ok(s.ferry.logs.some((l) => l.raw === 'Browsed to SNI: a.test'), 'uWS 20.30 prints its own non-JSON lines on stdout when a name is registered (docs/tls.md)')
+
+  // The sni list itself changes on a reload: a.test's entry replaced by one for b.test.
+  const b = await s.pki.issue('b-1', 'DNS:b.test', 'B0B1')
+  const file = s.ferry.child.spawnargs.at(-1)!
+  const cfg = parse(readFileSync(file, 'utf8')) as { listen: { http: { tls: { sni: unknown[] } } } }
+  cfg.listen.http.tls.sni = [{ serverNames: ['b.test'], certFile: b.cert, keyFile: b.key }]
+  writeFileSync(file, stringify(cfg))
+  t.equal((await reload(s.ferry)).result, 'ok', 'a reload that replaces the sni entries succeeds')
+  t.equal(await servedSerial(port, 'b.test'), 'B0B1', 'b.test now gets its certificate')
+  t.equal(await servedSerial(port, 'a.test'), '1001', 'a.test, no longer listed and no name of the default, gets the start-up default (not the renewed 1002; docs/tls.md)')
+  t.equal((await curl(s, 'b.test', '/b')).stdout, 'backend /b', 'HTTPS on b.test is routed')
+  t.equal(await session.echo('after sni change'), 'after sni change', 'the first session (made on a.test) is still open')
 })
 
 t.test('a bad renewed certificate is refused naming its field; the running one stays', async (t) => {
@@ -288,7 +300,17 @@ t.test('a bad renewed certificate is refused naming its field; the running one s
   t.equal(s.ferry.child.exitCode, null, 'the gateway is alive')
   // Turning TLS off (or on) is not a reload: the front is made SSL or not at start.
   const file = s.ferry.child.spawnargs.at(-1)!
-  const cfg = parse(readFileSync(file, 'utf8')) as { listen: { http: Record<string, unknown> } }
+  const cfg = parse(readFileSync(file, 'utf8')) as { listen: { http: Record<string, any> } }
+  const original = structuredClone(cfg)
+  cfg.listen.http.tls.watchIntervalMs = 2000
+  writeFileSync(file, stringify(cfg))
+  rr = await reload(s.ferry)
+  t.match(rr.errors.join('\n'), /listen\.http\.tls: cannot change on a reload \(ciphers, minVersion and watchIntervalMs/, 'a reload changing watchIntervalMs is refused, naming it')
+  cfg.listen.http = { ...original.listen.http, redirectHttpPort: 0 }
+  writeFileSync(file, stringify(cfg))
+  rr = await reload(s.ferry)
+  t.match(rr.errors.join('\n'), /listen\.http\.redirectHttpPort: cannot change on a reload/, 'adding redirectHttpPort is refused, naming it')
+  cfg.listen.http = structuredClone(original.listen.http)
   delete cfg.listen.http.tls
   writeFileSync(file, stringify(cfg))
   rr = await reload(s.ferry)

@@ -159,7 +159,7 @@ export class TlsFront {
     }
     this.app = app
     this.syncNames()
-    this.watch = setInterval(() => { this.check('watch') }, cfg.watchIntervalMs)
+    this.watch = setInterval(() => { this.safely('watch', () => { this.check('watch') }) }, cfg.watchIntervalMs)
     this.watch.unref()
     deps.log.info({ default: m.default.serial, sni: m.sni.map((e) => ({ names: e.names, serial: e.pair.serial })) }, 'TLS certificates loaded')
   }
@@ -168,10 +168,14 @@ export class TlsFront {
     return { ...(this.material.passphrase !== undefined ? { passphrase: this.material.passphrase } : {}), ...(this.cfg.ciphers !== undefined ? { ssl_ciphers: this.cfg.ciphers } : {}) }
   }
 
-  /** Serial of the certificate served for `name` now (the default's when no entry lists it). */
-  serialFor (name: string): string {
-    const n = name.toLowerCase()
-    return (this.material.sni.find((e) => e.names.includes(n))?.pair ?? this.material.default).serial
+  /** A timer or a committed reload must not throw (a failed temp-file write, say): logged and counted instead. */
+  private safely (trigger: string, fn: () => void): void {
+    try {
+      fn()
+    } catch (err) {
+      this.counts.refused.inc()
+      this.deps.log.error({ trigger, err, code: 'FERRY_ERR_TLS_CERT' }, 'applying TLS certificate files failed')
+    }
   }
 
   /** Runs `fn` on the main router and on the router of every registered name, now and for names added later. */
@@ -220,7 +224,7 @@ export class TlsFront {
   prepare (cfg: HttpTlsConfig): { problems: string[] } | { apply: () => void } {
     const m = readTlsMaterial(cfg)
     if ('problems' in m) return m
-    return { apply: () => { this.use(cfg, m, 'reload') } }
+    return { apply: () => { this.safely('reload', () => { this.use(cfg, m, 'reload') }) } }
   }
 
   private use (cfg: HttpTlsConfig, m: TlsMaterial, trigger: string): void {
