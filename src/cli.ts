@@ -3,6 +3,7 @@ import { watchFile } from 'node:fs'
 import { formatAddress } from './discovery/source.js'
 import { parseArgs } from 'node:util'
 import { loadConfig } from './config/load.js'
+import { readTlsMaterial } from './front/tls.js'
 import { resolveAdminToken } from './admin/token.js'
 import { renderConfigReference, renderErrorReference } from './config/reference.js'
 import { isFerryError } from './errors.js'
@@ -165,6 +166,9 @@ async function main (argv: string[]): Promise<void> {
     case 'check': {
       if (file === undefined) fail('ferry check: --config FILE is required')
       const cfg = loadConfig(file)
+      // The certificate files too: what would stop `start` (or be refused by a reload) stops here.
+      const tls = cfg.listen.http.tls === undefined ? undefined : readTlsMaterial(cfg.listen.http.tls)
+      if (tls !== undefined && 'problems' in tls) fail(`${file}: ${tls.problems.length} TLS problem${tls.problems.length === 1 ? '' : 's'}\n  ${tls.problems.join('\n  ')}`)
       process.stdout.write(`${file}: ok (${Object.keys(cfg.upstreams).length} upstreams, ${cfg.routes.length} routes)\n`)
       return
     }

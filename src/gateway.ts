@@ -383,6 +383,9 @@ export class Gateway {
     if (this.state !== 'running') return refuse([`(gateway): cannot reload while ${this.state}`])
     const problems = reloadRefusals(this.cfg, next)
     if (problems.length > 0) return refuse(problems)
+    // Certificate files are read again on every reload, changed or not (a renewed certificate).
+    const tls = this.front!.prepareTls(next.listen.http.tls)
+    if ('problems' in tls) return refuse(tls.problems)
     let access: { token: AdminToken, protectMetrics: boolean }
     try {
       access = this.adminAccess(next)
@@ -403,7 +406,7 @@ export class Gateway {
     const moved: { http?: ListenSocket, admin?: ListenSocket } = {}
     const unbind = (): void => { moved.http?.close(); moved.admin?.close() }
     try {
-      if (canonicalJson(this.cfg.listen.http) !== canonicalJson(next.listen.http)) moved.http = await this.front!.bindNew(next.listen.http.host, next.listen.http.port)
+      if (this.cfg.listen.http.host !== next.listen.http.host || this.cfg.listen.http.port !== next.listen.http.port) moved.http = await this.front!.bindNew(next.listen.http.host, next.listen.http.port)
       if (canonicalJson(this.cfg.listen.admin) !== canonicalJson(next.listen.admin)) moved.admin = await this.admin!.bindNew(next.listen.admin.host, next.listen.admin.port)
     } catch (err) {
       unbind()
@@ -459,6 +462,7 @@ export class Gateway {
     void this.edge?.retire(edge)
     this.edge = edge
     this.front?.setTable(this.table(next, set))
+    tls.apply()
     this.admission.reconfigure(next.admission)
     this.descriptors?.configure(next.limits.fdReserve)
     this.drainer.reconfigure(next.drain)

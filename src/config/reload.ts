@@ -22,6 +22,11 @@ export function reloadRefusals (running: Config, next: Config): string[] {
   fixed('resume', running.resume, next.resume, 'tokens already issued must stay valid')
   fixed('reload', running.reload, next.reload, 'the file watch is set up at start-up')
   fixed('admin.console', running.admin.console, next.admin.console, 'the console feed is set up at start-up')
+  // uWS makes an app SSL or not when it is created, with its cipher list; the redirect listener is bound at start.
+  const tlsFixed = (t: Config['listen']['http']['tls']) => t === undefined ? undefined : { ciphers: t.ciphers, minVersion: t.minVersion, watchIntervalMs: t.watchIntervalMs }
+  fixed('listen.http.tls', running.listen.http.tls === undefined, next.listen.http.tls === undefined, 'the HTTP front is made with TLS or without it at start-up')
+  fixed('listen.http.tls', tlsFixed(running.listen.http.tls), tlsFixed(next.listen.http.tls), 'ciphers, minVersion and watchIntervalMs are set up at start-up; certificates and sni entries can change')
+  fixed('listen.http.redirectHttpPort', running.listen.http.redirectHttpPort, next.listen.http.redirectHttpPort, 'the redirect listener is bound at start-up')
   // uWS binds these to a path's URL pattern when it is registered; new paths are fine.
   const before = wsSettingsByPath(running)
   for (const [path, s] of wsSettingsByPath(next)) {

@@ -27,6 +27,33 @@ const listener = (defHost: string, defPort: number) => z.strictObject({
   port: port.default(defPort).describe('TCP port; 0 picks a free one (logged at start).'),
 })
 
+/** A TLS server name pattern as uWebSockets.js matches it: a DNS name, its labels optionally `*`. */
+const serverName = z.string().regex(/^(?=.{1,253}$)(\*|[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?)(\.(\*|[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?))*$/, { error: 'must be a DNS name, a label may be * (*.example.com)' })
+
+const certPair = {
+  certFile: z.string().min(1).describe('PEM certificate file: the server certificate first, then its intermediates. Read again on every reload and when it changes (watched).'),
+  keyFile: z.string().min(1).describe('PEM private key file of that certificate (checked to match it at load).'),
+}
+
+const httpTls = z.strictObject({
+  ...certPair,
+  passphraseFile: z.string().min(1).optional().describe('File holding the passphrase of an encrypted `keyFile` (and of the `sni` keys); trailing newlines are ignored.'),
+  sni: z.array(z.strictObject({
+    serverNames: z.array(serverName).min(1).describe('Names this certificate is served for (the client\'s SNI); a label may be `*`.'),
+    ...certPair,
+  })).default([]).describe('More certificates, chosen by the name the client sends (SNI). A name no entry lists gets the top-level pair.'),
+  minVersion: z.enum(['TLSv1.2']).default('TLSv1.2').describe('Oldest TLS version accepted. uWebSockets.js 20.30 fixes it at TLS 1.2 (its BoringSSL contexts answer a TLS 1.0 or 1.1 ClientHello with a protocol_version alert) and has no option to raise it, so TLSv1.2 is the only value; TLS 1.3 is offered too. See docs/tls.md.'),
+  ciphers: z.string().min(1).regex(/^[A-Za-z0-9:+!@=._-]+$/, { error: 'must be an OpenSSL cipher list (ECDHE-ECDSA-AES128-GCM-SHA256:...)' }).optional().describe('TLS 1.2 cipher list (OpenSSL syntax, as BoringSSL reads it), for every certificate; uWS passes it as ssl_ciphers. TLS 1.3 suites are not configurable (BoringSSL). A list BoringSSL finds nothing in stops the start. Default: BoringSSL\'s.'),
+  watchIntervalMs: z.number().int().min(1000, { error: 'must be an integer of 1000-3600000' }).max(3600000, { error: 'must be an integer of 1000-3600000' }).default(5000).describe('How often the certificate, key and passphrase files are checked for changes (a renewed certificate is applied without a reload). Every reload checks them too.'),
+}).describe('Terminate TLS on the HTTP/WebSocket front (HTTPS and WSS): docs/tls.md. Certificates are checked at start (readable, PEM, key matches, not expired) and the process does not start on a bad one; a changed file is applied live, a bad one refused naming its field (the running one stays).')
+
+const httpListener = z.strictObject({
+  host: z.string().min(1).default('0.0.0.0').describe('Address to bind (0.0.0.0, 127.0.0.1, ::, ::1).'),
+  port: port.default(8080).describe('TCP port; 0 picks a free one (logged at start).'),
+  tls: httpTls.optional(),
+  redirectHttpPort: port.optional().describe('With `tls`: also listen on this port (same host) for plain HTTP and answer every request with 308 to the same URL over https on `port`. 0 picks a free one.'),
+})
+
 const httpPool = z.strictObject({
   maxConnections: positiveInt.default(16).describe('Hard cap of keep-alive connections Ferry opens to each endpoint of this upstream for ordinary (short) requests; the backend never sees more of them. Long-held requests (SSE, long polling, streaming responses) have their own budget, `longHeld.maxConnections`, so they never take these (docs/http.md).'),
   queueLimit: nonNegativeInt.default(1000).describe('Requests that may wait for a free connection; beyond it the client gets 503 with Retry-After.'),
@@ -449,7 +476,7 @@ export const configSchema = z.strictObject({
     id: z.string().min(1).optional().describe('This pod\'s id in logs, /status and affinity records. Default: the host name.'),
   }).prefault({}).describe('Identity of this gateway process.'),
   listen: z.strictObject({
-    http: listener('0.0.0.0', 8080).prefault({}).describe('The HTTP and WebSocket front (uWebSockets.js).'),
+    http: httpListener.prefault({}).describe('The HTTP and WebSocket front (uWebSockets.js).'),
     admin: listener('127.0.0.1', 9901).prefault({}).describe('Admin API and status console: /healthz /readyz /metrics /status /events, POST /drain /reload, POST /upstreams/NAME/endpoints/ADDR/drain and /ready, PUT /routes/NAME/split, the console at /. Keep it off public interfaces, and set `admin.token` when it is reachable by anyone else.'),
     tcp: z.array(tcpListener).default([]).describe('Raw TCP passthrough ports, each forwarding to a `protocol: tcp` upstream.'),
   }).prefault({}).describe('Listening sockets.'),
@@ -629,6 +656,17 @@ export const configSchema = z.strictObject({
     { path: 'listen.http', host: cfg.listen.http.host, port: cfg.listen.http.port },
     { path: 'listen.admin', host: cfg.listen.admin.host, port: cfg.listen.admin.port },
   ]
+  const redirect = cfg.listen.http.redirectHttpPort
+  if (redirect !== undefined) {
+    if (cfg.listen.http.tls === undefined) ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'redirectHttpPort'], input: redirect, message: 'needs listen.http.tls (it redirects to https)' })
+    if (redirect !== 0 && (redirect === cfg.listen.http.port || redirect === cfg.listen.admin.port)) ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'redirectHttpPort'], input: redirect, message: `port ${redirect} is also bound by ${redirect === cfg.listen.http.port ? 'listen.http' : 'listen.admin'}` })
+    else if (redirect !== 0) bound.push({ path: 'listen.http.redirectHttpPort', host: cfg.listen.http.host, port: redirect })
+  }
+  cfg.listen.http.tls?.sni.forEach((e, i) => e.serverNames.forEach((n, j) => {
+    const k = cfg.listen.http.tls!.sni.findIndex((o) => o.serverNames.some((m) => m.toLowerCase() === n.toLowerCase()))
+    const first = cfg.listen.http.tls!.sni[k]!.serverNames.findIndex((m) => m.toLowerCase() === n.toLowerCase())
+    if (k !== i || first !== j) ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'tls', 'sni', i, 'serverNames', j], input: n, message: `${n} is also listed by listen.http.tls.sni[${k}]` })
+  }))
   const wildcard = (h: string): boolean => h === '0.0.0.0' || h === '::'
   cfg.listen.tcp.forEach((l, i) => {
     const first = names.get(l.name)
@@ -706,6 +744,7 @@ export type WsUpstreamConfig = Extract<UpstreamConfig, { protocol: 'ws' }>
 export type MuxUpstreamConfig = Extract<UpstreamConfig, { protocol: 'mux' }>
 export type WebSocketRouteConfig = z.output<typeof websocketRoute>
 export type TcpListenerConfig = ParsedConfig['listen']['tcp'][number]
+export type HttpTlsConfig = NonNullable<ParsedConfig['listen']['http']['tls']>
 export type RouteConfig = ParsedConfig['routes'][number]
 export type RouteSplitConfig = NonNullable<RouteConfig['split']>
 export type { Labels } from './labels.js'

@@ -15,6 +15,8 @@ import type { RouteTable } from './route-table.js'
 import type { Admission } from '../drain/admission.js'
 import { ConnectionLimits } from '../edge/limits.js'
 import { Networks } from '../net/address.js'
+import { redirectApp, TlsFront } from './tls.js'
+import type { HttpTlsConfig } from '../config/schema.js'
 
 export interface FrontDeps {
   readonly uws: Uws
@@ -36,6 +38,10 @@ export interface FrontDeps {
 export class HttpFront {
   private readonly app: TemplatedApp
   private socket: ListenSocket | undefined
+  /** listen.http.tls: the certificates and their watch (absent: plain HTTP). */
+  readonly tls: TlsFront | undefined
+  /** listen.http.redirectHttpPort: the plain listener that redirects to https. */
+  private redirect: { app: TemplatedApp, socket: ListenSocket | undefined } | undefined
   /** closeConnections() ran: every client connection was closed (the end of a drain). */
   private connectionsClosed = false
   private reqOpts: RequestOptions
@@ -52,7 +58,10 @@ export class HttpFront {
   private readonly nextRequestId: () => string
 
   constructor (private readonly deps: FrontDeps) {
-    this.app = deps.uws.App()
+    const tls = deps.config.listen.http.tls
+    this.tls = tls === undefined ? undefined : new TlsFront({ uws: deps.uws, log: deps.log.child({ component: 'tls' }), metrics: deps.metrics }, tls)
+    this.app = this.tls?.app ?? deps.uws.App()
+    const routes = this.tls === undefined ? (fn: (app: TemplatedApp) => void) => { fn(this.app) } : this.tls.register.bind(this.tls)
     const prefix = randomBytes(4).toString('hex')
     let n = 0
     this.nextRequestId = () => `${prefix}-${(++n).toString(36)}`
@@ -63,13 +72,30 @@ export class HttpFront {
     this.limits = new ConnectionLimits(deps.table.config.limits, deps.metrics)
     this.bodyPolicy = bodyPolicy(deps.table.config, this.limits)
     // WebSocket behaviors first: their GET handlers yield non-upgrade requests to `any`.
-    this.ws = new WsFront(this.app, { uws: deps.uws, table: deps.table, log: deps.log, metrics: deps.metrics, admission: deps.admission, limits: this.limits })
-    this.app.any('/*', (res, req) => this.onRequest(res, req))
+    this.ws = new WsFront(this.app, { uws: deps.uws, table: deps.table, log: deps.log, metrics: deps.metrics, admission: deps.admission, limits: this.limits, routes, proto: this.proto })
+    routes((app) => { app.any('/*', (res, req) => this.onRequest(res, req)) })
   }
 
   private requestOptions (cfg: Config): RequestOptions {
     const h = cfg.http
-    return { requestIdHeader: h.requestIdHeader, trusted: new Networks(h.trustedProxies), maxUrlBytes: h.maxUrlBytes, maxHeaderBytes: h.maxHeaderBytes, mergeSlashes: h.mergeSlashes, nextRequestId: this.nextRequestId }
+    return { requestIdHeader: h.requestIdHeader, trusted: new Networks(h.trustedProxies), maxUrlBytes: h.maxUrlBytes, maxHeaderBytes: h.maxHeaderBytes, mergeSlashes: h.mergeSlashes, nextRequestId: this.nextRequestId, proto: this.proto }
+  }
+
+  /** What X-Forwarded-Proto says: the scheme the client used to reach this front. */
+  private get proto (): 'http' | 'https' {
+    return this.deps.config.listen.http.tls === undefined ? 'http' : 'https'
+  }
+
+  /**
+   * A reload's TLS files, checked before anything else of the reload is applied: problems refuse the
+   * reload (the running certificates stay); `apply` runs once the reload goes ahead. Every reload reads
+   * the files again, so a renewed certificate is picked up even when the config text did not change.
+   */
+  prepareTls (next: HttpTlsConfig | undefined): { problems: string[] } | { apply: () => void } {
+    if (this.tls === undefined || next === undefined) return { apply: () => {} }
+    const r = this.tls.prepare(next)
+    if ('problems' in r) this.tls.refused(r.problems)
+    return r
   }
 
   /** A reload: requests and upgrades from now on are routed with `table`; those under way keep theirs. */
@@ -84,6 +110,12 @@ export class HttpFront {
   async listen (): Promise<number> {
     const { host, port } = this.deps.config.listen.http
     this.socket = await listen(this.deps.uws, this.app, 'listen.http', host, port)
+    const redirectPort = this.deps.config.listen.http.redirectHttpPort
+    if (redirectPort !== undefined) {
+      const app = redirectApp(this.deps.uws, () => this.socket?.port ?? port)
+      this.redirect = { app, socket: await listen(this.deps.uws, app, 'listen.http.redirectHttpPort', host, redirectPort) }
+      this.deps.log.info({ redirect: `${host}:${this.redirect.socket!.port}`, to: this.socket.port }, 'redirecting plain HTTP to https')
+    }
     return this.socket.port
   }
 
@@ -115,6 +147,9 @@ export class HttpFront {
     this.ws.stopAccepting()
     this.socket?.close()
     this.socket = undefined
+    this.redirect?.socket?.close()
+    if (this.redirect !== undefined) this.redirect.socket = undefined
+    this.tls?.close()
   }
 
   /**
@@ -130,6 +165,7 @@ export class HttpFront {
     // The typings lack close(); the 20.30 binary has it (us_socket_context_close on the HTTP and WebSocket contexts).
     const app = this.app as TemplatedApp & { close: () => void }
     app.close()
+    if (this.redirect !== undefined) (this.redirect.app as TemplatedApp & { close: () => void }).close()
   }
 
   private onRequest (res: HttpResponse, req: HttpRequest): void {

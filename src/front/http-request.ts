@@ -18,6 +18,8 @@ export interface RequestOptions {
   /** http.mergeSlashes */
   mergeSlashes: boolean
   nextRequestId: () => string
+  /** X-Forwarded-Proto: `https` on a TLS front. */
+  proto: 'http' | 'https'
 }
 
 /** RFC 9110 §5.1 field-name: a token. */
@@ -123,7 +125,7 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
   if (contentLength !== undefined) headers.push('content-length', String(contentLength))
   headers.push(
     'x-forwarded-for', client.forwardedFor,
-    'x-forwarded-proto', 'http',
+    'x-forwarded-proto', opts.proto,
     'x-forwarded-host', host,
     opts.requestIdHeader, requestId,
   )

@@ -28,6 +28,10 @@ export interface WsFrontDeps {
   readonly metrics: Metrics
   readonly admission: Admission
   readonly limits: ConnectionLimits
+  /** Registers a route on every router of the app (a TLS front has one per SNI name); absent: the app's. */
+  readonly routes?: (fn: (app: TemplatedApp) => void) => void
+  /** X-Forwarded-Proto towards the backend: `https` on a TLS front. */
+  readonly proto?: 'http' | 'https'
 }
 
 const TOPIC_CHECK_BYTES = 64 * 1024
@@ -92,7 +96,10 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   private add (pattern: string, s: WebSocketRouteConfig): void {
     if (this.patterns.has(pattern)) return
     this.patterns.add(pattern)
-    this.app.ws(pattern, this.behavior(s))
+    const behavior = this.behavior(s)
+    // Through `routes`: on a TLS front every SNI name has a router of its own (src/front/tls.ts).
+    if (this.deps.routes !== undefined) this.deps.routes((app) => { app.ws(pattern, behavior) })
+    else this.app.ws(pattern, behavior)
   }
 
   private registerPaths (byPath: Map<string, WebSocketRouteConfig>): void {
@@ -189,7 +196,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         if (k !== 'x-forwarded-for' && settings.forwardHeaders.includes(k)) headers[k] = headers[k] === undefined ? raw[i + 1]! : `${headers[k]}, ${raw[i + 1]!}`
       }
       headers['x-forwarded-for'] = client.forwardedFor
-      headers['x-forwarded-proto'] = 'http'
+      headers['x-forwarded-proto'] = this.deps.proto ?? 'http'
       headers['x-forwarded-host'] = host
       headers[table.config.http.requestIdHeader] = requestId
       // `ferry.*` offers are Ferry's own (ferry/client); the rest are the application's.

@@ -75,6 +75,7 @@ export class Metrics {
   readonly acceptPaused: Counter<'listener'>
   readonly acceptPausedNow: Gauge<'listener'>
   readonly configReloads: Counter<'result'>
+  readonly tlsCertChecks: Counter<'result'>
   readonly drainPhase: Gauge
   readonly consoleSubscribers: Gauge
   readonly consoleDropped: Counter
@@ -150,6 +151,7 @@ export class Metrics {
     this.resumeClientErrors = new Counter({ name: 'ferry_resume_client_errors_total', help: 'ferry.v1 clients closed for breaking the wire protocol (FERRY_ERR_RESUME_BAD_ACK: acknowledged messages it was never sent; FERRY_ERR_WS_CLIENT_PROTOCOL: unknown message kind).', labelNames: ['upstream', 'code'], registers: r })
     this.affinityEvictions = new Counter({ name: 'ferry_affinity_evictions_total', help: 'Affinity records dropped before their TTL because the memory store held affinity.maxEntries.', labelNames: ['store'], registers: r })
     this.configReloads = new Counter({ name: 'ferry_config_reloads_total', help: 'Config reloads (SIGHUP, POST /reload) by result: ok, or refused (invalid, or a field that needs a restart; the running config was kept).', labelNames: ['result'], registers: r })
+    this.tlsCertChecks = new Counter({ name: 'ferry_tls_cert_checks_total', help: 'Checks of the HTTP front\'s TLS certificate files (listen.http.tls: every reload and every watchIntervalMs) by result: applied (changed and valid, new handshakes get it), unchanged, or refused (unreadable, not PEM, key mismatch, expired; the running certificates stay).', labelNames: ['result'], registers: r })
     this.admissionRefused = new Counter({ name: 'ferry_admission_refused_total', help: 'New WebSocket handshakes refused by admission control (admission.handshakesPerSec), by reply: http_503 (503 + Retry-After) or ws_1013 (ferry/client: close 1013 with retry-after-ms).', labelNames: ['reply'], registers: r })
     this.limitRefused = new Counter({ name: 'ferry_limit_refused_total', help: 'HTTP requests and WebSocket upgrades refused by a limit of config `limits`, by limit: http_in_flight, http_buffered_bytes, ws_sessions (503) or http_in_flight_per_ip, http_streamed_bodies_per_ip, http_buffered_bytes_per_ip, ws_sessions_per_ip (429).', labelNames: ['limit'], registers: r })
     this.bufferedBodyBytes = new Gauge({ name: 'ferry_http_buffered_body_bytes', help: 'Request body bytes held in memory now: buffered bodies being read or waiting for an upstream connection (limits.maxBufferedBodyBytes). Updated at scrape time.', registers: r })
