@@ -276,6 +276,8 @@ const muxUpstream = z.strictObject({
 export const upstreamSchema = z.discriminatedUnion('protocol', [httpUpstream, wsUpstream, muxUpstream, tcpUpstream]).describe('One backend service; `protocol` selects its kind.')
 
 /** An address, or address/prefix within the family's width; zone ids (`%eth0`) are not addresses. */
+/** `https://chat.example.com`, `https://*.example.com`, with an optional port; or `null` (opaque origins). */
+const ORIGIN_RE = /^(?:null|https?:\/\/(?:\*\.)?[A-Za-z0-9.-]+(?::\d{1,5})?)$/
 const cidr = z.string().refine((s) => parseCidr(s) !== undefined, { error: 'must be an IP address or CIDR (10.0.0.0/8, ::1/128)' })
 
 const tcpListener = z.strictObject({
@@ -460,6 +462,12 @@ const routeSchema = z.strictObject({
   upstream: z.string().min(1).describe('Name of an entry in `upstreams`.'),
   maxBodyBytes: positiveInt.optional().describe('Overrides `http.maxBodyBytes` for this route.'),
   bufferBodyBytes: nonNegativeInt.optional().describe('Overrides `http.bufferBodyBytes` for this route (0: stream every body, e.g. a route whose backend consumes uploads as they arrive).'),
+  access: z.strictObject({
+    allow: z.array(cidr).default([]).describe('Client addresses (IP or CIDR) that may use this route; empty: any. The client is the address `http.trustedProxies` resolves (what limits and logs use).'),
+    deny: z.array(cidr).default([]).describe('Client addresses (IP or CIDR) refused, checked before `allow`.'),
+    origins: z.array(z.string().regex(ORIGIN_RE, { error: 'must be an origin like https://chat.example.com, https://*.example.com (optional :port), or null' })).default([])
+      .describe('WebSocket upgrades whose Origin header is not listed are refused (cross-site WebSocket hijacking); `https://*.example.com` matches its subdomains. Empty: any origin. An upgrade without Origin (not from a browser) passes.'),
+  }).optional().describe('Access list, checked right after routing and before anything else: refused → 403 FERRY_ERR_ACCESS_DENIED, counted in ferry_access_denied_total (docs/edge.md). Reloadable.'),
   longHeld: z.boolean().default(false).describe('Routes to `http` upstreams: every request of this route is long-held (long polling, streaming): it takes a connection from the upstream\'s `pool.longHeld` budget, never one of the `maxConnections` short ones. SSE (`Accept: text/event-stream`) and Engine.IO polling GETs are long-held on any route.'),
   websocket: websocketRoute.optional().describe('WebSocket session settings; only for routes to `ws` or `mux` upstreams (which get these defaults when absent).'),
   auth: z.string().min(1).optional().describe('Name of an entry in `auth.policies`: requests and WebSocket upgrades must authenticate before anything is sent to the backend (401 otherwise).'),

@@ -183,6 +183,13 @@ export class HttpFront {
         sendError(res, 404, new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${creq.host}${creq.path}`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, undefined, atHead)
         return
       }
+      // Access lists before anything else: a refused client costs no auth, limit or backend.
+      const denied = route.access?.refusesIp(creq.clientIp)
+      if (denied !== undefined) {
+        this.deps.metrics.accessDenied.labels(route.name, denied).inc()
+        sendError(res, 403, new FerryError('FERRY_ERR_ACCESS_DENIED', `route ${route.name} does not admit ${creq.clientIp}`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, undefined, atHead)
+        return
+      }
       const ctx = table.upstreams.get(route.upstream)
       if (ctx === undefined) {
         // A ws/mux route: only upgrades belong here.

@@ -168,6 +168,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     const extensions = req.getHeader('sec-websocket-extensions')
     const offered = req.getHeader('sec-websocket-protocol')
     const version = req.getHeader('sec-websocket-version')
+    const origin = req.getHeader('origin')
     const requestId = req.getHeader(this.table.config.http.requestIdHeader) || `${this.idPrefix}-${(++this.nextId).toString(36)}`
     const raw: string[] = []
     const xff: string[] = []
@@ -184,6 +185,12 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       const { path, query } = canonicalTarget(rawPath, rawQuery, table.config.http.mergeSlashes)
       const route = table.router.match(host, path)
       if (route === undefined) throw new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${host}${path}`)
+      // Access lists before anything else (addresses, then the browser's Origin: cross-site WebSocket hijacking).
+      const denied = route.access?.refusesIp(remoteAddress) ?? route.access?.refusesOrigin(origin)
+      if (denied !== undefined) {
+        this.deps.metrics.accessDenied.labels(route.name, denied).inc()
+        throw new FerryError('FERRY_ERR_ACCESS_DENIED', denied === 'ip' ? `route ${route.name} does not admit ${remoteAddress}` : `route ${route.name} does not admit WebSocket upgrades from origin ${origin.slice(0, 100)}`)
+      }
       const upstream = table.wsUpstreams.get(route.upstream)
       if (upstream === undefined) throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', `route ${route.name} does not take WebSocket upgrades`)
       if (!KEY_RE.test(key) || version !== '13') throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', 'bad Sec-WebSocket-Key or Sec-WebSocket-Version (13 expected)')

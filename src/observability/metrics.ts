@@ -46,6 +46,7 @@ export class Metrics {
   readonly wsSessions: Gauge<'route' | 'mode'>
   readonly wsSessionsTotal: Counter<'route' | 'mode'>
   readonly wsUpgradeFailures: Counter<'route' | 'code'>
+  readonly accessDenied: Counter<'route' | 'reason'>
   readonly wsClosed: Counter<'mode' | 'reason'>
   readonly wsMessages: Counter<'mode' | 'direction'>
   readonly wsBytes: Counter<'mode' | 'direction'>
@@ -126,6 +127,7 @@ export class Metrics {
     // WebSocket sessions (mode: ws = passthrough, mux = streams over links).
     this.wsSessions = new Gauge({ name: 'ferry_ws_sessions', help: 'Open client WebSocket sessions, by route and mode (ws = passthrough, mux = stream over a link).', labelNames: ['route', 'mode'], registers: r })
     this.wsSessionsTotal = new Counter({ name: 'ferry_ws_sessions_total', help: 'Client WebSocket sessions opened (upgrade completed), by route and mode.', labelNames: ['route', 'mode'], registers: r })
+    this.accessDenied = new Counter({ name: 'ferry_access_denied_total', help: 'Requests and WebSocket upgrades a route\'s access list refused (403), by route and reason: ip (deny, or not in allow) or origin (a WebSocket Origin not in access.origins).', labelNames: ['route', 'reason'], registers: r })
     this.wsUpgradeFailures = new Counter({ name: 'ferry_ws_upgrade_failures_total', help: 'WebSocket upgrades answered with an HTTP error instead of 101, by route and error code.', labelNames: ['route', 'code'], registers: r })
     this.wsClosed = new Counter({ name: 'ferry_ws_closed_total', help: 'Client WebSocket sessions ended, by mode and reason: "client" (the client closed), "upstream" (the backend closed) or the Ferry error code that ended it.', labelNames: ['mode', 'reason'], registers: r })
     this.wsMessages = new Counter({ name: 'ferry_ws_messages_total', help: 'WebSocket messages proxied, by mode and direction (to_upstream, to_client; topic fan-out not included).', labelNames: ['mode', 'direction'], registers: r })

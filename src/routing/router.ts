@@ -1,4 +1,5 @@
 import type { RouteConfig, WebSocketRouteConfig } from '../config/schema.js'
+import { RouteAccess } from '../edge/access.js'
 import { RouteSplit, SplitStats } from './split.js'
 
 export interface Route {
@@ -8,6 +9,8 @@ export interface Route {
   readonly maxBodyBytes: number | undefined
   /** Overrides http.bufferBodyBytes. */
   readonly bufferBodyBytes: number | undefined
+  /** The route's access list (client addresses, WebSocket origins), if it has one. */
+  readonly access: RouteAccess | undefined
   /** Every request is long-held (the upstream's pool.longHeld budget). */
   readonly longHeld: boolean
   /** WebSocket settings (routes to ws/mux upstreams; absent: defaults). */
@@ -56,6 +59,7 @@ export class Router {
         maxBodyBytes: r.maxBodyBytes,
         bufferBodyBytes: r.bufferBodyBytes,
         longHeld: r.longHeld,
+        access: r.access === undefined ? undefined : new RouteAccess(r.access),
         websocket: r.websocket,
         affinityKey: r.affinity?.key,
         auth: r.auth,
