@@ -20,6 +20,11 @@ export interface ClientRequest {
   readonly host: string
   /** The client's address as resolved with http.trustedProxies (the TCP peer unless a trusted proxy says otherwise). */
   readonly clientIp: string
+  /**
+   * The client reached Ferry over https, as the TCP peer says in X-Forwarded-Proto when it is one of
+   * http.trustedProxies (what a sticky cookie's `Secure` follows). The backend's X-Forwarded-Proto stays `http`.
+   */
+  readonly secure: boolean
   readonly requestId: string
   /** Flat `[name, value, name, value, …]` with hop-by-hop headers removed and X-Forwarded-* set. */
   readonly headers: string[]
