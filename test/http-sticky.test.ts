@@ -171,3 +171,50 @@ t.test('an endpoint removed by a reload: its keys fall back to the next in their
   const back = await Promise.all(clients.map(async (c) => (await who(f, '/whoami', { cookie: c.cookie })).name))
   t.same([...new Set(back)], ['B'], 'with A back, every key stays on B where its record now points')
 })
+
+t.test('pool budgets: a sticky request waits for a slot on its own endpoint; a long-held one is refused when its endpoint\'s long-held budget is full', { timeout: 60_000 }, async (t) => {
+  const a = await ioBackend(t, 'A')
+  const b = await ioBackend(t, 'B')
+  const f = await startFerry(t, config([a.address, b.address], { key: 'header:x-session' }, {
+    upstreams: { api: { protocol: 'http', endpoints: [a.address, b.address], pool: { maxConnections: 1, queueTimeoutMs: 20_000, longHeld: { maxConnections: 1 } } } },
+  }))
+  const home = (await who(f, '/whoami', { 'x-session': 'k1' })).name
+  // Four slow requests of one key at once, one connection per endpoint: they queue for the key's endpoint.
+  const four = await Promise.all([0, 1, 2, 3].map(async () => await who(f, '/slow', { 'x-session': 'k1' })))
+  t.same(four.map((r) => `${r.status} ${r.name}`), Array(4).fill(`200 ${home}`), `4 concurrent requests of key k1 all served by its endpoint ${home}, none by the other`)
+  // Two long-held (SSE) requests of one key at once: the second finds its endpoint's one long-held connection taken.
+  const two = await Promise.all([0, 1].map(async () => await who(f, '/slow', { 'x-session': 'k1', accept: 'text/event-stream' })))
+  t.same(two.map((r) => r.status).sort(), [200, 503], 'two long-held requests of key k1: one served, one refused 503 (not sent to the other endpoint)')
+  t.equal(two.find((r) => r.status === 200)!.name, home, `the served one on ${home}`)
+  t.equal(await metric(f, 'ferry_http_long_held_total{upstream="api",why="refused"}'), 1, 'counted as why="refused"')
+})
+
+t.test('a backend process dies: its Socket.IO clients reconnect with their cookie and land on the other backend', { timeout: 90_000 }, async (t) => {
+  const a = await ioBackend(t, 'A')
+  const b = await ioBackend(t, 'B')
+  const f = await startFerry(t, config([a.address, b.address], { key: 'cookie:io', setCookie: true }, {
+    upstreams: { api: { protocol: 'http', endpoints: [a.address, b.address], ejection: { consecutiveFailures: 1, ejectMs: 60_000 } } },
+  }))
+  const sockets: IoSocket[] = []
+  t.teardown(() => { for (const s of sockets) s.close() })
+  for (let i = 0; i < 20; i++) sockets.push(ioClient(`http://127.0.0.1:${f.httpPort}`, { withCredentials: true, forceNew: true, reconnectionDelay: 200, reconnectionDelayMax: 1000, timeout: 10_000 }))
+  await waitFor('20 clients connected over WebSocket', () => sockets.every((s) => s.connected && s.io.engine.transport.name === 'websocket'), 30_000)
+  const onA = (await a.stats()).connections
+  t.ok(onA > 0 && onA < 20, `clients on both backends (A ${onA})`)
+  // socket.io-client in Node starts a new cookie jar per reconnection; a browser keeps its cookie. Keep it as a browser does.
+  for (const s of sockets) {
+    const jar = (s.io.engine as unknown as { _cookieJar: { cookies: Iterable<[string, { value: string }]> } })._cookieJar
+    const io = [...jar.cookies].find(([name]) => name === 'io')![1].value
+    s.io.opts.extraHeaders = { cookie: `io=${io}` }
+  }
+  a.stop()
+  // Clients of A see their WebSocket close and reconnect: polling first, then the upgrade, all keyed by the same cookie.
+  await waitFor('every client connected again', async () => (await b.stats()).connections >= 20 && sockets.every((s) => s.connected && s.io.engine.transport.name === 'websocket'), 60_000)
+  const sb = await b.stats()
+  t.equal(sb.connections, 20, `B now has every client: its own ${20 - onA} and A's ${onA} (reconnected)`)
+  t.same(sb.errors, {}, 'no "Session ID unknown" at B: each reconnect\'s polls and upgrade all reached B')
+  const acks = await Promise.all(sockets.map(async (s, i) => await new Promise<boolean>((resolve) => { s.timeout(10_000).emit('echo', i, (err: Error | null, v: unknown) => { resolve(err === null && v === i) }) })))
+  t.equal(acks.filter(Boolean).length, 20, 'all 20 acks after the move')
+  t.equal(await metric(f, 'ferry_http_affinity_total{upstream="api",outcome="issued"}'), 20, 'no new cookie: the reconnections presented their old one')
+  t.ok(await metric(f, 'ferry_http_affinity_total{upstream="api",outcome="fallback"}') >= onA, `A's ${onA} keys fell back to B (outcome="fallback" ≥ ${onA})`)
+})

@@ -4,7 +4,7 @@ import { Server } from 'socket.io'
 /**
  * One Socket.IO backend process (test/http-sticky.test.ts): its own socket.io Server, default transports,
  * no shared adapter, so a session exists on this process only. `echo` acks what it gets. GET /whoami
- * answers its name; GET /stats the counts below as JSON. Prints `{"port":N}` once listening.
+ * answers its name (GET /slow too, after 1.5 s); GET /stats the counts below as JSON. Prints `{"port":N}` once listening.
  */
 const name = process.argv[2] ?? 'backend'
 let connections = 0
@@ -13,6 +13,7 @@ const errors: Record<string, number> = {}
 const server = createServer((req, res) => {
   const path = (req.url ?? '/').split('?')[0]
   if (path === '/whoami') { res.end(name); return }
+  if (path === '/slow') { setTimeout(() => { res.end(name) }, 1500); return }
   if (path === '/stats') { res.setHeader('content-type', 'application/json'); res.end(JSON.stringify({ name, connections, upgrades, errors })); return }
   // Everything else is socket.io's (it attaches its own 'request' listener).
 })

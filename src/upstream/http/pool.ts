@@ -287,8 +287,8 @@ export class HttpUpstream implements Upstream {
   /**
    * The endpoint of a sticky request: the key's recorded one while it takes work and is in the route
    * split's subset, else the first in the key's rendezvous order that takes work (what every pod and the
-   * ws twin compute). Undefined only when no endpoint is left to pick. `count`: a first attempt (a retry
-   * is not counted again).
+   * ws twin compute). Undefined only when no endpoint is left to pick. `count`: a first attempt, counted
+   * by how it was placed; a retry is counted as a fallback.
    */
   private stickyPick (sticky: StickyAsk, now: number, exclude: HttpEndpoint | undefined, subset: Subset | undefined, count: boolean): HttpEndpoint | undefined {
     const home = sticky.home !== undefined ? this.set.get(sticky.home) : undefined
@@ -296,7 +296,9 @@ export class HttpUpstream implements Upstream {
       if (count) this.stickyCounts.hit.inc()
       return home
     }
-    if (count) (sticky.issued ? this.stickyCounts.issued : sticky.home === undefined ? this.stickyCounts.miss : this.stickyCounts.fallback).inc()
+    // A retry (not `count`) leaves the endpoint that just failed it: a fallback too.
+    if (!count) this.stickyCounts.fallback.inc()
+    else (sticky.issued ? this.stickyCounts.issued : sticky.home === undefined ? this.stickyCounts.miss : this.stickyCounts.fallback).inc()
     return this.byKey.pick(Infinity, now, exclude, hashKey(sticky.key), subset)
   }
 
