@@ -180,7 +180,13 @@ t.test('pool budgets: a sticky request waits for a slot on its own endpoint; a l
   }))
   const home = (await who(f, '/whoami', { 'x-session': 'k1' })).name
   // Four slow requests of one key at once, one connection per endpoint: they queue for the key's endpoint.
-  const four = await Promise.all([0, 1, 2, 3].map(async () => await who(f, '/slow', { 'x-session': 'k1' })))
+  let finished = 0
+  const waiting = Promise.all([0, 1, 2, 3].map(async () => { const r = await who(f, '/slow', { 'x-session': 'k1' }); finished++; return r }))
+  await waitFor('k1\'s requests queued', async () => await metric(f, 'ferry_upstream_queue_depth{upstream="api"}') >= 1, 5000, 50)
+  // Meanwhile a request without a key is served by the other endpoint: the queued sticky ones hold up no one else.
+  const keyless = await who(f, '/whoami')
+  t.ok(keyless.status === 200 && keyless.name !== home && finished < 4, `a keyless request meanwhile: ${keyless.status} from ${keyless.name} while ${4 - finished} of k1's were still queued or running`)
+  const four = await waiting
   t.same(four.map((r) => `${r.status} ${r.name}`), Array(4).fill(`200 ${home}`), `4 concurrent requests of key k1 all served by its endpoint ${home}, none by the other`)
   // Two long-held (SSE) requests of one key at once: the second finds its endpoint's one long-held connection taken.
   const two = await Promise.all([0, 1].map(async () => await who(f, '/slow', { 'x-session': 'k1', accept: 'text/event-stream' })))
