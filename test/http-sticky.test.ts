@@ -16,8 +16,8 @@ import { metric, ROOT, startFerry, waitFor, type FerryProcess, type Teardown } f
 interface IoBackend { name: string, address: string, stats: () => Promise<{ connections: number, upgrades: number, errors: Record<string, number> }>, stop: () => void }
 
 /** Spawns test/helpers/socketio-backend.ts (its own process); stopped by PID on teardown. */
-async function ioBackend (t: Teardown, name: string): Promise<IoBackend> {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test', 'helpers', 'socketio-backend.ts'), name], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
+async function ioBackend (t: Teardown, name: string, ...args: string[]): Promise<IoBackend> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test', 'helpers', 'socketio-backend.ts'), name, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
   let exited = false
   child.on('exit', () => { exited = true })
   const stop = (): void => { if (!exited) child.kill('SIGKILL') }
@@ -83,6 +83,21 @@ t.test('200 Socket.IO clients through Ferry to two backend processes with affini
   t.equal(await metric(f, 'ferry_http_affinity_total{upstream="api",outcome="issued"}'), 200, 'ferry_http_affinity_total{outcome="issued"} = 200: one cookie per client handshake')
   t.ok(await metric(f, 'ferry_http_affinity_total{upstream="api",outcome="hit"}') >= 200, 'later polls found their record (outcome="hit")')
   t.equal(await metric(f, 'ferry_http_affinity_total{upstream="api",outcome="fallback"}'), 0, 'no fallback')
+})
+
+t.test('Socket.IO\'s own cookie (server option `cookie: true`) with affinity { key: cookie:io }: Ferry learns it from the handshake response', { timeout: 180_000 }, async (t) => {
+  const a = await ioBackend(t, 'A', 'cookie')
+  const b = await ioBackend(t, 'B', 'cookie')
+  const f = await startFerry(t, config([a.address, b.address], { key: 'cookie:io' }))
+  const r = await crowd(t, f, 200)
+  t.equal(r.connected, 200, `all 200 clients connected (connect errors: ${r.connectErrors})`)
+  t.equal(r.upgraded, 200, 'all 200 upgraded to WebSocket')
+  t.equal(r.acks, 600, 'all 600 acks came back')
+  const [sa, sb] = [await a.stats(), await b.stats()]
+  t.same([sa.errors, sb.errors], [{}, {}], 'no "Session ID unknown" at either backend')
+  t.ok(sa.connections >= 40 && sb.connections >= 40, `both backends got clients (A ${sa.connections}, B ${sb.connections})`)
+  t.equal(await metric(f, 'ferry_http_affinity_total{upstream="api",outcome="learned"}'), 200, 'ferry_http_affinity_total{outcome="learned"} = 200: one io cookie per handshake')
+  t.equal(await metric(f, 'ferry_http_affinity_total{upstream="api",outcome="keyless"}'), 200, 'the 200 handshakes had no key yet (outcome="keyless")')
 })
 
 t.test('baseline without affinity: the same 200 clients, two backends, many fail ("Session ID unknown")', { timeout: 180_000 }, async (t) => {

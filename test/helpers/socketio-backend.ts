@@ -17,7 +17,8 @@ const server = createServer((req, res) => {
   if (path === '/stats') { res.setHeader('content-type', 'application/json'); res.end(JSON.stringify({ name, connections, upgrades, errors })); return }
   // Everything else is socket.io's (it attaches its own 'request' listener).
 })
-const io = new Server(server)
+// `cookie` as the third argument: socket.io's own `cookie` option (it sets `io=<sid>` on the handshake).
+const io = new Server(server, process.argv[3] === 'cookie' ? { cookie: true } : {})
 io.engine.on('connection_error', (err: { code: number, message: string }) => {
   errors[err.message] = (errors[err.message] ?? 0) + 1
 })

@@ -10,7 +10,7 @@ import type { Route } from '../../routing/router.js'
 import { splitAsk, type SplitAsk } from '../../routing/split.js'
 import type { HttpEndpoint, HttpUpstream, LongHeldWhy, SlotOutcome, SlotWaiter, StickyAsk } from './pool.js'
 import { longHeldWhy } from './long-held.js'
-import { stickyKey, type StickyKey } from './sticky.js'
+import { learnedKey, stickyKey, type StickyKey } from './sticky.js'
 import type { UpstreamMetrics } from './metrics.js'
 import { headersForLatin1Writer, latin1Bytes } from '../../net/header-bytes.js'
 import { sendError } from '../../net/error-response.js'
@@ -232,7 +232,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
   private stickyAsk (): StickyAsk | undefined {
     if (this.route.affinityKey === undefined) return undefined
     if (this.sticky === undefined) {
-      if (this.attempts === 0) this.ctx.upstream.countKeyless()
+      if (this.attempts === 0) this.ctx.upstream.countSticky('keyless')
       return undefined
     }
     return { key: this.sticky.key, home: this.home, issued: this.sticky.setCookie !== undefined }
@@ -543,6 +543,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     this.ctx.metrics.latency.observe((performance.now() - this.dispatchedAt) / 1000)
     this.to('responding')
     this.status = statusCode
+    if (this.route.affinityKey !== undefined) this.learnKey(headers['set-cookie'])
     const cl = headers['content-length']
     const noBody = this.req.method === 'HEAD' || statusCode === 204 || statusCode === 304
     this.responseLength = noBody ? 0 : typeof cl === 'string' ? Number(cl) : -1
@@ -561,6 +562,14 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
       return
     }
     this.res.onWritable((offset) => this.onWritable(offset))
+  }
+
+  /** The backend set the route's affinity cookie to a key other than this request's: its requests come back here. */
+  private learnKey (setCookie: string | string[] | undefined): void {
+    const key = learnedKey(this.route.affinityKey!, setCookie)
+    if (key === undefined || key === this.sticky?.key || this.ep === undefined) return
+    this.ctx.upstream.placement?.learned(key, this.ep.address)
+    this.ctx.upstream.countSticky('learned')
   }
 
   /** Writes the status line and headers held in `head` (inside the caller's cork). */

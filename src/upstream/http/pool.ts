@@ -140,7 +140,7 @@ export interface StickyAsk {
 }
 
 /** How a sticky request's endpoint was chosen (ferry_http_affinity_total's outcome). */
-export type StickyOutcome = 'hit' | 'miss' | 'fallback' | 'issued' | 'keyless'
+export type StickyOutcome = 'hit' | 'miss' | 'fallback' | 'issued' | 'keyless' | 'learned'
 
 export type SlotOutcome = 'ok' | 'failed' | 'neutral'
 
@@ -207,7 +207,7 @@ export class HttpUpstream implements Upstream {
     this.balancer = new Balancer(this.set, cfg.balance, { panic: cfg.whenAllUnhealthy === 'panic' })
     this.byKey = new Balancer(this.set, 'hash', { panic: cfg.whenAllUnhealthy === 'panic' })
     const sticky = (o: string): { inc: () => void } => metrics.httpAffinity.labels(name, o)
-    this.stickyCounts = { hit: sticky('hit'), miss: sticky('miss'), fallback: sticky('fallback'), issued: sticky('issued'), keyless: sticky('keyless') }
+    this.stickyCounts = { hit: sticky('hit'), miss: sticky('miss'), fallback: sticky('fallback'), issued: sticky('issued'), keyless: sticky('keyless'), learned: sticky('learned') }
     const why = (w: string): { inc: () => void } => metrics.httpLongHeld.labels(name, w)
     this.longHeldCounts = { sse: why('sse'), route: why('route'), polling: why('polling'), refused: why('refused') }
     this.longHeldNow = metrics.httpLongHeldNow.labels(name)
@@ -302,9 +302,9 @@ export class HttpUpstream implements Upstream {
     return this.byKey.pick(Infinity, now, exclude, hashKey(sticky.key), subset)
   }
 
-  /** A request on a route with affinity had no key and got none (no setCookie): it is balanced normally. */
-  countKeyless (): void {
-    this.stickyCounts.keyless.inc()
+  /** `keyless`: a request on a route with affinity had no key and got none (balanced normally); `learned`: a backend's Set-Cookie gave a key. */
+  countSticky (outcome: 'keyless' | 'learned'): void {
+    this.stickyCounts[outcome].inc()
   }
 
   /** A queued sticky request's endpoint, or another by its key once that one takes no work (drained, removed, ejected). */

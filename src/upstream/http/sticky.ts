@@ -25,3 +25,24 @@ export function stickyKey (route: Route, req: ClientRequest, headers: readonly s
   const issued = randomBytes(16).toString('base64url')
   return { key: issued, setCookie: `${name}=${issued}; Path=/; HttpOnly; SameSite=Lax${req.secure ? '; Secure' : ''}` }
 }
+
+/**
+ * The value a backend response gives the route's affinity cookie (`cookie:NAME`) in its Set-Cookie, if
+ * it sets one: the backend's own session cookie (Socket.IO's `cookie` option), learned so that the
+ * requests presenting it come back to this endpoint. Undefined for other keys, other cookies, or a value
+ * that could not be a key (empty, over 256 characters).
+ */
+export function learnedKey (spec: string, setCookie: string | string[] | undefined): string | undefined {
+  if (setCookie === undefined || !spec.startsWith('cookie:')) return undefined
+  const name = spec.slice('cookie:'.length)
+  for (const line of typeof setCookie === 'string' ? [setCookie] : setCookie) {
+    const eq = line.indexOf('=')
+    if (eq === -1 || line.slice(0, eq).trim() !== name) continue
+    const end = line.indexOf(';', eq)
+    const raw = line.slice(eq + 1, end === -1 ? undefined : end).trim()
+    let v = raw
+    try { v = decodeURIComponent(raw) } catch { /* kept as sent, as the request side reads it */ }
+    return v === '' || v.length > 256 ? undefined : v
+  }
+  return undefined
+}
