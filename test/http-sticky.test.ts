@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -67,10 +67,8 @@ async function crowd (t: Teardown, f: FerryProcess, n: number): Promise<Outcome>
   return { connected: connected.length, connectErrors, upgraded, acks: acks.filter(Boolean).length, sockets }
 }
 
-t.test('200 Socket.IO clients through Ferry to two backend processes with affinity { key: cookie:io, setCookie: true }: all connect, upgrade and get their acks', { timeout: 180_000 }, async (t) => {
-  const a = await ioBackend(t, 'A')
-  const b = await ioBackend(t, 'B')
-  const f = await startFerry(t, config([a.address, b.address], { key: 'cookie:io', setCookie: true }))
+/** 200 clients through `f` to backends `a` and `b`: every one connects, upgrades and gets its 3 acks; no handshake error at either backend; both get clients. */
+async function allThrough (t: Test, f: FerryProcess, a: IoBackend, b: IoBackend): Promise<void> {
   const r = await crowd(t, f, 200)
   t.equal(r.connected, 200, `all 200 clients connected (connect errors: ${r.connectErrors})`)
   t.equal(r.upgraded, 200, 'all 200 upgraded from polling to WebSocket (the upgrade reached the endpoint that served the polls)')
@@ -80,6 +78,13 @@ t.test('200 Socket.IO clients through Ferry to two backend processes with affini
   t.equal(sa.connections + sb.connections, 200, `200 sessions at the backends (A ${sa.connections}, B ${sb.connections})`)
   t.ok(sa.connections >= 40 && sb.connections >= 40, `both backends got clients (A ${sa.connections}, B ${sb.connections}; each ≥ 40 of 200)`)
   t.equal(sa.upgrades + sb.upgrades, 200, '200 upgrades at the backends')
+}
+
+t.test('200 Socket.IO clients through Ferry to two backend processes with affinity { key: cookie:io, setCookie: true }: all connect, upgrade and get their acks', { timeout: 180_000 }, async (t) => {
+  const a = await ioBackend(t, 'A')
+  const b = await ioBackend(t, 'B')
+  const f = await startFerry(t, config([a.address, b.address], { key: 'cookie:io', setCookie: true }))
+  await allThrough(t, f, a, b)
   t.equal(await metric(f, 'ferry_http_affinity_total{upstream="api",outcome="issued"}'), 200, 'ferry_http_affinity_total{outcome="issued"} = 200: one cookie per client handshake')
   t.ok(await metric(f, 'ferry_http_affinity_total{upstream="api",outcome="hit"}') >= 200, 'later polls found their record (outcome="hit")')
   t.equal(await metric(f, 'ferry_http_affinity_total{upstream="api",outcome="fallback"}'), 0, 'no fallback')
@@ -89,13 +94,7 @@ t.test('Socket.IO\'s own cookie (server option `cookie: true`) with affinity { k
   const a = await ioBackend(t, 'A', 'cookie')
   const b = await ioBackend(t, 'B', 'cookie')
   const f = await startFerry(t, config([a.address, b.address], { key: 'cookie:io' }))
-  const r = await crowd(t, f, 200)
-  t.equal(r.connected, 200, `all 200 clients connected (connect errors: ${r.connectErrors})`)
-  t.equal(r.upgraded, 200, 'all 200 upgraded to WebSocket')
-  t.equal(r.acks, 600, 'all 600 acks came back')
-  const [sa, sb] = [await a.stats(), await b.stats()]
-  t.same([sa.errors, sb.errors], [{}, {}], 'no "Session ID unknown" at either backend')
-  t.ok(sa.connections >= 40 && sb.connections >= 40, `both backends got clients (A ${sa.connections}, B ${sb.connections})`)
+  await allThrough(t, f, a, b)
   t.equal(await metric(f, 'ferry_http_affinity_total{upstream="api",outcome="learned"}'), 200, 'ferry_http_affinity_total{outcome="learned"} = 200: one io cookie per handshake')
   t.equal(await metric(f, 'ferry_http_affinity_total{upstream="api",outcome="keyless"}'), 200, 'the 200 handshakes had no key yet (outcome="keyless")')
 })
