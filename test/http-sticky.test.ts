@@ -1,6 +1,8 @@
 import t, { type Test } from 'tap'
-import { spawn } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { execFileSync, spawn } from 'node:child_process'
+import { request as httpsRequest } from 'node:https'
+import { tmpdir } from 'node:os'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parse, stringify } from 'yaml'
 import { io as ioClient, type Socket as IoSocket } from 'socket.io-client'
@@ -155,6 +157,20 @@ t.test('the cookie Ferry sets: its form, Secure only when a trusted proxy says h
   const untrusting = await startFerry(t, config([a.address, b.address], { key: 'cookie:srv', setCookie: true }))
   const claimed = await who(untrusting, '/whoami', { 'x-forwarded-proto': 'https' })
   t.match(claimed.cookie, /; SameSite=Lax$/, 'X-Forwarded-Proto: https from a peer outside http.trustedProxies: no Secure')
+})
+
+t.test('on a TLS front the cookie Ferry sets is Secure', async (t) => {
+  const a = await ioBackend(t, 'A')
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-sticky-tls-'))
+  const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')]
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost'], { stdio: 'ignore' })
+  const f = await startFerry(t, config([a.address], { key: 'cookie:srv', setCookie: true }, { listen: { http: { host: '127.0.0.1', port: 0, tls: { certFile: cert, keyFile: key } } } }))
+  const cookie = await new Promise<string | undefined>((resolve, reject) => {
+    const req = httpsRequest({ host: '127.0.0.1', port: f.httpPort, path: '/whoami', rejectUnauthorized: false }, (res) => { res.resume(); resolve(res.headers['set-cookie']?.[0]) })
+    req.on('error', reject)
+    req.end()
+  })
+  t.match(cookie, /^srv=[A-Za-z0-9_-]{22}; Path=\/; HttpOnly; SameSite=Lax; Secure$/, `over https: ${cookie}`)
 })
 
 t.test('an endpoint removed by a reload: its keys fall back to the next in their rendezvous order, and stay there', { timeout: 60_000 }, async (t) => {

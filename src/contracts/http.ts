@@ -21,8 +21,9 @@ export interface ClientRequest {
   /** The client's address as resolved with http.trustedProxies (the TCP peer unless a trusted proxy says otherwise). */
   readonly clientIp: string
   /**
-   * The client reached Ferry over https, as the TCP peer says in X-Forwarded-Proto when it is one of
-   * http.trustedProxies (what a sticky cookie's `Secure` follows). The backend's X-Forwarded-Proto stays `http`.
+   * The client reached Ferry over https: a TLS front, or the TCP peer is one of http.trustedProxies and
+   * says so in X-Forwarded-Proto (what a sticky cookie's `Secure` follows; the backend's
+   * X-Forwarded-Proto is still the front's own scheme).
    */
   readonly secure: boolean
   readonly requestId: string

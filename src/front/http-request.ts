@@ -140,8 +140,8 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
     rawTarget: query === '' ? path : `${path}?${query}`,
     host,
     clientIp: client.ip,
-    // What the nearest hop says it received (the last element), believed from a trusted proxy only.
-    secure: xfp !== '' && opts.trusted.size > 0 && opts.trusted.contains(normalizeIp(formatAddress(res.getRemoteAddress()))) && xfp.slice(xfp.lastIndexOf(',') + 1).trim().toLowerCase() === 'https',
+    // A TLS front; else what the nearest hop says it received (the last element), believed from a trusted proxy only.
+    secure: opts.proto === 'https' || xfp !== '' && opts.trusted.size > 0 && opts.trusted.contains(normalizeIp(formatAddress(res.getRemoteAddress()))) && xfp.slice(xfp.lastIndexOf(',') + 1).trim().toLowerCase() === 'https',
     requestId,
     headers,
     contentLength: chunked ? undefined : (contentLength ?? 0),
