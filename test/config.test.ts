@@ -54,6 +54,18 @@ t.test('a route naming a missing upstream is an error naming the route', async (
   t.match(found.join('\n'), /routes\[0\]\.upstream: names no upstream \(known: api\)/, 'route upstream cross-checked')
 })
 
+t.test('route affinity: allowed on routes to http upstreams (issue 22.2); token and setCookie only where they mean something', async (t) => {
+  const ws = { chat: { protocol: 'ws', endpoints: ['127.0.0.1:4000'] } }
+  const route = (upstream: string, affinity: unknown): unknown => ({ upstreams: { ...valid.upstreams, ...ws }, routes: [{ upstream, affinity }] })
+  t.same(problems(route('api', { key: 'cookie:io', setCookie: true })), [], 'http route: cookie key with setCookie')
+  t.same(problems(route('api', { key: 'header:x-session' })), [], 'http route: header key')
+  t.same(problems(route('api', { key: 'query:sid' })), [], 'http route: query key')
+  t.equal(validateConfig(route('api', { key: 'query:sid' })).routes[0]!.affinity!.setCookie, false, 'setCookie defaults to false')
+  t.match(problems(route('api', { key: 'token' })).join('\n'), /routes\[0\]\.affinity\.key: token is for routes to ws or mux upstreams/, 'token on an http route: refused')
+  t.match(problems(route('api', { key: 'header:x', setCookie: true })).join('\n'), /routes\[0\]\.affinity\.setCookie: needs key: cookie:NAME/, 'setCookie with a header key: refused')
+  t.match(problems(route('chat', { key: 'cookie:io', setCookie: true })).join('\n'), /routes\[0\]\.affinity\.setCookie: is for routes to http upstreams; chat is ws/, 'setCookie on a ws route: refused')
+})
+
 t.test('environment overrides use FERRY__path__to__field', async (t) => {
   const out = applyEnvOverrides(valid, { FERRY__listen__http__port: '9999', FERRY__upstreams__api__pool__maxConnections: '3', OTHER: 'x' })
   const cfg = validateConfig(out)

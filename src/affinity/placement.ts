@@ -30,6 +30,11 @@ export class AffinityPlacement {
     }
   }
 
+  /** A backend gave a client `key` (its own session cookie) from `endpoint`: recorded, so the key's requests go there. */
+  learned (key: string, endpoint: string): void {
+    void this.store.set(key, { endpoint, pod: this.pod, epoch: 0 })
+  }
+
   /** A live session with `key` moved to `endpoint` (backend handoff): the record follows it. */
   moved (key: string, endpoint: string): void {
     const l = this.live.get(key)

@@ -474,8 +474,10 @@ const routeSchema = z.strictObject({
   rateLimits: z.array(z.string().min(1)).default([]).describe('Names of entries in `rateLimits.policies`, all checked (429 with Retry-After past any; ferry/client WebSocket clients: close 1013 with retry-after-ms).'),
   affinity: z.strictObject({
     key: z.string().regex(/^(?:(cookie|header|query):[A-Za-z0-9_.~!$&'*+^`|-]{1,128}|token)$/, { error: 'must be cookie:NAME, header:NAME, query:NAME or token' })
-      .describe('Where a WebSocket session\'s affinity key comes from. Sessions with the same key go to the same backend endpoint from any Ferry pod (the `affinity` store remembers it; without an entry, rendezvous hashing of the key picks it, so pods agree). Sessions without the key are balanced normally. `token`: only the key Ferry issues to `ferry/client` clients (inside their resume token; what those clients get anyway when no other key is set).'),
-  }).optional().describe('Session affinity; only for routes to `ws` or `mux` upstreams.'),
+      .describe('Where a request\'s or WebSocket session\'s affinity key comes from. Requests and sessions with the same key go to the same backend endpoint from any Ferry pod (the `affinity` store remembers it; without an entry, rendezvous hashing of the key picks it, so pods agree). When that endpoint is unhealthy or gone, the key goes to the next healthy endpoint in its rendezvous order and the record follows it. Those without the key are balanced normally. Routes to `http` upstreams with a `cookie:NAME` key: a backend response that sets NAME records its value for that endpoint (the backend\'s own session cookie, e.g. Socket.IO\'s `cookie` option; shared between pods only by the `redis` store). `token` (routes to `ws` or `mux` upstreams): only the key Ferry issues to `ferry/client` clients (inside their resume token; what those clients get anyway when no other key is set). Routes to `http` upstreams: sticky sessions (docs/http.md); WebSocket upgrades on the route use the same key and records, so the upgrade after Socket.IO or SockJS polling reaches the endpoint that served the polls.'),
+    setCookie: z.boolean().default(false)
+      .describe('Routes to `http` upstreams with `key: cookie:NAME`: a request without the cookie gets a random key (22 characters) that routes it, and its response sets it: `Set-Cookie: NAME=KEY; Path=/; HttpOnly; SameSite=Lax` (plus `Secure` when the client reached Ferry over https: a TLS front, or a trusted proxy saying `X-Forwarded-Proto: https`). Use a cookie name the backend does not set itself.'),
+  }).optional().describe('Session affinity (sticky sessions) for routes to `http`, `ws` or `mux` upstreams.'),
   split: routeSplit.optional(),
 })
 
@@ -638,9 +640,12 @@ export const configSchema = z.strictObject({
     } else if (proto === 'tcp') {
       ctx.addIssue({ code: 'custom', path: ['routes', i, 'upstream'], input: r.upstream,
         message: `names upstream ${r.upstream} of protocol tcp; routes need an http, ws or mux upstream (tcp upstreams are used by listen.tcp)` })
-    } else if (proto === 'http' && r.affinity !== undefined) {
-      ctx.addIssue({ code: 'custom', path: ['routes', i, 'affinity'], input: r.affinity,
-        message: `is for routes to ws or mux upstreams; ${r.upstream} is http` })
+    } else if (proto === 'http' && r.affinity?.key === 'token') {
+      ctx.addIssue({ code: 'custom', path: ['routes', i, 'affinity', 'key'], input: r.affinity.key,
+        message: `token is for routes to ws or mux upstreams (ferry/client sessions); ${r.upstream} is http: use cookie:NAME, header:NAME or query:NAME` })
+    } else if (r.affinity?.setCookie === true && (proto !== 'http' || !r.affinity.key.startsWith('cookie:'))) {
+      ctx.addIssue({ code: 'custom', path: ['routes', i, 'affinity', 'setCookie'], input: true,
+        message: proto !== 'http' ? `is for routes to http upstreams; ${r.upstream} is ${proto}` : `needs key: cookie:NAME (the cookie Ferry sets), got ${r.affinity.key}` })
     } else if (proto === 'http' && r.websocket !== undefined) {
       ctx.addIssue({ code: 'custom', path: ['routes', i, 'websocket'], input: r.websocket,
         message: `is for routes to ws or mux upstreams; ${r.upstream} is http (known: ${[ofProtocol('ws'), ofProtocol('mux')].filter((x) => x !== 'none').join(', ') || 'none'})` })

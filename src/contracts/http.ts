@@ -20,6 +20,12 @@ export interface ClientRequest {
   readonly host: string
   /** The client's address as resolved with http.trustedProxies (the TCP peer unless a trusted proxy says otherwise). */
   readonly clientIp: string
+  /**
+   * The client reached Ferry over https: a TLS front, or the TCP peer is one of http.trustedProxies and
+   * says so in X-Forwarded-Proto (what a sticky cookie's `Secure` follows; the backend's
+   * X-Forwarded-Proto is still the front's own scheme).
+   */
+  readonly secure: boolean
   readonly requestId: string
   /** Flat `[name, value, name, value, …]` with hop-by-hop headers removed and X-Forwarded-* set. */
   readonly headers: string[]

@@ -1,7 +1,7 @@
 import type { HttpRequest, HttpResponse } from 'uWebSockets.js'
 import { FerryError } from '../errors.js'
 import { resolveClientIp } from '../edge/client-ip.js'
-import type { Networks } from '../net/address.js'
+import { normalizeIp, type Networks } from '../net/address.js'
 import { formatAddress } from './address.js'
 import { canonicalTarget } from './target.js'
 import type { ClientRequest } from '../contracts/http.js'
@@ -59,6 +59,7 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
   let connectionTokens: string[] | undefined
   let requestId = ''
   const xff: string[] = []
+  let xfp = ''
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i]!
     const v = raw[i + 1]!
@@ -88,6 +89,9 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
         break
       case 'x-forwarded-for':
         xff.push(v)
+        break
+      case 'x-forwarded-proto':
+        xfp = v
         break
       default:
         if (k === opts.requestIdHeader) requestId = v
@@ -136,6 +140,8 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
     rawTarget: query === '' ? path : `${path}?${query}`,
     host,
     clientIp: client.ip,
+    // A TLS front; else what the nearest hop says it received (the last element), believed from a trusted proxy only.
+    secure: opts.proto === 'https' || xfp !== '' && opts.trusted.size > 0 && opts.trusted.contains(normalizeIp(formatAddress(res.getRemoteAddress()))) && xfp.slice(xfp.lastIndexOf(',') + 1).trim().toLowerCase() === 'https',
     requestId,
     headers,
     contentLength: chunked ? undefined : (contentLength ?? 0),

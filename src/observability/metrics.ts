@@ -20,6 +20,7 @@ export class Metrics {
   readonly httpAbortedBeforeUpstream: Counter<'upstream'>
   readonly httpLongHeld: Counter<'upstream' | 'why'>
   readonly httpLongHeldNow: Gauge<'upstream'>
+  readonly httpAffinity: Counter<'upstream' | 'outcome'>
   readonly endpointEjections: Counter<'upstream' | 'endpoint'>
   readonly endpointUp: Gauge<'upstream' | 'endpoint'>
   readonly endpointCheckedUp: Gauge<'upstream' | 'endpoint'>
@@ -99,6 +100,7 @@ export class Metrics {
     this.httpLongHeld = new Counter({ name: 'ferry_http_long_held_total', help: 'HTTP requests served from the long-held budget (pool.longHeld), by why: sse (Accept: text/event-stream), route (longHeld: true), polling (Engine.IO long-polling GET), refused (the budget was full: 503).', labelNames: ['upstream', 'why'], registers: r })
     this.httpLongHeldNow = new Gauge({ name: 'ferry_http_long_held', help: 'HTTP requests holding a long-held connection now (pool.longHeld), per upstream.', labelNames: ['upstream'], registers: r })
     this.httpAbortedBeforeUpstream = new Counter({ name: 'ferry_http_aborted_before_upstream_total', help: 'HTTP requests never sent upstream because their client went away first: among them a request followed in the same read by a pipelined one (uWS closes such a connection; docs/http.md).', labelNames: ['upstream'], registers: r })
+    this.httpAffinity = new Counter({ name: 'ferry_http_affinity_total', help: 'Requests on routes with affinity (sticky sessions) to an HTTP upstream, by how their endpoint was chosen: hit (the endpoint the affinity store records for the key), miss (no record: rendezvous hashing of the key), fallback (the recorded endpoint is unhealthy, gone or outside the route split\'s subset: the next healthy one in the key\'s rendezvous order; the record follows), issued (no key: Ferry made one and set its cookie), keyless (no key and no setCookie: balanced normally), learned (the backend set the route\'s affinity cookie: its value is recorded for the endpoint that set it).', labelNames: ['upstream', 'outcome'], registers: r })
     this.upstreamRetries = new Counter({ name: 'ferry_upstream_retries_total', help: 'Idempotent HTTP requests retried, and WebSocket passthrough handshakes failed over, on another endpoint after a connection failure.', labelNames: ['upstream'], registers: r })
     this.endpointEjections = new Counter({ name: 'ferry_upstream_ejections_total', help: 'Endpoints ejected by passive health checking.', labelNames: ['upstream', 'endpoint'], registers: r })
     this.endpointUp = new Gauge({ name: 'ferry_upstream_endpoint_up', help: '1 unless passive health (outlier ejection) has ejected the endpoint, 0 while ejected.', labelNames: ['upstream', 'endpoint'], registers: r })

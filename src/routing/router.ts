@@ -17,6 +17,8 @@ export interface Route {
   readonly websocket: WebSocketRouteConfig | undefined
   /** Where the session affinity key comes from (`query:uid`), if the route has one. */
   readonly affinityKey: string | undefined
+  /** Routes to http upstreams with `affinity.setCookie`: the cookie Ferry sets on a request without one (the key's NAME). */
+  readonly affinityCookie: string | undefined
   /** Name of the route's auth policy, if any. */
   readonly auth: string | undefined
   /** Names of the route's rate limit policies. */
@@ -62,6 +64,7 @@ export class Router {
         access: r.access === undefined ? undefined : new RouteAccess(r.access),
         websocket: r.websocket,
         affinityKey: r.affinity?.key,
+        affinityCookie: r.affinity?.setCookie === true ? r.affinity.key.slice('cookie:'.length) : undefined,
         auth: r.auth,
         rateLimits: r.rateLimits,
         host,

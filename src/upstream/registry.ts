@@ -12,6 +12,7 @@ import type { Metrics } from '../observability/metrics.js'
 import { exchangeContext, type ExchangeContext } from './http/exchange.js'
 import { upstreamMetrics } from './http/metrics.js'
 import { HttpUpstream } from './http/pool.js'
+import { AffinityPlacement } from '../affinity/placement.js'
 import { TcpUpstream } from './tcp/upstream.js'
 import { createWsUpstream, type WsUpstreamDeps } from './ws-upstreams.js'
 
@@ -141,7 +142,9 @@ export class UpstreamRegistry {
       own(ws, [carrier])
       return { ...base, primary: ws, ws }
     }
-    const http = new HttpUpstream(name, ucfg, log, metrics, source)
+    // Sticky sessions (route affinity) keep their records in the gateway's affinity store, like the twin's.
+    const store = this.deps.ws.store
+    const http = new HttpUpstream(name, ucfg, log, metrics, source, store !== undefined ? new AffinityPlacement(store, this.deps.ws.gatewayId, this.deps.ws.ttlMs ?? 600_000) : undefined)
     // WebSocket upgrades on routes to this HTTP upstream go to its endpoints 1:1 (what nginx does with
     // Upgrade headers), as a passthrough upstream of its own (metrics label `NAME:ws`) on the same source.
     // It reads the HTTP upstream's active checks instead of probing every endpoint a second time (the

@@ -8,8 +8,9 @@ import { ERRORS, FerryError, isFerryError, type FerryErrorCode } from '../../err
 import type { Admission, BodyPolicy, BodySize, ClientExchange, ClientRequest, HttpLifecycle, HttpTarget, Refusal } from '../../contracts/http.js'
 import type { Route } from '../../routing/router.js'
 import { splitAsk, type SplitAsk } from '../../routing/split.js'
-import type { HttpEndpoint, HttpUpstream, LongHeldWhy, SlotOutcome, SlotWaiter } from './pool.js'
+import type { HttpEndpoint, HttpUpstream, LongHeldWhy, SlotOutcome, SlotWaiter, StickyAsk } from './pool.js'
 import { longHeldWhy } from './long-held.js'
+import { learnedKey, stickyKey, type StickyKey } from './sticky.js'
 import type { UpstreamMetrics } from './metrics.js'
 import { headersForLatin1Writer, latin1Bytes } from '../../net/header-bytes.js'
 import { sendError } from '../../net/error-response.js'
@@ -206,8 +207,35 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
 
   /** @internal The read is handled: take a slot, unless the client is gone (never sent upstream then). */
   takeSlot (): void {
-    if (this.state !== 'waiting' || this.queueEntry !== undefined) return
-    this.queueEntry = this.ctx.upstream.acquire(this, undefined, this.splitAsk(), this.longHeld())
+    if (this.state !== 'waiting' || this.queueEntry !== undefined || this.lookingUp) return
+    const up = this.ctx.upstream
+    if (this.route.affinityKey !== undefined) {
+      this.sticky = stickyKey(this.route, this.req, this.headers)
+      // A key Ferry just issued has no record; an existing key's is asked for within the store's budget.
+      if (this.sticky !== undefined && this.sticky.setCookie === undefined && up.placement !== undefined) {
+        this.lookingUp = true
+        void up.placement.recorded(this.sticky.key).then((home) => {
+          this.lookingUp = false
+          this.home = home
+          if (this.state === 'waiting' && this.queueEntry === undefined) this.queueEntry = up.acquire(this, undefined, this.splitAsk(), this.longHeld(), this.stickyAsk())
+        })
+        return
+      }
+    }
+    this.queueEntry = up.acquire(this, undefined, this.splitAsk(), this.longHeld(), this.stickyAsk())
+  }
+
+  /** Route affinity: the request's key (undefined: none), where the store records it, and whether that is being asked. */
+  private sticky: StickyKey | undefined
+  private home: string | undefined
+  private lookingUp = false
+  private stickyAsk (): StickyAsk | undefined {
+    if (this.route.affinityKey === undefined) return undefined
+    if (this.sticky === undefined) {
+      if (this.attempts === 0) this.ctx.upstream.countSticky('keyless')
+      return undefined
+    }
+    return { key: this.sticky.key, home: this.home, issued: this.sticky.setCookie !== undefined }
   }
 
   /** The slot is a long-held one (dispatched on the endpoint's longPool). */
@@ -459,6 +487,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     this.releaseCharge()
     this.ep = ep
     this.lastEp = ep
+    if (this.sticky !== undefined) this.ctx.upstream.placement?.opened(this.sticky.key, ep.address, this.home)
     this.attempts++
     this.to('dispatched')
     this.dispatchedAt = performance.now()
@@ -490,6 +519,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     const ep = this.ep
     if (ep === undefined) return
     this.ep = undefined
+    if (this.sticky !== undefined) this.ctx.upstream.placement?.closed(this.sticky.key)
     this.ctx.upstream.release(ep, outcome, this.onLong)
   }
 
@@ -513,6 +543,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     this.ctx.metrics.latency.observe((performance.now() - this.dispatchedAt) / 1000)
     this.to('responding')
     this.status = statusCode
+    if (this.route.affinityKey !== undefined) this.learnKey(headers['set-cookie'])
     const cl = headers['content-length']
     const noBody = this.req.method === 'HEAD' || statusCode === 204 || statusCode === 304
     this.responseLength = noBody ? 0 : typeof cl === 'string' ? Number(cl) : -1
@@ -531,6 +562,14 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
       return
     }
     this.res.onWritable((offset) => this.onWritable(offset))
+  }
+
+  /** The backend set the route's affinity cookie to a key other than this request's: its requests come back here. */
+  private learnKey (setCookie: string | string[] | undefined): void {
+    const key = learnedKey(this.route.affinityKey!, setCookie)
+    if (key === undefined || key === this.sticky?.key || this.ep === undefined) return
+    this.ctx.upstream.placement?.learned(key, this.ep.address)
+    this.ctx.upstream.countSticky('learned')
   }
 
   /** Writes the status line and headers held in `head` (inside the caller's cork). */
@@ -552,6 +591,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
       else res.writeHeader(name, latin1Bytes(v))
     }
     if (headers[this.ctx.requestIdHeader] === undefined) res.writeHeader(this.ctx.requestIdHeader, this.req.requestId)
+    if (this.sticky?.setCookie !== undefined) res.writeHeader('set-cookie', this.sticky.setCookie)
     // uWS 20.30 closes the socket after answering a `Connection: close` request but does not say so in
     // the response; clients that reuse the socket meanwhile get a RST. Say it (RFC 9112 §9.6). While
     // draining, say it too: the client closes this connection and sends its next request elsewhere.
@@ -642,7 +682,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
       this.ctx.metrics.retries.inc()
       this.ctx.log.debug({ reqId: this.req.requestId, err: ferr.message }, 'retrying on another endpoint')
       this.to('waiting')
-      this.queueEntry = this.ctx.upstream.acquire(this, this.lastEp, this.splitAsk(), this.longHeld())
+      this.queueEntry = this.ctx.upstream.acquire(this, this.lastEp, this.splitAsk(), this.longHeld(), this.stickyAsk())
       return
     }
     this.fail(ferr)

@@ -6,7 +6,8 @@ import type { Endpoint } from '../../config/load.js'
 import type { EndpointSource } from '../../discovery/source.js'
 import { FerryError } from '../../errors.js'
 import type { Metrics } from '../../observability/metrics.js'
-import { Balancer, within } from '../../routing/balancer.js'
+import { Balancer, hashKey, within } from '../../routing/balancer.js'
+import type { AffinityPlacement } from '../../affinity/placement.js'
 import type { SplitAsk, Subset } from '../../routing/split.js'
 import { EndpointSet, healthyAt, type SetMember } from '../endpoint-set.js'
 import { PassiveHealth, type ActiveHealth } from '../health.js'
@@ -121,7 +122,25 @@ interface QueueEntry {
   exclude: HttpEndpoint | undefined
   /** The label subset the request's route split chose: it waits for a slot there. */
   subset: Subset | undefined
+  /** A sticky request's endpoint: it waits for a slot there, while that endpoint takes work. */
+  pin: HttpEndpoint | undefined
+  /** The key of a sticky request (re-pinned by it if its endpoint stops taking work while it waits). */
+  sticky: StickyAsk | undefined
 }
+
+/**
+ * A request on a route with `affinity` (sticky sessions): its key, and where the affinity store says the
+ * key lives (`home`, `host:port`; undefined: no record or the store is falling back).
+ */
+export interface StickyAsk {
+  readonly key: string
+  readonly home: string | undefined
+  /** Ferry made the key for this request (it sets the cookie): counted as `issued`, not `miss`. */
+  readonly issued: boolean
+}
+
+/** How a sticky request's endpoint was chosen (ferry_http_affinity_total's outcome). */
+export type StickyOutcome = 'hit' | 'miss' | 'fallback' | 'issued' | 'keyless' | 'learned'
 
 export type SlotOutcome = 'ok' | 'failed' | 'neutral'
 
@@ -147,6 +166,8 @@ export class HttpUpstream implements Upstream {
   private queued = 0
   /** Queued entries per lane (split subset, or undefined for requests without one); lanes with none are deleted. */
   private readonly lanes = new Map<Subset | undefined, number>()
+  /** Queued sticky requests: each waits for its own endpoint, in no lane. */
+  private stickyQueued = 0
   /** drainQueue is running (a slot handed out may come back at once): a nested call makes it go round again. */
   private draining = false
   private drainAgain = false
@@ -158,6 +179,9 @@ export class HttpUpstream implements Upstream {
   private retired: (() => void) | undefined
   private readonly longHeldCounts: Record<LongHeldWhy | 'refused', { inc: () => void }>
   private readonly longHeldNow: { inc: () => void, dec: () => void }
+  /** Rendezvous hashing of sticky keys (the ws twin hashes the same way, so an upgrade follows the polls). */
+  private readonly byKey: Balancer<HttpEndpoint>
+  private readonly stickyCounts: Record<StickyOutcome, { inc: () => void }>
 
   constructor (
     readonly name: string,
@@ -165,6 +189,8 @@ export class HttpUpstream implements Upstream {
     log: Logger,
     private readonly metrics: Metrics,
     source: EndpointSource,
+    /** Where sticky keys live (the gateway's affinity store); without it keys are placed by rendezvous hashing alone. */
+    readonly placement?: AffinityPlacement,
   ) {
     this.set = new EndpointSet<HttpEndpoint>(name, source, {
       create: (endpoint) => new HttpEndpoint(name, endpoint, cfg, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics), metrics.httpPoolResets.labels(name)),
@@ -179,6 +205,9 @@ export class HttpUpstream implements Upstream {
       changed: () => { if (this.state !== 'closed') this.drainQueue() },
     }, cfg.healthCheck, log, metrics)
     this.balancer = new Balancer(this.set, cfg.balance, { panic: cfg.whenAllUnhealthy === 'panic' })
+    this.byKey = new Balancer(this.set, 'hash', { panic: cfg.whenAllUnhealthy === 'panic' })
+    const sticky = (o: string): { inc: () => void } => metrics.httpAffinity.labels(name, o)
+    this.stickyCounts = { hit: sticky('hit'), miss: sticky('miss'), fallback: sticky('fallback'), issued: sticky('issued'), keyless: sticky('keyless'), learned: sticky('learned') }
     const why = (w: string): { inc: () => void } => metrics.httpLongHeld.labels(name, w)
     this.longHeldCounts = { sse: why('sse'), route: why('route'), polling: why('polling'), refused: why('refused') }
     this.longHeldNow = metrics.httpLongHeldNow.labels(name)
@@ -198,8 +227,12 @@ export class HttpUpstream implements Upstream {
    * (a retry). `split`: the route's split decides the label subset first (counted once: not for a retry).
    * `long`: a long-held request (SSE, a long-held route, long polling) takes a slot of the long-held
    * budget at once or is refused; it never waits in the queue nor takes a short slot.
+   * `sticky`: a request of a route with affinity goes to its key's endpoint (the recorded one while it takes
+   * work, else the key's rendezvous choice among those that do) and only there: it waits in the queue for
+   * a slot on that endpoint rather than going elsewhere (its session lives there), and a long-held one is
+   * refused (503) when that endpoint's long-held budget is full.
    */
-  acquire (waiter: SlotWaiter, exclude?: HttpEndpoint, split?: SplitAsk, long?: LongHeldWhy): QueueEntry | undefined {
+  acquire (waiter: SlotWaiter, exclude?: HttpEndpoint, split?: SplitAsk, long?: LongHeldWhy, sticky?: StickyAsk): QueueEntry | undefined {
     if (this.state === 'closed') {
       waiter.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name} is shut down`))
       return undefined
@@ -211,9 +244,12 @@ export class HttpUpstream implements Upstream {
       return undefined
     }
     const subset = split?.split.assign(split, this.set.active, now, exclude, exclude === undefined)
-    if (long !== undefined && this.cfg.pool.longHeld.maxConnections > 0) { this.acquireLong(waiter, now, exclude, subset, long); return undefined }
-    // Queued requests of the same lane go first.
-    const ep = !this.lanes.has(subset) ? this.balancer.pick(this.cfg.pool.maxConnections, now, exclude, undefined, subset) : undefined
+    const pin = sticky !== undefined ? this.stickyPick(sticky, now, exclude, subset, exclude === undefined) : undefined
+    if (long !== undefined && this.cfg.pool.longHeld.maxConnections > 0) { this.acquireLong(waiter, now, exclude, subset, long, pin); return undefined }
+    // Queued requests of the same lane go first (a sticky request competes only for its endpoint's slots).
+    const ep = pin !== undefined
+      ? (pin.inflight < this.cfg.pool.maxConnections ? pin : undefined)
+      : !this.lanes.has(subset) ? this.balancer.pick(this.cfg.pool.maxConnections, now, exclude, undefined, subset) : undefined
     if (ep !== undefined) {
       ep.inflight++
       waiter.onSlot(ep, false)
@@ -223,10 +259,11 @@ export class HttpUpstream implements Upstream {
       waiter.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name}: all ${this.endpoints.length * this.cfg.pool.maxConnections} connections busy and ${this.queued} requests queued (queueLimit ${this.cfg.pool.queueLimit})`))
       return undefined
     }
-    const entry: QueueEntry = { waiter, deadline: now + this.cfg.pool.queueTimeoutMs, exclude, subset }
+    const entry: QueueEntry = { waiter, deadline: now + this.cfg.pool.queueTimeoutMs, exclude, subset, pin, sticky: pin !== undefined ? sticky : undefined }
     this.queue.push(entry)
     this.queued++
-    this.lanes.set(subset, (this.lanes.get(subset) ?? 0) + 1)
+    if (entry.sticky !== undefined) this.stickyQueued++
+    else this.lanes.set(subset, (this.lanes.get(subset) ?? 0) + 1)
     if (this.timer === undefined) this.armTimer()
     return entry
   }
@@ -241,19 +278,57 @@ export class HttpUpstream implements Upstream {
   /** `entry` left the queue (served, expired, cancelled): its counts go. */
   private dequeued (entry: QueueEntry): void {
     this.queued--
+    if (entry.sticky !== undefined) { this.stickyQueued--; return }
     const n = (this.lanes.get(entry.subset) ?? 1) - 1
     if (n <= 0) this.lanes.delete(entry.subset)
     else this.lanes.set(entry.subset, n)
   }
 
-  /** A long-held slot on the endpoint the balancer prefers if it has room, else any that has; else 503. */
-  private acquireLong (waiter: SlotWaiter, now: number, exclude: HttpEndpoint | undefined, subset: Subset | undefined, why: LongHeldWhy): void {
+  /**
+   * The endpoint of a sticky request: the key's recorded one while it takes work and is in the route
+   * split's subset, else the first in the key's rendezvous order that takes work (what every pod and the
+   * ws twin compute). Undefined only when no endpoint is left to pick. `count`: a first attempt, counted
+   * by how it was placed; a retry is counted as a fallback.
+   */
+  private stickyPick (sticky: StickyAsk, now: number, exclude: HttpEndpoint | undefined, subset: Subset | undefined, count: boolean): HttpEndpoint | undefined {
+    const home = sticky.home !== undefined ? this.set.get(sticky.home) : undefined
+    if (home !== undefined && home !== exclude && home.acceptsAt(now) && within(home, subset)) {
+      if (count) this.stickyCounts.hit.inc()
+      return home
+    }
+    // A retry (not `count`) leaves the endpoint that just failed it: a fallback too.
+    if (!count) this.stickyCounts.fallback.inc()
+    else (sticky.issued ? this.stickyCounts.issued : sticky.home === undefined ? this.stickyCounts.miss : this.stickyCounts.fallback).inc()
+    return this.byKey.pick(Infinity, now, exclude, hashKey(sticky.key), subset)
+  }
+
+  /** `keyless`: a request on a route with affinity had no key and got none (balanced normally); `learned`: a backend's Set-Cookie gave a key. */
+  countSticky (outcome: 'keyless' | 'learned'): void {
+    this.stickyCounts[outcome].inc()
+  }
+
+  /** A queued sticky request's endpoint, or another by its key once that one takes no work (drained, removed, ejected). */
+  private repin (entry: QueueEntry, now: number): HttpEndpoint | undefined {
+    const pin = entry.pin
+    if (pin !== undefined && this.set.get(pin.address) === pin && pin.acceptsAt(now)) return pin
+    const next = this.byKey.pick(Infinity, now, entry.exclude, hashKey(entry.sticky!.key), entry.subset)
+    if (next !== undefined && next !== pin) this.stickyCounts.fallback.inc()
+    entry.pin = next
+    return next
+  }
+
+  /**
+   * A long-held slot on the endpoint the balancer prefers if it has room, else any that has; else 503.
+   * `pin` (a sticky request): that endpoint only.
+   */
+  private acquireLong (waiter: SlotWaiter, now: number, exclude: HttpEndpoint | undefined, subset: Subset | undefined, why: LongHeldWhy, pin?: HttpEndpoint): void {
     const max = this.cfg.pool.longHeld.maxConnections
-    let ep = this.balancer.pick(Infinity, now, exclude, undefined, subset)
-    if (ep !== undefined && ep.held >= max) ep = this.set.active.find((e) => e !== exclude && e.held < max && e.acceptsAt(now) && within(e, subset))
+    let ep = pin ?? this.balancer.pick(Infinity, now, exclude, undefined, subset)
+    if (ep !== undefined && ep.held >= max) ep = pin !== undefined ? undefined : this.set.active.find((e) => e !== exclude && e.held < max && e.acceptsAt(now) && within(e, subset))
     if (ep === undefined) {
       this.longHeldCounts.refused.inc()
-      waiter.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name}: all ${this.endpoints.length * max} long-held connections busy (pool.longHeld.maxConnections ${max})`))
+      const where = pin !== undefined ? `${pin.address}'s ${max}` : `all ${this.endpoints.length * max}`
+      waiter.onNoSlot(new FerryError('FERRY_ERR_QUEUE_FULL', `upstream ${this.name}: ${where} long-held connections busy (pool.longHeld.maxConnections ${max})`))
       return
     }
     ep.held++
@@ -332,13 +407,24 @@ export class HttpUpstream implements Upstream {
     for (let i = this.head; i < q.length && this.queued > 0; i++) {
       const entry = q[i]!
       const w = entry.waiter
-      if (w === undefined || blocked?.has(entry.subset) === true) continue
+      if (w === undefined) continue
+      if (entry.sticky !== undefined) {
+        // A sticky request waits for its own endpoint and holds up no one else in its lane.
+        const pin = this.repin(entry, now)
+        if (pin === undefined || pin.inflight >= this.cfg.pool.maxConnections) continue
+        entry.waiter = undefined
+        this.dequeued(entry)
+        pin.inflight++
+        w.onSlot(pin, false)
+        continue
+      }
+      if (blocked?.has(entry.subset) === true) continue
       const ep = this.balancer.pick(this.cfg.pool.maxConnections, now, entry.exclude, undefined, entry.subset)
       if (ep === undefined) {
         // A retry that excludes an endpoint says nothing about the lane's other entries.
         if (entry.exclude !== undefined) continue
         ;(blocked ??= new Set()).add(entry.subset)
-        if (blocked.size >= this.lanes.size) break
+        if (blocked.size >= this.lanes.size && this.stickyQueued === 0) break
         continue
       }
       entry.waiter = undefined
@@ -436,6 +522,7 @@ export class HttpUpstream implements Upstream {
   async close (kind: 'flush' | 'abort'): Promise<void> {
     if (this.state === 'closed') return
     this.state = 'closed'
+    this.placement?.stop()
     if (this.timer !== undefined) clearTimeout(this.timer)
     this.timer = undefined
     for (let e = this.peek(); e !== undefined; e = this.peek()) {
