@@ -421,8 +421,10 @@ export class Gateway {
     const oldByName = new Map(this.tcpListeners.map((l) => [l.cfg.name, l]))
     for (const [i, lcfg] of next.listen.tcp.entries()) {
       const old = oldByName.get(lcfg.name)
-      if (old !== undefined && canonicalJson(old.cfg) === canonicalJson(lcfg)) {
+      // The access list alone changes in place: no rebind for it.
+      if (old !== undefined && canonicalJson({ ...old.cfg, access: undefined }) === canonicalJson({ ...lcfg, access: undefined })) {
         old.upstream = set.tcp.get(lcfg.upstream)!
+        old.setAccess(lcfg.access)
         keep.push(old)
         oldByName.delete(lcfg.name)
       } else bind.push({ i, lcfg })

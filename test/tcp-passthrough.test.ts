@@ -2,6 +2,8 @@ import t from 'tap'
 import { spawn } from 'node:child_process'
 import { createCipheriv, createHash } from 'node:crypto'
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { parse, stringify } from 'yaml'
 import { ConfigError, validateConfig } from '../src/config/load.js'
 import { deadPort, startRawBackend } from './helpers/backend.js'
 import { adminStatus, metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
@@ -690,4 +692,39 @@ t.test('stop: new connections refused, open ones get shutdownGraceMs, then close
   t.ok(ms >= 250 && ms < 3000, `the open connection was closed after the grace (${ms} ms, grace 300 ms)`)
   t.equal(r.error, undefined, 'closed with FIN (flush), not a reset: nothing was left queued')
   t.equal(await exited, 0, 'exit code 0')
+})
+
+t.test('access list: deny before allow, refused connections closed at once and counted, a reload changes it without rebinding the port', async (t) => {
+  const backend = await echoBackend(t)
+  const ferry = await startFerry(t, tcpConfig([{ name: 'guarded', upstream: 'echo', access: { allow: ['127.0.0.0/8'], deny: ['127.0.0.1'] } }], { echo: { endpoints: [backend.address] } }))
+  const port = tcpPort(ferry, 'guarded')
+  const refused = await dial(port)
+  const r = await drain(refused)
+  t.equal(r.data.length, 0, '127.0.0.1 (denied): closed without a byte')
+  const ok = await dial(port, { localAddress: '127.0.0.2' })
+  const reply = readBytes(ok, 6)
+  ok.write('hello\n')
+  t.equal((await reply).toString(), 'hello\n', '127.0.0.2 (allowed, not denied): echoed')
+  t.equal(backend.accepted(), 1, 'the backend saw only the admitted connection')
+  t.equal(await closedTotal(ferry, 'guarded', 'FERRY_ERR_ACCESS_DENIED'), 1, 'ferry_tcp_closed_total{reason="FERRY_ERR_ACCESS_DENIED"} = 1')
+  // Reload: now 127.0.0.2 is denied and 127.0.0.1 allowed; the port stays, the open connection too.
+  const file = String(ferry.child.spawnargs.at(-1))
+  const c = parse(readFileSync(file, 'utf8')) as { listen: { tcp: Array<Record<string, unknown>> } }
+  c.listen.tcp[0]!.access = { deny: ['127.0.0.2'] }
+  writeFileSync(file, stringify(c))
+  t.equal((await (await fetch(`${ferry.adminUrl}/reload`, { method: 'POST' })).json()).result, 'ok', 'reload ok')
+  const again = readBytes(ok, 6)
+  ok.write('again\n')
+  t.equal((await again).toString(), 'again\n', 'the open connection from 127.0.0.2 goes on')
+  t.equal(r.error, undefined, 'no error on the refused socket (a clean close)')
+  const now = await dial(port, { localAddress: '127.0.0.2' })
+  t.equal((await drain(now)).data.length, 0, 'a new connection from 127.0.0.2 is refused after the reload')
+  const one = await dial(port)
+  const r1 = readBytes(one, 4)
+  one.write('one\n')
+  t.equal((await r1).toString(), 'one\n', '127.0.0.1 is admitted after the reload, on the same port')
+  const l = (await adminStatus(ferry)).listeners.tcp.find((x: { name: string }) => x.name === 'guarded')
+  t.equal(l.accepted, 4, '/status: the same listener accepted all 4 connections (it was not rebound by the reload)')
+  ok.destroy()
+  one.destroy()
 })

@@ -295,6 +295,10 @@ const tcpListener = z.strictObject({
   noDelay: z.boolean().default(true).describe('TCP_NODELAY on both the client and the backend socket.'),
   keepAlive: z.boolean().default(true).describe('TCP keep-alive probes on both sockets, so dead peers are found.'),
   keepAliveDelayMs: durationMs(30000, 'Idle time before the first keep-alive probe.'),
+  access: z.strictObject({
+    allow: z.array(cidr).default([]).describe('Client addresses (IP or CIDR; the PROXY source when accepted) that may connect; empty: any.'),
+    deny: z.array(cidr).default([]).describe('Client addresses (IP or CIDR) refused, checked before `allow`.'),
+  }).optional().describe('Access list, checked before anything else: a refused connection is closed at once (nothing is sent to a backend) and counted as FERRY_ERR_ACCESS_DENIED. Changed by a reload without rebinding the port.'),
   shutdownGraceMs: nonNegativeInt.optional().describe('How long open connections may continue once the listener stops accepting (a drain, or a stop), before what they have queued is flushed and they are closed. Default: until the drain\'s deadline (drain.deadlineMs); 5 s on an in-process stop.'),
 })
 

@@ -30,6 +30,8 @@ export interface ListenerContext {
   readonly socketOptions: UpstreamSocketOptions
   /** Listener-wide byte totals, flushed into the counters at scrape time. */
   readonly bytes: { toUpstream: number, toClient: number }
+  /** The listener's access list refuses `ip`. */
+  refusesIp: (ip: string) => boolean
   /** Takes a per-IP slot for `ip`; false when the IP is at maxConnectionsPerIp. */
   admitIp: (ip: string) => boolean
   releaseIp: (ip: string) => void
@@ -115,6 +117,10 @@ export class TcpConnection implements ConnectOwner {
   }
 
   private admit (): void {
+    if (this.ctx.refusesIp(this.clientIp)) {
+      this.close('abort', 'FERRY_ERR_ACCESS_DENIED', `${this.clientIp} is refused by the listener's access list`)
+      return
+    }
     if (!this.ctx.admitIp(this.clientIp)) {
       this.close('abort', 'FERRY_ERR_TCP_IP_LIMIT', `${this.clientIp} already holds maxConnectionsPerIp ${this.ctx.cfg.maxConnectionsPerIp} connections`)
       return

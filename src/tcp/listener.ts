@@ -6,6 +6,7 @@ import { FerryError, type FerryErrorCode } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { TcpTarget, UpstreamSocketOptions } from '../contracts/tcp.js'
 import { Networks, normalizeIp } from '../net/address.js'
+import { RouteAccess } from '../edge/access.js'
 import { TcpConnection, type CloseReason, type ListenerContext } from './connection.js'
 
 /** paused: descriptors ran low (DescriptorGuard); new connections are closed at once until resumed. */
@@ -31,6 +32,7 @@ export class TcpListener implements ListenerContext {
   private readonly conns = new Set<TcpConnection>()
   private readonly perIp = new Map<string, number>()
   private readonly trusted: Networks
+  private access: RouteAccess | undefined
   private sweepTimer: NodeJS.Timeout | undefined
   private boundPort: number | undefined
   private closing: Promise<void> | undefined
@@ -58,6 +60,7 @@ export class TcpListener implements ListenerContext {
   ) {
     this.name = cfg.name
     this.trusted = new Networks(cfg.trustedProxies)
+    this.setAccess(cfg.access)
     this.socketOptions = { noDelay: cfg.noDelay, keepAlive: cfg.keepAlive, keepAliveDelayMs: cfg.keepAliveDelayMs }
     this.mAccepted = metrics.tcpConnections.labels(cfg.name)
     this.mBytesUp = metrics.tcpBytes.labels(cfg.name, 'to_upstream')
@@ -174,6 +177,15 @@ export class TcpListener implements ListenerContext {
   }
 
   // ---- ListenerContext ----
+
+  /** The access list, replaced in place by a reload (the port stays bound). */
+  setAccess (access: TcpListenerConfig['access']): void {
+    this.access = access === undefined ? undefined : new RouteAccess({ allow: access.allow, deny: access.deny, origins: [] })
+  }
+
+  refusesIp (ip: string): boolean {
+    return this.access?.refusesIp(ip) !== undefined
+  }
 
   admitIp (ip: string): boolean {
     const n = this.perIp.get(ip) ?? 0
