@@ -160,7 +160,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
    */
   start (gate?: Admission | Promise<Admission>, verifyBody = false): void {
     this.res.onAborted(() => this.onClientAborted())
-    this.ctx.metrics.inFlight.inc()
+    this.ctx.metrics.inFlight(1)
     this.ctx.lifecycle.inFlight++
     // The upstream this exchange started on serves it to the end, even if a reload replaces it meanwhile.
     this.ctx.upstream.enter()
@@ -728,12 +728,10 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     this.chunks = []
     this.onEnd?.()
     const m = this.ctx.metrics
-    m.inFlight.dec()
+    m.inFlight(-1)
     this.ctx.lifecycle.inFlight--
-    m.requests(this.route.name, this.status)
+    m.requests(this.route.name, this.status, this.bodyBytesIn, this.bytesOut)
     if (this.errorCode !== undefined) m.error(this.errorCode)
-    if (this.bodyBytesIn > 0) m.bytesIn.inc(this.bodyBytesIn)
-    if (this.bytesOut > 0) m.bytesOut.inc(this.bytesOut)
     if (this.ctx.accessLog) {
       this.ctx.log.info({
         reqId: this.req.requestId, method: this.req.method, path: this.req.path, status: this.status,
