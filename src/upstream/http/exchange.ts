@@ -102,7 +102,8 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
   private windowStart = 0
   private windowBytes = 0
   private windowPaused = false
-  private readonly started = performance.now()
+  /** When the exchange began, for the access log's `ms` (read only when the access log is on). */
+  private started = 0
   private dispatchedAt = 0
   private ep: HttpEndpoint | undefined
   private queueEntry: ReturnType<HttpUpstream['acquire']>
@@ -151,6 +152,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     private readonly onEnd?: () => void,
   ) {
     this.headers = req.headers
+    if (ctx.accessLog) this.started = performance.now()
   }
 
   /**
@@ -530,6 +532,13 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
       this.bodyComplete = true
       return
     }
+  }
+
+  /** Whether uWS's onWritable handler is set: only once a write was refused (most responses never need it). */
+  private watchingWritable = false
+  private watchWritable (): void {
+    if (this.watchingWritable) return
+    this.watchingWritable = true
     this.res.onWritable((offset) => this.onWritable(offset))
   }
 
@@ -542,7 +551,8 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     res.writeStatus(`${statusCode} ${statusMessage !== undefined && statusMessage !== '' ? statusMessage : (STATUS_CODES[statusCode] ?? '')}`)
     // Headers the backend named in its Connection header are hop-by-hop too (RFC 9110 §7.6.1).
     const conn = headers.connection
-    const named = typeof conn === 'string' ? conn.toLowerCase().split(',').map((x) => x.trim()) : undefined
+    // `keep-alive` (what most backends send) names only a header skipped anyway.
+    const named = typeof conn === 'string' && conn !== 'keep-alive' ? conn.toLowerCase().split(',').map((x) => x.trim()) : undefined
     for (const name in headers) {
       if (SKIP_RESPONSE.has(name) || named?.includes(name) === true) continue
       const v = headers[name]
@@ -578,6 +588,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
       } else if (!res.write(chunk)) {
         blocked = true // uWS buffered the chunk; wait for onWritable before reading more upstream
       }
+      if (blocked) this.watchWritable()
     })
     if (blocked) controller.pause()
   }
