@@ -28,8 +28,11 @@ const REPEATS = Number(opt('repeats', '3'))
 const PATHS = opt('paths', 'ka,close,ws').split(',')
 const TARGETS = opt('targets', 'ferry,nginx').split(',')
 const PROF = opt('prof', undefined)
-/** `--base DIR`: a second Ferry built elsewhere (say, main's dist copied to DIR), target `base`, interleaved with the others: a paired before/after under the same machine load. */
-const BASE = opt('base', undefined)
+/**
+ * `--base DIR`: a second Ferry built elsewhere (say, main's dist copied to DIR), target `base`, interleaved
+ * with the others: a paired before/after under the same machine load. `--base2 DIR`: a third, target `base2`.
+ */
+const BASES = { base: opt('base', undefined), base2: opt('base2', undefined) }
 const CLK_TCK = 100
 const WORK = mkdtempSync(join(tmpdir(), 'ferry-cpu-'))
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -52,6 +55,10 @@ async function stop (entry) {
 }
 async function stopAll () { await Promise.all(children.map(stop)) }
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { stopAll().finally(() => process.exit(1)) })
+// A failure anywhere (a process that does not start, a load generator error) stops what was started.
+process.on('uncaughtException', (err) => { console.error(err); stopAll().finally(() => process.exit(1)) })
+process.on('unhandledRejection', (err) => { console.error(err); stopAll().finally(() => process.exit(1)) })
+process.on('exit', () => { for (const c of children) if (!c.exited) c.child.kill('SIGKILL') })
 
 function freePort () {
   return new Promise((resolve, reject) => {
@@ -90,7 +97,7 @@ function cpuOf (pid) {
 }
 
 const P = {}
-for (const k of ['backend', 'wsEcho', 'nginx', 'ferry', 'ferryAdmin', 'base', 'baseAdmin', 'floor']) P[k] = await freePort()
+for (const k of ['backend', 'wsEcho', 'nginx', 'ferry', 'ferryAdmin', 'base', 'baseAdmin', 'base2', 'base2Admin', 'floor']) P[k] = await freePort()
 const BODY = 'native-bench reference response\n'
 const nginxCommon = (n) => `worker_processes 1;
 daemon off;
@@ -141,6 +148,7 @@ logging: { level: warn, accessLog: false }
 `
 writeFileSync(join(WORK, 'ferry.yaml'), ferryYaml(P.ferry, P.ferryAdmin))
 writeFileSync(join(WORK, 'base.yaml'), ferryYaml(P.base, P.baseAdmin))
+writeFileSync(join(WORK, 'base2.yaml'), ferryYaml(P.base2, P.base2Admin))
 const wsgen = join(WORK, 'wsgen')
 if (PATHS.includes('ws')) execFileSync('gcc', ['-O2', '-o', wsgen, join(ROOT, 'native-bench/lib/wsgen.c')], { stdio: 'inherit' })
 
@@ -156,15 +164,16 @@ function startFerry (tag, name = 'ferry', dist = join(ROOT, 'dist')) {
 const procs = {}
 if (TARGETS.includes('nginx')) { procs.nginx = start('nginx', 'nginx', ['-p', WORK, '-c', join(WORK, 'nginx.conf')]); await waitPort(P.nginx, procs.nginx) }
 if (TARGETS.includes('ferry') && !PROF) { procs.ferry = startFerry('all'); await waitPort(P.ferry, procs.ferry); console.error(`ferry pid ${procs.ferry.child.pid}`) }
-if (TARGETS.includes('base')) {
-  if (BASE === undefined) throw new Error('target base needs --base DIR (a Ferry dist directory)')
-  procs.base = startFerry('base', 'base', BASE); await waitPort(P.base, procs.base)
+for (const b of ['base', 'base2']) {
+  if (!TARGETS.includes(b)) continue
+  if (BASES[b] === undefined) throw new Error(`target ${b} needs --${b} DIR (a Ferry dist directory)`)
+  procs[b] = startFerry(b, b, BASES[b]); await waitPort(P[b], procs[b])
 }
 if (TARGETS.includes('floor')) {
   procs.floor = start('floor', process.execPath, ['--max-semi-space-size=32', join(ROOT, 'native-bench/lib/floor-proxy.mjs'), String(P.floor), String(P.backend), String(P.wsEcho), HOST])
   await waitPort(P.floor, procs.floor)
 }
-const port = { ferry: P.ferry, nginx: P.nginx, base: P.base, floor: P.floor }
+const port = { ferry: P.ferry, nginx: P.nginx, base: P.base, base2: P.base2, floor: P.floor }
 
 function wrk (p, seconds, extra) {
   return new Promise((resolve, reject) => {
