@@ -25,6 +25,7 @@ import { EndpointDrainer, type AdminChange, type AdminState } from './drain/endp
 import type { HttpLifecycle } from './contracts/http.js'
 import { AdminToken, resolveAdminToken } from './admin/token.js'
 import { PodDirectory, podBoardOf, type PodRecord } from './affinity/pods.js'
+import { flushHttpMetrics } from './upstream/http/metrics.js'
 import { hostname } from 'node:os'
 
 /** Connections of a listener a reload removed continue until they end (the longest timer Node takes). */
@@ -181,7 +182,7 @@ export class Gateway {
         reload: async () => await this.reloadFromSource('POST /reload'),
         setSplit: async (route, weights) => await this.setSplitWeights(route, weights),
         endpointAdmin: (upstream, address, admin) => this.endpointAdmin(upstream, address, admin),
-        flushCounters: () => { this.front?.ws.collect() },
+        flushCounters: () => { this.front?.ws.collect(); flushHttpMetrics(this.metrics) },
       }, this.metrics, this.log, access, cfg.admin.console)
       const admin = await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
       this.front = new HttpFront({ uws: this.uws, config: cfg, table: this.table(cfg, upstreams.current), log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission })

@@ -103,7 +103,8 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
   private windowStart = 0
   private windowBytes = 0
   private windowPaused = false
-  private readonly started = performance.now()
+  /** When the exchange began, for the access log's `ms` (read only when the access log is on). */
+  private started = 0
   private dispatchedAt = 0
   private ep: HttpEndpoint | undefined
   private queueEntry: ReturnType<HttpUpstream['acquire']>
@@ -152,6 +153,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     private readonly onEnd?: () => void,
   ) {
     this.headers = req.headers
+    if (ctx.accessLog) this.started = performance.now()
   }
 
   /**
@@ -161,7 +163,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
    */
   start (gate?: Admission | Promise<Admission>, verifyBody = false): void {
     this.res.onAborted(() => this.onClientAborted())
-    this.ctx.metrics.inFlight.inc()
+    this.ctx.metrics.inFlight(1)
     this.ctx.lifecycle.inFlight++
     // The upstream this exchange started on serves it to the end, even if a reload replaces it meanwhile.
     this.ctx.upstream.enter()
@@ -561,6 +563,13 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
       this.bodyComplete = true
       return
     }
+  }
+
+  /** Whether uWS's onWritable handler is set: only once a write was refused (most responses never need it). */
+  private watchingWritable = false
+  private watchWritable (): void {
+    if (this.watchingWritable) return
+    this.watchingWritable = true
     this.res.onWritable((offset) => this.onWritable(offset))
   }
 
@@ -581,7 +590,8 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     res.writeStatus(`${statusCode} ${statusMessage !== undefined && statusMessage !== '' ? statusMessage : (STATUS_CODES[statusCode] ?? '')}`)
     // Headers the backend named in its Connection header are hop-by-hop too (RFC 9110 §7.6.1).
     const conn = headers.connection
-    const named = typeof conn === 'string' ? conn.toLowerCase().split(',').map((x) => x.trim()) : undefined
+    // `keep-alive` (what most backends send) names only a header skipped anyway.
+    const named = typeof conn === 'string' && conn !== 'keep-alive' ? conn.toLowerCase().split(',').map((x) => x.trim()) : undefined
     for (const name in headers) {
       if (SKIP_RESPONSE.has(name) || named?.includes(name) === true) continue
       const v = headers[name]
@@ -618,6 +628,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
       } else if (!res.write(chunk)) {
         blocked = true // uWS buffered the chunk; wait for onWritable before reading more upstream
       }
+      if (blocked) this.watchWritable()
     })
     if (blocked) controller.pause()
   }
@@ -768,12 +779,10 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     this.chunks = []
     this.onEnd?.()
     const m = this.ctx.metrics
-    m.inFlight.dec()
+    m.inFlight(-1)
     this.ctx.lifecycle.inFlight--
-    m.requests(this.route.name, this.status)
+    m.requests(this.route.name, this.status, this.bodyBytesIn, this.bytesOut)
     if (this.errorCode !== undefined) m.error(this.errorCode)
-    if (this.bodyBytesIn > 0) m.bytesIn.inc(this.bodyBytesIn)
-    if (this.bytesOut > 0) m.bytesOut.inc(this.bytesOut)
     if (this.ctx.accessLog) {
       this.ctx.log.info({
         reqId: this.req.requestId, method: this.req.method, path: this.req.path, status: this.status,

@@ -1,0 +1,247 @@
+#!/usr/bin/env node
+// CPU per request, measured from outside: the proxy's user+sys CPU (from /proc/PID/stat, nginx's
+// worker included) over a run ÷ the requests (or WebSocket round trips) the load generator completed.
+// Ferry next to nginx, both one worker, on loopback, same backends as native-bench/run:
+//   ka     HTTP keep-alive: wrk -t1 -c50 (nginx backend, `return 200`, 33-byte body)
+//   close  HTTP, new connection per request: the same with `Connection: close`
+//   ws     WebSocket passthrough echo: wsgen, 100 sessions ping-pong, 64-byte text (uWS echo backend)
+// Runs are interleaved (ferry, nginx, ferry, nginx, ...) and the median of the repeats is printed.
+//
+//   node native-bench/cpu-per-request.mjs [--seconds 5] [--repeats 3] [--paths ka,close,ws]
+//        [--targets ferry,nginx] [--prof DIR]   (--prof: Ferry runs under node --cpu-prof, one Ferry
+//                                                 process and one profile per path, written to DIR)
+// Ports: picked free at start, 127.0.0.1 only. Every process is started here and stopped by PID.
+import { spawn, execFileSync } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'node:fs'
+import { createServer, connect } from 'node:net'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { createInterface } from 'node:readline'
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
+const HOST = '127.0.0.1'
+const args = process.argv.slice(2)
+const opt = (name, def) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1] : def }
+const SECONDS = Number(opt('seconds', '5'))
+const REPEATS = Number(opt('repeats', '3'))
+const PATHS = opt('paths', 'ka,close,ws').split(',')
+const TARGETS = opt('targets', 'ferry,nginx').split(',')
+const PROF = opt('prof', undefined)
+/**
+ * `--base DIR`: a second Ferry built elsewhere (say, main's dist copied to DIR), target `base`, interleaved
+ * with the others: a paired before/after under the same machine load. `--base2 DIR`: a third, target `base2`.
+ */
+const BASES = { base: opt('base', undefined), base2: opt('base2', undefined) }
+const CLK_TCK = 100
+const WORK = mkdtempSync(join(tmpdir(), 'ferry-cpu-'))
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+const children = []
+function start (name, cmd, argv) {
+  const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  child.stdout.on('data', (d) => { out += d }); child.stderr.on('data', (d) => { out += d })
+  const entry = { name, child, exited: false, out: () => out }
+  child.on('exit', () => { entry.exited = true })
+  children.push(entry)
+  return entry
+}
+async function stop (entry) {
+  if (entry.exited) return
+  entry.child.kill('SIGTERM')
+  for (let i = 0; i < 100 && !entry.exited; i++) await sleep(50)
+  if (!entry.exited) entry.child.kill('SIGKILL')
+}
+async function stopAll () { await Promise.all(children.map(stop)) }
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { stopAll().finally(() => process.exit(1)) })
+// A failure anywhere (a process that does not start, a load generator error) stops what was started.
+process.on('uncaughtException', (err) => { console.error(err); stopAll().finally(() => process.exit(1)) })
+process.on('unhandledRejection', (err) => { console.error(err); stopAll().finally(() => process.exit(1)) })
+process.on('exit', () => { for (const c of children) if (!c.exited) c.child.kill('SIGKILL') })
+
+function freePort () {
+  return new Promise((resolve, reject) => {
+    const s = createServer(); s.on('error', reject)
+    s.listen(0, HOST, () => { const { port } = s.address(); s.close(() => resolve(port)) })
+  })
+}
+async function waitPort (port, entry) {
+  for (let i = 0; i < 200; i++) {
+    if (entry?.exited) throw new Error(`${entry.name} exited: ${entry.out()}`)
+    const ok = await new Promise((resolve) => { const c = connect(port, HOST, () => { c.destroy(); resolve(true) }); c.on('error', () => resolve(false)) })
+    if (ok) return
+    await sleep(50)
+  }
+  throw new Error(`port ${port} never opened`)
+}
+
+function statOf (pid) {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ')
+    return { ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12])) / CLK_TCK, sys: Number(f[12]) / CLK_TCK }
+  } catch { return undefined }
+}
+/** CPU seconds of a process and its children (nginx's worker). */
+/** { cpu, sys } seconds of a process and its children. */
+function cpuOf (pid) {
+  const own = statOf(pid)
+  let cpu = own?.cpu ?? 0; let sys = own?.sys ?? 0
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue
+    const st = statOf(d)
+    if (st !== undefined && st.ppid === pid) { cpu += st.cpu; sys += st.sys }
+  }
+  return { cpu, sys }
+}
+
+const P = {}
+for (const k of ['backend', 'wsEcho', 'nginx', 'ferry', 'ferryAdmin', 'base', 'baseAdmin', 'base2', 'base2Admin', 'floor']) P[k] = await freePort()
+const BODY = 'native-bench reference response\n'
+const nginxCommon = (n) => `worker_processes 1;
+daemon off;
+master_process on;
+error_log ${WORK}/${n}-error.log warn;
+pid ${WORK}/${n}.pid;
+events { worker_connections 16384; multi_accept on; }`
+const nginxTemp = (n) => ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `${t}_temp_path ${WORK}/${n}-${t};`).join(' ')
+writeFileSync(join(WORK, 'backend.conf'), `${nginxCommon('backend')}
+http {
+  access_log off; ${nginxTemp('backend')}
+  keepalive_requests 100000000; keepalive_timeout 300s;
+  server { listen ${HOST}:${P.backend} backlog=4096; location / { default_type text/plain; return 200 "${BODY.replace('\n', '\\n')}"; } }
+}
+`)
+// The same proxy configuration as native-bench/run (HTTP) and native-bench/lib/ws.js (WebSocket), in one worker.
+writeFileSync(join(WORK, 'nginx.conf'), `${nginxCommon('nginx')}
+http {
+  access_log off; ${nginxTemp('nginx')}
+  keepalive_requests 100000000; keepalive_timeout 300s;
+  upstream backend { server ${HOST}:${P.backend}; keepalive 16; keepalive_requests 100000000; keepalive_timeout 300s; }
+  upstream echo { server ${HOST}:${P.wsEcho}; }
+  server {
+    listen ${HOST}:${P.nginx} backlog=4096;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For $remote_addr; }
+    location /ws {
+      proxy_pass http://echo; proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade";
+      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_read_timeout 600s; proxy_send_timeout 600s;
+    }
+  }
+}
+`)
+const ferryYaml = (httpPort, adminPort) => `listen:
+  http: { host: ${HOST}, port: ${httpPort} }
+  admin: { host: ${HOST}, port: ${adminPort} }
+upstreams:
+  api: { protocol: http, endpoints: ["${HOST}:${P.backend}"], pool: { maxConnections: 16, queueLimit: 10000 } }
+  echo-ws: { protocol: ws, endpoints: ["${HOST}:${P.wsEcho}"] }
+routes:
+  - { match: { path: /ws }, upstream: echo-ws }
+  - { match: { path: / }, upstream: api }
+admission: { handshakesPerSec: 0 }
+drain: { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 3000 }
+resume: { secret: "native-bench-resume-secret-0123456789abcdef" }
+logging: { level: warn, accessLog: false }
+`
+writeFileSync(join(WORK, 'ferry.yaml'), ferryYaml(P.ferry, P.ferryAdmin))
+writeFileSync(join(WORK, 'base.yaml'), ferryYaml(P.base, P.baseAdmin))
+writeFileSync(join(WORK, 'base2.yaml'), ferryYaml(P.base2, P.base2Admin))
+const wsgen = join(WORK, 'wsgen')
+if (PATHS.includes('ws')) execFileSync('gcc', ['-O2', '-o', wsgen, join(ROOT, 'native-bench/lib/wsgen.c')], { stdio: 'inherit' })
+
+const backend = start('backend', 'nginx', ['-p', WORK, '-c', join(WORK, 'backend.conf')])
+const wsEcho = start('ws-echo', process.execPath, [join(ROOT, 'native-bench/lib/ws-echo.cjs'), String(P.wsEcho), HOST])
+await waitPort(P.backend, backend); await waitPort(P.wsEcho, wsEcho)
+
+function startFerry (tag, name = 'ferry', dist = join(ROOT, 'dist')) {
+  const flags = ['--max-semi-space-size=32', ...(process.env.FERRY_NODE_FLAGS ?? '').split(' ').filter(Boolean)]
+  if (PROF) { mkdirSync(PROF, { recursive: true }); flags.push('--cpu-prof', `--cpu-prof-dir=${PROF}`, `--cpu-prof-name=ferry-${tag}.cpuprofile`) }
+  return start(name, process.execPath, [...flags, join(dist, 'cli.js'), 'start', '--config', join(WORK, `${name}.yaml`)])
+}
+const procs = {}
+if (TARGETS.includes('nginx')) { procs.nginx = start('nginx', 'nginx', ['-p', WORK, '-c', join(WORK, 'nginx.conf')]); await waitPort(P.nginx, procs.nginx) }
+if (TARGETS.includes('ferry') && !PROF) { procs.ferry = startFerry('all'); await waitPort(P.ferry, procs.ferry); console.error(`ferry pid ${procs.ferry.child.pid}`) }
+for (const b of ['base', 'base2']) {
+  if (!TARGETS.includes(b)) continue
+  if (BASES[b] === undefined) throw new Error(`target ${b} needs --${b} DIR (a Ferry dist directory)`)
+  procs[b] = startFerry(b, b, BASES[b]); await waitPort(P[b], procs[b])
+}
+if (TARGETS.includes('floor')) {
+  procs.floor = start('floor', process.execPath, ['--max-semi-space-size=32', join(ROOT, 'native-bench/lib/floor-proxy.mjs'), String(P.floor), String(P.backend), String(P.wsEcho), HOST])
+  await waitPort(P.floor, procs.floor)
+}
+const port = { ferry: P.ferry, nginx: P.nginx, base: P.base, base2: P.base2, floor: P.floor }
+
+function wrk (p, seconds, extra) {
+  return new Promise((resolve, reject) => {
+    const c = spawn('wrk', ['-t', '1', '-c', '50', '-d', `${seconds}s`, ...extra, `http://${HOST}:${p}/`], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    c.stdout.on('data', (d) => { out += d }); c.stderr.on('data', (d) => { out += d })
+    c.on('exit', (code) => {
+      if (code !== 0) { reject(new Error(`wrk: ${out}`)); return }
+      const se = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
+      resolve({ requests: Number(/(\d+) requests in/.exec(out)?.[1]), non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0), errors: se ? se.slice(1).reduce((a, b) => a + Number(b), 0) : 0 })
+    })
+  })
+}
+/** wsgen echo: opens the sessions, then measures; CPU is sampled around the measured window only. */
+function wsEchoRun (p, seconds, pid) {
+  return new Promise((resolve, reject) => {
+    const c = spawn(wsgen, ['echo', `host=${HOST}`, `port=${p}`, 'path=/ws', 'sessions=100', 'inflight=1', 'size=64', `seconds=${seconds}`], { stdio: ['pipe', 'pipe', 'pipe'] })
+    let err = ''; let c0
+    c.stderr.on('data', (d) => { err += d })
+    c.on('exit', (code) => { if (code !== 0 && code !== null) reject(new Error(`wsgen exited ${code}: ${err}`)) })
+    createInterface({ input: c.stdout }).on('line', (line) => {
+      const ev = JSON.parse(line)
+      if (ev.event === 'ready') {
+        if (ev.failed > 0) { reject(new Error(`wsgen: ${ev.failed} sessions failed`)); c.kill(); return }
+        c0 = cpuOf(pid); c.stdin.write('go\n')
+      } else if (ev.event === 'result') {
+        const c1 = cpuOf(pid)
+        c.stdin.end('close\n')
+        resolve({ requests: ev.received, cpu: c1.cpu - c0.cpu, sys: c1.sys - c0.sys, non2xx: 0, errors: ev.lost + ev.bad + ev.closed })
+      }
+    })
+  })
+}
+async function run (target, path) {
+  const pid = procs[target].child.pid
+  let r
+  if (path === 'ws') r = await wsEchoRun(port[target], SECONDS, pid)
+  else {
+    const c0 = cpuOf(pid)
+    const w = await wrk(port[target], SECONDS, path === 'close' ? ['-H', 'Connection: close'] : [])
+    const c1 = cpuOf(pid)
+    r = { ...w, cpu: c1.cpu - c0.cpu, sys: c1.sys - c0.sys }
+  }
+  return r
+}
+
+const results = {}
+const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)] }
+try {
+  for (const path of PATHS) {
+    if (PROF && TARGETS.includes('ferry')) { procs.ferry = startFerry(path); await waitPort(P.ferry, procs.ferry) }
+    for (const t of TARGETS) await run(t, path).catch(() => {}) // warm-up (not counted), 1 run each
+    for (let rep = 0; rep < REPEATS; rep++) {
+      for (const t of TARGETS) {
+        const r = await run(t, path)
+        const us = r.cpu / r.requests * 1e6
+        ;(results[`${path} ${t}`] ??= []).push(us)
+        console.error(`${path.padEnd(5)} ${t.padEnd(5)} rep ${rep + 1}: ${r.requests} requests, ${(r.requests / SECONDS).toFixed(0)}/s, cpu ${r.cpu.toFixed(2)} s (sys ${r.sys.toFixed(2)}), ${us.toFixed(1)} µs/request (sys ${(r.sys / r.requests * 1e6).toFixed(1)})${r.errors || r.non2xx ? `  errors ${r.errors} non2xx ${r.non2xx}` : ''}`)
+      }
+    }
+    if (PROF && procs.ferry) { await stop(procs.ferry); delete procs.ferry }
+  }
+} finally { await stopAll() }
+console.log('| path | ' + TARGETS.join(' µs/req | ') + ' µs/req |' + (TARGETS.length === 2 ? ` ${TARGETS[0]} ÷ ${TARGETS[1]} |` : ''))
+console.log('| --- |' + ' --- |'.repeat(TARGETS.length + (TARGETS.length === 2 ? 1 : 0)))
+for (const path of PATHS) {
+  const m = TARGETS.map((t) => median(results[`${path} ${t}`] ?? [NaN]))
+  const all = TARGETS.map((t) => (results[`${path} ${t}`] ?? []).map((x) => x.toFixed(1)).join(', '))
+  console.log(`| ${path} | ${m.map((x, i) => `${x.toFixed(1)} (${all[i]})`).join(' | ')} |${m.length === 2 ? ` ${(m[0] / m[1]).toFixed(2)}× |` : ''}`)
+}
+if (PROF) console.error(`profiles in ${PROF}`)
