@@ -11,7 +11,7 @@ import { SplitStats } from './routing/split.js'
 import { subsetName } from './config/schema.js'
 import { TcpListener } from './tcp/listener.js'
 import { VERSION } from './version.js'
-import { UpstreamRegistry, type UpstreamSet } from './upstream/registry.js'
+import { flushHttpMetrics, UpstreamRegistry, type UpstreamSet } from './upstream/registry.js'
 import { canonicalJson, reloadRefusals } from './config/reload.js'
 import type { RouteTable } from './front/route-table.js'
 import { Edge } from './edge/guard.js'
@@ -25,7 +25,6 @@ import { EndpointDrainer, type AdminChange, type AdminState } from './drain/endp
 import type { HttpLifecycle } from './contracts/http.js'
 import { AdminToken, resolveAdminToken } from './admin/token.js'
 import { PodDirectory, podBoardOf, type PodRecord } from './affinity/pods.js'
-import { flushHttpMetrics } from './upstream/http/metrics.js'
 import { hostname } from 'node:os'
 
 /** Connections of a listener a reload removed continue until they end (the longest timer Node takes). */

@@ -11,6 +11,8 @@ import { carrierWithoutSessions, type EndpointCarrier, type EndpointDrainer } fr
 import type { Metrics } from '../observability/metrics.js'
 import { exchangeContext, type ExchangeContext } from './http/exchange.js'
 import { upstreamMetrics } from './http/metrics.js'
+// The scrape-time flush of the HTTP upstreams' per-request counts: outside upstream/, only the registry is imported.
+export { flushHttpMetrics } from './http/metrics.js'
 import { HttpUpstream } from './http/pool.js'
 import { AffinityPlacement } from '../affinity/placement.js'
 import { TcpUpstream } from './tcp/upstream.js'
