@@ -328,7 +328,7 @@ export interface Accepted {
 }
 
 /** Token claims the leg does not learn from ACCEPT (`a`: the endpoint the stream is on). */
-export interface LegIdentity { readonly k: string, readonly u: string, a?: string }
+export interface LegIdentity { readonly k: string, readonly u: string, readonly a?: string }
 
 const ACK_RE = /^\d{1,15}$/
 
@@ -369,7 +369,7 @@ export class ResumableLeg extends MuxLeg {
     ep: LegEndpoint,
     stalls: LegStalls,
     private readonly tokens: ResumeTokens,
-    private identity: LegIdentity,
+    private readonly identity: LegIdentity,
     /** What the client said it received when it offered to resume (0 for a fresh session). */
     private readonly offeredReceived: number,
     /** Why the gateway itself refused the offered token (the welcome says so). */
@@ -378,8 +378,6 @@ export class ResumableLeg extends MuxLeg {
     super('ferry.v1', sink, ep, stalls, FERRY_TOPIC_SUFFIX)
     this.accepted = new Promise((resolve, reject) => { this.settle = { resolve, reject } })
     this.accepted.catch(() => {}) // the upstream awaits it; an unawaited rejection must not crash
-    this.events.ack = (n) => { this.sink.deliver(Buffer.from(`a${n}`, 'latin1'), false) }
-    this.events.accept = (payload) => { this.onAccept(payload) }
   }
 
   protected override get reopensLost (): boolean {
@@ -390,13 +388,11 @@ export class ResumableLeg extends MuxLeg {
     return this.ep.handoffResume === true
   }
 
+  /** Every stream of the session (the first, and each after a handoff) carries the resume events. */
   protected override eventsFor (generation: number): StreamEvents {
     const e = super.eventsFor(generation)
-    // Later streams (after a handoff) need the resume events too; the first one's are set in the constructor.
-    if (generation > 0) {
-      e.ack = (n) => { this.sink.deliver(Buffer.from(`a${n}`, 'latin1'), false) }
-      e.accept = (payload) => { this.onAccept(payload) }
-    }
+    e.ack = (n) => { this.sink.deliver(Buffer.from(`a${n}`, 'latin1'), false) }
+    e.accept = (payload) => { this.onAccept(payload) }
     return e
   }
 
@@ -457,7 +453,6 @@ export class ResumableLeg extends MuxLeg {
       return
     }
     this.lastMove = undefined
-    this.identity = { ...this.identity, a: this.address }
     this.claims = { ...this.claims, a: this.address }
     this.control({ t: 'token', token: this.tokens.seal(this.claims) })
   }
