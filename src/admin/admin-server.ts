@@ -21,9 +21,11 @@ export interface AdminSource {
   /** New weights for a route's split (PUT /routes/NAME/split); `result` 'ok', 'refused' (field-named errors) or 'not_found'. */
   readonly setSplit: (route: string, weights: unknown) => Promise<{ result: string }>
   /** The operator's intent for one endpoint of an upstream (`address` as the client wrote it). */
-  readonly endpointAdmin: (upstream: string, address: string, admin: AdminState) => AdminChange
+  readonly endpointAdmin: (upstream: string, address: string, admin: AdminState) => AdminChange | Promise<AdminChange>
   /** Adds the per-message counts kept as plain numbers to their prom-client counters (what a scrape does first, without the rest of it). */
   readonly flushCounters: () => void
+  /** The /metrics text; absent: `metrics` rendered (a pod's control plane adds its workers'). */
+  readonly renderMetrics?: () => Promise<string>
 }
 
 /** Who may use the admin API (reloadable) and the console's settings (read at start-up). */
@@ -124,20 +126,29 @@ export class AdminServer {
     for (const admin of ['drain', 'ready'] as const) {
       this.app.post(`/upstreams/:upstream/endpoints/:address/${admin}`, (res, req) => {
         if (!this.sameOrigin(res, req) || !this.authorized(res, req, `/upstreams/endpoints/${admin}`)) return
-        res.onAborted(() => {})
+        let aborted = false
+        res.onAborted(() => { aborted = true })
         const upstream = decodeParameter(req.getParameter(0) ?? '')
         const address = decodeParameter(req.getParameter(1) ?? '')
+        const answer = (r: AdminChange): void => {
+          if (aborted) return
+          if (!r.ok) {
+            res.cork(() => res.writeStatus(`${ERRORS[r.code].status} Not Found`).writeHeader('content-type', JSON_TYPE).end(errorBody(r.code, r.message)))
+            return
+          }
+          // A drain that starts is accepted (the sessions leave paced, after this answer); asking again is 200 and says so.
+          const result = admin === 'drain' ? (r.changed ? 'draining' : 'already_draining') : (r.changed ? 'ready' : 'already_ready')
+          const body = { result, upstream: r.upstream, endpoint: r.endpoint, admin: r.admin, state: r.state, drain: r.drain }
+          res.cork(() => res.writeStatus(admin === 'drain' && r.changed ? '202 Accepted' : '200 OK').writeHeader('content-type', JSON_TYPE).end(JSON.stringify(body, null, 2)))
+        }
         const r = upstream === undefined || address === undefined
           ? { ok: false as const, code: 'FERRY_ERR_UNKNOWN_ENDPOINT' as const, message: 'the upstream name or endpoint address is not valid percent-encoding' }
           : this.source.endpointAdmin(upstream, address, admin)
-        if (!r.ok) {
-          res.writeStatus(`${ERRORS[r.code].status} Not Found`).writeHeader('content-type', JSON_TYPE).end(errorBody(r.code, r.message))
-          return
-        }
-        // A drain that starts is accepted (the sessions leave paced, after this answer); asking again is 200 and says so.
-        const result = admin === 'drain' ? (r.changed ? 'draining' : 'already_draining') : (r.changed ? 'ready' : 'already_ready')
-        const body = { result, upstream: r.upstream, endpoint: r.endpoint, admin: r.admin, state: r.state, drain: r.drain }
-        res.writeStatus(admin === 'drain' && r.changed ? '202 Accepted' : '200 OK').writeHeader('content-type', JSON_TYPE).end(JSON.stringify(body, null, 2))
+        if (!(r instanceof Promise)) { answer(r); return }
+        r.then(answer, (err: unknown) => {
+          this.log.error({ err }, 'endpoint admin change failed')
+          if (!aborted) res.cork(() => res.writeStatus('500 Internal Server Error').end())
+        })
       })
     }
     for (const [path, asset] of this.assets ?? []) {
@@ -284,7 +295,7 @@ export class AdminServer {
   private serveMetrics (res: HttpResponse): void {
     let aborted = false
     res.onAborted(() => { aborted = true })
-    this.metrics.render().then((text) => {
+    ;(this.source.renderMetrics ?? (async () => await this.metrics.render()))().then((text) => {
       if (aborted) return
       res.cork(() => res.writeHeader('content-type', this.metrics.registry.contentType).end(text))
     }, (err: unknown) => {
