@@ -8,6 +8,8 @@ import { resolveAdminToken } from './admin/token.js'
 import { renderConfigReference, renderErrorReference } from './config/reference.js'
 import { isFerryError } from './errors.js'
 import { Gateway } from './gateway.js'
+import { Pod } from './planes/control.js'
+import { workerCount } from './planes/share.js'
 import { createLogger, flushLogger } from './observability/logger.js'
 import { VERSION } from './version.js'
 
@@ -32,6 +34,15 @@ environment:
                                    admin.token / admin.tokenFile, else this
 `
 
+/** What `ferry start` runs: a Gateway (one process) or a Pod (a control plane and its workers). */
+interface Runner {
+  start: () => Promise<unknown>
+  drain: (reason: string) => unknown
+  hurryDrain: () => void
+  reloadFromSource: (trigger: string) => Promise<unknown>
+  readonly stopped: Promise<void>
+}
+
 function fail (msg: string, code = 1): never {
   process.stderr.write(msg.endsWith('\n') ? msg : `${msg}\n`)
   process.exit(code)
@@ -40,7 +51,9 @@ function fail (msg: string, code = 1): never {
 async function start (file: string | undefined): Promise<void> {
   const config = loadConfig(file)
   const log = createLogger({ level: config.logging.level, pretty: config.logging.pretty, base: { gw: config.gateway.id } })
-  const gateway = new Gateway({ config, log, source: file === undefined ? undefined : () => loadConfig(file) })
+  const source = file === undefined ? undefined : () => loadConfig(file)
+  // One process, or a control plane over gateway.workers worker processes (docs/workers.md).
+  const gateway: Runner = workerCount(config) > 1 ? new Pod({ config, log, source }) : new Gateway({ config, log, source })
   let signals = 0
   const onSignal = (signal: string): void => {
     signals++

@@ -13,6 +13,7 @@ import { TcpListener } from './tcp/listener.js'
 import { VERSION } from './version.js'
 import { flushHttpMetrics, UpstreamRegistry, type UpstreamSet } from './upstream/registry.js'
 import { canonicalJson, reloadRefusals } from './config/reload.js'
+import { planSplitChange } from './config/split-change.js'
 import type { RouteTable } from './front/route-table.js'
 import { Edge } from './edge/guard.js'
 import { DescriptorGuard, type AcceptControl } from './edge/descriptors.js'
@@ -26,6 +27,7 @@ import type { HttpLifecycle } from './contracts/http.js'
 import { AdminToken, resolveAdminToken } from './admin/token.js'
 import { PodDirectory, podBoardOf, type PodRecord } from './affinity/pods.js'
 import { hostname } from 'node:os'
+import { workerShare } from './planes/share.js'
 
 /** Connections of a listener a reload removed continue until they end (the longest timer Node takes). */
 const RETIRED_LISTENER_GRACE_MS = 2 ** 31 - 1
@@ -51,6 +53,19 @@ export interface GatewayOptions {
   metrics?: Metrics
   /** Reads the config again for a reload (throws ConfigError naming the fields); absent: reloads are refused. */
   source?: () => Config
+  /** One data-plane worker of a pod (src/planes/): see WorkerRole. Absent: the whole gateway in this process. */
+  worker?: WorkerRole
+}
+
+/**
+ * A data-plane worker of a pod: no admin listener and no pod directory (the control plane has them), its
+ * share of the pod-wide budgets (src/planes/share.ts), the pod's resume secret (a random one is made once
+ * per pod, so tokens resume on any worker). Its listening ports are shared with the other workers.
+ */
+export interface WorkerRole {
+  index: number
+  count: number
+  resumeSecret: { secret: string, source: SecretSource }
 }
 
 /** What `PUT /routes/NAME/split` did: the reload it made, or why not (`not_found`: no such route, or it has no split). */
@@ -93,6 +108,7 @@ export class Gateway {
   private ports: BoundPorts | undefined
   private readonly startedAt = Date.now()
   private readonly source: (() => Config) | undefined
+  private readonly role: WorkerRole | undefined
   private readonly removeCollector: () => void
   private store: AffinityStore | undefined
   /** This pod's entry in the pod directory (Redis affinity store), for the console. */
@@ -100,7 +116,7 @@ export class Gateway {
   /** Auth policies, rate limits and their Redis connection for the running config. */
   private edge: Edge | undefined
   private secretSource: SecretSource | undefined
-  private readonly lifecycle: HttpLifecycle = { draining: false, inFlight: 0 }
+  private readonly lifecycle: HttpLifecycle = { draining: false, inFlight: 0, served: 0 }
   private readonly admission: Admission
   private readonly drainer: DrainController
   /** Moves sessions off leaving endpoints, holds the operator's admin states (src/drain/endpoint-drain.ts). */
@@ -125,6 +141,7 @@ export class Gateway {
   constructor (opts: GatewayOptions) {
     this.cfg = opts.config
     this.source = opts.source
+    this.role = opts.worker
     this.version = configVersion(opts.config)
     this.log = opts.log
     this.metrics = opts.metrics ?? new Metrics()
@@ -132,8 +149,8 @@ export class Gateway {
     this.metrics.configInfo.labels(this.config.gateway.id, VERSION).set(1)
     this.removeCollector = this.metrics.onCollect(() => this.collect())
     this.splitStats = new SplitStats(this.metrics)
-    this.admission = new Admission(this.config.admission, this.metrics.admissionRefused)
-    this.drainer = new DrainController(this.config.drain, this.drainTarget(), this.log.child({ component: 'drain' }), this.metrics)
+    this.admission = new Admission(this.local(this.config).admission, this.metrics.admissionRefused)
+    this.drainer = new DrainController(this.local(this.config).drain, this.drainTarget(), this.log.child({ component: 'drain' }), this.metrics)
     this.endpointDrainer = new EndpointDrainer(this.log.child({ component: 'endpoint-drain' }), this.metrics)
     this.stopped = new Promise((resolve) => { this.resolveStopped = resolve })
   }
@@ -141,6 +158,11 @@ export class Gateway {
   /** The running config (a reload replaces it). */
   get config (): Config {
     return this.cfg
+  }
+
+  /** What this process enforces of `cfg`: all of it, or a worker's share of the pod-wide budgets. */
+  private local (cfg: Config): Config {
+    return this.role === undefined ? cfg : workerShare(cfg, this.role.count)
   }
 
   get currentState (): GatewayState {
@@ -156,7 +178,7 @@ export class Gateway {
     if (this.state !== 'created') throw new Error(`start() in state ${this.state}`)
     this.transition('starting')
     const cfg = this.config
-    const { secret, source } = resolveResumeSecret(cfg.resume)
+    const { secret, source } = this.role?.resumeSecret ?? resolveResumeSecret(cfg.resume)
     this.secretSource = source
     this.warnUnsharedSecret(cfg)
     const tokens = new ResumeTokens(secret, cfg.resume.tokenTtlMs)
@@ -165,26 +187,15 @@ export class Gateway {
     // Start in a known state: Redis connected, or found unreachable (then the store falls back).
     await store.ready(Math.min(2000, 20 * cfg.affinity.redis.lookupTimeoutMs))
     const ws = { gatewayId: cfg.gateway.id, store, ttlMs: cfg.affinity.ttlMs, tokens, routeSplit: (route: string) => this.router?.byName(route)?.split }
-    this.pods = new PodDirectory(podBoardOf(store), cfg.affinity.redis.podTtlMs, () => this.podRecord(), this.log.child({ component: 'pods' }))
+    // A pod's workers share one entry, which the control plane keeps.
+    if (this.role === undefined) this.pods = new PodDirectory(podBoardOf(store), cfg.affinity.redis.podTtlMs, () => this.podRecord(), this.log.child({ component: 'pods' }))
     const upstreams = new UpstreamRegistry({ log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, drainer: this.endpointDrainer, ws })
     this.upstreams = upstreams
-    upstreams.commit(upstreams.build(cfg))
+    upstreams.commit(upstreams.build(this.local(cfg)))
     try {
       this.edge = new Edge(cfg, undefined, this.log, this.metrics)
-      const access = this.adminAccess(cfg)
-      if (!access.token.required && !isLoopback(cfg.listen.admin.host)) this.log.warn({ admin: cfg.listen.admin.host }, 'the admin listener is not on a loopback address and admin.token is not set: anyone who reaches it can drain or reload this gateway')
-      this.admin = new AdminServer(this.uws, {
-        live: () => this.state === 'starting' || this.state === 'running' || this.state === 'draining' || this.state === 'stopping',
-        ready: () => this.state === 'running',
-        status: () => this.status(),
-        drain: () => this.drain('POST /drain'),
-        reload: async () => await this.reloadFromSource('POST /reload'),
-        setSplit: async (route, weights) => await this.setSplitWeights(route, weights),
-        endpointAdmin: (upstream, address, admin) => this.endpointAdmin(upstream, address, admin),
-        flushCounters: () => { this.front?.ws.collect(); flushHttpMetrics(this.metrics) },
-      }, this.metrics, this.log, access, cfg.admin.console)
-      const admin = await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
-      this.front = new HttpFront({ uws: this.uws, config: cfg, table: this.table(cfg, upstreams.current), log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission })
+      const admin = this.role === undefined ? await this.startAdmin(cfg) : 0
+      this.front = new HttpFront({ uws: this.uws, config: cfg, table: this.table(this.local(cfg), upstreams.current), log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission })
       upstreams.bindPublisher(this.front.ws)
       const http = await this.front.listen()
       const tcp: Record<string, number> = {}
@@ -201,10 +212,27 @@ export class Gateway {
     }
     this.transition('running')
     this.noteDiscoveredSplits(cfg)
-    this.pods.start()
-    this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, tcp: this.ports.tcp, gateway: cfg.gateway.id, version: VERSION }, 'listening')
+    this.pods?.start()
+    this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, tcp: this.ports.tcp, gateway: cfg.gateway.id, version: VERSION }, this.role === undefined ? 'listening' : 'worker listening')
     if (this.drainRequested !== undefined) this.drain(this.drainRequested)
     return this.ports
+  }
+
+  /** The admin listener (not in a worker: the control plane has it). Returns its port. */
+  private async startAdmin (cfg: Config): Promise<number> {
+    const access = this.adminAccess(cfg)
+    if (!access.token.required && !isLoopback(cfg.listen.admin.host)) this.log.warn({ admin: cfg.listen.admin.host }, 'the admin listener is not on a loopback address and admin.token is not set: anyone who reaches it can drain or reload this gateway')
+    this.admin = new AdminServer(this.uws, {
+      live: () => this.state === 'starting' || this.state === 'running' || this.state === 'draining' || this.state === 'stopping',
+      ready: () => this.state === 'running',
+      status: () => this.status(),
+      drain: () => this.drain('POST /drain'),
+      reload: async () => await this.reloadFromSource('POST /reload'),
+      setSplit: async (route, weights) => await this.setSplitWeights(route, weights),
+      endpointAdmin: (upstream, address, admin) => this.endpointAdmin(upstream, address, admin),
+      flushCounters: () => { this.front?.ws.collect(); flushHttpMetrics(this.metrics) },
+    }, this.metrics, this.log, access, cfg.admin.console)
+    return await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
   }
 
   /** What the descriptor guard pauses: the front (HTTP/WebSocket and TCP listeners) and, last, the admin listener. */
@@ -228,7 +256,7 @@ export class Gateway {
    * the running config (src/drain/endpoint-drain.ts). `address` is normalised (`127.0.0.1:080` is
    * `127.0.0.1:80`).
    */
-  private endpointAdmin (upstream: string, address: string, admin: AdminState): AdminChange {
+  endpointAdmin (upstream: string, address: string, admin: AdminState): AdminChange {
     if (!Object.hasOwn(this.cfg.upstreams, upstream)) return { ok: false, code: 'FERRY_ERR_UNKNOWN_UPSTREAM', message: `no upstream named ${upstream} (known: ${Object.keys(this.cfg.upstreams).join(', ') || 'none'})` }
     let normalised: string
     try {
@@ -327,47 +355,17 @@ export class Gateway {
    * file's weights again. Other pods are not told: each pod is changed on its own (or through the file).
    */
   async setSplitWeights (route: string, weights: unknown): Promise<SplitChangeResult> {
-    // Every route name has a `/` (its path): a name without one is `HOST/`, so `*` is the root route `*/`.
-    if (!route.includes('/')) route += '/'
     return await this.serially(async () => {
-      const cfg = this.cfg
-      const i = cfg.routes.findIndex((r) => routeName(r) === route)
-      const r = cfg.routes[i]
-      if (r === undefined) return { result: 'not_found', errors: [`no route ${route} (routes: ${cfg.routes.map((x) => routeName(x)).join(', ') || 'none'})`] }
-      if (r.split === undefined) return { result: 'not_found', errors: [`route ${route} has no split`] }
-      const names = r.split.subsets.map((x) => subsetName(x))
-      const errors: string[] = []
-      if (weights === null || typeof weights !== 'object' || Array.isArray(weights)) {
-        errors.push(`weights: must be an object of subset name → weight (subsets: ${names.join(', ')}) (got ${JSON.stringify(weights) ?? 'nothing'})`)
-      } else {
-        const w = weights as Record<string, unknown>
-        for (const [k, v] of Object.entries(w)) {
-          if (!names.includes(k)) errors.push(`weights.${k}: names no subset of route ${route} (subsets: ${names.join(', ')})`)
-          else if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 100) errors.push(`weights.${k}: must be an integer of 0-100 (got ${JSON.stringify(v)})`)
-        }
-        const missing = names.filter((n) => !Object.hasOwn(w, n))
-        if (missing.length > 0) errors.push(`weights: must give every subset (missing: ${missing.join(', ')})`)
-        if (errors.length === 0) {
-          const sum = names.reduce((n, k) => n + (w[k] as number), 0)
-          if (sum !== 100) errors.push(`weights: must sum to 100 (got ${sum}: ${names.map((k) => `${k} ${String(w[k])}`).join(' + ')})`)
-        }
-      }
-      if (errors.length > 0) return this.refused(errors, this.version)
-      const w = weights as Record<string, number>
-      const input = structuredClone(cfg) as { routes: Array<{ split: { subsets: Array<{ weight: number }> } }> }
-      names.forEach((n, j) => { input.routes[i]!.split.subsets[j]!.weight = w[n]! })
-      let next: Config
-      try {
-        next = validateConfig(input, `PUT /routes/${route}/split`)
-      } catch (err) {
-        return this.refused(err instanceof ConfigError ? err.problems : [(err as Error).message], this.version)
-      }
-      this.log.info({ trigger: `PUT /routes/${route}/split`, weights: w }, 'route split change requested')
+      const plan = planSplitChange(this.cfg, route, weights)
+      if (plan.result === 'not_found') return plan
+      if (plan.result === 'refused') return this.refused(plan.errors, this.version)
+      const { next } = plan
+      this.log.info({ trigger: `PUT /routes/${plan.route}/split`, weights: plan.weights }, 'route split change requested')
       const res = await this.reload(next, configVersion(next))
       if (res.result !== 'ok') return res
-      this.splitsByAdmin.set(route, new Date().toISOString())
+      this.splitsByAdmin.set(plan.route, new Date().toISOString())
       this.rebalanceSplits(next)
-      return { ...res, route, ...this.splitStatus(next.routes[i]!) }
+      return { ...res, route: plan.route, ...this.splitStatus(next.routes[plan.index]!) }
     })
   }
 
@@ -399,7 +397,7 @@ export class Gateway {
       return refuse([(err as Error).message])
     }
     const upstreams = this.upstreams!
-    const set = upstreams.build(next)
+    const set = upstreams.build(this.local(next))
     const diff = upstreams.changes(set)
     // Moved HTTP or admin listener: bind the new address while the old one still accepts; the old one
     // closes once the reload succeeded (its established connections continue).
@@ -407,7 +405,7 @@ export class Gateway {
     const unbind = (): void => { moved.http?.close(); moved.admin?.close() }
     try {
       if (this.cfg.listen.http.host !== next.listen.http.host || this.cfg.listen.http.port !== next.listen.http.port) moved.http = await this.front!.bindNew(next.listen.http.host, next.listen.http.port)
-      if (canonicalJson(this.cfg.listen.admin) !== canonicalJson(next.listen.admin)) moved.admin = await this.admin!.bindNew(next.listen.admin.host, next.listen.admin.port)
+      if (this.admin !== undefined && canonicalJson(this.cfg.listen.admin) !== canonicalJson(next.listen.admin)) moved.admin = await this.admin!.bindNew(next.listen.admin.host, next.listen.admin.port)
     } catch (err) {
       unbind()
       upstreams.discard(set)
@@ -458,16 +456,16 @@ export class Gateway {
     if (this.descriptors?.frontPaused === true) for (const l of bound) l.pauseAccepting()
     if (moved.http !== undefined) this.front!.adopt(moved.http)
     if (moved.admin !== undefined) this.admin!.adopt(moved.admin)
-    this.admin!.setAccess(access)
+    this.admin?.setAccess(access)
     if (this.ports !== undefined) this.ports = { http: moved.http?.port ?? this.ports.http, admin: moved.admin?.port ?? this.ports.admin, tcp: tcpPorts }
     this.cfg = next
     void this.edge?.retire(edge)
     this.edge = edge
-    this.front?.setTable(this.table(next, set))
+    this.front?.setTable(this.table(this.local(next), set))
     tls.apply()
-    this.admission.reconfigure(next.admission)
+    this.admission.reconfigure(this.local(next).admission)
     this.descriptors?.configure(next.limits.fdReserve)
-    this.drainer.reconfigure(next.drain)
+    this.drainer.reconfigure(this.local(next).drain)
     this.log.level = next.logging.level
     // What the new set does not use any more finishes in the background.
     upstreams.commit(set)
@@ -484,7 +482,7 @@ export class Gateway {
    * they would not resume on another pod. Without a mux upstream no token is issued and nothing is said.
    */
   private warnUnsharedSecret (cfg: Config): void {
-    if (this.secretSource !== 'random' || this.warnedSecret) return
+    if (this.secretSource !== 'random' || this.warnedSecret || this.role !== undefined) return
     if (!Object.values(cfg.upstreams).some((u) => u.protocol === 'mux')) return
     this.warnedSecret = true
     this.log.warn('resume.secret is not set: resume tokens work only on this process (set resume.secret, resume.secretFile or FERRY_RESUME_SECRET, shared by every pod)')
@@ -616,7 +614,7 @@ export class Gateway {
       routes: this.config.routes.map((r) => ({ name: routeName(r), host: r.match.host, path: r.match.path, upstream: r.upstream, kind: this.config.upstreams[r.upstream]?.protocol === 'http' ? 'http' : 'websocket', auth: r.auth ?? null, rateLimits: r.rateLimits, ...this.splitStatus(r) })),
       edge: this.edge?.status(),
       websocket: this.front?.ws.status(),
-      clients: { httpRequestsInFlight: this.lifecycle.inFlight, webSocketSessions: this.front?.ws.sessionCount ?? 0, tcpConnections: this.tcpOpen() },
+      clients: { httpRequestsInFlight: this.lifecycle.inFlight, httpRequestsServed: this.lifecycle.served, webSocketSessions: this.front?.ws.sessionCount ?? 0, tcpConnections: this.tcpOpen() },
       affinity: this.store?.status(),
       pods: this.pods?.status(),
       config: { version: this.version, loadedAt: this.loadedAt, lastReload: this.lastReload ?? null },

@@ -125,7 +125,7 @@ export function formatIssues (issues: readonly z.core.$ZodIssue[], input: unknow
   return out
 }
 
-function deepFreeze<T> (o: T): T {
+export function deepFreeze<T> (o: T): T {
   if (o !== null && typeof o === 'object' && !Object.isFrozen(o)) {
     Object.freeze(o)
     for (const v of Object.values(o)) deepFreeze(v)

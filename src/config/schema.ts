@@ -485,10 +485,16 @@ const routeSchema = z.strictObject({
   split: routeSplit.optional(),
 })
 
+const WORKERS = 'must be an integer of 1-64, or auto'
+
 export const configSchema = z.strictObject({
   gateway: z.strictObject({
     id: z.string().min(1).optional().describe('This pod\'s id in logs, /status and affinity records. Default: the host name.'),
-  }).prefault({}).describe('Identity of this gateway process.'),
+    workers: z.union([z.literal('auto', { error: WORKERS }), z.number({ error: WORKERS }).int({ error: WORKERS }).min(1, { error: WORKERS }).max(64, { error: WORKERS })], { error: WORKERS }).default(1)
+      .describe('Data-plane worker processes (docs/workers.md). 1: one process does everything (today\'s behaviour). More: a control plane (config, reload, admin API and console, drain, metrics) forks this many workers, each running the HTTP/WebSocket front, the TCP listeners and its own upstream pools and links on the same ports; a crashed or hung worker is restarted. `auto`: the cores this process may use. More than the cores is allowed and logged.'),
+    workerHangMs: z.number({ error: 'must be an integer of 1000-600000 ms' }).int({ error: 'must be an integer of 1000-600000 ms' }).min(1000, { error: 'must be an integer of 1000-600000 ms' }).max(600000, { error: 'must be an integer of 1000-600000 ms' }).default(5000)
+      .describe('With `workers` above 1: a worker whose event loop has not answered the control plane for this long is killed and restarted (counted in ferry_worker_restarts_total{reason="hung"}).'),
+  }).prefault({}).describe('Identity of this gateway process, and its workers.'),
   listen: z.strictObject({
     http: httpListener.prefault({}).describe('The HTTP and WebSocket front (uWebSockets.js).'),
     admin: listener('127.0.0.1', 9901).prefault({}).describe('Admin API and status console: /healthz /readyz /metrics /status /events, POST /drain /reload, POST /upstreams/NAME/endpoints/ADDR/drain and /ready, PUT /routes/NAME/split, the console at /. Keep it off public interfaces, and set `admin.token` when it is reachable by anyone else.'),
@@ -581,6 +587,13 @@ export const configSchema = z.strictObject({
     pretty: z.boolean().default(false).describe('Human-readable logs (pino-pretty) instead of JSON lines.'),
   }).prefault({}).describe('Logs (pino, JSON lines on stdout).'),
 }).superRefine((cfg, ctx) => {
+  if (cfg.gateway.workers !== 1 && cfg.affinity.store === 'memory') {
+    const sticky = cfg.routes.filter((r) => r.affinity !== undefined && r.affinity.key !== 'token')
+    if (sticky.length > 0) {
+      ctx.addIssue({ code: 'custom', path: ['gateway', 'workers'], input: cfg.gateway.workers,
+        message: `more than one worker needs affinity.store: redis while routes keep affinity records (${sticky.map((r) => `${r.match.host ?? '*'}${r.match.path}`).join(', ')}): the memory store is per worker process, so a client's next request could reach a worker that does not know its record` })
+    }
+  }
   if (cfg.drain.spreadMs >= cfg.drain.deadlineMs) {
     ctx.addIssue({ code: 'custom', path: ['drain', 'spreadMs'], input: cfg.drain.spreadMs, message: `must be less than drain.deadlineMs (${cfg.drain.deadlineMs}): sessions still open at the deadline are closed at once` })
   }

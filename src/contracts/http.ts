@@ -55,6 +55,8 @@ export interface HttpLifecycle {
   draining: boolean
   /** Client requests being served now. */
   inFlight: number
+  /** Client requests taken since start (each worker's share of a pod's traffic in /status). */
+  served: number
 }
 
 /** The request body limits the front's `limits` enforce (src/edge/limits.ts), keyed on the client IP. */

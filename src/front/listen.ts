@@ -1,8 +1,12 @@
+import cluster from 'node:cluster'
 import type { TemplatedApp, us_listen_socket } from 'uWebSockets.js'
 import { FerryError } from '../errors.js'
 import type { Uws } from './uws.js'
 
 const EXCLUSIVE_PORT = 1 // LIBUS_LISTEN_EXCLUSIVE_PORT
+/** SO_REUSEPORT: the workers of a pod (src/planes/) each bind the port; the control plane holds its lock. */
+const SHARED_PORT = 0
+const PORT_OPTIONS = cluster.isWorker ? SHARED_PORT : EXCLUSIVE_PORT
 
 /** open: accepting. paused: not bound for now; `resume()` binds the same address again. closed: for good. */
 export type ListenState = 'open' | 'paused' | 'closed'
@@ -51,14 +55,15 @@ function bind (app: TemplatedApp, name: string, host: string, port: number): us_
   let socket: us_listen_socket | false = false
   // The typings lack the (host, port, options, cb) overload the binary has.
   const listenWithOptions = app.listen as unknown as (h: string, p: number, o: number, cb: (ls: us_listen_socket | false) => void) => void
-  listenWithOptions.call(app, host, port, EXCLUSIVE_PORT, (ls) => { socket = ls })
+  listenWithOptions.call(app, host, port, PORT_OPTIONS, (ls) => { socket = ls })
   if (socket === false) throw new FerryError('FERRY_ERR_LISTEN', `${name}: cannot listen on ${host}:${port} (address in use, not available on this host, or not permitted)`)
   return socket
 }
 
 /**
  * Binds exclusively (no SO_REUSEPORT): a second process on the same port must fail loudly, not silently
- * share the traffic. `name` is the listener's config path, for the error.
+ * share the traffic. In a worker of a pod the port is shared with the other workers (SO_REUSEPORT) and
+ * the control plane holds a lock on it that a second Ferry cannot take (src/planes/port-lock.ts). `name` is the listener's config path, for the error.
  *
  * Port 0 is bound twice: once to learn a free port, then on that port. uSockets sets SO_REUSEADDR only
  * when it is given a port, and without it (on the listener, so on its accepted connections) the port

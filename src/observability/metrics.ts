@@ -1,5 +1,5 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue } from 'prom-client'
 
 /**
  * Every metric Ferry exports is declared here, on a registry passed in (never the global one), so
@@ -39,6 +39,8 @@ export class Metrics {
   readonly authResults: Counter<'policy' | 'method' | 'result'>
   readonly rateLimitDecisions: Counter<'policy' | 'decision'>
   readonly configInfo: Gauge<'gateway' | 'version'>
+  readonly workers: Gauge<'state'>
+  readonly workerRestarts: Counter<'reason'>
   readonly tcpConnections: Counter<'listener'>
   readonly tcpClosed: Counter<'listener' | 'reason'>
   readonly tcpBytes: Counter<'listener' | 'direction'>
@@ -170,7 +172,9 @@ export class Metrics {
     this.drainRemaining = new Gauge({ name: 'ferry_drain_remaining', help: 'While draining: what is still open, by kind (sessions, http_requests, tcp_connections).', labelNames: ['kind'], registers: r })
     this.authResults = new Counter({ name: 'ferry_auth_total', help: 'Authentication decisions on routes with an auth policy, by policy, method (jwt, apiKey, hmac; none when no credential was found) and result (ok, anonymous, or the FERRY_ERR_AUTH_* code).', labelNames: ['policy', 'method', 'result'], registers: r })
     this.rateLimitDecisions = new Counter({ name: 'ferry_rate_limit_decisions_total', help: 'Rate limit checks by policy and decision: allowed, limited (429 / 1013), fail_open (Redis could not answer, let through), fail_closed (Redis could not answer, refused 503).', labelNames: ['policy', 'decision'], registers: r })
-    this.configInfo = new Gauge({ name: 'ferry_info', help: 'Constant 1, labelled with this gateway\'s id and version.', labelNames: ['gateway', 'version'], registers: r })
+    this.workers = new Gauge({ name: 'ferry_workers', help: 'Data-plane worker processes of this pod by state (starting, running, draining, restarting), with gateway.workers above 1 (docs/workers.md).', labelNames: ['state'], registers: r })
+    this.workerRestarts = new Counter({ name: 'ferry_worker_restarts_total', help: 'Workers the control plane restarted, by why: crash (it exited), hung (no heartbeat for gateway.workerHangMs, killed), start_failed (it could not start after a restart).', labelNames: ['reason'], registers: r })
+    this.configInfo = new Gauge({ name: 'ferry_info', help: 'Constant 1, labelled with this gateway\'s id and version.', labelNames: ['gateway', 'version'], registers: r, aggregator: 'max' })
   }
 
   /** Adds a scrape-time callback (pool stats are read when scraped, not updated per request). */
@@ -184,6 +188,12 @@ export class Metrics {
   async render (): Promise<string> {
     for (const fn of this.collectors) fn()
     return await this.registry.metrics()
+  }
+
+  /** What a scrape would read, as prom-client's JSON (a worker's share of the pod's /metrics, src/planes/). */
+  async json (): Promise<MetricObjectWithValues<MetricValue<string>>[]> {
+    for (const fn of this.collectors) fn()
+    return await this.registry.getMetricsAsJSON()
   }
 }
 

@@ -1,3 +1,4 @@
+import cluster from 'node:cluster'
 import { createServer, type Server, type Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { Counter, Histogram } from 'prom-client'
@@ -112,7 +113,8 @@ export class TcpListener implements ListenerContext {
         reject(new FerryError('FERRY_ERR_LISTEN', `${this.label}: cannot listen on ${host}:${port}: ${err.code ?? err.message} (address in use, not available on this host, or not permitted)`, { cause: err }))
       }
       this.server.once('error', onError)
-      this.server.listen({ host, port, backlog: BACKLOG, exclusive: true }, () => {
+      // In a worker of a pod (src/planes/) the listening socket is the control plane's, shared by every worker.
+      this.server.listen({ host, port, backlog: BACKLOG, exclusive: !cluster.isWorker }, () => {
         this.server.removeListener('error', onError)
         resolve()
       })

@@ -165,6 +165,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     this.res.onAborted(() => this.onClientAborted())
     this.ctx.metrics.inFlight(1)
     this.ctx.lifecycle.inFlight++
+    this.ctx.lifecycle.served++
     // The upstream this exchange started on serves it to the end, even if a reload replaces it meanwhile.
     this.ctx.upstream.enter()
     if (gate instanceof Promise) {

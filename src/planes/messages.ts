@@ -1,0 +1,37 @@
+import type { MetricObjectWithValues, MetricValue } from 'prom-client'
+import type { Config } from '../config/load.js'
+import type { AdminState } from '../drain/endpoint-drain.js'
+import type { BoundPorts, WorkerRole } from '../gateway.js'
+
+/**
+ * The control plane's side of the conversation with a worker process (Node's cluster IPC channel,
+ * `advanced` serialization). Requests carry an `id` that the answer repeats.
+ */
+export type ToWorker =
+  | { t: 'start', config: Config, role: WorkerRole }
+  | { t: 'reload', id: number, config: Config, version: string }
+  | { t: 'split', id: number, route: string, weights: unknown }
+  | { t: 'endpoint', id: number, upstream: string, address: string, admin: AdminState }
+  | { t: 'metrics', id: number }
+  | { t: 'drain', reason: string }
+  | { t: 'hurry' }
+  | { t: 'stop' }
+
+/** A worker's side: loaded (`hello`: messages sent before it would be lost), started (or not), a heartbeat with its status every beat, answers. */
+export type FromWorker =
+  | { t: 'hello' }
+  | { t: 'ready', ports: BoundPorts }
+  | { t: 'failed', code: string, message: string }
+  | { t: 'beat', status: WorkerStatus }
+  | { t: 'answer', id: number, body: unknown }
+  | { t: 'metrics', id: number, metrics: Array<MetricObjectWithValues<MetricValue<string>>> }
+
+/** What a worker reports with each heartbeat: its Gateway's /status. */
+export type WorkerStatus = Record<string, unknown> & {
+  state: string
+  clients: { httpRequestsInFlight: number, httpRequestsServed: number, webSocketSessions: number, tcpConnections: number }
+  drain: { phase: string }
+}
+
+/** How often a worker sends its heartbeat (and status). */
+export const BEAT_MS = 500

@@ -1,0 +1,303 @@
+import { readFileSync, writeFileSync } from 'node:fs'
+import { connect as netConnect } from 'node:net'
+import t, { type Test } from 'tap'
+import WebSocket, { WebSocketServer } from 'ws'
+import { stringify } from 'yaml'
+import { deadPort, startBackend, startRawBackend } from './helpers/backend.js'
+import { adminStatus, metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess } from './helpers/ferry.js'
+
+// gateway.workers above 1: a control plane and worker processes sharing the ports (docs/workers.md).
+// Every test runs real processes: `ferry start`, its workers (cluster), real backends and clients.
+
+interface Worker { index: number, pid: number | null, state: string, restarts: number, configVersion: string, lastExit: { reason: string } | null, clients: { httpRequestsServed: number, webSocketSessions: number } | null }
+
+async function workers (f: FerryProcess): Promise<Worker[]> {
+  return (await adminStatus(f)).workers as Worker[]
+}
+
+async function allRunning (f: FerryProcess, n: number): Promise<Worker[]> {
+  return await waitFor(`${n} workers running`, async () => {
+    const ws = await workers(f)
+    return ws.length === n && ws.every((w) => w.state === 'running' && w.pid !== null) ? ws : undefined
+  }, 15_000, 100)
+}
+
+/** GET with a new connection each time (so the kernel spreads them over the workers' sockets). */
+async function get (url: string): Promise<number> {
+  const r = await fetch(url, { headers: { connection: 'close' } })
+  await r.arrayBuffer()
+  return r.status
+}
+
+function alive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Kills what is left of a pod's workers on teardown (the primary's teardown kills it; its workers follow by themselves within seconds). */
+function reapWorkers (t: Test, f: FerryProcess): void {
+  const seen = new Set<number>()
+  const timer = setInterval(() => { void workers(f).then((ws) => { for (const w of ws) if (w.pid !== null) seen.add(w.pid) }, () => {}) }, 200)
+  t.teardown(() => {
+    clearInterval(timer)
+    for (const pid of seen) if (alive(pid)) process.kill(pid, 'SIGKILL')
+  })
+}
+
+async function wsEcho (url: string): Promise<WebSocket> {
+  const ws = new WebSocket(url, { perMessageDeflate: false })
+  await new Promise<void>((resolve, reject) => { ws.once('open', () => resolve()); ws.once('error', reject); ws.once('unexpected-response', (_q, res) => reject(new Error(`upgrade answered ${String(res.statusCode)}`))) })
+  const echoed = new Promise<string>((resolve) => ws.once('message', (d) => resolve(String(d))))
+  ws.send('ping')
+  if (await echoed !== 'ping') throw new Error('no echo')
+  return ws
+}
+
+async function tcpEcho (port: number): Promise<string> {
+  return await new Promise<string>((resolve, reject) => {
+    const s = netConnect(port, '127.0.0.1', () => { s.end('hello') })
+    let got = ''
+    s.setEncoding('utf8').on('data', (d: string) => { got += d })
+    s.on('end', () => resolve(got))
+    s.on('error', reject)
+  })
+}
+
+async function podConfig (t: Test, extra: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
+  const http = await startBackend(t, (req, res) => res.end(`ok ${req.url ?? ''}`))
+  const tcp = await startRawBackend(t, (s) => { s.pipe(s) })
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false })
+  await new Promise<void>((resolve) => wss.once('listening', resolve))
+  wss.on('connection', (ws) => { ws.on('message', (d, binary) => ws.send(d, { binary })) })
+  t.teardown(async () => { for (const c of wss.clients) c.terminate(); await new Promise<void>((resolve) => wss.close(() => resolve())) })
+  return {
+    gateway: { workers: 2, workerHangMs: 2000 },
+    listen: { tcp: [{ name: 'echo', host: '127.0.0.1', port: 0, upstream: 'echo' }] },
+    upstreams: {
+      api: { protocol: 'http', endpoints: [http.address] },
+      echo: { protocol: 'tcp', endpoints: [tcp.address] },
+      chat: { protocol: 'ws', endpoints: [`127.0.0.1:${(wss.address() as { port: number }).port}`] },
+    },
+    routes: [{ match: { path: '/ws' }, upstream: 'chat' }, { match: { path: '/' }, upstream: 'api' }],
+    logging: { level: 'info', accessLog: false },
+    ...extra,
+  }
+}
+
+t.test('a pod of 2 workers serves HTTP, WebSocket and TCP on shared ports; /status and /metrics show the pod and each worker', async (t) => {
+  const f = await startFerry(t, await podConfig(t))
+  reapWorkers(t, f)
+  const ws0 = await allRunning(f, 2)
+  t.not(ws0[0]!.pid, ws0[1]!.pid, 'two worker processes')
+  t.ok(ws0.every((w) => w.pid !== f.pid), 'neither is the control plane')
+  const st = await adminStatus(f)
+  t.equal(st.pid, f.pid, '/status is the control plane\'s')
+  t.match(st.pod, { workers: 2, workerHangMs: 2000 })
+
+  const statuses = []
+  for (let i = 0; i < 60; i++) statuses.push(await get(`${f.url}/x${i}`))
+  t.same([...new Set(statuses)], [200], '60 requests on new connections: every one answered 200')
+  const served = await waitFor('every request counted in the workers\' heartbeats', async () => {
+    const ws = await workers(f)
+    const n = ws.map((w) => w.clients?.httpRequestsServed ?? 0)
+    return n[0]! + n[1]! === 60 ? n : undefined
+  }, 5000, 100)
+  t.ok(served.every((n) => n > 0), `both workers took requests (${served.join(' + ')})`)
+  t.equal((await adminStatus(f)).clients.httpRequestsServed, 60, 'the pod\'s count is their sum')
+  t.equal(await metric(f, 'ferry_http_requests_total{route="*/",upstream="api",status="200"}'), 60, '/metrics sums the workers\' registries')
+  t.equal(await metric(f, 'ferry_workers{state="running"}'), 2)
+
+  const sessions = []
+  for (let i = 0; i < 10; i++) sessions.push(await wsEcho(`ws://127.0.0.1:${f.httpPort}/ws`))
+  await waitFor('10 sessions in the pod\'s status', async () => (await adminStatus(f)).clients.webSocketSessions === 10, 5000, 100)
+  t.pass('10 WebSocket sessions echo through the pod, counted in /status')
+  for (const s of sessions) s.close()
+
+  const port = (await adminStatus(f)).listeners.tcp[0].port as number
+  for (let i = 0; i < 20; i++) t.equal(await tcpEcho(port), 'hello')
+  t.equal(await metric(f, 'ferry_tcp_connections_total{listener="echo"}'), 20, '20 TCP connections over the shared listener')
+  t.equal(await f.stop(), 0)
+})
+
+t.test('a crashed worker is restarted and counted; the other keeps its sessions and the pod keeps serving', async (t) => {
+  const f = await startFerry(t, await podConfig(t))
+  reapWorkers(t, f)
+  await allRunning(f, 2)
+  const sessions = []
+  for (let i = 0; i < 8; i++) sessions.push(await wsEcho(`ws://127.0.0.1:${f.httpPort}/ws`))
+  await waitFor('sessions counted', async () => (await workers(f)).every((w) => w.clients !== null) && (await adminStatus(f)).clients.webSocketSessions === 8, 5000, 100)
+  const before = await workers(f)
+  const victim = before.find((w) => (w.clients?.webSocketSessions ?? 0) > 0) ?? before[0]!
+  const other = before.find((w) => w !== victim)!
+  const kept = other.clients?.webSocketSessions ?? 0
+  const closed: number[] = []
+  for (const s of sessions) s.on('close', (code) => closed.push(code))
+  process.kill(victim.pid!, 'SIGKILL')
+  // Connections queued at the dying process's socket are reset with it (docs/workers.md); once it is
+  // gone, and while it comes back, the kernel sends every new one to the live socket.
+  await waitFor('the killed worker gone', () => !alive(victim.pid!), 5000, 5)
+  for (let i = 0; i < 20; i++) t.equal(await get(`${f.url}/during${i}`), 200)
+  const after = await waitFor('the worker back, with a new process', async () => {
+    const ws = await workers(f)
+    const w = ws[victim.index]!
+    return w.state === 'running' && w.pid !== null && w.pid !== victim.pid ? ws : undefined
+  }, 15_000, 100)
+  t.equal(after[victim.index]!.restarts, 1)
+  t.equal(after[victim.index]!.lastExit?.reason, 'crash')
+  t.equal(after[other.index]!.pid, other.pid, 'the other worker was not touched')
+  t.equal(await metric(f, 'ferry_worker_restarts_total{reason="crash"}'), 1)
+  t.equal(closed.length, victim.clients?.webSocketSessions ?? 0, 'only the crashed worker\'s sessions closed')
+  await waitFor('the other worker still holds its sessions', async () => (await adminStatus(f)).clients.webSocketSessions === kept, 5000, 100)
+  t.pass(`${kept} sessions on the other worker stayed open`)
+  for (const s of sessions) s.terminate()
+  t.equal(await f.stop(), 0)
+})
+
+t.test('a hung worker (event loop stopped) is killed after gateway.workerHangMs and restarted', async (t) => {
+  const f = await startFerry(t, await podConfig(t))
+  reapWorkers(t, f)
+  const before = await allRunning(f, 2)
+  const victim = before[1]!
+  process.kill(victim.pid!, 'SIGSTOP')
+  t.teardown(() => { if (alive(victim.pid!)) process.kill(victim.pid!, 'SIGKILL') })
+  const after = await waitFor('the hung worker replaced', async () => {
+    const w = (await workers(f))[1]!
+    return w.state === 'running' && w.pid !== victim.pid ? w : undefined
+  }, 15_000, 100)
+  t.equal(after.lastExit?.reason, 'hung')
+  t.equal(await metric(f, 'ferry_worker_restarts_total{reason="hung"}'), 1)
+  t.notOk(alive(victim.pid!), 'the stopped process was killed')
+  t.ok(f.logs.some((l) => l.msg === 'worker stopped answering; killing it' && l.worker === 1), 'logged')
+  for (let i = 0; i < 10; i++) t.equal(await get(`${f.url}/after${i}`), 200)
+  t.equal(await f.stop(), 0)
+})
+
+t.test('SIGTERM drains every worker and the pod exits 0, also while a worker waits to restart', async (t) => {
+  const f = await startFerry(t, await podConfig(t))
+  const ws = await allRunning(f, 2)
+  const session = await wsEcho(`ws://127.0.0.1:${f.httpPort}/ws`)
+  const closedWith = new Promise<number>((resolve) => session.once('close', (code) => resolve(code)))
+  process.kill(ws[0]!.pid!, 'SIGKILL')
+  await waitFor('worker 0 restarting', async () => (await workers(f))[0]!.state !== 'running', 5000, 20)
+  const code = await f.stop()
+  t.equal(code, 0, 'the control plane exited 0')
+  for (const w of ws) t.notOk(alive(w.pid!), `worker ${w.index} (${String(w.pid)}) is gone`)
+  t.notOk(f.logs.some((l) => l.msg === 'worker restarted and serving'), 'nothing was restarted during the drain')
+  t.ok([1001, 1012, 1006].includes(await closedWith), 'the open session was closed by the drain (or went with the killed worker)')
+})
+
+t.test('a reload reaches every worker; what a pod cannot change in place is refused and it keeps serving', async (t) => {
+  const cfg = await podConfig(t)
+  const f = await startFerry(t, cfg)
+  reapWorkers(t, f)
+  await allRunning(f, 2)
+  const file = f.child.spawnargs.at(-1)!
+  const running = readFileSync(file, 'utf8')
+  const other = await startBackend(t, (_req, res) => res.end('v2'))
+  const next = { ...(cfg as object), upstreams: { ...(cfg.upstreams as object), v2: { protocol: 'http', endpoints: [other.address] } }, routes: [{ match: { path: '/v2' }, upstream: 'v2' }, ...(cfg.routes as object[])] } as Record<string, unknown>
+  writeFileSync(file, stringify({ ...next, listen: { ...(next.listen as object), http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: f.adminPort } }, logging: { level: 'info', accessLog: false, pretty: false }, drain: { acceptGraceMs: 0, spreadMs: 0, maxMigrationsPerSec: 1_000_000, deadlineMs: 5000 } }))
+  t.not(readFileSync(file, 'utf8'), running)
+  const r = await fetch(`${f.adminUrl}/reload`, { method: 'POST' })
+  const body = await r.json() as { result: string, version: string, added: string[] }
+  t.equal(r.status, 200, JSON.stringify(body))
+  t.equal(body.result, 'ok')
+  t.same(body.added, ['v2'])
+  const ws = await workers(f)
+  t.ok(ws.every((w) => w.configVersion === body.version), 'every worker runs the new version')
+  for (let i = 0; i < 20; i++) {
+    const res = await fetch(`${f.url}/v2`, { headers: { connection: 'close' } })
+    t.equal(await res.text(), 'v2')
+  }
+  // Moving the HTTP listener would need every worker to rebind at once: refused, nothing changes.
+  const moved = await deadPort()
+  writeFileSync(file, readFileSync(file, 'utf8').replace(/http:\n {4}host: 127\.0\.0\.1\n {4}port: 0/, `http:\n    host: 127.0.0.1\n    port: ${moved}`))
+  const refused = await fetch(`${f.adminUrl}/reload`, { method: 'POST' })
+  const rb = await refused.json() as { result: string, errors: string[] }
+  t.equal(refused.status, 400)
+  t.equal(rb.result, 'refused')
+  t.match(rb.errors.join('\n'), /listen\.http: a pod with gateway\.workers above 1 cannot move its HTTP listener/)
+  t.equal(await get(`${f.url}/still`), 200, 'the pod keeps serving on its port')
+  t.equal(await metric(f, 'ferry_config_reloads_total{result="refused"}'), 1)
+  t.equal(await f.stop(), 0)
+})
+
+t.test('more workers than cores is logged; a worker that hangs during a reload is replaced on the new config', async (t) => {
+  const cores = (await import('node:os')).availableParallelism()
+  const cfg = await podConfig(t, { gateway: { workers: cores + 1, workerHangMs: 2000 } })
+  const f = await startFerry(t, cfg, { timeoutMs: 30_000 })
+  reapWorkers(t, f)
+  const before = await allRunning(f, cores + 1)
+  t.ok(f.logs.some((l) => l.msg === 'gateway.workers is more than the cores this process may use: the workers share them' && l.cores === cores), 'said at start')
+  const victim = before.at(-1)!
+  process.kill(victim.pid!, 'SIGSTOP')
+  t.teardown(() => { if (alive(victim.pid!)) process.kill(victim.pid!, 'SIGKILL') })
+  const file = f.child.spawnargs.at(-1)!
+  writeFileSync(file, readFileSync(file, 'utf8').replace('accessLog: false', 'accessLog: true'))
+  const r = await fetch(`${f.adminUrl}/reload`, { method: 'POST' })
+  const body = await r.json() as { result: string, version: string }
+  t.equal(body.result, 'ok', 'the reload is the pod\'s: the workers that answer take it')
+  const after = await waitFor('the hung worker replaced', async () => {
+    const ws = await workers(f)
+    return ws.every((w) => w.state === 'running' && w.pid !== victim.pid) ? ws : undefined
+  }, 15_000, 100)
+  t.ok(after.every((w) => w.configVersion === body.version), 'every worker, the replaced one too, runs the new config')
+  t.equal(after.at(-1)!.lastExit?.reason, 'hung')
+  t.equal(await f.stop(), 0)
+})
+
+t.test('a second Ferry on a pod\'s HTTP port fails loudly, naming the port', async (t) => {
+  const port = await deadPort()
+  const cfg = await podConfig(t)
+  const f = await startFerry(t, { ...cfg, listen: { ...(cfg.listen as object), http: { host: '127.0.0.1', port } } })
+  reapWorkers(t, f)
+  await allRunning(f, 2)
+  const second = writeConfig({ ...cfg, listen: { http: { host: '127.0.0.1', port }, admin: { host: '127.0.0.1', port: 0 } }, logging: { level: 'info', pretty: false } })
+  const pod = await runCli(['start', '--config', second])
+  t.equal(pod.code, 1, 'a second pod does not start')
+  t.match(pod.stderr, new RegExp(`FERRY_ERR_LISTEN: listen\\.http: cannot listen on 127\\.0\\.0\\.1:${port}: another Ferry holds it`))
+  const single = writeConfig({ ...cfg, gateway: { workers: 1 }, listen: { http: { host: '127.0.0.1', port }, admin: { host: '127.0.0.1', port: 0 } }, logging: { level: 'info', pretty: false } })
+  const one = await runCli(['start', '--config', single])
+  t.equal(one.code, 1, 'a single-process Ferry does not start either')
+  t.match(one.stderr, new RegExp(`FERRY_ERR_LISTEN: listen\\.http: cannot listen on 127\\.0\\.0\\.1:${port}`))
+  t.equal(await get(`${f.url}/still`), 200, 'the first pod serves on')
+  t.equal(await f.stop(), 0)
+})
+
+t.test('pod-wide limits hold with 2 workers: limits.maxWebSocketSessions is the pod\'s, split between them', async (t) => {
+  const f = await startFerry(t, await podConfig(t, { limits: { maxWebSocketSessions: 4 } }))
+  reapWorkers(t, f)
+  await allRunning(f, 2)
+  const open: WebSocket[] = []
+  let refused = 0
+  for (let i = 0; i < 12; i++) {
+    try {
+      open.push(await wsEcho(`ws://127.0.0.1:${f.httpPort}/ws`))
+    } catch (err) {
+      t.match((err as Error).message, /upgrade answered 503/)
+      refused++
+    }
+  }
+  t.ok(open.length <= 4, `never more than the pod's 4 sessions (${open.length} open, ${refused} refused)`)
+  t.ok(open.length >= 2, 'each worker takes its share')
+  for (const s of open) s.terminate()
+  t.equal(await f.stop(), 0)
+})
+
+t.test('gateway.workers is checked by field', async (t) => {
+  for (const [workers, msg] of [[0, /gateway\.workers: must be an integer of 1-64, or auto/], [65, /gateway\.workers: must be an integer of 1-64, or auto/], ['many', /gateway\.workers: must be an integer of 1-64, or auto/]] as const) {
+    const file = writeConfig({ gateway: { workers }, upstreams: { a: { protocol: 'http', endpoints: ['127.0.0.1:1'] } }, routes: [{ match: { path: '/' }, upstream: 'a' }] })
+    const r = await runCli(['check', '--config', file])
+    t.equal(r.code, 1, `workers: ${String(workers)}`)
+    t.match(r.stderr, msg)
+  }
+  const sticky = writeConfig({ gateway: { workers: 2 }, upstreams: { a: { protocol: 'http', endpoints: ['127.0.0.1:1'] } }, routes: [{ match: { path: '/' }, upstream: 'a', affinity: { key: 'cookie:sid' } }] })
+  const r = await runCli(['check', '--config', sticky])
+  t.equal(r.code, 1)
+  t.match(r.stderr, /gateway\.workers: more than one worker needs affinity\.store: redis while routes keep affinity records \(\*\/\)/)
+  const auto = writeConfig({ gateway: { workers: 'auto' }, upstreams: { a: { protocol: 'http', endpoints: ['127.0.0.1:1'] } }, routes: [{ match: { path: '/' }, upstream: 'a' }] })
+  t.equal((await runCli(['check', '--config', auto])).code, 0, 'auto is accepted')
+})
