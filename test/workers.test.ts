@@ -1,10 +1,15 @@
+import { spawn } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { connect as netConnect } from 'node:net'
 import t, { type Test } from 'tap'
 import WebSocket, { WebSocketServer } from 'ws'
 import { stringify } from 'yaml'
+import type { Session } from '../src/backend/index.js'
+import { FerryClient } from '../src/client/index.js'
 import { deadPort, startBackend, startRawBackend } from './helpers/backend.js'
-import { adminStatus, metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess } from './helpers/ferry.js'
+import { startMuxBackend } from './helpers/mux.js'
+import { adminStatus, metric, ROOT, runCli, startFerry, waitFor, writeConfig, type FerryProcess } from './helpers/ferry.js'
 
 // gateway.workers above 1: a control plane and worker processes sharing the ports (docs/workers.md).
 // Every test runs real processes: `ferry start`, its workers (cluster), real backends and clients.
@@ -120,7 +125,21 @@ t.test('a pod of 2 workers serves HTTP, WebSocket and TCP on shared ports; /stat
   const port = (await adminStatus(f)).listeners.tcp[0].port as number
   for (let i = 0; i < 20; i++) t.equal(await tcpEcho(port), 'hello')
   t.equal(await metric(f, 'ferry_tcp_connections_total{listener="echo"}'), 20, '20 TCP connections over the shared listener')
+  // A terminal's Ctrl-C reaches every process of the group: the workers leave signals to the control plane.
+  for (const w of ws0) process.kill(w.pid!, 'SIGINT')
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.same((await workers(f)).map((w) => w.pid), ws0.map((w) => w.pid), 'SIGINT to the workers: both still serving, not restarted')
+  t.equal(await get(`${f.url}/after-sigint`), 200)
   t.equal(await f.stop(), 0)
+})
+
+t.test('workers stop by themselves when their control plane is killed', async (t) => {
+  const f = await startFerry(t, await podConfig(t))
+  reapWorkers(t, f)
+  const ws = await allRunning(f, 2)
+  f.child.kill('SIGKILL')
+  await waitFor('both workers gone', () => ws.every((w) => !alive(w.pid!)), 10_000, 50)
+  t.pass('no worker outlived the control plane')
 })
 
 t.test('a crashed worker is restarted and counted; the other keeps its sessions and the pod keeps serving', async (t) => {
@@ -154,6 +173,64 @@ t.test('a crashed worker is restarted and counted; the other keeps its sessions 
   await waitFor('the other worker still holds its sessions', async () => (await adminStatus(f)).clients.webSocketSessions === kept, 5000, 100)
   t.pass(`${kept} sessions on the other worker stayed open`)
   for (const s of sessions) s.terminate()
+  t.equal(await f.stop(), 0)
+})
+
+t.test('the ferry/client sessions of a crashed worker resume through the pod: the workers share one resume key', async (t) => {
+  const N = 3000
+  const sessions: Session[] = []
+  const got = new Map<string, number[]>()
+  let resumes = 0
+  const backends = []
+  for (let i = 0; i < 2; i++) {
+    backends.push(await startMuxBackend(t, (s) => {
+      sessions.push(s)
+      const seq: number[] = []
+      got.set(s.id, seq)
+      s.on('message', (d) => { const text = d.toString(); if (text.startsWith('c:')) seq.push(Number(text.slice(2))) })
+      s.on('resume', () => { resumes++ })
+    }, { resume: { windowMs: 30_000 } }))
+  }
+  // No resume.secret anywhere: the control plane makes one random key for all of its workers.
+  const f = await startFerry(t, {
+    gateway: { workers: 2, workerHangMs: 2000 },
+    upstreams: { chat: { protocol: 'mux', endpoints: backends.map((b) => `127.0.0.1:${b.port}`), pool: { links: 1 }, reconnect: { minDelayMs: 50, maxDelayMs: 200 } } },
+    routes: [{ match: { path: '/chat' }, upstream: 'chat' }],
+    logging: { level: 'info', accessLog: false },
+  }, { env: { FERRY_RESUME_SECRET: '' } })
+  reapWorkers(t, f)
+  await allRunning(f, 2)
+  t.equal((await adminStatus(f)).resume.secret, 'random')
+  await waitFor('every worker linked to every backend', () => backends.every((b) => b.links().length === 2), 10_000, 50)
+  const c = new FerryClient(`ws://127.0.0.1:${f.httpPort}/chat`, { WebSocket: WebSocket as never, reconnect: { minDelayMs: 20, maxDelayMs: 200 } })
+  const events: string[] = []
+  for (const e of ['open', 'reset', 'close'] as const) c.on(e, (info: unknown) => { events.push(`${e}:${JSON.stringify(info)}`) })
+  c.on('error', () => {})
+  t.teardown(() => { c.close() })
+  await waitFor('the session open and resumable', () => c.state === 'open' && c.resumable, 10_000, 20)
+  const home = await waitFor('the worker holding it', async () => (await workers(f)).find((w) => w.clients?.webSocketSessions === 1), 5000, 100)
+  let k = 0
+  const sending = new Promise<void>((resolve) => {
+    const tick = (): void => {
+      for (let i = 0; i < 30 && k < N; i++) c.send(`c:${++k}`)
+      if (k >= N) resolve(); else setTimeout(tick, 5)
+    }
+    tick()
+  })
+  await waitFor('a third sent', () => k >= N / 3, 10_000, 5)
+  process.kill(home.pid!, 'SIGKILL')
+  await sending
+  const session = sessions[0]!
+  await waitFor('every message at the application', () => (got.get(session.id)?.length ?? 0) >= N, 30_000, 50)
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  const seq = got.get(session.id)!
+  t.equal(seq.length, N, 'no message lost or duplicated')
+  t.ok(seq.every((v, i) => v === i + 1), 'in order')
+  t.equal(sessions.length, 1, 'the application saw one session')
+  t.ok(resumes >= 1, 'which resumed')
+  t.ok(events.some((e) => e.startsWith('open:{"resumed":true')), 'the client was told it resumed')
+  t.notOk(events.some((e) => e.startsWith('reset')), 'never a fresh session')
+  c.close()
   t.equal(await f.stop(), 0)
 })
 
@@ -212,6 +289,21 @@ t.test('a reload reaches every worker; what a pod cannot change in place is refu
     const res = await fetch(`${f.url}/v2`, { headers: { connection: 'close' } })
     t.equal(await res.text(), 'v2')
   }
+  // An operator's endpoint drain reaches every worker: the only endpoint of v2 takes no new request from any of them.
+  const addr = encodeURIComponent(other.address)
+  const drained = await fetch(`${f.adminUrl}/upstreams/v2/endpoints/${addr}/drain`, { method: 'POST' })
+  t.equal(drained.status, 202)
+  t.match(await drained.json(), { result: 'draining', upstream: 'v2', endpoint: other.address })
+  const during = []
+  for (let i = 0; i < 20; i++) during.push(await get(`${f.url}/v2`))
+  t.same([...new Set(during)], [503], 'no worker sends the endpoint a request')
+  const ready = await fetch(`${f.adminUrl}/upstreams/v2/endpoints/${addr}/ready`, { method: 'POST' })
+  t.equal(ready.status, 200)
+  const back = []
+  for (let i = 0; i < 20; i++) back.push(await get(`${f.url}/v2`))
+  t.same([...new Set(back)], [200], 'ready again in every worker')
+  const unknown = await fetch(`${f.adminUrl}/upstreams/nope/endpoints/${addr}/drain`, { method: 'POST' })
+  t.equal(unknown.status, 404)
   // Moving the HTTP listener would need every worker to rebind at once: refused, nothing changes.
   const moved = await deadPort()
   writeFileSync(file, readFileSync(file, 'utf8').replace(/http:\n {4}host: 127\.0\.0\.1\n {4}port: 0/, `http:\n    host: 127.0.0.1\n    port: ${moved}`))
@@ -264,6 +356,12 @@ t.test('a second Ferry on a pod\'s HTTP port fails loudly, naming the port', asy
   t.equal(one.code, 1, 'a single-process Ferry does not start either')
   t.match(one.stderr, new RegExp(`FERRY_ERR_LISTEN: listen\\.http: cannot listen on 127\\.0\\.0\\.1:${port}`))
   t.equal(await get(`${f.url}/still`), 200, 'the first pod serves on')
+  // A worker that cannot start stops the pod's start: here its TCP listener's port is the first pod's.
+  const tcpPort = (await adminStatus(f)).listeners.tcp[0].port as number
+  const third = writeConfig({ ...cfg, listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, tcp: [{ name: 'echo', host: '127.0.0.1', port: tcpPort, upstream: 'echo' }] }, logging: { level: 'info', pretty: false } })
+  const failed = await runCli(['start', '--config', third])
+  t.equal(failed.code, 1)
+  t.match(failed.stderr, new RegExp(`ferry: FERRY_ERR_LISTEN: worker \\d: listen\\.tcp\\[0\\] \\(echo\\): cannot listen on 127\\.0\\.0\\.1:${tcpPort}`))
   t.equal(await f.stop(), 0)
 })
 
@@ -300,4 +398,18 @@ t.test('gateway.workers is checked by field', async (t) => {
   t.match(r.stderr, /gateway\.workers: more than one worker needs affinity\.store: redis while routes keep affinity records \(\*\/\)/)
   const auto = writeConfig({ gateway: { workers: 'auto' }, upstreams: { a: { protocol: 'http', endpoints: ['127.0.0.1:1'] } }, routes: [{ match: { path: '/' }, upstream: 'a' }] })
   t.equal((await runCli(['check', '--config', auto])).code, 0, 'auto is accepted')
+})
+
+t.test('why workers are processes: a worker thread holding a uWS listen socket aborts the whole process when it throws, exits or is terminated', async (t) => {
+  for (const how of ['throw', 'exit', 'terminate']) {
+    const child = spawn(process.execPath, [join(ROOT, 'scripts', 'uws-thread-abort.mjs'), how], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d })
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d })
+    const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => child.on('exit', (c, s) => resolve([c, s])))
+    t.equal(signal, 'SIGABRT', `${how}: the process aborted (code ${String(code)})`)
+    t.match(err, /uv_loop_close\(\) while having open handles/)
+    t.notMatch(out, /still alive/)
+  }
 })
