@@ -27,7 +27,7 @@ import type { HttpLifecycle } from './contracts/http.js'
 import { AdminToken, resolveAdminToken } from './admin/token.js'
 import { PodDirectory, podBoardOf, type PodRecord } from './affinity/pods.js'
 import { hostname } from 'node:os'
-import { workerShare } from './planes/share.js'
+import { workerShare, type Budget } from './planes/share.js'
 
 /** Connections of a listener a reload removed continue until they end (the longest timer Node takes). */
 const RETIRED_LISTENER_GRACE_MS = 2 ** 31 - 1
@@ -66,6 +66,8 @@ export interface WorkerRole {
   index: number
   count: number
   resumeSecret: { secret: string, source: SecretSource }
+  /** Its first share of the pod's concurrency limits (the control plane moves them later: setBudget). */
+  budget: Budget
 }
 
 /** What `PUT /routes/NAME/split` did: the reload it made, or why not (`not_found`: no such route, or it has no split). */
@@ -109,6 +111,8 @@ export class Gateway {
   private readonly startedAt = Date.now()
   private readonly source: (() => Config) | undefined
   private readonly role: WorkerRole | undefined
+  /** A worker's share of the pod's concurrency limits now. */
+  private budget: Budget | undefined
   private readonly removeCollector: () => void
   private store: AffinityStore | undefined
   /** This pod's entry in the pod directory (Redis affinity store), for the console. */
@@ -142,6 +146,7 @@ export class Gateway {
     this.cfg = opts.config
     this.source = opts.source
     this.role = opts.worker
+    this.budget = opts.worker?.budget
     this.version = configVersion(opts.config)
     this.log = opts.log
     this.metrics = opts.metrics ?? new Metrics()
@@ -162,7 +167,13 @@ export class Gateway {
 
   /** What this process enforces of `cfg`: all of it, or a worker's share of the pod-wide budgets. */
   private local (cfg: Config): Config {
-    return this.role === undefined ? cfg : workerShare(cfg, this.role.count)
+    return this.role === undefined ? cfg : workerShare(cfg, this.role.count, this.budget)
+  }
+
+  /** A worker's new share of the pod's concurrency limits: applies to new requests and sessions at once. */
+  setBudget (budget: Budget): void {
+    this.budget = budget
+    this.front?.limits.configure(this.local(this.cfg).limits)
   }
 
   get currentState (): GatewayState {

@@ -45,6 +45,14 @@ class IpTable {
  * A `take*`/`charge*` that returns undefined must be matched by exactly one `release*` with the same IP
  * (and amount); one that returns an error took nothing.
  */
+/**
+ * How much of a pod-wide limit this process holds, for a refusal's message. A worker of a pod holds a
+ * share of it (src/planes/share.ts), and a negative share is none of it for now (0 means no limit).
+ */
+function held (max: number): string {
+  return max < 0 ? '0 (this worker\'s share of the pod\'s, for now)' : String(max)
+}
+
 export class ConnectionLimits {
   private cfg: LimitsConfig
   private readonly http = new IpTable()
@@ -84,7 +92,7 @@ export class ConnectionLimits {
 
   takeRequest (ip: string): FerryError | undefined {
     const { maxRequestsInFlight: max, maxRequestsInFlightPerIp: perIp } = this.cfg
-    if (max > 0 && this.http.total >= max) return this.refuse('http_in_flight', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway serves limits.maxRequestsInFlight ${max} requests`)
+    if (max !== 0 && this.http.total >= max) return this.refuse('http_in_flight', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway serves limits.maxRequestsInFlight ${held(max)} requests`)
     if (perIp > 0 && this.http.count(ip) >= perIp) return this.refuse('http_in_flight_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} has limits.maxRequestsInFlightPerIp ${perIp} requests in flight`)
     this.http.add(ip)
     return undefined
@@ -109,7 +117,7 @@ export class ConnectionLimits {
   /** `bytes` more of a request body held in memory; refused past the gateway's or the client's budget. */
   chargeBody (ip: string, bytes: number): FerryError | undefined {
     const { maxBufferedBodyBytes: max, maxBufferedBodyBytesPerIp: perIp } = this.cfg
-    if (max > 0 && this.buffered.total + bytes > max) return this.refuse('http_buffered_bytes', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway buffers limits.maxBufferedBodyBytes ${max} bytes of request bodies`)
+    if (max !== 0 && this.buffered.total + bytes > max) return this.refuse('http_buffered_bytes', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway buffers limits.maxBufferedBodyBytes ${held(max)} bytes of request bodies`)
     if (perIp > 0 && this.buffered.count(ip) + bytes > perIp) return this.refuse('http_buffered_bytes_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} has limits.maxBufferedBodyBytesPerIp ${perIp} bytes of request bodies buffered`)
     this.buffered.add(ip, bytes)
     return undefined
@@ -121,7 +129,7 @@ export class ConnectionLimits {
 
   takeSession (ip: string): FerryError | undefined {
     const { maxWebSocketSessions: max, maxWebSocketSessionsPerIp: perIp } = this.cfg
-    if (max > 0 && this.ws.total >= max) return this.refuse('ws_sessions', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway holds limits.maxWebSocketSessions ${max} sessions`)
+    if (max !== 0 && this.ws.total >= max) return this.refuse('ws_sessions', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway holds limits.maxWebSocketSessions ${held(max)} sessions`)
     if (perIp > 0 && this.ws.count(ip) >= perIp) return this.refuse('ws_sessions_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} holds limits.maxWebSocketSessionsPerIp ${perIp} sessions`)
     this.ws.add(ip)
     return undefined

@@ -20,7 +20,7 @@ import { resolveResumeSecret } from '../sessions/token.js'
 import { VERSION } from '../version.js'
 import { BEAT_MS, type FromWorker, type ToWorker, type WorkerStatus } from './messages.js'
 import { freePort, PortLock } from './port-lock.js'
-import { workerCount } from './share.js'
+import { BUDGETS, initialBudget, NONE, rebalance, workerCount, type Budget, type BudgetName } from './share.js'
 
 /** How long a worker may take from its fork to listening. */
 const START_TIMEOUT_MS = 30_000
@@ -54,6 +54,8 @@ interface Slot {
   killedFor: 'hung' | undefined
   backoff: NodeJS.Timeout | undefined
   lastExit: { at: string, code: number | null, signal: string | null, reason: string } | undefined
+  /** Its share of the pod's concurrency limits, as last sent. */
+  budget: Budget
 }
 
 /** A pod's reload (or split change) can leave its workers on different configs: `partial` says which. */
@@ -86,7 +88,7 @@ export class Pod {
   private readonly locks: PortLock[] = []
   /** listen.http's port and redirectHttpPort as the workers bind them (port 0 is chosen once, here). */
   private pinned: { port: number, redirect: number | undefined } = { port: 0, redirect: undefined }
-  private role!: Omit<WorkerRole, 'index'>
+  private role!: Omit<WorkerRole, 'index' | 'budget'>
   private admin: AdminServer | undefined
   private adminPort = 0
   private store: AffinityStore | undefined
@@ -192,7 +194,7 @@ export class Pod {
   }
 
   private newSlot (index: number): Slot {
-    return { index, state: 'starting', worker: undefined, startedAt: 0, lastBeat: 0, status: undefined, version: this.version, restarts: 0, failures: 0, killedFor: undefined, backoff: undefined, lastExit: undefined }
+    return { index, state: 'starting', worker: undefined, startedAt: 0, lastBeat: 0, status: undefined, version: this.version, restarts: 0, failures: 0, killedFor: undefined, backoff: undefined, lastExit: undefined, budget: initialBudget(this.cfg, index, this.count) }
   }
 
   /** Forks the slot's worker; resolves with its ports once it listens, rejects if it fails first. */
@@ -233,7 +235,7 @@ export class Pod {
     if (slot.worker !== worker) return
     switch (m.t) {
       case 'hello':
-        this.send(slot, { t: 'start', config: this.forWorkers(this.cfg), role: { ...this.role, index: slot.index } })
+        this.send(slot, { t: 'start', config: this.forWorkers(this.cfg), role: { ...this.role, index: slot.index, budget: slot.budget } })
         return
       case 'ready':
         slot.lastBeat = Date.now()
@@ -277,6 +279,8 @@ export class Pod {
     const delay = Math.min(RESTART_MAX_MS, RESTART_FIRST_MS * 2 ** (slot.failures - 1))
     slot.state = 'restarting'
     slot.restarts++
+    // What it held is free now; it comes back with nothing and gets its share as the others release some.
+    slot.budget = emptyBudget(this.cfg)
     this.metrics.workerRestarts.labels(reason).inc()
     this.log.error({ worker: slot.index, pid: worker.process.pid, code, signal, reason, restartInMs: delay }, 'worker exited unexpectedly; restarting it')
     slot.backoff = setTimeout(() => {
@@ -288,6 +292,7 @@ export class Pod {
 
   /** Every BEAT_MS: a worker that stopped answering (event loop blocked, stopped) is killed; its exit restarts it. */
   private watch (): void {
+    this.rebalance()
     const now = Date.now()
     for (const slot of this.slots) {
       const w = slot.worker
@@ -301,15 +306,42 @@ export class Pod {
     }
   }
 
+  /**
+   * Every BEAT_MS: the pod's concurrency limits follow the load (src/planes/share.ts, rebalance). A
+   * worker's heartbeat says what it uses and the share it enforces; a share sent but not yet reported
+   * counts as held.
+   */
+  private rebalance (): void {
+    const live = this.slots.filter((s) => s.worker !== undefined && (s.state === 'starting' || s.state === 'running' || s.state === 'draining'))
+    if (live.length === 0) return
+    const changed = new Set<Slot>()
+    for (const k of BUDGETS) {
+      const total = this.cfg.limits[k]
+      if (total === 0) continue
+      const rows = live.map((s) => {
+        const limits = s.status?.limits as Record<string, number> | undefined
+        if (s.state === 'starting' || limits === undefined) return { used: 0, applied: s.budget[k], fixed: true }
+        return { used: limits[USED[k]] ?? 0, applied: Math.max(limits[k] ?? 0, s.budget[k]), fixed: false }
+      })
+      const next = rebalance(total, rows)
+      live.forEach((s, i) => {
+        if (next[i] === s.budget[k]) return
+        s.budget = { ...s.budget, [k]: next[i]! }
+        changed.add(s)
+      })
+    }
+    for (const s of changed) this.send(s, { t: 'budget', budget: s.budget })
+  }
+
   /** Asks every live worker; resolves with each one's answer (undefined: it died or did not answer in time). */
-  private async askAll (make: (id: number) => ToWorker): Promise<Array<{ slot: Slot, body: unknown }>> {
+  private async askAll (make: (id: number, slot: Slot) => ToWorker): Promise<Array<{ slot: Slot, body: unknown }>> {
     const live = this.slots.filter((s) => s.worker !== undefined && (s.state === 'running' || s.state === 'draining'))
     return await Promise.all(live.map(async (slot) => {
       const id = this.nextAsk++
       const body = await new Promise<unknown>((resolve) => {
         const timer = setTimeout(() => { this.asks.delete(id); resolve(undefined) }, ASK_TIMEOUT_MS)
         this.asks.set(id, { slot, resolve: (b) => { clearTimeout(timer); resolve(b) } })
-        this.send(slot, make(id))
+        this.send(slot, make(id, slot))
       })
       return { slot, body }
     }))
@@ -354,7 +386,7 @@ export class Pod {
   }
 
   /** Applies `next` on every worker (see PodReloadResult); the pod's config is `next` once one took it. */
-  private async reload (next: Config, version: string, apply?: (id: number) => ToWorker): Promise<PodReloadResult> {
+  private async reload (next: Config, version: string, apply?: (id: number, slot: Slot) => ToWorker): Promise<PodReloadResult> {
     if (this.state !== 'running') return this.refused([`(gateway): cannot reload while ${this.state}`], version)
     const problems = this.podRefusals(next)
     if (problems.length > 0) return this.refused(problems, version)
@@ -364,7 +396,10 @@ export class Pod {
     } catch (err) {
       return this.refused([(err as Error).message], version)
     }
-    const answers = await this.askAll(apply ?? ((id) => ({ t: 'reload', id, config: this.forWorkers(next), version })))
+    // New limits start from the even split (a limit that did not change keeps the shares it has).
+    const budgets = new Map(this.slots.map((s) => [s, reshare(this.cfg, next, s.budget, s.index, this.count)]))
+    const answers = await this.askAll(apply ?? ((id, slot) => ({ t: 'reload', id, config: this.forWorkers(next), version, budget: budgets.get(slot)! })))
+    for (const s of this.slots) s.budget = budgets.get(s)!
     const results = answers.map(({ slot, body }) => ({ slot, r: body as { result: string, errors?: string[] } | undefined }))
     const took = results.filter((x) => x.r?.result === 'ok')
     const refusedBy = results.filter((x) => x.r !== undefined && x.r.result !== 'ok')
@@ -557,6 +592,8 @@ export class Pod {
         heartbeatAgeMs: s.worker === undefined ? null : Date.now() - s.lastBeat,
         clients: s.worker === undefined ? null : s.status?.clients ?? null,
         drain: s.status?.drain.phase ?? null,
+        // Its share of each pod-wide concurrency limit now (-1: none of it; 0: the limit is off).
+        budget: s.budget,
       })),
       pods: this.pods?.status(),
       config: { version: this.version, loadedAt: this.loadedAt, lastReload: this.lastReload ?? null },
@@ -564,6 +601,24 @@ export class Pod {
       resume: { secret: this.role?.resumeSecret.source, tokenTtlMs: this.cfg.resume.tokenTtlMs },
     }
   }
+}
+
+/** Where a worker's /status `limits` says how much of each budget it uses now. */
+const USED: Record<BudgetName, string> = { maxRequestsInFlight: 'httpInFlight', maxWebSocketSessions: 'wsSessions', maxBufferedBodyBytes: 'bufferedBodyBytes' }
+
+/** A share of nothing of every limit (a limit of 0, no limit, stays 0). */
+function emptyBudget (cfg: Config): Budget {
+  const b = {} as Budget
+  for (const k of BUDGETS) b[k] = cfg.limits[k] === 0 ? 0 : NONE
+  return b
+}
+
+/** A worker's share after a reload: kept for a limit that did not change, the even split for one that did. */
+function reshare (was: Config, next: Config, budget: Budget, index: number, n: number): Budget {
+  const even = initialBudget(next, index, n)
+  const b = {} as Budget
+  for (const k of BUDGETS) b[k] = was.limits[k] === next.limits[k] ? budget[k] : even[k]
+  return b
 }
 
 function adminToken (cfg: Config): AdminToken {

@@ -2,6 +2,7 @@ import type { MetricObjectWithValues, MetricValue } from 'prom-client'
 import type { Config } from '../config/load.js'
 import type { AdminState } from '../drain/endpoint-drain.js'
 import type { BoundPorts, WorkerRole } from '../gateway.js'
+import type { Budget } from './share.js'
 
 /**
  * The control plane's side of the conversation with a worker process (Node's cluster IPC channel,
@@ -9,7 +10,8 @@ import type { BoundPorts, WorkerRole } from '../gateway.js'
  */
 export type ToWorker =
   | { t: 'start', config: Config, role: WorkerRole }
-  | { t: 'reload', id: number, config: Config, version: string }
+  | { t: 'reload', id: number, config: Config, version: string, budget: Budget }
+  | { t: 'budget', budget: Budget }
   | { t: 'split', id: number, route: string, weights: unknown }
   | { t: 'endpoint', id: number, upstream: string, address: string, admin: AdminState }
   | { t: 'metrics', id: number }

@@ -48,7 +48,11 @@ async function handle (m: ToWorker): Promise<void> {
   if (gw === undefined) return
   switch (m.t) {
     case 'reload':
+      gw.setBudget(m.budget)
       send({ t: 'answer', id: m.id, body: await gw.reload(deepFreeze(m.config), m.version) })
+      return
+    case 'budget':
+      gw.setBudget(m.budget)
       return
     case 'split':
       send({ t: 'answer', id: m.id, body: await gw.setSplitWeights(m.route, m.weights) })
