@@ -55,6 +55,8 @@ export interface GatewayOptions {
   source?: () => Config
   /** One data-plane worker of a pod (src/planes/): see WorkerRole. Absent: the whole gateway in this process. */
   worker?: WorkerRole
+  /** The affinity store to use instead of the one `affinity.store` names (a pod's workers share the control plane's memory store). */
+  store?: AffinityStore
 }
 
 /**
@@ -113,6 +115,7 @@ export class Gateway {
   private readonly role: WorkerRole | undefined
   /** A worker's share of the pod's concurrency limits now. */
   private budget: Budget | undefined
+  private readonly givenStore: AffinityStore | undefined
   private readonly removeCollector: () => void
   private store: AffinityStore | undefined
   /** This pod's entry in the pod directory (Redis affinity store), for the console. */
@@ -147,6 +150,7 @@ export class Gateway {
     this.source = opts.source
     this.role = opts.worker
     this.budget = opts.worker?.budget
+    this.givenStore = opts.store
     this.version = configVersion(opts.config)
     this.log = opts.log
     this.metrics = opts.metrics ?? new Metrics()
@@ -193,7 +197,7 @@ export class Gateway {
     this.secretSource = source
     this.warnUnsharedSecret(cfg)
     const tokens = new ResumeTokens(secret, cfg.resume.tokenTtlMs)
-    const store = createAffinityStore(cfg.affinity, { logger: this.log.child({ component: 'affinity' }), metrics: this.metrics })
+    const store = this.givenStore ?? createAffinityStore(cfg.affinity, { logger: this.log.child({ component: 'affinity' }), metrics: this.metrics })
     this.store = store
     // Start in a known state: Redis connected, or found unreachable (then the store falls back).
     await store.ready(Math.min(2000, 20 * cfg.affinity.redis.lookupTimeoutMs))

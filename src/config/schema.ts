@@ -587,13 +587,6 @@ export const configSchema = z.strictObject({
     pretty: z.boolean().default(false).describe('Human-readable logs (pino-pretty) instead of JSON lines.'),
   }).prefault({}).describe('Logs (pino, JSON lines on stdout).'),
 }).superRefine((cfg, ctx) => {
-  if (cfg.gateway.workers !== 1 && cfg.affinity.store === 'memory') {
-    const sticky = cfg.routes.filter((r) => r.affinity !== undefined && r.affinity.key !== 'token')
-    if (sticky.length > 0) {
-      ctx.addIssue({ code: 'custom', path: ['gateway', 'workers'], input: cfg.gateway.workers,
-        message: `more than one worker needs affinity.store: redis while routes keep affinity records (${sticky.map((r) => `${r.match.host ?? '*'}${r.match.path}`).join(', ')}): the memory store is per worker process, so a client's next request could reach a worker that does not know its record` })
-    }
-  }
   if (cfg.drain.spreadMs >= cfg.drain.deadlineMs) {
     ctx.addIssue({ code: 'custom', path: ['drain', 'spreadMs'], input: cfg.drain.spreadMs, message: `must be less than drain.deadlineMs (${cfg.drain.deadlineMs}): sessions still open at the deadline are closed at once` })
   }

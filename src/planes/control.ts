@@ -5,7 +5,8 @@ import type { Logger } from 'pino'
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client'
 import { AdminServer } from '../admin/admin-server.js'
 import { AdminToken, resolveAdminToken } from '../admin/token.js'
-import { createAffinityStore, type AffinityStore } from '../affinity/index.js'
+import { createAffinityStore, MemoryAffinityStore, type AffinityStore } from '../affinity/index.js'
+import { serveAffinity } from './affinity.js'
 import { PodDirectory, podBoardOf, type PodRecord } from '../affinity/pods.js'
 import { ConfigError, type Config } from '../config/load.js'
 import { canonicalJson, reloadRefusals } from '../config/reload.js'
@@ -92,6 +93,8 @@ export class Pod {
   private admin: AdminServer | undefined
   private adminPort = 0
   private store: AffinityStore | undefined
+  /** With affinity.store memory: the one store every worker uses. */
+  private readonly affinity: AffinityStore
   private pods: PodDirectory | undefined
   private watchdog: NodeJS.Timeout | undefined
   private readonly startedAt = Date.now()
@@ -114,6 +117,7 @@ export class Pod {
     this.stopped = new Promise((resolve) => { this.resolveStopped = resolve })
     this.metrics.configInfo.labels(this.cfg.gateway.id, VERSION).set(1)
     this.metrics.onCollect(() => { this.countWorkers() })
+    this.affinity = new MemoryAffinityStore(opts.config.affinity, { logger: this.log.child({ component: 'affinity' }), metrics: this.metrics })
   }
 
   get currentState (): GatewayState {
@@ -159,8 +163,9 @@ export class Pod {
       this.adminPort = await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
       if (cfg.affinity.store === 'redis') {
         // The pod's entry in the pod directory (the workers do not announce themselves).
-        this.store = createAffinityStore(cfg.affinity, { logger: this.log.child({ component: 'affinity' }), metrics: this.metrics })
-        this.pods = new PodDirectory(podBoardOf(this.store), cfg.affinity.redis.podTtlMs, () => this.podRecord(), this.log.child({ component: 'pods' }))
+        const redis = createAffinityStore(cfg.affinity, { logger: this.log.child({ component: 'affinity' }), metrics: this.metrics })
+        this.store = redis
+        this.pods = new PodDirectory(podBoardOf(redis), cfg.affinity.redis.podTtlMs, () => this.podRecord(), this.log.child({ component: 'pods' }))
         this.pods.start()
       }
       this.transition('running')
@@ -256,6 +261,12 @@ export class Pod {
         ask.resolve(m.t === 'answer' ? m.body : m.metrics)
         return
       }
+      case 'affinity':
+        // The pod's memory store, the workers' one (src/planes/affinity.ts).
+        serveAffinity(this.affinity, m.call).then((body) => { this.send(slot, { t: 'affinity-answer', id: m.id, body }) }, (err: unknown) => {
+          this.log.error({ err, worker: slot.index, op: m.call.op }, 'an affinity call of a worker failed')
+        })
+        return
       case 'failed':
         this.log.error({ worker: slot.index, code: m.code, message: m.message }, 'worker could not start')
     }
@@ -596,6 +607,7 @@ export class Pod {
         budget: s.budget,
       })),
       pods: this.pods?.status(),
+      ...(this.cfg.affinity.store === 'memory' ? { affinity: { ...this.affinity.status(), sharedBy: 'the pod\'s workers (kept by the control plane)' } } : {}),
       config: { version: this.version, loadedAt: this.loadedAt, lastReload: this.lastReload ?? null },
       drain: this.drainStatus(),
       resume: { secret: this.role?.resumeSecret.source, tokenTtlMs: this.cfg.resume.tokenTtlMs },

@@ -2,6 +2,7 @@ import type { MetricObjectWithValues, MetricValue } from 'prom-client'
 import type { Config } from '../config/load.js'
 import type { AdminState } from '../drain/endpoint-drain.js'
 import type { BoundPorts, WorkerRole } from '../gateway.js'
+import type { AffinityCall } from './affinity.js'
 import type { Budget } from './share.js'
 
 /**
@@ -18,6 +19,7 @@ export type ToWorker =
   | { t: 'drain', reason: string }
   | { t: 'hurry' }
   | { t: 'stop' }
+  | { t: 'affinity-answer', id: number, body: unknown }
 
 /** A worker's side: loaded (`hello`: messages sent before it would be lost), started (or not), a heartbeat with its status every beat, answers. */
 export type FromWorker =
@@ -27,6 +29,7 @@ export type FromWorker =
   | { t: 'beat', status: WorkerStatus }
   | { t: 'answer', id: number, body: unknown }
   | { t: 'metrics', id: number, metrics: Array<MetricObjectWithValues<MetricValue<string>>> }
+  | { t: 'affinity', id: number, call: AffinityCall }
 
 /** What a worker reports with each heartbeat: its Gateway's /status. */
 export type WorkerStatus = Record<string, unknown> & {

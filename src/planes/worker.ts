@@ -7,10 +7,12 @@
 import { deepFreeze, type Config } from '../config/load.js'
 import { Gateway } from '../gateway.js'
 import { createLogger, flushLogger, type Logger } from '../observability/logger.js'
+import { PodAffinityStore } from './affinity.js'
 import { BEAT_MS, type FromWorker, type ToWorker, type WorkerStatus } from './messages.js'
 
 let gateway: Gateway | undefined
 let log: Logger | undefined
+let affinity: PodAffinityStore | undefined
 
 function send (m: FromWorker): void {
   // The channel is gone once the control plane is: nothing to tell then (the disconnect handler exits).
@@ -24,7 +26,9 @@ function exit (code: number): never {
 
 async function start (config: Config, role: Extract<ToWorker, { t: 'start' }>['role']): Promise<void> {
   log = createLogger({ level: config.logging.level, pretty: config.logging.pretty, base: { gw: config.gateway.id, worker: role.index } })
-  const gw = new Gateway({ config, log, worker: role })
+  // affinity.store memory: the pod's one store, the control plane's (src/planes/affinity.ts).
+  if (config.affinity.store === 'memory') affinity = new PodAffinityStore(config.affinity.ttlMs, (id, call) => { send({ t: 'affinity', id, call }) }, log.child({ component: 'affinity' }))
+  const gw = new Gateway({ config, log, worker: role, store: affinity })
   gateway = gw
   try {
     const ports = await gw.start()
@@ -44,6 +48,7 @@ async function start (config: Config, role: Extract<ToWorker, { t: 'start' }>['r
 
 async function handle (m: ToWorker): Promise<void> {
   if (m.t === 'start') { await start(deepFreeze(m.config), m.role); return }
+  if (m.t === 'affinity-answer') { affinity?.answer(m.id, m.body); return }
   const gw = gateway
   if (gw === undefined) return
   switch (m.t) {
