@@ -386,3 +386,26 @@ t.test('bad files: the process does not start, ferry check and a reload refuse t
   t.equal((await send(f, '/renewed')).status, 200, 'served')
   t.equal(backend.seen.at(-1)!.serial, 'B1', 'with the renewed client certificate B1')
 })
+
+t.test('with gateway.workers: 2 every worker reads the files and speaks TLS; a bad file on a reload is refused by the pod', async (t) => {
+  const pki = await makePki(t)
+  const server = await pki.issue('api', 'DNS:api.test,IP:127.0.0.1', 'A5')
+  const client = await pki.issue('ferry-client', 'DNS:ferry-client', 'C5')
+  const other = await pki.issue('other-client', 'DNS:ferry-client', 'C6')
+  const backend = await httpsBackend(t, pki, server, true)
+  const key = join(pki.dir, 'pod-client.key')
+  copyFileSync(client.key, key)
+  const f = await startFerry(t, {
+    gateway: { workers: 2, workerHangMs: 5000 },
+    upstreams: { api: { protocol: 'http', endpoints: [backend.address], tls: { caFile: pki.ca, certFile: client.cert, keyFile: key } } },
+    routes: [{ match: { path: '/' }, upstream: 'api' }],
+    logging: { level: 'info', accessLog: false },
+  })
+  for (let i = 0; i < 6; i++) t.equal((await send(f, `/pod/${i}`)).status, 200, `request ${i + 1}: served over mutual TLS`)
+  t.ok(backend.seen.every((s) => s.client === 'ferry-client'), 'every request came with the client certificate, whichever worker sent it')
+  copyFileSync(other.key, key)
+  const r = await (await fetch(`${f.adminUrl}/reload`, { method: 'POST' })).json() as { result: string, errors: string[] }
+  t.equal(r.result, 'refused', 'a key that does not match: the pod refuses the reload (every worker refused it)')
+  t.match(r.errors.join('\n'), /upstreams\.api\.tls\.keyFile: .*pod-client\.key does not match the certificate in upstreams\.api\.tls\.certFile/, 'naming upstreams.api.tls.keyFile')
+  t.equal((await send(f, '/pod/after')).status, 200, 'and keeps serving on the running config')
+})
