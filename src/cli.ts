@@ -4,6 +4,7 @@ import { formatAddress } from './discovery/source.js'
 import { parseArgs } from 'node:util'
 import { loadConfig } from './config/load.js'
 import { readTlsMaterial } from './front/tls.js'
+import { upstreamTlsProblems } from './upstream/registry.js'
 import { resolveAdminToken } from './admin/token.js'
 import { renderConfigReference, renderErrorReference } from './config/reference.js'
 import { isFerryError } from './errors.js'
@@ -181,7 +182,8 @@ async function main (argv: string[]): Promise<void> {
       const cfg = loadConfig(file)
       // The certificate files too: what would stop `start` (or be refused by a reload) stops here.
       const tls = cfg.listen.http.tls === undefined ? undefined : readTlsMaterial(cfg.listen.http.tls)
-      if (tls !== undefined && 'problems' in tls) fail(`${file}: ${tls.problems.length} TLS problem${tls.problems.length === 1 ? '' : 's'}\n  ${tls.problems.join('\n  ')}`)
+      const problems = [...(tls !== undefined && 'problems' in tls ? tls.problems : []), ...upstreamTlsProblems(cfg)]
+      if (problems.length > 0) fail(`${file}: ${problems.length} TLS problem${problems.length === 1 ? '' : 's'}\n  ${problems.join('\n  ')}`)
       process.stdout.write(`${file}: ok (${Object.keys(cfg.upstreams).length} upstreams, ${cfg.routes.length} routes)\n`)
       return
     }

@@ -412,7 +412,14 @@ export class Gateway {
       return refuse([(err as Error).message])
     }
     const upstreams = this.upstreams!
-    const set = upstreams.build(this.local(next))
+    let set: UpstreamSet
+    try {
+      set = upstreams.build(this.local(next))
+    } catch (err) {
+      // An upstream's TLS files (read again on every reload), each problem naming its field.
+      void edge.retire(this.edge)
+      return refuse((err as { problems?: string[] }).problems ?? [(err as Error).message])
+    }
     const diff = upstreams.changes(set)
     // Moved HTTP or admin listener: bind the new address while the old one still accepts; the old one
     // closes once the reload succeeded (its established connections continue).

@@ -6,7 +6,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { parse, stringify } from 'yaml'
 import { ConfigError, validateConfig } from '../src/config/load.js'
 import { deadPort, startRawBackend } from './helpers/backend.js'
-import { adminStatus, metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { adminStatus, metric, runCli, startFerry, tcpPort, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
 
 // ---------------------------------------------------------------------------------------------------
 // helpers
@@ -23,14 +23,6 @@ function tcpConfig (listeners: Array<Record<string, unknown>>, upstreams: Record
     routes: [{ upstream: 'web' }],
     logging: { level: 'info', accessLog: false },
   }
-}
-
-/** The port a TCP listener bound, from the gateway's `listening` log line. */
-function tcpPort (f: FerryProcess, name: string): number {
-  const rec = f.logs.find((r) => r.msg === 'listening') as { tcp?: Record<string, number> } | undefined
-  const p = rec?.tcp?.[name]
-  if (typeof p !== 'number' || p <= 0) throw new Error(`no bound port for tcp listener ${name} in the listening log line`)
-  return p
 }
 
 async function dial (port: number, opts: { localAddress?: string, allowHalfOpen?: boolean } = {}): Promise<Socket> {

@@ -1,7 +1,5 @@
-import { execFile } from 'node:child_process'
-import { copyFileSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { copyFileSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { connect as netConnect } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect as tlsConnect } from 'node:tls'
 import t, { type Test } from 'tap'
@@ -11,6 +9,7 @@ import { parse, stringify } from 'yaml'
 import { startBackend } from './helpers/backend.js'
 import { startMuxBackend } from './helpers/mux.js'
 import { metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { makePki, openssl, run, type Pki } from './helpers/pki.js'
 
 /**
  * TLS termination on the HTTP/WebSocket front (listen.http.tls, docs/tls.md), with real TLS clients on
@@ -19,52 +18,6 @@ import { metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess, ty
  */
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium'
-
-async function run (cmd: string, args: string[], input = ''): Promise<{ code: number, stdout: string, stderr: string }> {
-  return await new Promise((resolve) => {
-    const c = execFile(cmd, args, { timeout: 15_000 }, (err, stdout, stderr) => {
-      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr })
-    })
-    // A child that exits before reading its stdin (EPIPE) is not an error here.
-    c.stdin!.on('error', () => {})
-    c.stdin!.end(input)
-  })
-}
-
-async function openssl (args: string[]): Promise<string> {
-  const r = await run('openssl', args)
-  if (r.code !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`)
-  return r.stdout
-}
-
-/** A throwaway CA in a temp dir; `issue` signs a P-256 leaf for `sans` with a chosen serial. */
-interface Pki {
-  dir: string
-  ca: string
-  issue: (name: string, sans: string, serial: string, days?: number) => Promise<{ cert: string, key: string }>
-}
-
-async function makePki (t: Teardown): Promise<Pki> {
-  const dir = mkdtempSync(join(tmpdir(), 'ferry-tls-test-'))
-  t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
-  const ca = join(dir, 'ca.pem')
-  const caKey = join(dir, 'ca.key')
-  await openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', caKey, '-out', ca, '-days', '2', '-subj', '/CN=Ferry test CA'])
-  return {
-    dir,
-    ca,
-    issue: async (name, sans, serial, days = 1) => {
-      const key = join(dir, `${name}.key`)
-      const cert = join(dir, `${name}.pem`)
-      const csr = join(dir, `${name}.csr`)
-      const ext = join(dir, `${name}.ext`)
-      await openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${name}`])
-      writeFileSync(ext, `subjectAltName=${sans}\n`)
-      await openssl(['x509', '-req', '-in', csr, '-CA', ca, '-CAkey', caKey, '-set_serial', `0x${serial}`, '-days', String(days), '-extfile', ext, '-out', cert])
-      return { cert, key }
-    },
-  }
-}
 
 /** The serial (upper-case hex) of the certificate Ferry presents for `servername` (undefined: no SNI). */
 async function servedSerial (port: number, servername: string | undefined): Promise<string> {

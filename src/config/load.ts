@@ -37,11 +37,12 @@ export class ConfigError extends FerryError {
   }
 }
 
+/** An endpoint string (`host:port`, `[v6]:port`, optionally after a scheme: TLS is the upstream's, not the address's). */
 export function parseEndpoint (s: string): Endpoint {
   const m = ENDPOINT_RE.exec(s)
   if (m === null) throw new FerryError('FERRY_ERR_CONFIG_INVALID', `bad endpoint ${s}`)
-  const host = m[1]!
-  const port = Number(m[2])
+  const host = m[2]!
+  const port = Number(m[3])
   const address = `${host}:${port}`
   return { host: host.replace(/^\[|\]$/g, ''), port, address, origin: `http://${address}` }
 }

@@ -14,13 +14,23 @@ const positiveInt = z.number({ error: 'must be a positive integer' }).int({ erro
 const nonNegativeInt = z.number({ error: 'must be a non-negative integer' }).int({ error: 'must be a non-negative integer' }).min(0, { error: 'must be a non-negative integer' })
 const durationMs = (def: number, what: string) => positiveInt.default(def).describe(what)
 
-/** `host:port`, `[v6]:port` or `http://host:port`. */
-export const ENDPOINT_RE = /^(?:http:\/\/)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})\/?$/
+/**
+ * `host:port` or `[v6]:port`, optionally after a scheme: `http://` or `https://` (http upstreams),
+ * `ws://` or `wss://` (ws upstreams). Which scheme an upstream kind allows is checked by its schema.
+ */
+export const ENDPOINT_RE = /^(?:(https?|wss?):\/\/)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})\/?$/
 
-const endpoint = z.string().refine((s) => {
-  const p = Number(ENDPOINT_RE.exec(s)?.[2])
-  return p > 0 && p < 65536
-}, { error: 'must be host:port, [ipv6]:port or http://host:port with a port of 1-65535' })
+/** The scheme an endpoint string is written with (`https`, `wss`, ...), '' without one; undefined when it is no endpoint. */
+export function endpointScheme (s: string): string | undefined {
+  const m = ENDPOINT_RE.exec(s)
+  const p = Number(m?.[3])
+  return m !== null && p > 0 && p < 65536 ? m[1] ?? '' : undefined
+}
+
+/** An endpoint string whose scheme is one of `schemes` ('' for none). */
+const endpointWith = (schemes: readonly string[], error: string) => z.string({ error }).refine((s) => schemes.includes(endpointScheme(s) ?? '-'), { error })
+
+const endpoint = endpointWith(['', 'http', 'https'], 'must be host:port, [ipv6]:port, http://host:port or https://host:port with a port of 1-65535')
 
 const listener = (defHost: string, defPort: number) => z.strictObject({
   host: z.string().min(1).default(defHost).describe('Address to bind (0.0.0.0, 127.0.0.1, ::, ::1).'),
@@ -171,9 +181,26 @@ const sources = <T extends z.ZodOptional<z.ZodType<unknown[]>>>(endpointList: T)
   registry: registrySource.optional(),
 })
 
+/**
+ * TLS towards an upstream's endpoints, one shape for the four kinds (nginx's proxy_ssl_*, Envoy's
+ * UpstreamTlsContext): what to trust, what to present, which name to ask for and check. The files are
+ * read and checked when the upstream is built (start, every reload), each problem naming its field.
+ */
+const upstreamTls = z.strictObject({
+  enabled: z.boolean().default(true).describe('Speak TLS to the endpoints. `false` keeps the block but speaks plain.'),
+  caFile: z.string().min(1).optional().describe('PEM file of the CA certificate(s) an endpoint\'s certificate must chain to (nginx `proxy_ssl_trusted_certificate`, Envoy `trusted_ca`). Absent: Node\'s bundled public CAs (plus `NODE_EXTRA_CA_CERTS`).'),
+  certFile: z.string().min(1).optional().describe('Client certificate Ferry presents when an endpoint asks for one (mutual TLS; nginx `proxy_ssl_certificate`): PEM, the certificate first, then its intermediates. Needs `keyFile`; checked at load (PEM, matches its key, valid now).'),
+  keyFile: z.string().min(1).optional().describe('PEM private key of `certFile` (nginx `proxy_ssl_certificate_key`).'),
+  passphraseFile: z.string().min(1).optional().describe('File holding the passphrase of an encrypted `keyFile` (nginx `proxy_ssl_password_file`); trailing newlines are ignored.'),
+  serverName: hostName.optional().describe('Name sent as SNI and checked against the endpoint\'s certificate (nginx `proxy_ssl_name`, Envoy `sni`). Absent: the endpoint\'s host when it is a DNS name; for an IP address no SNI is sent and the certificate must carry that IP address.'),
+  rejectUnauthorized: z.boolean().default(true).describe('Verify each endpoint\'s certificate (its chain to `caFile` or the public CAs, its dates, and its name). `false` encrypts without knowing who answers: a warning is logged when the upstream is built.'),
+})
+
+const tlsOf = (what: string, scheme?: string): z.ZodOptional<typeof upstreamTls> => upstreamTls.optional().describe(`TLS towards the endpoints: ${what} (docs/tls.md, "TLS to upstreams"). The files are read and checked when the upstream is built: at start a bad one stops the process; a reload reads them again, refuses a bad one naming its field (the running config stays), and rebuilds an upstream whose files changed. Absent: plain${scheme !== undefined ? `, unless the endpoints are written ${scheme}://host:port` : ''}.`)
+
 const httpUpstream = z.strictObject({
-  protocol: z.literal('http').describe('Plain HTTP/1.1 with keep-alive towards the backend.'),
-  ...sources(z.array(labelled(endpoint)).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port`, or `{ address, labels }` for an endpoint a route\'s `split` selects by label (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
+  protocol: z.literal('http').describe('HTTP/1.1 with keep-alive towards the backend (over TLS with `tls`, or `https://` endpoints).'),
+  ...sources(z.array(labelled(endpoint)).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port`, `http://host:port` or `https://host:port` (https: TLS, see `tls`), or `{ address, labels }` for an endpoint a route\'s `split` selects by label (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
   balance: z.enum(['round-robin', 'least-connections']).default('round-robin').describe('How a request picks among healthy endpoints.'),
   healthCheck: healthCheckHttp,
   whenAllUnhealthy,
@@ -184,13 +211,12 @@ const httpUpstream = z.strictObject({
   }).prefault({}).describe('Retry policy.'),
   ejection: ejection.describe('Passive health: endpoints that keep failing are taken out for a while.'),
   drain: endpointDrainHttp,
+  tls: tlsOf('https for requests, WebSocket upgrades passed through (wss) and health checks', 'https'),
 })
 
-/** `host:port` or `[v6]:port`: a TCP upstream has no scheme. */
-const tcpEndpoint = z.string({ error: 'must be host:port (labels are for routes to http, ws and mux upstreams; a tcp upstream has no route to split it)' }).refine((s) => {
-  const p = Number(ENDPOINT_RE.exec(s)?.[2])
-  return !s.startsWith('http://') && p > 0 && p < 65536
-}, { error: 'must be host:port or [ipv6]:port with a port of 1-65535' })
+/** `host:port` or `[v6]:port`: a TCP upstream has no scheme (TLS is its `tls`). */
+const tcpEndpoint = z.string({ error: 'must be host:port (labels are for routes to http, ws and mux upstreams; a tcp upstream has no route to split it)' })
+  .refine((s) => endpointScheme(s) === '', { error: 'must be host:port or [ipv6]:port with a port of 1-65535 (no scheme: TLS is set by tls)' })
 
 const tcpUpstream = z.strictObject({
   protocol: z.literal('tcp').describe('Raw TCP passthrough: each client connection gets its own backend connection (see `listen.tcp`).'),
@@ -209,18 +235,15 @@ const tcpUpstream = z.strictObject({
     ejectMs: durationMs(10000, 'How long an ejected endpoint gets no new connections (then one is tried again). When every endpoint is ejected, see `whenAllUnhealthy`.'),
     maxEjectMs,
   }).prefault({}).describe('Passive health: endpoints whose connects keep failing are taken out for a while.'),
+  tls: tlsOf('each backend connection is a TLS connection that carries the client\'s bytes (a PROXY header goes before the handshake, in the clear); health checks complete a handshake'),
 })
 
-/** `host:port`, `[v6]:port` or `ws://host:port`: a passthrough WebSocket backend. */
-const wsEndpoint = z.string().refine((s) => {
-  const m = /^(?:ws:\/\/)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})\/?$/.exec(s)
-  const p = Number(m?.[2])
-  return p > 0 && p < 65536
-}, { error: 'must be host:port, [ipv6]:port or ws://host:port with a port of 1-65535' })
+/** `host:port`, `[v6]:port`, `ws://host:port` or `wss://host:port`: a passthrough WebSocket backend. */
+const wsEndpoint = endpointWith(['', 'ws', 'wss'], 'must be host:port, [ipv6]:port, ws://host:port or wss://host:port with a port of 1-65535')
 
 const wsUpstream = z.strictObject({
   protocol: z.literal('ws').describe('WebSocket passthrough: each client session gets its own WebSocket to an unmodified backend (path, query, subprotocols and `websocket.forwardHeaders` forwarded; close codes propagated).'),
-  ...sources(z.array(labelled(wsEndpoint)).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port` or `ws://host:port`, or `{ address, labels }` for an endpoint a route\'s `split` selects by label (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
+  ...sources(z.array(labelled(wsEndpoint)).min(1, { error: 'must list at least one endpoint' }).optional().describe('Backend addresses, `host:port`, `ws://host:port` or `wss://host:port` (wss: TLS, see `tls`), or `{ address, labels }` for an endpoint a route\'s `split` selects by label (a static set). Give exactly one of `endpoints`, `dns`, `registry`.')),
   balance: z.enum(['round-robin', 'least-connections', 'hash']).default('round-robin')
     .describe('How a session picks among healthy endpoints. `hash`: rendezvous hash of the client IP.'),
   boundedLoadFactor,
@@ -231,6 +254,7 @@ const wsUpstream = z.strictObject({
   }).prefault({}).describe('Deadlines Ferry enforces towards the backend.'),
   ejection: ejection.describe('Passive health: endpoints whose handshakes keep failing are taken out for a while.'),
   drain: endpointDrainWs,
+  tls: tlsOf('wss for sessions and health checks', 'wss'),
 })
 
 const muxUpstream = z.strictObject({
@@ -244,12 +268,7 @@ const muxUpstream = z.strictObject({
   pool: z.strictObject({
     links: z.number().int().min(1).max(64).default(4).describe('Links (TCP connections) kept open to each endpoint; every session of this upstream is a stream on one of them.'),
   }).prefault({}).describe('Links per endpoint.'),
-  tls: z.strictObject({
-    enabled: z.boolean().default(false).describe('Wrap each link in TLS.'),
-    caFile: z.string().min(1).optional().describe('PEM file of the CA(s) that sign the backend certificate. Absent: the system store.'),
-    serverName: z.string().min(1).optional().describe('SNI and certificate name to check. Absent: the endpoint host.'),
-    rejectUnauthorized: z.boolean().default(true).describe('Refuse backends whose certificate does not verify.'),
-  }).prefault({}).describe('TLS towards the backend.'),
+  tls: tlsOf('each link is a TLS connection (`ferry/backend` serves one with createMuxServer\'s `tls` option)'),
   flow: z.strictObject({
     initialWindow: z.number().int().min(16384).max(16 * 1024 * 1024).default(262144)
       .describe('Per-stream credit in bytes Ferry grants the backend (and asks for); a stream whose client is not reading stops at this many bytes in flight.'),
@@ -611,6 +630,7 @@ export const configSchema = z.strictObject({
     if (u.ejection.ejectMs > u.ejection.maxEjectMs) {
       ctx.addIssue({ code: 'custom', path: ['upstreams', name, 'ejection', 'maxEjectMs'], input: u.ejection.maxEjectMs, message: `must be at least ejection.ejectMs (${u.ejection.ejectMs})` })
     }
+    checkUpstreamTls(name, u, ctx)
   }
   // A body larger than what the buffer budgets allow one client could never be buffered: every such request would be refused.
   const budget = Math.min(...[cfg.limits.maxBufferedBodyBytes, cfg.limits.maxBufferedBodyBytesPerIp].filter((n) => n > 0))
@@ -713,6 +733,47 @@ export const configSchema = z.strictObject({
   })
 })
 
+type IssueSink = { addIssue: (i: { code: 'custom', path: Array<string | number>, input: unknown, message: string }) => void }
+
+/** The scheme of TLS endpoints and of plain ones, for the kinds whose endpoints may say it. */
+const SCHEMES: Partial<Record<UpstreamConfig['protocol'], { secure: string, plain: string }>> = { http: { secure: 'https', plain: 'http' }, ws: { secure: 'wss', plain: 'ws' } }
+
+/**
+ * An upstream's `tls` block and its endpoints' schemes agree: a client key goes with its certificate,
+ * and an endpoint written `https://` (`wss://`) is not on an upstream whose tls says `enabled: false`,
+ * nor one written `http://` (`ws://`) on an upstream that speaks TLS.
+ */
+function checkUpstreamTls (name: string, u: UpstreamConfig, ctx: IssueSink): void {
+  const tls = u.tls
+  const at = (field: string): Array<string | number> => ['upstreams', name, 'tls', field]
+  if (tls?.certFile !== undefined && tls.keyFile === undefined) ctx.addIssue({ code: 'custom', path: at('keyFile'), input: undefined, message: 'is required with tls.certFile (the client certificate\'s private key)' })
+  if (tls?.keyFile !== undefined && tls.certFile === undefined) ctx.addIssue({ code: 'custom', path: at('certFile'), input: undefined, message: 'is required with tls.keyFile (the client certificate the key belongs to)' })
+  if (tls?.passphraseFile !== undefined && tls.keyFile === undefined) ctx.addIssue({ code: 'custom', path: at('passphraseFile'), input: tls.passphraseFile, message: 'opens an encrypted tls.keyFile; give keyFile and certFile with it' })
+  const schemes = SCHEMES[u.protocol]
+  if (schemes === undefined || u.endpoints === undefined) return
+  const written = u.endpoints.map((e) => endpointScheme(endpointEntry(e).address))
+  const secure = tls !== undefined ? tls.enabled : written.includes(schemes.secure)
+  u.endpoints.forEach((e, i) => {
+    const path: Array<string | number> = typeof e === 'string' ? ['upstreams', name, 'endpoints', i] : ['upstreams', name, 'endpoints', i, 'address']
+    const address = endpointEntry(e).address
+    if (written[i] === schemes.secure && !secure) ctx.addIssue({ code: 'custom', path, input: address, message: `says ${schemes.secure}:// but tls.enabled is false` })
+    if (written[i] === schemes.plain && secure) ctx.addIssue({ code: 'custom', path, input: address, message: `says ${schemes.plain}:// but the upstream speaks TLS (${tls !== undefined ? 'its tls block' : `another endpoint is written ${schemes.secure}://`}); write host:port or ${schemes.secure}://host:port` })
+  })
+}
+
+/** TLS settings of an upstream whose endpoints say `https://` or `wss://` and that has no `tls` block. */
+const IMPLIED_TLS = upstreamTls.parse({})
+
+/**
+ * The TLS an upstream speaks: its `tls` block when enabled, the defaults (public CAs, verification on)
+ * when it has none and its endpoints are written `https://` or `wss://`, else undefined (plain).
+ */
+export function upstreamTlsSettings (u: UpstreamConfig): UpstreamTlsConfig | undefined {
+  if (u.tls !== undefined) return u.tls.enabled ? u.tls : undefined
+  const secure = SCHEMES[u.protocol]?.secure
+  return secure !== undefined && u.endpoints?.some((e) => endpointScheme(endpointEntry(e).address) === secure) === true ? IMPLIED_TLS : undefined
+}
+
 /** A static endpoint list entry's address and labels (a plain string has none). */
 export function endpointEntry (e: string | { readonly address: string, readonly labels: Readonly<Record<string, string>> }): { address: string, labels: Readonly<Record<string, string>> } {
   return typeof e === 'string' ? { address: e, labels: {} } : e
@@ -729,7 +790,7 @@ type SplitInput = z.output<typeof routeSplit>
  * endpoints) every subset's labels carried by some endpoint. DNS endpoints carry no labels, so a split of
  * a dns upstream could never match; a registry's labels appear at run time (the gateway warns).
  */
-export function checkSplit (split: SplitInput, upstreamName: string, u: { protocol: string, endpoints?: ReadonlyArray<string | { address: string, labels: Readonly<Record<string, string>> }> | undefined, dns?: unknown } | undefined, path: Array<string | number>, ctx: { addIssue: (i: { code: 'custom', path: Array<string | number>, input: unknown, message: string }) => void }): void {
+export function checkSplit (split: SplitInput, upstreamName: string, u: { protocol: string, endpoints?: ReadonlyArray<string | { address: string, labels: Readonly<Record<string, string>> }> | undefined, dns?: unknown } | undefined, path: Array<string | number>, ctx: IssueSink): void {
   const sum = split.subsets.reduce((n, s) => n + s.weight, 0)
   if (sum !== 100) {
     ctx.addIssue({ code: 'custom', path: [...path, 'subsets'], input: split.subsets.map((s) => s.weight), message: `weights must sum to 100 (got ${sum}: ${split.subsets.map((s) => `${subsetName(s)} ${s.weight}`).join(' + ')})` })
@@ -765,6 +826,7 @@ export type HttpUpstreamConfig = Extract<UpstreamConfig, { protocol: 'http' }>
 export type TcpUpstreamConfig = Extract<UpstreamConfig, { protocol: 'tcp' }>
 export type WsUpstreamConfig = Extract<UpstreamConfig, { protocol: 'ws' }>
 export type MuxUpstreamConfig = Extract<UpstreamConfig, { protocol: 'mux' }>
+export type UpstreamTlsConfig = z.output<typeof upstreamTls>
 export type WebSocketRouteConfig = z.output<typeof websocketRoute>
 export type TcpListenerConfig = ParsedConfig['listen']['tcp'][number]
 export type HttpTlsConfig = NonNullable<ParsedConfig['listen']['http']['tls']>

@@ -42,8 +42,14 @@ export interface PendingConnect {
 export interface TcpTarget {
   readonly name: string
   readonly cfg: Pick<TcpUpstreamConfig, 'balance'>
-  /** Starts getting a backend connection for `owner` (its outcome arrives through the owner); `key` is the client's hashKey for the 'hash' policy. */
-  connect (owner: ConnectOwner, key: number | undefined, opts: UpstreamSocketOptions): PendingConnect | undefined
+  /**
+   * Starts getting a backend connection for `owner` (its outcome arrives through the owner); `key` is the
+   * client's hashKey for the 'hash' policy. `preface` (a PROXY header) is written first on the backend's
+   * TCP connection, before a TLS handshake when the upstream speaks TLS.
+   */
+  connect (owner: ConnectOwner, key: number | undefined, opts: UpstreamSocketOptions, preface?: Buffer): PendingConnect | undefined
   /** The owner of a connected backend socket calls this once after it closed. */
   release (ep: TcpBackend): void
+  /** A connected backend socket failed with `err`: a TLS failure comes back (counted and logged by the upstream), anything else undefined. */
+  socketError (ep: TcpBackend, err: Error): FerryError | undefined
 }

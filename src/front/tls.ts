@@ -1,27 +1,16 @@
-import { createHash, createPrivateKey, X509Certificate } from 'node:crypto'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { AppOptions, HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import type { Logger } from 'pino'
 import type { HttpTlsConfig } from '../config/schema.js'
 import { FerryError } from '../errors.js'
+import { TlsFiles, type CertPair } from '../net/tls.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Uws } from './uws.js'
 
-/** One certificate and its key, read and checked; `field` is its config path (`listen.http.tls.sni[0]`). */
-export interface CertPair {
-  readonly field: string
-  readonly cert: Buffer
-  readonly key: Buffer
-  /** Hex serial of the leaf certificate, for logs and /status. */
-  readonly serial: string
-  readonly notAfter: string
-  /** DNS names of the leaf's subjectAltName (IP addresses are not SNI names). */
-  readonly dnsNames: readonly string[]
-  /** sha256 of cert, key and passphrase: what changed means a new context. */
-  readonly fingerprint: string
-}
+export type { CertPair } from '../net/tls.js'
 
 /** Everything listen.http.tls names, read from disk and checked. */
 export interface TlsMaterial {
@@ -39,51 +28,14 @@ const PROBLEM_FIELD = 'listen.http.tls'
  * process (SIGSEGV) when addServerName gets a file it cannot use, so nothing reaches it unchecked.
  */
 export function readTlsMaterial (cfg: HttpTlsConfig, now = Date.now()): TlsMaterial | { problems: string[] } {
-  const problems: string[] = []
-  const read = (field: string, path: string): Buffer | undefined => {
-    try {
-      return readFileSync(path)
-    } catch (err) {
-      problems.push(`${field}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`)
-      return undefined
-    }
-  }
-  let passphrase: string | undefined
-  if (cfg.passphraseFile !== undefined) passphrase = read(`${PROBLEM_FIELD}.passphraseFile`, cfg.passphraseFile)?.toString('utf8').replace(/[\r\n]+$/, '')
-  const pair = (field: string, certFile: string, keyFile: string): CertPair | undefined => {
-    const cert = read(`${field}.certFile`, certFile)
-    const key = read(`${field}.keyFile`, keyFile)
-    if (cert === undefined || key === undefined) return undefined
-    let x509: X509Certificate
-    try {
-      x509 = new X509Certificate(cert)
-    } catch (err) {
-      problems.push(`${field}.certFile: ${certFile} is not a PEM certificate (${(err as Error).message})`)
-      return undefined
-    }
-    const notAfter = Date.parse(x509.validTo)
-    const notBefore = Date.parse(x509.validFrom)
-    let ok = true
-    if (!(notAfter > now)) { problems.push(`${field}.certFile: ${certFile} (serial ${x509.serialNumber}) expired on ${new Date(notAfter).toISOString()}`); ok = false }
-    if (notBefore > now) { problems.push(`${field}.certFile: ${certFile} (serial ${x509.serialNumber}) is not valid before ${new Date(notBefore).toISOString()}`); ok = false }
-    try {
-      const k = createPrivateKey({ key, format: 'pem', ...(passphrase !== undefined ? { passphrase } : {}) })
-      if (!x509.checkPrivateKey(k)) { problems.push(`${field}.keyFile: ${keyFile} does not match the certificate in ${field}.certFile (serial ${x509.serialNumber})`); ok = false }
-    } catch (err) {
-      problems.push(`${field}.keyFile: ${keyFile} is not a usable PEM private key${cfg.passphraseFile === undefined ? ' (an encrypted key needs listen.http.tls.passphraseFile)' : ' (or the passphrase is wrong)'} (${(err as Error).message})`)
-      return undefined
-    }
-    if (!ok) return undefined
-    const dnsNames = (x509.subjectAltName ?? '').split(/,\s*/).filter((s) => s.startsWith('DNS:')).map((s) => s.slice(4).toLowerCase())
-    const fingerprint = createHash('sha256').update(cert).update('\0').update(key).update('\0').update(passphrase ?? '').digest('hex')
-    return { field, cert, key, serial: x509.serialNumber, notAfter: new Date(notAfter).toISOString(), dnsNames, fingerprint }
-  }
-  const def = pair(PROBLEM_FIELD, cfg.certFile, cfg.keyFile)
-  const sni = cfg.sni.map((e, i) => ({ names: e.serverNames.map((n) => n.toLowerCase()), pair: pair(`${PROBLEM_FIELD}.sni[${i}]`, e.certFile, e.keyFile) }))
-  if (problems.length > 0 || def === undefined) return { problems }
+  const files = new TlsFiles(now)
+  const passphrase = files.passphrase(`${PROBLEM_FIELD}.passphraseFile`, cfg.passphraseFile)
+  const def = files.pair(PROBLEM_FIELD, cfg.certFile, cfg.keyFile, passphrase)
+  const sni = cfg.sni.map((e, i) => ({ names: e.serverNames.map((n) => n.toLowerCase()), pair: files.pair(`${PROBLEM_FIELD}.sni[${i}]`, e.certFile, e.keyFile, passphrase) }))
+  if (files.problems.length > 0 || def === undefined) return { problems: files.problems }
   const all = createHash('sha256').update(def.fingerprint)
   for (const e of sni) all.update(e.names.join(',')).update(e.pair!.fingerprint)
-  return { passphrase, default: def, sni: sni.map((e) => ({ names: e.names, pair: e.pair! })), fingerprint: all.digest('hex') }
+  return { passphrase: passphrase.value, default: def, sni: sni.map((e) => ({ names: e.names, pair: e.pair! })), fingerprint: all.digest('hex') }
 }
 
 /**

@@ -37,6 +37,8 @@ export type ConnectionState = 'hello' | 'ready' | 'draining' | 'closed'
 export interface ConnectionEnd {
   code: string
   message: string
+  /** The socket error behind it, when there was one (a TLS alert tells its owner more than the message). */
+  cause?: Error
 }
 
 export interface ConnectionHandler {
@@ -98,7 +100,7 @@ export class MuxConnection {
     this.decoder = new FrameDecoder(opts.maxFrameBytes, (f) => { this.onFrame(f) })
     socket.setNoDelay(true)
     socket.on('data', (chunk: Buffer) => { this.onData(chunk) })
-    socket.on('error', (err) => { this.destroy({ code: 'FERRY_ERR_WS_UPSTREAM_LOST', message: `link socket error: ${err.message}` }) })
+    socket.on('error', (err) => { this.destroy({ code: 'FERRY_ERR_WS_UPSTREAM_LOST', message: `link socket error: ${err.message}`, cause: err }) })
     socket.on('close', () => { this.destroy({ code: 'FERRY_ERR_WS_UPSTREAM_LOST', message: 'link closed by peer' }) })
     socket.on('end', () => { socket.end() })
     const hello: Hello = {

@@ -46,6 +46,7 @@ export class Metrics {
   readonly tcpBytes: Counter<'listener' | 'direction'>
   readonly tcpDuration: Histogram<'listener'>
   readonly tcpConnectFailures: Counter<'upstream' | 'endpoint' | 'code'>
+  readonly upstreamTlsFailures: Counter<'upstream' | 'endpoint' | 'reason'>
   readonly wsSessions: Gauge<'route' | 'mode'>
   readonly wsSessionsTotal: Counter<'route' | 'mode'>
   readonly wsUpgradeFailures: Counter<'route' | 'code'>
@@ -128,6 +129,7 @@ export class Metrics {
     this.tcpBytes = new Counter({ name: 'ferry_tcp_bytes_total', help: 'Bytes passed through TCP listeners, by direction (to_upstream = client→backend, to_client = backend→client). Updated at scrape time.', labelNames: ['listener', 'direction'], registers: r })
     this.tcpDuration = new Histogram({ name: 'ferry_tcp_connection_seconds', help: 'Lifetime of TCP client connections, accept to close.', labelNames: ['listener'], buckets: [0.001, 0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 14400, 86400], registers: r })
     this.tcpConnectFailures = new Counter({ name: 'ferry_tcp_connect_failures_total', help: 'Failed connect attempts to a TCP upstream endpoint (each failover attempt counts), by error code.', labelNames: ['upstream', 'endpoint', 'code'], registers: r })
+    this.upstreamTlsFailures = new Counter({ name: 'ferry_upstream_tls_failures_total', help: 'Failed TLS handshakes with upstream endpoints (upstreams with tls), by reason: verify (the certificate does not chain to tls.caFile or the public CAs, or is expired), name (it does not name tls.serverName or the endpoint host), refused (the endpoint sent an alert: it refused Ferry\'s client certificate, or wanted one), protocol (no TLS spoken, nothing in common). Health checks count too.', labelNames: ['upstream', 'endpoint', 'reason'], registers: r })
     // WebSocket sessions (mode: ws = passthrough, mux = streams over links).
     this.wsSessions = new Gauge({ name: 'ferry_ws_sessions', help: 'Open client WebSocket sessions, by route and mode (ws = passthrough, mux = stream over a link).', labelNames: ['route', 'mode'], registers: r })
     this.wsSessionsTotal = new Counter({ name: 'ferry_ws_sessions_total', help: 'Client WebSocket sessions opened (upgrade completed), by route and mode.', labelNames: ['route', 'mode'], registers: r })

@@ -128,7 +128,10 @@ export class TcpConnection implements ConnectOwner {
     this.ipSlot = this.clientIp
     this.to('connecting')
     const key = this.ctx.upstream.cfg.balance === 'hash' ? hashKey(this.clientIp) : undefined
-    const attempt = this.ctx.upstream.connect(this, key, this.ctx.socketOptions)
+    // The PROXY header is the first thing on the backend's TCP connection (before a TLS handshake): the upstream writes it.
+    const mode = this.ctx.cfg.proxyProtocol
+    const preface = mode === 'off' ? undefined : mode === 'v1' ? encodeProxyV1(this.addresses()) : encodeProxyV2(this.addresses())
+    const attempt = this.ctx.upstream.connect(this, key, this.ctx.socketOptions, preface)
     // connect() may already have reported a failure (and closed us) before returning
     if (this.state === 'connecting') this.attempt = attempt
   }
@@ -183,18 +186,12 @@ export class TcpConnection implements ConnectOwner {
     socket.on('data', this.onUpstreamData)
     socket.on('drain', this.onUpstreamDrain)
     this.client.on('drain', this.onClientDrain)
-    const mode = this.ctx.cfg.proxyProtocol
     const pending = this.pending
     this.pending = undefined
-    if (mode !== 'off' || pending !== undefined) {
-      socket.cork()
-      if (mode !== 'off') socket.write(mode === 'v1' ? encodeProxyV1(this.addresses()) : encodeProxyV2(this.addresses()))
-      if (pending !== undefined) {
-        this.bytesToUpstream += pending.length
-        this.ctx.bytes.toUpstream += pending.length
-        socket.write(pending)
-      }
-      socket.uncork()
+    if (pending !== undefined) {
+      this.bytesToUpstream += pending.length
+      this.ctx.bytes.toUpstream += pending.length
+      socket.write(pending)
     }
     if (this.up === 'ended') {
       socket.end()
@@ -263,7 +260,10 @@ export class TcpConnection implements ConnectOwner {
   }
 
   private readonly onUpstreamError = (err: NodeJS.ErrnoException): void => {
-    this.close('abort', 'FERRY_ERR_UPSTREAM_RESET', `backend ${this.ep?.address ?? ''} socket: ${err.code ?? err.message}`)
+    // A TLS failure after the handshake (a client certificate refused under TLS 1.3) is the upstream's to count and log.
+    const tls = this.ep !== undefined ? this.ctx.upstream.socketError(this.ep, err) : undefined
+    if (tls !== undefined) this.close('abort', tls.code, tls.message)
+    else this.close('abort', 'FERRY_ERR_UPSTREAM_RESET', `backend ${this.ep?.address ?? ''} socket: ${err.code ?? err.message}`)
   }
 
   private readonly onClientClose = (): void => {

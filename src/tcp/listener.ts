@@ -211,7 +211,8 @@ export class TcpListener implements ListenerContext {
 
   report (conn: TcpConnection, code: FerryErrorCode, detail: string): void {
     // Resets and idle closes are ordinary life for TCP; only bad input and backend trouble are warnings.
-    if (code === 'FERRY_ERR_TCP_CLIENT_RESET' || code === 'FERRY_ERR_TCP_IDLE' || code === 'FERRY_ERR_TCP_SHUTDOWN') {
+    // A TLS failure was logged by the upstream already, once per endpoint and reason.
+    if (code === 'FERRY_ERR_TCP_CLIENT_RESET' || code === 'FERRY_ERR_TCP_IDLE' || code === 'FERRY_ERR_TCP_SHUTDOWN' || code === 'FERRY_ERR_UPSTREAM_TLS') {
       if (this.log.isLevelEnabled('debug')) this.log.debug({ listener: this.name, code, peer: conn.peer }, detail)
       return
     }

@@ -17,6 +17,9 @@ import { HttpUpstream } from './http/pool.js'
 import { AffinityPlacement } from '../affinity/placement.js'
 import { TcpUpstream } from './tcp/upstream.js'
 import { createWsUpstream, type WsUpstreamDeps } from './ws-upstreams.js'
+import { readAllUpstreamTls, UpstreamTlsClient, type UpstreamTlsMaterial } from './tls.js'
+// `ferry check` reads the upstreams' TLS files as a build would: outside upstream/, only the registry is imported.
+export { upstreamTlsProblems } from './tls.js'
 
 /** One config entry's upstreams: built for a config, or kept from the running set while its config is the same. */
 interface Entry {
@@ -93,19 +96,26 @@ export class UpstreamRegistry {
     return this.running
   }
 
-  /** Builds the upstreams of `cfg`, keeping the running ones whose config did not change. They run once `commit`ted. */
+  /**
+   * Builds the upstreams of `cfg`, keeping the running ones whose config (and TLS files) did not change.
+   * They run once `commit`ted. Every upstream's TLS files are read first: a bad one throws
+   * UpstreamTlsFilesError (`problems`, each naming its field) before anything is built.
+   */
   build (cfg: Config): UpstreamSet {
+    const tls = readAllUpstreamTls(cfg)
     const prev = this.running.entries
     const entries = new Map<string, Entry>()
     const http = new Map<string, ExchangeContext>()
     for (const [name, ucfg] of Object.entries(cfg.upstreams)) {
-      const key = canonicalJson(ucfg)
+      const material = tls.get(name)
+      // Renewed files (same paths, new contents) make a new upstream: new connections use them.
+      const key = canonicalJson(ucfg) + (material !== undefined ? `\0${material.fingerprint}` : '')
       const kept = prev.get(name)
       let entry: Entry
       if (kept?.key === key) {
         entry = kept
         entry.source.start()
-      } else entry = this.create(name, key, ucfg)
+      } else entry = this.create(name, key, ucfg, material)
       entries.set(name, entry)
       if (entry.http !== undefined && ucfg.protocol === 'http') {
         http.set(name, exchangeContext({
@@ -123,9 +133,10 @@ export class UpstreamRegistry {
   }
 
   /** A new entry for `ucfg`: its source and instances, attached to the endpoint drainer from now on. */
-  private create (name: string, key: string, ucfg: UpstreamConfig): Entry {
+  private create (name: string, key: string, ucfg: UpstreamConfig, material: UpstreamTlsMaterial | undefined): Entry {
     const { metrics } = this.deps
     const log = this.deps.log.child({ upstream: name })
+    const tls = material !== undefined ? new UpstreamTlsClient(name, material, log, metrics) : undefined
     const source = createEndpointSource(name, ucfg, { log, metrics })
     source.start()
     const instances = new Map<Upstream, readonly EndpointCarrier[]>()
@@ -135,22 +146,23 @@ export class UpstreamRegistry {
     }
     const base = { key, protocol: ucfg.protocol, source, instances }
     if (ucfg.protocol === 'tcp') {
-      const tcp = new TcpUpstream(name, ucfg, log, metrics, source)
+      const tcp = new TcpUpstream(name, ucfg, log, metrics, source, tls)
       own(tcp, [carrierWithoutSessions(name, tcp.set)])
       return { ...base, primary: tcp, tcp }
     }
     if (ucfg.protocol === 'ws' || ucfg.protocol === 'mux') {
-      const { upstream: ws, carrier } = createWsUpstream(name, ucfg, log, metrics, source, this.deps.ws)
+      const { upstream: ws, carrier } = createWsUpstream(name, ucfg, log, metrics, source, this.deps.ws, tls)
       own(ws, [carrier])
       return { ...base, primary: ws, ws }
     }
     // Sticky sessions (route affinity) keep their records in the gateway's affinity store, like the twin's.
     const store = this.deps.ws.store
-    const http = new HttpUpstream(name, ucfg, log, metrics, source, store !== undefined ? new AffinityPlacement(store, this.deps.ws.gatewayId, this.deps.ws.ttlMs ?? 600_000) : undefined)
+    const http = new HttpUpstream(name, ucfg, log, metrics, source, store !== undefined ? new AffinityPlacement(store, this.deps.ws.gatewayId, this.deps.ws.ttlMs ?? 600_000) : undefined, tls)
     // WebSocket upgrades on routes to this HTTP upstream go to its endpoints 1:1 (what nginx does with
     // Upgrade headers), as a passthrough upstream of its own (metrics label `NAME:ws`) on the same source.
     // It reads the HTTP upstream's active checks instead of probing every endpoint a second time (the
-    // HTTP upstream subscribed to the source first, so its members exist when the twin's are made).
+    // HTTP upstream subscribed to the source first, so its members exist when the twin's are made), and
+    // speaks wss to https endpoints with the same TLS client.
     const twin = createWsUpstream(`${name}:ws`, {
       protocol: 'ws',
       balance: ucfg.balance,
@@ -159,7 +171,8 @@ export class UpstreamRegistry {
       healthCheck: undefined,
       whenAllUnhealthy: ucfg.whenAllUnhealthy,
       drain: ucfg.drain,
-    }, log, metrics, source, this.deps.ws, { configName: name, sharedHealth: (address) => http.set.member(address)?.checked })
+      tls: undefined,
+    }, log, metrics, source, this.deps.ws, tls, { configName: name, sharedHealth: (address) => http.set.member(address)?.checked })
     // One upstream name, two instances: an operator drain holds both (requests and sessions).
     own(http, [carrierWithoutSessions(name, http.set)])
     own(twin.upstream, [twin.carrier])

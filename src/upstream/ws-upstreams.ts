@@ -11,6 +11,7 @@ import type { RouteSplit } from '../routing/split.js'
 import type { ActiveHealth } from './health.js'
 import { MuxUpstream } from './mux/upstream.js'
 import { WsPassthroughUpstream } from './ws/upstream.js'
+import type { UpstreamTlsClient } from './tls.js'
 
 /** What WebSocket upstreams share with the gateway. */
 export interface WsUpstreamDeps {
@@ -35,16 +36,16 @@ export interface TwinOf {
 
 /**
  * Builds the upstream that carries WebSocket sessions for a `ws` or `mux` config entry (or an HTTP
- * upstream's twin, `twin`); its endpoints come from `source`. Also returns what the gateway's
+ * upstream's twin, `twin`); its endpoints come from `source`; `tls`: its TLS client (undefined: plain). Also returns what the gateway's
  * EndpointDrainer moves sessions off its leaving endpoints through.
  */
-export function createWsUpstream (name: string, cfg: WsUpstreamConfig | MuxUpstreamConfig, log: Logger, metrics: Metrics, source: EndpointSource, deps: WsUpstreamDeps, twin?: TwinOf): { upstream: WsUpstream, carrier: EndpointCarrier } {
+export function createWsUpstream (name: string, cfg: WsUpstreamConfig | MuxUpstreamConfig, log: Logger, metrics: Metrics, source: EndpointSource, deps: WsUpstreamDeps, tls: UpstreamTlsClient | undefined, twin?: TwinOf): { upstream: WsUpstream, carrier: EndpointCarrier } {
   const placement = deps.store !== undefined ? new AffinityPlacement(deps.store, deps.gatewayId, deps.ttlMs ?? 600_000) : undefined
   if (cfg.protocol === 'mux') {
-    const upstream = new MuxUpstream(name, cfg, log, metrics, source, { gatewayId: deps.gatewayId, placement, tokens: deps.tokens, routeSplit: deps.routeSplit })
+    const upstream = new MuxUpstream(name, cfg, log, metrics, source, { gatewayId: deps.gatewayId, placement, tokens: deps.tokens, routeSplit: deps.routeSplit, tls })
     return { upstream, carrier: muxCarrier(name, upstream, cfg) }
   }
-  const upstream = new WsPassthroughUpstream(name, cfg, log, metrics, source, { placement, sharedHealth: twin?.sharedHealth, configName: twin?.configName })
+  const upstream = new WsPassthroughUpstream(name, cfg, log, metrics, source, { placement, sharedHealth: twin?.sharedHealth, configName: twin?.configName, tls })
   return { upstream, carrier: upstream.carrier }
 }
 

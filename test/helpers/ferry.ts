@@ -103,6 +103,14 @@ export async function startFerry (t: Teardown, config: Record<string, unknown>, 
   }
 }
 
+/** The port a TCP listener bound, from the gateway's `listening` log line. */
+export function tcpPort (f: FerryProcess, name: string): number {
+  const rec = f.logs.find((r) => r.msg === 'listening') as { tcp?: Record<string, number> } | undefined
+  const p = rec?.tcp?.[name]
+  if (typeof p !== 'number' || p <= 0) throw new Error(`no bound port for tcp listener ${name} in the listening log line`)
+  return p
+}
+
 /** Runs `node dist/cli.js ...args` to completion. */
 export async function runCli (args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null, stdout: string, stderr: string }> {
   const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })

@@ -495,15 +495,20 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
     this.to('dispatched')
     this.dispatchedAt = performance.now()
     try {
-      (long ? ep.longPool : ep.pool).dispatch({
+      const opts: Dispatcher.DispatchOptions & { servername: string } = {
         path: this.req.target,
         method: this.req.method,
+        // undici (7, core/request.js; not in its types) takes a request's TLS name from its Host header unless
+        // given one, and replaces a keep-alive https connection whenever that name changes; the connector
+        // sends the endpoint's own SNI whatever this says.
+        servername: ep.endpoint.host,
         // undici writes header strings as latin1: values beyond ASCII go as their UTF-8 bytes (header-bytes.ts).
         headers: headersForLatin1Writer(this.headers) as string[],
         body: this.bodyMode === 'stream' ? this.body! : this.bufferedBody ?? null,
         idempotent: IDEMPOTENT.has(this.req.method),
         blocking: false,
-      }, this)
+      }
+      ;(long ? ep.longPool : ep.pool).dispatch(opts, this)
     } catch (err) {
       // Not reached with a handler (undici reports through onResponseError); kept for a throwing dispatcher.
       this.ep?.reset(this.onLong)
@@ -684,7 +689,8 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
       this.fail(new FerryError('FERRY_ERR_UNFORWARDABLE', `request refused by the upstream client: ${err.message}`, { cause: err }))
       return
     }
-    const ferr = classify(err)
+    // A failed TLS handshake is counted and logged by the upstream's TLS client (once per endpoint, not per request).
+    const ferr = (this.ep !== undefined ? this.ctx.upstream.tls?.failure(this.ep.address, err) : undefined) ?? classify(err)
     const before = this.state === 'dispatched'
     const retryable = before && this.bodyMode === 'none' && this.ctx.retryIdempotent &&
       IDEMPOTENT.has(this.req.method) && this.attempts < 2 && RETRYABLE.has(ferr.code)
@@ -764,7 +770,7 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
       const close = this.req.close || this.ctx.lifecycle.draining || this.req.contentLength !== 0
       sendError(this.res, this.status, err, this.req.requestId, this.ctx.requestIdHeader, close, this.errorHeader)
     }
-    if (err.code !== 'FERRY_ERR_CLIENT_ABORTED') this.ctx.log.warn({ reqId: this.req.requestId, code: err.code, upstream: this.ctx.upstream.name, client: this.req.clientIp }, err.message)
+    if (err.code !== 'FERRY_ERR_CLIENT_ABORTED' && err.code !== 'FERRY_ERR_UPSTREAM_TLS') this.ctx.log.warn({ reqId: this.req.requestId, code: err.code, upstream: this.ctx.upstream.name, client: this.req.clientIp }, err.message)
     this.record()
   }
 
@@ -802,7 +808,7 @@ function noop (): void {}
 const REFUSED_BY_UNDICI = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED'])
 
 /** Errors after which an idempotent, body-less request may go to another endpoint. */
-const RETRYABLE = new Set<FerryErrorCode>(['FERRY_ERR_UPSTREAM_CONNECT', 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', 'FERRY_ERR_UPSTREAM_RESET'])
+const RETRYABLE = new Set<FerryErrorCode>(['FERRY_ERR_UPSTREAM_CONNECT', 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', 'FERRY_ERR_UPSTREAM_RESET', 'FERRY_ERR_UPSTREAM_TLS'])
 
 /** Maps undici and socket errors to Ferry's codes. */
 export function classify (err: Error): FerryError {

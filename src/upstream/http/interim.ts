@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net'
+import type { SecureContext } from 'node:tls'
 import { buildConnector } from 'undici'
 
 /**
@@ -91,11 +92,23 @@ export function skipInterimResponses (socket: Socket): void {
   }
 }
 
-/** undici's connector (with `timeout` as the connect timeout) whose sockets skip interim responses. */
-export function interimSkippingConnector (timeout: number): buildConnector.connector {
-  const connect = buildConnector({ timeout })
+/** TLS towards an endpoint: the upstream's context and verification, and the SNI name of this endpoint (none for an IP address). */
+export interface ConnectorTls {
+  readonly secureContext: SecureContext
+  readonly servername: string | undefined
+  readonly rejectUnauthorized: boolean
+}
+
+/**
+ * undici's connector (with `timeout` as the connect timeout, the budget of the TLS handshake too) whose
+ * sockets skip interim responses. With `tls` (an https origin) the SNI name is the endpoint's, never the
+ * one undici derives from each request's Host header (the client's: a backend's certificate names the
+ * backend).
+ */
+export function interimSkippingConnector (timeout: number, tls?: ConnectorTls): buildConnector.connector {
+  const connect = buildConnector(tls === undefined ? { timeout } : { timeout, secureContext: tls.secureContext, rejectUnauthorized: tls.rejectUnauthorized })
   return (opts, callback) => {
-    connect(opts, (err, socket) => {
+    connect(tls === undefined ? opts : { ...opts, servername: tls.servername }, (err, socket) => {
       // undici calls back with (err) alone when the connection fails.
       if (err === null && socket != null) skipInterimResponses(socket)
       ;(callback as (e: Error | null, s: Socket | null) => void)(err, socket)

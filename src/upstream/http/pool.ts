@@ -14,6 +14,7 @@ import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { httpProbe } from '../probes.js'
 import { interimSkippingConnector } from './interim.js'
 import type { Upstream } from '../../contracts/upstream.js'
+import type { UpstreamTlsClient } from '../tls.js'
 
 /**
  * One backend endpoint: its undici Pool (capped at `maxConnections` sockets, pipelining 1), a second
@@ -39,16 +40,16 @@ export class HttpEndpoint implements SetMember {
   /** The pool's close, once the endpoint was removed from the set (in-flight requests finish first). */
   closing: Promise<void> | undefined
 
-  constructor (readonly upstream: string, readonly endpoint: Endpoint, private readonly cfg: HttpUpstreamConfig, readonly passive: PassiveHealth, private readonly resets?: { inc: () => void }) {
+  constructor (readonly upstream: string, readonly endpoint: Endpoint, private readonly cfg: HttpUpstreamConfig, readonly passive: PassiveHealth, private readonly resets?: { inc: () => void }, readonly tls?: UpstreamTlsClient) {
     this.current = this.newPool()
   }
 
   private newPool (connections = this.cfg.pool.maxConnections): Pool {
     const cfg = this.cfg
-    return new Pool(this.endpoint.origin, {
+    return new Pool(this.tls !== undefined ? `https://${this.endpoint.address}` : this.endpoint.origin, {
       connections,
       pipelining: 1,
-      connect: interimSkippingConnector(cfg.timeouts.connectMs),
+      connect: interimSkippingConnector(cfg.timeouts.connectMs, this.tls?.options(this.endpoint)),
       keepAliveTimeout: cfg.pool.keepAliveTimeoutMs,
       keepAliveMaxTimeout: cfg.pool.keepAliveTimeoutMs,
       headersTimeout: cfg.timeouts.responseMs,
@@ -191,16 +192,18 @@ export class HttpUpstream implements Upstream {
     source: EndpointSource,
     /** Where sticky keys live (the gateway's affinity store); without it keys are placed by rendezvous hashing alone. */
     readonly placement?: AffinityPlacement,
+    /** TLS towards the endpoints (https); undefined: plain HTTP. */
+    readonly tls?: UpstreamTlsClient,
   ) {
     this.set = new EndpointSet<HttpEndpoint>(name, source, {
-      create: (endpoint) => new HttpEndpoint(name, endpoint, cfg, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics), metrics.httpPoolResets.labels(name)),
+      create: (endpoint) => new HttpEndpoint(name, endpoint, cfg, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics), metrics.httpPoolResets.labels(name), tls),
       retire: (e) => { e.closing ??= e.closePools('flush') },
       idle: (e) => e.inflight === 0 && e.held === 0,
       close: async (e, kind) => {
         if (kind === 'abort') await e.closePools('abort')
         else await (e.closing ??= e.closePools('flush'))
       },
-      probe: async (e, timeoutMs) => { await httpProbe(e.endpoint, cfg.healthCheck!.http, timeoutMs) },
+      probe: async (e, timeoutMs) => { await httpProbe(e.endpoint, cfg.healthCheck!.http, timeoutMs, tls) },
       // A new or recovered endpoint takes queued requests at once.
       changed: () => { if (this.state !== 'closed') this.drainQueue() },
     }, cfg.healthCheck, log, metrics)
@@ -510,6 +513,7 @@ export class HttpUpstream implements Upstream {
       queueLimit: this.cfg.pool.queueLimit,
       whenAllUnhealthy: this.cfg.whenAllUnhealthy,
       source: this.set.sourceStatus(),
+      tls: this.tls?.status() ?? null,
       longHeld: this.cfg.pool.longHeld.maxConnections,
       endpoints: this.set.status((ep) => ({ inflight: ep.inflight, held: ep.held, connected: ep.connected })),
     }

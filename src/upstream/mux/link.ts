@@ -1,10 +1,11 @@
-import { readFileSync } from 'node:fs'
 import { connect as netConnect, type Socket } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
 import type { Logger } from 'pino'
+import type { Endpoint } from '../../config/load.js'
 import type { MuxUpstreamConfig } from '../../config/schema.js'
 import { GoawayCode } from '../../mux/codec.js'
 import { MuxConnection, type ConnectionEnd } from '../../mux/connection.js'
+import type { UpstreamTlsClient } from '../tls.js'
 
 /**
  * backoff: waiting to reconnect. connecting: TCP/TLS connect + HELLO exchange, bounded by connectMs.
@@ -19,9 +20,10 @@ export type LinkState = 'backoff' | 'connecting' | 'ready' | 'draining' | 'stopp
 export interface LinkOwner {
   readonly name: string
   readonly address: string
-  readonly host: string
-  readonly port: number
+  readonly endpoint: Endpoint
   readonly cfg: MuxUpstreamConfig
+  /** TLS towards the endpoint (undefined: plain links). */
+  readonly tls: UpstreamTlsClient | undefined
   readonly gatewayId: string
   readonly log: Logger
   /** The endpoint's topic scope; each link connection adds its own to it. */
@@ -57,11 +59,8 @@ export class LinkSlot {
   private failures = 0
   private retired = false
   private timer: NodeJS.Timeout | undefined
-  private readonly ca: Buffer | undefined
 
   constructor (readonly index: number, private readonly owner: LinkOwner) {
-    const tls = owner.cfg.tls
-    this.ca = tls.enabled && tls.caFile !== undefined ? readFileSync(tls.caFile) : undefined
     this.topicPrefix = `${owner.topicPrefix}${index}.0\u0001`
   }
 
@@ -87,17 +86,13 @@ export class LinkSlot {
   private connect (): void {
     this.clearTimer()
     this.state = 'connecting'
-    const { cfg, host, port } = this.owner
-    let socket: Socket
-    if (cfg.tls.enabled) {
-      socket = tlsConnect({ host, port, servername: cfg.tls.serverName ?? (host.includes(':') ? undefined : host), ca: this.ca, rejectUnauthorized: cfg.tls.rejectUnauthorized })
-    } else {
-      socket = netConnect({ host, port })
-    }
+    const { cfg, endpoint, tls } = this.owner
+    const { host, port } = endpoint
+    const socket: Socket = tls !== undefined ? tlsConnect({ host, port, ...tls.options(endpoint) }) : netConnect({ host, port })
     socket.setKeepAlive(true, 30_000)
-    const onEarlyError = (err: Error): void => { this.attemptFailed(err.message) }
+    const onEarlyError = (err: Error): void => { this.attemptFailed(this.why(err, err.message)) }
     socket.once('error', onEarlyError)
-    socket.once(cfg.tls.enabled ? 'secureConnect' : 'connect', () => {
+    socket.once(tls !== undefined ? 'secureConnect' : 'connect', () => {
       if (this.state !== 'connecting') { socket.destroy(); return }
       socket.off('error', onEarlyError)
       const topicPrefix = this.topicPrefix = `${this.owner.topicPrefix}${this.index}.${++this.connections}\u0001`
@@ -149,11 +144,17 @@ export class LinkSlot {
     this.backoff()
   }
 
+  /** Why a connect failed: a TLS failure is counted and logged (once per endpoint and reason) by the upstream's TLS client and said so; else `otherwise`. */
+  private why (err: Error | undefined, otherwise: string): string {
+    return (err !== undefined ? this.owner.tls?.failure(this.owner.address, err)?.message : undefined) ?? otherwise
+  }
+
   private onClosed (end: ConnectionEnd): void {
     this.conn = undefined
     if (this.state === 'connecting') {
       this.failures++
-      this.owner.linkFailed(this, end.message)
+      // Under TLS 1.3 an endpoint refuses a client certificate only after Ferry's side of the handshake completed.
+      this.owner.linkFailed(this, this.why(end.cause, end.message))
     } else if (this.state === 'ready' || this.state === 'draining') {
       if (end.code !== DRAINED) this.owner.linkLost(this, end)
     }

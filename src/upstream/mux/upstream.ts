@@ -20,6 +20,7 @@ import type { ResumeClaims, ResumeTokens } from '../../sessions/token.js'
 import { Kind } from '../../client/wire.js'
 import type { Histogram } from 'prom-client'
 import { endpointDrainReason } from '../../drain/endpoint-drain.js'
+import type { UpstreamTlsClient } from '../tls.js'
 
 /**
  * One backend endpoint of a mux upstream: its link slots, passive health, and the topic scope of the
@@ -47,11 +48,10 @@ class MuxEndpoint implements SetMember, LinkOwner {
 
   get name (): string { return this.upstream.name }
   get address (): string { return this.endpoint.address }
-  get host (): string { return this.endpoint.host }
-  get port (): number { return this.endpoint.port }
   get cfg (): MuxUpstreamConfig { return this.upstream.cfg }
   get gatewayId (): string { return this.upstream.gatewayId }
   get log (): Logger { return this.upstream.log }
+  get tls (): UpstreamTlsClient | undefined { return this.upstream.tls }
 
   /** Streams on all links (what least-streams balances). */
   get inflight (): number {
@@ -137,6 +137,8 @@ export interface MuxUpstreamDeps {
   readonly tokens?: ResumeTokens
   /** A route's split in the running config (a reload or an admin change replaces it), by route name. */
   readonly routeSplit?: (route: string) => RouteSplit | undefined
+  /** TLS towards the endpoints (each link a TLS connection); undefined: plain. */
+  readonly tls?: UpstreamTlsClient | undefined
 }
 
 /** A session a route split's rebalance may move: its leg and what its split asked when it opened. */
@@ -171,6 +173,7 @@ export class MuxUpstream implements WsUpstream, LegMover {
   private readonly resumeLatency: Histogram.Internal<'upstream'>
   private readonly replayed: { toClient: Counter.Internal, toUpstream: Counter.Internal }
   readonly gatewayId: string
+  readonly tls: UpstreamTlsClient | undefined
   private readonly placement: AffinityPlacement | undefined
   private readonly tokens: ResumeTokens | undefined
   /** handoff.maxPerSec: one bucket for every session this upstream reopens elsewhere. */
@@ -187,6 +190,7 @@ export class MuxUpstream implements WsUpstream, LegMover {
 
   constructor (readonly name: string, readonly cfg: MuxUpstreamConfig, readonly log: Logger, readonly metrics: Metrics, source: EndpointSource, deps: MuxUpstreamDeps) {
     this.gatewayId = deps.gatewayId
+    this.tls = deps.tls
     this.routeSplit = deps.routeSplit
     this.handoffPace = new RateWindow(cfg.handoff.maxPerSec)
     this.handoffSeconds = metrics.muxHandoffSeconds.labels(name)
@@ -613,6 +617,7 @@ export class MuxUpstream implements WsUpstream, LegMover {
       balance: this.cfg.balance,
       whenAllUnhealthy: this.cfg.whenAllUnhealthy,
       source: this.set.sourceStatus(),
+      tls: this.tls?.status() ?? null,
       endpoints: this.set.status((ep) => ({
         streams: ep.inflight,
         links: ep.slots.map((s) => s.status()),

@@ -1,4 +1,5 @@
 import { connect as netConnect, type Socket } from 'node:net'
+import { connect as tlsConnect } from 'node:tls'
 import type { Logger } from 'pino'
 import { NO_LABELS, type Labels } from '../../config/labels.js'
 import type { Counter } from 'prom-client'
@@ -13,6 +14,7 @@ import { PassiveHealth, type ActiveHealth } from '../health.js'
 import { tcpProbe } from '../probes.js'
 import type { ConnectOwner, TcpBackend, TcpTarget, UpstreamSocketOptions } from '../../contracts/tcp.js'
 import type { Upstream } from '../../contracts/upstream.js'
+import type { UpstreamTlsClient } from '../tls.js'
 
 /**
  * One backend endpoint of a TCP upstream and the bookkeeping the balancer reads. `inflight` counts
@@ -27,10 +29,12 @@ export class TcpEndpoint implements SetMember, TcpBackend {
   connectFailures = 0
   readonly failedConnect: Counter.Internal
   readonly failedTimeout: Counter.Internal
+  readonly failedTls: Counter.Internal
 
   constructor (readonly upstream: string, readonly endpoint: Endpoint, metrics: Metrics, readonly passive: PassiveHealth) {
     this.failedConnect = metrics.tcpConnectFailures.labels(upstream, endpoint.address, 'FERRY_ERR_UPSTREAM_CONNECT')
     this.failedTimeout = metrics.tcpConnectFailures.labels(upstream, endpoint.address, 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT')
+    this.failedTls = metrics.tcpConnectFailures.labels(upstream, endpoint.address, 'FERRY_ERR_UPSTREAM_TLS')
   }
 
   get address (): string {
@@ -46,11 +50,15 @@ export type AttemptState = 'connecting' | 'connected' | 'failed' | 'cancelled'
 
 /**
  * Getting one backend connection for one client connection: tries endpoints in balancer order, each at
- * most once, each for at most `timeouts.connectMs`, all within `timeouts.connectBudgetMs`. Owns the
- * socket and timer of the attempt in progress until it hands a connected socket over.
+ * most once, each for at most `timeouts.connectMs` (the TLS handshake included), all within
+ * `timeouts.connectBudgetMs`. Owns the sockets and timer of the attempt in progress until it hands a
+ * connected socket over. `preface` (a PROXY header) is the first thing written on the TCP connection:
+ * before the TLS handshake when the upstream speaks TLS, as HAProxy's send-proxy with ssl does.
  */
 export class ConnectAttempt {
   private state: AttemptState = 'connecting'
+  /** The TCP socket of the attempt; `socket` is the TLS socket over it once the handshake started (else the same). */
+  private raw: Socket | undefined
   private socket: Socket | undefined
   private ep: TcpEndpoint | undefined
   private timer: NodeJS.Timeout | undefined
@@ -63,6 +71,7 @@ export class ConnectAttempt {
     private readonly owner: ConnectOwner,
     private readonly key: number | undefined,
     private readonly opts: UpstreamSocketOptions,
+    private readonly preface: Buffer | undefined,
   ) {
     this.deadline = Date.now() + upstream.cfg.timeouts.connectBudgetMs
     this.next()
@@ -84,14 +93,16 @@ export class ConnectAttempt {
   private clear (): void {
     if (this.timer !== undefined) clearTimeout(this.timer)
     this.timer = undefined
-    const s = this.socket
-    this.socket = undefined
-    if (s !== undefined) {
+    for (const s of new Set([this.socket, this.raw])) {
+      if (s === undefined) continue
       s.removeAllListeners('connect')
+      s.removeAllListeners('secureConnect')
       s.removeAllListeners('error')
       s.on('error', noop) // a late error from a socket we gave up on must not reach the event loop
       s.destroy()
     }
+    this.socket = undefined
+    this.raw = undefined
   }
 
   private next (): void {
@@ -117,11 +128,28 @@ export class ConnectAttempt {
       keepAlive: this.opts.keepAlive,
       keepAliveInitialDelay: this.opts.keepAliveDelayMs,
     })
-    this.socket = s
-    s.once('connect', () => this.onConnect())
-    s.once('error', (err: Error) => this.onFail('FERRY_ERR_UPSTREAM_CONNECT', `upstream ${this.upstream.name}: connect to ${endpoint.address} failed: ${(err as NodeJS.ErrnoException).code ?? err.message}`))
+    this.raw = this.socket = s
+    s.once('connect', () => { this.onTcpConnect(ep) })
+    s.once('error', (err: Error) => { this.onFail('FERRY_ERR_UPSTREAM_CONNECT', `upstream ${this.upstream.name}: connect to ${endpoint.address} failed: ${(err as NodeJS.ErrnoException).code ?? err.message}`) })
     const ms = Math.min(this.upstream.cfg.timeouts.connectMs, remaining)
-    this.timer = setTimeout(() => this.onFail('FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', `upstream ${this.upstream.name}: connect to ${endpoint.address} took longer than ${ms} ms`), ms)
+    this.timer = setTimeout(() => { this.onFail('FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT', `upstream ${this.upstream.name}: connect to ${endpoint.address}${this.upstream.tls !== undefined ? ' (and TLS handshake)' : ''} took longer than ${ms} ms`) }, ms)
+  }
+
+  private onTcpConnect (ep: TcpEndpoint): void {
+    if (this.state !== 'connecting') return
+    const raw = this.raw!
+    if (this.preface !== undefined) raw.write(this.preface)
+    const tls = this.upstream.tls
+    if (tls === undefined) { this.onConnect(); return }
+    // The TLS socket takes allowHalfOpen from the TCP one it wraps.
+    const s = tlsConnect({ socket: raw, ...tls.options(ep.endpoint) })
+    this.socket = s
+    s.once('secureConnect', () => { this.onConnect() })
+    s.once('error', (err: NodeJS.ErrnoException) => {
+      const failure = tls.failure(ep.address, err)
+      if (failure !== undefined) this.onFail(failure.code, `upstream ${this.upstream.name}: ${failure.message}`)
+      else this.onFail('FERRY_ERR_UPSTREAM_CONNECT', `upstream ${this.upstream.name}: TLS connect to ${ep.address} failed: ${err.code ?? err.message}`)
+    })
   }
 
   private onConnect (): void {
@@ -130,9 +158,15 @@ export class ConnectAttempt {
     const ep = this.ep!
     clearTimeout(this.timer)
     this.timer = undefined
+    // The TLS socket carries the bytes from now on; the TCP one under it is its business.
+    this.raw?.removeAllListeners('error')
+    this.raw?.removeAllListeners('connect')
+    if (this.raw !== s) this.raw?.on('error', noop)
     this.socket = undefined
+    this.raw = undefined
     this.ep = undefined
     s.removeAllListeners('error')
+    s.removeAllListeners('secureConnect')
     this.state = 'connected'
     this.upstream.connected(ep)
     this.owner.onUpstreamConnected(s, ep)
@@ -169,6 +203,8 @@ export class TcpUpstream implements TcpTarget, Upstream {
     log: Logger,
     private readonly metrics: Metrics,
     source: EndpointSource,
+    /** TLS towards the endpoints; undefined: plain TCP. */
+    readonly tls?: UpstreamTlsClient,
   ) {
     this.set = new EndpointSet<TcpEndpoint>(name, source, {
       create: (endpoint) => new TcpEndpoint(name, endpoint, metrics, new PassiveHealth(name, endpoint.address, cfg.ejection, log, metrics)),
@@ -176,7 +212,7 @@ export class TcpUpstream implements TcpTarget, Upstream {
       retire: () => {},
       idle: (e) => e.inflight === 0,
       close: async () => {},
-      probe: async (e, timeoutMs) => { await tcpProbe(e.endpoint, timeoutMs) },
+      probe: async (e, timeoutMs) => { await tcpProbe(e.endpoint, timeoutMs, tls) },
     }, cfg.healthCheck, log, metrics)
     this.balancer = new Balancer(this.set, cfg.balance, { panic: cfg.whenAllUnhealthy === 'panic', boundedLoadFactor: cfg.boundedLoadFactor })
   }
@@ -191,13 +227,13 @@ export class TcpUpstream implements TcpTarget, Upstream {
     return this.set.refusal(now, this.cfg.whenAllUnhealthy)
   }
 
-  /** Starts getting a backend connection for `owner`; `key` is the client's hashKey for the 'hash' policy. */
-  connect (owner: ConnectOwner, key: number | undefined, opts: UpstreamSocketOptions): ConnectAttempt | undefined {
+  /** Starts getting a backend connection for `owner`; `key` is the client's hashKey for the 'hash' policy; `preface` goes first on the TCP connection. */
+  connect (owner: ConnectOwner, key: number | undefined, opts: UpstreamSocketOptions, preface?: Buffer): ConnectAttempt | undefined {
     if (this.closed) {
       owner.onUpstreamFailed(new FerryError('FERRY_ERR_UPSTREAM_CONNECT', `upstream ${this.name} is shut down`))
       return undefined
     }
-    return new ConnectAttempt(this, owner, key, opts)
+    return new ConnectAttempt(this, owner, key, opts, preface)
   }
 
   pick (now: number, tried: ReadonlySet<TcpEndpoint>, key: number | undefined): TcpEndpoint | undefined {
@@ -222,8 +258,17 @@ export class TcpUpstream implements TcpTarget, Upstream {
     ep.inflight--
     ep.connectFailures++
     if (code === 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT') ep.failedTimeout.inc()
+    else if (code === 'FERRY_ERR_UPSTREAM_TLS') ep.failedTls.inc()
     else ep.failedConnect.inc()
     ep.passive.failed('connect failures')
+  }
+
+  /**
+   * A connected backend socket failed: a TLS failure (an endpoint that refuses the client certificate
+   * says so only after the handshake, under TLS 1.3) is counted and logged here and returned; else undefined.
+   */
+  socketError (ep: TcpBackend, err: Error): FerryError | undefined {
+    return this.tls?.failure(ep.address, err)
   }
 
   /** @internal ConnectAttempt: an attempt on `ep` was cancelled before its outcome (neutral for health). */
@@ -244,6 +289,7 @@ export class TcpUpstream implements TcpTarget, Upstream {
       balance: this.cfg.balance,
       whenAllUnhealthy: this.cfg.whenAllUnhealthy,
       source: this.set.sourceStatus(),
+      tls: this.tls?.status() ?? null,
       endpoints: this.set.status((ep) => ({
         connecting: ep.inflight - ep.connected,
         connected: ep.connected,

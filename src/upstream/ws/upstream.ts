@@ -18,6 +18,7 @@ import { httpProbe, tcpProbe } from '../probes.js'
 import { corkUntilCheck } from '../../net/cork.js'
 import { endpointDrainReason, type DrainCause, type EndpointCarrier } from '../../drain/endpoint-drain.js'
 import { utf8ForLatin1Writer } from '../../net/header-bytes.js'
+import type { UpstreamTlsClient } from '../tls.js'
 
 /** How long a backend gets to answer our close frame before its socket is cut. */
 const CLOSE_GRACE_MS = 2000
@@ -244,6 +245,8 @@ export interface WsPassthroughOptions {
   readonly sharedHealth?: ((address: string) => ActiveHealth | undefined) | undefined
   /** The upstream's name in the config when it differs from `name` (an HTTP upstream's twin `api:ws` serves `api`). */
   readonly configName?: string | undefined
+  /** TLS towards the endpoints (wss); undefined: plain ws. */
+  readonly tls?: UpstreamTlsClient | undefined
 }
 
 /**
@@ -278,9 +281,11 @@ export class WsPassthroughUpstream implements WsUpstream {
   private idleWaiters: Array<() => void> = []
   private readonly connections: Gauge.Internal<string>
   private readonly retries: Counter.Internal
+  private readonly tls: UpstreamTlsClient | undefined
 
   constructor (readonly name: string, readonly cfg: WsUpstreamConfig, readonly log: Logger, metrics: Metrics, source: EndpointSource, opts: WsPassthroughOptions = {}) {
     const check = cfg.healthCheck
+    const tls = this.tls = opts.tls
     this.placement = opts.placement
     this.set = new EndpointSet<WsEndpoint>(name, source, {
       create: (ep) => new WsEndpoint(ep, new PassiveHealth(name, ep.address, cfg.ejection, log, metrics)),
@@ -289,8 +294,8 @@ export class WsPassthroughUpstream implements WsUpstream {
       idle: (e) => e.inflight === 0,
       close: async () => {},
       probe: async (e, timeoutMs) => {
-        if (check?.http !== undefined) await httpProbe(e.endpoint, check.http, timeoutMs)
-        else await tcpProbe(e.endpoint, timeoutMs)
+        if (check?.http !== undefined) await httpProbe(e.endpoint, check.http, timeoutMs, tls)
+        else await tcpProbe(e.endpoint, timeoutMs, tls)
       },
       sharedHealth: opts.sharedHealth,
     }, check, log, metrics)
@@ -354,7 +359,7 @@ export class WsPassthroughUpstream implements WsUpstream {
         return leg
       } catch (err) {
         lastError = err as FerryError
-        if (lastError.code !== 'FERRY_ERR_UPSTREAM_CONNECT' && lastError.code !== 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT') throw lastError
+        if (lastError.code !== 'FERRY_ERR_UPSTREAM_CONNECT' && lastError.code !== 'FERRY_ERR_UPSTREAM_CONNECT_TIMEOUT' && lastError.code !== 'FERRY_ERR_UPSTREAM_TLS') throw lastError
       }
     }
     if (this.state !== 'open') throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', `upstream ${this.name} is closing`)
@@ -368,13 +373,15 @@ export class WsPassthroughUpstream implements WsUpstream {
    */
   private async handshake (ep: WsEndpoint, target: string, headers: Record<string, string>, hs: WsHandshake, sink: ClientSink, ms: number): Promise<PassthroughLeg> {
     const host = ep.endpoint.host.includes(':') ? `[${ep.endpoint.host}]` : ep.endpoint.host
+    const tls = this.tls
     let ws: WebSocket
     try {
-      ws = new WebSocket(`ws://${host}:${ep.endpoint.port}${target}`, {
+      ws = new WebSocket(`${tls !== undefined ? 'wss' : 'ws'}://${host}:${ep.endpoint.port}${target}`, {
         headers,
         perMessageDeflate: false,
         maxPayload: Math.max(hs.settings.maxPayloadLength, MAX_BACKEND_MESSAGE),
         followRedirects: false,
+        ...tls?.options(ep.endpoint),
       })
     } catch (err) {
       // A URL or header value Node will not write: the client sent it.
@@ -425,9 +432,12 @@ export class WsPassthroughUpstream implements WsUpstream {
         fail({ code: 'FERRY_ERR_WS_UPSTREAM_HANDSHAKE', message: `${ep.address} answered ${status} to the WebSocket handshake`, health: status >= 500 ? 'failed' : 'succeeded' })
       })
       ws.once('error', (err: NodeJS.ErrnoException) => {
-        // Socket errors carry an errno code (ECONNREFUSED, ECONNRESET, ...); ws's own refusals of a
-        // malformed 101 (bad Sec-WebSocket-Accept, unrequested extension) do not.
-        if (typeof err.code === 'string' && err.code.startsWith('E')) fail({ code: 'FERRY_ERR_UPSTREAM_CONNECT', message: `${ep.address}: ${err.code}`, health: 'failed' })
+        // A failed TLS handshake (counted and logged once per endpoint by the TLS client). Other socket
+        // errors carry an errno code (ECONNREFUSED, ECONNRESET, ...); ws's own refusals of a malformed
+        // 101 (bad Sec-WebSocket-Accept, unrequested extension) do not.
+        const tlsFailure = tls?.failure(ep.address, err)
+        if (tlsFailure !== undefined) fail({ code: tlsFailure.code, message: tlsFailure.message, health: 'failed' })
+        else if (typeof err.code === 'string' && err.code.startsWith('E')) fail({ code: 'FERRY_ERR_UPSTREAM_CONNECT', message: `${ep.address}: ${err.code}`, health: 'failed' })
         else fail({ code: 'FERRY_ERR_WS_UPSTREAM_HANDSHAKE', message: `${ep.address}: ${err.message}`, health: 'failed' })
       })
       ws.once('open', () => {
@@ -549,6 +559,7 @@ export class WsPassthroughUpstream implements WsUpstream {
       state: this.state,
       whenAllUnhealthy: this.cfg.whenAllUnhealthy,
       source: this.set.sourceStatus(),
+      tls: this.tls?.status() ?? null,
       endpoints: this.set.status((ep) => ({
         sessions: ep.sessions,
         handshaking: ep.handshaking,
