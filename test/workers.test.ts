@@ -80,7 +80,7 @@ async function podConfig (t: Test, extra: Record<string, unknown> = {}): Promise
   wss.on('connection', (ws) => { ws.on('message', (d, binary) => ws.send(d, { binary })) })
   t.teardown(async () => { for (const c of wss.clients) c.terminate(); await new Promise<void>((resolve) => wss.close(() => resolve())) })
   return {
-    gateway: { workers: 2, workerHangMs: 2000 },
+    gateway: { workers: 2, workerHangMs: 3000 },
     listen: { tcp: [{ name: 'echo', host: '127.0.0.1', port: 0, upstream: 'echo' }] },
     upstreams: {
       api: { protocol: 'http', endpoints: [http.address] },
@@ -94,14 +94,14 @@ async function podConfig (t: Test, extra: Record<string, unknown> = {}): Promise
 }
 
 t.test('a pod of 2 workers serves HTTP, WebSocket and TCP on shared ports; /status and /metrics show the pod and each worker', async (t) => {
-  const f = await startFerry(t, await podConfig(t))
+  const f = await startFerry(t, await podConfig(t), { timeoutMs: 60_000 })
   reapWorkers(t, f)
   const ws0 = await allRunning(f, 2)
   t.not(ws0[0]!.pid, ws0[1]!.pid, 'two worker processes')
   t.ok(ws0.every((w) => w.pid !== f.pid), 'neither is the control plane')
   const st = await adminStatus(f)
   t.equal(st.pid, f.pid, '/status is the control plane\'s')
-  t.match(st.pod, { workers: 2, workerHangMs: 2000 })
+  t.match(st.pod, { workers: 2, workerHangMs: 3000 })
 
   const statuses = []
   for (let i = 0; i < 60; i++) statuses.push(await get(`${f.url}/x${i}`))
@@ -134,7 +134,7 @@ t.test('a pod of 2 workers serves HTTP, WebSocket and TCP on shared ports; /stat
 })
 
 t.test('workers stop by themselves when their control plane is killed', async (t) => {
-  const f = await startFerry(t, await podConfig(t))
+  const f = await startFerry(t, await podConfig(t), { timeoutMs: 60_000 })
   reapWorkers(t, f)
   const ws = await allRunning(f, 2)
   f.child.kill('SIGKILL')
@@ -143,7 +143,7 @@ t.test('workers stop by themselves when their control plane is killed', async (t
 })
 
 t.test('a crashed worker is restarted and counted; the other keeps its sessions and the pod keeps serving', async (t) => {
-  const f = await startFerry(t, await podConfig(t))
+  const f = await startFerry(t, await podConfig(t), { timeoutMs: 60_000 })
   reapWorkers(t, f)
   await allRunning(f, 2)
   const sessions = []
@@ -193,11 +193,11 @@ t.test('the ferry/client sessions of a crashed worker resume through the pod: th
   }
   // No resume.secret anywhere: the control plane makes one random key for all of its workers.
   const f = await startFerry(t, {
-    gateway: { workers: 2, workerHangMs: 2000 },
+    gateway: { workers: 2, workerHangMs: 3000 },
     upstreams: { chat: { protocol: 'mux', endpoints: backends.map((b) => `127.0.0.1:${b.port}`), pool: { links: 1 }, reconnect: { minDelayMs: 50, maxDelayMs: 200 } } },
     routes: [{ match: { path: '/chat' }, upstream: 'chat' }],
     logging: { level: 'info', accessLog: false },
-  }, { env: { FERRY_RESUME_SECRET: '' } })
+  }, { env: { FERRY_RESUME_SECRET: '' }, timeoutMs: 60_000 })
   reapWorkers(t, f)
   await allRunning(f, 2)
   t.equal((await adminStatus(f)).resume.secret, 'random')
@@ -235,7 +235,7 @@ t.test('the ferry/client sessions of a crashed worker resume through the pod: th
 })
 
 t.test('a hung worker (event loop stopped) is killed after gateway.workerHangMs and restarted', async (t) => {
-  const f = await startFerry(t, await podConfig(t))
+  const f = await startFerry(t, await podConfig(t), { timeoutMs: 60_000 })
   reapWorkers(t, f)
   const before = await allRunning(f, 2)
   const victim = before[1]!
@@ -254,7 +254,7 @@ t.test('a hung worker (event loop stopped) is killed after gateway.workerHangMs 
 })
 
 t.test('SIGTERM drains every worker and the pod exits 0, also while a worker waits to restart', async (t) => {
-  const f = await startFerry(t, await podConfig(t))
+  const f = await startFerry(t, await podConfig(t), { timeoutMs: 60_000 })
   const ws = await allRunning(f, 2)
   const session = await wsEcho(`ws://127.0.0.1:${f.httpPort}/ws`)
   const closedWith = new Promise<number>((resolve) => session.once('close', (code) => resolve(code)))
@@ -269,7 +269,7 @@ t.test('SIGTERM drains every worker and the pod exits 0, also while a worker wai
 
 t.test('a reload reaches every worker; what a pod cannot change in place is refused and it keeps serving', async (t) => {
   const cfg = await podConfig(t)
-  const f = await startFerry(t, cfg)
+  const f = await startFerry(t, cfg, { timeoutMs: 60_000 })
   reapWorkers(t, f)
   await allRunning(f, 2)
   const file = f.child.spawnargs.at(-1)!
@@ -320,7 +320,7 @@ t.test('a reload reaches every worker; what a pod cannot change in place is refu
 t.test('more workers than cores is logged; a worker that hangs during a reload is replaced on the new config', async (t) => {
   const cores = (await import('node:os')).availableParallelism()
   const cfg = await podConfig(t, { gateway: { workers: cores + 1, workerHangMs: 2000 } })
-  const f = await startFerry(t, cfg, { timeoutMs: 30_000 })
+  const f = await startFerry(t, cfg, { timeoutMs: 60_000 })
   reapWorkers(t, f)
   const before = await allRunning(f, cores + 1)
   t.ok(f.logs.some((l) => l.msg === 'gateway.workers is more than the cores this process may use: the workers share them' && l.cores === cores), 'said at start')
@@ -344,7 +344,7 @@ t.test('more workers than cores is logged; a worker that hangs during a reload i
 t.test('a second Ferry on a pod\'s HTTP port fails loudly, naming the port', async (t) => {
   const port = await deadPort()
   const cfg = await podConfig(t)
-  const f = await startFerry(t, { ...cfg, listen: { ...(cfg.listen as object), http: { host: '127.0.0.1', port } } })
+  const f = await startFerry(t, { ...cfg, listen: { ...(cfg.listen as object), http: { host: '127.0.0.1', port } } }, { timeoutMs: 60_000 })
   reapWorkers(t, f)
   await allRunning(f, 2)
   const second = writeConfig({ ...cfg, listen: { http: { host: '127.0.0.1', port }, admin: { host: '127.0.0.1', port: 0 } }, logging: { level: 'info', pretty: false } })
@@ -366,7 +366,7 @@ t.test('a second Ferry on a pod\'s HTTP port fails loudly, naming the port', asy
 })
 
 t.test('pod-wide limits hold with 2 workers: limits.maxWebSocketSessions is the pod\'s, and its shares follow the load', async (t) => {
-  const f = await startFerry(t, await podConfig(t, { limits: { maxWebSocketSessions: 4 } }))
+  const f = await startFerry(t, await podConfig(t, { limits: { maxWebSocketSessions: 4 } }), { timeoutMs: 60_000 })
   reapWorkers(t, f)
   await allRunning(f, 2)
   const open: WebSocket[] = []
@@ -415,7 +415,7 @@ t.test('sticky HTTP with affinity.store memory holds across workers: one store, 
     upstreams: { api: { protocol: 'http', endpoints: backends.map((b) => b.address) } },
     routes: [{ match: { path: '/' }, upstream: 'api', affinity: { key: 'cookie:sid' } }],
     logging: { level: 'info', accessLog: false },
-  })
+  }, { timeoutMs: 60_000 })
   reapWorkers(t, f)
   await allRunning(f, 2)
   for (let client = 0; client < 4; client++) {

@@ -97,6 +97,8 @@ export class Pod {
   private readonly affinity: AffinityStore
   private pods: PodDirectory | undefined
   private watchdog: NodeJS.Timeout | undefined
+  /** When the watchdog last ran (it skips a tick that ran late). */
+  private lastWatch = Date.now()
   private readonly startedAt = Date.now()
   private readonly loadedAt = new Date().toISOString()
   private lastReload: { at: string, result: string, errors?: string[] } | undefined
@@ -305,6 +307,11 @@ export class Pod {
   private watch (): void {
     this.rebalance()
     const now = Date.now()
+    // This process was held up itself (CPU starved, a long GC): the heartbeats that waited meanwhile are
+    // read after this timer, so silence is judged at the next tick, not now.
+    const late = now - this.lastWatch > 2 * BEAT_MS
+    this.lastWatch = now
+    if (late) return
     for (const slot of this.slots) {
       const w = slot.worker
       if (w === undefined || slot.killedFor !== undefined) continue
