@@ -62,6 +62,8 @@ const httpListener = z.strictObject({
   port: port.default(8080).describe('TCP port; 0 picks a free one (logged at start).'),
   tls: httpTls.optional(),
   redirectHttpPort: port.optional().describe('With `tls`: also listen on this port (same host) for plain HTTP and answer every request with 308 to the same URL over https on `port`. 0 picks a free one.'),
+  acceptProxyProtocol: z.enum(['off', 'v2', 'v1+v2']).default('off').describe('Take the client address from the PROXY protocol header an L4 load balancer sends before the first byte (docs/edge.md). Only peers in `http.trustedProxies` may connect; any other peer is closed without a response and counted in ferry_tcp_closed_total{listener="listen.http"}. `v2`: read by uWebSockets.js itself at no measurable cost; plain HTTP only (uWS looks for it inside TLS, where no load balancer puts it); v2 only, address block and TLVs together at most 36 bytes; a trusted peer that sends no header is taken as the client; the peer is refused at its first request. `v1+v2`: read by Ferry in front of uWS (v1 and v2, TLVs up to 4 KiB, TLS too; a missing or malformed header is closed and counted at once) at about three times the CPU per request. The header\'s source is the client for limits, rate limits, access lists, logs, X-Forwarded-For and `hash` balancing, for HTTP requests and WebSocket upgrades.'),
+  proxyHeaderTimeoutMs: durationMs(5000, 'With `acceptProxyProtocol: v1+v2`: time for the complete PROXY header to arrive; then the connection is closed and counted.'),
 })
 
 const httpPool = z.strictObject({
@@ -704,6 +706,13 @@ export const configSchema = z.strictObject({
     if (cfg.listen.http.tls === undefined) ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'redirectHttpPort'], input: redirect, message: 'needs listen.http.tls (it redirects to https)' })
     if (redirect !== 0 && (redirect === cfg.listen.http.port || redirect === cfg.listen.admin.port)) ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'redirectHttpPort'], input: redirect, message: `port ${redirect} is also bound by ${redirect === cfg.listen.http.port ? 'listen.http' : 'listen.admin'}` })
     else if (redirect !== 0) bound.push({ path: 'listen.http.redirectHttpPort', host: cfg.listen.http.host, port: redirect })
+  }
+  const proxy = cfg.listen.http.acceptProxyProtocol
+  if (proxy !== 'off' && cfg.http.trustedProxies.length === 0) {
+    ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'acceptProxyProtocol'], input: proxy, message: 'needs http.trustedProxies: the load balancers that may send a PROXY header (every other peer is refused)' })
+  }
+  if (proxy === 'v2' && cfg.listen.http.tls !== undefined) {
+    ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'acceptProxyProtocol'], input: proxy, message: 'v2 cannot be used with listen.http.tls: uWebSockets.js 20.30 looks for the header inside the TLS stream, a load balancer sends it before the ClientHello; use v1+v2 (docs/edge.md)' })
   }
   cfg.listen.http.tls?.sni.forEach((e, i) => e.serverNames.forEach((n, j) => {
     const k = cfg.listen.http.tls!.sni.findIndex((o) => o.serverNames.some((m) => m.toLowerCase() === n.toLowerCase()))
