@@ -1,13 +1,15 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
 import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs'
 import { createServer as createHttpServer, type IncomingHttpHeaders } from 'node:http'
 import { connect, type Socket } from 'node:net'
+import { connect as tlsConnect } from 'node:tls'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import WebSocket, { WebSocketServer } from 'ws'
 import { parse, stringify } from 'yaml'
 import { encodeProxyV1, encodeProxyV2, V2_SIGNATURE } from '../src/net/proxy-protocol.js'
+import { loadNativeUws } from '../src/front/uws.js'
 import { metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
 
 /**
@@ -98,21 +100,26 @@ async function exchange (port: number, prefix: Buffer, requests: string, from = 
   })
 }
 
-/** Requests `paths` one after the other on one keep-alive connection that starts with `prefix`; the X-Forwarded-For of each. (uWS 20.30 and Ferry do not take pipelined requests: test/pipelining.test.ts.) */
-async function sequential (port: number, prefix: Buffer, paths: string[], from = LB): Promise<string[]> {
+/**
+ * A keep-alive connection from `from` (the load balancer), kept open by the test: `prefix` and a request
+ * for `path` now (resolves after its answer); `next(path)` sends one more and resolves with the
+ * X-Forwarded-For of every answer so far. (uWS 20.30 and Ferry take no pipelined requests:
+ * test/pipelining.test.ts, so each waits for the answer before it.)
+ */
+async function keptAlive (t: Teardown, port: number, prefix: Buffer, path: string, from = LB): Promise<{ next: (path: string) => Promise<string[]> }> {
   const s = connect({ host: '127.0.0.1', port, localAddress: from })
+  t.teardown(() => { s.destroy() })
   let text = ''
   s.setEncoding('latin1').on('data', (d: string) => { text += d })
   s.on('error', () => {})
-  try {
-    for (const [i, path] of paths.entries()) {
-      s.write(i === 0 ? Buffer.concat([prefix, Buffer.from(GET(path, false))]) : GET(path, false))
-      await waitFor(`the answer to ${path}`, () => responses(text).length === i + 1 || s.destroyed)
-    }
-  } finally {
-    s.destroy()
+  const ask = async (data: Buffer | string, what: string): Promise<string[]> => {
+    const n = responses(text).length + 1
+    s.write(data)
+    await waitFor(`the answer to ${what}`, () => responses(text).length >= n || s.destroyed)
+    return responses(text).map((r) => r.status === 200 ? (JSON.parse(r.body) as Seen).xff : `status ${r.status}`)
   }
-  return responses(text).map((r) => r.status === 200 ? (JSON.parse(r.body) as Seen).xff : `status ${r.status}`)
+  await ask(Buffer.concat([prefix, Buffer.from(GET(path, false))]), path)
+  return { next: async (path) => await ask(GET(path, false), path) }
 }
 
 /** The X-Forwarded-For the backend got for one request sent after `prefix`. */
@@ -166,49 +173,119 @@ function config (httpPort: number, wsPorts: number[], listen: Record<string, unk
   }
 }
 
+/**
+ * The route's access list (allow 203.0.113.0/24) and the per-ip rate limit (burst 2) both key on the
+ * source of the header `header` makes, not on the load balancer all connections come from.
+ */
+async function keyedByHeader (t: Test, f: FerryProcess, header: (ip: string) => Buffer, what: string): Promise<void> {
+  t.equal(await clientSeen(f.httpPort, header('203.0.113.9'), '/private/x'), '203.0.113.9', `${what}: access list allow 203.0.113.0/24 admits the proxied client 203.0.113.9`)
+  t.equal(await clientSeen(f.httpPort, header('198.51.100.1'), '/private/x'), 'status 403', `${what}: the proxied client 198.51.100.1 is refused 403 (the load balancer 127.0.0.1 is not what is checked)`)
+  const limited: string[] = []
+  for (let i = 0; i < 3; i++) limited.push(await clientSeen(f.httpPort, header('192.0.2.1'), '/limited'))
+  t.same(limited, ['192.0.2.1', '192.0.2.1', 'status 429'], `${what}: client 192.0.2.1 gets 2 requests through, the 3rd is limited 429`)
+  t.equal(await clientSeen(f.httpPort, header('192.0.2.2'), '/limited'), '192.0.2.2', `${what}: client 192.0.2.2 through the same load balancer still passes: the bucket is the proxied address's`)
+}
+
+/** The two backends and a Ferry in front of them (`listen` into listen.http, `extra` over the config). */
+async function front (t: Teardown, listen: Record<string, unknown>, extra: Record<string, unknown> = {}): Promise<{ f: FerryProcess, api: Awaited<ReturnType<typeof echoBackend>>, chat: Awaited<ReturnType<typeof wsBackend>> }> {
+  const api = await echoBackend(t)
+  const chat = await wsBackend(t)
+  return { f: await startFerry(t, config(api.port, [chat.port], listen, extra)), api, chat }
+}
+
 /** ferry_tcp_closed_total{listener="listen.http",reason=CODE} */
 async function refused (f: FerryProcess, code: string): Promise<number> {
   return await metric(f, `ferry_tcp_closed_total{listener="listen.http",reason="${code}"}`)
 }
 
+// ---- what the uWS binary does with PROXY headers (docs/edge.md, the table) ---------------------------
+
+t.test('the uWS 20.30 binary: v2 parsed from any peer (36 bytes of addresses and TLVs at most, LOCAL not told apart), v1 and malformed headers held without a response, v2 before TLS breaks the handshake', async (t) => {
+  const uws = loadNativeUws()
+  const text = (ab: ArrayBuffer): string => Buffer.from(ab).toString()
+  const handler = (res: import('uWebSockets.js').HttpResponse): void => { res.end(JSON.stringify({ peer: text(res.getRemoteAddressAsText()), proxied: text(res.getProxiedRemoteAddressAsText()) })) }
+  const app = uws.App().any('/*', handler)
+  const { cert, key } = await selfSigned()
+  const sslApp = uws.SSLApp({ cert_file_name: cert, key_file_name: key }).any('/*', handler)
+  const bind = (a: import('uWebSockets.js').TemplatedApp): { port: number, close: () => void } => {
+    let ls: import('uWebSockets.js').us_listen_socket | false = false
+    a.listen('127.0.0.1', 0, (s) => { ls = s })
+    if (ls === false) throw new Error('cannot listen')
+    const sock = ls
+    return { port: uws.us_socket_local_port(sock as never), close: () => { uws.us_listen_socket_close(sock) } }
+  }
+  const plain = bind(app)
+  const tls = bind(sslApp)
+  t.teardown(() => { plain.close(); tls.close(); (app as unknown as { close: () => void }).close(); (sslApp as unknown as { close: () => void }).close() })
+  /** 'none' when nothing came back within 2 s (uWS closes such a connection about 10 s after it opened). */
+  const probe = async (prefix: Buffer, from = LB): Promise<{ peer: string, proxied: string } | 'none'> => {
+    const r = await exchange(plain.port, prefix, GET('/'), from, 2000)
+    return r.responses[0] === undefined ? 'none' : JSON.parse(r.responses[0].body) as { peer: string, proxied: string }
+  }
+  const tlv = (addrs: Buffer, family: number, tlvBytes: number): Buffer => {
+    const body = Buffer.concat([addrs, tlvBytes === 0 ? Buffer.alloc(0) : Buffer.concat([Buffer.from([0x04]), Buffer.from([(tlvBytes - 3) >> 8, (tlvBytes - 3) & 255]), Buffer.alloc(tlvBytes - 3)])])
+    return Buffer.concat([V2_SIGNATURE, Buffer.from([0x21, family, body.length >> 8, body.length & 255]), body])
+  }
+  const v4addrs = v2('203.0.113.5').subarray(16)
+  const v6addrs = v2('2001:db8::5').subarray(16)
+  const results = await Promise.all([
+    probe(v2('203.0.113.5')),
+    probe(v2('203.0.113.5'), STRANGER),
+    probe(tlv(v4addrs, 0x11, 24)),
+    probe(tlv(v4addrs, 0x11, 25)),
+    probe(tlv(v6addrs, 0x21, 0)),
+    probe(tlv(v6addrs, 0x21, 3)),
+    probe(Buffer.concat([V2_SIGNATURE, Buffer.from([0x20, 0x11, 0, 12]), v4addrs])),
+    probe(Buffer.concat([V2_SIGNATURE, Buffer.from([0x20, 0x00, 0, 0])])),
+    probe(Buffer.alloc(0)),
+    probe(Buffer.concat([V2_SIGNATURE, Buffer.from([0x31, 0x11, 0, 12]), v4addrs])),
+    probe(v1('203.0.113.5')),
+    probe(Buffer.from('PROXY UNKNOWN\r\n')),
+  ])
+  t.match(results[0], { peer: LB, proxied: '203.0.113.5' }, 'a v2 TCP4 header: getProxiedRemoteAddress() is its source, getRemoteAddress() the peer')
+  t.match(results[1], { peer: STRANGER, proxied: '203.0.113.5' }, 'from any peer alike: uWS has no trusted list')
+  t.match(results[2], { proxied: '203.0.113.5' }, 'IPv4 addresses and 24 bytes of TLVs (36 in all): parsed')
+  t.equal(results[3], 'none', 'IPv4 and 25 bytes of TLVs (37): no response')
+  t.match(results[4], { proxied: '2001:0db8:0000:0000:0000:0000:0000:0005' }, 'IPv6 addresses (36 bytes): parsed')
+  t.equal(results[5], 'none', 'IPv6 and a 3-byte TLV: no response')
+  t.match(results[6], { proxied: '203.0.113.5' }, 'LOCAL with addresses: the addresses are returned as if it were PROXY')
+  t.match(results[7], { proxied: '' }, 'LOCAL without addresses: an empty address…')
+  t.match(results[8], { proxied: '' }, '…the same as no header at all')
+  t.equal(results[9], 'none', 'a v2 header of version 3: no response')
+  t.equal(results[10], 'none', 'a v1 header: no response')
+  t.equal(results[11], 'none', 'v1 PROXY UNKNOWN: no response')
+  const handshake = await new Promise<string>((resolve) => {
+    const raw = connect({ host: '127.0.0.1', port: tls.port }, () => {
+      raw.write(v2('203.0.113.5'))
+      const s = tlsConnect({ socket: raw, servername: 'localhost', rejectUnauthorized: false }, () => { s.destroy(); resolve('handshake completed') })
+      s.on('error', (err: NodeJS.ErrnoException) => { resolve(err.code ?? err.message) })
+    })
+  })
+  t.equal(handshake, 'ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION', 'SSLApp, a v2 header before the ClientHello: the handshake fails (uWS reads the header after TLS)')
+})
+
 // ---- v2: uWebSockets.js reads the header ------------------------------------------------------------
 
 t.test('v2: the header\'s source is the client for X-Forwarded-For, access lists and rate limits; a keep-alive connection keeps it', async (t) => {
-  const api = await echoBackend(t)
-  const chat = await wsBackend(t)
-  const f = await startFerry(t, config(api.port, [chat.port], { acceptProxyProtocol: 'v2' }))
+  const { f } = await front(t, { acceptProxyProtocol: 'v2' })
 
   t.equal(await clientSeen(f.httpPort, v2('203.0.113.7')), '203.0.113.7', 'the backend is told X-Forwarded-For: 203.0.113.7, the source in the v2 header')
   t.equal(await clientSeen(f.httpPort, v2('2001:db8::7')), '2001:db8::7', 'an IPv6 source likewise')
   t.equal(await clientSeen(f.httpPort, Buffer.alloc(0)), LB, 'a trusted peer that sends no header is the client itself')
 
-  const two = await sequential(f.httpPort, v2('198.51.100.20'), ['/a', '/b'])
+  const two = await (await keptAlive(t, f.httpPort, v2('198.51.100.20'), '/a')).next('/b')
   t.same(two, ['198.51.100.20', '198.51.100.20'], 'both requests of one keep-alive connection (the second sent after the first answer) carry the header\'s source')
 
-  t.equal(await clientSeen(f.httpPort, v2('203.0.113.9'), '/private/x'), '203.0.113.9', 'access list allow 203.0.113.0/24: the proxied client 203.0.113.9 is admitted')
-  t.equal(await clientSeen(f.httpPort, v2('198.51.100.1'), '/private/x'), 'status 403', 'the proxied client 198.51.100.1 is refused 403 (the load balancer 127.0.0.1 is not what is checked)')
-
-  // Rate limit keyed by ip, burst 2: each proxied client has its own bucket.
-  const a = [] as string[]
-  for (let i = 0; i < 3; i++) a.push(await clientSeen(f.httpPort, v2('192.0.2.1'), '/limited'))
-  t.same(a, ['192.0.2.1', '192.0.2.1', 'status 429'], 'client 192.0.2.1: 2 requests pass, the 3rd is limited 429')
-  t.equal(await clientSeen(f.httpPort, v2('192.0.2.2'), '/limited'), '192.0.2.2', 'client 192.0.2.2 through the same load balancer still passes: the bucket is the proxied address\'s')
+  await keyedByHeader(t, f, v2, 'v2')
 
   const log = await waitFor('the access log line of /a', () => f.logs.find((l) => l.msg === 'access' && l.path === '/a'))
-  t.equal(log.client, '198.51.100.20', 'the access log names the proxied client')
+  t.equal(log?.client, '198.51.100.20', 'the access log names the proxied client')
 })
 
 t.test('v2: a peer outside http.trustedProxies is closed without a response and counted, header or not; other connections go on', async (t) => {
-  const api = await echoBackend(t)
-  const chat = await wsBackend(t)
-  const f = await startFerry(t, config(api.port, [chat.port], { acceptProxyProtocol: 'v2' }))
+  const { f, api, chat } = await front(t, { acceptProxyProtocol: 'v2' })
   // A keep-alive connection from the load balancer, open across the refusals.
-  const lb = connect({ host: '127.0.0.1', port: f.httpPort, localAddress: LB })
-  t.teardown(() => { lb.destroy() })
-  let lbText = ''
-  lb.setEncoding('latin1').on('data', (d: string) => { lbText += d })
-  lb.write(Buffer.concat([v2('203.0.113.50'), Buffer.from(GET('/before', false))]))
-  await waitFor('the first answer on the load balancer connection', () => responses(lbText).length === 1)
+  const lb = await keptAlive(t, f.httpPort, v2('203.0.113.50'), '/before')
 
   const spoof = await exchange(f.httpPort, v2('203.0.113.66'), GET('/spoof'), STRANGER)
   t.ok(spoof.closed && spoof.raw === '', `${STRANGER} sending a v2 header: closed without a response byte`)
@@ -220,9 +297,7 @@ t.test('v2: a peer outside http.trustedProxies is closed without a response and 
   t.same(api.seen.map((s) => s.url), ['/before'], 'the backend saw none of the stranger\'s requests')
   t.equal(chat.handshakes.length, 0, 'nor its upgrade')
 
-  lb.write(GET('/after'))
-  await waitFor('the second answer on the load balancer connection', () => responses(lbText).length === 2)
-  t.same(responses(lbText).map((r) => (JSON.parse(r.body) as Seen).xff), ['203.0.113.50', '203.0.113.50'], 'the load balancer\'s keep-alive connection served before and after, with its client')
+  t.same(await lb.next('/after'), ['203.0.113.50', '203.0.113.50'], 'the load balancer\'s keep-alive connection served before and after, with its client')
   t.ok(await waitFor('the refusal\'s log line', () => f.logs.some((l) => l.code === 'FERRY_ERR_TCP_PROXY_UNTRUSTED' && l.peer === STRANGER)), 'the refusal is logged with the peer')
 })
 
@@ -254,9 +329,7 @@ t.test('v2: WebSocket upgrades carry the proxied client to the backend and to `h
 })
 
 t.test('off: a v2 header is not believed; X-Forwarded-Proto from a trusted proxy is passed on as it said it', async (t) => {
-  const api = await echoBackend(t)
-  const chat = await wsBackend(t)
-  const f = await startFerry(t, config(api.port, [chat.port], {}, { http: { trustedProxies: ['127.0.0.2'] } }))
+  const { f, chat } = await front(t, {}, { http: { trustedProxies: ['127.0.0.2'] } })
   t.equal(await clientSeen(f.httpPort, v2('203.0.113.7')), LB, 'acceptProxyProtocol off (default): the client is the TCP peer whatever header it sent')
   const proto = async (from: string, xfp: string): Promise<string> => {
     const r = await exchange(f.httpPort, Buffer.alloc(0), `GET /p HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: ${xfp}\r\nConnection: close\r\n\r\n`, from)
@@ -276,9 +349,7 @@ t.test('off: a v2 header is not believed; X-Forwarded-Proto from a trusted proxy
 // ---- v1+v2: Ferry's reader in front of uWS ----------------------------------------------------------
 
 t.test('v1+v2: v1 and v2 headers (TLVs too, split across writes), curl --haproxy-protocol; the client feeds limits, access lists and logs', async (t) => {
-  const api = await echoBackend(t)
-  const chat = await wsBackend(t)
-  const f = await startFerry(t, config(api.port, [chat.port], { acceptProxyProtocol: 'v1+v2' }))
+  const { f, chat } = await front(t, { acceptProxyProtocol: 'v1+v2' })
   t.equal(await clientSeen(f.httpPort, v1('203.0.113.10')), '203.0.113.10', 'a v1 header: the backend is told X-Forwarded-For: 203.0.113.10')
   t.equal(await clientSeen(f.httpPort, v1('2001:db8::10')), '2001:db8::10', 'a v1 TCP6 header: 2001:db8::10')
   t.equal(await clientSeen(f.httpPort, v2('203.0.113.11')), '203.0.113.11', 'a v2 header: 203.0.113.11')
@@ -306,12 +377,7 @@ t.test('v1+v2: v1 and v2 headers (TLVs too, split across writes), curl --haproxy
   t.equal(curl.code, 0, 'curl --haproxy-protocol (a v1 header) gets its answer')
   t.equal((JSON.parse(curl.out || '{}') as Seen).xff, LB, 'and the backend is told the client curl named in its header')
 
-  t.equal(await clientSeen(f.httpPort, v1('198.51.100.1'), '/private/y'), 'status 403', 'access list: v1 client 198.51.100.1 is refused 403')
-  t.equal(await clientSeen(f.httpPort, v1('203.0.113.14'), '/private/y'), '203.0.113.14', 'v1 client 203.0.113.14 is admitted')
-  const limited = [] as string[]
-  for (let i = 0; i < 3; i++) limited.push(await clientSeen(f.httpPort, v1('192.0.2.9'), '/limited'))
-  t.same(limited, ['192.0.2.9', '192.0.2.9', 'status 429'], 'rate limit per ip: the 3rd request of v1 client 192.0.2.9 is limited')
-  t.equal(await clientSeen(f.httpPort, v2('192.0.2.10'), '/limited'), '192.0.2.10', 'another client through the same load balancer is not')
+  await keyedByHeader(t, f, v1, 'v1+v2, a v1 header')
   t.ok(await waitFor('the access log line of /split', () => f.logs.some((l) => l.msg === 'access' && l.path === '/split' && l.client === '203.0.113.13')), 'the access log names the proxied client')
 
   const ws = await wsThrough(t, f.httpPort, '/chat', v1('203.0.113.15'))
@@ -323,15 +389,8 @@ t.test('v1+v2: v1 and v2 headers (TLVs too, split across writes), curl --haproxy
 })
 
 t.test('v1+v2: untrusted peers, missing, malformed and slow headers are closed at once and counted; other connections go on', async (t) => {
-  const api = await echoBackend(t)
-  const chat = await wsBackend(t)
-  const f = await startFerry(t, config(api.port, [chat.port], { acceptProxyProtocol: 'v1+v2', proxyHeaderTimeoutMs: 300 }))
-  const lb = connect({ host: '127.0.0.1', port: f.httpPort, localAddress: LB })
-  t.teardown(() => { lb.destroy() })
-  let lbText = ''
-  lb.setEncoding('latin1').on('data', (d: string) => { lbText += d })
-  lb.write(Buffer.concat([v1('203.0.113.60'), Buffer.from(GET('/before', false))]))
-  await waitFor('the first answer on the load balancer connection', () => responses(lbText).length === 1)
+  const { f, api } = await front(t, { acceptProxyProtocol: 'v1+v2', proxyHeaderTimeoutMs: 300 })
+  const lb = await keptAlive(t, f.httpPort, v1('203.0.113.60'), '/before')
 
   const cases: Array<[string, Buffer, string, string]> = [
     ['a v1 header from a peer outside http.trustedProxies', v1('203.0.113.66'), STRANGER, 'FERRY_ERR_TCP_PROXY_UNTRUSTED'],
@@ -365,15 +424,11 @@ t.test('v1+v2: untrusted peers, missing, malformed and slow headers are closed a
   t.equal(await refused(f, 'FERRY_ERR_TCP_PROXY_HEADER'), 6, 'and counted')
   t.same(api.seen.map((s) => s.url), ['/before'], 'the backend saw none of the refused requests')
 
-  lb.write(GET('/after'))
-  await waitFor('the second answer on the load balancer connection', () => responses(lbText).length === 2)
-  t.same(responses(lbText).map((r) => (JSON.parse(r.body) as Seen).xff), ['203.0.113.60', '203.0.113.60'], 'the load balancer\'s keep-alive connection served before and after, with its client')
+  t.same(await lb.next('/after'), ['203.0.113.60', '203.0.113.60'], 'the load balancer\'s keep-alive connection served before and after, with its client')
 })
 
 t.test('v1+v2: a stop closes the sessions through the reader and the process exits within the drain deadline', async (t) => {
-  const api = await echoBackend(t)
-  const chat = await wsBackend(t)
-  const f = await startFerry(t, config(api.port, [chat.port], { acceptProxyProtocol: 'v1+v2' }))
+  const { f } = await front(t, { acceptProxyProtocol: 'v1+v2' })
   const ws = await wsThrough(t, f.httpPort, '/chat', v1('203.0.113.40'))
   t.equal(ws.status, 101, 'a session through the reader is open')
   const idle = connect({ host: '127.0.0.1', port: f.httpPort, localAddress: LB })
@@ -387,17 +442,21 @@ t.test('v1+v2: a stop closes the sessions through the reader and the process exi
   t.pass('a connection idle after its header is closed too')
 })
 
-t.test('v1+v2 on a TLS front: the header before the ClientHello, the client through TLS (curl --haproxy-protocol https)', async (t) => {
+/** A throwaway self-signed certificate for localhost (openssl CLI). */
+async function selfSigned (): Promise<{ cert: string, key: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-pp-tls-'))
   const cert = join(dir, 'c.pem')
   const key = join(dir, 'k.pem')
-  const ok = await new Promise<boolean>((resolve) => {
-    spawn('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost'], { stdio: 'ignore' }).on('close', (code) => resolve(code === 0))
+  const code = await new Promise<number | null>((resolve) => {
+    spawn('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost'], { stdio: 'ignore' }).on('close', resolve)
   })
-  t.ok(ok, 'openssl made a throwaway certificate')
-  const api = await echoBackend(t)
-  const chat = await wsBackend(t)
-  const f = await startFerry(t, config(api.port, [chat.port], { acceptProxyProtocol: 'v1+v2', tls: { certFile: cert, keyFile: key } }))
+  if (code !== 0) throw new Error(`openssl exited ${code}`)
+  return { cert, key }
+}
+
+t.test('v1+v2 on a TLS front: the header before the ClientHello, the client through TLS (curl --haproxy-protocol https)', async (t) => {
+  const { cert, key } = await selfSigned()
+  const { f } = await front(t, { acceptProxyProtocol: 'v1+v2', tls: { certFile: cert, keyFile: key } })
   const out = await new Promise<string>((resolve) => {
     const c = spawn('curl', ['-sk', '--max-time', '5', '--haproxy-protocol', '--interface', LB, `https://localhost:${f.httpPort}/tls`, '--resolve', `localhost:${f.httpPort}:127.0.0.1`])
     let s = ''
@@ -439,6 +498,22 @@ t.test('a real HAProxy in mode tcp in front: send-proxy (v1) and send-proxy-v2',
   }
 })
 
+t.test('a pod of 2 workers: each worker reads the headers of the connections it takes (v2 and v1+v2)', async (t) => {
+  const api = await echoBackend(t)
+  const chat = await wsBackend(t)
+  for (const mode of ['v2', 'v1+v2'] as const) {
+    const f = await startFerry(t, config(api.port, [chat.port], { acceptProxyProtocol: mode }, { gateway: { workers: 2 } }), { timeoutMs: 30_000 })
+    const header = mode === 'v2' ? v2 : v1
+    const got = await Promise.all(Array.from({ length: 20 }, async (_, i) => await clientSeen(f.httpPort, header(`198.51.100.${i + 1}`))))
+    t.same(got, Array.from({ length: 20 }, (_, i) => `198.51.100.${i + 1}`), `${mode}: 20 connections at once, each answered with its own client`)
+    const workers = new Set(f.logs.filter((l) => l.msg === 'access').map((l) => l.worker))
+    t.ok(workers.size >= 1, `${mode}: served by worker(s) ${[...workers].join(', ')}`)
+    const strange = await exchange(f.httpPort, header('203.0.113.1'), GET('/x'), STRANGER)
+    t.ok(strange.closed && strange.raw === '', `${mode}: a stranger is refused in a worker too`)
+    await f.stop()
+  }
+})
+
 async function freePort (): Promise<number> {
   const { createServer } = await import('node:net')
   return await new Promise((resolve) => {
@@ -454,9 +529,7 @@ t.test('config: acceptProxyProtocol needs http.trustedProxies, v2 cannot be used
   const tls = await runCli(['check', '--config', writeConfig({ ...base, http: { trustedProxies: [LB] }, listen: { http: { acceptProxyProtocol: 'v2', tls: { certFile: '/nonexistent.pem', keyFile: '/nonexistent.key' } } } })])
   t.match(tls.stdout + tls.stderr, /listen\.http\.acceptProxyProtocol.*v2 cannot be used with listen\.http\.tls/, 'v2 with TLS: refused, pointing at v1+v2')
 
-  const api = await echoBackend(t)
-  const chat = await wsBackend(t)
-  const f = await startFerry(t, config(api.port, [chat.port], { acceptProxyProtocol: 'off' }))
+  const { f } = await front(t, { acceptProxyProtocol: 'off' })
   const file = String(f.child.spawnargs.at(-1))
   const edit = (mode: string): void => {
     const c = parse(readFileSync(file, 'utf8')) as { listen: { http: Record<string, unknown> } }

@@ -1,10 +1,11 @@
+import cluster from 'node:cluster'
 import { createServer, connect, type Server, type Socket } from 'node:net'
 import type { TemplatedApp } from 'uWebSockets.js'
 import type { Logger } from 'pino'
 import { FerryError } from '../errors.js'
 import { normalizeIp, type Networks } from '../net/address.js'
 import { decodeProxyHeader } from '../net/proxy-protocol.js'
-import { listen, type ListenSocket } from './listen.js'
+import { listenLoopback, type ListenSocket } from './listen.js'
 import type { ProxyRefusals } from './proxy-gate.js'
 import type { Uws } from './uws.js'
 
@@ -87,16 +88,18 @@ export class ProxyReader {
     return this.clients.get(loopback)
   }
 
-  /** Binds uWS on a free loopback port, then the public address (exclusively, like every Ferry listener). */
+  /** Binds uWS on a free loopback port of its own, then the public address (exclusively, like every Ferry listener, but in a pod's worker). */
   async listen (host: string, port: number): Promise<number> {
-    this.internal = await listen(this.deps.uws, this.deps.app, 'listen.http (PROXY reader, internal)', '127.0.0.1', 0)
+    this.internal = listenLoopback(this.deps.uws, this.deps.app, 'listen.http (PROXY reader, internal)')
     try {
       await new Promise<void>((resolve, reject) => {
         const onError = (err: NodeJS.ErrnoException): void => {
           reject(new FerryError('FERRY_ERR_LISTEN', `listen.http: cannot listen on ${host}:${port}: ${err.code ?? err.message} (address in use, not available on this host, or not permitted)`, { cause: err }))
         }
         this.server.once('error', onError)
-        this.server.listen({ host, port, exclusive: true, backlog: 511 }, () => {
+        // In a worker of a pod (src/planes/) the public socket is the control plane's, shared by every worker
+        // (the TCP listeners' way); each worker's reader feeds its own uWS.
+        this.server.listen({ host, port, exclusive: !cluster.isWorker, backlog: 511 }, () => {
           this.server.removeListener('error', onError)
           resolve()
         })
