@@ -80,7 +80,10 @@ export class ProxyReader {
   /** A reload: http.trustedProxies and proxyHeaderTimeoutMs apply to connections accepted from now on. */
   configure (trusted: Networks, headerTimeoutMs: number): void {
     this.trusted = trusted
+    if (headerTimeoutMs === this.headerTimeoutMs) return
     this.headerTimeoutMs = headerTimeoutMs
+    // The sweep runs at a quarter of the timeout.
+    if (this.state === 'listening' || this.state === 'paused') this.armSweep()
   }
 
   /** The client a connection to uWS from `loopback` carries; undefined when no reader connection has that source. */
