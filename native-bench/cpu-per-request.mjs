@@ -6,6 +6,9 @@
 //   close  HTTP, new connection per request: the same with `Connection: close`
 //   ws     WebSocket passthrough echo: wsgen, 100 sessions ping-pong, 64-byte text (uWS echo backend)
 // Runs are interleaved (ferry, nginx, ferry, nginx, ...) and the median of the repeats is printed.
+// Targets pp-off, pp-v2, pp-v1v2: Ferry with listen.http.acceptProxyProtocol off | v2 | v1+v2 behind an
+// HAProxy in mode tcp (one thread) that sends no header | send-proxy-v2 | send-proxy (v1); the load goes
+// to HAProxy and the CPU counted is Ferry's alone: what reading the PROXY header costs Ferry.
 //
 //   node native-bench/cpu-per-request.mjs [--seconds 5] [--repeats 3] [--paths ka,close,ws]
 //        [--targets ferry,nginx] [--prof DIR]   (--prof: Ferry runs under node --cpu-prof, one Ferry
@@ -98,6 +101,9 @@ function cpuOf (pid) {
 
 const P = {}
 for (const k of ['backend', 'wsEcho', 'nginx', 'ferry', 'ferryAdmin', 'base', 'baseAdmin', 'base2', 'base2Admin', 'floor']) P[k] = await freePort()
+/** pp-* target → [acceptProxyProtocol, HAProxy server option]. */
+const PP = { 'pp-off': ['off', ''], 'pp-v2': ['v2', 'send-proxy-v2'], 'pp-v1v2': ['v1+v2', 'send-proxy'] }
+for (const t of Object.keys(PP)) if (TARGETS.includes(t)) for (const k of [t, `${t}Admin`, `${t}Lb`]) P[k] = await freePort()
 const BODY = 'native-bench reference response\n'
 const nginxCommon = (n) => `worker_processes 1;
 daemon off;
@@ -132,8 +138,9 @@ http {
   }
 }
 `)
-const ferryYaml = (httpPort, adminPort) => `listen:
-  http: { host: ${HOST}, port: ${httpPort} }
+// `proxy`: only for the pp-* targets (a --base Ferry may predate the field).
+const ferryYaml = (httpPort, adminPort, proxy) => `listen:
+  http: { host: ${HOST}, port: ${httpPort}${proxy === undefined ? '' : `, acceptProxyProtocol: ${proxy}`} }
   admin: { host: ${HOST}, port: ${adminPort} }
 upstreams:
   api: { protocol: http, endpoints: ["${HOST}:${P.backend}"], pool: { maxConnections: 16, queueLimit: 10000 } }
@@ -145,10 +152,12 @@ admission: { handshakesPerSec: 0 }
 drain: { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 3000 }
 resume: { secret: "native-bench-resume-secret-0123456789abcdef" }
 logging: { level: warn, accessLog: false }
+${proxy === undefined ? '' : `http: { trustedProxies: [${HOST}] }`}
 `
 writeFileSync(join(WORK, 'ferry.yaml'), ferryYaml(P.ferry, P.ferryAdmin))
 writeFileSync(join(WORK, 'base.yaml'), ferryYaml(P.base, P.baseAdmin))
 writeFileSync(join(WORK, 'base2.yaml'), ferryYaml(P.base2, P.base2Admin))
+for (const [t, [mode]] of Object.entries(PP)) if (P[t] !== undefined) writeFileSync(join(WORK, `${t}.yaml`), ferryYaml(P[t], P[`${t}Admin`], mode))
 const wsgen = join(WORK, 'wsgen')
 if (PATHS.includes('ws')) execFileSync('gcc', ['-O2', '-o', wsgen, join(ROOT, 'native-bench/lib/wsgen.c')], { stdio: 'inherit' })
 
@@ -169,11 +178,17 @@ for (const b of ['base', 'base2']) {
   if (BASES[b] === undefined) throw new Error(`target ${b} needs --${b} DIR (a Ferry dist directory)`)
   procs[b] = startFerry(b, b, BASES[b]); await waitPort(P[b], procs[b])
 }
+for (const [t, [, send]] of Object.entries(PP)) {
+  if (!TARGETS.includes(t)) continue
+  procs[t] = startFerry(t, t); await waitPort(P[t], procs[t])
+  writeFileSync(join(WORK, `${t}-haproxy.cfg`), `global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\nfrontend fe\n  bind ${HOST}:${P[`${t}Lb`]}\n  default_backend be\nbackend be\n  server ferry ${HOST}:${P[t]} ${send}\n`)
+  const lb = start(`${t}-haproxy`, 'haproxy', ['-db', '-f', join(WORK, `${t}-haproxy.cfg`)]); await waitPort(P[`${t}Lb`], lb)
+}
 if (TARGETS.includes('floor')) {
   procs.floor = start('floor', process.execPath, ['--max-semi-space-size=32', join(ROOT, 'native-bench/lib/floor-proxy.mjs'), String(P.floor), String(P.backend), String(P.wsEcho), HOST])
   await waitPort(P.floor, procs.floor)
 }
-const port = { ferry: P.ferry, nginx: P.nginx, base: P.base, base2: P.base2, floor: P.floor }
+const port = { ferry: P.ferry, nginx: P.nginx, base: P.base, base2: P.base2, floor: P.floor, 'pp-off': P['pp-offLb'], 'pp-v2': P['pp-v2Lb'], 'pp-v1v2': P['pp-v1v2Lb'] }
 
 function wrk (p, seconds, extra) {
   return new Promise((resolve, reject) => {

@@ -495,11 +495,13 @@ t.test('request headers: hop-by-hop dropped, X-Forwarded-* set, X-Request-Id gen
   t.equal(seen['x-request-id'], 'client-id-123', 'a client X-Request-Id is forwarded unchanged')
   t.equal(r3.headers['x-request-id'], 'client-id-123', 'and echoed in the response unchanged')
 
-  // Even from a trusted proxy (one that terminated TLS in front of Ferry) the value is Ferry's own: http.
+  // From a trusted proxy (one that terminated TLS in front of Ferry) the value is the proxy's: it knows what the client used.
   const behindProxy = await startFerry(t, httpConfig([backend.address], {}, { http: { trustedProxies: ['127.0.0.1'] } }))
   await send(behindProxy, '/h', { headers: { 'x-forwarded-proto': 'https', 'x-forwarded-for': '203.0.113.9' } })
   t.equal(seen['x-forwarded-for'], '203.0.113.9, 127.0.0.1', 'from a trusted proxy, X-Forwarded-For is appended to')
-  t.equal(seen['x-forwarded-proto'], 'http', 'but X-Forwarded-Proto is still http, whatever the proxy said')
+  t.equal(seen['x-forwarded-proto'], 'https', 'and X-Forwarded-Proto is passed on as the proxy said it')
+  await send(behindProxy, '/h')
+  t.equal(seen['x-forwarded-proto'], 'http', 'a trusted proxy that sends none gets the front\'s own scheme')
 })
 
 t.test('response headers: hop-by-hop headers from the backend are not forwarded to the client', async (t) => {

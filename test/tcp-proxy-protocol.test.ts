@@ -1,5 +1,5 @@
 import t from 'tap'
-import { decodeProxyHeader, encodeProxyV1, encodeProxyV2, V2_SIGNATURE, type ProxyDecodeResult } from '../src/tcp/proxy-protocol.js'
+import { decodeProxyHeader, encodeProxyV1, encodeProxyV2, V2_SIGNATURE, type ProxyDecodeResult } from '../src/net/proxy-protocol.js'
 import { formatIpv6, normalizeIp, parseCidr, writeIpv6, Networks } from '../src/net/address.js'
 
 // Deterministic PRNG (xorshift32) so a failure reproduces from its case number.

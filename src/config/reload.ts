@@ -27,6 +27,10 @@ export function reloadRefusals (running: Config, next: Config): string[] {
   fixed('listen.http.tls', running.listen.http.tls === undefined, next.listen.http.tls === undefined, 'the HTTP front is made with TLS or without it at start-up')
   fixed('listen.http.tls', tlsFixed(running.listen.http.tls), tlsFixed(next.listen.http.tls), 'ciphers, minVersion and watchIntervalMs are set up at start-up; certificates and sni entries can change')
   fixed('listen.http.redirectHttpPort', running.listen.http.redirectHttpPort, next.listen.http.redirectHttpPort, 'the redirect listener is bound at start-up')
+  // `v1+v2` puts Ferry's PROXY reader in front of uWS when the front starts; `off` ⇄ `v2` is a check per request.
+  const reader = (c: Config): boolean => c.listen.http.acceptProxyProtocol === 'v1+v2'
+  fixed('listen.http.acceptProxyProtocol', reader(running), reader(next), 'v1+v2 sets up Ferry\'s PROXY reader in front of uWebSockets.js at start-up; off and v2 switch live')
+  if (reader(running) && reader(next)) fixed('listen.http', { host: running.listen.http.host, port: running.listen.http.port }, { host: next.listen.http.host, port: next.listen.http.port }, 'with acceptProxyProtocol v1+v2 the listener is the PROXY reader, bound at start-up')
   // uWS binds these to a path's URL pattern when it is registered; new paths are fine.
   const before = wsSettingsByPath(running)
   for (const [path, s] of wsSettingsByPath(next)) {

@@ -62,6 +62,8 @@ const httpListener = z.strictObject({
   port: port.default(8080).describe('TCP port; 0 picks a free one (logged at start).'),
   tls: httpTls.optional(),
   redirectHttpPort: port.optional().describe('With `tls`: also listen on this port (same host) for plain HTTP and answer every request with 308 to the same URL over https on `port`. 0 picks a free one.'),
+  acceptProxyProtocol: z.enum(['off', 'v2', 'v1+v2']).default('off').describe('Take the client address from the PROXY protocol header an L4 load balancer sends before the first byte (docs/edge.md). Only peers in `http.trustedProxies` may connect; any other peer is closed without a response and counted in ferry_tcp_closed_total{listener="listen.http"}. `v2`: read by uWebSockets.js itself at no measurable cost; plain HTTP only (uWS looks for it inside TLS, where no load balancer puts it); v2 only, address block and TLVs together at most 36 bytes; a trusted peer that sends no header is taken as the client; the peer is refused at its first request. `v1+v2`: read by Ferry in front of uWS (v1 and v2, TLVs up to 4 KiB, TLS too; a missing or malformed header is closed and counted at once) at a cost: Ferry spends about 1.6 to 2.6 times the CPU per keep-alive request or WebSocket message, about 5 times per new connection (docs/edge.md). The header\'s source is the client for limits, rate limits, access lists, logs, X-Forwarded-For and `hash` balancing, for HTTP requests and WebSocket upgrades.'),
+  proxyHeaderTimeoutMs: durationMs(5000, 'With `acceptProxyProtocol: v1+v2`: time for the complete PROXY header to arrive; then the connection is closed and counted.'),
 })
 
 const httpPool = z.strictObject({
@@ -526,7 +528,7 @@ export const configSchema = z.strictObject({
     minBodyRateWindowMs: durationMs(5000, 'The window over which `minBodyRateBytesPerSec` is measured; also the grace a streamed body gets before its first check.'),
     requestIdHeader: z.string().regex(/^[a-z0-9-]+$/, { error: 'must be a lower-case header name' }).default('x-request-id')
       .describe('Header carrying the request id; generated when the client sent none, forwarded upstream and logged.'),
-    trustedProxies: z.array(cidr).default([]).describe('Load balancers or proxies in front of Ferry (addresses or CIDRs). From a peer in this list, X-Forwarded-For is walked right to left skipping trusted addresses and the first other address is the client (all trusted: the leftmost); the chain is forwarded with the peer appended. An entry that is not an IP address stops the walk at the nearest valid address. From any other peer, the peer is the client and its X-Forwarded-For is replaced. The client address is what connection limits, rate limits, logs and `hash` balancing use (HTTP and WebSocket). Empty: X-Forwarded-For is never trusted.'),
+    trustedProxies: z.array(cidr).default([]).describe('Load balancers or proxies in front of Ferry (addresses or CIDRs). From a peer in this list, X-Forwarded-For is walked right to left skipping trusted addresses and the first other address is the client (all trusted: the leftmost); the chain is forwarded with the peer appended. An entry that is not an IP address stops the walk at the nearest valid address. From any other peer, the peer is the client and its X-Forwarded-For is replaced. The client address is what connection limits, rate limits, logs and `hash` balancing use (HTTP and WebSocket). Empty: X-Forwarded-For is never trusted. With `listen.http.acceptProxyProtocol`, these are also the only peers that may connect, and the PROXY header\'s source takes the peer\'s place above.'),
     maxUrlBytes: positiveInt.default(8192).describe('Longest request target (path and query, in bytes); longer → 414 and the connection is closed.'),
     mergeSlashes: z.boolean().default(true).describe('Merge runs of `/` in request paths (`/a//b` → `/a/b`) before routing, like nginx\'s `merge_slashes`. Either way the path is made canonical once (dot segments removed, unreserved `%XX` decoded, non-ASCII percent-encoded) and routing, auth, limits and the backend all see that one form (docs/edge.md).'),
     maxHeaderBytes: positiveInt.default(16384).describe('Largest request head Ferry accepts (request line plus every header line); larger → 431 and the connection is closed. uWebSockets.js 20.30 has its own, fixed limits below this one, answered without a response byte: a head that arrives in several reads and passes 4 KiB is closed at once; more than 48 header lines hang until uWS closes the connection about 10 s after it opened (docs/edge.md).'),
@@ -704,6 +706,13 @@ export const configSchema = z.strictObject({
     if (cfg.listen.http.tls === undefined) ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'redirectHttpPort'], input: redirect, message: 'needs listen.http.tls (it redirects to https)' })
     if (redirect !== 0 && (redirect === cfg.listen.http.port || redirect === cfg.listen.admin.port)) ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'redirectHttpPort'], input: redirect, message: `port ${redirect} is also bound by ${redirect === cfg.listen.http.port ? 'listen.http' : 'listen.admin'}` })
     else if (redirect !== 0) bound.push({ path: 'listen.http.redirectHttpPort', host: cfg.listen.http.host, port: redirect })
+  }
+  const proxy = cfg.listen.http.acceptProxyProtocol
+  if (proxy !== 'off' && cfg.http.trustedProxies.length === 0) {
+    ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'acceptProxyProtocol'], input: proxy, message: 'needs http.trustedProxies: the load balancers that may send a PROXY header (every other peer is refused)' })
+  }
+  if (proxy === 'v2' && cfg.listen.http.tls !== undefined) {
+    ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'acceptProxyProtocol'], input: proxy, message: 'v2 cannot be used with listen.http.tls: uWebSockets.js 20.30 looks for the header inside the TLS stream, a load balancer sends it before the ClientHello; use v1+v2 (docs/edge.md)' })
   }
   cfg.listen.http.tls?.sni.forEach((e, i) => e.serverNames.forEach((n, j) => {
     const k = cfg.listen.http.tls!.sni.findIndex((o) => o.serverNames.some((m) => m.toLowerCase() === n.toLowerCase()))

@@ -18,12 +18,12 @@ export interface ClientRequest {
   /** The target as uWS gave it, before canonicalisation: what an HMAC-signing client signed. */
   readonly rawTarget: string
   readonly host: string
-  /** The client's address as resolved with http.trustedProxies (the TCP peer unless a trusted proxy says otherwise). */
+  /** The client's address as resolved with http.trustedProxies (the TCP peer, or the source of an accepted PROXY header, unless a trusted proxy says otherwise). */
   readonly clientIp: string
   /**
-   * The client reached Ferry over https: a TLS front, or the TCP peer is one of http.trustedProxies and
-   * says so in X-Forwarded-Proto (what a sticky cookie's `Secure` follows; the backend's
-   * X-Forwarded-Proto is still the front's own scheme).
+   * The client reached Ferry over https: a TLS front, or the peer is one of http.trustedProxies and
+   * says so in X-Forwarded-Proto (what a sticky cookie's `Secure` follows; the backend gets that
+   * proxy's X-Forwarded-Proto as it said it).
    */
   readonly secure: boolean
   readonly requestId: string

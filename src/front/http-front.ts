@@ -17,6 +17,8 @@ import { ConnectionLimits } from '../edge/limits.js'
 import { Networks } from '../net/address.js'
 import { redirectApp, TlsFront } from './tls.js'
 import type { HttpTlsConfig } from '../config/schema.js'
+import { ProxyGate, ProxyRefusals } from './proxy-gate.js'
+import { ProxyReader } from './proxy-reader.js'
 
 export interface FrontDeps {
   readonly uws: Uws
@@ -42,6 +44,10 @@ export class HttpFront {
   readonly tls: TlsFront | undefined
   /** listen.http.redirectHttpPort: the plain listener that redirects to https. */
   private redirect: { app: TemplatedApp, socket: ListenSocket | undefined } | undefined
+  /** listen.http.acceptProxyProtocol v1+v2: the public listener is Ferry's PROXY reader, uWS listens behind it on loopback. */
+  private readonly reader: ProxyReader | undefined
+  /** Who spoke HTTP: the TCP peer or a PROXY header's source, per request and upgrade. */
+  private readonly gate: ProxyGate
   /** closeConnections() ran: every client connection was closed (the end of a drain). */
   private connectionsClosed = false
   private reqOpts: RequestOptions
@@ -67,12 +73,16 @@ export class HttpFront {
     this.nextRequestId = () => `${prefix}-${(++n).toString(36)}`
     this.table = deps.table
     this.reqOpts = this.requestOptions(deps.table.config)
+    const refusals = new ProxyRefusals(deps.log, deps.metrics)
+    const mode = deps.config.listen.http.acceptProxyProtocol
+    if (mode === 'v1+v2') this.reader = new ProxyReader({ uws: deps.uws, app: this.app, log: deps.log, refusals }, this.reqOpts.trusted, deps.config.listen.http.proxyHeaderTimeoutMs)
+    this.gate = new ProxyGate(mode, this.reqOpts.trusted, refusals, this.reader === undefined ? undefined : (a) => this.reader!.clientOf(a))
     this.noRoute = deps.metrics.httpErrors.labels('FERRY_ERR_NO_ROUTE', '')
     this.internal = deps.metrics.httpErrors.labels('FERRY_ERR_INTERNAL', '')
     this.limits = new ConnectionLimits(deps.table.config.limits, deps.metrics)
     this.bodyPolicy = bodyPolicy(deps.table.config, this.limits)
     // WebSocket behaviors first: their GET handlers yield non-upgrade requests to `any`.
-    this.ws = new WsFront(this.app, { uws: deps.uws, table: deps.table, log: deps.log, metrics: deps.metrics, admission: deps.admission, limits: this.limits, routes, proto: this.proto })
+    this.ws = new WsFront(this.app, { uws: deps.uws, table: deps.table, log: deps.log, metrics: deps.metrics, admission: deps.admission, limits: this.limits, routes, proto: this.proto, gate: this.gate })
     routes((app) => { app.any('/*', (res, req) => this.onRequest(res, req)) })
   }
 
@@ -102,6 +112,9 @@ export class HttpFront {
   setTable (table: RouteTable): void {
     this.table = table
     this.reqOpts = this.requestOptions(table.config)
+    // `off` ⇄ `v2` switch live; `v1+v2` is set up at start (src/config/reload.ts refuses a change to or from it).
+    this.gate.configure(table.config.listen.http.acceptProxyProtocol, this.reqOpts.trusted)
+    this.reader?.configure(this.reqOpts.trusted, table.config.listen.http.proxyHeaderTimeoutMs)
     this.bodyPolicy = bodyPolicy(table.config, this.limits)
     this.limits.configure(table.config.limits)
     this.ws.setTable(table)
@@ -109,14 +122,21 @@ export class HttpFront {
 
   async listen (): Promise<number> {
     const { host, port } = this.deps.config.listen.http
-    this.socket = await listen(this.deps.uws, this.app, 'listen.http', host, port)
+    let bound: number
+    if (this.reader !== undefined) {
+      bound = await this.reader.listen(host, port)
+      this.deps.log.info({ http: `${host}:${bound}`, uws: `127.0.0.1:${this.reader.internalPort!}` }, 'reading PROXY protocol headers (v1+v2) in front of uWebSockets.js')
+    } else {
+      this.socket = await listen(this.deps.uws, this.app, 'listen.http', host, port)
+      bound = this.socket.port
+    }
     const redirectPort = this.deps.config.listen.http.redirectHttpPort
     if (redirectPort !== undefined) {
-      const app = redirectApp(this.deps.uws, () => this.socket?.port ?? port)
+      const app = redirectApp(this.deps.uws, () => this.reader?.port ?? this.socket?.port ?? port)
       this.redirect = { app, socket: await listen(this.deps.uws, app, 'listen.http.redirectHttpPort', host, redirectPort) }
-      this.deps.log.info({ redirect: `${host}:${this.redirect.socket!.port}`, to: this.socket.port }, 'redirecting plain HTTP to https')
+      this.deps.log.info({ redirect: `${host}:${this.redirect.socket!.port}`, to: bound }, 'redirecting plain HTTP to https')
     }
-    return this.socket.port
+    return bound
   }
 
   /** A reload moves the listener: binds the new address (the old one still accepts). */
@@ -135,11 +155,13 @@ export class HttpFront {
   /** Descriptors ran low (DescriptorGuard): new connections are refused by the kernel until resumed. */
   pauseAccepting (): void {
     this.socket?.pause()
+    this.reader?.pause()
   }
 
   /** Binds the listener's address again after a pause (throws FERRY_ERR_LISTEN; a stopped front stays stopped). */
   resumeAccepting (): void {
     this.socket?.resume()
+    this.reader?.resume()
   }
 
   /** Stops accepting new connections; requests in flight continue. */
@@ -147,6 +169,7 @@ export class HttpFront {
     this.ws.stopAccepting()
     this.socket?.close()
     this.socket = undefined
+    this.reader?.stopAccepting()
     this.redirect?.socket?.close()
     if (this.redirect !== undefined) this.redirect.socket = undefined
     this.tls?.close()
@@ -165,13 +188,18 @@ export class HttpFront {
     // The typings lack close(); the 20.30 binary has it (us_socket_context_close on the HTTP and WebSocket contexts).
     const app = this.app as TemplatedApp & { close: () => void }
     app.close()
+    // The reader's pipes follow uWS closing its side; those still reading a header go now.
+    this.reader?.closeAll()
     if (this.redirect !== undefined) (this.redirect.app as TemplatedApp & { close: () => void }).close()
   }
 
   private onRequest (res: HttpResponse, req: HttpRequest): void {
     let requestId = ''
     try {
-      const creq = readClientRequest(res, req, this.reqOpts)
+      // A refused PROXY peer is closed before anything is read: it gets no response.
+      const peer = this.gate.peer(res)
+      if (peer === '') return
+      const creq = readClientRequest(req, this.reqOpts, peer)
       requestId = creq.requestId
       const close = creq.close || this.deps.lifecycle.draining
       // A refusal from here on is written while uWS still reads this request's head (sendError, atHead).

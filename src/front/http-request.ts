@@ -1,8 +1,7 @@
-import type { HttpRequest, HttpResponse } from 'uWebSockets.js'
+import type { HttpRequest } from 'uWebSockets.js'
 import { FerryError } from '../errors.js'
 import { resolveClientIp } from '../edge/client-ip.js'
 import { normalizeIp, type Networks } from '../net/address.js'
-import { formatAddress } from './address.js'
 import { canonicalTarget } from './target.js'
 import type { ClientRequest } from '../contracts/http.js'
 
@@ -18,7 +17,7 @@ export interface RequestOptions {
   /** http.mergeSlashes */
   mergeSlashes: boolean
   nextRequestId: () => string
-  /** X-Forwarded-Proto: `https` on a TLS front. */
+  /** X-Forwarded-Proto: `https` on a TLS front (a trusted proxy's own value is passed on instead). */
   proto: 'http' | 'https'
 }
 
@@ -39,8 +38,9 @@ const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::\d{1,5}
  * is not a token or a value with control characters (the backend's parser would reject it and reset a
  * pooled connection), a bad Host, a target that is not origin-form or carries a fragment (400).
  * What uWS 20.30 refuses itself never gets here (docs/edge.md lists it).
+ * `peer` is who spoke HTTP to the front (ProxyGate: the TCP peer, or a PROXY header's source).
  */
-export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: RequestOptions): ClientRequest {
+export function readClientRequest (req: HttpRequest, opts: RequestOptions, peer: string): ClientRequest {
   const method = req.getCaseSensitiveMethod()
   const path = req.getUrl()
   const query = req.getQuery() ?? ''
@@ -59,7 +59,7 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
   let connectionTokens: string[] | undefined
   let requestId = ''
   const xff: string[] = []
-  let xfp = ''
+  const xfp: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i]!
     const v = raw[i + 1]!
@@ -91,7 +91,7 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
         xff.push(v)
         break
       case 'x-forwarded-proto':
-        xfp = v
+        xfp.push(v)
         break
       default:
         if (k === opts.requestIdHeader) requestId = v
@@ -114,7 +114,10 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
   if (chunked && contentLength !== undefined) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'both Content-Length and Transfer-Encoding')
   if (requestId === '' || requestId.length > 200) requestId = opts.nextRequestId()
 
-  const client = resolveClientIp(formatAddress(res.getRemoteAddress()), xff, opts.trusted)
+  const client = resolveClientIp(peer, xff, opts.trusted)
+  // A trusted proxy (one that terminated TLS, say) knows the scheme the client used: its value goes on as it said it.
+  const fromProxy = opts.trusted.size > 0 && xfp.length > 0 && opts.trusted.contains(normalizeIp(peer))
+  const proto = fromProxy ? xfp.join(', ') : opts.proto
 
   const headers: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
@@ -129,7 +132,7 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
   if (contentLength !== undefined) headers.push('content-length', String(contentLength))
   headers.push(
     'x-forwarded-for', client.forwardedFor,
-    'x-forwarded-proto', opts.proto,
+    'x-forwarded-proto', proto,
     'x-forwarded-host', host,
     opts.requestIdHeader, requestId,
   )
@@ -141,7 +144,7 @@ export function readClientRequest (res: HttpResponse, req: HttpRequest, opts: Re
     host,
     clientIp: client.ip,
     // A TLS front; else what the nearest hop says it received (the last element), believed from a trusted proxy only.
-    secure: opts.proto === 'https' || xfp !== '' && opts.trusted.size > 0 && opts.trusted.contains(normalizeIp(formatAddress(res.getRemoteAddress()))) && xfp.slice(xfp.lastIndexOf(',') + 1).trim().toLowerCase() === 'https',
+    secure: opts.proto === 'https' || fromProxy && proto.slice(proto.lastIndexOf(',') + 1).trim().toLowerCase() === 'https',
     requestId,
     headers,
     contentLength: chunked ? undefined : (contentLength ?? 0),

@@ -51,11 +51,11 @@ export class ListenSocket {
 }
 
 /** uWS calls the listen callback synchronously; this returns its socket or throws. */
-function bind (app: TemplatedApp, name: string, host: string, port: number): us_listen_socket {
+function bind (app: TemplatedApp, name: string, host: string, port: number, options = PORT_OPTIONS): us_listen_socket {
   let socket: us_listen_socket | false = false
   // The typings lack the (host, port, options, cb) overload the binary has.
   const listenWithOptions = app.listen as unknown as (h: string, p: number, o: number, cb: (ls: us_listen_socket | false) => void) => void
-  listenWithOptions.call(app, host, port, PORT_OPTIONS, (ls) => { socket = ls })
+  listenWithOptions.call(app, host, port, options, (ls) => { socket = ls })
   if (socket === false) throw new FerryError('FERRY_ERR_LISTEN', `${name}: cannot listen on ${host}:${port} (address in use, not available on this host, or not permitted)`)
   return socket
 }
@@ -82,4 +82,14 @@ export async function listen (uws: Uws, app: TemplatedApp, name: string, host: s
       if (attempt >= 5) throw err
     }
   }
+}
+
+/**
+ * A free loopback port of this process's own, bound once and exclusively even in a worker of a pod: the
+ * PROXY reader's way into uWS (src/front/proxy-reader.ts), which must reach this process's app and no
+ * other worker's. It is never paused, so the port-0 double bind above is not needed.
+ */
+export function listenLoopback (uws: Uws, app: TemplatedApp, name: string): ListenSocket {
+  const socket = bind(app, name, '127.0.0.1', 0, EXCLUSIVE_PORT)
+  return new ListenSocket(uws, app, name, socket, '127.0.0.1', uws.us_socket_local_port(socket as never))
 }

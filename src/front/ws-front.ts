@@ -8,7 +8,6 @@ import type { Metrics } from '../observability/metrics.js'
 import type { Route } from '../routing/router.js'
 import type { RouteTable } from './route-table.js'
 import { sendError } from '../net/error-response.js'
-import { formatAddress } from './address.js'
 import { canonicalTarget } from './target.js'
 import type { Uws } from './uws.js'
 import { ClientSession, flushOutboxes, RefusedClient, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
@@ -19,7 +18,8 @@ import { applyAdmitted, RateLimited, refusalHeader, type Admitted } from '../edg
 import { splitAsk, type SplitAsk } from '../routing/split.js'
 import { resolveClientIp } from '../edge/client-ip.js'
 import type { ConnectionLimits } from '../edge/limits.js'
-import { Networks } from '../net/address.js'
+import { Networks, normalizeIp } from '../net/address.js'
+import type { ProxyGate } from './proxy-gate.js'
 
 export interface WsFrontDeps {
   readonly uws: Uws
@@ -30,8 +30,10 @@ export interface WsFrontDeps {
   readonly limits: ConnectionLimits
   /** Registers a route on every router of the app (a TLS front has one per SNI name); absent: the app's. */
   readonly routes?: (fn: (app: TemplatedApp) => void) => void
-  /** X-Forwarded-Proto towards the backend: `https` on a TLS front. */
+  /** X-Forwarded-Proto towards the backend: `https` on a TLS front (a trusted proxy's own value is passed on instead). */
   readonly proto?: 'http' | 'https'
+  /** Who spoke HTTP to the front: the TCP peer or a PROXY header's source (listen.http.acceptProxyProtocol). */
+  readonly gate: ProxyGate
 }
 
 const TOPIC_CHECK_BYTES = 64 * 1024
@@ -157,6 +159,9 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   }
 
   private onUpgrade (res: HttpResponse, req: HttpRequest, context: us_socket_context_t): void {
+    // A refused PROXY peer is closed before anything else: it gets no response.
+    const peer = this.deps.gate.peer(res)
+    if (peer === '') return
     // Everything from `req` is copied now: it is invalid after this function returns.
     let aborted = false
     res.onAborted(() => { aborted = true; session?.abandon('client went away during the handshake') })
@@ -172,9 +177,10 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     const requestId = req.getHeader(this.table.config.http.requestIdHeader) || `${this.idPrefix}-${(++this.nextId).toString(36)}`
     const raw: string[] = []
     const xff: string[] = []
-    req.forEach((k, v) => { raw.push(k, v); if (k === 'x-forwarded-for') xff.push(v) })
+    const xfp: string[] = []
+    req.forEach((k, v) => { raw.push(k, v); if (k === 'x-forwarded-for') xff.push(v); else if (k === 'x-forwarded-proto') xfp.push(v) })
     // The client as http.trustedProxies resolves it: what limits, logs, `hash` balancing and the backend see.
-    const client = resolveClientIp(formatAddress(res.getRemoteAddress()), xff, this.trusted)
+    const client = resolveClientIp(peer, xff, this.trusted)
     const remoteAddress = client.ip
     try {
       if (!this.accepting) throw new FerryError('FERRY_ERR_GATEWAY_STOPPING', 'gateway is stopping')
@@ -203,7 +209,8 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         if (k !== 'x-forwarded-for' && settings.forwardHeaders.includes(k)) headers[k] = headers[k] === undefined ? raw[i + 1]! : `${headers[k]}, ${raw[i + 1]!}`
       }
       headers['x-forwarded-for'] = client.forwardedFor
-      headers['x-forwarded-proto'] = this.deps.proto ?? 'http'
+      // A trusted proxy's own X-Forwarded-Proto goes on as it said it (it knows what the client used).
+      headers['x-forwarded-proto'] = xfp.length > 0 && this.trusted.size > 0 && this.trusted.contains(normalizeIp(peer)) ? xfp.join(', ') : this.deps.proto ?? 'http'
       headers['x-forwarded-host'] = host
       headers[table.config.http.requestIdHeader] = requestId
       // `ferry.*` offers are Ferry's own (ferry/client); the rest are the application's.

@@ -4,7 +4,7 @@ import type { FerryError, FerryErrorCode } from '../errors.js'
 import { hashKey } from '../routing/balancer.js'
 import type { ConnectOwner, PendingConnect, TcpBackend, TcpTarget, UpstreamSocketOptions } from '../contracts/tcp.js'
 import { normalizeIp } from '../net/address.js'
-import { decodeProxyHeader, encodeProxyV1, encodeProxyV2, type ConnectionAddresses, type ProxyHeader } from './proxy-protocol.js'
+import { decodeProxyHeader, encodeProxyV1, encodeProxyV2, type ConnectionAddresses, type ProxyHeader } from '../net/proxy-protocol.js'
 
 /**
  * - `header`: reading an incoming PROXY header (acceptProxyProtocol); the client is not forwarded yet.

@@ -1,10 +1,11 @@
 import { isIPv4 } from 'node:net'
-import { formatIpv4, formatIpv6, ipFamily, normalizeIp, writeIpv4, writeIpv6 } from '../net/address.js'
+import { formatIpv4, formatIpv6, ipFamily, normalizeIp, writeIpv4, writeIpv6 } from './address.js'
 
 /**
  * The PROXY protocol (HAProxy, versions 1 and 2): a header a proxy writes before the first byte of a
  * TCP stream, carrying the original client and destination addresses.
  * https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt
+ * Shared by the TCP listeners (src/tcp/) and the HTTP front's reader (src/front/proxy-reader.ts).
  *
  * Pure: bytes in, a header (or a reason it is invalid) out; no sockets, no timers. The decoder is
  * re-run over the bytes received so far until it answers something other than `incomplete`, so a header
