@@ -206,8 +206,9 @@ export class Gateway {
     if (this.role === undefined) this.pods = new PodDirectory(podBoardOf(store), cfg.affinity.redis.podTtlMs, () => this.podRecord(), this.log.child({ component: 'pods' }))
     const upstreams = new UpstreamRegistry({ log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, drainer: this.endpointDrainer, ws })
     this.upstreams = upstreams
-    upstreams.commit(upstreams.build(this.local(cfg)))
     try {
+      // A bad upstream TLS file throws here: the stop below closes what start opened (the affinity store).
+      upstreams.commit(upstreams.build(this.local(cfg)))
       this.edge = new Edge(cfg, undefined, this.log, this.metrics)
       const admin = this.role === undefined ? await this.startAdmin(cfg) : 0
       this.front = new HttpFront({ uws: this.uws, config: cfg, table: this.table(this.local(cfg), upstreams.current), log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission })
