@@ -15,12 +15,13 @@
 //                                                 process and one profile per path, written to DIR)
 // Ports: picked free at start, 127.0.0.1 only. Every process is started here and stopped by PID.
 import { spawn, execFileSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'node:fs'
-import { createServer, connect } from 'node:net'
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
+import { cpuTree, freePort, wrk as runWrk, sumErrors } from './lib/harness.mjs'
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const HOST = '127.0.0.1'
@@ -36,7 +37,6 @@ const PROF = opt('prof', undefined)
  * with the others: a paired before/after under the same machine load. `--base2 DIR`: a third, target `base2`.
  */
 const BASES = { base: opt('base', undefined), base2: opt('base2', undefined) }
-const CLK_TCK = 100
 const WORK = mkdtempSync(join(tmpdir(), 'ferry-cpu-'))
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -63,12 +63,6 @@ process.on('uncaughtException', (err) => { console.error(err); stopAll().finally
 process.on('unhandledRejection', (err) => { console.error(err); stopAll().finally(() => process.exit(1)) })
 process.on('exit', () => { for (const c of children) if (!c.exited) c.child.kill('SIGKILL') })
 
-function freePort () {
-  return new Promise((resolve, reject) => {
-    const s = createServer(); s.on('error', reject)
-    s.listen(0, HOST, () => { const { port } = s.address(); s.close(() => resolve(port)) })
-  })
-}
 async function waitPort (port, entry) {
   for (let i = 0; i < 200; i++) {
     if (entry?.exited) throw new Error(`${entry.name} exited: ${entry.out()}`)
@@ -79,25 +73,8 @@ async function waitPort (port, entry) {
   throw new Error(`port ${port} never opened`)
 }
 
-function statOf (pid) {
-  try {
-    const s = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ')
-    return { ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12])) / CLK_TCK, sys: Number(f[12]) / CLK_TCK }
-  } catch { return undefined }
-}
-/** CPU seconds of a process and its children (nginx's worker). */
-/** { cpu, sys } seconds of a process and its children. */
-function cpuOf (pid) {
-  const own = statOf(pid)
-  let cpu = own?.cpu ?? 0; let sys = own?.sys ?? 0
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue
-    const st = statOf(d)
-    if (st !== undefined && st.ppid === pid) { cpu += st.cpu; sys += st.sys }
-  }
-  return { cpu, sys }
-}
+/** { cpu, sys } seconds of a process and its descendants (nginx: master + worker). */
+const cpuOf = (pid) => cpuTree(pid)
 
 const P = {}
 for (const k of ['backend', 'wsEcho', 'nginx', 'ferry', 'ferryAdmin', 'base', 'baseAdmin', 'base2', 'base2Admin', 'floor']) P[k] = await freePort()
@@ -190,17 +167,9 @@ if (TARGETS.includes('floor')) {
 }
 const port = { ferry: P.ferry, nginx: P.nginx, base: P.base, base2: P.base2, floor: P.floor, 'pp-off': P['pp-offLb'], 'pp-v2': P['pp-v2Lb'], 'pp-v1v2': P['pp-v1v2Lb'] }
 
-function wrk (p, seconds, extra) {
-  return new Promise((resolve, reject) => {
-    const c = spawn('wrk', ['-t', '1', '-c', '50', '-d', `${seconds}s`, ...extra, `http://${HOST}:${p}/`], { stdio: ['ignore', 'pipe', 'pipe'] })
-    let out = ''
-    c.stdout.on('data', (d) => { out += d }); c.stderr.on('data', (d) => { out += d })
-    c.on('exit', (code) => {
-      if (code !== 0) { reject(new Error(`wrk: ${out}`)); return }
-      const se = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
-      resolve({ requests: Number(/(\d+) requests in/.exec(out)?.[1]), non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0), errors: se ? se.slice(1).reduce((a, b) => a + Number(b), 0) : 0 })
-    })
-  })
+async function wrk (p, seconds, extra) {
+  const r = await runWrk(`http://${HOST}:${p}/`, seconds, { extra, latency: false })
+  return { requests: r.requests, non2xx: r.non2xx, errors: sumErrors(r.socketErrors) }
 }
 /** wsgen echo: opens the sessions, then measures; CPU is sampled around the measured window only. */
 function wsEchoRun (p, seconds, pid) {

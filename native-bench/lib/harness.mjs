@@ -1,9 +1,11 @@
-// The process and measuring helpers of native-bench's scenario scripts (rolling-upgrade.mjs,
-// backend-rollout.mjs): options from flags and env, tracked children (stopped by PID on every way out),
-// IPC questions, bounded waits, Redis, Prometheus text, and the counting helpers their results use.
-import { spawn } from 'node:child_process'
-import { mkdirSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
+// The process and measuring helpers of native-bench's scripts (run, cpu-per-request.mjs, workers.mjs,
+// rolling-upgrade.mjs, backend-rollout.mjs): options from flags and env, tracked children (stopped by PID
+// on every way out), IPC questions, bounded waits, Redis, Prometheus text, CPU time from /proc, wrk, and
+// the counting helpers their results use.
+import { execFileSync, spawn } from 'node:child_process'
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { request } from 'node:http'
+import { createConnection, createServer } from 'node:net'
 import { cpus, loadavg, release, totalmem } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -99,6 +101,13 @@ export function writeResults (o, name, result, renderMarkdown, renderSvg) {
 const live = new Set()
 process.on('exit', () => { for (const c of live) { try { c.kill('SIGKILL') } catch {} } })
 
+/** Adds a child spawned elsewhere (a load generator) to the children SIGKILLed if this process exits first. */
+export function track (child) {
+  live.add(child)
+  child.once('exit', () => { live.delete(child) })
+  return child
+}
+
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 /** A sleep that does not keep the process alive (the losing side of a Promise.race). */
 export const bound = (ms) => new Promise((resolve) => setTimeout(resolve, ms).unref())
@@ -141,6 +150,51 @@ export function spawnChild (res, cmd, args, { env, ipc = false, onLine } = {}) {
     while ((nl = ebuf.indexOf('\n')) !== -1) { child.stderrTail.push(ebuf.slice(0, nl)); ebuf = ebuf.slice(nl + 1) }
   })
   return child
+}
+
+/**
+ * Stops every child of `res`: SIGTERM (nginx's master stops its workers, Ferry's control plane drains
+ * its workers), up to `graceMs` for them to exit, then SIGKILL; then SIGKILLs any of their descendants
+ * seen by `adoptDescendants` that outlived them (by PID and start time, so never a reused PID).
+ */
+export async function stopAll (res, graceMs = 8000) {
+  const left = [...res.children]
+  for (const c of left) { try { c.kill('SIGTERM') } catch {} }
+  await Promise.race([Promise.all(left.map((c) => c.exited)), bound(graceMs)])
+  for (const c of res.children) { try { c.kill('SIGKILL') } catch {} }
+  await Promise.race([Promise.all(left.map((c) => c.exited)), bound(5000)])
+  await waitFor('descendants gone', () => { killAdopted(); return [...adopted].every(({ pid, start }) => procStat(pid)?.start !== start) }, 5000).catch(() => {})
+}
+
+/** Descendants of the children (nginx's workers, Ferry's workers): SIGKILLed if they outlive them. */
+const adopted = new Set()
+function killAdopted () {
+  for (const d of adopted) {
+    const st = procStat(d.pid)
+    if (st === undefined || st.start !== d.start || st.zombie) { adopted.delete(d); continue }
+    try { process.kill(d.pid, 'SIGKILL') } catch {}
+  }
+}
+process.on('exit', killAdopted)
+/** Records every live descendant of `pid` (not `pid` itself), to be stopped with it (see stopAll). */
+export function adoptDescendants (pid) {
+  for (const p of Object.keys(cpuTree(pid).byPid).map(Number)) {
+    const st = procStat(p)
+    if (p !== pid && st !== undefined && ![...adopted].some((d) => d.pid === p && d.start === st.start)) adopted.add({ pid: p, start: st.start })
+  }
+}
+
+/** Resolves once something accepts on host:port (bounded); rejects early if `child` exits first. */
+export async function waitPort (host, port, what, child, timeoutMs = 15_000) {
+  const open = () => new Promise((resolve) => {
+    const s = createConnection(port, host)
+    s.once('connect', () => { s.destroy(); resolve(true) })
+    s.once('error', () => resolve(false))
+  })
+  await waitFor(`${what} on ${host}:${port}`, async () => {
+    if (child?.exitInfo !== undefined) throw new Error(`${what} exited (${JSON.stringify(child.exitInfo)}) before listening: ${child.stderrTail.lines.join('\n')}`)
+    return await open()
+  }, timeoutMs)
 }
 
 /** SIGKILLs every child of `res` still running and waits (bounded) for them to go. */
@@ -192,13 +246,13 @@ export async function startRedis (res) {
 /**
  * A Ferry process (`dist/cli.js start --config file`) with JSON logs: resolves once it logs `listening`
  * (its HTTP and admin ports), within 15 s. Warnings and errors are counted (the first 10 kept); every
- * parsed log line also goes to `onLog`.
+ * parsed log line also goes to `onLog`. `nodeFlags` go before the script (cluster workers inherit them).
  */
-export async function startFerry (res, id, file, env, onLog) {
+export async function startFerry (res, id, file, env, onLog, nodeFlags = []) {
   const pod = { id, http: 0, admin: 0, startedAt: Date.now(), warnings: [], warningCount: 0 }
   let listening
   const ready = new Promise((resolve) => { listening = resolve })
-  pod.child = spawnChild(res, process.execPath, [FERRY_CLI, 'start', '--config', file], {
+  pod.child = spawnChild(res, process.execPath, [...nodeFlags, FERRY_CLI, 'start', '--config', file], {
     env,
     onLine: (line) => {
       let j
@@ -210,6 +264,26 @@ export async function startFerry (res, id, file, env, onLog) {
   })
   await Promise.race([ready, pod.child.exited.then((x) => { throw new Error(`pod ${id} exited (${JSON.stringify(x)}) before listening: ${pod.child.stderrTail.lines.join('\n')}`) }), bound(15_000).then(() => { throw new Error(`pod ${id} did not start within 15 s`) })])
   return pod
+}
+
+/**
+ * One HTTP/1.1 GET on its own connection (`Connection: close` unless `headers` say otherwise), closed
+ * after the response, bounded at 5 s; resolves { status, headers, body }.
+ */
+export function httpGet (host, port, path, headers = {}) {
+  return new Promise((resolve, reject) => {
+    const req = request({ host, port, path, agent: false, headers: { connection: 'close', ...headers } }, (res) => {
+      let body = ''
+      res.setEncoding('utf8').on('data', (d) => { body += d }).on('end', () => {
+        sock?.destroy() // a keep-alive response leaves the socket open otherwise
+        resolve({ status: res.statusCode, headers: res.headers, body })
+      })
+    })
+    let sock
+    req.on('socket', (s) => { sock = s })
+    req.setTimeout(5000, () => req.destroy(new Error(`GET ${host}:${port}${path} timed out`)))
+    req.on('error', reject).end()
+  })
 }
 
 // ---- Prometheus text ------------------------------------------------------------------------------
@@ -236,7 +310,102 @@ export function metricSum (m, name, ...labels) {
   return n
 }
 
+// ---- CPU time, from /proc ---------------------------------------------------------------------------
+export const CLK_TCK = (() => { try { return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100 } catch { return 100 } })()
+
+/**
+ * A process's parent, user+sys CPU seconds (all its threads) and start time (clock ticks since boot:
+ * with the PID it names one process), or undefined when it is gone.
+ */
+export function procStat (pid) {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ') // f[0] is field 3 (state)
+    return { ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12])) / CLK_TCK, sys: Number(f[12]) / CLK_TCK, start: f[19], zombie: f[0] === 'Z' }
+  } catch { return undefined }
+}
+
+/**
+ * User+sys CPU seconds of a process and every live descendant (nginx: master + workers; Ferry with
+ * workers: the control plane + each worker), in total and by PID. One pass over /proc.
+ */
+export function cpuTree (pid) {
+  const stats = new Map()
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue
+    const st = procStat(d)
+    if (st !== undefined) stats.set(Number(d), st)
+  }
+  const byPid = {}
+  let cpu = 0; let sys = 0
+  const todo = [pid]
+  while (todo.length > 0) {
+    const p = todo.pop()
+    const st = stats.get(p)
+    if (st === undefined) continue
+    byPid[p] = st.cpu; cpu += st.cpu; sys += st.sys
+    for (const [q, s] of stats) if (s.ppid === p) todo.push(q)
+  }
+  return { cpu, sys, byPid }
+}
+
+/** CPU seconds of a process and its descendants. */
+export const cpuSeconds = (pid) => cpuTree(pid).cpu
+
+/** Whole-machine busy CPU seconds (all cores) from /proc/stat. */
+export function machineBusySeconds () {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+  const idle = f[3] + f[4]
+  return (f.reduce((a, b) => a + b, 0) - idle) / CLK_TCK
+}
+
+// ---- wrk ------------------------------------------------------------------------------------------
+function ms (v, unit) {
+  const n = Number(v)
+  return unit === 'us' ? n / 1000 : unit === 's' ? n * 1000 : unit === 'm' ? n * 60000 : n
+}
+/** wrk's report: req/s, requests, p50/p99 (ms, with --latency), socket errors, non-2xx. */
+export function parseWrk (out) {
+  const pct = (p) => { const m = new RegExp(`^\\s+${p}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, 'm').exec(out); return m ? ms(m[1], m[2]) : NaN }
+  const se = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
+  return {
+    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN),
+    requests: Number(/(\d+) requests in/.exec(out)?.[1] ?? NaN),
+    p50ms: pct(50),
+    p99ms: pct(99),
+    socketErrors: se ? { connect: +se[1], read: +se[2], write: +se[3], timeout: +se[4] } : { connect: 0, read: 0, write: 0, timeout: 0 },
+    non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0),
+  }
+}
+export const sumErrors = (e) => e.connect + e.read + e.write + e.timeout
+
+/**
+ * wrk with one thread against `url` for `seconds`; resolves with parseWrk's figures. `extra`: more
+ * arguments (`['-H', 'Connection: close']`); `latency: false` leaves out --latency; the child is held in
+ * `transient` (a Set) while it runs, and SIGKILLed if this process exits first.
+ */
+export function wrk (url, seconds, { connections = 50, extra = [], latency = true, transient } = {}) {
+  return new Promise((resolve, reject) => {
+    const args = ['-t', '1', '-c', String(connections), '-d', `${seconds}s`, ...(latency ? ['--latency'] : []), ...extra, url]
+    const c = track(spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] }))
+    transient?.add(c); c.on('exit', () => transient?.delete(c))
+    let out = ''
+    c.stdout.on('data', (d) => { out += d })
+    c.stderr.on('data', (d) => { out += d })
+    c.on('error', reject)
+    c.on('exit', (code) => code === 0 ? resolve(parseWrk(out)) : reject(new Error(`wrk ${args.join(' ')} exited ${code}: ${out}`)))
+  })
+}
+
 // ---- measures -------------------------------------------------------------------------------------
+/** The median (the mean of the middle two for an even count) of the finite values; NaN when none. */
+export function median (xs) {
+  const s = xs.filter(Number.isFinite).sort((a, b) => a - b); const m = Math.floor(s.length / 2)
+  return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2
+}
+export const minOf = (xs) => { const f = xs.filter(Number.isFinite); return f.length > 0 ? Math.min(...f) : NaN }
+export const maxOf = (xs) => { const f = xs.filter(Number.isFinite); return f.length > 0 ? Math.max(...f) : NaN }
+
 /** Most events in any window of `windowMs` (sorted or not). */
 export function slidingPeak (times, windowMs = 1000) {
   const t = [...times].sort((a, b) => a - b)

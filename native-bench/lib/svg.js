@@ -1,7 +1,7 @@
 // Hand-written SVG bar charts for native-bench/results (no dependency): grouped bars, one colour per
 // target (same colour for the same target in every chart), min–max whiskers, value labels, a legend.
 const COLORS = {
-  direct: '#9e9e9e', ferry: '#1f77b4', 'ferry-ws': '#1f77b4', 'ferry-mux': '#0b3d91', nginx: '#2ca02c', nginx64: '#98df8a',
+  direct: '#9e9e9e', ferry: '#1f77b4', 'ferry-ws': '#1f77b4', 'ferry-mux': '#0b3d91', ferry1: '#6baed6', ferry2: '#0b3d91', nginx: '#2ca02c', nginx64: '#98df8a',
   haproxy: '#ff7f0e', pushpin: '#9467bd',
 }
 const FALLBACK = ['#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f']

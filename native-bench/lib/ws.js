@@ -11,7 +11,7 @@ import { existsSync, readFileSync, writeFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { writePushpinConfig, pushpinControlPorts } from './pushpin.js'
-import { parseMetrics } from './harness.mjs'
+import { parseMetrics, track } from './harness.mjs'
 
 export const WS_PORTS = { wsEcho: 18094, muxEcho: 18095, wsNginx: 18096, wsHaproxy: 18097, wsFerry: 18098, muxFerry: 18099, wsFerryAdmin: 19902, muxFerryAdmin: 19903 }
 const PUSHPIN_PORT = 18101
@@ -84,7 +84,7 @@ export function establishedTo (port) {
 }
 
 /** Merges wsgen histograms ([µs, count] pairs) and returns percentiles in ms. */
-function percentiles (hists, ps) {
+export function percentiles (hists, ps) {
   const m = new Map()
   for (const h of hists) for (const [us, c] of h) m.set(us, (m.get(us) ?? 0) + c)
   const sorted = [...m].sort((a, b) => a[0] - b[0])
@@ -100,6 +100,72 @@ function percentiles (hists, ps) {
 
 const metricSum = (m, name, filter = () => true) => Object.entries(m).filter(([k]) => (k === name || k.startsWith(`${name}{`)) && filter(k)).reduce((a, [, v]) => a + v, 0)
 const label = (k, l) => new RegExp(`${l}="([^"]*)"`).exec(k)?.[1] ?? ''
+
+// ---- the load generator ----------------------------------------------------------------------------
+
+/** Compiles lib/wsgen.c (gcc -O2) into `dir`; returns the binary's path. */
+export function buildWsgen (root, dir) {
+  const bin = join(dir, 'wsgen')
+  execFileSync('gcc', ['-O2', '-o', bin, join(root, 'native-bench/lib/wsgen.c')], { stdio: 'inherit' })
+  return bin
+}
+
+/**
+ * wsgen processes, driven over their stdin/stdout: `gen(mode, target, sessions, opts, n)` starts `n`
+ * copies sharing the sessions (target: { port }), resolved once all printed `ready`; `next(h, event)`
+ * waits for one's next event; `send(hs, cmd)` writes a command to each; `closeGen(hs)` closes their
+ * sessions and waits for them to exit. Each child is held in `transient` (a Set, optional) while it runs
+ * and SIGKILLed if this process exits first.
+ */
+export function wsgenDriver ({ bin, host, transient, sleep, nofile = NOFILE, size = MSG_BYTES, procs = WSGEN_PROCS }) {
+  /** Starts `n` wsgen processes sharing `sessions`; resolves with their handles once all printed `ready`. */
+  async function gen (mode, t, sessions, opts = {}, n = Math.min(procs, sessions)) {
+    const per = Array.from({ length: n }, (_, i) => Math.floor(sessions / n) + (i < sessions % n ? 1 : 0))
+    const hs = per.map((count, i) => {
+      const kv = { host, port: t.port, sessions: count, size, tag: i, ...opts }
+      if (typeof kv.path === 'function') kv.path = kv.path(i)
+      if (typeof kv.ctlpath === 'function') kv.ctlpath = kv.ctlpath(i)
+      const child = track(spawn('prlimit', [`--nofile=${nofile}:${nofile}`, '--', bin, mode, ...Object.entries(kv).map(([k, v]) => `${k}=${v}`)], { stdio: ['pipe', 'pipe', 'pipe'] }))
+      transient?.add(child)
+      const h = { child, events: [], waiters: [], exited: false, stderr: '' }
+      child.on('exit', () => { h.exited = true; transient?.delete(child); for (const w of h.waiters.splice(0)) w.reject(new Error(`wsgen exited: ${h.stderr.slice(0, 300)}`)) })
+      child.stderr.on('data', (d) => { h.stderr += d })
+      child.stdin.on('error', () => {})
+      createInterface({ input: child.stdout }).on('line', (line) => {
+        let ev; try { ev = JSON.parse(line) } catch { return }
+        const w = h.waiters.shift()
+        if (w) w.resolve(ev); else h.events.push(ev)
+      })
+      return h
+    })
+    await Promise.all(hs.map((h) => next(h, 'ready', 90000)))
+    return hs
+  }
+  function next (h, event, timeoutMs) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`wsgen: no ${event} within ${timeoutMs} ms`)), timeoutMs)
+      const done = (ev) => { clearTimeout(timer); if (ev.event !== event) reject(new Error(`wsgen: expected ${event}, got ${JSON.stringify(ev).slice(0, 200)}`)); else { h[event] = ev; resolve(ev) } }
+      const fail = (err) => { clearTimeout(timer); reject(err) }
+      if (h.events.length > 0) { done(h.events.shift()); return }
+      if (h.exited) { fail(new Error(`wsgen exited: ${h.stderr.slice(0, 300)}`)); return }
+      h.waiters.push({ resolve: done, reject: fail })
+    })
+  }
+  const send = (hs, cmd) => { for (const h of hs) if (!h.exited) h.child.stdin.write(`${cmd}\n`) }
+  async function closeGen (hs) {
+    send(hs, 'close')
+    for (const h of hs) h.child.stdin.end()
+    await Promise.all(hs.map((h) => next(h, 'closed', 10000).catch(() => {})))
+    for (const h of hs) {
+      for (let i = 0; i < 100 && !h.exited; i++) await sleep(20)
+      if (!h.exited) { try { h.child.kill('SIGKILL') } catch {} }
+    }
+  }
+  const sumOf = (hs, ev, k) => hs.reduce((a, h) => a + (h[ev]?.[k] ?? 0), 0)
+  const firstError = (hs, ev) => hs.map((h) => h[ev]?.error).find((e) => e) ?? ''
+
+  return { gen, next, send, closeGen, sumOf, firstError }
+}
 
 // ---- the section ----------------------------------------------------------------------------------
 
@@ -117,8 +183,7 @@ export async function runWsSection (ctx) {
   const tSection = performance.now()
 
   // ---- the generator ----
-  const wsgen = join(WORK, 'wsgen')
-  execFileSync('gcc', ['-O2', '-o', wsgen, join(ROOT, 'native-bench/lib/wsgen.c')], { stdio: 'inherit' })
+  const { gen, next, send, closeGen, sumOf, firstError } = wsgenDriver({ bin: buildWsgen(ROOT, WORK), host: HOST, transient: ctx.transient, sleep })
 
   // ---- what this Ferry build can do ----
   const skipped = {}
@@ -250,53 +315,6 @@ backend be
   ]
   const pidOf = (name) => procs[name]?.pid
   const live = (t) => t.on !== false && skipped[t.name] === undefined
-
-  // ---- wsgen processes ----
-  /** Starts `n` wsgen processes sharing `sessions`; resolves with their handles once all printed `ready`. */
-  async function gen (mode, t, sessions, opts = {}, n = Math.min(WSGEN_PROCS, sessions)) {
-    const per = Array.from({ length: n }, (_, i) => Math.floor(sessions / n) + (i < sessions % n ? 1 : 0))
-    const hs = per.map((count, i) => {
-      const kv = { host: HOST, port: t.port, sessions: count, size: MSG_BYTES, tag: i, ...opts }
-      if (typeof kv.path === 'function') kv.path = kv.path(i)
-      if (typeof kv.ctlpath === 'function') kv.ctlpath = kv.ctlpath(i)
-      const child = spawn('prlimit', [`--nofile=${NOFILE}:${NOFILE}`, '--', wsgen, mode, ...Object.entries(kv).map(([k, v]) => `${k}=${v}`)], { stdio: ['pipe', 'pipe', 'pipe'] })
-      ctx.transient.add(child)
-      const h = { child, events: [], waiters: [], exited: false, stderr: '' }
-      child.on('exit', () => { h.exited = true; ctx.transient.delete(child); for (const w of h.waiters.splice(0)) w.reject(new Error(`wsgen exited: ${h.stderr.slice(0, 300)}`)) })
-      child.stderr.on('data', (d) => { h.stderr += d })
-      child.stdin.on('error', () => {})
-      createInterface({ input: child.stdout }).on('line', (line) => {
-        let ev; try { ev = JSON.parse(line) } catch { return }
-        const w = h.waiters.shift()
-        if (w) w.resolve(ev); else h.events.push(ev)
-      })
-      return h
-    })
-    await Promise.all(hs.map((h) => next(h, 'ready', 90000)))
-    return hs
-  }
-  function next (h, event, timeoutMs) {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`wsgen: no ${event} within ${timeoutMs} ms`)), timeoutMs)
-      const done = (ev) => { clearTimeout(timer); if (ev.event !== event) reject(new Error(`wsgen: expected ${event}, got ${JSON.stringify(ev).slice(0, 200)}`)); else { h[event] = ev; resolve(ev) } }
-      const fail = (err) => { clearTimeout(timer); reject(err) }
-      if (h.events.length > 0) { done(h.events.shift()); return }
-      if (h.exited) { fail(new Error(`wsgen exited: ${h.stderr.slice(0, 300)}`)); return }
-      h.waiters.push({ resolve: done, reject: fail })
-    })
-  }
-  const send = (hs, cmd) => { for (const h of hs) if (!h.exited) h.child.stdin.write(`${cmd}\n`) }
-  async function closeGen (hs) {
-    send(hs, 'close')
-    for (const h of hs) h.child.stdin.end()
-    await Promise.all(hs.map((h) => next(h, 'closed', 10000).catch(() => {})))
-    for (const h of hs) {
-      for (let i = 0; i < 100 && !h.exited; i++) await sleep(20)
-      if (!h.exited) { try { h.child.kill('SIGKILL') } catch {} }
-    }
-  }
-  const sumOf = (hs, ev, k) => hs.reduce((a, h) => a + (h[ev]?.[k] ?? 0), 0)
-  const firstError = (hs, ev) => hs.map((h) => h[ev]?.error).find((e) => e) ?? ''
 
   // ---- Ferry's own counters ----
   async function ferryMetrics (t) {
