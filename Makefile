@@ -1,6 +1,6 @@
 # Ferry: the two commands a new user needs are `make run` and `make test`.
 SHELL := /bin/bash
-.PHONY: all setup build run restart test bench check docs clean
+.PHONY: all setup build run restart test bench bench-workers check docs clean
 
 all: build
 
@@ -32,6 +32,12 @@ bench:
 	native-bench/resume
 	node native-bench/rolling-upgrade.mjs
 	node native-bench/backend-rollout.mjs
+
+## Ferry gateway.workers 1 and 2 against nginx worker_processes 2 and HAProxy nbthread 2 (native-bench/workers.mjs, quick profile: about 7 minutes).
+bench-workers:
+	scripts/setup.sh --bench
+	npx tsc -p tsconfig.json
+	node native-bench/workers.mjs --quick
 
 ## Type-check only.
 check: setup
