@@ -27,7 +27,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { loadavg, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { adoptDescendants, cpuTree, fmt as fmtInt, freePort, httpGet, machineBusySeconds, machineInfo, maxOf, median, minOf, optionParser, procStat, recordedOptions, scriptMain, sleep, spawnChild, startFerry, stopAll, sumErrors, waitFor, waitPort, wrk, writeResults } from './lib/harness.mjs'
+import { adoptDescendants, cpuTree, threadCpu, fmt as fmtInt, freePort, httpGet, machineBusySeconds, machineInfo, maxOf, median, minOf, optionParser, procStat, recordedOptions, scriptMain, sleep, spawnChild, startFerry, stopAll, sumErrors, waitFor, waitPort, wrk, writeResults } from './lib/harness.mjs'
 import { buildWsgen, establishedTo, percentiles, wsgenDriver } from './lib/ws.js'
 import { barChart } from './lib/svg.js'
 
@@ -99,13 +99,15 @@ function writeConfigs (dir, P, o) {
   writeFileSync(files.backend, nginxConf(dir, 'backend', 1, {
     http: `  server { listen ${HOST}:${P.backend} backlog=4096; location / { default_type text/plain; return 200 "${BODY.replace('\n', '\\n')}"; } }`,
   }))
-  // nginx, 2 workers: the same proxy settings as native-bench/run (HTTP, stream) and lib/ws.js (WebSocket).
+  // nginx, 2 workers: the same proxy settings as native-bench/run (HTTP, stream) and lib/ws.js (WebSocket),
+  // plus `reuseport` (a listening socket per worker, as Ferry's workers have for HTTP): without it, with
+  // `multi_accept on`, one worker accepted all 50 of wrk's keep-alive connections (measured: 100% / 0%).
   files.nginx = join(dir, 'nginx.conf')
   writeFileSync(files.nginx, nginxConf(dir, 'nginx', 2, {
     http: `  upstream backend { server ${HOST}:${P.backend}; keepalive ${o.upstreamConnections}; keepalive_requests 100000000; keepalive_timeout 300s; }
   upstream echo { server ${HOST}:${P.wsEcho}; }
   server {
-    listen ${HOST}:${P.nginx} backlog=4096;
+    listen ${HOST}:${P.nginx} backlog=4096 reuseport;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For $remote_addr; }
     location /ws {
       proxy_pass http://echo; proxy_http_version 1.1;
@@ -114,7 +116,7 @@ function writeConfigs (dir, P, o) {
       proxy_read_timeout 600s; proxy_send_timeout 600s;
     }
   }`,
-    stream: `  server { listen ${HOST}:${P.nginxTcp} backlog=4096; proxy_pass ${HOST}:${P.backend}; }`,
+    stream: `  server { listen ${HOST}:${P.nginxTcp} backlog=4096 reuseport; proxy_pass ${HOST}:${P.backend}; }`,
   }))
   // HAProxy, 2 threads: at most 16 connections to the HTTP server (the rest queue), idle ones reused by anyone.
   files.haproxy = join(dir, 'haproxy.cfg')
@@ -285,7 +287,8 @@ export async function run (o) {
       const rootPid = t === 'direct' ? undefined : procs[t].pid
       const before = t === 'ferry2' ? await workersOf(t) : undefined
       let c0, b0, m0, at0, gen
-      const begin = () => { c0 = rootPid ? cpuTree(rootPid) : undefined; b0 = cpuTree(backendPid(w)); m0 = machineBusySeconds(); at0 = performance.now() }
+      let th0
+      const begin = () => { c0 = rootPid ? cpuTree(rootPid) : undefined; th0 = t === 'haproxy' ? threadCpu(rootPid) : undefined; b0 = cpuTree(backendPid(w)); m0 = machineBusySeconds(); at0 = performance.now() }
       const out = { workload: w, target: t }
       let hs
       let during
@@ -320,6 +323,7 @@ export async function run (o) {
             out.proxyCpuSeconds = c1.cpu - c0.cpu
             out.proxyCores = out.proxyCpuSeconds / wall
             out.perProcess = Object.keys(c1.byPid).map((pid) => ({ pid: Number(pid), cpuSeconds: c1.byPid[pid] - (c0.byPid[pid] ?? 0) }))
+            if (th0 !== undefined) { const th1 = threadCpu(rootPid); out.perThread = Object.keys(th1).map((tid) => ({ tid: Number(tid), cpuSeconds: th1[tid] - (th0[tid] ?? 0) })) }
           }
           out.backendCores = (cpuTree(backendPid(w)).cpu - b0.cpu) / wall
           out.machineCores = (machineBusySeconds() - m0) / wall
@@ -412,21 +416,32 @@ function summarize (result, workloads, targetNames, check) {
         s.workerServedShare = Array.from({ length: n }, (_, i) => median(rs.map((r) => r.workers[i].served / Math.max(1, r.workers.reduce((a, x) => a + x.served, 0)))))
         s.workerSessions = Array.from({ length: n }, (_, i) => median(rs.map((r) => r.workers[i].sessions)))
         s.controlUsPerRequest = median(rs.map((r) => r.controlCpuSeconds / r.requests * 1e6))
+        s.controlCores = median(rs.map((r) => r.controlCpuSeconds / r.wallSeconds))
       }
-      if (t === 'nginx') {
-        // nginx's workers by their CPU, busiest first (the master does nothing per request).
-        s.workerCpuShare = [0, 1].map((k) => median(rs.map((r) => { const ws = r.perProcess.filter((p) => p.pid !== r.perProcess[0].pid).map((p) => p.cpuSeconds).sort((a, b) => b - a); return ws[k] / ws.reduce((a, b) => a + b, 0) })))
+      // nginx's workers (the master does nothing per request) and HAProxy's threads by their CPU, busiest first.
+      const busiest = (parts) => { const xs = parts.map((p) => p.cpuSeconds).sort((a, b) => b - a); const sum = xs.reduce((a, b) => a + b, 0); return xs.map((x) => x / sum) }
+      if (t === 'nginx') s.workerCpuShare = [0, 1].map((k) => median(rs.map((r) => busiest(r.perProcess.filter((p) => p.pid !== r.perProcess[0].pid))[k])))
+      if (t === 'haproxy') {
+        const n = Math.max(...rs.map((r) => r.perThread.length))
+        s.threadCpuShare = Array.from({ length: n }, (_, k) => median(rs.map((r) => busiest(r.perThread)[k])))
       }
       S.push(s)
     }
   }
-  const get = (w, t) => S.find((s) => s.workload === w && s.target === t)
+  // Ratios within each repeat (the two runs are minutes apart at most, under the same machine load), then
+  // their median and range: steadier on a shared machine than a ratio of medians.
+  const runsOf = (w, t) => result.runs.filter((r) => r.workload === w && r.target === t)
+  const paired = (w, t, refW, refT, key) => {
+    const xs = runsOf(w, t).map((r) => ratio(r[key], runsOf(refW, refT).find((x) => x.rep === r.rep)?.[key])).filter(Number.isFinite)
+    return { median: median(xs), min: minOf(xs), max: maxOf(xs) }
+  }
   for (const s of S) {
     const ref = WORKLOADS[s.workload].ratiosAgainst ?? s.workload
-    const f1 = get(s.workload, 'ferry1'); const ng = get(ref, 'nginx'); const hp = get(ref, 'haproxy')
-    s.rateVsFerry1 = ratio(s.rate, f1?.rate); s.usVsFerry1 = ratio(s.usPerRequest, f1?.usPerRequest)
-    s.rateVsNginx = ratio(s.rate, ng?.rate); s.usVsNginx = ratio(s.usPerRequest, ng?.usPerRequest); s.p99VsNginx = ratio(s.p99ms, ng?.p99ms)
-    s.rateVsHaproxy = ratio(s.rate, hp?.rate); s.usVsHaproxy = ratio(s.usPerRequest, hp?.usPerRequest); s.p99VsHaproxy = ratio(s.p99ms, hp?.p99ms)
+    s.ratios = {}
+    for (const [name, refW] of [['ferry1', s.workload], ['nginx', ref], ['haproxy', ref]]) {
+      if (runsOf(refW, name).length === 0) continue
+      s.ratios[name] = { rate: paired(s.workload, s.target, refW, name, 'rate'), usPerRequest: paired(s.workload, s.target, refW, name, 'usPerRequest'), p99ms: paired(s.workload, s.target, refW, name, 'p99ms') }
+    }
   }
   result.summary = S
 
@@ -454,6 +469,7 @@ function renderMarkdown (r) {
   const workloads = [...new Set(S.map((s) => s.workload))]
   const get = (w, t) => S.find((s) => s.workload === w && s.target === t)
   const range = (a, lo, hi, d = 0) => `${fmt(a, d)} (${fmt(lo, d)}–${fmt(hi, d)})`
+  const rr = (x) => x === undefined ? '—' : `${fmt(x.median, 2)} (${fmt(x.min, 2)}–${fmt(x.max, 2)})`
   const wl = (w) => w === 'ws' || w === 'mux' ? `${WORKLOADS[w].label}, ${o.wsSessions} sessions × ${o.wsInflight} in flight` : WORKLOADS[w].label
   const lines = [
     '# native-bench: Ferry `gateway.workers` 1 and 2, nginx and HAProxy with 2 workers',
@@ -464,36 +480,36 @@ function renderMarkdown (r) {
     `**On this ${m.cpus}-core machine the load generator (wrk, 1 thread; wsgen, 1 process) and the backend run on the same ${m.cpus} cores as the proxy.** A 2-worker proxy never has 2 cores to itself: its rate is bounded by what the generator and the backend leave it, so the rate's scaling from 1 to 2 workers says little about a pod with cores of its own. The proxy's CPU per request (user+sys of all its processes over the window ÷ requests) does not depend on how much CPU it got and is the steadiest figure here.`,
     '',
     `${o.repeats} interleaved repeats × ${o.seconds} s per workload and target after a ${o.warmupSeconds} s warm-up each; medians with (min–max). HTTP and TCP: wrk 1 thread × ${o.connections} connections (\`--latency\`); backend nginx, 1 worker, \`return 200\` with a ${BODY.length}-byte body. WebSocket: ${o.wsSessions} sessions, ${o.wsInflight} ${MSG_BYTES}-byte message${o.wsInflight > 1 ? 's' : ''} in flight each, echoed by a uWebSockets.js process (ws, direct) or a \`ferry/backend\` process (mux); every echo checked byte for byte and in order.`,
-    `Proxies: Ferry \`pool.maxConnections: ${o.upstreamConnections}\` per worker, mux \`pool.links: ${o.muxLinks}\` per worker (so ${o.muxLinks * 2} links with 2 workers); nginx \`keepalive ${o.upstreamConnections}\` per worker (an idle cache, not a cap); HAProxy \`maxconn ${o.upstreamConnections}\` + \`http-reuse always\` (one pool for both threads). Ferry's workers share the HTTP port with SO_REUSEPORT (the kernel hashes each new connection to one of them) and the TCP listener through the cluster module's shared handle.`,
+    `Proxies: Ferry \`pool.maxConnections: ${o.upstreamConnections}\` per worker, mux \`pool.links: ${o.muxLinks}\` per worker (so ${o.muxLinks * 2} links with 2 workers); nginx \`keepalive ${o.upstreamConnections}\` per worker (an idle cache, not a cap) and \`listen … reuseport\` (without it one worker accepted all of wrk's keep-alive connections); HAProxy \`maxconn ${o.upstreamConnections}\` + \`http-reuse always\` (one pool for both threads). Ferry's workers share the HTTP port with SO_REUSEPORT (the kernel hashes each new connection to one of them) and the TCP listener through the cluster module's shared handle.`,
     `CPU per request: the proxy's processes (Ferry: control plane + every worker; nginx: master + workers; HAProxy: one process, all threads) from /proc/PID/stat over the measured window ÷ requests completed (WebSocket: round trips). Cores: CPU seconds ÷ wall seconds of the window (1.00 = one core busy); \`other\` is the machine's busy CPU minus the proxy, the backend and the generator: other processes.`,
     '',
     '## Scaling and ratios',
     '',
-    'Rate ratios: higher is better; CPU-per-request ratios: lower is better. mux: nginx and HAProxy have no mux protocol, so Ferry mux is compared with their WebSocket passthrough rows (the same client load).',
+    `Each ratio is taken within a repeat (the two runs minutes apart at most, under the same machine load): the median of the ${o.repeats} repeats with (min–max). Rate ratios: higher is better; CPU per request and p99: lower is better. mux: nginx and HAProxy have no mux protocol, so Ferry mux is compared with their WebSocket passthrough runs (the same client load).`,
     '',
-    '| workload | Ferry 2 ÷ 1 workers: rate | Ferry 2 ÷ 1: CPU/req | Ferry ×2 ÷ nginx ×2: rate | ÷ nginx: CPU/req | Ferry ×2 ÷ HAProxy ×2: rate | ÷ HAProxy: CPU/req | Ferry ×1 CPU/req ÷ nginx | Ferry ×2 p99 ÷ nginx |',
+    '| workload | Ferry 2 ÷ 1 workers: rate | Ferry 2 ÷ 1: CPU/req | Ferry ×2 ÷ nginx ×2: rate | ÷ nginx: CPU/req | Ferry ×2 ÷ HAProxy ×2: rate | ÷ HAProxy: CPU/req | Ferry ×1 CPU/req ÷ nginx ×2 | Ferry ×2 p99 ÷ nginx ×2 |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...workloads.map((w) => {
-      const f2 = get(w, 'ferry2') ?? {}; const f1 = get(w, 'ferry1') ?? {}
-      return `| ${wl(w)} | ${fmt(f2.rateVsFerry1, 2)} | ${fmt(f2.usVsFerry1, 2)} | ${fmt(f2.rateVsNginx, 2)} | ${fmt(f2.usVsNginx, 2)} | ${fmt(f2.rateVsHaproxy, 2)} | ${fmt(f2.usVsHaproxy, 2)} | ${fmt(f1.usVsNginx, 2)} | ${fmt(f2.p99VsNginx, 2)} |`
+      const f2 = get(w, 'ferry2')?.ratios ?? {}; const f1 = get(w, 'ferry1')?.ratios ?? {}
+      return `| ${wl(w)} | ${rr(f2.ferry1?.rate)} | ${rr(f2.ferry1?.usPerRequest)} | ${rr(f2.nginx?.rate)} | ${rr(f2.nginx?.usPerRequest)} | ${rr(f2.haproxy?.rate)} | ${rr(f2.haproxy?.usPerRequest)} | ${rr(f1.nginx?.usPerRequest)} | ${rr(f2.nginx?.p99ms)} |`
     }),
     '',
     '## Results',
     '',
-    `| workload | target | rate | p99 ms | proxy CPU µs/request | proxy cores | rate vs nginx / HAProxy | CPU/req vs nginx / HAProxy | errors | cores: backend / generator / machine / other |`,
+    `| workload | target | rate | p99 ms | proxy CPU µs/request | proxy cores | rate vs nginx / HAProxy (per repeat, median) | CPU/req vs nginx / HAProxy (same) | errors | cores: backend / generator / machine / other |`,
     '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-    ...S.map((s) => `| ${wl(s.workload)} | ${TARGET_LABELS[s.target]} | ${range(s.rate, s.rateMin, s.rateMax)} ${WORKLOADS[s.workload].unit} | ${range(s.p99ms, s.p99Min, s.p99Max, 2)} | ${s.target === 'direct' ? '—' : range(s.usPerRequest, s.usMin, s.usMax, 1)} | ${s.target === 'direct' ? '—' : fmt(s.proxyCores, 2)} | ${fmt(s.rateVsNginx, 2)} / ${fmt(s.rateVsHaproxy, 2)} | ${s.target === 'direct' ? '—' : `${fmt(s.usVsNginx, 2)} / ${fmt(s.usVsHaproxy, 2)}`} | ${s.errors} | ${fmt(s.backendCores, 2)} / ${fmt(s.generatorCores, 2)} / ${fmt(s.machineCores, 2)} / ${fmt(s.otherCores, 2)} |`),
+    ...S.map((s) => `| ${wl(s.workload)} | ${TARGET_LABELS[s.target]} | ${range(s.rate, s.rateMin, s.rateMax)} ${WORKLOADS[s.workload].unit} | ${range(s.p99ms, s.p99Min, s.p99Max, 2)} | ${s.target === 'direct' ? '—' : range(s.usPerRequest, s.usMin, s.usMax, 1)} | ${s.target === 'direct' ? '—' : fmt(s.proxyCores, 2)} | ${fmt(s.ratios.nginx?.rate.median, 2)} / ${fmt(s.ratios.haproxy?.rate.median, 2)} | ${s.target === 'direct' ? '—' : `${fmt(s.ratios.nginx?.usPerRequest.median, 2)} / ${fmt(s.ratios.haproxy?.usPerRequest.median, 2)}`} | ${s.errors} | ${fmt(s.backendCores, 2)} / ${fmt(s.generatorCores, 2)} / ${fmt(s.machineCores, 2)} / ${fmt(s.otherCores, 2)} |`),
     '',
     '## How the work spread over the workers',
     '',
-    'Ferry ×2: each worker\'s share of the workers\' CPU, of the requests served (/status `workers[].clients.httpRequestsServed`, HTTP) or the sessions it held (`webSocketSessions`, WebSocket), and the control plane\'s CPU per request. nginx ×2: its two workers\' shares of their CPU, busiest first.',
+    'Ferry ×2: each worker\'s share of the workers\' CPU, of the requests served (/status `workers[].clients.httpRequestsServed`, HTTP) or the sessions it held (`webSocketSessions`, WebSocket), and the control plane\'s CPU (per request, and in cores: its heartbeats from the workers and the limit shares it moves cost about the same per second whatever the traffic). nginx ×2: its two workers\' shares of their CPU; HAProxy ×2: its two threads\' shares (from /proc/PID/task), busiest first.',
     '',
-    '| workload | Ferry ×2: CPU share per worker | requests / sessions per worker | control plane µs/request | nginx ×2: CPU share per worker |',
-    '| --- | --- | --- | ---: | --- |',
+    '| workload | Ferry ×2: CPU share per worker | requests / sessions per worker | control plane: µs/request, cores | nginx ×2: CPU share per worker | HAProxy ×2: CPU share per thread |',
+    '| --- | --- | --- | ---: | --- | --- |',
     ...workloads.map((w) => {
-      const f2 = get(w, 'ferry2'); const ng = get(w, 'nginx')
+      const f2 = get(w, 'ferry2'); const ng = get(w, 'nginx'); const hp = get(w, 'haproxy')
       const parts = f2 === undefined ? '—' : w === 'ws' || w === 'mux' ? `${f2.workerSessions.map((x) => fmt(x)).join(' / ')} sessions` : w === 'tcp' ? 'not counted per worker' : f2.workerServedShare.map(pct).join(' / ')
-      return `| ${wl(w)} | ${f2 ? f2.workerCpuShare.map(pct).join(' / ') : '—'} | ${parts} | ${f2 ? fmt(f2.controlUsPerRequest, 2) : '—'} | ${ng ? ng.workerCpuShare.map(pct).join(' / ') : '—'} |`
+      return `| ${wl(w)} | ${f2 ? f2.workerCpuShare.map(pct).join(' / ') : '—'} | ${parts} | ${f2 ? `${fmt(f2.controlUsPerRequest, 2)}, ${fmt(f2.controlCores, 3)}` : '—'} | ${ng ? ng.workerCpuShare.map(pct).join(' / ') : '—'} | ${hp ? hp.threadCpuShare.map(pct).join(' / ') : '—'} |`
     }),
     '',
     'Checks:',

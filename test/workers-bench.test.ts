@@ -18,7 +18,7 @@ interface Run { workload: string, target: string, requests: number, rate: number
 interface Check { name: string, ok: boolean, gate?: boolean, detail: string }
 interface Bench {
   DEFAULTS: Record<string, unknown>
-  run: (o: Record<string, unknown>) => Promise<{ runs: Run[], checks: Check[], ok: boolean, summary: Array<{ workload: string, target: string, rateVsFerry1: number, usVsFerry1: number }> }>
+  run: (o: Record<string, unknown>) => Promise<{ runs: Run[], checks: Check[], ok: boolean, summary: Array<{ workload: string, target: string, ratios: Record<string, { rate: { median: number }, usPerRequest: { median: number } }> }> }>
 }
 
 const missing = ['nginx', 'wrk', 'gcc'].filter((c) => spawnSync('sh', ['-c', `command -v ${c}`]).status !== 0)
@@ -61,6 +61,7 @@ t.test('workers benchmark, small: Ferry ×2 is measured as its control plane plu
       t.ok(sessions.every((n) => n > 0), 'both hold some')
     }
     const s = res.summary.find((x) => x.workload === w && x.target === 'ferry2')!
-    t.ok(Number.isFinite(s.rateVsFerry1) && Number.isFinite(s.usVsFerry1), `${w}: the scaling ratios are computed (rate ${s.rateVsFerry1.toFixed(2)}, CPU per request ${s.usVsFerry1.toFixed(2)})`)
+    const scale = s.ratios.ferry1!
+    t.ok(Number.isFinite(scale.rate.median) && Number.isFinite(scale.usPerRequest.median), `${w}: the scaling ratios are computed (rate ${scale.rate.median.toFixed(2)}, CPU per request ${scale.usPerRequest.median.toFixed(2)})`)
   }
 })

@@ -349,6 +349,18 @@ export function cpuTree (pid) {
   return { cpu, sys, byPid }
 }
 
+/** User+sys CPU seconds of each thread of a process (HAProxy's nbthread threads), by thread id. */
+export function threadCpu (pid) {
+  const out = {}
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const st = procStat(`${pid}/task/${tid}`)
+      if (st !== undefined) out[tid] = st.cpu
+    }
+  } catch {}
+  return out
+}
+
 /** CPU seconds of a process and its descendants. */
 export const cpuSeconds = (pid) => cpuTree(pid).cpu
 
