@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
-import { cpuTree, freePort, wrk as runWrk, sumErrors } from './lib/harness.mjs'
+import { cpuTree, freePort, nginxBackendServer, nginxConf, nginxProxyServer, wrk as runWrk, sumErrors } from './lib/harness.mjs'
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const HOST = '127.0.0.1'
@@ -82,39 +82,9 @@ for (const k of ['backend', 'wsEcho', 'nginx', 'ferry', 'ferryAdmin', 'base', 'b
 const PP = { 'pp-off': ['off', ''], 'pp-v2': ['v2', 'send-proxy-v2'], 'pp-v1v2': ['v1+v2', 'send-proxy'] }
 for (const t of Object.keys(PP)) if (TARGETS.includes(t)) for (const k of [t, `${t}Admin`, `${t}Lb`]) P[k] = await freePort()
 const BODY = 'native-bench reference response\n'
-const nginxCommon = (n) => `worker_processes 1;
-daemon off;
-master_process on;
-error_log ${WORK}/${n}-error.log warn;
-pid ${WORK}/${n}.pid;
-events { worker_connections 16384; multi_accept on; }`
-const nginxTemp = (n) => ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `${t}_temp_path ${WORK}/${n}-${t};`).join(' ')
-writeFileSync(join(WORK, 'backend.conf'), `${nginxCommon('backend')}
-http {
-  access_log off; ${nginxTemp('backend')}
-  keepalive_requests 100000000; keepalive_timeout 300s;
-  server { listen ${HOST}:${P.backend} backlog=4096; location / { default_type text/plain; return 200 "${BODY.replace('\n', '\\n')}"; } }
-}
-`)
+writeFileSync(join(WORK, 'backend.conf'), nginxConf(WORK, 'backend', 1, { http: nginxBackendServer(HOST, P.backend, BODY) }))
 // The same proxy configuration as native-bench/run (HTTP) and native-bench/lib/ws.js (WebSocket), in one worker.
-writeFileSync(join(WORK, 'nginx.conf'), `${nginxCommon('nginx')}
-http {
-  access_log off; ${nginxTemp('nginx')}
-  keepalive_requests 100000000; keepalive_timeout 300s;
-  upstream backend { server ${HOST}:${P.backend}; keepalive 16; keepalive_requests 100000000; keepalive_timeout 300s; }
-  upstream echo { server ${HOST}:${P.wsEcho}; }
-  server {
-    listen ${HOST}:${P.nginx} backlog=4096;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For $remote_addr; }
-    location /ws {
-      proxy_pass http://echo; proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade";
-      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr;
-      proxy_read_timeout 600s; proxy_send_timeout 600s;
-    }
-  }
-}
-`)
+writeFileSync(join(WORK, 'nginx.conf'), nginxConf(WORK, 'nginx', 1, { http: nginxProxyServer({ host: HOST, port: P.nginx, backend: `${HOST}:${P.backend}`, echo: `${HOST}:${P.wsEcho}` }) }))
 // `proxy`: only for the pp-* targets (a --base Ferry may predate the field).
 const ferryYaml = (httpPort, adminPort, proxy) => `listen:
   http: { host: ${HOST}, port: ${httpPort}${proxy === undefined ? '' : `, acceptProxyProtocol: ${proxy}`} }

@@ -23,11 +23,11 @@
 // Every process is started here and stopped by PID (SIGTERM, then SIGKILL), with its descendants;
 // ports are picked free at start; nothing but 127.0.0.1 is bound or contacted. Writes
 // results/workers.{md,json,svg}.
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { adoptDescendants, cpuTree, threadCpu, fmt as fmtInt, freePort, httpGet, machineBusySeconds, machineInfo, maxOf, median, minOf, optionParser, procStat, recordedOptions, scriptMain, sleep, spawnChild, startFerry, stopAll, sumErrors, waitFor, waitPort, wrk, writeResults } from './lib/harness.mjs'
+import { adoptDescendants, cpuTree, threadCpu, fmt as fmtInt, freePort, httpGet, machineBusySeconds, machineInfo, maxOf, median, minOf, nginxBackendServer, nginxConf, nginxProxyServer, optionParser, procStat, recordedOptions, scriptMain, sleep, spawnChild, startFerry, stopAll, sumErrors, waitFor, waitPort, wrk, writeResults } from './lib/harness.mjs'
 import { buildWsgen, establishedTo, percentiles, wsgenDriver } from './lib/ws.js'
 import { barChart } from './lib/svg.js'
 
@@ -74,48 +74,17 @@ function validate (o) {
 }
 
 // ---- configurations -------------------------------------------------------------------------------
-const STREAM_MODULE = ['/usr/lib/nginx/modules/ngx_stream_module.so', '/usr/share/nginx/modules/ngx_stream_module.so'].find((p) => existsSync(p))
-
-function nginxConf (dir, name, workers, body) {
-  const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `${t}_temp_path ${dir}/${name}-${t};`).join(' ')
-  return `${body.stream && STREAM_MODULE ? `load_module ${STREAM_MODULE};\n` : ''}worker_processes ${workers};
-daemon off;
-master_process on;
-error_log ${dir}/${name}-error.log warn;
-pid ${dir}/${name}.pid;
-events { worker_connections 16384; multi_accept on; }
-http {
-  access_log off; ${temp}
-  keepalive_requests 100000000; keepalive_timeout 300s;
-${body.http}
-}
-${body.stream ? `stream {\n${body.stream}\n}\n` : ''}`
-}
-
 function writeConfigs (dir, P, o) {
   const files = {}
   // The reference backend, as native-bench/run's: one worker, keep-alive for as long as anyone wants it.
   files.backend = join(dir, 'backend.conf')
-  writeFileSync(files.backend, nginxConf(dir, 'backend', 1, {
-    http: `  server { listen ${HOST}:${P.backend} backlog=4096; location / { default_type text/plain; return 200 "${BODY.replace('\n', '\\n')}"; } }`,
-  }))
+  writeFileSync(files.backend, nginxConf(dir, 'backend', 1, { http: nginxBackendServer(HOST, P.backend, BODY) }))
   // nginx, 2 workers: the same proxy settings as native-bench/run (HTTP, stream) and lib/ws.js (WebSocket),
   // plus `reuseport` (a listening socket per worker, as Ferry's workers have for HTTP): without it, with
   // `multi_accept on`, one worker accepted all 50 of wrk's keep-alive connections (measured: 100% / 0%).
   files.nginx = join(dir, 'nginx.conf')
   writeFileSync(files.nginx, nginxConf(dir, 'nginx', 2, {
-    http: `  upstream backend { server ${HOST}:${P.backend}; keepalive ${o.upstreamConnections}; keepalive_requests 100000000; keepalive_timeout 300s; }
-  upstream echo { server ${HOST}:${P.wsEcho}; }
-  server {
-    listen ${HOST}:${P.nginx} backlog=4096 reuseport;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For $remote_addr; }
-    location /ws {
-      proxy_pass http://echo; proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade";
-      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr;
-      proxy_read_timeout 600s; proxy_send_timeout 600s;
-    }
-  }`,
+    http: nginxProxyServer({ host: HOST, port: P.nginx, backend: `${HOST}:${P.backend}`, echo: `${HOST}:${P.wsEcho}`, keepalive: o.upstreamConnections, reuseport: true }),
     stream: `  server { listen ${HOST}:${P.nginxTcp} backlog=4096 reuseport; proxy_pass ${HOST}:${P.backend}; }`,
   }))
   // HAProxy, 2 threads: at most 16 connections to the HTTP server (the rest queue), idle ones reused by anyone.

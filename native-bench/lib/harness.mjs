@@ -3,7 +3,7 @@
 // on every way out), IPC questions, bounded waits, Redis, Prometheus text, CPU time from /proc, wrk, and
 // the counting helpers their results use.
 import { execFileSync, spawn } from 'node:child_process'
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { createConnection, createServer } from 'node:net'
 import { cpus, loadavg, release, totalmem } from 'node:os'
@@ -285,6 +285,51 @@ export function httpGet (host, port, path, headers = {}) {
     req.on('error', reject).end()
   })
 }
+
+// ---- nginx configurations -------------------------------------------------------------------------
+const STREAM_MODULE = ['/usr/lib/nginx/modules/ngx_stream_module.so', '/usr/share/nginx/modules/ngx_stream_module.so'].find((p) => existsSync(p))
+
+/**
+ * An nginx configuration run in the foreground by `nginx -p DIR -c FILE`: `workers` worker processes,
+ * its logs, pid and temp files in `dir`, no access log, keep-alive for as long as a client wants;
+ * `http` is the http block's body, `stream` (optional) a stream block's (with the module loaded).
+ */
+export function nginxConf (dir, name, workers, { http, stream }) {
+  const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `${t}_temp_path ${dir}/${name}-${t};`).join(' ')
+  return `${stream && STREAM_MODULE ? `load_module ${STREAM_MODULE};\n` : ''}worker_processes ${workers};
+daemon off;
+master_process on;
+error_log ${dir}/${name}-error.log warn;
+pid ${dir}/${name}.pid;
+events { worker_connections 16384; multi_accept on; }
+http {
+  access_log off; ${temp}
+  keepalive_requests 100000000; keepalive_timeout 300s;
+${http}
+}
+${stream ? `stream {\n${stream}\n}\n` : ''}`
+}
+
+/** The reference backend's server: `return 200` with `body` (native-bench/run's, without its extras). */
+export const nginxBackendServer = (host, port, body) => `  server { listen ${host}:${port} backlog=4096; location / { default_type text/plain; return 200 "${body.replace('\n', '\\n')}"; } }`
+
+/**
+ * The benchmarks' nginx reverse proxy (as native-bench/run for HTTP and lib/ws.js for WebSocket): `/` to
+ * `backend` over an idle cache of `keepalive` HTTP/1.1 connections, `/ws` upgraded to `echo`.
+ * `reuseport`: a listening socket per worker.
+ */
+export const nginxProxyServer = ({ host, port, backend, echo, keepalive = 16, reuseport = false }) => `  upstream backend { server ${backend}; keepalive ${keepalive}; keepalive_requests 100000000; keepalive_timeout 300s; }
+  upstream echo { server ${echo}; }
+  server {
+    listen ${host}:${port} backlog=4096${reuseport ? ' reuseport' : ''};
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For $remote_addr; }
+    location /ws {
+      proxy_pass http://echo; proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade";
+      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_read_timeout 600s; proxy_send_timeout 600s;
+    }
+  }`
 
 // ---- Prometheus text ------------------------------------------------------------------------------
 /** Parses Prometheus text into { 'name{labels}': value }. */
