@@ -27,7 +27,8 @@ fi
 
 pkgs=()
 need_cmd() { command -v "$1" >/dev/null 2>&1 || pkgs+=("$2"); }
-if [ "$want_test" = 1 ]; then need_cmd redis-server redis-server; need_cmd openssl openssl; [ -x /usr/bin/chromium ] || pkgs+=(chromium); fi
+# The suite also drives a real HAProxy (PROXY protocol) and runs the workers benchmark small (nginx, wrk, gcc).
+if [ "$want_test" = 1 ]; then need_cmd redis-server redis-server; need_cmd openssl openssl; need_cmd curl curl; [ -x /usr/bin/chromium ] || pkgs+=(chromium); need_cmd haproxy haproxy; need_cmd nginx nginx-light; need_cmd wrk wrk; need_cmd gcc gcc; [ -e /usr/include/stdio.h ] || pkgs+=(libc6-dev); fi
 if [ "$want_bench" = 1 ]; then need_cmd nginx nginx-light; need_cmd haproxy haproxy; need_cmd wrk wrk; need_cmd iperf3 iperf3; [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || pkgs+=(libnginx-mod-stream); need_cmd gcc gcc; [ -e /usr/include/stdio.h ] || pkgs+=(libc6-dev); need_cmd pushpin pushpin; need_cmd redis-server redis-server; fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
   sudo=""
@@ -38,7 +39,14 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
   fi
   say "apt-get install ${pkgs[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  # Debian starts a package's service on install (nginx on :80, haproxy): Ferry's tests and benchmark
+  # start their own, so service start-up is refused while installing (policy-rc.d), unless one is set already.
+  blocked=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null && $sudo chmod +x /usr/sbin/policy-rc.d && blocked=1; fi
+  rc=0
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || rc=$?
+  if [ "$blocked" = 1 ]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
+  [ "$rc" = 0 ] || exit "$rc"
 fi
 
 # npm packages, from the lock file; skipped when node_modules already matches it.
