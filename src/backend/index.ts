@@ -142,6 +142,8 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
   private readonly acksDue = new Set<Session>()
   private ackTimer: NodeJS.Timeout | undefined
   private closing = false
+  /** Every socket accepted and not yet closed, links or not (one still in its HELLO, one a link let go). */
+  private readonly sockets = new Set<Socket>()
   private draining: Promise<DrainResult> | undefined
   private readonly handoffOpts: { timeoutMs: number, maxStateBytes: number } | undefined
   readonly handoffAckWaitMs: number
@@ -359,6 +361,9 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
       l.conn.goaway(GoawayCode.NORMAL, 'backend shutting down')
       l.conn.destroy({ code: 'FERRY_ERR_WS_UPSTREAM_LOST', message: 'backend shutting down' })
     }
+    // Whatever the links left open (a socket still in its HELLO is not a link yet): the server's
+    // 'close' waits for every accepted socket, so a close must not depend on the gateway ending them.
+    for (const s of this.sockets) s.destroy()
     await closed
     this.emit('close')
   }
@@ -366,6 +371,8 @@ export class MuxServer extends EventEmitter<ServerEvents> implements SessionHost
   private accept (socket: Socket): void {
     this.connectionsAccepted++
     if (this.closing) { socket.destroy(); return }
+    this.sockets.add(socket)
+    socket.once('close', () => { this.sockets.delete(socket) })
     const remoteAddress = socket.remoteAddress ?? ''
     const remotePort = socket.remotePort ?? 0
     let link: Link | undefined
