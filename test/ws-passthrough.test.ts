@@ -139,6 +139,9 @@ t.test('bursts: 20 sessions × 300 messages sent back to back, then a close: the
   t.same(bad, [], `all ${SESSIONS * PER} messages reached the backend, each session's in order`)
   t.same(backend.closes.map(([code, reason]) => `${code} ${reason}`).sort(), Array.from({ length: SESSIONS }, (_, i) => `4000 done ${i}`).sort(), 'then each close code and reason, after the last message')
   t.equal(await metric(f, 'ferry_ws_messages_total{mode="ws",direction="to_upstream"}'), SESSIONS * PER, 'every message counted once')
+  // Each upgrade completes after the backend's 101, outside a uWS callback: uWS 20.30 printed this line
+  // once per session until Ferry ran the upgrade in its cork anchor's cork (src/front/cork-anchor.ts).
+  t.notMatch(f.stderr(), /corked callback/, `no uWS "writes must be made from within a corked callback" line for ${SESSIONS} passthrough upgrades (issue 22.9)`)
   await assertAlive(t, f)
 })
 t.test('headers: the route\'s forwardHeaders pass, others do not; X-Forwarded-* set; a backend greeting sent at once arrives first', async (t) => {

@@ -17,6 +17,7 @@ import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wi
 import { applyAdmitted, RateLimited, refusalHeader, type Admitted } from '../edge/guard.js'
 import { splitAsk, type SplitAsk } from '../routing/split.js'
 import { resolveClientIp } from '../edge/client-ip.js'
+import { CorkAnchor } from './cork-anchor.js'
 import type { ConnectionLimits } from '../edge/limits.js'
 import { Networks, normalizeIp } from '../net/address.js'
 import type { ProxyGate } from './proxy-gate.js'
@@ -70,6 +71,8 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   private nextId = 0
   private accepting = true
   private readonly sweep: NodeJS.Timeout
+  /** Upgrades that complete outside a uWS callback run in its cork (started at the first upgrade). */
+  private readonly anchor: CorkAnchor
   /** Subscribers per (scoped) topic, and bytes published to it since its subscribers were last checked. */
   private readonly topics = new Map<string, { subs: Set<ClientSession>, sinceCheck: number }>()
   /** Subscribers not upgraded yet, per topic: they get topic messages into their early queue. */
@@ -83,6 +86,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   private readonly patterns = new Set<string>()
 
   constructor (private readonly app: TemplatedApp, private readonly deps: WsFrontDeps) {
+    this.anchor = new CorkAnchor(deps.uws, deps.log.child({ component: 'cork-anchor' }))
     this.table = deps.table
     this.trusted = new Networks(deps.table.config.http.trustedProxies)
     const byPath = wsSettingsByPath(deps.table.config)
@@ -93,6 +97,12 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     // watched, not held. O(sessions) once a second.
     this.sweep = setInterval(() => { for (const s of this.sessions) s.checkBackpressure() }, 1000)
     this.sweep.unref()
+    this.startAnchor(deps.table)
+  }
+
+  /** The anchor is wanted once WebSocket sessions can be opened: with an upstream of protocol ws or mux. */
+  private startAnchor (table: RouteTable): void {
+    if (Object.values(table.config.upstreams).some((u) => u.protocol === 'ws' || u.protocol === 'mux')) this.anchor.start()
   }
 
   private add (pattern: string, s: WebSocketRouteConfig): void {
@@ -117,6 +127,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   /** A reload: new upgrades use `table`; a new WebSocket path gets its uWS behavior now (the reload checked that existing paths keep their uWS settings). */
   setTable (table: RouteTable): void {
     this.table = table
+    this.startAnchor(table)
     this.trusted = new Networks(table.config.http.trustedProxies)
     this.registerPaths(wsSettingsByPath(table.config))
   }
@@ -279,9 +290,9 @@ export class WsFront implements TopicPublisher, SessionRegistry {
           // Not inside res.cork(): uWS 20.30's cork() can mistake the freshly upgraded socket for the HTTP
           // one (the adopt realloc keeps its address) and close it right after `open` when stray bytes at
           // the HTTP state offset look like "Connection: close" (uNetworking/uWebSockets#1929, fixed after
-          // 20.30; seen here as a random new session closed 1006). The cost: uWS prints its "writes must
-          // be made from within a corked callback" warning when the upgrade completes outside a uWS callback.
-          res.upgrade<WsUserData>({ session: s }, key, leg.protocol, extensions, context)
+          // 20.30; seen here as a random new session closed 1006). Inside the anchor's cork instead, so uWS
+          // does not print its "writes must be made from within a corked callback" warning (cork-anchor.ts).
+          this.anchor.run(() => { res.upgrade<WsUserData>({ session: s }, key, leg.protocol, extensions, context) })
         }, (err: unknown) => {
           this.forget(s)
           s.abandon('upstream refused')
@@ -300,7 +311,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         if (ferr instanceof RateLimited && ferryClient && upstream.mode === 'mux') {
           // Like admission: a browser cannot read the 429, so ferry/client clients get 1013 and a hint.
           this.deps.metrics.wsUpgradeFailures.labels(route.name, ferr.code).inc()
-          res.upgrade<WsUserData>({ session: new RefusedClient(1013, `retry-after-ms=${ferr.retryAfterMs}`) }, key, FERRY_SUBPROTOCOL, '', context)
+          this.anchor.run(() => { res.upgrade<WsUserData>({ session: new RefusedClient(1013, `retry-after-ms=${ferr.retryAfterMs}`) }, key, FERRY_SUBPROTOCOL, '', context) })
           return
         }
         this.fail(res, route.name, ferr, requestId, refusalHeader(ferr, guard.challenge))
@@ -396,6 +407,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   /** All sessions are gone: the sweep stops. */
   close (): void {
     clearInterval(this.sweep)
+    this.anchor.close()
   }
 
   /** Closes every session (1001 going away, or 1012 at a drain's deadline); their legs close their backend sides. Returns how many. */
