@@ -39,7 +39,9 @@ function typeOf (s: JsonSchema): string {
 
 function rows (s: JsonSchema, path: string, out: string[]): void {
   const variants = s.oneOf ?? s.anyOf
-  if (variants !== undefined) { for (const v of variants) rows(v, path, out); return }
+  // A union of objects (the upstream kinds): each variant's fields. A union of plain values (`auto` or a
+  // number): one row, with the union's own default and description.
+  if (variants !== undefined && variants.some((v) => v.properties !== undefined)) { for (const v of variants) rows(v, path, out); return }
   if (path !== '') {
     const required = s.default === undefined && !path.endsWith('?')
     const def = s.default !== undefined ? `\`${JSON.stringify(s.default)}\`` : required ? 'required' : '—'
