@@ -28,6 +28,7 @@ import { AdminToken, resolveAdminToken } from './admin/token.js'
 import { PodDirectory, podBoardOf, type PodRecord } from './affinity/pods.js'
 import { hostname } from 'node:os'
 import { workerShare, type Budget } from './planes/share.js'
+import { ProcessState, type GatewayState } from './process-state.js'
 
 /** Connections of a listener a reload removed continue until they end (the longest timer Node takes). */
 const RETIRED_LISTENER_GRACE_MS = 2 ** 31 - 1
@@ -44,7 +45,7 @@ export type ReloadResult =
  *                                     └──────────────stop()──────────────────────▶ stopping
  * A drain requested while starting begins as soon as the gateway runs.
  */
-export type GatewayState = 'created' | 'starting' | 'running' | 'draining' | 'stopping' | 'stopped'
+export type { GatewayState } from './process-state.js'
 
 export interface GatewayOptions {
   config: Config
@@ -97,7 +98,7 @@ export class Gateway {
   private warnedSecret = false
   readonly metrics: Metrics
   private readonly log: Logger
-  private state: GatewayState = 'created'
+  private readonly state: ProcessState
   private readonly uws: Uws
   /** Every upstream instance: the running config's, and those a reload retired while they finish (made at start). */
   private upstreams: UpstreamRegistry | undefined
@@ -153,6 +154,7 @@ export class Gateway {
     this.givenStore = opts.store
     this.version = configVersion(opts.config)
     this.log = opts.log
+    this.state = new ProcessState(this.log, 'gateway')
     this.metrics = opts.metrics ?? new Metrics()
     this.uws = loadNativeUws()
     this.metrics.configInfo.labels(this.config.gateway.id, VERSION).set(1)
@@ -181,17 +183,11 @@ export class Gateway {
   }
 
   get currentState (): GatewayState {
-    return this.state
-  }
-
-  private transition (next: GatewayState): void {
-    this.log.info({ from: this.state, to: next }, `gateway ${next}`)
-    this.state = next
+    return this.state.value
   }
 
   async start (): Promise<BoundPorts> {
-    if (this.state !== 'created') throw new Error(`start() in state ${this.state}`)
-    this.transition('starting')
+    this.state.begin()
     const cfg = this.config
     const { secret, source } = this.role?.resumeSecret ?? resolveResumeSecret(cfg.resume)
     this.secretSource = source
@@ -226,7 +222,7 @@ export class Gateway {
       await this.stop('abort')
       throw err
     }
-    this.transition('running')
+    this.state.to('running')
     this.noteDiscoveredSplits(cfg)
     this.pods?.start()
     this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, tcp: this.ports.tcp, gateway: cfg.gateway.id, version: VERSION }, this.role === undefined ? 'listening' : 'worker listening')
@@ -239,8 +235,8 @@ export class Gateway {
     const access = this.adminAccess(cfg)
     if (!access.token.required && !isLoopback(cfg.listen.admin.host)) this.log.warn({ admin: cfg.listen.admin.host }, 'the admin listener is not on a loopback address and admin.token is not set: anyone who reaches it can drain or reload this gateway')
     this.admin = new AdminServer(this.uws, {
-      live: () => this.state === 'starting' || this.state === 'running' || this.state === 'draining' || this.state === 'stopping',
-      ready: () => this.state === 'running',
+      live: () => this.state.live,
+      ready: () => this.state.ready,
       status: () => this.status(),
       drain: () => this.drain('POST /drain'),
       reload: async () => await this.reloadFromSource('POST /reload'),
@@ -328,7 +324,7 @@ export class Gateway {
   }
 
   private podRecord (): PodRecord {
-    return { id: this.cfg.gateway.id, host: HOST, version: VERSION, sessions: this.front?.ws.sessionCount ?? 0, draining: this.state === 'draining', updatedAt: new Date().toISOString() }
+    return { id: this.cfg.gateway.id, host: HOST, version: VERSION, sessions: this.front?.ws.sessionCount ?? 0, draining: this.state.value === 'draining', updatedAt: new Date().toISOString() }
   }
 
   private refused (errors: string[], version: string): ReloadResult {
@@ -394,7 +390,8 @@ export class Gateway {
    */
   async reload (next: Config, version: string): Promise<ReloadResult> {
     const refuse = (errors: string[]): ReloadResult => this.refused(errors, version)
-    if (this.state !== 'running') return refuse([`(gateway): cannot reload while ${this.state}`])
+    const refusal = this.state.reloadRefusal
+    if (refusal !== undefined) return refuse([refusal])
     const problems = reloadRefusals(this.cfg, next)
     if (problems.length > 0) return refuse(problems)
     // Certificate files are read again on every reload, changed or not (a renewed certificate).
@@ -516,12 +513,13 @@ export class Gateway {
    * same drain. Asked while starting, it begins once the gateway runs. Returns its progress.
    */
   drain (reason: string): DrainStatus | { phase: 'pending' | 'stopped', reason: string } {
-    if (this.state === 'created' || this.state === 'starting') {
+    const phase = this.state.drainPhase
+    if (phase === 'pending') {
       this.drainRequested ??= reason
       this.log.info({ reason }, 'drain requested during start-up: it begins once the gateway runs')
       return { phase: 'pending', reason }
     }
-    if (this.state === 'stopping' || this.state === 'stopped') return { phase: 'stopped', reason }
+    if (phase === 'stopped') return { phase, reason }
     return this.drainer.start(reason)
   }
 
@@ -534,7 +532,7 @@ export class Gateway {
     return {
       notReady: () => {
         this.lifecycle.draining = true
-        if (this.state === 'running') this.transition('draining')
+        if (this.state.value === 'running') this.state.to('draining')
         this.pods?.refresh()
       },
       closeListeners: (graceMs) => {
@@ -555,8 +553,8 @@ export class Gateway {
         return n
       },
       finish: async () => {
-        if (this.state === 'stopping' || this.state === 'stopped') return
-        this.transition('stopping')
+        if (this.state.ending) return
+        this.state.to('stopping')
         await this.closeStages('flush')
       },
     }
@@ -568,9 +566,9 @@ export class Gateway {
    * timeouts and shutdownGraceMs), then closes pools. 'abort': close everything now.
    */
   async stop (kind: 'flush' | 'abort' = 'flush'): Promise<void> {
-    if (this.state === 'stopping' || this.state === 'stopped') return
+    if (this.state.ending) return
     this.drainer.cancel()
-    this.transition('stopping')
+    this.state.to('stopping')
     this.front?.stopAccepting()
     this.front?.ws.closeAll(1001, 'gateway stopping')
     await this.closeStages(kind)
@@ -590,7 +588,7 @@ export class Gateway {
     this.descriptors?.close()
     this.admin?.close()
     this.removeCollector()
-    this.transition('stopped')
+    this.state.to('stopped')
     this.resolveStopped()
   }
 
@@ -626,7 +624,7 @@ export class Gateway {
     return {
       gateway: this.config.gateway.id,
       version: VERSION,
-      state: this.state,
+      state: this.state.value,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       pid: process.pid,
       listeners: {

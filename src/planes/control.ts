@@ -1,5 +1,6 @@
 import cluster, { type Worker } from 'node:cluster'
-import { availableParallelism, hostname } from 'node:os'
+import { hostname } from 'node:os'
+import { usableCores } from './cores.js'
 import { fileURLToPath } from 'node:url'
 import type { Logger } from 'pino'
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client'
@@ -15,7 +16,8 @@ import type { AdminChange, AdminState } from '../drain/endpoint-drain.js'
 import type { DrainPhase } from '../drain/controller.js'
 import { ERRORS, FerryError, type FerryErrorCode } from '../errors.js'
 import { loadNativeUws } from '../front/uws.js'
-import { configVersion, type BoundPorts, type GatewayState, type ReloadResult, type WorkerRole } from '../gateway.js'
+import { configVersion, type BoundPorts, type ReloadResult, type WorkerRole } from '../gateway.js'
+import { ProcessState, type GatewayState } from '../process-state.js'
 import { Metrics } from '../observability/metrics.js'
 import { resolveResumeSecret } from '../sessions/token.js'
 import { VERSION } from '../version.js'
@@ -80,7 +82,7 @@ export interface PodOptions {
 export class Pod {
   private cfg: Config
   private version: string
-  private state: GatewayState = 'created'
+  private readonly state: ProcessState
   readonly metrics = new Metrics()
   private readonly log: Logger
   private readonly source: (() => Config) | undefined
@@ -114,6 +116,7 @@ export class Pod {
     this.cfg = opts.config
     this.version = configVersion(opts.config)
     this.log = opts.log
+    this.state = new ProcessState(this.log, 'pod')
     this.source = opts.source
     this.count = workerCount(opts.config)
     this.stopped = new Promise((resolve) => { this.resolveStopped = resolve })
@@ -123,20 +126,15 @@ export class Pod {
   }
 
   get currentState (): GatewayState {
-    return this.state
-  }
-
-  private transition (next: GatewayState): void {
-    this.log.info({ from: this.state, to: next }, `pod ${next}`)
-    this.state = next
+    return this.state.value
   }
 
   async start (): Promise<BoundPorts> {
-    if (this.state !== 'created') throw new Error(`start() in state ${this.state}`)
-    this.transition('starting')
+    this.state.begin()
     const cfg = this.cfg
-    const cores = availableParallelism()
-    if (this.count > cores) this.log.warn({ workers: this.count, cores }, 'gateway.workers is more than the cores this process may use: the workers share them')
+    const cores = usableCores()
+    this.log.info({ workers: this.count, setting: cfg.gateway.workers, cores: cores.usable, cpus: cores.affinity, cpuQuota: cores.quota ?? 'none' }, 'starting the workers')
+    if (this.count > cores.usable) this.log.warn({ workers: this.count, cores: cores.usable }, 'gateway.workers is more than the cores this process may use: the workers share them')
     const resume = resolveResumeSecret(cfg.resume)
     if (resume.source === 'random' && Object.values(cfg.upstreams).some((u) => u.protocol === 'mux')) {
       this.log.warn('resume.secret is not set: resume tokens work only on this pod (its workers share one random key; set resume.secret, resume.secretFile or FERRY_RESUME_SECRET, shared by every pod)')
@@ -152,8 +150,8 @@ export class Pod {
       const ready = await Promise.all(this.slots.map(async (s) => await this.fork(s)))
       const access = { token: adminToken(cfg), protectMetrics: cfg.admin.protectMetrics }
       this.admin = new AdminServer(loadNativeUws(), {
-        live: () => this.state !== 'created' && this.state !== 'stopped',
-        ready: () => this.state === 'running',
+        live: () => this.state.live,
+        ready: () => this.state.ready,
         status: () => this.status(),
         drain: () => this.drain('POST /drain'),
         reload: async () => await this.reloadFromSource('POST /reload'),
@@ -170,7 +168,7 @@ export class Pod {
         this.pods = new PodDirectory(podBoardOf(redis), cfg.affinity.redis.podTtlMs, () => this.podRecord(), this.log.child({ component: 'pods' }))
         this.pods.start()
       }
-      this.transition('running')
+      this.state.to('running')
       const ports = { ...ready[0]!, admin: this.adminPort }
       this.log.info({ http: `${cfg.listen.http.host}:${ports.http}`, admin: `${cfg.listen.admin.host}:${ports.admin}`, tcp: ports.tcp, gateway: cfg.gateway.id, workers: this.count, version: VERSION }, 'listening')
       if (this.drainReason !== undefined) this.drain(this.drainReason)
@@ -246,7 +244,7 @@ export class Pod {
         return
       case 'ready':
         slot.lastBeat = Date.now()
-        if (this.state === 'draining' || this.state === 'stopping') {
+        if (this.state.value === 'draining' || this.state.value === 'stopping') {
           slot.state = 'draining'
           this.send(slot, { t: 'drain', reason: this.drainReason ?? 'pod draining' })
         } else slot.state = 'running'
@@ -278,10 +276,10 @@ export class Pod {
     if (slot.worker !== worker) return
     slot.worker = undefined
     for (const [id, ask] of this.asks) if (ask.slot === slot) { this.asks.delete(id); ask.resolve(undefined) }
-    const planned = slot.state === 'draining' || this.state === 'draining' || this.state === 'stopping' || this.state === 'stopped'
+    const planned = slot.state === 'draining' || this.state.value === 'draining' || this.state.ending
     const reason: RestartReason = slot.killedFor ?? (slot.state === 'starting' ? 'start_failed' : 'crash')
     slot.lastExit = { at: new Date().toISOString(), code, signal, reason: planned ? 'drained' : reason }
-    if (planned || this.state === 'starting') {
+    if (planned || this.state.value === 'starting') {
       slot.state = 'exited'
       this.log.info({ worker: slot.index, code, signal }, 'worker exited')
       this.maybeStopped()
@@ -405,7 +403,8 @@ export class Pod {
 
   /** Applies `next` on every worker (see PodReloadResult); the pod's config is `next` once one took it. */
   private async reload (next: Config, version: string, apply?: (id: number, slot: Slot) => ToWorker): Promise<PodReloadResult> {
-    if (this.state !== 'running') return this.refused([`(gateway): cannot reload while ${this.state}`], version)
+    const refusal = this.state.reloadRefusal
+    if (refusal !== undefined) return this.refused([refusal], version)
     const problems = this.podRefusals(next)
     if (problems.length > 0) return this.refused(problems, version)
     let token: AdminToken
@@ -470,15 +469,16 @@ export class Pod {
    * stops once every worker has exited.
    */
   drain (reason: string): object {
-    if (this.state === 'created' || this.state === 'starting') {
+    const phase = this.state.drainPhase
+    if (phase === 'pending') {
       this.drainReason ??= reason
-      return { phase: 'pending', reason }
+      return { phase, reason }
     }
-    if (this.state === 'stopping' || this.state === 'stopped') return { phase: 'stopped', reason }
-    if (this.state === 'running') {
+    if (phase === 'stopped') return { phase, reason }
+    if (this.state.value === 'running') {
       this.drainReason = reason
       this.drainStartedAt = new Date().toISOString()
-      this.transition('draining')
+      this.state.to('draining')
       this.pods?.refresh()
       for (const slot of this.slots) {
         if (slot.state === 'restarting') {
@@ -501,8 +501,8 @@ export class Pod {
 
   /** Stops every worker now (tests, a failed start): their sessions close 1001. */
   async stop (): Promise<void> {
-    if (this.state === 'stopping' || this.state === 'stopped') { await this.stopped; return }
-    this.transition('stopping')
+    if (this.state.ending) { await this.stopped; return }
+    this.state.to('stopping')
     for (const slot of this.slots) {
       clearTimeout(slot.backoff)
       if (slot.worker === undefined) slot.state = 'exited'
@@ -522,14 +522,14 @@ export class Pod {
   }
 
   private maybeStopped (): void {
-    if (this.state !== 'draining' && this.state !== 'stopping') return
+    if (this.state.value !== 'draining' && this.state.value !== 'stopping') return
     if (this.slots.some((s) => s.state !== 'exited')) return
     this.finish()
   }
 
   private finish (): void {
-    if (this.state === 'stopped') return
-    if (this.state !== 'stopping') this.transition('stopping')
+    if (this.state.value === 'stopped') return
+    if (this.state.value !== 'stopping') this.state.to('stopping')
     clearInterval(this.watchdog)
     this.admin?.close()
     for (const l of this.locks) l.release()
@@ -537,13 +537,13 @@ export class Pod {
       await this.pods?.close()
       await this.store?.close('flush')
     })().catch((err: unknown) => { this.log.warn({ err }, 'closing the pod directory failed') }).finally(() => {
-      this.transition('stopped')
+      this.state.to('stopped')
       this.resolveStopped()
     })
   }
 
   private podRecord (): PodRecord {
-    return { id: this.cfg.gateway.id, host: hostname(), version: VERSION, sessions: this.sum((c) => c.webSocketSessions), draining: this.state === 'draining', updatedAt: new Date().toISOString() }
+    return { id: this.cfg.gateway.id, host: hostname(), version: VERSION, sessions: this.sum((c) => c.webSocketSessions), draining: this.state.value === 'draining', updatedAt: new Date().toISOString() }
   }
 
   private sum (f: (c: WorkerStatus['clients']) => number): number {
@@ -566,7 +566,7 @@ export class Pod {
 
   private drainStatus (): object {
     const live = this.slots.filter((s) => s.worker !== undefined && s.status !== undefined).map((s) => s.status!.drain as unknown as { phase: DrainPhase, migrated: Record<string, number>, remaining: Record<string, number>, ratePerSec: number, sessionsAtStart: number, deadlineAt?: string, listenersCloseAt?: string })
-    const draining = this.state === 'draining' || this.state === 'stopping' || this.state === 'stopped'
+    const draining = this.state.value === 'draining' || this.state.ending
     const phase: DrainPhase = !draining ? 'idle' : live.length === 0 ? 'done' : PHASES[Math.min(...live.map((d) => PHASES.indexOf(d.phase)))]!
     const add = (k: 'migrated' | 'remaining'): Record<string, number> => {
       const out: Record<string, number> = {}
@@ -594,12 +594,12 @@ export class Pod {
       ...base,
       gateway: this.cfg.gateway.id,
       version: VERSION,
-      state: this.state,
+      state: this.state.value,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       pid: process.pid,
       listeners: { ...listeners, admin: { host: this.cfg.listen.admin.host, port: this.adminPort } },
       clients: { httpRequestsInFlight: this.sum((c) => c.httpRequestsInFlight), httpRequestsServed: this.sum((c) => c.httpRequestsServed), webSocketSessions: this.sum((c) => c.webSocketSessions), tcpConnections: this.sum((c) => c.tcpConnections) },
-      pod: { workers: this.count, cores: availableParallelism(), workerHangMs: this.cfg.gateway.workerHangMs, restarts: this.slots.reduce((n, s) => n + s.restarts, 0) },
+      pod: { workers: this.count, cores: usableCores().usable, workerHangMs: this.cfg.gateway.workerHangMs, restarts: this.slots.reduce((n, s) => n + s.restarts, 0) },
       workers: this.slots.map((s) => ({
         index: s.index,
         pid: s.worker?.process.pid ?? null,

@@ -1,10 +1,10 @@
-import { availableParallelism } from 'node:os'
+import { usableCores } from './cores.js'
 import type { Config } from '../config/load.js'
 
-/** `gateway.workers` as a count: `auto` is the cores this process may use. */
+/** `gateway.workers` as a count: `auto` is the cores this process may use (its CPUs, capped by a cgroup CPU quota). */
 export function workerCount (cfg: Pick<Config, 'gateway'>): number {
   const w = cfg.gateway.workers
-  return w === 'auto' ? availableParallelism() : w
+  return w === 'auto' ? usableCores().usable : w
 }
 
 /** The pod-wide concurrency limits the control plane shares out between its workers as they need them. */
