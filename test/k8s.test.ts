@@ -21,6 +21,7 @@ t.test('k8s manifests agree with the config schema', async (t) => {
   t.equal(c.livenessProbe.httpGet.path, '/healthz', 'liveness probe on /healthz')
   t.equal(cfg.listen.admin.host, '0.0.0.0', 'admin binds all interfaces in the pod so the kubelet can probe it')
   t.equal(svc.spec.ports[0].targetPort, 'http', 'service targets the http port')
+  t.equal(cfg.gateway.workers, Number(c.resources.requests.cpu), 'one worker per requested core (gateway.workers = the CPU request)')
   // Affinity in Redis and the shared resume secret.
   const redisSvc = docs.find((d) => d.kind === 'Service' && d.metadata.name === 'ferry-redis')
   const redisUrl = new URL(cfg.affinity.redis.url)
