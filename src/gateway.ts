@@ -29,6 +29,7 @@ import { PodDirectory, podBoardOf, type PodRecord } from './affinity/pods.js'
 import { hostname } from 'node:os'
 import { workerShare, type Budget } from './planes/share.js'
 import { ProcessState, type GatewayState } from './process-state.js'
+import type { SharedBuckets } from './edge/rate-limit.js'
 
 /** Connections of a listener a reload removed continue until they end (the longest timer Node takes). */
 const RETIRED_LISTENER_GRACE_MS = 2 ** 31 - 1
@@ -58,6 +59,8 @@ export interface GatewayOptions {
   worker?: WorkerRole
   /** The affinity store to use instead of the one `affinity.store` names (a pod's workers share the control plane's memory store). */
   store?: AffinityStore
+  /** Where `scope: local` rate limits count instead of this process (a pod's workers share the control plane's buckets). */
+  buckets?: SharedBuckets
 }
 
 /**
@@ -117,6 +120,7 @@ export class Gateway {
   /** A worker's share of the pod's concurrency limits now. */
   private budget: Budget | undefined
   private readonly givenStore: AffinityStore | undefined
+  private readonly buckets: SharedBuckets | undefined
   private readonly removeCollector: () => void
   private store: AffinityStore | undefined
   /** This pod's entry in the pod directory (Redis affinity store), for the console. */
@@ -152,6 +156,7 @@ export class Gateway {
     this.role = opts.worker
     this.budget = opts.worker?.budget
     this.givenStore = opts.store
+    this.buckets = opts.buckets
     this.version = configVersion(opts.config)
     this.log = opts.log
     this.state = new ProcessState(this.log, 'gateway')
@@ -205,7 +210,7 @@ export class Gateway {
     try {
       // A bad upstream TLS file throws here: the stop below closes what start opened (the affinity store).
       upstreams.commit(upstreams.build(this.local(cfg)))
-      this.edge = new Edge(cfg, undefined, this.log, this.metrics)
+      this.edge = new Edge(cfg, undefined, this.log, this.metrics, this.buckets)
       const admin = this.role === undefined ? await this.startAdmin(cfg) : 0
       this.front = new HttpFront({ uws: this.uws, config: cfg, table: this.table(this.local(cfg), upstreams.current), log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission })
       upstreams.bindPublisher(this.front.ws)
@@ -405,7 +410,7 @@ export class Gateway {
     }
     let edge: Edge
     try {
-      edge = new Edge(next, this.edge, this.log, this.metrics)
+      edge = new Edge(next, this.edge, this.log, this.metrics, this.buckets)
     } catch (err) {
       return refuse([(err as Error).message])
     }

@@ -399,6 +399,28 @@ t.test('pod-wide limits hold with 2 workers: limits.maxWebSocketSessions is the 
   t.equal(await f.stop(), 0)
 })
 
+t.test('local rate limits are the pod\'s with 2 workers: one bucket per key in the control plane, however the kernel spreads the connections', async (t) => {
+  // ratePerSec 0.1: no token comes back during the test; burst 6 is the pod's whole budget for the key.
+  const cfg = await podConfig(t, { rateLimits: { policies: { 'per-ip': { key: 'ip', ratePerSec: 0.1, burst: 6 } } } })
+  ;(cfg.routes as Array<Record<string, unknown>>)[1]!.rateLimits = ['per-ip']
+  const f = await startFerry(t, cfg, { timeoutMs: 60_000 })
+  reapWorkers(t, f)
+  await allRunning(f, 2)
+  const before = (await workers(f)).map((w) => w.clients?.httpRequestsServed ?? 0)
+  const statuses: number[] = []
+  for (let i = 0; i < 20; i++) statuses.push(await get(`http://127.0.0.1:${f.httpPort}/limited`))
+  t.equal(statuses.filter((s) => s === 200).length, 6, `exactly the pod's burst of 6 got through (${statuses.join(' ')}); per worker it was up to 12`)
+  t.equal(statuses.filter((s) => s === 429).length, 14, 'the rest got 429')
+  const served = await waitFor('both workers took requests', async () => {
+    const now = (await workers(f)).map((w, i) => (w.clients?.httpRequestsServed ?? 0) - before[i]!)
+    return now.every((n) => n > 0) && now.reduce((a, b) => a + b, 0) >= 20 ? now : undefined
+  }, 5000, 100).catch(() => undefined)
+  if (served !== undefined) t.pass(`the kernel spread the 20 connections over both workers (${served.join(' + ')}), and still 6 in all`)
+  else t.comment('the kernel put every connection on one worker this time: the count holds either way')
+  t.equal(await metric(f, 'ferry_rate_limit_decisions_total{policy="per-ip",decision="allowed"}'), 6, 'the pod\'s /metrics counts 6 allowed')
+  t.equal(await f.stop(), 0)
+})
+
 t.test('sticky HTTP with affinity.store memory holds across workers: one store, the control plane\'s', async (t) => {
   // Each backend sets its own session cookie (as Socket.IO's `cookie` option does); Ferry learns it.
   const hits = new Map<string, number>()

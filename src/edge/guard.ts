@@ -7,7 +7,7 @@ import { AuthPolicy, type EdgeRequest, type Principal } from './auth.js'
 import { EdgeRedis } from './redis.js'
 import { readSource } from './source.js'
 
-import { RateLimited, RateLimitPolicy } from './rate-limit.js'
+import { RateLimited, RateLimitPolicy, type SharedBuckets } from './rate-limit.js'
 export { RateLimited } from './rate-limit.js'
 export type { EdgeRequest, Principal } from './auth.js'
 
@@ -145,7 +145,8 @@ export class Edge {
   private readonly redis: EdgeRedis | undefined
 
   /** Throws FerryError FERRY_ERR_CONFIG_INVALID naming the field when a key file cannot be read. */
-  constructor (cfg: Config, prev: Edge | undefined, log: Logger, metrics: Metrics) {
+  /** `pod`: the pod's buckets for `scope: local` policies in a worker of a pod (src/planes/buckets.ts). */
+  constructor (cfg: Config, prev: Edge | undefined, log: Logger, metrics: Metrics, pod?: SharedBuckets) {
     const needsRedis = Object.values(cfg.rateLimits.policies).some((p) => p.scope === 'redis') ||
       Object.values(cfg.auth.policies).some((p) => p.hmac?.replayStore === 'redis')
     this.redisKey = needsRedis ? canonicalJson(cfg.rateLimits.redis) : ''
@@ -162,7 +163,7 @@ export class Edge {
       for (const [name, pcfg] of Object.entries(cfg.rateLimits.policies)) {
         const key = canonicalJson(pcfg)
         const old = prev?.limits.get(name)
-        this.limits.set(name, { key, policy: old?.key === key && sameRedis ? old.policy : new RateLimitPolicy(name, pcfg, this.redis, decisionCounter(metrics, name)) })
+        this.limits.set(name, { key, policy: old?.key === key && sameRedis ? old.policy : new RateLimitPolicy(name, pcfg, this.redis, decisionCounter(metrics, name), pod) })
       }
     } catch (err) {
       if (!sameRedis) void this.redis?.close()

@@ -1,7 +1,7 @@
 import type { RateLimitPolicyConfig } from '../config/schema.js'
 import { FerryError } from '../errors.js'
 import { EdgeRedisUnavailable, type EdgeRedis, type Take } from './redis.js'
-import { fullBucket, takeToken, type Bucket } from './token-bucket.js'
+import { fullBucket, takeTokens, type Bucket } from './token-bucket.js'
 
 /** Why a request was let through or not, for ferry_rate_limit_decisions_total. */
 export type RateDecision = 'allowed' | 'limited' | 'fail_open' | 'fail_closed'
@@ -21,22 +21,38 @@ export class RateLimited extends FerryError {
 export class LocalBuckets {
   private readonly buckets = new Map<string, Bucket>()
 
-  constructor (private readonly cfg: RateLimitPolicyConfig) {}
+  constructor (private readonly cfg: Pick<RateLimitPolicyConfig, 'ratePerSec' | 'burst' | 'maxKeys'>) {}
 
   /** 0: taken; else ms until a token is there. */
   take (key: string, now = performance.now()): number {
+    return this.takeMany(key, 1, now).waitMs
+  }
+
+  /** Up to `want` tokens: as many whole ones as the bucket holds, or none and the ms until one is there. */
+  takeMany (key: string, want: number, now = performance.now()): Take {
     let b = this.buckets.get(key)
     if (b === undefined) {
       if (this.buckets.size >= this.cfg.maxKeys) this.buckets.delete(this.buckets.keys().next().value!)
       b = fullBucket(this.cfg.burst, now)
     } else this.buckets.delete(key) // re-inserted last: Map order is recency order
     this.buckets.set(key, b)
-    return takeToken(b, now, this.cfg.ratePerSec, this.cfg.burst)
+    return takeTokens(b, now, this.cfg.ratePerSec, this.cfg.burst, want)
   }
 
   get size (): number {
     return this.buckets.size
   }
+}
+
+/**
+ * Buckets kept somewhere else than this process, one per key: Redis (`scope: redis`, EdgeRedis), or the
+ * control plane of a pod with several workers (`scope: local` there: src/planes/buckets.ts).
+ */
+export interface SharedBuckets {
+  /** Takes up to `want` tokens from the bucket `key`; throws EdgeRedisUnavailable when it cannot be asked. */
+  take: (key: string, ratePerSec: number, burst: number, want?: number, maxKeys?: number) => Promise<Take>
+  /** What a take that cannot be asked means: let the request through (true) or refuse it. */
+  readonly failOpen: boolean
 }
 
 /** How long leased tokens may be spent; what is left then is dropped (the shared bucket never gets it back). */
@@ -59,20 +75,24 @@ interface Lease {
 }
 
 /**
- * One named policy: local buckets, or the shared ones in Redis (then failMode decides when Redis cannot
- * answer). With `leaseTokens` > 1, a Redis policy takes that many tokens per round trip and spends them
- * here: every token spent came out of the shared bucket, so the fleet never admits more than the limit;
- * it may admit less, by the tokens other pods hold unspent (at most pods × (leaseTokens − 1), each for at
- * most LEASE_MS).
+ * One named policy: local buckets, or shared ones (then failMode decides when they cannot be asked):
+ * in Redis (`scope: redis`), or, for `scope: local` in a worker of a pod, the pod's control plane, so a
+ * local limit means the same per pod with 1 or N workers. With `leaseTokens` > 1, a shared policy takes
+ * that many tokens per round trip and spends them here: every token spent came out of the shared bucket,
+ * so the fleet (the pod) never admits more than the limit; it may admit less, by the tokens other pods
+ * (workers) hold unspent (at most their number × (leaseTokens − 1), each for at most LEASE_MS).
  */
 export class RateLimitPolicy {
   private readonly local: LocalBuckets | undefined
-  /** key → lease, LRU-bounded by maxKeys like the local buckets (Redis policies with leaseTokens > 1). */
+  private readonly shared: SharedBuckets | undefined
+  /** key → lease, LRU-bounded by maxKeys like the local buckets (shared policies with leaseTokens > 1). */
   private readonly leases: Map<string, Lease> | undefined
 
-  constructor (readonly name: string, readonly cfg: RateLimitPolicyConfig, private readonly redis: EdgeRedis | undefined, private readonly decided: (d: RateDecision) => void) {
-    this.local = cfg.scope === 'local' ? new LocalBuckets(cfg) : undefined
-    this.leases = cfg.scope === 'redis' && cfg.leaseTokens > 1 ? new Map() : undefined
+  /** `pod`: a worker's way to the pod's buckets (absent in a single process: local policies count here). */
+  constructor (readonly name: string, readonly cfg: RateLimitPolicyConfig, redis: EdgeRedis | undefined, private readonly decided: (d: RateDecision) => void, pod?: SharedBuckets) {
+    this.shared = cfg.scope === 'redis' ? redis : pod
+    this.local = this.shared === undefined ? new LocalBuckets(cfg) : undefined
+    this.leases = this.shared !== undefined && cfg.leaseTokens > 1 ? new Map() : undefined
   }
 
   /** Throws RateLimited (or FERRY_ERR_RATE_LIMIT_UNAVAILABLE) synchronously for local policies; a promise for Redis ones. */
@@ -91,7 +111,7 @@ export class RateLimitPolicy {
   private async checkRemote (key: string): Promise<void> {
     let take: Take
     try {
-      take = await this.redis!.take(`${this.name}:${key}`, this.cfg.ratePerSec, this.cfg.burst)
+      take = await this.shared!.take(`${this.name}:${key}`, this.cfg.ratePerSec, this.cfg.burst, 1, this.cfg.maxKeys)
     } catch (err) {
       this.unavailable(err)
       return
@@ -103,7 +123,7 @@ export class RateLimitPolicy {
   /** failMode for a take Redis could not answer: returns (open) or throws (closed). */
   private unavailable (err: unknown): void {
     if (!(err instanceof EdgeRedisUnavailable)) throw err
-    if (this.redis!.failOpen) { this.decided('fail_open'); return }
+    if (this.shared!.failOpen) { this.decided('fail_open'); return }
     this.decided('fail_closed')
     throw new FerryError('FERRY_ERR_RATE_LIMIT_UNAVAILABLE', `rate limit ${this.name} cannot be checked: ${err.message}`)
   }
@@ -128,7 +148,7 @@ export class RateLimitPolicy {
   }
 
   private async lease (key: string, l: Lease): Promise<void> {
-    const taking = this.redis!.take(`${this.name}:${key}`, this.cfg.ratePerSec, this.cfg.burst, Math.min(this.cfg.leaseTokens, this.cfg.burst))
+    const taking = this.shared!.take(`${this.name}:${key}`, this.cfg.ratePerSec, this.cfg.burst, Math.min(this.cfg.leaseTokens, this.cfg.burst), this.cfg.maxKeys)
     const pending = taking.then(() => undefined, (err: unknown) => err).finally(() => { if (l.pending === pending) l.pending = undefined })
     l.pending = pending
     let take: Take

@@ -20,3 +20,15 @@ export function takeToken (b: Bucket, now: number, perSec: number, burst: number
   if (b.tokens >= 1) { b.tokens -= 1; return 0 }
   return Math.ceil((1 - b.tokens) * 1000 / perSec)
 }
+
+/**
+ * takeToken for up to `want` tokens: takes as many whole ones as the bucket holds (at least one, or
+ * none and the milliseconds until one is there), like the shared buckets' script in src/edge/redis.ts.
+ */
+export function takeTokens (b: Bucket, now: number, perSec: number, burst: number, want: number): { granted: number, waitMs: number } {
+  const waitMs = takeToken(b, now, perSec, burst)
+  if (waitMs > 0) return { granted: 0, waitMs }
+  const more = Math.min(want - 1, Math.floor(b.tokens))
+  b.tokens -= more
+  return { granted: 1 + more, waitMs: 0 }
+}

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino'
 import type { AffinityRecord, AffinityState, AffinityStore, AffinityStoreStatus, ClaimResult } from '../affinity/index.js'
+import { ControlCalls } from './calls.js'
 
 /** The store operations a worker asks the control plane for. */
 export type AffinityCall =
@@ -22,9 +23,7 @@ const BUDGET_MS = 250
 export class PodAffinityStore implements AffinityStore {
   readonly kind = 'memory' as const
   private current: AffinityState = 'ok'
-  private next = 1
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void, timer: NodeJS.Timeout }>()
-  private closed = false
+  private readonly calls = new ControlCalls(BUDGET_MS)
 
   constructor (private readonly ttlMs: number, private readonly send: (id: number, call: AffinityCall) => void, private readonly log: Logger) {}
 
@@ -34,28 +33,21 @@ export class PodAffinityStore implements AffinityStore {
 
   /** The control plane's answer to call `id`. */
   answer (id: number, body: unknown): void {
-    const p = this.pending.get(id)
-    if (p === undefined) return
-    this.pending.delete(id)
-    clearTimeout(p.timer)
+    if (!this.calls.answer(id, body)) return
     if (this.current === 'fallback') this.log.info('the control plane answers affinity lookups again')
     this.current = 'ok'
-    p.resolve(body)
   }
 
   private async call<T> (call: AffinityCall, fallback: T): Promise<T> {
-    if (this.closed) return fallback
-    const id = this.next++
-    return await new Promise<T>((resolve) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id)
+    try {
+      return await this.calls.call<T>((id) => { this.send(id, call) })
+    } catch (err) {
+      if ((err as Error).message !== 'closed') {
         if (this.current === 'ok') this.log.warn({ op: call.op, budgetMs: BUDGET_MS }, 'the control plane did not answer an affinity lookup in time: rendezvous hashing picks meanwhile')
         this.current = 'fallback'
-        resolve(fallback)
-      }, BUDGET_MS)
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, timer })
-      this.send(id, call)
-    })
+      }
+      return fallback
+    }
   }
 
   async get (key: string): Promise<AffinityRecord | undefined> {
@@ -83,8 +75,7 @@ export class PodAffinityStore implements AffinityStore {
   }
 
   async close (): Promise<void> {
-    this.closed = true
-    for (const [id, p] of this.pending) { clearTimeout(p.timer); this.pending.delete(id); p.resolve(undefined) }
+    this.calls.close()
   }
 
   status (): AffinityStoreStatus {

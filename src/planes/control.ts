@@ -8,6 +8,7 @@ import { AdminServer } from '../admin/admin-server.js'
 import { AdminToken, resolveAdminToken } from '../admin/token.js'
 import { createAffinityStore, MemoryAffinityStore, type AffinityStore } from '../affinity/index.js'
 import { serveAffinity } from './affinity.js'
+import { PodBucketStore } from './buckets.js'
 import { PodDirectory, podBoardOf, type PodRecord } from '../affinity/pods.js'
 import { ConfigError, type Config } from '../config/load.js'
 import { canonicalJson, reloadRefusals } from '../config/reload.js'
@@ -97,6 +98,8 @@ export class Pod {
   private store: AffinityStore | undefined
   /** With affinity.store memory: the one store every worker uses. */
   private readonly affinity: AffinityStore
+  /** rateLimits with scope local: the pod's buckets, shared by every worker. */
+  private readonly buckets = new PodBucketStore()
   private pods: PodDirectory | undefined
   private watchdog: NodeJS.Timeout | undefined
   /** When the watchdog last ran (it skips a tick that ran late). */
@@ -266,6 +269,10 @@ export class Pod {
         serveAffinity(this.affinity, m.call).then((body) => { this.send(slot, { t: 'affinity-answer', id: m.id, body }) }, (err: unknown) => {
           this.log.error({ err, worker: slot.index, op: m.call.op }, 'an affinity call of a worker failed')
         })
+        return
+      case 'bucket':
+        // The pod's rate-limit buckets for scope: local policies (src/planes/buckets.ts).
+        this.send(slot, { t: 'bucket-answer', id: m.id, body: this.buckets.take(m.call) })
         return
       case 'failed':
         this.log.error({ worker: slot.index, code: m.code, message: m.message }, 'worker could not start')

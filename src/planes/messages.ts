@@ -3,6 +3,7 @@ import type { Config } from '../config/load.js'
 import type { AdminState } from '../drain/endpoint-drain.js'
 import type { BoundPorts, WorkerRole } from '../gateway.js'
 import type { AffinityCall } from './affinity.js'
+import type { BucketCall } from './buckets.js'
 import type { Budget } from './share.js'
 
 /**
@@ -20,6 +21,7 @@ export type ToWorker =
   | { t: 'hurry' }
   | { t: 'stop' }
   | { t: 'affinity-answer', id: number, body: unknown }
+  | { t: 'bucket-answer', id: number, body: unknown }
 
 /** A worker's side: loaded (`hello`: messages sent before it would be lost), started (or not), a heartbeat with its status every beat, answers. */
 export type FromWorker =
@@ -30,6 +32,7 @@ export type FromWorker =
   | { t: 'answer', id: number, body: unknown }
   | { t: 'metrics', id: number, metrics: Array<MetricObjectWithValues<MetricValue<string>>> }
   | { t: 'affinity', id: number, call: AffinityCall }
+  | { t: 'bucket', id: number, call: BucketCall }
 
 /** What a worker reports with each heartbeat: its Gateway's /status. */
 export type WorkerStatus = Record<string, unknown> & {

@@ -8,11 +8,13 @@ import { deepFreeze, type Config } from '../config/load.js'
 import { Gateway } from '../gateway.js'
 import { createLogger, flushLogger, type Logger } from '../observability/logger.js'
 import { PodAffinityStore } from './affinity.js'
+import { PodBuckets } from './buckets.js'
 import { BEAT_MS, type FromWorker, type ToWorker, type WorkerStatus } from './messages.js'
 
 let gateway: Gateway | undefined
 let log: Logger | undefined
 let affinity: PodAffinityStore | undefined
+let buckets: PodBuckets | undefined
 
 function send (m: FromWorker): void {
   // The channel is gone once the control plane is: nothing to tell then (the disconnect handler exits).
@@ -28,7 +30,9 @@ async function start (config: Config, role: Extract<ToWorker, { t: 'start' }>['r
   log = createLogger({ level: config.logging.level, pretty: config.logging.pretty, base: { gw: config.gateway.id, worker: role.index } })
   // affinity.store memory: the pod's one store, the control plane's (src/planes/affinity.ts).
   if (config.affinity.store === 'memory') affinity = new PodAffinityStore(config.affinity.ttlMs, (id, call) => { send({ t: 'affinity', id, call }) }, log.child({ component: 'affinity' }))
-  const gw = new Gateway({ config, log, worker: role, store: affinity })
+  // rateLimits with scope local: the pod's buckets, the control plane's (src/planes/buckets.ts).
+  buckets = new PodBuckets((id, call) => { send({ t: 'bucket', id, call }) }, log.child({ component: 'rate-limits' }))
+  const gw = new Gateway({ config, log, worker: role, store: affinity, buckets })
   gateway = gw
   try {
     const ports = await gw.start()
@@ -49,6 +53,7 @@ async function start (config: Config, role: Extract<ToWorker, { t: 'start' }>['r
 async function handle (m: ToWorker): Promise<void> {
   if (m.t === 'start') { await start(deepFreeze(m.config), m.role); return }
   if (m.t === 'affinity-answer') { affinity?.answer(m.id, m.body); return }
+  if (m.t === 'bucket-answer') { buckets?.answer(m.id, m.body); return }
   const gw = gateway
   if (gw === undefined) return
   switch (m.t) {
