@@ -316,12 +316,12 @@ export const nginxBackendServer = (host, port, body) => `  server { listen ${hos
 /**
  * The benchmarks' nginx reverse proxy (as native-bench/run for HTTP and lib/ws.js for WebSocket): `/` to
  * `backend` over an idle cache of `keepalive` HTTP/1.1 connections, `/ws` upgraded to `echo`.
- * `reuseport`: a listening socket per worker.
+ * `reuseport`: a listening socket per worker. `tls: { certFile, keyFile }`: the port speaks TLS (https, wss).
  */
-export const nginxProxyServer = ({ host, port, backend, echo, keepalive = 16, reuseport = false }) => `  upstream backend { server ${backend}; keepalive ${keepalive}; keepalive_requests 100000000; keepalive_timeout 300s; }
+export const nginxProxyServer = ({ host, port, backend, echo, keepalive = 16, reuseport = false, tls }) => `  upstream backend { server ${backend}; keepalive ${keepalive}; keepalive_requests 100000000; keepalive_timeout 300s; }
   upstream echo { server ${echo}; }
   server {
-    listen ${host}:${port} backlog=4096${reuseport ? ' reuseport' : ''};
+    listen ${host}:${port} backlog=4096${reuseport ? ' reuseport' : ''}${tls ? ' ssl' : ''};${tls ? `\n    ssl_certificate ${tls.certFile}; ssl_certificate_key ${tls.keyFile};` : ''}
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For $remote_addr; }
     location /ws {
       proxy_pass http://echo; proxy_http_version 1.1;
@@ -438,13 +438,13 @@ export const sumErrors = (e) => e.connect + e.read + e.write + e.timeout
 
 /**
  * wrk with one thread against `url` for `seconds`; resolves with parseWrk's figures. `extra`: more
- * arguments (`['-H', 'Connection: close']`); `latency: false` leaves out --latency; the child is held in
- * `transient` (a Set) while it runs, and SIGKILLed if this process exits first.
+ * arguments (`['-H', 'Connection: close']`); `latency: false` leaves out --latency; `env`: more environment
+ * (LD_PRELOAD); the child is held in `transient` (a Set) while it runs, and SIGKILLed if this process exits first.
  */
-export function wrk (url, seconds, { connections = 50, extra = [], latency = true, transient } = {}) {
+export function wrk (url, seconds, { connections = 50, extra = [], latency = true, transient, env } = {}) {
   return new Promise((resolve, reject) => {
     const args = ['-t', '1', '-c', String(connections), '-d', `${seconds}s`, ...(latency ? ['--latency'] : []), ...extra, url]
-    const c = track(spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] }))
+    const c = track(spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } }))
     transient?.add(c); c.on('exit', () => transient?.delete(c))
     let out = ''
     c.stdout.on('data', (d) => { out += d })
