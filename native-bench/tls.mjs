@@ -410,6 +410,10 @@ function summarize (result, workloads, targetNames, check) {
     const bad = S.filter((s) => s.workload === w && s.errors > 0)
     check(bad.length === 0, `${w}: no errors in any measured run`, bad.length === 0 ? 'socket errors, non-2xx, WSS messages lost, wrong or closed: 0' : bad.map((s) => `${s.target} ${s.errors} (${JSON.stringify(result.runs.filter((r) => r.workload === w && r.target === s.target && r.errors > 0).map((r) => r.errorDetail))})`).join('; '))
   }
+  for (const w of workloads) {
+    const seen = [...new Set(S.filter((s) => s.workload === w).map((s) => s.tls))]
+    check(seen.length === 1, `${w}: every target negotiated the same TLS version and cipher`, S.filter((s) => s.workload === w).map((s) => `${s.target} ${s.tls}`).join('; '))
+  }
   const hs = result.runs.filter((r) => r.workload === 'hs')
   if (hs.length > 0) {
     const resumed = hs.reduce((a, r) => a + r.handshakes.resumed, 0); const full = hs.reduce((a, r) => a + r.handshakes.full, 0)
@@ -437,7 +441,7 @@ function renderMarkdown (r) {
     '',
     `**On this ${m.cpus}-core machine the load generator, the backend and the proxy share the same cores**: rates are bounded by what the others leave the proxy. The proxy's CPU per handshake, request or message (user+sys of all its processes from /proc over the window ÷ what completed) is the steadiest figure.`,
     '',
-    `Certificate: one throwaway self-signed ${r.certificate?.key} certificate for \`${SNI}\` made with openssl, the same files for all three (HAProxy: the two concatenated into one PEM, as it reads them). Every client sends SNI \`${SNI}\`. Ferry: \`gateway.workers: 1\` (one process), \`listen.http.tls\` (uWebSockets.js SSLApp, BoringSSL); nginx: \`worker_processes 1\`, \`listen … ssl\` (OpenSSL ${opensslVersion()}); HAProxy: \`nbthread 1\`, \`bind … ssl crt\`; every other TLS setting at its default. Backend: nginx, 1 worker, \`return 200\` with a ${BODY.length}-byte body (hs, ka); a uWebSockets.js echo process (wss); proxies keep ${o.upstreamConnections} backend connections at most (Ferry \`pool.maxConnections\`, nginx \`keepalive\`, HAProxy \`maxconn\`), plain HTTP behind TLS.`,
+    `Certificate: one throwaway self-signed ${r.certificate?.key} certificate for \`${SNI}\` made with openssl, the same files for all three (HAProxy: the two concatenated into one PEM, as it reads them). Every client sends SNI \`${SNI}\`. Ferry: \`gateway.workers: 1\` (one process), \`listen.http.tls\` (uWebSockets.js SSLApp, BoringSSL); nginx: \`worker_processes 1\`, \`listen … ssl\`, \`ssl_protocols TLSv1.2 TLSv1.3\` (nginx 1.22's default leaves 1.3 out; the others offer both) (OpenSSL ${opensslVersion()}); HAProxy: \`nbthread 1\`, \`bind … ssl crt\`; every other TLS setting at its default. Backend: nginx, 1 worker, \`return 200\` with a ${BODY.length}-byte body (hs, ka); a uWebSockets.js echo process (wss); proxies keep ${o.upstreamConnections} backend connections at most (Ferry \`pool.maxConnections\`, nginx \`keepalive\`, HAProxy \`maxconn\`), plain HTTP behind TLS.`,
     '',
     `${o.repeats} interleaved repeats × ${o.seconds} s per workload and target after a ${o.warmupSeconds} s warm-up each; medians with (min–max). hs and ka: wrk 4.1, 1 thread × ${o.connections} connections, \`--latency\`, TLS 1.2, with lib/no-resume.c preloaded: wrk on its own resumes the session of the connection before (2,253 of 2,257 handshakes against nginx, measured), so before each handshake the shim drops the session (no session ID, no ticket offered) and counts the handshakes that completed, full and resumed; hs uses \`Connection: close\` (a new connection and a full handshake per request). wss: lib/wss-client.mjs (Node, \`ws\`, TLS 1.3 as Node negotiates it), ${o.wssSessions} sessions, one ${MSG_BYTES}-byte text message in flight each, every echo checked byte for byte and in order.`,
     '',
