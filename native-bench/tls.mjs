@@ -24,17 +24,16 @@
 //
 // Every process is started here and stopped by PID (SIGTERM, then SIGKILL); ports are picked free; nothing
 // but 127.0.0.1 is bound or contacted. The throwaway certificates are made with openssl in the work dir.
-// Writes results/tls.{md,json,svg}.
+// Writes results/tls.{md,json,svg} (--results-name: another name, e.g. tls-rsa).
 import { execFileSync, spawn } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs'
 import { request as httpsRequest } from 'node:https'
-import { loadavg, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { connect as tlsConnect } from 'node:tls'
 import { fileURLToPath } from 'node:url'
-import { cpuTree, fmt as fmtInt, freePort, machineBusySeconds, machineInfo, maxOf, median, minOf, nginxBackendServer, nginxConf, nginxProxyServer, optionParser, procStat, recordedOptions, scriptMain, scrapeMetrics, metricSum, sleep, spawnChild, startFerry, stopAll, sumErrors, track, waitFor, waitPort, wrk, writeResults } from './lib/harness.mjs'
+import { fmtFigure as fmt, pctOf as pct, ratioOf as ratio, rangeText as range, ratioText as rr, benchRun, busyCores, resultView, checkLines, idleCheck, loadLine, cpuTree, fmt as fmtInt, freePort, haproxyHttpConf, machineBusySeconds, maxOf, median, metricSum, minOf, nginxBackendServer, nginxConf, nginxProxyServer, optionParser, scrapeMetrics, scriptMain, sleep, spawnChild, startFerry, sumErrors, track, waitFor, waitPort, writeResults, wrkSampled } from './lib/harness.mjs'
 import { barChart } from './lib/svg.js'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
@@ -51,7 +50,7 @@ export const DEFAULTS = {
   key: 'ecdsa',
   workloads: 'hs,ka,wss,rotate',
   targets: 'ferry,nginx,haproxy',
-  outDir: join(HERE, 'results'), workDir: '', write: true,
+  outDir: join(HERE, 'results'), resultsName: 'tls', workDir: '', write: true,
 }
 const QUICK = { repeats: 3, seconds: 4, warmupSeconds: 1 }
 export const parseArgs = optionParser(DEFAULTS, QUICK, 'TLS')
@@ -113,27 +112,7 @@ function writeConfigs (dir, P, o, vol, combined) {
   files.nginx = join(dir, 'nginx.conf')
   writeFileSync(files.nginx, nginxConf(dir, 'nginx', 1, { http: nginxProxyServer({ host: HOST, port: P.nginx, backend: `${HOST}:${P.backend}`, echo: `${HOST}:${P.wsEcho}`, keepalive: o.upstreamConnections, tls: { certFile: vol.cert, keyFile: vol.key } }) }))
   files.haproxy = join(dir, 'haproxy.cfg')
-  writeFileSync(files.haproxy, `global
-  nbthread 1
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  timeout queue 5s
-  timeout tunnel 600s
-  http-reuse always
-  option forwardfor
-frontend fe
-  bind ${HOST}:${P.haproxy} ssl crt ${combined}
-  use_backend ws if { path_beg /ws }
-  default_backend be
-backend be
-  server s1 ${HOST}:${P.backend} maxconn ${o.upstreamConnections}
-backend ws
-  server s1 ${HOST}:${P.wsEcho}
-`)
+  writeFileSync(files.haproxy, haproxyHttpConf({ threads: 1, bind: `${HOST}:${P.haproxy} ssl crt ${combined}`, backend: `${HOST}:${P.backend}`, echo: `${HOST}:${P.wsEcho}`, maxconn: o.upstreamConnections }))
   files.ferry = join(dir, 'ferry.yaml')
   writeFileSync(files.ferry, `gateway: { workers: 1 }
 listen:
@@ -191,14 +170,8 @@ export async function run (o) {
   const workloads = o.workloads.split(',')
   const measured = workloads.filter((w) => WORKLOADS[w] !== undefined)
   const targetNames = o.targets.split(',')
-  const workDir = o.workDir || mkdtempSync(join(tmpdir(), 'ferry-bench-tls-'))
-  mkdirSync(workDir, { recursive: true })
-  const res = { children: new Set(), workDir }
-  const transient = new Set()
-  const machine = machineInfo({ loadavg1AtStart: Math.round(loadavg()[0] * 100) / 100 })
-  const checks = []
-  const check = (ok, name, detail, gate = true) => { checks.push({ ok, name, detail, gate }); return ok }
-  const result = { date: new Date().toISOString(), command: `node native-bench/tls.mjs ${process.argv.slice(2).join(' ')}`.trim(), options: recordedOptions(o), machine, checks, runs: [], checked: {}, ferryWarnings: [] }
+  const bench = benchRun('tls', o, { ferryWarnings: [] })
+  const { workDir, res, transient, machine, checks, check, result } = bench
 
   // Three throwaway certificates for bench.test: the one every proxy starts with, and two renewals (new keys).
   const tlsDir = join(workDir, 'tls')
@@ -265,16 +238,11 @@ export async function run (o) {
           out.tls = `${client.ready.version} ${client.ready.cipher}`
         } else {
           const stats = join(workDir, `no-resume-${w}-${t}.json`)
-          let child; let genSample
-          const tr = { add (c) { child = c; transient.add(c) }, delete (c) { transient.delete(c) } }
           begin()
-          const p = wrk(`https://${HOST}:${port(t)}/`, seconds, { connections: o.connections, extra: W.extra, transient: tr, env: { LD_PRELOAD: shim, NO_RESUME_SNI: SNI, NO_RESUME_STATS: stats } })
-          const timer = setTimeout(() => { const s = child && procStat(child.pid); if (s) genSample = { cpu: s.cpu, at: performance.now() } }, seconds * 1000 - 150)
-          let r
-          try { r = await p } finally { clearTimeout(timer) }
+          const r = await wrkSampled(`https://${HOST}:${port(t)}/`, seconds, at0, { connections: o.connections, extra: W.extra, transient, env: { LD_PRELOAD: shim, NO_RESUME_SNI: SNI, NO_RESUME_STATS: stats } })
           const hs = JSON.parse(readFileSync(stats, 'utf8'))
           Object.assign(out, { rate: r.rps, requests: r.requests, p50ms: r.p50ms, p99ms: r.p99ms, handshakes: hs, errors: sumErrors(r.socketErrors) + r.non2xx, errorDetail: { ...r.socketErrors, non2xx: r.non2xx } })
-          gen = genSample ? genSample.cpu / ((genSample.at - at0) / 1000) : NaN
+          gen = r.generatorCores
           out.tls = `${hs.version} ${hs.cipher}`
         }
       } finally {
@@ -297,8 +265,7 @@ export async function run (o) {
     }
     const line = (r) => `${r.workload.padEnd(3)} ${r.target.padEnd(7)} ${fmt(r.rate).padStart(7)} ${WORKLOADS[r.workload].unit.padEnd(6)} p99 ${fmt(r.p99ms, 2).padStart(6)} ms  proxy ${fmt(r.usPerUnit, 1).padStart(6)} µs/${WORKLOADS[r.workload].per}, ${pct(r.proxyCores)}  backend ${pct(r.backendCores)}  gen ${pct(r.generatorCores)}  other ${pct(r.otherCores)}${r.handshakes ? `  handshakes full ${r.handshakes.full} resumed ${r.handshakes.resumed}` : ''}${r.errors ? `  ERRORS ${JSON.stringify(r.errorDetail)}` : ''}`
 
-    const busyBefore = await (async () => { const a = machineBusySeconds(); await sleep(1000); return machineBusySeconds() - a })()
-    machine.busyCoresBeforeStart = busyBefore
+    machine.busyCoresBeforeStart = await busyCores()
     if (o.warmupSeconds > 0) for (const w of measured) for (const t of targetNames) await measure(w, t, o.warmupSeconds)
     log(`warm-up done; ${o.repeats} repeats × ${o.seconds} s`)
     for (let rep = 0; rep < o.repeats; rep++) {
@@ -312,21 +279,15 @@ export async function run (o) {
     }
 
     if (workloads.includes('rotate')) result.rotation = await rotation({ o, port: P.ferry, admin: P.ferryAdmin, vol, versions, transient, ferryPid: procs.ferry.pid, check })
-  } finally {
-    await stopAll(res)
-    for (const c of transient) { try { c.kill('SIGKILL') } catch {} }
-  }
-  const leftovers = [...res.children].map((c) => c.pid)
-  check(leftovers.length === 0, 'every process started was stopped', leftovers.length === 0 ? 'none left' : leftovers.join(', '))
-  if (leftovers.length === 0 && !o.workDir) rmSync(workDir, { recursive: true, force: true })
+  } finally { await bench.stop() }
+  bench.finish()
   // The default certificate's change is logged as a warning by design (docs/tls.md); nothing else may be.
   const unexpected = result.ferryWarnings.filter((x) => !/default certificate/i.test(x.msg))
   if (targetNames.includes('ferry')) check(unexpected.length === 0, 'ferry: no warnings or errors in its log but the documented one when the default certificate changes', JSON.stringify(result.ferryWarnings.slice(0, 5)))
-  machine.loadavg1AtEnd = Math.round(loadavg()[0] * 100) / 100
   result.seconds = (performance.now() - T0) / 1000
   summarize(result, measured, targetNames, check)
   result.ok = checks.every((c) => c.ok || c.gate === false)
-  writeResults(o, 'tls', result, renderMarkdown, renderSvg)
+  writeResults(o, o.resultsName, result, renderMarkdown, renderSvg)
   return result
 }
 
@@ -381,9 +342,6 @@ async function rotation ({ o, port, admin, vol, versions, transient, ferryPid, c
   return out
 }
 
-const fmt = (n, d = 0) => Number.isFinite(n) ? (d === 0 ? fmtInt(Math.round(n)) : n.toFixed(d)) : '—'
-const pct = (x) => Number.isFinite(x) ? `${(x * 100).toFixed(0)}%` : '—'
-const ratio = (a, b) => Number.isFinite(a) && Number.isFinite(b) && b !== 0 ? a / b : NaN
 
 // ---- summaries and checks ---------------------------------------------------------------------------
 function summarize (result, workloads, targetNames, check) {
@@ -419,25 +377,19 @@ function summarize (result, workloads, targetNames, check) {
     const resumed = hs.reduce((a, r) => a + r.handshakes.resumed, 0); const full = hs.reduce((a, r) => a + r.handshakes.full, 0)
     check(resumed === 0 && full > 0 && hs.every((r) => r.handshakes.full >= r.requests), 'hs: every handshake was a full one (none resumed), at least one per request', `${fmtInt(full)} full, ${resumed} resumed, counted in wrk by lib/no-resume.c; per run handshakes ≥ wrk's requests`)
   }
-  check(!(result.machine.busyCoresBeforeStart > 0.2) && !(result.machine.loadavg1AtStart > 1.5), 'the machine was otherwise idle', `busy before the start ${pct(result.machine.busyCoresBeforeStart)} of a core, load average ${result.machine.loadavg1AtStart} at the start and ${result.machine.loadavg1AtEnd} at the end; median CPU of other processes during the runs ${pct(median(result.runs.map((r) => r.otherCores)))} (other runs share this machine: rates are noisy, CPU per handshake/request less so)`, false)
+  idleCheck(result, check, 'handshake/request')
 }
 
 // ---- markdown ---------------------------------------------------------------------------------------
 function renderMarkdown (r) {
-  const o = r.options
-  const S = r.summary ?? []
-  const m = r.machine
-  const workloads = [...new Set(S.map((s) => s.workload))]
-  const get = (w, t) => S.find((s) => s.workload === w && s.target === t)
-  const range = (a, lo, hi, d = 0) => `${fmt(a, d)} (${fmt(lo, d)}–${fmt(hi, d)})`
-  const rr = (x) => x === undefined ? '—' : `${fmt(x.median, 2)} (${fmt(x.min, 2)}–${fmt(x.max, 2)})`
+  const { o, S, m, workloads, get } = resultView(r)
   const wl = (w) => w === 'wss' ? `${WORKLOADS[w].label}, ${o.wssSessions} sessions ping-pong, ${MSG_BYTES} B` : w === 'hs' ? `${WORKLOADS[w].label}` : `${WORKLOADS[w].label}, ${o.connections} connections`
   const rot = r.rotation
   const lines = [
     '# native-bench: TLS termination, Ferry vs nginx vs HAProxy (one worker each)',
     '',
     `${r.date.slice(0, 16).replace('T', ' ')} UTC, \`${r.command}\` (${fmt(r.seconds)} s). Machine: ${m.cpus} CPUs, ${m.model}, Linux ${m.kernel}, Node ${m.node}.`,
-    `Load: average ${m.loadavg1AtStart} at the start, ${m.loadavg1AtEnd} at the end; other processes used ${pct(m.busyCoresBeforeStart)} of a core in the second before the first run and a median ${pct(median(r.runs.map((x) => x.otherCores)))} during the runs${m.loadavg1AtStart > 1.5 || m.busyCoresBeforeStart > 0.2 ? ' (**a busy machine: other runs share it; rates are noisy, CPU per handshake/request much less**)' : ''}.`,
+    loadLine(r, 'handshake/request'),
     '',
     `**On this ${m.cpus}-core machine the load generator, the backend and the proxy share the same cores**: rates are bounded by what the others leave the proxy. The proxy's CPU per handshake, request or message (user+sys of all its processes from /proc over the window ÷ what completed) is the steadiest figure.`,
     '',
@@ -474,7 +426,7 @@ function renderMarkdown (r) {
       '',
     ] : []),
     'Checks:',
-    ...r.checks.map((c) => `- ${c.ok ? 'ok' : c.gate === false ? 'note' : '**FAILED**'}: ${c.name}: ${c.detail}`),
+    ...checkLines(r.checks),
     '',
   ]
   return lines.join('\n')
