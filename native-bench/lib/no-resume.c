@@ -2,8 +2,8 @@
 // full TLS handshake. wrk 4.1 keeps one SSL object per connection slot and SSL_clear()s it between
 // connections, which keeps the last session: with `Connection: close` it resumed 2,253 of 2,257
 // handshakes against nginx (measured with $ssl_session_reused). Before each handshake this drops the
-// session (SSL_set_session(ssl, NULL): no session ID, no ticket offered), pins TLS 1.2 (wrk 4.1 got no
-// response over TLS 1.3 when forced: measured) and sends the SNI name in NO_RESUME_SNI; it counts the
+// session (SSL_set_session(ssl, NULL): no session ID, no ticket offered), pins TLS 1.2 (with TLS 1.3
+// forced wrk 4.1 completed no request: measured) and sends the SNI name in NO_RESUME_SNI; it counts the
 // handshakes that completed, full and resumed, and writes {"full":N,"resumed":N,"version","cipher"} (of
 // the last handshake) to NO_RESUME_STATS when wrk exits. Built by tls.mjs: gcc -O2 -shared -fPIC -o no-resume.so no-resume.c -ldl
 #define _GNU_SOURCE
