@@ -140,6 +140,7 @@ logging: { level: info, accessLog: false }
 async function wssClient (port, sessions, transient) {
   const child = track(spawn(process.execPath, [join(HERE, 'lib/wss-client.mjs'), JSON.stringify({ port, path: '/ws', sessions, size: MSG_BYTES, servername: SNI })], { stdio: ['pipe', 'pipe', 'pipe'] }))
   transient.add(child); child.once('exit', () => transient.delete(child))
+  child.stdin.on('error', () => {}) // EPIPE when it has just exited: its exit is what gets reported
   const events = []; const waiters = []
   let err = ''
   child.stderr.setEncoding('utf8').on('data', (d) => { if (err.length < 4000) err += d })

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -22,7 +22,7 @@ interface Bench {
   run: (o: Record<string, unknown>) => Promise<{ runs: Run[], checks: Check[], ok: boolean, certificate: { fingerprints: string[] }, rotation: Rotation, summary: Array<{ workload: string, target: string, ratios: Record<string, { rate: { median: number }, usPerUnit: { median: number } }> }> }>
 }
 
-const missing = ['nginx', 'wrk', 'gcc', 'openssl'].filter((c) => spawnSync('sh', ['-c', `command -v ${c}`]).status !== 0)
+const missing = [...['nginx', 'wrk', 'gcc', 'openssl'].filter((c) => spawnSync('sh', ['-c', `command -v ${c}`]).status !== 0), ...existsSync('/usr/include/openssl/ssl.h') ? [] : ['libssl-dev']]
 const SESSIONS = 40
 
 t.test('TLS benchmark, small: full handshakes only, CPU per handshake and message, rotation under open sessions', {
