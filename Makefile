@@ -1,6 +1,6 @@
 # Ferry: the two commands a new user needs are `make run` and `make test`.
 SHELL := /bin/bash
-.PHONY: all setup build run restart test bench bench-workers check docs clean
+.PHONY: all setup build run restart test bench bench-workers bench-tls check docs clean
 
 all: build
 
@@ -38,6 +38,12 @@ bench-workers:
 	scripts/setup.sh --bench
 	npx tsc -p tsconfig.json
 	node native-bench/workers.mjs --quick
+
+## TLS termination: Ferry vs nginx and HAProxy with the same certificate, one worker each (handshakes, keep-alive, WSS echo), and a certificate rotation under 1,000 open WSS sessions (native-bench/tls.mjs, quick profile: about 4 minutes).
+bench-tls:
+	scripts/setup.sh --bench
+	npx tsc -p tsconfig.json
+	node native-bench/tls.mjs --quick
 
 ## Type-check only.
 check: setup

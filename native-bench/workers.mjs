@@ -23,11 +23,10 @@
 // Every process is started here and stopped by PID (SIGTERM, then SIGKILL), with its descendants;
 // ports are picked free at start; nothing but 127.0.0.1 is bound or contacted. Writes
 // results/workers.{md,json,svg}.
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { loadavg, tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { adoptDescendants, cpuTree, threadCpu, fmt as fmtInt, freePort, httpGet, machineBusySeconds, machineInfo, maxOf, median, minOf, nginxBackendServer, nginxConf, nginxProxyServer, optionParser, procStat, recordedOptions, scriptMain, sleep, spawnChild, startFerry, stopAll, sumErrors, waitFor, waitPort, wrk, writeResults } from './lib/harness.mjs'
+import { adoptDescendants, fmtFigure as fmt, pctOf as pct, ratioOf as ratio, rangeText as range, ratioText as rr, benchRun, busyCores, resultView, checkLines, idleCheck, loadLine, cpuTree, threadCpu, fmt as fmtInt, freePort, haproxyHttpConf, httpGet, machineBusySeconds, maxOf, median, minOf, nginxBackendServer, nginxConf, nginxProxyServer, optionParser, procStat, scriptMain, sleep, spawnChild, startFerry, sumErrors, waitFor, waitPort, writeResults, wrkSampled } from './lib/harness.mjs'
 import { buildWsgen, establishedTo, percentiles, wsgenDriver } from './lib/ws.js'
 import { barChart } from './lib/svg.js'
 
@@ -89,31 +88,11 @@ function writeConfigs (dir, P, o) {
   }))
   // HAProxy, 2 threads: at most 16 connections to the HTTP server (the rest queue), idle ones reused by anyone.
   files.haproxy = join(dir, 'haproxy.cfg')
-  writeFileSync(files.haproxy, `global
-  nbthread 2
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  timeout queue 5s
-  timeout tunnel 600s
-  http-reuse always
-  option forwardfor
-frontend fe
-  bind ${HOST}:${P.haproxy}
-  use_backend ws if { path_beg /ws }
-  default_backend be
-backend be
-  server s1 ${HOST}:${P.backend} maxconn ${o.upstreamConnections}
-backend ws
-  server s1 ${HOST}:${P.wsEcho}
-listen tcp_conn
+  writeFileSync(files.haproxy, haproxyHttpConf({ threads: 2, bind: `${HOST}:${P.haproxy}`, backend: `${HOST}:${P.backend}`, echo: `${HOST}:${P.wsEcho}`, maxconn: o.upstreamConnections, more: `listen tcp_conn
   mode tcp
   bind ${HOST}:${P.haproxyTcp}
   server s1 ${HOST}:${P.backend}
-`)
+` }))
   // Ferry: one config per worker count, every workload on one pod.
   for (const n of [1, 2]) {
     files[`ferry${n}`] = join(dir, `ferry${n}.yaml`)
@@ -149,14 +128,8 @@ export async function run (o) {
   const T0 = performance.now()
   const workloads = o.workloads.split(',')
   const targetNames = o.targets.split(',')
-  const workDir = o.workDir || mkdtempSync(join(tmpdir(), 'ferry-bench-workers-'))
-  mkdirSync(workDir, { recursive: true })
-  const res = { children: new Set(), workDir }
-  const transient = new Set()
-  const machine = machineInfo({ loadavg1AtStart: Math.round(loadavg()[0] * 100) / 100 })
-  const checks = []
-  const check = (ok, name, detail, gate = true) => { checks.push({ ok, name, detail, gate }); return ok }
-  const result = { date: new Date().toISOString(), command: `node native-bench/workers.mjs ${process.argv.slice(2).join(' ')}`.trim(), options: recordedOptions(o), machine, checks, runs: [], checked: {}, ferryLogs: {} }
+  const bench = benchRun('workers', o, { ferryLogs: {} })
+  const { workDir, res, transient, machine, checks, check, result } = bench
 
   const P = {}
   for (const k of ['backend', 'wsEcho', 'muxEcho', 'ferry1', 'ferry1Admin', 'ferry1Tcp', 'ferry2', 'ferry2Admin', 'ferry2Tcp', 'nginx', 'nginxTcp', 'haproxy', 'haproxyTcp']) P[k] = await freePort()
@@ -263,16 +236,10 @@ export async function run (o) {
       let during
       try {
         if (W.kind === 'wrk') {
-          let child; let genSample
-          const tr = { add (c) { child = c; transient.add(c) }, delete (c) { transient.delete(c) } }
           begin()
-          const p = wrk(`http://${HOST}:${port}/`, seconds, { connections: o.connections, extra: W.extra, transient: tr })
-          // wrk's own CPU, read shortly before it ends (it is gone by the time it has reported).
-          const timer = setTimeout(() => { const s = child && procStat(child.pid); if (s) genSample = { cpu: s.cpu, at: performance.now() } }, seconds * 1000 - 150)
-          let r
-          try { r = await p } finally { clearTimeout(timer) }
+          const r = await wrkSampled(`http://${HOST}:${port}/`, seconds, at0, { connections: o.connections, extra: W.extra, transient })
           Object.assign(out, { rate: r.rps, requests: r.requests, p50ms: r.p50ms, p99ms: r.p99ms, errors: sumErrors(r.socketErrors) + r.non2xx, errorDetail: { ...r.socketErrors, non2xx: r.non2xx } })
-          gen = genSample ? genSample.cpu / ((genSample.at - at0) / 1000) : NaN
+          gen = r.generatorCores
         } else {
           hs = await driver.gen('echo', { port }, o.wsSessions, { path: W.path, inflight: o.wsInflight, seconds }, 1)
           if (hs[0].ready.failed > 0) throw new Error(`${hs[0].ready.failed} of ${o.wsSessions} sessions did not open: ${hs[0].ready.error}`)
@@ -317,7 +284,7 @@ export async function run (o) {
     const line = (r) => `${r.workload.padEnd(5)} ${r.target.padEnd(7)} ${fmt(r.rate).padStart(7)} ${WORKLOADS[r.workload].unit.padEnd(7)} p99 ${fmt(r.p99ms, 2).padStart(6)} ms  proxy ${fmt(r.usPerRequest, 1).padStart(5)} µs/req, ${pct(r.proxyCores)}  backend ${pct(r.backendCores)}  gen ${pct(r.generatorCores)}  machine ${pct(r.machineCores)}  other ${pct(r.otherCores)}${r.errors ? `  ERRORS ${JSON.stringify(r.errorDetail)}` : ''}${r.workers ? `  workers ${r.workers.map((x) => `#${x.index} ${workerSplit(r, x)}`).join(' / ')}` : ''}`
 
     // ---- warm-up (not counted), then the interleaved runs ----
-    const busyBefore = await (async () => { const a = machineBusySeconds(); await sleep(1000); return machineBusySeconds() - a })()
+    const busyBefore = await busyCores()
     machine.busyCoresBeforeStart = busyBefore
     if (busyBefore > 0.2) log(`other processes kept ${pct(busyBefore)} of a core busy before the start: figures will be noisy`)
     const tWarm = performance.now()
@@ -337,15 +304,9 @@ export async function run (o) {
       const ws = await workersOf('ferry2')
       check(ws.every((w) => w.restarts === 0), 'ferry2: no worker restarted during the run', ws.map((w) => `worker ${w.index}: pid ${w.pid}, restarts ${w.restarts}`).join('; '))
     }
-  } finally {
-    await stopAll(res)
-    for (const c of transient) { try { c.kill('SIGKILL') } catch {} }
-  }
-  const leftovers = [...res.children].map((c) => c.pid)
-  check(leftovers.length === 0, 'every process started was stopped', leftovers.length === 0 ? 'none left' : leftovers.join(', '))
-  if (leftovers.length === 0 && !o.workDir) rmSync(workDir, { recursive: true, force: true })
+  } finally { await bench.stop() }
+  bench.finish()
   for (const [name, l] of Object.entries(result.ferryLogs)) check(l.warnings.length === 0, `${name}: no warnings or errors in its log (control plane and workers)`, l.warnings.length === 0 ? 'none' : JSON.stringify(l.warnings.slice(0, 5)))
-  machine.loadavg1AtEnd = Math.round(loadavg()[0] * 100) / 100
   result.seconds = (performance.now() - T0) / 1000
   summarize(result, workloads, targetNames, check)
   result.ok = checks.every((c) => c.ok || c.gate === false)
@@ -353,9 +314,6 @@ export async function run (o) {
   return result
 }
 
-const fmt = (n, d = 0) => Number.isFinite(n) ? (d === 0 ? fmtInt(Math.round(n)) : n.toFixed(d)) : '—'
-const pct = (x) => Number.isFinite(x) ? `${(x * 100).toFixed(0)}%` : '—'
-const ratio = (a, b) => Number.isFinite(a) && Number.isFinite(b) && b !== 0 ? a / b : NaN
 /** One worker's part of a run: requests (HTTP), sessions (WebSocket) and CPU share. */
 function workerSplit (r, x) {
   const total = r.workers.reduce((a, w) => a + w.cpuSeconds, 0)
@@ -427,24 +385,18 @@ function summarize (result, workloads, targetNames, check) {
       check(skew.length === 0, `${w}: Ferry's workers share the work (each ≥ 25% of the workers' CPU)`, f2.map((r) => r.workers.map((x) => pct(x.cpuSeconds / r.workers.reduce((a, y) => a + y.cpuSeconds, 0))).join(' / ')).join('; '), false)
     }
   }
-  check(!(result.machine.busyCoresBeforeStart > 0.2) && !(result.machine.loadavg1AtStart > 1.5), 'the machine was otherwise idle', `busy before the start ${pct(result.machine.busyCoresBeforeStart)} of a core, load average ${result.machine.loadavg1AtStart} at the start and ${result.machine.loadavg1AtEnd} at the end; median CPU of other processes during the runs ${pct(median(result.runs.map((r) => r.otherCores)))} (other test runs share this machine: rates are noisy, CPU per request less so)`, false)
+  idleCheck(result, check, 'request')
 }
 
 // ---- markdown ---------------------------------------------------------------------------------------
 function renderMarkdown (r) {
-  const o = r.options
-  const S = r.summary ?? []
-  const m = r.machine
-  const workloads = [...new Set(S.map((s) => s.workload))]
-  const get = (w, t) => S.find((s) => s.workload === w && s.target === t)
-  const range = (a, lo, hi, d = 0) => `${fmt(a, d)} (${fmt(lo, d)}–${fmt(hi, d)})`
-  const rr = (x) => x === undefined ? '—' : `${fmt(x.median, 2)} (${fmt(x.min, 2)}–${fmt(x.max, 2)})`
+  const { o, S, m, workloads, get } = resultView(r)
   const wl = (w) => w === 'ws' || w === 'mux' ? `${WORKLOADS[w].label}, ${o.wsSessions} sessions × ${o.wsInflight} in flight` : WORKLOADS[w].label
   const lines = [
     '# native-bench: Ferry `gateway.workers` 1 and 2, nginx and HAProxy with 2 workers',
     '',
     `${r.date.slice(0, 16).replace('T', ' ')} UTC, \`${r.command}\` (${fmt(r.seconds)} s). Machine: ${m.cpus} CPUs, ${m.model}, Linux ${m.kernel}, Node ${m.node}.`,
-    `Load: average ${m.loadavg1AtStart} at the start, ${m.loadavg1AtEnd} at the end; other processes used ${pct(m.busyCoresBeforeStart)} of a core in the second before the first run and a median ${pct(median(r.runs.map((x) => x.otherCores)))} during the runs${m.loadavg1AtStart > 1.5 || m.busyCoresBeforeStart > 0.2 ? ' (**a busy machine: other test runs share it; rates are noisy, CPU per request much less**)' : ''}.`,
+    loadLine(r, 'request'),
     '',
     `**On this ${m.cpus}-core machine the load generator (wrk, 1 thread; wsgen, 1 process) and the backend run on the same ${m.cpus} cores as the proxy.** A 2-worker proxy never has 2 cores to itself: its rate is bounded by what the generator and the backend leave it, so the rate's scaling from 1 to 2 workers says little about a pod with cores of its own. The proxy's CPU per request (user+sys of all its processes over the window ÷ requests) does not depend on how much CPU it got and is the steadiest figure here.`,
     '',
@@ -482,7 +434,7 @@ function renderMarkdown (r) {
     }),
     '',
     'Checks:',
-    ...r.checks.map((c) => `- ${c.ok ? 'ok' : c.gate === false ? 'note' : '**FAILED**'}: ${c.name}: ${c.detail}`),
+    ...checkLines(r.checks),
     '',
   ]
   return lines.join('\n')

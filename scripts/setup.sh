@@ -3,7 +3,8 @@
 #   scripts/setup.sh            npm packages (npm ci)
 #   scripts/setup.sh --test     + Debian packages the test suite starts (redis-server; chromium, which
 #                               playwright-core drives for the console tests: no browser download)
-#   scripts/setup.sh --bench    + Debian packages the benchmark compares against (nginx, haproxy, wrk)
+#   scripts/setup.sh --bench    + Debian packages the benchmark compares against (nginx, haproxy, wrk) and
+#                               builds with (gcc; libssl-dev for native-bench/tls.mjs's wrk preload)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,9 +28,10 @@ fi
 
 pkgs=()
 need_cmd() { command -v "$1" >/dev/null 2>&1 || pkgs+=("$2"); }
-# The suite also drives a real HAProxy (PROXY protocol) and runs the workers benchmark small (nginx, wrk, gcc).
-if [ "$want_test" = 1 ]; then need_cmd redis-server redis-server; need_cmd openssl openssl; need_cmd curl curl; [ -x /usr/bin/chromium ] || pkgs+=(chromium); need_cmd haproxy haproxy; need_cmd nginx nginx-light; need_cmd wrk wrk; need_cmd gcc gcc; [ -e /usr/include/stdio.h ] || pkgs+=(libc6-dev); fi
-if [ "$want_bench" = 1 ]; then need_cmd nginx nginx-light; need_cmd haproxy haproxy; need_cmd wrk wrk; need_cmd iperf3 iperf3; [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || pkgs+=(libnginx-mod-stream); need_cmd gcc gcc; [ -e /usr/include/stdio.h ] || pkgs+=(libc6-dev); need_cmd pushpin pushpin; need_cmd redis-server redis-server; fi
+# The suite also drives a real HAProxy (PROXY protocol) and runs the workers and TLS benchmarks small (nginx, wrk,
+# gcc; the TLS one builds a wrk preload against OpenSSL's headers: libssl-dev).
+if [ "$want_test" = 1 ]; then need_cmd redis-server redis-server; need_cmd openssl openssl; need_cmd curl curl; [ -x /usr/bin/chromium ] || pkgs+=(chromium); need_cmd haproxy haproxy; need_cmd nginx nginx-light; need_cmd wrk wrk; need_cmd gcc gcc; [ -e /usr/include/stdio.h ] || pkgs+=(libc6-dev); [ -e /usr/include/openssl/ssl.h ] || pkgs+=(libssl-dev); fi
+if [ "$want_bench" = 1 ]; then need_cmd nginx nginx-light; need_cmd haproxy haproxy; need_cmd wrk wrk; need_cmd iperf3 iperf3; [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || pkgs+=(libnginx-mod-stream); need_cmd gcc gcc; [ -e /usr/include/stdio.h ] || pkgs+=(libc6-dev); need_cmd openssl openssl; [ -e /usr/include/openssl/ssl.h ] || pkgs+=(libssl-dev); need_cmd pushpin pushpin; need_cmd redis-server redis-server; fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" != 0 ]; then

@@ -3,10 +3,10 @@
 // on every way out), IPC questions, bounded waits, Redis, Prometheus text, CPU time from /proc, wrk, and
 // the counting helpers their results use.
 import { execFileSync, spawn } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { createConnection, createServer } from 'node:net'
-import { cpus, loadavg, release, totalmem } from 'node:os'
+import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -78,13 +78,80 @@ export async function scriptMain ({ name, usage, prefix, defaults, parseArgs, va
   const res = await run(o)
   console.log(renderMarkdown(res))
   for (const c of res.checks) console.log(`${c.ok ? 'ok    ' : c.gate === false ? 'note  ' : 'FAILED'} ${c.name}: ${c.detail}`)
-  console.log(`${name}: ${Math.round((Date.now() - started) / 1000)} s${o.write ? `; wrote ${join(o.outDir, `${name}.{md,json,svg}`)}` : ''}`)
+  console.log(`${name}: ${Math.round((Date.now() - started) / 1000)} s${o.write ? `; wrote ${join(o.outDir, `${o.resultsName ?? name}.{md,json,svg}`)}` : ''}`)
   process.exit(res.ok ? 0 : 1)
 }
 
+/**
+ * What a side-by-side script's run (workers.mjs, tls.mjs) starts with: its work directory (`o.workDir`,
+ * or a fresh temporary one), its tracked children (`res`), the load generators running now
+ * (`transient`), the machine, the checks and the result (`extra` added to it). `stop()` stops every
+ * child and generator; `finish()` then checks that none is left and removes a temporary work directory.
+ */
+export function benchRun (name, o, extra = {}) {
+  const workDir = o.workDir || mkdtempSync(join(tmpdir(), `ferry-bench-${name}-`))
+  mkdirSync(workDir, { recursive: true })
+  const res = { children: new Set(), workDir }
+  const transient = new Set()
+  const machine = machineInfo({ loadavg1AtStart: Math.round(loadavg()[0] * 100) / 100 })
+  const checks = []
+  const check = (ok, what, detail, gate = true) => { checks.push({ ok, name: what, detail, gate }); return ok }
+  const result = { date: new Date().toISOString(), command: `node native-bench/${name}.mjs ${process.argv.slice(2).join(' ')}`.trim(), options: recordedOptions(o), machine, checks, runs: [], checked: {}, ...extra }
+  return {
+    workDir, res, transient, machine, checks, check, result,
+    async stop () {
+      await stopAll(res)
+      for (const c of transient) { try { c.kill('SIGKILL') } catch {} }
+    },
+    finish () {
+      const leftovers = [...res.children].map((c) => c.pid)
+      check(leftovers.length === 0, 'every process started was stopped', leftovers.length === 0 ? 'none left' : leftovers.join(', '))
+      if (leftovers.length === 0 && !o.workDir) rmSync(workDir, { recursive: true, force: true })
+      machine.loadavg1AtEnd = Math.round(loadavg()[0] * 100) / 100
+    },
+  }
+}
+
+/** Cores the whole machine kept busy over `ms` (before a run starts: other processes). */
+export async function busyCores (ms = 1000) {
+  const a = machineBusySeconds()
+  await sleep(ms)
+  return (machineBusySeconds() - a) / (ms / 1000)
+}
+
+/** A figure for a table: `d` decimals (0: rounded, with thousands separators), '—' when not a number. */
+export const fmtFigure = (n, d = 0) => Number.isFinite(n) ? (d === 0 ? fmt(Math.round(n)) : n.toFixed(d)) : '—'
+/** A fraction as a percentage ('—' when not a number). */
+export const pctOf = (x) => Number.isFinite(x) ? `${(x * 100).toFixed(0)}%` : '—'
+/** a ÷ b, NaN unless both are numbers and b is not 0. */
+export const ratioOf = (a, b) => Number.isFinite(a) && Number.isFinite(b) && b !== 0 ? a / b : NaN
+/** `median (min–max)`. */
+export const rangeText = (a, lo, hi, d = 0) => `${fmtFigure(a, d)} (${fmtFigure(lo, d)}–${fmtFigure(hi, d)})`
+/** A paired ratio { median, min, max } as `median (min–max)`, 2 decimals; '—' when absent. */
+export const ratioText = (x) => x === undefined ? '—' : rangeText(x.median, x.min, x.max, 2)
+/** The note (not a gate) saying whether the machine was otherwise idle; `per`: the figure that stays steady ("request"). */
+export function idleCheck (result, check, per) {
+  const m = result.machine
+  check(!(m.busyCoresBeforeStart > 0.2) && !(m.loadavg1AtStart > 1.5), 'the machine was otherwise idle', `busy before the start ${pctOf(m.busyCoresBeforeStart)} of a core, load average ${m.loadavg1AtStart} at the start and ${m.loadavg1AtEnd} at the end; median CPU of other processes during the runs ${pctOf(median(result.runs.map((r) => r.otherCores)))} (other test runs share this machine: rates are noisy, CPU per ${per} less so)`, false)
+}
+/** The results' load line: load averages, other processes' CPU before and during the runs. */
+export function loadLine (r, per) {
+  const m = r.machine
+  return `Load: average ${m.loadavg1AtStart} at the start, ${m.loadavg1AtEnd} at the end; other processes used ${pctOf(m.busyCoresBeforeStart)} of a core in the second before the first run and a median ${pctOf(median(r.runs.map((x) => x.otherCores)))} during the runs${m.loadavg1AtStart > 1.5 || m.busyCoresBeforeStart > 0.2 ? ` (**a busy machine: other test runs share it; rates are noisy, CPU per ${per} much less**)` : ''}.`
+}
+
+/** What a result's Markdown reads: options, summary rows, machine, workloads in order, and the row of a workload and target. */
+export function resultView (r) {
+  const S = r.summary ?? []
+  return { o: r.options, S, m: r.machine, workloads: [...new Set(S.map((s) => s.workload))], get: (w, t) => S.find((s) => s.workload === w && s.target === t) }
+}
+
+/** A result's checks as Markdown list items (`note` for the ones that do not gate). */
+export const checkLines = (checks) => checks.map((c) => `- ${c.ok ? 'ok' : c.gate === false ? 'note' : '**FAILED**'}: ${c.name}: ${c.detail}`)
+
 /** The options a result records (not where it was written). */
 export function recordedOptions (o) {
-  return Object.fromEntries(Object.entries(o).filter(([k]) => !['outDir', 'workDir', 'write', 'help'].includes(k)))
+  return Object.fromEntries(Object.entries(o).filter(([k]) => !['outDir', 'resultsName', 'workDir', 'write', 'help'].includes(k)))
 }
 
 /** Writes results/NAME.{json,md,svg} when `o.write`. */
@@ -316,12 +383,13 @@ export const nginxBackendServer = (host, port, body) => `  server { listen ${hos
 /**
  * The benchmarks' nginx reverse proxy (as native-bench/run for HTTP and lib/ws.js for WebSocket): `/` to
  * `backend` over an idle cache of `keepalive` HTTP/1.1 connections, `/ws` upgraded to `echo`.
- * `reuseport`: a listening socket per worker.
+ * `reuseport`: a listening socket per worker. `tls: { certFile, keyFile }`: the port speaks TLS 1.2 and 1.3 (https, wss; nginx 1.22's
+ * default leaves 1.3 out).
  */
-export const nginxProxyServer = ({ host, port, backend, echo, keepalive = 16, reuseport = false }) => `  upstream backend { server ${backend}; keepalive ${keepalive}; keepalive_requests 100000000; keepalive_timeout 300s; }
+export const nginxProxyServer = ({ host, port, backend, echo, keepalive = 16, reuseport = false, tls }) => `  upstream backend { server ${backend}; keepalive ${keepalive}; keepalive_requests 100000000; keepalive_timeout 300s; }
   upstream echo { server ${echo}; }
   server {
-    listen ${host}:${port} backlog=4096${reuseport ? ' reuseport' : ''};
+    listen ${host}:${port} backlog=4096${reuseport ? ' reuseport' : ''}${tls ? ' ssl' : ''};${tls ? `\n    ssl_certificate ${tls.certFile}; ssl_certificate_key ${tls.keyFile}; ssl_protocols TLSv1.2 TLSv1.3;` : ''}
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For $remote_addr; }
     location /ws {
       proxy_pass http://echo; proxy_http_version 1.1;
@@ -330,6 +398,33 @@ export const nginxProxyServer = ({ host, port, backend, echo, keepalive = 16, re
       proxy_read_timeout 600s; proxy_send_timeout 600s;
     }
   }`
+
+/**
+ * The benchmarks' HAProxy in `mode http` (as native-bench/run's): `threads` threads, a frontend bound with
+ * `bind` (`host:port`, plus ` ssl crt FILE` for TLS), `/ws` to `echo`, the rest to `backend` over at most
+ * `maxconn` connections (the rest queue) that any request may reuse; `more`: further sections.
+ */
+export const haproxyHttpConf = ({ threads, bind, backend, echo, maxconn = 16, more = '' }) => `global
+  nbthread ${threads}
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  timeout queue 5s
+  timeout tunnel 600s
+  http-reuse always
+  option forwardfor
+frontend fe
+  bind ${bind}
+  use_backend ws if { path_beg /ws }
+  default_backend be
+backend be
+  server s1 ${backend} maxconn ${maxconn}
+backend ws
+  server s1 ${echo}
+${more}`
 
 // ---- Prometheus text ------------------------------------------------------------------------------
 /** Parses Prometheus text into { 'name{labels}': value }. */
@@ -438,13 +533,13 @@ export const sumErrors = (e) => e.connect + e.read + e.write + e.timeout
 
 /**
  * wrk with one thread against `url` for `seconds`; resolves with parseWrk's figures. `extra`: more
- * arguments (`['-H', 'Connection: close']`); `latency: false` leaves out --latency; the child is held in
- * `transient` (a Set) while it runs, and SIGKILLed if this process exits first.
+ * arguments (`['-H', 'Connection: close']`); `latency: false` leaves out --latency; `env`: more environment
+ * (LD_PRELOAD); the child is held in `transient` (a Set) while it runs, and SIGKILLed if this process exits first.
  */
-export function wrk (url, seconds, { connections = 50, extra = [], latency = true, transient } = {}) {
+export function wrk (url, seconds, { connections = 50, extra = [], latency = true, transient, env } = {}) {
   return new Promise((resolve, reject) => {
     const args = ['-t', '1', '-c', String(connections), '-d', `${seconds}s`, ...(latency ? ['--latency'] : []), ...extra, url]
-    const c = track(spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] }))
+    const c = track(spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } }))
     transient?.add(c); c.on('exit', () => transient?.delete(c))
     let out = ''
     c.stdout.on('data', (d) => { out += d })
@@ -452,6 +547,21 @@ export function wrk (url, seconds, { connections = 50, extra = [], latency = tru
     c.on('error', reject)
     c.on('exit', (code) => code === 0 ? resolve(parseWrk(out)) : reject(new Error(`wrk ${args.join(' ')} exited ${code}: ${out}`)))
   })
+}
+
+/**
+ * wrk (as `wrk`) plus the cores wrk itself used from `at0` (performance.now() when the window began),
+ * read 150 ms before it ends (it is gone by the time it has reported): { ...wrk's figures, generatorCores }.
+ */
+export async function wrkSampled (url, seconds, at0, { transient, ...opts } = {}) {
+  let child; let sample
+  const tr = { add (c) { child = c; transient?.add(c) }, delete (c) { transient?.delete(c) } }
+  const p = wrk(url, seconds, { ...opts, transient: tr })
+  const timer = setTimeout(() => { const s = child && procStat(child.pid); if (s) sample = { cpu: s.cpu, at: performance.now() } }, seconds * 1000 - 150)
+  try {
+    const r = await p
+    return { ...r, generatorCores: sample ? sample.cpu / ((sample.at - at0) / 1000) : NaN }
+  } finally { clearTimeout(timer) }
 }
 
 // ---- measures -------------------------------------------------------------------------------------
