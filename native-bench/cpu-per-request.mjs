@@ -13,7 +13,7 @@
 // to HAProxy and the CPU counted is Ferry's alone: what reading the PROXY header costs Ferry.
 //
 //   node native-bench/cpu-per-request.mjs [--seconds 5] [--repeats 3] [--paths ka,close,ws]
-//        [--targets ferry,nginx,haproxy] [--no-write] [--prof DIR]   (--prof: Ferry runs under node --cpu-prof, one Ferry
+//        [--targets ferry,nginx,haproxy] [--syscalls] [--no-write] [--prof DIR]   (--prof: Ferry runs under node --cpu-prof, one Ferry
 //                                                 process and one profile per path, written to DIR)
 // Writes results/cpu-per-request.{md,json} (not with --prof or --no-write).
 // Ports: picked free at start, 127.0.0.1 only. Every process is started here and stopped by PID.
@@ -35,6 +35,7 @@ const REPEATS = Number(opt('repeats', '3'))
 const PATHS = opt('paths', 'ka,close,ws').split(',')
 const TARGETS = opt('targets', 'ferry,nginx').split(',')
 const PROF = opt('prof', undefined)
+const SYSCALLS = args.includes('--syscalls')
 /**
  * `--base DIR`: a second Ferry built elsewhere (say, main's dist copied to DIR), target `base`, interleaved
  * with the others: a paired before/after under the same machine load. `--base2 DIR`: a third, target `base2`.
@@ -197,8 +198,28 @@ function wsEchoRun (p, seconds, pid) {
     })
   })
 }
+/**
+ * `--syscalls`: system calls the proxy's processes make over a run (`perf stat -e raw_syscalls:sys_enter`
+ * attached for the run, the WebSocket sessions' set-up included), ÷ its requests. Returns the stop function.
+ */
+async function countSyscalls (pid) {
+  const pids = Object.keys(cpuTree(pid).byPid).join(',')
+  const p = spawn('perf', ['stat', '-x', ',', '-e', 'raw_syscalls:sys_enter', '-p', pids], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let err = ''
+  p.stderr.on('data', (d) => { err += d })
+  const exited = new Promise((resolve) => p.on('exit', resolve))
+  await sleep(300) // perf attaches
+  return async () => {
+    p.kill('SIGINT')
+    await exited
+    const m = /^(\d+),/m.exec(err)
+    if (m === null) throw new Error(`perf stat gave no count: ${err.slice(0, 300)}`)
+    return Number(m[1])
+  }
+}
 async function run (target, path) {
   const pid = procs[target].child.pid
+  const stopCount = SYSCALLS ? await countSyscalls(pid) : undefined
   let r
   if (path === 'ws') r = await wsEchoRun(port[target], SECONDS, pid)
   else {
@@ -207,10 +228,14 @@ async function run (target, path) {
     const c1 = cpuOf(pid)
     r = { ...w, cpu: c1.cpu - c0.cpu, sys: c1.sys - c0.sys }
   }
+  if (stopCount !== undefined) r.syscalls = await stopCount()
   return r
 }
 
 const results = {}
+/** Kernel (sys) µs per request of each run; system calls per request (--syscalls). */
+const sysUs = {}
+const syscalls = {}
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)] }
 const load0 = loadavg()[0]
 const startedAt = new Date()
@@ -223,7 +248,9 @@ try {
         const r = await run(t, path)
         const us = r.cpu / r.requests * 1e6
         ;(results[`${path} ${t}`] ??= []).push(us)
-        console.error(`${path.padEnd(5)} ${t.padEnd(5)} rep ${rep + 1}: ${r.requests} requests, ${(r.requests / SECONDS).toFixed(0)}/s, cpu ${r.cpu.toFixed(2)} s (sys ${r.sys.toFixed(2)}), ${us.toFixed(1)} µs/request (sys ${(r.sys / r.requests * 1e6).toFixed(1)})${r.errors || r.non2xx ? `  errors ${r.errors} non2xx ${r.non2xx}` : ''}`)
+        ;(sysUs[`${path} ${t}`] ??= []).push(r.sys / r.requests * 1e6)
+        if (r.syscalls !== undefined) (syscalls[`${path} ${t}`] ??= []).push(r.syscalls / r.requests)
+        console.error(`${path.padEnd(5)} ${t.padEnd(5)} rep ${rep + 1}: ${r.requests} requests, ${(r.requests / SECONDS).toFixed(0)}/s, cpu ${r.cpu.toFixed(2)} s (sys ${r.sys.toFixed(2)}), ${us.toFixed(1)} µs/request (sys ${(r.sys / r.requests * 1e6).toFixed(1)})${r.syscalls !== undefined ? `, ${(r.syscalls / r.requests).toFixed(2)} syscalls/request` : ''}${r.errors || r.non2xx ? `  errors ${r.errors} non2xx ${r.non2xx}` : ''}`)
       }
     }
     if (PROF && procs.ferry) { await stop(procs.ferry); delete procs.ferry }
@@ -251,6 +278,8 @@ const rows = PATHS.map((path) => ({
   label: LABELS[path] ?? path,
   usPerRequest: Object.fromEntries(TARGETS.map((t) => [t, { median: median(results[`${path} ${t}`] ?? [NaN]), runs: results[`${path} ${t}`] ?? [] }])),
   ratios: Object.fromEntries(pairs.map(([a, b]) => [`${a}/${b}`, paired(path, a, b)])),
+  sysUsPerRequest: Object.fromEntries(TARGETS.map((t) => [t, median(sysUs[`${path} ${t}`] ?? [NaN])])),
+  ...(SYSCALLS ? { syscallsPerRequest: Object.fromEntries(TARGETS.map((t) => [t, median(syscalls[`${path} ${t}`] ?? [NaN])])) } : {}),
 }))
 const f1 = (x) => Number.isFinite(x) ? x.toFixed(1) : '—'
 const f2 = (x) => Number.isFinite(x) ? x.toFixed(2) : '—'
@@ -259,6 +288,9 @@ const table = [
   `| --- |${' ---: |'.repeat(TARGETS.length + pairs.length)}`,
   ...rows.map((r) => `| ${r.label} | ${TARGETS.map((t) => `${f1(r.usPerRequest[t].median)} (${r.usPerRequest[t].runs.map(f1).join(', ')})`).join(' | ')} |${pairs.map(([a, b]) => { const x = r.ratios[`${a}/${b}`]; return ` ${f2(x?.median)} (${f2(x?.min)}–${f2(x?.max)}) |` }).join('')}`),
 ]
+// The kernel's share: sys µs per request (median), and system calls per request with --syscalls.
+table.push('', `| path | ${TARGETS.map((t) => `${t}: sys µs/req${SYSCALLS ? ', syscalls/req' : ''}`).join(' | ')} |`, `| --- |${' ---: |'.repeat(TARGETS.length)}`,
+  ...rows.map((r) => `| ${r.label} | ${TARGETS.map((t) => `${f1(r.sysUsPerRequest[t])}${SYSCALLS ? `, ${f2(r.syscallsPerRequest[t])}` : ''}`).join(' | ')} |`))
 console.log(table.join('\n'))
 if (!PROF && !args.includes('--no-write')) {
   const outDir = join(ROOT, 'native-bench', 'results')
