@@ -24,7 +24,7 @@ import { cpus, loadavg, release, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
-import { cpuTree, freePort, nginxBackendServer, nginxConf, nginxProxyServer, wrk as runWrk, sumErrors } from './lib/harness.mjs'
+import { cpuTree, freePort, haproxyHttpConf, nginxBackendServer, nginxConf, nginxProxyServer, wrk as runWrk, sumErrors } from './lib/harness.mjs'
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const HOST = '127.0.0.1'
@@ -124,27 +124,7 @@ function startFerry (tag, name = 'ferry', dist = join(ROOT, 'dist')) {
 const procs = {}
 if (TARGETS.includes('nginx')) { procs.nginx = start('nginx', 'nginx', ['-p', WORK, '-c', join(WORK, 'nginx.conf')]); await waitPort(P.nginx, procs.nginx) }
 if (TARGETS.includes('haproxy')) {
-  writeFileSync(join(WORK, 'haproxy.cfg'), `global
-  nbthread 1
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  timeout queue 5s
-  timeout tunnel 600s
-  http-reuse always
-  option forwardfor
-frontend fe
-  bind ${HOST}:${P.haproxy}
-  use_backend ws if { path_beg /ws }
-  default_backend be
-backend be
-  server s1 ${HOST}:${P.backend} maxconn 16
-backend ws
-  server s1 ${HOST}:${P.wsEcho}
-`)
+  writeFileSync(join(WORK, 'haproxy.cfg'), haproxyHttpConf({ host: HOST, port: P.haproxy, backend: `${HOST}:${P.backend}`, echo: `${HOST}:${P.wsEcho}`, threads: 1 }))
   procs.haproxy = start('haproxy', 'haproxy', ['-db', '-f', join(WORK, 'haproxy.cfg')]); await waitPort(P.haproxy, procs.haproxy)
 }
 if (TARGETS.includes('ferry') && !PROF) { procs.ferry = startFerry('all'); await waitPort(P.ferry, procs.ferry); console.error(`ferry pid ${procs.ferry.child.pid}`) }

@@ -27,7 +27,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { adoptDescendants, cpuTree, threadCpu, fmt as fmtInt, freePort, httpGet, machineBusySeconds, machineInfo, maxOf, median, minOf, nginxBackendServer, nginxConf, nginxProxyServer, optionParser, procStat, recordedOptions, scriptMain, sleep, spawnChild, startFerry, stopAll, sumErrors, waitFor, waitPort, wrk, writeResults } from './lib/harness.mjs'
+import { adoptDescendants, cpuTree, threadCpu, fmt as fmtInt, freePort, haproxyHttpConf, httpGet, machineBusySeconds, machineInfo, maxOf, median, minOf, nginxBackendServer, nginxConf, nginxProxyServer, optionParser, procStat, recordedOptions, scriptMain, sleep, spawnChild, startFerry, stopAll, sumErrors, waitFor, waitPort, wrk, writeResults } from './lib/harness.mjs'
 import { buildWsgen, establishedTo, percentiles, wsgenDriver } from './lib/ws.js'
 import { barChart } from './lib/svg.js'
 
@@ -89,31 +89,10 @@ function writeConfigs (dir, P, o) {
   }))
   // HAProxy, 2 threads: at most 16 connections to the HTTP server (the rest queue), idle ones reused by anyone.
   files.haproxy = join(dir, 'haproxy.cfg')
-  writeFileSync(files.haproxy, `global
-  nbthread 2
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  timeout queue 5s
-  timeout tunnel 600s
-  http-reuse always
-  option forwardfor
-frontend fe
-  bind ${HOST}:${P.haproxy}
-  use_backend ws if { path_beg /ws }
-  default_backend be
-backend be
-  server s1 ${HOST}:${P.backend} maxconn ${o.upstreamConnections}
-backend ws
-  server s1 ${HOST}:${P.wsEcho}
-listen tcp_conn
-  mode tcp
-  bind ${HOST}:${P.haproxyTcp}
-  server s1 ${HOST}:${P.backend}
-`)
+  writeFileSync(files.haproxy, haproxyHttpConf({
+    host: HOST, port: P.haproxy, backend: `${HOST}:${P.backend}`, echo: `${HOST}:${P.wsEcho}`, threads: 2, maxconn: o.upstreamConnections,
+    extra: `listen tcp_conn\n  mode tcp\n  bind ${HOST}:${P.haproxyTcp}\n  server s1 ${HOST}:${P.backend}\n`,
+  }))
   // Ferry: one config per worker count, every workload on one pod.
   for (const n of [1, 2]) {
     files[`ferry${n}`] = join(dir, `ferry${n}.yaml`)

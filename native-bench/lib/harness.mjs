@@ -331,6 +331,33 @@ export const nginxProxyServer = ({ host, port, backend, echo, keepalive = 16, re
     }
   }`
 
+/**
+ * The benchmarks' HAProxy (workers.mjs, cpu-per-request.mjs): `nbthread` threads, mode http; `/` to
+ * `backend` with at most `maxconn` connections (the rest queue) that anyone may reuse (`http-reuse
+ * always`), `/ws` passed through to `echo`. `extra`: more sections appended (a TCP listener, say).
+ */
+export const haproxyHttpConf = ({ host, port, backend, echo, threads, maxconn = 16, extra = '' }) => `global
+  nbthread ${threads}
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  timeout queue 5s
+  timeout tunnel 600s
+  http-reuse always
+  option forwardfor
+frontend fe
+  bind ${host}:${port}
+  use_backend ws if { path_beg /ws }
+  default_backend be
+backend be
+  server s1 ${backend} maxconn ${maxconn}
+backend ws
+  server s1 ${echo}
+${extra}`
+
 // ---- Prometheus text ------------------------------------------------------------------------------
 /** Parses Prometheus text into { 'name{labels}': value }. */
 export function parseMetrics (body) {
