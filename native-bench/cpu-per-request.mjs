@@ -5,23 +5,26 @@
 //   ka     HTTP keep-alive: wrk -t1 -c50 (nginx backend, `return 200`, 33-byte body)
 //   close  HTTP, new connection per request: the same with `Connection: close`
 //   ws     WebSocket passthrough echo: wsgen, 100 sessions ping-pong, 64-byte text (uWS echo backend)
+// Target haproxy: HAProxy, nbthread 1, mode http, `maxconn 16` to the backend with `http-reuse always`
+// (native-bench/workers.mjs's HAProxy with one thread), /ws passed through to the echo backend.
 // Runs are interleaved (ferry, nginx, ferry, nginx, ...) and the median of the repeats is printed.
 // Targets pp-off, pp-v2, pp-v1v2: Ferry with listen.http.acceptProxyProtocol off | v2 | v1+v2 behind an
 // HAProxy in mode tcp (one thread) that sends no header | send-proxy-v2 | send-proxy (v1); the load goes
 // to HAProxy and the CPU counted is Ferry's alone: what reading the PROXY header costs Ferry.
 //
 //   node native-bench/cpu-per-request.mjs [--seconds 5] [--repeats 3] [--paths ka,close,ws]
-//        [--targets ferry,nginx] [--prof DIR]   (--prof: Ferry runs under node --cpu-prof, one Ferry
+//        [--targets ferry,nginx,haproxy] [--syscalls] [--no-write] [--prof DIR]   (--prof: Ferry runs under node --cpu-prof, one Ferry
 //                                                 process and one profile per path, written to DIR)
+// Writes results/cpu-per-request.{md,json} (not with --prof or --no-write).
 // Ports: picked free at start, 127.0.0.1 only. Every process is started here and stopped by PID.
 import { spawn, execFileSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
-import { tmpdir } from 'node:os'
+import { cpus, loadavg, release, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
-import { cpuTree, freePort, nginxBackendServer, nginxConf, nginxProxyServer, wrk as runWrk, sumErrors } from './lib/harness.mjs'
+import { cpuTree, freePort, haproxyHttpConf, nginxBackendServer, nginxConf, nginxProxyServer, wrk as runWrk, sumErrors } from './lib/harness.mjs'
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const HOST = '127.0.0.1'
@@ -32,6 +35,7 @@ const REPEATS = Number(opt('repeats', '3'))
 const PATHS = opt('paths', 'ka,close,ws').split(',')
 const TARGETS = opt('targets', 'ferry,nginx').split(',')
 const PROF = opt('prof', undefined)
+const SYSCALLS = args.includes('--syscalls')
 /**
  * `--base DIR`: a second Ferry built elsewhere (say, main's dist copied to DIR), target `base`, interleaved
  * with the others: a paired before/after under the same machine load. `--base2 DIR`: a third, target `base2`.
@@ -77,7 +81,7 @@ async function waitPort (port, entry) {
 const cpuOf = (pid) => cpuTree(pid)
 
 const P = {}
-for (const k of ['backend', 'wsEcho', 'nginx', 'ferry', 'ferryAdmin', 'base', 'baseAdmin', 'base2', 'base2Admin', 'floor']) P[k] = await freePort()
+for (const k of ['backend', 'wsEcho', 'nginx', 'haproxy', 'ferry', 'ferryAdmin', 'base', 'baseAdmin', 'base2', 'base2Admin', 'floor']) P[k] = await freePort()
 /** pp-* target → [acceptProxyProtocol, HAProxy server option]. */
 const PP = { 'pp-off': ['off', ''], 'pp-v2': ['v2', 'send-proxy-v2'], 'pp-v1v2': ['v1+v2', 'send-proxy'] }
 for (const t of Object.keys(PP)) if (TARGETS.includes(t)) for (const k of [t, `${t}Admin`, `${t}Lb`]) P[k] = await freePort()
@@ -119,6 +123,10 @@ function startFerry (tag, name = 'ferry', dist = join(ROOT, 'dist')) {
 }
 const procs = {}
 if (TARGETS.includes('nginx')) { procs.nginx = start('nginx', 'nginx', ['-p', WORK, '-c', join(WORK, 'nginx.conf')]); await waitPort(P.nginx, procs.nginx) }
+if (TARGETS.includes('haproxy')) {
+  writeFileSync(join(WORK, 'haproxy.cfg'), haproxyHttpConf({ bind: `${HOST}:${P.haproxy}`, backend: `${HOST}:${P.backend}`, echo: `${HOST}:${P.wsEcho}`, threads: 1 }))
+  procs.haproxy = start('haproxy', 'haproxy', ['-db', '-f', join(WORK, 'haproxy.cfg')]); await waitPort(P.haproxy, procs.haproxy)
+}
 if (TARGETS.includes('ferry') && !PROF) { procs.ferry = startFerry('all'); await waitPort(P.ferry, procs.ferry); console.error(`ferry pid ${procs.ferry.child.pid}`) }
 for (const b of ['base', 'base2']) {
   if (!TARGETS.includes(b)) continue
@@ -135,7 +143,16 @@ if (TARGETS.includes('floor')) {
   procs.floor = start('floor', process.execPath, ['--max-semi-space-size=32', join(ROOT, 'native-bench/lib/floor-proxy.mjs'), String(P.floor), String(P.backend), String(P.wsEcho), HOST])
   await waitPort(P.floor, procs.floor)
 }
-const port = { ferry: P.ferry, nginx: P.nginx, base: P.base, base2: P.base2, floor: P.floor, 'pp-off': P['pp-offLb'], 'pp-v2': P['pp-v2Lb'], 'pp-v1v2': P['pp-v1v2Lb'] }
+/** What each target is, for the results file. */
+const TARGET_NOTES = {
+  ferry: 'Ferry (this build), one process',
+  base: `Ferry built elsewhere (${BASES.base ?? ''})`,
+  base2: `Ferry built elsewhere (${BASES.base2 ?? ''})`,
+  nginx: 'nginx, worker_processes 1, keepalive 16',
+  haproxy: 'HAProxy, nbthread 1, maxconn 16 + http-reuse always',
+  floor: 'lib/floor-proxy.mjs: uWS + undici Pool (16) + ws, forwarding only',
+}
+const port = { ferry: P.ferry, nginx: P.nginx, haproxy: P.haproxy, base: P.base, base2: P.base2, floor: P.floor, 'pp-off': P['pp-offLb'], 'pp-v2': P['pp-v2Lb'], 'pp-v1v2': P['pp-v1v2Lb'] }
 
 async function wrk (p, seconds, extra) {
   const r = await runWrk(`http://${HOST}:${p}/`, seconds, { extra, latency: false })
@@ -161,8 +178,28 @@ function wsEchoRun (p, seconds, pid) {
     })
   })
 }
+/**
+ * `--syscalls`: system calls the proxy's processes make over a run (`perf stat -e raw_syscalls:sys_enter`
+ * attached for the run, the WebSocket sessions' set-up included), ÷ its requests. Returns the stop function.
+ */
+async function countSyscalls (pid) {
+  const pids = Object.keys(cpuTree(pid).byPid).join(',')
+  const p = spawn('perf', ['stat', '-x', ',', '-e', 'raw_syscalls:sys_enter', '-p', pids], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let err = ''
+  p.stderr.on('data', (d) => { err += d })
+  const exited = new Promise((resolve) => p.on('exit', resolve))
+  await sleep(300) // perf attaches
+  return async () => {
+    p.kill('SIGINT')
+    await exited
+    const m = /^(\d+),/m.exec(err)
+    if (m === null) throw new Error(`perf stat gave no count: ${err.slice(0, 300)}`)
+    return Number(m[1])
+  }
+}
 async function run (target, path) {
   const pid = procs[target].child.pid
+  const stopCount = SYSCALLS ? await countSyscalls(pid) : undefined
   let r
   if (path === 'ws') r = await wsEchoRun(port[target], SECONDS, pid)
   else {
@@ -171,11 +208,17 @@ async function run (target, path) {
     const c1 = cpuOf(pid)
     r = { ...w, cpu: c1.cpu - c0.cpu, sys: c1.sys - c0.sys }
   }
+  if (stopCount !== undefined) r.syscalls = await stopCount()
   return r
 }
 
 const results = {}
+/** Kernel (sys) µs per request of each run; system calls per request (--syscalls). */
+const sysUs = {}
+const syscalls = {}
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)] }
+const load0 = loadavg()[0]
+const startedAt = new Date()
 try {
   for (const path of PATHS) {
     if (PROF && TARGETS.includes('ferry')) { procs.ferry = startFerry(path); await waitPort(P.ferry, procs.ferry) }
@@ -185,17 +228,64 @@ try {
         const r = await run(t, path)
         const us = r.cpu / r.requests * 1e6
         ;(results[`${path} ${t}`] ??= []).push(us)
-        console.error(`${path.padEnd(5)} ${t.padEnd(5)} rep ${rep + 1}: ${r.requests} requests, ${(r.requests / SECONDS).toFixed(0)}/s, cpu ${r.cpu.toFixed(2)} s (sys ${r.sys.toFixed(2)}), ${us.toFixed(1)} µs/request (sys ${(r.sys / r.requests * 1e6).toFixed(1)})${r.errors || r.non2xx ? `  errors ${r.errors} non2xx ${r.non2xx}` : ''}`)
+        ;(sysUs[`${path} ${t}`] ??= []).push(r.sys / r.requests * 1e6)
+        if (r.syscalls !== undefined) (syscalls[`${path} ${t}`] ??= []).push(r.syscalls / r.requests)
+        console.error(`${path.padEnd(5)} ${t.padEnd(5)} rep ${rep + 1}: ${r.requests} requests, ${(r.requests / SECONDS).toFixed(0)}/s, cpu ${r.cpu.toFixed(2)} s (sys ${r.sys.toFixed(2)}), ${us.toFixed(1)} µs/request (sys ${(r.sys / r.requests * 1e6).toFixed(1)})${r.syscalls !== undefined ? `, ${(r.syscalls / r.requests).toFixed(2)} syscalls/request` : ''}${r.errors || r.non2xx ? `  errors ${r.errors} non2xx ${r.non2xx}` : ''}`)
       }
     }
     if (PROF && procs.ferry) { await stop(procs.ferry); delete procs.ferry }
   }
 } finally { await stopAll() }
-console.log('| path | ' + TARGETS.join(' µs/req | ') + ' µs/req |' + (TARGETS.length === 2 ? ` ${TARGETS[0]} ÷ ${TARGETS[1]} |` : ''))
-console.log('| --- |' + ' --- |'.repeat(TARGETS.length + (TARGETS.length === 2 ? 1 : 0)))
-for (const path of PATHS) {
-  const m = TARGETS.map((t) => median(results[`${path} ${t}`] ?? [NaN]))
-  const all = TARGETS.map((t) => (results[`${path} ${t}`] ?? []).map((x) => x.toFixed(1)).join(', '))
-  console.log(`| ${path} | ${m.map((x, i) => `${x.toFixed(1)} (${all[i]})`).join(' | ')} |${m.length === 2 ? ` ${(m[0] / m[1]).toFixed(2)}× |` : ''}`)
+
+/**
+ * Ratios are taken within each repeat (the runs of one repeat are seconds apart, under the same machine
+ * load), then the median of the repeats with (min–max): steadier on a shared machine than a ratio of medians.
+ * Against nginx for every other target; `ferry ÷ base` (and `ferry ÷ base2`) when those ran.
+ */
+const paired = (path, a, b) => {
+  const xs = results[`${path} ${a}`]; const ys = results[`${path} ${b}`]
+  if (xs === undefined || ys === undefined) return undefined
+  const r = xs.map((x, i) => x / ys[i])
+  return { median: median(r), min: Math.min(...r), max: Math.max(...r) }
+}
+const pairs = [
+  ...(TARGETS.includes('nginx') ? TARGETS.filter((t) => t !== 'nginx').map((t) => [t, 'nginx']) : []),
+  ...['base', 'base2'].filter((b) => TARGETS.includes(b) && TARGETS.includes('ferry')).map((b) => ['ferry', b]),
+]
+const LABELS = { ka: 'HTTP keep-alive', close: 'HTTP, new connection per request', ws: 'WebSocket passthrough round trip' }
+const rows = PATHS.map((path) => ({
+  path,
+  label: LABELS[path] ?? path,
+  usPerRequest: Object.fromEntries(TARGETS.map((t) => [t, { median: median(results[`${path} ${t}`] ?? [NaN]), runs: results[`${path} ${t}`] ?? [] }])),
+  ratios: Object.fromEntries(pairs.map(([a, b]) => [`${a}/${b}`, paired(path, a, b)])),
+  sysUsPerRequest: Object.fromEntries(TARGETS.map((t) => [t, median(sysUs[`${path} ${t}`] ?? [NaN])])),
+  ...(SYSCALLS ? { syscallsPerRequest: Object.fromEntries(TARGETS.map((t) => [t, median(syscalls[`${path} ${t}`] ?? [NaN])])) } : {}),
+}))
+const f1 = (x) => Number.isFinite(x) ? x.toFixed(1) : '—'
+const f2 = (x) => Number.isFinite(x) ? x.toFixed(2) : '—'
+const table = [
+  `| path | ${TARGETS.map((t) => `${t} µs/req`).join(' | ')} |${pairs.map(([a, b]) => ` ${a} ÷ ${b} |`).join('')}`,
+  `| --- |${' ---: |'.repeat(TARGETS.length + pairs.length)}`,
+  ...rows.map((r) => `| ${r.label} | ${TARGETS.map((t) => `${f1(r.usPerRequest[t].median)} (${r.usPerRequest[t].runs.map(f1).join(', ')})`).join(' | ')} |${pairs.map(([a, b]) => { const x = r.ratios[`${a}/${b}`]; return ` ${f2(x?.median)} (${f2(x?.min)}–${f2(x?.max)}) |` }).join('')}`),
+]
+// The kernel's share: sys µs per request (median), and system calls per request with --syscalls.
+table.push('', `| path | ${TARGETS.map((t) => `${t}: sys µs/req${SYSCALLS ? ', syscalls/req' : ''}`).join(' | ')} |`, `| --- |${' ---: |'.repeat(TARGETS.length)}`,
+  ...rows.map((r) => `| ${r.label} | ${TARGETS.map((t) => `${f1(r.sysUsPerRequest[t])}${SYSCALLS ? `, ${f2(r.syscallsPerRequest[t])}` : ''}`).join(' | ')} |`))
+console.log(table.join('\n'))
+if (!PROF && !args.includes('--no-write')) {
+  const outDir = join(ROOT, 'native-bench', 'results')
+  const machine = { cpus: cpus().length, model: cpus()[0]?.model, kernel: release(), node: process.version, loadavgStart: Math.round(load0 * 100) / 100, loadavgEnd: Math.round(loadavg()[0] * 100) / 100 }
+  const command = `node native-bench/cpu-per-request.mjs ${args.join(' ')}`.trim()
+  mkdirSync(outDir, { recursive: true })
+  writeFileSync(join(outDir, 'cpu-per-request.json'), JSON.stringify({ startedAt: startedAt.toISOString(), command, seconds: SECONDS, repeats: REPEATS, targets: TARGETS, machine, rows }, null, 2) + '\n')
+  writeFileSync(join(outDir, 'cpu-per-request.md'), `# native-bench: proxy CPU per request, one worker each
+
+${startedAt.toISOString().slice(0, 16).replace('T', ' ')} UTC, \`${command}\`. Machine: ${machine.cpus} CPUs, ${machine.model}, Linux ${machine.kernel}, Node ${machine.node}; load average ${machine.loadavgStart} at the start, ${machine.loadavgEnd} at the end (other processes share the machine: compare within this run only).
+
+The proxy's user+sys CPU over each ${SECONDS} s run (\`/proc/PID/stat\`, nginx master + worker) ÷ the requests wrk completed (WebSocket: the round trips wsgen completed); ${REPEATS} interleaved repeats after a warm-up run each; median µs/request with every run in brackets. Ratios: taken within each repeat, median (min–max). Targets: ${TARGETS.map((t) => `**${t}** ${TARGET_NOTES[t] ?? ''}`.trim()).join('; ')}.
+
+${table.join('\n')}
+`)
+  console.error('wrote native-bench/results/cpu-per-request.{md,json}')
 }
 if (PROF) console.error(`profiles in ${PROF}`)

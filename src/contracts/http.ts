@@ -29,6 +29,8 @@ export interface ClientRequest {
   readonly requestId: string
   /** Flat `[name, value, name, value, …]` with hop-by-hop headers removed and X-Forwarded-* set. */
   readonly headers: string[]
+  /** Every value in `headers` is ASCII: they go to a latin1 writer (undici) as they are (src/net/header-bytes.ts). */
+  readonly asciiHeaders: boolean
   /** Declared body length; `undefined` with `chunked` true for a chunked body; 0 when there is none. */
   readonly contentLength: number | undefined
   readonly chunked: boolean

@@ -503,7 +503,8 @@ export class HttpExchange implements ClientExchange, SlotWaiter, Dispatcher.Disp
         // sends the endpoint's own SNI whatever this says.
         servername: ep.endpoint.host,
         // undici writes header strings as latin1: values beyond ASCII go as their UTF-8 bytes (header-bytes.ts).
-        headers: headersForLatin1Writer(this.headers) as string[],
+        // The client's headers as they were read need nothing when all are ASCII (the edge's may differ).
+        headers: (this.headers === this.req.headers && this.req.asciiHeaders ? this.headers : headersForLatin1Writer(this.headers)) as string[],
         body: this.bodyMode === 'stream' ? this.body! : this.bufferedBody ?? null,
         idempotent: IDEMPOTENT.has(this.req.method),
         blocking: false,

@@ -1,15 +1,18 @@
-import type { Counter, Histogram } from 'prom-client'
+import type { Counter } from 'prom-client'
 import type { FerryErrorCode } from '../../errors.js'
 import type { Metrics } from '../../observability/metrics.js'
+import { HistogramBatch } from '../../observability/histogram-batch.js'
 
 /**
  * Metrics of one HTTP upstream as the request path updates them. Per-request counts (requests by route
  * and status, bytes, requests in flight) are plain numbers added to the prom-client metrics at scrape
  * time (`flushHttpMetrics`, run by every /metrics render and by the console before it samples): a
  * labelled child's inc() hashes its labels again on every call, which showed in the keep-alive profile.
+ * The response latency likewise: counted by bucket and added to the histogram at scrape time (HistogramBatch).
  */
 export interface UpstreamMetrics {
-  readonly latency: Histogram.Internal<'upstream'>
+  /** ferry_upstream_response_seconds of this upstream, in seconds. */
+  readonly latency: { observe: (seconds: number) => void }
   readonly retries: Counter.Internal
   /** Requests whose client went away before they were sent upstream (a pipelined request in the same read, say). */
   readonly abortedBeforeUpstream: Counter.Internal
@@ -29,8 +32,11 @@ class HttpCounts {
   bytesOut = 0
   /** route → status → [count not yet flushed, the counter child] */
   readonly requests = new Map<string, Map<number, [number, Counter.Internal]>>()
+  readonly latency: HistogramBatch<'upstream'>
 
-  constructor (private readonly m: Metrics, readonly upstream: string) {}
+  constructor (private readonly m: Metrics, readonly upstream: string) {
+    this.latency = new HistogramBatch(m.upstreamLatency, { upstream })
+  }
 
   request (route: string, status: number): void {
     let byStatus = this.requests.get(route)
@@ -42,6 +48,7 @@ class HttpCounts {
 
   flush (): void {
     const m = this.m
+    this.latency.flush()
     if (this.started) { m.httpInFlight.labels('http').inc(this.inFlight); this.inFlight = 0; this.started = false }
     if (this.bytesIn > 0) { m.bytes.labels('request', this.upstream).inc(this.bytesIn); this.bytesIn = 0 }
     if (this.bytesOut > 0) { m.bytes.labels('response', this.upstream).inc(this.bytesOut); this.bytesOut = 0 }
@@ -70,7 +77,7 @@ export function upstreamMetrics (m: Metrics, upstream: string): UpstreamMetrics 
   const pending = c
   const byCode = new Map<FerryErrorCode, Counter.Internal>()
   return {
-    latency: m.upstreamLatency.labels(upstream),
+    latency: pending.latency,
     retries: m.upstreamRetries.labels(upstream),
     abortedBeforeUpstream: m.httpAbortedBeforeUpstream.labels(upstream),
     inFlight (delta) {
