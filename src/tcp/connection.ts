@@ -1,21 +1,25 @@
 import type { Socket } from 'node:net'
+import type { TLSSocket } from 'node:tls'
 import type { TcpListenerConfig } from '../config/schema.js'
 import type { FerryError, FerryErrorCode } from '../errors.js'
 import { hashKey } from '../routing/balancer.js'
 import type { ConnectOwner, PendingConnect, TcpBackend, TcpTarget, UpstreamSocketOptions } from '../contracts/tcp.js'
 import { normalizeIp } from '../net/address.js'
 import { decodeProxyHeader, encodeProxyV1, encodeProxyV2, type ConnectionAddresses, type ProxyHeader } from '../net/proxy-protocol.js'
+import { tlsFailure } from '../net/tls.js'
+import type { TcpTls } from './tls.js'
 
 /**
  * - `header`: reading an incoming PROXY header (acceptProxyProtocol); the client is not forwarded yet.
+ * - `handshake`: (listener with `tls`) the client's TLS handshake; no backend connection yet.
  * - `connecting`: waiting for a backend connection; the client socket is paused (the kernel holds its bytes).
  * - `piping`: bytes flow both ways; either direction may already have finished (half-close).
  * - `closing`: a flush close: queued bytes go out, then each socket is destroyed; nothing new is forwarded.
  * - `closed`: both sockets destroyed or closed, every count released.
  */
-export type TcpConnState = 'header' | 'connecting' | 'piping' | 'closing' | 'closed'
+export type TcpConnState = 'header' | 'handshake' | 'connecting' | 'piping' | 'closing' | 'closed'
 
-const ORDER: Record<TcpConnState, number> = { header: 0, connecting: 1, piping: 2, closing: 3, closed: 4 }
+const ORDER: Record<TcpConnState, number> = { header: 0, handshake: 1, connecting: 2, piping: 3, closing: 4, closed: 5 }
 
 /** One direction of the pipe: `open` until its source sent FIN and we forwarded it with end(). */
 type Direction = 'open' | 'ended'
@@ -28,6 +32,8 @@ export interface ListenerContext {
   readonly cfg: TcpListenerConfig
   readonly upstream: TcpTarget
   readonly socketOptions: UpstreamSocketOptions
+  /** With `tls`: terminates the client's TLS before anything goes to a backend. */
+  readonly tls: TcpTls | undefined
   /** Listener-wide byte totals, flushed into the counters at scrape time. */
   readonly bytes: { toUpstream: number, toClient: number }
   /** The listener's access list refuses `ip`. */
@@ -80,7 +86,13 @@ export class TcpConnection implements ConnectOwner {
   /** The reason given to a flush close, reported once both sockets have closed. */
   private closeReason: CloseReason = 'ok'
 
-  constructor (private readonly ctx: ListenerContext, private readonly client: Socket) {
+  /** When the TLS handshake started (state `handshake`), for handshakeTimeoutMs. */
+  private handshakeAt = this.acceptedAt
+  /** The client's socket: the accepted one, or the TLS socket over it once a handshake started (then the only one used). */
+  private client: Socket
+
+  constructor (private readonly ctx: ListenerContext, client: Socket) {
+    this.client = client
     this.clientIp = normalizeIp(client.remoteAddress ?? '')
     this.clientPort = client.remotePort
     this.destIp = client.localAddress === undefined ? undefined : normalizeIp(client.localAddress)
@@ -89,7 +101,7 @@ export class TcpConnection implements ConnectOwner {
     client.on('error', this.onClientError)
     client.on('close', this.onClientClose)
     client.on('end', this.onClientEnd)
-    this.state = ctx.cfg.acceptProxyProtocol ? 'header' : 'connecting'
+    this.state = ctx.cfg.acceptProxyProtocol ? 'header' : ctx.tls !== undefined ? 'handshake' : 'connecting'
   }
 
   get current (): TcpConnState {
@@ -126,6 +138,11 @@ export class TcpConnection implements ConnectOwner {
       return
     }
     this.ipSlot = this.clientIp
+    if (this.ctx.tls !== undefined) { this.handshake(this.ctx.tls); return }
+    this.connect()
+  }
+
+  private connect (): void {
     this.to('connecting')
     const key = this.ctx.upstream.cfg.balance === 'hash' ? hashKey(this.clientIp) : undefined
     // The PROXY header is the first thing on the backend's TCP connection (before a TLS handshake): the upstream writes it.
@@ -134,6 +151,52 @@ export class TcpConnection implements ConnectOwner {
     const attempt = this.ctx.upstream.connect(this, key, this.ctx.socketOptions, preface)
     // connect() may already have reported a failure (and closed us) before returning
     if (this.state === 'connecting') this.attempt = attempt
+  }
+
+  // ---- TLS handshake (state 'handshake') ----
+
+  /**
+   * From here on the client is the TLS socket: the accepted socket's handle now belongs to it (its events
+   * are its own; an error of the raw socket shows there too). Bytes read past a PROXY header are the
+   * start of the ClientHello: put back for TLS to read.
+   */
+  private handshake (tls: TcpTls): void {
+    this.to('handshake')
+    this.handshakeAt = Date.now()
+    const raw = this.client
+    raw.removeListener('error', this.onClientError)
+    raw.removeListener('close', this.onClientClose)
+    raw.removeListener('end', this.onClientEnd)
+    raw.on('error', noop)
+    if (this.pending !== undefined) { raw.unshift(this.pending); this.pending = undefined }
+    let s: Socket
+    try {
+      s = tls.wrap(raw)
+    } catch (err) {
+      this.client.on('close', this.onClientClose)
+      this.close('abort', 'FERRY_ERR_TCP_TLS_HANDSHAKE', `TLS could not start: ${(err as Error).message}`)
+      return
+    }
+    this.client = s
+    s.on('error', this.onClientError)
+    s.on('close', this.onClientClose)
+    s.on('end', this.onClientEnd)
+    s.on('secure', this.onSecure)
+  }
+
+  private readonly onSecure = (): void => {
+    if (this.state === 'handshake') {
+      // Nothing is read before the backend is connected (the kernel and TLS buffers hold the client's bytes).
+      this.client.pause()
+      this.connect()
+      return
+    }
+    // TLS 1.3 has no renegotiation, but OpenSSL may report the handshake done again after its post-handshake
+    // messages (session tickets): only under TLS 1.2 is another 'secure' a second handshake, which OpenSSL
+    // refused (SSL_OP_NO_RENEGOTIATION) with a no_renegotiation alert.
+    if ((this.client as TLSSocket).getProtocol() !== 'TLSv1.2') return
+    // A flush close, so that the alert OpenSSL queued goes out before the close_notify.
+    this.close('flush', 'FERRY_ERR_TCP_TLS_RENEGOTIATION', 'the client asked to renegotiate the TLS session (refused)')
   }
 
   // ---- PROXY header (state 'header') ----
@@ -241,6 +304,10 @@ export class TcpConnection implements ConnectOwner {
       this.close('abort', 'FERRY_ERR_TCP_PROXY_HEADER', 'connection ended inside the PROXY header')
       return
     }
+    if (this.state === 'handshake') {
+      this.close('abort', 'FERRY_ERR_TCP_TLS_HANDSHAKE', 'connection ended during the TLS handshake')
+      return
+    }
     if (this.state !== 'piping' && this.state !== 'connecting') return
     this.up = 'ended'
     // while connecting, the FIN is forwarded once the backend is connected (after any pending bytes)
@@ -256,6 +323,11 @@ export class TcpConnection implements ConnectOwner {
   // ---- errors and close ----
 
   private readonly onClientError = (err: NodeJS.ErrnoException): void => {
+    // OpenSSL's reasons (ERR_SSL_WRONG_VERSION_NUMBER, ERR_SSL_HTTP_REQUEST, ERR_SSL_UNSUPPORTED_PROTOCOL, ...) name the bad input.
+    if (this.state === 'handshake' && tlsFailure(err) !== undefined) {
+      this.close('abort', 'FERRY_ERR_TCP_TLS_HANDSHAKE', `TLS handshake failed: ${err.code ?? err.message}`)
+      return
+    }
     this.close('abort', 'FERRY_ERR_TCP_CLIENT_RESET', `client socket: ${err.code ?? err.message}`)
   }
 
@@ -301,6 +373,11 @@ export class TcpConnection implements ConnectOwner {
       if (now - this.acceptedAt >= this.ctx.cfg.proxyHeaderTimeoutMs) {
         this.close('abort', 'FERRY_ERR_TCP_PROXY_TIMEOUT', `no complete PROXY header within ${this.ctx.cfg.proxyHeaderTimeoutMs} ms`)
       }
+      return
+    }
+    if (this.state === 'handshake') {
+      const limit = this.ctx.cfg.tls?.handshakeTimeoutMs ?? 0
+      if (now - this.handshakeAt >= limit) this.close('abort', 'FERRY_ERR_TCP_TLS_TIMEOUT', `no complete TLS handshake within ${limit} ms`)
       return
     }
     if (this.state !== 'piping' && this.state !== 'closing') return
