@@ -217,6 +217,7 @@ export class Gateway {
       const tcp: Record<string, number> = {}
       for (const [i, lcfg] of cfg.listen.tcp.entries()) {
         const listener = new TcpListener(i, lcfg, upstreams.current.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
+        listener.setSniRoutes(lcfg, (name) => upstreams.current.tcp.get(name)!)
         this.tcpListeners.push(listener)
         tcp[lcfg.name] = await listener.listen()
       }
@@ -449,6 +450,7 @@ export class Gateway {
     for (const k of plan.keep) {
       k.listener.upstream = set.tcp.get(k.lcfg.upstream)!
       k.listener.setAccess(k.lcfg.access)
+      k.listener.setSniRoutes(k.lcfg, (name) => set.tcp.get(name)!)
       k.apply()
       keep.push(k.listener)
     }
@@ -504,12 +506,12 @@ export class Gateway {
   }
 
   /**
-   * Which TCP listeners of `next` keep their socket (same settings but for `access` and the `tls`
-   * certificates, ciphers, minVersion and alpn; their certificate files read again now) and which are
+   * Which TCP listeners of `next` keep their socket (same settings but for `access`, `sniRoutes` entries,
+   * `sniUnmatched` and the `tls` certificates, ciphers, minVersion and alpn; their certificate files read again now) and which are
    * made anew (not bound yet). Nothing running is changed; on problems what was made is closed.
    */
   private planTcp (next: Config, set: UpstreamSet): { keep: Array<{ listener: TcpListener, lcfg: Config['listen']['tcp'][number], apply: () => void }>, made: TcpListener[] } | { problems: string[] } {
-    const rebindKey = (l: Config['listen']['tcp'][number]): string => canonicalJson({ ...l, access: undefined, tls: l.tls === undefined ? undefined : { handshakeTimeoutMs: l.tls.handshakeTimeoutMs } })
+    const rebindKey = (l: Config['listen']['tcp'][number]): string => canonicalJson({ ...l, access: undefined, tls: l.tls === undefined ? undefined : { handshakeTimeoutMs: l.tls.handshakeTimeoutMs }, sniRoutes: l.sniRoutes.length > 0, sniUnmatched: undefined })
     const oldByName = new Map(this.tcpListeners.map((l) => [l.cfg.name, l]))
     const keep: Array<{ listener: TcpListener, lcfg: Config['listen']['tcp'][number], apply: () => void }> = []
     const made: TcpListener[] = []
@@ -523,7 +525,9 @@ export class Gateway {
         continue
       }
       try {
-        made.push(new TcpListener(i, lcfg, set.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics))
+        const l = new TcpListener(i, lcfg, set.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
+        l.setSniRoutes(lcfg, (name) => set.tcp.get(name)!)
+        made.push(l)
       } catch (err) {
         // A FERRY_ERR_TLS_CERT lists its problems one a line under a heading.
         const lines = (err as Error).message.split('\n')

@@ -340,6 +340,12 @@ const tcpListener = z.strictObject({
   }).optional().describe('Access list, checked before anything else: a refused connection is closed at once (nothing is sent to a backend) and counted as FERRY_ERR_ACCESS_DENIED. Changed by a reload without rebinding the port.'),
   shutdownGraceMs: nonNegativeInt.optional().describe('How long open connections may continue once the listener stops accepting (a drain, or a stop), before what they have queued is flushed and they are closed. Default: until the drain\'s deadline (drain.deadlineMs); 5 s on an in-process stop.'),
   tls: tcpTls.optional(),
+  sniRoutes: z.array(z.strictObject({
+    serverNames: z.array(serverName).min(1).describe('SNI names (from the client\'s ClientHello) routed to `upstream`; a label may be `*` (one label).'),
+    upstream: z.string().min(1).describe('Name of an entry in `upstreams` with `protocol: tcp`; it receives the client\'s bytes untouched, ClientHello included, and does the TLS itself.'),
+  })).default([]).describe('TLS passthrough chosen by SNI, without terminating TLS: Ferry reads the client\'s ClientHello (at most 16 KiB, within clientHelloTimeoutMs), picks the upstream of the route listing its server name (exact names first, then `*` patterns), and passes every byte through untouched. No SNI, or a name no route lists: `upstream` (or a refusal, see sniUnmatched). Not combinable with `tls`. Routes change on a reload without rebinding. docs/tcp.md.'),
+  sniUnmatched: z.enum(['upstream', 'refuse']).default('upstream').describe('With `sniRoutes`: where a ClientHello without SNI, or with a name no route lists, goes: `upstream`, or `refuse`: a TLS unrecognized_name alert and a close, counted as FERRY_ERR_TCP_SNI_UNKNOWN.'),
+  clientHelloTimeoutMs: durationMs(10000, 'With `sniRoutes`: time for the complete ClientHello to arrive (after the PROXY header, if any); a client that stalls is closed and counted as FERRY_ERR_TCP_SNI_TIMEOUT (checked coarsely, within a quarter of it).'),
 })
 
 /** uWS aborts the process on other values: validate here. */
@@ -755,17 +761,25 @@ export const configSchema = z.strictObject({
     }
     bound.push({ path: `listen.tcp[${i}]`, host: l.host, port: l.port })
     checkSniNames(l.tls?.sni, ['listen', 'tcp', i, 'tls'], ctx)
+    checkSniNames(l.sniRoutes, ['listen', 'tcp', i], ctx, 'sniRoutes')
+    if (l.sniRoutes.length > 0 && l.tls !== undefined) ctx.addIssue({ code: 'custom', path: ['listen', 'tcp', i, 'sniRoutes'], input: l.sniRoutes.length, message: 'cannot be combined with tls on the same listener (sniRoutes pass TLS through untouched; tls terminates it)' })
+    if (l.sniUnmatched === 'refuse' && l.sniRoutes.length === 0) ctx.addIssue({ code: 'custom', path: ['listen', 'tcp', i, 'sniUnmatched'], input: l.sniUnmatched, message: 'refuse needs sniRoutes (without them no ClientHello is read)' })
+    l.sniRoutes.forEach((r, j) => {
+      const u = cfg.upstreams[r.upstream]
+      if (u === undefined || !Object.hasOwn(cfg.upstreams, r.upstream)) ctx.addIssue({ code: 'custom', path: ['listen', 'tcp', i, 'sniRoutes', j, 'upstream'], input: r.upstream, message: `names no upstream (known tcp upstreams: ${ofProtocol('tcp')})` })
+      else if (u.protocol !== 'tcp') ctx.addIssue({ code: 'custom', path: ['listen', 'tcp', i, 'sniRoutes', j, 'upstream'], input: r.upstream, message: `names upstream ${r.upstream} of protocol ${u.protocol}; an SNI route needs a tcp upstream (known: ${ofProtocol('tcp')})` })
+    })
   })
 })
 
 type IssueSink = { addIssue: (i: { code: 'custom', path: Array<string | number>, input: unknown, message: string }) => void }
 
 /** A server name is listed once across a tls block's `sni` entries (case-insensitive), else the first would silently win. */
-function checkSniNames (sni: ReadonlyArray<{ serverNames: readonly string[] }> | undefined, at: Array<string | number>, ctx: IssueSink): void {
+function checkSniNames (sni: ReadonlyArray<{ serverNames: readonly string[] }> | undefined, at: Array<string | number>, ctx: IssueSink, key = 'sni'): void {
   sni?.forEach((e, i) => e.serverNames.forEach((n, j) => {
     const k = sni.findIndex((o) => o.serverNames.some((m) => m.toLowerCase() === n.toLowerCase()))
     const first = sni[k]!.serverNames.findIndex((m) => m.toLowerCase() === n.toLowerCase())
-    if (k !== i || first !== j) ctx.addIssue({ code: 'custom', path: [...at, 'sni', i, 'serverNames', j], input: n, message: `${n} is also listed by ${at.map((p, x) => typeof p === 'number' ? `[${p}]` : `${x === 0 ? '' : '.'}${p}`).join('')}.sni[${k}]` })
+    if (k !== i || first !== j) ctx.addIssue({ code: 'custom', path: [...at, key, i, 'serverNames', j], input: n, message: `${n} is also listed by ${at.map((p, x) => typeof p === 'number' ? `[${p}]` : `${x === 0 ? '' : '.'}${p}`).join('')}.${key}[${k}]` })
   }))
 }
 

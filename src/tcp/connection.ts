@@ -8,18 +8,25 @@ import { normalizeIp } from '../net/address.js'
 import { decodeProxyHeader, encodeProxyV1, encodeProxyV2, type ConnectionAddresses, type ProxyHeader } from '../net/proxy-protocol.js'
 import { tlsFailure } from '../net/tls.js'
 import type { TcpTls } from './tls.js'
+import type { SniRoutes } from './sni-routes.js'
+import { readClientHello } from '../net/client-hello.js'
 
 /**
  * - `header`: reading an incoming PROXY header (acceptProxyProtocol); the client is not forwarded yet.
  * - `handshake`: (listener with `tls`) the client's TLS handshake; no backend connection yet.
+ * - `hello`: (listener with `sniRoutes`) reading the client's ClientHello to choose the upstream; the
+ *   bytes read are kept and forwarded untouched.
  * - `connecting`: waiting for a backend connection; the client socket is paused (the kernel holds its bytes).
  * - `piping`: bytes flow both ways; either direction may already have finished (half-close).
  * - `closing`: a flush close: queued bytes go out, then each socket is destroyed; nothing new is forwarded.
  * - `closed`: both sockets destroyed or closed, every count released.
  */
-export type TcpConnState = 'header' | 'handshake' | 'connecting' | 'piping' | 'closing' | 'closed'
+export type TcpConnState = 'header' | 'handshake' | 'hello' | 'connecting' | 'piping' | 'closing' | 'closed'
 
-const ORDER: Record<TcpConnState, number> = { header: 0, handshake: 1, connecting: 2, piping: 3, closing: 4, closed: 5 }
+const ORDER: Record<TcpConnState, number> = { header: 0, handshake: 1, hello: 1, connecting: 2, piping: 3, closing: 4, closed: 5 }
+
+/** A fatal TLS alert record, unrecognized_name (112), in a TLS 1.2 record (what a TLS 1.3 server sends too). */
+const UNRECOGNIZED_NAME_ALERT = Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70])
 
 /** One direction of the pipe: `open` until its source sent FIN and we forwarded it with end(). */
 type Direction = 'open' | 'ended'
@@ -34,6 +41,10 @@ export interface ListenerContext {
   readonly socketOptions: UpstreamSocketOptions
   /** With `tls`: terminates the client's TLS before anything goes to a backend. */
   readonly tls: TcpTls | undefined
+  /** With `sniRoutes`: the upstream a ClientHello's server name goes to. */
+  readonly sni: SniRoutes | undefined
+  /** A connection was routed by SNI to `target` (counted). */
+  routed: (target: TcpTarget) => void
   /** Listener-wide byte totals, flushed into the counters at scrape time. */
   readonly bytes: { toUpstream: number, toClient: number }
   /** The listener's access list refuses `ip`. */
@@ -88,6 +99,8 @@ export class TcpConnection implements ConnectOwner {
 
   /** When the TLS handshake started (state `handshake`), for handshakeTimeoutMs. */
   private handshakeAt = this.acceptedAt
+  /** The upstream this connection goes to: the listener's, or the one its SNI name chose. */
+  private target: TcpTarget | undefined
   /** The client's socket: the accepted one, or the TLS socket over it once a handshake started (then the only one used). */
   private client: Socket
 
@@ -101,7 +114,7 @@ export class TcpConnection implements ConnectOwner {
     client.on('error', this.onClientError)
     client.on('close', this.onClientClose)
     client.on('end', this.onClientEnd)
-    this.state = ctx.cfg.acceptProxyProtocol ? 'header' : ctx.tls !== undefined ? 'handshake' : 'connecting'
+    this.state = ctx.cfg.acceptProxyProtocol ? 'header' : ctx.tls !== undefined ? 'handshake' : ctx.sni !== undefined ? 'hello' : 'connecting'
   }
 
   get current (): TcpConnState {
@@ -139,16 +152,18 @@ export class TcpConnection implements ConnectOwner {
     }
     this.ipSlot = this.clientIp
     if (this.ctx.tls !== undefined) { this.handshake(this.ctx.tls); return }
-    this.connect()
+    if (this.ctx.sni !== undefined) { this.readHello(); return }
+    this.connect(this.ctx.upstream)
   }
 
-  private connect (): void {
+  private connect (target: TcpTarget): void {
     this.to('connecting')
-    const key = this.ctx.upstream.cfg.balance === 'hash' ? hashKey(this.clientIp) : undefined
+    this.target = target
+    const key = target.cfg.balance === 'hash' ? hashKey(this.clientIp) : undefined
     // The PROXY header is the first thing on the backend's TCP connection (before a TLS handshake): the upstream writes it.
     const mode = this.ctx.cfg.proxyProtocol
     const preface = mode === 'off' ? undefined : mode === 'v1' ? encodeProxyV1(this.addresses()) : encodeProxyV2(this.addresses())
-    const attempt = this.ctx.upstream.connect(this, key, this.ctx.socketOptions, preface)
+    const attempt = target.connect(this, key, this.ctx.socketOptions, preface)
     // connect() may already have reported a failure (and closed us) before returning
     if (this.state === 'connecting') this.attempt = attempt
   }
@@ -188,7 +203,7 @@ export class TcpConnection implements ConnectOwner {
     if (this.state === 'handshake') {
       // Nothing is read before the backend is connected (the kernel and TLS buffers hold the client's bytes).
       this.client.pause()
-      this.connect()
+      this.connect(this.ctx.upstream)
       return
     }
     // TLS 1.3 has no renegotiation, but OpenSSL may report the handshake done again after its post-handshake
@@ -197,6 +212,52 @@ export class TcpConnection implements ConnectOwner {
     if ((this.client as TLSSocket).getProtocol() !== 'TLSv1.2') return
     // A flush close, so that the alert OpenSSL queued goes out before the close_notify.
     this.close('flush', 'FERRY_ERR_TCP_TLS_RENEGOTIATION', 'the client asked to renegotiate the TLS session (refused)')
+  }
+
+  // ---- ClientHello (state 'hello') ----
+
+  private readHello (): void {
+    this.to('hello')
+    this.handshakeAt = Date.now()
+    const pending = this.pending
+    this.pending = undefined
+    this.client.on('data', this.onHelloData)
+    // Bytes read past a PROXY header may hold the whole ClientHello already.
+    if (pending !== undefined) this.onHelloData(pending)
+    if (this.state === 'hello') this.client.resume()
+  }
+
+  /** Bounded: readClientHello refuses more than 16 KiB without a complete ClientHello. */
+  private readonly onHelloData = (chunk: Buffer): void => {
+    if (this.state !== 'hello') return
+    const buf = this.pending === undefined ? chunk : Buffer.concat([this.pending, chunk])
+    const res = readClientHello(buf)
+    if (res.kind === 'incomplete') { this.pending = buf; return }
+    this.client.pause()
+    this.client.removeListener('data', this.onHelloData)
+    this.pending = buf
+    if (res.kind === 'invalid') {
+      this.close('abort', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO', `no readable ClientHello: ${res.reason}`)
+      return
+    }
+    const sni = this.ctx.sni!
+    const target = sni.pick(res.serverName) ?? (sni.unmatched === 'upstream' ? this.ctx.upstream : undefined)
+    if (target === undefined) {
+      this.refuseName(res.serverName)
+      return
+    }
+    this.ctx.routed(target)
+    this.connect(target)
+  }
+
+  /** sniUnmatched refuse: a fatal unrecognized_name alert, then FIN once it is written (the close is counted then). */
+  private refuseName (name: string | undefined): void {
+    this.ctx.report(this, 'FERRY_ERR_TCP_SNI_UNKNOWN', name === undefined ? 'the ClientHello names no server (no SNI)' : `no sniRoutes entry lists ${name}`)
+    this.to('closing')
+    this.closeReason = 'FERRY_ERR_TCP_SNI_UNKNOWN'
+    this.pending = undefined
+    this.client.write(UNRECOGNIZED_NAME_ALERT)
+    this.client.destroySoon()
   }
 
   // ---- PROXY header (state 'header') ----
@@ -236,7 +297,7 @@ export class TcpConnection implements ConnectOwner {
       // cannot happen (close() cancels the attempt), but never leak a socket
       socket.on('error', noop)
       socket.destroy()
-      this.ctx.upstream.release(ep)
+      this.target!.release(ep)
       return
     }
     this.to('piping')
@@ -308,6 +369,10 @@ export class TcpConnection implements ConnectOwner {
       this.close('abort', 'FERRY_ERR_TCP_TLS_HANDSHAKE', 'connection ended during the TLS handshake')
       return
     }
+    if (this.state === 'hello') {
+      this.close('abort', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO', 'connection ended inside the ClientHello')
+      return
+    }
     if (this.state !== 'piping' && this.state !== 'connecting') return
     this.up = 'ended'
     // while connecting, the FIN is forwarded once the backend is connected (after any pending bytes)
@@ -333,7 +398,7 @@ export class TcpConnection implements ConnectOwner {
 
   private readonly onUpstreamError = (err: NodeJS.ErrnoException): void => {
     // A TLS failure after the handshake (a client certificate refused under TLS 1.3) is the upstream's to count and log.
-    const tls = this.ep !== undefined ? this.ctx.upstream.socketError(this.ep, err) : undefined
+    const tls = this.ep !== undefined ? this.target!.socketError(this.ep, err) : undefined
     if (tls !== undefined) this.close('abort', tls.code, tls.message)
     else this.close('abort', 'FERRY_ERR_UPSTREAM_RESET', `backend ${this.ep?.address ?? ''} socket: ${err.code ?? err.message}`)
   }
@@ -378,6 +443,11 @@ export class TcpConnection implements ConnectOwner {
     if (this.state === 'handshake') {
       const limit = this.ctx.cfg.tls?.handshakeTimeoutMs ?? 0
       if (now - this.handshakeAt >= limit) this.close('abort', 'FERRY_ERR_TCP_TLS_TIMEOUT', `no complete TLS handshake within ${limit} ms`)
+      return
+    }
+    if (this.state === 'hello') {
+      const limit = this.ctx.cfg.clientHelloTimeoutMs
+      if (now - this.handshakeAt >= limit) this.close('abort', 'FERRY_ERR_TCP_SNI_TIMEOUT', `no complete ClientHello within ${limit} ms`)
       return
     }
     if (this.state !== 'piping' && this.state !== 'closing') return
@@ -427,7 +497,7 @@ export class TcpConnection implements ConnectOwner {
     this.headerBuf = undefined
     this.pending = undefined
     if (this.ep !== undefined) {
-      this.ctx.upstream.release(this.ep)
+      this.target!.release(this.ep)
       this.ep = undefined
     }
     if (this.ipSlot !== undefined) {

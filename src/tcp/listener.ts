@@ -10,6 +10,7 @@ import { Networks, normalizeIp } from '../net/address.js'
 import { RouteAccess } from '../edge/access.js'
 import { TcpConnection, type CloseReason, type ListenerContext } from './connection.js'
 import { TcpTls } from './tls.js'
+import { SniRoutes } from './sni-routes.js'
 
 /** paused: descriptors ran low (DescriptorGuard); new connections are closed at once until resumed. */
 export type TcpListenerState = 'created' | 'listening' | 'paused' | 'draining' | 'closed'
@@ -42,6 +43,10 @@ export class TcpListener implements ListenerContext {
   readonly socketOptions: UpstreamSocketOptions
   /** With `tls`: the certificates handshakes are served with (rotated in place). */
   readonly tls: TcpTls | undefined
+  /** With `sniRoutes`: where a ClientHello's server name goes (replaced by a reload: setSniRoutes). */
+  sni: SniRoutes | undefined
+  /** Connections routed by SNI, by upstream name (for /status; the counters are ferry_tcp_sni_routed_total). */
+  private readonly routedTo = new Map<string, { n: number, counter: Counter.Internal }>()
   readonly bytes = { toUpstream: 0, toClient: 0 }
   private readonly flushed = { toUpstream: 0, toClient: 0 }
   private accepted = 0
@@ -146,6 +151,7 @@ export class TcpListener implements ListenerContext {
     if (this.cfg.idleTimeoutMs > 0) deadlines.push(this.cfg.idleTimeoutMs)
     if (this.cfg.acceptProxyProtocol) deadlines.push(this.cfg.proxyHeaderTimeoutMs)
     if (this.cfg.tls !== undefined) deadlines.push(this.cfg.tls.handshakeTimeoutMs)
+    if (this.cfg.sniRoutes.length > 0) deadlines.push(this.cfg.clientHelloTimeoutMs)
     if (deadlines.length === 0) return 0
     return Math.min(5000, Math.max(50, Math.floor(Math.min(...deadlines) / 4)))
   }
@@ -202,6 +208,21 @@ export class TcpListener implements ListenerContext {
   prepareTls (next: TcpListenerConfig['tls']): { problems: string[] } | { apply: () => void } {
     if (this.tls === undefined || next === undefined) return { apply: noop }
     return this.tls.prepare(next)
+  }
+
+  /** `sniRoutes` of the running config (a reload replaces them in place; `resolve` names its tcp upstreams). */
+  setSniRoutes (cfg: TcpListenerConfig, resolve: (upstream: string) => TcpTarget): void {
+    this.sni = cfg.sniRoutes.length === 0 ? undefined : new SniRoutes(cfg.sniRoutes, resolve, cfg.sniUnmatched)
+  }
+
+  routed (target: TcpTarget): void {
+    let c = this.routedTo.get(target.name)
+    if (c === undefined) {
+      c = { n: 0, counter: this.metrics.tcpSniRouted.labels(this.name, target.name) }
+      this.routedTo.set(target.name, c)
+    }
+    c.n++
+    c.counter.inc()
   }
 
   refusesIp (ip: string): boolean {
@@ -289,6 +310,7 @@ export class TcpListener implements ListenerContext {
       proxyProtocol: this.cfg.proxyProtocol,
       acceptProxyProtocol: this.cfg.acceptProxyProtocol,
       ...(this.tls !== undefined ? { tls: this.tls.status() } : {}),
+      ...(this.sni !== undefined ? { sniRoutes: { unmatched: this.sni.unmatched, routed: Object.fromEntries([...this.routedTo].map(([u, c]) => [u, c.n])) } } : {}),
     }
   }
 
