@@ -176,8 +176,8 @@ t.test('minVersion TLSv1.3 and ALPN', async (t) => {
   t.equal(c.alpnProtocol, 'mqtt', 'the listener\'s ALPN protocol is selected')
   t.equal(await echo(c, 'mqtt bytes'), 'mqtt bytes', 'and bytes flow')
   const before = await closed(s.ferry, 'mq', 'FERRY_ERR_TCP_TLS_HANDSHAKE')
-  await t.rejects(tlsOpen(t, s.mqPort, s.pki.ca, { maxVersion: 'TLSv1.2' }), 'a client that stops at TLS 1.2 is refused by a TLSv1.3 listener')
-  await t.rejects(tlsOpen(t, s.mqPort, s.pki.ca, { ALPNProtocols: ['h2'] }), 'a client offering only ALPN protocols the listener does not have is refused')
+  await t.rejects(tlsOpen(t, s.mqPort, s.pki.ca, { maxVersion: 'TLSv1.2' }), { code: 'ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION' }, 'a client that stops at TLS 1.2 gets a protocol_version alert from a TLSv1.3 listener')
+  await t.rejects(tlsOpen(t, s.mqPort, s.pki.ca, { ALPNProtocols: ['h2'] }), { code: 'ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL' }, 'a client offering only ALPN protocols the listener does not have gets a no_application_protocol alert')
   await waitFor('both refusals counted', async () => await closed(s.ferry, 'mq', 'FERRY_ERR_TCP_TLS_HANDSHAKE') >= before + 2)
   t.equal(await echo(c, 'still here'), 'still here', 'the open connection is unaffected')
 })
@@ -274,6 +274,18 @@ t.test('certificate rotation: reload and file watch; open connections keep their
   t.ok(await metric(f, 'ferry_tcp_tls_cert_checks_total{listener="tls",result="refused"}') >= 1, 'counted as refused')
   await waitFor('the watch to refuse it too', () => f.logs.some((l) => l.msg === 'TLS certificate files refused; the running certificates stay' && l.trigger === 'watch' && l.tls === 'listen.tcp[0].tls'), 10_000)
   t.equal(await echo(open, 'still going'), 'still going', 'the first connection still works')
+
+  // minVersion (and ciphers, alpn) change in place too: the contexts are rebuilt though no file changed.
+  copyFileSync(join(s.pki.dir, 'def-3.key'), s.def.key)
+  const cfg2 = parse(readFileSync(file, 'utf8'))
+  cfg2.listen.tcp[0].tls.minVersion = 'TLSv1.3'
+  writeFileSync(file, stringify(cfg2))
+  t.equal((await reload(f)).result, 'ok', 'a reload raising minVersion to TLSv1.3 is taken')
+  await t.rejects(tlsOpen(t, s.port, s.pki.ca, { maxVersion: 'TLSv1.2' }), 'a TLS 1.2-only client is refused from now on')
+  const v13 = await tlsOpen(t, s.port, s.pki.ca)
+  t.equal(v13.getProtocol(), 'TLSv1.3', 'TLS 1.3 clients are served')
+  t.equal((await adminStatus(f)).listeners.tcp.find((x: { name: string }) => x.name === 'tls').port, s.port, 'on the same bound port')
+  t.equal(await echo(open, 'and on'), 'and on', 'the TLS 1.3 connection opened at the start goes on')
 })
 
 t.test('config errors name the field', async (t) => {
