@@ -16,8 +16,8 @@ interface Contexts {
 }
 
 /**
- * Client-initiated renegotiation is refused by OpenSSL (a no_renegotiation alert): Node 20 would
- * otherwise allow three per ten minutes, each a full handshake the client makes us pay for.
+ * Client-initiated renegotiation is refused by OpenSSL (a no_renegotiation alert): left to its defaults
+ * Node 20 accepted one (openssl s_client `R`), a full handshake the client makes us pay for.
  */
 const SECURE_OPTIONS = constants.SSL_OP_NO_RENEGOTIATION
 
