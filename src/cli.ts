@@ -3,7 +3,8 @@ import { watchFile } from 'node:fs'
 import { formatAddress } from './discovery/source.js'
 import { parseArgs } from 'node:util'
 import { loadConfig } from './config/load.js'
-import { readTlsMaterial } from './front/tls.js'
+import { readFrontTls } from './front/tls.js'
+import { readTlsMaterial } from './net/tls.js'
 import { upstreamTlsProblems } from './upstream/registry.js'
 import { resolveAdminToken } from './admin/token.js'
 import { renderConfigReference, renderErrorReference } from './config/reference.js'
@@ -181,8 +182,12 @@ async function main (argv: string[]): Promise<void> {
       if (file === undefined) fail('ferry check: --config FILE is required')
       const cfg = loadConfig(file)
       // The certificate files too: what would stop `start` (or be refused by a reload) stops here.
-      const tls = cfg.listen.http.tls === undefined ? undefined : readTlsMaterial(cfg.listen.http.tls)
-      const problems = [...(tls !== undefined && 'problems' in tls ? tls.problems : []), ...upstreamTlsProblems(cfg)]
+      const tls = cfg.listen.http.tls === undefined ? undefined : readFrontTls(cfg.listen.http.tls)
+      const tcpTls = cfg.listen.tcp.flatMap((l, i) => {
+        const m = l.tls === undefined ? undefined : readTlsMaterial(l.tls, `listen.tcp[${i}].tls`)
+        return m !== undefined && 'problems' in m ? m.problems : []
+      })
+      const problems = [...(tls !== undefined && 'problems' in tls ? tls.problems : []), ...tcpTls, ...upstreamTlsProblems(cfg)]
       if (problems.length > 0) fail(`${file}: ${problems.length} TLS problem${problems.length === 1 ? '' : 's'}\n  ${problems.join('\n  ')}`)
       process.stdout.write(`${file}: ok (${Object.keys(cfg.upstreams).length} upstreams, ${cfg.routes.length} routes)\n`)
       return

@@ -218,6 +218,7 @@ export class Gateway {
       const tcp: Record<string, number> = {}
       for (const [i, lcfg] of cfg.listen.tcp.entries()) {
         const listener = new TcpListener(i, lcfg, upstreams.current.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
+        listener.setSniRoutes(lcfg, (name) => upstreams.current.tcp.get(name)!)
         this.tcpListeners.push(listener)
         tcp[lcfg.name] = await listener.listen()
       }
@@ -437,21 +438,26 @@ export class Gateway {
       void edge.retire(this.edge)
       return refuse([`${(err as Error).message} (the running listener keeps serving; a same-port move needs a restart)`])
     }
-    // TCP listeners: kept (pointed at the new upstream) when their own config is the same, else closed
-    // gracefully (open connections continue) and bound anew.
-    const keep: TcpListener[] = []
-    const bind: Array<{ i: number, lcfg: Config['listen']['tcp'][number] }> = []
-    const oldByName = new Map(this.tcpListeners.map((l) => [l.cfg.name, l]))
-    for (const [i, lcfg] of next.listen.tcp.entries()) {
-      const old = oldByName.get(lcfg.name)
-      // The access list alone changes in place: no rebind for it.
-      if (old !== undefined && canonicalJson({ ...old.cfg, access: undefined }) === canonicalJson({ ...lcfg, access: undefined })) {
-        old.upstream = set.tcp.get(lcfg.upstream)!
-        old.setAccess(lcfg.access)
-        keep.push(old)
-        oldByName.delete(lcfg.name)
-      } else bind.push({ i, lcfg })
+    // TCP listeners: kept (pointed at the new upstream) when their own config is the same but for the access
+    // list and the certificates (both changed in place), else closed gracefully (open connections continue)
+    // and bound anew. New ones are made (their certificate files read) before anything is changed.
+    const plan = this.planTcp(next, set)
+    if ('problems' in plan) {
+      unbind()
+      upstreams.discard(set)
+      void edge.retire(this.edge)
+      return refuse(plan.problems)
     }
+    const keep: TcpListener[] = []
+    for (const k of plan.keep) {
+      k.listener.upstream = set.tcp.get(k.lcfg.upstream)!
+      k.listener.setAccess(k.lcfg.access)
+      k.listener.setSniRoutes(k.lcfg, (name) => set.tcp.get(name)!)
+      k.apply()
+      keep.push(k.listener)
+    }
+    const oldByName = new Map(this.tcpListeners.map((l) => [l.cfg.name, l]))
+    for (const l of keep) oldByName.delete(l.cfg.name)
     // A removed listener's connections continue until they end (or a drain's deadline, or a stop).
     for (const old of oldByName.values()) {
       this.oldListeners.add(old)
@@ -464,15 +470,14 @@ export class Gateway {
     for (const l of keep) tcpPorts[l.cfg.name] = l.port ?? l.cfg.port
     const bound: TcpListener[] = []
     try {
-      for (const { i, lcfg } of bind) {
-        const l = new TcpListener(i, lcfg, set.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
-        tcpPorts[lcfg.name] = await l.listen()
+      for (const l of plan.made) {
+        tcpPorts[l.cfg.name] = await l.listen()
         bound.push(l)
       }
     } catch (err) {
       // A port that cannot be bound: undo (the old listeners it replaced are already closing).
       unbind()
-      for (const l of bound) void l.close('abort')
+      for (const l of plan.made) void l.close('abort')
       upstreams.discard(set)
       void edge.retire(this.edge)
       return refuse([(err as Error).message])
@@ -500,6 +505,40 @@ export class Gateway {
     this.log.info({ version, ...diff }, 'config reloaded')
     this.warnUnsharedSecret(next)
     return { result: 'ok', version, ...diff }
+  }
+
+  /**
+   * Which TCP listeners of `next` keep their socket (same settings but for `access`, `sniRoutes` entries,
+   * `sniUnmatched` and the `tls` certificates, ciphers, minVersion and alpn; their certificate files read again now) and which are
+   * made anew (not bound yet). Nothing running is changed; on problems what was made is closed.
+   */
+  private planTcp (next: Config, set: UpstreamSet): { keep: Array<{ listener: TcpListener, lcfg: Config['listen']['tcp'][number], apply: () => void }>, made: TcpListener[] } | { problems: string[] } {
+    const rebindKey = (l: Config['listen']['tcp'][number]): string => canonicalJson({ ...l, access: undefined, tls: l.tls === undefined ? undefined : { handshakeTimeoutMs: l.tls.handshakeTimeoutMs }, sniRoutes: l.sniRoutes.length > 0, sniUnmatched: undefined })
+    const oldByName = new Map(this.tcpListeners.map((l) => [l.cfg.name, l]))
+    const keep: Array<{ listener: TcpListener, lcfg: Config['listen']['tcp'][number], apply: () => void }> = []
+    const made: TcpListener[] = []
+    const problems: string[] = []
+    for (const [i, lcfg] of next.listen.tcp.entries()) {
+      const old = oldByName.get(lcfg.name)
+      if (old !== undefined && rebindKey(old.cfg) === rebindKey(lcfg)) {
+        const r = old.prepareTls(lcfg.tls)
+        if ('problems' in r) problems.push(...r.problems)
+        else keep.push({ listener: old, lcfg, apply: r.apply })
+        continue
+      }
+      try {
+        const l = new TcpListener(i, lcfg, set.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
+        l.setSniRoutes(lcfg, (name) => set.tcp.get(name)!)
+        made.push(l)
+      } catch (err) {
+        // A FERRY_ERR_TLS_CERT lists its problems one a line under a heading.
+        const lines = (err as Error).message.split('\n')
+        problems.push(...(lines.length > 1 ? lines.slice(1).map((p) => p.trim()) : lines))
+      }
+    }
+    if (problems.length === 0) return { keep, made }
+    for (const l of made) void l.close('abort')
+    return { problems }
   }
 
   /**

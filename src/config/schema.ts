@@ -45,17 +45,35 @@ const certPair = {
   keyFile: z.string().min(1).describe('PEM private key file of that certificate (checked to match it at load).'),
 }
 
+const passphraseFile = z.string().min(1).optional().describe('File holding the passphrase of an encrypted `keyFile` (and of the `sni` keys); trailing newlines are ignored.')
+const sniCerts = z.array(z.strictObject({
+  serverNames: z.array(serverName).min(1).describe('Names this certificate is served for (the client\'s SNI); a label may be `*`.'),
+  ...certPair,
+})).default([]).describe('More certificates, chosen by the name the client sends (SNI). A name no entry lists gets the top-level pair.')
+const watchIntervalMs = z.number().int().min(1000, { error: 'must be an integer of 1000-3600000' }).max(3600000, { error: 'must be an integer of 1000-3600000' }).default(5000).describe('How often the certificate, key and passphrase files are checked for changes (a renewed certificate is applied without a reload). Every reload checks them too.')
+const cipherList = z.string().min(1).regex(/^[A-Za-z0-9:+!@=._-]+$/, { error: 'must be an OpenSSL cipher list (ECDHE-ECDSA-AES128-GCM-SHA256:...)' })
+
 const httpTls = z.strictObject({
   ...certPair,
-  passphraseFile: z.string().min(1).optional().describe('File holding the passphrase of an encrypted `keyFile` (and of the `sni` keys); trailing newlines are ignored.'),
-  sni: z.array(z.strictObject({
-    serverNames: z.array(serverName).min(1).describe('Names this certificate is served for (the client\'s SNI); a label may be `*`.'),
-    ...certPair,
-  })).default([]).describe('More certificates, chosen by the name the client sends (SNI). A name no entry lists gets the top-level pair.'),
+  passphraseFile,
+  sni: sniCerts,
   minVersion: z.enum(['TLSv1.2']).default('TLSv1.2').describe('Oldest TLS version accepted. uWebSockets.js 20.30 fixes it at TLS 1.2 (its BoringSSL contexts answer a TLS 1.0 or 1.1 ClientHello with a protocol_version alert) and has no option to raise it, so TLSv1.2 is the only value; TLS 1.3 is offered too. See docs/tls.md.'),
-  ciphers: z.string().min(1).regex(/^[A-Za-z0-9:+!@=._-]+$/, { error: 'must be an OpenSSL cipher list (ECDHE-ECDSA-AES128-GCM-SHA256:...)' }).optional().describe('TLS 1.2 cipher list (OpenSSL syntax, as BoringSSL reads it), for every certificate; uWS passes it as ssl_ciphers. TLS 1.3 suites are not configurable (BoringSSL). A list BoringSSL finds nothing in stops the start. Default: BoringSSL\'s.'),
-  watchIntervalMs: z.number().int().min(1000, { error: 'must be an integer of 1000-3600000' }).max(3600000, { error: 'must be an integer of 1000-3600000' }).default(5000).describe('How often the certificate, key and passphrase files are checked for changes (a renewed certificate is applied without a reload). Every reload checks them too.'),
+  ciphers: cipherList.optional().describe('TLS 1.2 cipher list (OpenSSL syntax, as BoringSSL reads it), for every certificate; uWS passes it as ssl_ciphers. TLS 1.3 suites are not configurable (BoringSSL). A list BoringSSL finds nothing in stops the start. Default: BoringSSL\'s.'),
+  watchIntervalMs,
 }).describe('Terminate TLS on the HTTP/WebSocket front (HTTPS and WSS): docs/tls.md. Certificates are checked at start (readable, PEM, key matches, not expired) and the process does not start on a bad one; a changed file is applied live, a bad one refused naming its field (the running one stays).')
+
+const alpnId = z.string().regex(/^[\x21-\x7e]{1,255}$/, { error: 'must be an ALPN protocol id of 1-255 printable ASCII characters (h2, mqtt, postgresql)' })
+
+const tcpTls = z.strictObject({
+  ...certPair,
+  passphraseFile,
+  sni: sniCerts,
+  minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2').describe('Oldest TLS version accepted (Node\'s OpenSSL); an older ClientHello (TLS 1.0, 1.1) gets a protocol_version alert and is counted as FERRY_ERR_TCP_TLS_HANDSHAKE.'),
+  ciphers: cipherList.optional().describe('OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites may be named too, as Node\'s `ciphers` takes them). A list OpenSSL finds nothing in stops the start (a reload is refused) naming this field. Default: Node\'s.'),
+  alpn: z.array(alpnId).min(1).optional().describe('ALPN protocols offered, in preference order; a client that offers ALPN with none of them in common is refused with a no_application_protocol alert. Absent: no ALPN (what the client offers is ignored).'),
+  handshakeTimeoutMs: durationMs(10000, 'Time from the start of the TLS handshake (after the PROXY header, if any) until it completes; a client that stalls is closed and counted as FERRY_ERR_TCP_TLS_TIMEOUT (checked coarsely, within a quarter of it).'),
+  watchIntervalMs,
+}).describe('Terminate TLS on this listener (TLS offload: MQTT over TLS, databases, any TCP protocol): the client\'s TLS ends here and the plaintext goes to `upstream` (which may itself use TLS to its endpoints). The access list, per-IP limit and an accepted PROXY header come first, in the clear. Certificates are checked like listen.http.tls\'s and rotated live (a reload or a changed file; open connections keep theirs). Client-initiated renegotiation is refused. docs/tcp.md, docs/tls.md.')
 
 const httpListener = z.strictObject({
   host: z.string().min(1).default('0.0.0.0').describe('Address to bind (0.0.0.0, 127.0.0.1, ::, ::1).'),
@@ -321,6 +339,13 @@ const tcpListener = z.strictObject({
     deny: z.array(cidr).default([]).describe('Client addresses (IP or CIDR) refused, checked before `allow`.'),
   }).optional().describe('Access list, checked before anything else: a refused connection is closed at once (nothing is sent to a backend) and counted as FERRY_ERR_ACCESS_DENIED. Changed by a reload without rebinding the port.'),
   shutdownGraceMs: nonNegativeInt.optional().describe('How long open connections may continue once the listener stops accepting (a drain, or a stop), before what they have queued is flushed and they are closed. Default: until the drain\'s deadline (drain.deadlineMs); 5 s on an in-process stop.'),
+  tls: tcpTls.optional(),
+  sniRoutes: z.array(z.strictObject({
+    serverNames: z.array(serverName).min(1).describe('SNI names (from the client\'s ClientHello) routed to `upstream`; a label may be `*` (one label).'),
+    upstream: z.string().min(1).describe('Name of an entry in `upstreams` with `protocol: tcp`; it receives the client\'s bytes untouched, ClientHello included, and does the TLS itself.'),
+  })).default([]).describe('TLS passthrough chosen by SNI, without terminating TLS: Ferry reads the client\'s ClientHello (at most 16 KiB, within clientHelloTimeoutMs), picks the upstream of the route listing its server name (exact names first, then `*` patterns), and passes every byte through untouched. No SNI, or a name no route lists: `upstream` (or a refusal, see sniUnmatched). Not combinable with `tls`. Routes change on a reload without rebinding. docs/tcp.md.'),
+  sniUnmatched: z.enum(['upstream', 'refuse']).default('upstream').describe('With `sniRoutes`: where a ClientHello without SNI, or with a name no route lists, goes: `upstream`, or `refuse`: a TLS unrecognized_name alert and a close, counted as FERRY_ERR_TCP_SNI_UNKNOWN.'),
+  clientHelloTimeoutMs: durationMs(10000, 'With `sniRoutes`: time for the complete ClientHello to arrive (after the PROXY header, if any); a client that stalls is closed and counted as FERRY_ERR_TCP_SNI_TIMEOUT (checked coarsely, within a quarter of it).'),
 })
 
 /** uWS aborts the process on other values: validate here. */
@@ -714,11 +739,7 @@ export const configSchema = z.strictObject({
   if (proxy === 'v2' && cfg.listen.http.tls !== undefined) {
     ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'acceptProxyProtocol'], input: proxy, message: 'v2 cannot be used with listen.http.tls: uWebSockets.js 20.30 looks for the header inside the TLS stream, a load balancer sends it before the ClientHello; use v1+v2 (docs/edge.md)' })
   }
-  cfg.listen.http.tls?.sni.forEach((e, i) => e.serverNames.forEach((n, j) => {
-    const k = cfg.listen.http.tls!.sni.findIndex((o) => o.serverNames.some((m) => m.toLowerCase() === n.toLowerCase()))
-    const first = cfg.listen.http.tls!.sni[k]!.serverNames.findIndex((m) => m.toLowerCase() === n.toLowerCase())
-    if (k !== i || first !== j) ctx.addIssue({ code: 'custom', path: ['listen', 'http', 'tls', 'sni', i, 'serverNames', j], input: n, message: `${n} is also listed by listen.http.tls.sni[${k}]` })
-  }))
+  checkSniNames(cfg.listen.http.tls?.sni, ['listen', 'http', 'tls'], ctx)
   const wildcard = (h: string): boolean => h === '0.0.0.0' || h === '::'
   cfg.listen.tcp.forEach((l, i) => {
     const first = names.get(l.name)
@@ -739,10 +760,28 @@ export const configSchema = z.strictObject({
       }
     }
     bound.push({ path: `listen.tcp[${i}]`, host: l.host, port: l.port })
+    checkSniNames(l.tls?.sni, ['listen', 'tcp', i, 'tls'], ctx)
+    checkSniNames(l.sniRoutes, ['listen', 'tcp', i], ctx, 'sniRoutes')
+    if (l.sniRoutes.length > 0 && l.tls !== undefined) ctx.addIssue({ code: 'custom', path: ['listen', 'tcp', i, 'sniRoutes'], input: l.sniRoutes.length, message: 'cannot be combined with tls on the same listener (sniRoutes pass TLS through untouched; tls terminates it)' })
+    if (l.sniUnmatched === 'refuse' && l.sniRoutes.length === 0) ctx.addIssue({ code: 'custom', path: ['listen', 'tcp', i, 'sniUnmatched'], input: l.sniUnmatched, message: 'refuse needs sniRoutes (without them no ClientHello is read)' })
+    l.sniRoutes.forEach((r, j) => {
+      const u = cfg.upstreams[r.upstream]
+      if (u === undefined || !Object.hasOwn(cfg.upstreams, r.upstream)) ctx.addIssue({ code: 'custom', path: ['listen', 'tcp', i, 'sniRoutes', j, 'upstream'], input: r.upstream, message: `names no upstream (known tcp upstreams: ${ofProtocol('tcp')})` })
+      else if (u.protocol !== 'tcp') ctx.addIssue({ code: 'custom', path: ['listen', 'tcp', i, 'sniRoutes', j, 'upstream'], input: r.upstream, message: `names upstream ${r.upstream} of protocol ${u.protocol}; an SNI route needs a tcp upstream (known: ${ofProtocol('tcp')})` })
+    })
   })
 })
 
 type IssueSink = { addIssue: (i: { code: 'custom', path: Array<string | number>, input: unknown, message: string }) => void }
+
+/** A server name is listed once across a tls block's `sni` entries (case-insensitive), else the first would silently win. */
+function checkSniNames (sni: ReadonlyArray<{ serverNames: readonly string[] }> | undefined, at: Array<string | number>, ctx: IssueSink, key = 'sni'): void {
+  sni?.forEach((e, i) => e.serverNames.forEach((n, j) => {
+    const k = sni.findIndex((o) => o.serverNames.some((m) => m.toLowerCase() === n.toLowerCase()))
+    const first = sni[k]!.serverNames.findIndex((m) => m.toLowerCase() === n.toLowerCase())
+    if (k !== i || first !== j) ctx.addIssue({ code: 'custom', path: [...at, key, i, 'serverNames', j], input: n, message: `${n} is also listed by ${at.map((p, x) => typeof p === 'number' ? `[${p}]` : `${x === 0 ? '' : '.'}${p}`).join('')}.${key}[${k}]` })
+  }))
+}
 
 /** The scheme of TLS endpoints and of plain ones, for the kinds whose endpoints may say it. */
 const SCHEMES: Partial<Record<UpstreamConfig['protocol'], { secure: string, plain: string }>> = { http: { secure: 'https', plain: 'http' }, ws: { secure: 'wss', plain: 'ws' } }
@@ -839,6 +878,7 @@ export type UpstreamTlsConfig = z.output<typeof upstreamTls>
 export type WebSocketRouteConfig = z.output<typeof websocketRoute>
 export type TcpListenerConfig = ParsedConfig['listen']['tcp'][number]
 export type HttpTlsConfig = NonNullable<ParsedConfig['listen']['http']['tls']>
+export type TcpTlsConfig = NonNullable<TcpListenerConfig['tls']>
 export type RouteConfig = ParsedConfig['routes'][number]
 export type RouteSplitConfig = NonNullable<RouteConfig['split']>
 export type { Labels } from './labels.js'

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -6,36 +5,22 @@ import type { AppOptions, HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import type { Logger } from 'pino'
 import type { HttpTlsConfig } from '../config/schema.js'
 import { FerryError } from '../errors.js'
-import { TlsFiles, type CertPair } from '../net/tls.js'
+import { CertWatch } from '../net/cert-watch.js'
+import { readTlsMaterial, type CertPair, type TlsMaterial } from '../net/tls.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Uws } from './uws.js'
 
 export type { CertPair } from '../net/tls.js'
 
-/** Everything listen.http.tls names, read from disk and checked. */
-export interface TlsMaterial {
-  readonly passphrase: string | undefined
-  readonly default: CertPair
-  readonly sni: ReadonlyArray<{ readonly names: readonly string[], readonly pair: CertPair }>
-  readonly fingerprint: string
-}
-
 const PROBLEM_FIELD = 'listen.http.tls'
 
 /**
- * Reads and checks every file of `cfg` (readable, PEM, key matches certificate, valid now) and returns
- * what uWS is to be given, or the problems, each naming its field. uWebSockets.js 20.30 crashes the
- * process (SIGSEGV) when addServerName gets a file it cannot use, so nothing reaches it unchecked.
+ * Reads and checks every file of `cfg` and returns what uWS is to be given, or the problems, each naming
+ * its field. uWebSockets.js 20.30 crashes the process (SIGSEGV) when addServerName gets a file it cannot
+ * use, so nothing reaches it unchecked.
  */
-export function readTlsMaterial (cfg: HttpTlsConfig, now = Date.now()): TlsMaterial | { problems: string[] } {
-  const files = new TlsFiles(now)
-  const passphrase = files.passphrase(`${PROBLEM_FIELD}.passphraseFile`, cfg.passphraseFile)
-  const def = files.pair(PROBLEM_FIELD, cfg.certFile, cfg.keyFile, passphrase)
-  const sni = cfg.sni.map((e, i) => ({ names: e.serverNames.map((n) => n.toLowerCase()), pair: files.pair(`${PROBLEM_FIELD}.sni[${i}]`, e.certFile, e.keyFile, passphrase) }))
-  if (files.problems.length > 0 || def === undefined) return { problems: files.problems }
-  const all = createHash('sha256').update(def.fingerprint)
-  for (const e of sni) all.update(e.names.join(',')).update(e.pair!.fingerprint)
-  return { passphrase: passphrase.value, default: def, sni: sni.map((e) => ({ names: e.names, pair: e.pair! })), fingerprint: all.digest('hex') }
+export function readFrontTls (cfg: HttpTlsConfig, now = Date.now()): TlsMaterial | { problems: string[] } {
+  return readTlsMaterial(cfg, PROBLEM_FIELD, now)
 }
 
 /**
@@ -82,52 +67,35 @@ export interface TlsFrontDeps {
  */
 export class TlsFront {
   readonly app: TemplatedApp
-  private material: TlsMaterial
   private cfg: HttpTlsConfig
   private readonly registrations: RouteRegistration[] = []
   /** Registered server name → fingerprint of the pair it serves. */
   private readonly names = new Map<string, string>()
-  private readonly watch: NodeJS.Timeout
-  /** Content last refused by the watch: not logged again every tick. */
-  private refusedFingerprint = ''
-  private readonly counts: Record<'applied' | 'unchanged' | 'refused', { inc: () => void }>
+  /** The certificate files and their rotation (a change re-registers the names it touches). */
+  private readonly certs: CertWatch<HttpTlsConfig, HttpTlsConfig>
 
   constructor (private readonly deps: TlsFrontDeps, cfg: HttpTlsConfig) {
-    const m = readTlsMaterial(cfg)
-    if ('problems' in m) throw new FerryError('FERRY_ERR_TLS_CERT', `listen.http.tls: ${m.problems.length} problem${m.problems.length === 1 ? '' : 's'}\n  ${m.problems.join('\n  ')}`)
     this.cfg = cfg
-    this.material = m
-    this.counts = {
-      applied: deps.metrics.tlsCertChecks.labels('applied'),
-      unchanged: deps.metrics.tlsCertChecks.labels('unchanged'),
-      refused: deps.metrics.tlsCertChecks.labels('refused'),
-    }
+    const c = deps.metrics.tlsCertChecks
+    this.certs = new CertWatch(PROBLEM_FIELD, cfg, deps.log, { applied: c.labels('applied'), unchanged: c.labels('unchanged'), refused: c.labels('refused') }, {
+      build: (_m, next) => next,
+      install: (next, m, before) => { this.cfg = next; this.installed(m, before) },
+    })
     let app: TemplatedApp | undefined
     try {
-      app = withFiles(m.default, (files) => deps.uws.SSLApp({ ...files, ...this.common() }))
+      app = withFiles(this.certs.current.default, (files) => deps.uws.SSLApp({ ...files, ...this.common() }))
     } catch (err) {
+      this.certs.close()
       // Node's checks passed, so what BoringSSL refused is the cipher list (or a key type it lacks).
       throw new FerryError('FERRY_ERR_TLS_CERT', `listen.http.tls: uWebSockets.js refused the certificate${cfg.ciphers !== undefined ? ' or listen.http.tls.ciphers (no cipher of the list is known to BoringSSL)' : ''} (${(err as Error).message})`)
     }
     this.app = app
     this.syncNames()
-    this.watch = setInterval(() => { this.safely('watch', () => { this.check('watch') }) }, cfg.watchIntervalMs)
-    this.watch.unref()
-    deps.log.info({ default: m.default.serial, sni: m.sni.map((e) => ({ names: e.names, serial: e.pair.serial })) }, 'TLS certificates loaded')
   }
 
   private common (): AppOptions {
-    return { ...(this.material.passphrase !== undefined ? { passphrase: this.material.passphrase } : {}), ...(this.cfg.ciphers !== undefined ? { ssl_ciphers: this.cfg.ciphers } : {}) }
-  }
-
-  /** A timer or a committed reload must not throw (a failed temp-file write, say): logged and counted instead. */
-  private safely (trigger: string, fn: () => void): void {
-    try {
-      fn()
-    } catch (err) {
-      this.counts.refused.inc()
-      this.deps.log.error({ trigger, err, code: 'FERRY_ERR_TLS_CERT' }, 'applying TLS certificate files failed')
-    }
+    const passphrase = this.certs.current.passphrase
+    return { ...(passphrase !== undefined ? { passphrase } : {}), ...(this.cfg.ciphers !== undefined ? { ssl_ciphers: this.cfg.ciphers } : {}) }
   }
 
   /** Runs `fn` on the main router and on the router of every registered name, now and for names added later. */
@@ -144,9 +112,10 @@ export class TlsFront {
 
   /** Every name and the pair it is served with: `sni` entries first, then the default certificate's DNS names. */
   private wanted (): Map<string, CertPair> {
+    const m = this.certs.current
     const out = new Map<string, CertPair>()
-    for (const e of this.material.sni) for (const n of e.names) if (!out.has(n)) out.set(n, e.pair)
-    for (const n of this.material.default.dnsNames) if (!out.has(n)) out.set(n, this.material.default)
+    for (const e of m.sni) for (const n of e.names) if (!out.has(n)) out.set(n, e.pair)
+    for (const n of m.default.dnsNames) if (!out.has(n)) out.set(n, m.default)
     return out
   }
 
@@ -169,52 +138,27 @@ export class TlsFront {
     this.app.domain(MAIN_ROUTER)
   }
 
+  /** Changed, valid files: their names are registered anew (the CertWatch logs and counts it). */
+  private installed (m: TlsMaterial, before: TlsMaterial): void {
+    this.syncNames()
+    if (before.default.fingerprint !== m.default.fingerprint) this.deps.log.warn({ serial: before.default.serial }, 'listen.http.tls default certificate changed: its DNS names get the new one; handshakes without SNI or for other names keep the start-up certificate until a restart (uWebSockets.js 20.30 cannot replace it)')
+  }
+
   /**
    * Reads the files of `cfg` (a reload's config, or the running one) and checks them without applying:
    * the problems, or a function that applies them (a reload applies once nothing else refused it).
    */
   prepare (cfg: HttpTlsConfig): { problems: string[] } | { apply: () => void } {
-    const m = readTlsMaterial(cfg)
-    if ('problems' in m) return m
-    return { apply: () => { this.safely('reload', () => { this.use(cfg, m, 'reload') }) } }
-  }
-
-  private use (cfg: HttpTlsConfig, m: TlsMaterial, trigger: string): void {
-    this.cfg = cfg
-    if (m.fingerprint === this.material.fingerprint) { this.counts.unchanged.inc(); return }
-    const before = this.material
-    this.material = m
-    this.syncNames()
-    this.refusedFingerprint = ''
-    this.counts.applied.inc()
-    const defaultChanged = before.default.fingerprint !== m.default.fingerprint
-    this.deps.log.info({ trigger, default: m.default.serial, sni: m.sni.map((e) => ({ names: e.names, serial: e.pair.serial })) }, 'TLS certificates changed: new handshakes get them, open connections keep theirs')
-    if (defaultChanged) this.deps.log.warn({ serial: before.default.serial }, 'listen.http.tls default certificate changed: its DNS names get the new one; handshakes without SNI or for other names keep the start-up certificate until a restart (uWebSockets.js 20.30 cannot replace it)')
-  }
-
-  /** A watch tick or a reload with no TLS change of its own: applies changed, valid files; refuses bad ones. */
-  check (trigger: string): void {
-    const m = readTlsMaterial(this.cfg)
-    if ('problems' in m) {
-      const fp = m.problems.join('\n')
-      if (trigger === 'watch' && fp === this.refusedFingerprint) return
-      this.refusedFingerprint = fp
-      this.counts.refused.inc()
-      this.deps.log.error({ trigger, errors: m.problems, code: 'FERRY_ERR_TLS_CERT' }, 'TLS certificate files refused; the running certificates stay')
-      return
-    }
-    if (m.fingerprint === this.material.fingerprint) { if (trigger !== 'watch') this.counts.unchanged.inc(); return }
-    this.use(this.cfg, m, trigger)
+    return this.certs.prepare(cfg)
   }
 
   /** Problems a reload's TLS files have, counted and logged as a refusal (the reload is refused by its caller). */
   refused (problems: string[]): void {
-    this.counts.refused.inc()
-    this.deps.log.error({ trigger: 'reload', errors: problems, code: 'FERRY_ERR_TLS_CERT' }, 'TLS certificate files refused; the running certificates stay')
+    this.certs.refused(problems)
   }
 
   close (): void {
-    clearInterval(this.watch)
+    this.certs.close()
   }
 }
 

@@ -112,6 +112,52 @@ export class TlsFiles {
   }
 }
 
+/** What a server-side tls block names (listen.http.tls, listen.tcp[].tls): a default pair, SNI pairs, a passphrase. */
+export interface CertFilesConfig {
+  readonly certFile: string
+  readonly keyFile: string
+  readonly passphraseFile?: string | undefined
+  readonly sni: ReadonlyArray<{ readonly serverNames: readonly string[], readonly certFile: string, readonly keyFile: string }>
+}
+
+/** Everything a server-side tls block names, read from disk and checked. */
+export interface TlsMaterial {
+  readonly passphrase: string | undefined
+  readonly default: CertPair
+  readonly sni: ReadonlyArray<{ readonly names: readonly string[], readonly pair: CertPair }>
+  readonly fingerprint: string
+}
+
+/**
+ * Reads and checks every file of the tls block at `field` (readable, PEM, key matches certificate, valid
+ * now) and returns them, or the problems, each naming its field (`listen.tcp[0].tls.sni[1].keyFile: ...`).
+ */
+export function readTlsMaterial (cfg: CertFilesConfig, field: string, now = Date.now()): TlsMaterial | { problems: string[] } {
+  const files = new TlsFiles(now)
+  const passphrase = files.passphrase(`${field}.passphraseFile`, cfg.passphraseFile)
+  const def = files.pair(field, cfg.certFile, cfg.keyFile, passphrase)
+  const sni = cfg.sni.map((e, i) => ({ names: e.serverNames.map((n) => n.toLowerCase()), pair: files.pair(`${field}.sni[${i}]`, e.certFile, e.keyFile, passphrase) }))
+  if (files.problems.length > 0 || def === undefined) return { problems: files.problems }
+  const all = createHash('sha256').update(def.fingerprint)
+  for (const e of sni) all.update(e.names.join(',')).update(e.pair!.fingerprint)
+  return { passphrase: passphrase.value, default: def, sni: sni.map((e) => ({ names: e.names, pair: e.pair! })), fingerprint: all.digest('hex') }
+}
+
+/**
+ * Whether the SNI name `name` (lower case) matches `pattern` (lower case): equal, or equal label by label
+ * where a `*` label of the pattern stands for exactly one label of the name (`*.example.com` matches
+ * `a.example.com`, not `example.com` nor `a.b.example.com`).
+ */
+export function serverNameMatches (pattern: string, name: string): boolean {
+  if (pattern === name) return true
+  if (!pattern.includes('*')) return false
+  const p = pattern.split('.')
+  const n = name.split('.')
+  if (p.length !== n.length) return false
+  for (let i = 0; i < p.length; i++) if (p[i] !== '*' && p[i] !== n[i]) return false
+  return n.every((l) => l.length > 0)
+}
+
 /**
  * Why a TLS handshake with a peer failed: `verify` (its certificate does not chain to a trusted CA, or is
  * expired), `name` (it does not name the host or SNI name asked for), `refused` (the peer sent an alert:

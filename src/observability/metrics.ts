@@ -81,6 +81,8 @@ export class Metrics {
   readonly acceptPausedNow: Gauge<'listener'>
   readonly configReloads: Counter<'result'>
   readonly tlsCertChecks: Counter<'result'>
+  readonly tcpTlsCertChecks: Counter<'listener' | 'result'>
+  readonly tcpSniRouted: Counter<'listener' | 'upstream'>
   readonly drainPhase: Gauge
   readonly consoleSubscribers: Gauge
   readonly consoleDropped: Counter
@@ -160,6 +162,8 @@ export class Metrics {
     this.affinityEvictions = new Counter({ name: 'ferry_affinity_evictions_total', help: 'Affinity records dropped before their TTL because the memory store held affinity.maxEntries.', labelNames: ['store'], registers: r })
     this.configReloads = new Counter({ name: 'ferry_config_reloads_total', help: 'Config reloads (SIGHUP, POST /reload) by result: ok, or refused (invalid, or a field that needs a restart; the running config was kept).', labelNames: ['result'], registers: r })
     this.tlsCertChecks = new Counter({ name: 'ferry_tls_cert_checks_total', help: 'Checks of the HTTP front\'s TLS certificate files (listen.http.tls: every reload and every watchIntervalMs) by result: applied (changed and valid, new handshakes get it), unchanged, or refused (unreadable, not PEM, key mismatch, expired; the running certificates stay).', labelNames: ['result'], registers: r })
+    this.tcpTlsCertChecks = new Counter({ name: 'ferry_tcp_tls_cert_checks_total', help: 'Checks of a TCP listener\'s TLS certificate files (listen.tcp[].tls: every reload and every watchIntervalMs) by result: applied (changed and valid, new handshakes get it), unchanged, or refused (unreadable, not PEM, key mismatch, expired, a cipher list OpenSSL refuses; the running certificates stay).', labelNames: ['listener', 'result'], registers: r })
+    this.tcpSniRouted = new Counter({ name: 'ferry_tcp_sni_routed_total', help: 'Connections of a TCP listener with sniRoutes passed through to an upstream after their ClientHello was read, by the upstream chosen (a route\'s, or the listener\'s `upstream` for no SNI or no match). Refused ones are in ferry_tcp_closed_total.', labelNames: ['listener', 'upstream'], registers: r })
     this.admissionRefused = new Counter({ name: 'ferry_admission_refused_total', help: 'New WebSocket handshakes refused by admission control (admission.handshakesPerSec), by reply: http_503 (503 + Retry-After) or ws_1013 (ferry/client: close 1013 with retry-after-ms).', labelNames: ['reply'], registers: r })
     this.limitRefused = new Counter({ name: 'ferry_limit_refused_total', help: 'HTTP requests and WebSocket upgrades refused by a limit of config `limits`, by limit: http_in_flight, http_buffered_bytes, ws_sessions (503) or http_in_flight_per_ip, http_streamed_bodies_per_ip, http_buffered_bytes_per_ip, ws_sessions_per_ip (429).', labelNames: ['limit'], registers: r })
     this.bufferedBodyBytes = new Gauge({ name: 'ferry_http_buffered_body_bytes', help: 'Request body bytes held in memory now: buffered bodies being read or waiting for an upstream connection (limits.maxBufferedBodyBytes). Updated at scrape time.', registers: r })

@@ -1,21 +1,32 @@
 import type { Socket } from 'node:net'
+import type { TLSSocket } from 'node:tls'
 import type { TcpListenerConfig } from '../config/schema.js'
 import type { FerryError, FerryErrorCode } from '../errors.js'
 import { hashKey } from '../routing/balancer.js'
 import type { ConnectOwner, PendingConnect, TcpBackend, TcpTarget, UpstreamSocketOptions } from '../contracts/tcp.js'
 import { normalizeIp } from '../net/address.js'
 import { decodeProxyHeader, encodeProxyV1, encodeProxyV2, type ConnectionAddresses, type ProxyHeader } from '../net/proxy-protocol.js'
+import { tlsFailure } from '../net/tls.js'
+import type { TcpTls } from './tls.js'
+import type { SniRoutes } from './sni-routes.js'
+import { readClientHello } from '../net/client-hello.js'
 
 /**
  * - `header`: reading an incoming PROXY header (acceptProxyProtocol); the client is not forwarded yet.
+ * - `handshake`: (listener with `tls`) the client's TLS handshake; no backend connection yet.
+ * - `hello`: (listener with `sniRoutes`) reading the client's ClientHello to choose the upstream; the
+ *   bytes read are kept and forwarded untouched.
  * - `connecting`: waiting for a backend connection; the client socket is paused (the kernel holds its bytes).
  * - `piping`: bytes flow both ways; either direction may already have finished (half-close).
  * - `closing`: a flush close: queued bytes go out, then each socket is destroyed; nothing new is forwarded.
  * - `closed`: both sockets destroyed or closed, every count released.
  */
-export type TcpConnState = 'header' | 'connecting' | 'piping' | 'closing' | 'closed'
+export type TcpConnState = 'header' | 'handshake' | 'hello' | 'connecting' | 'piping' | 'closing' | 'closed'
 
-const ORDER: Record<TcpConnState, number> = { header: 0, connecting: 1, piping: 2, closing: 3, closed: 4 }
+const ORDER: Record<TcpConnState, number> = { header: 0, handshake: 1, hello: 1, connecting: 2, piping: 3, closing: 4, closed: 5 }
+
+/** A fatal TLS alert record, unrecognized_name (112), in a TLS 1.2 record (what a TLS 1.3 server sends too). */
+const UNRECOGNIZED_NAME_ALERT = Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70])
 
 /** One direction of the pipe: `open` until its source sent FIN and we forwarded it with end(). */
 type Direction = 'open' | 'ended'
@@ -28,6 +39,12 @@ export interface ListenerContext {
   readonly cfg: TcpListenerConfig
   readonly upstream: TcpTarget
   readonly socketOptions: UpstreamSocketOptions
+  /** With `tls`: terminates the client's TLS before anything goes to a backend. */
+  readonly tls: TcpTls | undefined
+  /** With `sniRoutes`: the upstream a ClientHello's server name goes to. */
+  readonly sni: SniRoutes | undefined
+  /** A connection was routed by SNI to `target` (counted). */
+  routed: (target: TcpTarget) => void
   /** Listener-wide byte totals, flushed into the counters at scrape time. */
   readonly bytes: { toUpstream: number, toClient: number }
   /** The listener's access list refuses `ip`. */
@@ -80,7 +97,15 @@ export class TcpConnection implements ConnectOwner {
   /** The reason given to a flush close, reported once both sockets have closed. */
   private closeReason: CloseReason = 'ok'
 
-  constructor (private readonly ctx: ListenerContext, private readonly client: Socket) {
+  /** When the TLS handshake started (state `handshake`), for handshakeTimeoutMs. */
+  private handshakeAt = this.acceptedAt
+  /** The upstream this connection goes to: the listener's, or the one its SNI name chose. */
+  private target: TcpTarget | undefined
+  /** The client's socket: the accepted one, or the TLS socket over it once a handshake started (then the only one used). */
+  private client: Socket
+
+  constructor (private readonly ctx: ListenerContext, client: Socket) {
+    this.client = client
     this.clientIp = normalizeIp(client.remoteAddress ?? '')
     this.clientPort = client.remotePort
     this.destIp = client.localAddress === undefined ? undefined : normalizeIp(client.localAddress)
@@ -89,7 +114,7 @@ export class TcpConnection implements ConnectOwner {
     client.on('error', this.onClientError)
     client.on('close', this.onClientClose)
     client.on('end', this.onClientEnd)
-    this.state = ctx.cfg.acceptProxyProtocol ? 'header' : 'connecting'
+    this.state = ctx.cfg.acceptProxyProtocol ? 'header' : ctx.tls !== undefined ? 'handshake' : ctx.sni !== undefined ? 'hello' : 'connecting'
   }
 
   get current (): TcpConnState {
@@ -126,14 +151,113 @@ export class TcpConnection implements ConnectOwner {
       return
     }
     this.ipSlot = this.clientIp
+    if (this.ctx.tls !== undefined) { this.handshake(this.ctx.tls); return }
+    if (this.ctx.sni !== undefined) { this.readHello(); return }
+    this.connect(this.ctx.upstream)
+  }
+
+  private connect (target: TcpTarget): void {
     this.to('connecting')
-    const key = this.ctx.upstream.cfg.balance === 'hash' ? hashKey(this.clientIp) : undefined
+    this.target = target
+    const key = target.cfg.balance === 'hash' ? hashKey(this.clientIp) : undefined
     // The PROXY header is the first thing on the backend's TCP connection (before a TLS handshake): the upstream writes it.
     const mode = this.ctx.cfg.proxyProtocol
     const preface = mode === 'off' ? undefined : mode === 'v1' ? encodeProxyV1(this.addresses()) : encodeProxyV2(this.addresses())
-    const attempt = this.ctx.upstream.connect(this, key, this.ctx.socketOptions, preface)
+    const attempt = target.connect(this, key, this.ctx.socketOptions, preface)
     // connect() may already have reported a failure (and closed us) before returning
     if (this.state === 'connecting') this.attempt = attempt
+  }
+
+  // ---- TLS handshake (state 'handshake') ----
+
+  /**
+   * From here on the client is the TLS socket: the accepted socket's handle now belongs to it (its events
+   * are its own; an error of the raw socket shows there too). Bytes read past a PROXY header are the
+   * start of the ClientHello: put back for TLS to read.
+   */
+  private handshake (tls: TcpTls): void {
+    this.to('handshake')
+    this.handshakeAt = Date.now()
+    const raw = this.client
+    raw.removeListener('error', this.onClientError)
+    raw.removeListener('close', this.onClientClose)
+    raw.removeListener('end', this.onClientEnd)
+    raw.on('error', noop)
+    if (this.pending !== undefined) { raw.unshift(this.pending); this.pending = undefined }
+    let s: Socket
+    try {
+      s = tls.wrap(raw)
+    } catch (err) {
+      this.client.on('close', this.onClientClose)
+      this.close('abort', 'FERRY_ERR_TCP_TLS_HANDSHAKE', `TLS could not start: ${(err as Error).message}`)
+      return
+    }
+    this.client = s
+    s.on('error', this.onClientError)
+    s.on('close', this.onClientClose)
+    s.on('end', this.onClientEnd)
+    s.on('secure', this.onSecure)
+  }
+
+  private readonly onSecure = (): void => {
+    if (this.state === 'handshake') {
+      // Nothing is read before the backend is connected (the kernel and TLS buffers hold the client's bytes).
+      this.client.pause()
+      this.connect(this.ctx.upstream)
+      return
+    }
+    // TLS 1.3 has no renegotiation, but OpenSSL may report the handshake done again after its post-handshake
+    // messages (session tickets): only under TLS 1.2 is another 'secure' a second handshake, which OpenSSL
+    // refused (SSL_OP_NO_RENEGOTIATION) with a no_renegotiation alert.
+    if ((this.client as TLSSocket).getProtocol() !== 'TLSv1.2') return
+    // A flush close, so that the alert OpenSSL queued goes out before the close_notify.
+    this.close('flush', 'FERRY_ERR_TCP_TLS_RENEGOTIATION', 'the client asked to renegotiate the TLS session (refused)')
+  }
+
+  // ---- ClientHello (state 'hello') ----
+
+  private readHello (): void {
+    this.to('hello')
+    this.handshakeAt = Date.now()
+    const pending = this.pending
+    this.pending = undefined
+    this.client.on('data', this.onHelloData)
+    // Bytes read past a PROXY header may hold the whole ClientHello already.
+    if (pending !== undefined) this.onHelloData(pending)
+    if (this.state === 'hello') this.client.resume()
+  }
+
+  /** Bounded: readClientHello refuses more than 16 KiB without a complete ClientHello. */
+  private readonly onHelloData = (chunk: Buffer): void => {
+    if (this.state !== 'hello') return
+    const buf = this.pending === undefined ? chunk : Buffer.concat([this.pending, chunk])
+    const res = readClientHello(buf)
+    if (res.kind === 'incomplete') { this.pending = buf; return }
+    this.client.pause()
+    this.client.removeListener('data', this.onHelloData)
+    this.pending = buf
+    if (res.kind === 'invalid') {
+      this.close('abort', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO', `no readable ClientHello: ${res.reason}`)
+      return
+    }
+    const sni = this.ctx.sni!
+    const target = sni.pick(res.serverName) ?? (sni.unmatched === 'upstream' ? this.ctx.upstream : undefined)
+    if (target === undefined) {
+      this.refuseName(res.serverName)
+      return
+    }
+    this.ctx.routed(target)
+    this.connect(target)
+  }
+
+  /** sniUnmatched refuse: a fatal unrecognized_name alert, then FIN once it is written (the close is counted then). */
+  private refuseName (name: string | undefined): void {
+    this.ctx.report(this, 'FERRY_ERR_TCP_SNI_UNKNOWN', name === undefined ? 'the ClientHello names no server (no SNI)' : `no sniRoutes entry lists ${name}`)
+    this.to('closing')
+    this.closeReason = 'FERRY_ERR_TCP_SNI_UNKNOWN'
+    this.pending = undefined
+    this.client.write(UNRECOGNIZED_NAME_ALERT)
+    this.client.destroySoon()
   }
 
   // ---- PROXY header (state 'header') ----
@@ -173,7 +297,7 @@ export class TcpConnection implements ConnectOwner {
       // cannot happen (close() cancels the attempt), but never leak a socket
       socket.on('error', noop)
       socket.destroy()
-      this.ctx.upstream.release(ep)
+      this.target!.release(ep)
       return
     }
     this.to('piping')
@@ -241,6 +365,14 @@ export class TcpConnection implements ConnectOwner {
       this.close('abort', 'FERRY_ERR_TCP_PROXY_HEADER', 'connection ended inside the PROXY header')
       return
     }
+    if (this.state === 'handshake') {
+      this.close('abort', 'FERRY_ERR_TCP_TLS_HANDSHAKE', 'connection ended during the TLS handshake')
+      return
+    }
+    if (this.state === 'hello') {
+      this.close('abort', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO', 'connection ended inside the ClientHello')
+      return
+    }
     if (this.state !== 'piping' && this.state !== 'connecting') return
     this.up = 'ended'
     // while connecting, the FIN is forwarded once the backend is connected (after any pending bytes)
@@ -256,12 +388,17 @@ export class TcpConnection implements ConnectOwner {
   // ---- errors and close ----
 
   private readonly onClientError = (err: NodeJS.ErrnoException): void => {
+    // OpenSSL's reasons (ERR_SSL_WRONG_VERSION_NUMBER, ERR_SSL_HTTP_REQUEST, ERR_SSL_UNSUPPORTED_PROTOCOL, ...) name the bad input.
+    if (this.state === 'handshake' && tlsFailure(err) !== undefined) {
+      this.close('abort', 'FERRY_ERR_TCP_TLS_HANDSHAKE', `TLS handshake failed: ${err.code ?? err.message}`)
+      return
+    }
     this.close('abort', 'FERRY_ERR_TCP_CLIENT_RESET', `client socket: ${err.code ?? err.message}`)
   }
 
   private readonly onUpstreamError = (err: NodeJS.ErrnoException): void => {
     // A TLS failure after the handshake (a client certificate refused under TLS 1.3) is the upstream's to count and log.
-    const tls = this.ep !== undefined ? this.ctx.upstream.socketError(this.ep, err) : undefined
+    const tls = this.ep !== undefined ? this.target!.socketError(this.ep, err) : undefined
     if (tls !== undefined) this.close('abort', tls.code, tls.message)
     else this.close('abort', 'FERRY_ERR_UPSTREAM_RESET', `backend ${this.ep?.address ?? ''} socket: ${err.code ?? err.message}`)
   }
@@ -301,6 +438,16 @@ export class TcpConnection implements ConnectOwner {
       if (now - this.acceptedAt >= this.ctx.cfg.proxyHeaderTimeoutMs) {
         this.close('abort', 'FERRY_ERR_TCP_PROXY_TIMEOUT', `no complete PROXY header within ${this.ctx.cfg.proxyHeaderTimeoutMs} ms`)
       }
+      return
+    }
+    if (this.state === 'handshake') {
+      const limit = this.ctx.cfg.tls?.handshakeTimeoutMs ?? 0
+      if (now - this.handshakeAt >= limit) this.close('abort', 'FERRY_ERR_TCP_TLS_TIMEOUT', `no complete TLS handshake within ${limit} ms`)
+      return
+    }
+    if (this.state === 'hello') {
+      const limit = this.ctx.cfg.clientHelloTimeoutMs
+      if (now - this.handshakeAt >= limit) this.close('abort', 'FERRY_ERR_TCP_SNI_TIMEOUT', `no complete ClientHello within ${limit} ms`)
       return
     }
     if (this.state !== 'piping' && this.state !== 'closing') return
@@ -350,7 +497,7 @@ export class TcpConnection implements ConnectOwner {
     this.headerBuf = undefined
     this.pending = undefined
     if (this.ep !== undefined) {
-      this.ctx.upstream.release(this.ep)
+      this.target!.release(this.ep)
       this.ep = undefined
     }
     if (this.ipSlot !== undefined) {

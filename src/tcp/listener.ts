@@ -9,6 +9,8 @@ import type { TcpTarget, UpstreamSocketOptions } from '../contracts/tcp.js'
 import { Networks, normalizeIp } from '../net/address.js'
 import { RouteAccess } from '../edge/access.js'
 import { TcpConnection, type CloseReason, type ListenerContext } from './connection.js'
+import { TcpTls } from './tls.js'
+import { SniRoutes } from './sni-routes.js'
 
 /** paused: descriptors ran low (DescriptorGuard); new connections are closed at once until resumed. */
 export type TcpListenerState = 'created' | 'listening' | 'paused' | 'draining' | 'closed'
@@ -39,6 +41,12 @@ export class TcpListener implements ListenerContext {
   private closing: Promise<void> | undefined
   private drained: (() => void) | undefined
   readonly socketOptions: UpstreamSocketOptions
+  /** With `tls`: the certificates handshakes are served with (rotated in place). */
+  readonly tls: TcpTls | undefined
+  /** With `sniRoutes`: where a ClientHello's server name goes (replaced by a reload: setSniRoutes). */
+  sni: SniRoutes | undefined
+  /** Connections routed by SNI, by upstream name (for /status; the counters are ferry_tcp_sni_routed_total). */
+  private readonly routedTo = new Map<string, { n: number, counter: Counter.Internal }>()
   readonly bytes = { toUpstream: 0, toClient: 0 }
   private readonly flushed = { toUpstream: 0, toClient: 0 }
   private accepted = 0
@@ -60,6 +68,12 @@ export class TcpListener implements ListenerContext {
     private readonly metrics: Metrics,
   ) {
     this.name = cfg.name
+    // First: a bad certificate file throws (naming its field) before anything is opened.
+    this.tls = cfg.tls === undefined ? undefined : new TcpTls(`listen.tcp[${index}].tls`, cfg.tls, log, {
+      applied: metrics.tcpTlsCertChecks.labels(cfg.name, 'applied'),
+      unchanged: metrics.tcpTlsCertChecks.labels(cfg.name, 'unchanged'),
+      refused: metrics.tcpTlsCertChecks.labels(cfg.name, 'refused'),
+    })
     this.trusted = new Networks(cfg.trustedProxies)
     this.setAccess(cfg.access)
     this.socketOptions = { noDelay: cfg.noDelay, keepAlive: cfg.keepAlive, keepAliveDelayMs: cfg.keepAliveDelayMs }
@@ -136,6 +150,8 @@ export class TcpListener implements ListenerContext {
     const deadlines: number[] = []
     if (this.cfg.idleTimeoutMs > 0) deadlines.push(this.cfg.idleTimeoutMs)
     if (this.cfg.acceptProxyProtocol) deadlines.push(this.cfg.proxyHeaderTimeoutMs)
+    if (this.cfg.tls !== undefined) deadlines.push(this.cfg.tls.handshakeTimeoutMs)
+    if (this.cfg.sniRoutes.length > 0) deadlines.push(this.cfg.clientHelloTimeoutMs)
     if (deadlines.length === 0) return 0
     return Math.min(5000, Math.max(50, Math.floor(Math.min(...deadlines) / 4)))
   }
@@ -183,6 +199,30 @@ export class TcpListener implements ListenerContext {
   /** The access list, replaced in place by a reload (the port stays bound). */
   setAccess (access: TcpListenerConfig['access']): void {
     this.access = access === undefined ? undefined : new RouteAccess({ allow: access.allow, deny: access.deny, origins: [] })
+  }
+
+  /**
+   * A reload's `tls` for this kept listener (same presence and handshakeTimeoutMs: anything else rebinds):
+   * its files are read again even when the text did not change. Problems refuse the reload.
+   */
+  prepareTls (next: TcpListenerConfig['tls']): { problems: string[] } | { apply: () => void } {
+    if (this.tls === undefined || next === undefined) return { apply: noop }
+    return this.tls.prepare(next)
+  }
+
+  /** `sniRoutes` of the running config (a reload replaces them in place; `resolve` names its tcp upstreams). */
+  setSniRoutes (cfg: TcpListenerConfig, resolve: (upstream: string) => TcpTarget): void {
+    this.sni = cfg.sniRoutes.length === 0 ? undefined : new SniRoutes(cfg.sniRoutes, resolve, cfg.sniUnmatched)
+  }
+
+  routed (target: TcpTarget): void {
+    let c = this.routedTo.get(target.name)
+    if (c === undefined) {
+      c = { n: 0, counter: this.metrics.tcpSniRouted.labels(this.name, target.name) }
+      this.routedTo.set(target.name, c)
+    }
+    c.n++
+    c.counter.inc()
   }
 
   refusesIp (ip: string): boolean {
@@ -269,6 +309,8 @@ export class TcpListener implements ListenerContext {
       maxConnectionsPerIp: this.cfg.maxConnectionsPerIp,
       proxyProtocol: this.cfg.proxyProtocol,
       acceptProxyProtocol: this.cfg.acceptProxyProtocol,
+      ...(this.tls !== undefined ? { tls: this.tls.status() } : {}),
+      ...(this.sni !== undefined ? { sniRoutes: { unmatched: this.sni.unmatched, routed: Object.fromEntries([...this.routedTo].map(([u, c]) => [u, c.n])) } } : {}),
     }
   }
 
@@ -301,6 +343,7 @@ export class TcpListener implements ListenerContext {
     this.abortAll()
     if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer)
     this.sweepTimer = undefined
+    this.tls?.close()
     this.to('closed')
   }
 

@@ -1,0 +1,192 @@
+import { readFileSync, writeFileSync } from 'node:fs'
+import { connect as netConnect } from 'node:net'
+import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket } from 'node:tls'
+import t, { type Test } from 'tap'
+import { parse, stringify } from 'yaml'
+import { ConfigError, validateConfig } from '../src/config/load.js'
+import { adminStatus, metric, startFerry, tcpPort, waitFor, type FerryProcess } from './helpers/ferry.js'
+import { makePki, type Pki } from './helpers/pki.js'
+
+/**
+ * SNI routing without termination (listen.tcp[].sniRoutes, docs/tcp.md "Choosing the upstream by SNI"):
+ * three real TLS backends (Node tls servers, each with its own certificate); the client must see the
+ * backend's own certificate (Ferry holds no key: proof the bytes pass through) and exchange bytes with it.
+ */
+
+/** A TLS echo backend that prefixes what it sends back with its name. */
+async function tlsBackend (t: Test, pki: Pki, name: string, sans: string, serial: string): Promise<{ address: string, accepted: () => number }> {
+  const pair = await pki.issue(name, sans, serial)
+  let accepted = 0
+  const server = createTlsServer({ cert: readFileSync(pair.cert), key: readFileSync(pair.key) }, (s) => {
+    accepted++
+    s.on('error', () => {})
+    s.on('data', (d: Buffer) => s.write(`${name}:${d.toString()}`))
+  })
+  server.on('tlsClientError', () => {})
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => { await new Promise<void>((resolve) => server.close(() => resolve())) })
+  return { address: `127.0.0.1:${(server.address() as { port: number }).port}`, accepted: () => accepted }
+}
+
+async function tlsOpen (t: Test, port: number, ca: string, servername: string | undefined, socket?: import('node:net').Socket): Promise<TLSSocket> {
+  const s = tlsConnect({ host: '127.0.0.1', port, ...(socket !== undefined ? { socket } : {}), ...(servername !== undefined ? { servername, ca: readFileSync(ca) } : { rejectUnauthorized: false }) })
+  t.teardown(() => { s.destroy() })
+  await new Promise<void>((resolve, reject) => { s.once('secureConnect', resolve); s.once('error', reject) })
+  return s
+}
+
+async function ask (s: TLSSocket, text: string): Promise<string> {
+  return await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer to ${text}`)), 5000)
+    s.once('data', (d: Buffer) => { clearTimeout(timer); resolve(d.toString()) })
+    s.write(text)
+  })
+}
+
+async function rawExchange (port: number, bytes: Buffer | string | undefined, timeoutMs = 10_000): Promise<{ data: Buffer, ms: number }> {
+  const started = Date.now()
+  return await new Promise((resolve, reject) => {
+    const s = netConnect({ host: '127.0.0.1', port })
+    const parts: Buffer[] = []
+    const timer = setTimeout(() => { s.destroy(); reject(new Error(`still open after ${timeoutMs} ms`)) }, timeoutMs)
+    s.on('connect', () => { if (bytes !== undefined) s.write(bytes) })
+    s.on('data', (d: Buffer) => parts.push(d))
+    s.on('error', () => {})
+    s.on('close', () => { clearTimeout(timer); resolve({ data: Buffer.concat(parts), ms: Date.now() - started }) })
+  })
+}
+
+const closed = async (f: FerryProcess, listener: string, reason: string): Promise<number> => await metric(f, `ferry_tcp_closed_total{listener="${listener}",reason="${reason}"}`)
+
+interface Setup { pki: Pki, ferry: FerryProcess, port: number, strictPort: number, pxPort: number, a: { accepted: () => number } }
+
+async function setup (t: Test): Promise<Setup> {
+  const pki = await makePki(t)
+  const a = await tlsBackend(t, pki, 'a', 'DNS:a.test', 'AA01')
+  const b = await tlsBackend(t, pki, 'b', 'DNS:*.b.test', 'BB01')
+  const d = await tlsBackend(t, pki, 'd', 'DNS:d.test', 'DD01')
+  const routes = [{ serverNames: ['a.test'], upstream: 'a' }, { serverNames: ['*.b.test'], upstream: 'b' }]
+  const ferry = await startFerry(t, {
+    listen: {
+      tcp: [
+        { name: 'sni', host: '127.0.0.1', port: 0, upstream: 'd', sniRoutes: routes, clientHelloTimeoutMs: 1000 },
+        { name: 'strict', host: '127.0.0.1', port: 0, upstream: 'd', sniRoutes: routes, sniUnmatched: 'refuse' },
+        { name: 'px', host: '127.0.0.1', port: 0, upstream: 'd', sniRoutes: routes, acceptProxyProtocol: true },
+      ],
+    },
+    upstreams: {
+      a: { protocol: 'tcp', endpoints: [a.address] },
+      b: { protocol: 'tcp', endpoints: [b.address] },
+      d: { protocol: 'tcp', endpoints: [d.address] },
+      api: { protocol: 'http', endpoints: ['127.0.0.1:9'] },
+    },
+    routes: [{ upstream: 'api' }],
+    logging: { level: 'info', accessLog: false },
+  })
+  return { pki, ferry, port: tcpPort(ferry, 'sni'), strictPort: tcpPort(ferry, 'strict'), pxPort: tcpPort(ferry, 'px'), a }
+}
+
+t.test('the ClientHello\'s server name picks the upstream; bytes pass through untouched', async (t) => {
+  const s = await setup(t)
+  const ca = await tlsOpen(t, s.port, s.pki.ca, 'a.test')
+  t.equal(ca.getPeerCertificate().serialNumber, 'AA01', 'SNI a.test: the client verifies backend a\'s own certificate (Ferry holds no key)')
+  t.equal(await ask(ca, 'hello'), 'a:hello', 'and exchanges bytes with backend a')
+  const cb = await tlsOpen(t, s.port, s.pki.ca, 'x.b.test')
+  t.equal(cb.getPeerCertificate().serialNumber, 'BB01', 'SNI x.b.test: the *.b.test route, backend b\'s certificate')
+  t.equal(await ask(cb, 'hi'), 'b:hi', 'bytes both ways with backend b')
+  const cu = await tlsOpen(t, s.port, s.pki.ca, 'd.test')
+  t.equal(cu.getPeerCertificate().serialNumber, 'DD01', 'a name no route lists goes to the listener\'s upstream')
+  const cn = await tlsOpen(t, s.port, s.pki.ca, undefined)
+  t.equal(cn.getPeerCertificate().serialNumber, 'DD01', 'no SNI goes to the listener\'s upstream')
+  t.equal(await ask(cn, 'x'), 'd:x', 'and talks to it')
+  t.equal(await metric(s.ferry, 'ferry_tcp_sni_routed_total{listener="sni",upstream="a"}'), 1, 'ferry_tcp_sni_routed_total counts by the upstream chosen')
+  t.equal(await metric(s.ferry, 'ferry_tcp_sni_routed_total{listener="sni",upstream="d"}'), 2, 'the default counts as its upstream')
+  const st = (await adminStatus(s.ferry)).listeners.tcp.find((l: { name: string }) => l.name === 'sni')
+  t.same(st.sniRoutes, { unmatched: 'upstream', routed: { a: 1, b: 1, d: 2 } }, '/status shows where connections were routed')
+
+  // A PROXY header and the ClientHello in one TCP segment.
+  const raw = netConnect({ host: '127.0.0.1', port: s.pxPort })
+  await new Promise<void>((resolve) => raw.once('connect', resolve))
+  raw.cork()
+  raw.write('PROXY TCP4 198.51.100.1 127.0.0.1 40000 443\r\n')
+  const px = tlsConnect({ socket: raw, servername: 'a.test', ca: readFileSync(s.pki.ca) })
+  t.teardown(() => { px.destroy() })
+  process.nextTick(() => raw.uncork())
+  await new Promise<void>((resolve, reject) => { px.once('secureConnect', resolve); px.once('error', reject) })
+  t.equal(px.getPeerCertificate().serialNumber, 'AA01', 'after a PROXY header (same segment), the ClientHello is read and routed')
+  t.equal(await ask(px, 'lb'), 'a:lb', 'and passed through')
+})
+
+t.test('unknown names with no default, garbage and stalls: refused, counted, others unaffected', async (t) => {
+  const s = await setup(t)
+  const f = s.ferry
+  const keep = await tlsOpen(t, s.port, s.pki.ca, 'a.test')
+  t.equal(await ask(keep, 'before'), 'a:before', 'a connection is open before the bad input')
+  const accepted = s.a.accepted()
+
+  const refusedNo = await closed(f, 'strict', 'FERRY_ERR_TCP_SNI_UNKNOWN')
+  const err = await tlsOpen(t, s.strictPort, s.pki.ca, 'unknown.test').then(() => 'connected', (e: NodeJS.ErrnoException) => e.code)
+  t.equal(err, 'ERR_SSL_TLSV1_UNRECOGNIZED_NAME', 'sniUnmatched refuse: an unknown name gets a TLS unrecognized_name alert')
+  const none = await tlsOpen(t, s.strictPort, s.pki.ca, undefined).then(() => 'connected', (e: NodeJS.ErrnoException) => e.code)
+  t.equal(none, 'ERR_SSL_TLSV1_UNRECOGNIZED_NAME', 'and so does a ClientHello without SNI')
+  await waitFor('both refusals counted', async () => await closed(f, 'strict', 'FERRY_ERR_TCP_SNI_UNKNOWN') === refusedNo + 2)
+  const ok = await tlsOpen(t, s.strictPort, s.pki.ca, 'a.test')
+  t.equal(await ask(ok, 'listed'), 'a:listed', 'a listed name on the same listener goes through')
+
+  const bad = await closed(f, 'sni', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO')
+  const g = await rawExchange(s.port, Buffer.from('\x00\x01 not tls at all\r\n'))
+  t.equal(g.data.length, 0, 'garbage: closed, no byte back')
+  const h = await rawExchange(s.port, 'GET / HTTP/1.1\r\nHost: a.test\r\n\r\n')
+  t.equal(h.data.length, 0, 'plain HTTP: closed, no byte back')
+  await waitFor('both counted', async () => await closed(f, 'sni', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO') === bad + 2)
+
+  const tmo = await closed(f, 'sni', 'FERRY_ERR_TCP_SNI_TIMEOUT')
+  const stall = await rawExchange(s.port, Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]))
+  t.ok(stall.ms >= 900 && stall.ms < 5000, `a ClientHello that stalls is closed after clientHelloTimeoutMs 1000: ${stall.ms} ms`)
+  await waitFor('the stall counted', async () => await closed(f, 'sni', 'FERRY_ERR_TCP_SNI_TIMEOUT') === tmo + 1)
+
+  t.equal(s.a.accepted(), accepted + 1, 'of all these only the listed name reached a backend')
+  t.equal(await ask(keep, 'after'), 'a:after', 'the connection opened before still works')
+  t.ok(f.logs.some((l) => l.code === 'FERRY_ERR_TCP_SNI_UNKNOWN' && l.level === 40), 'refusals are logged as warnings')
+})
+
+t.test('a reload changes the routes in place', async (t) => {
+  const s = await setup(t)
+  const f = s.ferry
+  const open = await tlsOpen(t, s.port, s.pki.ca, 'a.test')
+  const file = f.child.spawnargs.at(-1)!
+  const cfg = parse(readFileSync(file, 'utf8'))
+  cfg.listen.tcp[0].sniRoutes[0].upstream = 'b'
+  cfg.listen.tcp[0].sniRoutes[1].serverNames = ['*.b.test', 'a.test']
+  cfg.listen.tcp[0].sniRoutes.shift()
+  writeFileSync(file, stringify(cfg))
+  const r = await (await fetch(`${f.adminUrl}/reload`, { method: 'POST' })).json() as { result: string }
+  t.equal(r.result, 'ok', 'the reload is taken')
+  const now = await tlsOpen(t, s.port, s.pki.ca, undefined)
+  t.equal(now.getPeerCertificate().serialNumber, 'DD01', 'no SNI still goes to the default')
+  const moved = await tlsConnect({ host: '127.0.0.1', port: s.port, servername: 'a.test', rejectUnauthorized: false })
+  t.teardown(() => { moved.destroy() })
+  await new Promise<void>((resolve, reject) => { moved.once('secureConnect', resolve); moved.once('error', reject) })
+  t.equal(moved.getPeerCertificate().serialNumber, 'BB01', 'a.test now goes to backend b')
+  t.equal((await adminStatus(f)).listeners.tcp.find((l: { name: string }) => l.name === 'sni').port, s.port, 'on the same bound port')
+  t.equal(await ask(open, 'still'), 'a:still', 'the connection routed before the reload keeps its backend')
+})
+
+t.test('config errors name the field', async (t) => {
+  const problems = (listener: Record<string, unknown>): string => {
+    try {
+      validateConfig({ listen: { tcp: [{ name: 'x', port: 0, upstream: 'd', ...listener }] }, upstreams: { d: { protocol: 'tcp', endpoints: ['127.0.0.1:1'] }, h: { protocol: 'http', endpoints: ['127.0.0.1:2'] } } })
+      return ''
+    } catch (err) {
+      if (err instanceof ConfigError) return err.problems.join('\n')
+      throw err
+    }
+  }
+  t.equal(problems({ sniRoutes: [{ serverNames: ['a.test'], upstream: 'd' }], sniUnmatched: 'refuse' }), '', 'a valid listener')
+  t.match(problems({ sniRoutes: [{ serverNames: ['a.test'], upstream: 'nope' }] }), /listen\.tcp\[0\]\.sniRoutes\[0\]\.upstream.*names no upstream/, 'an unknown upstream')
+  t.match(problems({ sniRoutes: [{ serverNames: ['a.test'], upstream: 'h' }] }), /listen\.tcp\[0\]\.sniRoutes\[0\]\.upstream.*protocol http/, 'an upstream that is not tcp')
+  t.match(problems({ sniRoutes: [{ serverNames: ['a.test'], upstream: 'd' }, { serverNames: ['A.TEST'], upstream: 'd' }] }), /listen\.tcp\[0\]\.sniRoutes\[1\]\.serverNames\[0\].*also listed by listen\.tcp\[0\]\.sniRoutes\[0\]/, 'a name listed twice')
+  t.match(problems({ sniRoutes: [{ serverNames: ['a.test'], upstream: 'd' }], tls: { certFile: '/c', keyFile: '/k' } }), /listen\.tcp\[0\]\.sniRoutes.*cannot be combined with tls/, 'combined with tls')
+  t.match(problems({ sniUnmatched: 'refuse' }), /listen\.tcp\[0\]\.sniUnmatched.*needs sniRoutes/, 'refuse without routes')
+  t.match(problems({ sniRoutes: [{ serverNames: ['bad name'], upstream: 'd' }] }), /listen\.tcp\[0\]\.sniRoutes\[0\]\.serverNames\[0\]/, 'a name that is no DNS name')
+})
