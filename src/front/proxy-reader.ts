@@ -4,7 +4,7 @@ import type { TemplatedApp } from 'uWebSockets.js'
 import type { Logger } from 'pino'
 import { FerryError } from '../errors.js'
 import { normalizeIp, type Networks } from '../net/address.js'
-import { decodeProxyHeader } from '../net/proxy-protocol.js'
+import { ProxyHeaderReader } from '../net/proxy-protocol.js'
 import { listenLoopback, type ListenSocket } from './listen.js'
 import type { ProxyRefusals } from './proxy-gate.js'
 import type { Uws } from './uws.js'
@@ -204,7 +204,7 @@ const FLUSH_MS = 5000
 class ProxiedConnection {
   private state: ReaderConnState = 'header'
   private readonly acceptedAt = Date.now()
-  private buf: Buffer | undefined
+  private readonly header = new ProxyHeaderReader()
   private upstream: Socket | undefined
   private source: string | undefined
   /** When uWS closed its side while the client still had bytes to read. */
@@ -221,10 +221,8 @@ class ProxiedConnection {
 
   private readonly onHeaderData = (chunk: Buffer): void => {
     if (this.state !== 'header') return
-    const buf = this.buf === undefined ? chunk : Buffer.concat([this.buf, chunk])
-    const r = decodeProxyHeader(buf)
-    if (r.kind === 'incomplete') { this.buf = buf; return }
-    this.buf = undefined
+    const r = this.header.push(chunk)
+    if (r.kind === 'incomplete') return
     if (r.kind === 'invalid') { this.refuse('FERRY_ERR_TCP_PROXY_HEADER', r.reason); return }
     // Stop the flow before taking the listeners off, or the next chunk would go to nobody.
     this.client.pause()
@@ -239,14 +237,14 @@ class ProxiedConnection {
     this.state = 'piping'
     up.on('error', noop)
     up.on('close', this.onUpstreamClose)
-    if (r.length < buf.length) up.write(buf.subarray(r.length))
+    if (r.rest !== undefined) up.write(r.rest)
     this.client.pipe(up)
     up.pipe(this.client)
   }
 
   private readonly onHeaderEnd = (): void => {
     // A trusted peer that connects and leaves without a byte is a TCP health check, not bad input.
-    if (this.buf !== undefined) this.refuse('FERRY_ERR_TCP_PROXY_HEADER', 'connection ended inside the PROXY header')
+    if (this.header.started) this.refuse('FERRY_ERR_TCP_PROXY_HEADER', 'connection ended inside the PROXY header')
     else this.close()
   }
 
@@ -284,7 +282,7 @@ class ProxiedConnection {
   private finish (): void {
     if (this.state === 'closed') return
     this.state = 'closed'
-    this.buf = undefined
+    this.header.clear()
     this.reader.closed(this, this.source)
   }
 }

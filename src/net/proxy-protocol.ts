@@ -54,6 +54,39 @@ function prefixMatches (buf: Uint8Array, sig: Uint8Array): boolean {
   return true
 }
 
+/** What the bytes of a connection's start give so far: a whole header and the bytes after it (if any), or why not. */
+export type ProxyReadResult =
+  | { readonly kind: 'incomplete' }
+  | { readonly kind: 'header', readonly header: ProxyHeader, readonly rest: Buffer | undefined }
+  | { readonly kind: 'invalid', readonly reason: string }
+
+/**
+ * Reads a PROXY header off a connection's first chunks, however the peer splits it: the TCP listeners'
+ * connections and the HTTP front's PROXY reader both feed it every chunk until it has an answer.
+ */
+export class ProxyHeaderReader {
+  private buf: Buffer | undefined
+
+  /** Part of a header has arrived (a connection ending now ended inside it). */
+  get started (): boolean {
+    return this.buf !== undefined
+  }
+
+  push (chunk: Buffer): ProxyReadResult {
+    const buf = this.buf === undefined ? chunk : Buffer.concat([this.buf, chunk])
+    const r = decodeProxyHeader(buf)
+    if (r.kind === 'incomplete') { this.buf = buf; return r }
+    this.buf = undefined
+    if (r.kind === 'invalid') return r
+    return { kind: 'header', header: r.header, rest: r.length < buf.length ? buf.subarray(r.length) : undefined }
+  }
+
+  /** Forgets what it holds (the connection is gone). */
+  clear (): void {
+    this.buf = undefined
+  }
+}
+
 /**
  * Decodes a PROXY header at the start of `buf` (the bytes received so far). `maxV2Bytes` bounds the
  * v2 header (signature + addresses + TLVs); a longer one is invalid, so a peer cannot make us buffer more.

@@ -5,7 +5,7 @@ import type { FerryError, FerryErrorCode } from '../errors.js'
 import { hashKey } from '../routing/balancer.js'
 import type { ConnectOwner, PendingConnect, TcpBackend, TcpTarget, UpstreamSocketOptions } from '../contracts/tcp.js'
 import { normalizeIp } from '../net/address.js'
-import { decodeProxyHeader, encodeProxyV1, encodeProxyV2, type ConnectionAddresses, type ProxyHeader } from '../net/proxy-protocol.js'
+import { encodeProxyV1, encodeProxyV2, ProxyHeaderReader, type ConnectionAddresses, type ProxyHeader } from '../net/proxy-protocol.js'
 import { tlsFailure } from '../net/tls.js'
 import type { TcpTls } from './tls.js'
 import type { SniRoutes } from './sni-routes.js'
@@ -88,7 +88,7 @@ export class TcpConnection implements ConnectOwner {
   private ep: TcpBackend | undefined
   private attempt: PendingConnect | undefined
   /** Bytes of the incoming PROXY header so far (bounded: the decoder rejects anything longer than a header). */
-  private headerBuf: Buffer | undefined
+  private readonly header = new ProxyHeaderReader()
   /** Client bytes that arrived after the PROXY header, written to the backend first. */
   private pending: Buffer | undefined
   /** The IP holding a per-IP slot, released on close. */
@@ -264,10 +264,8 @@ export class TcpConnection implements ConnectOwner {
 
   private readonly onHeaderData = (chunk: Buffer): void => {
     if (this.state !== 'header') return
-    const buf = this.headerBuf === undefined ? chunk : Buffer.concat([this.headerBuf, chunk])
-    const res = decodeProxyHeader(buf)
-    if (res.kind === 'incomplete') { this.headerBuf = buf; return }
-    this.headerBuf = undefined
+    const res = this.header.push(chunk)
+    if (res.kind === 'incomplete') return
     if (res.kind === 'invalid') {
       this.close('abort', 'FERRY_ERR_TCP_PROXY_HEADER', res.reason)
       return
@@ -275,7 +273,7 @@ export class TcpConnection implements ConnectOwner {
     // Stop the flow before dropping the listener, or the next chunk would be emitted to nobody.
     this.client.pause()
     this.client.removeListener('data', this.onHeaderData)
-    if (res.length < buf.length) this.pending = buf.subarray(res.length)
+    this.pending = res.rest
     this.useHeader(res.header)
     this.admit()
   }
@@ -494,7 +492,7 @@ export class TcpConnection implements ConnectOwner {
     if (this.state === 'closed') return
     const final = this.state === 'closing' && reason === 'ok' ? this.closeReason : reason
     this.to('closed')
-    this.headerBuf = undefined
+    this.header.clear()
     this.pending = undefined
     if (this.ep !== undefined) {
       this.target!.release(this.ep)
