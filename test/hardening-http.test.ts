@@ -190,7 +190,7 @@ interface Exchange {
   socket: Socket
 }
 
-/** Writes `bytes` (several parts: 100 ms apart, so they arrive as separate reads) and follows the connection. */
+/** Writes `bytes` (several parts: 250 ms apart, so they arrive as separate reads) and follows the connection. */
 function open (f: FerryProcess, bytes: string | string[], giveUpMs: number): Exchange {
   const s = connect(f.httpPort, '127.0.0.1')
   const t0 = Date.now()
@@ -209,7 +209,7 @@ function open (f: FerryProcess, bytes: string | string[], giveUpMs: number): Exc
   })
   const parts = typeof bytes === 'string' ? [bytes] : bytes
   // Timed from the connect: parts written before it would leave together, in one read (seen on a loaded machine).
-  s.once('connect', () => { parts.forEach((part, i) => { setTimeout(() => { if (!s.destroyed) s.write(part, 'latin1') }, i * 100) }) })
+  s.once('connect', () => { parts.forEach((part, i) => { setTimeout(() => { if (!s.destroyed) s.write(part, 'latin1') }, i * 250) }) })
   return ex
 }
 
