@@ -82,7 +82,7 @@ t.test('drain: not ready at once, accepts during the grace, migrates sessions pa
   const mux = await echoMux(t, log)
   const api = await httpBackend(t, 1500)
   const rate = 20
-  const a = await startFerry(t, podConfig('pod-a', mux.port, api, { acceptGraceMs: 1000, spreadMs: 3000, maxMigrationsPerSec: rate, deadlineMs: 20000 }), { env: ENV })
+  const a = await startFerry(t, podConfig('pod-a', mux.port, api, { acceptGraceMs: 3000, spreadMs: 3000, maxMigrationsPerSec: rate, deadlineMs: 20000 }), { env: ENV })
   const b = await startFerry(t, podConfig('pod-b', mux.port, api, { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 }), { env: ENV })
   const sw = await startSwitch(t, a.httpPort)
 
@@ -124,7 +124,8 @@ t.test('drain: not ready at once, accepts during the grace, migrates sessions pa
 
   t.equal((await fetch(`${a.adminUrl}/readyz`)).status, 503, '/readyz answers 503 as soon as the drain starts')
   t.equal((await fetch(`${a.adminUrl}/healthz`)).status, 200, '/healthz still 200 (alive)')
-  // During the accept grace pod A still takes new work (endpoint propagation).
+  // During the accept grace pod A still takes new work (endpoint propagation). The grace is 3 s: spawning
+  // the CLI and the checks above took more than 1 s on a loaded machine, and the upgrade below was refused.
   const late = await connect(`ws://127.0.0.1:${a.httpPort}/chat`)
   t.pass('a WebSocket upgrade during the accept grace is accepted')
   const duringGrace = await get(a.httpPort, '/fast')
@@ -226,7 +227,7 @@ t.test('a second SIGTERM shortens the drain (a 60 s grace and deadline); exit 0'
   t.equal(await closedCode(c), 1012, 'the session was migrated (1012)')
 })
 
-t.test('idle keep-alive connections do not hold a drain: SIGTERM exits within 1.5 s (not uWS\'s 10 s idle timer), the request in flight is answered whole, the admin port is free at once', async (t) => {
+t.test('idle keep-alive connections do not hold a drain: SIGTERM exits well before uWS\'s 10 s idle timer, the request in flight is answered whole, the admin port is free at once', async (t) => {
   slowSeen = 0
   const api = await httpBackend(t, 300)
   const f = await startFerry(t, { upstreams: { api: { protocol: 'http', endpoints: [`127.0.0.1:${api}`] } }, routes: [{ match: { path: '/' }, upstream: 'api' }] })
@@ -251,13 +252,15 @@ t.test('idle keep-alive connections do not hold a drain: SIGTERM exits within 1.
   const code = await exited
   const ms = Date.now() - t0
   t.equal(code, 0, 'exit 0')
-  t.ok(ms < 1500, `the process exited ${ms} ms after SIGTERM (bound 1500 ms; the slow request takes 300 ms, uWS's idle timer 10 s)`)
+  // The bound only has to tell the drain's close from uWS's 10 s idle timer; on an idle machine it is
+  // about 400 ms, on a loaded CI machine it was seen at 3.4 s.
+  t.ok(ms < 5000, `the process exited ${ms} ms after SIGTERM (bound 5000 ms; the slow request takes 300 ms, uWS's idle timer 10 s)`)
   const free = createNetServer()
   const bound = await new Promise<boolean>((resolve) => { free.once('error', () => { resolve(false) }); free.listen(f.adminPort, '127.0.0.1', () => { resolve(true) }) })
   free.close()
   t.ok(bound, `the admin port ${f.adminPort} can be bound right after the exit`)
   t.match(busy.text(), /^HTTP\/1\.1 200 OK\r\n[^]*\r\nconnection: close\r\n[^]*\r\n\r\nok \/slow$/i, 'the request in flight got its whole response, with Connection: close')
-  for (const c of idle) t.ok(await c.closedAt - t0 < 1500, 'an idle keep-alive connection was closed by the drain (within 1500 ms of SIGTERM)')
+  for (const c of idle) t.ok(await c.closedAt - t0 < 5000, 'an idle keep-alive connection was closed by the drain (within 5 s of SIGTERM, not after uWS\'s 10 s idle timer)')
 })
 
 t.test('SIGTERM during start-up: the gateway finishes starting, drains and exits 0', async (t) => {
