@@ -317,3 +317,45 @@ t.test('console: an endpoint\'s Drain button drains it with the admin token (its
   await page.getByRole('button', { name: `Drain legacy ${a}` }).waitFor({ state: 'visible', timeout: WAIT_MS })
   t.pass('and its button is Drain again')
 })
+
+t.test('console: a pod with gateway.workers 2 shows each worker; a killed worker is shown restarted, its exit named', async (t) => {
+  const api = await startBackend(t, (_req, res) => { res.end('ok') })
+  const f = await startFerry(t, {
+    gateway: { workers: 2, workerHangMs: 3000 },
+    upstreams: { api: { protocol: 'http', endpoints: [api.address] } },
+    routes: [{ match: { path: '/' }, upstream: 'api' }],
+    admin: { token: TOKEN, console: { intervalMs: 250 } },
+    logging: { level: 'info', accessLog: false },
+  }, { timeoutMs: 60_000 })
+  const browser = await launch(t)
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1100 } })
+  screenshotOnFailure(t, page, 'workers')
+  await login(page, f)
+  const cell = (worker: number, col: number): string => `#workers tbody tr[data-worker="${worker}"] td:nth-child(${col})`
+  await waitText(page, '#workers-summary', (s) => s.startsWith('2 workers on '), 'the workers summary')
+  for (const w of [0, 1]) await waitText(page, cell(w, 3), (s) => s === 'running', `worker ${w} running`)
+  t.pass('the Workers card lists both workers, running')
+  const pid = Number(await waitText(page, cell(1, 2), (s) => /^\d+$/.test(s), 'worker 1\'s pid'))
+  // Reaped on teardown in case the pod is gone before it restarts.
+  t.teardown(() => { try { process.kill(pid, 'SIGKILL') } catch { /* gone */ } })
+  process.kill(pid, 'SIGKILL')
+  await waitText(page, cell(1, 7), (s) => s === '1', 'worker 1 restarted once')
+  const exit = await waitText(page, cell(1, 8), (s) => s.startsWith('crash'), 'worker 1\'s last exit')
+  t.match(exit, /^crash \(SIGKILL\) at /, `its last exit is named: ${exit}`)
+  const newPid = await waitText(page, cell(1, 2), (s) => /^\d+$/.test(s) && Number(s) !== pid, 'worker 1\'s new pid')
+  await waitText(page, cell(1, 3), (s) => s === 'running', 'worker 1 running again')
+  t.pass(`worker 1 runs again as pid ${newPid}`)
+  await waitText(page, '#workers-summary', (s) => s.includes('· 1 restarts'), 'the pod\'s restart count')
+  t.equal(await f.stop(), 0, 'the pod stops with 0')
+})
+
+t.test('console: a single-process gateway shows no Workers card', async (t) => {
+  const api = await startBackend(t, (_req, res) => { res.end('ok') })
+  const f = await startFerry(t, { upstreams: { api: { protocol: 'http', endpoints: [api.address] } }, routes: [{ match: { path: '/' }, upstream: 'api' }], admin: { token: TOKEN, console: { intervalMs: 250 } } })
+  const browser = await launch(t)
+  const page = await browser.newPage()
+  screenshotOnFailure(t, page, 'no-workers')
+  await login(page, f)
+  await waitText(page, '#sessions-total', (s) => s === '0', 'the overview filled in')
+  t.equal(await page.locator('#workers-card').isVisible(), false, 'no Workers card')
+})

@@ -246,6 +246,7 @@ function render (s) {
   renderCharts()
   renderDrain(s.drain)
   renderConfig(s.config)
+  renderWorkers(s.pod, s.workers)
   renderPods(s.pods)
   renderUpstreams(s.upstreams ?? [])
   renderRoutes(s)
@@ -277,6 +278,24 @@ function renderConfig (cfg) {
     state.lastReloadAt = key
     $('config-errors').replaceChildren(...(last?.errors ?? []).map((e) => el('li', null, e)))
   }
+}
+
+/** A pod with gateway.workers above 1: its worker processes (a single-process gateway has none). */
+function renderWorkers (pod, workers) {
+  $('workers-card').hidden = workers === undefined
+  if (workers === undefined) return
+  text('workers-summary', `${pod.workers} workers on ${pod.cores} cores · ${pod.restarts} restarts · a worker silent for ${pod.workerHangMs} ms is restarted`)
+  const exit = (x) => x === null ? '–' : `${x.reason} (${x.signal ?? `code ${x.code}`}) at ${when(x.at)}`
+  fillTable('workers', workers.map((w) => el('tr', { 'data-worker': String(w.index), 'data-state': w.state },
+    el('th', { scope: 'row' }, `#${w.index}`),
+    el('td', { class: 'num' }, w.pid ?? '–'),
+    el('td', null, w.state),
+    el('td', { class: 'num' }, w.clients?.webSocketSessions ?? '–'),
+    el('td', { class: 'num' }, w.clients?.httpRequestsInFlight ?? '–'),
+    el('td', { class: 'num' }, w.clients?.tcpConnections ?? '–'),
+    el('td', { class: 'num' }, w.restarts),
+    el('td', null, exit(w.lastExit)),
+    el('td', { class: 'num' }, w.heartbeatAgeMs === null ? '–' : `${w.heartbeatAgeMs} ms ago`))))
 }
 
 function renderPods (p) {
