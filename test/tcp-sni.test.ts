@@ -43,13 +43,13 @@ async function ask (s: TLSSocket, text: string): Promise<string> {
   })
 }
 
-async function rawExchange (port: number, bytes: Buffer | string | undefined, timeoutMs = 10_000): Promise<{ data: Buffer, ms: number }> {
+async function rawExchange (port: number, bytes: Buffer | string | undefined, timeoutMs = 10_000, end = false): Promise<{ data: Buffer, ms: number }> {
   const started = Date.now()
   return await new Promise((resolve, reject) => {
     const s = netConnect({ host: '127.0.0.1', port })
     const parts: Buffer[] = []
     const timer = setTimeout(() => { s.destroy(); reject(new Error(`still open after ${timeoutMs} ms`)) }, timeoutMs)
-    s.on('connect', () => { if (bytes !== undefined) s.write(bytes) })
+    s.on('connect', () => { if (bytes !== undefined) s.write(bytes); if (end) s.end() })
     s.on('data', (d: Buffer) => parts.push(d))
     s.on('error', () => {})
     s.on('close', () => { clearTimeout(timer); resolve({ data: Buffer.concat(parts), ms: Date.now() - started }) })
@@ -148,6 +148,22 @@ t.test('unknown names with no default, garbage and stalls: refused, counted, oth
   t.equal(s.a.accepted(), accepted + 1, 'of all these only the listed name reached a backend')
   t.equal(await ask(keep, 'after'), 'a:after', 'the connection opened before still works')
   t.ok(f.logs.some((l) => l.code === 'FERRY_ERR_TCP_SNI_UNKNOWN' && l.level === 40), 'refusals are logged as warnings')
+})
+
+t.test('a connection that closes without sending a byte is a health probe: closed quietly, counted as probe', async (t) => {
+  const s = await setup(t)
+  const f = s.ferry
+  const bad = await closed(f, 'sni', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO')
+  const warns = f.logs.filter((l) => l.level === 40).length
+  const probe = await rawExchange(s.port, undefined, 5000, true)
+  t.equal(probe.data.length, 0, 'connect then FIN: nothing sent back')
+  await waitFor('the probe counted as reason="probe"', async () => await closed(f, 'sni', 'probe') === 1)
+  t.equal(await closed(f, 'sni', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO'), bad, 'not as a bad ClientHello')
+  t.equal(f.logs.filter((l) => l.level === 40).length, warns, 'and not warned about')
+  t.equal(s.a.accepted(), 0, 'no backend was connected')
+  await rawExchange(s.port, Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]), 5000, true)
+  await waitFor('a ClientHello cut short counted as bad input', async () => await closed(f, 'sni', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO') === bad + 1)
+  t.equal(await closed(f, 'sni', 'probe'), 1, 'and not as a probe')
 })
 
 t.test('a reload changes the routes in place', async (t) => {
