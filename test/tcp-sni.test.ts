@@ -188,6 +188,43 @@ t.test('a reload changes the routes in place', async (t) => {
   t.equal(await ask(open, 'still'), 'a:still', 'the connection routed before the reload keeps its backend')
 })
 
+t.test('a pod of 2 workers routes by SNI on a shared port; /metrics sums the workers\' routing counts', async (t) => {
+  const pki = await makePki(t)
+  const a = await tlsBackend(t, pki, 'a', 'DNS:a.test', 'AA01')
+  const b = await tlsBackend(t, pki, 'b', 'DNS:*.b.test', 'BB01')
+  const d = await tlsBackend(t, pki, 'd', 'DNS:d.test', 'DD01')
+  const f = await startFerry(t, {
+    gateway: { workers: 2, workerHangMs: 3000 },
+    listen: { tcp: [{ name: 'sni', host: '127.0.0.1', port: 0, upstream: 'd', sniRoutes: [{ serverNames: ['a.test'], upstream: 'a' }, { serverNames: ['*.b.test'], upstream: 'b' }] }] },
+    upstreams: { a: { protocol: 'tcp', endpoints: [a.address] }, b: { protocol: 'tcp', endpoints: [b.address] }, d: { protocol: 'tcp', endpoints: [d.address] }, api: { protocol: 'http', endpoints: ['127.0.0.1:9'] } },
+    routes: [{ upstream: 'api' }],
+    logging: { level: 'info', accessLog: false },
+  }, { timeoutMs: 60_000 })
+  // The workers are child processes of the pod: killed at teardown whatever happens to the control plane.
+  const pids = new Set<number>()
+  t.teardown(() => { for (const pid of pids) { try { process.kill(pid, 'SIGKILL') } catch {} } })
+  await waitFor('2 workers running', async () => {
+    const ws = (await adminStatus(f)).workers as Array<{ pid: number | null, state: string }>
+    for (const w of ws) if (w.pid !== null) pids.add(w.pid)
+    return ws.length === 2 && ws.every((w) => w.state === 'running')
+  }, 30_000, 100)
+  const port = tcpPort(f, 'sni')
+  const names: Array<[string, string, string]> = [['a.test', 'AA01', 'a'], ['x.b.test', 'BB01', 'b'], ['d.test', 'DD01', 'd']]
+  for (let i = 0; i < 9; i++) {
+    const [name, serial, backend] = names[i % 3]!
+    const c = await tlsOpen(t, port, pki.ca, name)
+    t.equal(c.getPeerCertificate().serialNumber, serial, `connection ${i} (SNI ${name}): the client verifies backend ${backend}'s own certificate`)
+    t.equal(await ask(c, `c${i}`), `${backend}:c${i}`, `and exchanges bytes with backend ${backend}`)
+  }
+  const per = await waitFor('both workers to hold connections', async () => {
+    const ws = (await adminStatus(f)).workers as Array<{ clients: { tcpConnections: number } | null }>
+    const n = ws.map((w) => w.clients?.tcpConnections ?? 0)
+    return n.every((x) => x > 0) && n.reduce((x, y) => x + y, 0) === 9 ? n : undefined
+  }, 10_000, 200)
+  t.pass(`the 9 connections are spread over both workers (${per.join(' + ')})`)
+  for (const u of ['a', 'b', 'd']) t.equal(await metric(f, `ferry_tcp_sni_routed_total{listener="sni",upstream="${u}"}`), 3, `the pod's /metrics: 3 routed to ${u}, summed over the workers`)
+})
+
 t.test('config errors name the field', async (t) => {
   const problems = (listener: Record<string, unknown>): string => {
     try {
