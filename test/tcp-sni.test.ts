@@ -1,11 +1,12 @@
 import { readFileSync, writeFileSync } from 'node:fs'
-import { connect as netConnect } from 'node:net'
+import { connect as netConnect, type Socket } from 'node:net'
 import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket } from 'node:tls'
 import t, { type Test } from 'tap'
 import { parse, stringify } from 'yaml'
 import { ConfigError, validateConfig } from '../src/config/load.js'
 import { adminStatus, metric, startFerry, tcpPort, waitFor, type FerryProcess } from './helpers/ferry.js'
 import { makePki, type Pki } from './helpers/pki.js'
+import { deadPort, startRawBackend } from './helpers/backend.js'
 
 /**
  * SNI routing without termination (listen.tcp[].sniRoutes, docs/tcp.md "Choosing the upstream by SNI"):
@@ -28,14 +29,14 @@ async function tlsBackend (t: Test, pki: Pki, name: string, sans: string, serial
   return { address: `127.0.0.1:${(server.address() as { port: number }).port}`, accepted: () => accepted }
 }
 
-async function tlsOpen (t: Test, port: number, ca: string, servername: string | undefined, socket?: import('node:net').Socket): Promise<TLSSocket> {
+async function tlsOpen (t: Test, port: number, ca: string, servername: string | undefined, socket?: Socket): Promise<TLSSocket> {
   const s = tlsConnect({ host: '127.0.0.1', port, ...(socket !== undefined ? { socket } : {}), ...(servername !== undefined ? { servername, ca: readFileSync(ca) } : { rejectUnauthorized: false }) })
   t.teardown(() => { s.destroy() })
   await new Promise<void>((resolve, reject) => { s.once('secureConnect', resolve); s.once('error', reject) })
   return s
 }
 
-async function ask (s: TLSSocket, text: string): Promise<string> {
+async function ask (s: Socket, text: string): Promise<string> {
   return await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no answer to ${text}`)), 5000)
     s.once('data', (d: Buffer) => { clearTimeout(timer); resolve(d.toString()) })
@@ -43,13 +44,13 @@ async function ask (s: TLSSocket, text: string): Promise<string> {
   })
 }
 
-async function rawExchange (port: number, bytes: Buffer | string | undefined, timeoutMs = 10_000): Promise<{ data: Buffer, ms: number }> {
+async function rawExchange (port: number, bytes: Buffer | string | undefined, timeoutMs = 10_000, end = false): Promise<{ data: Buffer, ms: number }> {
   const started = Date.now()
   return await new Promise((resolve, reject) => {
     const s = netConnect({ host: '127.0.0.1', port })
     const parts: Buffer[] = []
     const timer = setTimeout(() => { s.destroy(); reject(new Error(`still open after ${timeoutMs} ms`)) }, timeoutMs)
-    s.on('connect', () => { if (bytes !== undefined) s.write(bytes) })
+    s.on('connect', () => { if (bytes !== undefined) s.write(bytes); if (end) s.end() })
     s.on('data', (d: Buffer) => parts.push(d))
     s.on('error', () => {})
     s.on('close', () => { clearTimeout(timer); resolve({ data: Buffer.concat(parts), ms: Date.now() - started }) })
@@ -150,6 +151,22 @@ t.test('unknown names with no default, garbage and stalls: refused, counted, oth
   t.ok(f.logs.some((l) => l.code === 'FERRY_ERR_TCP_SNI_UNKNOWN' && l.level === 40), 'refusals are logged as warnings')
 })
 
+t.test('a connection that closes without sending a byte is a health probe: closed quietly, counted as probe', async (t) => {
+  const s = await setup(t)
+  const f = s.ferry
+  const bad = await closed(f, 'sni', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO')
+  const warns = f.logs.filter((l) => l.level === 40).length
+  const probe = await rawExchange(s.port, undefined, 5000, true)
+  t.equal(probe.data.length, 0, 'connect then FIN: nothing sent back')
+  await waitFor('the probe counted as reason="probe"', async () => await closed(f, 'sni', 'probe') === 1)
+  t.equal(await closed(f, 'sni', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO'), bad, 'not as a bad ClientHello')
+  t.equal(f.logs.filter((l) => l.level === 40).length, warns, 'and not warned about')
+  t.equal(s.a.accepted(), 0, 'no backend was connected')
+  await rawExchange(s.port, Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]), 5000, true)
+  await waitFor('a ClientHello cut short counted as bad input', async () => await closed(f, 'sni', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO') === bad + 1)
+  t.equal(await closed(f, 'sni', 'probe'), 1, 'and not as a probe')
+})
+
 t.test('a reload changes the routes in place', async (t) => {
   const s = await setup(t)
   const f = s.ferry
@@ -170,6 +187,98 @@ t.test('a reload changes the routes in place', async (t) => {
   t.equal(moved.getPeerCertificate().serialNumber, 'BB01', 'a.test now goes to backend b')
   t.equal((await adminStatus(f)).listeners.tcp.find((l: { name: string }) => l.name === 'sni').port, s.port, 'on the same bound port')
   t.equal(await ask(open, 'still'), 'a:still', 'the connection routed before the reload keeps its backend')
+})
+
+t.test('a pod of 2 workers routes by SNI on a shared port; /metrics sums the workers\' routing counts', async (t) => {
+  const pki = await makePki(t)
+  const a = await tlsBackend(t, pki, 'a', 'DNS:a.test', 'AA01')
+  const b = await tlsBackend(t, pki, 'b', 'DNS:*.b.test', 'BB01')
+  const d = await tlsBackend(t, pki, 'd', 'DNS:d.test', 'DD01')
+  const f = await startFerry(t, {
+    gateway: { workers: 2, workerHangMs: 3000 },
+    listen: { tcp: [{ name: 'sni', host: '127.0.0.1', port: 0, upstream: 'd', sniRoutes: [{ serverNames: ['a.test'], upstream: 'a' }, { serverNames: ['*.b.test'], upstream: 'b' }] }] },
+    upstreams: { a: { protocol: 'tcp', endpoints: [a.address] }, b: { protocol: 'tcp', endpoints: [b.address] }, d: { protocol: 'tcp', endpoints: [d.address] }, api: { protocol: 'http', endpoints: ['127.0.0.1:9'] } },
+    routes: [{ upstream: 'api' }],
+    logging: { level: 'info', accessLog: false },
+  }, { timeoutMs: 60_000 })
+  // The workers are child processes of the pod: killed at teardown whatever happens to the control plane.
+  const pids = new Set<number>()
+  t.teardown(() => { for (const pid of pids) { try { process.kill(pid, 'SIGKILL') } catch {} } })
+  await waitFor('2 workers running', async () => {
+    const ws = (await adminStatus(f)).workers as Array<{ pid: number | null, state: string }>
+    for (const w of ws) if (w.pid !== null) pids.add(w.pid)
+    return ws.length === 2 && ws.every((w) => w.state === 'running')
+  }, 30_000, 100)
+  const port = tcpPort(f, 'sni')
+  const names: Array<[string, string, string]> = [['a.test', 'AA01', 'a'], ['x.b.test', 'BB01', 'b'], ['d.test', 'DD01', 'd']]
+  for (let i = 0; i < 9; i++) {
+    const [name, serial, backend] = names[i % 3]!
+    const c = await tlsOpen(t, port, pki.ca, name)
+    t.equal(c.getPeerCertificate().serialNumber, serial, `connection ${i} (SNI ${name}): the client verifies backend ${backend}'s own certificate`)
+    t.equal(await ask(c, `c${i}`), `${backend}:c${i}`, `and exchanges bytes with backend ${backend}`)
+  }
+  const per = await waitFor('both workers to hold connections', async () => {
+    const ws = (await adminStatus(f)).workers as Array<{ clients: { tcpConnections: number } | null }>
+    const n = ws.map((w) => w.clients?.tcpConnections ?? 0)
+    return n.every((x) => x > 0) && n.reduce((x, y) => x + y, 0) === 9 ? n : undefined
+  }, 10_000, 200)
+  t.pass(`the 9 connections are spread over both workers (${per.join(' + ')})`)
+  for (const u of ['a', 'b', 'd']) t.equal(await metric(f, `ferry_tcp_sni_routed_total{listener="sni",upstream="${u}"}`), 3, `the pod's /metrics: 3 routed to ${u}, summed over the workers`)
+})
+
+t.test('turning tls or sniRoutes on or off on a kept listener rebinds it: same port, open connections go on, new ones get the new behaviour', async (t) => {
+  const pki = await makePki(t)
+  const a = await tlsBackend(t, pki, 'a', 'DNS:a.test', 'AA01')
+  const echo = await startRawBackend(t, (c) => { c.pipe(c) })
+  const pair = await pki.issue('l', 'DNS:l.test', 'CC01')
+  const port = await deadPort()
+  const f = await startFerry(t, {
+    listen: { tcp: [{ name: 'flip', host: '127.0.0.1', port, upstream: 'echo' }] },
+    upstreams: { echo: { protocol: 'tcp', endpoints: [echo.address] }, a: { protocol: 'tcp', endpoints: [a.address] }, api: { protocol: 'http', endpoints: ['127.0.0.1:9'] } },
+    routes: [{ upstream: 'api' }],
+    logging: { level: 'info', accessLog: false },
+  })
+  const file = f.child.spawnargs.at(-1)!
+  const started = parse(readFileSync(file, 'utf8'))
+  const reloadTo = async (extra: Record<string, unknown>, what: string): Promise<void> => {
+    writeFileSync(file, stringify({ ...started, listen: { ...started.listen, tcp: [{ ...started.listen.tcp[0], ...extra }] } }))
+    const r = await (await fetch(`${f.adminUrl}/reload`, { method: 'POST' })).json() as { result: string }
+    t.equal(r.result, 'ok', `${what}: the reload is taken`)
+    t.equal((await adminStatus(f)).listeners.tcp.find((l: { name: string }) => l.name === 'flip').port, port, 'bound again on the same port')
+  }
+  const plainOpen = async (): Promise<Socket> => {
+    const c = netConnect({ host: '127.0.0.1', port })
+    t.teardown(() => { c.destroy() })
+    await new Promise<void>((resolve, reject) => { c.once('connect', resolve); c.once('error', reject) })
+    return c
+  }
+  const plain = await plainOpen()
+  t.equal(await ask(plain, 'p0'), 'p0', 'plain TCP before')
+
+  await reloadTo({ tls: { certFile: pair.cert, keyFile: pair.key } }, 'tls on')
+  const tls = await tlsOpen(t, port, pki.ca, 'l.test')
+  t.equal(tls.getPeerCertificate().serialNumber, 'CC01', 'a new connection gets the listener\'s certificate: TLS is terminated')
+  t.equal(await ask(tls, 't1'), 't1', 'and its plaintext reaches the plain echo backend')
+  const refused = await rawExchange(port, 'plain text')
+  t.notOk(refused.data.toString().includes('plain text'), 'a plain client is no longer relayed')
+  t.equal(await ask(plain, 'p1'), 'p1', 'the plain connection opened before goes on')
+
+  await reloadTo({}, 'tls off')
+  t.equal(await ask(await plainOpen(), 'p2'), 'p2', 'a new plain connection is relayed again')
+  t.equal(await ask(tls, 't2'), 't2', 'the TLS connection opened under tls goes on')
+
+  await reloadTo({ sniRoutes: [{ serverNames: ['a.test'], upstream: 'a' }] }, 'sniRoutes on')
+  const sni = await tlsOpen(t, port, pki.ca, 'a.test')
+  t.equal(sni.getPeerCertificate().serialNumber, 'AA01', 'a new connection naming a.test is passed through to backend a')
+  t.equal(await ask(sni, 's1'), 'a:s1', 'and talks to it')
+  const garbage = await rawExchange(port, 'plain text')
+  t.equal(garbage.data.length, 0, 'plain bytes are no ClientHello: closed without a byte back')
+  t.equal(await ask(plain, 'p3'), 'p3', 'the first plain connection still goes on')
+
+  await reloadTo({}, 'sniRoutes off')
+  t.equal(await ask(await plainOpen(), 'p4'), 'p4', 'a new plain connection is relayed to the listener\'s upstream again')
+  t.equal(await ask(sni, 's2'), 'a:s2', 'the connection routed by SNI keeps its backend')
+  t.equal(await ask(plain, 'p5'), 'p5', 'and the first one is still open')
 })
 
 t.test('config errors name the field', async (t) => {

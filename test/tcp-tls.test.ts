@@ -56,15 +56,15 @@ async function servedSerial (port: number, servername: string | undefined, extra
   return serial.stdout.trim().replace(/^serial=/, '').replace(/^0+/, '')
 }
 
-/** Opens a plain TCP connection, writes `bytes` (if any) and resolves once the peer closed: what it sent back, how it closed. */
-async function rawExchange (port: number, bytes: Buffer | string | undefined, timeoutMs = 10_000): Promise<{ data: Buffer, error: string | undefined, ms: number }> {
+/** Opens a plain TCP connection, writes `bytes` (if any), with `end` sends FIN, and resolves once the peer closed: what it sent back, how it closed. */
+async function rawExchange (port: number, bytes: Buffer | string | undefined, timeoutMs = 10_000, end = false): Promise<{ data: Buffer, error: string | undefined, ms: number }> {
   const started = Date.now()
   return await new Promise((resolve, reject) => {
     const s = netConnect({ host: '127.0.0.1', port })
     const parts: Buffer[] = []
     let error: string | undefined
     const timer = setTimeout(() => { s.destroy(); reject(new Error(`still open after ${timeoutMs} ms`)) }, timeoutMs)
-    s.on('connect', () => { if (bytes !== undefined) s.write(bytes) })
+    s.on('connect', () => { if (bytes !== undefined) s.write(bytes); if (end) s.end() })
     s.on('data', (d: Buffer) => parts.push(d))
     s.on('error', (e: NodeJS.ErrnoException) => { error = e.code ?? e.message })
     s.on('close', () => { clearTimeout(timer); resolve({ data: Buffer.concat(parts), error, ms: Date.now() - started }) })
@@ -231,6 +231,31 @@ t.test('bad input on the TLS port is closed, counted, and does not affect other 
   t.equal(await echo(fresh, 'fresh'), 'fresh', 'and new handshakes still succeed')
   t.ok(f.logs.some((l) => l.code === 'FERRY_ERR_TCP_TLS_HANDSHAKE' && l.level === 40 && typeof l.peer === 'string'), 'a handshake failure is logged as a warning with the peer address')
   t.equal(f.child.exitCode, null, 'the gateway is still running')
+})
+
+t.test('a connection that closes without sending a byte is a health probe: closed quietly, counted as probe', async (t) => {
+  const s = await setup(t)
+  const f = s.ferry
+  const hs = async (l: string): Promise<number> => await closed(f, l, 'FERRY_ERR_TCP_TLS_HANDSHAKE')
+  const before = { hs: await hs('tls'), px: await closed(f, 'px', 'FERRY_ERR_TCP_PROXY_HEADER'), warns: f.logs.filter((l) => l.level === 40).length }
+  const probe = await rawExchange(s.port, undefined, 5000, true)
+  t.equal(probe.data.length, 0, 'connect then FIN: nothing sent back')
+  await waitFor('the probe counted as reason="probe"', async () => await closed(f, 'tls', 'probe') === 1)
+  await rawExchange(s.pxPort, undefined, 5000, true)
+  await waitFor('a probe before the PROXY header counted as probe', async () => await closed(f, 'px', 'probe') === 1)
+  await rawExchange(s.pxPort, 'PROXY TCP4 198.51.100.1 127.0.0.1 40000 8883\r\n', 5000, true)
+  await waitFor('a PROXY header and no TLS byte counted as probe', async () => await closed(f, 'px', 'probe') === 2)
+  t.equal(await hs('tls'), before.hs, 'no handshake failure counted for them')
+  t.equal(await closed(f, 'px', 'FERRY_ERR_TCP_PROXY_HEADER'), before.px, 'nor a bad PROXY header')
+  t.equal(f.logs.filter((l) => l.level === 40).length, before.warns, 'and nothing warned about')
+  // Some bytes of a ClientHello, then FIN: still bad input.
+  await rawExchange(s.port, Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]), 5000, true)
+  await waitFor('a ClientHello cut short counted as a handshake failure', async () => await hs('tls') === before.hs + 1)
+  await rawExchange(s.pxPort, 'PROXY TCP4 198.51.100.1', 5000, true)
+  await waitFor('a PROXY header cut short counted as one', async () => await closed(f, 'px', 'FERRY_ERR_TCP_PROXY_HEADER') === before.px + 1)
+  t.equal(await closed(f, 'tls', 'probe'), 1, 'and not as a probe')
+  const c = await tlsOpen(t, s.port, s.pki.ca)
+  t.equal(await echo(c, 'after probes'), 'after probes', 'the listener serves on')
 })
 
 t.test('certificate rotation: reload and file watch; open connections keep theirs; a bad file is refused naming the field', async (t) => {

@@ -31,8 +31,12 @@ const UNRECOGNIZED_NAME_ALERT = Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02,
 /** One direction of the pipe: `open` until its source sent FIN and we forwarded it with end(). */
 type Direction = 'open' | 'ended'
 
-/** Why a connection ended: 'ok' or the error code (the `reason` label of ferry_tcp_closed_total). */
-export type CloseReason = 'ok' | FerryErrorCode
+/**
+ * Why a connection ended (the `reason` label of ferry_tcp_closed_total): 'ok', 'probe' (the client
+ * closed before sending a byte of the PROXY header, ClientHello or TLS handshake the listener waited
+ * for: a load balancer's TCP health check, not bad input), or the error code.
+ */
+export type CloseReason = 'ok' | 'probe' | FerryErrorCode
 
 /** What a connection needs from the listener that accepted it (the listener owns the shared state). */
 export interface ListenerContext {
@@ -103,9 +107,14 @@ export class TcpConnection implements ConnectOwner {
   private target: TcpTarget | undefined
   /** The client's socket: the accepted one, or the TLS socket over it once a handshake started (then the only one used). */
   private client: Socket
+  /** The accepted socket (its bytesRead counts what TLS read from it too). */
+  private readonly accepted: Socket
+  /** The accepted socket's bytesRead where the TLS handshake starts (bytes put back for TLS not included). */
+  private handshakeFrom = 0
 
   constructor (private readonly ctx: ListenerContext, client: Socket) {
     this.client = client
+    this.accepted = client
     this.clientIp = normalizeIp(client.remoteAddress ?? '')
     this.clientPort = client.remotePort
     this.destIp = client.localAddress === undefined ? undefined : normalizeIp(client.localAddress)
@@ -183,6 +192,7 @@ export class TcpConnection implements ConnectOwner {
     raw.removeListener('close', this.onClientClose)
     raw.removeListener('end', this.onClientEnd)
     raw.on('error', noop)
+    this.handshakeFrom = raw.bytesRead - (this.pending?.length ?? 0)
     if (this.pending !== undefined) { raw.unshift(this.pending); this.pending = undefined }
     let s: Socket
     try {
@@ -359,16 +369,20 @@ export class TcpConnection implements ConnectOwner {
   }
 
   private readonly onClientEnd = (): void => {
+    // A client that leaves without a byte of what we wait for is a TCP health check, not bad input.
     if (this.state === 'header') {
-      this.close('abort', 'FERRY_ERR_TCP_PROXY_HEADER', 'connection ended inside the PROXY header')
+      if (this.header.started) this.close('abort', 'FERRY_ERR_TCP_PROXY_HEADER', 'connection ended inside the PROXY header')
+      else this.close('abort', 'probe')
       return
     }
     if (this.state === 'handshake') {
-      this.close('abort', 'FERRY_ERR_TCP_TLS_HANDSHAKE', 'connection ended during the TLS handshake')
+      if (this.accepted.bytesRead > this.handshakeFrom) this.close('abort', 'FERRY_ERR_TCP_TLS_HANDSHAKE', 'connection ended during the TLS handshake')
+      else this.close('abort', 'probe')
       return
     }
     if (this.state === 'hello') {
-      this.close('abort', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO', 'connection ended inside the ClientHello')
+      if (this.pending !== undefined) this.close('abort', 'FERRY_ERR_TCP_SNI_CLIENT_HELLO', 'connection ended inside the ClientHello')
+      else this.close('abort', 'probe')
       return
     }
     if (this.state !== 'piping' && this.state !== 'connecting') return
@@ -467,7 +481,7 @@ export class TcpConnection implements ConnectOwner {
    */
   close (kind: 'flush' | 'abort', reason: CloseReason, detail = ''): void {
     if (this.state === 'closed') return
-    if (reason !== 'ok') this.ctx.report(this, reason, detail)
+    if (reason !== 'ok' && reason !== 'probe') this.ctx.report(this, reason, detail)
     if (kind === 'flush' && (this.state === 'piping' || this.state === 'closing')) {
       if (this.state === 'closing') return
       this.to('closing')
