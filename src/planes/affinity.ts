@@ -1,6 +1,6 @@
 import type { Logger } from 'pino'
 import type { AffinityRecord, AffinityState, AffinityStore, AffinityStoreStatus, ClaimResult } from '../affinity/index.js'
-import { ControlCalls } from './calls.js'
+import { CallUnanswered, ControlCalls } from './calls.js'
 
 /** The store operations a worker asks the control plane for. */
 export type AffinityCall =
@@ -42,7 +42,7 @@ export class PodAffinityStore implements AffinityStore {
     try {
       return await this.calls.call<T>((id) => { this.send(id, call) })
     } catch (err) {
-      if ((err as Error).message !== 'closed') {
+      if (!(err instanceof CallUnanswered && err.closed)) {
         if (this.current === 'ok') this.log.warn({ op: call.op, budgetMs: BUDGET_MS }, 'the control plane did not answer an affinity lookup in time: rendezvous hashing picks meanwhile')
         this.current = 'fallback'
       }

@@ -1,6 +1,11 @@
 /** A call on the control plane that got no answer within its budget (or the worker is closing). */
 export class CallUnanswered extends Error {
   override name = 'CallUnanswered'
+
+  /** `closed`: the worker is closing (nobody waits for answers); else the budget ran out. */
+  constructor (message: string, readonly closed = false) {
+    super(message)
+  }
 }
 
 /**
@@ -16,7 +21,7 @@ export class ControlCalls {
   constructor (readonly budgetMs: number) {}
 
   async call<T> (send: (id: number) => void): Promise<T> {
-    if (this.closed) throw new CallUnanswered('closed')
+    if (this.closed) throw new CallUnanswered('closed', true)
     const id = this.next++
     return await new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -40,6 +45,6 @@ export class ControlCalls {
 
   close (): void {
     this.closed = true
-    for (const [id, p] of this.pending) { clearTimeout(p.timer); this.pending.delete(id); p.reject(new CallUnanswered('closed')) }
+    for (const [id, p] of this.pending) { clearTimeout(p.timer); this.pending.delete(id); p.reject(new CallUnanswered('closed', true)) }
   }
 }

@@ -1,6 +1,6 @@
 import cluster, { type Worker } from 'node:cluster'
 import { hostname } from 'node:os'
-import { usableCores } from './cores.js'
+import { usableCores, type Cores } from './cores.js'
 import { fileURLToPath } from 'node:url'
 import type { Logger } from 'pino'
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client'
@@ -88,6 +88,8 @@ export class Pod {
   private readonly log: Logger
   private readonly source: (() => Config) | undefined
   private readonly count: number
+  /** What `auto` counted (the CPUs and the cgroup quota), read once at construction. */
+  private readonly cores: Cores
   private readonly slots: Slot[] = []
   private readonly locks: PortLock[] = []
   /** listen.http's port and redirectHttpPort as the workers bind them (port 0 is chosen once, here). */
@@ -121,7 +123,8 @@ export class Pod {
     this.log = opts.log
     this.state = new ProcessState(this.log, 'pod')
     this.source = opts.source
-    this.count = workerCount(opts.config)
+    this.cores = usableCores()
+    this.count = workerCount(opts.config, this.cores)
     this.stopped = new Promise((resolve) => { this.resolveStopped = resolve })
     this.metrics.configInfo.labels(this.cfg.gateway.id, VERSION).set(1)
     this.metrics.onCollect(() => { this.countWorkers() })
@@ -135,7 +138,7 @@ export class Pod {
   async start (): Promise<BoundPorts> {
     this.state.begin()
     const cfg = this.cfg
-    const cores = usableCores()
+    const cores = this.cores
     this.log.info({ workers: this.count, setting: cfg.gateway.workers, cores: cores.usable, cpus: cores.affinity, cpuQuota: cores.quota ?? 'none' }, 'starting the workers')
     if (this.count > cores.usable) this.log.warn({ workers: this.count, cores: cores.usable }, 'gateway.workers is more than the cores this process may use: the workers share them')
     const resume = resolveResumeSecret(cfg.resume)
@@ -606,7 +609,7 @@ export class Pod {
       pid: process.pid,
       listeners: { ...listeners, admin: { host: this.cfg.listen.admin.host, port: this.adminPort } },
       clients: { httpRequestsInFlight: this.sum((c) => c.httpRequestsInFlight), httpRequestsServed: this.sum((c) => c.httpRequestsServed), webSocketSessions: this.sum((c) => c.webSocketSessions), tcpConnections: this.sum((c) => c.tcpConnections) },
-      pod: { workers: this.count, cores: usableCores().usable, workerHangMs: this.cfg.gateway.workerHangMs, restarts: this.slots.reduce((n, s) => n + s.restarts, 0) },
+      pod: { workers: this.count, cores: this.cores.usable, workerHangMs: this.cfg.gateway.workerHangMs, restarts: this.slots.reduce((n, s) => n + s.restarts, 0) },
       workers: this.slots.map((s) => ({
         index: s.index,
         pid: s.worker?.process.pid ?? null,

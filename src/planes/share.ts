@@ -1,10 +1,10 @@
-import { usableCores } from './cores.js'
+import { usableCores, type Cores } from './cores.js'
 import type { Config } from '../config/load.js'
 
 /** `gateway.workers` as a count: `auto` is the cores this process may use (its CPUs, capped by a cgroup CPU quota). */
-export function workerCount (cfg: Pick<Config, 'gateway'>): number {
+export function workerCount (cfg: Pick<Config, 'gateway'>, cores: Cores = usableCores()): number {
   const w = cfg.gateway.workers
-  return w === 'auto' ? usableCores().usable : w
+  return w === 'auto' ? cores.usable : w
 }
 
 /** The pod-wide concurrency limits the control plane shares out between its workers as they need them. */
