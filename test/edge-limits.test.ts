@@ -1,6 +1,8 @@
 import t from 'tap'
-import { request, type IncomingMessage } from 'node:http'
+import { generateKeyPairSync } from 'node:crypto'
+import { createServer, request, type IncomingMessage, type Server } from 'node:http'
 import { connect as netConnect } from 'node:net'
+import { exportJWK, SignJWT } from 'jose'
 import WebSocket, { WebSocketServer } from 'ws'
 import { startBackend, httpConfig } from './helpers/backend.js'
 import { adminStatus, metric, startFerry, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
@@ -150,6 +152,67 @@ t.test('limits with auth: requests and upgrades refused by auth hold no concurre
   t.equal(handshakes, 1, 'the backend saw only the authenticated handshake')
   t.equal((await upgradeStatus(`ws://127.0.0.1:${f.httpPort}/ws`, good)).status, 429, 'a 2nd authenticated session of the same IP: 429')
   ws.close()
+  await waitFor('the tables to be empty again', async () => { const l = (await adminStatus(f)).limits; return l.wsSessions === 0 && l.httpInFlight === 0 })
+  t.pass('no slot leaked')
+})
+
+t.test('one admission order for requests and upgrades (src/front/admit.ts): the concurrency limit before the edge checks, so a check that waits holds a slot', async (t) => {
+  const b = await holding(t)
+  const server = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false })
+  await new Promise<void>((resolve) => server.once('listening', resolve))
+  let handshakes = 0
+  server.on('connection', (ws) => { handshakes++; ws.on('error', () => {}) })
+  t.teardown(async () => { for (const c of server.clients) c.terminate(); await new Promise((resolve) => server.close(resolve)) })
+  // A JWKS URL that answers only when told: the first token of a kid waits on it (jose fetches the set).
+  const pair = generateKeyPairSync('rsa', { modulusLength: 2048 })
+  const keys = [{ ...(await exportJWK(pair.publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' }]
+  const waiting: Array<() => void> = []
+  const jwks: Server = createServer((_req, res) => { waiting.push(() => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys }))) })
+  await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { jwks.closeAllConnections(); jwks.close() })
+  const f = await startFerry(t, {
+    upstreams: { api: { protocol: 'http', endpoints: [b.address] }, legacy: { protocol: 'ws', endpoints: [`127.0.0.1:${(server.address() as { port: number }).port}`] } },
+    routes: [{ match: { path: '/ws' }, upstream: 'legacy', auth: 'keys' }, { match: { path: '/idp' }, upstream: 'legacy', auth: 'idp' }, { match: { path: '/' }, upstream: 'api', auth: 'keys' }],
+    auth: {
+      policies: {
+        keys: { apiKey: { keys: [{ id: 'k1', key: 'the-good-key-0123456789' }] } },
+        idp: { jwt: { algorithms: ['RS256'], jwksUrl: `http://127.0.0.1:${(jwks.address() as { port: number }).port}/jwks.json`, jwksTimeoutMs: 10_000, jwksCooldownMs: 1 } },
+      },
+    },
+    limits: { maxRequestsInFlightPerIp: 1, maxWebSocketSessionsPerIp: 1, retryAfterSec: 3 },
+    logging: { accessLog: false },
+  })
+  const bad = { 'x-api-key': 'wrong-key' }
+  const good = { 'x-api-key': 'the-good-key-0123456789' }
+  // The client's one request slot and one session slot are taken by admitted ones.
+  const held = send(f, '/hold/1', good)
+  await waitFor('the admitted request held by the backend', () => b.held.length === 1)
+  const ws = new WebSocket(`ws://127.0.0.1:${f.httpPort}/ws`, { headers: good })
+  await new Promise<void>((resolve, reject) => { ws.once('open', () => resolve()).once('error', reject) })
+  // A request and an upgrade that both the limit and auth would refuse: the same stage answers both.
+  const r = await send(f, '/x', bad)
+  t.same([r.status, r.code, r.headers['retry-after']], [429, 'FERRY_ERR_PER_IP_LIMIT', '3'], 'a request with a wrong key past the per-IP limit: 429 from the limit (before auth)')
+  const u = await upgradeStatus(`ws://127.0.0.1:${f.httpPort}/ws`, bad)
+  t.same([u.status, u.headers['retry-after']], [429, '3'], 'an upgrade with a wrong key past the per-IP session limit: 429 from the limit too (it used to be auth\'s 401)')
+  t.match(u.body, /FERRY_ERR_PER_IP_LIMIT/, 'with the limit\'s code')
+  ws.close()
+  for (const release of b.held.splice(0)) release()
+  t.equal((await held).status, 200, 'the held request completes')
+  await waitFor('the session slot to be free', async () => (await adminStatus(f)).limits.wsSessions === 0)
+  // An upgrade whose token waits on the JWKS fetch holds the client's session slot meanwhile.
+  const token = await new SignJWT({ sub: 'u1' }).setProtectedHeader({ alg: 'RS256', kid: 'k1' }).setExpirationTime(Math.floor(Date.now() / 1000) + 300).sign(pair.privateKey)
+  const first = new WebSocket(`ws://127.0.0.1:${f.httpPort}/idp`, { headers: { authorization: `Bearer ${token}` } })
+  const opened = new Promise<void>((resolve, reject) => { first.once('open', () => resolve()).once('error', reject) })
+  await waitFor('the JWKS fetch of the first upgrade', () => waiting.length === 1)
+  t.equal((await adminStatus(f)).limits.wsSessions, 1, 'the upgrade waiting on auth holds the client\'s one session slot')
+  const second = await upgradeStatus(`ws://127.0.0.1:${f.httpPort}/idp`, { authorization: `Bearer ${token}` })
+  t.equal(second.status, 429, 'a 2nd upgrade of the client meanwhile: 429 at once, no 2nd check started')
+  t.equal(waiting.length, 1, 'and no 2nd JWKS fetch')
+  waiting.shift()!()
+  await opened
+  t.pass('the waiting upgrade opens once the key arrives')
+  t.equal(handshakes, 2, 'the backend saw the 2 admitted sessions only')
+  first.close()
   await waitFor('the tables to be empty again', async () => { const l = (await adminStatus(f)).limits; return l.wsSessions === 0 && l.httpInFlight === 0 })
   t.pass('no slot leaked')
 })

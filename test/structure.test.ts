@@ -117,6 +117,18 @@ t.test('outside src/upstream/, only the registry of upstream/ is imported', asyn
   t.same(reaching.sort(), [], 'the upstream kinds are built, kept on a reload and retired in upstream/registry.ts only (0 other imports)')
 })
 
+/** Calls that decide whether a request or upgrade is admitted: the pipeline's stages. */
+const ADMISSION_CALLS = /\brouter\.match\(|\.refusesIp\(|\.refusesOrigin\(|\btakeRequest\(|\btakeSession\(|\badmission\.take\(|\bedge\.guard\(|\bguard\.check\(/
+
+t.test('the HTTP and WebSocket fronts admit through one pipeline (src/front/admit.ts)', async (t) => {
+  const front = sources(join(SRC, 'front')).map((f) => relative(SRC, f))
+  t.ok(front.includes('front/admit.ts'), 'src/front/admit.ts exists')
+  const deciding = front.filter((f) => f !== 'front/admit.ts' && ADMISSION_CALLS.test(readFileSync(join(SRC, f), 'utf8')))
+  t.same(deciding, [], 'no other module of front/ routes, checks access, takes a concurrency slot or admission token, or runs the edge checks itself')
+  for (const f of ['front/http-front.ts', 'front/ws-front.ts']) t.match(readFileSync(join(SRC, f), 'utf8'), /this\.(deps\.)?admit\.(http|ws)\(/, `${f} asks the pipeline`)
+  t.ok(ADMISSION_CALLS.test('const r = table.router.match(host, path)') && ADMISSION_CALLS.test('limits.takeSession(ip)'), 'the pattern finds such a call')
+})
+
 t.test('the layer check finds a crossing', async (t) => {
   const g = new Map([['front/a.ts', ['upstream/x.ts', 'contracts/c.ts']], ['upstream/x.ts', ['contracts/c.ts']], ['tcp/l.ts', ['upstream/tcp/u.ts']], ['contracts/c.ts', []]])
   t.same(crossings(g), ['front/a.ts → upstream/x.ts', 'tcp/l.ts → upstream/tcp/u.ts'], 'front → upstream and tcp → upstream, not the contract imports')

@@ -2,11 +2,12 @@ import { randomBytes } from 'node:crypto'
 import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import type { Logger } from 'pino'
 import type { Config } from '../config/load.js'
-import { ERRORS, FerryError, isFerryError, toFerryError } from '../errors.js'
+import { ERRORS, toFerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
-import type { Admission as EdgeAdmission, BodyPolicy, HttpLifecycle, HttpTarget, Refusal } from '../contracts/http.js'
+import type { Admission as EdgeAdmission, BodyPolicy, ClientRequest, HttpLifecycle } from '../contracts/http.js'
 import { sendError } from '../net/error-response.js'
-import { applyAdmitted, refusalHeader, type Admitted } from '../edge/guard.js'
+import { applyAdmitted, type Admitted } from '../edge/guard.js'
+import { Admit, isRefused, type Refused } from './admit.js'
 import { readClientRequest, type RequestOptions } from './http-request.js'
 import { listen, type ListenSocket } from './listen.js'
 import type { Uws } from './uws.js'
@@ -60,6 +61,8 @@ export class HttpFront {
   readonly ws: WsFront
   /** Concurrency limits per client IP and gateway-wide (config `limits`), shared with the WebSocket front. */
   readonly limits: ConnectionLimits
+  /** The admission pipeline, shared with the WebSocket front. */
+  private readonly admit: Admit
   private table: RouteTable
   private readonly nextRequestId: () => string
 
@@ -81,8 +84,9 @@ export class HttpFront {
     this.internal = deps.metrics.httpErrors.labels('FERRY_ERR_INTERNAL', '')
     this.limits = new ConnectionLimits(deps.table.config.limits, deps.metrics)
     this.bodyPolicy = bodyPolicy(deps.table.config, this.limits)
+    this.admit = new Admit({ metrics: deps.metrics, log: deps.log, limits: this.limits, admission: deps.admission })
     // WebSocket behaviors first: their GET handlers yield non-upgrade requests to `any`.
-    this.ws = new WsFront(this.app, { uws: deps.uws, table: deps.table, log: deps.log, metrics: deps.metrics, admission: deps.admission, limits: this.limits, routes, proto: this.proto, gate: this.gate })
+    this.ws = new WsFront(this.app, { uws: deps.uws, table: deps.table, log: deps.log, metrics: deps.metrics, admit: this.admit, limits: this.limits, routes, proto: this.proto, gate: this.gate })
     routes((app) => { app.any('/*', (res, req) => this.onRequest(res, req)) })
   }
 
@@ -193,6 +197,7 @@ export class HttpFront {
     if (this.redirect !== undefined) (this.redirect.app as TemplatedApp & { close: () => void }).close()
   }
 
+  /** read → admit (src/front/admit.ts: route, access, kind, shape, limit, guard) → the upstream's exchange. */
   private onRequest (res: HttpResponse, req: HttpRequest): void {
     let requestId = ''
     try {
@@ -201,80 +206,49 @@ export class HttpFront {
       if (peer === '') return
       const creq = readClientRequest(req, this.reqOpts, peer)
       requestId = creq.requestId
-      const close = creq.close || this.deps.lifecycle.draining
-      // A refusal from here on is written while uWS still reads this request's head (sendError, atHead).
-      const atHead = (creq.contentLength ?? 0) > 0
       const table = this.table
-      const route = table.router.match(creq.host, creq.path)
-      if (route === undefined) {
-        this.noRoute.inc()
-        sendError(res, 404, new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${creq.host}${creq.path}`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, undefined, atHead)
-        return
-      }
-      // Access lists before anything else: a refused client costs no auth, limit or backend.
-      const denied = route.access?.refusesIp(creq.clientIp)
-      if (denied !== undefined) {
-        this.deps.metrics.accessDenied.labels(route.name, denied).inc()
-        sendError(res, 403, new FerryError('FERRY_ERR_ACCESS_DENIED', `route ${route.name} does not admit ${creq.clientIp}`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, undefined, atHead)
-        return
-      }
-      const ctx = table.upstreams.get(route.upstream)
-      if (ctx === undefined) {
-        // A ws/mux route: only upgrades belong here.
-        this.deps.metrics.httpErrors.labels('FERRY_ERR_UPGRADE_REQUIRED', route.upstream).inc()
-        sendError(res, 426, new FerryError('FERRY_ERR_UPGRADE_REQUIRED', `route ${route.name} takes WebSocket upgrades only`), requestId, this.reqOpts.requestIdHeader, close || creq.contentLength !== 0, ['upgrade', 'websocket'], atHead)
-        return
-      }
-      const maxBody = route.maxBodyBytes ?? table.config.http.maxBodyBytes
-      if (creq.contentLength !== undefined && creq.contentLength > maxBody) {
-        this.refuse(res, ctx, route, new FerryError('FERRY_ERR_BODY_TOO_LARGE', `request body of ${creq.contentLength} bytes exceeds maxBodyBytes ${maxBody}`), requestId, true, undefined, atHead)
-        return
-      }
-      // ---- edge: concurrency limits (src/edge/limits.ts); the exchange releases the slot when it ends ----
-      const refused = this.limits.takeRequest(creq.clientIp)
-      if (refused !== undefined) {
-        this.refuse(res, ctx, route, refused, requestId, close || creq.contentLength !== 0, this.limits.retryAfter, atHead)
-        return
-      }
-      const clientIp = creq.clientIp
-      const release = (): void => { this.limits.releaseRequest(clientIp) }
-      const size = { maxBytes: maxBody, bufferBytes: route.bufferBodyBytes ?? table.config.http.bufferBodyBytes }
-      const exchange = ctx.exchange(res, creq, route, size, this.bodyPolicy, release)
-      // ---- end edge ----
-      const guard = table.edge.guard(route)
+      const pass = this.admit.http(table, creq)
+      if (isRefused(pass)) { this.refuse(res, table, creq, pass); return }
+      const { route, upstream } = pass
+      const size = { maxBytes: pass.maxBody, bufferBytes: route.bufferBodyBytes ?? table.config.http.bufferBodyBytes }
+      // The exchange owns the concurrency slot from here: it calls `release` once when it ends.
+      const exchange = upstream.exchange(res, creq, route, size, this.bodyPolicy, pass.release)
+      const guard = this.admit.guardOf(table, route)
       if (guard === undefined) { exchange.start(); return }
-      // Auth and rate limits decide before anything goes upstream: synchronously when they can.
       const q = creq.target.indexOf('?')
       // HMAC signatures cover the target the client sent; everything else reads the canonical one.
-      const edgeReq = { method: creq.method, host: creq.host, target: creq.rawTarget, query: q === -1 ? '' : creq.target.slice(q + 1), headers: creq.headers, clientIp: creq.clientIp, hasBody: creq.chunked || (creq.contentLength ?? 0) > 0 }
-      const admission = (a: Admitted): EdgeAdmission => ({ headers: applyAdmitted(creq.headers, a), bodySha256: a.principal?.bodySha256 })
-      let verdict: Admitted | Promise<Admitted>
-      try {
-        verdict = guard.check(edgeReq)
-      } catch (err) {
+      const verdict = this.admit.guard(guard, route, { method: creq.method, host: creq.host, target: creq.rawTarget, query: q === -1 ? '' : creq.target.slice(q + 1), headers: creq.headers, clientIp: creq.clientIp, hasBody: creq.chunked || (creq.contentLength ?? 0) > 0 })
+      if (isRefused(verdict)) {
         // The exchange never started, so it will not release the concurrency slot itself.
-        release()
-        if (!isFerryError(err)) throw err
-        this.refuse(res, ctx, route, err, requestId, close || creq.contentLength !== 0, refusalHeader(err, guard.challenge), atHead)
+        pass.release()
+        this.refuse(res, table, creq, verdict)
         return
       }
-      exchange.start(verdict instanceof Promise
-        ? verdict.then(admission, (err: unknown): never => {
-          const ferr = toFerryError(err, 'edge check failed')
-          if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr }, 'edge check failed')
-          throw { err: ferr, header: refusalHeader(ferr, guard.challenge) } satisfies Refusal
-        })
-        : admission(verdict), guard.verifiesBody)
+      const admission = (a: Admitted): EdgeAdmission => ({ headers: applyAdmitted(creq.headers, a), bodySha256: a.principal?.bodySha256 })
+      const a = verdict.admitted
+      exchange.start(a instanceof Promise ? a.then(admission) : admission(a), verdict.verifiesBody)
     } catch (err) {
       this.onHandlerError(res, err, requestId)
     }
   }
 
-  /** A request refused before its exchange exists (size cap, concurrency limit, edge check): answered and counted on its route. */
-  private refuse (res: HttpResponse, ctx: HttpTarget, route: { readonly name: string }, err: FerryError, requestId: string, close: boolean, header?: readonly [string, string], atHead = false): void {
-    ctx.metrics.error(err.code)
-    ctx.metrics.requests(route.name, err.status)
-    sendError(res, err.status, err, requestId, this.reqOpts.requestIdHeader, close, header, atHead)
+  /**
+   * A request the pipeline refused before its exchange started: answered, and counted where its stage
+   * says (no route; a WebSocket-only route; else on the route's upstream). Written while uWS may still
+   * read the request's head (atHead), and the connection closes when body bytes are left unread.
+   */
+  private refuse (res: HttpResponse, table: RouteTable, creq: ClientRequest, r: Refused): void {
+    // A body too large is never read: the connection always closes after it.
+    const close = r.stage === 'shape' || creq.close || this.deps.lifecycle.draining || creq.contentLength !== 0
+    const atHead = (creq.contentLength ?? 0) > 0
+    if (r.stage === 'route') this.noRoute.inc()
+    else if (r.stage === 'kind') this.deps.metrics.httpErrors.labels(r.err.code, r.route!.upstream).inc()
+    else if (r.stage !== 'access') {
+      const ctx = table.upstreams.get(r.route!.upstream)!
+      ctx.metrics.error(r.err.code)
+      ctx.metrics.requests(r.route!.name, r.err.status)
+    }
+    sendError(res, r.err.status, r.err, creq.requestId, this.reqOpts.requestIdHeader, close, r.header, atHead)
   }
 
   private onHandlerError (res: HttpResponse, err: unknown, requestId: string): void {

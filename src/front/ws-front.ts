@@ -11,10 +11,10 @@ import { sendError } from '../net/error-response.js'
 import { canonicalTarget } from './target.js'
 import type { Uws } from './uws.js'
 import { ClientSession, flushOutboxes, RefusedClient, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
-import type { Admission } from '../drain/admission.js'
 import { readAffinityKey, type ResumeOffer, type TopicPublisher, type UpstreamLeg, type WsHandshake } from '../contracts/ws.js'
 import { parseResumeOffer, SUBPROTOCOL as FERRY_SUBPROTOCOL } from '../client/wire.js'
-import { applyAdmitted, RateLimited, refusalHeader, type Admitted } from '../edge/guard.js'
+import { applyAdmitted, type Admitted } from '../edge/guard.js'
+import { isRefused, type Admit, type Refused } from './admit.js'
 import { splitAsk, type SplitAsk } from '../routing/split.js'
 import { resolveClientIp } from '../edge/client-ip.js'
 import { CorkAnchor } from './cork-anchor.js'
@@ -27,7 +27,9 @@ export interface WsFrontDeps {
   readonly table: RouteTable
   readonly log: Logger
   readonly metrics: Metrics
-  readonly admission: Admission
+  /** The admission pipeline (shared with the HTTP front). */
+  readonly admit: Admit
+  /** The concurrency limits the pipeline takes session slots from: released here when a session ends. */
   readonly limits: ConnectionLimits
   /** Registers a route on every router of the app (a TLS front has one per SNI name); absent: the app's. */
   readonly routes?: (fn: (app: TemplatedApp) => void) => void
@@ -38,24 +40,6 @@ export interface WsFrontDeps {
 }
 
 const TOPIC_CHECK_BYTES = 64 * 1024
-
-const KEY_RE = /^[A-Za-z0-9+/]{22}==$/
-
-/** Connection names `upgrade`, Upgrade is `websocket`, and the key and version headers appear once each. */
-function isUpgradeRequest (raw: readonly string[]): boolean {
-  let keys = 0
-  let versions = 0
-  let connection = false
-  let upgrade = false
-  for (let i = 0; i < raw.length; i += 2) {
-    const k = raw[i]!
-    if (k === 'sec-websocket-key') keys++
-    else if (k === 'sec-websocket-version') versions++
-    else if (k === 'connection') connection ||= raw[i + 1]!.toLowerCase().split(',').some((c) => c.trim() === 'upgrade')
-    else if (k === 'upgrade') upgrade ||= raw[i + 1]!.trim().toLowerCase() === 'websocket'
-  }
-  return keys === 1 && versions === 1 && connection && upgrade
-}
 
 /**
  * The WebSocket half of the uWS front. uWS binds payload limit, idle timeout, compression and
@@ -169,14 +153,32 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     } catch { /* the client went away meanwhile */ }
   }
 
+  /**
+   * A refused upgrade, counted per route and code: an HTTP error response, or for a ferry/client client
+   * on a mux route past a rate (admission, a rate limit) an upgrade closed 1013 with the retry hint.
+   * `inCallback`: still inside uWS's upgrade callback (else the reply runs in the anchor's cork).
+   */
+  private refuse (res: HttpResponse, context: us_socket_context_t, key: string, requestId: string, r: Refused, inCallback: boolean): void {
+    if (r.close1013 === undefined) { this.fail(res, r.route?.name ?? '', r.err, requestId, r.header); return }
+    this.deps.metrics.wsUpgradeFailures.labels(r.route?.name ?? '', r.err.code).inc()
+    const reason = r.close1013
+    const upgrade = (): void => { res.upgrade<WsUserData>({ session: new RefusedClient(1013, reason) }, key, FERRY_SUBPROTOCOL, '', context) }
+    if (inCallback) upgrade()
+    else this.anchor.run(upgrade)
+  }
+
+  /** read → admit (src/front/admit.ts: route, access, kind, shape, rate, limit, guard) → open the upstream leg → upgrade. */
   private onUpgrade (res: HttpResponse, req: HttpRequest, context: us_socket_context_t): void {
     // A refused PROXY peer is closed before anything else: it gets no response.
     const peer = this.deps.gate.peer(res)
     if (peer === '') return
     // Everything from `req` is copied now: it is invalid after this function returns.
     let aborted = false
-    res.onAborted(() => { aborted = true; session?.abandon('client went away during the handshake') })
     let session: ClientSession | undefined
+    /** The session slot the pipeline took, while no session holds it (then `forget` releases it). */
+    let slot: (() => void) | undefined
+    const giveBack = (): void => { slot?.(); slot = undefined }
+    res.onAborted(() => { aborted = true; giveBack(); session?.abandon('client went away during the handshake') })
     const rawPath = req.getUrl()
     const rawQuery = req.getQuery() ?? ''
     const host = req.getHeader('host')
@@ -200,30 +202,6 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       if (rawPath.charCodeAt(0) !== 47 /* / */) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'request target must be origin-form (/path)')
       if (rawPath.includes('#') || rawQuery.includes('#')) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'a fragment (#) is not part of a request target')
       const { path, query } = canonicalTarget(rawPath, rawQuery, table.config.http.mergeSlashes)
-      const route = table.router.match(host, path)
-      if (route === undefined) throw new FerryError('FERRY_ERR_NO_ROUTE', `no route for ${host}${path}`)
-      // Access lists before anything else (addresses, then the browser's Origin: cross-site WebSocket hijacking).
-      const denied = route.access?.refusesIp(remoteAddress) ?? route.access?.refusesOrigin(origin)
-      if (denied !== undefined) {
-        this.deps.metrics.accessDenied.labels(route.name, denied).inc()
-        throw new FerryError('FERRY_ERR_ACCESS_DENIED', denied === 'ip' ? `route ${route.name} does not admit ${remoteAddress}` : `route ${route.name} does not admit WebSocket upgrades from origin ${origin.slice(0, 100)}`)
-      }
-      const upstream = table.wsUpstreams.get(route.upstream)
-      if (upstream === undefined) throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', `route ${route.name} does not take WebSocket upgrades`)
-      if (!KEY_RE.test(key) || version !== '13') throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', 'bad Sec-WebSocket-Key or Sec-WebSocket-Version (13 expected)')
-      // uWS 20.30 upgrades on a well-formed key alone; RFC 6455 §4.2.1 and §11.3.1 ask for more.
-      if (!isUpgradeRequest(raw)) throw new FerryError('FERRY_ERR_NOT_WEBSOCKET', 'a WebSocket handshake needs Connection: upgrade, Upgrade: websocket and exactly one Sec-WebSocket-Key and -Version')
-      const settings = route.websocket ?? DEFAULT_WS_SETTINGS
-      const headers: Record<string, string> = {}
-      for (let i = 0; i < raw.length; i += 2) {
-        const k = raw[i]!
-        if (k !== 'x-forwarded-for' && settings.forwardHeaders.includes(k)) headers[k] = headers[k] === undefined ? raw[i + 1]! : `${headers[k]}, ${raw[i + 1]!}`
-      }
-      headers['x-forwarded-for'] = client.forwardedFor
-      // A trusted proxy's own X-Forwarded-Proto goes on as it said it (it knows what the client used).
-      headers['x-forwarded-proto'] = xfp.length > 0 && this.trusted.size > 0 && this.trusted.contains(normalizeIp(peer)) ? xfp.join(', ') : this.deps.proto ?? 'http'
-      headers['x-forwarded-host'] = host
-      headers[table.config.http.requestIdHeader] = requestId
       // `ferry.*` offers are Ferry's own (ferry/client); the rest are the application's.
       let ferryClient = false
       let resume: ResumeOffer | undefined
@@ -235,28 +213,23 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         else if (t === FERRY_SUBPROTOCOL) ferryClient = true
         else resume ??= parseResumeOffer(t)
       }
-      // Admission control: past the handshake rate nothing is opened upstream; the client is told when
-      // to come back. A browser cannot read an HTTP status, so ferry/client clients get 101 + close 1013.
-      if (!this.deps.admission.take()) {
-        if (ferryClient && upstream.mode === 'mux') {
-          const ms = this.deps.admission.refuse('ws')
-          res.upgrade<WsUserData>({ session: new RefusedClient(1013, `retry-after-ms=${ms}`) }, key, FERRY_SUBPROTOCOL, '', context)
-        } else {
-          const ms = this.deps.admission.refuse('http')
-          this.fail(res, route.name, new FerryError('FERRY_ERR_ADMISSION', `new sessions are admitted at ${table.config.admission.handshakesPerSec}/s; retry in ${ms} ms`), requestId, ['retry-after', String(Math.ceil(ms / 1000))])
-        }
-        return
+      const pass = this.deps.admit.ws(table, { host, path, clientIp: remoteAddress, origin, raw, key, version, ferryClient })
+      if (isRefused(pass)) { this.refuse(res, context, key, requestId, pass, true); return }
+      slot = pass.release
+      const { route, upstream } = pass
+      const settings = route.websocket ?? DEFAULT_WS_SETTINGS
+      const headers: Record<string, string> = {}
+      for (let i = 0; i < raw.length; i += 2) {
+        const k = raw[i]!
+        if (k !== 'x-forwarded-for' && settings.forwardHeaders.includes(k)) headers[k] = headers[k] === undefined ? raw[i + 1]! : `${headers[k]}, ${raw[i + 1]!}`
       }
+      headers['x-forwarded-for'] = client.forwardedFor
+      // A trusted proxy's own X-Forwarded-Proto goes on as it said it (it knows what the client used).
+      headers['x-forwarded-proto'] = xfp.length > 0 && this.trusted.size > 0 && this.trusted.contains(normalizeIp(peer)) ? xfp.join(', ') : this.deps.proto ?? 'http'
+      headers['x-forwarded-host'] = host
+      headers[table.config.http.requestIdHeader] = requestId
       // Opens the session once the edge (auth, rate limits) let it through: synchronously when it can.
-      const proceed = (a: Admitted | undefined): void => {
-        // ---- edge: concurrency limits (src/edge/limits.ts); released when the session leaves `sessions` ----
-        // Taken once auth passed: a refused upgrade holds no session, so it never counts.
-        const refused = this.deps.limits.takeSession(remoteAddress)
-        if (refused !== undefined) {
-          this.fail(res, route.name, refused, requestId, this.deps.limits.retryAfter)
-          return
-        }
-        // ---- end edge ----
+      const open = (a: Admitted | undefined): void => {
         if (a !== undefined) {
           for (const h of a.strip) delete headers[h]
           for (let i = 0; i < a.add.length; i += 2) headers[a.add[i]!] = a.add[i + 1]!
@@ -279,6 +252,8 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         }
         const s = new ClientSession(hs, this.sessionCounters(route, upstream.mode), settings.compression !== 'off', this)
         session = s
+        // The session holds the slot from here: `forget` releases it.
+        slot = undefined
         this.sessions.add(s)
         upstream.open(hs, s).then((leg) => {
           if (aborted || s.state !== 'connecting') {
@@ -302,35 +277,21 @@ export class WsFront implements TopicPublisher, SessionRegistry {
           this.fail(res, route.name, ferr, requestId)
         })
       }
-      const guard = table.edge.guard(route)
-      if (guard === undefined) { proceed(undefined); return }
-      const refuse = (err: unknown): void => {
+      const guard = this.deps.admit.guardOf(table, route)
+      if (guard === undefined) { open(undefined); return }
+      const verdict = this.deps.admit.guard(guard, route, { method: 'GET', host, target: rawQuery === '' ? rawPath : `${rawPath}?${rawQuery}`, query, headers: raw, clientIp: remoteAddress, hasBody: false }, ferryClient && upstream.mode === 'mux')
+      if (isRefused(verdict)) { giveBack(); this.refuse(res, context, key, requestId, verdict, true); return }
+      const admitted = verdict.admitted
+      if (!(admitted instanceof Promise)) { open(admitted); return }
+      admitted.then((a) => {
         if (aborted) return
-        const ferr = toFerryError(err, 'edge check failed')
-        if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr, route: route.name }, 'edge check failed')
-        if (ferr instanceof RateLimited && ferryClient && upstream.mode === 'mux') {
-          // Like admission: a browser cannot read the 429, so ferry/client clients get 1013 and a hint.
-          this.deps.metrics.wsUpgradeFailures.labels(route.name, ferr.code).inc()
-          this.anchor.run(() => { res.upgrade<WsUserData>({ session: new RefusedClient(1013, `retry-after-ms=${ferr.retryAfterMs}`) }, key, FERRY_SUBPROTOCOL, '', context) })
-          return
-        }
-        this.fail(res, route.name, ferr, requestId, refusalHeader(ferr, guard.challenge))
-      }
-      let verdict: Admitted | Promise<Admitted>
-      try {
-        verdict = guard.check({ method: 'GET', host, target: rawQuery === '' ? rawPath : `${rawPath}?${rawQuery}`, query, headers: raw, clientIp: remoteAddress, hasBody: false })
-      } catch (err) {
-        refuse(err)
-        return
-      }
-      if (verdict instanceof Promise) {
-        verdict.then((a) => {
-          if (aborted) return
-          try { proceed(a) } catch (err) { refuse(err) }
-        }, refuse)
-      }
-      else proceed(verdict)
+        try { open(a) } catch (err) { giveBack(); this.refuse(res, context, key, requestId, { stage: 'guard', route, err: toFerryError(err, 'unexpected') }, false) }
+      }, (r: Refused) => {
+        giveBack()
+        if (!aborted) this.refuse(res, context, key, requestId, r, false)
+      })
     } catch (err) {
+      giveBack()
       const ferr = toFerryError(err, 'unexpected')
       if (ferr.code === 'FERRY_ERR_INTERNAL') this.deps.log.error({ err: ferr }, 'websocket upgrade failed')
       if (!aborted) this.fail(res, '', ferr, requestId)
