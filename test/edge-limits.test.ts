@@ -35,6 +35,16 @@ async function holding (t: Teardown): Promise<{ address: string, held: Array<() 
   return { address: b.address, held, xff }
 }
 
+/** A `ws` backend that counts the handshakes it accepted. */
+async function countingWsBackend (t: Teardown): Promise<{ address: string, readonly handshakes: number }> {
+  const server = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false })
+  await new Promise<void>((resolve) => server.once('listening', resolve))
+  let handshakes = 0
+  server.on('connection', (ws) => { handshakes++; ws.on('error', () => {}) })
+  t.teardown(async () => { for (const c of server.clients) c.terminate(); await new Promise((resolve) => server.close(resolve)) })
+  return { address: `127.0.0.1:${(server.address() as { port: number }).port}`, get handshakes () { return handshakes } }
+}
+
 t.test('http.trustedProxies: X-Forwarded-For from a trusted peer names the client; from others it is replaced', async (t) => {
   const b = await holding(t)
   const trusting = await startFerry(t, httpConfig([b.address], {}, { http: { trustedProxies: ['127.0.0.0/8'] } }))
@@ -88,7 +98,7 @@ t.test('limits.maxWebSocketSessionsPerIp 1 and maxWebSocketSessions 2: upgrades 
   server.on('connection', (ws, req) => { handshakes.push(req); ws.on('error', () => {}) })
   t.teardown(async () => { for (const c of server.clients) c.terminate(); await new Promise((resolve) => server.close(resolve)) })
   const f = await startFerry(t, {
-    upstreams: { legacy: { protocol: 'ws', endpoints: [`127.0.0.1:${(server.address() as { port: number }).port}`] } },
+    upstreams: { legacy: { protocol: 'ws', endpoints: [server.address] } },
     routes: [{ match: { path: '/ws' }, upstream: 'legacy' }],
     http: { trustedProxies: ['127.0.0.1'] },
     limits: { maxWebSocketSessionsPerIp: 1, maxWebSocketSessions: 2 },
@@ -123,13 +133,9 @@ t.test('limits.maxWebSocketSessionsPerIp 1 and maxWebSocketSessions 2: upgrades 
 
 t.test('limits with auth: requests and upgrades refused by auth hold no concurrency slot', async (t) => {
   const b = await holding(t)
-  const server = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false })
-  await new Promise<void>((resolve) => server.once('listening', resolve))
-  let handshakes = 0
-  server.on('connection', (ws) => { handshakes++; ws.on('error', () => {}) })
-  t.teardown(async () => { for (const c of server.clients) c.terminate(); await new Promise((resolve) => server.close(resolve)) })
+  const server = await countingWsBackend(t)
   const f = await startFerry(t, {
-    upstreams: { api: { protocol: 'http', endpoints: [b.address] }, legacy: { protocol: 'ws', endpoints: [`127.0.0.1:${(server.address() as { port: number }).port}`] } },
+    upstreams: { api: { protocol: 'http', endpoints: [b.address] }, legacy: { protocol: 'ws', endpoints: [server.address] } },
     routes: [{ match: { path: '/ws' }, upstream: 'legacy', auth: 'keys' }, { match: { path: '/' }, upstream: 'api', auth: 'keys' }],
     auth: { policies: { keys: { apiKey: { keys: [{ id: 'k1', key: 'the-good-key-0123456789' }] } } } },
     limits: { maxRequestsInFlightPerIp: 2, maxWebSocketSessionsPerIp: 1 },
@@ -149,7 +155,7 @@ t.test('limits with auth: requests and upgrades refused by auth hold no concurre
   const ws = new WebSocket(`ws://127.0.0.1:${f.httpPort}/ws`, { headers: good })
   await new Promise<void>((resolve, reject) => { ws.once('open', () => resolve()).once('error', reject) })
   t.pass('an authenticated upgrade opens after 3 refused ones (limit 1 per IP): refused upgrades held no session')
-  t.equal(handshakes, 1, 'the backend saw only the authenticated handshake')
+  t.equal(server.handshakes, 1, 'the backend saw only the authenticated handshake')
   t.equal((await upgradeStatus(`ws://127.0.0.1:${f.httpPort}/ws`, good)).status, 429, 'a 2nd authenticated session of the same IP: 429')
   ws.close()
   await waitFor('the tables to be empty again', async () => { const l = (await adminStatus(f)).limits; return l.wsSessions === 0 && l.httpInFlight === 0 })
@@ -158,11 +164,7 @@ t.test('limits with auth: requests and upgrades refused by auth hold no concurre
 
 t.test('one admission order for requests and upgrades (src/front/admit.ts): the concurrency limit before the edge checks, so a check that waits holds a slot', async (t) => {
   const b = await holding(t)
-  const server = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false })
-  await new Promise<void>((resolve) => server.once('listening', resolve))
-  let handshakes = 0
-  server.on('connection', (ws) => { handshakes++; ws.on('error', () => {}) })
-  t.teardown(async () => { for (const c of server.clients) c.terminate(); await new Promise((resolve) => server.close(resolve)) })
+  const server = await countingWsBackend(t)
   // A JWKS URL that answers only when told: the first token of a kid waits on it (jose fetches the set).
   const pair = generateKeyPairSync('rsa', { modulusLength: 2048 })
   const keys = [{ ...(await exportJWK(pair.publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' }]
@@ -171,7 +173,7 @@ t.test('one admission order for requests and upgrades (src/front/admit.ts): the 
   await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve))
   t.teardown(() => { jwks.closeAllConnections(); jwks.close() })
   const f = await startFerry(t, {
-    upstreams: { api: { protocol: 'http', endpoints: [b.address] }, legacy: { protocol: 'ws', endpoints: [`127.0.0.1:${(server.address() as { port: number }).port}`] } },
+    upstreams: { api: { protocol: 'http', endpoints: [b.address] }, legacy: { protocol: 'ws', endpoints: [server.address] } },
     routes: [{ match: { path: '/ws' }, upstream: 'legacy', auth: 'keys' }, { match: { path: '/idp' }, upstream: 'legacy', auth: 'idp' }, { match: { path: '/' }, upstream: 'api', auth: 'keys' }],
     auth: {
       policies: {
@@ -211,7 +213,7 @@ t.test('one admission order for requests and upgrades (src/front/admit.ts): the 
   waiting.shift()!()
   await opened
   t.pass('the waiting upgrade opens once the key arrives')
-  t.equal(handshakes, 2, 'the backend saw the 2 admitted sessions only')
+  t.equal(server.handshakes, 2, 'the backend saw the 2 admitted sessions only')
   first.close()
   await waitFor('the tables to be empty again', async () => { const l = (await adminStatus(f)).limits; return l.wsSessions === 0 && l.httpInFlight === 0 })
   t.pass('no slot leaked')
