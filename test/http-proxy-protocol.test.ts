@@ -413,7 +413,9 @@ t.test('v1+v2: untrusted peers, missing, malformed and slow headers are closed a
   t.equal(await refused(f, 'FERRY_ERR_TCP_PROXY_TIMEOUT'), 1, 'counted as FERRY_ERR_TCP_PROXY_TIMEOUT')
   // A TCP health check (connect, close, not a byte) is not bad input.
   await new Promise<void>((resolve) => { connect({ host: '127.0.0.1', port: f.httpPort, localAddress: LB }, function (this: Socket) { this.end() }).on('close', () => resolve()) })
-  t.equal(await refused(f, 'FERRY_ERR_TCP_PROXY_HEADER'), 5, 'a connection closed before its first byte (a TCP health check) is not counted')
+  t.equal(await refused(f, 'FERRY_ERR_TCP_PROXY_HEADER'), 5, 'a connection closed before its first byte (a TCP health check) is not counted as bad input')
+  await waitFor('the health check counted as reason="probe"', async () => await refused(f, 'probe') === 1)
+  t.pass('but as reason="probe" (as the TCP listeners count theirs)')
 
   // Another local process connecting straight to uWS's loopback port is not the reader: refused.
   const line = f.logs.find((l) => typeof l.uws === 'string')

@@ -22,20 +22,29 @@ type RefusalCode = Extract<FerryErrorCode, 'FERRY_ERR_TCP_PROXY_HEADER' | 'FERRY
 
 /** Counts and logs (rate-limited, with the peer) the connections the front refused for their PROXY header. */
 export class ProxyRefusals {
-  private readonly counters = new Map<RefusalCode, { inc: () => void }>()
+  private readonly counters = new Map<RefusalCode | 'probe', { inc: () => void }>()
   private readonly logBudget = new RateWindow(LOG_BUDGET_PER_SEC)
   private suppressed = 0
 
   constructor (private readonly log: Logger, private readonly metrics: Metrics) {}
 
   refused (code: RefusalCode, peer: string, detail: string): void {
-    let c = this.counters.get(code)
-    if (c === undefined) { c = this.metrics.tcpClosed.labels(FRONT_LISTENER, code); this.counters.set(code, c) }
-    c.inc()
+    this.count(code)
     if (this.logBudget.take(Date.now()) !== 0) { this.suppressed++; return }
     const suppressed = this.suppressed
     this.suppressed = 0
     this.log.warn({ listener: FRONT_LISTENER, code, peer, ...(suppressed > 0 ? { suppressed } : {}) }, detail)
+  }
+
+  /** A trusted peer that connected and left before its first byte: a TCP health check, counted as reason="probe" (as the TCP listeners do) and not logged. */
+  probe (): void {
+    this.count('probe')
+  }
+
+  private count (reason: RefusalCode | 'probe'): void {
+    let c = this.counters.get(reason)
+    if (c === undefined) { c = this.metrics.tcpClosed.labels(FRONT_LISTENER, reason); this.counters.set(reason, c) }
+    c.inc()
   }
 }
 

@@ -172,6 +172,11 @@ export class ProxyReader {
     this.deps.refusals.refused(code, peer, detail)
   }
 
+  /** A connection that ended before its first byte (a TCP health check). */
+  probe (): void {
+    this.deps.refusals.probe()
+  }
+
   pause (): void {
     if (this.state === 'listening') this.state = 'paused'
   }
@@ -245,7 +250,7 @@ class ProxiedConnection {
   private readonly onHeaderEnd = (): void => {
     // A trusted peer that connects and leaves without a byte is a TCP health check, not bad input.
     if (this.header.started) this.refuse('FERRY_ERR_TCP_PROXY_HEADER', 'connection ended inside the PROXY header')
-    else this.close()
+    else { this.reader.probe(); this.close() }
   }
 
   private readonly onClientClose = (): void => {
