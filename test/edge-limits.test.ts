@@ -98,7 +98,7 @@ t.test('limits.maxWebSocketSessionsPerIp 1 and maxWebSocketSessions 2: upgrades 
   server.on('connection', (ws, req) => { handshakes.push(req); ws.on('error', () => {}) })
   t.teardown(async () => { for (const c of server.clients) c.terminate(); await new Promise((resolve) => server.close(resolve)) })
   const f = await startFerry(t, {
-    upstreams: { legacy: { protocol: 'ws', endpoints: [server.address] } },
+    upstreams: { legacy: { protocol: 'ws', endpoints: [`127.0.0.1:${(server.address() as { port: number }).port}`] } },
     routes: [{ match: { path: '/ws' }, upstream: 'legacy' }],
     http: { trustedProxies: ['127.0.0.1'] },
     limits: { maxWebSocketSessionsPerIp: 1, maxWebSocketSessions: 2 },

@@ -193,8 +193,9 @@ t.test('bad resume input: forged, altered, expired, foreign and replayed tokens,
       other: { protocol: 'mux', endpoints: [`127.0.0.1:${backends[0]!.port}`] },
     },
     routes: [{ match: { path: '/chat' }, upstream: 'chat' }, { match: { path: '/other' }, upstream: 'other' }],
-    // Long enough for the steps between a token's issue and its replay (they start another pod), short enough to wait out.
-    resume: { tokenTtlMs: 4000 },
+    // Long enough for the steps between a token's issue and its replay (they start another pod: 4 s was
+    // seen to pass on a loaded machine running two test files at once), short enough to wait out.
+    resume: { tokenTtlMs: 10_000 },
   }), { env: ENV })
   const url = `ws://127.0.0.1:${a.httpPort}/chat`
   const first = await rawFerry(url)
@@ -247,10 +248,10 @@ t.test('bad resume input: forged, altered, expired, foreign and replayed tokens,
   k.client.ws.send('zzz')
   t.equal((await k.client.closed).code, 1002, 'an unknown ferry.v1 message kind closes the client 1002')
 
-  // Expired: wait out the 4 s token TTL.
+  // Expired: wait out the 10 s token TTL.
   const e = await rawFerry(url)
   e.client.ws.terminate()
-  await new Promise((r) => setTimeout(r, 4200))
+  await new Promise((r) => setTimeout(r, 10_200))
   const r5 = await rawFerry(url, `ferry.r.${String(e.welcome.token)}.0.0`)
   t.match(r5.welcome, { resumed: false, reason: 'expired' }, 'an expired token is refused (expired)')
   t.ok(await metric(a, 'ferry_resume_attempts_total{upstream="chat",outcome="invalid"}') >= 2, 'refusals are counted by reason')
