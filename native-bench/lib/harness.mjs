@@ -329,7 +329,7 @@ export async function startFerry (res, id, file, env, onLog, nodeFlags = []) {
       onLog?.(j)
     },
   })
-  await Promise.race([ready, pod.child.exited.then((x) => { throw new Error(`pod ${id} exited (${JSON.stringify(x)}) before listening: ${pod.child.stderrTail.lines.join('\n')}`) }), bound(15_000).then(() => { throw new Error(`pod ${id} did not start within 15 s`) })])
+  await Promise.race([ready, pod.child.exited.then((x) => { throw new Error(`pod ${id} exited (${JSON.stringify(x)}) before listening: ${pod.child.stderrTail.lines.join('\n')}`) }), bound(30_000).then(() => { throw new Error(`pod ${id} did not start within 30 s`) })])
   return pod
 }
 

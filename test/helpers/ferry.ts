@@ -64,7 +64,9 @@ export async function startFerry (t: Teardown, config: Record<string, unknown>, 
   const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => { exited = true; resolve(code) }))
   t.teardown(async () => { if (!exited) { child.kill('SIGKILL'); await exit } })
   const listening = new Promise<Record<string, unknown>>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`ferry did not start within ${opts.timeoutMs ?? 15000} ms; stderr: ${err}`)), opts.timeoutMs ?? 15000)
+    // Generous: a start timeout only detects a gateway that never comes up, and the suite runs two files at once.
+    const startMs = opts.timeoutMs ?? 30_000
+    const timer = setTimeout(() => reject(new Error(`ferry did not start within ${startMs} ms; stderr: ${err}`)), startMs)
     child.stdout!.setEncoding('utf8').on('data', (d: string) => {
       buf += d
       let nl
