@@ -1,7 +1,16 @@
 import t from 'tap'
 import { connect, type Socket } from 'node:net'
 import type { ServerResponse } from 'node:http'
+import { Writable } from 'node:stream'
+import pino from 'pino'
+import type { HttpResponse } from 'uWebSockets.js'
 import { canMove, isFinal, MOVES, type ExchangeState } from '../src/upstream/http/exchange-state.js'
+import { exchangeContext, HttpExchange } from '../src/upstream/http/exchange.js'
+import { upstreamMetrics } from '../src/upstream/http/metrics.js'
+import type { HttpUpstream } from '../src/upstream/http/pool.js'
+import { Metrics } from '../src/observability/metrics.js'
+import type { ClientRequest } from '../src/contracts/http.js'
+import type { Route } from '../src/routing/router.js'
 import { startBackend, httpConfig } from './helpers/backend.js'
 import { startFerry, adminStatus, metric, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
 
@@ -40,6 +49,27 @@ t.test('the transition table: forward along gated → buffering → waiting → 
     for (const s of STATES) t.notOk(canMove(end, s), `${end} → ${s} is refused`)
   }
   for (const s of STATES) t.equal(isFinal(s), !LIVE.includes(s), `${s} is ${LIVE.includes(s) ? 'live' : 'final'}`)
+})
+
+t.test('an illegal move is refused: the state stays, FERRY_ERR_INTERNAL is counted and logged, nothing is thrown', async (t) => {
+  const m = new Metrics()
+  const lines: string[] = []
+  const log = pino({ level: 'info' }, new Writable({ write (chunk: Buffer, _enc, cb) { lines.push(chunk.toString()); cb() } }))
+  // Nothing here reaches the response or the upstream's pool: `to` reads the upstream's name only.
+  const ctx = exchangeContext({
+    lifecycle: { draining: false, inFlight: 0, served: 0 }, upstream: { name: 'api' } as unknown as HttpUpstream,
+    metrics: upstreamMetrics(m, 'api'), log, accessLog: false, requestIdHeader: 'x-request-id', retryIdempotent: true,
+  })
+  const req: ClientRequest = { method: 'GET', target: '/', path: '/', rawTarget: '/', host: 'a', clientIp: '127.0.0.1', secure: false, requestId: 'r-1', headers: [], asciiHeaders: true, contentLength: 0, chunked: false, close: false }
+  const x = new HttpExchange(undefined as unknown as HttpResponse, req, { name: 'r' } as Route, ctx, { maxBytes: 0, bufferBytes: 0 })
+  t.doesNotThrow(() => { x.to('responding') }, 'gated → responding does not throw')
+  t.equal(x.state, 'gated', 'the state stays gated')
+  t.match(await m.render(), /^ferry_errors_total\{code="FERRY_ERR_INTERNAL",upstream="api"\} 1$/m, 'ferry_errors_total{code="FERRY_ERR_INTERNAL"} counts 1')
+  t.equal(lines.length, 1, 'one log line')
+  t.match(JSON.parse(lines[0]!), { level: 50, reqId: 'r-1', from: 'gated', to: 'responding' }, 'an error naming the request and the move')
+  x.to('waiting')
+  t.equal(x.state, 'waiting', 'a legal move (gated → waiting) is taken')
+  t.equal(lines.length, 1, 'and not logged')
 })
 
 interface Conn {
@@ -97,7 +127,8 @@ t.test('every exit of an exchange releases what it held exactly once, next to re
     req.on('end', () => res.end(`got ${n}`))
   })
   const f = await startFerry(t, httpConfig([backend.address], { pool: { maxConnections: 8 } }, {
-    http: { bufferBodyBytes: 16_384, maxBodyBytes: 262_144 },
+    // No minimum rate: the streamed witness drips as slowly as the buffered one.
+    http: { bufferBodyBytes: 16_384, maxBodyBytes: 262_144, minBodyRateBytesPerSec: 0 },
     limits: { maxRequestsInFlightPerIp: 4 },
   }))
   const limits = async (): Promise<{ httpInFlight: number, streamedBodies: number, bufferedBodyBytes: number }> => (await adminStatus(f)).limits
@@ -105,30 +136,43 @@ t.test('every exit of an exchange releases what it held exactly once, next to re
   const inFlight = async (): Promise<number> => await metric(f, 'ferry_client_requests_in_flight{kind="http"}')
 
   // Witnesses, all from 127.0.0.1 like the exits: a request held by the backend (a slot, a request
-  // count), a buffered body half sent (1,000 bytes charged), a streamed body under way (a slot, a stream count).
+  // count), a buffered body half sent (1,000 bytes charged), a streamed body under way (a slot, a stream
+  // count). Both bodies drip a byte a second, so neither meets http.bodyIdleMs (8 s) while the exits run.
   const w1 = open(t, f, get('/hold/1'))
   const w2 = open(t, f, post('/buffered', 2000))
   w2.write('b'.repeat(1000))
+  let w2Sent = 1000
   const w3 = open(t, f, post('/stream', 200_000))
   w3.write(Buffer.alloc(32 * 1024))
+  let w3Sent = 32 * 1024
+  const drip = setInterval(() => { w2.write('b'); w2Sent++; w3.write('s'); w3Sent++ }, 1000)
+  t.teardown(() => clearInterval(drip))
   await waitFor('the witnesses to hold their resources', async () => {
     const l = await limits()
-    return l.httpInFlight === 3 && l.bufferedBodyBytes === 1000 && l.streamedBodies === 1 && (await slots()) === 2
+    return l.httpInFlight === 3 && l.bufferedBodyBytes === w2Sent && l.streamedBodies === 1 && (await slots()) === 2
   })
-  t.pass('witnesses: 3 requests in flight, 1,000 body bytes buffered, 1 streamed body, 2 pool slots')
+  t.pass('witnesses: 3 requests in flight, their buffered body bytes charged, 1 streamed body, 2 pool slots')
 
   /** After an exit: everything is back to what the witnesses hold, exactly. */
   const settled = async (what: string): Promise<void> => {
-    await waitFor(`${what}: counts back to the witnesses'`, async () => (await inFlight()) === 3 && (await slots()) === 2 && (await limits()).httpInFlight === 3)
-    const l = await limits()
-    t.same([await inFlight(), await slots(), l.httpInFlight, l.bufferedBodyBytes, l.streamedBodies], [3, 2, 3, 1000, 1],
-      `${what}: requests in flight 3, slots 2, limit count 3, buffered bytes 1,000, streamed bodies 1 (none released twice, none kept)`)
+    const counts = async (): Promise<number[]> => {
+      const l = await limits()
+      return [await inFlight(), await slots(), l.httpInFlight, l.bufferedBodyBytes, l.streamedBodies]
+    }
+    let last: number[] = []
+    let want: number[] = []
+    await waitFor(`${what}: counts back to the witnesses'`, async () => {
+      want = [3, 2, 3, w2Sent, 1]
+      last = await counts()
+      return last.join() === want.join()
+    }).catch(() => {})
+    t.same(last, want, `${what}: requests in flight 3, slots 2, limit count 3, buffered bytes the witness's ${want[3]}, streamed bodies 1 (none released twice, none kept)`)
   }
 
   // 1. The client leaves while its buffered body arrives (buffering): its charge goes back.
   const a1 = open(t, f, post('/buffered-gone', 4000))
   a1.write('x'.repeat(3000))
-  await waitFor('3,000 more bytes to be charged', async () => (await limits()).bufferedBodyBytes === 4000)
+  await waitFor('3,000 more bytes to be charged', async () => (await limits()).bufferedBodyBytes === w2Sent + 3000)
   a1.socket.destroy()
   await settled('client gone while buffering')
 
@@ -194,8 +238,9 @@ t.test('every exit of an exchange releases what it held exactly once, next to re
   t.equal(status(p2), 429, 'the 5th request of 127.0.0.1 is refused 429 (maxRequestsInFlightPerIp 4): every exit released its count once')
 
   // The witnesses finish normally, and everything is released.
-  w2.write('b'.repeat(1000))
-  w3.write(Buffer.alloc(200_000 - 32 * 1024))
+  clearInterval(drip)
+  w2.write('b'.repeat(2000 - w2Sent))
+  w3.write(Buffer.alloc(200_000 - w3Sent))
   for (const r of held) r.end('released')
   await waitFor('the witnesses and the probe to be answered', () => [w1, w2, w3, p1].every((c) => status(c) === 200))
   t.match(w2.text, /got 2000$/, 'the buffered witness went upstream whole (2,000 bytes)')
