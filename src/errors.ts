@@ -84,7 +84,7 @@ export const ERRORS = {
   FERRY_ERR_RATE_LIMITED: { status: 429, description: 'A rate limit policy of the route ran out for this key (IP, claim or header): 429 with Retry-After; ferry/client WebSocket clients are closed 1013 with a retry-after-ms hint.' },
   FERRY_ERR_RATE_LIMIT_UNAVAILABLE: { status: 503, description: 'A cluster-wide rate limit could not be checked (Redis down or slower than rateLimits.redis.timeoutMs) and rateLimits.redis.failMode is closed.' },
   FERRY_ERR_WS_MESSAGE_RATE: { status: 0, description: 'A WebSocket client sent messages faster than the route\'s websocket.messageRate; it was closed 1008.' },
-  FERRY_ERR_INTERNAL: { status: 500, description: 'A bug in Ferry; the request is answered 500 and the process keeps running.' },
+  FERRY_ERR_INTERNAL: { status: 500, description: 'A bug in Ferry; the request is answered 500 and the process keeps running. Also counted, with no answer of its own, when an HTTP exchange refuses a state move its table does not allow (the request goes on in the state it had).' },
   // Service discovery and health checks (docs/discovery.md).
   FERRY_ERR_NO_HEALTHY_ENDPOINT: { status: 503, description: 'No endpoint of the upstream is healthy (all ejected or failing health checks) and its whenAllUnhealthy is fail, or its source (dns, registry) found no endpoints, or the operator drains every one of them: refused at once (HTTP 503 with Retry-After, upgrade 503, TCP connection closed).' },
   // Endpoint drain and admin states (docs/endpoint-drain.md).

@@ -89,3 +89,12 @@ t.test('ferry_upstream_response_seconds through upstreamMetrics: counted once fl
   flushHttpMetrics(m)
   t.match(await m.render(), /^ferry_upstream_response_seconds_count\{upstream="api"\} 5$/m, 'count 5 after another flush')
 })
+
+t.test('ferry_client_requests_in_flight through upstreamMetrics: a request that ends with none started since the last scrape moves the gauge too', async (t) => {
+  const m = new Metrics()
+  const um = upstreamMetrics(m, 'api')
+  um.inFlight(1)
+  t.match(await m.render(), /^ferry_client_requests_in_flight\{kind="http"\} 1$/m, 'one started: 1')
+  um.inFlight(-1)
+  t.match(await m.render(), /^ferry_client_requests_in_flight\{kind="http"\} 0$/m, 'it ended, nothing started since: 0 (was stuck at 1)')
+})

@@ -49,7 +49,8 @@ class HttpCounts {
   flush (): void {
     const m = this.m
     this.latency.flush()
-    if (this.started) { m.httpInFlight.labels('http').inc(this.inFlight); this.inFlight = 0; this.started = false }
+    // An ended request alone (-1, nothing started since the last flush) moves the gauge too.
+    if (this.started || this.inFlight !== 0) { m.httpInFlight.labels('http').inc(this.inFlight); this.inFlight = 0; this.started = false }
     if (this.bytesIn > 0) { m.bytes.labels('request', this.upstream).inc(this.bytesIn); this.bytesIn = 0 }
     if (this.bytesOut > 0) { m.bytes.labels('response', this.upstream).inc(this.bytesOut); this.bytesOut = 0 }
     for (const byStatus of this.requests.values()) {
