@@ -114,7 +114,7 @@ export class Admit {
   /** Stages route → limit of a plain HTTP request (it has no `rate` stage). */
   http (table: RouteTable, ask: HttpAsk): HttpPass | Refused {
     const route = this.route(table, ask, undefined)
-    if ('stage' in route) return route
+    if (isRefused(route)) return route
     const upstream = table.upstreams.get(route.upstream)
     if (upstream === undefined) return { stage: 'kind', route, err: new FerryError('FERRY_ERR_UPGRADE_REQUIRED', `route ${route.name} takes WebSocket upgrades only`), header: ['upgrade', 'websocket'] }
     const maxBody = route.maxBodyBytes ?? table.config.http.maxBodyBytes
@@ -129,7 +129,7 @@ export class Admit {
   /** Stages route → limit of a WebSocket upgrade. */
   ws (table: RouteTable, ask: WsAsk): WsPass | Refused {
     const route = this.route(table, ask, ask.origin)
-    if ('stage' in route) return route
+    if (isRefused(route)) return route
     const upstream = table.wsUpstreams.get(route.upstream)
     if (upstream === undefined) return { stage: 'kind', route, err: new FerryError('FERRY_ERR_NOT_WEBSOCKET', `route ${route.name} does not take WebSocket upgrades`) }
     if (!KEY_RE.test(ask.key) || ask.version !== '13') return { stage: 'shape', route, err: new FerryError('FERRY_ERR_NOT_WEBSOCKET', 'bad Sec-WebSocket-Key or Sec-WebSocket-Version (13 expected)') }
