@@ -456,8 +456,9 @@ export class ClientSide {
       this.pending = undefined
       if (done) {
         this.responseDone = true
-        if (this.awaitingTail) this.owner.responseWritten()
-        return true
+        if (this.awaitingTail) { this.owner.responseWritten(); return true }
+        // The last bytes are out but undici has not said the response ended: it may be paused on this
+        // chunk, and only a resume lets it deliver onResponseEnd (which releases the pool slot).
       }
     }
     this.owner.clientDrained()
