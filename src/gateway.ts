@@ -30,6 +30,7 @@ import { hostname } from 'node:os'
 import { workerShare, type Budget } from './planes/share.js'
 import { ProcessState, type GatewayState } from './process-state.js'
 import type { SharedBuckets } from './edge/rate-limit.js'
+import type { PodIpCounts } from './planes/ip-counts.js'
 
 /** Connections of a listener a reload removed continue until they end (the longest timer Node takes). */
 const RETIRED_LISTENER_GRACE_MS = 2 ** 31 - 1
@@ -61,6 +62,8 @@ export interface GatewayOptions {
   store?: AffinityStore
   /** Where `scope: local` rate limits count instead of this process (a pod's workers share the control plane's buckets). */
   buckets?: SharedBuckets
+  /** Where the per-IP counts of requests and sessions are kept instead of this process (a pod's workers share the control plane's). */
+  ipCounts?: PodIpCounts
 }
 
 /**
@@ -121,6 +124,7 @@ export class Gateway {
   private budget: Budget | undefined
   private readonly givenStore: AffinityStore | undefined
   private readonly buckets: SharedBuckets | undefined
+  private readonly ipCounts: PodIpCounts | undefined
   private readonly removeCollector: () => void
   private store: AffinityStore | undefined
   /** This pod's entry in the pod directory (Redis affinity store), for the console. */
@@ -157,6 +161,7 @@ export class Gateway {
     this.budget = opts.worker?.budget
     this.givenStore = opts.store
     this.buckets = opts.buckets
+    this.ipCounts = opts.ipCounts
     this.version = configVersion(opts.config)
     this.log = opts.log
     this.state = new ProcessState(this.log, 'gateway')
@@ -212,7 +217,7 @@ export class Gateway {
       upstreams.commit(upstreams.build(this.local(cfg)))
       this.edge = new Edge(cfg, undefined, this.log, this.metrics, this.buckets)
       const admin = this.role === undefined ? await this.startAdmin(cfg) : 0
-      this.front = new HttpFront({ uws: this.uws, config: cfg, table: this.table(this.local(cfg), upstreams.current), log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission })
+      this.front = new HttpFront({ uws: this.uws, config: cfg, table: this.table(this.local(cfg), upstreams.current), log: this.log, metrics: this.metrics, lifecycle: this.lifecycle, admission: this.admission, ipCounts: this.ipCounts })
       upstreams.bindPublisher(this.front.ws)
       const http = await this.front.listen()
       const tcp: Record<string, number> = {}

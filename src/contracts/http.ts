@@ -100,7 +100,7 @@ export interface RequestCounters {
 /** One client request handed to an upstream: nothing goes upstream before `start`. */
 export interface ClientExchange {
   /** `gate`: the edge's verdict (a promise while it decides; a rejection with a Refusal answers the client); `verifyBody`: check the body against `bodySha256`. */
-  start: (gate?: Admission | Promise<Admission>, verifyBody?: boolean) => void
+  start: (gate?: Admission | Promise<Admission | undefined>, verifyBody?: boolean) => void
 }
 
 /** What the front hands a routed request to: an HTTP upstream under the running config. */

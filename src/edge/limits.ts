@@ -2,6 +2,7 @@ import type { Counter } from 'prom-client'
 import type { Config } from '../config/load.js'
 import { FerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
+import type { IpScope, PodIpCounts } from '../planes/ip-counts.js'
 
 export type LimitsConfig = Config['limits']
 
@@ -38,14 +39,6 @@ class IpTable {
 }
 
 /**
- * Concurrency limits of the HTTP/WebSocket front (config `limits`), keyed on the resolved client IP
- * (http.trustedProxies). uWS 20.30 gives JavaScript no hook at TCP accept, so what is limited is what
- * Ferry sees: HTTP requests in flight to upstreams, request bodies streaming into backend connections,
- * request body bytes held in memory, and WebSocket sessions (from the upgrade on).
- * A `take*`/`charge*` that returns undefined must be matched by exactly one `release*` with the same IP
- * (and amount); one that returns an error took nothing.
- */
-/**
  * How much of a pod-wide limit this process holds, for a refusal's message. A worker of a pod holds a
  * share of it (src/planes/share.ts), and a negative share is none of it for now (0 means no limit).
  */
@@ -53,6 +46,26 @@ function held (max: number): string {
   return max < 0 ? '0 (this worker\'s share of the pod\'s, for now)' : String(max)
 }
 
+/**
+ * One request's or session's hold on the limits, given back once with `release` (a second call does
+ * nothing). `held` is there when a pod had to be asked for a per-IP slot: it resolves to the refusal (the
+ * slot was given back already) or to undefined (held). Until it resolves the slot counts as held here.
+ */
+export interface LimitSlot {
+  readonly release: () => void
+  readonly held?: Promise<FerryError | undefined>
+}
+
+/**
+ * Concurrency limits of the HTTP/WebSocket front (config `limits`), keyed on the resolved client IP
+ * (http.trustedProxies). uWS 20.30 gives JavaScript no hook at TCP accept, so what is limited is what
+ * Ferry sees: HTTP requests in flight to upstreams, request bodies streaming into backend connections,
+ * request body bytes held in memory, and WebSocket sessions (from the upgrade on).
+ * `takeRequest`/`takeSession` give a LimitSlot to release once; a `takeStream`/`chargeBody` that returns
+ * undefined must be matched by exactly one `releaseStream`/`releaseBody` with the same IP (and amount).
+ * One that returns an error took nothing. In a pod the per-IP counts of requests and sessions are the
+ * pod's (`pod`); streamed and buffered bodies per IP are this process's.
+ */
 export class ConnectionLimits {
   private cfg: LimitsConfig
   private readonly http = new IpTable()
@@ -63,7 +76,11 @@ export class ConnectionLimits {
   private readonly buffered = new IpTable()
   private readonly refused: Record<LimitName, Counter.Internal>
 
-  constructor (cfg: LimitsConfig, metrics: Metrics) {
+  /**
+   * `pod`: a worker of a pod, whose per-IP counts of requests and sessions are the pod's, kept by the
+   * control plane (src/planes/ip-counts.ts). Absent: this process is the whole gateway.
+   */
+  constructor (cfg: LimitsConfig, metrics: Metrics, private readonly pod?: PodIpCounts) {
     this.cfg = cfg
     const c = metrics.limitRefused
     this.refused = {
@@ -90,16 +107,12 @@ export class ConnectionLimits {
     return ['retry-after', String(this.cfg.retryAfterSec)]
   }
 
-  takeRequest (ip: string): FerryError | undefined {
+  takeRequest (ip: string): FerryError | LimitSlot {
     const { maxRequestsInFlight: max, maxRequestsInFlightPerIp: perIp } = this.cfg
     if (max !== 0 && this.http.total >= max) return this.refuse('http_in_flight', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway serves limits.maxRequestsInFlight ${held(max)} requests`)
-    if (perIp > 0 && this.http.count(ip) >= perIp) return this.refuse('http_in_flight_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} has limits.maxRequestsInFlightPerIp ${perIp} requests in flight`)
-    this.http.add(ip)
-    return undefined
-  }
-
-  releaseRequest (ip: string): void {
-    this.http.remove(ip)
+    const refusal = (): FerryError => this.refuse('http_in_flight_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} has limits.maxRequestsInFlightPerIp ${perIp} requests in flight`)
+    if (perIp > 0 && this.http.count(ip) >= perIp) return refusal()
+    return this.slot(this.http, 'http', ip, perIp, refusal)
   }
 
   /** A request body that will stream into a backend connection while it arrives (held until its last byte). */
@@ -127,16 +140,45 @@ export class ConnectionLimits {
     this.buffered.remove(ip, bytes)
   }
 
-  takeSession (ip: string): FerryError | undefined {
+  takeSession (ip: string): FerryError | LimitSlot {
     const { maxWebSocketSessions: max, maxWebSocketSessionsPerIp: perIp } = this.cfg
     if (max !== 0 && this.ws.total >= max) return this.refuse('ws_sessions', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway holds limits.maxWebSocketSessions ${held(max)} sessions`)
-    if (perIp > 0 && this.ws.count(ip) >= perIp) return this.refuse('ws_sessions_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} holds limits.maxWebSocketSessionsPerIp ${perIp} sessions`)
-    this.ws.add(ip)
-    return undefined
+    const refusal = (): FerryError => this.refuse('ws_sessions_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} holds limits.maxWebSocketSessionsPerIp ${perIp} sessions`)
+    if (perIp > 0 && this.ws.count(ip) >= perIp) return refusal()
+    return this.slot(this.ws, 'ws', ip, perIp, refusal)
   }
 
-  releaseSession (ip: string): void {
-    this.ws.remove(ip)
+  /**
+   * Counts one slot of `ip` in `table`. In a pod with a per-IP figure set, the pod's count is asked too
+   * (`held`); the slot counts here meanwhile, so this worker never asks for more than the figure.
+   */
+  private slot (table: IpTable, scope: IpScope, ip: string, perIp: number, refusal: () => FerryError): LimitSlot {
+    table.add(ip)
+    const pod = this.pod
+    if (perIp === 0 || pod === undefined) {
+      let live = true
+      return { release: () => { if (live) { live = false; table.remove(ip) } } }
+    }
+    let state: 'asking' | 'counted' | 'local' | 'gone' = 'asking'
+    const held = pod.take(scope, ip, perIp, table.count(ip)).then((r) => {
+      if (state === 'gone') {
+        // Released while the pod was asked: what it counted goes back.
+        if (r === 'counted') pod.release(scope, ip)
+        return undefined
+      }
+      if (r === false) { state = 'gone'; table.remove(ip); return refusal() }
+      state = r
+      return undefined
+    })
+    return {
+      held,
+      release: () => {
+        if (state === 'gone') return
+        if (state === 'counted') pod.release(scope, ip)
+        state = 'gone'
+        table.remove(ip)
+      },
+    }
   }
 
   private refuse (limit: LimitName, code: 'FERRY_ERR_GLOBAL_LIMIT' | 'FERRY_ERR_PER_IP_LIMIT', msg: string): FerryError {

@@ -5,7 +5,7 @@ import type { HttpTarget } from '../contracts/http.js'
 import type { WsUpstream } from '../contracts/ws.js'
 import type { Route } from '../routing/router.js'
 import type { Admission } from '../drain/admission.js'
-import type { ConnectionLimits } from '../edge/limits.js'
+import type { ConnectionLimits, LimitSlot } from '../edge/limits.js'
 import { RateLimited, refusalHeader, type Admitted, type EdgeRequest, type RouteGuard } from '../edge/guard.js'
 import type { RouteTable } from './route-table.js'
 
@@ -22,7 +22,9 @@ import type { RouteTable } from './route-table.js'
  * - `rate`: upgrades only, `admission.handshakesPerSec` (503, or 101 + close 1013 for ferry/client);
  * - `limit`: the concurrency limits (`limits.maxRequestsInFlight[PerIp]`, `limits.maxWebSocketSessions[PerIp]`);
  *   the slot is taken here, so requests and upgrades waiting on a slow edge check count, and it is
- *   released once: by whoever ends the request or session, or by `release` when the guard refuses;
+ *   released once: by whoever ends the request or session, or by `release` when the guard refuses.
+ *   In a worker of a pod the per-IP figure is the pod's: the control plane is asked (`held`), and the
+ *   guard runs once it answered;
  * - `guard`: the route's edge checks (rate limits by request, auth, rate limits by claim), synchronously
  *   when they can be (src/edge/guard.ts).
  */
@@ -70,13 +72,17 @@ export interface HttpPass {
   readonly maxBody: number
   /** Gives the concurrency slot back (once: the exchange that takes it over calls it when it ends). */
   readonly release: () => void
+  /** The pod's per-IP count was asked: the refusal (the slot is given back already), or undefined once held. */
+  readonly held?: Promise<Refused | undefined> | undefined
 }
 
 export interface WsPass {
   readonly route: Route
   readonly upstream: WsUpstream
-  /** Gives the session slot back, while no session holds it yet (then the front's session registry releases it). */
+  /** Gives the session slot back (once: the front's session registry calls it when the session ends, or the front when the upgrade fails). */
   readonly release: () => void
+  /** As HttpPass's. */
+  readonly held?: Promise<Refused | undefined> | undefined
 }
 
 /** The guard's decision: the checks passed at once, or a promise of it (rejecting with a Refused). */
@@ -119,11 +125,9 @@ export class Admit {
     if (upstream === undefined) return { stage: 'kind', route, err: new FerryError('FERRY_ERR_UPGRADE_REQUIRED', `route ${route.name} takes WebSocket upgrades only`), header: ['upgrade', 'websocket'] }
     const maxBody = route.maxBodyBytes ?? table.config.http.maxBodyBytes
     if (ask.contentLength !== undefined && ask.contentLength > maxBody) return { stage: 'shape', route, err: new FerryError('FERRY_ERR_BODY_TOO_LARGE', `request body of ${ask.contentLength} bytes exceeds maxBodyBytes ${maxBody}`) }
-    const limits = this.deps.limits
-    const refused = limits.takeRequest(ask.clientIp)
-    if (refused !== undefined) return { stage: 'limit', route, err: refused, header: limits.retryAfter }
-    const ip = ask.clientIp
-    return { route, upstream, maxBody, release: () => { limits.releaseRequest(ip) } }
+    const slot = this.deps.limits.takeRequest(ask.clientIp)
+    if (slot instanceof FerryError) return this.limitRefused(route, slot)
+    return { route, upstream, maxBody, release: slot.release, held: this.held(route, slot) }
   }
 
   /** Stages route → limit of a WebSocket upgrade. */
@@ -142,11 +146,18 @@ export class Admit {
       const ms = admission.refuse(ferryMux ? 'ws' : 'http')
       return { stage: 'rate', route, err: new FerryError('FERRY_ERR_ADMISSION', `new sessions are admitted at ${table.config.admission.handshakesPerSec}/s; retry in ${ms} ms`), header: ['retry-after', String(Math.ceil(ms / 1000))], close1013: ferryMux ? `retry-after-ms=${ms}` : undefined }
     }
-    const limits = this.deps.limits
-    const refused = limits.takeSession(ask.clientIp)
-    if (refused !== undefined) return { stage: 'limit', route, err: refused, header: limits.retryAfter }
-    const ip = ask.clientIp
-    return { route, upstream, release: () => { limits.releaseSession(ip) } }
+    const slot = this.deps.limits.takeSession(ask.clientIp)
+    if (slot instanceof FerryError) return this.limitRefused(route, slot)
+    return { route, upstream, release: slot.release, held: this.held(route, slot) }
+  }
+
+  private limitRefused (route: Route, err: FerryError): Refused {
+    return { stage: 'limit', route, err, header: this.deps.limits.retryAfter }
+  }
+
+  /** The pod's answer on a per-IP slot, as the pipeline's refusal. */
+  private held (route: Route, slot: LimitSlot): Promise<Refused | undefined> | undefined {
+    return slot.held?.then((err) => err === undefined ? undefined : this.limitRefused(route, err))
   }
 
   /** The route's edge checks (auth, rate limits); undefined for an open route, which skips stage `guard`. */

@@ -6,7 +6,7 @@ import { ERRORS, toFerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Admission as EdgeAdmission, BodyPolicy, ClientRequest, HttpLifecycle } from '../contracts/http.js'
 import { sendError } from '../net/error-response.js'
-import { applyAdmitted, type Admitted } from '../edge/guard.js'
+import { applyAdmitted, type Admitted, type RouteGuard } from '../edge/guard.js'
 import { Admit, isRefused, type Refused } from './admit.js'
 import { readClientRequest, type RequestOptions } from './http-request.js'
 import { listen, type ListenSocket } from './listen.js'
@@ -15,6 +15,7 @@ import { WsFront } from './ws-front.js'
 import type { RouteTable } from './route-table.js'
 import type { Admission } from '../drain/admission.js'
 import { ConnectionLimits } from '../edge/limits.js'
+import type { PodIpCounts } from '../planes/ip-counts.js'
 import { Networks } from '../net/address.js'
 import { redirectApp, TlsFront } from './tls.js'
 import type { HttpTlsConfig } from '../config/schema.js'
@@ -31,6 +32,8 @@ export interface FrontDeps {
   /** Draining flag and in-flight count, shared with the exchanges. */
   readonly lifecycle: HttpLifecycle
   readonly admission: Admission
+  /** A worker of a pod: the pod's per-IP counts of requests and sessions (src/planes/ip-counts.ts). */
+  readonly ipCounts?: PodIpCounts | undefined
 }
 
 /**
@@ -82,11 +85,11 @@ export class HttpFront {
     this.gate = new ProxyGate(mode, this.reqOpts.trusted, refusals, this.reader === undefined ? undefined : (a) => this.reader!.clientOf(a))
     this.noRoute = deps.metrics.httpErrors.labels('FERRY_ERR_NO_ROUTE', '')
     this.internal = deps.metrics.httpErrors.labels('FERRY_ERR_INTERNAL', '')
-    this.limits = new ConnectionLimits(deps.table.config.limits, deps.metrics)
+    this.limits = new ConnectionLimits(deps.table.config.limits, deps.metrics, deps.ipCounts)
     this.bodyPolicy = bodyPolicy(deps.table.config, this.limits)
     this.admit = new Admit({ metrics: deps.metrics, log: deps.log, limits: this.limits, admission: deps.admission })
     // WebSocket behaviors first: their GET handlers yield non-upgrade requests to `any`.
-    this.ws = new WsFront(this.app, { uws: deps.uws, table: deps.table, log: deps.log, metrics: deps.metrics, admit: this.admit, limits: this.limits, routes, proto: this.proto, gate: this.gate })
+    this.ws = new WsFront(this.app, { uws: deps.uws, table: deps.table, log: deps.log, metrics: deps.metrics, admit: this.admit, routes, proto: this.proto, gate: this.gate })
     routes((app) => { app.any('/*', (res, req) => this.onRequest(res, req)) })
   }
 
@@ -214,19 +217,38 @@ export class HttpFront {
       // The exchange owns the concurrency slot from here: it calls `release` once when it ends.
       const exchange = upstream.exchange(res, creq, route, size, this.bodyPolicy, pass.release)
       const guard = this.admit.guardOf(table, route)
-      if (guard === undefined) { exchange.start(); return }
+      const held = pass.held
+      if (guard === undefined && held === undefined) { exchange.start(); return }
       const q = creq.target.indexOf('?')
-      // HMAC signatures cover the target the client sent; everything else reads the canonical one.
-      const verdict = this.admit.guard(guard, route, { method: creq.method, host: creq.host, target: creq.rawTarget, query: q === -1 ? '' : creq.target.slice(q + 1), headers: creq.headers, clientIp: creq.clientIp, hasBody: creq.chunked || (creq.contentLength ?? 0) > 0 })
-      if (isRefused(verdict)) {
-        // The exchange never started, so it will not release the concurrency slot itself.
-        pass.release()
-        this.refuse(res, table, creq, verdict)
+      const admission = (a: Admitted): EdgeAdmission => ({ headers: applyAdmitted(creq.headers, a), bodySha256: a.principal?.bodySha256 })
+      /** Stage `guard`: its decision (or a promise of it), or its refusal. */
+      const check = (g: RouteGuard): EdgeAdmission | Promise<EdgeAdmission> | Refused => {
+        // HMAC signatures cover the target the client sent; everything else reads the canonical one.
+        const verdict = this.admit.guard(g, route, { method: creq.method, host: creq.host, target: creq.rawTarget, query: q === -1 ? '' : creq.target.slice(q + 1), headers: creq.headers, clientIp: creq.clientIp, hasBody: creq.chunked || (creq.contentLength ?? 0) > 0 })
+        if (isRefused(verdict)) return verdict
+        const a = verdict.admitted
+        return a instanceof Promise ? a.then(admission) : admission(a)
+      }
+      if (held !== undefined) {
+        // The pod's per-IP count answers first (a message to the control plane); the exchange waits
+        // in `gated` and answers a refusal, and releases the slot when it ends.
+        exchange.start(held.then((r) => {
+          if (r !== undefined) throw r
+          if (guard === undefined) return undefined
+          const c = check(guard)
+          if (isRefused(c)) throw c
+          return c
+        }), guard?.verifiesBody ?? false)
         return
       }
-      const admission = (a: Admitted): EdgeAdmission => ({ headers: applyAdmitted(creq.headers, a), bodySha256: a.principal?.bodySha256 })
-      const a = verdict.admitted
-      exchange.start(a instanceof Promise ? a.then(admission) : admission(a), verdict.verifiesBody)
+      const c = check(guard!)
+      if (isRefused(c)) {
+        // The exchange never started, so it will not release the concurrency slot itself.
+        pass.release()
+        this.refuse(res, table, creq, c)
+        return
+      }
+      exchange.start(c, guard!.verifiesBody)
     } catch (err) {
       this.onHandlerError(res, err, requestId)
     }

@@ -18,7 +18,6 @@ import { isRefused, type Admit, type Refused } from './admit.js'
 import { splitAsk, type SplitAsk } from '../routing/split.js'
 import { resolveClientIp } from '../edge/client-ip.js'
 import { CorkAnchor } from './cork-anchor.js'
-import type { ConnectionLimits } from '../edge/limits.js'
 import { Networks, normalizeIp } from '../net/address.js'
 import type { ProxyGate } from './proxy-gate.js'
 
@@ -29,8 +28,6 @@ export interface WsFrontDeps {
   readonly metrics: Metrics
   /** The admission pipeline (shared with the HTTP front). */
   readonly admit: Admit
-  /** The concurrency limits the pipeline takes session slots from: released here when a session ends. */
-  readonly limits: ConnectionLimits
   /** Registers a route on every router of the app (a TLS front has one per SNI name); absent: the app's. */
   readonly routes?: (fn: (app: TemplatedApp) => void) => void
   /** X-Forwarded-Proto towards the backend: `https` on a TLS front (a trusted proxy's own value is passed on instead). */
@@ -50,6 +47,8 @@ const TOPIC_CHECK_BYTES = 64 * 1024
  */
 export class WsFront implements TopicPublisher, SessionRegistry {
   private readonly sessions = new Set<ClientSession>()
+  /** Each session's concurrency-limit slot (src/edge/limits.ts), released by `forget`. */
+  private readonly slots = new Map<ClientSession, () => void>()
   private readonly counters = new Map<string, SessionCounters>()
   private readonly idPrefix = randomBytes(6).toString('base64url')
   private nextId = 0
@@ -253,6 +252,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         const s = new ClientSession(hs, this.sessionCounters(route, upstream.mode), settings.compression !== 'off', this)
         session = s
         // The session holds the slot from here: `forget` releases it.
+        this.slots.set(s, pass.release)
         slot = undefined
         this.sessions.add(s)
         upstream.open(hs, s).then((leg) => {
@@ -277,18 +277,32 @@ export class WsFront implements TopicPublisher, SessionRegistry {
           this.fail(res, route.name, ferr, requestId)
         })
       }
-      const guard = this.deps.admit.guardOf(table, route)
-      if (guard === undefined) { open(undefined); return }
-      const verdict = this.deps.admit.guard(guard, route, { method: 'GET', host, target: rawQuery === '' ? rawPath : `${rawPath}?${rawQuery}`, query, headers: raw, clientIp: remoteAddress, hasBody: false }, ferryClient && upstream.mode === 'mux')
-      if (isRefused(verdict)) { giveBack(); this.refuse(res, context, key, requestId, verdict, true); return }
-      const admitted = verdict.admitted
-      if (!(admitted instanceof Promise)) { open(admitted); return }
-      admitted.then((a) => {
+      /** Stage `guard`, then open; `inCallback`: still inside uWS's upgrade callback. */
+      const guarded = (inCallback: boolean): void => {
+        const guard = this.deps.admit.guardOf(table, route)
+        if (guard === undefined) { open(undefined); return }
+        const verdict = this.deps.admit.guard(guard, route, { method: 'GET', host, target: rawQuery === '' ? rawPath : `${rawPath}?${rawQuery}`, query, headers: raw, clientIp: remoteAddress, hasBody: false }, ferryClient && upstream.mode === 'mux')
+        if (isRefused(verdict)) { giveBack(); this.refuse(res, context, key, requestId, verdict, inCallback); return }
+        const admitted = verdict.admitted
+        if (!(admitted instanceof Promise)) { open(admitted); return }
+        admitted.then((a) => {
+          if (aborted) return
+          try { open(a) } catch (err) { giveBack(); this.refuse(res, context, key, requestId, { stage: 'guard', route, err: toFerryError(err, 'unexpected') }, false) }
+        }, (r: Refused) => {
+          giveBack()
+          if (!aborted) this.refuse(res, context, key, requestId, r, false)
+        })
+      }
+      const held = pass.held
+      if (held === undefined) { guarded(true); return }
+      // A worker of a pod: the pod's per-IP count answers first (a message to the control plane).
+      held.then((r) => {
         if (aborted) return
-        try { open(a) } catch (err) { giveBack(); this.refuse(res, context, key, requestId, { stage: 'guard', route, err: toFerryError(err, 'unexpected') }, false) }
-      }, (r: Refused) => {
+        if (r !== undefined) { giveBack(); this.refuse(res, context, key, requestId, r, false); return }
+        try { guarded(false) } catch (err) { giveBack(); this.refuse(res, context, key, requestId, { stage: 'guard', route, err: toFerryError(err, 'unexpected') }, false) }
+      }, (err: unknown) => {
         giveBack()
-        if (!aborted) this.refuse(res, context, key, requestId, r, false)
+        if (!aborted) this.refuse(res, context, key, requestId, { stage: 'limit', route, err: toFerryError(err, 'unexpected') }, false)
       })
     } catch (err) {
       giveBack()
@@ -362,7 +376,9 @@ export class WsFront implements TopicPublisher, SessionRegistry {
 
   /** The one way out of `sessions`: its concurrency-limit slot is released exactly once. */
   private forget (s: ClientSession): void {
-    if (this.sessions.delete(s)) this.deps.limits.releaseSession(s.hs.remoteAddress)
+    if (!this.sessions.delete(s)) return
+    this.slots.get(s)?.()
+    this.slots.delete(s)
   }
 
   /** All sessions are gone: the sweep stops. */

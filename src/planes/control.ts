@@ -24,6 +24,7 @@ import { resolveResumeSecret } from '../sessions/token.js'
 import { VERSION } from '../version.js'
 import { BEAT_MS, type FromWorker, type ToWorker, type WorkerStatus } from './messages.js'
 import { freePort, PortLock } from './port-lock.js'
+import { PodIpTable } from './ip-counts.js'
 import { BUDGETS, initialBudget, NONE, rebalance, workerCount, type Budget, type BudgetName } from './share.js'
 
 /** How long a worker may take from its fork to listening. */
@@ -102,6 +103,8 @@ export class Pod {
   private readonly affinity: AffinityStore
   /** rateLimits with scope local: the pod's buckets, shared by every worker. */
   private readonly buckets = new PodBucketStore()
+  /** limits.maxRequestsInFlightPerIp and maxWebSocketSessionsPerIp: the pod's counts, per client IP. */
+  private readonly ips: PodIpTable
   private pods: PodDirectory | undefined
   private watchdog: NodeJS.Timeout | undefined
   /** When the watchdog last ran (it skips a tick that ran late). */
@@ -125,6 +128,7 @@ export class Pod {
     this.source = opts.source
     this.cores = usableCores()
     this.count = workerCount(opts.config, this.cores)
+    this.ips = new PodIpTable(this.count)
     this.stopped = new Promise((resolve) => { this.resolveStopped = resolve })
     this.metrics.configInfo.labels(this.cfg.gateway.id, VERSION).set(1)
     this.metrics.onCollect(() => { this.countWorkers() })
@@ -277,6 +281,12 @@ export class Pod {
         // The pod's rate-limit buckets for scope: local policies (src/planes/buckets.ts).
         this.send(slot, { t: 'bucket-answer', id: m.id, body: this.buckets.take(m.call) })
         return
+      case 'ip': {
+        // The pod's per-IP counts (src/planes/ip-counts.ts): a take is answered, a release is not.
+        const answer = this.ips.serve(slot.index, m.call)
+        if (answer !== undefined) this.send(slot, { t: 'ip-answer', id: m.id, body: answer })
+        return
+      }
       case 'failed':
         this.log.error({ worker: slot.index, code: m.code, message: m.message }, 'worker could not start')
     }
@@ -289,6 +299,8 @@ export class Pod {
     const planned = slot.state === 'draining' || this.state.value === 'draining' || this.state.ending
     const reason: RestartReason = slot.killedFor ?? (slot.state === 'starting' ? 'start_failed' : 'crash')
     slot.lastExit = { at: new Date().toISOString(), code, signal, reason: planned ? 'drained' : reason }
+    // Its requests and sessions are gone with it.
+    this.ips.drop(slot.index)
     if (planned || this.state.value === 'starting') {
       slot.state = 'exited'
       this.log.info({ worker: slot.index, code, signal }, 'worker exited')
@@ -609,7 +621,7 @@ export class Pod {
       pid: process.pid,
       listeners: { ...listeners, admin: { host: this.cfg.listen.admin.host, port: this.adminPort } },
       clients: { httpRequestsInFlight: this.sum((c) => c.httpRequestsInFlight), httpRequestsServed: this.sum((c) => c.httpRequestsServed), webSocketSessions: this.sum((c) => c.webSocketSessions), tcpConnections: this.sum((c) => c.tcpConnections) },
-      pod: { workers: this.count, cores: this.cores.usable, workerHangMs: this.cfg.gateway.workerHangMs, restarts: this.slots.reduce((n, s) => n + s.restarts, 0) },
+      pod: { workers: this.count, cores: this.cores.usable, workerHangMs: this.cfg.gateway.workerHangMs, restarts: this.slots.reduce((n, s) => n + s.restarts, 0), perIp: this.ips.status() },
       workers: this.slots.map((s) => ({
         index: s.index,
         pid: s.worker?.process.pid ?? null,

@@ -9,12 +9,14 @@ import { Gateway } from '../gateway.js'
 import { createLogger, flushLogger, type Logger } from '../observability/logger.js'
 import { PodAffinityStore } from './affinity.js'
 import { PodBuckets } from './buckets.js'
+import { PodIpCounts } from './ip-counts.js'
 import { BEAT_MS, type FromWorker, type ToWorker, type WorkerStatus } from './messages.js'
 
 let gateway: Gateway | undefined
 let log: Logger | undefined
 let affinity: PodAffinityStore | undefined
 let buckets: PodBuckets | undefined
+let ipCounts: PodIpCounts | undefined
 
 function send (m: FromWorker): void {
   // The channel is gone once the control plane is: nothing to tell then (the disconnect handler exits).
@@ -32,7 +34,9 @@ async function start (config: Config, role: Extract<ToWorker, { t: 'start' }>['r
   if (config.affinity.store === 'memory') affinity = new PodAffinityStore(config.affinity.ttlMs, (id, call) => { send({ t: 'affinity', id, call }) }, log.child({ component: 'affinity' }))
   // rateLimits with scope local: the pod's buckets, the control plane's (src/planes/buckets.ts).
   buckets = new PodBuckets((id, call) => { send({ t: 'bucket', id, call }) }, log.child({ component: 'rate-limits' }))
-  const gw = new Gateway({ config, log, worker: role, store: affinity, buckets })
+  // limits.maxRequestsInFlightPerIp and maxWebSocketSessionsPerIp: the pod's counts, the control plane's (src/planes/ip-counts.ts).
+  ipCounts = new PodIpCounts(role.count, (id, call) => { send({ t: 'ip', id, call }) }, log.child({ component: 'limits' }))
+  const gw = new Gateway({ config, log, worker: role, store: affinity, buckets, ipCounts })
   gateway = gw
   try {
     const ports = await gw.start()
@@ -54,6 +58,7 @@ async function handle (m: ToWorker): Promise<void> {
   if (m.t === 'start') { await start(deepFreeze(m.config), m.role); return }
   if (m.t === 'affinity-answer') { affinity?.answer(m.id, m.body); return }
   if (m.t === 'bucket-answer') { buckets?.answer(m.id, m.body); return }
+  if (m.t === 'ip-answer') { ipCounts?.answer(m.id, m.body); return }
   const gw = gateway
   if (gw === undefined) return
   switch (m.t) {

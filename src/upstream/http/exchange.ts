@@ -56,7 +56,7 @@ export class HttpExchange implements ClientExchange, ClientOwner, BackendOwner {
    * `gate`: the edge's decision, or a promise of it (the request waits in `gated`); it rejects with a
    * Refusal. `verifyBody`: the decision may demand a body digest, so the body is hashed as it arrives.
    */
-  start (gate?: Admission | Promise<Admission>, verifyBody = false): void {
+  start (gate?: Admission | Promise<Admission | undefined>, verifyBody = false): void {
     this.client.watchAbort()
     this.ctx.metrics.inFlight(1)
     this.ctx.lifecycle.inFlight++
