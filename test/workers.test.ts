@@ -410,7 +410,7 @@ t.test('per-IP limits are the pod\'s with 2 workers: maxWebSocketSessionsPerIp a
   const f = await startFerry(t, cfg, { timeoutMs: 60_000 })
   reapWorkers(t, f)
   await allRunning(f, 2)
-  const perIp = async (): Promise<{ http: { slots: number }, ws: { slots: number, clientIps: number } }> => ((await adminStatus(f)).pod as { perIp: { http: { slots: number }, ws: { slots: number, clientIps: number } } }).perIp
+  const perIp = async (): Promise<{ http: { lent: number }, ws: { lent: number, clientIps: number } }> => ((await adminStatus(f)).pod as { perIp: { http: { lent: number }, ws: { lent: number, clientIps: number } } }).perIp
   /** Opens sessions (each its own connection, spread by the kernel) until one is refused; the refusal's status. */
   const openUntilRefused = async (open: WebSocket[]): Promise<string> => {
     for (let i = 0; i < 8; i++) {
@@ -427,22 +427,22 @@ t.test('per-IP limits are the pod\'s with 2 workers: maxWebSocketSessionsPerIp a
     return ws.reduce((n, w) => n + (w.clients?.webSocketSessions ?? 0), 0) === 3 ? ws : undefined
   }, 5000, 100)).map((w) => w.clients!.webSocketSessions)
   t.comment(`the kernel put the sessions ${spread.join(' + ')} over the workers`)
-  t.same((await perIp()).ws, { slots: 3, clientIps: 1 }, '/status pod.perIp counts them')
+  t.same((await perIp()).ws, { lent: 3, clientIps: 1 }, '/status pod.perIp counts them')
 
   // A crashed worker's slots are freed with its connections.
   const before = await workers(f)
   const victim = before.find((w) => (w.clients?.webSocketSessions ?? 0) > 0)!
   process.kill(victim.pid!, 'SIGKILL')
   await waitFor('the killed worker gone', () => !alive(victim.pid!), 5000, 5)
-  await waitFor('its slots freed', async () => (await perIp()).ws.slots === 3 - victim.clients!.webSocketSessions, 5000, 50)
+  await waitFor('its slots freed', async () => (await perIp()).ws.lent === 3 - victim.clients!.webSocketSessions, 5000, 50)
   await allRunning(f, 2)
   const live = open.filter((s) => s.readyState === WebSocket.OPEN)
   t.equal(live.length, 3 - victim.clients!.webSocketSessions, 'the crashed worker\'s sessions closed')
   t.match(await openUntilRefused(live), /upgrade answered 429/)
   t.equal(live.length, 3, 'its freed slots were taken again, and no more')
   for (const s of [...open, ...live]) s.terminate()
-  await waitFor('every session slot given back', async () => (await perIp()).ws.slots === 0, 5000, 50)
-  t.same(await perIp(), { http: { slots: 0, clientIps: 0 }, ws: { slots: 0, clientIps: 0 } }, 'no entry left behind')
+  await waitFor('every session slot given back', async () => (await perIp()).ws.lent === 0, 5000, 50)
+  t.same(await perIp(), { http: { lent: 0, clientIps: 0 }, ws: { lent: 0, clientIps: 0 } }, 'no entry left behind')
 
   // Six requests at once, each on its own connection: 2 in flight for the pod, the rest 429 at once.
   const statuses = Promise.all(Array.from({ length: 6 }, async () => {
@@ -451,7 +451,7 @@ t.test('per-IP limits are the pod\'s with 2 workers: maxWebSocketSessionsPerIp a
     return `${r.status} ${r.headers.get('retry-after') ?? ''}`.trim()
   }))
   await waitFor('two requests reached the backend', () => reached === 2, 5000, 20)
-  await waitFor('the pod counts them', async () => (await perIp()).http.slots === 2, 5000, 50)
+  await waitFor('the pod counts them', async () => (await perIp()).http.lent === 2, 5000, 50)
   const release = (): void => { for (const r of waiting) r(); waiting = [] }
   const refusedAll = await waitFor('the other four answered', async () => {
     const m = await metric(f, 'ferry_limit_refused_total{limit="http_in_flight_per_ip"}')
@@ -462,7 +462,7 @@ t.test('per-IP limits are the pod\'s with 2 workers: maxWebSocketSessionsPerIp a
   const got = (await statuses).sort()
   t.same(got, ['200', '200', '429 7', '429 7', '429 7', '429 7'], 'two served, four refused with Retry-After')
   t.equal(reached, 2, 'no refused request reached the backend')
-  await waitFor('request slots given back', async () => (await perIp()).http.slots === 0, 5000, 50)
+  await waitFor('request slots given back', async () => (await perIp()).http.lent === 0, 5000, 50)
   const again = Promise.all(Array.from({ length: 2 }, async () => {
     const r = await fetch(`http://127.0.0.1:${f.httpPort}/slow`, { headers: { connection: 'close' } })
     await r.arrayBuffer()
@@ -470,7 +470,7 @@ t.test('per-IP limits are the pod\'s with 2 workers: maxWebSocketSessionsPerIp a
   }))
   await waitFor('both reached the backend', () => reached === 4, 5000, 20)
   release()
-  t.same(await again, [200, 200], 'the slots were given back: two more go through')
+  t.same(await again, [200, 200], 'the lent were given back: two more go through')
   t.equal(await f.stop(), 0)
 })
 

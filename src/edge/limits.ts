@@ -149,36 +149,38 @@ export class ConnectionLimits {
   }
 
   /**
-   * Counts one slot of `ip` in `table`. In a pod with a per-IP figure set, the pod's count is asked too
-   * (`held`); the slot counts here meanwhile, so this worker never asks for more than the figure.
+   * Counts one slot of `ip` in `table`. In a pod with a per-IP figure set, the pod's lease is asked too:
+   * decided at once while this worker's lease of that client covers it, else `held` (the worker borrows
+   * from the control plane); the slot counts here meanwhile.
    */
-  private slot (table: IpTable, scope: IpScope, ip: string, perIp: number, refusal: () => FerryError): LimitSlot {
+  private slot (table: IpTable, scope: IpScope, ip: string, perIp: number, refusal: () => FerryError): FerryError | LimitSlot {
     table.add(ip)
     const pod = this.pod
     if (perIp === 0 || pod === undefined) {
       let live = true
       return { release: () => { if (live) { live = false; table.remove(ip) } } }
     }
-    let state: 'asking' | 'counted' | 'local' | 'gone' = 'asking'
-    const held = pod.take(scope, ip, perIp, table.count(ip)).then((r) => {
+    const now = pod.take(scope, ip, perIp)
+    if (now === false) { table.remove(ip); return refusal() }
+    let state: 'asking' | 'held' | 'gone' = now === true ? 'held' : 'asking'
+    const release = (): void => {
+      if (state === 'gone') return
+      if (state === 'held') pod.release(scope, ip)
+      state = 'gone'
+      table.remove(ip)
+    }
+    if (now === true) return { release }
+    const held = now.then((ok) => {
       if (state === 'gone') {
-        // Released while the pod was asked: what it counted goes back.
-        if (r === 'counted') pod.release(scope, ip)
+        // Released while the pod was asked: what it lent goes back.
+        if (ok) pod.release(scope, ip)
         return undefined
       }
-      if (r === false) { state = 'gone'; table.remove(ip); return refusal() }
-      state = r
+      if (!ok) { state = 'gone'; table.remove(ip); return refusal() }
+      state = 'held'
       return undefined
     })
-    return {
-      held,
-      release: () => {
-        if (state === 'gone') return
-        if (state === 'counted') pod.release(scope, ip)
-        state = 'gone'
-        table.remove(ip)
-      },
-    }
+    return { held, release }
   }
 
   private refuse (limit: LimitName, code: 'FERRY_ERR_GLOBAL_LIMIT' | 'FERRY_ERR_PER_IP_LIMIT', msg: string): FerryError {
@@ -196,6 +198,8 @@ export class ConnectionLimits {
       bufferedClientIps: this.buffered.ips,
       wsSessions: this.ws.total,
       wsClientIps: this.ws.ips,
+      // A worker of a pod: the per-IP slots the pod lent it (src/planes/ip-counts.ts).
+      ...(this.pod === undefined ? {} : { podLeases: this.pod.status() }),
       ...this.cfg,
     }
   }

@@ -23,8 +23,8 @@ import type { RouteTable } from './route-table.js'
  * - `limit`: the concurrency limits (`limits.maxRequestsInFlight[PerIp]`, `limits.maxWebSocketSessions[PerIp]`);
  *   the slot is taken here, so requests and upgrades waiting on a slow edge check count, and it is
  *   released once: by whoever ends the request or session, or by `release` when the guard refuses.
- *   In a worker of a pod the per-IP figure is the pod's: the control plane is asked (`held`), and the
- *   guard runs once it answered;
+ *   In a worker of a pod the per-IP figure is the pod's: beyond the worker's lease of that client it
+ *   borrows from the control plane (`held`), and the guard runs once it answered;
  * - `guard`: the route's edge checks (rate limits by request, auth, rate limits by claim), synchronously
  *   when they can be (src/edge/guard.ts).
  */
@@ -72,7 +72,7 @@ export interface HttpPass {
   readonly maxBody: number
   /** Gives the concurrency slot back (once: the exchange that takes it over calls it when it ends). */
   readonly release: () => void
-  /** The pod's per-IP count was asked: the refusal (the slot is given back already), or undefined once held. */
+  /** The worker borrowed a per-IP slot from its pod: the refusal (the slot is given back already), or undefined once held. */
   readonly held?: Promise<Refused | undefined> | undefined
 }
 

@@ -103,7 +103,7 @@ export class Pod {
   private readonly affinity: AffinityStore
   /** rateLimits with scope local: the pod's buckets, shared by every worker. */
   private readonly buckets = new PodBucketStore()
-  /** limits.maxRequestsInFlightPerIp and maxWebSocketSessionsPerIp: the pod's counts, per client IP. */
+  /** limits.maxRequestsInFlightPerIp and maxWebSocketSessionsPerIp: the pod's figure per client IP, lent to the workers. */
   private readonly ips: PodIpTable
   private pods: PodDirectory | undefined
   private watchdog: NodeJS.Timeout | undefined
@@ -128,7 +128,7 @@ export class Pod {
     this.source = opts.source
     this.cores = usableCores()
     this.count = workerCount(opts.config, this.cores)
-    this.ips = new PodIpTable(this.count)
+    this.ips = new PodIpTable(this.count, (w, batch) => { const s = this.slots[w]; if (s !== undefined) this.send(s, { t: 'ip', batch }) })
     this.stopped = new Promise((resolve) => { this.resolveStopped = resolve })
     this.metrics.configInfo.labels(this.cfg.gateway.id, VERSION).set(1)
     this.metrics.onCollect(() => { this.countWorkers() })
@@ -282,9 +282,8 @@ export class Pod {
         this.send(slot, { t: 'bucket-answer', id: m.id, body: this.buckets.take(m.call) })
         return
       case 'ip': {
-        // The pod's per-IP counts (src/planes/ip-counts.ts): a take is answered, a release is not.
-        const answer = this.ips.serve(slot.index, m.call)
-        if (answer !== undefined) this.send(slot, { t: 'ip-answer', id: m.id, body: answer })
+        // The pod's per-IP leases (src/planes/ip-counts.ts): grants and cede requests go back in batches.
+        this.ips.serve(slot.index, m.calls)
         return
       }
       case 'failed':

@@ -4,7 +4,7 @@ import type { AdminState } from '../drain/endpoint-drain.js'
 import type { BoundPorts, WorkerRole } from '../gateway.js'
 import type { AffinityCall } from './affinity.js'
 import type { BucketCall } from './buckets.js'
-import type { IpCall } from './ip-counts.js'
+import type { IpCall, IpToWorker } from './ip-counts.js'
 import type { Budget } from './share.js'
 
 /**
@@ -23,7 +23,8 @@ export type ToWorker =
   | { t: 'stop' }
   | { t: 'affinity-answer', id: number, body: unknown }
   | { t: 'bucket-answer', id: number, body: unknown }
-  | { t: 'ip-answer', id: number, body: unknown }
+  /** Per-IP leases: grants and requests to cede (src/planes/ip-counts.ts). */
+  | { t: 'ip', batch: IpToWorker[] }
 
 /** A worker's side: loaded (`hello`: messages sent before it would be lost), started (or not), a heartbeat with its status every beat, answers. */
 export type FromWorker =
@@ -35,8 +36,8 @@ export type FromWorker =
   | { t: 'metrics', id: number, metrics: Array<MetricObjectWithValues<MetricValue<string>>> }
   | { t: 'affinity', id: number, call: AffinityCall }
   | { t: 'bucket', id: number, call: BucketCall }
-  /** A per-IP slot taken (answered) or given back (`id` 0, not answered): src/planes/ip-counts.ts. */
-  | { t: 'ip', id: number, call: IpCall }
+  /** Per-IP leases borrowed and returned, one turn's worth (src/planes/ip-counts.ts). */
+  | { t: 'ip', calls: IpCall[] }
 
 /** What a worker reports with each heartbeat: its Gateway's /status. */
 export type WorkerStatus = Record<string, unknown> & {

@@ -35,7 +35,7 @@ async function start (config: Config, role: Extract<ToWorker, { t: 'start' }>['r
   // rateLimits with scope local: the pod's buckets, the control plane's (src/planes/buckets.ts).
   buckets = new PodBuckets((id, call) => { send({ t: 'bucket', id, call }) }, log.child({ component: 'rate-limits' }))
   // limits.maxRequestsInFlightPerIp and maxWebSocketSessionsPerIp: the pod's counts, the control plane's (src/planes/ip-counts.ts).
-  ipCounts = new PodIpCounts(role.count, (id, call) => { send({ t: 'ip', id, call }) }, log.child({ component: 'limits' }))
+  ipCounts = new PodIpCounts(role.count, (calls) => { send({ t: 'ip', calls }) }, log.child({ component: 'limits' }))
   const gw = new Gateway({ config, log, worker: role, store: affinity, buckets, ipCounts })
   gateway = gw
   try {
@@ -58,7 +58,13 @@ async function handle (m: ToWorker): Promise<void> {
   if (m.t === 'start') { await start(deepFreeze(m.config), m.role); return }
   if (m.t === 'affinity-answer') { affinity?.answer(m.id, m.body); return }
   if (m.t === 'bucket-answer') { buckets?.answer(m.id, m.body); return }
-  if (m.t === 'ip-answer') { ipCounts?.answer(m.id, m.body); return }
+  if (m.t === 'ip') {
+    for (const c of m.batch) {
+      if (c.op === 'grant') ipCounts?.granted(c.scope, c.ip, c.n, c.max)
+      else ipCounts?.cede(c.scope, c.ip, c.id)
+    }
+    return
+  }
   const gw = gateway
   if (gw === undefined) return
   switch (m.t) {
