@@ -222,7 +222,7 @@ export class Gateway {
       const http = await this.front.listen()
       const tcp: Record<string, number> = {}
       for (const [i, lcfg] of cfg.listen.tcp.entries()) {
-        const listener = new TcpListener(i, lcfg, upstreams.current.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
+        const listener = new TcpListener(i, lcfg, upstreams.current.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics, this.ipCounts)
         listener.setSniRoutes(lcfg, (name) => upstreams.current.tcp.get(name)!)
         this.tcpListeners.push(listener)
         tcp[lcfg.name] = await listener.listen()
@@ -532,7 +532,7 @@ export class Gateway {
         continue
       }
       try {
-        const l = new TcpListener(i, lcfg, set.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics)
+        const l = new TcpListener(i, lcfg, set.tcp.get(lcfg.upstream)!, this.log.child({ listener: lcfg.name }), this.metrics, this.ipCounts)
         l.setSniRoutes(lcfg, (name) => set.tcp.get(name)!)
         made.push(l)
       } catch (err) {

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { connect as netConnect } from 'node:net'
+import { connect as netConnect, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import WebSocket, { WebSocketServer } from 'ws'
 import { stringify } from 'yaml'
@@ -399,7 +399,7 @@ t.test('pod-wide limits hold with 2 workers: limits.maxWebSocketSessions is the 
   t.equal(await f.stop(), 0)
 })
 
-t.test('per-IP limits are the pod\'s with 2 workers: maxWebSocketSessionsPerIp and maxRequestsInFlightPerIp count one client over both, and a crashed worker\'s slots are freed', async (t) => {
+t.test('per-IP limits are the pod\'s with 2 workers: maxWebSocketSessionsPerIp, maxRequestsInFlightPerIp and a TCP listener\'s maxConnectionsPerIp count one client over both, and a crashed worker\'s slots are freed', async (t) => {
   // /slow holds every request until `release` is called.
   let waiting: Array<() => void> = []
   let reached = 0
@@ -407,6 +407,7 @@ t.test('per-IP limits are the pod\'s with 2 workers: maxWebSocketSessionsPerIp a
   const cfg = await podConfig(t, { limits: { maxWebSocketSessionsPerIp: 3, maxRequestsInFlightPerIp: 2, retryAfterSec: 7 } })
   ;(cfg.upstreams as Record<string, unknown>).slow = { protocol: 'http', endpoints: [slow.address] }
   ;(cfg.routes as unknown[]).unshift({ match: { path: '/slow' }, upstream: 'slow' })
+  ;((cfg.listen as { tcp: Array<Record<string, unknown>> }).tcp[0]!).maxConnectionsPerIp = 2
   const f = await startFerry(t, cfg, { timeoutMs: 60_000 })
   reapWorkers(t, f)
   await allRunning(f, 2)
@@ -470,7 +471,22 @@ t.test('per-IP limits are the pod\'s with 2 workers: maxWebSocketSessionsPerIp a
   }))
   await waitFor('both reached the backend', () => reached === 4, 5000, 20)
   release()
-  t.same(await again, [200, 200], 'the lent were given back: two more go through')
+  t.same(await again, [200, 200], 'the slots were given back: two more go through')
+
+  // listen.tcp[].maxConnectionsPerIp: 2 for the pod. Each connection stays open once it echoed.
+  const echoPort = (await adminStatus(f)).listeners.tcp[0].port as number
+  const tcpOpen = async (): Promise<{ s: Socket, echoed: boolean }> => await new Promise((resolve) => {
+    const s = netConnect(echoPort, '127.0.0.1', () => { s.write('x') })
+    s.once('data', () => resolve({ s, echoed: true }))
+    s.once('close', () => resolve({ s, echoed: false }))
+    s.on('error', () => {})
+  })
+  const tcp = []
+  for (let i = 0; i < 5; i++) tcp.push(await tcpOpen())
+  t.same(tcp.map((c) => c.echoed), [true, true, false, false, false], 'two TCP connections for 127.0.0.1 in the pod, the others closed at once')
+  t.equal(await metric(f, 'ferry_tcp_closed_total{listener="echo",reason="FERRY_ERR_TCP_IP_LIMIT"}'), 3, 'counted')
+  t.equal(((await perIp()) as unknown as Record<string, { lent: number }>)['tcp:echo']?.lent, 2, '/status pod.perIp shows the listener\'s')
+  for (const c of tcp) c.s.destroy()
   t.equal(await f.stop(), 0)
 })
 

@@ -3,40 +3,13 @@ import type { Config } from '../config/load.js'
 import { FerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { IpScope, PodIpCounts } from '../planes/ip-counts.js'
+import { IpTable, takeIpSlot } from './ip-slots.js'
 
 export type LimitsConfig = Config['limits']
 
 /** The `limit` label of ferry_limit_refused_total. */
 export type LimitName = 'http_in_flight' | 'http_in_flight_per_ip' | 'ws_sessions' | 'ws_sessions_per_ip' |
   'http_streamed_bodies_per_ip' | 'http_buffered_bytes' | 'http_buffered_bytes_per_ip'
-
-/** Counts (or bytes) per client IP; an entry exists only while its count is above zero (no growth with churn). */
-class IpTable {
-  private readonly counts = new Map<string, number>()
-  total = 0
-
-  count (ip: string): number {
-    return this.counts.get(ip) ?? 0
-  }
-
-  add (ip: string, n = 1): void {
-    this.counts.set(ip, (this.counts.get(ip) ?? 0) + n)
-    this.total += n
-  }
-
-  remove (ip: string, n = 1): void {
-    const had = this.counts.get(ip)
-    if (had === undefined) return // not ours: a release without a take is a bug upstream, never a negative count
-    const take = Math.min(had, n)
-    if (had <= take) this.counts.delete(ip)
-    else this.counts.set(ip, had - take)
-    this.total -= take
-  }
-
-  get ips (): number {
-    return this.counts.size
-  }
-}
 
 /**
  * How much of a pod-wide limit this process holds, for a refusal's message. A worker of a pod holds a
@@ -111,7 +84,6 @@ export class ConnectionLimits {
     const { maxRequestsInFlight: max, maxRequestsInFlightPerIp: perIp } = this.cfg
     if (max !== 0 && this.http.total >= max) return this.refuse('http_in_flight', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway serves limits.maxRequestsInFlight ${held(max)} requests`)
     const refusal = (): FerryError => this.refuse('http_in_flight_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} has limits.maxRequestsInFlightPerIp ${perIp} requests in flight`)
-    if (perIp > 0 && this.http.count(ip) >= perIp) return refusal()
     return this.slot(this.http, 'http', ip, perIp, refusal)
   }
 
@@ -144,43 +116,18 @@ export class ConnectionLimits {
     const { maxWebSocketSessions: max, maxWebSocketSessionsPerIp: perIp } = this.cfg
     if (max !== 0 && this.ws.total >= max) return this.refuse('ws_sessions', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway holds limits.maxWebSocketSessions ${held(max)} sessions`)
     const refusal = (): FerryError => this.refuse('ws_sessions_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} holds limits.maxWebSocketSessionsPerIp ${perIp} sessions`)
-    if (perIp > 0 && this.ws.count(ip) >= perIp) return refusal()
     return this.slot(this.ws, 'ws', ip, perIp, refusal)
   }
 
   /**
-   * Counts one slot of `ip` in `table`. In a pod with a per-IP figure set, the pod's lease is asked too:
-   * decided at once while this worker's lease of that client covers it, else `held` (the worker borrows
-   * from the control plane); the slot counts here meanwhile.
+   * One slot of `ip` in `table` (src/edge/ip-slots.ts); in a worker of a pod with a per-IP figure set,
+   * the pod's lease of that client too (`held` while the worker borrows).
    */
   private slot (table: IpTable, scope: IpScope, ip: string, perIp: number, refusal: () => FerryError): FerryError | LimitSlot {
-    table.add(ip)
-    const pod = this.pod
-    if (perIp === 0 || pod === undefined) {
-      let live = true
-      return { release: () => { if (live) { live = false; table.remove(ip) } } }
-    }
-    const now = pod.take(scope, ip, perIp)
-    if (now === false) { table.remove(ip); return refusal() }
-    let state: 'asking' | 'held' | 'gone' = now === true ? 'held' : 'asking'
-    const release = (): void => {
-      if (state === 'gone') return
-      if (state === 'held') pod.release(scope, ip)
-      state = 'gone'
-      table.remove(ip)
-    }
-    if (now === true) return { release }
-    const held = now.then((ok) => {
-      if (state === 'gone') {
-        // Released while the pod was asked: what it lent goes back.
-        if (ok) pod.release(scope, ip)
-        return undefined
-      }
-      if (!ok) { state = 'gone'; table.remove(ip); return refusal() }
-      state = 'held'
-      return undefined
-    })
-    return { held, release }
+    const s = takeIpSlot(table, ip, perIp, this.pod === undefined ? undefined : { pod: this.pod, scope })
+    if (s === undefined) return refusal()
+    if (s.held === undefined) return { release: s.release }
+    return { release: s.release, held: s.held.then((ok) => ok ? undefined : refusal()) }
   }
 
   private refuse (limit: LimitName, code: 'FERRY_ERR_GLOBAL_LIMIT' | 'FERRY_ERR_PER_IP_LIMIT', msg: string): FerryError {

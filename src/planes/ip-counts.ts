@@ -1,11 +1,12 @@
 import type { Logger } from 'pino'
 
 /**
- * The per-client-IP limits a pod counts as one: `http` is limits.maxRequestsInFlightPerIp, `ws`
- * limits.maxWebSocketSessionsPerIp. One client's connections land on any worker (the kernel spreads
- * them), so the pod's figure is shared out by the control plane as leases.
+ * The per-client-IP figures a pod holds as one: `http` is limits.maxRequestsInFlightPerIp, `ws`
+ * limits.maxWebSocketSessionsPerIp, `tcp:NAME` listen.tcp[NAME].maxConnectionsPerIp. One client's
+ * connections land on any worker (the kernel spreads them), so the pod's figure is shared out by the
+ * control plane as leases.
  */
-export type IpScope = 'http' | 'ws'
+export type IpScope = 'http' | 'ws' | `tcp:${string}`
 
 /**
  * A worker's calls, sent in batches (one message per turn of its event loop): `borrow` asks for `want`
@@ -340,12 +341,12 @@ export class PodIpTable {
     }
   }
 
-  /** For /status: the slots lent and the client IPs they are lent for, per scope. */
-  status (): Record<IpScope, { lent: number, clientIps: number }> {
-    const s = { http: { lent: 0, clientIps: 0 }, ws: { lent: 0, clientIps: 0 } }
+  /** For /status: the slots lent and the client IPs they are lent for, per scope (`http` and `ws` always, a TCP listener's while it has some). */
+  status (): Record<string, { lent: number, clientIps: number }> {
+    const s: Record<string, { lent: number, clientIps: number }> = { http: { lent: 0, clientIps: 0 }, ws: { lent: 0, clientIps: 0 } }
     for (const [key, l] of this.loans) {
       if (l.total === 0) continue
-      const scope = key.startsWith('http ') ? s.http : s.ws
+      const scope = (s[splitKey(key)[0]] ??= { lent: 0, clientIps: 0 })
       scope.lent += l.total
       scope.clientIps++
     }

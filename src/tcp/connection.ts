@@ -10,6 +10,7 @@ import { tlsFailure } from '../net/tls.js'
 import type { TcpTls } from './tls.js'
 import type { SniRoutes } from './sni-routes.js'
 import { readClientHello } from '../net/client-hello.js'
+import type { IpSlot } from '../edge/ip-slots.js'
 
 /**
  * - `header`: reading an incoming PROXY header (acceptProxyProtocol); the client is not forwarded yet.
@@ -53,9 +54,8 @@ export interface ListenerContext {
   readonly bytes: { toUpstream: number, toClient: number }
   /** The listener's access list refuses `ip`. */
   refusesIp: (ip: string) => boolean
-  /** Takes a per-IP slot for `ip`; false when the IP is at maxConnectionsPerIp. */
-  admitIp: (ip: string) => boolean
-  releaseIp: (ip: string) => void
+  /** Takes a per-IP slot for `ip` (released once by the connection); undefined when the IP is at maxConnectionsPerIp. */
+  admitIp: (ip: string) => IpSlot | undefined
   /** The connection is closed: count it and forget it. Called exactly once per connection. */
   onClosed: (conn: TcpConnection, reason: CloseReason) => void
   /** Bad input or a failure worth a (rate-limited) log line. */
@@ -96,7 +96,7 @@ export class TcpConnection implements ConnectOwner {
   /** Client bytes that arrived after the PROXY header, written to the backend first. */
   private pending: Buffer | undefined
   /** The IP holding a per-IP slot, released on close. */
-  private ipSlot: string | undefined
+  private ipSlot: IpSlot | undefined
   private socketsOpen: number
   /** The reason given to a flush close, reported once both sockets have closed. */
   private closeReason: CloseReason = 'ok'
@@ -155,11 +155,24 @@ export class TcpConnection implements ConnectOwner {
       this.close('abort', 'FERRY_ERR_ACCESS_DENIED', `${this.clientIp} is refused by the listener's access list`)
       return
     }
-    if (!this.ctx.admitIp(this.clientIp)) {
-      this.close('abort', 'FERRY_ERR_TCP_IP_LIMIT', `${this.clientIp} already holds maxConnectionsPerIp ${this.ctx.cfg.maxConnectionsPerIp} connections`)
-      return
-    }
-    this.ipSlot = this.clientIp
+    const slot = this.ctx.admitIp(this.clientIp)
+    if (slot === undefined) { this.ipLimit(); return }
+    this.ipSlot = slot
+    if (slot.held === undefined) { this.proceed(); return }
+    // A worker of a pod borrows the slot from its control plane; the socket stays paused meanwhile.
+    slot.held.then((ok) => {
+      if (this.state === 'closing' || this.state === 'closed') return
+      if (ok) this.proceed()
+      else this.ipLimit()
+    }, (err: unknown) => { this.close('abort', 'FERRY_ERR_INTERNAL', (err as Error).message) })
+  }
+
+  private ipLimit (): void {
+    this.close('abort', 'FERRY_ERR_TCP_IP_LIMIT', `${this.clientIp} already holds maxConnectionsPerIp ${this.ctx.cfg.maxConnectionsPerIp} connections`)
+  }
+
+  /** Admitted: TLS, the SNI peek or the backend connection. */
+  private proceed (): void {
     if (this.ctx.tls !== undefined) { this.handshake(this.ctx.tls); return }
     if (this.ctx.sni !== undefined) { this.readHello(); return }
     this.connect(this.ctx.upstream)
@@ -513,7 +526,7 @@ export class TcpConnection implements ConnectOwner {
       this.ep = undefined
     }
     if (this.ipSlot !== undefined) {
-      this.ctx.releaseIp(this.ipSlot)
+      this.ipSlot.release()
       this.ipSlot = undefined
     }
     this.ctx.onClosed(this, final)

@@ -8,6 +8,8 @@ import type { Metrics } from '../observability/metrics.js'
 import type { TcpTarget, UpstreamSocketOptions } from '../contracts/tcp.js'
 import { Networks, normalizeIp } from '../net/address.js'
 import { RouteAccess } from '../edge/access.js'
+import { IpTable, takeIpSlot, type IpSlot } from '../edge/ip-slots.js'
+import type { PodIpCounts } from '../planes/ip-counts.js'
 import { TcpConnection, type CloseReason, type ListenerContext } from './connection.js'
 import { TcpTls } from './tls.js'
 import { SniRoutes } from './sni-routes.js'
@@ -33,7 +35,7 @@ export class TcpListener implements ListenerContext {
   private state: TcpListenerState = 'created'
   private readonly server: Server
   private readonly conns = new Set<TcpConnection>()
-  private readonly perIp = new Map<string, number>()
+  private readonly perIp = new IpTable()
   private readonly trusted: Networks
   private access: RouteAccess | undefined
   private sweepTimer: NodeJS.Timeout | undefined
@@ -66,6 +68,8 @@ export class TcpListener implements ListenerContext {
     public upstream: TcpTarget,
     private readonly log: Logger,
     private readonly metrics: Metrics,
+    /** A worker of a pod: maxConnectionsPerIp is the pod's, lent by the control plane (src/planes/ip-counts.ts). */
+    private readonly pod?: PodIpCounts,
   ) {
     this.name = cfg.name
     // First: a bad certificate file throws (naming its field) before anything is opened.
@@ -229,17 +233,8 @@ export class TcpListener implements ListenerContext {
     return this.access?.refusesIp(ip) !== undefined
   }
 
-  admitIp (ip: string): boolean {
-    const n = this.perIp.get(ip) ?? 0
-    if (this.cfg.maxConnectionsPerIp > 0 && n >= this.cfg.maxConnectionsPerIp) return false
-    this.perIp.set(ip, n + 1)
-    return true
-  }
-
-  releaseIp (ip: string): void {
-    const n = this.perIp.get(ip) ?? 0
-    if (n <= 1) this.perIp.delete(ip)
-    else this.perIp.set(ip, n - 1)
+  admitIp (ip: string): IpSlot | undefined {
+    return takeIpSlot(this.perIp, ip, this.cfg.maxConnectionsPerIp, this.pod === undefined ? undefined : { pod: this.pod, scope: `tcp:${this.name}` })
   }
 
   onClosed (conn: TcpConnection, reason: CloseReason): void {
@@ -301,7 +296,7 @@ export class TcpListener implements ListenerContext {
       upstream: this.upstream.name,
       state: this.state,
       open: this.conns.size,
-      clientIps: this.perIp.size,
+      clientIps: this.perIp.ips,
       accepted: this.accepted,
       closed,
       bytes: { toUpstream: this.bytes.toUpstream, toClient: this.bytes.toClient },
