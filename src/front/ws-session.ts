@@ -38,6 +38,14 @@ export function flushOutboxes (): void {
   }
 }
 
+/**
+ * Below this a message sent outside cork() takes uWS's ordinary path: it corks the socket for that one
+ * send and writes the frame whole. From 16 KiB an uncorked send takes uWS's shortcut that writes header
+ * and payload apart, the path on which uWS can lose the payload when only the header went to its buffer
+ * (uNetworking/uWebSockets#1662; the reason flushes use cork() at all).
+ */
+const UNCORKED_SEND_MAX = 16 * 1024
+
 /** What the cork callback of a flush sends (module-level, so a flush allocates no closure). */
 let corkWs: WebSocket<WsUserData> | undefined
 const EMPTY_OUTBOX: Array<Uint8Array | boolean> = []
@@ -235,16 +243,22 @@ export class ClientSession implements ClientSink, WsSocketOwner {
     this.outboxBytes = 0
     const ws = this.ws
     if (out === undefined || ws === undefined || this.state !== 'open') return
-    // uWS 20.30 can lose payload of large sends made outside cork(); deliveries come from backend sockets.
-    corkWs = ws
-    corkList = out
-    corkCompress = this.compress
     corkDropped = false
-    try {
-      ws.cork(sendCorked)
-    } finally {
-      corkWs = undefined
-      corkList = EMPTY_OUTBOX
+    if (out.length === 2 && (out[0] as Uint8Array).length < UNCORKED_SEND_MAX) {
+      // One small message (a ping-pong session's every read): uWS corks a send made outside cork() itself,
+      // the same one write, without the call back into JavaScript that cork() costs.
+      if (ws.send(out[0] as Uint8Array, out[1] as boolean, this.compress) === 2) corkDropped = true
+    } else {
+      // uWS 20.30 can lose payload of large sends made outside cork(); deliveries come from backend sockets.
+      corkWs = ws
+      corkList = out
+      corkCompress = this.compress
+      try {
+        ws.cork(sendCorked)
+      } finally {
+        corkWs = undefined
+        corkList = EMPTY_OUTBOX
+      }
     }
     if (corkDropped) {
       // The client's buffer was already past uWS's limit. An ordered stream with a hole is corruption,
