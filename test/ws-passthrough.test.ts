@@ -111,6 +111,26 @@ t.test('echo: text and binary from 1 byte to 1 MiB intact and in order; path, qu
 })
 
 
+// A flush of one message under 16 KiB goes to uWS without cork() (src/front/ws-session.ts, UNCORKED_SEND_MAX);
+// from 16 KiB, or several at once, inside cork(). Each message here waits for its echo, so each backend
+// read carries one: both sides of the boundary, one at a time.
+t.test('one message per backend read on both sides of the uncorked-send boundary (16 KiB − 1, 16 KiB, 16 KiB + 1) arrives intact', async (t) => {
+  const backend = await startWsBackend(t)
+  const f = await startFerry(t, wsConfig([`127.0.0.1:${backend.port}`]))
+  const c = await connect(`ws://127.0.0.1:${f.httpPort}/ws/boundary`)
+  const sizes = [1, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 2]
+  for (const [i, size] of sizes.entries()) {
+    const binary = i % 2 === 0
+    const data = Buffer.from(Uint8Array.from({ length: size }, (_, k) => binary ? (k * 7 + i) & 0xff : 0x61 + (k + i) % 26))
+    c.ws.send(data, { binary })
+    await c.waitMessages(i + 1)
+    const got = c.messages[i]!
+    t.ok(got.data.equals(data) && got.binary === binary, `message ${i + 1} of ${size} bytes echoed intact with its type`)
+  }
+  c.ws.close()
+  await assertAlive(t, f)
+})
+
 // Ferry corks each backend socket while uWS hands it a poll's messages and writes them in one go at the
 // loop's check phase: a close sent right behind a burst must still follow every message of the burst.
 t.test('bursts: 20 sessions × 300 messages sent back to back, then a close: the backend gets each session\'s messages complete and in order, then the close code', async (t) => {
