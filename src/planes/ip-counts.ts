@@ -74,7 +74,8 @@ export class PodIpCounts {
       l = { scope, ip, lease: 0, used: 0, waiting: [], asking: 0, max, timer: undefined, touchedAt: 0 }
       this.leases.set(key, l)
     }
-    if (l.used < l.lease && l.waiting.length === 0) { l.used++; return true }
+    // Within the lease (and the figure: a reload may have lowered it below what was lent before).
+    if (l.used < l.lease && l.used < max && l.waiting.length === 0) { l.used++; return true }
     if (this.closed || l.used + l.waiting.length >= max) { this.forgetIfIdle(key, l); return false }
     l.touchedAt = performance.now()
     const lease = l
