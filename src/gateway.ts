@@ -166,6 +166,7 @@ export class Gateway {
     this.log = opts.log
     this.state = new ProcessState(this.log, 'gateway')
     this.metrics = opts.metrics ?? new Metrics()
+    if (this.ipCounts !== undefined) this.ipCounts.onBorrow = (result) => { this.metrics.ipLeaseBorrows.labels(result).inc() }
     this.uws = loadNativeUws()
     this.metrics.configInfo.labels(this.config.gateway.id, VERSION).set(1)
     this.removeCollector = this.metrics.onCollect(() => this.collect())

@@ -146,12 +146,15 @@ t.test('a control plane that does not answer: the worker decides alone within it
   const calls: IpCall[] = []
   const counts = new PodIpCounts(2, (c) => { calls.push(...c) }, log)
   t.teardown(() => counts.close())
+  const outcomes: string[] = []
+  counts.onBorrow = (r) => { outcomes.push(r) }
   const limits = new ConnectionLimits(limitsCfg({ maxWebSocketSessionsPerIp: 3 }), new Metrics(), counts)
   const started = performance.now()
   const got = await Promise.all([1, 2, 3].map(async () => await granted(limits.takeSession('10.0.0.9'))))
   t.ok(performance.now() - started >= LEASE_WAIT_MS - 10, 'decided after the wait')
   t.same(got, [true, true, false], 'within ⌈3 ÷ 2⌉ = 2 on this worker, the third refused')
   t.same(calls, [{ op: 'borrow', scope: 'ws', ip: '10.0.0.9', want: 3, max: 3 }], 'the three takes of one turn were one borrow')
+  t.same(outcomes, ['unanswered'], 'counted (ferry_ip_lease_borrows_total{result="unanswered"})')
   counts.granted('ws', '10.0.0.9', 3, 3)
   t.same(counts.status(), { clientIps: 1, lent: 3, used: 2 })
   counts.returnIdle(performance.now() + 10_000)

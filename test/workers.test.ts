@@ -472,6 +472,8 @@ t.test('per-IP limits are the pod\'s with 2 workers: maxWebSocketSessionsPerIp, 
   await waitFor('both reached the backend', () => reached === 4, 5000, 20)
   release()
   t.same(await again, [200, 200], 'the slots were given back: two more go through')
+  t.ok(await metric(f, 'ferry_ip_lease_borrows_total{result="granted"}') >= 1, 'borrows counted: granted')
+  t.ok(await metric(f, 'ferry_ip_lease_borrows_total{result="short"}') >= 1, 'and short, when the client held the figure')
 
   // listen.tcp[].maxConnectionsPerIp: 2 for the pod. Each connection stays open once it echoed.
   const echoPort = (await adminStatus(f)).listeners.tcp[0].port as number

@@ -75,6 +75,7 @@ export class Metrics {
   readonly resumeClientErrors: Counter<'upstream' | 'code'>
   readonly admissionRefused: Counter<'reply'>
   readonly limitRefused: Counter<'limit'>
+  readonly ipLeaseBorrows: Counter<'result'>
   readonly bufferedBodyBytes: Gauge
   readonly streamedBodies: Gauge
   readonly acceptPaused: Counter<'listener'>
@@ -166,6 +167,7 @@ export class Metrics {
     this.tcpSniRouted = new Counter({ name: 'ferry_tcp_sni_routed_total', help: 'Connections of a TCP listener with sniRoutes passed through to an upstream after their ClientHello was read, by the upstream chosen (a route\'s, or the listener\'s `upstream` for no SNI or no match). Refused ones are in ferry_tcp_closed_total.', labelNames: ['listener', 'upstream'], registers: r })
     this.admissionRefused = new Counter({ name: 'ferry_admission_refused_total', help: 'New WebSocket handshakes refused by admission control (admission.handshakesPerSec), by reply: http_503 (503 + Retry-After) or ws_1013 (ferry/client: close 1013 with retry-after-ms).', labelNames: ['reply'], registers: r })
     this.limitRefused = new Counter({ name: 'ferry_limit_refused_total', help: 'HTTP requests and WebSocket upgrades refused by a limit of config `limits`, by limit: http_in_flight, http_buffered_bytes, ws_sessions (503) or http_in_flight_per_ip, http_streamed_bodies_per_ip, http_buffered_bytes_per_ip, ws_sessions_per_ip (429).', labelNames: ['limit'], registers: r })
+    this.ipLeaseBorrows = new Counter({ name: 'ferry_ip_lease_borrows_total', help: 'A worker of a pod borrowed per-IP slots from its control plane (limits.maxRequestsInFlightPerIp, limits.maxWebSocketSessionsPerIp, listen.tcp[].maxConnectionsPerIp; docs/workers.md), by result: granted (all it asked for), short (less: the client holds the figure in the pod, the rest refused), unanswered (no answer within 250 ms: the worker decided alone).', labelNames: ['result'], registers: r })
     this.bufferedBodyBytes = new Gauge({ name: 'ferry_http_buffered_body_bytes', help: 'Request body bytes held in memory now: buffered bodies being read or waiting for an upstream connection (limits.maxBufferedBodyBytes). Updated at scrape time.', registers: r })
     this.streamedBodies = new Gauge({ name: 'ferry_http_streamed_bodies', help: 'Request bodies larger than http.bufferBodyBytes streaming to upstreams now, not yet complete. Updated at scrape time.', registers: r })
     this.acceptPaused = new Counter({ name: 'ferry_accept_paused_total', help: 'Times listeners stopped accepting because fewer than limits.fdReserve file descriptors were free, by listener: front (the HTTP/WebSocket listener and the TCP listeners) or admin (only when no descriptor at all was left).', labelNames: ['listener'], registers: r })

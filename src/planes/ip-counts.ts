@@ -60,6 +60,8 @@ export class PodIpCounts {
   private readonly sweep: NodeJS.Timeout
   private quiet = false
   private closed = false
+  /** Counts each borrow's outcome (the gateway sets it: ferry_ip_lease_borrows_total). */
+  onBorrow: (result: 'granted' | 'short' | 'unanswered') => void = () => {}
 
   constructor (private readonly workers: number, private readonly send: (calls: IpCall[]) => void, private readonly log: Logger) {
     this.sweep = setInterval(() => { this.returnIdle(performance.now()) }, LEASE_IDLE_MS / 2)
@@ -117,6 +119,7 @@ export class PodIpCounts {
     if (l.asking <= 0) { this.serve(l); return }
     if (this.quiet) { this.quiet = false; this.log.info('the control plane answers per-IP limits again') }
     const wanted = l.asking
+    this.onBorrow(n >= wanted ? 'granted' : 'short')
     clearTimeout(l.timer)
     l.timer = undefined
     l.asking = 0
@@ -141,6 +144,7 @@ export class PodIpCounts {
   private unanswered (l: Lease, max: number): void {
     l.timer = undefined
     l.asking = 0
+    this.onBorrow('unanswered')
     const part = Math.ceil(max / this.workers)
     if (!this.quiet) { this.quiet = true; this.log.warn({ waitMs: LEASE_WAIT_MS, part }, 'the control plane did not answer a per-IP limit in time: this worker decides alone, within its even part of the figure') }
     for (const w of l.waiting) {
