@@ -109,10 +109,10 @@ t.test('registry: Redis restarting keeps the set; the backends\' heartbeat regis
   const redis = await startRedis(t)
   const m1 = await startMuxBackend(t, echo, { register: { redis: redis.url, service: 'chat', ttlMs: 900 } })
   const f = await startFerry(t, {
-    // An empty read is believed when a read scanIntervalMs later agrees: 1200 ms leaves the backend 4
-    // heartbeats (ttlMs 900 / 3) and its own Redis reconnect to register again, as the defaults do
-    // (5000 ms against 10 s / 3); at 300 a loaded machine saw the set emptied before the heartbeat came.
-    upstreams: { chat: { protocol: 'mux', pool: { links: 1 }, registry: { redis: redis.url, service: 'chat', scanIntervalMs: 1200 } } },
+    // scanIntervalMs 300 is the backend's own heartbeat (ttlMs 900 / 3): an empty read is believed only
+    // when one agrees after that heartbeat, announced in the entry, plus the backend's Redis reconnect
+    // (2 s). Before entries announced it, a loaded machine saw the set emptied here before the heartbeat came.
+    upstreams: { chat: { protocol: 'mux', pool: { links: 1 }, registry: { redis: redis.url, service: 'chat', scanIntervalMs: 300 } } },
     routes: [{ match: { path: '/chat' }, upstream: 'chat' }],
   })
   await waitFor('m1 in the set', async () => (await active(f)).length === 1, 5000)

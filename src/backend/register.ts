@@ -64,7 +64,7 @@ export class Registration {
     this.ttlMs = opts.ttlMs ?? 10_000
     this.keys = registryKeys(opts.keyPrefix ?? 'ferry:reg:', opts.service)
     const labels = checkRegisterLabels(opts)
-    this.value = JSON.stringify({ address, id, at: new Date().toISOString(), ...(Object.keys(labels).length > 0 ? { labels } : {}) })
+    this.value = JSON.stringify({ address, id, at: new Date().toISOString(), ttlMs: this.ttlMs, ...(Object.keys(labels).length > 0 ? { labels } : {}) })
     this.redis = new Redis(opts.redis, { maxRetriesPerRequest: 1, lazyConnect: false })
     this.redis.on('error', (err: Error) => { this.onError(err) })
   }

@@ -23,6 +23,14 @@ export function registryKeys (prefix: string, service: string): RegistryKeys {
  * The labels in a registry entry's value (`{"address":…,"labels":{"version":"v2"}}`): none when the entry
  * has no `labels` (or is not JSON: an older or foreign registrant), undefined when they are malformed.
  */
+/** The heartbeat period an entry announces (a third of its `ttlMs`); undefined when it says none. */
+export function registryHeartbeatMs (value: string): number | undefined {
+  let j: unknown
+  try { j = JSON.parse(value) } catch { return undefined }
+  const ttl = (j as { ttlMs?: unknown } | null)?.ttlMs
+  return typeof ttl === 'number' && Number.isFinite(ttl) && ttl > 0 ? ttl / 3 : undefined
+}
+
 export function registryLabels (value: string): Labels | undefined {
   let j: unknown
   try { j = JSON.parse(value) } catch { return {} }

@@ -1,8 +1,11 @@
 import { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import type { Metrics } from '../observability/metrics.js'
-import { registryKeys, registryLabels, type RegistryKeys } from './registry-keys.js'
+import { registryHeartbeatMs, registryKeys, registryLabels, type RegistryKeys } from './registry-keys.js'
 import { SourceBase, type SourceEndpoint } from './source.js'
+
+/** How long a backend may take to reach a restarted Redis again (ioredis's reconnect backs off to 2 s) before its heartbeat. */
+const RECONNECT_MS = 2000
 
 export interface RegistrySourceConfig {
   readonly redis: string
@@ -37,6 +40,8 @@ export class RegistrySource extends SourceBase {
   private readonly badLabels = new Set<string>()
   /** When a read first came back empty while the set was not (see `read`). */
   private emptySince: number | undefined
+  /** The longest heartbeat period the entries of the last read that found some announced (their ttlMs ÷ 3). */
+  private heartbeatMs = 0
   reads = 0
 
   constructor (
@@ -81,11 +86,12 @@ export class RegistrySource extends SourceBase {
         this.failures = 0
         this.lastError = undefined
         // An empty registry while we know endpoints is what a restarted (empty) Redis looks like until the
-        // backends' next heartbeat: it is believed only when a read scanIntervalMs later agrees.
+        // backends' next heartbeat: it is believed only when a read agrees after scanIntervalMs, or after
+        // the longest heartbeat the backends announced plus their Redis reconnect if that is longer.
         const now = Date.now()
         if (alive.length === 0 && (this.current?.length ?? 0) > 0) {
           this.emptySince ??= now
-          if (now - this.emptySince < this.cfg.scanIntervalMs) return
+          if (now - this.emptySince < Math.max(this.cfg.scanIntervalMs, this.heartbeatMs + RECONNECT_MS)) return
         }
         this.emptySince = undefined
         this.publish(alive)
@@ -122,6 +128,9 @@ export class RegistrySource extends SourceBase {
       }
     })
     for (const m of this.badLabels) if (!members.includes(m)) this.badLabels.delete(m)
+    let beat = 0
+    for (const v of values) if (v !== null && v !== undefined) beat = Math.max(beat, registryHeartbeatMs(v) ?? 0)
+    if (alive.length > 0) this.heartbeatMs = beat
     // Expired registrations (a backend that died without deregistering) leave the member set.
     if (dead.length > 0) void cmd.srem(this.keys.members, ...dead).catch(() => {})
     return alive
