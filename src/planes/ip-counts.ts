@@ -19,10 +19,13 @@ export type IpCall =
 
 /** How long a worker waits for a grant, and the control plane for the other workers to cede, before deciding without. */
 export const LEASE_WAIT_MS = 250
+/** How long the control plane waits for the workers asked to cede before it lends what is free. */
+const CEDE_WAIT_MS = LEASE_WAIT_MS / 2
 /** How long a lease a worker does not use stays with it (so a busy client does not ask for every request). */
 export const LEASE_IDLE_MS = 1000
 
-interface Waiter { resolve: (ok: boolean) => void, gone: boolean }
+/** A take waiting for a borrow: resolved true (held) or false (refused). */
+type Waiter = (ok: boolean) => void
 
 /** One client's lease in a worker: the slots the pod lent it, the slots it uses, the takes waiting for more. */
 interface Lease {
@@ -82,7 +85,7 @@ export class PodIpCounts {
     l.touchedAt = performance.now()
     const lease = l
     return new Promise<boolean>((resolve) => {
-      lease.waiting.push({ resolve, gone: false })
+      lease.waiting.push(resolve)
       if (lease.asking === 0) this.borrow(lease, max)
     })
   }
@@ -126,19 +129,16 @@ export class PodIpCounts {
     this.serve(l)
     // All that was asked came, and more takes arrived meanwhile: ask again for them. Else the pod is full.
     if (l.waiting.length > 0 && n >= wanted) { this.borrow(l, max); return }
-    for (const w of l.waiting) if (!w.gone) w.resolve(false)
+    for (const w of l.waiting) w(false)
     l.waiting = []
     this.forgetIfIdle(key, l)
   }
 
   private serve (l: Lease): void {
     while (l.waiting.length > 0 && l.used < l.lease) {
-      const w = l.waiting.shift()!
-      if (w.gone) continue
       l.used++
-      w.resolve(true)
+      l.waiting.shift()!(true)
     }
-    l.waiting = l.waiting.filter((w) => !w.gone)
   }
 
   private unanswered (l: Lease, max: number): void {
@@ -148,8 +148,7 @@ export class PodIpCounts {
     const part = Math.ceil(max / this.workers)
     if (!this.quiet) { this.quiet = true; this.log.warn({ waitMs: LEASE_WAIT_MS, part }, 'the control plane did not answer a per-IP limit in time: this worker decides alone, within its even part of the figure') }
     for (const w of l.waiting) {
-      if (w.gone) continue
-      if (l.used < part) { l.used++; w.resolve(true) } else w.resolve(false)
+      if (l.used < part) { l.used++; w(true) } else w(false)
     }
     l.waiting = []
   }
@@ -191,7 +190,7 @@ export class PodIpCounts {
   private flush (): void {
     this.scheduled = false
     for (const l of this.borrowing) {
-      const want = l.waiting.filter((w) => !w.gone).length
+      const want = l.waiting.length
       if (want === 0) { l.asking = 0; l.waiting = []; this.forgetIfIdle(`${l.scope} ${l.ip}`, l); continue }
       l.asking = want
       this.batch.push({ op: 'borrow', scope: l.scope, ip: l.ip, want, max: l.max })
@@ -218,7 +217,7 @@ export class PodIpCounts {
     clearInterval(this.sweep)
     for (const l of this.leases.values()) {
       clearTimeout(l.timer)
-      for (const w of l.waiting) if (!w.gone) w.resolve(false)
+      for (const w of l.waiting) w(false)
       l.waiting = []
     }
   }
@@ -246,7 +245,7 @@ interface Loan {
  * The control plane's side: for each scope and client IP, the slots lent to each worker. It never
  * lends more than the figure in all. A borrow is granted from what no worker holds; when that is not
  * enough, the workers that hold some of that client are asked to cede what they do not use (a round
- * that ends when they answered or after LEASE_WAIT_MS), and the borrow gets what is free then. A worker
+ * that ends when they answered or after CEDE_WAIT_MS), and the borrow gets what is free then. A worker
  * that exits returns everything (its connections are gone). Entries exist only while something is lent.
  */
 export class PodIpTable {
@@ -299,7 +298,8 @@ export class PodIpTable {
         l.round = id
         l.ceding = new Set(others.map((x) => x.w))
         for (const x of others) this.send(x.w, { op: 'cede', scope, ip, id })
-        l.timer = setTimeout(() => { this.endRound(key, scope, ip, l) }, LEASE_WAIT_MS)
+        // Shorter than a worker's wait for its grant, so the borrower hears before it decides alone.
+        l.timer = setTimeout(() => { this.endRound(key, scope, ip, l) }, CEDE_WAIT_MS)
         return
       }
       l.queue.shift()
