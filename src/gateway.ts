@@ -237,7 +237,9 @@ export class Gateway {
     this.state.to('running')
     this.noteDiscoveredSplits(cfg)
     this.pods?.start()
-    this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, admin: `${cfg.listen.admin.host}:${this.ports.admin}`, tcp: this.ports.tcp, gateway: cfg.gateway.id, version: VERSION }, this.role === undefined ? 'listening' : 'worker listening')
+    // A worker has no admin listener (the control plane's is logged by it).
+    const admin = this.role === undefined ? { admin: `${cfg.listen.admin.host}:${this.ports.admin}` } : {}
+    this.log.info({ http: `${cfg.listen.http.host}:${this.ports.http}`, ...admin, tcp: this.ports.tcp, gateway: cfg.gateway.id, version: VERSION }, this.role === undefined ? 'listening' : 'worker listening')
     if (this.drainRequested !== undefined) this.drain(this.drainRequested)
     return this.ports
   }
