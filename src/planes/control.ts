@@ -151,6 +151,9 @@ export class Pod {
     }
     this.role = { count: this.count, resumeSecret: resume }
     try {
+      // The workers and the admin listener need the native binary: refuse a fallback here, once, by its
+      // own code (as a single process does), before any worker is forked.
+      const uws = loadNativeUws()
       await this.pinPorts(cfg)
       cluster.schedulingPolicy = cluster.SCHED_NONE
       cluster.setupPrimary({ exec: workerFile(), serialization: 'advanced' })
@@ -159,7 +162,7 @@ export class Pod {
       this.watchdog = setInterval(() => { this.watch() }, BEAT_MS)
       const ready = await Promise.all(this.slots.map(async (s) => await this.fork(s)))
       const access = { token: adminToken(cfg), protectMetrics: cfg.admin.protectMetrics }
-      this.admin = new AdminServer(loadNativeUws(), {
+      this.admin = new AdminServer(uws, {
         live: () => this.state.live,
         ready: () => this.state.ready,
         status: () => this.status(),
