@@ -591,7 +591,9 @@ export class Pod {
   private drainStatus (): object {
     const live = this.slots.filter((s) => s.worker !== undefined && s.status !== undefined).map((s) => s.status!.drain as unknown as { phase: DrainPhase, migrated: Record<string, number>, remaining: Record<string, number>, ratePerSec: number, sessionsAtStart: number, deadlineAt?: string, listenersCloseAt?: string })
     const draining = this.state.value === 'draining' || this.state.ending
-    const phase: DrainPhase = !draining ? 'idle' : live.length === 0 ? 'done' : PHASES[Math.min(...live.map((d) => PHASES.indexOf(d.phase)))]!
+    // A worker whose last heartbeat predates the drain still says idle: it has been told, so it is in grace at least.
+    const GRACE = PHASES.indexOf('grace')
+    const phase: DrainPhase = !draining ? 'idle' : live.length === 0 ? 'done' : PHASES[Math.min(...live.map((d) => Math.max(GRACE, PHASES.indexOf(d.phase))))]!
     const add = (k: 'migrated' | 'remaining'): Record<string, number> => {
       const out: Record<string, number> = {}
       for (const d of live) for (const [key, v] of Object.entries(d[k])) out[key] = (out[key] ?? 0) + v
