@@ -8,7 +8,8 @@ import { freePort } from './helpers/redis.js'
 
 // gateway.workers defaults to `auto`: a worker per core the process may use (docs/workers.md). A count
 // of 1 (`workers: 1`, or `auto` with one usable core) is the plain single process, no control plane.
-// Real processes: `ferry start`, its workers, a real backend; the core count is the machine's own.
+// The README's tour of `make run` (the default) is driven too: one backend connection per worker.
+// Real processes: `ferry start`, its workers, the demo backend; the core count is the machine's own.
 
 /** The demo backend `make run` starts (dist/demo/backend.js): it says which of its connections served a request. */
 async function config (t: Test, top: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
@@ -51,12 +52,10 @@ async function singleProcess (t: Test, f: FerryProcess, what: string): Promise<v
   t.equal(accepted, 1, `${what}: the backend accepted 1 connection`)
 }
 
-t.test('a config without gateway.workers starts a control plane with a worker per usable core', async (t) => {
-  const cores = usableCores()
-  if (cores.usable < 2) {
-    t.skip(`this machine has ${cores.usable} usable core (cpus ${cores.affinity}, quota ${cores.quota ?? 'none'}): auto is 1, the single process (next test)`)
-    return
-  }
+const cores = usableCores()
+const oneCore = cores.usable < 2 ? `this machine has ${cores.usable} usable core (cpus ${cores.affinity}, quota ${cores.quota ?? 'none'}): auto is 1, the single process (next test)` : false
+
+t.test('a config without gateway.workers starts a control plane with a worker per usable core', { skip: oneCore }, async (t) => {
   const cfg = await config(t)
   t.equal((cfg.gateway as unknown), undefined, 'the config does not set gateway')
   const f = await startFerry(t, cfg, { singleProcess: false, timeoutMs: 60_000 })
@@ -71,7 +70,7 @@ t.test('a config without gateway.workers starts a control plane with a worker pe
   const st = await adminStatus(f)
   t.match(st.pod, { workers: cores.usable, cores: cores.usable }, `/status pod.workers is the usable cores (${cores.usable}: cpus ${cores.affinity}, quota ${cores.quota ?? 'none'})`)
   t.equal(st.pid, f.pid, '/status is the control plane\'s (the started process)')
-  t.same(childrenOf(f.pid).sort(), workers.map((w) => w.pid).sort(), `the ${cores.usable} workers are the started process's children`)
+  t.same(childrenOf(f.pid).sort(), workers!.map((w) => w.pid).sort(), `the ${cores.usable} workers are the started process's children`)
   t.match(f.logs.find((l) => l.msg === 'starting the workers'), { setting: 'auto', workers: cores.usable }, 'it logs the setting (auto) and the count')
   const { used, accepted } = await tour(f)
   t.ok(used.size >= 1 && used.size <= cores.usable, `20 client connections, one after another, served over ${used.size} backend connection(s) (${[...used].join(', ')}): at most one per worker (${cores.usable})`)
