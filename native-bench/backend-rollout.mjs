@@ -110,7 +110,8 @@ function podConfig (id, target, env, o) {
     ? { protocol: 'mux', registry: { redis: env.redis.url, service: 'chat', scanIntervalMs: 1000 }, pool: { links: 2 }, reconnect: { minDelayMs: 50, maxDelayMs: 500 }, handoff: { maxPerSec: o.handoffMaxPerSec } }
     : { protocol: 'ws', endpoints: env.backends.map((b) => `127.0.0.1:${b.port}`) }
   return {
-    gateway: { id },
+    // One process per pod (the default, auto, forks a worker per core; the pods share this machine's).
+    gateway: { id, workers: 1 },
     listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } },
     upstreams: { chat },
     routes: [{ match: { path: '/chat' }, upstream: 'chat' }],

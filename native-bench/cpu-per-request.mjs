@@ -89,8 +89,10 @@ const BODY = 'native-bench reference response\n'
 writeFileSync(join(WORK, 'backend.conf'), nginxConf(WORK, 'backend', 1, { http: nginxBackendServer(HOST, P.backend, BODY) }))
 // The same proxy configuration as native-bench/run (HTTP) and native-bench/lib/ws.js (WebSocket), in one worker.
 writeFileSync(join(WORK, 'nginx.conf'), nginxConf(WORK, 'nginx', 1, { http: nginxProxyServer({ host: HOST, port: P.nginx, backend: `${HOST}:${P.backend}`, echo: `${HOST}:${P.wsEcho}` }) }))
-// `proxy`: only for the pp-* targets (a --base Ferry may predate the field).
-const ferryYaml = (httpPort, adminPort, proxy) => `listen:
+// `proxy`: only for the pp-* targets (a --base Ferry may predate the field). One process (the default,
+// auto, forks a worker per core); a --base Ferry older than gateway.workers (commit 007bbd9) refuses it.
+const ferryYaml = (httpPort, adminPort, proxy) => `gateway: { workers: 1 }
+listen:
   http: { host: ${HOST}, port: ${httpPort}${proxy === undefined ? '' : `, acceptProxyProtocol: ${proxy}`} }
   admin: { host: ${HOST}, port: ${adminPort} }
 upstreams:

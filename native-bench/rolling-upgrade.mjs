@@ -96,7 +96,8 @@ async function startBackend (res, mode, name) {
 function podConfig (id, env, o) {
   const naive = env.mode === 'naive'
   return {
-    gateway: { id },
+    // One process per pod (the default, auto, forks a worker per core; the pods share this machine's).
+    gateway: { id, workers: 1 },
     listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } },
     upstreams: {
       chat: { protocol: 'mux', endpoints: env.mux.map((b) => `127.0.0.1:${b.port}`), pool: { links: 2 }, reconnect: { minDelayMs: 50, maxDelayMs: 500 } },

@@ -3,14 +3,14 @@ import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { connect } from 'node:net'
 import { startBackend, httpConfig } from './helpers/backend.js'
-import { startFerry, writeConfig, adminStatus, metric, CLI, type Teardown } from './helpers/ferry.js'
+import { startFerry, singleProcess, writeConfig, adminStatus, metric, CLI, type Teardown } from './helpers/ferry.js'
 
 /**
- * Runs `ferry start` on `config` until it exits. If it logs `listening` instead (it started when it should
+ * Runs `ferry start` on `config` (one process unless it sets gateway.workers) until it exits. If it logs `listening` instead (it started when it should
  * not have), it is killed so the test fails on its assertions rather than hanging.
  */
 async function startExpectingFailure (t: Teardown, config: Record<string, unknown>): Promise<{ code: number | null, listened: boolean, stderr: string, stdout: string }> {
-  const child = spawn(process.execPath, [CLI, 'start', '--config', writeConfig(config)], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [CLI, 'start', '--config', writeConfig(singleProcess(config))], { stdio: ['ignore', 'pipe', 'pipe'] })
   let stdout = ''
   let stderr = ''
   let listened = false

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { ConfigError, EMBEDDED_DEFAULTS, applyEnvOverrides, loadConfig, validateConfig } from '../src/config/load.js'
 import { renderConfigReference, renderErrorReference } from '../src/config/reference.js'
 import { ERRORS, FerryError } from '../src/errors.js'
-import { ROOT, runCli, startFerry, writeConfig } from './helpers/ferry.js'
+import { ROOT, runCli, singleProcess, startFerry, writeConfig } from './helpers/ferry.js'
 
 const valid = {
   upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:3000', '[::1]:3001', 'http://localhost:3002'] } },
@@ -107,11 +107,11 @@ t.test('ferry start refuses an invalid config and does not listen', async (t) =>
 
 t.test('the resume secret: an unreadable secretFile or a short secret stops the start, naming the field', async (t) => {
   const base = { listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } }, upstreams: { chat: { protocol: 'mux', endpoints: ['127.0.0.1:1'] } }, routes: [{ match: { path: '/chat' }, upstream: 'chat' }] }
-  const missing = await runCli(['start', '--config', writeConfig({ ...base, resume: { secretFile: '/nonexistent/ferry-secret' } })])
+  const missing = await runCli(['start', '--config', writeConfig(singleProcess({ ...base, resume: { secretFile: '/nonexistent/ferry-secret' } }))])
   t.equal(missing.code, 1, 'a missing secretFile: exit code 1')
   t.match(missing.stderr + missing.stdout, 'resume.secretFile: cannot read /nonexistent/ferry-secret', 'names the field and the file')
   t.notMatch(missing.stdout, '"msg":"listening"', 'never listened')
-  const short = await runCli(['start', '--config', writeConfig(base)], { FERRY_RESUME_SECRET: 'too-short' })
+  const short = await runCli(['start', '--config', writeConfig(singleProcess(base))], { FERRY_RESUME_SECRET: 'too-short' })
   t.equal(short.code, 1, 'a short FERRY_RESUME_SECRET: exit code 1')
   t.match(short.stderr + short.stdout, 'FERRY_RESUME_SECRET: the secret must be at least 32 characters', 'says why')
   const inline = await runCli(['check', '--config', writeConfig({ ...base, resume: { secret: 'short' } })])

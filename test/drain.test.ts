@@ -6,7 +6,7 @@ import t from 'tap'
 import WebSocket from 'ws'
 import type { MuxServer } from '../src/backend/index.js'
 import { FerryClient } from '../src/client/index.js'
-import { CLI, metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { CLI, metric, runCli, singleProcess, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
 import { connect, startMuxBackend, upgradeStatus, type Client } from './helpers/mux.js'
 import { startSwitch } from './helpers/switch.js'
 import { startRedis } from './helpers/redis.js'
@@ -273,10 +273,11 @@ t.test('SIGTERM during start-up: the gateway finishes starting, drains and exits
   silent.listen(0, '127.0.0.1')
   await once(silent, 'listening')
   t.teardown(async () => { for (const s of held) s.destroy(); await new Promise((resolve) => silent.close(resolve)) })
-  const file = writeConfig(podConfig('pod', mux.port, api, { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 }, {
+  // One process: the log lines below are a single gateway's.
+  const file = writeConfig(singleProcess(podConfig('pod', mux.port, api, { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 }, {
     listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } },
     affinity: { store: 'redis', redis: { url: `redis://127.0.0.1:${(silent.address() as { port: number }).port}`, lookupTimeoutMs: 50 } },
-  }))
+  })))
   const child = spawn(process.execPath, [CLI, 'start', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] })
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
   let out = ''

@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { exportJWK, SignJWT } from 'jose'
 import WebSocket, { WebSocketServer } from 'ws'
 import { startBackend } from './helpers/backend.js'
-import { startFerry, metric, runCli, writeConfig } from './helpers/ferry.js'
+import { startFerry, metric, runCli, singleProcess, writeConfig } from './helpers/ferry.js'
 import { send } from './helpers/http.js'
 import { connect, startMuxBackend, upgradeStatus } from './helpers/mux.js'
 
@@ -281,7 +281,7 @@ t.test('bad auth config names the field and the process does not start', async (
     ['bad limit key', { routes: [{ match: { path: '/' }, upstream: 'api', rateLimits: ['r'] }], rateLimits: { policies: { r: { key: 'cookie:x', ratePerSec: 1, burst: 1 } } } }, /rateLimits\.policies\.r\.key/],
   ]
   for (const [what, extra, re] of cases) {
-    const r = await runCli(['start', '--config', writeConfig({ ...base, ...extra })])
+    const r = await runCli(['start', '--config', writeConfig(singleProcess({ ...base, ...extra }))])
     t.not(r.code, 0, `${what}: does not start`)
     t.match(r.stderr + r.stdout, re, `${what}: the error names the field`)
   }

@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process'
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import WebSocket from 'ws'
 import { FerryClient } from '../src/client/index.js'
-import { ROOT, runCli, startFerry, waitFor, writeConfig, type Teardown } from './helpers/ferry.js'
+import { usableCores } from '../src/planes/cores.js'
+import { childrenOf, ROOT, runCli, startFerry, waitFor, writeConfig, type Teardown } from './helpers/ferry.js'
 import { connect } from './helpers/mux.js'
 import { startSwitch } from './helpers/switch.js'
 import { freePort } from './helpers/redis.js'
@@ -98,20 +99,6 @@ t.test('examples/chat with ferry/client: a gateway restart does not end the chat
   t.same(left, [], 'and the room never saw her leave')
 })
 
-/** PIDs whose parent is `pid` (the processes scripts/run-demo.sh started). */
-function childrenOf (pid: number): number[] {
-  const out: number[] = []
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8')
-      // "pid (comm) state ppid ...": comm may hold spaces, so read after its closing parenthesis.
-      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) out.push(Number(d))
-    } catch { /* gone meanwhile */ }
-  }
-  return out
-}
-
 t.test('examples/chat under `make run`: the page\'s sentence holds: `make restart` restarts Ferry alone, and the tabs resume their sessions', async (t) => {
   // What the page promises, and the command it names.
   const page = readFileSync(join(ROOT, 'examples', 'chat', 'index.html'), 'utf8')
@@ -157,7 +144,11 @@ t.test('examples/chat under `make run`: the page\'s sentence holds: `make restar
   t.equal(statSync(secret).mode & 0o777, 0o600, 'it created the resume secret once, readable by its owner only')
   const secretBefore = readFileSync(secret, 'utf8')
   t.ok(secretBefore.trim().length >= 32, 'a secret of at least 32 characters')
-  t.equal((await (await fetch(`http://127.0.0.1:${adminPort}/status`)).json() as any).resume.secret, 'env', 'Ferry uses it (resume.secret source: env)')
+  const status = await (await fetch(`http://127.0.0.1:${adminPort}/status`)).json() as any
+  t.equal(status.resume.secret, 'env', 'Ferry uses it (resume.secret source: env)')
+  // The embedded defaults leave gateway.workers at its default, auto: a worker per usable core (one: no pod).
+  const cores = usableCores().usable
+  t.equal(status.pod?.workers, cores > 1 ? cores : undefined, `make run runs the default workers (${cores} usable cores)`)
 
   const clients = ['ann', 'bob'].map((name) => {
     const c = new FerryClient(`ws://127.0.0.1:${httpPort}/chat?room=lobby&name=${name}`, { WebSocket: WebSocket as never, reconnect: { minDelayMs: 50, maxDelayMs: 300 } })

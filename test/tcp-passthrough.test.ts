@@ -6,7 +6,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { parse, stringify } from 'yaml'
 import { ConfigError, validateConfig } from '../src/config/load.js'
 import { deadPort, startRawBackend } from './helpers/backend.js'
-import { adminStatus, metric, runCli, startFerry, tcpPort, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { adminStatus, metric, runCli, singleProcess, startFerry, tcpPort, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
 
 // ---------------------------------------------------------------------------------------------------
 // helpers
@@ -660,7 +660,8 @@ t.test('a tcp listener port already in use: exit 1 naming the listener', async (
   const cfg = tcpConfig([{ name: 'first', upstream: 'd', port: 0 }, { name: 'db', upstream: 'd', port }], { d: { endpoints: ['127.0.0.1:5432'] } })
   ;(cfg as any).listen.http = { host: '127.0.0.1', port: 0 }
   ;(cfg as any).listen.admin = { host: '127.0.0.1', port: 0 }
-  const r = await runCli(['start', '--config', writeConfig(cfg)])
+  // One process: a pod's worker would say `worker 0: listen.tcp[1] (db): …`.
+  const r = await runCli(['start', '--config', writeConfig(singleProcess(cfg))])
   t.equal(r.code, 1, 'exit code 1')
   t.match(r.stderr, `FERRY_ERR_LISTEN: listen.tcp[1] (db): cannot listen on 127.0.0.1:${port}: EADDRINUSE`, 'stderr names the listener, the address and the cause')
   t.notMatch(r.stdout, '"msg":"listening"', 'never reported listening')

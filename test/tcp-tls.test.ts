@@ -6,7 +6,7 @@ import t, { type Test } from 'tap'
 import { parse, stringify } from 'yaml'
 import { ConfigError, validateConfig } from '../src/config/load.js'
 import { startBackend, startRawBackend } from './helpers/backend.js'
-import { adminStatus, metric, runCli, startFerry, tcpPort, waitFor, writeConfig, type FerryProcess } from './helpers/ferry.js'
+import { adminStatus, metric, runCli, singleProcess, startFerry, tcpPort, waitFor, writeConfig, type FerryProcess } from './helpers/ferry.js'
 import { makePki, run, type Pki } from './helpers/pki.js'
 
 /**
@@ -329,10 +329,10 @@ t.test('config errors name the field', async (t) => {
   const pki = await makePki(t)
   const good = await pki.issue('good', 'DNS:localhost', '2001')
   const other = await pki.issue('other', 'DNS:localhost', '2002')
-  const cfg = (tls: Record<string, unknown>): string => writeConfig({
+  const cfg = (tls: Record<string, unknown>): string => writeConfig(singleProcess({
     listen: { tcp: [{ name: 'db', host: '127.0.0.1', port: 0, upstream: 'db', tls: { certFile: good.cert, keyFile: good.key, ...tls } }] },
     upstreams: { db: { protocol: 'tcp', endpoints: ['127.0.0.1:5432'] } },
-  })
+  }))
   const check = await runCli(['check', '--config', cfg({ keyFile: other.key, sni: [{ serverNames: ['a.test'], certFile: join(pki.dir, 'missing.pem'), keyFile: good.key }] })])
   t.equal(check.code, 1, 'ferry check fails on bad files')
   t.match(check.stderr, /listen\.tcp\[0\]\.tls\.keyFile: .* does not match/, 'naming the key that does not match')

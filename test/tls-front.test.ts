@@ -8,7 +8,7 @@ import { chromium } from 'playwright-core'
 import { parse, stringify } from 'yaml'
 import { startBackend } from './helpers/backend.js'
 import { startMuxBackend } from './helpers/mux.js'
-import { metric, runCli, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { metric, runCli, singleProcess, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
 import { makePki, openssl, run, type Pki } from './helpers/pki.js'
 
 /**
@@ -281,12 +281,12 @@ t.test('bad certificate files stop the process at start, each named by field', a
   const pass = join(pki.dir, 'pass')
   writeFileSync(pass, 's3cret\n')
   const start = async (tls: Record<string, unknown>): Promise<{ code: number | null, stderr: string }> => {
-    const file = writeConfig({
+    const file = writeConfig(singleProcess({
       listen: { http: { host: '127.0.0.1', port: 0, tls }, admin: { host: '127.0.0.1', port: 0 } },
       upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:9'] } },
       routes: [{ match: { path: '/' }, upstream: 'api' }],
       logging: { pretty: false },
-    })
+    }))
     const r = await runCli(['start', '--config', file])
     return { code: r.code, stderr: r.stderr + r.stdout }
   }

@@ -18,13 +18,16 @@ t.test('the JavaScript fallback is refused', async (t) => {
   t.doesNotThrow(() => assertNative(native, native), 'the native module passes')
 })
 
-t.test('ferry start exits 1 when uWebSockets.js falls back', async (t) => {
-  const file = writeConfig(httpConfig(['127.0.0.1:1'], {}, { listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } } }))
-  const r = await runCli(['start', '--config', file], { UWS_USE_FALLBACK: '1' })
-  t.equal(r.code, 1, 'exit code 1')
-  t.match(r.stderr, 'FERRY_ERR_UWS_FALLBACK', 'stderr names the error code')
-  t.match(r.stderr, 'UWS_USE_FALLBACK', 'stderr says why')
-  t.notMatch(r.stdout, 'listening', 'never listened')
+t.test('ferry start exits 1 when uWebSockets.js falls back: one process, and a pod (its control plane refuses before forking)', async (t) => {
+  for (const workers of [1, 2]) {
+    const file = writeConfig(httpConfig(['127.0.0.1:1'], {}, { gateway: { workers }, listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } } }))
+    const r = await runCli(['start', '--config', file], { UWS_USE_FALLBACK: '1' })
+    t.equal(r.code, 1, `workers: ${workers}: exit code 1`)
+    t.match(r.stderr, /^ferry: FERRY_ERR_UWS_FALLBACK: /m, `workers: ${workers}: stderr names the error code`)
+    t.match(r.stderr, 'UWS_USE_FALLBACK', `workers: ${workers}: stderr says why`)
+    t.notMatch(r.stdout, 'listening', `workers: ${workers}: never listened`)
+    t.notMatch(r.stdout, /"worker":\d/, `workers: ${workers}: no worker logged anything (none was forked)`)
+  }
 })
 
 /**

@@ -199,7 +199,9 @@ export async function runWsSection (ctx) {
     'ferry-mux': { proc: 'ferry-mux', port: P.muxFerry, admin: P.muxFerryAdmin, file: join(WORK, 'ferry-mux.yaml'),
       upstream: `  echo-mux: { protocol: mux, endpoints: ["${HOST}:${P.muxEcho}"], pool: { links: ${MUX_LINKS} } }`, route: '  - { match: { path: /mux }, upstream: echo-mux }' },
   }
-  const ferryYaml = (f) => `listen:
+  // One process, as nginx and HAProxy here run one worker (the default, auto, forks a worker per core).
+  const ferryYaml = (f) => `gateway: { workers: 1 }
+listen:
   http: { host: ${HOST}, port: ${f.port} }
   admin: { host: ${HOST}, port: ${f.admin} }
 upstreams:

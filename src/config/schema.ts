@@ -85,12 +85,12 @@ const httpListener = z.strictObject({
 })
 
 const httpPool = z.strictObject({
-  maxConnections: positiveInt.default(16).describe('Hard cap of keep-alive connections Ferry opens to each endpoint of this upstream for ordinary (short) requests; the backend never sees more of them. Long-held requests (SSE, long polling, streaming responses) have their own budget, `longHeld.maxConnections`, so they never take these (docs/http.md).'),
+  maxConnections: positiveInt.default(16).describe('Hard cap of keep-alive connections each Ferry process opens to each endpoint of this upstream for ordinary (short) requests: with one process the backend never sees more of them; with `gateway.workers` N (the default, `auto`, is the usable cores) each worker has its own pool, so up to N × this (docs/workers.md). Long-held requests (SSE, long polling, streaming responses) have their own budget, `longHeld.maxConnections`, so they never take these (docs/http.md).'),
   queueLimit: nonNegativeInt.default(1000).describe('Requests that may wait for a free connection; beyond it the client gets 503 with Retry-After.'),
   queueTimeoutMs: durationMs(5000, 'How long a request may wait in the queue before 503 with Retry-After.'),
   keepAliveTimeoutMs: durationMs(60000, 'Idle time after which Ferry closes a pooled backend connection (capped by the backend\'s Keep-Alive hint).'),
   longHeld: z.strictObject({
-    maxConnections: nonNegativeInt.default(1024).describe('Connections per endpoint, besides `maxConnections`, for long-held requests: Server-Sent Events (`Accept: text/event-stream`), Engine.IO (Socket.IO) long-polling GETs, and every request of a route with `longHeld: true`. They never wait for or take a short request\'s connection. Full: such a request gets 503 with Retry-After at once. 0: off (they share `maxConnections`).'),
+    maxConnections: nonNegativeInt.default(1024).describe('Connections per endpoint and per worker process (as `maxConnections`), besides `maxConnections`, for long-held requests: Server-Sent Events (`Accept: text/event-stream`), Engine.IO (Socket.IO) long-polling GETs, and every request of a route with `longHeld: true`. They never wait for or take a short request\'s connection. Full: such a request gets 503 with Retry-After at once. 0: off (they share `maxConnections`).'),
   }).prefault({}).describe('The budget for requests that stay open (docs/http.md).'),
 }).prefault({})
 
@@ -286,7 +286,7 @@ const muxUpstream = z.strictObject({
   healthCheck: healthCheckMux,
   whenAllUnhealthy,
   pool: z.strictObject({
-    links: z.number().int().min(1).max(64).default(4).describe('Links (TCP connections) kept open to each endpoint; every session of this upstream is a stream on one of them.'),
+    links: z.number().int().min(1).max(64).default(4).describe('Links (TCP connections) each worker process keeps open to each endpoint (`gateway.workers` N: N × this, docs/workers.md); every session of this upstream is a stream on one of its worker\'s links.'),
   }).prefault({}).describe('Links per endpoint.'),
   tls: tlsOf('each link is a TLS connection (`ferry/backend` serves one with createMuxServer\'s `tls` option)'),
   flow: z.strictObject({
@@ -328,7 +328,7 @@ const tcpListener = z.strictObject({
   acceptProxyProtocol: z.boolean().default(false).describe('Expect a PROXY header (v1 or v2) from a load balancer in front and use the client address it carries. Peers outside `trustedProxies` and malformed headers are closed and counted.'),
   trustedProxies: z.array(cidr).default(['127.0.0.0/8', '::1/128']).describe('Peers allowed to send a PROXY header when `acceptProxyProtocol` is on (addresses or CIDRs).'),
   proxyHeaderTimeoutMs: durationMs(5000, 'With `acceptProxyProtocol`: time for the complete PROXY header to arrive.'),
-  maxConnections: positiveInt.default(10000).describe('Client connections this listener holds at once; beyond it new ones are closed at once and counted.'),
+  maxConnections: positiveInt.default(10000).describe('Client connections this listener holds at once in each worker process (`gateway.workers`: each worker counts the connections it accepted); beyond it new ones are closed at once and counted.'),
   maxConnectionsPerIp: nonNegativeInt.default(0).describe('Client connections one IP address may hold at once (the PROXY source when accepted); beyond it new ones are closed at once and counted. 0: no limit.'),
   idleTimeoutMs: nonNegativeInt.default(3600000).describe('A connection with no bytes moving either way for this long is closed (checked coarsely, within a quarter of it). 0: never.'),
   noDelay: z.boolean().default(true).describe('TCP_NODELAY on both the client and the backend socket.'),
@@ -536,8 +536,8 @@ const WORKERS = 'must be an integer of 1-64, or auto'
 export const configSchema = z.strictObject({
   gateway: z.strictObject({
     id: z.string().min(1).optional().describe('This pod\'s id in logs, /status and affinity records. Default: the host name.'),
-    workers: z.union([z.literal('auto', { error: WORKERS }), z.number({ error: WORKERS }).int({ error: WORKERS }).min(1, { error: WORKERS }).max(64, { error: WORKERS })], { error: WORKERS }).default(1)
-      .describe('Data-plane worker processes (docs/workers.md). 1: one process does everything (today\'s behaviour). More: a control plane (config, reload, admin API and console, drain, metrics) forks this many workers, each running the HTTP/WebSocket front, the TCP listeners and its own upstream pools and links on the same ports; a crashed or hung worker is restarted. `auto`: the cores this process may use (its CPUs, capped by a cgroup CPU quota such as a Kubernetes CPU limit, rounded up). More than the cores is allowed and logged.'),
+    workers: z.union([z.literal('auto', { error: WORKERS }), z.number({ error: WORKERS }).int({ error: WORKERS }).min(1, { error: WORKERS }).max(64, { error: WORKERS })], { error: WORKERS }).default('auto')
+      .describe('Data-plane worker processes (docs/workers.md). `auto` (the default): the cores this process may use (its CPUs, capped by a cgroup CPU quota such as a Kubernetes CPU limit, rounded up). A count of 1 (set, or `auto` with one usable core): one process does everything. More: a control plane (config, reload, admin API and console, drain, metrics) forks this many workers, each running the HTTP/WebSocket front, the TCP listeners and its own upstream pools and links on the same ports; a crashed or hung worker is restarted. More than the cores is allowed and logged.'),
     workerHangMs: z.number({ error: 'must be an integer of 1000-600000 ms' }).int({ error: 'must be an integer of 1000-600000 ms' }).min(1000, { error: 'must be an integer of 1000-600000 ms' }).max(600000, { error: 'must be an integer of 1000-600000 ms' }).default(5000)
       .describe('With `workers` above 1: a worker whose event loop has not answered the control plane for this long is killed and restarted (counted in ferry_worker_restarts_total{reason="hung"}).'),
   }).prefault({}).describe('Identity of this gateway process, and its workers.'),

@@ -151,6 +151,9 @@ export class Pod {
     }
     this.role = { count: this.count, resumeSecret: resume }
     try {
+      // The workers and the admin listener need the native binary: refuse a fallback here, once, by its
+      // own code (as a single process does), before any worker is forked.
+      const uws = loadNativeUws()
       await this.pinPorts(cfg)
       cluster.schedulingPolicy = cluster.SCHED_NONE
       cluster.setupPrimary({ exec: workerFile(), serialization: 'advanced' })
@@ -159,7 +162,7 @@ export class Pod {
       this.watchdog = setInterval(() => { this.watch() }, BEAT_MS)
       const ready = await Promise.all(this.slots.map(async (s) => await this.fork(s)))
       const access = { token: adminToken(cfg), protectMetrics: cfg.admin.protectMetrics }
-      this.admin = new AdminServer(loadNativeUws(), {
+      this.admin = new AdminServer(uws, {
         live: () => this.state.live,
         ready: () => this.state.ready,
         status: () => this.status(),
@@ -588,7 +591,9 @@ export class Pod {
   private drainStatus (): object {
     const live = this.slots.filter((s) => s.worker !== undefined && s.status !== undefined).map((s) => s.status!.drain as unknown as { phase: DrainPhase, migrated: Record<string, number>, remaining: Record<string, number>, ratePerSec: number, sessionsAtStart: number, deadlineAt?: string, listenersCloseAt?: string })
     const draining = this.state.value === 'draining' || this.state.ending
-    const phase: DrainPhase = !draining ? 'idle' : live.length === 0 ? 'done' : PHASES[Math.min(...live.map((d) => PHASES.indexOf(d.phase)))]!
+    // A worker whose last heartbeat predates the drain still says idle: it has been told, so it is in grace at least.
+    const GRACE = PHASES.indexOf('grace')
+    const phase: DrainPhase = !draining ? 'idle' : live.length === 0 ? 'done' : PHASES[Math.min(...live.map((d) => Math.max(GRACE, PHASES.indexOf(d.phase))))]!
     const add = (k: 'migrated' | 'remaining'): Record<string, number> => {
       const out: Record<string, number> = {}
       for (const d of live) for (const [key, v] of Object.entries(d[k])) out[key] = (out[key] ?? 0) + v

@@ -36,9 +36,11 @@ async function start (config: Config, role: Extract<ToWorker, { t: 'start' }>['r
   buckets = new PodBuckets((id, call) => { send({ t: 'bucket', id, call }) }, log.child({ component: 'rate-limits' }))
   // limits.maxRequestsInFlightPerIp and maxWebSocketSessionsPerIp: the pod's counts, the control plane's (src/planes/ip-counts.ts).
   ipCounts = new PodIpCounts(role.count, (calls) => { send({ t: 'ip', calls }) }, log.child({ component: 'limits' }))
-  const gw = new Gateway({ config, log, worker: role, store: affinity, buckets, ipCounts })
-  gateway = gw
+  let gw: Gateway
   try {
+    // In the try: what the constructor refuses (a uWS fallback) is reported by its code as well.
+    gw = new Gateway({ config, log, worker: role, store: affinity, buckets, ipCounts })
+    gateway = gw
     const ports = await gw.start()
     send({ t: 'ready', ports })
   } catch (err) {

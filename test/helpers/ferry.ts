@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, writeFileSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -36,11 +36,32 @@ export function writeConfig (config: unknown): string {
 }
 
 /**
- * Starts `node dist/cli.js start --config <tmp>` with both listeners on 127.0.0.1:0 (unless the config
- * says otherwise) and resolves once it logs `listening`. Stopped by PID on teardown.
+ * `config` with `gateway.workers: 1` unless it sets `gateway.workers` itself. The default is `auto` (a
+ * control plane and a worker per usable core): tests that start Ferry from a config pin one process, so
+ * what they test is the same on a 1-core and a 16-core machine; the tests of the planes set workers.
  */
-export async function startFerry (t: Teardown, config: Record<string, unknown>, opts: { env?: NodeJS.ProcessEnv, timeoutMs?: number, /** RLIMIT_NOFILE (soft and hard) of the gateway process. */ nofile?: number } = {}): Promise<FerryProcess> {
-  const cfg = structuredClone(config) as Record<string, any>
+export function singleProcess<T extends Record<string, unknown>> (config: T): T {
+  const gateway = config.gateway as Record<string, unknown> | undefined
+  if (gateway !== undefined && (typeof gateway !== 'object' || gateway === null || 'workers' in gateway)) return config
+  return { ...config, gateway: { ...gateway, workers: 1 } }
+}
+
+/**
+ * Starts `node dist/cli.js start --config <tmp>` with both listeners on 127.0.0.1:0 (unless the config
+ * says otherwise) and one process (`singleProcess`, unless the config sets `gateway.workers`), and
+ * resolves once it logs `listening`. Stopped by PID on teardown.
+ */
+export async function startFerry (t: Teardown, config: Record<string, unknown>, opts: {
+  env?: NodeJS.ProcessEnv
+  timeoutMs?: number
+  /** RLIMIT_NOFILE (soft and hard) of the gateway process. */
+  nofile?: number
+  /** false: leave `gateway.workers` unset when the config does not set it (the default, `auto`, applies). */
+  singleProcess?: boolean
+  /** The CPUs the gateway process may run on (`taskset -c`, e.g. '0'): what `gateway.workers: auto` counts. */
+  cpus?: string
+} = {}): Promise<FerryProcess> {
+  const cfg = structuredClone(opts.singleProcess === false ? config : singleProcess(config)) as Record<string, any>
   cfg.listen ??= {}
   cfg.listen.http ??= { host: '127.0.0.1', port: 0 }
   cfg.listen.admin ??= { host: '127.0.0.1', port: 0 }
@@ -50,9 +71,12 @@ export async function startFerry (t: Teardown, config: Record<string, unknown>, 
   // session migrated at once: spreadMs 0 and no rate cap; 5 s deadline).
   cfg.drain ??= { acceptGraceMs: 0, spreadMs: 0, maxMigrationsPerSec: 1_000_000, deadlineMs: 5000 }
   const file = writeConfig(cfg)
-  const args = [CLI, 'start', '--config', file]
-  // With a descriptor limit, a shell sets it and execs node (same pid; the config file stays the last argument).
-  const child = spawn(opts.nofile === undefined ? process.execPath : '/bin/sh', opts.nofile === undefined ? args : ['-c', `ulimit -n ${opts.nofile} && exec "$0" "$@"`, process.execPath, ...args], {
+  let argv = [process.execPath, CLI, 'start', '--config', file]
+  // taskset and the shell exec node: the same pid, and the config file stays the last argument.
+  if (opts.cpus !== undefined) argv = ['taskset', '-c', opts.cpus, ...argv]
+  // With a descriptor limit, a shell sets it and execs the rest.
+  if (opts.nofile !== undefined) argv = ['/bin/sh', '-c', `ulimit -n ${opts.nofile} && exec "$0" "$@"`, ...argv]
+  const child = spawn(argv[0]!, argv.slice(1), {
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
@@ -111,6 +135,20 @@ export function tcpPort (f: FerryProcess, name: string): number {
   const p = rec?.tcp?.[name]
   if (typeof p !== 'number' || p <= 0) throw new Error(`no bound port for tcp listener ${name} in the listening log line`)
   return p
+}
+
+/** PIDs whose parent is `pid` (a pod's workers, the processes scripts/run-demo.sh started). */
+export function childrenOf (pid: number): number[] {
+  const out: number[] = []
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8')
+      // "pid (comm) state ppid ...": comm may hold spaces, so read after its closing parenthesis.
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) out.push(Number(d))
+    } catch { /* gone meanwhile */ }
+  }
+  return out
 }
 
 /** Runs `node dist/cli.js ...args` to completion. */
