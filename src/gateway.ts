@@ -27,7 +27,7 @@ import type { HttpLifecycle } from './contracts/http.js'
 import { AdminToken, resolveAdminToken } from './admin/token.js'
 import { PodDirectory, podBoardOf, type PodRecord } from './affinity/pods.js'
 import { hostname } from 'node:os'
-import { workerShare, type Budget } from './planes/share.js'
+import { workerCount, workerShare, type Budget } from './planes/share.js'
 import { ProcessState, type GatewayState } from './process-state.js'
 import type { SharedBuckets } from './edge/rate-limit.js'
 import type { PodIpCounts } from './planes/ip-counts.js'
@@ -408,6 +408,11 @@ export class Gateway {
     if (refusal !== undefined) return refuse([refusal])
     const problems = reloadRefusals(this.cfg, next)
     if (problems.length > 0) return refuse(problems)
+    // One process, not a pod: a new worker count takes a restart (a pod refuses the whole reload for it;
+    // here the rest applies, and the log says what did not).
+    if (this.role === undefined && workerCount(next) !== 1 && this.cfg.gateway.workers !== next.gateway.workers) {
+      this.log.warn({ running: 1, setting: next.gateway.workers, workers: workerCount(next) }, 'gateway.workers changes with a restart: this process runs alone until then')
+    }
     // Certificate files are read again on every reload, changed or not (a renewed certificate).
     const tls = this.front!.prepareTls(next.listen.http.tls)
     if ('problems' in tls) return refuse(tls.problems)

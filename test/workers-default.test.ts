@@ -1,6 +1,8 @@
 import { spawn } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
+import { stringify } from 'yaml'
 import { usableCores } from '../src/planes/cores.js'
 import { httpConfig } from './helpers/backend.js'
 import { adminStatus, childrenOf, ROOT, startFerry, waitFor, type FerryProcess } from './helpers/ferry.js'
@@ -92,4 +94,20 @@ t.test('a count of 1 is the plain single process: gateway.workers 1, and auto wi
   const auto = await startFerry(t, await config(t), { singleProcess: false, cpus: '0' })
   await singleProcess(t, auto, 'no gateway.workers, one CPU')
   t.equal(await auto.stop(), 0, 'one CPU: exits 0')
+})
+
+t.test('a single process told to become a pod by a reload says it needs a restart, and applies the rest', { skip: oneCore }, async (t) => {
+  const cfg = await config(t, { gateway: { workers: 1 } })
+  const f = await startFerry(t, cfg, { singleProcess: false })
+  const file = String(f.child.spawnargs.at(-1))
+  // The same config without gateway.workers (auto: a worker per core) and a new route.
+  const next = { ...cfg, gateway: undefined, routes: [...(cfg.routes as unknown[]), { match: { path: '/new' }, upstream: 'api' }] }
+  writeFileSync(file, stringify(next))
+  const r = await fetch(`${f.adminUrl}/reload`, { method: 'POST' })
+  const body = await r.json() as { result: string }
+  t.equal(body.result, 'ok', 'the reload applies')
+  const line = await waitFor('the log line', () => f.logs.find((l) => l.msg === 'gateway.workers changes with a restart: this process runs alone until then'), 5000, 20)
+  t.match(line, { running: 1, setting: 'auto', workers: cores.usable }, 'the log says the worker count waits for a restart')
+  t.same(childrenOf(f.pid), [], 'still one process')
+  t.equal(await f.stop(), 0)
 })
