@@ -492,6 +492,51 @@ t.test('per-IP limits are the pod\'s with 2 workers: maxWebSocketSessionsPerIp, 
   t.equal(await f.stop(), 0)
 })
 
+t.test('limits.maxStreamedBodiesPerIp is the pod\'s with 2 workers: one client streams 2 bodies at once over both, the others get 429', async (t) => {
+  // /up reads the whole body, then answers with its length.
+  let reached = 0
+  const up = await startBackend(t, (req, res) => {
+    reached++
+    let n = 0
+    req.on('data', (d: Buffer) => { n += d.length })
+    req.on('end', () => res.end(String(n)))
+  })
+  const cfg = await podConfig(t, { limits: { maxStreamedBodiesPerIp: 2, retryAfterSec: 3 }, http: { bufferBodyBytes: 1024 } })
+  ;(cfg.upstreams as Record<string, unknown>).up = { protocol: 'http', endpoints: [up.address] }
+  ;(cfg.routes as unknown[]).unshift({ match: { path: '/up' }, upstream: 'up' })
+  const f = await startFerry(t, cfg, { timeoutMs: 60_000 })
+  reapWorkers(t, f)
+  await allRunning(f, 2)
+  const SIZE = 64 * 1024
+  /** A POST whose 64 KiB body (streamed: more than bufferBodyBytes) is sent in two parts; its answer's status line. */
+  const upload = (): { sock: Socket, status: Promise<string>, rest: () => void } => {
+    const sock = netConnect(f.httpPort, '127.0.0.1')
+    let got = ''
+    const status = new Promise<string>((resolve) => {
+      sock.on('data', (d) => { got += String(d); if (got.includes('\r\n\r\n')) resolve(got.slice(0, got.indexOf('\r\n'))) })
+      sock.on('close', () => resolve(got === '' ? 'closed' : got.slice(0, got.indexOf('\r\n'))))
+      sock.on('error', () => {})
+    })
+    sock.write(`POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: ${SIZE}\r\n\r\n`)
+    sock.write(Buffer.alloc(4096, 1))
+    return { sock, status, rest: () => { sock.write(Buffer.alloc(SIZE - 4096, 2)) } }
+  }
+  const all = Array.from({ length: 6 }, () => upload())
+  t.teardown(() => { for (const u of all) u.sock.destroy() })
+  await waitFor('two bodies reached the backend', () => reached === 2, 5000, 20)
+  const refused = await waitFor('four answered 429', async () => {
+    const m = await metric(f, 'ferry_limit_refused_total{limit="http_streamed_bodies_per_ip"}')
+    return m === 4 ? m : undefined
+  }, 5000, 50)
+  t.equal(refused, 4, 'four refused, counted')
+  for (const u of all) u.rest()
+  const statuses = (await Promise.all(all.map(async (u) => await u.status))).sort()
+  t.same(statuses, ['HTTP/1.1 200 OK', 'HTTP/1.1 200 OK', 'HTTP/1.1 429 Too Many Requests', 'HTTP/1.1 429 Too Many Requests', 'HTTP/1.1 429 Too Many Requests', 'HTTP/1.1 429 Too Many Requests'], 'two streamed through, four refused')
+  t.equal(reached, 2, 'no refused body reached the backend')
+  await waitFor('stream slots given back', async () => ((await adminStatus(f)).pod as { perIp: Record<string, { lent: number }> }).perIp.stream?.lent === undefined, 5000, 50)
+  t.equal(await f.stop(), 0)
+})
+
 t.test('local rate limits are the pod\'s with 2 workers: one bucket per key in the control plane, however the kernel spreads the connections', async (t) => {
   // ratePerSec 0.1: no token comes back during the test; burst 6 is the pod's whole budget for the key.
   const cfg = await podConfig(t, { rateLimits: { policies: { 'per-ip': { key: 'ip', ratePerSec: 0.1, burst: 6 } } } })

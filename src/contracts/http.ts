@@ -63,9 +63,11 @@ export interface HttpLifecycle {
 
 /** The request body limits the front's `limits` enforce (src/edge/limits.ts), keyed on the client IP. */
 export interface BodyLimits {
-  /** A body that streams into a backend connection while it arrives; released by `releaseStream` once. */
-  takeStream: (ip: string) => FerryError | undefined
-  releaseStream: (ip: string) => void
+  /**
+   * A body that streams into a backend connection while it arrives: a slot released once. In a worker of
+   * a pod `held` may say the pod is asked (it resolves to the refusal, or to undefined once held).
+   */
+  takeStream: (ip: string) => FerryError | { readonly release: () => void, readonly held?: Promise<FerryError | undefined> | undefined }
   /** Bytes of a body held in memory; released by `releaseBody` with the same total. */
   chargeBody: (ip: string, bytes: number) => FerryError | undefined
   releaseBody: (ip: string, bytes: number) => void

@@ -34,10 +34,10 @@ export interface LimitSlot {
  * (http.trustedProxies). uWS 20.30 gives JavaScript no hook at TCP accept, so what is limited is what
  * Ferry sees: HTTP requests in flight to upstreams, request bodies streaming into backend connections,
  * request body bytes held in memory, and WebSocket sessions (from the upgrade on).
- * `takeRequest`/`takeSession` give a LimitSlot to release once; a `takeStream`/`chargeBody` that returns
- * undefined must be matched by exactly one `releaseStream`/`releaseBody` with the same IP (and amount).
- * One that returns an error took nothing. In a pod the per-IP counts of requests and sessions are the
- * pod's (`pod`); streamed and buffered bodies per IP are this process's.
+ * `takeRequest`/`takeSession`/`takeStream` give a LimitSlot to release once; a `chargeBody` that returns
+ * undefined must be matched by exactly one `releaseBody` with the same IP and amount. One that returns
+ * an error took nothing. In a pod the per-IP figures of requests, sessions and streamed bodies are the
+ * pod's (`pod`); buffered body bytes per IP are this process's.
  */
 export class ConnectionLimits {
   private cfg: LimitsConfig
@@ -88,15 +88,10 @@ export class ConnectionLimits {
   }
 
   /** A request body that will stream into a backend connection while it arrives (held until its last byte). */
-  takeStream (ip: string): FerryError | undefined {
+  takeStream (ip: string): FerryError | LimitSlot {
     const perIp = this.cfg.maxStreamedBodiesPerIp
-    if (perIp > 0 && this.streamed.count(ip) >= perIp) return this.refuse('http_streamed_bodies_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} streams limits.maxStreamedBodiesPerIp ${perIp} request bodies`)
-    this.streamed.add(ip)
-    return undefined
-  }
-
-  releaseStream (ip: string): void {
-    this.streamed.remove(ip)
+    const refusal = (): FerryError => this.refuse('http_streamed_bodies_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} streams limits.maxStreamedBodiesPerIp ${perIp} request bodies`)
+    return this.slot(this.streamed, 'stream', ip, perIp, refusal)
   }
 
   /** `bytes` more of a request body held in memory; refused past the gateway's or the client's budget. */

@@ -2,11 +2,11 @@ import type { Logger } from 'pino'
 
 /**
  * The per-client-IP figures a pod holds as one: `http` is limits.maxRequestsInFlightPerIp, `ws`
- * limits.maxWebSocketSessionsPerIp, `tcp:NAME` listen.tcp[NAME].maxConnectionsPerIp. One client's
+ * limits.maxWebSocketSessionsPerIp, `stream` limits.maxStreamedBodiesPerIp, `tcp:NAME` listen.tcp[NAME].maxConnectionsPerIp. One client's
  * connections land on any worker (the kernel spreads them), so the pod's figure is shared out by the
  * control plane as leases.
  */
-export type IpScope = 'http' | 'ws' | `tcp:${string}`
+export type IpScope = 'http' | 'ws' | 'stream' | `tcp:${string}`
 
 /**
  * A worker's calls, sent in batches (one message per turn of its event loop): `borrow` asks for `want`

@@ -63,9 +63,11 @@ export class ClientSide {
   private chunks: Buffer[] = []
   private bufferedBody: Buffer | undefined
   private body: Readable | undefined
-  /** Bytes charged to limits.chargeBody and not yet released; whether a streamed body is counted. */
+  /** Bytes charged to limits.chargeBody and not yet released; a streamed body's slot (limits.maxStreamedBodiesPerIp). */
   private charged = 0
-  private streamCounted = false
+  private streamSlot: { readonly release: () => void } | undefined
+  /** A worker of a pod borrows the streamed body's slot: the request goes on to a backend once it has it. */
+  private streamPending = false
   private clientPaused = false
   /** Minimum-rate window of a streamed body: its start, the bytes in before it, whether Ferry paused the client in it. */
   private windowStart = 0
@@ -123,9 +125,9 @@ export class ClientSide {
     return true
   }
 
-  /** A buffered body still arriving: the request waits for it before it asks for a slot. */
+  /** A buffered body still arriving (or a streamed one whose slot the pod is asked for): the request waits for it before it asks for a connection. */
   get awaitsBody (): boolean {
-    return this.bodyMode === 'buffer' && !this.bodyDone
+    return (this.bodyMode === 'buffer' && !this.bodyDone) || this.streamPending
   }
 
   /** The edge's demand: the body must hash to this (hex SHA-256; undefined: no demand). */
@@ -267,9 +269,20 @@ export class ClientSide {
   private startStreaming (): boolean {
     const limits = this.policy.limits
     if (limits !== undefined) {
-      const refused = limits.takeStream(this.req.clientIp)
-      if (refused !== undefined) { this.refuseBody(refused); return false }
-      this.streamCounted = true
+      const slot = limits.takeStream(this.req.clientIp)
+      if (slot instanceof FerryError) { this.refuseBody(slot); return false }
+      this.streamSlot = slot
+      if (slot.held !== undefined) {
+        // A worker of a pod borrows the slot (src/planes/ip-counts.ts): the body streams into its
+        // buffer meanwhile (the client is paused at its high-water mark), and no backend is taken yet.
+        this.streamPending = true
+        slot.held.then((err) => {
+          this.streamPending = false
+          if (this.owner.final) return
+          if (err !== undefined) { this.streamSlot = undefined; this.refuseBody(err); return }
+          if (this.owner.state === 'buffering' && !this.awaitsBody) this.owner.requestSlot()
+        }, noop)
+      }
     }
     this.bodyMode = 'stream'
     this.body = new Readable({ highWaterMark: BODY_HIGH_WATER, read: () => this.resumeClient() })
@@ -281,7 +294,7 @@ export class ClientSide {
       if (this.bodyTimer !== undefined) this.aimBodyTimer(performance.now())
     }
     // Let through while it was being buffered: it has waited for its body long enough.
-    if (this.owner.state === 'buffering') this.owner.requestSlot()
+    if (this.owner.state === 'buffering' && !this.streamPending) this.owner.requestSlot()
     return true
   }
 
@@ -295,7 +308,8 @@ export class ClientSide {
   }
 
   private releaseStreamCount (): void {
-    if (this.streamCounted) { this.streamCounted = false; this.policy.limits?.releaseStream(this.req.clientIp) }
+    const slot = this.streamSlot
+    if (slot !== undefined) { this.streamSlot = undefined; slot.release() }
   }
 
   private resumeClient (): void {
