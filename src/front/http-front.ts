@@ -230,7 +230,7 @@ export class HttpFront {
         return a instanceof Promise ? a.then(admission) : admission(a)
       }
       if (held !== undefined) {
-        // The pod's per-IP count answers first (a message to the control plane); the exchange waits
+        // A worker of a pod borrows the per-IP slot from its control plane first; the exchange waits
         // in `gated` and answers a refusal, and releases the slot when it ends.
         exchange.start(held.then((r) => {
           if (r !== undefined) throw r

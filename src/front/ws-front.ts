@@ -295,7 +295,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
       }
       const held = pass.held
       if (held === undefined) { guarded(true); return }
-      // A worker of a pod: the pod's per-IP count answers first (a message to the control plane).
+      // A worker of a pod borrowing the per-IP slot from its control plane: the guard runs after the answer.
       held.then((r) => {
         if (aborted) return
         if (r !== undefined) { giveBack(); this.refuse(res, context, key, requestId, r, false); return }
