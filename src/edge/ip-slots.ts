@@ -31,35 +31,30 @@ export class IpTable {
 /**
  * One connection's, request's or session's hold on a per-IP figure, given back once with `release` (a
  * second call does nothing). `held` is there when a worker of a pod had to borrow the slot from its
- * control plane: true once held, false when refused (then nothing is held). Until it resolves the slot
- * counts as held.
+ * control plane: it resolves to undefined once held, or to the refusal (then nothing is held). Until it
+ * resolves the slot counts as held.
  */
-export interface IpSlot {
+export interface IpSlot<R> {
   readonly release: () => void
-  readonly held?: Promise<boolean>
-}
-
-/** Where a per-IP figure is the pod's: the worker's leases (src/planes/ip-counts.ts) and the figure's scope. */
-export interface PodScope {
-  readonly pod: PodIpCounts
-  readonly scope: IpScope
+  readonly held?: Promise<R | undefined>
 }
 
 /**
- * Takes a slot of `ip` in `table` under `perIp` (0: no figure): undefined when this process already
- * holds the figure of that client. With `shared` (a worker of a pod and a figure set), the pod's
- * lease of that client is taken too: at once while the worker's lease covers it, else `held`.
+ * Takes a slot of `ip` in `table` under `perIp` (0: no figure), or returns `refused(ip)` when this
+ * process already holds the figure of that client. With `pod` (a worker of a pod) and a figure set, the
+ * pod's lease of that client in `scope` is taken too: at once while the worker's lease covers it, else
+ * `held`. `refused` is called only on a refusal (give a function made once, not one per take: this runs
+ * for every request).
  */
-export function takeIpSlot (table: IpTable, ip: string, perIp: number, shared: PodScope | undefined): IpSlot | undefined {
-  if (perIp > 0 && table.count(ip) >= perIp) return undefined
+export function takeIpSlot<R> (table: IpTable, ip: string, perIp: number, pod: PodIpCounts | undefined, scope: IpScope, refused: (ip: string) => R): R | IpSlot<R> {
+  if (perIp > 0 && table.count(ip) >= perIp) return refused(ip)
   table.add(ip)
-  if (perIp === 0 || shared === undefined) {
+  if (perIp === 0 || pod === undefined) {
     let live = true
     return { release: () => { if (live) { live = false; table.remove(ip) } } }
   }
-  const { pod, scope } = shared
   const now = pod.take(scope, ip, perIp)
-  if (now === false) { table.remove(ip); return undefined }
+  if (now === false) { table.remove(ip); return refused(ip) }
   let state: 'asking' | 'held' | 'gone' = now === true ? 'held' : 'asking'
   const release = (): void => {
     if (state === 'gone') return
@@ -72,11 +67,11 @@ export function takeIpSlot (table: IpTable, ip: string, perIp: number, shared: P
     if (state === 'gone') {
       // Released while the pod was asked: what it lent goes back.
       if (ok) pod.release(scope, ip)
-      return false
+      return undefined
     }
-    if (!ok) { state = 'gone'; table.remove(ip); return false }
+    if (!ok) { state = 'gone'; table.remove(ip); return refused(ip) }
     state = 'held'
-    return true
+    return undefined
   })
   return { held, release }
 }

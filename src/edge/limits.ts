@@ -2,8 +2,8 @@ import type { Counter } from 'prom-client'
 import type { Config } from '../config/load.js'
 import { FerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
-import type { IpScope, PodIpCounts } from '../planes/ip-counts.js'
-import { IpTable, takeIpSlot } from './ip-slots.js'
+import type { PodIpCounts } from '../planes/ip-counts.js'
+import { IpTable, takeIpSlot, type IpSlot } from './ip-slots.js'
 
 export type LimitsConfig = Config['limits']
 
@@ -20,14 +20,10 @@ function held (max: number): string {
 }
 
 /**
- * One request's or session's hold on the limits, given back once with `release` (a second call does
- * nothing). `held` is there when a pod had to be asked for a per-IP slot: it resolves to the refusal (the
- * slot was given back already) or to undefined (held). Until it resolves the slot counts as held here.
+ * One request's, session's or streamed body's hold on the limits (src/edge/ip-slots.ts): released once;
+ * `held` while a worker of a pod borrows the per-IP slot, resolving to the refusal or to undefined.
  */
-export interface LimitSlot {
-  readonly release: () => void
-  readonly held?: Promise<FerryError | undefined>
-}
+export type LimitSlot = IpSlot<FerryError>
 
 /**
  * Concurrency limits of the HTTP/WebSocket front (config `limits`), keyed on the resolved client IP
@@ -83,15 +79,12 @@ export class ConnectionLimits {
   takeRequest (ip: string): FerryError | LimitSlot {
     const { maxRequestsInFlight: max, maxRequestsInFlightPerIp: perIp } = this.cfg
     if (max !== 0 && this.http.total >= max) return this.refuse('http_in_flight', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway serves limits.maxRequestsInFlight ${held(max)} requests`)
-    const refusal = (): FerryError => this.refuse('http_in_flight_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} has limits.maxRequestsInFlightPerIp ${perIp} requests in flight`)
-    return this.slot(this.http, 'http', ip, perIp, refusal)
+    return takeIpSlot(this.http, ip, perIp, this.pod, 'http', this.requestRefused)
   }
 
   /** A request body that will stream into a backend connection while it arrives (held until its last byte). */
   takeStream (ip: string): FerryError | LimitSlot {
-    const perIp = this.cfg.maxStreamedBodiesPerIp
-    const refusal = (): FerryError => this.refuse('http_streamed_bodies_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} streams limits.maxStreamedBodiesPerIp ${perIp} request bodies`)
-    return this.slot(this.streamed, 'stream', ip, perIp, refusal)
+    return takeIpSlot(this.streamed, ip, this.cfg.maxStreamedBodiesPerIp, this.pod, 'stream', this.streamRefused)
   }
 
   /** `bytes` more of a request body held in memory; refused past the gateway's or the client's budget. */
@@ -110,20 +103,13 @@ export class ConnectionLimits {
   takeSession (ip: string): FerryError | LimitSlot {
     const { maxWebSocketSessions: max, maxWebSocketSessionsPerIp: perIp } = this.cfg
     if (max !== 0 && this.ws.total >= max) return this.refuse('ws_sessions', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway holds limits.maxWebSocketSessions ${held(max)} sessions`)
-    const refusal = (): FerryError => this.refuse('ws_sessions_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} holds limits.maxWebSocketSessionsPerIp ${perIp} sessions`)
-    return this.slot(this.ws, 'ws', ip, perIp, refusal)
+    return takeIpSlot(this.ws, ip, perIp, this.pod, 'ws', this.sessionRefused)
   }
 
-  /**
-   * One slot of `ip` in `table` (src/edge/ip-slots.ts); in a worker of a pod with a per-IP figure set,
-   * the pod's lease of that client too (`held` while the worker borrows).
-   */
-  private slot (table: IpTable, scope: IpScope, ip: string, perIp: number, refusal: () => FerryError): FerryError | LimitSlot {
-    const s = takeIpSlot(table, ip, perIp, this.pod === undefined ? undefined : { pod: this.pod, scope })
-    if (s === undefined) return refusal()
-    if (s.held === undefined) return { release: s.release }
-    return { release: s.release, held: s.held.then((ok) => ok ? undefined : refusal()) }
-  }
+  // The per-IP refusals, made once (takeIpSlot calls them only when it refuses).
+  private readonly requestRefused = (ip: string): FerryError => this.refuse('http_in_flight_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} has limits.maxRequestsInFlightPerIp ${this.cfg.maxRequestsInFlightPerIp} requests in flight`)
+  private readonly streamRefused = (ip: string): FerryError => this.refuse('http_streamed_bodies_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} streams limits.maxStreamedBodiesPerIp ${this.cfg.maxStreamedBodiesPerIp} request bodies`)
+  private readonly sessionRefused = (ip: string): FerryError => this.refuse('ws_sessions_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} holds limits.maxWebSocketSessionsPerIp ${this.cfg.maxWebSocketSessionsPerIp} sessions`)
 
   private refuse (limit: LimitName, code: 'FERRY_ERR_GLOBAL_LIMIT' | 'FERRY_ERR_PER_IP_LIMIT', msg: string): FerryError {
     this.refused[limit].inc()

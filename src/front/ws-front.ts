@@ -46,9 +46,8 @@ const TOPIC_CHECK_BYTES = 64 * 1024
  * asynchronously, and upgrades only if the client is still there.
  */
 export class WsFront implements TopicPublisher, SessionRegistry {
-  private readonly sessions = new Set<ClientSession>()
-  /** Each session's concurrency-limit slot (src/edge/limits.ts), released by `forget`. */
-  private readonly slots = new Map<ClientSession, () => void>()
+  /** The sessions, each with the release of its concurrency-limit slot (src/edge/limits.ts), called by `forget`. */
+  private readonly sessions = new Map<ClientSession, () => void>()
   private readonly counters = new Map<string, SessionCounters>()
   private readonly idPrefix = randomBytes(6).toString('base64url')
   private nextId = 0
@@ -78,7 +77,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     this.compressTopics = [...byPath.values()].some((s) => s.compression !== 'off')
     // One timer for all sessions: topic fan-out has no credit, so a subscriber's queue can only be
     // watched, not held. O(sessions) once a second.
-    this.sweep = setInterval(() => { for (const s of this.sessions) s.checkBackpressure() }, 1000)
+    this.sweep = setInterval(() => { for (const s of this.sessions.keys()) s.checkBackpressure() }, 1000)
     this.sweep.unref()
     this.startAnchor(deps.table)
   }
@@ -252,9 +251,8 @@ export class WsFront implements TopicPublisher, SessionRegistry {
         const s = new ClientSession(hs, this.sessionCounters(route, upstream.mode), settings.compression !== 'off', this)
         session = s
         // The session holds the slot from here: `forget` releases it.
-        this.slots.set(s, pass.release)
+        this.sessions.set(s, pass.release)
         slot = undefined
-        this.sessions.add(s)
         upstream.open(hs, s).then((leg) => {
           if (aborted || s.state !== 'connecting') {
             this.forget(s)
@@ -376,9 +374,10 @@ export class WsFront implements TopicPublisher, SessionRegistry {
 
   /** The one way out of `sessions`: its concurrency-limit slot is released exactly once. */
   private forget (s: ClientSession): void {
-    if (!this.sessions.delete(s)) return
-    this.slots.get(s)?.()
-    this.slots.delete(s)
+    const release = this.sessions.get(s)
+    if (release === undefined) return
+    this.sessions.delete(s)
+    release()
   }
 
   /** All sessions are gone: the sweep stops. */
@@ -389,7 +388,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
 
   /** Closes every session (1001 going away, or 1012 at a drain's deadline); their legs close their backend sides. Returns how many. */
   closeAll (code: number, reason: string, errorCode = 'FERRY_ERR_GATEWAY_STOPPING'): number {
-    const all = [...this.sessions]
+    const all = [...this.sessions.keys()]
     for (const s of all) s.closeClient(code, reason, errorCode)
     this.close()
     return all.length
@@ -398,7 +397,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   /** Drain: migrates up to `n` open sessions, oldest first (sessions still in their handshake wait for a later wave). */
   migrate (n: number): { resumable: number, plain: number } {
     const moved = { resumable: 0, plain: 0 }
-    for (const s of this.sessions) {
+    for (const s of this.sessions.keys()) {
       if (moved.resumable + moved.plain >= n) break
       const kind = s.migrate()
       if (kind !== undefined) moved[kind]++
@@ -409,7 +408,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   /** The open sessions of `route` that its split placed, with their legs (a split rebalance). */
   splitSessions (route: string): Array<{ leg: UpstreamLeg, split: SplitAsk }> {
     const out: Array<{ leg: UpstreamLeg, split: SplitAsk }> = []
-    for (const s of this.sessions) {
+    for (const s of this.sessions.keys()) {
       if (s.hs.route !== route || s.hs.split === undefined || s.state !== 'open' || s.leg === undefined) continue
       out.push({ leg: s.leg, split: s.hs.split })
     }
@@ -423,7 +422,7 @@ export class WsFront implements TopicPublisher, SessionRegistry {
   status (): { sessions: number, byRoute: Record<string, number>, byMode: { ws: number, mux: number } } {
     const byRoute: Record<string, number> = {}
     const byMode = { ws: 0, mux: 0 }
-    for (const s of this.sessions) {
+    for (const s of this.sessions.keys()) {
       byRoute[s.hs.route] = (byRoute[s.hs.route] ?? 0) + 1
       byMode[s.mode]++
     }

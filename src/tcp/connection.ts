@@ -54,8 +54,8 @@ export interface ListenerContext {
   readonly bytes: { toUpstream: number, toClient: number }
   /** The listener's access list refuses `ip`. */
   refusesIp: (ip: string) => boolean
-  /** Takes a per-IP slot for `ip` (released once by the connection); undefined when the IP is at maxConnectionsPerIp. */
-  admitIp: (ip: string) => IpSlot | undefined
+  /** Takes a per-IP slot for `ip` (released once by the connection), or says the IP is at maxConnectionsPerIp. */
+  admitIp: (ip: string) => IpSlot<'refused'> | 'refused'
   /** The connection is closed: count it and forget it. Called exactly once per connection. */
   onClosed: (conn: TcpConnection, reason: CloseReason) => void
   /** Bad input or a failure worth a (rate-limited) log line. */
@@ -96,7 +96,7 @@ export class TcpConnection implements ConnectOwner {
   /** Client bytes that arrived after the PROXY header, written to the backend first. */
   private pending: Buffer | undefined
   /** The IP holding a per-IP slot, released on close. */
-  private ipSlot: IpSlot | undefined
+  private ipSlot: IpSlot<'refused'> | undefined
   private socketsOpen: number
   /** The reason given to a flush close, reported once both sockets have closed. */
   private closeReason: CloseReason = 'ok'
@@ -156,13 +156,13 @@ export class TcpConnection implements ConnectOwner {
       return
     }
     const slot = this.ctx.admitIp(this.clientIp)
-    if (slot === undefined) { this.ipLimit(); return }
+    if (slot === 'refused') { this.ipLimit(); return }
     this.ipSlot = slot
     if (slot.held === undefined) { this.proceed(); return }
     // A worker of a pod borrows the slot from its control plane; the socket stays paused meanwhile.
-    slot.held.then((ok) => {
+    slot.held.then((refusal) => {
       if (this.state === 'closing' || this.state === 'closed') return
-      if (ok) this.proceed()
+      if (refusal === undefined) this.proceed()
       else this.ipLimit()
     }, (err: unknown) => { this.close('abort', 'FERRY_ERR_INTERNAL', (err as Error).message) })
   }

@@ -9,7 +9,7 @@ import type { TcpTarget, UpstreamSocketOptions } from '../contracts/tcp.js'
 import { Networks, normalizeIp } from '../net/address.js'
 import { RouteAccess } from '../edge/access.js'
 import { IpTable, takeIpSlot, type IpSlot } from '../edge/ip-slots.js'
-import type { PodIpCounts } from '../planes/ip-counts.js'
+import type { IpScope, PodIpCounts } from '../planes/ip-counts.js'
 import { TcpConnection, type CloseReason, type ListenerContext } from './connection.js'
 import { TcpTls } from './tls.js'
 import { SniRoutes } from './sni-routes.js'
@@ -36,6 +36,8 @@ export class TcpListener implements ListenerContext {
   private readonly server: Server
   private readonly conns = new Set<TcpConnection>()
   private readonly perIp = new IpTable()
+  /** This listener's maxConnectionsPerIp among a pod's per-IP figures. */
+  private readonly podScope: IpScope
   private readonly trusted: Networks
   private access: RouteAccess | undefined
   private sweepTimer: NodeJS.Timeout | undefined
@@ -72,6 +74,7 @@ export class TcpListener implements ListenerContext {
     private readonly pod?: PodIpCounts,
   ) {
     this.name = cfg.name
+    this.podScope = `tcp:${cfg.name}`
     // First: a bad certificate file throws (naming its field) before anything is opened.
     this.tls = cfg.tls === undefined ? undefined : new TcpTls(`listen.tcp[${index}].tls`, cfg.tls, log, {
       applied: metrics.tcpTlsCertChecks.labels(cfg.name, 'applied'),
@@ -233,8 +236,8 @@ export class TcpListener implements ListenerContext {
     return this.access?.refusesIp(ip) !== undefined
   }
 
-  admitIp (ip: string): IpSlot | undefined {
-    return takeIpSlot(this.perIp, ip, this.cfg.maxConnectionsPerIp, this.pod === undefined ? undefined : { pod: this.pod, scope: `tcp:${this.name}` })
+  admitIp (ip: string): IpSlot<'refused'> | 'refused' {
+    return takeIpSlot(this.perIp, ip, this.cfg.maxConnectionsPerIp, this.pod, this.podScope, refused)
   }
 
   onClosed (conn: TcpConnection, reason: CloseReason): void {
@@ -358,3 +361,7 @@ export class TcpListener implements ListenerContext {
 }
 
 function noop (): void {}
+
+function refused (): 'refused' {
+  return 'refused'
+}
