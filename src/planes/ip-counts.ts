@@ -2,11 +2,12 @@ import type { Logger } from 'pino'
 
 /**
  * The per-client-IP figures a pod holds as one: `http` is limits.maxRequestsInFlightPerIp, `ws`
- * limits.maxWebSocketSessionsPerIp, `stream` limits.maxStreamedBodiesPerIp, `tcp:NAME` listen.tcp[NAME].maxConnectionsPerIp. One client's
- * connections land on any worker (the kernel spreads them), so the pod's figure is shared out by the
- * control plane as leases.
+ * limits.maxWebSocketSessionsPerIp, `stream` limits.maxStreamedBodiesPerIp, `body`
+ * limits.maxBufferedBodyBytesPerIp (in units of 1/64 of it: src/edge/ip-slots.ts, IpBytes), `tcp:NAME`
+ * listen.tcp[NAME].maxConnectionsPerIp. One client's connections land on any worker (the kernel spreads
+ * them), so the pod's figure is shared out by the control plane as leases.
  */
-export type IpScope = 'http' | 'ws' | 'stream' | `tcp:${string}`
+export type IpScope = 'http' | 'ws' | 'stream' | 'body' | `tcp:${string}`
 
 /**
  * A worker's calls, sent in batches (one message per turn of its event loop): `borrow` asks for `want`
@@ -24,8 +25,8 @@ const CEDE_WAIT_MS = LEASE_WAIT_MS / 2
 /** How long a lease a worker does not use stays with it (so a busy client does not ask for every request). */
 export const LEASE_IDLE_MS = 1000
 
-/** A take waiting for a borrow: resolved true (held) or false (refused). */
-type Waiter = (ok: boolean) => void
+/** A take of `n` slots waiting for a borrow: resolved true (held) or false (refused). */
+interface Waiter { readonly n: number, readonly done: (ok: boolean) => void }
 
 /** One client's lease in a worker: the slots the pod lent it, the slots it uses, the takes waiting for more. */
 interface Lease {
@@ -34,6 +35,8 @@ interface Lease {
   lease: number
   used: number
   waiting: Waiter[]
+  /** The slots the waiting takes want, together. */
+  wanted: number
   /** A borrow is out (its want), or -1: one goes with this turn's batch; and the timer that decides without an answer. */
   asking: number
   /** The figure the last borrow asked under. */
@@ -71,31 +74,35 @@ export class PodIpCounts {
     this.sweep.unref()
   }
 
-  /** One more slot of `ip` under the pod's `max`: true or false now, or a promise of it while the worker borrows. */
-  take (scope: IpScope, ip: string, max: number): boolean | Promise<boolean> {
+  /**
+   * `n` more slots of `ip` under the pod's `max` (all or none): true or false now, or a promise of it
+   * while the worker borrows.
+   */
+  take (scope: IpScope, ip: string, max: number, n = 1): boolean | Promise<boolean> {
     const key = `${scope} ${ip}`
     let l = this.leases.get(key)
     if (l === undefined) {
-      l = { scope, ip, lease: 0, used: 0, waiting: [], asking: 0, max, timer: undefined, touchedAt: 0 }
+      l = { scope, ip, lease: 0, used: 0, waiting: [], wanted: 0, asking: 0, max, timer: undefined, touchedAt: 0 }
       this.leases.set(key, l)
     }
     // Within the lease (and the figure: a reload may have lowered it below what was lent before).
-    if (l.used < l.lease && l.used < max && l.waiting.length === 0) { l.used++; return true }
-    if (this.closed || l.used + l.waiting.length >= max) { this.forgetIfIdle(key, l); return false }
+    if (l.used + n <= l.lease && l.used + n <= max && l.wanted === 0) { l.used += n; return true }
+    if (this.closed || l.used + l.wanted + n > max) { this.forgetIfIdle(key, l); return false }
     l.touchedAt = performance.now()
     const lease = l
     return new Promise<boolean>((resolve) => {
-      lease.waiting.push(resolve)
+      lease.waiting.push({ n, done: resolve })
+      lease.wanted += n
       if (lease.asking === 0) this.borrow(lease, max)
     })
   }
 
-  /** Gives back a slot `take` granted (a take whose promise is pending is released once it resolved true). */
-  release (scope: IpScope, ip: string): void {
+  /** Gives back `n` slots `take` granted (a take whose promise is pending is released once it resolved true). */
+  release (scope: IpScope, ip: string, n = 1): void {
     const key = `${scope} ${ip}`
     const l = this.leases.get(key)
     if (l === undefined || l.used === 0) return
-    l.used--
+    l.used -= Math.min(n, l.used)
     l.touchedAt = performance.now()
   }
 
@@ -129,16 +136,25 @@ export class PodIpCounts {
     this.serve(l)
     // All that was asked came, and more takes arrived meanwhile: ask again for them. Else the pod is full.
     if (l.waiting.length > 0 && n >= wanted) { this.borrow(l, max); return }
-    for (const w of l.waiting) w(false)
-    l.waiting = []
+    this.refuseWaiting(l)
     this.forgetIfIdle(key, l)
   }
 
+  /** Grants the waiting takes, in order, while the lease covers them. */
   private serve (l: Lease): void {
-    while (l.waiting.length > 0 && l.used < l.lease) {
-      l.used++
-      l.waiting.shift()!(true)
+    while (l.waiting.length > 0 && l.used + l.waiting[0]!.n <= l.lease) {
+      const w = l.waiting.shift()!
+      l.used += w.n
+      l.wanted -= w.n
+      w.done(true)
     }
+  }
+
+  private refuseWaiting (l: Lease): void {
+    const w = l.waiting
+    l.waiting = []
+    l.wanted = 0
+    for (const x of w) x.done(false)
   }
 
   private unanswered (l: Lease, max: number): void {
@@ -147,10 +163,12 @@ export class PodIpCounts {
     this.onBorrow('unanswered')
     const part = Math.ceil(max / this.workers)
     if (!this.quiet) { this.quiet = true; this.log.warn({ waitMs: LEASE_WAIT_MS, part }, 'the control plane did not answer a per-IP limit in time: this worker decides alone, within its even part of the figure') }
-    for (const w of l.waiting) {
-      if (l.used < part) { l.used++; w(true) } else w(false)
-    }
+    const waiting = l.waiting
     l.waiting = []
+    l.wanted = 0
+    for (const w of waiting) {
+      if (l.used + w.n <= part) { l.used += w.n; w.done(true) } else w.done(false)
+    }
   }
 
   /** The control plane asks for the slots of a client this worker holds but does not use. */
@@ -190,8 +208,8 @@ export class PodIpCounts {
   private flush (): void {
     this.scheduled = false
     for (const l of this.borrowing) {
-      const want = l.waiting.length
-      if (want === 0) { l.asking = 0; l.waiting = []; this.forgetIfIdle(`${l.scope} ${l.ip}`, l); continue }
+      const want = l.wanted
+      if (want === 0) { l.asking = 0; this.forgetIfIdle(`${l.scope} ${l.ip}`, l); continue }
       l.asking = want
       this.batch.push({ op: 'borrow', scope: l.scope, ip: l.ip, want, max: l.max })
       const lease = l
@@ -217,8 +235,7 @@ export class PodIpCounts {
     clearInterval(this.sweep)
     for (const l of this.leases.values()) {
       clearTimeout(l.timer)
-      for (const w of l.waiting) w(false)
-      l.waiting = []
+      this.refuseWaiting(l)
     }
   }
 }
