@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import pino from 'pino'
 import { ConnectionLimits, type LimitSlot } from '../src/edge/limits.js'
 import { FerryError } from '../src/errors.js'
@@ -94,52 +94,71 @@ t.test('a busy client within its lease costs no message', async (t) => {
   t.equal(sent[0]!.length, before, '1,000 requests within the lease sent nothing')
 })
 
-t.test('random takes, releases, sweeps and deliveries in any order never hold more than the figure; all goes back', async (t) => {
+/** What a random run holds: admitted (ok), refused, or still asked (undefined); its client and amount. */
+interface Held { readonly ip: string, readonly amount: number, ok: boolean | undefined, readonly release: () => void }
+
+/**
+ * 6,000 random steps over 3 workers whose messages go through `queue` (delivered in order, a few at a
+ * time): takes (`take`, by a random worker for one of `ips`), releases at any time (also while the pod
+ * is asked), workers' sweeps. Returns the most any client held admitted at once, the steps at which one
+ * held more than `figure`, and the refusals. Then everything is released and the sweeps run: the pod and
+ * its workers must hold nothing.
+ */
+async function randomRun (t: Test, p: Pod, queue: Array<() => void>, ips: string[], figure: number, take: (worker: number, ip: string, rand: () => number) => Held | undefined): Promise<{ peak: number, over: number, refused: number }> {
   let seed = 11
   const rand = (): number => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed / 2147483648 }
-  const queue: Array<() => void> = []
-  const { table, counts, limits } = pod(3, { maxRequestsInFlightPerIp: 4 }, (fn) => queue.push(fn))
-  const held: Array<{ slot: LimitSlot, ip: string, ok: boolean | undefined }> = []
+  const held: Held[] = []
   let peak = 0
   let over = 0
+  let refused = 0
   let clock = performance.now()
   for (let step = 0; step < 6000; step++) {
     const r = rand()
     if (r < 0.45) {
-      const ip = `10.0.0.${Math.floor(rand() * 2)}`
-      const s = limits[Math.floor(rand() * 3)]!.takeRequest(ip)
-      if (s instanceof FerryError) continue
-      const h = { slot: s, ip, ok: s.held === undefined ? true : undefined as boolean | undefined }
-      if (s.held !== undefined) void s.held.then((err) => { h.ok = err === undefined })
-      held.push(h)
+      const h = take(Math.floor(rand() * 3), ips[Math.floor(rand() * ips.length)]!, rand)
+      if (h === undefined) refused++
+      else held.push(h)
     } else if (r < 0.62 && held.length > 0) {
-      // Released at any time, also while the control plane is still asked.
       const [h] = held.splice(Math.floor(rand() * held.length), 1)
-      h!.slot.release()
+      if (h!.ok === false) refused++
+      h!.release()
     } else if (r < 0.64) {
       // A worker's sweep: leases unused for a while go back.
       clock += 2000
-      counts[Math.floor(rand() * 3)]!.returnIdle(clock)
+      p.counts[Math.floor(rand() * 3)]!.returnIdle(clock)
     } else {
       // Batches go out after this turn; messages are delivered in order, a few at a time.
       for (let n = Math.ceil(rand() * 3); n > 0 && queue.length > 0; n--) queue.shift()!()
       await turns(1)
     }
     // What the workers admitted and still hold, per client, whichever worker holds it.
-    for (const ip of ['10.0.0.0', '10.0.0.1']) {
-      const n = held.filter((h) => h.ip === ip && h.ok === true).length
+    for (const ip of ips) {
+      const n = held.reduce((a, h) => a + (h.ip === ip && h.ok === true ? h.amount : 0), 0)
       peak = Math.max(peak, n)
-      if (n > 4) over++
+      if (n > figure) over++
     }
   }
+  for (const h of held) h.release()
+  for (let i = 0; i < 50 && queue.length > 0; i++) { while (queue.length > 0) queue.shift()!(); await turns(2) }
+  for (const c of p.counts) c.returnIdle(clock + 10_000)
+  for (let i = 0; i < 50; i++) { while (queue.length > 0) queue.shift()!(); await turns(2) }
+  t.same(p.table.status(), { http: { lent: 0, clientIps: 0 }, ws: { lent: 0, clientIps: 0 } }, 'everything lent came back')
+  t.same(p.counts.map((c) => c.status()), [0, 1, 2].map(() => ({ clientIps: 0, lent: 0, used: 0 })), 'and the workers hold nothing')
+  return { peak, over, refused }
+}
+
+t.test('random takes, releases, sweeps and deliveries in any order never hold more than the figure; all goes back', async (t) => {
+  const queue: Array<() => void> = []
+  const p = pod(3, { maxRequestsInFlightPerIp: 4 }, (fn) => queue.push(fn))
+  const { peak, over } = await randomRun(t, p, queue, ['10.0.0.0', '10.0.0.1'], 4, (w, ip) => {
+    const s = p.limits[w]!.takeRequest(ip)
+    if (s instanceof FerryError) return undefined
+    const h: Held = { ip, amount: 1, ok: s.held === undefined ? true : undefined, release: s.release }
+    if (s.held !== undefined) void s.held.then((err) => { h.ok = err === undefined })
+    return h
+  })
   t.equal(over, 0, 'no client ever held more than its 4 over the 3 workers')
   t.equal(peak, 4, 'the run reached the figure')
-  for (const h of held) h.slot.release()
-  for (let i = 0; i < 50 && queue.length > 0; i++) { while (queue.length > 0) queue.shift()!(); await turns(2) }
-  for (const c of counts) c.returnIdle(clock + 10_000)
-  for (let i = 0; i < 50; i++) { while (queue.length > 0) queue.shift()!(); await turns(2) }
-  t.same(table.status(), { http: { lent: 0, clientIps: 0 }, ws: { lent: 0, clientIps: 0 } }, 'everything lent came back')
-  t.same(counts.map((c) => c.status()), [0, 1, 2].map(() => ({ clientIps: 0, lent: 0, used: 0 })), 'and the workers hold nothing')
 })
 
 t.test('a control plane that does not answer: the worker decides alone within its even part; a late grant goes back when idle', async (t) => {
@@ -179,4 +198,66 @@ t.test('a worker that exits returns what it was lent; a cede round that gets no 
   t.same(out.at(-1), [1, { op: 'grant', scope: 'ws', ip: '10.0.0.1', n: 2, max: 2 }])
   table.serve(0, [{ op: 'return', scope: 'ws', ip: '10.0.0.1', n: 5 }])
   t.same(table.status().ws, { lent: 2, clientIps: 1 }, 'a return from a worker that holds nothing changes nothing')
+})
+
+/**
+ * Charges body bytes as a request does: true when allowed (awaiting the pod when it had to be asked);
+ * a charge the pod refused counted its bytes until then, and the failed request releases them.
+ */
+async function charged (limits: ConnectionLimits, ip: string, bytes: number): Promise<boolean> {
+  const c = limits.chargeBody(ip, bytes)
+  if (c instanceof FerryError) return false
+  if ((await c) === undefined) return true
+  limits.releaseBody(ip, bytes)
+  return false
+}
+
+t.test('buffered body bytes of one client over two workers: the pod holds at most the figure; freed bytes move to the worker that needs them', async (t) => {
+  const KiB = 1024
+  // 64 KiB: the pod lends it in units of 1 KiB.
+  const { table, limits, counts, sent } = pod(2, { maxBufferedBodyBytesPerIp: 64 * KiB })
+  const ip = '10.0.1.1'
+  t.ok(await charged(limits[0]!, ip, 40 * KiB), 'worker 0 buffers 40 KiB')
+  t.same(table.status().body, { lent: 40, clientIps: 1 }, '40 units lent')
+  t.notOk(await charged(limits[1]!, ip, 30 * KiB), 'worker 1 may not add 30 KiB: the pod would hold 70')
+  t.ok(await charged(limits[1]!, ip, 24 * KiB), 'but 24 KiB: the pod holds the figure')
+  t.notOk(await charged(limits[0]!, ip, 1), 'not one byte more on worker 0')
+  t.same(limits[1]!.status(), { ...limits[1]!.status(), bufferedBodyBytes: 24 * KiB }, 'worker 1 counts what it buffers')
+  // A body whose chunks arrive one by one asks for a unit only when a chunk crosses into the next.
+  limits[0]!.releaseBody(ip, 40 * KiB)
+  await turns(3)
+  let ok = 0
+  const asked = (): number => sent[1]!.filter((c) => c.op === 'borrow').length
+  const before = asked()
+  for (let i = 0; i < 160; i++) if (await charged(limits[1]!, ip, KiB / 4)) ok++
+  const borrows = asked() - before
+  t.equal(ok, 160, 'worker 1 buffers the 40 KiB worker 0 freed, in 160 chunks of 256 bytes')
+  t.equal(borrows, 40, 'and asked the pod once per unit of 1 KiB, not once per chunk')
+  t.same(table.status().body, { lent: 64, clientIps: 1 })
+  limits[1]!.releaseBody(ip, 64 * KiB)
+  for (const c of counts) c.returnIdle(performance.now() + 10_000)
+  await turns(4)
+  t.same(table.status().body, undefined, 'all went back')
+  t.same(counts.map((c) => c.status()), [0, 1].map(() => ({ clientIps: 0, lent: 0, used: 0 })))
+})
+
+t.test('random body charges and releases over three workers in any order never buffer more than the figure for a client; all goes back', async (t) => {
+  const queue: Array<() => void> = []
+  const figure = 64 * 1100
+  const p = pod(3, { maxBufferedBodyBytesPerIp: figure }, (fn) => queue.push(fn))
+  const { peak, over, refused } = await randomRun(t, p, queue, ['10.0.1.0', '10.0.1.1'], figure, (w, ip, rand) => {
+    const bytes = 1 + Math.floor(rand() * 20_000)
+    const c = p.limits[w]!.chargeBody(ip, bytes)
+    if (c instanceof FerryError) return undefined
+    // Counted until released, also when the pod refuses it: the failed request releases it then.
+    let counted = true
+    const release = (): void => { if (counted) { counted = false; p.limits[w]!.releaseBody(ip, bytes) } }
+    const h: Held = { ip, amount: bytes, ok: c === undefined ? true : undefined, release }
+    if (c !== undefined) void c.then((err) => { h.ok = err === undefined; if (!h.ok) release() })
+    return h
+  })
+  t.equal(over, 0, `no client ever buffered more than ${figure} bytes over the 3 workers`)
+  t.ok(peak > figure * 0.9, `the run came near the figure (peak ${peak})`)
+  t.ok(refused > 0, `and past it (${refused} charges refused)`)
+  t.same(p.limits.map((l) => (l.status() as { bufferedBodyBytes: number }).bufferedBodyBytes), [0, 0, 0], 'no bytes stay counted')
 })

@@ -14,7 +14,7 @@ import { adminStatus, metric, ROOT, runCli, startFerry, waitFor, writeConfig, ty
 // gateway.workers above 1: a control plane and worker processes sharing the ports (docs/workers.md).
 // Every test runs real processes: `ferry start`, its workers (cluster), real backends and clients.
 
-interface Worker { index: number, pid: number | null, state: string, restarts: number, configVersion: string, lastExit: { reason: string } | null, clients: { httpRequestsServed: number, webSocketSessions: number } | null }
+interface Worker { index: number, pid: number | null, state: string, restarts: number, configVersion: string, lastExit: { reason: string } | null, clients: { httpRequestsServed: number, httpRequestsInFlight: number, webSocketSessions: number } | null }
 
 async function workers (f: FerryProcess): Promise<Worker[]> {
   return (await adminStatus(f)).workers as Worker[]
@@ -51,6 +51,38 @@ function reapWorkers (t: Test, f: FerryProcess): void {
     clearInterval(timer)
     for (const pid of seen) if (alive(pid)) process.kill(pid, 'SIGKILL')
   })
+}
+
+/** A pod of 2 workers with `extra` config and a route /up to a backend that reads the whole body, then answers with its length; `reached`: the requests it got. */
+async function uploadPod (t: Test, extra: Record<string, unknown>): Promise<{ f: FerryProcess, reached: () => number }> {
+  let reached = 0
+  const up = await startBackend(t, (req, res) => {
+    reached++
+    let n = 0
+    req.on('data', (d: Buffer) => { n += d.length })
+    req.on('end', () => res.end(String(n)))
+  })
+  const cfg = await podConfig(t, extra)
+  ;(cfg.upstreams as Record<string, unknown>).up = { protocol: 'http', endpoints: [up.address] }
+  ;(cfg.routes as unknown[]).unshift({ match: { path: '/up' }, upstream: 'up' })
+  const f = await startFerry(t, cfg, { timeoutMs: 60_000 })
+  reapWorkers(t, f)
+  await allRunning(f, 2)
+  return { f, reached: () => reached }
+}
+
+/** A POST to /up of a `size`-byte body, `first` bytes of it sent now and the rest by `rest()`; its answer's status line. */
+function upload (port: number, size: number, first: number): { sock: Socket, status: Promise<string>, rest: () => void } {
+  const sock = netConnect(port, '127.0.0.1')
+  let got = ''
+  const status = new Promise<string>((resolve) => {
+    sock.on('data', (d) => { got += String(d); if (got.includes('\r\n\r\n')) resolve(got.slice(0, got.indexOf('\r\n'))) })
+    sock.on('close', () => resolve(got === '' ? 'closed' : got.slice(0, got.indexOf('\r\n'))))
+    sock.on('error', () => {})
+  })
+  sock.write(`POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: ${size}\r\n\r\n`)
+  sock.write(Buffer.alloc(first, 1))
+  return { sock, status, rest: () => { if (!sock.destroyed) sock.write(Buffer.alloc(size - first, 2)) } }
 }
 
 async function wsEcho (url: string): Promise<WebSocket> {
@@ -493,37 +525,11 @@ t.test('per-IP limits are the pod\'s with 2 workers: maxWebSocketSessionsPerIp, 
 })
 
 t.test('limits.maxStreamedBodiesPerIp is the pod\'s with 2 workers: one client streams 2 bodies at once over both, the others get 429', async (t) => {
-  // /up reads the whole body, then answers with its length.
-  let reached = 0
-  const up = await startBackend(t, (req, res) => {
-    reached++
-    let n = 0
-    req.on('data', (d: Buffer) => { n += d.length })
-    req.on('end', () => res.end(String(n)))
-  })
-  const cfg = await podConfig(t, { limits: { maxStreamedBodiesPerIp: 2, retryAfterSec: 3 }, http: { bufferBodyBytes: 1024 } })
-  ;(cfg.upstreams as Record<string, unknown>).up = { protocol: 'http', endpoints: [up.address] }
-  ;(cfg.routes as unknown[]).unshift({ match: { path: '/up' }, upstream: 'up' })
-  const f = await startFerry(t, cfg, { timeoutMs: 60_000 })
-  reapWorkers(t, f)
-  await allRunning(f, 2)
-  const SIZE = 64 * 1024
-  /** A POST whose 64 KiB body (streamed: more than bufferBodyBytes) is sent in two parts; its answer's status line. */
-  const upload = (): { sock: Socket, status: Promise<string>, rest: () => void } => {
-    const sock = netConnect(f.httpPort, '127.0.0.1')
-    let got = ''
-    const status = new Promise<string>((resolve) => {
-      sock.on('data', (d) => { got += String(d); if (got.includes('\r\n\r\n')) resolve(got.slice(0, got.indexOf('\r\n'))) })
-      sock.on('close', () => resolve(got === '' ? 'closed' : got.slice(0, got.indexOf('\r\n'))))
-      sock.on('error', () => {})
-    })
-    sock.write(`POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: ${SIZE}\r\n\r\n`)
-    sock.write(Buffer.alloc(4096, 1))
-    return { sock, status, rest: () => { sock.write(Buffer.alloc(SIZE - 4096, 2)) } }
-  }
-  const all = Array.from({ length: 6 }, () => upload())
+  const { f, reached } = await uploadPod(t, { limits: { maxStreamedBodiesPerIp: 2, retryAfterSec: 3 }, http: { bufferBodyBytes: 1024 } })
+  // 64 KiB bodies (streamed: more than bufferBodyBytes), 4 KiB of each sent first.
+  const all = Array.from({ length: 6 }, () => upload(f.httpPort, 64 * 1024, 4096))
   t.teardown(() => { for (const u of all) u.sock.destroy() })
-  await waitFor('two bodies reached the backend', () => reached === 2, 5000, 20)
+  await waitFor('two bodies reached the backend', () => reached() === 2, 5000, 20)
   const refused = await waitFor('four answered 429', async () => {
     const m = await metric(f, 'ferry_limit_refused_total{limit="http_streamed_bodies_per_ip"}')
     return m === 4 ? m : undefined
@@ -532,8 +538,43 @@ t.test('limits.maxStreamedBodiesPerIp is the pod\'s with 2 workers: one client s
   for (const u of all) u.rest()
   const statuses = (await Promise.all(all.map(async (u) => await u.status))).sort()
   t.same(statuses, ['HTTP/1.1 200 OK', 'HTTP/1.1 200 OK', 'HTTP/1.1 429 Too Many Requests', 'HTTP/1.1 429 Too Many Requests', 'HTTP/1.1 429 Too Many Requests', 'HTTP/1.1 429 Too Many Requests'], 'two streamed through, four refused')
-  t.equal(reached, 2, 'no refused body reached the backend')
+  t.equal(reached(), 2, 'no refused body reached the backend')
   await waitFor('stream slots given back', async () => ((await adminStatus(f)).pod as { perIp: Record<string, { lent: number }> }).perIp.stream?.lent === undefined, 5000, 50)
+  t.equal(await f.stop(), 0)
+})
+
+t.test('limits.maxBufferedBodyBytesPerIp is the pod\'s with 2 workers: one client buffers at most the figure over both, the rest get 429', async (t) => {
+  const KiB = 1024
+  // 64 KiB for the client in the pod (lent in units of 1 KiB); each body is 16 KiB, buffered whole.
+  const { f, reached } = await uploadPod(t, { limits: { maxBufferedBodyBytesPerIp: 64 * KiB, retryAfterSec: 3 }, http: { bufferBodyBytes: 32 * KiB } })
+  // 16 KiB bodies, 15 KiB of each sent first: held in memory while they wait for the rest.
+  const FIRST = 15 * KiB
+  const all = Array.from({ length: 6 }, () => upload(f.httpPort, 16 * KiB, FIRST))
+  t.teardown(() => { for (const u of all) u.sock.destroy() })
+  // Four bodies of 15 KiB fit in 64 KiB (60); a fifth would not, wherever the kernel put it.
+  const refused = await waitFor('two answered 429', async () => {
+    const m = await metric(f, 'ferry_limit_refused_total{limit="http_buffered_bytes_per_ip"}')
+    return m >= 2 ? m : undefined
+  }, 5000, 50)
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.equal(await metric(f, 'ferry_limit_refused_total{limit="http_buffered_bytes_per_ip"}'), refused, 'the refusals settled')
+  const buffered = await metric(f, 'ferry_http_buffered_body_bytes')
+  t.ok(buffered <= 64 * KiB, `the pod buffers at most the figure for the client (${buffered} bytes over both workers)`)
+  t.equal(buffered, (6 - refused) * FIRST, 'what the admitted bodies sent, and nothing of the refused ones')
+  const lent = ((await adminStatus(f)).pod as { perIp: Record<string, { lent: number }> }).perIp.body?.lent ?? 0
+  t.ok(lent >= (6 - refused) * 15 && lent <= 64, `the pod lent ${lent} units of 1 KiB for it`)
+  const inFlight = await waitFor('both workers hold uploads', async () => {
+    const now = (await workers(f)).map((w) => w.clients?.httpRequestsInFlight ?? 0)
+    return now.every((n) => n > 0) ? now : undefined
+  }, 3000, 100).catch(() => undefined)
+  if (inFlight !== undefined) t.pass(`the kernel spread the uploads over both workers (${inFlight.join(' + ')} in flight), and the figure held for the pod`)
+  else t.comment('the kernel put every upload on one worker this time: the count holds either way')
+  for (const u of all) u.rest()
+  const statuses = (await Promise.all(all.map(async (u) => await u.status))).sort()
+  t.equal(statuses.filter((s) => s === 'HTTP/1.1 200 OK').length, 6 - refused, 'the admitted bodies went through whole')
+  t.equal(statuses.filter((s) => s === 'HTTP/1.1 429 Too Many Requests').length, refused, 'the others got 429')
+  t.equal(reached(), 6 - refused, 'no refused body reached the backend')
+  await waitFor('body units given back', async () => ((await adminStatus(f)).pod as { perIp: Record<string, { lent: number }> }).perIp.body?.lent === undefined, 5000, 50)
   t.equal(await f.stop(), 0)
 })
 

@@ -68,8 +68,12 @@ export interface BodyLimits {
    * a pod `held` may say the pod is asked (it resolves to the refusal, or to undefined once held).
    */
   takeStream: (ip: string) => FerryError | { readonly release: () => void, readonly held?: Promise<FerryError | undefined> | undefined }
-  /** Bytes of a body held in memory; released by `releaseBody` with the same total. */
-  chargeBody: (ip: string, bytes: number) => FerryError | undefined
+  /**
+   * Bytes of a body held in memory: refused (nothing counted), or counted and released by `releaseBody`
+   * with the same total; a promise while a worker of a pod borrows for the client's budget (the bytes
+   * count meanwhile, and stay counted until released whatever it resolves to).
+   */
+  chargeBody: (ip: string, bytes: number) => FerryError | undefined | Promise<FerryError | undefined>
   releaseBody: (ip: string, bytes: number) => void
   readonly retryAfter: readonly [string, string]
 }

@@ -3,7 +3,7 @@ import type { Config } from '../config/load.js'
 import { FerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { PodIpCounts } from '../planes/ip-counts.js'
-import { IpTable, takeIpSlot, type IpSlot } from './ip-slots.js'
+import { IpBytes, IpTable, takeIpSlot, type IpSlot } from './ip-slots.js'
 
 export type LimitsConfig = Config['limits']
 
@@ -31,9 +31,9 @@ export type LimitSlot = IpSlot<FerryError>
  * Ferry sees: HTTP requests in flight to upstreams, request bodies streaming into backend connections,
  * request body bytes held in memory, and WebSocket sessions (from the upgrade on).
  * `takeRequest`/`takeSession`/`takeStream` give a LimitSlot to release once; a `chargeBody` that returns
- * undefined must be matched by exactly one `releaseBody` with the same IP and amount. One that returns
- * an error took nothing. In a pod the per-IP figures of requests, sessions and streamed bodies are the
- * pod's (`pod`); buffered body bytes per IP are this process's.
+ * undefined or a promise must be matched by exactly one `releaseBody` with the same IP and amount. One
+ * that returns an error took nothing. In a pod the per-IP figures of requests, sessions and streamed bodies are the
+ * pod's (`pod`), buffered body bytes per IP too (counted in units of 1/64 of the figure).
  */
 export class ConnectionLimits {
   private cfg: LimitsConfig
@@ -42,7 +42,7 @@ export class ConnectionLimits {
   /** Requests whose body streams to a backend (larger than http.bufferBodyBytes) and is not complete yet. */
   private readonly streamed = new IpTable()
   /** Request body bytes held in memory (buffered bodies being read or waiting for a connection). */
-  private readonly buffered = new IpTable()
+  private readonly buffered: IpBytes
   private readonly refused: Record<LimitName, Counter.Internal>
 
   /**
@@ -51,6 +51,7 @@ export class ConnectionLimits {
    */
   constructor (cfg: LimitsConfig, metrics: Metrics, private readonly pod?: PodIpCounts) {
     this.cfg = cfg
+    this.buffered = new IpBytes(pod, 'body')
     const c = metrics.limitRefused
     this.refused = {
       http_in_flight: c.labels('http_in_flight'),
@@ -62,7 +63,7 @@ export class ConnectionLimits {
       http_buffered_bytes_per_ip: c.labels('http_buffered_bytes_per_ip'),
     }
     metrics.onCollect(() => {
-      metrics.bufferedBodyBytes.set(this.buffered.total)
+      metrics.bufferedBodyBytes.set(this.buffered.table.total)
       metrics.streamedBodies.set(this.streamed.total)
     })
   }
@@ -87,17 +88,22 @@ export class ConnectionLimits {
     return takeIpSlot(this.streamed, ip, this.cfg.maxStreamedBodiesPerIp, this.pod, 'stream', this.streamRefused)
   }
 
-  /** `bytes` more of a request body held in memory; refused past the gateway's or the client's budget. */
-  chargeBody (ip: string, bytes: number): FerryError | undefined {
+  /**
+   * `bytes` more of a request body held in memory: refused past the gateway's or the client's budget
+   * (nothing counted), else counted. In a worker of a pod the client's budget is the pod's: when the
+   * worker must borrow for it, a promise of the refusal or undefined (counted either way until released).
+   */
+  chargeBody (ip: string, bytes: number): FerryError | undefined | Promise<FerryError | undefined> {
     const { maxBufferedBodyBytes: max, maxBufferedBodyBytesPerIp: perIp } = this.cfg
-    if (max !== 0 && this.buffered.total + bytes > max) return this.refuse('http_buffered_bytes', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway buffers limits.maxBufferedBodyBytes ${held(max)} bytes of request bodies`)
-    if (perIp > 0 && this.buffered.count(ip) + bytes > perIp) return this.refuse('http_buffered_bytes_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} has limits.maxBufferedBodyBytesPerIp ${perIp} bytes of request bodies buffered`)
-    this.buffered.add(ip, bytes)
-    return undefined
+    if (max !== 0 && this.buffered.table.total + bytes > max) return this.refuse('http_buffered_bytes', 'FERRY_ERR_GLOBAL_LIMIT', `the gateway buffers limits.maxBufferedBodyBytes ${held(max)} bytes of request bodies`)
+    const now = this.buffered.charge(ip, bytes, perIp)
+    if (now === true) return undefined
+    if (now === false) return this.bytesRefused(ip)
+    return now.then((ok) => ok ? undefined : this.bytesRefused(ip))
   }
 
   releaseBody (ip: string, bytes: number): void {
-    this.buffered.remove(ip, bytes)
+    this.buffered.release(ip, bytes)
   }
 
   takeSession (ip: string): FerryError | LimitSlot {
@@ -109,6 +115,7 @@ export class ConnectionLimits {
   // The per-IP refusals, made once (takeIpSlot calls them only when it refuses).
   private readonly requestRefused = (ip: string): FerryError => this.refuse('http_in_flight_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} has limits.maxRequestsInFlightPerIp ${this.cfg.maxRequestsInFlightPerIp} requests in flight`)
   private readonly streamRefused = (ip: string): FerryError => this.refuse('http_streamed_bodies_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} streams limits.maxStreamedBodiesPerIp ${this.cfg.maxStreamedBodiesPerIp} request bodies`)
+  private readonly bytesRefused = (ip: string): FerryError => this.refuse('http_buffered_bytes_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} has limits.maxBufferedBodyBytesPerIp ${this.cfg.maxBufferedBodyBytesPerIp} bytes of request bodies buffered${this.pod === undefined ? '' : ' in the pod'}`)
   private readonly sessionRefused = (ip: string): FerryError => this.refuse('ws_sessions_per_ip', 'FERRY_ERR_PER_IP_LIMIT', `${ip} holds limits.maxWebSocketSessionsPerIp ${this.cfg.maxWebSocketSessionsPerIp} sessions`)
 
   private refuse (limit: LimitName, code: 'FERRY_ERR_GLOBAL_LIMIT' | 'FERRY_ERR_PER_IP_LIMIT', msg: string): FerryError {
@@ -122,8 +129,8 @@ export class ConnectionLimits {
       httpInFlight: this.http.total,
       httpClientIps: this.http.ips,
       streamedBodies: this.streamed.total,
-      bufferedBodyBytes: this.buffered.total,
-      bufferedClientIps: this.buffered.ips,
+      bufferedBodyBytes: this.buffered.table.total,
+      bufferedClientIps: this.buffered.table.ips,
       wsSessions: this.ws.total,
       wsClientIps: this.ws.ips,
       // A worker of a pod: the per-IP slots the pod lent it (src/planes/ip-counts.ts).

@@ -68,6 +68,14 @@ export class ClientSide {
   private streamSlot: { readonly release: () => void } | undefined
   /** A worker of a pod borrows the streamed body's slot: the request goes on to a backend once it has it. */
   private streamPending = false
+  /**
+   * Charges of buffered body bytes a worker of a pod borrows for (the client's byte budget is the pod's):
+   * the client is paused meanwhile (`chargePaused`), and a body whose last byte came waits for them
+   * (`lastCharged`) before it goes on.
+   */
+  private chargesPending = 0
+  private chargePaused = false
+  private lastCharged = false
   private clientPaused = false
   /** Minimum-rate window of a streamed body: its start, the bytes in before it, whether Ferry paused the client in it. */
   private windowStart = 0
@@ -196,12 +204,16 @@ export class ClientSide {
     if (this.bodyMode === 'buffer') {
       if (this.bodyBytesIn <= this.size.bufferBytes) {
         if (data !== undefined) {
-          const refused = this.policy.limits?.chargeBody(this.req.clientIp, data.length)
-          if (refused !== undefined) { this.refuseBody(refused); return }
+          const charge = this.policy.limits?.chargeBody(this.req.clientIp, data.length)
+          if (charge instanceof FerryError) { this.refuseBody(charge); return }
           this.charged += data.length
           this.chunks.push(data)
+          if (charge !== undefined) this.awaitCharge(charge)
         }
-        if (isLast) this.onBufferedBody()
+        if (isLast) {
+          if (this.chargesPending > 0) this.lastCharged = true
+          else this.onBufferedBody()
+        }
         return
       }
       // A chunked body outgrew the buffer: it streams from here on, what was buffered first.
@@ -213,6 +225,28 @@ export class ClientSide {
       if (this.owner.final) return
     }
     this.streamData(data, isLast)
+  }
+
+  /**
+   * A worker of a pod borrows for this chunk's bytes: the client is paused until the pod answered; a
+   * refusal fails the request (429), and the body goes on once every charge is granted.
+   */
+  private awaitCharge (charge: Promise<FerryError | undefined>): void {
+    this.chargesPending++
+    if (!this.clientPaused) { this.clientPaused = true; this.chargePaused = true; this.res.pause() }
+    charge.then((err) => {
+      this.chargesPending--
+      if (this.owner.final) return
+      // (A body that outgrew the buffer meanwhile no longer holds these bytes.)
+      if (err !== undefined && this.bodyMode === 'buffer') { this.refuseBody(err); return }
+      if (this.chargesPending > 0) return
+      if (this.chargePaused) {
+        this.chargePaused = false
+        // A body that outgrew the buffer meanwhile streams: its stream resumes the client when it has room.
+        if (this.bodyMode === 'buffer' || this.body!.readableLength < BODY_HIGH_WATER) this.resumeClient()
+      }
+      if (this.lastCharged && this.bodyMode === 'buffer') { this.lastCharged = false; this.onBufferedBody() }
+    }, noop)
   }
 
   /** The last byte of a buffered body arrived: the request goes on to the pool queue if the edge let it through. */
