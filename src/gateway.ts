@@ -96,7 +96,9 @@ export interface BoundPorts {
 
 /**
  * Composes the stages for one config: front → routing → upstream pools, plus the admin API. Owns their
- * lifetimes: `start` builds and binds, `stop` closes in reverse order.
+ * lifetimes: `start` builds and binds, `stop` closes in reverse order. One process, whatever
+ * `gateway.workers` says (made in code with a count above 1, it logs so once): `ferry start` (src/cli.ts)
+ * runs a pod of workers (src/planes/control.ts) instead.
  */
 export class Gateway {
   private cfg: Config
@@ -175,6 +177,8 @@ export class Gateway {
     this.drainer = new DrainController(this.local(this.config).drain, this.drainTarget(), this.log.child({ component: 'drain' }), this.metrics)
     this.endpointDrainer = new EndpointDrainer(this.log.child({ component: 'endpoint-drain' }), this.metrics)
     this.stopped = new Promise((resolve) => { this.resolveStopped = resolve })
+    const asked = this.role === undefined ? workerCount(opts.config) : 1
+    if (asked > 1) this.log.warn({ workers: asked }, 'gateway.workers asks for several workers, but a Gateway made in code runs in this one process: `ferry start` runs a pod (docs/workers.md)')
   }
 
   /** The running config (a reload replaces it). */

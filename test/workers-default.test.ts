@@ -111,3 +111,25 @@ t.test('a single process told to become a pod by a reload says it needs a restar
   t.same(childrenOf(f.pid), [], 'still one process')
   t.equal(await f.stop(), 0)
 })
+
+t.test('a Gateway made in code is one process whatever gateway.workers says, and says so when it asks for more', async (t) => {
+  const { Gateway } = await import('../src/gateway.js')
+  const { validateConfig } = await import('../src/config/load.js')
+  const pino = (await import('pino')).default
+  const lines: Array<{ msg: string, workers?: number }> = []
+  const log = pino({ level: 'info' }, { write: (l: string) => { lines.push(JSON.parse(l) as { msg: string, workers?: number }) } })
+  const base = { listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } }, upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:1'] } }, routes: [{ match: { path: '/' }, upstream: 'api' }] }
+  const two = new Gateway({ config: validateConfig({ ...base, gateway: { workers: 2 } }), log })
+  const said = lines.filter((l) => l.msg.includes('a Gateway made in code runs in this one process'))
+  t.equal(said.length, 1, 'workers: 2 in code: one warning')
+  t.equal(said[0]?.workers, 2, 'naming the count asked for')
+  const before = new Set(childrenOf(process.pid))
+  const ports = await two.start()
+  t.teardown(async () => { await two.stop() })
+  t.same(childrenOf(process.pid).filter((pid) => !before.has(pid)), [], 'and no worker process was started')
+  t.equal((await (await fetch(`http://127.0.0.1:${ports.admin}/status`)).json() as { pod?: unknown }).pod, undefined, 'its /status is a single process\'s (no pod)')
+  lines.length = 0
+  const one = new Gateway({ config: validateConfig({ ...base, gateway: { workers: 1 } }), log })
+  t.equal(lines.filter((l) => l.msg.includes('one process')).length, 0, 'workers: 1: nothing to say')
+  void one
+})
