@@ -1,5 +1,7 @@
 // The floor of Ferry's stack: a proxy on the same parts (uWebSockets.js front, an undici Pool of 16
-// connections with pipelining 1, the `ws` client for WebSocket passthrough) that does nothing but forward.
+// connections with pipelining 1, the `ws` client for WebSocket passthrough) that does nothing but forward,
+// adding X-Forwarded-For as the nginx and HAProxy it is compared with do (`proxy_set_header
+// X-Forwarded-For $remote_addr`, `option forwardfor`): the client's address is one getpeername per request.
 // No checks, no routing, no metrics, no limits, no timers of its own, no error handling worth the name:
 // not a product, a measuring stick. What it spends per request is what this stack costs before Ferry
 // adds anything (native-bench/cpu-per-request.mjs, target `floor`).
@@ -46,7 +48,8 @@ app.ws('/ws', {
 
 app.any('/*', (res, r) => {
   const headers = []
-  r.forEach((k, v) => { if (k !== 'connection') headers.push(k, v) })
+  r.forEach((k, v) => { if (k !== 'connection' && k !== 'x-forwarded-for') headers.push(k, v) })
+  headers.push('x-forwarded-for', Buffer.from(res.getRemoteAddressAsText()).toString('latin1'))
   const method = r.getCaseSensitiveMethod()
   const q = r.getQuery()
   const path = q ? `${r.getUrl()}?${q}` : r.getUrl()
