@@ -83,8 +83,16 @@ export class ClientSide {
   private bodyDeadline = 0
   private lastChunkAt = 0
   private rearmedAt = 0
-  /** Response head received but not yet written (it goes out with the first body bytes). */
-  private head: { statusCode: number, statusMessage: string | undefined, headers: IncomingHttpHeaders, setCookie: string | undefined } | undefined
+  /**
+   * Response head received but not yet written (it goes out with the first body bytes): its headers
+   * (undefined once written, or none yet), status and the affinity cookie. Fields, not an object per response.
+   */
+  private headHeaders: IncomingHttpHeaders | undefined
+  private headStatus = 0
+  private headMessage: string | undefined
+  private headCookie: string | undefined
+  /** What the last `write` left: the client socket is full. */
+  private blocked = false
   /** Response chunk tryEnd could not fully write; kept until onWritable finishes it. */
   private pending: Buffer | undefined
   private pendingOffset = 0
@@ -392,7 +400,10 @@ export class ClientSide {
     const cl = headers['content-length']
     const noBody = this.req.method === 'HEAD' || statusCode === 204 || statusCode === 304
     this.responseLength = noBody ? 0 : typeof cl === 'string' ? Number(cl) : -1
-    this.head = { statusCode, statusMessage, headers, setCookie }
+    this.headHeaders = headers
+    this.headStatus = statusCode
+    this.headMessage = statusMessage
+    this.headCookie = setCookie
     if (noBody || this.responseLength === 0) {
       const res = this.res
       res.cork(() => {
@@ -406,13 +417,12 @@ export class ClientSide {
     }
   }
 
-  /** Writes the status line and headers held in `head` (inside the caller's cork). */
+  /** Writes the status line and headers held since `respond` (inside the caller's cork). */
   private writeHead (): void {
-    const head = this.head!
-    this.head = undefined
+    const headers = this.headHeaders!
+    this.headHeaders = undefined
     const res = this.res
-    const { statusCode, statusMessage, headers } = head
-    res.writeStatus(`${statusCode} ${statusMessage !== undefined && statusMessage !== '' ? statusMessage : (STATUS_CODES[statusCode] ?? '')}`)
+    res.writeStatus(statusLine(this.headStatus, this.headMessage))
     // Headers the backend named in its Connection header are hop-by-hop too (RFC 9110 §7.6.1).
     const conn = headers.connection
     // `keep-alive` (what most backends send) names only a header skipped anyway.
@@ -426,7 +436,7 @@ export class ClientSide {
       else res.writeHeader(name, latin1Bytes(v))
     }
     if (headers[this.ctx.requestIdHeader] === undefined) res.writeHeader(this.ctx.requestIdHeader, this.req.requestId)
-    if (head.setCookie !== undefined) res.writeHeader('set-cookie', head.setCookie)
+    if (this.headCookie !== undefined) res.writeHeader('set-cookie', this.headCookie)
     // uWS 20.30 closes the socket after answering a `Connection: close` request but does not say so in
     // the response; clients that reuse the socket meanwhile get a RST. Say it (RFC 9112 §9.6). While
     // draining, say it too: the client closes this connection and sends its next request elsewhere.
@@ -437,21 +447,33 @@ export class ClientSide {
   write (chunk: Buffer): boolean {
     if (this.responseDone) return false
     this.bytesOut += chunk.length
+    this.blocked = false
+    // uWS runs the cork callback at once: the side and chunk are handed over in module variables, so
+    // every write shares one function instead of making a closure per chunk.
+    corkSide = this
+    corkChunk = chunk
+    try {
+      this.res.cork(writeInCork)
+    } finally {
+      corkSide = undefined
+      corkChunk = undefined
+    }
+    return this.blocked
+  }
+
+  /** `write`'s work inside uWS's cork (called by writeInCork only). */
+  writeCorked (chunk: Buffer): void {
     const res = this.res
-    let blocked = false
-    res.cork(() => {
-      if (this.head !== undefined) this.writeHead()
-      if (this.responseLength >= 0) {
-        const offset = res.getWriteOffset()
-        const [ok, done] = res.tryEnd(chunk, this.responseLength)
-        if (done) this.responseDone = true
-        else if (!ok) { this.pending = chunk; this.pendingOffset = offset; blocked = true }
-      } else if (!res.write(chunk)) {
-        blocked = true // uWS buffered the chunk; wait for onWritable before reading more upstream
-      }
-      if (blocked) this.watchWritable()
-    })
-    return blocked
+    if (this.headHeaders !== undefined) this.writeHead()
+    if (this.responseLength >= 0) {
+      const offset = res.getWriteOffset()
+      const [ok, done] = res.tryEnd(chunk, this.responseLength)
+      if (done) this.responseDone = true
+      else if (!ok) { this.pending = chunk; this.pendingOffset = offset; this.blocked = true }
+    } else if (!res.write(chunk)) {
+      this.blocked = true // uWS buffered the chunk; wait for onWritable before reading more upstream
+    }
+    if (this.blocked) this.watchWritable()
   }
 
   private watchWritable (): void {
@@ -490,7 +512,7 @@ export class ClientSide {
     // undici checks Content-Length, so this means fewer bytes than announced: cut, never pad.
     if (this.responseLength >= 0) return 'short'
     this.res.cork(() => {
-      if (this.head !== undefined) this.writeHead()
+      if (this.headHeaders !== undefined) this.writeHead()
       this.res.end()
     })
     this.responseDone = true
@@ -507,7 +529,7 @@ export class ClientSide {
    * a truncated response (true); before that, the client gets `status` with the error (false).
    */
   cutResponse (wasResponding: boolean): boolean {
-    if (!wasResponding || this.head !== undefined) return false
+    if (!wasResponding || this.headHeaders !== undefined) return false
     // After a completed tryEnd the uWS response is gone and must not be touched.
     if (!this.responseDone) this.res.close()
     return true
@@ -521,3 +543,22 @@ export class ClientSide {
 }
 
 function noop (): void {}
+
+/** The side and chunk of the `write` under way, for writeInCork. */
+let corkSide: ClientSide | undefined
+let corkChunk: Buffer | undefined
+function writeInCork (): void {
+  corkSide!.writeCorked(corkChunk!)
+}
+
+/** Status lines with their standard reason phrase, made once per status (most responses say `200 OK`). */
+const STATUS_LINES = new Map<number, string>()
+
+/** The status line uWS writes: the upstream's reason phrase, or the standard one when it sent none. */
+function statusLine (code: number, message: string | undefined): string {
+  const standard = STATUS_CODES[code]
+  if (message !== undefined && message !== '' && message !== standard) return `${code} ${message}`
+  let line = STATUS_LINES.get(code)
+  if (line === undefined) { line = `${code} ${standard ?? ''}`; STATUS_LINES.set(code, line) }
+  return line
+}
