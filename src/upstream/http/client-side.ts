@@ -59,8 +59,8 @@ export class ClientSide {
   bytesOut = 0
   /** The response's Content-Length; -1: unknown (chunked), until the head arrived. */
   responseLength = -1
-  /** A buffered body's chunks while it arrives, then the whole body. */
-  private chunks: Buffer[] = []
+  /** A buffered body's chunks while it arrives (made with the first chunk: most requests have no body). */
+  private chunks: Buffer[] | undefined
   private bufferedBody: Buffer | undefined
   private body: Readable | undefined
   /** Bytes charged to limits.chargeBody and not yet released; a streamed body's slot (limits.maxStreamedBodiesPerIp). */
@@ -173,7 +173,7 @@ export class ClientSide {
     this.clearBodyTimer()
     this.releaseCharge()
     this.releaseStreamCount()
-    this.chunks = []
+    this.chunks = undefined
   }
 
   // ---- request body -------------------------------------------------------------------------------
@@ -207,6 +207,7 @@ export class ClientSide {
           const refused = this.policy.limits?.chargeBody(this.req.clientIp, data.length)
           if (refused !== undefined) { this.refuseBody(refused); return }
           this.charged += data.length
+          this.chunks ??= []
           this.chunks.push(data)
         }
         if (isLast) this.onBufferedBody()
@@ -214,10 +215,10 @@ export class ClientSide {
       }
       // A chunked body outgrew the buffer: it streams from here on, what was buffered first.
       const before = this.chunks
-      this.chunks = []
+      this.chunks = undefined
       this.releaseCharge()
       if (!this.startStreaming()) return
-      if (before.length > 0 && !this.owner.final) this.streamData(Buffer.concat(before), false)
+      if (before !== undefined && !this.owner.final) this.streamData(Buffer.concat(before), false)
       if (this.owner.final) return
     }
     this.streamData(data, isLast)
@@ -225,8 +226,9 @@ export class ClientSide {
 
   /** The last byte of a buffered body arrived: the request goes on to the pool queue if the edge let it through. */
   private onBufferedBody (): void {
-    const body = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.bodyBytesIn)
-    this.chunks = []
+    const chunks = this.chunks ?? []
+    const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, this.bodyBytesIn)
+    this.chunks = undefined
     this.bufferedBody = body
     if (this.bodyHash !== undefined) this.bodyDigest = this.bodyHash.update(body).digest('hex')
     this.bodyDone = true
