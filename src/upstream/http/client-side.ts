@@ -468,10 +468,12 @@ export class ClientSide {
     const res = this.res
     if (this.headHeaders !== undefined) this.writeHead()
     if (this.responseLength >= 0) {
-      const offset = res.getWriteOffset()
       const [ok, done] = res.tryEnd(chunk, this.responseLength)
       if (done) this.responseDone = true
-      else if (!ok) { this.pending = chunk; this.pendingOffset = offset; this.blocked = true }
+      // uWS's write offset counts body bytes only, and every earlier chunk went out whole before this one
+      // was taken (the upstream pauses while one is pending): the offset before this chunk is bytesOut
+      // without it, so no getWriteOffset() call is made per chunk.
+      else if (!ok) { this.pending = chunk; this.pendingOffset = this.bytesOut - chunk.length; this.blocked = true }
     } else if (!res.write(chunk)) {
       this.blocked = true // uWS buffered the chunk; wait for onWritable before reading more upstream
     }
