@@ -112,10 +112,12 @@ export function readClientRequest (req: HttpRequest, opts: RequestOptions, peer:
         connectionTokens = (connectionTokens ?? []).concat(v.toLowerCase().split(',').map((c) => c.trim()))
         break
       case 'x-forwarded-for':
-        (xff ??= []).push(v)
+        xff ??= []
+        xff.push(v)
         break
       case 'x-forwarded-proto':
-        (xfp ??= []).push(v)
+        xfp ??= []
+        xfp.push(v)
         break
       default:
         if (k === opts.requestIdHeader) requestId = v
