@@ -1,3 +1,5 @@
+// Imported: the global `Buffer` is a getter in Node 20, run on each use (every request here).
+import { Buffer } from 'node:buffer'
 import type { HttpRequest } from 'uWebSockets.js'
 import { FerryError } from '../errors.js'
 import { resolveClientIp } from '../edge/client-ip.js'

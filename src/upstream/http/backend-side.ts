@@ -1,4 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http'
+// Imported: the global `performance` is a getter in Node 20, run on each use (twice per request here).
+import { performance } from 'node:perf_hooks'
 import type { Dispatcher } from 'undici'
 import { FerryError, isFerryError, type FerryErrorCode } from '../../errors.js'
 import type { ClientRequest } from '../../contracts/http.js'
