@@ -1,3 +1,5 @@
+// Imported: the global `Buffer` is a getter in Node 20, run on each use (every request here).
+import { Buffer } from 'node:buffer'
 import type { HttpRequest } from 'uWebSockets.js'
 import { FerryError } from '../errors.js'
 import { resolveClientIp } from '../edge/client-ip.js'
@@ -5,8 +7,25 @@ import { normalizeIp, type Networks } from '../net/address.js'
 import { canonicalTarget } from './target.js'
 import type { ClientRequest } from '../contracts/http.js'
 
-/** Hop-by-hop headers (RFC 9110 §7.6.1) plus ones undici refuses to forward (expect). */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect', 'http2-settings'])
+/**
+ * Request headers Ferry does not copy upstream as they came: hop-by-hop (RFC 9110 §7.6.1), ones undici
+ * refuses to forward (expect), and the ones Ferry writes itself (one normalised Content-Length, the
+ * X-Forwarded-* it sets). A switch, not a Set: uWS hands over a new string per header name per request,
+ * which a Set would hash first.
+ */
+function notCopied (name: string): boolean {
+  switch (name) {
+    case 'connection': case 'keep-alive': case 'proxy-connection': case 'te': case 'trailer': case 'transfer-encoding':
+    case 'upgrade': case 'expect': case 'http2-settings':
+    case 'content-length': case 'x-forwarded-for': case 'x-forwarded-proto': case 'x-forwarded-host':
+      return true
+    default:
+      return false
+  }
+}
+
+/** No X-Forwarded-For or -Proto header (most requests): one shared empty list, none made per request. */
+const NONE: readonly string[] = Object.freeze([])
 
 export interface RequestOptions {
   requestIdHeader: string
@@ -60,8 +79,8 @@ export function readClientRequest (req: HttpRequest, opts: RequestOptions, peer:
   let codings: string[] | undefined
   let connectionTokens: string[] | undefined
   let requestId = ''
-  const xff: string[] = []
-  const xfp: string[] = []
+  let xff: string[] | undefined
+  let xfp: string[] | undefined
   /** Every value is ASCII (so is everything Ferry adds from them): nothing to convert for undici's latin1 writer. */
   let ascii = true
   for (let i = 0; i < raw.length; i += 2) {
@@ -95,9 +114,11 @@ export function readClientRequest (req: HttpRequest, opts: RequestOptions, peer:
         connectionTokens = (connectionTokens ?? []).concat(v.toLowerCase().split(',').map((c) => c.trim()))
         break
       case 'x-forwarded-for':
+        xff ??= []
         xff.push(v)
         break
       case 'x-forwarded-proto':
+        xfp ??= []
         xfp.push(v)
         break
       default:
@@ -121,15 +142,15 @@ export function readClientRequest (req: HttpRequest, opts: RequestOptions, peer:
   if (chunked && contentLength !== undefined) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'both Content-Length and Transfer-Encoding')
   if (requestId === '' || requestId.length > 200) requestId = opts.nextRequestId()
 
-  const client = resolveClientIp(peer, xff, opts.trusted)
+  const client = resolveClientIp(peer, xff ?? NONE, opts.trusted)
   // A trusted proxy (one that terminated TLS, say) knows the scheme the client used: its value goes on as it said it.
-  const fromProxy = opts.trusted.size > 0 && xfp.length > 0 && opts.trusted.contains(normalizeIp(peer))
-  const proto = fromProxy ? xfp.join(', ') : opts.proto
+  const fromProxy = opts.trusted.size > 0 && xfp !== undefined && opts.trusted.contains(normalizeIp(peer))
+  const proto = fromProxy ? xfp!.join(', ') : opts.proto
 
   const headers: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i]!
-    if (HOP_BY_HOP.has(k) || k === 'content-length' || k === 'x-forwarded-for' || k === 'x-forwarded-proto' || k === 'x-forwarded-host' || k === opts.requestIdHeader) continue
+    if (notCopied(k) || k === opts.requestIdHeader) continue
     // A client may name hop-by-hop headers in Connection, but not Host: without it undici sends the
     // backend's own address instead. (The other headers Ferry owns are added below, after this filter.)
     if (k !== 'host' && connectionTokens?.includes(k) === true) continue

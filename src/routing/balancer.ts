@@ -112,7 +112,9 @@ export class Balancer<E extends Balanced> {
 
   /** Some endpoint (not excluded, of `subset`) accepts new work at `now`: false means the next pick is panic or nothing. */
   anyAccepts (now: number, exclude?: Exclusion<E>, subset?: LabelSelector): boolean {
-    return this.endpoints.some((e) => !this.excluded(e, exclude) && within(e, subset) && e.acceptsAt(now))
+    // A loop, not some(): a full pool's every failed pick (each slot released while requests queue) asks this.
+    for (const e of this.endpoints) if (!this.excluded(e, exclude) && within(e, subset) && e.acceptsAt(now)) return true
+    return false
   }
 
   private excluded (e: E, exclude: Exclusion<E>): boolean {

@@ -1,4 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http'
+// Imported: the global `performance` is a getter in Node 20, run on each use (twice per request here).
+import { performance } from 'node:perf_hooks'
 import type { Dispatcher } from 'undici'
 import { FerryError, isFerryError, type FerryErrorCode } from '../../errors.js'
 import type { ClientRequest } from '../../contracts/http.js'
@@ -11,7 +13,13 @@ import { headersForLatin1Writer } from '../../net/header-bytes.js'
 import { DRAIN_LIMIT, type ExchangeContext, type ExchangeState } from './exchange-state.js'
 import type { ClientSide } from './client-side.js'
 
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
+/** RFC 9110 §9.2.2. A switch, not a Set: the method is a new string per request, which a Set would hash first. */
+function idempotent (method: string): boolean {
+  switch (method) {
+    case 'GET': case 'HEAD': case 'OPTIONS': case 'PUT': case 'DELETE': case 'TRACE': return true
+    default: return false
+  }
+}
 /**
  * How long a request whose client left may still wait for response headers. Past it the upstream
  * request is aborted: a hung backend must not keep pool slots for abandoned requests until responseMs.
@@ -191,7 +199,7 @@ export class BackendSide implements SlotWaiter, Dispatcher.DispatchHandler {
         // The client's headers as they were read need nothing when all are ASCII (the edge's may differ).
         headers: (this.headers === this.req.headers && this.req.asciiHeaders ? this.headers : headersForLatin1Writer(this.headers)) as string[],
         body: this.client.requestBody(),
-        idempotent: IDEMPOTENT.has(this.req.method),
+        idempotent: idempotent(this.req.method),
         blocking: false,
       }
       ;(long ? ep.longPool : ep.pool).dispatch(opts, this)
@@ -282,7 +290,7 @@ export class BackendSide implements SlotWaiter, Dispatcher.DispatchHandler {
     const ferr = (this.ep !== undefined ? this.ctx.upstream.tls?.failure(this.ep.address, err) : undefined) ?? classify(err)
     const before = owner.state === 'dispatched'
     const retryable = before && this.client.bodyMode === 'none' && this.ctx.retryIdempotent &&
-      IDEMPOTENT.has(this.req.method) && this.attempts < 2 && RETRYABLE.has(ferr.code)
+      idempotent(this.req.method) && this.attempts < 2 && RETRYABLE.has(ferr.code)
     this.releaseSlot(ferr.code === 'FERRY_ERR_CLIENT_ABORTED' || ferr.code === 'FERRY_ERR_BODY_TOO_LARGE' || ferr.code === 'FERRY_ERR_CLIENT_BODY' ? 'neutral' : 'failed')
     // A drained response cut short (too long, or the backend failed): the drain is over.
     if (owner.state === 'draining') { owner.to('aborted'); return }

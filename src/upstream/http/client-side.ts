@@ -59,8 +59,8 @@ export class ClientSide {
   bytesOut = 0
   /** The response's Content-Length; -1: unknown (chunked), until the head arrived. */
   responseLength = -1
-  /** A buffered body's chunks while it arrives, then the whole body. */
-  private chunks: Buffer[] = []
+  /** A buffered body's chunks while it arrives (made with the first chunk: most requests have no body). */
+  private chunks: Buffer[] | undefined
   private bufferedBody: Buffer | undefined
   private body: Readable | undefined
   /** Bytes charged to limits.chargeBody and not yet released; a streamed body's slot (limits.maxStreamedBodiesPerIp). */
@@ -91,8 +91,16 @@ export class ClientSide {
   private bodyDeadline = 0
   private lastChunkAt = 0
   private rearmedAt = 0
-  /** Response head received but not yet written (it goes out with the first body bytes). */
-  private head: { statusCode: number, statusMessage: string | undefined, headers: IncomingHttpHeaders, setCookie: string | undefined } | undefined
+  /**
+   * Response head received but not yet written (it goes out with the first body bytes): its headers
+   * (undefined once written, or none yet), status and the affinity cookie. Fields, not an object per response.
+   */
+  private headHeaders: IncomingHttpHeaders | undefined
+  private headStatus = 0
+  private headMessage: string | undefined
+  private headCookie: string | undefined
+  /** What the last `write` left: the client socket is full. */
+  private blocked = false
   /** Response chunk tryEnd could not fully write; kept until onWritable finishes it. */
   private pending: Buffer | undefined
   private pendingOffset = 0
@@ -173,7 +181,7 @@ export class ClientSide {
     this.clearBodyTimer()
     this.releaseCharge()
     this.releaseStreamCount()
-    this.chunks = []
+    this.chunks = undefined
   }
 
   // ---- request body -------------------------------------------------------------------------------
@@ -207,6 +215,7 @@ export class ClientSide {
           const charge = this.policy.limits?.chargeBody(this.req.clientIp, data.length)
           if (charge instanceof FerryError) { this.refuseBody(charge); return }
           this.charged += data.length
+          this.chunks ??= []
           this.chunks.push(data)
           if (charge !== undefined) this.awaitCharge(charge)
         }
@@ -218,10 +227,10 @@ export class ClientSide {
       }
       // A chunked body outgrew the buffer: it streams from here on, what was buffered first.
       const before = this.chunks
-      this.chunks = []
+      this.chunks = undefined
       this.releaseCharge()
       if (!this.startStreaming()) return
-      if (before.length > 0 && !this.owner.final) this.streamData(Buffer.concat(before), false)
+      if (before !== undefined && !this.owner.final) this.streamData(Buffer.concat(before), false)
       if (this.owner.final) return
     }
     this.streamData(data, isLast)
@@ -251,8 +260,9 @@ export class ClientSide {
 
   /** The last byte of a buffered body arrived: the request goes on to the pool queue if the edge let it through. */
   private onBufferedBody (): void {
-    const body = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.bodyBytesIn)
-    this.chunks = []
+    const chunks = this.chunks ?? []
+    const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, this.bodyBytesIn)
+    this.chunks = undefined
     this.bufferedBody = body
     if (this.bodyHash !== undefined) this.bodyDigest = this.bodyHash.update(body).digest('hex')
     this.bodyDone = true
@@ -426,7 +436,10 @@ export class ClientSide {
     const cl = headers['content-length']
     const noBody = this.req.method === 'HEAD' || statusCode === 204 || statusCode === 304
     this.responseLength = noBody ? 0 : typeof cl === 'string' ? Number(cl) : -1
-    this.head = { statusCode, statusMessage, headers, setCookie }
+    this.headHeaders = headers
+    this.headStatus = statusCode
+    this.headMessage = statusMessage
+    this.headCookie = setCookie
     if (noBody || this.responseLength === 0) {
       const res = this.res
       res.cork(() => {
@@ -440,13 +453,12 @@ export class ClientSide {
     }
   }
 
-  /** Writes the status line and headers held in `head` (inside the caller's cork). */
+  /** Writes the status line and headers held since `respond` (inside the caller's cork). */
   private writeHead (): void {
-    const head = this.head!
-    this.head = undefined
+    const headers = this.headHeaders!
+    this.headHeaders = undefined
     const res = this.res
-    const { statusCode, statusMessage, headers } = head
-    res.writeStatus(`${statusCode} ${statusMessage !== undefined && statusMessage !== '' ? statusMessage : (STATUS_CODES[statusCode] ?? '')}`)
+    res.writeStatus(statusLine(this.headStatus, this.headMessage))
     // Headers the backend named in its Connection header are hop-by-hop too (RFC 9110 §7.6.1).
     const conn = headers.connection
     // `keep-alive` (what most backends send) names only a header skipped anyway.
@@ -460,7 +472,7 @@ export class ClientSide {
       else res.writeHeader(name, latin1Bytes(v))
     }
     if (headers[this.ctx.requestIdHeader] === undefined) res.writeHeader(this.ctx.requestIdHeader, this.req.requestId)
-    if (head.setCookie !== undefined) res.writeHeader('set-cookie', head.setCookie)
+    if (this.headCookie !== undefined) res.writeHeader('set-cookie', this.headCookie)
     // uWS 20.30 closes the socket after answering a `Connection: close` request but does not say so in
     // the response; clients that reuse the socket meanwhile get a RST. Say it (RFC 9112 §9.6). While
     // draining, say it too: the client closes this connection and sends its next request elsewhere.
@@ -471,21 +483,35 @@ export class ClientSide {
   write (chunk: Buffer): boolean {
     if (this.responseDone) return false
     this.bytesOut += chunk.length
+    this.blocked = false
+    // uWS runs the cork callback at once: the side and chunk are handed over in module variables, so
+    // every write shares one function instead of making a closure per chunk.
+    corkSide = this
+    corkChunk = chunk
+    try {
+      this.res.cork(writeInCork)
+    } finally {
+      corkSide = undefined
+      corkChunk = undefined
+    }
+    return this.blocked
+  }
+
+  /** `write`'s work inside uWS's cork (called by writeInCork only). */
+  writeCorked (chunk: Buffer): void {
     const res = this.res
-    let blocked = false
-    res.cork(() => {
-      if (this.head !== undefined) this.writeHead()
-      if (this.responseLength >= 0) {
-        const offset = res.getWriteOffset()
-        const [ok, done] = res.tryEnd(chunk, this.responseLength)
-        if (done) this.responseDone = true
-        else if (!ok) { this.pending = chunk; this.pendingOffset = offset; blocked = true }
-      } else if (!res.write(chunk)) {
-        blocked = true // uWS buffered the chunk; wait for onWritable before reading more upstream
-      }
-      if (blocked) this.watchWritable()
-    })
-    return blocked
+    if (this.headHeaders !== undefined) this.writeHead()
+    if (this.responseLength >= 0) {
+      const [ok, done] = res.tryEnd(chunk, this.responseLength)
+      if (done) this.responseDone = true
+      // uWS's write offset counts body bytes only, and every earlier chunk went out whole before this one
+      // was taken (the upstream pauses while one is pending): the offset before this chunk is bytesOut
+      // without it, so no getWriteOffset() call is made per chunk.
+      else if (!ok) { this.pending = chunk; this.pendingOffset = this.bytesOut - chunk.length; this.blocked = true }
+    } else if (!res.write(chunk)) {
+      this.blocked = true // uWS buffered the chunk; wait for onWritable before reading more upstream
+    }
+    if (this.blocked) this.watchWritable()
   }
 
   private watchWritable (): void {
@@ -524,7 +550,7 @@ export class ClientSide {
     // undici checks Content-Length, so this means fewer bytes than announced: cut, never pad.
     if (this.responseLength >= 0) return 'short'
     this.res.cork(() => {
-      if (this.head !== undefined) this.writeHead()
+      if (this.headHeaders !== undefined) this.writeHead()
       this.res.end()
     })
     this.responseDone = true
@@ -541,7 +567,7 @@ export class ClientSide {
    * a truncated response (true); before that, the client gets `status` with the error (false).
    */
   cutResponse (wasResponding: boolean): boolean {
-    if (!wasResponding || this.head !== undefined) return false
+    if (!wasResponding || this.headHeaders !== undefined) return false
     // After a completed tryEnd the uWS response is gone and must not be touched.
     if (!this.responseDone) this.res.close()
     return true
@@ -555,3 +581,22 @@ export class ClientSide {
 }
 
 function noop (): void {}
+
+/** The side and chunk of the `write` under way, for writeInCork. */
+let corkSide: ClientSide | undefined
+let corkChunk: Buffer | undefined
+function writeInCork (): void {
+  corkSide!.writeCorked(corkChunk!)
+}
+
+/** Status lines with their standard reason phrase, made once per status (most responses say `200 OK`). */
+const STATUS_LINES = new Map<number, string>()
+
+/** The status line uWS writes: the upstream's reason phrase, or the standard one when it sent none. */
+function statusLine (code: number, message: string | undefined): string {
+  const standard = STATUS_CODES[code]
+  if (message !== undefined && message !== '' && message !== standard) return `${code} ${message}`
+  let line = STATUS_LINES.get(code)
+  if (line === undefined) { line = `${code} ${standard ?? ''}`; STATUS_LINES.set(code, line) }
+  return line
+}

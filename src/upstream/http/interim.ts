@@ -76,10 +76,11 @@ export function skipInterimResponses (socket: Socket): void {
   const f = new InterimSkipper()
   const read = socket.read
   const write = socket.write
-  socket.write = function (this: Socket, ...args: Parameters<Socket['write']>): boolean {
-    const data = args[0]
+  // Fixed parameters, not `...args` and apply(): this runs for every write undici makes (Writable.write
+  // reads an absent encoding or callback the same as an undefined one).
+  socket.write = function (this: Socket, data: unknown, encoding?: unknown, cb?: unknown): boolean {
     if (typeof data === 'string' && data.charCodeAt(0) !== 13 /* \r */) f.awaiting = true
-    return write.apply(this, args)
+    return (write as (d: unknown, e?: unknown, c?: unknown) => boolean).call(this, data, encoding, cb)
   } as Socket['write']
   socket.read = function (this: Socket, size?: number): any {
     if (!f.awaiting) return read.call(this, size)

@@ -426,6 +426,9 @@ export class HttpUpstream implements Upstream {
       if (ep === undefined) {
         // A retry that excludes an endpoint says nothing about the lane's other entries.
         if (entry.exclude !== undefined) continue
+        // One lane and no sticky entry (no split: every queue): it is blocked, the pass is over. This runs
+        // on every slot released while requests queue, so no Set is made for it.
+        if (this.lanes.size <= 1 && this.stickyQueued === 0) break
         ;(blocked ??= new Set()).add(entry.subset)
         if (blocked.size >= this.lanes.size && this.stickyQueued === 0) break
         continue
