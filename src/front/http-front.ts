@@ -13,6 +13,7 @@ import { listen, type ListenSocket } from './listen.js'
 import type { Uws } from './uws.js'
 import { WsFront } from './ws-front.js'
 import type { RouteTable } from './route-table.js'
+import type { Route } from '../routing/router.js'
 import type { Admission } from '../drain/admission.js'
 import { ConnectionLimits } from '../edge/limits.js'
 import type { PodIpCounts } from '../planes/ip-counts.js'
@@ -32,7 +33,7 @@ export interface FrontDeps {
   /** Draining flag and in-flight count, shared with the exchanges. */
   readonly lifecycle: HttpLifecycle
   readonly admission: Admission
-  /** A worker of a pod: the pod's per-IP counts of requests and sessions (src/planes/ip-counts.ts). */
+  /** A worker of a pod: the pod's per-IP figures (src/planes/ip-counts.ts). */
   readonly ipCounts?: PodIpCounts | undefined
 }
 
@@ -219,29 +220,19 @@ export class HttpFront {
       const guard = this.admit.guardOf(table, route)
       const held = pass.held
       if (guard === undefined && held === undefined) { exchange.start(); return }
-      const q = creq.target.indexOf('?')
-      const admission = (a: Admitted): EdgeAdmission => ({ headers: applyAdmitted(creq.headers, a), bodySha256: a.principal?.bodySha256 })
-      /** Stage `guard`: its decision (or a promise of it), or its refusal. */
-      const check = (g: RouteGuard): EdgeAdmission | Promise<EdgeAdmission> | Refused => {
-        // HMAC signatures cover the target the client sent; everything else reads the canonical one.
-        const verdict = this.admit.guard(g, route, { method: creq.method, host: creq.host, target: creq.rawTarget, query: q === -1 ? '' : creq.target.slice(q + 1), headers: creq.headers, clientIp: creq.clientIp, hasBody: creq.chunked || (creq.contentLength ?? 0) > 0 })
-        if (isRefused(verdict)) return verdict
-        const a = verdict.admitted
-        return a instanceof Promise ? a.then(admission) : admission(a)
-      }
       if (held !== undefined) {
         // A worker of a pod borrows the per-IP slot from its control plane first; the exchange waits
         // in `gated` and answers a refusal, and releases the slot when it ends.
         exchange.start(held.then((r) => {
           if (r !== undefined) throw r
           if (guard === undefined) return undefined
-          const c = check(guard)
+          const c = this.check(guard, route, creq)
           if (isRefused(c)) throw c
           return c
         }), guard?.verifiesBody ?? false)
         return
       }
-      const c = check(guard!)
+      const c = this.check(guard!, route, creq)
       if (isRefused(c)) {
         // The exchange never started, so it will not release the concurrency slot itself.
         pass.release()
@@ -252,6 +243,16 @@ export class HttpFront {
     } catch (err) {
       this.onHandlerError(res, err, requestId)
     }
+  }
+
+  /** Stage `guard` of a request: its decision (or a promise of it), or its refusal. */
+  private check (guard: RouteGuard, route: Route, creq: ClientRequest): EdgeAdmission | Promise<EdgeAdmission> | Refused {
+    const q = creq.target.indexOf('?')
+    // HMAC signatures cover the target the client sent; everything else reads the canonical one.
+    const verdict = this.admit.guard(guard, route, { method: creq.method, host: creq.host, target: creq.rawTarget, query: q === -1 ? '' : creq.target.slice(q + 1), headers: creq.headers, clientIp: creq.clientIp, hasBody: creq.chunked || (creq.contentLength ?? 0) > 0 })
+    if (isRefused(verdict)) return verdict
+    const a = verdict.admitted
+    return a instanceof Promise ? a.then((x) => admissionOf(creq, x)) : admissionOf(creq, a)
   }
 
   /**
@@ -292,4 +293,9 @@ export class HttpFront {
 function bodyPolicy (cfg: Config, limits: ConnectionLimits): BodyPolicy {
   const h = cfg.http
   return { idleMs: h.bodyIdleMs, totalMs: h.bodyTimeoutMs, minRate: h.minBodyRateBytesPerSec, rateWindowMs: h.minBodyRateWindowMs, limits }
+}
+
+/** What the edge admitted, as the exchange takes it: the request headers it sets, and a body digest to check. */
+function admissionOf (creq: ClientRequest, a: Admitted): EdgeAdmission {
+  return { headers: applyAdmitted(creq.headers, a), bodySha256: a.principal?.bodySha256 }
 }
