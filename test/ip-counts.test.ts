@@ -26,12 +26,7 @@ function pod (workers: number, extra: Partial<Config['limits']>, hop: (fn: () =>
   const sent: IpCall[][] = []
   const counts: PodIpCounts[] = []
   const table = new PodIpTable(workers, (w, batch: IpToWorker[]) => {
-    hop(() => {
-      for (const c of batch) {
-        if (c.op === 'grant') counts[w]!.granted(c.scope, c.ip, c.n, c.max)
-        else counts[w]!.cede(c.scope, c.ip, c.id)
-      }
-    })
+    hop(() => { counts[w]!.receive(batch) })
   })
   const limits = Array.from({ length: workers }, (_, w) => {
     sent.push([])

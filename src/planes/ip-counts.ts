@@ -114,6 +114,14 @@ export class PodIpCounts {
     this.schedule()
   }
 
+  /** A batch from the control plane, in order: grants and requests to cede. */
+  receive (batch: readonly IpToWorker[]): void {
+    for (const c of batch) {
+      if (c.op === 'grant') this.granted(c.scope, c.ip, c.n, c.max)
+      else this.cede(c.scope, c.ip, c.id)
+    }
+  }
+
   /** The control plane lent `n` more slots (n may be 0: the pod holds the figure). */
   granted (scope: IpScope, ip: string, n: number, max: number): void {
     const key = `${scope} ${ip}`
@@ -363,7 +371,7 @@ export class PodIpTable {
     }
   }
 
-  /** For /status: the slots lent and the client IPs they are lent for, per scope (`http` and `ws` always, a TCP listener's while it has some). */
+  /** For /status: the slots lent and the client IPs they are lent for, per scope (`http` and `ws` always, the others while some are lent). */
   status (): Record<string, { lent: number, clientIps: number }> {
     const s: Record<string, { lent: number, clientIps: number }> = { http: { lent: 0, clientIps: 0 }, ws: { lent: 0, clientIps: 0 } }
     for (const [key, l] of this.loans) {

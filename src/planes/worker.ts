@@ -34,7 +34,7 @@ async function start (config: Config, role: Extract<ToWorker, { t: 'start' }>['r
   if (config.affinity.store === 'memory') affinity = new PodAffinityStore(config.affinity.ttlMs, (id, call) => { send({ t: 'affinity', id, call }) }, log.child({ component: 'affinity' }))
   // rateLimits with scope local: the pod's buckets, the control plane's (src/planes/buckets.ts).
   buckets = new PodBuckets((id, call) => { send({ t: 'bucket', id, call }) }, log.child({ component: 'rate-limits' }))
-  // limits.maxRequestsInFlightPerIp and maxWebSocketSessionsPerIp: the pod's counts, the control plane's (src/planes/ip-counts.ts).
+  // The per-IP figures (limits.*PerIp, listen.tcp[].maxConnectionsPerIp): the pod's, lent by the control plane (src/planes/ip-counts.ts).
   ipCounts = new PodIpCounts(role.count, (calls) => { send({ t: 'ip', calls }) }, log.child({ component: 'limits' }))
   let gw: Gateway
   try {
@@ -60,13 +60,7 @@ async function handle (m: ToWorker): Promise<void> {
   if (m.t === 'start') { await start(deepFreeze(m.config), m.role); return }
   if (m.t === 'affinity-answer') { affinity?.answer(m.id, m.body); return }
   if (m.t === 'bucket-answer') { buckets?.answer(m.id, m.body); return }
-  if (m.t === 'ip') {
-    for (const c of m.batch) {
-      if (c.op === 'grant') ipCounts?.granted(c.scope, c.ip, c.n, c.max)
-      else ipCounts?.cede(c.scope, c.ip, c.id)
-    }
-    return
-  }
+  if (m.t === 'ip') { ipCounts?.receive(m.batch); return }
   const gw = gateway
   if (gw === undefined) return
   switch (m.t) {
