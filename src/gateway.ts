@@ -62,7 +62,7 @@ export interface GatewayOptions {
   store?: AffinityStore
   /** Where `scope: local` rate limits count instead of this process (a pod's workers share the control plane's buckets). */
   buckets?: SharedBuckets
-  /** Where the per-IP counts of requests and sessions are kept instead of this process (a pod's workers share the control plane's). */
+  /** Where the per-IP figures (limits.*PerIp, listen.tcp[].maxConnectionsPerIp) are kept instead of this process (a pod's workers share the control plane's). */
   ipCounts?: PodIpCounts
 }
 

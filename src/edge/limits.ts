@@ -46,7 +46,7 @@ export class ConnectionLimits {
   private readonly refused: Record<LimitName, Counter.Internal>
 
   /**
-   * `pod`: a worker of a pod, whose per-IP counts of requests and sessions are the pod's, kept by the
+   * `pod`: a worker of a pod, whose per-IP figures (requests, sessions, streamed bodies, buffered bytes) are the pod's, kept by the
    * control plane (src/planes/ip-counts.ts). Absent: this process is the whole gateway.
    */
   constructor (cfg: LimitsConfig, metrics: Metrics, private readonly pod?: PodIpCounts) {

@@ -103,7 +103,7 @@ export class Pod {
   private readonly affinity: AffinityStore
   /** rateLimits with scope local: the pod's buckets, shared by every worker. */
   private readonly buckets = new PodBucketStore()
-  /** limits.maxRequestsInFlightPerIp and maxWebSocketSessionsPerIp: the pod's figure per client IP, lent to the workers. */
+  /** The per-IP figures (limits.*PerIp, listen.tcp[].maxConnectionsPerIp): the pod's per client IP, lent to the workers. */
   private readonly ips: PodIpTable
   private pods: PodDirectory | undefined
   private watchdog: NodeJS.Timeout | undefined

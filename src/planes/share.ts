@@ -35,9 +35,8 @@ export function initialBudget (cfg: Config, index: number, n: number): Budget {
  * What one of `n` workers enforces of a pod-wide config. The concurrency limits (`BUDGETS`) are the
  * worker's current share, which the control plane moves between workers as they use them (see
  * `rebalance`). The pod-wide rates (admission, the drain's pace, each upstream's handoff pace) are split
- * evenly, rounded up. Figures per client address stay as configured: requests and sessions per IP are
- * lent out by the control plane for the pod (src/planes/ip-counts.ts), and so are streamed bodies per IP;
- * buffered body bytes per IP count in each worker (docs/workers.md). With n = 1 the config is returned as it is.
+ * evenly, rounded up. Figures per client address stay as configured: the control plane lends them out
+ * for the pod (src/planes/ip-counts.ts, docs/workers.md). With n = 1 the config is returned as it is.
  */
 export function workerShare (cfg: Config, n: number, budget: Budget | undefined): Config {
   if (n <= 1) return cfg
