@@ -217,12 +217,14 @@ t.test('a pod of 2 workers routes by SNI on a shared port; /metrics sums the wor
     t.equal(c.getPeerCertificate().serialNumber, serial, `connection ${i} (SNI ${name}): the client verifies backend ${backend}'s own certificate`)
     t.equal(await ask(c, `c${i}`), `${backend}:c${i}`, `and exchanges bytes with backend ${backend}`)
   }
-  const per = await waitFor('both workers to hold connections', async () => {
+  const per = await waitFor('the workers\' heartbeats to count every connection', async () => {
     const ws = (await adminStatus(f)).workers as Array<{ clients: { tcpConnections: number } | null }>
     const n = ws.map((w) => w.clients?.tcpConnections ?? 0)
-    return n.every((x) => x > 0) && n.reduce((x, y) => x + y, 0) === 9 ? n : undefined
+    return n.reduce((x, y) => x + y, 0) === 9 ? n : undefined
   }, 10_000, 200)
-  t.pass(`the 9 connections are spread over both workers (${per.join(' + ')})`)
+  // The kernel spreads connections by a hash: all on one worker happens (1 in 256), and proves less, not wrong.
+  if (per.every((x) => x > 0)) t.pass(`the 9 connections are spread over both workers (${per.join(' + ')})`)
+  else t.comment(`the kernel put all 9 connections on one worker this time (${per.join(' + ')})`)
   for (const u of ['a', 'b', 'd']) t.equal(await metric(f, `ferry_tcp_sni_routed_total{listener="sni",upstream="${u}"}`), 3, `the pod's /metrics: 3 routed to ${u}, summed over the workers`)
 })
 

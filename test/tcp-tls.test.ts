@@ -369,12 +369,14 @@ t.test('a pod of 2 workers terminates TLS on a shared TCP port', async (t) => {
     t.equal(await echo(c, `conn ${i}`), `conn ${i}`, `connection ${i}: handshake and echo`)
     conns.push(c)
   }
-  const per = await waitFor('both workers to hold connections', async () => {
+  const per = await waitFor('the workers\' heartbeats to count every connection', async () => {
     const ws = (await adminStatus(f)).workers as Array<{ clients: { tcpConnections: number } | null }>
     const n = ws.map((w) => w.clients?.tcpConnections ?? 0)
-    return n.every((x) => x > 0) && n.reduce((a, b) => a + b, 0) === 8 ? n : undefined
+    return n.reduce((a, b) => a + b, 0) === 8 ? n : undefined
   }, 10_000, 200)
-  t.pass(`the 8 TLS connections are spread over both workers (${per.join(' + ')})`)
+  // The kernel spreads connections by a hash: all on one worker happens (1 in 128), and proves less, not wrong.
+  if (per.every((x) => x > 0)) t.pass(`the 8 TLS connections are spread over both workers (${per.join(' + ')})`)
+  else t.comment(`the kernel put all 8 TLS connections on one worker this time (${per.join(' + ')})`)
   const g = await rawExchange(port, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
   t.equal(g.data.length === 0 || g.data[0] === 0x15, true, 'plain HTTP to the pod\'s TLS port: closed (or a TLS alert), no HTTP answer')
   await waitFor('the pod\'s /metrics to count it', async () => await metric(f, 'ferry_tcp_closed_total{listener="tls",reason="FERRY_ERR_TCP_TLS_HANDSHAKE"}') === 1)
