@@ -329,8 +329,9 @@ t.test('config errors name the field', async (t) => {
   const pki = await makePki(t)
   const good = await pki.issue('good', 'DNS:localhost', '2001')
   const other = await pki.issue('other', 'DNS:localhost', '2002')
+  // Front and admin on port 0 too: the cipher check comes after they bind, and the defaults (8080, 9901) may be taken.
   const cfg = (tls: Record<string, unknown>): string => writeConfig(singleProcess({
-    listen: { tcp: [{ name: 'db', host: '127.0.0.1', port: 0, upstream: 'db', tls: { certFile: good.cert, keyFile: good.key, ...tls } }] },
+    listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, tcp: [{ name: 'db', host: '127.0.0.1', port: 0, upstream: 'db', tls: { certFile: good.cert, keyFile: good.key, ...tls } }] },
     upstreams: { db: { protocol: 'tcp', endpoints: ['127.0.0.1:5432'] } },
   }))
   const check = await runCli(['check', '--config', cfg({ keyFile: other.key, sni: [{ serverNames: ['a.test'], certFile: join(pki.dir, 'missing.pem'), keyFile: good.key }] })])

@@ -1,8 +1,8 @@
 import { spawn } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { stringify } from 'yaml'
+import { parse, stringify } from 'yaml'
 import { usableCores } from '../src/planes/cores.js'
 import { httpConfig } from './helpers/backend.js'
 import { adminStatus, childrenOf, ROOT, startFerry, waitFor, type FerryProcess } from './helpers/ferry.js'
@@ -100,8 +100,10 @@ t.test('a single process told to become a pod by a reload says it needs a restar
   const cfg = await config(t, { gateway: { workers: 1 } })
   const f = await startFerry(t, cfg, { singleProcess: false })
   const file = String(f.child.spawnargs.at(-1))
-  // The same config without gateway.workers (auto: a worker per core) and a new route.
-  const next = { ...cfg, gateway: undefined, routes: [...(cfg.routes as unknown[]), { match: { path: '/new' }, upstream: 'api' }] }
+  // The config it runs (its listeners on port 0, not the defaults) without gateway.workers (auto: a
+  // worker per core), and a new route.
+  const running = parse(readFileSync(file, 'utf8')) as Record<string, unknown>
+  const next = { ...running, gateway: undefined, routes: [...(cfg.routes as unknown[]), { match: { path: '/new' }, upstream: 'api' }] }
   writeFileSync(file, stringify(next))
   const r = await fetch(`${f.adminUrl}/reload`, { method: 'POST' })
   const body = await r.json() as { result: string }
