@@ -1,8 +1,12 @@
+import { spawn } from 'node:child_process'
+import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
 import t from 'tap'
 import WebSocket, { WebSocketServer, type RawData } from 'ws'
 import { FerryClient } from '../src/client/index.js'
 import { parseResumeOffer } from '../src/client/wire.js'
-import { waitFor, type Teardown } from './helpers/ferry.js'
+import { ROOT, waitFor, type Teardown } from './helpers/ferry.js'
+import { freePort } from './helpers/redis.js'
 
 /**
  * ferry/client against a real `ws` server on 127.0.0.1 playing the gateway's side of the ferry.v1 wire:
@@ -127,6 +131,31 @@ t.test('a handshake the WebSocket implementation refuses is reported on every at
   await waitFor('two failed attempts', () => errors.length >= 2 && s.conns.length >= 2)
   t.match(errors[0]!.message, /subprotocol/, `each failed attempt emits 'error' (${errors[0]!.message})`)
   t.equal(c.state, 'reconnecting', 'and the client keeps trying with backoff')
+})
+
+t.test('an error nobody listens for is one console line per failed attempt, no stack trace (a real process, the built client)', async (t) => {
+  // The README's client without an 'error' listener, while the server is down: it keeps trying.
+  const port = await freePort()
+  const script = `
+    import WebSocket from 'ws'
+    import { FerryClient } from ${JSON.stringify(pathToFileURL(join(ROOT, 'dist', 'client', 'index.js')).href)}
+    const c = new FerryClient('ws://127.0.0.1:${port}/chat', { WebSocket, reconnect: { minDelayMs: 10, maxDelayMs: 40 } })
+    let attempts = 0
+    c.on('reconnecting', () => { if (++attempts === 4) { c.close(); console.log('attempts', attempts) } })
+  `
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => { child.kill('SIGKILL') })
+  let out = ''
+  let err = ''
+  child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d })
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d })
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  t.equal(code, 0, 'the process ends by itself once the client is closed')
+  t.match(out, /attempts 4/, 'the client kept reconnecting')
+  const lines = err.trim().split('\n')
+  t.ok(lines.length >= 3 && lines.length <= 5, `one stderr line per failed connect (${lines.length} lines for 4 reconnects)`)
+  for (const l of lines) t.match(l, /^ferry\/client: .*ECONNREFUSED.*\(no 'error' listener\)$/, `"${l}"`)
+  t.notMatch(err, /\n\s+at /, 'no stack trace')
 })
 
 t.test('a gateway that answers ferry.v1 but never welcomes: the connection is dropped after welcomeTimeoutMs and retried', async (t) => {

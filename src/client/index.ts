@@ -421,11 +421,15 @@ export class FerryClient {
     this.emit('close', { code, reason })
   }
 
-  /** Calls the listeners; one that throws is reported on 'error' (or console.error) and never breaks the client. */
+  /**
+   * Calls the listeners; one that throws is reported on 'error' (or console.error) and never breaks the
+   * client. An 'error' nobody listens for is one console line, no stack: while a server is down every
+   * reconnect attempt fails, and a stack trace each time buried the application's own output.
+   */
   private emit (event: ClientEvent, ...args: unknown[]): void {
     const set = this.listeners.get(event)
     if (set === undefined || set.size === 0) {
-      if (event === 'error') console.error(args[0])
+      if (event === 'error') console.error(`ferry/client: ${(args[0] as Error).message.replace(/^ferry\/client: /, '')} (no 'error' listener)`)
       return
     }
     for (const fn of [...set]) {
