@@ -299,6 +299,21 @@ t.test('SIGTERM drains every worker and the pod exits 0, also while a worker wai
   t.ok([1001, 1012, 1006].includes(await closedWith), 'the open session was closed by the drain (or went with the killed worker)')
 })
 
+t.test('POST /drain answers with the sessions the pod started its drain with, before any worker has beaten since', async (t) => {
+  const f = await startFerry(t, await podConfig(t, { drain: { acceptGraceMs: 3000, spreadMs: 0, maxMigrationsPerSec: 1_000_000, deadlineMs: 5000 } }), { timeoutMs: 60_000 })
+  reapWorkers(t, f)
+  await allRunning(f, 2)
+  const sessions = []
+  for (let i = 0; i < 3; i++) sessions.push(await wsEcho(`ws://127.0.0.1:${f.httpPort}/ws`))
+  await waitFor('the 3 sessions counted', async () => (await adminStatus(f)).clients.webSocketSessions === 3, 5000, 50)
+  // The answer comes at once: the workers' last heartbeats still say idle.
+  const r = await fetch(`${f.adminUrl}/drain`, { method: 'POST' })
+  t.equal(r.status, 202)
+  const body = await r.json() as { phase: string, sessionsAtStart: number, remaining: { sessions: number } }
+  t.match(body, { phase: 'grace', sessionsAtStart: 3, remaining: { sessions: 3 } }, `grace, started with the 3 sessions (said ${body.sessionsAtStart}, ${body.remaining.sessions} remaining)`)
+  t.equal(await f.stop(), 0)
+})
+
 t.test('a reload reaches every worker; what a pod cannot change in place is refused and it keeps serving', async (t) => {
   const cfg = await podConfig(t)
   const f = await startFerry(t, cfg, { timeoutMs: 60_000 })

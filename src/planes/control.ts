@@ -605,7 +605,8 @@ export class Pod {
       startedAt: this.drainStartedAt,
       listenersCloseAt: live[0]?.listenersCloseAt,
       deadlineAt: live[0]?.deadlineAt,
-      sessionsAtStart: live.reduce((n, d) => n + d.sessionsAtStart, 0),
+      // A worker that has not beaten since it was told has not counted its start: its sessions now are.
+      sessionsAtStart: live.reduce((n, d) => n + (d.phase === 'idle' ? d.remaining.sessions ?? 0 : d.sessionsAtStart), 0),
       migrated: add('migrated'),
       remaining: add('remaining'),
       ratePerSec: live.reduce((n, d) => n + Math.max(0, d.ratePerSec), 0),
