@@ -40,7 +40,7 @@ const HOST = hostname()
 /** What a reload did, or why it was refused (field-named problems). */
 export type ReloadResult =
   | { result: 'ok', version: string, added: string[], changed: string[], removed: string[], unchanged: string[] }
-  | { result: 'refused', version: string, errors: string[] }
+  | { result: 'refused', version?: string, errors: string[] }
 
 /**
  * created ──start()──▶ starting ──▶ running ──drain()──▶ draining ──(drained)──▶ stopping ──▶ stopped
@@ -345,7 +345,8 @@ export class Gateway {
     return { id: this.cfg.gateway.id, host: HOST, version: VERSION, sessions: this.front?.ws.sessionCount ?? 0, draining: this.state.value === 'draining', updatedAt: new Date().toISOString() }
   }
 
-  private refused (errors: string[], version: string): ReloadResult {
+  /** `version` undefined: the file could not be read as a config, so it has none (the answer leaves it out). */
+  private refused (errors: string[], version: string | undefined): ReloadResult {
     this.lastReload = { at: new Date().toISOString(), result: 'refused', errors }
     this.metrics.configReloads.labels('refused').inc()
     this.log.error({ errors, version }, 'config reload refused; the running config is kept')
@@ -360,7 +361,7 @@ export class Gateway {
       try {
         next = this.source()
       } catch (err) {
-        return this.refused(err instanceof ConfigError ? err.problems : [(err as Error).message], '')
+        return this.refused(err instanceof ConfigError ? err.problems : [(err as Error).message], undefined)
       }
       this.log.info({ trigger }, 'config reload requested')
       const r = await this.reload(next, configVersion(next))

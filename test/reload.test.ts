@@ -98,6 +98,9 @@ t.test('reload: routes and upstreams swap; sessions and unchanged links stay; a 
   const r = await runCli(['reload', '--admin', `127.0.0.1:${f.adminPort}`])
   t.equal(r.code, 1, '`ferry reload` exits 1 on a refused reload')
   t.match(r.stderr, 'upstreams.api.endpoints', 'naming the field')
+  const rb = await (await fetch(`${f.adminUrl}/reload`, { method: 'POST' })).json() as Record<string, unknown>
+  t.match(rb, { result: 'refused' }, 'POST /reload: refused too')
+  t.notOk('version' in rb, `a file that is no valid config has no version: none in the answer (${JSON.stringify(rb).slice(0, 80)})`)
   t.equal((await get(f.httpPort, '/x', agent)).body, 'B /x', 'the running config still serves')
   const st2 = await (await fetch(`${f.adminUrl}/status`)).json()
   t.equal(st2.config.version, st.config.version, 'the version did not change')
@@ -144,7 +147,7 @@ t.test('reload: routes and upstreams swap; sessions and unchanged links stay; a 
   await waitFor('reloaded by SIGHUP', async () => (await get(newPort, '/hup')).body === 'B /hup', 5000)
   t.pass('SIGHUP applied the new route')
   t.equal(await metric(f, 'ferry_config_reloads_total{result="ok"}'), 3, 'reloads counted: 3 ok')
-  t.equal(await metric(f, 'ferry_config_reloads_total{result="refused"}'), 4, 'and 4 refused')
+  t.equal(await metric(f, 'ferry_config_reloads_total{result="refused"}'), 5, 'and 5 refused')
   chatSession.ws.close()
   fresh.ws.close()
 })

@@ -387,7 +387,8 @@ export class Pod {
     }))
   }
 
-  private refused (errors: string[], version: string): ReloadResult {
+  /** `version` undefined: the file could not be read as a config, so it has none (the answer leaves it out). */
+  private refused (errors: string[], version: string | undefined): ReloadResult {
     this.lastReload = { at: new Date().toISOString(), result: 'refused', errors }
     this.metrics.configReloads.labels('refused').inc()
     this.log.error({ errors, version }, 'config reload refused; the running config is kept')
@@ -407,7 +408,7 @@ export class Pod {
       try {
         next = this.source()
       } catch (err) {
-        return this.refused(err instanceof ConfigError ? err.problems : [(err as Error).message], '')
+        return this.refused(err instanceof ConfigError ? err.problems : [(err as Error).message], undefined)
       }
       this.log.info({ trigger }, 'config reload requested')
       return await this.reload(next, configVersion(next))
