@@ -124,7 +124,11 @@ export async function startFerry (t: Teardown, config: Record<string, unknown>, 
     },
     stop: async () => {
       if (!exited) child.kill('SIGTERM')
-      return await exit
+      const code = await exit
+      // 'exit' can come before the last of stdout is read: the log lines a test checks after the stop
+      // (its last words) are in `logs` once stdout ends (bounded: a pod's orphaned worker may hold it).
+      if (child.stdout!.readableEnded === false) await new Promise<void>((resolve) => { const tm = setTimeout(resolve, 2000); child.stdout!.once('end', () => { clearTimeout(tm); resolve() }) })
+      return code
     },
   }
 }
