@@ -2,7 +2,7 @@ import t from 'tap'
 import WebSocket, { WebSocketServer } from 'ws'
 import { createMuxServer, type MuxServer } from '../src/backend/index.js'
 import { adminRequest } from './helpers/admin.js'
-import { metric, startFerry, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { logged, metric, startFerry, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
 import { connect, rawFerry, startMuxBackend, type Client } from './helpers/mux.js'
 import { startRedis } from './helpers/redis.js'
 
@@ -174,7 +174,7 @@ t.test('registry: ferry/backend announces its labels; a subset without endpoints
     upstreams: { chat: { protocol: 'mux', registry: { redis: redis.url, service: 'chat', scanIntervalMs: 500 }, pool: { links: 1 } } },
     routes: [{ match: { path: '/chat' }, upstream: 'chat', split: { key: 'query:uid', subsets: [{ labels: { version: 'v1' }, weight: 50 }, { labels: { version: 'v2' }, weight: 50 }] } }],
   })
-  t.ok(f.logs.some((l) => l.msg?.toString().startsWith('route split of a registry upstream')), 'the gateway warns that a registry upstream\'s labels are checked only as backends register')
+  t.ok(await logged(f, (l) => l.msg?.toString().startsWith('route split of a registry upstream')), 'the gateway warns that a registry upstream\'s labels are checked only as backends register')
   await waitFor('v1 linked', () => b1.links().length === 1)
   const url = (k: string): string => `ws://127.0.0.1:${f.httpPort}/chat?uid=${k}`
   const early = await versionsOf(url, 60)

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process'
 import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
 import t from 'tap'
-import { adminStatus, metric, startFerry, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { adminStatus, logged, metric, startFerry, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
 
 /**
  * At the file-descriptor limit uWebSockets.js retries accept() in a tight loop. With limits.fdReserve
@@ -119,6 +119,7 @@ t.test('at the descriptor limit the front stops accepting instead of spinning; t
   t.equal(await metric(f, 'ferry_accept_paused_total{listener="admin"}'), 0, 'the admin listener never paused')
   t.ok(await metric(f, 'ferry_tcp_closed_total{listener="t",reason="FERRY_ERR_FD_RESERVE"}') >= 1, 'the TCP refusal is counted with FERRY_ERR_FD_RESERVE')
   t.match((await adminStatus(f)).descriptors, { state: 'paused', pauses: 1 }, '/status shows the pause')
+  await logged(f, (l) => String(l.msg).startsWith('file descriptors nearly exhausted'))
   t.equal(f.logs.filter((l) => String(l.msg).startsWith('file descriptors nearly exhausted')).length, 1, 'logged once')
 
   // Descriptors come back: the front binds its port again and serves.
@@ -133,7 +134,7 @@ t.test('at the descriptor limit the front stops accepting instead of spinning; t
     s.on('error', reject)
   })
   t.equal(echoed, 'ping', 'the TCP listener forwards again')
-  t.ok(f.logs.some((l) => l.msg === 'file descriptors free again: the front accepts new connections'), 'the resume is logged')
+  t.ok(await logged(f, (l) => l.msg === 'file descriptors free again: the front accepts new connections'), 'the resume is logged')
 })
 
 t.test('when work under way uses up the reserve the admin listener refuses too (no spin), and both come back', async (t) => {
@@ -163,7 +164,7 @@ t.test('limits.fdReserve: at most a quarter of the limit is kept; a reload chang
   const be = await backends(t)
   const f = await startFerry(t, { ...config(be), limits: { fdReserve: 1000 } }, { nofile: NOFILE })
   t.match((await adminStatus(f)).descriptors, { state: 'accepting', fdReserve: NOFILE / 4 }, `fdReserve 1000 under a limit of ${NOFILE}: ${NOFILE / 4} kept`)
-  t.ok(f.logs.some((l) => String(l.msg).startsWith('limits.fdReserve is more than a quarter')), 'with a warning')
+  t.ok(await logged(f, (l) => String(l.msg).startsWith('limits.fdReserve is more than a quarter')), 'with a warning')
   const file = String(f.child.spawnargs.at(-1))
   const reload = async (fdReserve: number): Promise<unknown> => {
     const { writeFileSync } = await import('node:fs')

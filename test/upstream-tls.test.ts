@@ -6,7 +6,7 @@ import { TLSSocket, createSecureContext, type TlsOptions } from 'node:tls'
 import t from 'tap'
 import { WebSocketServer } from 'ws'
 import { startBackend } from './helpers/backend.js'
-import { adminStatus, metric, runCli, startFerry, tcpPort, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { adminStatus, logged, metric, runCli, startFerry, tcpPort, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
 import { send } from './helpers/http.js'
 import { connect, startMuxBackend, upgradeStatus } from './helpers/mux.js'
 import { makePki, openssl, type Pki } from './helpers/pki.js'
@@ -252,7 +252,7 @@ t.test('a wrong CA, a wrong name, a plain backend: refused, counted by reason, l
   t.equal(b.seen.at(-1)!.sni, 'localhost', 'an endpoint written with a host name: that name is the SNI (and the name verified)')
   const nv = await send(f, '/noverify')
   t.equal(nv.status, 200, 'rejectUnauthorized: false: served although nothing vouches for the certificate')
-  t.ok(f.logs.some((r) => r.upstream === 'noverify' && /rejectUnauthorized is false/.test(String(r.msg))), 'and a warning says so')
+  t.ok(await logged(f, (r) => r.upstream === 'noverify' && /rejectUnauthorized is false/.test(String(r.msg))), 'and a warning says so')
   for (let i = 0; i < 5; i++) {
     const r = await send(f, '/wrongca')
     t.same([r.status, r.code], [502, 'FERRY_ERR_UPSTREAM_TLS'], `request ${i + 1} to a backend whose certificate another CA signed: 502 FERRY_ERR_UPSTREAM_TLS`)

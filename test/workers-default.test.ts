@@ -5,7 +5,7 @@ import t, { type Test } from 'tap'
 import { parse, stringify } from 'yaml'
 import { usableCores } from '../src/planes/cores.js'
 import { httpConfig } from './helpers/backend.js'
-import { adminStatus, childrenOf, ROOT, startFerry, waitFor, type FerryProcess } from './helpers/ferry.js'
+import { adminStatus, childrenOf, logged, ROOT, startFerry, waitFor, type FerryProcess } from './helpers/ferry.js'
 import { freePort } from './helpers/redis.js'
 
 // gateway.workers defaults to `auto`: a worker per core the process may use (docs/workers.md). A count
@@ -73,7 +73,7 @@ t.test('a config without gateway.workers starts a control plane with a worker pe
   t.match(st.pod, { workers: cores.usable, cores: cores.usable }, `/status pod.workers is the usable cores (${cores.usable}: cpus ${cores.affinity}, quota ${cores.quota ?? 'none'})`)
   t.equal(st.pid, f.pid, '/status is the control plane\'s (the started process)')
   t.same(childrenOf(f.pid).sort(), workers!.map((w) => w.pid).sort(), `the ${cores.usable} workers are the started process's children`)
-  t.match(f.logs.find((l) => l.msg === 'starting the workers'), { setting: 'auto', workers: cores.usable }, 'it logs the setting (auto) and the count')
+  t.match(await logged(f, (l) => l.msg === 'starting the workers'), { setting: 'auto', workers: cores.usable }, 'it logs the setting (auto) and the count')
   const { used, accepted } = await tour(f)
   t.ok(used.size >= 1 && used.size <= cores.usable, `20 client connections, one after another, served over ${used.size} backend connection(s) (${[...used].join(', ')}): at most one per worker (${cores.usable})`)
   t.ok(accepted <= cores.usable, `the backend accepted ${accepted} connections: at most one per worker`)

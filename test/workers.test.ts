@@ -9,7 +9,7 @@ import type { Session } from '../src/backend/index.js'
 import { FerryClient } from '../src/client/index.js'
 import { deadPort, startBackend, startRawBackend } from './helpers/backend.js'
 import { startMuxBackend } from './helpers/mux.js'
-import { adminStatus, metric, ROOT, runCli, startFerry, waitFor, writeConfig, type FerryProcess } from './helpers/ferry.js'
+import { adminStatus, logged, metric, ROOT, runCli, startFerry, waitFor, writeConfig, type FerryProcess } from './helpers/ferry.js'
 
 // gateway.workers above 1: a control plane and worker processes sharing the ports (docs/workers.md).
 // Every test runs real processes: `ferry start`, its workers (cluster), real backends and clients.
@@ -280,7 +280,7 @@ t.test('a hung worker (event loop stopped) is killed after gateway.workerHangMs 
   t.equal(after.lastExit?.reason, 'hung')
   t.equal(await metric(f, 'ferry_worker_restarts_total{reason="hung"}'), 1)
   t.notOk(alive(victim.pid!), 'the stopped process was killed')
-  t.ok(f.logs.some((l) => l.msg === 'worker stopped answering; killing it' && l.worker === 1), 'logged')
+  t.ok(await logged(f, (l) => l.msg === 'worker stopped answering; killing it' && l.worker === 1), 'logged')
   for (let i = 0; i < 10; i++) t.equal(await get(`${f.url}/after${i}`), 200)
   t.equal(await f.stop(), 0)
 })
@@ -370,7 +370,7 @@ t.test('more workers than cores is logged; a worker that hangs during a reload i
   const f = await startFerry(t, cfg, { timeoutMs: 60_000 })
   reapWorkers(t, f)
   const before = await allRunning(f, cores + 1)
-  t.ok(f.logs.some((l) => l.msg === 'gateway.workers is more than the cores this process may use: the workers share them' && l.cores === cores), 'said at start')
+  t.ok(await logged(f, (l) => l.msg === 'gateway.workers is more than the cores this process may use: the workers share them' && l.cores === cores), 'said at start')
   const victim = before.at(-1)!
   process.kill(victim.pid!, 'SIGSTOP')
   t.teardown(() => { if (alive(victim.pid!)) process.kill(victim.pid!, 'SIGKILL') })

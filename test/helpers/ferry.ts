@@ -177,6 +177,14 @@ export async function waitFor<T> (what: string, fn: () => T | Promise<T>, timeou
   }
 }
 
+/**
+ * The first log line of `f` that `pred` accepts, waiting for it (up to `timeoutMs`): lines come through the
+ * gateway's stdout, which may trail what a test saw over HTTP on a busy machine. Undefined if none came.
+ */
+export async function logged (f: { logs: Array<Record<string, unknown>> }, pred: (l: Record<string, unknown>) => boolean, timeoutMs = 5000): Promise<Record<string, unknown> | undefined> {
+  return await waitFor('a log line', () => f.logs.find(pred), timeoutMs).catch(() => undefined)
+}
+
 /** GET the admin /status JSON. */
 export async function adminStatus (f: FerryProcess): Promise<any> {
   const r = await fetch(`${f.adminUrl}/status`)
