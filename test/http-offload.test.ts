@@ -1,4 +1,6 @@
+import { connect as netConnect } from 'node:net'
 import t from 'tap'
+import { Client as UndiciClient } from 'undici'
 import { createServer, request, Agent } from 'node:http'
 import { startBackend, httpConfig } from './helpers/backend.js'
 import { startFerry, metric, waitFor, adminStatus } from './helpers/ferry.js'
@@ -63,6 +65,55 @@ t.test('idle keep-alive client connections are reported while the backend holds 
   t.equal(await metric(ferry, series), CLIENTS, `${series} counts the ${CLIENTS} idle client connections`)
   t.ok(backend.open() <= MAX, `backend holds ${backend.open()} connections (≤ ${MAX})`)
   agent.destroy()
+})
+
+t.test('keep-alive responses say Keep-Alive: timeout=7, which uWS honours (it closes 8-12 s later) and undici and Node\'s Agent act on (they close the idle connection first: no reset race)', async (t) => {
+  const backend = await startBackend(t, (_req, res) => { res.end('ok') })
+  const ferry = await startFerry(t, httpConfig([backend.address]))
+  // Raw connections: the header as sent, and when Ferry closes the idle connection.
+  const raw = await Promise.all(Array.from({ length: 3 }, async (_, i) => await new Promise<{ head: string, idleMs: number }>((resolve, reject) => {
+    setTimeout(() => {
+      const s = netConnect(ferry.httpPort, '127.0.0.1', () => { s.write('GET /ka HTTP/1.1\r\nHost: x\r\n\r\n') })
+      let head = ''
+      let at = 0
+      s.setEncoding('latin1').on('data', (d: string) => { head += d; if (at === 0 && head.includes('\r\n\r\nok')) at = Date.now() })
+      s.on('end', () => { resolve({ head, idleMs: Date.now() - at }); s.destroy() })
+      s.on('error', reject)
+    }, i * 1300) // spread over the 4 s tick
+  })))
+  for (const r of raw) {
+    t.equal(r.head.match(/^keep-alive: timeout=7\r$/gim)?.length, 1, 'one Keep-Alive: timeout=7 header')
+    t.notMatch(r.head, /^connection:/im, 'and no Connection header')
+    t.ok(r.idleMs > 7000, `Ferry closed the idle connection ${r.idleMs} ms after the response: later than the 7 s it announced`)
+  }
+  // Node's Agent given an idle timeout lowers it to the hint less a second (without one, Node 20's Agent
+  // ignores the hint); undici takes the hint less 2 s. Both close the idle connection themselves.
+  const agent = new Agent({ keepAlive: true, timeout: 60_000 })
+  t.teardown(() => agent.destroy())
+  const viaAgent = new Promise<{ byServer: boolean, ms: number }>((resolve, reject) => {
+    request({ host: '127.0.0.1', port: ferry.httpPort, path: '/agent', agent }, (res) => {
+      const socket = res.socket
+      res.resume()
+      res.on('end', () => {
+        const at = Date.now()
+        let byServer = false
+        socket.on('end', () => { byServer = true })
+        socket.on('close', () => { resolve({ byServer, ms: Date.now() - at }) })
+      })
+    }).on('error', reject).end()
+  })
+  const client = new UndiciClient(ferry.url)
+  t.teardown(async () => { await client.destroy() })
+  const viaUndici = new Promise<{ why: string, ms: number }>((resolve) => {
+    let at = 0
+    client.once('disconnect', (_o: unknown, _t: unknown, err: Error) => { resolve({ why: err.message, ms: Date.now() - at }) })
+    void client.request({ path: '/undici', method: 'GET' }).then(async (r) => { await r.body.text(); at = Date.now() })
+  })
+  const [a, u] = await Promise.all([viaAgent, viaUndici])
+  t.notOk(a.byServer, `Node's Agent closed its idle connection (after ${a.ms} ms), Ferry did not have to`)
+  t.ok(a.ms < 7000, 'before the announced 7 s')
+  t.equal(u.why, 'socket idle timeout', `undici closed its idle connection itself (after ${u.ms} ms)`)
+  t.ok(u.ms > 4500 && u.ms < 7000, 'at the hint less its 2 s threshold (its default without a hint is 4 s)')
 })
 
 t.test('clients that give up mid-request do not cost backend connections', async (t) => {

@@ -17,6 +17,14 @@ import type { ExchangeContext, ExchangeState } from './exchange-state.js'
 export type BodyMode = 'none' | 'buffer' | 'stream'
 
 /** Response headers Ferry does not copy: hop-by-hop, plus the ones uWS writes itself. */
+/**
+ * uWS 20.30 closes a keep-alive connection idle for 10 s, on a 4 s tick: 8–12 s after its last response
+ * (measured). A client that reuses it as it closes gets a reset. undici, and Node's http.Agent when it
+ * has a timeout, take this hint and close an idle connection themselves 2 s / 1 s before the announced
+ * timeout. 7 s: under the 8 s uWS may close at, for clients that read it literally.
+ */
+export const KEEP_ALIVE_HINT = 'timeout=7'
+
 const SKIP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'content-length', 'date'])
 const BODY_HIGH_WATER = 64 * 1024
 /** uWS's own request timer is re-armed at most this often while body bytes arrive (see onClientData). */
@@ -477,6 +485,7 @@ export class ClientSide {
     // the response; clients that reuse the socket meanwhile get a RST. Say it (RFC 9112 §9.6). While
     // draining, say it too: the client closes this connection and sends its next request elsewhere.
     if (this.req.close || this.ctx.lifecycle.draining) res.writeHeader('connection', 'close')
+    else res.writeHeader('keep-alive', KEEP_ALIVE_HINT)
   }
 
   /** One upstream body chunk. True: the client socket is full; the upstream must pause until `clientDrained`. */
