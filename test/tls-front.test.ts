@@ -169,6 +169,30 @@ t.test('the plain redirect listener answers 308 to https', async (t) => {
   t.equal(follow.stdout, 'backend /followed', 'curl -L follows it to the backend over TLS')
   const bad = await run('curl', ['-sS', '-i', '--max-time', '5', '-H', 'Host: evil.test/x', `http://127.0.0.1:${port}/`])
   t.match(bad.stdout, /^HTTP\/1\.1 400 /, 'a Host that is not a host name gets 400, not a redirect built from it')
+
+  // Raw sockets: every redirect answer closes and says so exactly once, whatever the client's Connection said.
+  const answer = async (head: string): Promise<string> => await new Promise((resolve) => {
+    const c = netConnect(port, '127.0.0.1', () => { c.write(`GET /hello?x=1 HTTP/1.1\r\n${head}\r\n`) })
+    let text = ''
+    c.setEncoding('latin1')
+    c.on('data', (d: string) => { text += d })
+    c.on('error', () => {})
+    c.setTimeout(5000, () => { c.destroy() })
+    c.on('close', () => { resolve(text.split('\r\n\r\n', 1)[0] ?? '') })
+  })
+  for (const [what, head, status] of [
+    ['no Connection header', 'Host: localhost\r\n', 308],
+    ['Connection: keep-alive', 'Host: localhost\r\nConnection: keep-alive\r\n', 308],
+    ['Connection: close', 'Host: localhost\r\nConnection: close\r\n', 308],
+    ['Connection: Close', 'Host: localhost\r\nConnection: Close\r\n', 308],
+    ['a bad Host', 'Host: evil.test/x\r\n', 400],
+    ['a bad Host and Connection: close', 'Host: evil.test/x\r\nConnection: close\r\n', 400],
+  ] as const) {
+    const h = await answer(head)
+    t.match(h, new RegExp(`^HTTP/1\\.1 ${status} `), `${what}: ${status}`)
+    const conn = h.split('\r\n').filter((l) => /^connection:/i.test(l))
+    t.same(conn.map((l) => l.toLowerCase()), ['connection: close'], `${what}: exactly one Connection header, close (got ${JSON.stringify(conn)})`)
+  }
 })
 
 t.test('rotation: reload and the file watch apply a renewed certificate; open sessions stay', async (t) => {
