@@ -294,6 +294,30 @@ t.test('a bad renewed certificate is refused naming its field; the running one s
   t.match(rr.errors.join('\n'), /listen\.http\.tls: cannot change on a reload/, 'a reload that removes listen.http.tls is refused, naming it')
 })
 
+t.test('every watch check is counted: unchanged while the files stay, refused on each check while they are bad (logged once), applied once put right', async (t) => {
+  const s = await setup(t, { watchIntervalMs: 1000 })
+  const checks = async (result: string): Promise<number> => await metric(s.ferry, `ferry_tls_cert_checks_total{result="${result}"}`)
+  const u0 = await checks('unchanged')
+  await waitFor('three watch checks counted as unchanged (no reload, files untouched)', async () => await checks('unchanged') >= u0 + 3, 10_000, 200)
+  t.pass(`ferry_tls_cert_checks_total{result="unchanged"} grew by ≥ 3 within 10 s with watchIntervalMs 1000 and no reload (the watch is seen alive)`)
+  t.equal(await checks('applied'), 0, 'nothing applied')
+
+  // A key that does not match the certificate: every check refuses it, the log says it once.
+  copyFileSync((await s.pki.issue('other', 'DNS:a.test', 'B001')).key, s.a.key)
+  const r0 = await checks('refused')
+  await waitFor('three watch checks counted as refused', async () => await checks('refused') >= r0 + 3, 10_000, 200)
+  t.pass('refused grew by ≥ 3 within 10 s while the files stay bad')
+  const logged = s.ferry.logs.filter((l) => l.msg === 'TLS certificate files refused; the running certificates stay' && l.trigger === 'watch').length
+  t.equal(logged, 1, 'the same problem is logged once, not on every check')
+
+  copyPair(await s.pki.issue('a-2', 'DNS:a.test', 'A002'), s.a)
+  await waitFor('the watch to apply the renewed pair', async () => await checks('applied') >= 1, 10_000, 200)
+  t.equal(await servedSerial(s.ferry.httpPort, 'a.test'), 'A002', 'the renewed pair is served')
+  const u1 = await checks('unchanged')
+  await waitFor('unchanged counting again after the change', async () => await checks('unchanged') >= u1 + 1, 10_000, 200)
+  t.pass('checks that find the applied files again count as unchanged')
+})
+
 t.test('bad certificate files stop the process at start, each named by field', async (t) => {
   const pki = await makePki(t)
   const good = await pki.issue('good', 'DNS:localhost', '1')
