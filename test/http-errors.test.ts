@@ -141,6 +141,31 @@ t.test('backend accepts and never answers, timeouts.responseMs 300 → 504 FERRY
   t.equal(requestsSeen, 1, 'the hanging backend received the request exactly once (a timeout is not retried)')
 })
 
+t.test('the 504 of timeouts.responseMs comes at the figure, not on undici\'s 0.5 s clock (late when idle, early when other requests are in flight)', async (t) => {
+  // A backend that answers in 3 s, as the outside tester had (/warm at once: a fresh gateway's first request
+  // pays for its start, which is not what is measured here).
+  const slow = await startBackend(t, (req, res) => { if (req.url === '/warm') res.end('warm'); else setTimeout(() => { res.end('late') }, 3000) })
+  // Bound on lateness only against a hang (a loaded machine); the figure is in each message.
+  const SLACK_MS = 1000
+  const check = async (f: FerryProcess, responseMs: number, what: string): Promise<void> => {
+    const { reply, ms } = await timed(send(f, '/slow'))
+    t.equal(reply.status, 504, `${what}: 504`)
+    t.ok(ms >= responseMs, `${what}: not before responseMs ${responseMs} (came after ${ms} ms: ${ms - responseMs} ms late)`)
+    t.ok(ms < responseMs + SLACK_MS, `${what}: within ${SLACK_MS} ms after it (${ms - responseMs} ms late)`)
+  }
+  const idle = await startFerry(t, httpConfig([slow.address], { timeouts: { responseMs: 1000 } }))
+  t.equal((await send(idle, '/warm')).status, 200, 'warmed up')
+  await check(idle, 1000, 'responseMs 1000, nothing else in flight')
+  // 1490 ms is 2 ticks of undici's clock plus most of a third: with other timers running it fired up to
+  // ~0.5 s early. Four requests 125 ms apart keep timers running and see four phases of that clock.
+  const busy = await startFerry(t, httpConfig([slow.address], { timeouts: { responseMs: 1490 } }))
+  t.equal((await send(busy, '/warm')).status, 200, 'warmed up')
+  await Promise.all([0, 125, 250, 375].map(async (delay, i) => {
+    await new Promise((resolve) => setTimeout(resolve, delay))
+    await check(busy, 1490, `responseMs 1490, request ${i + 1} of 4 sent ${delay} ms after the first`)
+  }))
+})
+
 t.test('backend answers garbage → 502 FERRY_ERR_UPSTREAM_PROTOCOL', async (t) => {
   const junk = await startRawBackend(t, (s) => { s.once('data', () => { s.write('not http\r\n\r\n') }) })
   const f = await startFerry(t, httpConfig([junk.address]))
