@@ -169,6 +169,30 @@ t.test('the plain redirect listener answers 308 to https', async (t) => {
   t.equal(follow.stdout, 'backend /followed', 'curl -L follows it to the backend over TLS')
   const bad = await run('curl', ['-sS', '-i', '--max-time', '5', '-H', 'Host: evil.test/x', `http://127.0.0.1:${port}/`])
   t.match(bad.stdout, /^HTTP\/1\.1 400 /, 'a Host that is not a host name gets 400, not a redirect built from it')
+
+  // Raw sockets: every redirect answer closes and says so exactly once, whatever the client's Connection said.
+  const answer = async (head: string): Promise<string> => await new Promise((resolve) => {
+    const c = netConnect(port, '127.0.0.1', () => { c.write(`GET /hello?x=1 HTTP/1.1\r\n${head}\r\n`) })
+    let text = ''
+    c.setEncoding('latin1')
+    c.on('data', (d: string) => { text += d })
+    c.on('error', () => {})
+    c.setTimeout(5000, () => { c.destroy() })
+    c.on('close', () => { resolve(text.split('\r\n\r\n', 1)[0] ?? '') })
+  })
+  for (const [what, head, status] of [
+    ['no Connection header', 'Host: localhost\r\n', 308],
+    ['Connection: keep-alive', 'Host: localhost\r\nConnection: keep-alive\r\n', 308],
+    ['Connection: close', 'Host: localhost\r\nConnection: close\r\n', 308],
+    ['Connection: Close', 'Host: localhost\r\nConnection: Close\r\n', 308],
+    ['a bad Host', 'Host: evil.test/x\r\n', 400],
+    ['a bad Host and Connection: close', 'Host: evil.test/x\r\nConnection: close\r\n', 400],
+  ] as const) {
+    const h = await answer(head)
+    t.match(h, new RegExp(`^HTTP/1\\.1 ${status} `), `${what}: ${status}`)
+    const conn = h.split('\r\n').filter((l) => /^connection:/i.test(l))
+    t.same(conn.map((l) => l.toLowerCase()), ['connection: close'], `${what}: exactly one Connection header, close (got ${JSON.stringify(conn)})`)
+  }
 })
 
 t.test('rotation: reload and the file watch apply a renewed certificate; open sessions stay', async (t) => {
@@ -268,6 +292,30 @@ t.test('a bad renewed certificate is refused naming its field; the running one s
   writeFileSync(file, stringify(cfg))
   rr = await reload(s.ferry)
   t.match(rr.errors.join('\n'), /listen\.http\.tls: cannot change on a reload/, 'a reload that removes listen.http.tls is refused, naming it')
+})
+
+t.test('every watch check is counted: unchanged while the files stay, refused on each check while they are bad (logged once), applied once put right', async (t) => {
+  const s = await setup(t, { watchIntervalMs: 1000 })
+  const checks = async (result: string): Promise<number> => await metric(s.ferry, `ferry_tls_cert_checks_total{result="${result}"}`)
+  const u0 = await checks('unchanged')
+  await waitFor('three watch checks counted as unchanged (no reload, files untouched)', async () => await checks('unchanged') >= u0 + 3, 10_000, 200)
+  t.pass(`ferry_tls_cert_checks_total{result="unchanged"} grew by ≥ 3 within 10 s with watchIntervalMs 1000 and no reload (the watch is seen alive)`)
+  t.equal(await checks('applied'), 0, 'nothing applied')
+
+  // A key that does not match the certificate: every check refuses it, the log says it once.
+  copyFileSync((await s.pki.issue('other', 'DNS:a.test', 'B001')).key, s.a.key)
+  const r0 = await checks('refused')
+  await waitFor('three watch checks counted as refused', async () => await checks('refused') >= r0 + 3, 10_000, 200)
+  t.pass('refused grew by ≥ 3 within 10 s while the files stay bad')
+  const logged = s.ferry.logs.filter((l) => l.msg === 'TLS certificate files refused; the running certificates stay' && l.trigger === 'watch').length
+  t.equal(logged, 1, 'the same problem is logged once, not on every check')
+
+  copyPair(await s.pki.issue('a-2', 'DNS:a.test', 'A002'), s.a)
+  await waitFor('the watch to apply the renewed pair', async () => await checks('applied') >= 1, 10_000, 200)
+  t.equal(await servedSerial(s.ferry.httpPort, 'a.test'), 'A002', 'the renewed pair is served')
+  const u1 = await checks('unchanged')
+  await waitFor('unchanged counting again after the change', async () => await checks('unchanged') >= u1 + 1, 10_000, 200)
+  t.pass('checks that find the applied files again count as unchanged')
 })
 
 t.test('bad certificate files stop the process at start, each named by field', async (t) => {

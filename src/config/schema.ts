@@ -96,8 +96,8 @@ const httpPool = z.strictObject({
 
 const httpTimeouts = z.strictObject({
   connectMs: durationMs(2000, 'TCP connect budget per attempt; exceeded → 504 (or a retry on another endpoint).'),
-  responseMs: durationMs(30000, 'Time from sending the request until the response headers arrive; exceeded → 504.'),
-  bodyIdleMs: durationMs(30000, 'Longest silence between response body chunks; exceeded → the client connection is closed (504 if nothing was sent).'),
+  responseMs: durationMs(30000, 'Time from sending the request (a body streamed upstream: from its last byte) until the response headers arrive; exceeded → 504, within a few ms of the figure.'),
+  bodyIdleMs: durationMs(30000, 'Longest silence between response body chunks; exceeded → the client connection is closed (504 if nothing was sent). Checked on undici\'s clock, which ticks every 0.5 s: it acts up to about 0.5 s before or after the figure.'),
 }).prefault({})
 
 const maxEjectMs = durationMs(300000, 'Cap of the ejection time. An endpoint ejected again soon after it came back (or on its first try after an ejection) stays out twice as long as the time before, up to this; the doubling is forgotten once it stayed up as long as its last ejection lasted.')

@@ -2,13 +2,13 @@ import { randomBytes } from 'node:crypto'
 import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import type { Logger } from 'pino'
 import type { Config } from '../config/load.js'
-import { ERRORS, toFerryError } from '../errors.js'
+import { ERRORS, toFerryError, type FerryError } from '../errors.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Admission as EdgeAdmission, BodyPolicy, ClientRequest, HttpLifecycle } from '../contracts/http.js'
 import { sendError } from '../net/error-response.js'
 import { applyAdmitted, type Admitted, type RouteGuard } from '../edge/guard.js'
 import { Admit, isRefused, type Refused } from './admit.js'
-import { readClientRequest, type RequestOptions } from './http-request.js'
+import { readClientRequest, refusedRequestId, type RequestOptions } from './http-request.js'
 import { listen, type ListenSocket } from './listen.js'
 import type { Uws } from './uws.js'
 import { WsFront } from './ws-front.js'
@@ -204,9 +204,10 @@ export class HttpFront {
   /** read → admit (src/front/admit.ts: route, access, kind, shape, limit, guard) → the upstream's exchange. */
   private onRequest (res: HttpResponse, req: HttpRequest): void {
     let requestId = ''
+    let peer = ''
     try {
       // A refused PROXY peer is closed before anything is read: it gets no response.
-      const peer = this.gate.peer(res)
+      peer = this.gate.peer(res)
       if (peer === '') return
       const creq = readClientRequest(req, this.reqOpts, peer)
       requestId = creq.requestId
@@ -241,7 +242,7 @@ export class HttpFront {
       }
       exchange.start(c, guard!.verifiesBody)
     } catch (err) {
-      this.onHandlerError(res, err, requestId)
+      this.onHandlerError(res, req, err, requestId, peer)
     }
   }
 
@@ -272,21 +273,45 @@ export class HttpFront {
       ctx.metrics.requests(r.route!.name, r.err.status)
     }
     sendError(res, r.err.status, r.err, creq.requestId, this.reqOpts.requestIdHeader, close, r.header, atHead)
+    if (this.table.config.logging.accessLog) this.accessLine(creq.requestId, creq.method, creq.path, r.err, creq.clientIp, r.route)
   }
 
-  private onHandlerError (res: HttpResponse, err: unknown, requestId: string): void {
+  /**
+   * A request the handler could not take: mostly one readClientRequest refused (its head breaks a rule).
+   * Still synchronous in the handler, so `req` is valid: the request id is read from it once more here
+   * (refusedRequestId), never on the way of requests that pass.
+   */
+  private onHandlerError (res: HttpResponse, req: HttpRequest, err: unknown, readId: string, peer: string): void {
     const ferr = toFerryError(err, 'unexpected')
-    if (ferr.code === 'FERRY_ERR_INTERNAL') { this.internal.inc(); this.deps.log.error({ err: ferr }, 'request handler failed') } else {
+    let requestId = readId
+    let method = ''
+    let path = ''
+    try {
+      if (requestId === '') requestId = refusedRequestId(req, this.reqOpts)
+      method = req.getCaseSensitiveMethod()
+      path = req.getUrl()
+    } catch {
+      // Not expected (req is valid here); the answer matters more than the id.
+      if (requestId === '') requestId = this.nextRequestId()
+    }
+    if (ferr.code === 'FERRY_ERR_INTERNAL') { this.internal.inc(); this.deps.log.error({ err: ferr, reqId: requestId }, 'request handler failed') } else {
       let c = this.clientErrors.get(ferr.code)
       if (c === undefined) { c = this.deps.metrics.httpErrors.labels(ferr.code, ''); this.clientErrors.set(ferr.code, c) }
       c.inc()
     }
     try {
       // A 4xx here always closes: the framing of whatever follows on this connection cannot be trusted.
-      sendError(res, ERRORS[ferr.code].status || 500, ferr, requestId === '' ? '-' : requestId, this.reqOpts.requestIdHeader, true)
+      sendError(res, ERRORS[ferr.code].status || 500, ferr, requestId, this.reqOpts.requestIdHeader, true)
     } catch {
       try { res.close() } catch { /* already gone */ }
     }
+    // A target may be up to the size of a head: the line keeps its first 200 characters.
+    if (this.table.config.logging.accessLog) this.accessLine(requestId, method, path.length > 200 ? `${path.slice(0, 200)}…` : path, ferr, peer, undefined)
+  }
+
+  /** The access line of a request the front answered itself (the exchange writes those it started). */
+  private accessLine (reqId: string, method: string, path: string, err: FerryError, client: string, route: Route | undefined): void {
+    this.deps.log.info({ reqId, method, path, status: ERRORS[err.code].status || 500, route: route?.name, upstream: route?.upstream, client, err: err.code }, 'access')
   }
 }
 

@@ -49,6 +49,29 @@ const NOT_PLAIN_RE = /[^\t\x20-\x7e]/
 /** Bytes of a header line besides name and value: `: ` and CRLF. */
 const LINE_OVERHEAD = 4
 
+/** The longest client request id kept as it came (a longer one is replaced by a generated id). */
+const MAX_REQUEST_ID = 200
+
+/**
+ * A client's request id that is kept, forwarded and echoed: non-empty, at most 200 characters, and a valid
+ * header value itself (no control character, nothing lost in UTF-8 decoding). readClientRequest checks the
+ * last two for every value already, so its hot path tests the first two only.
+ */
+export function keptRequestId (v: string): boolean {
+  return v !== '' && v.length <= MAX_REQUEST_ID && !CTL_RE.test(v) && !v.includes('\ufffd')
+}
+
+/**
+ * The request id of a request readClientRequest refused, for its error answer and its log line: the
+ * client's (the last one, as readClientRequest takes it) when keptRequestId, else a generated one. The
+ * head is read a second time, on this error path only; `req` must still be valid (inside the handler).
+ */
+export function refusedRequestId (req: HttpRequest, opts: RequestOptions): string {
+  let v = ''
+  req.forEach((k, x) => { if (k === opts.requestIdHeader) v = x })
+  return keptRequestId(v) ? v : opts.nextRequestId()
+}
+
 const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::\d{1,5})?$/
 
 /**
@@ -140,7 +163,8 @@ export function readClientRequest (req: HttpRequest, opts: RequestOptions, peer:
   if (path.includes('#') || query.includes('#')) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'a fragment (#) is not part of a request target')
   const target = canonicalTarget(path, query, opts.mergeSlashes)
   if (chunked && contentLength !== undefined) throw new FerryError('FERRY_ERR_BAD_REQUEST', 'both Content-Length and Transfer-Encoding')
-  if (requestId === '' || requestId.length > 200) requestId = opts.nextRequestId()
+  // Control characters and lost bytes were refused above: the rest of keptRequestId.
+  if (requestId === '' || requestId.length > MAX_REQUEST_ID) requestId = opts.nextRequestId()
 
   const client = resolveClientIp(peer, xff ?? NONE, opts.trusted)
   // A trusted proxy (one that terminated TLS, say) knows the scheme the client used: its value goes on as it said it.

@@ -165,6 +165,10 @@ export class TlsFront {
 /**
  * `listen.http.redirectHttpPort`: a plain-HTTP uWS app that answers every request with 308 to the same
  * URL over https on the TLS port. Nothing is read beyond the request head.
+ *
+ * Every answer closes the connection, and says so once: uWS 20.30 writes its own `Connection: close` for
+ * `end(…, true)` unless it already marked the connection closing, which it does, silently, for a request
+ * whose Connection header is 5 characters long (`close`, any case); only then is the header written here.
  */
 export function redirectApp (uws: Uws, httpsPort: () => number): TemplatedApp {
   const app = uws.App()
@@ -174,12 +178,12 @@ export function redirectApp (uws: Uws, httpsPort: () => number): TemplatedApp {
     const url = req.getUrl()
     const port = httpsPort()
     const ok = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)$/.test(host)
+    const sayClose = req.getHeader('connection').length === 5
     res.cork(() => {
-      if (!ok) { res.writeStatus('400 Bad Request').writeHeader('connection', 'close').end('bad Host header\n', true); return }
-      res.writeStatus('308 Permanent Redirect')
-        .writeHeader('location', `https://${host}${port === 443 ? '' : `:${port}`}${url}${q === undefined || q === '' ? '' : `?${q}`}`)
-        .writeHeader('connection', 'close')
-        .end('', true)
+      if (!ok) res.writeStatus('400 Bad Request')
+      else res.writeStatus('308 Permanent Redirect').writeHeader('location', `https://${host}${port === 443 ? '' : `:${port}`}${url}${q === undefined || q === '' ? '' : `?${q}`}`)
+      if (sayClose) res.writeHeader('connection', 'close')
+      res.end(ok ? '' : 'bad Host header\n', true)
     })
   })
   return app

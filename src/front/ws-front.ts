@@ -9,6 +9,7 @@ import type { Route } from '../routing/router.js'
 import type { RouteTable } from './route-table.js'
 import { sendError } from '../net/error-response.js'
 import { canonicalTarget } from './target.js'
+import { keptRequestId } from './http-request.js'
 import type { Uws } from './uws.js'
 import { ClientSession, flushOutboxes, RefusedClient, SessionCounters, type SessionRegistry, type WsUserData } from './ws-session.js'
 import { readAffinityKey, type ResumeOffer, type TopicPublisher, type UpstreamLeg, type WsHandshake } from '../contracts/ws.js'
@@ -185,7 +186,9 @@ export class WsFront implements TopicPublisher, SessionRegistry {
     const offered = req.getHeader('sec-websocket-protocol')
     const version = req.getHeader('sec-websocket-version')
     const origin = req.getHeader('origin')
-    const requestId = req.getHeader(this.table.config.http.requestIdHeader) || `${this.idPrefix}-${(++this.nextId).toString(36)}`
+    const sentId = req.getHeader(this.table.config.http.requestIdHeader)
+    // The client's id when an HTTP request would keep it too (it is echoed on a refusal and forwarded).
+    const requestId = keptRequestId(sentId) ? sentId : `${this.idPrefix}-${(++this.nextId).toString(36)}`
     const raw: string[] = []
     const xff: string[] = []
     const xfp: string[] = []

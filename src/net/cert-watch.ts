@@ -23,8 +23,10 @@ export interface CertWatchHooks<C, B> {
 /**
  * The certificate files of one TLS listener (listen.http.tls, listen.tcp[i].tls) and their rotation:
  * read and checked at start (a problem stops the start), again on every reload (a problem refuses the
- * reload) and every `watchIntervalMs` (a problem is logged and counted, once per distinct problem); a
- * valid change is built and installed, the running one stays otherwise.
+ * reload) and every `watchIntervalMs` (a problem is logged once per distinct problem); a valid change is
+ * built and installed, the running one stays otherwise. Every check after the start is counted by its
+ * result, watch ticks included: `unchanged` growing every interval is how an operator sees the watch is
+ * alive, and `refused` growing while bad files stay keeps an alert on it firing until they are put right.
  */
 export class CertWatch<C extends WatchedTls, B> {
   private material: TlsMaterial
@@ -106,13 +108,13 @@ export class CertWatch<C extends WatchedTls, B> {
     const r = this.read(this.cfg)
     if ('problems' in r) {
       const fp = r.problems.join('\n')
+      this.counts.refused.inc()
       if (trigger === 'watch' && fp === this.refusedFingerprint) return
       this.refusedFingerprint = fp
-      this.counts.refused.inc()
       this.log.error({ tls: this.field, trigger, errors: r.problems, code: 'FERRY_ERR_TLS_CERT' }, 'TLS certificate files refused; the running certificates stay')
       return
     }
-    if (r.m.fingerprint === this.material.fingerprint) return
+    // Files that did not change are counted as `unchanged` there.
     this.use(this.cfg, r.m, r.built, trigger)
   }
 

@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 // Imported: the global `performance` is a getter in Node 20, run on each use (twice per request here).
 import { performance } from 'node:perf_hooks'
+import { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import { FerryError, isFerryError, type FerryErrorCode } from '../../errors.js'
 import type { ClientRequest } from '../../contracts/http.js'
@@ -25,6 +26,16 @@ function idempotent (method: string): boolean {
  * request is aborted: a hung backend must not keep pool slots for abandoned requests until responseMs.
  */
 const DRAIN_HEADERS_MS = 1000
+
+/**
+ * timeouts.responseMs, kept to the millisecond: undici checks its headersTimeout on a clock that ticks
+ * every 499 ms (lib/util/timers.js), so its own 504 came up to ~0.5 s late, or early when other requests
+ * were in flight. One native timer per sent request instead, in Node's shared list for that duration
+ * (an O(1) insert and clear). undici's stays as the backstop of the upload phase, 1 s longer (pool.ts).
+ */
+function onResponseDeadline (side: BackendSide): void {
+  side.responseDeadline()
+}
 
 /** What the backend side of an exchange asks of its exchange (which owns the state and the ending). */
 export interface BackendOwner {
@@ -68,6 +79,8 @@ export class BackendSide implements SlotWaiter, Dispatcher.DispatchHandler {
   private attempts = 0
   private dispatchedAt = 0
   private drainTimer: NodeJS.Timeout | undefined
+  /** timeouts.responseMs of the request sent (armed once it is all sent; cleared by its head or its slot's release). */
+  private responseTimer: NodeJS.Timeout | undefined
   private drained = 0
   /** Route affinity: the request's key (undefined: none), where the store records it, and whether that is being asked. */
   private sticky: StickyKey | undefined
@@ -216,9 +229,10 @@ export class BackendSide implements SlotWaiter, Dispatcher.DispatchHandler {
     this.owner.fail(err)
   }
 
-  /** Returns the slot held, if any (once: `ep` is cleared), and stops the drain deadline. */
+  /** Returns the slot held, if any (once: `ep` is cleared), and stops the drain and response deadlines. */
   private releaseSlot (outcome: SlotOutcome): void {
     if (this.drainTimer !== undefined) { clearTimeout(this.drainTimer); this.drainTimer = undefined }
+    this.clearResponseTimer()
     const ep = this.ep
     if (ep === undefined) return
     this.ep = undefined
@@ -231,11 +245,34 @@ export class BackendSide implements SlotWaiter, Dispatcher.DispatchHandler {
   onRequestStart (controller: Dispatcher.DispatchController): void {
     this.controller = controller
     const s = this.owner.state
-    if (s === 'aborted' || s === 'failed') controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away'))
+    if (s === 'aborted' || s === 'failed') { controller.abort(new FerryError('FERRY_ERR_CLIENT_ABORTED', 'client went away')); return }
+    // undici writes the head and a buffered body now; a streamed body counts from its last byte.
+    const body = this.client.requestBody()
+    if (body instanceof Readable && !body.readableEnded) body.once('end', () => { if (this.owner.state === 'dispatched' && this.ep !== undefined) this.armResponseTimer() })
+    else this.armResponseTimer()
+  }
+
+  private armResponseTimer (): void {
+    this.clearResponseTimer()
+    this.responseTimer = setTimeout(onResponseDeadline, this.ctx.upstream.cfg.timeouts.responseMs, this)
+    this.responseTimer.unref()
+  }
+
+  private clearResponseTimer (): void {
+    if (this.responseTimer !== undefined) { clearTimeout(this.responseTimer); this.responseTimer = undefined }
+  }
+
+  /** @internal timeouts.responseMs passed without a response head: 504 (through onResponseError, like any failure). */
+  responseDeadline (): void {
+    this.responseTimer = undefined
+    // A client that left is handled by the drain deadline (DRAIN_HEADERS_MS).
+    if (this.owner.state !== 'dispatched') return
+    this.controller?.abort(new FerryError('FERRY_ERR_UPSTREAM_TIMEOUT', `no response headers within timeouts.responseMs ${this.ctx.upstream.cfg.timeouts.responseMs}`))
   }
 
   onResponseStart (controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
     if (statusCode < 200) return // interim responses are not forwarded (uWS cannot write them); see interim.ts
+    this.clearResponseTimer()
     const owner = this.owner
     if (owner.state === 'draining') {
       owner.status = statusCode

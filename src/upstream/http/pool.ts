@@ -16,6 +16,9 @@ import { interimSkippingConnector } from './interim.js'
 import type { Upstream } from '../../contracts/upstream.js'
 import type { UpstreamTlsClient } from '../tls.js'
 
+/** How much longer undici's headersTimeout runs than timeouts.responseMs (see newPool). */
+const HEADERS_BACKSTOP_MS = 1000
+
 /**
  * One backend endpoint: its undici Pool (capped at `maxConnections` sockets, pipelining 1), a second
  * one for long-held requests (capped at `longHeld.maxConnections`, made on first use) and the
@@ -52,7 +55,9 @@ export class HttpEndpoint implements SetMember {
       connect: interimSkippingConnector(cfg.timeouts.connectMs, this.tls?.options(this.endpoint)),
       keepAliveTimeout: cfg.pool.keepAliveTimeoutMs,
       keepAliveMaxTimeout: cfg.pool.keepAliveTimeoutMs,
-      headersTimeout: cfg.timeouts.responseMs,
+      // The 504 of responseMs is BackendSide's own timer; undici's, checked on its 0.5 s clock (early or late by
+      // up to ~0.5 s), only bounds the upload of a streamed body, so it must never come first.
+      headersTimeout: cfg.timeouts.responseMs + HEADERS_BACKSTOP_MS,
       bodyTimeout: cfg.timeouts.bodyIdleMs,
       strictContentLength: true,
     })
