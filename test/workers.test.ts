@@ -195,6 +195,8 @@ t.test('a pod\'s /status, /metrics and console show the pod: session counts, con
   const spread = (st.workers as Worker[]).map((w) => w.clients?.webSocketSessions ?? 0).join(' + ')
   t.same(st.websocket, { sessions: 6, byRoute: { '*/ws': 6 }, byMode: { ws: 6, mux: 0 } }, `/status websocket counts the pod's sessions (${spread} on the workers), as clients.webSocketSessions does`)
   t.equal(st.limits.wsSessions, 6, '/status limits.wsSessions: the pod\'s 6')
+  const chatRow = (s: any): { sessions: number, state: string, drain?: { sessionsAtStart: number } } => s.upstreams.find((u: { name: string }) => u.name === 'chat').endpoints.find((e: { address: string }) => e.address === chat)
+  t.equal(chatRow(st).sessions, 6, '/status upstreams: the sessions\' endpoint carries the pod\'s 6 (the console\'s endpoint row)')
   t.equal(st.limits.maxBufferedBodyBytes, 64 * 1024 * 1024, '/status limits show the configured limits.maxBufferedBodyBytes (64 MiB), not a worker\'s share')
   t.match(st.admission, { handshakesPerSec: 2000, burst: 4000 }, '/status admission shows the configured rate and burst (the defaults 2000 and 4000)')
   t.same((st.workers as Array<{ admission: { handshakesPerSec: number, burst: number } }>).map((w) => [w.admission.handshakesPerSec, w.admission.burst]), [[1000, 2000], [1000, 2000]], 'and each worker its even share of them')
@@ -203,6 +205,7 @@ t.test('a pod\'s /status, /metrics and console show the pod: session counts, con
   const chatState = `ferry_upstream_endpoint_state{upstream="chat",endpoint="${chat}"}`
   t.equal((await adminRequest(f, `/upstreams/chat/endpoints/${chat}/drain`, { method: 'POST' })).status, 202, 'POST .../drain of the sessions\' endpoint: 202')
   t.equal(await metric(f, chatState), 1, `ferry_upstream_endpoint_state while its sessions move off: 1 (draining), not a sum (${spread} sessions on the workers)`)
+  t.match(chatRow(await adminStatus(f)), { state: 'draining', admin: 'drain', drain: { state: 'draining', sessionsAtStart: 6 } }, '/status: the endpoint draining, the pod\'s 6 sessions at its start')
   for (const s of sessions) s.terminate()
   await waitFor('the sessions\' endpoint drained in every worker', async () => await metric(f, chatState) === 2, 5000, 100)
   t.pass('ferry_upstream_endpoint_state once no worker holds a session on it: 2 (drained)')

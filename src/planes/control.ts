@@ -25,7 +25,7 @@ import { VERSION } from '../version.js'
 import { BEAT_MS, type FromWorker, type ToWorker, type WorkerStatus } from './messages.js'
 import { freePort, PortLock } from './port-lock.js'
 import { PodIpTable } from './ip-counts.js'
-import { podAdmission, podLimits, podSessions } from './pod-status.js'
+import { podAdmission, podLimits, podSessions, podUpstreams } from './pod-status.js'
 import { BUDGETS, initialBudget, NONE, rebalance, workerCount, type Budget, type BudgetName } from './share.js'
 
 /** How long a worker may take from its fork to listening. */
@@ -641,7 +641,7 @@ export class Pod {
     }
   }
 
-  /** The pod's /status: the first live worker's view of routes and upstreams, the pod's counts and figures (src/planes/pod-status.ts), and each worker. */
+  /** The pod's /status: the first live worker's view of routes and upstreams (their counts the pod's), the pod's counts and figures (src/planes/pod-status.ts), and each worker. */
   status (): object {
     const statuses = this.slots.filter((s) => s.worker !== undefined && s.status !== undefined).map((s) => s.status!)
     const base = statuses[0] ?? {}
@@ -658,6 +658,7 @@ export class Pod {
       websocket: podSessions(statuses),
       admission: podAdmission(this.cfg, statuses),
       limits: podLimits(this.cfg, statuses),
+      upstreams: podUpstreams(statuses),
       pod: { workers: this.count, cores: this.cores.usable, workerHangMs: this.cfg.gateway.workerHangMs, restarts: this.slots.reduce((n, s) => n + s.restarts, 0), perIp: this.ips.status() },
       workers: this.slots.map((s) => ({
         index: s.index,

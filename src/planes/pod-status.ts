@@ -53,3 +53,58 @@ export function podLimits (cfg: Config, statuses: WorkerStatus[]): object {
   }
   return { ...held, ...cfg.limits }
 }
+
+/** An endpoint's /status row as a worker reports it (src/upstream/endpoint-set.ts, status). */
+type EndpointRow = Record<string, unknown> & { address: string, state: string, drain?: Record<string, unknown>, links?: unknown[] }
+type UpstreamRow = Record<string, unknown> & { name: string, endpoints: EndpointRow[] }
+
+/** What an endpoint row counts as held now (each worker has its own connections, sessions, streams): summed. */
+const ENDPOINT_HELD = ['inflight', 'held', 'connected', 'connecting', 'connectFailures', 'sessions', 'handshaking', 'closing', 'streams'] as const
+/** What a leaving endpoint's drain counts: summed. */
+const DRAIN_HELD = ['sessionsAtStart', 'moved', 'sessionsLeft', 'open'] as const
+const STATE_ORDER: Record<string, number> = { active: 0, draining: 1, drained: 2 }
+
+function sumOf (rows: Array<Record<string, unknown>>, key: string): number {
+  return rows.reduce((n, r) => n + (typeof r[key] === 'number' ? r[key] : 0), 0)
+}
+
+/**
+ * One endpoint of the pod: the first worker's row (its labels, admin state, health as that worker
+ * sees it), with what every worker holds on it summed, every worker's mux links, and the state of the
+ * least advanced worker (drained once every worker has drained it; as ferry_upstream_endpoint_state).
+ */
+function podEndpoint (rows: EndpointRow[]): EndpointRow {
+  const first = rows[0]!
+  const out: EndpointRow = { ...first }
+  for (const k of ENDPOINT_HELD) if (typeof first[k] === 'number') out[k] = sumOf(rows, k)
+  if (first.links !== undefined) out.links = rows.flatMap((r) => r.links ?? [])
+  out.state = rows.reduce((s, r) => (STATE_ORDER[r.state] ?? 0) < (STATE_ORDER[s] ?? 0) ? r.state : s, first.state)
+  const drains = rows.map((r) => r.drain).filter((d): d is Record<string, unknown> => d !== undefined)
+  if (first.drain !== undefined) {
+    const all = drains.length === rows.length && drains.every((d) => d.state === 'drained')
+    const drain: Record<string, unknown> = { ...first.drain, state: all ? 'drained' : 'draining', drainedAt: all ? first.drain.drainedAt : null }
+    for (const k of DRAIN_HELD) drain[k] = sumOf(drains, k)
+    out.drain = drain
+  }
+  return out
+}
+
+/**
+ * /status `upstreams`: the first worker's list (every worker runs the same config), each endpoint's
+ * counts and drain progress summed over the workers and its state the least advanced one's; an
+ * upstream's `queued` is summed too. Health is the first worker's (each worker checks on its own).
+ */
+export function podUpstreams (statuses: WorkerStatus[]): UpstreamRow[] {
+  const lists = statuses.map((st) => (st.upstreams as UpstreamRow[] | undefined) ?? [])
+  return (lists[0] ?? []).map((u) => {
+    const same = lists.map((l) => l.find((x) => x.name === u.name)).filter((x): x is UpstreamRow => x !== undefined)
+    // A removed endpoint still finishing and a new one at the same address are two rows: matched by their order.
+    const seen = new Map<string, number>()
+    const endpoints = u.endpoints.map((ep) => {
+      const k = seen.get(ep.address) ?? 0
+      seen.set(ep.address, k + 1)
+      return podEndpoint(same.map((x) => x.endpoints.filter((e) => e.address === ep.address)[k]).filter((e): e is EndpointRow => e !== undefined))
+    })
+    return { ...u, ...(typeof u.queued === 'number' ? { queued: sumOf(same, 'queued') } : {}), endpoints }
+  })
+}
