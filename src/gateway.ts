@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto'
 import { ConfigError, parseEndpoint, validateConfig, type Config } from './config/load.js'
 import { HttpFront } from './front/http-front.js'
 import { loadNativeUws, type Uws } from './front/uws.js'
-import { Metrics } from './observability/metrics.js'
+import { Metrics, type TrafficTotals } from './observability/metrics.js'
 import { connectionsOnPort, establishedOnPort } from './observability/sockets.js'
 import { routeName, Router } from './routing/router.js'
 import { SplitStats } from './routing/split.js'
@@ -260,7 +260,7 @@ export class Gateway {
       reload: async () => await this.reloadFromSource('POST /reload'),
       setSplit: async (route, weights) => await this.setSplitWeights(route, weights),
       endpointAdmin: (upstream, address, admin) => this.endpointAdmin(upstream, address, admin),
-      flushCounters: () => { this.front?.ws.collect(); flushHttpMetrics(this.metrics) },
+      totals: async () => await this.trafficTotals(),
     }, this.metrics, this.log, access, cfg.admin.console)
     return await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
   }
@@ -279,6 +279,14 @@ export class Gateway {
       pauseAdmin: () => { this.admin?.pauseAccepting() },
       resumeAdmin: () => { this.admin?.resumeAccepting() },
     }
+  }
+
+  /** The message and request counters the console's rates difference (a worker's, for its pod's console). */
+  async trafficTotals (): Promise<TrafficTotals> {
+    // The per-message counts kept as plain numbers go to their prom-client counters first (what a scrape does).
+    this.front?.ws.collect()
+    flushHttpMetrics(this.metrics)
+    return await this.metrics.trafficTotals()
   }
 
   /**

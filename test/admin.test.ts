@@ -63,6 +63,7 @@ t.test('admin API: /healthz, /readyz, /status shape, /metrics, unknown path; SIG
   t.equal(st.state, 'running', '/status state is "running"')
   t.type(st.version, 'string', '/status has a version string')
   t.equal(st.pid, f.pid, '/status pid is the gateway process id')
+  t.notOk('pod' in st || 'workers' in st, 'gateway.workers 1 (startFerry pins one process): the plain single process, no pod or workers block (docs/workers.md)')
   t.ok(Number.isInteger(st.uptimeSeconds) && st.uptimeSeconds >= 0, `/status uptimeSeconds is a non-negative integer (${st.uptimeSeconds})`)
   t.same(st.listeners.http, { host: '127.0.0.1', port: f.httpPort }, '/status listeners.http is the bound host and port')
   t.same(st.listeners.admin, { host: '127.0.0.1', port: f.adminPort }, '/status listeners.admin is the bound host and port')

@@ -9,6 +9,7 @@ import type { Session } from '../src/backend/index.js'
 import { FerryClient } from '../src/client/index.js'
 import { deadPort, startBackend, startRawBackend } from './helpers/backend.js'
 import { startMuxBackend } from './helpers/mux.js'
+import { adminRequest, sseClient } from './helpers/admin.js'
 import { adminStatus, logged, metric, ROOT, runCli, startFerry, waitFor, writeConfig, type FerryProcess } from './helpers/ferry.js'
 
 // gateway.workers above 1: a control plane and worker processes sharing the ports (docs/workers.md).
@@ -162,6 +163,68 @@ t.test('a pod of 2 workers serves HTTP, WebSocket and TCP on shared ports; /stat
   await new Promise((resolve) => setTimeout(resolve, 300))
   t.same((await workers(f)).map((w) => w.pid), ws0.map((w) => w.pid), 'SIGINT to the workers: both still serving, not restarted')
   t.equal(await get(`${f.url}/after-sigint`), 200)
+  t.equal(await f.stop(), 0)
+})
+
+t.test('a pod\'s /status, /metrics and console show the pod: session counts, configured admission and limits, console rates, endpoint states not summed, an admin drain at once', async (t) => {
+  const cfg = await podConfig(t, { admin: { console: { intervalMs: 250 } } })
+  const [api, chat] = ['api', 'chat'].map((u) => (cfg.upstreams as Record<string, { endpoints: string[] }>)[u]!.endpoints[0]!)
+  const f = await startFerry(t, cfg, { timeoutMs: 60_000 })
+  reapWorkers(t, f)
+  await allRunning(f, 2)
+  const sse = await sseClient(f, undefined)
+  t.teardown(() => { sse.close() })
+
+  // Requests on new connections and messages on 6 sessions, every 50 ms, until a snapshot shows both rates.
+  const sessions: WebSocket[] = []
+  for (let i = 0; i < 6; i++) sessions.push(await wsEcho(`ws://127.0.0.1:${f.httpPort}/ws`))
+  let sending = true
+  const pump = (async () => {
+    while (sending) {
+      for (const s of sessions) s.send('m')
+      await get(`${f.url}/load`)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  })()
+  const busy = await sse.waitFor((e) => e.event === 'snapshot' && e.data.rates !== null && e.data.rates.requestsPerSec > 0 && e.data.rates.messagesPerSec > 0, 'a console snapshot with both rates above 0', 10_000)
+  sending = false
+  await pump
+  t.ok(busy.data.rates.requestsPerSec > 0 && busy.data.rates.messagesPerSec > 0, `the console's rates are the pod's (${busy.data.rates.requestsPerSec} req/s, ${busy.data.rates.messagesPerSec} msg/s; each worker counts them)`)
+
+  const st = await waitFor('the 6 sessions in every worker\'s heartbeat', async () => { const s = await adminStatus(f); return s.clients.webSocketSessions === 6 ? s : undefined }, 5000, 100)
+  const spread = (st.workers as Worker[]).map((w) => w.clients?.webSocketSessions ?? 0).join(' + ')
+  t.same(st.websocket, { sessions: 6, byRoute: { '*/ws': 6 }, byMode: { ws: 6, mux: 0 } }, `/status websocket counts the pod's sessions (${spread} on the workers), as clients.webSocketSessions does`)
+  t.equal(st.limits.wsSessions, 6, '/status limits.wsSessions: the pod\'s 6')
+  const chatRow = (s: any): { sessions: number, state: string, drain?: { sessionsAtStart: number } } => s.upstreams.find((u: { name: string }) => u.name === 'chat').endpoints.find((e: { address: string }) => e.address === chat)
+  t.equal(chatRow(st).sessions, 6, '/status upstreams: the sessions\' endpoint carries the pod\'s 6 (the console\'s endpoint row)')
+  t.equal(st.limits.maxBufferedBodyBytes, 64 * 1024 * 1024, '/status limits show the configured limits.maxBufferedBodyBytes (64 MiB), not a worker\'s share')
+  t.match(st.admission, { handshakesPerSec: 2000, burst: 4000 }, '/status admission shows the configured rate and burst (the defaults 2000 and 4000)')
+  t.same((st.workers as Array<{ admission: { handshakesPerSec: number, burst: number } }>).map((w) => [w.admission.handshakesPerSec, w.admission.burst]), [[1000, 2000], [1000, 2000]], 'and each worker its even share of them')
+
+  // The sessions' endpoint drained by the operator: draining (1) while the workers still hold sessions on it, drained (2) once none does.
+  const chatState = `ferry_upstream_endpoint_state{upstream="chat",endpoint="${chat}"}`
+  t.equal((await adminRequest(f, `/upstreams/chat/endpoints/${chat}/drain`, { method: 'POST' })).status, 202, 'POST .../drain of the sessions\' endpoint: 202')
+  t.equal(await metric(f, chatState), 1, `ferry_upstream_endpoint_state while its sessions move off: 1 (draining), not a sum (${spread} sessions on the workers)`)
+  t.match(chatRow(await adminStatus(f)), { state: 'draining', admin: 'drain', drain: { state: 'draining', sessionsAtStart: 6 } }, '/status: the endpoint draining, the pod\'s 6 sessions at its start')
+  for (const s of sessions) s.terminate()
+  await waitFor('the sessions\' endpoint drained in every worker', async () => await metric(f, chatState) === 2, 5000, 100)
+  t.pass('ferry_upstream_endpoint_state once no worker holds a session on it: 2 (drained)')
+  t.equal((await adminRequest(f, `/upstreams/chat/endpoints/${chat}/ready`, { method: 'POST' })).status, 200, 'POST .../ready: 200')
+  t.equal(await metric(f, chatState), 0, 'and 0 (active) again')
+
+  // An admin drain: /status shows it as soon as the POST answered; the endpoint gauges are states and flags, not sums.
+  const row = async (): Promise<{ state: string, admin: string }> => (await adminStatus(f)).upstreams.find((u: { name: string }) => u.name === 'api').endpoints.find((e: { address: string }) => e.address === api)
+  const drained = await adminRequest(f, `/upstreams/api/endpoints/${api}/drain`, { method: 'POST' })
+  t.equal(drained.status, 202, 'POST .../drain: 202')
+  t.match(await row(), { state: 'drained', admin: 'drain' }, '/status right after the answer: drained by the operator')
+  t.equal(await metric(f, `ferry_upstream_endpoint_state{upstream="api",endpoint="${api}"}`), 2, 'ferry_upstream_endpoint_state: 2 (drained), not 2 workers × 2')
+  t.equal(await metric(f, `ferry_upstream_endpoint_up{upstream="api",endpoint="${api}"}`), 1, 'ferry_upstream_endpoint_up: 1, not 2')
+  t.equal(await metric(f, 'ferry_upstream_endpoints{upstream="api",state="held"}'), 1, 'ferry_upstream_endpoints{state="held"}: the pod\'s 1 endpoint')
+  t.equal((await adminRequest(f, `/upstreams/api/endpoints/${api}/ready`, { method: 'POST' })).status, 200, 'POST .../ready: 200')
+  t.match(await row(), { state: 'active', admin: 'ready' }, '/status right after: active and ready')
+  t.equal(await metric(f, `ferry_upstream_endpoint_state{upstream="api",endpoint="${api}"}`), 0, 'ferry_upstream_endpoint_state: 0 (active)')
+  t.equal(await metric(f, 'ferry_drain_phase'), 0, 'ferry_drain_phase: 0 (running), the pod\'s phase')
+  sse.close()
   t.equal(await f.stop(), 0)
 })
 

@@ -3,7 +3,7 @@ import type { Logger } from 'pino'
 import { ERRORS, type FerryErrorCode } from '../errors.js'
 import { listen, type ListenSocket } from '../front/listen.js'
 import type { Uws } from '../front/uws.js'
-import type { Metrics } from '../observability/metrics.js'
+import type { Metrics, TrafficTotals } from '../observability/metrics.js'
 import { loadConsoleAssets, type Asset } from './console-assets.js'
 import { ConsoleFeed, type FeedOptions, type Subscription } from './console-feed.js'
 import type { AdminToken } from './token.js'
@@ -22,8 +22,8 @@ export interface AdminSource {
   readonly setSplit: (route: string, weights: unknown) => Promise<{ result: string }>
   /** The operator's intent for one endpoint of an upstream (`address` as the client wrote it). */
   readonly endpointAdmin: (upstream: string, address: string, admin: AdminState) => AdminChange | Promise<AdminChange>
-  /** Adds the per-message counts kept as plain numbers to their prom-client counters (what a scrape does first, without the rest of it). */
-  readonly flushCounters: () => void
+  /** The message and request counters the console's rates difference (src/admin/console-feed.ts). */
+  readonly totals: () => Promise<TrafficTotals>
   /** The /metrics text; absent: `metrics` rendered (a pod's control plane adds its workers'). */
   readonly renderMetrics?: () => Promise<string>
 }
@@ -78,7 +78,7 @@ export class AdminServer {
 
   constructor (private readonly uws: Uws, private readonly source: AdminSource, private readonly metrics: Metrics, private readonly log: Logger,
     private access: AdminAccess, consoleOpts: AdminConsoleOptions) {
-    this.feed = new ConsoleFeed(consoleOpts, { snapshot: () => this.status(), flushCounters: source.flushCounters }, metrics, log.child({ component: 'console' }))
+    this.feed = new ConsoleFeed(consoleOpts, { snapshot: () => this.status(), totals: source.totals }, metrics, log.child({ component: 'console' }))
     this.assets = consoleOpts.enabled ? loadConsoleAssets() : undefined
     this.app = uws.App()
     this.app.get('/healthz', (res) => {

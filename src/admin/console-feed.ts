@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
-import type { Metrics } from '../observability/metrics.js'
+import type { Metrics, TrafficTotals } from '../observability/metrics.js'
 
 /** One subscriber's socket, as the feed sees it (the admin server adapts a uWS response to it). */
 export interface FeedSink {
@@ -21,8 +21,8 @@ export interface Subscription {
 export interface FeedSource {
   /** The status the console shows (built once per push, for all subscribers). */
   snapshot: () => object
-  /** Brings the message counters up to date before they are sampled. */
-  flushCounters: () => void
+  /** The counters now (a pod's: every worker's, added up by the control plane). */
+  totals: () => Promise<TrafficTotals>
 }
 
 export interface FeedOptions {
@@ -41,13 +41,6 @@ export interface RateSample {
 
 /** The charts show about this much history; the hello event carries it to a new subscriber. */
 const HISTORY_MS = 120_000
-
-/** Sum of every child of a counter family (prom-client's get() is async). */
-async function total (c: { get: () => Promise<{ values: Array<{ value: number }> }> }): Promise<number> {
-  let n = 0
-  for (const v of (await c.get()).values) n += v.value
-  return n
-}
 
 /** A Server-Sent Events frame: one data line (JSON carries no raw newline). */
 function sse (event: string, seq: number, data: unknown): string {
@@ -135,14 +128,14 @@ export class ConsoleFeed {
 
   /** Samples the counters; the rate is over the time since the previous sample (the first sample has none). */
   private async sample (): Promise<void> {
-    this.source.flushCounters()
-    const [messages, requests] = await Promise.all([total(this.metrics.wsMessages), total(this.metrics.httpRequests)])
+    const { messages, requests } = await this.source.totals()
     const at = performance.now()
     const prev = this.last
     this.last = { at, messages, requests }
     if (prev === undefined) return
     const sec = Math.max(0.001, (at - prev.at) / 1000)
-    const round = (n: number): number => Math.round(n * 10) / 10
+    // A counter never goes back; should a source's do (a process restarted), that sample reads 0, not a negative rate.
+    const round = (n: number): number => Math.max(0, Math.round(n * 10) / 10)
     this.history.push({ t: Date.now(), messagesPerSec: round((messages - prev.messages) / sec), requestsPerSec: round((requests - prev.requests) / sec) })
     if (this.history.length > this.historyLength) this.history.shift()
   }

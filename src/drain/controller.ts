@@ -17,7 +17,8 @@ import type { Metrics } from '../observability/metrics.js'
  */
 export type DrainPhase = 'idle' | 'grace' | 'migrating' | 'finishing' | 'done'
 
-const PHASE_VALUE: Record<DrainPhase, number> = { idle: 0, grace: 1, migrating: 2, finishing: 3, done: 4 }
+/** ferry_drain_phase's value of each phase. */
+export const PHASE_VALUE: Record<DrainPhase, number> = { idle: 0, grace: 1, migrating: 2, finishing: 3, done: 4 }
 const TICK_MS = 100
 
 /** What the drain controller drives; the gateway implements it. */

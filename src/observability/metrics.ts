@@ -1,11 +1,23 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue } from 'prom-client'
 
+/** The counters the console's charts difference: WebSocket messages proxied and HTTP requests answered, since start. */
+export interface TrafficTotals {
+  messages: number
+  requests: number
+}
+
 /**
  * Every metric Ferry exports is declared here, on a registry passed in (never the global one), so
  * several gateways can live in one process (tests). Labels are bounded: route, upstream, endpoint,
  * status code, error code, kind. Never a client address or request id.
  * Callers resolve label children once (per upstream / route), not per request.
+ *
+ * A pod's /metrics adds its workers' registries and the control plane's (src/planes/control.ts) by each
+ * metric's `aggregator` (prom-client's cluster aggregation; unset: sum). Counters, histograms and gauges
+ * that count things held (connections, sessions, bytes, waiting requests) are summed; a gauge that is a
+ * state, a flag or a configured figure must not be: it names its aggregator (min, max or first) and says
+ * in its help what the pod's figure means.
  */
 export class Metrics {
   readonly registry: Registry
@@ -109,13 +121,13 @@ export class Metrics {
     this.httpAffinity = new Counter({ name: 'ferry_http_affinity_total', help: 'Requests on routes with affinity (sticky sessions) to an HTTP upstream, by how their endpoint was chosen: hit (the endpoint the affinity store records for the key), miss (no record: rendezvous hashing of the key), fallback (the recorded endpoint is unhealthy, gone or outside the route split\'s subset: the next healthy one in the key\'s rendezvous order; the record follows), issued (no key: Ferry made one and set its cookie), keyless (no key and no setCookie: balanced normally), learned (the backend set the route\'s affinity cookie: its value is recorded for the endpoint that set it).', labelNames: ['upstream', 'outcome'], registers: r })
     this.upstreamRetries = new Counter({ name: 'ferry_upstream_retries_total', help: 'Idempotent HTTP requests retried, and WebSocket passthrough handshakes failed over, on another endpoint after a connection failure.', labelNames: ['upstream'], registers: r })
     this.endpointEjections = new Counter({ name: 'ferry_upstream_ejections_total', help: 'Endpoints ejected by passive health checking.', labelNames: ['upstream', 'endpoint'], registers: r })
-    this.endpointUp = new Gauge({ name: 'ferry_upstream_endpoint_up', help: '1 unless passive health (outlier ejection) has ejected the endpoint, 0 while ejected.', labelNames: ['upstream', 'endpoint'], registers: r })
+    this.endpointUp = new Gauge({ name: 'ferry_upstream_endpoint_up', help: '1 unless passive health (outlier ejection) has ejected the endpoint, 0 while ejected (in a pod each worker ejects on its own: 0 while any worker has).', labelNames: ['upstream', 'endpoint'], registers: r, aggregator: 'min' })
     // Discovery and active health checks (docs/discovery.md).
-    this.endpointCheckedUp = new Gauge({ name: 'ferry_upstream_endpoint_checked_up', help: 'Active health checks (upstream healthCheck): 1 while the endpoint passes them, 0 while it is starting (no check passed yet) or down.', labelNames: ['upstream', 'endpoint'], registers: r })
+    this.endpointCheckedUp = new Gauge({ name: 'ferry_upstream_endpoint_checked_up', help: 'Active health checks (upstream healthCheck): 1 while the endpoint passes them, 0 while it is starting (no check passed yet) or down (in a pod each worker checks: 0 while any worker sees it so).', labelNames: ['upstream', 'endpoint'], registers: r, aggregator: 'min' })
     this.healthChecks = new Counter({ name: 'ferry_upstream_health_checks_total', help: 'Active health checks run, by result (passed, failed).', labelNames: ['upstream', 'endpoint', 'result'], registers: r })
-    this.upstreamEndpoints = new Gauge({ name: 'ferry_upstream_endpoints', help: 'Endpoints of an upstream by state: active (in the discovered set, taking new work when healthy), held (in the set, but drained by the operator: no new work) or draining (removed from the set, finishing what they carry). Updated at scrape time.', labelNames: ['upstream', 'state'], registers: r })
+    this.upstreamEndpoints = new Gauge({ name: 'ferry_upstream_endpoints', help: 'Endpoints of an upstream by state: active (in the discovered set, taking new work when healthy), held (in the set, but drained by the operator: no new work) or draining (removed from the set, finishing what they carry). Updated at scrape time. In a pod: the most any worker counts (each worker keeps the same set).', labelNames: ['upstream', 'state'], registers: r, aggregator: 'max' })
     // Endpoint drain and admin states (docs/endpoint-drain.md).
-    this.endpointState = new Gauge({ name: 'ferry_upstream_endpoint_state', help: 'Each endpoint\'s state: 0 active, 1 draining (leaving: drained by the operator, removed from the source, or failing its health; its sessions are being moved off), 2 drained (leaving, nothing left on it). Updated at scrape time.', labelNames: ['upstream', 'endpoint'], registers: r })
+    this.endpointState = new Gauge({ name: 'ferry_upstream_endpoint_state', help: 'Each endpoint\'s state: 0 active, 1 draining (leaving: drained by the operator, removed from the source, or failing its health; its sessions are being moved off), 2 drained (leaving, nothing left on it). Updated at scrape time. In a pod: the least advanced worker\'s (drained once every worker has drained it).', labelNames: ['upstream', 'endpoint'], registers: r, aggregator: 'min' })
     this.endpointDrainMoved = new Counter({ name: 'ferry_upstream_endpoint_drain_moved_total', help: 'Sessions moved off leaving endpoints (closed 1012 with a retry hint, paced by the upstream\'s drain budget), by why the endpoint left: operator, removed, unhealthy.', labelNames: ['upstream', 'cause'], registers: r })
     this.endpointDrainRemaining = new Gauge({ name: 'ferry_upstream_endpoint_drain_sessions', help: 'Sessions still on a leaving endpoint (present while it is draining or drained). Updated at scrape time.', labelNames: ['upstream', 'endpoint'], registers: r })
     this.discoveryChanges = new Counter({ name: 'ferry_discovery_changes_total', help: 'Endpoints added to or removed from an upstream\'s set by its source (static, dns, registry).', labelNames: ['upstream', 'change'], registers: r })
@@ -152,7 +164,7 @@ export class Metrics {
     this.muxHandoffSeconds = new Histogram({ name: 'ferry_mux_handoff_seconds', help: 'From FREEZE (or the link loss) to the session open on its new backend, per moved session.', labelNames: ['upstream'], buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: r })
     this.muxHandoffsWaiting = new Gauge({ name: 'ferry_mux_handoffs_waiting', help: 'Sessions waiting for their turn under handoff.maxPerSec (client messages held). Updated at scrape time.', labelNames: ['upstream'], registers: r })
     // Session affinity store (store = memory | redis).
-    this.affinityFallback = new Gauge({ name: 'ferry_affinity_fallback', help: '1 while the affinity store cannot answer within affinity.redis.lookupTimeoutMs (Redis down, slow or not connected yet) and sessions are placed by rendezvous hashing of their key; 0 when it answers.', labelNames: ['store'], registers: r })
+    this.affinityFallback = new Gauge({ name: 'ferry_affinity_fallback', help: '1 while the affinity store cannot answer within affinity.redis.lookupTimeoutMs (Redis down, slow or not connected yet) and sessions are placed by rendezvous hashing of their key; 0 when it answers (in a pod: 1 while any worker falls back).', labelNames: ['store'], registers: r, aggregator: 'max' })
     this.affinityLookups = new Counter({ name: 'ferry_affinity_lookups_total', help: 'Affinity lookups by outcome: hit (a record), miss (none), fallback (the store could not answer; rendezvous hashing decides).', labelNames: ['store', 'outcome'], registers: r })
     this.affinityStoreLatency = new Histogram({ name: 'ferry_affinity_store_seconds', help: 'Time the affinity store (Redis) took to answer a call, by operation; calls past lookupTimeoutMs are counted in ferry_affinity_store_errors_total instead.', labelNames: ['store', 'op'], buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: r })
     this.affinityStoreErrors = new Counter({ name: 'ferry_affinity_store_errors_total', help: 'Affinity store calls that failed, by operation and reason: timeout (no answer within lookupTimeoutMs), connection (Redis unreachable), reply (Redis refused the command), corrupt (the value is not an affinity record).', labelNames: ['store', 'op', 'reason'], registers: r })
@@ -171,11 +183,11 @@ export class Metrics {
     this.bufferedBodyBytes = new Gauge({ name: 'ferry_http_buffered_body_bytes', help: 'Request body bytes held in memory now: buffered bodies being read or waiting for an upstream connection (limits.maxBufferedBodyBytes). Updated at scrape time.', registers: r })
     this.streamedBodies = new Gauge({ name: 'ferry_http_streamed_bodies', help: 'Request bodies larger than http.bufferBodyBytes streaming to upstreams now, not yet complete. Updated at scrape time.', registers: r })
     this.acceptPaused = new Counter({ name: 'ferry_accept_paused_total', help: 'Times listeners stopped accepting because fewer than limits.fdReserve file descriptors were free, by listener: front (the HTTP/WebSocket listener and the TCP listeners) or admin (only when no descriptor at all was left).', labelNames: ['listener'], registers: r })
-    this.acceptPausedNow = new Gauge({ name: 'ferry_accept_paused', help: '1 while the listener (front, admin) is not accepting because file descriptors ran low (see ferry_accept_paused_total).', labelNames: ['listener'], registers: r })
+    this.acceptPausedNow = new Gauge({ name: 'ferry_accept_paused', help: '1 while the listener (front, admin) is not accepting because file descriptors ran low (see ferry_accept_paused_total); in a pod, 1 while any worker\'s is.', labelNames: ['listener'], registers: r, aggregator: 'max' })
     this.consoleSubscribers = new Gauge({ name: 'ferry_console_subscribers', help: 'Status console live channels (/events on the admin listener) open now.', registers: r })
     this.consoleDropped = new Counter({ name: 'ferry_console_dropped_total', help: 'Console subscribers dropped because they did not take their snapshots (FERRY_ERR_CONSOLE_SLOW).', registers: r })
     this.adminUnauthorized = new Counter({ name: 'ferry_admin_unauthorized_total', help: 'Admin requests refused 401 for a missing or wrong admin token, by path.', labelNames: ['path'], registers: r })
-    this.drainPhase = new Gauge({ name: 'ferry_drain_phase', help: 'Drain progress: 0 running, 1 accept grace (not ready, still accepting), 2 migrating sessions, 3 finishing (HTTP requests, TCP connections, links), 4 drained.', registers: r })
+    this.drainPhase = new Gauge({ name: 'ferry_drain_phase', help: 'Drain progress: 0 running, 1 accept grace (not ready, still accepting), 2 migrating sessions, 3 finishing (HTTP requests, TCP connections, links), 4 drained. In a pod: the pod\'s phase, as /status drain.phase says it.', registers: r, aggregator: 'first' })
     this.drainMigrated = new Counter({ name: 'ferry_drain_migrated_total', help: 'WebSocket sessions moved off this pod by a drain, by kind: resumable (ferry/client: migrate message, close 1012, resumed elsewhere), plain (close 1012), forced (still open at drain.deadlineMs).', labelNames: ['kind'], registers: r })
     this.drainRemaining = new Gauge({ name: 'ferry_drain_remaining', help: 'While draining: what is still open, by kind (sessions, http_requests, tcp_connections).', labelNames: ['kind'], registers: r })
     this.authResults = new Counter({ name: 'ferry_auth_total', help: 'Authentication decisions on routes with an auth policy, by policy, method (jwt, apiKey, hmac; none when no credential was found) and result (ok, anonymous, or the FERRY_ERR_AUTH_* code).', labelNames: ['policy', 'method', 'result'], registers: r })
@@ -198,6 +210,12 @@ export class Metrics {
     return await this.registry.metrics()
   }
 
+  /** The counters the console's charts difference (src/admin/console-feed.ts): every message and request counted so far. */
+  async trafficTotals (): Promise<TrafficTotals> {
+    const [messages, requests] = await Promise.all([total(this.wsMessages), total(this.httpRequests)])
+    return { messages, requests }
+  }
+
   /** What a scrape would read, as prom-client's JSON (a worker's share of the pod's /metrics, src/planes/). */
   async json (): Promise<MetricObjectWithValues<MetricValue<string>>[]> {
     for (const fn of this.collectors) fn()
@@ -205,7 +223,16 @@ export class Metrics {
   }
 }
 
+/** Sum of every child of a counter family (prom-client's get() is async). */
+async function total (c: { get: () => Promise<{ values: Array<{ value: number }> }> }): Promise<number> {
+  let n = 0
+  for (const v of (await c.get()).values) n += v.value
+  return n
+}
+
 const LAG_STATS = { min: 'minimum', max: 'maximum', mean: 'mean', stddev: 'standard deviation', p50: '50th percentile', p90: '90th percentile', p99: '99th percentile' } as const
+/** How a pod's /metrics combines its processes' figures: the lowest minimum, the average mean, the worst of the rest. */
+const LAG_AGGREGATOR: Record<keyof typeof LAG_STATS, 'min' | 'max' | 'average'> = { min: 'min', max: 'max', mean: 'average', stddev: 'max', p50: 'max', p90: 'max', p99: 'max' }
 
 /**
  * Replaces prom-client's ferry_nodejs_eventloop_lag_* gauges. Those read its delay histogram at every
@@ -224,6 +251,8 @@ function eventLoopDelay (registry: Registry): void {
     name: 'ferry_nodejs_eventloop_lag_seconds',
     help: 'Lag of event loop in seconds.',
     registers: [registry],
+    // A pod's /metrics: the worst of its processes (as for the statistics below but min and mean).
+    aggregator: 'max',
     // One collect sets every gauge of the family (prom-client's way): the lag is measured by a setImmediate.
     collect () {
       const start = process.hrtime.bigint()
@@ -239,5 +268,5 @@ function eventLoopDelay (registry: Registry): void {
       histogram.reset()
     },
   })
-  const stats = Object.fromEntries(Object.entries(LAG_STATS).map(([stat, what]) => [stat, new Gauge({ name: `ferry_nodejs_eventloop_lag_${stat}_seconds`, help: `The ${what} of the recorded event loop delays (0 until the first sample).`, registers: [registry] })])) as Record<keyof typeof LAG_STATS, Gauge>
+  const stats = Object.fromEntries(Object.entries(LAG_STATS).map(([stat, what]) => [stat, new Gauge({ name: `ferry_nodejs_eventloop_lag_${stat}_seconds`, help: `The ${what} of the recorded event loop delays (0 until the first sample).`, registers: [registry], aggregator: LAG_AGGREGATOR[stat as keyof typeof LAG_STATS] })])) as Record<keyof typeof LAG_STATS, Gauge>
 }

@@ -14,23 +14,26 @@ import { ConfigError, type Config } from '../config/load.js'
 import { canonicalJson, reloadRefusals } from '../config/reload.js'
 import { planSplitChange } from '../config/split-change.js'
 import type { AdminChange, AdminState } from '../drain/endpoint-drain.js'
-import type { DrainPhase } from '../drain/controller.js'
+import { PHASE_VALUE, type DrainPhase } from '../drain/controller.js'
 import { ERRORS, FerryError, type FerryErrorCode } from '../errors.js'
 import { loadNativeUws } from '../front/uws.js'
 import { configVersion, type BoundPorts, type ReloadResult, type WorkerRole } from '../gateway.js'
 import { ProcessState, type GatewayState } from '../process-state.js'
-import { Metrics } from '../observability/metrics.js'
+import { Metrics, type TrafficTotals } from '../observability/metrics.js'
 import { resolveResumeSecret } from '../sessions/token.js'
 import { VERSION } from '../version.js'
 import { BEAT_MS, type FromWorker, type ToWorker, type WorkerStatus } from './messages.js'
 import { freePort, PortLock } from './port-lock.js'
 import { PodIpTable } from './ip-counts.js'
+import { podAdmission, podLimits, podSessions, podUpstreams } from './pod-status.js'
 import { BUDGETS, initialBudget, NONE, rebalance, workerCount, type Budget, type BudgetName } from './share.js'
 
 /** How long a worker may take from its fork to listening. */
 const START_TIMEOUT_MS = 30_000
 /** How long a reload, split or endpoint change may take in a worker. */
 const ASK_TIMEOUT_MS = 30_000
+/** How long the console's sampling waits for a worker's counters (src/admin/console-feed.ts). */
+const TOTALS_TIMEOUT_MS = BEAT_MS
 /** Restart backoff: doubles from the first to the cap; a worker that ran this long starts the count again. */
 const RESTART_FIRST_MS = 100
 const RESTART_MAX_MS = 5000
@@ -61,6 +64,9 @@ interface Slot {
   lastExit: { at: string, code: number | null, signal: string | null, reason: string } | undefined
   /** Its share of the pod's concurrency limits, as last sent. */
   budget: Budget
+  /** Its traffic counters as last asked (the console's rates), and those of its processes that exited: the pod's never go back. */
+  totals: TrafficTotals
+  exitedTotals: TrafficTotals
 }
 
 /** A pod's reload (or split change) can leave its workers on different configs: `partial` says which. */
@@ -131,7 +137,11 @@ export class Pod {
     this.ips = new PodIpTable(this.count, (w, batch) => { const s = this.slots[w]; if (s !== undefined) this.send(s, { t: 'ip', batch }) })
     this.stopped = new Promise((resolve) => { this.resolveStopped = resolve })
     this.metrics.configInfo.labels(this.cfg.gateway.id, VERSION).set(1)
-    this.metrics.onCollect(() => { this.countWorkers() })
+    this.metrics.onCollect(() => {
+      this.countWorkers()
+      // The pod's phase (its aggregator is `first`, the control plane's own registry: see renderMetrics).
+      this.metrics.drainPhase.set(PHASE_VALUE[this.drainStatus().phase])
+    })
     this.affinity = new MemoryAffinityStore(opts.config.affinity, { logger: this.log.child({ component: 'affinity' }), metrics: this.metrics })
   }
 
@@ -170,7 +180,7 @@ export class Pod {
         reload: async () => await this.reloadFromSource('POST /reload'),
         setSplit: async (route, weights) => await this.setSplitWeights(route, weights),
         endpointAdmin: async (upstream, address, admin) => await this.endpointAdmin(upstream, address, admin),
-        flushCounters: () => {},
+        totals: async () => await this.trafficTotals(),
         renderMetrics: async () => await this.renderMetrics(),
       }, this.metrics, this.log, access, cfg.admin.console)
       this.adminPort = await this.admin.listen(cfg.listen.admin.host, cfg.listen.admin.port)
@@ -212,7 +222,7 @@ export class Pod {
   }
 
   private newSlot (index: number): Slot {
-    return { index, state: 'starting', worker: undefined, startedAt: 0, lastBeat: 0, status: undefined, version: this.version, restarts: 0, failures: 0, killedFor: undefined, backoff: undefined, lastExit: undefined, budget: initialBudget(this.cfg, index, this.count) }
+    return { index, state: 'starting', worker: undefined, startedAt: 0, lastBeat: 0, status: undefined, version: this.version, restarts: 0, failures: 0, killedFor: undefined, backoff: undefined, lastExit: undefined, budget: initialBudget(this.cfg, index, this.count), totals: { messages: 0, requests: 0 }, exitedTotals: { messages: 0, requests: 0 } }
   }
 
   /** Forks the slot's worker; resolves with its ports once it listens, rejects if it fails first. */
@@ -301,8 +311,10 @@ export class Pod {
     const planned = slot.state === 'draining' || this.state.value === 'draining' || this.state.ending
     const reason: RestartReason = slot.killedFor ?? (slot.state === 'starting' ? 'start_failed' : 'crash')
     slot.lastExit = { at: new Date().toISOString(), code, signal, reason: planned ? 'drained' : reason }
-    // Its requests and sessions are gone with it.
+    // Its requests and sessions are gone with it; what it counted stays counted.
     this.ips.drop(slot.index)
+    slot.exitedTotals = addTotals(slot.exitedTotals, slot.totals)
+    slot.totals = { messages: 0, requests: 0 }
     if (planned || this.state.value === 'starting') {
       slot.state = 'exited'
       this.log.info({ worker: slot.index, code, signal }, 'worker exited')
@@ -373,13 +385,13 @@ export class Pod {
     for (const s of changed) this.send(s, { t: 'budget', budget: s.budget })
   }
 
-  /** Asks every live worker; resolves with each one's answer (undefined: it died or did not answer in time). */
-  private async askAll (make: (id: number, slot: Slot) => ToWorker): Promise<Array<{ slot: Slot, body: unknown }>> {
+  /** Asks every live worker; resolves with each one's answer (undefined: it died or did not answer within `timeoutMs`). */
+  private async askAll (make: (id: number, slot: Slot) => ToWorker, timeoutMs = ASK_TIMEOUT_MS): Promise<Array<{ slot: Slot, body: unknown }>> {
     const live = this.slots.filter((s) => s.worker !== undefined && (s.state === 'running' || s.state === 'draining'))
     return await Promise.all(live.map(async (slot) => {
       const id = this.nextAsk++
       const body = await new Promise<unknown>((resolve) => {
-        const timer = setTimeout(() => { this.asks.delete(id); resolve(undefined) }, ASK_TIMEOUT_MS)
+        const timer = setTimeout(() => { this.asks.delete(id); resolve(undefined) }, timeoutMs)
         this.asks.set(id, { slot, resolve: (b) => { clearTimeout(timer); resolve(b) } })
         this.send(slot, make(id, slot))
       })
@@ -581,7 +593,11 @@ export class Pod {
     for (const [state, n] of by) this.metrics.workers.labels(state).set(n)
   }
 
-  /** The pod's /metrics: every worker's registry and the control plane's, summed (prom-client's cluster aggregation). */
+  /**
+   * The pod's /metrics: every worker's registry and the control plane's, combined by each metric's
+   * aggregator (prom-client's cluster aggregation; sum unless src/observability/metrics.ts says min, max
+   * or first). The control plane's registry comes first: `first` is its figure.
+   */
   private async renderMetrics (): Promise<string> {
     const answers = await this.askAll((id) => ({ t: 'metrics', id }))
     const sets = answers.map((a) => a.body).filter((b): b is Array<MetricObjectWithValues<MetricValue<string>>> => Array.isArray(b))
@@ -589,7 +605,18 @@ export class Pod {
     return await AggregatorRegistry.aggregate([own, ...sets]).metrics()
   }
 
-  private drainStatus (): object {
+  /**
+   * The pod's traffic counters for the console's rates: every worker's now (one that does not answer
+   * within TOTALS_TIMEOUT_MS counts what it said last, so a busy worker never holds the console up)
+   * and what exited workers had counted.
+   */
+  private async trafficTotals (): Promise<TrafficTotals> {
+    const answers = await this.askAll((id) => ({ t: 'totals', id }), TOTALS_TIMEOUT_MS)
+    for (const { slot, body } of answers) if (body !== undefined) slot.totals = body as TrafficTotals
+    return this.slots.reduce((n, s) => addTotals(n, addTotals(s.totals, s.exitedTotals)), { messages: 0, requests: 0 })
+  }
+
+  private drainStatus (): { phase: DrainPhase } & Record<string, unknown> {
     const live = this.slots.filter((s) => s.worker !== undefined && s.status !== undefined).map((s) => s.status!.drain as unknown as { phase: DrainPhase, migrated: Record<string, number>, remaining: Record<string, number>, ratePerSec: number, sessionsAtStart: number, deadlineAt?: string, listenersCloseAt?: string })
     const draining = this.state.value === 'draining' || this.state.ending
     // A worker whose last heartbeat predates the drain still says idle: it has been told, so it is in grace at least.
@@ -614,9 +641,10 @@ export class Pod {
     }
   }
 
-  /** The pod's /status: the first live worker's view of routes and upstreams, the pod's counts, and each worker. */
+  /** The pod's /status: the first live worker's view of routes and upstreams (their counts the pod's), the pod's counts and figures (src/planes/pod-status.ts), and each worker. */
   status (): object {
-    const base = this.slots.find((s) => s.worker !== undefined && s.status !== undefined)?.status ?? {}
+    const statuses = this.slots.filter((s) => s.worker !== undefined && s.status !== undefined).map((s) => s.status!)
+    const base = statuses[0] ?? {}
     const listeners = (base as { listeners?: object }).listeners ?? {}
     return {
       ...base,
@@ -627,6 +655,10 @@ export class Pod {
       pid: process.pid,
       listeners: { ...listeners, admin: { host: this.cfg.listen.admin.host, port: this.adminPort } },
       clients: { httpRequestsInFlight: this.sum((c) => c.httpRequestsInFlight), httpRequestsServed: this.sum((c) => c.httpRequestsServed), webSocketSessions: this.sum((c) => c.webSocketSessions), tcpConnections: this.sum((c) => c.tcpConnections) },
+      websocket: podSessions(statuses),
+      admission: podAdmission(this.cfg, statuses),
+      limits: podLimits(this.cfg, statuses),
+      upstreams: podUpstreams(statuses),
       pod: { workers: this.count, cores: this.cores.usable, workerHangMs: this.cfg.gateway.workerHangMs, restarts: this.slots.reduce((n, s) => n + s.restarts, 0), perIp: this.ips.status() },
       workers: this.slots.map((s) => ({
         index: s.index,
@@ -640,6 +672,8 @@ export class Pod {
         drain: s.status?.drain.phase ?? null,
         // Its share of each pod-wide concurrency limit now (-1: none of it; 0: the limit is off).
         budget: s.budget,
+        // Its share of the pod's admission rate and burst, and the tokens it holds.
+        admission: s.worker === undefined ? null : s.status?.admission ?? null,
       })),
       pods: this.pods?.status(),
       ...(this.cfg.affinity.store === 'memory' ? { affinity: { ...this.affinity.status(), sharedBy: 'the pod\'s workers (kept by the control plane)' } } : {}),
@@ -652,6 +686,10 @@ export class Pod {
 
 /** Where a worker's /status `limits` says how much of each budget it uses now. */
 const USED: Record<BudgetName, string> = { maxRequestsInFlight: 'httpInFlight', maxWebSocketSessions: 'wsSessions', maxBufferedBodyBytes: 'bufferedBodyBytes' }
+
+function addTotals (a: TrafficTotals, b: TrafficTotals): TrafficTotals {
+  return { messages: a.messages + b.messages, requests: a.requests + b.requests }
+}
 
 /** A share of nothing of every limit (a limit of 0, no limit, stays 0). */
 function emptyBudget (cfg: Config): Budget {

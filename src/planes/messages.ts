@@ -18,6 +18,8 @@ export type ToWorker =
   | { t: 'split', id: number, route: string, weights: unknown }
   | { t: 'endpoint', id: number, upstream: string, address: string, admin: AdminState }
   | { t: 'metrics', id: number }
+  /** The counters the console's rates difference (answered with TrafficTotals). */
+  | { t: 'totals', id: number }
   | { t: 'drain', reason: string }
   | { t: 'hurry' }
   | { t: 'stop' }

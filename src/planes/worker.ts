@@ -28,6 +28,20 @@ function exit (code: number): never {
   process.exit(code)
 }
 
+/** The heartbeat: this worker's status, every BEAT_MS and before each answer to a change. */
+function beat (): void {
+  if (gateway !== undefined) send({ t: 'beat', status: gateway.status() as WorkerStatus })
+}
+
+/**
+ * Answers a change with a heartbeat first (the channel keeps their order): once the control plane has
+ * every worker's answer, its /status shows the change, not the state of the beat before.
+ */
+function answer (id: number, body: unknown): void {
+  beat()
+  send({ t: 'answer', id, body })
+}
+
 async function start (config: Config, role: Extract<ToWorker, { t: 'start' }>['role']): Promise<void> {
   log = createLogger({ level: config.logging.level, pretty: config.logging.pretty, base: { gw: config.gateway.id, worker: role.index } })
   // affinity.store memory: the pod's one store, the control plane's (src/planes/affinity.ts).
@@ -49,7 +63,6 @@ async function start (config: Config, role: Extract<ToWorker, { t: 'start' }>['r
     log.error({ err }, 'worker start failed')
     exit(1)
   }
-  const beat = (): void => { send({ t: 'beat', status: gw.status() as WorkerStatus }) }
   beat()
   setInterval(beat, BEAT_MS)
   // Drained (or stopped): this worker's work is done.
@@ -66,19 +79,22 @@ async function handle (m: ToWorker): Promise<void> {
   switch (m.t) {
     case 'reload':
       gw.setBudget(m.budget)
-      send({ t: 'answer', id: m.id, body: await gw.reload(deepFreeze(m.config), m.version) })
+      answer(m.id, await gw.reload(deepFreeze(m.config), m.version))
       return
     case 'budget':
       gw.setBudget(m.budget)
       return
     case 'split':
-      send({ t: 'answer', id: m.id, body: await gw.setSplitWeights(m.route, m.weights) })
+      answer(m.id, await gw.setSplitWeights(m.route, m.weights))
       return
     case 'endpoint':
-      send({ t: 'answer', id: m.id, body: gw.endpointAdmin(m.upstream, m.address, m.admin) })
+      answer(m.id, gw.endpointAdmin(m.upstream, m.address, m.admin))
       return
     case 'metrics':
       send({ t: 'metrics', id: m.id, metrics: await gw.metrics.json() })
+      return
+    case 'totals':
+      send({ t: 'answer', id: m.id, body: await gw.trafficTotals() })
       return
     case 'drain':
       gw.drain(m.reason)
