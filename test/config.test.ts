@@ -49,6 +49,17 @@ t.test('every problem is reported with its field path and the value seen', async
   t.ok(found.length >= 7, `all problems collected, not just the first (got ${found.length})`)
 })
 
+t.test('a typo in an upstream\'s protocol key is named, beside the missing protocol (no kind is chosen, yet unknown keys are still reported)', async (t) => {
+  const found = problems({ upstreams: { api: { protocl: 'http', endpoints: ['127.0.0.1:3000'], pool: { maxConnections: 4 }, maxConns: 2 } }, routes: [{ upstream: 'api' }] })
+  t.ok(found.includes('upstreams.api.protocl: unknown key'), `the misspelt key is named (got ${JSON.stringify(found)})`)
+  t.ok(found.includes('upstreams.api.maxConns: unknown key (did you mean maxConnections?)'), 'another unknown key, with its hint')
+  t.ok(found.some((p) => p.startsWith('upstreams.api.protocol: must be one of "http", "ws", "mux", "tcp" (got nothing)')), 'and the missing protocol')
+  t.notOk(found.some((p) => /upstreams\.api\.(endpoints|pool)/.test(p)), 'keys some upstream kind has are not called unknown')
+  t.equal(found.length, 3, 'exactly those three problems')
+  const wrong = problems({ upstreams: { api: { protocol: 'htp', endpoint: ['127.0.0.1:3000'] } }, routes: [{ upstream: 'api' }] })
+  t.same(wrong, ['upstreams.api.endpoint: unknown key', 'upstreams.api.protocol: must be one of "http", "ws", "mux", "tcp" (got "htp")'], 'with a wrong protocol value too')
+})
+
 t.test('a route naming a missing upstream is an error naming the route', async (t) => {
   const found = problems({ ...valid, routes: [{ upstream: 'nope' }] })
   t.match(found.join('\n'), /routes\[0\]\.upstream: names no upstream \(known: api\)/, 'route upstream cross-checked')
