@@ -7,10 +7,9 @@
  * (docs/drain.md: kept, drained once started, exit 0); every other command gives the signals back to
  * their default (the process ends by the signal, exit status 128+n), re-raising one already kept.
  */
-import { watchFile } from 'node:fs'
-import { parseArgs } from 'node:util'
 import type { Config } from './config/load.js'
 
+// Nothing above this line but a type (erased): not even Node's own modules load before the handlers are on.
 const kept: NodeJS.Signals[] = []
 const keep = (signal: NodeJS.Signals): void => { kept.push(signal) }
 process.on('SIGTERM', keep)
@@ -119,6 +118,7 @@ async function start (file: string | undefined): Promise<void> {
   void gateway.stopped.then(() => { flushLogger(log); process.exit(0) })
   if (file !== undefined && config.reload.watch) {
     // Polling the file's status (not inotify): it follows the symlink swap of a Kubernetes ConfigMap update.
+    const { watchFile } = await import('node:fs')
     watchFile(file, { interval: config.reload.watchIntervalMs, persistent: false }, (cur, prev) => {
       if (cur.mtimeMs !== prev.mtimeMs || cur.size !== prev.size || cur.ino !== prev.ino) void gateway.reloadFromSource('file change')
     })
@@ -198,7 +198,7 @@ async function checkCommand (file: string): Promise<void> {
 async function main (argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv
   if (cmd !== 'start') releaseSignals()
-  const { VERSION } = await import('./version.js')
+  const [{ VERSION }, { parseArgs }] = await Promise.all([import('./version.js'), import('node:util')])
   const { values } = parseArgs({ args: rest, options: { config: { type: 'string', short: 'c' }, admin: { type: 'string' }, wait: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: false, strict: true })
   if (values.help === true) { releaseSignals(); process.stdout.write(usage(VERSION)); return }
   const file = values.config ?? process.env.FERRY_CONFIG

@@ -1,4 +1,7 @@
 import { spawn } from 'node:child_process'
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { createServer, request as httpRequest, Agent } from 'node:http'
 import { once } from 'node:events'
 import { createServer as createNetServer, type Socket } from 'node:net'
@@ -6,7 +9,7 @@ import t from 'tap'
 import WebSocket from 'ws'
 import type { MuxServer } from '../src/backend/index.js'
 import { FerryClient } from '../src/client/index.js'
-import { CLI, metric, runCli, singleProcess, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { CLI, ROOT, metric, runCli, singleProcess, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
 import { connect, startMuxBackend, upgradeStatus, type Client } from './helpers/mux.js'
 import { startSwitch } from './helpers/switch.js'
 import { startRedis } from './helpers/redis.js'
@@ -291,6 +294,64 @@ t.test('SIGTERM during start-up: the gateway finishes starting, drains and exits
   t.match(out, '"msg":"listening"', 'start-up completed')
   t.match(out, '"msg":"drained"', 'then it drained')
   t.ok(out.indexOf('"msg":"listening"') < out.indexOf('"msg":"drained"'), 'in that order')
+})
+
+/** test/helpers/hold-import.mjs: loaded into the process under test, it holds the first module the CLI imports. */
+const HOLD = join(ROOT, 'test', 'helpers', 'hold-import.mjs')
+
+/**
+ * Runs `node dist/cli.js ...args` with the CLI's first import held (its own JS runs, none of what it
+ * imports has loaded), sends `signal` then, lets the imports go on and waits for the exit.
+ */
+async function signalWhileLoading (t: Teardown, args: string[], signal: NodeJS.Signals): Promise<{ code: number | null, signal: NodeJS.Signals | null, out: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-hold-'))
+  const marker = join(dir, 'held')
+  const release = join(dir, 'release')
+  const child = spawn(process.execPath, ['--import', HOLD, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TEST_HOLD_MARKER: marker, FERRY_TEST_HOLD_RELEASE: release } })
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
+  let out = ''
+  child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d })
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { out += d })
+  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => { child.once('exit', (code, sig) => { resolve({ code, signal: sig }) }) })
+  await waitFor('the CLI to run and its first import to be held', () => existsSync(marker), 30_000)
+  t.equal(out, '', `nothing written yet: the signal comes before any module the CLI imports (${readFileSync(marker, 'utf8')}) has loaded`)
+  child.kill(signal)
+  writeFileSync(release, '')
+  return { ...await exited, out }
+}
+
+t.test('a signal while the CLI is still loading its modules is kept: start-up completes, the drain runs, exit 0 (one process and a pod)', async (t) => {
+  const api = await httpBackend(t, 0)
+  const cfg = (workers: number): Record<string, unknown> => ({
+    gateway: { workers },
+    listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } },
+    upstreams: { api: { protocol: 'http', endpoints: [`127.0.0.1:${api}`] } },
+    routes: [{ match: { path: '/' }, upstream: 'api' }],
+    drain: { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 },
+  })
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    const r = await signalWhileLoading(t, ['start', '--config', writeConfig(cfg(1))], signal)
+    t.same({ code: r.code, signal: r.signal }, { code: 0, signal: null }, `one process, ${signal}: exit 0, not killed by the signal (output: ${r.out.slice(0, 300)})`)
+    t.match(r.out, `"signal":"${signal}","msg":"draining"`, 'the kept signal is logged')
+    t.match(r.out, 'drain requested during start-up', 'and kept for once the gateway runs')
+    t.ok(r.out.indexOf('"msg":"draining"') < r.out.indexOf('"msg":"gateway starting"'), 'it was kept before start-up began')
+    t.ok(r.out.includes('"msg":"listening"') && r.out.indexOf('"msg":"listening"') < r.out.indexOf('"msg":"drained"'), 'start-up completed, then it drained')
+  }
+  // The pod: the control plane gets the signal before any worker is forked.
+  const pod = await signalWhileLoading(t, ['start', '--config', writeConfig(cfg(2))], 'SIGTERM')
+  t.same({ code: pod.code, signal: pod.signal }, { code: 0, signal: null }, `a pod of 2 workers: exit 0 (output: ${pod.out.slice(0, 300)})`)
+  t.match(pod.out, 'drain requested during start-up', 'the control plane kept the signal')
+  const listening = pod.out.indexOf('"msg":"listening"')
+  t.ok(listening > pod.out.indexOf('"msg":"starting the workers"'), 'the workers started')
+  t.equal(pod.out.split('"msg":"drained"').length - 1, 2, 'then both workers drained')
+  t.ok(listening < pod.out.indexOf('"msg":"pod stopped"'), 'and the pod stopped after it had listened')
+})
+
+t.test('the other commands are not kept alive by a signal: `ferry check` ends by it (exit status 128+n), as without handlers', async (t) => {
+  const file = writeConfig({ upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:1'] } }, routes: [{ upstream: 'api' }] })
+  const r = await signalWhileLoading(t, ['check', '--config', file], 'SIGTERM')
+  t.same({ code: r.code, signal: r.signal }, { code: null, signal: 'SIGTERM' }, 'killed by SIGTERM')
+  t.notMatch(r.out, 'ok', 'it said nothing was checked ok')
 })
 
 t.test('Redis down during a drain: ferry/client sessions still resume on the right one of two backends (rendezvous hashing)', async (t) => {
