@@ -9,6 +9,9 @@ import t from 'tap'
 import WebSocket from 'ws'
 import type { MuxServer } from '../src/backend/index.js'
 import { FerryClient } from '../src/client/index.js'
+import { validateConfig } from '../src/config/load.js'
+import { migrationRate } from '../src/drain/controller.js'
+import { workerShare } from '../src/planes/share.js'
 import { CLI, ROOT, metric, runCli, singleProcess, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
 import { connect, startMuxBackend, upgradeStatus, type Client } from './helpers/mux.js'
 import { startSwitch } from './helpers/switch.js'
@@ -294,6 +297,26 @@ t.test('SIGTERM during start-up: the gateway finishes starting, drains and exits
   t.match(out, '"msg":"listening"', 'start-up completed')
   t.match(out, '"msg":"drained"', 'then it drained')
   t.ok(out.indexOf('"msg":"listening"') < out.indexOf('"msg":"drained"'), 'in that order')
+})
+
+t.test('docs/drain.md states the migration pace the controller uses: a floor of 1/s, per worker in a pod', async (t) => {
+  const doc = readFileSync(join(ROOT, 'docs/drain.md'), 'utf8').replace(/\s+/g, ' ')
+  t.ok(doc.includes('at `min(maxMigrationsPerSec, max(1, sessions / spreadMs))` per second'), 'the formula, with its floor')
+  const cfg = validateConfig({ upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:1'] } }, routes: [{ upstream: 'api' }] })
+  const many = migrationRate(cfg.drain, 3000, false)
+  t.equal(many, 150, '3,000 sessions with the defaults: 150/s (under the 200/s cap)')
+  t.ok(doc.includes(`3,000 sessions with the defaults (spreadMs ${cfg.drain.spreadMs / 1000} s, at most ${cfg.drain.maxMigrationsPerSec}/s) take ${3000 / many} s`), 'the doc says so')
+  const few = migrationRate(cfg.drain, 10, false)
+  t.equal(few, 1, '10 sessions: the floor of 1/s, not 0.5/s')
+  t.ok(doc.includes(`10 sessions leave at ${few}/s and take ${10 / few} s`), 'the doc says so')
+  // A pod of 2 workers: each paces its own 5 sessions with half the cap (the tester's case: ratePerSec 1 per worker).
+  const worker = workerShare(cfg, 2, undefined).drain
+  t.equal(worker.maxMigrationsPerSec, cfg.drain.maxMigrationsPerSec / 2, 'a worker gets half of maxMigrationsPerSec')
+  const each = migrationRate(worker, 5, false)
+  t.equal(each, 1, 'and 5 sessions leave at 1/s')
+  t.ok(doc.includes(`10 sessions on 2 workers (5 each) leave at ${each}/s per worker and are gone about ${5 / each} s after the listeners close`), 'the doc says so')
+  t.equal(migrationRate({ spreadMs: 0, maxMigrationsPerSec: 200 }, 10, false), 200, 'spreadMs 0: as fast as the cap allows')
+  t.equal(migrationRate(cfg.drain, 10, true), 10, 'hurried: all within a second, whatever the cap')
 })
 
 /** test/helpers/hold-import.mjs: loaded into the process under test, it holds the first module the CLI imports. */
