@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createServer, request as httpRequest, Agent } from 'node:http'
@@ -323,22 +323,29 @@ t.test('docs/drain.md states the migration pace the controller uses: a floor of 
 const HOLD = join(ROOT, 'test', 'helpers', 'hold-import.mjs')
 
 /**
- * Runs `node dist/cli.js ...args` with the CLI's first import held (its own JS runs, none of what it
- * imports has loaded), sends `signal` then, lets the imports go on and waits for the exit.
+ * Runs `node dist/cli.js ...args` with the first import of `held` held (the CLI's, or a pod's workers':
+ * their own JS runs, none of what it imports has loaded), sends `signal` then (to the whole process
+ * group with `group`, as a terminal's Ctrl-C does), lets the imports go on and waits for the exit.
  */
-async function signalWhileLoading (t: Teardown, args: string[], signal: NodeJS.Signals): Promise<{ code: number | null, signal: NodeJS.Signals | null, out: string }> {
+async function signalWhileLoading (t: Teardown, args: string[], signal: NodeJS.Signals, held: 'cli.js' | 'worker.js' = 'cli.js'): Promise<{ code: number | null, signal: NodeJS.Signals | null, out: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-hold-'))
   const marker = join(dir, 'held')
+  // Every process held: the CLI, or each of the pod's 2 workers (a worker not yet running JS would die of the signal).
+  const holders = held === 'worker.js' ? 2 : 1
+  const markers = (): string[] => readdirSync(dir).filter((f) => f.startsWith('held-'))
   const release = join(dir, 'release')
-  const child = spawn(process.execPath, ['--import', HOLD, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TEST_HOLD_MARKER: marker, FERRY_TEST_HOLD_RELEASE: release } })
+  const group = held === 'worker.js'
+  const child = spawn(process.execPath, ['--import', HOLD, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: group, env: { ...process.env, FERRY_TEST_HOLD_ENTRY: held, FERRY_TEST_HOLD_MARKER: marker, FERRY_TEST_HOLD_RELEASE: release } })
   t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
   let out = ''
   child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d })
   child.stderr.setEncoding('utf8').on('data', (d: string) => { out += d })
   const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => { child.once('exit', (code, sig) => { resolve({ code, signal: sig }) }) })
-  await waitFor('the CLI to run and its first import to be held', () => existsSync(marker), 30_000)
-  t.equal(out, '', `nothing written yet: the signal comes before any module the CLI imports (${readFileSync(marker, 'utf8')}) has loaded`)
-  child.kill(signal)
+  await waitFor(`${holders} ${held} to run and their first import to be held`, () => markers().length >= holders, 30_000)
+  if (held === 'cli.js') t.equal(out, '', `nothing written yet: the signal comes before any module the CLI imports (${readFileSync(join(dir, markers()[0]!), 'utf8')}) has loaded`)
+  // A detached child leads its own process group (its pid is the group's id): the pod and its workers.
+  if (group) process.kill(-child.pid!, signal)
+  else child.kill(signal)
   writeFileSync(release, '')
   return { ...await exited, out }
 }
@@ -368,6 +375,12 @@ t.test('a signal while the CLI is still loading its modules is kept: start-up co
   t.ok(listening > pod.out.indexOf('"msg":"starting the workers"'), 'the workers started')
   t.equal(pod.out.split('"msg":"drained"').length - 1, 2, 'then both workers drained')
   t.ok(listening < pod.out.indexOf('"msg":"pod stopped"'), 'and the pod stopped after it had listened')
+  // A terminal's Ctrl-C while the workers load their modules: it reaches every process of the group.
+  const ctrlC = await signalWhileLoading(t, ['start', '--config', writeConfig(cfg(2))], 'SIGINT', 'worker.js')
+  t.same({ code: ctrlC.code, signal: ctrlC.signal }, { code: 0, signal: null }, `SIGINT to the pod's process group while a worker loads: exit 0 (output: ${ctrlC.out.slice(-400)})`)
+  t.notMatch(ctrlC.out, 'exited while starting', 'no worker died of it (the control plane drains them)')
+  t.match(ctrlC.out, 'drain requested during start-up', 'the control plane kept it')
+  t.equal(ctrlC.out.split('"msg":"drained"').length - 1, 2, 'both workers started, then drained')
 })
 
 t.test('the other commands are not kept alive by a signal: `ferry check` ends by it (exit status 128+n), as without handlers', async (t) => {
