@@ -1,21 +1,38 @@
 #!/usr/bin/env -S node --max-semi-space-size=32
-import { watchFile } from 'node:fs'
-import { formatAddress } from './discovery/source.js'
-import { parseArgs } from 'node:util'
-import { loadConfig } from './config/load.js'
-import { readFrontTls } from './front/tls.js'
-import { readTlsMaterial } from './net/tls.js'
-import { upstreamTlsProblems } from './upstream/registry.js'
-import { resolveAdminToken } from './admin/token.js'
-import { renderConfigReference, renderErrorReference } from './config/reference.js'
-import { isFerryError } from './errors.js'
-import { Gateway } from './gateway.js'
-import { Pod } from './planes/control.js'
-import { workerCount } from './planes/share.js'
-import { createLogger, flushLogger } from './observability/logger.js'
-import { VERSION } from './version.js'
+/**
+ * The `ferry` command. Its first act is to keep SIGTERM and SIGINT: loading the gateway's modules takes
+ * about a second on a loaded machine, and a signal in that time would kill the process (exit 143, no log
+ * line) instead of draining it. So this module imports nothing of Ferry's before the handlers are on;
+ * each command loads what it needs with import(). `ferry start` hands what was kept to its drain
+ * (docs/drain.md: kept, drained once started, exit 0); every other command gives the signals back to
+ * their default (the process ends by the signal, exit status 128+n), re-raising one already kept.
+ */
+import type { Config } from './config/load.js'
 
-const USAGE = `ferry ${VERSION}: connection-offloading gateway
+// Nothing above this line but a type (erased): not even Node's own modules load before the handlers are on.
+const kept: NodeJS.Signals[] = []
+const keep = (signal: NodeJS.Signals): void => { kept.push(signal) }
+process.on('SIGTERM', keep)
+process.on('SIGINT', keep)
+
+/** `ferry start`: from now on `onSignal` gets SIGTERM and SIGINT, and first the ones kept so far, in order. */
+function handSignalsTo (onSignal: (signal: NodeJS.Signals) => void): void {
+  // The new handlers first: with no listener at all a signal would get its default (death) meanwhile.
+  process.on('SIGTERM', onSignal)
+  process.on('SIGINT', onSignal)
+  process.off('SIGTERM', keep)
+  process.off('SIGINT', keep)
+  for (const signal of kept.splice(0)) onSignal(signal)
+}
+
+/** Any other command: signals end it as if none had been kept (a kept one is raised again now). */
+function releaseSignals (): void {
+  process.off('SIGTERM', keep)
+  process.off('SIGINT', keep)
+  if (kept.length > 0) process.kill(process.pid, kept[0])
+}
+
+const usage = (version: string): string => `ferry ${version}: connection-offloading gateway
 
 usage:
   ferry start [--config FILE]      run the gateway (no file: embedded defaults, demo on :3000, chat on :7000)
@@ -51,11 +68,14 @@ function fail (msg: string, code = 1): never {
 }
 
 async function start (file: string | undefined): Promise<void> {
+  const [{ loadConfig }, { createLogger, flushLogger }, { workerCount }] = await Promise.all([import('./config/load.js'), import('./observability/logger.js'), import('./planes/share.js')])
   const config = loadConfig(file)
   const log = createLogger({ level: config.logging.level, pretty: config.logging.pretty, base: { gw: config.gateway.id } })
   const source = file === undefined ? undefined : () => loadConfig(file)
   // One process, or a control plane over gateway.workers worker processes (docs/workers.md).
-  const gateway: Runner = workerCount(config) > 1 ? new Pod({ config, log, source }) : new Gateway({ config, log, source })
+  const gateway: Runner = workerCount(config) > 1
+    ? new (await import('./planes/control.js')).Pod({ config, log, source })
+    : new (await import('./gateway.js')).Gateway({ config, log, source })
   let signals = 0
   const onSignal = (signal: string): void => {
     signals++
@@ -78,8 +98,8 @@ async function start (file: string | undefined): Promise<void> {
     flushLogger(log)
     process.exit(0)
   }
-  process.on('SIGTERM', () => { onSignal('SIGTERM') })
-  process.on('SIGINT', () => { onSignal('SIGINT') })
+  // A signal kept while the modules loaded drains now: the gateway begins it once it runs.
+  handSignalsTo(onSignal)
   // SIGHUP: reload the config file (the result is logged; a refused one keeps the running config).
   process.on('SIGHUP', () => { void gateway.reloadFromSource('SIGHUP') })
   process.on('uncaughtException', (err) => {
@@ -98,6 +118,7 @@ async function start (file: string | undefined): Promise<void> {
   void gateway.stopped.then(() => { flushLogger(log); process.exit(0) })
   if (file !== undefined && config.reload.watch) {
     // Polling the file's status (not inotify): it follows the symlink swap of a Kubernetes ConfigMap update.
+    const { watchFile } = await import('node:fs')
     watchFile(file, { interval: config.reload.watchIntervalMs, persistent: false }, (cur, prev) => {
       if (cur.mtimeMs !== prev.mtimeMs || cur.size !== prev.size || cur.ino !== prev.ino) void gateway.reloadFromSource('file change')
     })
@@ -105,13 +126,15 @@ async function start (file: string | undefined): Promise<void> {
 }
 
 /** The admin listener of the config (for `ferry drain` / `ferry reload` run beside the gateway). */
-function adminAddress (file: string | undefined): string {
+async function adminAddress (file: string | undefined): Promise<string> {
+  const [{ loadConfig }, { formatAddress }] = await Promise.all([import('./config/load.js'), import('./discovery/source.js')])
   const a = loadConfig(file).listen.admin
   return formatAddress(a.host === '0.0.0.0' ? '127.0.0.1' : a.host === '::' ? '::1' : a.host, a.port)
 }
 
 /** The Authorization header for the admin listener: the config's admin token (token, tokenFile, FERRY_ADMIN_TOKEN), if any. */
-function adminHeaders (file: string | undefined): Record<string, string> {
+async function adminHeaders (file: string | undefined): Promise<Record<string, string>> {
+  const [{ loadConfig }, { resolveAdminToken }] = await Promise.all([import('./config/load.js'), import('./admin/token.js')])
   let token: string | undefined
   try {
     token = resolveAdminToken(loadConfig(file).admin).token
@@ -163,54 +186,56 @@ async function drainCommand (admin: string, wait: boolean, headers: Record<strin
   }
 }
 
+/** `ferry check`: the schema, then every file and secret `start` would read (src/check.ts); exit 1 listing every problem. */
+async function checkCommand (file: string): Promise<void> {
+  const [{ loadConfig, ConfigError }, { startFileProblems }] = await Promise.all([import('./config/load.js'), import('./check.js')])
+  const cfg: Config = loadConfig(file)
+  const problems = startFileProblems(cfg)
+  if (problems.length > 0) throw new ConfigError(problems, file)
+  process.stdout.write(`${file}: ok (${Object.keys(cfg.upstreams).length} upstreams, ${cfg.routes.length} routes)\n`)
+}
+
 async function main (argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv
+  if (cmd !== 'start') releaseSignals()
+  const [{ VERSION }, { parseArgs }] = await Promise.all([import('./version.js'), import('node:util')])
   const { values } = parseArgs({ args: rest, options: { config: { type: 'string', short: 'c' }, admin: { type: 'string' }, wait: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: false, strict: true })
-  if (values.help === true) { process.stdout.write(USAGE); return }
+  if (values.help === true) { releaseSignals(); process.stdout.write(usage(VERSION)); return }
   const file = values.config ?? process.env.FERRY_CONFIG
   switch (cmd) {
     case 'start':
       await start(file)
       return
     case 'drain':
-      await drainCommand(values.admin ?? adminAddress(file), values.wait === true, adminHeaders(file))
+      await drainCommand(values.admin ?? await adminAddress(file), values.wait === true, await adminHeaders(file))
       return
     case 'reload':
-      await reloadCommand(values.admin ?? adminAddress(file), adminHeaders(file))
+      await reloadCommand(values.admin ?? await adminAddress(file), await adminHeaders(file))
       return
-    case 'check': {
+    case 'check':
       if (file === undefined) fail('ferry check: --config FILE is required')
-      const cfg = loadConfig(file)
-      // The certificate files too: what would stop `start` (or be refused by a reload) stops here.
-      const tls = cfg.listen.http.tls === undefined ? undefined : readFrontTls(cfg.listen.http.tls)
-      const tcpTls = cfg.listen.tcp.flatMap((l, i) => {
-        const m = l.tls === undefined ? undefined : readTlsMaterial(l.tls, `listen.tcp[${i}].tls`)
-        return m !== undefined && 'problems' in m ? m.problems : []
-      })
-      const problems = [...(tls !== undefined && 'problems' in tls ? tls.problems : []), ...tcpTls, ...upstreamTlsProblems(cfg)]
-      if (problems.length > 0) fail(`${file}: ${problems.length} TLS problem${problems.length === 1 ? '' : 's'}\n  ${problems.join('\n  ')}`)
-      process.stdout.write(`${file}: ok (${Object.keys(cfg.upstreams).length} upstreams, ${cfg.routes.length} routes)\n`)
+      await checkCommand(file)
       return
-    }
     case 'config-reference':
-      process.stdout.write(renderConfigReference())
+      process.stdout.write((await import('./config/reference.js')).renderConfigReference())
       return
     case 'errors-reference':
-      process.stdout.write(renderErrorReference())
+      process.stdout.write((await import('./config/reference.js')).renderErrorReference())
       return
     case 'version': case '--version':
       process.stdout.write(`${VERSION}\n`)
       return
     case undefined: case 'help': case '--help': case '-h':
-      process.stdout.write(USAGE)
+      process.stdout.write(usage(VERSION))
       return
     default:
-      fail(`ferry: unknown command ${JSON.stringify(cmd)}\n\n${USAGE}`, 2)
+      fail(`ferry: unknown command ${JSON.stringify(cmd)}\n\n${usage(VERSION)}`, 2)
   }
 }
 
-main(process.argv.slice(2)).catch((err: unknown) => {
+main(process.argv.slice(2)).catch(async (err: unknown) => {
+  const { isFerryError } = await import('./errors.js')
   if (isFerryError(err)) fail(`ferry: ${err.code}: ${err.message}`)
-  if ((err as { code?: string })?.code?.startsWith('ERR_PARSE_ARGS') === true) fail(`ferry: ${(err as Error).message}\n\n${USAGE}`, 2)
+  if ((err as { code?: string })?.code?.startsWith('ERR_PARSE_ARGS') === true) fail(`ferry: ${(err as Error).message}\n\n${usage((await import('./version.js')).VERSION)}`, 2)
   fail(`ferry: ${(err as Error)?.stack ?? String(err)}`)
 })

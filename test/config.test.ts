@@ -1,5 +1,6 @@
 import t from 'tap'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ConfigError, EMBEDDED_DEFAULTS, applyEnvOverrides, loadConfig, validateConfig } from '../src/config/load.js'
 import { renderConfigReference, renderErrorReference } from '../src/config/reference.js'
@@ -47,6 +48,17 @@ t.test('every problem is reported with its field path and the value seen', async
   t.ok(has('listen.http.port:'), 'port range checked')
   t.ok(has('bogus: unknown key'), 'unknown top-level key')
   t.ok(found.length >= 7, `all problems collected, not just the first (got ${found.length})`)
+})
+
+t.test('a typo in an upstream\'s protocol key is named, beside the missing protocol (no kind is chosen, yet unknown keys are still reported)', async (t) => {
+  const found = problems({ upstreams: { api: { protocl: 'http', endpoints: ['127.0.0.1:3000'], pool: { maxConnections: 4 }, maxConns: 2 } }, routes: [{ upstream: 'api' }] })
+  t.ok(found.includes('upstreams.api.protocl: unknown key'), `the misspelt key is named (got ${JSON.stringify(found)})`)
+  t.ok(found.includes('upstreams.api.maxConns: unknown key (did you mean maxConnections?)'), 'another unknown key, with its hint')
+  t.ok(found.some((p) => p.startsWith('upstreams.api.protocol: must be one of "http", "ws", "mux", "tcp" (got nothing)')), 'and the missing protocol')
+  t.notOk(found.some((p) => /upstreams\.api\.(endpoints|pool)/.test(p)), 'keys some upstream kind has are not called unknown')
+  t.equal(found.length, 3, 'exactly those three problems')
+  const wrong = problems({ upstreams: { api: { protocol: 'htp', endpoint: ['127.0.0.1:3000'] } }, routes: [{ upstream: 'api' }] })
+  t.same(wrong, ['upstreams.api.endpoint: unknown key', 'upstreams.api.protocol: must be one of "http", "ws", "mux", "tcp" (got "htp")'], 'with a wrong protocol value too')
 })
 
 t.test('a route naming a missing upstream is an error naming the route', async (t) => {
@@ -117,6 +129,54 @@ t.test('the resume secret: an unreadable secretFile or a short secret stops the 
   const inline = await runCli(['check', '--config', writeConfig({ ...base, resume: { secret: 'short' } })])
   t.equal(inline.code, 1, 'a short resume.secret fails `ferry check`')
   t.match(inline.stderr, 'resume.secret: must be at least 32 characters', 'naming the field')
+})
+
+t.test('ferry check reads every file and secret start reads: what stops start stops check, naming the same field', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-check-'))
+  const file = (name: string, text: string): string => { const p = join(dir, name); writeFileSync(p, text); return p }
+  const base = { listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } }, upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:1'] } }, routes: [{ upstream: 'api' }] }
+  const env = { FERRY_ADMIN_TOKEN: '', FERRY_RESUME_SECRET: '' }
+  // The tester's case: a 12-character token file, and one that does not exist. start and check say the same.
+  for (const [tokenFile, says] of [[file('token', 'abcdefghijkl\n'), 'admin.tokenFile: the token must be at least 16 characters (got 12)'], ['/nonexistent/ferry-token', 'admin.tokenFile: cannot read /nonexistent/ferry-token']] as const) {
+    const cfg = writeConfig(singleProcess({ ...base, admin: { tokenFile } }))
+    const check = await runCli(['check', '--config', cfg], env)
+    t.equal(check.code, 1, `check: exit 1 (${says})`)
+    t.match(check.stderr, says, 'check names the field and why')
+    t.notMatch(check.stdout, 'ok', 'and does not say ok')
+    const start = await runCli(['start', '--config', cfg], env)
+    t.equal(start.code, 1, 'start refuses it too: exit 1')
+    t.match(start.stderr, says, 'with the same line')
+  }
+  // Every other file-backed field, all at once: every problem is listed, not the first only.
+  const cfg = writeConfig({
+    ...base,
+    resume: { secretFile: file('resume', 'short\n') },
+    auth: {
+      policies: {
+        hs: { jwt: { algorithms: ['HS256'], secretFile: file('hs', 'only-twenty-characters') } },
+        rs: { jwt: { algorithms: ['RS256'], publicKeyFile: file('pub.pem', 'not a key') } },
+        jwks: { jwt: { algorithms: ['RS256'], jwksFile: '/nonexistent/jwks.json' } },
+        keys: { apiKey: { keysFile: file('keys.yaml', '- { nope: 1 }\n') } },
+      },
+    },
+  })
+  const all = await runCli(['check', '--config', cfg], env)
+  t.equal(all.code, 1, 'exit 1')
+  t.match(all.stderr, 'FERRY_ERR_CONFIG_INVALID', 'the code start uses')
+  t.match(all.stderr, /5 problems/, 'all five listed')
+  t.match(all.stderr, 'resume.secretFile: the secret must be at least 32 characters (got 5)', 'resume.secretFile')
+  t.match(all.stderr, /auth\.policies\.hs\.jwt\.secretFile: the secret in .* must be at least 32 characters/, 'jwt.secretFile')
+  t.match(all.stderr, /auth\.policies\.rs\.jwt\.publicKeyFile: .* holds no PEM public key/, 'jwt.publicKeyFile')
+  t.match(all.stderr, 'auth.policies.jwks.jwt.jwksFile: cannot read /nonexistent/jwks.json', 'jwt.jwksFile')
+  t.match(all.stderr, /auth\.policies\.keys\.apiKey\.keysFile: /, 'apiKey.keysFile')
+  // The secrets start takes from the environment are checked in check's environment.
+  const envShort = await runCli(['check', '--config', writeConfig(base)], { FERRY_ADMIN_TOKEN: 'too-short', FERRY_RESUME_SECRET: '' })
+  t.equal(envShort.code, 1, 'a short FERRY_ADMIN_TOKEN: exit 1')
+  t.match(envShort.stderr, 'FERRY_ADMIN_TOKEN: the token must be at least 16 characters (got 9)', 'naming the variable')
+  const good = writeConfig({ ...base, admin: { tokenFile: file('good-token', 'a-token-of-24-characters\n') }, resume: { secretFile: file('good-resume', 'x'.repeat(32)) } })
+  const ok = await runCli(['check', '--config', good], env)
+  t.equal(ok.code, 0, `good files: exit 0 (stderr: ${ok.stderr})`)
+  t.match(ok.stdout, 'ok (1 upstreams, 1 routes)', 'says ok')
 })
 
 t.test('the unshared-resume-secret warning: only when resume tokens are issued (a mux upstream), once', async (t) => {

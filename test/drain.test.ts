@@ -1,4 +1,7 @@
 import { spawn } from 'node:child_process'
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { createServer, request as httpRequest, Agent } from 'node:http'
 import { once } from 'node:events'
 import { createServer as createNetServer, type Socket } from 'node:net'
@@ -6,7 +9,10 @@ import t from 'tap'
 import WebSocket from 'ws'
 import type { MuxServer } from '../src/backend/index.js'
 import { FerryClient } from '../src/client/index.js'
-import { CLI, metric, runCli, singleProcess, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { validateConfig } from '../src/config/load.js'
+import { migrationRate } from '../src/drain/controller.js'
+import { workerShare } from '../src/planes/share.js'
+import { CLI, ROOT, metric, runCli, singleProcess, startFerry, waitFor, writeConfig, type FerryProcess, type Teardown } from './helpers/ferry.js'
 import { connect, startMuxBackend, upgradeStatus, type Client } from './helpers/mux.js'
 import { startSwitch } from './helpers/switch.js'
 import { startRedis } from './helpers/redis.js'
@@ -291,6 +297,97 @@ t.test('SIGTERM during start-up: the gateway finishes starting, drains and exits
   t.match(out, '"msg":"listening"', 'start-up completed')
   t.match(out, '"msg":"drained"', 'then it drained')
   t.ok(out.indexOf('"msg":"listening"') < out.indexOf('"msg":"drained"'), 'in that order')
+})
+
+t.test('docs/drain.md states the migration pace the controller uses: a floor of 1/s, per worker in a pod', async (t) => {
+  const doc = readFileSync(join(ROOT, 'docs/drain.md'), 'utf8').replace(/\s+/g, ' ')
+  t.ok(doc.includes('at `min(maxMigrationsPerSec, max(1, sessions / spreadMs))` per second'), 'the formula, with its floor')
+  const cfg = validateConfig({ upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:1'] } }, routes: [{ upstream: 'api' }] })
+  const many = migrationRate(cfg.drain, 3000, false)
+  t.equal(many, 150, '3,000 sessions with the defaults: 150/s (under the 200/s cap)')
+  t.ok(doc.includes(`3,000 sessions with the defaults (spreadMs ${cfg.drain.spreadMs / 1000} s, at most ${cfg.drain.maxMigrationsPerSec}/s) take ${3000 / many} s`), 'the doc says so')
+  const few = migrationRate(cfg.drain, 10, false)
+  t.equal(few, 1, '10 sessions: the floor of 1/s, not 0.5/s')
+  t.ok(doc.includes(`10 sessions leave at ${few}/s and take ${10 / few} s`), 'the doc says so')
+  // A pod of 2 workers: each paces its own 5 sessions with half the cap (the tester's case: ratePerSec 1 per worker).
+  const worker = workerShare(cfg, 2, undefined).drain
+  t.equal(worker.maxMigrationsPerSec, cfg.drain.maxMigrationsPerSec / 2, 'a worker gets half of maxMigrationsPerSec')
+  const each = migrationRate(worker, 5, false)
+  t.equal(each, 1, 'and 5 sessions leave at 1/s')
+  t.ok(doc.includes(`10 sessions on 2 workers (5 each) leave at ${each}/s per worker and are gone about ${5 / each} s after the listeners close`), 'the doc says so')
+  t.equal(migrationRate({ spreadMs: 0, maxMigrationsPerSec: 200 }, 10, false), 200, 'spreadMs 0: as fast as the cap allows')
+  t.equal(migrationRate(cfg.drain, 10, true), 10, 'hurried: all within a second, whatever the cap')
+})
+
+/** test/helpers/hold-import.mjs: loaded into the process under test, it holds the first module the CLI imports. */
+const HOLD = join(ROOT, 'test', 'helpers', 'hold-import.mjs')
+
+/**
+ * Runs `node dist/cli.js ...args` with the first import of `held` held (the CLI's, or a pod's workers':
+ * their own JS runs, none of what it imports has loaded), sends `signal` then (to the whole process
+ * group with `group`, as a terminal's Ctrl-C does), lets the imports go on and waits for the exit.
+ */
+async function signalWhileLoading (t: Teardown, args: string[], signal: NodeJS.Signals, held: 'cli.js' | 'worker.js' = 'cli.js'): Promise<{ code: number | null, signal: NodeJS.Signals | null, out: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-hold-'))
+  const marker = join(dir, 'held')
+  // Every process held: the CLI, or each of the pod's 2 workers (a worker not yet running JS would die of the signal).
+  const holders = held === 'worker.js' ? 2 : 1
+  const markers = (): string[] => readdirSync(dir).filter((f) => f.startsWith('held-'))
+  const release = join(dir, 'release')
+  const group = held === 'worker.js'
+  const child = spawn(process.execPath, ['--import', HOLD, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: group, env: { ...process.env, FERRY_TEST_HOLD_ENTRY: held, FERRY_TEST_HOLD_MARKER: marker, FERRY_TEST_HOLD_RELEASE: release } })
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
+  let out = ''
+  child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d })
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { out += d })
+  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => { child.once('exit', (code, sig) => { resolve({ code, signal: sig }) }) })
+  await waitFor(`${holders} ${held} to run and their first import to be held`, () => markers().length >= holders, 30_000)
+  if (held === 'cli.js') t.equal(out, '', `nothing written yet: the signal comes before any module the CLI imports (${readFileSync(join(dir, markers()[0]!), 'utf8')}) has loaded`)
+  // A detached child leads its own process group (its pid is the group's id): the pod and its workers.
+  if (group) process.kill(-child.pid!, signal)
+  else child.kill(signal)
+  writeFileSync(release, '')
+  return { ...await exited, out }
+}
+
+t.test('a signal while the CLI is still loading its modules is kept: start-up completes, the drain runs, exit 0 (one process and a pod)', async (t) => {
+  const api = await httpBackend(t, 0)
+  const cfg = (workers: number): Record<string, unknown> => ({
+    gateway: { workers },
+    listen: { http: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } },
+    upstreams: { api: { protocol: 'http', endpoints: [`127.0.0.1:${api}`] } },
+    routes: [{ match: { path: '/' }, upstream: 'api' }],
+    drain: { acceptGraceMs: 0, spreadMs: 0, deadlineMs: 5000 },
+  })
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    const r = await signalWhileLoading(t, ['start', '--config', writeConfig(cfg(1))], signal)
+    t.same({ code: r.code, signal: r.signal }, { code: 0, signal: null }, `one process, ${signal}: exit 0, not killed by the signal (output: ${r.out.slice(0, 300)})`)
+    t.match(r.out, `"signal":"${signal}","msg":"draining"`, 'the kept signal is logged')
+    t.match(r.out, 'drain requested during start-up', 'and kept for once the gateway runs')
+    t.ok(r.out.indexOf('"msg":"draining"') < r.out.indexOf('"msg":"gateway starting"'), 'it was kept before start-up began')
+    t.ok(r.out.includes('"msg":"listening"') && r.out.indexOf('"msg":"listening"') < r.out.indexOf('"msg":"drained"'), 'start-up completed, then it drained')
+  }
+  // The pod: the control plane gets the signal before any worker is forked.
+  const pod = await signalWhileLoading(t, ['start', '--config', writeConfig(cfg(2))], 'SIGTERM')
+  t.same({ code: pod.code, signal: pod.signal }, { code: 0, signal: null }, `a pod of 2 workers: exit 0 (output: ${pod.out.slice(0, 300)})`)
+  t.match(pod.out, 'drain requested during start-up', 'the control plane kept the signal')
+  const listening = pod.out.indexOf('"msg":"listening"')
+  t.ok(listening > pod.out.indexOf('"msg":"starting the workers"'), 'the workers started')
+  t.equal(pod.out.split('"msg":"drained"').length - 1, 2, 'then both workers drained')
+  t.ok(listening < pod.out.indexOf('"msg":"pod stopped"'), 'and the pod stopped after it had listened')
+  // A terminal's Ctrl-C while the workers load their modules: it reaches every process of the group.
+  const ctrlC = await signalWhileLoading(t, ['start', '--config', writeConfig(cfg(2))], 'SIGINT', 'worker.js')
+  t.same({ code: ctrlC.code, signal: ctrlC.signal }, { code: 0, signal: null }, `SIGINT to the pod's process group while a worker loads: exit 0 (output: ${ctrlC.out.slice(-400)})`)
+  t.notMatch(ctrlC.out, 'exited while starting', 'no worker died of it (the control plane drains them)')
+  t.match(ctrlC.out, 'drain requested during start-up', 'the control plane kept it')
+  t.equal(ctrlC.out.split('"msg":"drained"').length - 1, 2, 'both workers started, then drained')
+})
+
+t.test('the other commands are not kept alive by a signal: `ferry check` ends by it (exit status 128+n), as without handlers', async (t) => {
+  const file = writeConfig({ upstreams: { api: { protocol: 'http', endpoints: ['127.0.0.1:1'] } }, routes: [{ upstream: 'api' }] })
+  const r = await signalWhileLoading(t, ['check', '--config', file], 'SIGTERM')
+  t.same({ code: r.code, signal: r.signal }, { code: null, signal: 'SIGTERM' }, 'killed by SIGTERM')
+  t.notMatch(r.out, 'ok', 'it said nothing was checked ok')
 })
 
 t.test('Redis down during a drain: ferry/client sessions still resume on the right one of two backends (rendezvous hashing)', async (t) => {

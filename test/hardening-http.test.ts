@@ -1,8 +1,10 @@
 import t from 'tap'
 import { createServer, type IncomingHttpHeaders } from 'node:http'
 import { connect, type Socket } from 'node:net'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { httpConfig } from './helpers/backend.js'
-import { startFerry, metric, adminStatus, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
+import { ROOT, startFerry, metric, adminStatus, waitFor, type FerryProcess, type Teardown } from './helpers/ferry.js'
 
 /**
  * Hostile HTTP/1.1 input against a real Ferry (uWebSockets.js 20.30 front) and a recording backend.
@@ -218,6 +220,17 @@ function parse (text: string): { statuses: number[], code?: string, connectionCl
   const code = /"code":"(FERRY_ERR_\w+)"/.exec(text)?.[1]
   return { statuses, code, connectionClose: /\r\nconnection: close\r\n/i.test(text) }
 }
+
+t.test('README and docs/edge.md give the header-line limit the vectors below pin against uWS', async (t) => {
+  const count = (kind: Outcome['kind']): number[] => VECTORS.filter((v) => v.category === 'size' && v.expect.kind === kind).flatMap((v) => /^(\d+) header lines$/.exec(v.name)?.[1] ?? []).map(Number)
+  const served = Math.max(...count('ok'))
+  const stalled = Math.min(...count('stall'))
+  t.equal(stalled, served + 1, `the vectors bracket the limit: ${served} lines served, ${stalled} stalled`)
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8').replace(/\s+/g, ' ')
+  t.ok(readme.includes(`At most ${served} header lines, \`Host\` included: with more, the client gets no response byte and the connection hangs until uWS closes it`), `README: at most ${served} header lines, and what a client sending more sees`)
+  const edge = readFileSync(join(ROOT, 'docs/edge.md'), 'utf8')
+  t.ok(edge.includes(`| header lines | | more than **${served}** lines: no response, the connection waits for uWS's timeout (below) |`), `docs/edge.md: more than ${served} lines`)
+})
 
 t.test(`hardening: ${VECTORS.length} malformed and hostile HTTP/1.1 requests each get their exact outcome; the backend never sees a smuggled request`, async (t) => {
   const be = await recordingBackend(t)

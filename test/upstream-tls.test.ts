@@ -338,7 +338,7 @@ t.test('bad files: the process does not start, ferry check and a reload refuse t
     db: { protocol: 'tcp', endpoints: ['127.0.0.1:9'], tls: { caFile: missing } },
   })
   t.not(files.code, 0, 'ferry check fails on bad TLS files')
-  t.match(files.stderr, /6 TLS problems/, 'listing every problem, not the first only (6)')
+  t.match(files.stderr, /6 problems/, 'listing every problem, not the first only (6)')
   t.match(files.stderr, /upstreams\.garbage\.tls\.caFile: .*garbage\.pem holds no PEM certificate/, 'a caFile without a certificate')
   t.match(files.stderr, /upstreams\.oldca\.tls\.caFile: every certificate in .*old-ca\.pem has expired/, 'a caFile of expired certificates only')
   t.match(files.stderr, /upstreams\.mismatch\.tls\.keyFile: .*client-b\.key does not match the certificate in upstreams\.mismatch\.tls\.certFile \(serial A1\)/, 'a client key that is not the certificate\'s')

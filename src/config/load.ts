@@ -86,15 +86,24 @@ const RENAMED: Record<string, string> = {
 /** `"http", "tcp"`: the upstream kinds the schema knows, for the bad-protocol message. */
 const PROTOCOLS = upstreamSchema.options.map((o) => JSON.stringify(o.shape.protocol.value)).join(', ')
 
+/**
+ * Every key an upstream of some protocol may have. Without a valid `protocol` no kind is chosen, so zod
+ * checks no keys: one that no kind has is still reported (`protocl` is why `protocol` is missing).
+ */
+const UPSTREAM_KEYS = new Set(upstreamSchema.options.flatMap((o) => Object.keys(o.shape)))
+
+function unknownKey (path: readonly PropertyKey[]): string {
+  const key = String(path.at(-1))
+  const hint = RENAMED[key] !== undefined ? ` (did you mean ${RENAMED[key]}?)` : ''
+  return `${formatPath(path)}: unknown key${hint}`
+}
+
 /** Every problem, one line each: `field.path: what was expected (got value)`. */
 export function formatIssues (issues: readonly z.core.$ZodIssue[], input: unknown): string[] {
   const out: string[] = []
   for (const issue of issues) {
     if (issue.code === 'unrecognized_keys') {
-      for (const key of issue.keys) {
-        const hint = RENAMED[key] !== undefined ? ` (did you mean ${RENAMED[key]}?)` : ''
-        out.push(`${formatPath([...issue.path, key])}: unknown key${hint}`)
-      }
+      for (const key of issue.keys) out.push(unknownKey([...issue.path, key]))
       continue
     }
     // An upstream without a valid `protocol` (the discriminated union); other unions carry their own message.
@@ -102,8 +111,9 @@ export function formatIssues (issues: readonly z.core.$ZodIssue[], input: unknow
       // a discriminated union without a valid discriminator
       const parent = issue.path.at(-1) === 'protocol' ? issue.path.slice(0, -1) : issue.path
       const got = valueAt(input, parent)
-      const proto = got !== null && typeof got === 'object' ? (got as Record<string, unknown>).protocol : undefined
-      out.push(`${formatPath([...parent, 'protocol'])}: must be one of ${PROTOCOLS} (got ${describeValue(proto)})`)
+      const fields = got !== null && typeof got === 'object' && !Array.isArray(got) ? got as Record<string, unknown> : {}
+      for (const key of Object.keys(fields)) if (!UPSTREAM_KEYS.has(key)) out.push(unknownKey([...parent, key]))
+      out.push(`${formatPath([...parent, 'protocol'])}: must be one of ${PROTOCOLS} (got ${describeValue(fields.protocol)})`)
       continue
     }
     if (issue.code === 'invalid_union') {

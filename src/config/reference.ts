@@ -70,7 +70,9 @@ export function renderConfigReference (): string {
 Generated from the schema in \`src/config/schema.ts\` by \`ferry config-reference\`; a test fails when
 this file and the schema disagree. Config is YAML (\`ferry start --config ferry.yaml\`); any field can be
 overridden from the environment as \`FERRY__path__to__field=value\` (e.g. \`FERRY__listen__http__port=8081\`).
-Unknown keys are errors. \`ferry check --config FILE\` lists every problem with its field path.
+Unknown keys are errors. \`ferry check --config FILE\` lists every problem with its field path, the files and
+secrets \`ferry start\` reads too (TLS certificates and keys, \`admin.tokenFile\`, \`resume.secretFile\`, the auth
+policies' key files; \`FERRY_ADMIN_TOKEN\` and \`FERRY_RESUME_SECRET\` from its environment).
 
 | field | type | default | meaning |
 | --- | --- | --- | --- |

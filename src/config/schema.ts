@@ -596,8 +596,8 @@ export const configSchema = z.strictObject({
   }).prefault({}).describe('Resumable sessions for `ferry/client` clients on routes to `mux` upstreams (docs/resume.md).'),
   drain: z.strictObject({
     acceptGraceMs: nonNegativeInt.default(5000).describe('After a drain starts (SIGTERM, POST /drain, `ferry drain`), /readyz answers 503 but the listeners keep accepting for this long, while load balancers and Kubernetes endpoints catch up.'),
-    spreadMs: nonNegativeInt.default(20000).describe('WebSocket sessions are migrated (ferry/client: a `migrate` message, then close 1012; plain clients: close 1012) evenly over this long, so their reconnects do not arrive at once.'),
-    maxMigrationsPerSec: positiveInt.default(200).describe('Upper bound of sessions migrated per second, whatever spreadMs says (a pod with many sessions takes longer).'),
+    spreadMs: nonNegativeInt.default(20000).describe('WebSocket sessions are migrated (ferry/client: a `migrate` message, then close 1012; plain clients: close 1012) evenly over this long, so their reconnects do not arrive at once; but at least one a second (a few sessions go sooner). In a pod each worker spreads its own sessions (docs/drain.md).'),
+    maxMigrationsPerSec: positiveInt.default(200).describe('Upper bound of sessions migrated per second, whatever spreadMs says (a pod with many sessions takes longer). In a pod of several workers each has its share (split evenly, rounded up).'),
     deadlineMs: positiveInt.default(60000).describe('Counted from the end of the accept grace: by then everything still open (sessions, TCP connections, HTTP requests) is closed and the process exits 0. Kubernetes\' terminationGracePeriodSeconds must exceed acceptGraceMs + deadlineMs.'),
   }).prefault({}).describe('Graceful drain before the process exits (docs/drain.md). A second SIGTERM shortens the schedule; a third exits at once.'),
   reload: z.strictObject({

@@ -61,6 +61,19 @@ export interface DrainStatus {
 }
 
 /**
+ * The pace of the migrating phase, in sessions a second (docs/drain.md): the `sessions` left when the
+ * listeners close, evenly over spreadMs, but at least one a second (a handful of sessions is no
+ * reconnect storm worth stretching over spreadMs) and at most maxMigrationsPerSec; hurried, all within
+ * a second. Infinity (spreadMs 0): all at once. A pod's worker applies it to its own sessions, with its
+ * share of maxMigrationsPerSec (src/planes/share.ts).
+ */
+export function migrationRate (cfg: Pick<Config['drain'], 'spreadMs' | 'maxMigrationsPerSec'>, sessions: number, hurried: boolean): number {
+  if (hurried) return Math.max(1, sessions)
+  const spread = cfg.spreadMs / 1000
+  return Math.min(cfg.maxMigrationsPerSec, spread > 0 ? Math.max(1, sessions / spread) : Infinity)
+}
+
+/**
  * Drives one drain from start to exit. The only owner of its timers (the grace timer and the tick).
  * Starting twice is the same drain; `hurry` (a second signal) shortens what is left of it.
  */
@@ -155,9 +168,7 @@ export class DrainController {
       if (now < this.listenersCloseAt) { this.schedule(); return }
       this.target.closeListeners(this.deadlineAt - now)
       const sessions = this.target.sessions()
-      // Evenly over spreadMs, never faster than maxMigrationsPerSec (hurried: all within a second).
-      const spread = this.cfg.spreadMs / 1000
-      this.rate = this.hurried > 0 ? Math.max(1, sessions) : Math.min(this.cfg.maxMigrationsPerSec, spread > 0 ? Math.max(1, sessions / spread) : Infinity)
+      this.rate = migrationRate(this.cfg, sessions, this.hurried > 0)
       this.allowance = 0
       this.lastTick = now
       this.to('migrating')

@@ -121,6 +121,23 @@ function tagged<T> (method: AuthMethod, fn: () => T | Promise<T>): T | Promise<T
   return r instanceof Promise ? r.catch(tag) : r
 }
 
+/**
+ * `ferry check`: what building each policy at start would refuse (its key files are read now: an
+ * unreadable one, a short HMAC secret, a file that is no PEM key, JWKS or key list), one line each.
+ */
+export function authPolicyProblems (policies: Readonly<Record<string, AuthPolicyConfig>>): string[] {
+  const problems: string[] = []
+  for (const [name, cfg] of Object.entries(policies)) {
+    try {
+      // No Redis: an HMAC replay store is only reached per request, never while the policy is built.
+      void new AuthPolicy(name, cfg, undefined)
+    } catch (err) {
+      problems.push((err as Error).message)
+    }
+  }
+  return problems
+}
+
 function sha256hex (s: string): string {
   return createHash('sha256').update(s).digest('hex')
 }

@@ -509,6 +509,7 @@ export class Pod {
     const phase = this.state.drainPhase
     if (phase === 'pending') {
       this.drainReason ??= reason
+      this.log.info({ reason }, 'drain requested during start-up: it begins once the gateway runs')
       return { phase, reason }
     }
     if (phase === 'stopped') return { phase, reason }
