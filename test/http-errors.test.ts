@@ -166,6 +166,19 @@ t.test('the 504 of timeouts.responseMs comes at the figure, not on undici\'s 0.5
   }))
 })
 
+t.test('a proxied response says Connection: close whenever uWS closes after it: uWS closes on any 5-byte first Connection value, not only "close"', async (t) => {
+  const backend = await startBackend(t, (_req, res) => { res.end('ok') })
+  const f = await startFerry(t, httpConfig([backend.address]))
+  for (const value of ['close', 'Close', 'other', 'keep-alive', 'close, te', 'upgrade']) {
+    const r = await raw(f, `GET /c HTTP/1.1\r\nHost: x\r\nConnection: ${value}\r\n\r\n`, 1500)
+    t.equal(r.status, 200, `Connection: ${value}: answered`)
+    const saidClose = /^close$/i.test(r.headers.connection ?? '')
+    if (r.closed) t.ok(saidClose, `Connection: ${value}: uWS closed the connection, and the response said so`)
+    else if (!/close/i.test(value)) t.notOk(saidClose, `Connection: ${value}: kept open, and the response did not say close`)
+    if (/close/i.test(value)) t.ok(saidClose, `Connection: ${value}: the client asked to close; the response says close`)
+  }
+})
+
 t.test('backend answers garbage → 502 FERRY_ERR_UPSTREAM_PROTOCOL', async (t) => {
   const junk = await startRawBackend(t, (s) => { s.once('data', () => { s.write('not http\r\n\r\n') }) })
   const f = await startFerry(t, httpConfig([junk.address]))

@@ -34,7 +34,7 @@ export interface ClientRequest {
   /** Declared body length; `undefined` with `chunked` true for a chunked body; 0 when there is none. */
   readonly contentLength: number | undefined
   readonly chunked: boolean
-  /** The client asked to close after this response (`Connection: close`). */
+  /** The connection closes after this response: the client asked (`Connection: close`), or uWS will (a 5-byte first Connection value). */
   readonly close: boolean
 }
 

@@ -101,6 +101,7 @@ export function readClientRequest (req: HttpRequest, opts: RequestOptions, peer:
   let contentLength: number | undefined
   let codings: string[] | undefined
   let connectionTokens: string[] | undefined
+  let uwsCloses = false
   let requestId = ''
   let xff: string[] | undefined
   let xfp: string[] | undefined
@@ -134,6 +135,9 @@ export function readClientRequest (req: HttpRequest, opts: RequestOptions, peer:
         codings = (codings ?? []).concat(v.toLowerCase().split(',').map((c) => c.trim()))
         break
       case 'connection':
+        // uWS 20.30 closes the connection after the response when the first Connection value is 5 bytes
+        // long, whatever they say ("close", but also "Close" or "other"): the response must say so.
+        if (connectionTokens === undefined && v.length === 5) uwsCloses = true
         connectionTokens = (connectionTokens ?? []).concat(v.toLowerCase().split(',').map((c) => c.trim()))
         break
       case 'x-forwarded-for':
@@ -202,6 +206,6 @@ export function readClientRequest (req: HttpRequest, opts: RequestOptions, peer:
     asciiHeaders: ascii,
     contentLength: chunked ? undefined : (contentLength ?? 0),
     chunked,
-    close: connectionTokens?.includes('close') === true,
+    close: uwsCloses || connectionTokens?.includes('close') === true,
   }
 }
