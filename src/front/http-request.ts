@@ -5,6 +5,7 @@ import { FerryError } from '../errors.js'
 import { resolveClientIp } from '../edge/client-ip.js'
 import { normalizeIp, type Networks } from '../net/address.js'
 import { canonicalTarget } from './target.js'
+import { uwsClosesAfter } from './uws.js'
 import type { ClientRequest } from '../contracts/http.js'
 
 /**
@@ -135,9 +136,7 @@ export function readClientRequest (req: HttpRequest, opts: RequestOptions, peer:
         codings = (codings ?? []).concat(v.toLowerCase().split(',').map((c) => c.trim()))
         break
       case 'connection':
-        // uWS 20.30 closes the connection after the response when the first Connection value is 5 bytes
-        // long, whatever they say ("close", but also "Close" or "other"): the response must say so.
-        if (connectionTokens === undefined && v.length === 5) uwsCloses = true
+        if (connectionTokens === undefined && uwsClosesAfter(v)) uwsCloses = true
         connectionTokens = (connectionTokens ?? []).concat(v.toLowerCase().split(',').map((c) => c.trim()))
         break
       case 'x-forwarded-for':

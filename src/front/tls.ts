@@ -8,7 +8,7 @@ import { FerryError } from '../errors.js'
 import { CertWatch } from '../net/cert-watch.js'
 import { readTlsMaterial, type CertPair, type TlsMaterial } from '../net/tls.js'
 import type { Metrics } from '../observability/metrics.js'
-import type { Uws } from './uws.js'
+import { uwsClosesAfter, type Uws } from './uws.js'
 
 export type { CertPair } from '../net/tls.js'
 
@@ -167,8 +167,8 @@ export class TlsFront {
  * URL over https on the TLS port. Nothing is read beyond the request head.
  *
  * Every answer closes the connection, and says so once: uWS 20.30 writes its own `Connection: close` for
- * `end(…, true)` unless it already marked the connection closing, which it does, silently, for a request
- * whose Connection header is 5 characters long (`close`, any case); only then is the header written here.
+ * `end(…, true)` unless it already marked the connection closing, which it does, silently
+ * (uwsClosesAfter); only then is the header written here.
  */
 export function redirectApp (uws: Uws, httpsPort: () => number): TemplatedApp {
   const app = uws.App()
@@ -178,7 +178,7 @@ export function redirectApp (uws: Uws, httpsPort: () => number): TemplatedApp {
     const url = req.getUrl()
     const port = httpsPort()
     const ok = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)$/.test(host)
-    const sayClose = req.getHeader('connection').length === 5
+    const sayClose = uwsClosesAfter(req.getHeader('connection'))
     res.cork(() => {
       if (!ok) res.writeStatus('400 Bad Request')
       else res.writeStatus('308 Permanent Redirect').writeHeader('location', `https://${host}${port === 443 ? '' : `:${port}`}${url}${q === undefined || q === '' ? '' : `?${q}`}`)

@@ -43,3 +43,12 @@ export function assertNative (loaded: unknown, native: unknown): void {
       `uWebSockets.js loaded its JavaScript fallback instead of the native binary${why}; Ferry refuses to run on it`)
   }
 }
+
+/**
+ * uWS 20.30 closes the connection after the response when the request's first Connection value is 5
+ * bytes long, whatever it says (`close`, but also `Close` or `other`), and writes no Connection header
+ * for it: a response Ferry writes must then say `Connection: close` itself.
+ */
+export function uwsClosesAfter (connection: string): boolean {
+  return connection.length === 5
+}

@@ -16,15 +16,15 @@ import type { ExchangeContext, ExchangeState } from './exchange-state.js'
  */
 export type BodyMode = 'none' | 'buffer' | 'stream'
 
-/** Response headers Ferry does not copy: hop-by-hop, plus the ones uWS writes itself. */
 /**
  * uWS 20.30 closes a keep-alive connection idle for 10 s, on a 4 s tick: 8–12 s after its last response
  * (measured). A client that reuses it as it closes gets a reset. undici, and Node's http.Agent when it
  * has a timeout, take this hint and close an idle connection themselves 2 s / 1 s before the announced
  * timeout. 7 s: under the 8 s uWS may close at, for clients that read it literally.
  */
-export const KEEP_ALIVE_HINT = 'timeout=7'
+const KEEP_ALIVE_HINT = 'timeout=7'
 
+/** Response headers Ferry does not copy: hop-by-hop, plus the ones uWS writes itself. */
 const SKIP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'content-length', 'date'])
 const BODY_HIGH_WATER = 64 * 1024
 /** uWS's own request timer is re-armed at most this often while body bytes arrive (see onClientData). */
